@@ -1,0 +1,101 @@
+//! The REST API: Patroni-compatible paths, status codes and JSON, served by axum.
+//!
+//! Handlers never touch etcd or PostgreSQL. They answer from the [`Snapshot`] the agent
+//! publishes after every cycle (a `watch` channel) and from the clock: `/primary` answers 200
+//! only while the snapshot says we hold the leader key *and* the fencing deadline has not
+//! passed, so a frozen agent stops attracting writes even before anything else happens.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton_core::{ClusterView, Clock, MemberName, Mono, PgSql, Tags};
+use tokio::sync::watch;
+
+mod handlers;
+mod metrics;
+mod status;
+
+
+
+
+/// pgbaton's version, reported where Patroni reports its own (`patroni.version`, `/metrics`).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What the agent publishes after each cycle. Cheap to clone behind an `Arc`.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub scope: String,
+    pub name: MemberName,
+    /// PostgreSQL state label as Patroni's `PostgresqlState` prints it: `running`, `starting`,
+    /// `stopped`, `stopping`, `creating replica`, `initializing new cluster`, `crashed`,
+    /// `start failed`, ...
+    pub state: String,
+    /// `primary`, `replica`, `uninitialized`, `demoted`, `promoted`.
+    pub role: String,
+    /// SQL-level state when PostgreSQL answered in the last cycle.
+    pub pg: Option<PgSql>,
+    /// Database system identifier, from `pg_controldata`.
+    pub system_id: Option<String>,
+    /// We hold the leader key (as of the last cycle).
+    pub holds_leader_key: bool,
+    /// The fencing deadline of our lease; `/primary` and `/leader` answer 200 only before it.
+    pub fence_deadline: Option<Mono>,
+    /// The last DCS view; `None` when the DCS was not readable in the last cycle.
+    pub cluster: Option<ClusterView>,
+    /// Unix time (seconds) of the last successful DCS read.
+    pub dcs_last_seen: Option<u64>,
+    pub tags: Tags,
+    pub pause: bool,
+    /// The `Display` of the last decision's reason.
+    pub last_reason: String,
+    /// When the last HA cycle finished (for `/liveness`).
+    pub last_cycle: Mono,
+    pub ttl: Duration,
+    pub loop_wait: Duration,
+    pub maximum_lag_on_failover: u64,
+    /// `http://<restapi.connect_address>/patroni`
+    pub api_url: String,
+    /// `postgres://<postgresql.connect_address>/postgres`
+    pub conn_url: String,
+}
+
+impl Snapshot {
+    /// A snapshot for an agent that has not finished its first cycle.
+    pub fn initial(scope: &str, name: MemberName, api_url: String, conn_url: String) -> Snapshot {
+        Snapshot {
+            scope: scope.to_owned(),
+            name,
+            state: "stopped".to_owned(),
+            role: "uninitialized".to_owned(),
+            pg: None,
+            system_id: None,
+            holds_leader_key: false,
+            fence_deadline: None,
+            cluster: None,
+            dcs_last_seen: None,
+            tags: Tags::default(),
+            pause: false,
+            last_reason: "starting".to_owned(),
+            last_cycle: Mono(0),
+            ttl: Duration::from_secs(30),
+            loop_wait: Duration::from_secs(10),
+            maximum_lag_on_failover: 1_048_576,
+            api_url,
+            conn_url,
+        }
+    }
+
+    /// Leader for health purposes: holds the key and the fencing deadline is in the future.
+    pub fn is_leader_at(&self, now: Mono) -> bool {
+        self.holds_leader_key && self.fence_deadline.is_some_and(|d| now < d)
+    }
+}
+
+/// Shared state of the handlers: read-only views plus the clock.
+#[derive(Clone)]
+pub struct ApiState {
+    pub snapshot: watch::Receiver<Arc<Snapshot>>,
+    pub clock: Arc<dyn Clock>,
+    /// `restapi.authentication` (user, password) for unsafe endpoints.
+    pub auth: Option<(String, String)>,
+}

@@ -1,0 +1,391 @@
+//! Inputs and outputs of [`crate::decide`]: the observation of one cycle, the memory carried
+//! between cycles, the effective HA settings, and the decision (typed actions + typed reason).
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::pg::PgState;
+use crate::types::{Lsn, MemberName, Mono, Timeline};
+use crate::view::{ClusterView, Tags};
+
+/// Effective HA settings for one cycle: local configuration merged with the dynamic
+/// configuration from the DCS (the merge is done by the caller; `decide` only reads this).
+#[derive(Clone, Debug, PartialEq)]
+pub struct HaConfig {
+    pub me: MemberName,
+    pub ttl: Duration,
+    pub loop_wait: Duration,
+    pub retry_timeout: Duration,
+    /// Bytes a replica may lag behind the leader's last published position and still race.
+    pub maximum_lag_on_failover: u64,
+    /// How long a crashed primary is restarted in place while we hold the lease before the
+    /// leader key is handed over.
+    pub primary_start_timeout: Duration,
+    pub use_pg_rewind: bool,
+    pub remove_data_directory_on_rewind_failure: bool,
+    /// Dynamic `pause`: no automatic failover, PostgreSQL is left as it is.
+    pub pause: bool,
+    /// This node's tags.
+    pub tags: Tags,
+    /// This node may bootstrap a new cluster (it has a `bootstrap` section and is not nofailover).
+    pub can_bootstrap: bool,
+}
+
+/// What the agent observed in one cycle.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Observation {
+    /// One consistent (linearizable) read of the cluster prefix, or `None` when the DCS did not
+    /// answer within `retry_timeout`.
+    pub dcs: Option<ClusterView>,
+    /// The agent's lease as kept by the independent keeper task.
+    pub lease: LeaseState,
+    pub pg: PgState,
+    /// Status of the other members, fetched over their REST API (`GET /patroni`) when the cluster
+    /// has no leader. Members that did not answer are present with `reachable: false`.
+    pub peers: Vec<PeerStatus>,
+    /// Outcome of the long-running or failing actions of the previous cycle.
+    pub last_failure: Option<ActionFailure>,
+}
+
+/// The agent's own lease, as the keeper task reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LeaseState {
+    /// etcd lease ID, when one is granted and believed alive.
+    pub id: Option<i64>,
+    /// The fencing deadline: send time of the last acknowledged keepalive + ttl·(1−ρ) − margin,
+    /// on the agent's monotonic clock. Past it, a leader must stop being writable.
+    pub fence_deadline: Option<Mono>,
+}
+
+impl LeaseState {
+    /// True while the lease is known to be alive for at least the fencing margin.
+    pub fn valid_at(&self, now: Mono) -> bool {
+        self.id.is_some() && self.fence_deadline.is_some_and(|d| now < d)
+    }
+}
+
+/// Another member's status as its REST API reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerStatus {
+    pub name: MemberName,
+    pub reachable: bool,
+    /// PostgreSQL runs as a primary there.
+    pub is_primary: bool,
+    pub wal_position: Option<Lsn>,
+    pub timeline: Option<Timeline>,
+    pub tags: Tags,
+    pub watchdog_failed: bool,
+}
+
+/// An action that failed in an earlier cycle, so the next decision can react (give up the
+/// lock, wipe and re-clone, ...).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActionFailure {
+    pub action: ActionKind,
+    pub at: Mono,
+    pub error: String,
+}
+
+/// Facts carried from one cycle to the next. Starts as [`Memory::default`] on every agent start:
+/// startup is not special.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Memory {
+    /// When we first saw our PostgreSQL down while we held the leader key (primary crash).
+    pub primary_down_since: Option<Mono>,
+    /// We were the leader (held the key with a valid lease) at the end of the last cycle.
+    pub was_leader: bool,
+    /// A rewind against the current leader failed; holds the leader's name.
+    pub rewind_failed_against: Option<MemberName>,
+    /// The leader we last configured PostgreSQL to stream from.
+    pub following: Option<MemberName>,
+}
+
+/// Where a replica streams from / clones from / rewinds from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    pub name: MemberName,
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({}:{})", self.name, self.host, self.port)
+    }
+}
+
+/// How to stop PostgreSQL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopMode {
+    /// `pg_ctl stop -m fast`: clean shutdown with a checkpoint.
+    Fast,
+    /// `pg_ctl stop -m immediate`, escalating to SIGKILL of the whole process group: used when
+    /// fencing, where no session may commit any more.
+    Immediate,
+}
+
+/// One effect for the agent to perform. The executor performs actions in order and stops at
+/// the first one that fails (or, for the race actions, loses).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Create `initialize` = "" if absent (the bootstrap race). Losing stops the list.
+    RaceInitialize,
+    /// initdb, configure, start, create roles, checkpoint, write `initialize`=sysid, write
+    /// `config`, take the leader key. On failure: cancel the initialisation.
+    BootstrapCluster,
+    /// Compare-and-swap create of the leader key with our lease. Losing stops the list.
+    AcquireLeader,
+    /// Delete the leader key if it still holds our name; `last_lsn` goes to `status` first.
+    ReleaseLeader { last_lsn: Option<Lsn> },
+    /// Write our dynamic configuration into `config` (it was missing).
+    WriteConfig,
+    /// Append the new timeline to the `history` key from the timeline history file.
+    UpdateHistory,
+    /// Physical replication slots for these members (and drop other member slots we own).
+    EnsureSlots { slots: Vec<String> },
+    /// Start PostgreSQL; as a standby of `upstream` when given, else as a primary.
+    StartPostgres { upstream: Option<Upstream> },
+    StopPostgres { mode: StopMode },
+    /// `pg_ctl promote`, waiting until the server accepts writes.
+    Promote,
+    /// Point a running standby at `upstream` (rewrite recovery settings, reload).
+    Follow { upstream: Upstream },
+    /// Wipe the data directory and `pg_basebackup` from `upstream`.
+    Clone { upstream: Upstream },
+    /// Crash recovery if unclean, then `pg_rewind` from `upstream`.
+    Rewind { upstream: Upstream },
+    /// Remove the data directory (after a failed rewind, when configured to).
+    WipeDataDir,
+}
+
+/// The kind of an action, without its arguments (for failure reports).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActionKind {
+    RaceInitialize,
+    BootstrapCluster,
+    AcquireLeader,
+    ReleaseLeader,
+    WriteConfig,
+    UpdateHistory,
+    EnsureSlots,
+    StartPostgres,
+    StopPostgres,
+    Promote,
+    Follow,
+    Clone,
+    Rewind,
+    WipeDataDir,
+}
+
+impl Action {
+    pub fn kind(&self) -> ActionKind {
+        match self {
+            Action::RaceInitialize => ActionKind::RaceInitialize,
+            Action::BootstrapCluster => ActionKind::BootstrapCluster,
+            Action::AcquireLeader => ActionKind::AcquireLeader,
+            Action::ReleaseLeader { .. } => ActionKind::ReleaseLeader,
+            Action::WriteConfig => ActionKind::WriteConfig,
+            Action::UpdateHistory => ActionKind::UpdateHistory,
+            Action::EnsureSlots { .. } => ActionKind::EnsureSlots,
+            Action::StartPostgres { .. } => ActionKind::StartPostgres,
+            Action::StopPostgres { .. } => ActionKind::StopPostgres,
+            Action::Promote => ActionKind::Promote,
+            Action::Follow { .. } => ActionKind::Follow,
+            Action::Clone { .. } => ActionKind::Clone,
+            Action::Rewind { .. } => ActionKind::Rewind,
+            Action::WipeDataDir => ActionKind::WipeDataDir,
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::RaceInitialize => write!(f, "race for initialize key"),
+            Action::BootstrapCluster => write!(f, "bootstrap new cluster"),
+            Action::AcquireLeader => write!(f, "acquire leader key"),
+            Action::ReleaseLeader { last_lsn: Some(lsn) } => {
+                write!(f, "release leader key (last lsn {lsn})")
+            }
+            Action::ReleaseLeader { last_lsn: None } => write!(f, "release leader key"),
+            Action::WriteConfig => write!(f, "write dynamic config"),
+            Action::UpdateHistory => write!(f, "update timeline history"),
+            Action::EnsureSlots { slots } => write!(f, "ensure slots [{}]", slots.join(", ")),
+            Action::StartPostgres { upstream: None } => write!(f, "start postgres as primary"),
+            Action::StartPostgres { upstream: Some(u) } => {
+                write!(f, "start postgres as replica of {u}")
+            }
+            Action::StopPostgres { mode: StopMode::Fast } => write!(f, "stop postgres (fast)"),
+            Action::StopPostgres { mode: StopMode::Immediate } => {
+                write!(f, "stop postgres (immediate)")
+            }
+            Action::Promote => write!(f, "promote postgres"),
+            Action::Follow { upstream } => write!(f, "follow {upstream}"),
+            Action::Clone { upstream } => write!(f, "clone from {upstream}"),
+            Action::Rewind { upstream } => write!(f, "rewind from {upstream}"),
+            Action::WipeDataDir => write!(f, "wipe data directory"),
+        }
+    }
+}
+
+/// Why a member is not the healthiest candidate in a leader race.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NotHealthiest {
+    /// Our WAL position is more than `maximum_lag_on_failover` behind the last known optime.
+    Lagging { behind: u64, limit: u64 },
+    /// Our timeline is behind the cluster's.
+    TimelineBehind { mine: Timeline, cluster: Timeline },
+    /// Another member still runs PostgreSQL as a primary.
+    PrimaryStillAlive { member: MemberName },
+    /// Another member has received more WAL.
+    PeerAhead { member: MemberName, theirs: Lsn, mine: Lsn },
+    /// Another member has the same WAL position and a higher `failover_priority`.
+    PeerPreferred { member: MemberName, theirs: i64, mine: i64 },
+    /// We do not know our own WAL position.
+    OwnPositionUnknown,
+}
+
+impl fmt::Display for NotHealthiest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NotHealthiest::Lagging { behind, limit } => {
+                write!(f, "my wal position is {behind} bytes behind, more than maximum_lag_on_failover ({limit})")
+            }
+            NotHealthiest::TimelineBehind { mine, cluster } => {
+                write!(f, "my timeline {mine} is behind the cluster timeline {cluster}")
+            }
+            NotHealthiest::PrimaryStillAlive { member } => {
+                write!(f, "Primary ({member}) is still alive")
+            }
+            NotHealthiest::PeerAhead { member, theirs, mine } => {
+                write!(f, "Wal position of {member} ({theirs}) is ahead of my wal position ({mine})")
+            }
+            NotHealthiest::PeerPreferred { member, theirs, mine } => write!(
+                f,
+                "{member} has equally tolerable WAL position and priority {theirs}, while this node has priority {mine}"
+            ),
+            NotHealthiest::OwnPositionUnknown => write!(f, "my wal position is unknown"),
+        }
+    }
+}
+
+/// Why the decision is what it is. `Display` is the line the log, `/patroni` and `list` show;
+/// where Patroni has a message for the same situation, the text is Patroni's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reason {
+    DcsUnreachable,
+    DcsUnreachableFencing,
+    LeaseExpiredFencing,
+    WaitingForLease,
+    RacingForInitialize,
+    BootstrapInProgress,
+    WaitingForLeaderToBootstrap,
+    NotAllowedToBootstrap,
+    DataDirUnusable { error: String },
+    SystemIdMismatch { ours: String, cluster: String },
+    LeaderWithLock,
+    PromotingWithLock,
+    AcquiringLock,
+    StartingPrimaryAfterCrash,
+    PrimaryStartTimedOut,
+    ReleasingLockPgDown,
+    DemotingNotLeader { leader: Option<MemberName> },
+    Following { leader: MemberName },
+    StartingAsSecondary { leader: MemberName },
+    Cloning { leader: MemberName },
+    Rewinding { leader: MemberName },
+    RewindFailedStaying { leader: MemberName },
+    RewindFailedReinitializing { leader: MemberName },
+    NotHealthiest(NotHealthiest),
+    NotAllowedToPromote,
+    NoLeaderWaiting,
+    WaitingForLeaderMember { leader: MemberName },
+    Paused { detail: String },
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::DcsUnreachable => write!(f, "DCS is not accessible"),
+            Reason::DcsUnreachableFencing => {
+                write!(f, "demoted self because DCS is not accessible and I was a leader")
+            }
+            Reason::LeaseExpiredFencing => {
+                write!(f, "demoted self because the leader lease could not be renewed before its fencing deadline")
+            }
+            Reason::WaitingForLease => write!(f, "waiting for a lease from the DCS"),
+            Reason::RacingForInitialize => write!(f, "trying to bootstrap a new cluster"),
+            Reason::BootstrapInProgress => write!(f, "bootstrap in progress"),
+            Reason::WaitingForLeaderToBootstrap => write!(f, "waiting for leader to bootstrap"),
+            Reason::NotAllowedToBootstrap => {
+                write!(f, "not allowed to bootstrap a new cluster (nofailover or no bootstrap section); waiting for a leader")
+            }
+            Reason::DataDirUnusable { error } => {
+                write!(f, "data directory is not usable, leaving it alone: {error}")
+            }
+            Reason::SystemIdMismatch { ours, cluster } => write!(
+                f,
+                "system ID mismatch, node belongs to a different cluster: {ours} != {cluster}"
+            ),
+            Reason::LeaderWithLock => write!(f, "no action. I am the leader with the lock"),
+            Reason::PromotingWithLock => {
+                write!(f, "promoted self to leader because I had the session lock")
+            }
+            Reason::AcquiringLock => {
+                write!(f, "promoted self to leader by acquiring session lock")
+            }
+            Reason::StartingPrimaryAfterCrash => write!(f, "starting primary after failure"),
+            Reason::PrimaryStartTimedOut => write!(
+                f,
+                "removed leader key after trying and failing to start postgres within primary_start_timeout"
+            ),
+            Reason::ReleasingLockPgDown => {
+                write!(f, "removed leader key because postgres is not running as primary")
+            }
+            Reason::DemotingNotLeader { .. } => {
+                write!(f, "demoting self because I do not have the lock and I was a leader")
+            }
+            Reason::Following { leader } => {
+                write!(f, "no action. I am a secondary, and following a leader ({leader})")
+            }
+            Reason::StartingAsSecondary { leader } => {
+                write!(f, "starting as a secondary following {leader}")
+            }
+            Reason::Cloning { leader } => write!(f, "creating replica from {leader}"),
+            Reason::Rewinding { leader } => {
+                write!(f, "running pg_rewind from {leader} before following it")
+            }
+            Reason::RewindFailedStaying { leader } => write!(
+                f,
+                "pg_rewind from {leader} failed and remove_data_directory_on_rewind_failure is off; staying stopped"
+            ),
+            Reason::RewindFailedReinitializing { leader } => write!(
+                f,
+                "pg_rewind from {leader} failed; removing data directory to re-clone"
+            ),
+            Reason::NotHealthiest(why) => write!(
+                f,
+                "following a different leader because i am not the healthiest node: {why}"
+            ),
+            Reason::NotAllowedToPromote => write!(
+                f,
+                "following a different leader because I am not allowed to promote"
+            ),
+            Reason::NoLeaderWaiting => write!(f, "no leader; waiting for one to appear"),
+            Reason::WaitingForLeaderMember { leader } => {
+                write!(f, "waiting for the leader ({leader}) to publish its member key")
+            }
+            Reason::Paused { detail } => write!(f, "PAUSE: {detail}"),
+        }
+    }
+}
+
+/// The output of [`crate::decide`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub actions: Vec<Action>,
+    pub reason: Reason,
+    pub next_memory: Memory,
+    /// When to run the next cycle at the latest (earlier on a DCS or PostgreSQL event).
+    pub wake_at: Mono,
+}

@@ -1,0 +1,24 @@
+//! pgbaton's domain vocabulary and its decision core.
+//!
+//! Pure: no IO, no clock, no randomness, no async runtime. [`decide`] is a total function from
+//! (memory, observation, config, now) to a [`Decision`]: typed actions in order, a typed
+//! [`Reason`] whose `Display` is the line operators see, the memory for the next cycle and the
+//! time of the next wake-up.
+
+mod decide;
+mod decision;
+mod pg;
+mod types;
+mod view;
+
+pub use decide::decide;
+pub use decision::{
+    Action, ActionFailure, ActionKind, Decision, HaConfig, LeaseState, Memory, NotHealthiest,
+    Observation, PeerStatus, Reason, StopMode, Upstream,
+};
+pub use pg::{ClusterState, ControlData, DataDir, PgProcess, PgSql, PgState, ReplicationRow};
+pub use types::{Clock, Lsn, MemberName, Mono, ParseLsnError, Timeline};
+pub use view::{
+    ClusterView, FailoverRequest, HistoryLine, LeaderKey, LeaderStatus, Member, SyncState, Tags,
+    Versioned,
+};

@@ -1,0 +1,131 @@
+//! The distributed configuration store: the `Dcs` trait, its etcd v3 implementation
+//! (`EtcdDcs`, native gRPC, Patroni's key layout and JSON) and an in-memory implementation
+//! (`MemDcs`) that passes the same contract tests.
+//!
+//! Only this crate knows the key layout (`/<namespace>/<scope>/{initialize,config,leader,
+//! members/<name>,failover,sync,history,status,failsafe}`) and the record encodings.
+
+use std::future::Future;
+use std::time::Duration;
+
+use baton_core::{ClusterView, HistoryLine, Lsn, Member, MemberName};
+
+mod etcd;
+mod mem;
+pub mod record;
+
+
+
+
+/// Errors callers branch on.
+#[derive(Debug, thiserror::Error)]
+pub enum DcsError {
+    /// No answer within the deadline, connection refused, no quorum: the DCS state is unknown.
+    #[error("DCS unavailable: {0}")]
+    Unavailable(String),
+    /// The lease does not exist any more (expired or revoked).
+    #[error("lease {0} not found")]
+    LeaseNotFound(i64),
+    /// Any other error reported by the store.
+    #[error("DCS error: {0}")]
+    Other(String),
+}
+
+/// Where the cluster lives in the store and how long requests may take.
+#[derive(Clone, Debug)]
+pub struct DcsScope {
+    /// Patroni `namespace` (default `/service`).
+    pub namespace: String,
+    /// Patroni `scope` (the cluster name).
+    pub scope: String,
+}
+
+impl DcsScope {
+    /// `re.sub('/+','/', '/'.join(['', namespace, scope]))` + `/`, e.g. `/service/batman/`.
+    pub fn prefix(&self) -> String {
+        let joined = format!("/{}/{}/", self.namespace, self.scope);
+        let mut out = String::with_capacity(joined.len());
+        for c in joined.chars() {
+            if !(c == '/' && out.ends_with('/')) {
+                out.push(c);
+            }
+        }
+        out
+    }
+}
+
+/// The cluster store. All methods are bounded by the implementation's request timeout and
+/// return [`DcsError::Unavailable`] when it passes.
+///
+/// Contract (checked by `tests/contract.rs` against both implementations):
+/// - `read_cluster` is linearizable and returns one consistent snapshot of the prefix; values
+///   that do not decode are skipped and named in `ClusterView::warnings`.
+/// - the leader key and this member's key are attached to the caller's lease; when the lease
+///   expires or is revoked both disappear.
+/// - `acquire_leader` succeeds only when the leader key does not exist (create-revision 0).
+/// - `release_leader` deletes the key only while it still holds the caller's name.
+/// - `changes()` ticks (at least once) after any modification under the prefix, including
+///   lease expiry; it is a wake-up signal, not a data source.
+pub trait Dcs: Send + Sync + 'static {
+    fn read_cluster(&self) -> impl Future<Output = Result<ClusterView, DcsError>> + Send;
+
+    /// Grant a lease with this TTL (whole seconds, rounded up).
+    fn grant_lease(&self, ttl: Duration) -> impl Future<Output = Result<i64, DcsError>> + Send;
+
+    /// Refresh a lease; returns the remaining TTL reported by the store.
+    /// `Err(LeaseNotFound)` when it has expired.
+    fn keepalive(&self, lease: i64) -> impl Future<Output = Result<Duration, DcsError>> + Send;
+
+    fn revoke_lease(&self, lease: i64) -> impl Future<Output = Result<(), DcsError>> + Send;
+
+    /// Create `initialize` = "" if absent. `true` when we created it (won the bootstrap race).
+    fn race_initialize(&self) -> impl Future<Output = Result<bool, DcsError>> + Send;
+
+    /// Overwrite `initialize` with the system identifier.
+    fn set_initialize(&self, sysid: &str) -> impl Future<Output = Result<(), DcsError>> + Send;
+
+    /// Delete `initialize` (a failed bootstrap).
+    fn cancel_initialize(&self) -> impl Future<Output = Result<(), DcsError>> + Send;
+
+    /// Create the leader key = `name` with `lease`, only if it does not exist.
+    fn acquire_leader(
+        &self,
+        name: &MemberName,
+        lease: i64,
+    ) -> impl Future<Output = Result<bool, DcsError>> + Send;
+
+    /// Delete the leader key if its value is `name`. `true` when deleted.
+    fn release_leader(&self, name: &MemberName) -> impl Future<Output = Result<bool, DcsError>> + Send;
+
+    /// Write `members/<name>` with `lease` (Patroni's member JSON). Skips the write when the
+    /// stored value and lease are unchanged.
+    fn touch_member(
+        &self,
+        member: &Member,
+        lease: i64,
+    ) -> impl Future<Output = Result<(), DcsError>> + Send;
+
+    /// Write `config` (compact JSON). With `version`, only if its mod_revision still matches;
+    /// returns `false` on a CAS conflict.
+    fn write_config(
+        &self,
+        json: &str,
+        version: Option<i64>,
+    ) -> impl Future<Output = Result<bool, DcsError>> + Send;
+
+    /// Write `status` = `{"optime": .., "slots": {..}, "retain_slots": []}` when it changed.
+    fn write_status(
+        &self,
+        optime: Lsn,
+        slots: &[(String, Lsn)],
+    ) -> impl Future<Output = Result<(), DcsError>> + Send;
+
+    /// Write `history`.
+    fn write_history(
+        &self,
+        history: &[HistoryLine],
+    ) -> impl Future<Output = Result<(), DcsError>> + Send;
+
+    /// A wake-up signal that changes after modifications under the prefix.
+    fn changes(&self) -> tokio::sync::watch::Receiver<u64>;
+}

@@ -1,0 +1,134 @@
+//! The local PostgreSQL: the `Postgres` trait and `LocalPostgres`, which runs the PostgreSQL
+//! binaries (initdb, pg_ctl, pg_basebackup, pg_rewind, pg_controldata, postgres --single) and
+//! SQL (tokio-postgres, every query under a timeout). Pure renderers and parsers for the files
+//! it owns (`postgresql.conf`, `pg_hba.conf`, `standby.signal`, `primary_conninfo`, pgpass) and
+//! for `pg_controldata` output live in [`render`] and [`controldata`].
+//!
+//! Only this crate runs PostgreSQL binaries or SQL.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use baton_core::{HistoryLine, PgState, StopMode, Upstream};
+
+pub mod controldata;
+mod local;
+pub mod render;
+
+
+
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    /// A binary exited non-zero; carries the command line and the tail of its output.
+    #[error("{command} failed: {detail}")]
+    Command { command: String, detail: String },
+    #[error("{what} timed out after {after:?}")]
+    Timeout { what: String, after: Duration },
+    #[error("sql: {0}")]
+    Sql(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// User name and password for one of the three roles.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: String,
+    pub password: Option<String>,
+}
+
+/// Everything `LocalPostgres` needs to know, mapped by the agent from the validated config.
+#[derive(Clone, Debug)]
+pub struct PgSettings {
+    /// Member name: `application_name` on replication connections, slot name source.
+    pub name: String,
+    /// Cluster name (`cluster_name` GUC).
+    pub scope: String,
+    pub data_dir: PathBuf,
+    /// Directory with initdb, pg_ctl, postgres, ... (`postgresql.bin_dir`).
+    pub bin_dir: PathBuf,
+    /// `listen_addresses` (from `postgresql.listen`, host part; may be a comma list).
+    pub listen_addresses: String,
+    /// `port` (from `postgresql.listen`).
+    pub port: u16,
+    /// Host to connect to for local SQL (a listen address, or the socket directory).
+    pub local_host: String,
+    /// Directory for the Unix socket (`unix_socket_directories`); the data dir when `None`.
+    pub socket_dir: Option<PathBuf>,
+    pub superuser: Credentials,
+    pub replication: Credentials,
+    /// pg_rewind's user (Patroni `authentication.rewind`); the superuser when `None`.
+    pub rewind: Option<Credentials>,
+    /// The pgpass file the agent writes and points `PGPASSFILE` at.
+    pub pgpass: PathBuf,
+    /// `postgresql.parameters` merged with dynamic-config parameters (agent does the merge).
+    pub parameters: BTreeMap<String, String>,
+    /// `postgresql.pg_hba` lines; when empty, a default allowing the replication and
+    /// superuser roles over md5/scram from anywhere plus local trust is written.
+    pub pg_hba: Vec<String>,
+    /// initdb options (`bootstrap.initdb` in list form: `--encoding=UTF8`, `--data-checksums`).
+    pub initdb_options: Vec<String>,
+    /// `pg_ctl` timeout for start/stop/promote (Patroni `pg_ctl_timeout`, default 60 s).
+    pub pg_ctl_timeout: Duration,
+    /// Timeout of each SQL observation round.
+    pub sql_timeout: Duration,
+}
+
+/// The local PostgreSQL instance.
+///
+/// Every method is bounded in time and never panics on bad state; errors carry the command
+/// and the tail of its output.
+pub trait Postgres: Send + Sync + 'static {
+    /// Data directory, process and (if running) SQL state. Never fails: what could not be
+    /// read is absent in the result.
+    fn observe(&self) -> impl Future<Output = PgState> + Send;
+
+    /// `initdb` with the configured options; writes `postgresql.conf` / `pg_hba.conf`.
+    fn initdb(&self) -> impl Future<Output = Result<(), PgError>> + Send;
+
+    /// Write the configuration files (as a standby of `upstream`, or a primary) and start the
+    /// server, waiting until it accepts connections (bounded by `pg_ctl_timeout`).
+    fn start(&self, upstream: Option<&Upstream>) -> impl Future<Output = Result<(), PgError>> + Send;
+
+    /// Stop the server. `Immediate` escalates to SIGKILL of the postmaster's whole process
+    /// group when `pg_ctl` does not finish in time; returns only once no postmaster is left.
+    fn stop(&self, mode: StopMode) -> impl Future<Output = Result<(), PgError>> + Send;
+
+    /// `pg_ctl promote -w`; returns once `pg_is_in_recovery()` is false.
+    fn promote(&self) -> impl Future<Output = Result<(), PgError>> + Send;
+
+    /// Rewrite recovery settings to stream from `upstream` and reload. `Ok(false)` when they
+    /// were already right (no reload).
+    fn follow(&self, upstream: &Upstream) -> impl Future<Output = Result<bool, PgError>> + Send;
+
+    /// Empty the data directory and `pg_basebackup` from `upstream` (as the replication user).
+    fn clone_from(&self, upstream: &Upstream) -> impl Future<Output = Result<(), PgError>> + Send;
+
+    /// Crash recovery in single-user mode if the last shutdown was unclean, then
+    /// `pg_rewind --source-server` against `upstream` (rewind user).
+    fn rewind(&self, upstream: &Upstream) -> impl Future<Output = Result<(), PgError>> + Send;
+
+    /// Remove the data directory's contents.
+    fn wipe_data_dir(&self) -> impl Future<Output = Result<(), PgError>> + Send;
+
+    /// After initdb + start: create or alter the superuser, replication and rewind roles with
+    /// their passwords (rewind gets EXECUTE on pg_ls_dir, pg_stat_file, pg_read_binary_file,
+    /// pg_read_binary_file(text,bigint,bigint,boolean)), then CHECKPOINT.
+    fn create_roles(&self) -> impl Future<Output = Result<(), PgError>> + Send;
+
+    /// Make the set of physical replication slots named like members equal `slots` (create
+    /// missing, drop inactive extra ones that look like member slots).
+    fn ensure_slots(&self, slots: &[String]) -> impl Future<Output = Result<(), PgError>> + Send;
+
+    /// Parse `pg_wal/<TL>.history` of the current timeline into history lines (without
+    /// timestamps/new-leader names; the caller adds those for the last line).
+    fn timeline_history(&self) -> impl Future<Output = Result<Vec<HistoryLine>, PgError>> + Send;
+}
