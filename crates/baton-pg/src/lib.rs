@@ -80,6 +80,9 @@ pub struct PgSettings {
     pub pg_ctl_timeout: Duration,
     /// Timeout of each SQL observation round.
     pub sql_timeout: Duration,
+    /// Spawn PostgreSQL binaries with this (uid, gid) and hand the files the agent writes to
+    /// it. For an agent (or a test) running as root; `None` runs them as the agent's own user.
+    pub run_as: Option<(u32, u32)>,
 }
 
 /// The local PostgreSQL instance.
