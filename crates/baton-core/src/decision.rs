@@ -114,6 +114,16 @@ impl fmt::Display for Upstream {
     }
 }
 
+/// The role PostgreSQL starts in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartRole {
+    /// No `standby.signal`: a primary (after crash recovery if needed).
+    Primary,
+    /// With `standby.signal`, streaming from `upstream` when one is known; with `None` it
+    /// stays read-only in recovery until a leader appears.
+    Standby { upstream: Option<Upstream> },
+}
+
 /// How to stop PostgreSQL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopMode {
@@ -143,8 +153,8 @@ pub enum Action {
     UpdateHistory,
     /// Physical replication slots for these members (and drop other member slots we own).
     EnsureSlots { slots: Vec<String> },
-    /// Start PostgreSQL; as a standby of `upstream` when given, else as a primary.
-    StartPostgres { upstream: Option<Upstream> },
+    /// Start PostgreSQL in the given role.
+    StartPostgres { role: StartRole },
     StopPostgres { mode: StopMode },
     /// `pg_ctl promote`, waiting until the server accepts writes.
     Promote,
@@ -211,9 +221,14 @@ impl fmt::Display for Action {
             Action::WriteConfig => write!(f, "write dynamic config"),
             Action::UpdateHistory => write!(f, "update timeline history"),
             Action::EnsureSlots { slots } => write!(f, "ensure slots [{}]", slots.join(", ")),
-            Action::StartPostgres { upstream: None } => write!(f, "start postgres as primary"),
-            Action::StartPostgres { upstream: Some(u) } => {
+            Action::StartPostgres { role: StartRole::Primary } => {
+                write!(f, "start postgres as primary")
+            }
+            Action::StartPostgres { role: StartRole::Standby { upstream: Some(u) } } => {
                 write!(f, "start postgres as replica of {u}")
+            }
+            Action::StartPostgres { role: StartRole::Standby { upstream: None } } => {
+                write!(f, "start postgres as replica without upstream")
             }
             Action::StopPostgres { mode: StopMode::Fast } => write!(f, "stop postgres (fast)"),
             Action::StopPostgres { mode: StopMode::Immediate } => {

@@ -14,7 +14,7 @@ mod view;
 pub use decide::decide;
 pub use decision::{
     Action, ActionFailure, ActionKind, Decision, HaConfig, LeaseState, Memory, NotHealthiest,
-    Observation, PeerStatus, Reason, StopMode, Upstream,
+    Observation, PeerStatus, Reason, StartRole, StopMode, Upstream,
 };
 pub use pg::{ClusterState, ControlData, DataDir, PgProcess, PgSql, PgState, ReplicationRow};
 pub use types::{Clock, Lsn, MemberName, Mono, ParseLsnError, Timeline};

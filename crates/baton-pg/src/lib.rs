@@ -11,7 +11,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use baton_core::{HistoryLine, PgState, StopMode, Upstream};
+use baton_core::{HistoryLine, PgState, StartRole, StopMode, Upstream};
 
 pub mod controldata;
 mod local;
@@ -97,9 +97,10 @@ pub trait Postgres: Send + Sync + 'static {
     /// `initdb` with the configured options; writes `postgresql.conf` / `pg_hba.conf`.
     fn initdb(&self) -> impl Future<Output = Result<(), PgError>> + Send;
 
-    /// Write the configuration files (as a standby of `upstream`, or a primary) and start the
-    /// server, waiting until it accepts connections (bounded by `pg_ctl_timeout`).
-    fn start(&self, upstream: Option<&Upstream>) -> impl Future<Output = Result<(), PgError>> + Send;
+    /// Write the configuration files for `role` (a primary; or a standby with `standby.signal`,
+    /// streaming from its upstream when it has one) and start the server, waiting until it
+    /// accepts connections (bounded by `pg_ctl_timeout`).
+    fn start(&self, role: &StartRole) -> impl Future<Output = Result<(), PgError>> + Send;
 
     /// Stop the server. `Immediate` escalates to SIGKILL of the postmaster's whole process
     /// group when `pg_ctl` does not finish in time; returns only once no postmaster is left.
