@@ -94,6 +94,15 @@ pub trait Dcs: Send + Sync + 'static {
         lease: i64,
     ) -> impl Future<Output = Result<bool, DcsError>> + Send;
 
+    /// Re-attach the leader key to a new lease: only if its value is still `name` (Patroni's
+    /// `_update_leader` after a lease was re-granted, e.g. an agent restart on a running
+    /// primary). `true` when the key now carries `lease`.
+    fn reattach_leader(
+        &self,
+        name: &MemberName,
+        lease: i64,
+    ) -> impl Future<Output = Result<bool, DcsError>> + Send;
+
     /// Delete the leader key if its value is `name`. `true` when deleted.
     fn release_leader(&self, name: &MemberName) -> impl Future<Output = Result<bool, DcsError>> + Send;
 
