@@ -1,7 +1,537 @@
-use crate::decision::{Decision, HaConfig, Memory, Observation, Reason};
-use crate::types::Mono;
+//! The HA decision: one pure function per cycle.
+//!
+//! Order of the checks matters and follows the safety rules (design.md §4):
+//! 1. fence first: PostgreSQL that may accept writes while our lease is not provably alive is
+//!    stopped immediately, whatever else is going on;
+//! 2. with no DCS view nothing else is decided (replicas keep streaming, a leader keeps running
+//!    until its fencing deadline, which step 1 enforces);
+//! 3. the data directory: empty → bootstrap or clone; unusable → leave it alone;
+//! 4. PostgreSQL down → restart as primary while we hold the key (bounded by
+//!    `primary_start_timeout`), otherwise rewind if it was a primary and start as a standby;
+//! 5. PostgreSQL up → keep / promote as the leader, demote when someone else leads or nobody
+//!    does (a primary never runs without the key), follow the leader, or race for the key when
+//!    it is free and we are the healthiest eligible member.
 
-/// Placeholder until the decision logic lands (next commit).
-pub fn decide(memory: &Memory, _obs: &Observation, config: &HaConfig, now: Mono) -> Decision {
-    Decision { actions: vec![], reason: Reason::NoLeaderWaiting, next_memory: memory.clone(), wake_at: now + config.loop_wait }
+use std::time::Duration;
+
+use crate::decision::{
+    Action, ActionKind, Decision, HaConfig, Memory, NotHealthiest, Observation, Reason, StartRole,
+    StopMode, Upstream,
+};
+use crate::pg::{ClusterState, ControlData, DataDir, PgSql, PgState};
+use crate::types::{MemberName, Mono};
+use crate::view::ClusterView;
+
+/// How soon a leaderless member looks again (the DCS watch usually wakes it earlier).
+const LEADERLESS_RECHECK: Duration = Duration::from_secs(1);
+
+/// Decide what to do in this cycle. Pure and total.
+pub fn decide(memory: &Memory, obs: &Observation, config: &HaConfig, now: Mono) -> Decision {
+    let mut next = memory.clone();
+    if let (Some(failure), Some(leader)) = (
+        &obs.last_failure,
+        obs.dcs.as_ref().and_then(|v| v.leader_name()),
+    ) && failure.action == ActionKind::Rewind
+    {
+        next.rewind_failed_against = Some(leader.clone());
+    }
+
+    let ctx = Ctx {
+        obs,
+        cfg: config,
+        now,
+    };
+    let (mut actions, mut reason) = ctx.choose(&mut next);
+
+    if config.pause {
+        // Maintenance mode: PostgreSQL and the leader key are left as they are; only
+        // bookkeeping that changes no role still happens.
+        let before = actions.len();
+        actions.retain(|a| {
+            matches!(
+                a,
+                Action::Follow { .. }
+                    | Action::EnsureSlots { .. }
+                    | Action::WriteConfig
+                    | Action::UpdateHistory
+                    | Action::ReattachLeader
+            )
+        });
+        let detail = if actions.len() < before {
+            format!("not acting while paused, would have: {reason}")
+        } else {
+            reason.to_string()
+        };
+        reason = Reason::Paused { detail };
+    }
+
+    next.was_leader = ctx.holds_key()
+        || actions
+            .iter()
+            .any(|a| matches!(a, Action::AcquireLeader | Action::ReattachLeader));
+
+    let mut wake_at = now + config.loop_wait;
+    if !actions.is_empty() {
+        // Observe the effect right away.
+        wake_at = now;
+    }
+    if obs.dcs.as_ref().is_some_and(|v| v.leader.is_none()) {
+        wake_at = wake_at.min(now + LEADERLESS_RECHECK);
+    }
+    if (next.was_leader || may_be_primary(&obs.pg))
+        && let Some(deadline) = obs.lease.fence_deadline
+    {
+        wake_at = wake_at.min(deadline.max(now));
+    }
+
+    Decision {
+        actions,
+        reason,
+        next_memory: next,
+        wake_at,
+    }
 }
+
+/// PostgreSQL may accept writes: it answers as a primary, or it runs and its control file says
+/// it is in production (not answering SQL is no proof of being read-only).
+fn may_be_primary(pg: &PgState) -> bool {
+    if !pg.is_running() {
+        return false;
+    }
+    match (&pg.sql, &pg.data_dir) {
+        (Some(sql), _) => !sql.in_recovery,
+        (None, DataDir::Initialized(cd)) => cd.state != ClusterState::InArchiveRecovery,
+        (None, _) => true,
+    }
+}
+
+struct Ctx<'a> {
+    obs: &'a Observation,
+    cfg: &'a HaConfig,
+    now: Mono,
+}
+
+impl Ctx<'_> {
+    fn lease_ok(&self) -> bool {
+        self.obs.lease.valid_at(self.now)
+    }
+
+    fn me(&self) -> &MemberName {
+        &self.cfg.me
+    }
+
+    /// The leader key holds our name and our current, valid lease.
+    fn holds_key(&self) -> bool {
+        self.lease_ok()
+            && self
+                .obs
+                .dcs
+                .as_ref()
+                .and_then(|v| v.leader.as_ref())
+                .is_some_and(|l| &l.name == self.me() && Some(l.lease) == self.obs.lease.id)
+    }
+
+    /// The leader key holds our name but another lease (from before an agent restart).
+    fn holds_stale_key(&self) -> bool {
+        self.obs
+            .dcs
+            .as_ref()
+            .and_then(|v| v.leader.as_ref())
+            .is_some_and(|l| &l.name == self.me() && Some(l.lease) != self.obs.lease.id)
+    }
+
+    fn choose(&self, next: &mut Memory) -> (Vec<Action>, Reason) {
+        let pg = &self.obs.pg;
+
+        // 1. Fence: no writable PostgreSQL without a provably alive lease.
+        if may_be_primary(pg) && !self.lease_ok() && !self.cfg.pause {
+            next.following = None;
+            let reason = if self.obs.dcs.is_none() {
+                Reason::DcsUnreachableFencing
+            } else {
+                Reason::LeaseExpiredFencing
+            };
+            return (
+                vec![Action::StopPostgres {
+                    mode: StopMode::Immediate,
+                }],
+                reason,
+            );
+        }
+
+        // 2. Without a DCS view, change nothing.
+        let Some(view) = self.obs.dcs.as_ref() else {
+            return (vec![], Reason::DcsUnreachable);
+        };
+
+        // 3. The data directory.
+        let cd = match &pg.data_dir {
+            DataDir::Unusable(error) => {
+                let mut actions = vec![];
+                if self.holds_key() || self.holds_stale_key() {
+                    actions.push(Action::ReleaseLeader { last_lsn: None });
+                }
+                return (
+                    actions,
+                    Reason::DataDirUnusable {
+                        error: error.clone(),
+                    },
+                );
+            }
+            DataDir::Empty => return self.empty_data_dir(next, view),
+            DataDir::Initialized(cd) => cd,
+        };
+        if let Some(cluster) = view.system_id()
+            && cluster != cd.system_id
+        {
+            let mut actions = vec![];
+            if may_be_primary(pg) {
+                actions.push(Action::StopPostgres {
+                    mode: StopMode::Immediate,
+                });
+            }
+            return (
+                actions,
+                Reason::SystemIdMismatch {
+                    ours: cd.system_id.clone(),
+                    cluster: cluster.to_owned(),
+                },
+            );
+        }
+
+        // 4. PostgreSQL down.
+        if !pg.is_running() {
+            return self.postgres_down(next, view, cd);
+        }
+        if self.holds_key() {
+            next.primary_down_since = None;
+        }
+
+        // 5. PostgreSQL up.
+        let leader = view.leader.as_ref().filter(|l| &l.name != self.me());
+        if let Some(l) = leader
+            && may_be_primary(pg)
+        {
+            next.following = None;
+            return (
+                vec![Action::StopPostgres {
+                    mode: StopMode::Immediate,
+                }],
+                Reason::DemotingNotLeader {
+                    leader: Some(l.name.clone()),
+                },
+            );
+        }
+        let Some(sql) = &pg.sql else {
+            return (vec![], Reason::WaitingForPostgres);
+        };
+
+        if self.holds_key() {
+            return self.leader_running(next, view, sql);
+        }
+        if self.holds_stale_key() {
+            if !sql.in_recovery && self.lease_ok() {
+                return (vec![Action::ReattachLeader], Reason::ReattachingLeader);
+            }
+            return (
+                vec![Action::ReleaseLeader { last_lsn: None }],
+                Reason::ReleasingLockPgDown,
+            );
+        }
+        match leader {
+            Some(l) => {
+                let Some(upstream) = upstream_of(view, &l.name) else {
+                    return (
+                        vec![],
+                        Reason::WaitingForLeaderMember {
+                            leader: l.name.clone(),
+                        },
+                    );
+                };
+                next.rewind_failed_against = None;
+                let reason = Reason::Following {
+                    leader: l.name.clone(),
+                };
+                if next.following.as_ref() == Some(&l.name) {
+                    return (vec![], reason);
+                }
+                next.following = Some(l.name.clone());
+                (vec![Action::Follow { upstream }], reason)
+            }
+            None if !sql.in_recovery => {
+                // A primary nobody elected (rule 5): fence first; it may race as a standby.
+                next.following = None;
+                (
+                    vec![Action::StopPostgres {
+                        mode: StopMode::Immediate,
+                    }],
+                    Reason::DemotingNotLeader { leader: None },
+                )
+            }
+            None => self.race(next, view, sql),
+        }
+    }
+
+    fn empty_data_dir(&self, next: &mut Memory, view: &ClusterView) -> (Vec<Action>, Reason) {
+        next.following = None;
+        if self.holds_key() || self.holds_stale_key() {
+            return (
+                vec![Action::ReleaseLeader { last_lsn: None }],
+                Reason::ReleasingLockPgDown,
+            );
+        }
+        if let Some(leader) = view.leader_name() {
+            return match upstream_of(view, leader) {
+                Some(upstream) => (
+                    vec![
+                        Action::Clone {
+                            upstream: upstream.clone(),
+                        },
+                        Action::StartPostgres {
+                            role: StartRole::Standby {
+                                upstream: Some(upstream),
+                            },
+                        },
+                    ],
+                    Reason::Cloning {
+                        leader: leader.clone(),
+                    },
+                ),
+                None => (
+                    vec![],
+                    Reason::WaitingForLeaderMember {
+                        leader: leader.clone(),
+                    },
+                ),
+            };
+        }
+        match view.initialize.as_deref() {
+            None if !self.cfg.can_bootstrap => (vec![], Reason::NotAllowedToBootstrap),
+            None if !self.lease_ok() => (vec![], Reason::WaitingForLease),
+            None => (
+                vec![Action::RaceInitialize, Action::BootstrapCluster],
+                Reason::RacingForInitialize,
+            ),
+            Some("") => (vec![], Reason::WaitingForLeaderToBootstrap),
+            Some(_) => (vec![], Reason::NoLeaderWaiting),
+        }
+    }
+
+    fn postgres_down(
+        &self,
+        next: &mut Memory,
+        view: &ClusterView,
+        cd: &ControlData,
+    ) -> (Vec<Action>, Reason) {
+        next.following = None;
+        if self.holds_key() {
+            let since = *next.primary_down_since.get_or_insert(self.now);
+            if self.now.saturating_since(since) < self.cfg.primary_start_timeout {
+                return (
+                    vec![Action::StartPostgres {
+                        role: StartRole::Primary,
+                    }],
+                    Reason::StartingPrimaryAfterCrash,
+                );
+            }
+            next.primary_down_since = None;
+            return (
+                vec![Action::ReleaseLeader {
+                    last_lsn: Some(cd.checkpoint_lsn),
+                }],
+                Reason::PrimaryStartTimedOut,
+            );
+        }
+        next.primary_down_since = None;
+        if self.holds_stale_key() {
+            return (
+                vec![Action::ReleaseLeader { last_lsn: None }],
+                Reason::ReleasingLockPgDown,
+            );
+        }
+        let Some(leader) = view.leader_name() else {
+            return (
+                vec![Action::StartPostgres {
+                    role: StartRole::Standby { upstream: None },
+                }],
+                Reason::StartingAsSecondary { leader: None },
+            );
+        };
+        let Some(upstream) = upstream_of(view, leader) else {
+            return (
+                vec![],
+                Reason::WaitingForLeaderMember {
+                    leader: leader.clone(),
+                },
+            );
+        };
+        let start = Action::StartPostgres {
+            role: StartRole::Standby {
+                upstream: Some(upstream.clone()),
+            },
+        };
+        if !cd.state.was_primary() {
+            return (
+                vec![start],
+                Reason::StartingAsSecondary {
+                    leader: Some(leader.clone()),
+                },
+            );
+        }
+        // A former primary coming back under another leader: it may hold WAL the new leader
+        // never saw, so it is rewound (or re-cloned) before it streams.
+        if next.rewind_failed_against.as_ref() == Some(leader) {
+            if self.cfg.remove_data_directory_on_rewind_failure {
+                return (
+                    vec![Action::WipeDataDir],
+                    Reason::RewindFailedReinitializing {
+                        leader: leader.clone(),
+                    },
+                );
+            }
+            return (
+                vec![],
+                Reason::RewindFailedStaying {
+                    leader: leader.clone(),
+                },
+            );
+        }
+        if self.cfg.use_pg_rewind {
+            return (
+                vec![Action::Rewind { upstream }, start],
+                Reason::Rewinding {
+                    leader: leader.clone(),
+                },
+            );
+        }
+        if self.cfg.remove_data_directory_on_rewind_failure {
+            return (
+                vec![Action::WipeDataDir],
+                Reason::RewindFailedReinitializing {
+                    leader: leader.clone(),
+                },
+            );
+        }
+        (
+            vec![start],
+            Reason::StartingAsSecondary {
+                leader: Some(leader.clone()),
+            },
+        )
+    }
+
+    fn leader_running(
+        &self,
+        next: &mut Memory,
+        view: &ClusterView,
+        sql: &PgSql,
+    ) -> (Vec<Action>, Reason) {
+        next.following = None;
+        if sql.in_recovery {
+            return (vec![Action::Promote], Reason::PromotingWithLock);
+        }
+        let mut actions = vec![];
+        if view.config.is_none() {
+            actions.push(Action::WriteConfig);
+        }
+        if view.timeline().is_some_and(|tl| sql.timeline > tl) {
+            actions.push(Action::UpdateHistory);
+        }
+        let mut slots: Vec<String> = view
+            .members
+            .iter()
+            .filter(|m| &m.name != self.me() && !m.tags.nostream)
+            .map(|m| m.name.slot_name())
+            .collect();
+        slots.sort();
+        let mut have = sql.slots.clone();
+        have.sort();
+        if slots != have {
+            actions.push(Action::EnsureSlots { slots });
+        }
+        (actions, Reason::LeaderWithLock)
+    }
+
+    /// No leader key: take it if we are the healthiest eligible member.
+    fn race(&self, next: &mut Memory, view: &ClusterView, sql: &PgSql) -> (Vec<Action>, Reason) {
+        if self.cfg.tags.is_nofailover() {
+            return (vec![], Reason::NotAllowedToPromote);
+        }
+        if !self.lease_ok() {
+            return (vec![], Reason::WaitingForLease);
+        }
+        if let Err(why) = self.healthiest(view, sql) {
+            return (vec![], Reason::NotHealthiest(why));
+        }
+        next.following = None;
+        (
+            vec![Action::AcquireLeader, Action::Promote],
+            Reason::AcquiringLock,
+        )
+    }
+
+    /// Patroni's `_is_healthiest_node`: within `maximum_lag_on_failover` of the last known
+    /// leader position, no live primary among the peers, nobody with more WAL, nobody with
+    /// the same WAL and a higher `failover_priority`. Peers that did not answer, and peers
+    /// that may not be promoted, are not compared.
+    fn healthiest(&self, view: &ClusterView, sql: &PgSql) -> Result<(), NotHealthiest> {
+        let mine = sql.wal_position();
+        if mine.0 == 0 {
+            return Err(NotHealthiest::OwnPositionUnknown);
+        }
+        if let Some(optime) = view.optime() {
+            let behind = optime.saturating_sub(mine);
+            if behind > self.cfg.maximum_lag_on_failover {
+                return Err(NotHealthiest::Lagging {
+                    behind,
+                    limit: self.cfg.maximum_lag_on_failover,
+                });
+            }
+        }
+        let my_priority = self.cfg.tags.effective_failover_priority();
+        for peer in &self.obs.peers {
+            if !peer.reachable || &peer.name == self.me() {
+                continue;
+            }
+            if peer.is_primary {
+                return Err(NotHealthiest::PrimaryStillAlive {
+                    member: peer.name.clone(),
+                });
+            }
+            if peer.tags.is_nofailover() || peer.watchdog_failed {
+                continue;
+            }
+            let theirs = peer.wal_position.unwrap_or_default();
+            if theirs > mine {
+                return Err(NotHealthiest::PeerAhead {
+                    member: peer.name.clone(),
+                    theirs,
+                    mine,
+                });
+            }
+            let their_priority = peer.tags.effective_failover_priority();
+            if theirs == mine && their_priority > my_priority {
+                return Err(NotHealthiest::PeerPreferred {
+                    member: peer.name.clone(),
+                    theirs: their_priority,
+                    mine: my_priority,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where to stream / clone / rewind from: the member's `conn_url`.
+fn upstream_of(view: &ClusterView, name: &MemberName) -> Option<Upstream> {
+    let member = view.member(name)?;
+    let (host, port) = member.pg_host_port()?;
+    Some(Upstream {
+        name: name.clone(),
+        host,
+        port,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -145,25 +145,42 @@ pub enum Action {
     BootstrapCluster,
     /// Compare-and-swap create of the leader key with our lease. Losing stops the list.
     AcquireLeader,
+    /// Move the leader key, which still holds our name, onto our current lease (agent restarted
+    /// while its PostgreSQL kept running as primary). Losing stops the list.
+    ReattachLeader,
     /// Delete the leader key if it still holds our name; `last_lsn` goes to `status` first.
-    ReleaseLeader { last_lsn: Option<Lsn> },
+    ReleaseLeader {
+        last_lsn: Option<Lsn>,
+    },
     /// Write our dynamic configuration into `config` (it was missing).
     WriteConfig,
     /// Append the new timeline to the `history` key from the timeline history file.
     UpdateHistory,
     /// Physical replication slots for these members (and drop other member slots we own).
-    EnsureSlots { slots: Vec<String> },
+    EnsureSlots {
+        slots: Vec<String>,
+    },
     /// Start PostgreSQL in the given role.
-    StartPostgres { role: StartRole },
-    StopPostgres { mode: StopMode },
+    StartPostgres {
+        role: StartRole,
+    },
+    StopPostgres {
+        mode: StopMode,
+    },
     /// `pg_ctl promote`, waiting until the server accepts writes.
     Promote,
     /// Point a running standby at `upstream` (rewrite recovery settings, reload).
-    Follow { upstream: Upstream },
+    Follow {
+        upstream: Upstream,
+    },
     /// Wipe the data directory and `pg_basebackup` from `upstream`.
-    Clone { upstream: Upstream },
+    Clone {
+        upstream: Upstream,
+    },
     /// Crash recovery if unclean, then `pg_rewind` from `upstream`.
-    Rewind { upstream: Upstream },
+    Rewind {
+        upstream: Upstream,
+    },
     /// Remove the data directory (after a failed rewind, when configured to).
     WipeDataDir,
 }
@@ -174,6 +191,7 @@ pub enum ActionKind {
     RaceInitialize,
     BootstrapCluster,
     AcquireLeader,
+    ReattachLeader,
     ReleaseLeader,
     WriteConfig,
     UpdateHistory,
@@ -193,6 +211,7 @@ impl Action {
             Action::RaceInitialize => ActionKind::RaceInitialize,
             Action::BootstrapCluster => ActionKind::BootstrapCluster,
             Action::AcquireLeader => ActionKind::AcquireLeader,
+            Action::ReattachLeader => ActionKind::ReattachLeader,
             Action::ReleaseLeader { .. } => ActionKind::ReleaseLeader,
             Action::WriteConfig => ActionKind::WriteConfig,
             Action::UpdateHistory => ActionKind::UpdateHistory,
@@ -214,24 +233,37 @@ impl fmt::Display for Action {
             Action::RaceInitialize => write!(f, "race for initialize key"),
             Action::BootstrapCluster => write!(f, "bootstrap new cluster"),
             Action::AcquireLeader => write!(f, "acquire leader key"),
-            Action::ReleaseLeader { last_lsn: Some(lsn) } => {
+            Action::ReattachLeader => write!(f, "re-attach leader key to our lease"),
+            Action::ReleaseLeader {
+                last_lsn: Some(lsn),
+            } => {
                 write!(f, "release leader key (last lsn {lsn})")
             }
             Action::ReleaseLeader { last_lsn: None } => write!(f, "release leader key"),
             Action::WriteConfig => write!(f, "write dynamic config"),
             Action::UpdateHistory => write!(f, "update timeline history"),
             Action::EnsureSlots { slots } => write!(f, "ensure slots [{}]", slots.join(", ")),
-            Action::StartPostgres { role: StartRole::Primary } => {
+            Action::StartPostgres {
+                role: StartRole::Primary,
+            } => {
                 write!(f, "start postgres as primary")
             }
-            Action::StartPostgres { role: StartRole::Standby { upstream: Some(u) } } => {
+            Action::StartPostgres {
+                role: StartRole::Standby { upstream: Some(u) },
+            } => {
                 write!(f, "start postgres as replica of {u}")
             }
-            Action::StartPostgres { role: StartRole::Standby { upstream: None } } => {
+            Action::StartPostgres {
+                role: StartRole::Standby { upstream: None },
+            } => {
                 write!(f, "start postgres as replica without upstream")
             }
-            Action::StopPostgres { mode: StopMode::Fast } => write!(f, "stop postgres (fast)"),
-            Action::StopPostgres { mode: StopMode::Immediate } => {
+            Action::StopPostgres {
+                mode: StopMode::Fast,
+            } => write!(f, "stop postgres (fast)"),
+            Action::StopPostgres {
+                mode: StopMode::Immediate,
+            } => {
                 write!(f, "stop postgres (immediate)")
             }
             Action::Promote => write!(f, "promote postgres"),
@@ -253,9 +285,17 @@ pub enum NotHealthiest {
     /// Another member still runs PostgreSQL as a primary.
     PrimaryStillAlive { member: MemberName },
     /// Another member has received more WAL.
-    PeerAhead { member: MemberName, theirs: Lsn, mine: Lsn },
+    PeerAhead {
+        member: MemberName,
+        theirs: Lsn,
+        mine: Lsn,
+    },
     /// Another member has the same WAL position and a higher `failover_priority`.
-    PeerPreferred { member: MemberName, theirs: i64, mine: i64 },
+    PeerPreferred {
+        member: MemberName,
+        theirs: i64,
+        mine: i64,
+    },
     /// We do not know our own WAL position.
     OwnPositionUnknown,
 }
@@ -264,18 +304,35 @@ impl fmt::Display for NotHealthiest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             NotHealthiest::Lagging { behind, limit } => {
-                write!(f, "my wal position is {behind} bytes behind, more than maximum_lag_on_failover ({limit})")
+                write!(
+                    f,
+                    "my wal position is {behind} bytes behind, more than maximum_lag_on_failover ({limit})"
+                )
             }
             NotHealthiest::TimelineBehind { mine, cluster } => {
-                write!(f, "my timeline {mine} is behind the cluster timeline {cluster}")
+                write!(
+                    f,
+                    "my timeline {mine} is behind the cluster timeline {cluster}"
+                )
             }
             NotHealthiest::PrimaryStillAlive { member } => {
                 write!(f, "Primary ({member}) is still alive")
             }
-            NotHealthiest::PeerAhead { member, theirs, mine } => {
-                write!(f, "Wal position of {member} ({theirs}) is ahead of my wal position ({mine})")
+            NotHealthiest::PeerAhead {
+                member,
+                theirs,
+                mine,
+            } => {
+                write!(
+                    f,
+                    "Wal position of {member} ({theirs}) is ahead of my wal position ({mine})"
+                )
             }
-            NotHealthiest::PeerPreferred { member, theirs, mine } => write!(
+            NotHealthiest::PeerPreferred {
+                member,
+                theirs,
+                mine,
+            } => write!(
                 f,
                 "{member} has equally tolerable WAL position and priority {theirs}, while this node has priority {mine}"
             ),
@@ -306,7 +363,9 @@ pub enum Reason {
     ReleasingLockPgDown,
     DemotingNotLeader { leader: Option<MemberName> },
     Following { leader: MemberName },
-    StartingAsSecondary { leader: MemberName },
+    StartingAsSecondary { leader: Option<MemberName> },
+    ReattachingLeader,
+    WaitingForPostgres,
     Cloning { leader: MemberName },
     Rewinding { leader: MemberName },
     RewindFailedStaying { leader: MemberName },
@@ -323,17 +382,26 @@ impl fmt::Display for Reason {
         match self {
             Reason::DcsUnreachable => write!(f, "DCS is not accessible"),
             Reason::DcsUnreachableFencing => {
-                write!(f, "demoted self because DCS is not accessible and I was a leader")
+                write!(
+                    f,
+                    "demoted self because DCS is not accessible and I was a leader"
+                )
             }
             Reason::LeaseExpiredFencing => {
-                write!(f, "demoted self because the leader lease could not be renewed before its fencing deadline")
+                write!(
+                    f,
+                    "demoted self because the leader lease could not be renewed before its fencing deadline"
+                )
             }
             Reason::WaitingForLease => write!(f, "waiting for a lease from the DCS"),
             Reason::RacingForInitialize => write!(f, "trying to bootstrap a new cluster"),
             Reason::BootstrapInProgress => write!(f, "bootstrap in progress"),
             Reason::WaitingForLeaderToBootstrap => write!(f, "waiting for leader to bootstrap"),
             Reason::NotAllowedToBootstrap => {
-                write!(f, "not allowed to bootstrap a new cluster (nofailover or no bootstrap section); waiting for a leader")
+                write!(
+                    f,
+                    "not allowed to bootstrap a new cluster (nofailover or no bootstrap section); waiting for a leader"
+                )
             }
             Reason::DataDirUnusable { error } => {
                 write!(f, "data directory is not usable, leaving it alone: {error}")
@@ -355,16 +423,37 @@ impl fmt::Display for Reason {
                 "removed leader key after trying and failing to start postgres within primary_start_timeout"
             ),
             Reason::ReleasingLockPgDown => {
-                write!(f, "removed leader key because postgres is not running as primary")
+                write!(
+                    f,
+                    "removed leader key because postgres is not running as primary"
+                )
             }
             Reason::DemotingNotLeader { .. } => {
-                write!(f, "demoting self because I do not have the lock and I was a leader")
+                write!(
+                    f,
+                    "demoting self because I do not have the lock and I was a leader"
+                )
             }
             Reason::Following { leader } => {
-                write!(f, "no action. I am a secondary, and following a leader ({leader})")
+                write!(
+                    f,
+                    "no action. I am a secondary, and following a leader ({leader})"
+                )
             }
-            Reason::StartingAsSecondary { leader } => {
+            Reason::StartingAsSecondary {
+                leader: Some(leader),
+            } => {
                 write!(f, "starting as a secondary following {leader}")
+            }
+            Reason::StartingAsSecondary { leader: None } => {
+                write!(f, "starting as a secondary; no leader to follow yet")
+            }
+            Reason::ReattachingLeader => write!(
+                f,
+                "postgres is running as primary and the leader key still holds my name: re-attaching it to my lease"
+            ),
+            Reason::WaitingForPostgres => {
+                write!(f, "postgres is running but does not answer yet; waiting")
             }
             Reason::Cloning { leader } => write!(f, "creating replica from {leader}"),
             Reason::Rewinding { leader } => {
@@ -388,7 +477,10 @@ impl fmt::Display for Reason {
             ),
             Reason::NoLeaderWaiting => write!(f, "no leader; waiting for one to appear"),
             Reason::WaitingForLeaderMember { leader } => {
-                write!(f, "waiting for the leader ({leader}) to publish its member key")
+                write!(
+                    f,
+                    "waiting for the leader ({leader}) to publish its member key"
+                )
             }
             Reason::Paused { detail } => write!(f, "PAUSE: {detail}"),
         }

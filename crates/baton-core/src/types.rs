@@ -15,7 +15,11 @@ impl MemberName {
     /// except the reserved strict-sync placeholder, which the configuration layer rejects.
     pub fn new(name: impl Into<String>) -> Option<MemberName> {
         let name = name.into();
-        if name.is_empty() { None } else { Some(MemberName(name)) }
+        if name.is_empty() {
+            None
+        } else {
+            Some(MemberName(name))
+        }
     }
 
     pub fn as_str(&self) -> &str {

@@ -50,7 +50,9 @@ impl ClusterView {
     /// when the cluster has not been initialised.
     pub fn timeline(&self) -> Option<Timeline> {
         self.initialize.as_ref().filter(|s| !s.is_empty())?;
-        Some(Timeline(self.history.last().map_or(1, |h| h.timeline.0 + 1)))
+        Some(Timeline(
+            self.history.last().map_or(1, |h| h.timeline.0 + 1),
+        ))
     }
 
     /// The system identifier stored in `initialize`, when it is filled in.
@@ -155,7 +157,11 @@ impl Tags {
 
     /// Patroni `Tags.failover_priority`: 0 when nofailover, else the tag (default 1).
     pub fn effective_failover_priority(&self) -> i64 {
-        if self.is_nofailover() { 0 } else { self.failover_priority.unwrap_or(1) }
+        if self.is_nofailover() {
+            0
+        } else {
+            self.failover_priority.unwrap_or(1)
+        }
     }
 
     pub fn is_nosync(&self) -> bool {
@@ -186,7 +192,9 @@ pub struct SyncState {
 impl SyncState {
     /// Case-insensitive membership, as Patroni's `SyncState.matches`.
     pub fn lists(&self, name: &MemberName) -> bool {
-        self.sync_standby.iter().any(|s| s.as_str().eq_ignore_ascii_case(name.as_str()))
+        self.sync_standby
+            .iter()
+            .any(|s| s.as_str().eq_ignore_ascii_case(name.as_str()))
     }
 }
 

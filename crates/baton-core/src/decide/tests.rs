@@ -1,0 +1,970 @@
+//! Decision tests: a cluster described as text, the decision rendered as text.
+//!
+//! Fixture lines (`key: tokens`, tokens are `k=v` or bare words):
+//! ```text
+//! config: me=n2 ttl=10 loop_wait=2 lag=1048576 start_timeout=300 rewind=on wipe=off pause=off bootstrap=on nofailover=off priority=1
+//! now: 100
+//! lease: id=7 deadline=105            (or `lease: none`)
+//! dcs: init=7001 leader=n1@5 optime=0/3000000 history=1 config=yes     (or `dcs: unreachable`)
+//! member: n1 role=primary xlog=0/3000000 conn=10.0.0.1:5432 nostream nofailover priority=2
+//! pg: data=initialized sysid=7001 state=in-archive-recovery tl=1 ckpt=0/2000000
+//! pg: running primary|replica|nosql tl=1 flush=0/3000000 recv=.. replay=.. slots=n1,n3
+//! peer: n3 reachable|unreachable wal=0/2000000 primary nofailover priority=2
+//! memory: following=n1 down_since=90 rewind_failed=n1
+//! failure: rewind at=99
+//! ```
+//! Times are seconds on the monotonic clock.
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use expect_test::{Expect, expect};
+
+use crate::decision::{
+    ActionFailure, ActionKind, HaConfig, LeaseState, Memory, Observation, PeerStatus,
+};
+use crate::pg::{ClusterState, ControlData, DataDir, PgProcess, PgSql};
+use crate::types::{Lsn, MemberName, Mono, Timeline};
+use crate::view::{ClusterView, HistoryLine, LeaderKey, LeaderStatus, Member, Tags, Versioned};
+
+fn name(s: &str) -> MemberName {
+    MemberName::new(s).expect("fixture names are non-empty")
+}
+
+fn secs(s: &str) -> Mono {
+    Mono::from_millis(s.parse::<u64>().expect("seconds") * 1000)
+}
+
+fn lsn(s: &str) -> Lsn {
+    s.parse().expect("fixture LSN")
+}
+
+struct Tokens<'a> {
+    words: Vec<&'a str>,
+}
+
+impl<'a> Tokens<'a> {
+    fn new(rest: &'a str) -> Tokens<'a> {
+        Tokens {
+            words: rest.split_whitespace().collect(),
+        }
+    }
+    fn get(&self, key: &str) -> Option<&'a str> {
+        self.words
+            .iter()
+            .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+    }
+    fn has(&self, word: &str) -> bool {
+        self.words.contains(&word)
+    }
+    fn first(&self) -> &'a str {
+        self.words.first().copied().unwrap_or("")
+    }
+    fn on(&self, key: &str, default: bool) -> bool {
+        self.get(key).map_or(default, |v| v == "on")
+    }
+}
+
+fn tags(t: &Tokens<'_>) -> Tags {
+    Tags {
+        nofailover: t.has("nofailover").then_some(true),
+        failover_priority: t.get("priority").map(|p| p.parse().expect("priority")),
+        nostream: t.has("nostream"),
+        ..Tags::default()
+    }
+}
+
+struct Fixture {
+    memory: Memory,
+    obs: Observation,
+    config: HaConfig,
+    now: Mono,
+}
+
+fn parse(fixture: &str) -> Fixture {
+    let mut config = HaConfig {
+        me: name("n2"),
+        ttl: Duration::from_secs(10),
+        loop_wait: Duration::from_secs(2),
+        retry_timeout: Duration::from_secs(3),
+        maximum_lag_on_failover: 1_048_576,
+        primary_start_timeout: Duration::from_secs(300),
+        use_pg_rewind: true,
+        remove_data_directory_on_rewind_failure: false,
+        pause: false,
+        tags: Tags::default(),
+        can_bootstrap: true,
+    };
+    let mut obs = Observation::default();
+    let mut memory = Memory::default();
+    let mut now = Mono::from_millis(100_000);
+    let mut view: Option<ClusterView> = Some(ClusterView::default());
+
+    for line in fixture.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let (key, rest) = line.split_once(':').expect("fixture line is `key: tokens`");
+        let t = Tokens::new(rest);
+        match key {
+            "config" => {
+                if let Some(me) = t.get("me") {
+                    config.me = name(me);
+                }
+                let dur = |k: &str, d: Duration| {
+                    t.get(k)
+                        .map_or(d, |v| Duration::from_secs(v.parse().expect("secs")))
+                };
+                config.ttl = dur("ttl", config.ttl);
+                config.loop_wait = dur("loop_wait", config.loop_wait);
+                config.primary_start_timeout = dur("start_timeout", config.primary_start_timeout);
+                if let Some(l) = t.get("lag") {
+                    config.maximum_lag_on_failover = l.parse().expect("lag");
+                }
+                config.use_pg_rewind = t.on("rewind", true);
+                config.remove_data_directory_on_rewind_failure = t.on("wipe", false);
+                config.pause = t.on("pause", false);
+                config.can_bootstrap = t.on("bootstrap", true);
+                config.tags = tags(&t);
+            }
+            "now" => now = secs(t.first()),
+            "lease" => {
+                obs.lease = if t.has("none") {
+                    LeaseState::default()
+                } else {
+                    LeaseState {
+                        id: t.get("id").map(|v| v.parse().expect("lease id")),
+                        fence_deadline: t.get("deadline").map(secs),
+                    }
+                }
+            }
+            "dcs" => {
+                if t.has("unreachable") {
+                    view = None;
+                    continue;
+                }
+                let v = view.get_or_insert_with(ClusterView::default);
+                v.initialize = t.get("init").map(|s| {
+                    if s == "\"\"" {
+                        String::new()
+                    } else {
+                        s.to_owned()
+                    }
+                });
+                if let Some(l) = t.get("leader") {
+                    let (n, lease) = l.split_once('@').expect("leader=name@lease");
+                    v.leader = Some(LeaderKey {
+                        name: name(n),
+                        lease: lease.parse().expect("lease"),
+                        create_revision: 1,
+                        mod_revision: 1,
+                    });
+                }
+                v.status = t.get("optime").map(|o| LeaderStatus {
+                    optime: lsn(o),
+                    ..LeaderStatus::default()
+                });
+                if let Some(h) = t.get("history") {
+                    let last: u32 = h.parse().expect("history timeline");
+                    v.history = (1..=last)
+                        .map(|tl| HistoryLine {
+                            timeline: Timeline(tl),
+                            lsn: Lsn(u64::from(tl) << 24),
+                            reason: "no recovery target specified".into(),
+                            timestamp: None,
+                            new_leader: None,
+                        })
+                        .collect();
+                }
+                if t.get("config") != Some("no") {
+                    v.config = Some(Versioned {
+                        value: "{}".into(),
+                        mod_revision: 1,
+                    });
+                }
+            }
+            "member" => {
+                let v = view.get_or_insert_with(ClusterView::default);
+                v.members.push(Member {
+                    name: name(t.first()),
+                    role: t.get("role").unwrap_or("replica").to_owned(),
+                    state: "running".into(),
+                    conn_url: t.get("conn").map(|c| format!("postgres://{c}/postgres")),
+                    xlog_location: t.get("xlog").map(lsn),
+                    tags: tags(&t),
+                    ..Member::default()
+                });
+            }
+            "pg" => {
+                if let Some(data) = t.get("data") {
+                    obs.pg.data_dir = match data {
+                        "empty" => DataDir::Empty,
+                        "unusable" => DataDir::Unusable("permission denied".into()),
+                        _ => DataDir::Initialized(ControlData {
+                            system_id: t.get("sysid").unwrap_or("7001").to_owned(),
+                            state: ClusterState::parse(
+                                &t.get("state")
+                                    .unwrap_or("in-archive-recovery")
+                                    .replace('-', " "),
+                            )
+                            .expect("controldata state"),
+                            timeline: Timeline(t.get("tl").map_or(1, |v| v.parse().expect("tl"))),
+                            checkpoint_lsn: t.get("ckpt").map_or(Lsn(0x200_0000), lsn),
+                            ..ControlData::default()
+                        }),
+                    };
+                }
+                if t.has("running") {
+                    obs.pg.process = PgProcess::Running { pid: 4242 };
+                    if !t.has("nosql") {
+                        obs.pg.sql = Some(PgSql {
+                            server_version: 150_008,
+                            in_recovery: !t.has("primary"),
+                            timeline: Timeline(t.get("tl").map_or(1, |v| v.parse().expect("tl"))),
+                            flush_lsn: t.get("flush").map(lsn),
+                            received_lsn: t.get("recv").map(lsn),
+                            replayed_lsn: t.get("replay").map(lsn),
+                            streaming: t.has("streaming"),
+                            slots: t
+                                .get("slots")
+                                .map(|s| s.split(',').map(str::to_owned).collect())
+                                .unwrap_or_default(),
+                            ..PgSql::default()
+                        });
+                    }
+                }
+            }
+            "peer" => obs.peers.push(PeerStatus {
+                name: name(t.first()),
+                reachable: !t.has("unreachable"),
+                is_primary: t.has("primary"),
+                wal_position: t.get("wal").map(lsn),
+                timeline: Some(Timeline(1)),
+                tags: tags(&t),
+                watchdog_failed: false,
+            }),
+            "memory" => {
+                memory.following = t.get("following").map(name);
+                memory.primary_down_since = t.get("down_since").map(secs);
+                memory.rewind_failed_against = t.get("rewind_failed").map(name);
+            }
+            "failure" => {
+                obs.last_failure = Some(ActionFailure {
+                    action: match t.first() {
+                        "rewind" => ActionKind::Rewind,
+                        "start" => ActionKind::StartPostgres,
+                        other => panic!("unknown failure kind {other}"),
+                    },
+                    at: t.get("at").map_or(now, secs),
+                    error: "exit status 1".into(),
+                })
+            }
+            other => panic!("unknown fixture key {other}"),
+        }
+    }
+    if let Some(v) = view.as_mut() {
+        v.members.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+    obs.dcs = view;
+    Fixture {
+        memory,
+        obs,
+        config,
+        now,
+    }
+}
+
+fn render(fixture: &str) -> String {
+    let f = parse(fixture);
+    let d = super::decide(&f.memory, &f.obs, &f.config, f.now);
+    let mut out = String::new();
+    writeln!(out, "reason: {}", d.reason).unwrap();
+    if d.actions.is_empty() {
+        writeln!(out, "actions: none").unwrap();
+    } else {
+        writeln!(out, "actions:").unwrap();
+        for (i, a) in d.actions.iter().enumerate() {
+            writeln!(out, "  {}. {a}", i + 1).unwrap();
+        }
+    }
+    let m = &d.next_memory;
+    let opt = |n: &Option<MemberName>| n.as_ref().map_or("-".to_owned(), |n| n.to_string());
+    writeln!(
+        out,
+        "memory: leader={} following={} down_since={} rewind_failed={}",
+        m.was_leader,
+        opt(&m.following),
+        m.primary_down_since
+            .map_or("-".to_owned(), |t| t.to_string()),
+        opt(&m.rewind_failed_against),
+    )
+    .unwrap();
+    writeln!(
+        out,
+        "wake: +{}ms",
+        d.wake_at.as_millis().saturating_sub(f.now.as_millis())
+    )
+    .unwrap();
+    out
+}
+
+#[track_caller]
+fn check(fixture: &str, expect: Expect) {
+    expect.assert_eq(&render(fixture));
+}
+
+/// A healthy three-member cluster seen from n2 (a streaming replica of n1).
+const CLUSTER: &str = "
+    lease: id=7 deadline=105
+    dcs: init=7001 leader=n1@5 optime=0/3000000
+    member: n1 role=primary xlog=0/3000000 conn=10.0.0.1:5432
+    member: n2 role=replica xlog=0/3000000 conn=10.0.0.2:5432
+    member: n3 role=replica xlog=0/3000000 conn=10.0.0.3:5432
+";
+
+// ---- bootstrap -------------------------------------------------------------------------
+
+#[test]
+fn empty_cluster_races_for_initialize() {
+    check(
+        "lease: id=7 deadline=105
+         dcs:
+         pg: data=empty",
+        expect![[r#"
+            reason: trying to bootstrap a new cluster
+            actions:
+              1. race for initialize key
+              2. bootstrap new cluster
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
+
+#[test]
+fn bootstrap_needs_a_lease() {
+    check(
+        "lease: none
+         dcs:
+         pg: data=empty",
+        expect![[r#"
+            reason: waiting for a lease from the DCS
+            actions: none
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +1000ms
+        "#]],
+    );
+}
+
+#[test]
+fn nofailover_member_never_bootstraps() {
+    check(
+        "config: bootstrap=off
+         lease: id=7 deadline=105
+         dcs:
+         pg: data=empty",
+        expect![[r#"
+            reason: not allowed to bootstrap a new cluster (nofailover or no bootstrap section); waiting for a leader
+            actions: none
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +1000ms
+        "#]],
+    );
+}
+
+#[test]
+fn another_member_is_bootstrapping() {
+    check(
+        r#"lease: id=7 deadline=105
+           dcs: init=""
+           pg: data=empty"#,
+        expect![[r#"
+            reason: waiting for leader to bootstrap
+            actions: none
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +1000ms
+        "#]],
+    );
+}
+
+#[test]
+fn empty_member_clones_from_the_leader_then_streams() {
+    check(
+        &format!("{CLUSTER}\n pg: data=empty"),
+        expect![[r#"
+            reason: creating replica from n1
+            actions:
+              1. clone from n1 (10.0.0.1:5432)
+              2. start postgres as replica of n1 (10.0.0.1:5432)
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
+
+#[test]
+fn unusable_data_directory_is_left_alone() {
+    check(
+        &format!("{CLUSTER}\n pg: data=unusable"),
+        expect![[r#"
+            reason: data directory is not usable, leaving it alone: permission denied
+            actions: none
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +2000ms
+        "#]],
+    );
+}
+
+#[test]
+fn data_from_another_cluster_is_not_used() {
+    check(
+        &format!("{CLUSTER}\n pg: data=initialized sysid=9999 state=shut-down-in-recovery"),
+        expect![[r#"
+            reason: system ID mismatch, node belongs to a different cluster: 9999 != 7001
+            actions: none
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +2000ms
+        "#]],
+    );
+}
+
+// ---- steady state ----------------------------------------------------------------------
+
+#[test]
+fn leader_keeps_its_role_and_slots() {
+    check(
+        "config: me=n1
+         lease: id=5 deadline=105
+         dcs: init=7001 leader=n1@5 optime=0/3000000
+         member: n1 role=primary conn=10.0.0.1:5432
+         member: n2 role=replica conn=10.0.0.2:5432
+         member: n3 role=replica conn=10.0.0.3:5432
+         pg: data=initialized state=in-production
+         pg: running primary tl=1 flush=0/3000000 slots=n2,n3",
+        expect![[r#"
+            reason: no action. I am the leader with the lock
+            actions: none
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +2000ms
+        "#]],
+    );
+}
+
+#[test]
+fn leader_creates_missing_slots_config_and_history() {
+    check(
+        "config: me=n1
+         lease: id=5 deadline=105
+         dcs: init=7001 leader=n1@5 optime=0/3000000 config=no
+         member: n1 role=primary conn=10.0.0.1:5432
+         member: n2 role=replica conn=10.0.0.2:5432
+         member: n3 role=replica conn=10.0.0.3:5432 nostream
+         pg: data=initialized state=in-production
+         pg: running primary tl=2 flush=0/3000000",
+        expect![[r#"
+            reason: no action. I am the leader with the lock
+            actions:
+              1. write dynamic config
+              2. update timeline history
+              3. ensure slots [n2]
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
+
+#[test]
+fn leader_wakes_up_at_its_fencing_deadline() {
+    check(
+        "config: me=n1 loop_wait=10
+         lease: id=5 deadline=103
+         dcs: init=7001 leader=n1@5
+         member: n1 role=primary conn=10.0.0.1:5432
+         pg: data=initialized state=in-production
+         pg: running primary tl=1 flush=0/3000000",
+        expect![[r#"
+            reason: no action. I am the leader with the lock
+            actions: none
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +3000ms
+        "#]],
+    );
+}
+
+#[test]
+fn replica_points_postgres_at_the_leader_once() {
+    let fixture = format!(
+        "{CLUSTER}\n pg: data=initialized\n pg: running replica tl=1 recv=0/3000000 replay=0/3000000"
+    );
+    check(
+        &fixture,
+        expect![[r#"
+            reason: no action. I am a secondary, and following a leader (n1)
+            actions:
+              1. follow n1 (10.0.0.1:5432)
+            memory: leader=false following=n1 down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+    check(
+        &format!("{fixture}\n memory: following=n1"),
+        expect![[r#"
+            reason: no action. I am a secondary, and following a leader (n1)
+            actions: none
+            memory: leader=false following=n1 down_since=- rewind_failed=-
+            wake: +2000ms
+        "#]],
+    );
+}
+
+#[test]
+fn replica_keeps_streaming_when_the_dcs_is_unreachable() {
+    check(
+        "lease: none
+         dcs: unreachable
+         pg: data=initialized
+         pg: running replica tl=1 recv=0/3000000 replay=0/3000000
+         memory: following=n1",
+        expect![[r#"
+            reason: DCS is not accessible
+            actions: none
+            memory: leader=false following=n1 down_since=- rewind_failed=-
+            wake: +2000ms
+        "#]],
+    );
+}
+
+// ---- fencing ---------------------------------------------------------------------------
+
+#[test]
+fn leader_past_its_fencing_deadline_stops_postgres_immediately() {
+    check(
+        "config: me=n1
+         now: 106
+         lease: id=5 deadline=105
+         dcs: init=7001 leader=n1@5
+         member: n1 role=primary conn=10.0.0.1:5432
+         pg: data=initialized state=in-production
+         pg: running primary tl=1 flush=0/3000000",
+        expect![[r#"
+            reason: demoted self because the leader lease could not be renewed before its fencing deadline
+            actions:
+              1. stop postgres (immediate)
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
+
+#[test]
+fn leader_cut_off_from_the_dcs_runs_until_its_deadline_then_fences() {
+    let base = "config: me=n1
+         lease: id=5 deadline=105
+         dcs: unreachable
+         pg: data=initialized state=in-production
+         pg: running primary tl=1 flush=0/3000000
+    ";
+    check(
+        &format!("{base}\n now: 104"),
+        expect![[r#"
+            reason: DCS is not accessible
+            actions: none
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +1000ms
+        "#]],
+    );
+    check(
+        &format!("{base}\n now: 105"),
+        expect![[r#"
+            reason: demoted self because DCS is not accessible and I was a leader
+            actions:
+              1. stop postgres (immediate)
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
+
+#[test]
+fn primary_that_does_not_answer_sql_is_fenced_too() {
+    check(
+        "config: me=n1
+         now: 106
+         lease: id=5 deadline=105
+         dcs: init=7001 leader=n1@5
+         pg: data=initialized state=in-production
+         pg: running nosql",
+        expect![[r#"
+            reason: demoted self because the leader lease could not be renewed before its fencing deadline
+            actions:
+              1. stop postgres (immediate)
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
+
+#[test]
+fn primary_that_sees_another_leader_demotes() {
+    check(
+        "config: me=n1
+         lease: id=9 deadline=105
+         dcs: init=7001 leader=n2@7
+         member: n2 role=primary conn=10.0.0.2:5432
+         pg: data=initialized state=in-production
+         pg: running primary tl=1 flush=0/3000000",
+        expect![[r#"
+            reason: demoting self because I do not have the lock and I was a leader
+            actions:
+              1. stop postgres (immediate)
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
+
+#[test]
+fn primary_without_any_leader_key_is_fenced_before_racing() {
+    check(
+        "config: me=n1
+         lease: id=9 deadline=105
+         dcs: init=7001
+         member: n1 role=primary conn=10.0.0.1:5432
+         pg: data=initialized state=in-production
+         pg: running primary tl=1 flush=0/3000000",
+        expect![[r#"
+            reason: demoting self because I do not have the lock and I was a leader
+            actions:
+              1. stop postgres (immediate)
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
+
+#[test]
+fn restarted_agent_reattaches_its_own_leader_key() {
+    check(
+        "config: me=n1
+         lease: id=9 deadline=105
+         dcs: init=7001 leader=n1@5
+         member: n1 role=primary conn=10.0.0.1:5432
+         pg: data=initialized state=in-production
+         pg: running primary tl=1 flush=0/3000000",
+        expect![[r#"
+            reason: postgres is running as primary and the leader key still holds my name: re-attaching it to my lease
+            actions:
+              1. re-attach leader key to our lease
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
+
+// ---- failover --------------------------------------------------------------------------
+
+/// n1's host died: its leader and member keys expired with its lease.
+const LEADERLESS: &str = "
+    lease: id=7 deadline=105
+    dcs: init=7001 optime=0/3000000
+    member: n2 role=replica xlog=0/3000000 conn=10.0.0.2:5432
+    member: n3 role=replica xlog=0/3000000 conn=10.0.0.3:5432
+    pg: data=initialized
+";
+
+#[test]
+fn most_advanced_replica_takes_the_key_and_promotes() {
+    check(
+        &format!(
+            "{LEADERLESS}
+             pg: running replica tl=1 recv=0/3000100 replay=0/3000100
+             peer: n3 reachable wal=0/3000000
+             memory: following=n1"
+        ),
+        expect![[r#"
+            reason: promoted self to leader by acquiring session lock
+            actions:
+              1. acquire leader key
+              2. promote postgres
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
+
+#[test]
+fn replica_behind_a_peer_lets_the_peer_win() {
+    check(
+        &format!(
+            "{LEADERLESS}
+             pg: running replica tl=1 recv=0/3000000 replay=0/3000000
+             peer: n3 reachable wal=0/3000100"
+        ),
+        expect![[r#"
+            reason: following a different leader because i am not the healthiest node: Wal position of n3 (0/3000100) is ahead of my wal position (0/3000000)
+            actions: none
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +1000ms
+        "#]],
+    );
+}
+
+#[test]
+fn a_peer_ahead_that_may_not_fail_over_is_ignored() {
+    check(
+        &format!(
+            "{LEADERLESS}
+             pg: running replica tl=1 recv=0/3000000 replay=0/3000000
+             peer: n3 reachable wal=0/3000100 nofailover"
+        ),
+        expect![[r#"
+            reason: promoted self to leader by acquiring session lock
+            actions:
+              1. acquire leader key
+              2. promote postgres
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
+
+#[test]
+fn unreachable_peers_are_not_compared() {
+    check(
+        &format!(
+            "{LEADERLESS}
+             pg: running replica tl=1 recv=0/3000000 replay=0/3000000
+             peer: n3 unreachable wal=0/3000100"
+        ),
+        expect![[r#"
+            reason: promoted self to leader by acquiring session lock
+            actions:
+              1. acquire leader key
+              2. promote postgres
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
+
+#[test]
+fn equal_positions_go_to_the_higher_failover_priority() {
+    check(
+        &format!(
+            "{LEADERLESS}
+             pg: running replica tl=1 recv=0/3000000 replay=0/3000000
+             peer: n3 reachable wal=0/3000000 priority=5"
+        ),
+        expect![[r#"
+            reason: following a different leader because i am not the healthiest node: n3 has equally tolerable WAL position and priority 5, while this node has priority 1
+            actions: none
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +1000ms
+        "#]],
+    );
+}
+
+#[test]
+fn replica_lagging_beyond_maximum_lag_on_failover_does_not_race() {
+    check(
+        &format!(
+            "config: lag=1000
+             {LEADERLESS}
+             pg: running replica tl=1 recv=0/2000000 replay=0/2000000"
+        ),
+        expect![[r#"
+            reason: following a different leader because i am not the healthiest node: my wal position is 16777216 bytes behind, more than maximum_lag_on_failover (1000)
+            actions: none
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +1000ms
+        "#]],
+    );
+}
+
+#[test]
+fn a_live_primary_among_the_peers_blocks_the_race() {
+    check(
+        &format!(
+            "{LEADERLESS}
+             pg: running replica tl=1 recv=0/3000000 replay=0/3000000
+             peer: n3 reachable primary wal=0/3000000"
+        ),
+        expect![[r#"
+            reason: following a different leader because i am not the healthiest node: Primary (n3) is still alive
+            actions: none
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +1000ms
+        "#]],
+    );
+}
+
+#[test]
+fn nofailover_member_never_races() {
+    check(
+        &format!(
+            "config: nofailover
+             {LEADERLESS}
+             pg: running replica tl=1 recv=0/3000100 replay=0/3000100"
+        ),
+        expect![[r#"
+            reason: following a different leader because I am not allowed to promote
+            actions: none
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +1000ms
+        "#]],
+    );
+}
+
+#[test]
+fn winner_promotes_after_taking_the_key() {
+    check(
+        "lease: id=7 deadline=105
+         dcs: init=7001 leader=n2@7
+         member: n2 role=replica conn=10.0.0.2:5432
+         pg: data=initialized
+         pg: running replica tl=1 recv=0/3000000 replay=0/3000000",
+        expect![[r#"
+            reason: promoted self to leader because I had the session lock
+            actions:
+              1. promote postgres
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
+
+#[test]
+fn pause_blocks_the_race() {
+    check(
+        &format!(
+            "config: pause=on
+             {LEADERLESS}
+             pg: running replica tl=1 recv=0/3000100 replay=0/3000100"
+        ),
+        expect![[r#"
+            reason: PAUSE: not acting while paused, would have: promoted self to leader by acquiring session lock
+            actions: none
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +1000ms
+        "#]],
+    );
+}
+
+// ---- PostgreSQL down -------------------------------------------------------------------
+
+#[test]
+fn crashed_primary_is_restarted_in_place_while_we_hold_the_key() {
+    check(
+        "config: me=n1 start_timeout=30
+         lease: id=5 deadline=105
+         dcs: init=7001 leader=n1@5
+         member: n1 role=primary conn=10.0.0.1:5432
+         pg: data=initialized state=in-production",
+        expect![[r#"
+            reason: starting primary after failure
+            actions:
+              1. start postgres as primary
+            memory: leader=true following=- down_since=100.000s rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
+
+#[test]
+fn crashed_primary_hands_over_after_primary_start_timeout() {
+    check(
+        "config: me=n1 start_timeout=30
+         lease: id=5 deadline=105
+         dcs: init=7001 leader=n1@5
+         member: n1 role=primary conn=10.0.0.1:5432
+         pg: data=initialized state=in-production ckpt=0/3000000
+         memory: down_since=60",
+        expect![[r#"
+            reason: removed leader key after trying and failing to start postgres within primary_start_timeout
+            actions:
+              1. release leader key (last lsn 0/3000000)
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
+
+#[test]
+fn stopped_replica_starts_following_the_leader() {
+    check(
+        &format!("{CLUSTER}\n pg: data=initialized state=shut-down-in-recovery"),
+        expect![[r#"
+            reason: starting as a secondary following n1
+            actions:
+              1. start postgres as replica of n1 (10.0.0.1:5432)
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
+
+#[test]
+fn stopped_member_without_a_leader_starts_read_only() {
+    check(
+        &format!("{LEADERLESS}\n pg: data=initialized state=shut-down"),
+        expect![[r#"
+            reason: starting as a secondary; no leader to follow yet
+            actions:
+              1. start postgres as replica without upstream
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
+
+// ---- rejoin of an old primary ----------------------------------------------------------
+
+#[test]
+fn old_primary_rewinds_before_following_the_new_leader() {
+    check(
+        &format!("config: me=n2\n{CLUSTER}\n pg: data=initialized state=in-production"),
+        expect![[r#"
+            reason: running pg_rewind from n1 before following it
+            actions:
+              1. rewind from n1 (10.0.0.1:5432)
+              2. start postgres as replica of n1 (10.0.0.1:5432)
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
+
+#[test]
+fn failed_rewind_stays_stopped_unless_allowed_to_wipe() {
+    let base = format!("{CLUSTER}\n pg: data=initialized state=shut-down\n failure: rewind at=99");
+    check(
+        &base,
+        expect![[r#"
+            reason: pg_rewind from n1 failed and remove_data_directory_on_rewind_failure is off; staying stopped
+            actions: none
+            memory: leader=false following=- down_since=- rewind_failed=n1
+            wake: +2000ms
+        "#]],
+    );
+    check(
+        &format!("config: wipe=on\n{base}"),
+        expect![[r#"
+            reason: pg_rewind from n1 failed; removing data directory to re-clone
+            actions:
+              1. wipe data directory
+            memory: leader=false following=- down_since=- rewind_failed=n1
+            wake: +0ms
+        "#]],
+    );
+}
+
+#[test]
+fn old_primary_without_rewind_still_never_starts_as_primary() {
+    check(
+        &format!("config: rewind=off\n{CLUSTER}\n pg: data=initialized state=in-production"),
+        expect![[r#"
+            reason: starting as a secondary following n1
+            actions:
+              1. start postgres as replica of n1 (10.0.0.1:5432)
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
