@@ -94,6 +94,14 @@ pub trait Postgres: Send + Sync + 'static {
     /// read is absent in the result.
     fn observe(&self) -> impl Future<Output = PgState> + Send;
 
+    /// Cheap check that a postmaster is alive (for noticing a crash within a second, polled
+    /// several times per second). The default asks `observe`; implementations override it
+    /// with a `postmaster.pid` + signal-0 probe.
+    fn is_alive(&self) -> impl Future<Output = bool> + Send {
+        let state = self.observe();
+        async move { state.await.is_running() }
+    }
+
     /// `initdb` with the configured options; writes `postgresql.conf` / `pg_hba.conf`.
     fn initdb(&self) -> impl Future<Output = Result<(), PgError>> + Send;
 
