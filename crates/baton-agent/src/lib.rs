@@ -1,1 +1,228 @@
+//! The agent: wires the DCS, PostgreSQL and the REST API around the decision core.
+//!
+//! Tasks (all owned, all joined on shutdown):
+//! - the HA loop (`ha::Agent::cycle`), woken by its deadline, DCS changes, lease changes and
+//!   the PostgreSQL liveness monitor;
+//! - the lease keeper (`lease::LeaseKeeper`), independent of the HA loop;
+//! - the fencer (`fence::run_fencer`), which stops PostgreSQL at the fencing deadline even when
+//!   the HA loop is busy;
+//! - the PostgreSQL liveness monitor (a crash is noticed within a quarter of a second);
+//! - the REST API server.
 
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use baton_api::{ApiState, Snapshot};
+use baton_config::{Config, DynamicConfig};
+use baton_core::{Clock, MemberName};
+use baton_dcs::{Dcs, DcsScope, EtcdDcs, EtcdSettings};
+use baton_pg::{Credentials, LocalPostgres, PgSettings, Postgres};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+pub mod clock;
+pub mod fence;
+pub mod ha;
+pub mod lease;
+pub mod peers;
+
+pub use clock::SystemClock;
+pub use ha::{Agent, AgentIo, CycleOutcome};
+
+/// How often the liveness monitor looks at the postmaster.
+const PG_MONITOR_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Back-off after a failed action, so a persisting failure does not spin.
+const FAILURE_BACKOFF: Duration = Duration::from_secs(1);
+
+/// `PgSettings` from the validated configuration and the effective dynamic configuration.
+pub fn pg_settings(config: &Config, dynamic: &DynamicConfig) -> PgSettings {
+    let pg = &config.postgresql;
+    let creds = |c: &baton_config::Credentials| Credentials {
+        username: c.username.clone(),
+        password: c.password.clone(),
+    };
+    let pg_hba = if pg.pg_hba.is_empty() {
+        config.bootstrap.as_ref().map(|b| b.pg_hba.clone()).unwrap_or_default()
+    } else {
+        pg.pg_hba.clone()
+    };
+    PgSettings {
+        name: config.name.clone(),
+        scope: config.scope.clone(),
+        data_dir: pg.data_dir.clone(),
+        bin_dir: pg.bin_dir.clone(),
+        listen_addresses: pg.listen_addresses.clone(),
+        port: pg.port,
+        local_host: String::new(),
+        socket_dir: None,
+        superuser: creds(&pg.superuser),
+        replication: creds(&pg.replication),
+        rewind: pg.rewind.as_ref().map(creds),
+        pgpass: pg.pgpass.clone(),
+        parameters: baton_config::merged_parameters(config, dynamic),
+        pg_hba,
+        initdb_options: config.bootstrap.as_ref().map(|b| b.initdb.clone()).unwrap_or_default(),
+        pg_ctl_timeout: pg.pg_ctl_timeout,
+        sql_timeout: Duration::from_secs(u64::from(dynamic.retry_timeout).clamp(1, 5)),
+        run_as: None,
+    }
+}
+
+/// Run the agent until `shutdown` resolves; then stop PostgreSQL, release the leader key and
+/// revoke the lease.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        stop_tx.send_replace(true);
+    });
+    let stopping = |rx: &watch::Receiver<bool>| {
+        let mut rx = rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+
+    // The DCS: retry until it answers (an agent started before etcd waits for it).
+    let settings = EtcdSettings {
+        endpoints: config.etcd.hosts.clone(),
+        scope: DcsScope { namespace: config.namespace.clone(), scope: config.scope.clone() },
+        request_timeout: Duration::from_secs(3),
+        username: config.etcd.username.clone(),
+        password: config.etcd.password.clone(),
+    };
+    let dcs = loop {
+        match EtcdDcs::connect(settings.clone()).await {
+            Ok(dcs) => break Arc::new(dcs),
+            Err(e) => {
+                warn!(hosts = ?settings.endpoints, "failed to connect to etcd: {e:#}; retrying in 2 s");
+                tokio::select! {
+                    _ = stopping(&stop_rx) => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+        }
+    };
+    info!(hosts = ?settings.endpoints, prefix = settings.scope.prefix(), "connected to etcd");
+
+    // The dynamic configuration: the cluster's, else our bootstrap.dcs, else the defaults.
+    let dynamic = initial_dynamic(dcs.as_ref(), &config).await;
+    let ttl = Duration::from_secs(u64::from(dynamic.ttl));
+    info!(ttl = dynamic.ttl, loop_wait = dynamic.loop_wait, retry_timeout = dynamic.retry_timeout, "timing");
+
+    let pg = Arc::new(LocalPostgres::new(pg_settings(&config, &dynamic)));
+    let mut tasks = JoinSet::new();
+
+    let (keeper, lease_rx) = lease::LeaseKeeper::new(dcs.clone(), clock.clone(), ttl);
+    let keeper_stop = stop_rx.clone();
+    let keeper_task = tokio::spawn(keeper.run(keeper_stop));
+
+    let (leading_tx, leading_rx) = watch::channel(false);
+    tasks.spawn(fence::run_fencer(pg.clone(), clock.clone(), lease_rx.clone(), leading_rx, stop_rx.clone()));
+
+    let name = MemberName::new(config.name.clone()).context("member name is empty")?;
+    let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::initial(
+        &config.scope,
+        name,
+        format!("http://{}/patroni", config.restapi.connect_address),
+        format!("postgres://{}/postgres", config.postgresql.connect_address),
+    )));
+    let listener = tokio::net::TcpListener::bind(config.restapi.listen_addr)
+        .await
+        .with_context(|| format!("listen for the REST API on {}", config.restapi.listen_addr))?;
+    info!(listen = %config.restapi.listen_addr, "REST API listening");
+    let api = ApiState { snapshot: snap_rx, clock: clock.clone(), auth: config.restapi.authentication.clone() };
+    let api_stop = stopping(&stop_rx);
+    tasks.spawn(async move {
+        if let Err(e) = baton_api::serve(listener, api, api_stop).await {
+            warn!("REST API server stopped: {e:#}");
+        }
+    });
+
+    let pg_changed = Arc::new(Notify::new());
+    tasks.spawn(pg_monitor(pg.clone(), pg_changed.clone(), stop_rx.clone()));
+
+    // Give the keeper a chance to grant the first lease before the first decision, so a
+    // restarted agent does not fence a healthy primary for lack of a lease it is about to get.
+    let mut lease_wait = lease_rx.clone();
+    let _ = tokio::time::timeout(Duration::from_secs(u64::from(dynamic.retry_timeout)), lease_wait.wait_for(|l| l.id.is_some())).await;
+
+    let io = AgentIo { dcs: dcs.clone(), pg: pg.clone(), clock: clock.clone() };
+    let mut agent = Agent::new(io, config, dynamic, lease_rx.clone(), leading_tx, snap_tx)?;
+    let mut dcs_changes = dcs.changes();
+    let mut lease_changes = lease_rx.clone();
+    loop {
+        let outcome = agent.cycle().await;
+        let mut wait = clock::until(clock.as_ref(), outcome.wake_at);
+        if outcome.failed {
+            wait = wait.max(FAILURE_BACKOFF);
+        }
+        let last_lease = lease_changes.borrow_and_update().id;
+        tokio::select! {
+            biased;
+            _ = stopping(&stop_rx) => break,
+            _ = dcs_changes.changed() => {}
+            _ = pg_changed.notified() => {}
+            // A new or lost lease changes what we may do; a mere renewal does not.
+            _ = lease_changes.wait_for(|l| l.id != last_lease) => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+
+    info!("shutting down");
+    agent.shutdown().await;
+    drop(agent);
+    let lease = keeper_task.await.ok().flatten();
+    if let Some(id) = lease {
+        match tokio::time::timeout(Duration::from_secs(3), dcs.revoke_lease(id)).await {
+            Ok(Ok(())) => info!(lease = id, "revoked lease"),
+            Ok(Err(e)) => warn!("failed to revoke lease {id}: {e:#}"),
+            Err(_) => warn!("failed to revoke lease {id}: timed out"),
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    info!("stopped");
+    Ok(())
+}
+
+async fn initial_dynamic<D: Dcs>(dcs: &D, config: &Config) -> DynamicConfig {
+    let fallback = || config.bootstrap.as_ref().map_or_else(DynamicConfig::defaults, |b| b.dcs.clone());
+    match tokio::time::timeout(Duration::from_secs(5), dcs.read_cluster()).await {
+        Ok(Ok(view)) => match view.config {
+            Some(c) => match DynamicConfig::from_json(&c.value) {
+                Ok((dynamic, _)) => dynamic,
+                Err(e) => {
+                    warn!("ignoring invalid dynamic configuration in DCS key config: {e}");
+                    fallback()
+                }
+            },
+            None => fallback(),
+        },
+        _ => fallback(),
+    }
+}
+
+/// Wake the HA loop when the postmaster appears or disappears.
+async fn pg_monitor<P: Postgres>(pg: Arc<P>, changed: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+    let mut alive = pg.is_alive().await;
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(PG_MONITOR_INTERVAL) => {}
+        }
+        let now = pg.is_alive().await;
+        if now != alive {
+            if !now {
+                warn!("postmaster is gone");
+            }
+            alive = now;
+            changed.notify_one();
+        }
+    }
+}

@@ -1,1 +1,3 @@
+//! The `pgbaton` command line: the agent and the patronictl-shaped control commands.
 
+pub mod table;

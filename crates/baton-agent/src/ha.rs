@@ -1,0 +1,545 @@
+//! The HA cycle: observe (DCS, PostgreSQL, peers when leaderless) → `decide` → execute the
+//! actions in order → publish (member key, `status`, the REST snapshot).
+//!
+//! `Agent` is the one owner of agent state. It is generic over its IO so the simulator can run
+//! the same code over in-memory adapters.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use baton_api::Snapshot;
+use baton_config::{Config, DynamicConfig};
+use baton_core::{
+    Action, ActionFailure, ClusterView, Clock, DataDir, LeaseState, Member, MemberName, Memory,
+    Mono, Observation, PgState, StartRole, StopMode, decide,
+};
+use baton_dcs::Dcs;
+use baton_pg::Postgres;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::peers;
+
+/// How a cycle ended, for the loop that schedules the next one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CycleOutcome {
+    /// Run the next cycle at the latest at this time.
+    pub wake_at: Mono,
+    /// An action failed: the loop backs off before retrying.
+    pub failed: bool,
+}
+
+/// The IO an agent works through.
+pub struct AgentIo<D: Dcs, P: Postgres> {
+    pub dcs: Arc<D>,
+    pub pg: Arc<P>,
+    pub clock: Arc<dyn Clock>,
+}
+
+pub struct Agent<D: Dcs, P: Postgres> {
+    dcs: Arc<D>,
+    pg: Arc<P>,
+    clock: Arc<dyn Clock>,
+    http: reqwest::Client,
+    config: Config,
+    name: MemberName,
+    api_url: String,
+    conn_url: String,
+    /// The effective dynamic configuration and the `config` revision it came from.
+    dynamic: DynamicConfig,
+    dynamic_revision: i64,
+    memory: Memory,
+    last_reason: Option<String>,
+    last_failure: Option<ActionFailure>,
+    /// DCS warnings already logged (garbage in keys), so each is logged once.
+    seen_warnings: BTreeSet<String>,
+    dcs_error: Option<String>,
+    dcs_last_seen: Option<u64>,
+    last_view: Option<ClusterView>,
+    lease: watch::Receiver<LeaseState>,
+    leading: watch::Sender<bool>,
+    snapshot: watch::Sender<Arc<Snapshot>>,
+}
+
+/// Seconds since the Unix epoch (for `dcs_last_seen` and history timestamps only).
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// `2024-08-28T19:39:26+00:00` for history lines (Patroni writes ISO 8601 with offset).
+fn iso_now() -> String {
+    let secs = unix_now();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    // Civil-from-days (Howard Hinnant's algorithm), valid for any date after 1970.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}+00:00")
+}
+
+/// PostgreSQL state label as Patroni's `PostgresqlState` prints it.
+fn state_label(pg: &PgState, busy: Option<&'static str>) -> String {
+    if let Some(busy) = busy {
+        return busy.to_owned();
+    }
+    match (&pg.sql, pg.is_running()) {
+        (Some(_), _) => "running",
+        (None, true) => "starting",
+        (None, false) => "stopped",
+    }
+    .to_owned()
+}
+
+fn role_label(pg: &PgState, holds_key: bool) -> &'static str {
+    match &pg.sql {
+        Some(sql) if sql.in_recovery => "replica",
+        Some(_) => "primary",
+        None if matches!(pg.data_dir, DataDir::Empty) => "uninitialized",
+        None if holds_key => "primary",
+        None => "replica",
+    }
+}
+
+impl<D: Dcs, P: Postgres> Agent<D, P> {
+    pub fn new(
+        io: AgentIo<D, P>,
+        config: Config,
+        dynamic: DynamicConfig,
+        lease: watch::Receiver<LeaseState>,
+        leading: watch::Sender<bool>,
+        snapshot: watch::Sender<Arc<Snapshot>>,
+    ) -> anyhow::Result<Agent<D, P>> {
+        let name = MemberName::new(config.name.clone()).context("member name is empty")?;
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("pgbaton/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("build HTTP client")?;
+        Ok(Agent {
+            api_url: format!("http://{}/patroni", config.restapi.connect_address),
+            conn_url: format!("postgres://{}/postgres", config.postgresql.connect_address),
+            dcs: io.dcs,
+            pg: io.pg,
+            clock: io.clock,
+            http,
+            name,
+            config,
+            dynamic,
+            dynamic_revision: 0,
+            memory: Memory::default(),
+            last_reason: None,
+            last_failure: None,
+            seen_warnings: BTreeSet::new(),
+            dcs_error: None,
+            dcs_last_seen: None,
+            last_view: None,
+            lease,
+            leading,
+            snapshot,
+        })
+    }
+
+    fn retry_timeout(&self) -> Duration {
+        Duration::from_secs(u64::from(self.dynamic.retry_timeout).max(1))
+    }
+
+    fn ttl(&self) -> Duration {
+        Duration::from_secs(u64::from(self.dynamic.ttl))
+    }
+
+    /// The leader key holds our name and our current lease.
+    fn holds_key(&self, view: Option<&ClusterView>) -> bool {
+        let lease = self.lease.borrow().id;
+        view.and_then(|v| v.leader.as_ref())
+            .is_some_and(|l| l.name == self.name && Some(l.lease) == lease)
+    }
+
+    /// One observe → decide → execute → publish pass.
+    pub async fn cycle(&mut self) -> CycleOutcome {
+        let now = self.clock.now();
+        let (dcs_res, pg_state) = tokio::join!(
+            tokio::time::timeout(self.retry_timeout(), self.dcs.read_cluster()),
+            self.pg.observe()
+        );
+        let view = match dcs_res {
+            Ok(Ok(view)) => {
+                if self.dcs_error.take().is_some() {
+                    info!("DCS is reachable again");
+                }
+                self.dcs_last_seen = Some(unix_now());
+                self.refresh_dynamic(&view);
+                for w in &view.warnings {
+                    if self.seen_warnings.insert(w.clone()) {
+                        warn!("ignoring invalid DCS data: {w}");
+                    }
+                }
+                Some(view)
+            }
+            Ok(Err(e)) => {
+                self.dcs_failed(e.to_string());
+                None
+            }
+            Err(_) => {
+                self.dcs_failed(format!("no answer within retry_timeout ({:?})", self.retry_timeout()));
+                None
+            }
+        };
+
+        let peers = match &view {
+            Some(v) if v.leader.is_none() && pg_state.is_running() => {
+                let timeout = (self.ttl() / 4).clamp(Duration::from_millis(500), Duration::from_secs(2));
+                peers::probe(&self.http, v, &self.name, timeout).await
+            }
+            _ => vec![],
+        };
+        let ha = baton_config::effective_ha(&self.config, &self.dynamic);
+        let obs = Observation {
+            dcs: view,
+            lease: *self.lease.borrow(),
+            pg: pg_state,
+            peers,
+            last_failure: self.last_failure.take(),
+        };
+        let decision = decide(&self.memory, &obs, &ha, now);
+        let reason = decision.reason.to_string();
+        if self.last_reason.as_deref() != Some(reason.as_str()) {
+            info!("{reason}");
+            self.last_reason = Some(reason);
+        }
+        self.memory = decision.next_memory.clone();
+
+        let failed = self.execute(&decision.actions, &obs).await;
+        let pg_after = if decision.actions.is_empty() { obs.pg.clone() } else { self.pg.observe().await };
+        self.publish(obs.dcs.as_ref(), &pg_after, None).await;
+        CycleOutcome { wake_at: decision.wake_at, failed }
+    }
+
+    fn dcs_failed(&mut self, error: String) {
+        if self.dcs_error.as_deref() != Some(error.as_str()) {
+            warn!("failed to read the cluster from the DCS: {error}");
+            self.dcs_error = Some(error);
+        }
+    }
+
+    /// Adopt the dynamic configuration from the `config` key when it changed.
+    fn refresh_dynamic(&mut self, view: &ClusterView) {
+        let Some(config) = &view.config else { return };
+        if config.mod_revision == self.dynamic_revision {
+            return;
+        }
+        self.dynamic_revision = config.mod_revision;
+        match DynamicConfig::from_json(&config.value) {
+            Ok((dynamic, warnings)) => {
+                for w in warnings {
+                    warn!("config: {w}");
+                }
+                if dynamic.ttl != self.dynamic.ttl {
+                    warn!(
+                        old = self.dynamic.ttl,
+                        new = dynamic.ttl,
+                        "ttl changed in the DCS; the lease keeps its TTL until the agent restarts"
+                    );
+                }
+                let mut dynamic = dynamic;
+                // The lease was granted with the old ttl; keep deciding with it.
+                dynamic.ttl = self.dynamic.ttl;
+                self.dynamic = dynamic;
+            }
+            Err(e) => warn!("ignoring invalid dynamic configuration in DCS key config: {e}"),
+        }
+    }
+
+    /// Perform the actions in order; stop at the first failure or lost race. Returns whether
+    /// one failed.
+    async fn execute(&mut self, actions: &[Action], obs: &Observation) -> bool {
+        for action in actions {
+            info!("{action}");
+            match self.perform(action, obs).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    info!("{action}: lost the race");
+                    if matches!(action, Action::AcquireLeader | Action::ReattachLeader) {
+                        self.memory.was_leader = false;
+                    }
+                    return false;
+                }
+                Err(e) => {
+                    error!("failed to {action}: {e:#}");
+                    if matches!(action, Action::AcquireLeader | Action::ReattachLeader) {
+                        self.memory.was_leader = false;
+                    }
+                    self.last_failure = Some(ActionFailure {
+                        action: action.kind(),
+                        at: self.clock.now(),
+                        error: format!("{e:#}"),
+                    });
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Leadership actions re-check the lease at the last moment: the cycle may have been slow.
+    fn require_lease(&self) -> anyhow::Result<i64> {
+        let lease = *self.lease.borrow();
+        match lease.id {
+            Some(id) if lease.valid_at(self.clock.now()) => Ok(id),
+            _ => bail!("our lease is not valid any more"),
+        }
+    }
+
+    /// `Ok(false)` means "lost a race": stop without counting a failure.
+    async fn perform(&mut self, action: &Action, obs: &Observation) -> anyhow::Result<bool> {
+        match action {
+            Action::RaceInitialize => Ok(self.dcs.race_initialize().await?),
+            Action::BootstrapCluster => {
+                self.publish(obs.dcs.as_ref(), &obs.pg, Some("initializing new cluster")).await;
+                if let Err(e) = self.bootstrap().await {
+                    warn!("bootstrap failed, cancelling the initialization: {e:#}");
+                    if let Err(e) = self.dcs.cancel_initialize().await {
+                        error!("failed to cancel the initialization: {e:#}");
+                    }
+                    if let Err(e) = self.pg.stop(StopMode::Immediate).await {
+                        error!("failed to stop postgres after a failed bootstrap: {e:#}");
+                    }
+                    if let Err(e) = self.pg.wipe_data_dir().await {
+                        error!("failed to remove the data directory of a failed bootstrap: {e:#}");
+                    }
+                    return Err(e);
+                }
+                Ok(true)
+            }
+            Action::AcquireLeader => {
+                let lease = self.require_lease()?;
+                Ok(self.dcs.acquire_leader(&self.name, lease).await?)
+            }
+            Action::ReattachLeader => {
+                let lease = self.require_lease()?;
+                Ok(self.dcs.reattach_leader(&self.name, lease).await?)
+            }
+            Action::ReleaseLeader { last_lsn } => {
+                if let Some(lsn) = last_lsn {
+                    self.dcs.write_status(*lsn, &[]).await?;
+                }
+                self.dcs.release_leader(&self.name).await?;
+                self.memory.was_leader = false;
+                Ok(true)
+            }
+            Action::WriteConfig => {
+                Ok(self.dcs.write_config(&self.dynamic.to_json(), Some(0)).await.map(|_| true)?)
+            }
+            Action::UpdateHistory => {
+                let mut history = self.pg.timeline_history().await?;
+                if let Some(last) = history.last_mut() {
+                    last.timestamp = Some(iso_now());
+                    last.new_leader = Some(self.name.to_string());
+                }
+                // Keep what the DCS already has for older timelines (timestamps, leaders).
+                if let Some(view) = &obs.dcs {
+                    for line in history.iter_mut() {
+                        if let Some(old) = view.history.iter().find(|h| h.timeline == line.timeline) {
+                            *line = old.clone();
+                        }
+                    }
+                }
+                self.dcs.write_history(&history).await?;
+                Ok(true)
+            }
+            Action::EnsureSlots { slots } => {
+                self.pg.ensure_slots(slots).await?;
+                Ok(true)
+            }
+            Action::StartPostgres { role } => {
+                if matches!(role, StartRole::Primary) {
+                    self.require_lease()?;
+                }
+                self.pg.start(role).await?;
+                Ok(true)
+            }
+            Action::StopPostgres { mode } => {
+                self.pg.stop(*mode).await?;
+                Ok(true)
+            }
+            Action::Promote => {
+                self.require_lease()?;
+                self.pg.promote().await?;
+                // Health checks see the new role right away, not after the next cycle.
+                let pg = self.pg.observe().await;
+                self.publish_snapshot(obs.dcs.as_ref(), &pg, true, None);
+                Ok(true)
+            }
+            Action::Follow { upstream } => {
+                self.pg.follow(upstream).await?;
+                Ok(true)
+            }
+            Action::Clone { upstream } => {
+                self.publish(obs.dcs.as_ref(), &obs.pg, Some("creating replica")).await;
+                self.pg.clone_from(upstream).await?;
+                Ok(true)
+            }
+            Action::Rewind { upstream } => {
+                self.publish(obs.dcs.as_ref(), &obs.pg, Some("running pg_rewind")).await;
+                self.pg.rewind(upstream).await?;
+                Ok(true)
+            }
+            Action::WipeDataDir => {
+                self.pg.wipe_data_dir().await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// initdb, start, roles, then publish the cluster: `initialize` = sysid, `config`, leader.
+    async fn bootstrap(&mut self) -> anyhow::Result<()> {
+        self.pg.initdb().await.context("initdb")?;
+        self.pg.start(&StartRole::Primary).await.context("start the new cluster")?;
+        self.pg.create_roles().await.context("create roles")?;
+        let state = self.pg.observe().await;
+        let sysid = state.system_id().context("read the system identifier of the new cluster")?.to_owned();
+        self.dcs.set_initialize(&sysid).await.context("write initialize")?;
+        let dynamic = self
+            .config
+            .bootstrap
+            .as_ref()
+            .map_or_else(|| self.dynamic.clone(), |b| b.dcs.clone());
+        self.dcs.write_config(&dynamic.to_json(), Some(0)).await.context("write config")?;
+        let lease = self.require_lease()?;
+        if !self.dcs.acquire_leader(&self.name, lease).await.context("take the leader key")? {
+            bail!("the leader key was taken by someone else during bootstrap");
+        }
+        info!(sysid, "initialized a new cluster");
+        Ok(())
+    }
+
+    /// Member key, `status` (leader only) and the REST snapshot.
+    async fn publish(&mut self, view: Option<&ClusterView>, pg: &PgState, busy: Option<&'static str>) {
+        let holds = self.holds_key(view);
+        self.publish_snapshot(view, pg, holds, busy);
+        let Some(lease) = self.lease.borrow().id else { return };
+        let member = self.member_record(pg, holds, busy);
+        if let Err(e) = self.dcs.touch_member(&member, lease).await {
+            warn!("failed to update member key: {e:#}");
+        }
+        if holds
+            && let Some(sql) = pg.sql.as_ref().filter(|s| !s.in_recovery)
+        {
+            if let Err(e) = self.dcs.write_status(sql.wal_position(), &[]).await {
+                warn!("failed to update status key: {e:#}");
+            }
+        }
+    }
+
+    fn publish_snapshot(&mut self, view: Option<&ClusterView>, pg: &PgState, holds: bool, busy: Option<&'static str>) {
+        if let Some(view) = view {
+            self.last_view = Some(view.clone());
+        }
+        self.leading.send_if_modified(|l| {
+            let now_leading = holds || self.memory.was_leader;
+            std::mem::replace(l, now_leading) != now_leading
+        });
+        let lease = *self.lease.borrow();
+        let snap = Snapshot {
+            scope: self.config.scope.clone(),
+            name: self.name.clone(),
+            state: state_label(pg, busy),
+            role: role_label(pg, holds).to_owned(),
+            pg: pg.sql.clone(),
+            system_id: pg.system_id().map(str::to_owned),
+            holds_leader_key: holds,
+            fence_deadline: lease.fence_deadline,
+            cluster: view.cloned(),
+            dcs_last_seen: self.dcs_last_seen,
+            tags: self.config.tags.clone(),
+            pause: self.dynamic.pause,
+            last_reason: self.last_reason.clone().unwrap_or_default(),
+            last_cycle: self.clock.now(),
+            ttl: self.ttl(),
+            loop_wait: Duration::from_secs(u64::from(self.dynamic.loop_wait)),
+            maximum_lag_on_failover: self.dynamic.maximum_lag_on_failover,
+            api_url: self.api_url.clone(),
+            conn_url: self.conn_url.clone(),
+        };
+        self.snapshot.send_replace(Arc::new(snap));
+    }
+
+    fn member_record(&self, pg: &PgState, holds: bool, busy: Option<&'static str>) -> Member {
+        let sql = pg.sql.as_ref();
+        let replica = sql.filter(|s| s.in_recovery);
+        Member {
+            name: self.name.clone(),
+            conn_url: Some(self.conn_url.clone()),
+            api_url: Some(self.api_url.clone()),
+            state: state_label(pg, busy),
+            role: role_label(pg, holds).to_owned(),
+            version: Some(baton_api::VERSION.to_owned()),
+            tags: self.config.tags.clone(),
+            xlog_location: sql.map(|s| s.wal_position()),
+            receive_lsn: replica.and_then(|s| s.received_lsn),
+            replay_lsn: replica.and_then(|s| s.replayed_lsn),
+            replication_state: replica
+                .map(|s| if s.streaming { "streaming" } else { "in archive recovery" }.to_owned()),
+            timeline: sql.map(|s| s.timeline),
+            pending_restart: sql.is_some_and(|s| s.pending_restart),
+            pause: self.dynamic.pause,
+            lease: 0,
+        }
+    }
+
+    /// On SIGTERM: stop PostgreSQL (fast) and then give up the leader key, as Patroni does.
+    /// In pause mode PostgreSQL and the key are left alone.
+    pub async fn shutdown(&mut self) {
+        if self.dynamic.pause {
+            info!("paused: leaving PostgreSQL running and the leader key in place");
+            return;
+        }
+        let view = match tokio::time::timeout(self.retry_timeout(), self.dcs.read_cluster()).await {
+            Ok(Ok(v)) => Some(v),
+            _ => self.last_view.clone(),
+        };
+        let holds = self.holds_key(view.as_ref()) || self.memory.was_leader;
+        info!("shutting down: stopping PostgreSQL");
+        if let Err(e) = self.pg.stop(StopMode::Fast).await {
+            error!("failed to stop PostgreSQL (fast), stopping it immediately: {e:#}");
+            if let Err(e) = self.pg.stop(StopMode::Immediate).await {
+                error!("failed to stop PostgreSQL: {e:#}; keeping the leader key");
+                return;
+            }
+        }
+        self.leading.send_replace(false);
+        if holds {
+            let state = self.pg.observe().await;
+            if let Some(lsn) = state.wal_position()
+                && let Err(e) = self.dcs.write_status(lsn, &[]).await
+            {
+                warn!("failed to write the last position to the status key: {e:#}");
+            }
+            match self.dcs.release_leader(&self.name).await {
+                Ok(_) => info!("released the leader key"),
+                Err(e) => warn!("failed to release the leader key: {e:#}"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::iso_now;
+
+    #[test]
+    fn iso_timestamps_look_like_patronis() {
+        let ts = iso_now();
+        assert_eq!(ts.len(), "2026-11-22T04:09:19+00:00".len(), "{ts}");
+        assert!(ts.ends_with("+00:00") && ts.as_bytes()[10] == b'T', "{ts}");
+        let year: i32 = ts[..4].parse().expect("year");
+        assert!(year >= 2024, "{ts}");
+    }
+}

@@ -1,0 +1,98 @@
+use baton_core::{
+    ClusterView, HistoryLine, LeaderKey, LeaderStatus, Lsn, Member, MemberName, Timeline,
+};
+use expect_test::expect;
+
+use super::{list_json, render_history, render_list};
+
+fn member(name: &str, port: u16, state: &str, lsn: Option<u64>) -> Member {
+    Member {
+        name: MemberName::new(name).expect("name"),
+        conn_url: Some(format!("postgres://127.0.0.1:{port}/postgres")),
+        state: "running".into(),
+        role: if lsn.is_some() { "replica" } else { "primary" }.into(),
+        replication_state: lsn.map(|_| state.to_owned()),
+        timeline: Some(Timeline(3)),
+        receive_lsn: lsn.map(Lsn),
+        replay_lsn: lsn.map(Lsn),
+        xlog_location: Some(Lsn(lsn.unwrap_or(0x4000_04E8))),
+        ..Member::default()
+    }
+}
+
+fn view() -> ClusterView {
+    ClusterView {
+        initialize: Some("7277694203142172922".into()),
+        leader: Some(LeaderKey {
+            name: MemberName::new("postgresql0").expect("name"),
+            lease: 1,
+            create_revision: 1,
+            mod_revision: 1,
+        }),
+        members: vec![
+            member("postgresql0", 5432, "running", None),
+            member("postgresql1", 5433, "streaming", Some(0x4000_04E8)),
+            member("postgresql2", 5434, "streaming", Some(0x4000_04E8 - 3 * 1024 * 1024)),
+        ],
+        status: Some(LeaderStatus { optime: Lsn(0x4000_04E8), ..LeaderStatus::default() }),
+        ..ClusterView::default()
+    }
+}
+
+#[test]
+fn list_table_matches_patronictl() {
+    expect![[r#"
+        + Cluster: batman (7277694203142172922) ---------+----+-------------+-----+-------------+-----+
+        | Member      | Host           | Role    | State     | TL | Receive LSN | Lag | Replay LSN  | Lag |
+        +-------------+----------------+---------+-----------+----+-------------+-----+-------------+-----+
+        | postgresql0 | 127.0.0.1:5432 | Leader  | running   |  3 |             |     |             |     |
+        | postgresql1 | 127.0.0.1:5433 | Replica | streaming |  3 |  0/400004E8 |   0 |  0/400004E8 |   0 |
+        | postgresql2 | 127.0.0.1:5434 | Replica | streaming |  3 |  0/3FD004E8 |   3 |  0/3FD004E8 |   3 |
+        +-------------+----------------+---------+-----------+----+-------------+-----+-------------+-----+
+    "#]]
+    .assert_eq(&render_list("batman", &view()));
+}
+
+#[test]
+fn hosts_without_ports_when_all_are_5432_and_distinct() {
+    let mut v = view();
+    for (i, m) in v.members.iter_mut().enumerate() {
+        m.conn_url = Some(format!("postgres://10.0.0.{}:5432/postgres", i + 1));
+    }
+    let out = render_list("batman", &v);
+    assert!(out.contains("| 10.0.0.1 |"), "{out}");
+    assert!(!out.contains(":5432"), "{out}");
+}
+
+#[test]
+fn uninitialized_cluster_title() {
+    let out = render_list("batman", &ClusterView::default());
+    assert!(out.starts_with("+ Cluster: batman (uninitialized) "), "{out}");
+}
+
+#[test]
+fn list_json_uses_patronictl_keys() {
+    expect![[r#"
+        [{"Cluster":"batman","Host":"127.0.0.1:5432","Member":"postgresql0","Role":"Leader","State":"running","TL":3},{"Cluster":"batman","Host":"127.0.0.1:5433","Member":"postgresql1","Receive LSN":"0/400004E8","Receive Lag":0,"Replay LSN":"0/400004E8","Replay Lag":0,"Role":"Replica","State":"streaming","TL":3},{"Cluster":"batman","Host":"127.0.0.1:5434","Member":"postgresql2","Receive LSN":"0/3FD004E8","Receive Lag":3,"Replay LSN":"0/3FD004E8","Replay Lag":3,"Role":"Replica","State":"streaming","TL":3}]"#]]
+    .assert_eq(&list_json("batman", &view()).to_string());
+}
+
+#[test]
+fn history_table() {
+    let mut v = view();
+    v.history = vec![HistoryLine {
+        timeline: Timeline(1),
+        lsn: Lsn(25_165_984),
+        reason: "no recovery target specified".into(),
+        timestamp: Some("2026-11-22T04:09:19+00:00".into()),
+        new_leader: Some("postgresql1".into()),
+    }];
+    expect![[r#"
+        +----+----------+------------------------------+---------------------------+-------------+
+        | TL | LSN      | Reason                       | Timestamp                 | New Leader  |
+        +----+----------+------------------------------+---------------------------+-------------+
+        |  1 | 25165984 | no recovery target specified | 2026-11-22T04:09:19+00:00 | postgresql1 |
+        +----+----------+------------------------------+---------------------------+-------------+
+    "#]]
+    .assert_eq(&render_history(&v));
+}
