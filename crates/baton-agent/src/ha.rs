@@ -467,6 +467,13 @@ impl<D: Dcs, P: Postgres> Agent<D, P> {
             maximum_lag_on_failover: self.dynamic.maximum_lag_on_failover,
             api_url: self.api_url.clone(),
             conn_url: self.conn_url.clone(),
+            restore_command: self
+                .config
+                .postgresql
+                .parameters
+                .get("restore_command")
+                .is_some_and(|c| !c.is_empty()),
+            watchdog_failed: false,
         };
         self.snapshot.send_replace(Arc::new(snap));
     }

@@ -1,1 +1,398 @@
-//! (filled in by the REST API work)
+//! Routing and the handlers.
+//!
+//! Routing follows Patroni's `parse_request`: the first path segment picks a dedicated handler
+//! (`GET /patroni/anything` is `/patroni`); every other GET is a health check whose answer
+//! depends on *substrings* of the path (`/replica-eu` is a replica check, `/foo` is 503).
+//! HEAD and OPTIONS answer the same status code as GET with no body (HAProxy's default
+//! `httpchk` sends `OPTIONS /`). Patroni answers HEAD/OPTIONS on `/patroni`, `/liveness`, ...
+//! with the health logic instead (so always 503); we answer their GET code, deliberately.
+//!
+//! Every handler reads one published [`Snapshot`] and the clock: no locks shared with the
+//! agent beyond the `watch` borrow (held only to clone an `Arc`), no IO.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use baton_core::{Lsn, Mono};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::metrics::metrics_text;
+use crate::query::QueryParams;
+use crate::status::{ClusterJson, HistoryJson, Status, Xlog, tag_query_value};
+use crate::{ApiState, Snapshot};
+
+/// The REST API as an axum router (state included).
+pub fn router(state: ApiState) -> Router {
+    Router::new().fallback(dispatch).with_state(state)
+}
+
+/// Serves the REST API on `listener` until `shutdown` completes, then lets requests in flight
+/// finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Which handler answers a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Endpoint {
+    Health,
+    Patroni,
+    Cluster,
+    History,
+    Config,
+    Metrics,
+    Liveness,
+    Readiness,
+    /// `GET /failsafe`: the failsafe topology; 502 while failsafe mode is not supported.
+    Failsafe,
+    /// No handler for this method and path: the stdlib's 501.
+    Unsupported,
+}
+
+/// Patroni's routing table. Unsafe endpoints (`POST /switchover`, `/failover`, `/restart`,
+/// `/reload`, `/reinitialize`, `PATCH`/`PUT /config`, `DELETE /restart`, `/switchover`) get
+/// their own variants here and run behind [`crate::auth::check_basic_auth`].
+fn route(method: &Method, path: &str) -> Endpoint {
+    if !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Endpoint::Unsupported;
+    }
+    let segment = path
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    match segment {
+        "patroni" => Endpoint::Patroni,
+        "cluster" => Endpoint::Cluster,
+        "history" => Endpoint::History,
+        "config" => Endpoint::Config,
+        "metrics" => Endpoint::Metrics,
+        "liveness" => Endpoint::Liveness,
+        "readiness" => Endpoint::Readiness,
+        "failsafe" => Endpoint::Failsafe,
+        _ => Endpoint::Health,
+    }
+}
+
+async fn dispatch(State(state): State<ApiState>, method: Method, uri: Uri) -> Response {
+    // Clone the `Arc` and release the borrow at once: the agent's next publish never waits on
+    // a slow client.
+    let snapshot: Arc<Snapshot> = Arc::clone(&state.snapshot.borrow());
+    let now = state.clock.now();
+    let path = uri.path();
+    let status_only = matches!(method, Method::HEAD | Method::OPTIONS);
+    let reply = |code: StatusCode, body: Response| if status_only { code_only(code) } else { body };
+    match route(&method, path) {
+        Endpoint::Health => {
+            let status = Status::new(&snapshot);
+            let code = health_code(&snapshot, &status, now, path, &QueryParams::from_uri(&uri));
+            if status_only {
+                code_only(code)
+            } else {
+                json_response(code, &status)
+            }
+        }
+        Endpoint::Patroni => {
+            if status_only {
+                code_only(StatusCode::OK)
+            } else {
+                json_response(StatusCode::OK, &Status::new(&snapshot))
+            }
+        }
+        Endpoint::Cluster => {
+            // Patroni reads the DCS afresh and drops the connection when that fails; we answer
+            // from the last view, or 503 with an empty member list when there is none.
+            let (code, doc) = match &snapshot.cluster {
+                Some(c) => (
+                    StatusCode::OK,
+                    ClusterJson::new(&snapshot.scope, c, snapshot.pause),
+                ),
+                None => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ClusterJson::unavailable(&snapshot.scope),
+                ),
+            };
+            reply(code, json_response(code, &doc))
+        }
+        Endpoint::History => {
+            let (code, lines) = match &snapshot.cluster {
+                Some(c) => (StatusCode::OK, c.history.iter().map(HistoryJson).collect()),
+                None => (StatusCode::SERVICE_UNAVAILABLE, Vec::new()),
+            };
+            reply(code, json_response(code, &lines))
+        }
+        Endpoint::Config => {
+            let config = snapshot.cluster.as_ref().and_then(|c| c.config.as_ref());
+            match config.filter(|c| serde_json::from_str::<Map<String, Value>>(&c.value).is_ok()) {
+                // The stored text as is: it is valid JSON and keeps the writer's key order.
+                Some(c) => reply(
+                    StatusCode::OK,
+                    raw_json_response(StatusCode::OK, c.value.clone()),
+                ),
+                None => reply(
+                    StatusCode::BAD_GATEWAY,
+                    error_page(StatusCode::BAD_GATEWAY, None),
+                ),
+            }
+        }
+        Endpoint::Metrics => {
+            let response = (
+                [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+                metrics_text(&snapshot, now),
+            );
+            reply(StatusCode::OK, response.into_response())
+        }
+        Endpoint::Liveness => code_only(liveness_code(&snapshot, now)),
+        Endpoint::Readiness => {
+            code_only(readiness_code(&snapshot, now, &QueryParams::from_uri(&uri)))
+        }
+        Endpoint::Failsafe => reply(
+            StatusCode::BAD_GATEWAY,
+            error_page(StatusCode::BAD_GATEWAY, None),
+        ),
+        Endpoint::Unsupported => {
+            let message = format!("Unsupported method ({:?})", method.as_str());
+            error_page(StatusCode::NOT_IMPLEMENTED, Some(&message))
+        }
+    }
+}
+
+const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The status code of a health check (Patroni's `do_GET`), from the status document, the
+/// snapshot, the clock, the path and the query.
+fn health_code(
+    snap: &Snapshot,
+    status: &Status,
+    now: Mono,
+    path: &str,
+    query: &QueryParams,
+) -> StatusCode {
+    let path = if path == "/" { "/primary" } else { path };
+    let cluster = snap.cluster.as_ref();
+
+    let leader_optime = cluster
+        .and_then(|c| c.optime())
+        .max(status.latest_end_lsn)
+        .unwrap_or_default();
+    let is_lagging = match query.bytes("lag") {
+        Some(max_lag) => {
+            leader_optime.0 > 0
+                && i128::from(leader_optime.0) > i128::from(status.replayed_location()) + max_lag
+        }
+        None => false,
+    };
+    let matches_replication_state = query
+        .get("replication_state")
+        .is_none_or(|want| status.replication_state == Some(want));
+    let replica_ok = !snap.tags.noloadbalance
+        && !is_lagging
+        && status.role == "replica"
+        && status.is_running()
+        && matches_replication_state;
+
+    // Fail closed: leadership needs the key *and* a fencing deadline still ahead; `/primary`
+    // additionally needs PostgreSQL answering as a primary (Patroni answers 200 on the lock
+    // alone, even while PostgreSQL fails to start).
+    let leader_ok = snap.is_leader_at(now);
+    let primary_ok =
+        leader_ok && status.is_running() && matches!(status.xlog, Some(Xlog::Primary { .. }));
+    // No standby-cluster support yet: nobody is a standby leader.
+    let standby_leader_ok = false;
+
+    let (ok, ignore_tags) = if path.contains("standby_leader") || path.contains("standby-leader") {
+        (standby_leader_ok, true)
+    } else if path.contains("leader") {
+        (leader_ok, true)
+    } else if path.contains("master") || path.contains("primary") || path.contains("read-write") {
+        (primary_ok, true)
+    } else if path.contains("replica") {
+        (replica_ok, false)
+    } else if path.contains("read-only") && !path.contains("sync") && !path.contains("quorum") {
+        (primary_ok || standby_leader_ok || replica_ok, false)
+    } else if path.contains("health") {
+        (status.is_running(), false)
+    } else if cluster.is_some() {
+        let (sync, quorum) = (status.sync_standby, status.quorum_standby);
+        let ok = match path {
+            "/sync" | "/synchronous" => sync && replica_ok,
+            "/quorum" => quorum && replica_ok,
+            "/async" | "/asynchronous" => !sync && !quorum && replica_ok,
+            "/read-only-quorum" => primary_ok || standby_leader_ok || (quorum && replica_ok),
+            "/read-only-sync" | "/read-only-synchronous" => {
+                primary_ok || standby_leader_ok || (sync && replica_ok)
+            }
+            _ => false,
+        };
+        (ok, false)
+    } else {
+        (false, false)
+    };
+
+    let tags_match = ignore_tags
+        || query
+            .first_values()
+            .all(|(key, wanted)| match key.strip_prefix("tag_") {
+                Some(tag) => tag_query_value(&snap.tags, tag).is_some_and(|have| have == wanted),
+                None => true,
+            });
+    if ok && tags_match {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+/// `/liveness`: 200 while paused or while the HA loop has finished a cycle within `ttl` (a
+/// running primary) or `2 * ttl` (anything else).
+fn liveness_code(snap: &Snapshot, now: Mono) -> StatusCode {
+    let running_primary =
+        snap.role == "primary" && snap.pg.as_ref().is_some_and(|pg| !pg.in_recovery);
+    let threshold = if running_primary {
+        snap.ttl
+    } else {
+        snap.ttl.saturating_mul(2)
+    };
+    if snap.pause || snap.last_cycle + threshold > now {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+/// `/readiness?lag=<max>&mode=apply|write`: 200 for the leader; otherwise PostgreSQL must be
+/// running, streaming, and within `lag` (default `maximum_lag_on_failover`) of the leader.
+fn readiness_code(snap: &Snapshot, now: Mono, query: &QueryParams) -> StatusCode {
+    match readiness_failure(snap, now, query) {
+        None => StatusCode::OK,
+        Some(reason) => {
+            tracing::debug!("readiness check failure: {reason}");
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+    }
+}
+
+fn readiness_failure(snap: &Snapshot, now: Mono, query: &QueryParams) -> Option<String> {
+    if snap.is_leader_at(now) {
+        return None;
+    }
+    if snap.state != "running" {
+        return Some("PostgreSQL is not running".to_owned());
+    }
+    let status = Status::new(snap);
+    if status.replication_state != Some("streaming") {
+        return Some("PostgreSQL replication state is not streaming".to_owned());
+    }
+    let cluster_optime = snap
+        .cluster
+        .as_ref()
+        .map(|c| c.optime().unwrap_or_default());
+    if cluster_optime.is_none() && status.latest_end_lsn.is_none_or(|l| l.0 == 0) {
+        return Some("DCS is not accessible".to_owned());
+    }
+    let leader_optime = cluster_optime.max(status.latest_end_lsn).unwrap_or(Lsn(0));
+    let write_mode = query.get("mode") == Some("write");
+    let (mode, location) = if write_mode {
+        ("write", status.received_location())
+    } else {
+        ("apply", status.replayed_location())
+    };
+    let lag = i128::from(leader_optime.0) - i128::from(location);
+    let max_lag = query
+        .bytes("lag")
+        .unwrap_or(i128::from(snap.maximum_lag_on_failover));
+    (lag > max_lag)
+        .then(|| format!("Replication {mode} lag {lag} exceeds maximum allowable {max_lag}"))
+}
+
+/// A response carrying only the status code (HEAD, OPTIONS, `/liveness`, `/readiness`).
+fn code_only(code: StatusCode) -> Response {
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = code;
+    response
+}
+
+fn json_response<T: Serialize + ?Sized>(code: StatusCode, doc: &T) -> Response {
+    match serde_json::to_string(doc) {
+        Ok(text) => raw_json_response(code, text),
+        Err(err) => {
+            tracing::error!("serialize response: {err}");
+            error_page(StatusCode::INTERNAL_SERVER_ERROR, None)
+        }
+    }
+}
+
+fn raw_json_response(code: StatusCode, text: String) -> Response {
+    let mut response = Response::new(Body::from(text));
+    *response.status_mut() = code;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// A plain message, with the `text/html` content type Patroni's `write_response` uses.
+pub(crate) fn text_response(code: StatusCode, body: &str) -> Response {
+    let mut response = Response::new(Body::from(body.to_owned()));
+    *response.status_mut() = code;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+    response
+}
+
+/// The error page Python's `send_error` produces.
+fn error_page(code: StatusCode, message: Option<&str>) -> Response {
+    let reason = code.canonical_reason().unwrap_or("Error");
+    let message = message.unwrap_or(reason);
+    let body = format!(
+        "<!DOCTYPE HTML>\n<html lang=\"en\">\n    <head>\n        <meta charset=\"utf-8\">\n        \
+         <title>Error response</title>\n    </head>\n    <body>\n        <h1>Error response</h1>\n        \
+         <p>Error code: {code}</p>\n        <p>Message: {message}.</p>\n        \
+         <p>Error code explanation: {code} - {reason}.</p>\n    </body>\n</html>\n",
+        code = code.as_u16(),
+    );
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = code;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html;charset=utf-8"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing_follows_the_first_segment() {
+        let get = |p| route(&Method::GET, p);
+        assert_eq!(get("/patroni"), Endpoint::Patroni);
+        assert_eq!(get("/patroni/x"), Endpoint::Patroni);
+        assert_eq!(get("//cluster"), Endpoint::Cluster);
+        assert_eq!(get("/metrics"), Endpoint::Metrics);
+        assert_eq!(get("/liveness"), Endpoint::Liveness);
+        assert_eq!(get("/readiness"), Endpoint::Readiness);
+        assert_eq!(get("/failsafe"), Endpoint::Failsafe);
+        assert_eq!(get("/patroni_primary"), Endpoint::Health);
+        assert_eq!(get("/"), Endpoint::Health);
+        assert_eq!(get("*"), Endpoint::Health);
+        assert_eq!(route(&Method::HEAD, "/config"), Endpoint::Config);
+        assert_eq!(route(&Method::POST, "/switchover"), Endpoint::Unsupported);
+        assert_eq!(route(&Method::PATCH, "/config"), Endpoint::Unsupported);
+    }
+}

@@ -8,15 +8,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton_core::{ClusterView, Clock, MemberName, Mono, PgSql, Tags};
+use baton_core::{Clock, ClusterView, MemberName, Mono, PgSql, Tags};
 use tokio::sync::watch;
 
+mod auth;
 mod handlers;
 mod metrics;
+mod query;
 mod status;
+#[cfg(test)]
+mod tests;
 
-
-
+pub use handlers::{router, serve};
+pub use status::{peer_status_from_json, status_json};
 
 /// pgbaton's version, reported where Patroni reports its own (`patroni.version`, `/metrics`).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -46,6 +50,12 @@ pub struct Snapshot {
     pub dcs_last_seen: Option<u64>,
     pub tags: Tags,
     pub pause: bool,
+    /// PostgreSQL has a `restore_command` (GUC on 12+, or `postgresql.recovery_conf`): a replica
+    /// that is not streaming then reports `replication_state: "in archive recovery"`.
+    pub restore_command: bool,
+    /// The watchdog is required by the configuration but not available or failed; reported as
+    /// `watchdog_failed: true`, which keeps this node out of the leader race on the others.
+    pub watchdog_failed: bool,
     /// The `Display` of the last decision's reason.
     pub last_reason: String,
     /// When the last HA cycle finished (for `/liveness`).
@@ -75,6 +85,8 @@ impl Snapshot {
             dcs_last_seen: None,
             tags: Tags::default(),
             pause: false,
+            restore_command: false,
+            watchdog_failed: false,
             last_reason: "starting".to_owned(),
             last_cycle: Mono(0),
             ttl: Duration::from_secs(30),
