@@ -45,11 +45,6 @@ pub fn pg_settings(config: &Config, dynamic: &DynamicConfig) -> PgSettings {
         username: c.username.clone(),
         password: c.password.clone(),
     };
-    let pg_hba = if pg.pg_hba.is_empty() {
-        config.bootstrap.as_ref().map(|b| b.pg_hba.clone()).unwrap_or_default()
-    } else {
-        pg.pg_hba.clone()
-    };
     PgSettings {
         name: config.name.clone(),
         scope: config.scope.clone(),
@@ -64,7 +59,7 @@ pub fn pg_settings(config: &Config, dynamic: &DynamicConfig) -> PgSettings {
         rewind: pg.rewind.as_ref().map(creds),
         pgpass: pg.pgpass.clone(),
         parameters: baton_config::merged_parameters(config, dynamic),
-        pg_hba,
+        pg_hba: baton_config::effective_pg_hba(config, dynamic),
         initdb_options: config.bootstrap.as_ref().map(|b| b.initdb.clone()).unwrap_or_default(),
         pg_ctl_timeout: pg.pg_ctl_timeout,
         sql_timeout: Duration::from_secs(u64::from(dynamic.retry_timeout).clamp(1, 5)),

@@ -1,1 +1,190 @@
+//! pgbaton's configuration: a Patroni-style YAML file plus environment overrides, parsed,
+//! validated and turned into a [`Config`]; and the dynamic configuration that lives in the
+//! DCS `/config` key ([`DynamicConfig`]).
+//!
+//! Every problem is reported, not just the first, each with the key path it is about
+//! (`postgresql.authentication.replication.password: expected a string, found a list`).
+//! Patroni keys pgbaton does not use are accepted with a warning; unknown keys are errors.
+//! Nothing here touches the network or PostgreSQL, and the environment is read only through
+//! the lookup function the caller passes in ([`std_env`] for the real one).
 
+mod addr;
+mod dynamic;
+mod env;
+mod error;
+mod local;
+mod model;
+mod params;
+mod walk;
+mod yaml;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use baton_core::{HaConfig, MemberName};
+use serde_json::{Map, Value};
+
+pub use dynamic::{DynamicConfig, MIN_TTL};
+pub use env::std_env;
+pub use error::{ConfigError, ConfigErrors};
+pub use model::{Bootstrap, Config, Credentials, Etcd, Loaded, Postgresql, RestApi, Vip};
+
+use walk::{Cx, Unknown};
+
+/// Loads a configuration file, or, like Patroni, a directory of `*.yml`/`*.yaml` files merged
+/// in file-name order. `env` looks up environment variables (`PATRONI_*`, `PGBATON_*`).
+pub fn load_file(
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Loaded, ConfigErrors> {
+    let mut cx = Cx::new(Unknown::Error);
+    if path.is_dir() {
+        let Some(root) = load_dir(&mut cx, path) else {
+            return Err(cx.into_errors());
+        };
+        return load_value(cx, root, env);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors::from(ConfigError::new(
+            "",
+            format!("cannot read {}: {e}", path.display()),
+        ))
+    })?;
+    load_str(&text, env)
+}
+
+/// Loads a configuration from YAML text. `env` looks up environment variables.
+pub fn load_str(yaml: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, ConfigErrors> {
+    let mut cx = Cx::new(Unknown::Error);
+    match yaml::parse(&mut cx, yaml, None) {
+        Some(root) => load_value(cx, root, env),
+        None => Err(cx.into_errors()),
+    }
+}
+
+fn load_value(
+    mut cx: Cx,
+    mut root: Value,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Loaded, ConfigErrors> {
+    if root.is_object() {
+        env::overlay(&mut cx, &mut root, env);
+    }
+    match local::parse(&mut cx, &root) {
+        Some(config) => cx
+            .finish(config)
+            .map(|(config, warnings)| Loaded { config, warnings }),
+        None => Err(cx.into_errors()),
+    }
+}
+
+fn load_dir(cx: &mut Cx, dir: &Path) -> Option<Value> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            cx.error("", format!("cannot read {}: {e}", dir.display()));
+            return None;
+        }
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "yml" || x == "yaml"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        cx.error("", format!("no *.yml or *.yaml files in {}", dir.display()));
+        return None;
+    }
+    let mut merged = Value::Object(Map::new());
+    for file in files {
+        let shown = file.display().to_string();
+        match std::fs::read_to_string(&file) {
+            Ok(text) => match yaml::parse(cx, &text, Some(&shown)) {
+                Some(v @ Value::Object(_)) => yaml::patch(&mut merged, v),
+                Some(other) => cx.error(
+                    "",
+                    format!(
+                        "{shown}: expected a mapping of configuration sections, found {}",
+                        walk::describe(&other)
+                    ),
+                ),
+                None => {}
+            },
+            Err(e) => cx.error("", format!("cannot read {shown}: {e}")),
+        }
+    }
+    (cx.error_count() == 0).then_some(merged)
+}
+
+/// The HA settings `decide` runs with: this node's local settings merged with the cluster's
+/// dynamic configuration (local `postgresql.use_pg_rewind` wins over the dynamic one).
+pub fn effective_ha(config: &Config, dynamic: &DynamicConfig) -> HaConfig {
+    let secs = |s: u32| Duration::from_secs(u64::from(s));
+    HaConfig {
+        me: MemberName::new(config.name.clone()).unwrap_or_default(),
+        ttl: secs(dynamic.ttl),
+        loop_wait: secs(dynamic.loop_wait),
+        retry_timeout: secs(dynamic.retry_timeout),
+        maximum_lag_on_failover: dynamic.maximum_lag_on_failover,
+        primary_start_timeout: secs(dynamic.primary_start_timeout),
+        use_pg_rewind: config
+            .postgresql
+            .use_pg_rewind
+            .unwrap_or(dynamic.use_pg_rewind),
+        remove_data_directory_on_rewind_failure: config
+            .postgresql
+            .remove_data_directory_on_rewind_failure
+            || dynamic.remove_data_directory_on_rewind_failure,
+        pause: dynamic.pause,
+        tags: config.tags.clone(),
+        can_bootstrap: config.bootstrap.is_some() && !config.tags.is_nofailover(),
+    }
+}
+
+/// The PostgreSQL parameters to run with, as Patroni computes them: its defaults for the
+/// parameters it passes on the command line (`max_connections` 100, `max_wal_senders` 10,
+/// `wal_level` replica, `wal_keep_size` 128MB, ...), overlaid by the dynamic
+/// `postgresql.parameters`, overlaid by the local `postgresql.parameters`; then
+/// `listen_addresses` and `port` from `postgresql.listen`, `cluster_name` from `scope`, and
+/// `hot_standby` and `wal_log_hints` on, which nothing overrides.
+pub fn merged_parameters(config: &Config, dynamic: &DynamicConfig) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = params::defaults()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    out.extend(
+        dynamic
+            .parameters
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
+    out.extend(
+        config
+            .postgresql
+            .parameters
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
+    out.insert(
+        "listen_addresses".to_owned(),
+        config.postgresql.listen_addresses.clone(),
+    );
+    out.insert("port".to_owned(), config.postgresql.port.to_string());
+    out.insert("cluster_name".to_owned(), config.scope.clone());
+    out.insert("hot_standby".to_owned(), "on".to_owned());
+    out.insert("wal_log_hints".to_owned(), "on".to_owned());
+    out
+}
+
+/// The `pg_hba.conf` lines to write: the local `postgresql.pg_hba` when set, else the dynamic
+/// one (Patroni: local wins).
+pub fn effective_pg_hba(config: &Config, dynamic: &DynamicConfig) -> Vec<String> {
+    if config.postgresql.pg_hba.is_empty() {
+        dynamic.pg_hba.clone()
+    } else {
+        config.postgresql.pg_hba.clone()
+    }
+}

@@ -1,0 +1,795 @@
+//! The local configuration file: Patroni's schema for the subset pgbaton supports.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use baton_core::Tags;
+use serde_json::Value;
+
+use crate::addr;
+use crate::dynamic::{self, DynamicConfig, PG_UNUSED};
+use crate::model::{Bootstrap, Config, Credentials, Etcd, Postgresql, RestApi, Vip};
+use crate::params::{self, Source};
+use crate::walk::{Cx, Obj, UNUSED, describe, index};
+
+/// Patroni's reserved member name for the strict synchronous mode.
+const PLACEHOLDER_NAME: &str = "__patroni_strict_sync_replica_placeholder__";
+const DEFAULT_NAMESPACE: &str = "/service";
+const DEFAULT_BIN_DIR: &str = "/usr/lib/postgresql/15/bin";
+const DEFAULT_PGPASS: &str = "/tmp/pgpass0";
+const DEFAULT_PG_CTL_TIMEOUT: u32 = 60;
+const HOST_PORT: &str = "a string \"host:port\"";
+
+/// Reads the whole file (environment already applied). `None` when the document is not a
+/// mapping; otherwise a configuration that is only meaningful if no error was recorded.
+pub(crate) fn parse(cx: &mut Cx, root: &Value) -> Option<Config> {
+    if !root.is_object() {
+        cx.error(
+            "",
+            format!(
+                "expected a mapping of configuration sections at the top level, found {}",
+                describe(root)
+            ),
+        );
+        return None;
+    }
+    let mut top = Obj::new(cx, "", root)?;
+
+    let scope = top.req(cx, "scope", identifier).unwrap_or_default();
+    let namespace = top
+        .opt(cx, "namespace", |cx, p, v| cx.string(p, v, "a string"))
+        .map_or_else(|| DEFAULT_NAMESPACE.to_owned(), |s| normalize_namespace(&s));
+    let name = top
+        .req(cx, "name", |cx, p, v| {
+            let name = identifier(cx, p, v)?;
+            if name == PLACEHOLDER_NAME {
+                cx.error(
+                    p,
+                    format!("{name:?} is reserved by Patroni for synchronous mode"),
+                );
+                return None;
+            }
+            Some(name)
+        })
+        .unwrap_or_default();
+    let restapi = restapi(cx, &mut top);
+    let etcd = dcs(cx, &mut top);
+    let bootstrap = bootstrap(cx, &mut top);
+    let postgresql = postgresql(cx, &mut top);
+    let tags = tags(cx, &mut top);
+    let watchdog_mode = watchdog(cx, &mut top);
+    let vip = vip(cx, &mut top);
+
+    top.ignore_all(
+        cx,
+        &[
+            "log",
+            "ctl",
+            "citus",
+            "thread_pool_size",
+            "thread_stack_size",
+        ],
+    );
+    for key in [
+        "ttl",
+        "loop_wait",
+        "retry_timeout",
+        "maximum_lag_on_failover",
+        "maximum_lag_on_syncnode",
+        "primary_start_timeout",
+        "master_start_timeout",
+        "primary_stop_timeout",
+        "master_stop_timeout",
+        "synchronous_mode",
+        "synchronous_mode_strict",
+        "synchronous_node_count",
+        "failsafe_mode",
+        "check_timeline",
+        "pause",
+    ] {
+        top.ignore(
+            cx,
+            key,
+            "ignored at the top level, as in Patroni: dynamic settings come from bootstrap.dcs \
+             (when the cluster is created) and then from the DCS /config key",
+        );
+    }
+    top.finish(cx);
+
+    Some(Config {
+        scope,
+        namespace,
+        name,
+        restapi,
+        etcd,
+        bootstrap,
+        postgresql,
+        tags,
+        watchdog_mode,
+        vip,
+    })
+}
+
+/// `scope` and `name`: non-empty strings that fit in a DCS key segment.
+fn identifier(cx: &mut Cx, path: &str, v: &Value) -> Option<String> {
+    let s = cx.nonempty(path, v, "a string")?;
+    if s.contains('/') {
+        cx.error(path, format!("must not contain \"/\", found {s:?}"));
+        return None;
+    }
+    Some(s)
+}
+
+/// Patroni joins `/`, namespace and scope and collapses repeated slashes: `service`, `/service`
+/// and `/service/` are the same prefix.
+fn normalize_namespace(s: &str) -> String {
+    let parts: Vec<&str> = s.split('/').filter(|p| !p.is_empty()).collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("/{}", parts.join("/"))
+    }
+}
+
+fn host_port_error(value: &str, reason: &str) -> String {
+    format!("expected \"host:port\", found {value:?} ({reason})")
+}
+
+/// A required section: reported when absent (or empty).
+fn required<'v>(cx: &mut Cx, top: &mut Obj<'v>, key: &str) -> Option<Obj<'v>> {
+    if top.has(key) {
+        top.section(cx, key)
+    } else {
+        top.get_any(key);
+        cx.error(&top.child(key), "required section is missing");
+        None
+    }
+}
+
+fn restapi(cx: &mut Cx, top: &mut Obj<'_>) -> RestApi {
+    let mut r = RestApi {
+        listen: String::new(),
+        listen_addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+        connect_address: String::new(),
+        authentication: None,
+    };
+    let Some(mut o) = required(cx, top, "restapi") else {
+        return r;
+    };
+    if let Some(listen) = o.req(cx, "listen", |cx, p, v| cx.string(p, v, HOST_PORT)) {
+        let path = o.child("listen");
+        match addr::split_host_port(&listen, None) {
+            Ok((host, port)) => match addr::listen_addr(&host, port) {
+                Ok(a) => r.listen_addr = a,
+                Err(m) => cx.error(&path, m),
+            },
+            Err(reason) => cx.error(&path, host_port_error(&listen, &reason)),
+        }
+        r.listen = listen;
+    }
+    if let Some(connect) = o.req(cx, "connect_address", |cx, p, v| cx.string(p, v, HOST_PORT)) {
+        let path = o.child("connect_address");
+        match addr::split_host_port(&connect, None) {
+            Ok((host, _)) if host.is_empty() => {
+                cx.error(&path, host_port_error(&connect, "missing host"))
+            }
+            Ok(_) => {}
+            Err(reason) => cx.error(&path, host_port_error(&connect, &reason)),
+        }
+        r.connect_address = connect;
+    }
+    if let Some(mut auth) = o.section(cx, "authentication") {
+        let user = auth.req(cx, "username", |cx, p, v| cx.nonempty(p, v, "a string"));
+        let password = auth.req(cx, "password", |cx, p, v| cx.secret(p, v));
+        auth.finish(cx);
+        r.authentication = user.zip(password);
+    }
+    const TLS: &str =
+        "Patroni key is accepted but not used by pgbaton (the REST API is served over plain HTTP)";
+    for key in [
+        "certfile",
+        "keyfile",
+        "keyfile_password",
+        "cafile",
+        "ciphers",
+        "verify_client",
+    ] {
+        o.ignore(cx, key, TLS);
+    }
+    for key in ["allowlist", "allowlist_include_members"] {
+        o.ignore(cx, key, "Patroni key is accepted but not used by pgbaton (REST API access is not restricted by client address)");
+    }
+    o.ignore_all(
+        cx,
+        &[
+            "http_extra_headers",
+            "https_extra_headers",
+            "request_queue_size",
+            "server_tokens",
+            "thread_pool_size",
+        ],
+    );
+    o.finish(cx);
+    r
+}
+
+const OTHER_DCS: [&str; 6] = [
+    "consul",
+    "zookeeper",
+    "exhibitor",
+    "kubernetes",
+    "raft",
+    "nomad",
+];
+
+fn dcs(cx: &mut Cx, top: &mut Obj<'_>) -> Etcd {
+    let mut etcd = Etcd {
+        hosts: Vec::new(),
+        protocol: "http".to_owned(),
+        username: None,
+        password: None,
+    };
+    for key in OTHER_DCS {
+        top.ignore(
+            cx,
+            key,
+            "Patroni key is accepted but not used by pgbaton (it keeps cluster state in etcd only)",
+        );
+    }
+    let v3 = top.get("etcd3");
+    let v2 = top.get("etcd");
+    match (v3, v2) {
+        (Some(v), v2) => {
+            if v2.is_some() {
+                cx.warn("etcd", "ignored: the etcd3 section is used");
+            }
+            if let Some(o) = Obj::new(cx, "etcd3", v) {
+                etcd = etcd_section(cx, o);
+            }
+        }
+        (None, Some(v)) => {
+            cx.warn(
+                "etcd",
+                "read as etcd3: pgbaton talks to etcd with the v3 API only, so keys a Patroni cluster \
+                 wrote through the v2 API are not visible to it",
+            );
+            if let Some(o) = Obj::new(cx, "etcd", v) {
+                etcd = etcd_section(cx, o);
+            }
+        }
+        (None, None) => {
+            let others: Vec<&str> = OTHER_DCS.iter().copied().filter(|k| top.has(k)).collect();
+            let message = if others.is_empty() {
+                "required section is missing (etcd3, or etcd)".to_owned()
+            } else {
+                format!(
+                    "required section is missing: pgbaton supports etcd only, found {}",
+                    others.join(", ")
+                )
+            };
+            cx.error("etcd3", message);
+        }
+    }
+    etcd
+}
+
+fn etcd_section(cx: &mut Cx, mut o: Obj<'_>) -> Etcd {
+    let host = o.opt(cx, "host", |cx, p, v| {
+        let s = cx.string(p, v, HOST_PORT)?;
+        endpoint(cx, p, &s)
+    });
+    let hosts = o.opt(cx, "hosts", |cx, p, v| {
+        let items: Vec<(String, String)> = match v {
+            Value::String(s) => s
+                .split(',')
+                .filter(|h| !h.trim().is_empty())
+                .map(|h| (p.to_owned(), h.trim().to_owned()))
+                .collect(),
+            Value::Array(items) => {
+                let mut out = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    let ip = index(p, i);
+                    if let Some(s) = cx.string(&ip, item, HOST_PORT) {
+                        out.push((ip, s));
+                    }
+                }
+                out
+            }
+            other => {
+                cx.mismatch(
+                    p,
+                    "a list of \"host:port\" or a comma-separated string",
+                    other,
+                );
+                return None;
+            }
+        };
+        let endpoints: Vec<String> = items
+            .iter()
+            .filter_map(|(ip, s)| endpoint(cx, ip, s))
+            .collect();
+        if endpoints.len() == items.len() && !endpoints.is_empty() {
+            Some(endpoints)
+        } else {
+            if items.is_empty() {
+                cx.error(p, "expected at least one \"host:port\"");
+            }
+            None
+        }
+    });
+    let protocol = o
+        .opt(cx, "protocol", |cx, p, v| {
+            let s = cx.string(p, v, "\"http\" or \"https\"")?;
+            match s.as_str() {
+                "http" | "https" => Some(s),
+                _ => {
+                    cx.error(p, format!("expected \"http\" or \"https\", found {s:?}"));
+                    None
+                }
+            }
+        })
+        .unwrap_or_else(|| "http".to_owned());
+    let username = o.opt(cx, "username", |cx, p, v| cx.nonempty(p, v, "a string"));
+    let password = o.opt(cx, "password", |cx, p, v| cx.secret(p, v));
+    if username.is_some() && password.is_none() && !o.has("password") {
+        cx.error(
+            &o.child("password"),
+            "required key is missing (username is set)",
+        );
+    }
+
+    let has_host = o.has("host");
+    let has_hosts = o.has("hosts");
+    if has_host && has_hosts {
+        cx.warn(
+            &o.child("host"),
+            "ignored: hosts is set too (as in Patroni)",
+        );
+    }
+    let hosts = match (hosts, host) {
+        (Some(list), _) => list,
+        (None, Some(one)) if !has_hosts => vec![one],
+        _ => {
+            if !has_host && !has_hosts {
+                let alt = ["url", "proxy", "srv", "srv_suffix"]
+                    .into_iter()
+                    .find(|k| o.has(k));
+                let message = match alt {
+                    Some(k) => format!(
+                        "required key is missing: pgbaton needs host or hosts ({k} is not supported)"
+                    ),
+                    None => "required key is missing: set host or hosts".to_owned(),
+                };
+                cx.error(&o.child("hosts"), message);
+            }
+            Vec::new()
+        }
+    };
+    o.ignore_all(
+        cx,
+        &[
+            "use_proxies",
+            "url",
+            "proxy",
+            "srv",
+            "srv_suffix",
+            "cacert",
+            "cert",
+            "key",
+            "key_password",
+        ],
+    );
+    o.finish(cx);
+    Etcd {
+        hosts,
+        protocol,
+        username,
+        password,
+    }
+}
+
+fn endpoint(cx: &mut Cx, path: &str, s: &str) -> Option<String> {
+    match addr::etcd_endpoint(s) {
+        Ok(e) => Some(e),
+        Err(m) => {
+            cx.error(path, m);
+            None
+        }
+    }
+}
+
+fn bootstrap(cx: &mut Cx, top: &mut Obj<'_>) -> Option<Bootstrap> {
+    // Present even when empty: Patroni bootstraps whenever the section exists.
+    let v = top.get_any("bootstrap")?;
+    let mut o = Obj::new(cx, "bootstrap", v)?;
+    let dcs = match o.get_any("dcs") {
+        Some(v) => dynamic::parse(cx, "bootstrap.dcs", v),
+        None => DynamicConfig::defaults(),
+    };
+    let initdb = o.opt(cx, "initdb", initdb).unwrap_or_default();
+    let pg_hba = o
+        .opt(cx, "pg_hba", |cx, p, v| cx.string_list(p, v))
+        .unwrap_or_default();
+    if let Some(method) = o.opt(cx, "method", |cx, p, v| cx.nonempty(p, v, "a string"))
+        && method != "initdb"
+    {
+        cx.warn(
+            &o.child("method"),
+            format!("pgbaton creates new clusters with initdb only; method {method:?} is not used"),
+        );
+        if !o.is_known(&method) {
+            o.ignore(cx, &method, UNUSED);
+        }
+    }
+    for key in ["post_bootstrap", "post_init"] {
+        o.ignore(
+            cx,
+            key,
+            "Patroni key is accepted but not used by pgbaton (it runs no post-bootstrap script)",
+        );
+    }
+    o.ignore(cx, "users", UNUSED);
+    o.finish(cx);
+    Some(Bootstrap {
+        dcs,
+        initdb,
+        pg_hba,
+    })
+}
+
+/// initdb options pgbaton sets itself (Patroni's list).
+const INITDB_RESERVED: [&str; 5] = ["pgdata", "nosync", "pwfile", "sync-only", "version"];
+
+/// `bootstrap.initdb`: a list of option names and single-pair mappings (`- encoding: UTF8`),
+/// or a mapping of options; rendered as `--name[=value]`.
+fn initdb(cx: &mut Cx, path: &str, v: &Value) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    let before = cx.error_count();
+    match v {
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let p = index(path, i);
+                let rendered = match item {
+                    Value::String(s) => initdb_option(cx, &p, s, None),
+                    Value::Object(m) if m.len() == 1 => m
+                        .iter()
+                        .next()
+                        .and_then(|(k, val)| initdb_option(cx, &p, k, Some(val))),
+                    Value::Object(m) => {
+                        cx.error(
+                            &p,
+                            format!(
+                                "expected a single \"option: value\" pair, found {} keys",
+                                m.len()
+                            ),
+                        );
+                        None
+                    }
+                    other => {
+                        cx.mismatch(
+                            &p,
+                            "an initdb option or a single \"option: value\" pair",
+                            other,
+                        );
+                        None
+                    }
+                };
+                out.extend(rendered);
+            }
+        }
+        Value::Object(m) => {
+            for (k, val) in m {
+                let p = crate::walk::join(path, k);
+                out.extend(initdb_option(cx, &p, k, Some(val)));
+            }
+        }
+        other => {
+            cx.mismatch(path, "a list of initdb options", other);
+            return None;
+        }
+    }
+    (cx.error_count() == before).then_some(out)
+}
+
+fn initdb_option(cx: &mut Cx, path: &str, name: &str, value: Option<&Value>) -> Option<String> {
+    let name = name.trim().trim_start_matches('-');
+    let bare = name.split('=').next().unwrap_or_default();
+    if bare.is_empty() {
+        cx.error(
+            path,
+            "expected an initdb option name, found an empty string",
+        );
+        return None;
+    }
+    if INITDB_RESERVED.contains(&bare) {
+        cx.error(
+            path,
+            format!("initdb option {bare:?} is set by pgbaton and cannot be given"),
+        );
+        return None;
+    }
+    match value {
+        None => Some(format!("--{name}")),
+        Some(Value::String(s)) => Some(format!("--{name}={s}")),
+        Some(Value::Number(n)) => Some(format!("--{name}={n}")),
+        Some(other) => {
+            cx.mismatch(path, "a string or number as the option's value", other);
+            None
+        }
+    }
+}
+
+fn postgresql(cx: &mut Cx, top: &mut Obj<'_>) -> Postgresql {
+    let mut pg = Postgresql {
+        listen: String::new(),
+        listen_addresses: String::new(),
+        port: 5432,
+        connect_address: String::new(),
+        connect_host: String::new(),
+        connect_port: 5432,
+        data_dir: PathBuf::new(),
+        bin_dir: PathBuf::from(DEFAULT_BIN_DIR),
+        pgpass: PathBuf::from(DEFAULT_PGPASS),
+        superuser: Credentials {
+            username: String::new(),
+            password: None,
+        },
+        replication: Credentials {
+            username: String::new(),
+            password: None,
+        },
+        rewind: None,
+        parameters: Default::default(),
+        pg_hba: Vec::new(),
+        use_pg_rewind: None,
+        remove_data_directory_on_rewind_failure: false,
+        pg_ctl_timeout: Duration::from_secs(u64::from(DEFAULT_PG_CTL_TIMEOUT)),
+        use_unix_socket: false,
+    };
+    let Some(mut o) = required(cx, top, "postgresql") else {
+        return pg;
+    };
+
+    if let Some(listen) = o.req(cx, "listen", |cx, p, v| {
+        cx.string(p, v, "a string \"host[,host...]:port\"")
+    }) {
+        let path = o.child("listen");
+        match addr::split_host_port(&listen, Some(5432)) {
+            Ok((hosts, port)) => {
+                let list: Vec<&str> = hosts.split(',').map(str::trim).collect();
+                if list.iter().any(|h| h.is_empty()) {
+                    cx.error(
+                        &path,
+                        format!("expected \"host[,host...]:port\", found {listen:?} (empty host)"),
+                    );
+                } else if list.len() > 1 && list.contains(&"*") {
+                    cx.error(&path, format!("expected \"*\" alone, found {listen:?}"));
+                }
+                pg.listen_addresses = list.join(",");
+                pg.port = port;
+            }
+            Err(reason) => cx.error(
+                &path,
+                format!("expected \"host[,host...]:port\", found {listen:?} ({reason})"),
+            ),
+        }
+        pg.listen = listen;
+    }
+    if let Some(connect) = o.req(cx, "connect_address", |cx, p, v| cx.string(p, v, HOST_PORT)) {
+        let path = o.child("connect_address");
+        match addr::split_host_port(&connect, Some(5432)) {
+            Ok((host, _)) if host.is_empty() || host.contains(',') || host == "*" => {
+                cx.error(
+                    &path,
+                    host_port_error(&connect, "expected one host other members can connect to"),
+                );
+            }
+            Ok((host, port)) => {
+                pg.connect_host = host;
+                pg.connect_port = port;
+            }
+            Err(reason) => cx.error(&path, host_port_error(&connect, &reason)),
+        }
+        pg.connect_address = connect;
+    }
+    if let Some(dir) = o.req(cx, "data_dir", |cx, p, v| cx.nonempty(p, v, "a path")) {
+        pg.data_dir = PathBuf::from(dir);
+    }
+    if let Some(dir) = o.opt(cx, "bin_dir", |cx, p, v| cx.string(p, v, "a path"))
+        && !dir.trim().is_empty()
+    {
+        pg.bin_dir = PathBuf::from(dir);
+    }
+    if let Some(file) = o.opt(cx, "pgpass", |cx, p, v| cx.nonempty(p, v, "a path")) {
+        pg.pgpass = PathBuf::from(file);
+    }
+    if let Some(mut auth) = required(cx, &mut o, "authentication") {
+        if let Some(c) = required(cx, &mut auth, "superuser") {
+            pg.superuser = credentials(cx, c);
+        }
+        if let Some(c) = required(cx, &mut auth, "replication") {
+            pg.replication = credentials(cx, c);
+        }
+        pg.rewind = auth.section(cx, "rewind").map(|c| credentials(cx, c));
+        auth.finish(cx);
+    }
+    if let Some(v) = o.get("parameters") {
+        pg.parameters = params::parameters(cx, &o.child("parameters"), v, Source::Local);
+    }
+    if let Some(lines) = o.opt(cx, "pg_hba", |cx, p, v| cx.string_list(p, v)) {
+        pg.pg_hba = lines;
+    }
+    pg.use_pg_rewind = o.opt(cx, "use_pg_rewind", |cx, p, v| cx.boolean(p, v));
+    if let Some(b) = o.opt(cx, "remove_data_directory_on_rewind_failure", |cx, p, v| {
+        cx.boolean(p, v)
+    }) {
+        pg.remove_data_directory_on_rewind_failure = b;
+    }
+    if let Some(secs) = o.opt(cx, "pg_ctl_timeout", |cx, p, v| cx.u32(p, v, 1)) {
+        pg.pg_ctl_timeout = Duration::from_secs(u64::from(secs));
+    }
+    if let Some(b) = o.opt(cx, "use_unix_socket", |cx, p, v| cx.boolean(p, v)) {
+        pg.use_unix_socket = b;
+    }
+    o.ignore(
+        cx,
+        "use_slots",
+        "ignored in the local configuration, as in Patroni: set it in the dynamic configuration \
+         (bootstrap.dcs.postgresql.use_slots)",
+    );
+    o.ignore_all(cx, &["proxy_address", "config_dir"]);
+    // Replica creation methods name their own sections (`pgbackrest:`, `wal_e:`).
+    let methods = o.opt(cx, "create_replica_methods", |cx, p, v| {
+        cx.string_list(p, v)
+    });
+    for (key, note) in PG_UNUSED {
+        if *key == "create_replica_methods" {
+            if methods.is_some() {
+                cx.warn(&o.child(key), note);
+            }
+        } else {
+            o.ignore(cx, key, note);
+        }
+    }
+    for method in methods.unwrap_or_default() {
+        if !o.is_known(&method) {
+            o.ignore(cx, &method, UNUSED);
+        }
+    }
+    o.finish(cx);
+    pg
+}
+
+fn credentials(cx: &mut Cx, mut o: Obj<'_>) -> Credentials {
+    let username = o
+        .req(cx, "username", |cx, p, v| cx.nonempty(p, v, "a string"))
+        .unwrap_or_default();
+    let password = o.opt(cx, "password", |cx, p, v| cx.secret(p, v));
+    o.ignore_all(
+        cx,
+        &[
+            "sslmode",
+            "sslcert",
+            "sslkey",
+            "sslpassword",
+            "sslrootcert",
+            "sslcrl",
+            "sslcrldir",
+            "gssencmode",
+            "channel_binding",
+            "sslnegotiation",
+        ],
+    );
+    o.finish(cx);
+    Credentials { username, password }
+}
+
+fn tags(cx: &mut Cx, top: &mut Obj<'_>) -> Tags {
+    let mut t = Tags::default();
+    let Some(mut o) = top.section(cx, "tags") else {
+        return t;
+    };
+    t.nofailover = o.opt(cx, "nofailover", |cx, p, v| cx.boolean(p, v));
+    t.failover_priority = o.opt(cx, "failover_priority", |cx, p, v| {
+        cx.int(p, v, 0, i64::MAX)
+    });
+    t.noloadbalance = o
+        .opt(cx, "noloadbalance", |cx, p, v| cx.boolean(p, v))
+        .unwrap_or(false);
+    t.clonefrom = o
+        .opt(cx, "clonefrom", |cx, p, v| cx.boolean(p, v))
+        .unwrap_or(false);
+    t.nosync = o.opt(cx, "nosync", |cx, p, v| cx.boolean(p, v));
+    t.sync_priority = o.opt(cx, "sync_priority", |cx, p, v| cx.int(p, v, 0, i64::MAX));
+    t.nostream = o
+        .opt(cx, "nostream", |cx, p, v| cx.boolean(p, v))
+        .unwrap_or(false);
+    t.replicatefrom = o.opt(cx, "replicatefrom", |cx, p, v| {
+        cx.nonempty(p, v, "a member name")
+    });
+
+    // Patroni warns and lets the boolean tag win.
+    for (flag, flag_value, prio, prio_value) in [
+        (
+            "nofailover",
+            t.nofailover,
+            "failover_priority",
+            t.failover_priority,
+        ),
+        ("nosync", t.nosync, "sync_priority", t.sync_priority),
+    ] {
+        if let (Some(b), Some(p)) = (flag_value, prio_value)
+            && b == (p > 0)
+        {
+            cx.warn(
+                "tags",
+                format!("conflicting {flag}: {b} and {prio}: {p}; {flag}: {b} wins, as in Patroni"),
+            );
+        }
+    }
+    for key in o.keys() {
+        if o.is_known(key) {
+            continue;
+        }
+        if let Some(v) = o.get_any(key) {
+            t.custom.insert(key.to_owned(), v.to_string());
+        }
+    }
+    o.finish(cx);
+    t
+}
+
+fn watchdog(cx: &mut Cx, top: &mut Obj<'_>) -> String {
+    let mut mode = "automatic".to_owned();
+    let Some(mut o) = top.section(cx, "watchdog") else {
+        return mode;
+    };
+    if let Some(m) = o.opt(cx, "mode", |cx, p, v| {
+        let text = match v {
+            Value::Bool(false) => "off".to_owned(),
+            Value::String(s) => s.trim().to_ascii_lowercase(),
+            other => {
+                cx.mismatch(p, "one of off, automatic, required", other);
+                return None;
+            }
+        };
+        match text.as_str() {
+            "off" | "disable" | "disabled" => Some("off"),
+            "automatic" | "auto" => Some("automatic"),
+            "required" | "require" => Some("required"),
+            _ => {
+                cx.error(
+                    p,
+                    format!("expected one of off, automatic, required, found {text:?}"),
+                );
+                None
+            }
+        }
+    }) {
+        mode = m.to_owned();
+    }
+    if mode == "required" {
+        cx.warn(
+            &o.child("mode"),
+            "pgbaton has no /dev/watchdog support yet, so \"required\" cannot be honoured; the \
+             leader still fences itself (stops PostgreSQL) before its lease can expire",
+        );
+    }
+    o.ignore_all(cx, &["device", "safety_margin", "driver"]);
+    o.finish(cx);
+    mode
+}
+
+fn vip(cx: &mut Cx, top: &mut Obj<'_>) -> Option<Vip> {
+    let mut o = top.section(cx, "vip")?;
+    let address = o.req(cx, "address", |cx, p, v| cx.nonempty(p, v, "an IP address"));
+    let interface = o.req(cx, "interface", |cx, p, v| {
+        cx.nonempty(p, v, "a network interface name")
+    });
+    o.finish(cx);
+    Some(Vip {
+        address: address.unwrap_or_default(),
+        interface: interface.unwrap_or_default(),
+    })
+}

@@ -1,0 +1,163 @@
+//! The validated configuration. Every value here has been checked; defaults are filled in.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use baton_core::Tags;
+
+use crate::dynamic::DynamicConfig;
+
+/// A validated configuration file (with environment overrides applied), plus what the
+/// operator should be told about it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Loaded {
+    pub config: Config,
+    /// `path: message` lines: Patroni keys accepted but not used, values adjusted, ignored
+    /// settings. Meant to be logged at WARN once at startup and printed by `validate-config`.
+    pub warnings: Vec<String>,
+}
+
+/// The local configuration of one pgbaton agent (Patroni's YAML file, supported subset).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Cluster name (`scope`).
+    pub scope: String,
+    /// Key prefix in the DCS, normalised to a leading `/` and no trailing `/` (`/service`);
+    /// the empty string for the root.
+    pub namespace: String,
+    /// This member's name, unique in the cluster.
+    pub name: String,
+    pub restapi: RestApi,
+    pub etcd: Etcd,
+    /// Present when this node may bootstrap a new cluster (`bootstrap` section present).
+    pub bootstrap: Option<Bootstrap>,
+    pub postgresql: Postgresql,
+    pub tags: Tags,
+    /// `off`, `automatic` or `required` (Patroni's aliases normalised).
+    pub watchdog_mode: String,
+    /// pgbaton's own floating-IP section.
+    pub vip: Option<Vip>,
+}
+
+#[derive(Clone, PartialEq)]
+pub struct RestApi {
+    /// As written: `host:port`.
+    pub listen: String,
+    /// The socket address to bind (`*` and an empty host are 0.0.0.0).
+    pub listen_addr: SocketAddr,
+    /// `host:port` other members and clients use to reach this API.
+    pub connect_address: String,
+    /// Basic-auth credentials required for the unsafe endpoints: (username, password).
+    pub authentication: Option<(String, String)>,
+}
+
+impl fmt::Debug for RestApi {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RestApi")
+            .field("listen", &self.listen)
+            .field("listen_addr", &self.listen_addr)
+            .field("connect_address", &self.connect_address)
+            .field(
+                "authentication",
+                &self.authentication.as_ref().map(|(u, _)| (u, "<redacted>")),
+            )
+            .finish()
+    }
+}
+
+/// etcd connection settings (the `etcd3` section; `etcd` is read the same way).
+#[derive(Clone, PartialEq)]
+pub struct Etcd {
+    /// Endpoints as `host:port` (port 2379 when not given).
+    pub hosts: Vec<String>,
+    /// `http` or `https`.
+    pub protocol: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl fmt::Debug for Etcd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Etcd")
+            .field("hosts", &self.hosts)
+            .field("protocol", &self.protocol)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// The `bootstrap` section: used only when this node initialises a brand-new cluster.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Bootstrap {
+    /// `bootstrap.dcs`, written once to the DCS `/config` key (defaults when absent).
+    pub dcs: DynamicConfig,
+    /// Rendered `initdb` options: `--encoding=UTF8`, `--data-checksums`.
+    pub initdb: Vec<String>,
+    /// `bootstrap.pg_hba`: lines for `pg_hba.conf` right after `initdb`.
+    pub pg_hba: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Postgresql {
+    /// As written: `host[,host...]:port`.
+    pub listen: String,
+    /// The hosts part of `listen`, for `listen_addresses` (`*`, `0.0.0.0`, `127.0.0.1,::1`).
+    pub listen_addresses: String,
+    /// The port part of `listen` (5432 when not given).
+    pub port: u16,
+    /// As written: `host:port` other members use to reach this PostgreSQL.
+    pub connect_address: String,
+    pub connect_host: String,
+    pub connect_port: u16,
+    pub data_dir: PathBuf,
+    /// Where `pg_ctl`, `initdb`, `pg_basebackup`, `pg_rewind`, ... are.
+    pub bin_dir: PathBuf,
+    /// The password file pgbaton writes for the tools it runs.
+    pub pgpass: PathBuf,
+    pub superuser: Credentials,
+    pub replication: Credentials,
+    /// The role `pg_rewind` connects as; the superuser when absent.
+    pub rewind: Option<Credentials>,
+    /// Local `postgresql.parameters`, rendered as PostgreSQL values (booleans as `on`/`off`).
+    /// Parameters Patroni only takes from the dynamic configuration are not here (see
+    /// [`crate::merged_parameters`]).
+    pub parameters: BTreeMap<String, String>,
+    /// Local `pg_hba.conf` lines; when empty the dynamic configuration's are used.
+    pub pg_hba: Vec<String>,
+    /// Local override of the dynamic `postgresql.use_pg_rewind`.
+    pub use_pg_rewind: Option<bool>,
+    pub remove_data_directory_on_rewind_failure: bool,
+    /// How long `pg_ctl start/stop/promote` may take.
+    pub pg_ctl_timeout: Duration,
+    /// Connect to the local PostgreSQL over its Unix socket instead of TCP.
+    pub use_unix_socket: bool,
+}
+
+/// A PostgreSQL role pgbaton connects as.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: String,
+    pub password: Option<String>,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// The floating IP that follows the primary (pgbaton only; not a Patroni key).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Vip {
+    /// The address, with or without a `/prefix`.
+    pub address: String,
+    /// The network interface to add it to.
+    pub interface: String,
+}

@@ -1,0 +1,219 @@
+//! PostgreSQL parameters: rendering YAML/JSON scalars as PostgreSQL values, and Patroni's rules
+//! for the parameters it passes on the `postgres` command line (`ConfigHandler.CMDLINE_OPTIONS`):
+//! they come only from the dynamic configuration, are validated there, and have defaults.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use crate::walk::{Cx, Obj, describe};
+
+/// How a dynamic value of a command-line parameter is checked.
+#[derive(Clone, Copy)]
+enum Check {
+    /// Set by pgbaton from other settings; never taken from the configuration.
+    Forced,
+    OneOf(&'static [&'static str]),
+    IntAtLeast(i64),
+    /// An amount of memory in MB (units kB, MB, GB, TB allowed), at least this many MB.
+    MegabytesAtLeast(i64),
+    Bool,
+}
+
+/// Patroni 4's `CMDLINE_OPTIONS` with their defaults (`None`: derived from other settings).
+const CMDLINE: &[(&str, Option<&str>, Check)] = &[
+    ("listen_addresses", None, Check::Forced),
+    ("port", None, Check::Forced),
+    ("cluster_name", None, Check::Forced),
+    (
+        "wal_level",
+        Some("replica"),
+        Check::OneOf(&["hot_standby", "replica", "logical"]),
+    ),
+    ("hot_standby", Some("on"), Check::Forced),
+    ("max_connections", Some("100"), Check::IntAtLeast(25)),
+    ("max_wal_senders", Some("10"), Check::IntAtLeast(3)),
+    ("wal_keep_segments", None, Check::IntAtLeast(1)),
+    ("wal_keep_size", Some("128MB"), Check::MegabytesAtLeast(16)),
+    ("max_prepared_transactions", Some("0"), Check::IntAtLeast(0)),
+    (
+        "max_locks_per_transaction",
+        Some("64"),
+        Check::IntAtLeast(32),
+    ),
+    ("track_commit_timestamp", Some("off"), Check::Bool),
+    ("max_replication_slots", Some("10"), Check::IntAtLeast(4)),
+    ("max_worker_processes", Some("8"), Check::IntAtLeast(2)),
+    ("wal_log_hints", Some("on"), Check::Forced),
+];
+
+fn cmdline(name: &str) -> Option<(Option<&'static str>, Check)> {
+    CMDLINE
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|(_, d, c)| (*d, *c))
+}
+
+/// A YAML/JSON scalar as a PostgreSQL value: booleans are `on`/`off`, numbers their text,
+/// strings as they are.
+pub(crate) fn render(cx: &mut Cx, path: &str, v: &Value) -> Option<String> {
+    match v {
+        Value::Bool(b) => Some(if *b { "on" } else { "off" }.to_owned()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::String(s) => Some(s.clone()),
+        other => {
+            cx.mismatch(
+                path,
+                "a PostgreSQL value (a string, number or boolean)",
+                other,
+            );
+            None
+        }
+    }
+}
+
+/// Where a `parameters` mapping comes from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    Local,
+    Dynamic,
+}
+
+/// Reads a `parameters` mapping. Names are lower-cased (PostgreSQL's are case-insensitive).
+/// Local: the command-line parameters are dropped with a warning (Patroni ignores them there).
+/// Dynamic: they are validated; a bad value is dropped with a warning and the default applies;
+/// `wal_keep_segments` becomes `wal_keep_size` (PostgreSQL 13 and later).
+pub(crate) fn parameters(
+    cx: &mut Cx,
+    path: &str,
+    v: &Value,
+    source: Source,
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let Some(mut obj) = Obj::new(cx, path, v) else {
+        return out;
+    };
+    for key in obj.keys() {
+        let Some(value) = obj.get_any(key) else {
+            continue;
+        };
+        let p = obj.child(key);
+        let Some(text) = render(cx, &p, value) else {
+            continue;
+        };
+        let name = key.to_ascii_lowercase();
+        match (cmdline(&name), source) {
+            (None, _) => {
+                out.insert(name, text);
+            }
+            (Some((_, Check::Forced)), _) => {
+                cx.warn(
+                    &p,
+                    "ignored: pgbaton sets this parameter itself (as Patroni does)",
+                );
+            }
+            (Some(_), Source::Local) => {
+                cx.warn(
+                    &p,
+                    "ignored in the local configuration, as in Patroni: set it in the dynamic \
+                     configuration (bootstrap.dcs.postgresql.parameters or edit-config) so that \
+                     every member uses the same value",
+                );
+            }
+            (Some((default, check)), Source::Dynamic) => match valid(check, &text) {
+                Ok(()) => {
+                    out.insert(name, text);
+                }
+                Err(why) => {
+                    let default = default
+                        .map_or_else(|| "no value".to_owned(), |d| format!("the default {d}"));
+                    cx.warn(
+                        &p,
+                        format!("{why}, found {}: using {default}", describe(value)),
+                    );
+                }
+            },
+        }
+    }
+    if source == Source::Dynamic
+        && let Some(segments) = out.remove("wal_keep_segments")
+        && !out.contains_key("wal_keep_size")
+        && let Ok(n) = segments.trim().parse::<i64>()
+    {
+        out.insert(
+            "wal_keep_size".to_owned(),
+            format!("{}MB", n.saturating_mul(16)),
+        );
+    }
+    out
+}
+
+fn valid(check: Check, text: &str) -> Result<(), String> {
+    match check {
+        Check::Forced => Err("set by pgbaton".to_owned()),
+        Check::OneOf(allowed) => {
+            if allowed.iter().any(|a| a.eq_ignore_ascii_case(text.trim())) {
+                Ok(())
+            } else {
+                Err(format!("expected one of {}", allowed.join(", ")))
+            }
+        }
+        Check::IntAtLeast(min) => match text.trim().parse::<i64>() {
+            Ok(n) if n >= min => Ok(()),
+            _ => Err(format!("expected an integer >= {min}")),
+        },
+        Check::MegabytesAtLeast(min) => match megabytes(text) {
+            Some(n) if n >= min => Ok(()),
+            _ => Err(format!("expected an amount of memory >= {min}MB")),
+        },
+        Check::Bool => match pg_bool(text) {
+            Some(_) => Ok(()),
+            None => Err("expected a boolean".to_owned()),
+        },
+    }
+}
+
+/// A PostgreSQL memory value in MB: a bare number is MB; units kB, MB, GB, TB.
+fn megabytes(text: &str) -> Option<i64> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '-'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: i64 = num.parse().ok()?;
+    match unit.trim() {
+        "" | "MB" => Some(n),
+        "kB" => Some(n / 1024),
+        "GB" => n.checked_mul(1024),
+        "TB" => n.checked_mul(1024 * 1024),
+        _ => None,
+    }
+}
+
+/// PostgreSQL's boolean spellings: unique prefixes of true/false/yes/no, on/off, 1/0.
+fn pg_bool(text: &str) -> Option<bool> {
+    let t = text.trim().to_ascii_lowercase();
+    if t.is_empty() {
+        return None;
+    }
+    for (word, value) in [
+        ("true", true),
+        ("false", false),
+        ("yes", true),
+        ("no", false),
+    ] {
+        if word.starts_with(&t) {
+            return Some(value);
+        }
+    }
+    match t.as_str() {
+        "on" | "1" => Some(true),
+        "off" | "of" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+/// Patroni's defaults for the command-line parameters.
+pub(crate) fn defaults() -> impl Iterator<Item = (&'static str, &'static str)> {
+    CMDLINE.iter().filter_map(|(n, d, _)| d.map(|d| (*n, d)))
+}
