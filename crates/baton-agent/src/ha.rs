@@ -383,7 +383,7 @@ impl<D: Dcs, P: Postgres> Agent<D, P> {
             }
             Action::Clone { upstream } => {
                 self.publish(obs.dcs.as_ref(), &obs.pg, Some("creating replica")).await;
-                self.pg.clone_from(upstream).await?;
+                self.pg.clone_replica(upstream).await?;
                 Ok(true)
             }
             Action::Rewind { upstream } => {

@@ -14,10 +14,13 @@ use std::time::Duration;
 use baton_core::{HistoryLine, PgState, StartRole, StopMode, Upstream};
 
 pub mod controldata;
+pub mod history;
 mod local;
+mod procs;
 pub mod render;
 
-
+pub use local::LocalPostgres;
+pub use procs::{data_dir_pids, kill_data_dir_processes};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
@@ -61,7 +64,9 @@ pub struct PgSettings {
     pub port: u16,
     /// Host to connect to for local SQL (a listen address, or the socket directory).
     pub local_host: String,
-    /// Directory for the Unix socket (`unix_socket_directories`); the data dir when `None`.
+    /// Directory for the Unix socket (`unix_socket_directories`). When `None` the parameter is
+    /// left to `parameters` or PostgreSQL's default (`/var/run/postgresql` on Debian). Never
+    /// the data directory: pg_rewind fails on a socket file in the source's data directory.
     pub socket_dir: Option<PathBuf>,
     pub superuser: Credentials,
     pub replication: Credentials,
@@ -122,7 +127,7 @@ pub trait Postgres: Send + Sync + 'static {
     fn follow(&self, upstream: &Upstream) -> impl Future<Output = Result<bool, PgError>> + Send;
 
     /// Empty the data directory and `pg_basebackup` from `upstream` (as the replication user).
-    fn clone_from(&self, upstream: &Upstream) -> impl Future<Output = Result<(), PgError>> + Send;
+    fn clone_replica(&self, upstream: &Upstream) -> impl Future<Output = Result<(), PgError>> + Send;
 
     /// Crash recovery in single-user mode if the last shutdown was unclean, then
     /// `pg_rewind --source-server` against `upstream` (rewind user).
