@@ -1,1 +1,678 @@
-//! (filled in by the DCS work)
+//! `EtcdDcs`: the [`Dcs`] over etcd v3 (native gRPC through `etcd-client`), with Patroni's key
+//! layout, values and compare-and-swap rules (`patroni/dcs/etcd3.py`).
+//!
+//! Every request is bounded by `request_timeout`; a request that gets no answer in time, or
+//! fails at the transport level, is [`DcsError::Unavailable`] (its outcome is unknown). A
+//! background task watches the prefix and bumps the `changes()` counter on every event; after
+//! an error it reconnects with backoff and bumps once more, since events may have been missed.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use baton_core::{ClusterView, HistoryLine, Lsn, Member, MemberName};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, LeaseKeepAliveStream, LeaseKeeper,
+    PutOptions, Txn, TxnOp, WatchOptions,
+};
+use tokio::sync::watch;
+use tonic::Code;
+
+use crate::record::{self, RawKv};
+use crate::{Dcs, DcsError, DcsScope};
+
+/// How to reach etcd.
+#[derive(Clone)]
+pub struct EtcdSettings {
+    /// `host:port` (or a full `http://host:port` URL) of each etcd member.
+    pub endpoints: Vec<String>,
+    pub scope: DcsScope,
+    /// Bound on every single request (and on connecting).
+    pub request_timeout: Duration,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for EtcdSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdSettings")
+            .field("endpoints", &self.endpoints)
+            .field("scope", &self.scope)
+            .field("request_timeout", &self.request_timeout)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// The etcd v3 cluster store. Cheap to clone; clones share the connection, the write caches and
+/// the watch task, which stops when the last clone is dropped.
+#[derive(Clone)]
+pub struct EtcdDcs {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    prefix: String,
+    timeout: Duration,
+    changes: watch::Receiver<u64>,
+    written: Mutex<Written>,
+    /// The open keepalive stream of the last lease refreshed (one lease per agent).
+    keeper: tokio::sync::Mutex<Option<Keeper>>,
+    watch_task: tokio::task::AbortHandle,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.watch_task.abort();
+    }
+}
+
+struct Keeper {
+    lease: i64,
+    keeper: LeaseKeeper,
+    stream: LeaseKeepAliveStream,
+}
+
+/// What this client last wrote successfully, to skip identical writes as Patroni does. An entry
+/// is dropped as soon as a read shows the store holding something else.
+#[derive(Default)]
+struct Written {
+    /// Full member key → (value, lease).
+    members: HashMap<String, (String, i64)>,
+    status: Option<String>,
+}
+
+impl Written {
+    fn forget_lease(&mut self, lease: i64) {
+        self.members.retain(|_, (_, l)| *l != lease);
+    }
+}
+
+/// HTTP/2 pings on the connection (they detect a dead watch stream). etcd refuses clients that
+/// ping more often than `--grpc-keepalive-min-time` (5 s by default) with `too_many_pings`.
+const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(10);
+const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+fn endpoint_url(endpoint: &str) -> String {
+    if endpoint.contains("://") {
+        endpoint.to_owned()
+    } else {
+        format!("http://{endpoint}")
+    }
+}
+
+/// Maps an `etcd-client` error to what callers branch on. `lease` is the lease the request
+/// used, if any, so that "lease not found" names it.
+fn map_err(what: &str, lease: Option<i64>, e: etcd_client::Error) -> DcsError {
+    use etcd_client::Error as E;
+    match e {
+        E::GRpcStatus(status) => {
+            let code = status.code();
+            if code == Code::NotFound
+                && status.message().contains("lease not found")
+                && let Some(lease) = lease
+            {
+                return DcsError::LeaseNotFound(lease);
+            }
+            let msg = format!("etcd {what}: {} ({code:?})", status.message());
+            match code {
+                // The outcome is unknown or the cluster cannot answer now (no leader, timeout,
+                // leader changed, connection broken).
+                Code::Unavailable
+                | Code::DeadlineExceeded
+                | Code::Cancelled
+                | Code::Unknown
+                | Code::Aborted
+                | Code::ResourceExhausted
+                | Code::Internal
+                | Code::FailedPrecondition => DcsError::Unavailable(msg),
+                _ => DcsError::Other(msg),
+            }
+        }
+        E::LeaseKeepAliveError(m) if m.contains("lease not found") && lease.is_some() => {
+            DcsError::LeaseNotFound(lease.unwrap_or_default())
+        }
+        E::TransportError(_) | E::IoError(_) | E::WatchError(_) | E::LeaseKeepAliveError(_) => {
+            DcsError::Unavailable(format!("etcd {what}: {e}"))
+        }
+        other => DcsError::Other(format!("etcd {what}: {other}")),
+    }
+}
+
+/// Runs one etcd request under the deadline.
+async fn bounded<T>(
+    timeout: Duration,
+    what: &str,
+    lease: Option<i64>,
+    fut: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, DcsError> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(map_err(what, lease, e)),
+        Err(_) => Err(DcsError::Unavailable(format!(
+            "etcd {what}: no answer within {timeout:?}"
+        ))),
+    }
+}
+
+/// Like [`bounded`], for idempotent requests only: when the first attempt fails with
+/// [`DcsError::Unavailable`] before the deadline (typically the first request on a connection the
+/// server closed, which the channel reports to that caller before reconnecting), tries once more
+/// within the same deadline.
+async fn bounded_idempotent<T, Fut>(
+    timeout: Duration,
+    what: &str,
+    mut attempt: impl FnMut() -> Fut,
+) -> Result<T, DcsError>
+where
+    Fut: Future<Output = Result<T, etcd_client::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let no_answer = || DcsError::Unavailable(format!("etcd {what}: no answer within {timeout:?}"));
+    match tokio::time::timeout_at(deadline, attempt()).await {
+        Ok(Ok(v)) => Ok(v),
+        Err(_) => Err(no_answer()),
+        Ok(Err(e)) => match map_err(what, None, e) {
+            DcsError::Unavailable(first) => {
+                tracing::debug!(error = %first, "retrying an idempotent etcd request once");
+                match tokio::time::timeout_at(deadline, attempt()).await {
+                    Ok(Ok(v)) => Ok(v),
+                    Ok(Err(e)) => Err(map_err(what, None, e)),
+                    Err(_) => Err(no_answer()),
+                }
+            }
+            other => Err(other),
+        },
+    }
+}
+
+fn ttl_secs(ttl: Duration) -> i64 {
+    let secs = ttl
+        .as_secs()
+        .saturating_add(u64::from(ttl.subsec_nanos() > 0))
+        .max(1);
+    i64::try_from(secs).unwrap_or(i64::MAX)
+}
+
+impl EtcdDcs {
+    /// Connects, checks that etcd answers (a read of the prefix) and starts the watch task.
+    /// [`DcsError::Unavailable`] when etcd does not answer within `request_timeout`.
+    pub async fn connect(settings: EtcdSettings) -> Result<EtcdDcs, DcsError> {
+        let EtcdSettings {
+            endpoints,
+            scope,
+            request_timeout: timeout,
+            username,
+            password,
+        } = settings;
+        if endpoints.is_empty() {
+            return Err(DcsError::Other("no etcd endpoints configured".into()));
+        }
+        let urls: Vec<String> = endpoints.iter().map(|e| endpoint_url(e)).collect();
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(timeout)
+            .with_keep_alive(HTTP2_PING_INTERVAL, timeout.max(Duration::from_secs(1)));
+        match (username, password) {
+            (Some(user), Some(password)) => {
+                options = options
+                    .with_user(user, password)
+                    .with_auto_token_refresh(true);
+            }
+            (None, None) => {}
+            _ => {
+                return Err(DcsError::Other(
+                    "etcd username and password must be set together".into(),
+                ));
+            }
+        }
+        let what = format!("connect to {}", urls.join(","));
+        let client = bounded(
+            timeout,
+            &what,
+            None,
+            Client::connect(urls.clone(), Some(options)),
+        )
+        .await?;
+
+        let prefix = scope.prefix();
+        let kv = client.kv_client();
+        let probe = GetOptions::new().with_prefix().with_count_only();
+        let what = format!("read {prefix} (connection check) at {}", urls.join(","));
+        let resp = bounded_idempotent(timeout, &what, || {
+            let (mut kv, key, probe) = (kv.clone(), prefix.clone(), probe.clone());
+            async move { kv.get(key, Some(probe)).await }
+        })
+        .await?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+
+        let (tx, changes) = watch::channel(0u64);
+        let task = tokio::spawn(watch_loop(
+            client.clone(),
+            prefix.clone(),
+            revision + 1,
+            timeout,
+            tx,
+        ));
+        tracing::debug!(prefix, revision, "connected to etcd");
+        Ok(EtcdDcs {
+            inner: Arc::new(Inner {
+                client,
+                prefix,
+                timeout,
+                changes,
+                written: Mutex::new(Written::default()),
+                keeper: tokio::sync::Mutex::new(None),
+                watch_task: task.abort_handle(),
+            }),
+        })
+    }
+
+    fn key(&self, relative: &str) -> String {
+        format!("{}{relative}", self.inner.prefix)
+    }
+
+    fn written(&self) -> MutexGuard<'_, Written> {
+        self.inner
+            .written
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    async fn put(&self, key: String, value: String, lease: i64) -> Result<(), DcsError> {
+        let what = format!("put {key}");
+        let options = (lease != 0).then(|| PutOptions::new().with_lease(lease));
+        let mut kv = self.inner.client.kv_client();
+        bounded(
+            self.inner.timeout,
+            &what,
+            Some(lease),
+            kv.put(key, value, options),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// A transaction with one comparison and one operation on success; `true` when it applied.
+    async fn txn(
+        &self,
+        what: String,
+        lease: Option<i64>,
+        compare: Compare,
+        op: TxnOp,
+    ) -> Result<bool, DcsError> {
+        let txn = Txn::new().when([compare]).and_then([op]);
+        let mut kv = self.inner.client.kv_client();
+        let resp = bounded(self.inner.timeout, &what, lease, kv.txn(txn)).await?;
+        Ok(resp.succeeded())
+    }
+
+    async fn keepalive_round(
+        &self,
+        slot: &mut Option<Keeper>,
+        lease: i64,
+    ) -> Result<Duration, DcsError> {
+        let what = format!("keepalive lease {lease}");
+        let not_found = || DcsError::LeaseNotFound(lease);
+        // Take the stream out: it goes back only after a complete round, so a round abandoned
+        // half-way (timeout) can never hand its late answer to the next call.
+        let mut k = match slot.take().filter(|k| k.lease == lease) {
+            Some(k) => k,
+            None => {
+                let mut lc = self.inner.client.lease_client();
+                // Opening the stream performs one keepalive (and fails when the lease is gone).
+                let (keeper, stream) = lc
+                    .keep_alive(lease)
+                    .await
+                    .map_err(|e| map_err(&what, Some(lease), e))?;
+                Keeper {
+                    lease,
+                    keeper,
+                    stream,
+                }
+            }
+        };
+        k.keeper
+            .keep_alive()
+            .await
+            .map_err(|e| map_err(&what, Some(lease), e))?;
+        let resp = k
+            .stream
+            .message()
+            .await
+            .map_err(|e| map_err(&what, Some(lease), e))?
+            .ok_or_else(|| {
+                DcsError::Unavailable(format!("etcd {what}: stream closed by the server"))
+            })?;
+        if resp.ttl() <= 0 {
+            return Err(not_found());
+        }
+        let ttl = Duration::from_secs(u64::try_from(resp.ttl()).unwrap_or(0));
+        *slot = Some(k);
+        Ok(ttl)
+    }
+}
+
+impl Dcs for EtcdDcs {
+    async fn read_cluster(&self) -> Result<ClusterView, DcsError> {
+        let prefix = &self.inner.prefix;
+        let kv = self.inner.client.kv_client();
+        let what = format!("read {prefix}");
+        // Linearizable (not serializable): decisions must see the latest committed state.
+        let resp = bounded_idempotent(self.inner.timeout, &what, || {
+            let mut kv = kv.clone();
+            async move {
+                kv.get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+                    .await
+            }
+        })
+        .await?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        let kvs = resp.kvs();
+        {
+            let mut written = self.written();
+            written.members.retain(|key, (value, lease)| {
+                kvs.iter().any(|kv| {
+                    kv.key() == key.as_bytes()
+                        && kv.value() == value.as_bytes()
+                        && kv.lease() == *lease
+                })
+            });
+            let status_key = self.key(record::STATUS);
+            if let Some(status) = &written.status {
+                let same = kvs
+                    .iter()
+                    .any(|kv| kv.key() == status_key.as_bytes() && kv.value() == status.as_bytes());
+                if !same {
+                    written.status = None;
+                }
+            }
+        }
+        let raw = kvs.iter().filter_map(|kv| {
+            Some(RawKv {
+                key: kv.key().strip_prefix(prefix.as_bytes())?,
+                value: kv.value(),
+                lease: kv.lease(),
+                create_revision: kv.create_revision(),
+                mod_revision: kv.mod_revision(),
+            })
+        });
+        Ok(record::decode_cluster(revision, raw))
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> Result<i64, DcsError> {
+        let secs = ttl_secs(ttl);
+        let mut lc = self.inner.client.lease_client();
+        let what = format!("grant lease (ttl {secs} s)");
+        let resp = bounded(self.inner.timeout, &what, None, lc.grant(secs, None)).await?;
+        if !resp.error().is_empty() {
+            return Err(DcsError::Other(format!("etcd {what}: {}", resp.error())));
+        }
+        Ok(resp.id())
+    }
+
+    async fn keepalive(&self, lease: i64) -> Result<Duration, DcsError> {
+        let what = format!("keepalive lease {lease}");
+        let round = async {
+            let mut slot = self.inner.keeper.lock().await;
+            match self.keepalive_round(&mut slot, lease).await {
+                // A refresh is idempotent: once more on a fresh stream (see `bounded_idempotent`).
+                Err(DcsError::Unavailable(first)) => {
+                    tracing::debug!(error = %first, "retrying a lease keepalive once");
+                    self.keepalive_round(&mut slot, lease).await
+                }
+                other => other,
+            }
+        };
+        let result = match tokio::time::timeout(self.inner.timeout, round).await {
+            Ok(r) => r,
+            Err(_) => Err(DcsError::Unavailable(format!(
+                "etcd {what}: no answer within {:?}",
+                self.inner.timeout
+            ))),
+        };
+        if let Err(DcsError::LeaseNotFound(_)) = result {
+            self.written().forget_lease(lease);
+        }
+        result
+    }
+
+    async fn revoke_lease(&self, lease: i64) -> Result<(), DcsError> {
+        let mut lc = self.inner.client.lease_client();
+        let what = format!("revoke lease {lease}");
+        let result = bounded(self.inner.timeout, &what, Some(lease), lc.revoke(lease)).await;
+        if matches!(result, Ok(_) | Err(DcsError::LeaseNotFound(_))) {
+            self.written().forget_lease(lease);
+            if let Ok(mut slot) = self.inner.keeper.try_lock()
+                && slot.as_ref().is_some_and(|k| k.lease == lease)
+            {
+                *slot = None;
+            }
+        }
+        result.map(|_| ())
+    }
+
+    async fn race_initialize(&self) -> Result<bool, DcsError> {
+        let key = self.key(record::INITIALIZE);
+        let compare = Compare::create_revision(key.as_str(), CompareOp::Equal, 0);
+        let op = TxnOp::put(key.as_str(), "", None);
+        self.txn(format!("create {key}"), None, compare, op).await
+    }
+
+    async fn set_initialize(&self, sysid: &str) -> Result<(), DcsError> {
+        self.put(self.key(record::INITIALIZE), sysid.to_owned(), 0)
+            .await
+    }
+
+    async fn cancel_initialize(&self) -> Result<(), DcsError> {
+        let key = self.key(record::INITIALIZE);
+        let mut kv = self.inner.client.kv_client();
+        bounded(
+            self.inner.timeout,
+            &format!("delete {key}"),
+            None,
+            kv.delete(key.as_str(), None),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn acquire_leader(&self, name: &MemberName, lease: i64) -> Result<bool, DcsError> {
+        let key = self.key(record::LEADER);
+        let compare = Compare::create_revision(key.as_str(), CompareOp::Equal, 0);
+        let op = TxnOp::put(
+            key.as_str(),
+            name.as_str(),
+            Some(PutOptions::new().with_lease(lease)),
+        );
+        self.txn(format!("acquire {key} as {name}"), Some(lease), compare, op)
+            .await
+    }
+
+    async fn reattach_leader(&self, name: &MemberName, lease: i64) -> Result<bool, DcsError> {
+        let key = self.key(record::LEADER);
+        let compare = Compare::value(key.as_str(), CompareOp::Equal, name.as_str());
+        let op = TxnOp::put(
+            key.as_str(),
+            name.as_str(),
+            Some(PutOptions::new().with_lease(lease)),
+        );
+        self.txn(
+            format!("reattach {key} of {name} to lease {lease}"),
+            Some(lease),
+            compare,
+            op,
+        )
+        .await
+    }
+
+    async fn release_leader(&self, name: &MemberName) -> Result<bool, DcsError> {
+        let key = self.key(record::LEADER);
+        let compare = Compare::value(key.as_str(), CompareOp::Equal, name.as_str());
+        let op = TxnOp::delete(key.as_str(), None);
+        self.txn(format!("release {key} held by {name}"), None, compare, op)
+            .await
+    }
+
+    async fn touch_member(&self, member: &Member, lease: i64) -> Result<(), DcsError> {
+        let key = self.key(&record::member_key(&member.name));
+        let value = record::encode_member(member);
+        let unchanged = self
+            .written()
+            .members
+            .get(&key)
+            .is_some_and(|(v, l)| *v == value && *l == lease);
+        if unchanged {
+            return Ok(());
+        }
+        self.written().members.remove(&key);
+        self.put(key.clone(), value.clone(), lease).await?;
+        self.written().members.insert(key, (value, lease));
+        Ok(())
+    }
+
+    async fn write_config(&self, json: &str, version: Option<i64>) -> Result<bool, DcsError> {
+        let key = self.key(record::CONFIG);
+        match version {
+            None => {
+                self.put(key, json.to_owned(), 0).await?;
+                Ok(true)
+            }
+            Some(version) => {
+                let compare = Compare::mod_revision(key.as_str(), CompareOp::Equal, version);
+                let op = TxnOp::put(key.as_str(), json, None);
+                self.txn(
+                    format!("write {key} at version {version}"),
+                    None,
+                    compare,
+                    op,
+                )
+                .await
+            }
+        }
+    }
+
+    async fn write_status(&self, optime: Lsn, slots: &[(String, Lsn)]) -> Result<(), DcsError> {
+        let value = record::encode_status(optime, slots);
+        if self.written().status.as_deref() == Some(value.as_str()) {
+            return Ok(());
+        }
+        self.written().status = None;
+        self.put(self.key(record::STATUS), value.clone(), 0).await?;
+        self.written().status = Some(value);
+        Ok(())
+    }
+
+    async fn write_history(&self, history: &[HistoryLine]) -> Result<(), DcsError> {
+        self.put(
+            self.key(record::HISTORY),
+            record::encode_history(history),
+            0,
+        )
+        .await
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.inner.changes.clone()
+    }
+}
+
+fn bump(tx: &watch::Sender<u64>) {
+    tx.send_modify(|n| *n = n.wrapping_add(1));
+}
+
+/// Watches the prefix from `next_revision` until nobody listens any more, reconnecting with
+/// backoff.
+async fn watch_loop(
+    client: Client,
+    prefix: String,
+    mut next_revision: i64,
+    timeout: Duration,
+    tx: watch::Sender<u64>,
+) {
+    let mut backoff = WATCH_BACKOFF_MIN;
+    let mut reconnecting = false;
+    loop {
+        let ended = tokio::select! {
+            () = tx.closed() => return,
+            ended = watch_once(&client, &prefix, &mut next_revision, timeout, &tx, reconnecting, &mut backoff) => ended,
+        };
+        tracing::warn!(prefix, error = %ended, retry_in = ?backoff, "etcd watch interrupted");
+        reconnecting = true;
+        tokio::select! {
+            () = tx.closed() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(WATCH_BACKOFF_MAX);
+    }
+}
+
+/// One watch stream; returns why it ended.
+async fn watch_once(
+    client: &Client,
+    prefix: &str,
+    next_revision: &mut i64,
+    timeout: Duration,
+    tx: &watch::Sender<u64>,
+    reconnecting: bool,
+    backoff: &mut Duration,
+) -> String {
+    let mut wc = client.watch_client();
+    let options = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(*next_revision);
+    let mut stream = match tokio::time::timeout(timeout, wc.watch(prefix, Some(options))).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return format!("watch {prefix}: {e}"),
+        Err(_) => return format!("watch {prefix}: no answer within {timeout:?}"),
+    };
+    loop {
+        let resp = match stream.message().await {
+            Ok(Some(resp)) => resp,
+            Ok(None) => return format!("watch {prefix}: stream closed by the server"),
+            Err(e) => return format!("watch {prefix}: {e}"),
+        };
+        if resp.created() {
+            *backoff = WATCH_BACKOFF_MIN;
+            let store_revision = resp.header().map_or(0, |h| h.revision());
+            if store_revision > 0 && store_revision + 1 < *next_revision {
+                // The store went back in time (restored or recreated etcd): a watch from our
+                // revision would stay silent until the store catches up. Start over from now.
+                *next_revision = store_revision + 1;
+                return format!(
+                    "watch {prefix}: store revision {store_revision} is behind the last one seen"
+                );
+            }
+            if reconnecting {
+                tracing::info!(
+                    prefix,
+                    from_revision = *next_revision,
+                    "etcd watch re-established"
+                );
+                bump(tx);
+            }
+        }
+        if resp.canceled() {
+            if resp.compact_revision() > *next_revision {
+                // Our start revision was compacted away: resume from the oldest one kept (the
+                // bump after reconnecting covers what was missed).
+                *next_revision = resp.compact_revision();
+            }
+            return format!(
+                "watch {prefix} canceled by the server: {}",
+                resp.cancel_reason()
+            );
+        }
+        if !resp.events().is_empty() {
+            for event in resp.events() {
+                if let Some(kv) = event.kv() {
+                    *next_revision = (*next_revision).max(kv.mod_revision() + 1);
+                }
+            }
+            bump(tx);
+        }
+    }
+}

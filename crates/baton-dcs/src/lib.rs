@@ -14,8 +14,8 @@ mod etcd;
 mod mem;
 pub mod record;
 
-
-
+pub use etcd::{EtcdDcs, EtcdSettings};
+pub use mem::MemDcs;
 
 /// Errors callers branch on.
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +104,10 @@ pub trait Dcs: Send + Sync + 'static {
     ) -> impl Future<Output = Result<bool, DcsError>> + Send;
 
     /// Delete the leader key if its value is `name`. `true` when deleted.
-    fn release_leader(&self, name: &MemberName) -> impl Future<Output = Result<bool, DcsError>> + Send;
+    fn release_leader(
+        &self,
+        name: &MemberName,
+    ) -> impl Future<Output = Result<bool, DcsError>> + Send;
 
     /// Write `members/<name>` with `lease` (Patroni's member JSON). Skips the write when the
     /// stored value and lease are unchanged.
