@@ -10,7 +10,8 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> Mono {
-        let ts = clock_gettime(ClockId::CLOCK_BOOTTIME).expect("CLOCK_BOOTTIME is available on Linux");
+        let ts =
+            clock_gettime(ClockId::CLOCK_BOOTTIME).expect("CLOCK_BOOTTIME is available on Linux");
         let ms = (ts.tv_sec() as u64) * 1000 + (ts.tv_nsec() as u64) / 1_000_000;
         Mono::from_millis(ms)
     }

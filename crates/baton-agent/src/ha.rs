@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use baton_api::Snapshot;
 use baton_config::{Config, DynamicConfig};
 use baton_core::{
-    Action, ActionFailure, ClusterView, Clock, DataDir, LeaseState, Member, MemberName, Memory,
+    Action, ActionFailure, Clock, ClusterView, DataDir, LeaseState, Member, MemberName, Memory,
     Mono, Observation, PgState, StartRole, StopMode, decide,
 };
 use baton_dcs::Dcs;
@@ -65,7 +65,9 @@ pub struct Agent<D: Dcs, P: Postgres> {
 
 /// Seconds since the Unix epoch (for `dcs_last_seen` and history timestamps only).
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// `2024-08-28T19:39:26+00:00` for history lines (Patroni writes ISO 8601 with offset).
@@ -147,6 +149,13 @@ impl<D: Dcs, P: Postgres> Agent<D, P> {
         })
     }
 
+    /// WAL can also come from an archive (`restore_command` is set).
+    fn restore_command(&self) -> bool {
+        baton_config::merged_parameters(&self.config, &self.dynamic)
+            .get("restore_command")
+            .is_some_and(|c| !c.is_empty())
+    }
+
     fn retry_timeout(&self) -> Duration {
         Duration::from_secs(u64::from(self.dynamic.retry_timeout).max(1))
     }
@@ -188,14 +197,18 @@ impl<D: Dcs, P: Postgres> Agent<D, P> {
                 None
             }
             Err(_) => {
-                self.dcs_failed(format!("no answer within retry_timeout ({:?})", self.retry_timeout()));
+                self.dcs_failed(format!(
+                    "no answer within retry_timeout ({:?})",
+                    self.retry_timeout()
+                ));
                 None
             }
         };
 
         let peers = match &view {
             Some(v) if v.leader.is_none() && pg_state.is_running() => {
-                let timeout = (self.ttl() / 4).clamp(Duration::from_millis(500), Duration::from_secs(2));
+                let timeout =
+                    (self.ttl() / 4).clamp(Duration::from_millis(500), Duration::from_secs(2));
                 peers::probe(&self.http, v, &self.name, timeout).await
             }
             _ => vec![],
@@ -217,9 +230,16 @@ impl<D: Dcs, P: Postgres> Agent<D, P> {
         self.memory = decision.next_memory.clone();
 
         let failed = self.execute(&decision.actions, &obs).await;
-        let pg_after = if decision.actions.is_empty() { obs.pg.clone() } else { self.pg.observe().await };
+        let pg_after = if decision.actions.is_empty() {
+            obs.pg.clone()
+        } else {
+            self.pg.observe().await
+        };
         self.publish(obs.dcs.as_ref(), &pg_after, None).await;
-        CycleOutcome { wake_at: decision.wake_at, failed }
+        CycleOutcome {
+            wake_at: decision.wake_at,
+            failed,
+        }
     }
 
     fn dcs_failed(&mut self, error: String) {
@@ -302,7 +322,8 @@ impl<D: Dcs, P: Postgres> Agent<D, P> {
         match action {
             Action::RaceInitialize => Ok(self.dcs.race_initialize().await?),
             Action::BootstrapCluster => {
-                self.publish(obs.dcs.as_ref(), &obs.pg, Some("initializing new cluster")).await;
+                self.publish(obs.dcs.as_ref(), &obs.pg, Some("initializing new cluster"))
+                    .await;
                 if let Err(e) = self.bootstrap().await {
                     warn!("bootstrap failed, cancelling the initialization: {e:#}");
                     if let Err(e) = self.dcs.cancel_initialize().await {
@@ -334,9 +355,11 @@ impl<D: Dcs, P: Postgres> Agent<D, P> {
                 self.memory.was_leader = false;
                 Ok(true)
             }
-            Action::WriteConfig => {
-                Ok(self.dcs.write_config(&self.dynamic.to_json(), Some(0)).await.map(|_| true)?)
-            }
+            Action::WriteConfig => Ok(self
+                .dcs
+                .write_config(&self.dynamic.to_json(), Some(0))
+                .await
+                .map(|_| true)?),
             Action::UpdateHistory => {
                 let mut history = self.pg.timeline_history().await?;
                 if let Some(last) = history.last_mut() {
@@ -346,7 +369,8 @@ impl<D: Dcs, P: Postgres> Agent<D, P> {
                 // Keep what the DCS already has for older timelines (timestamps, leaders).
                 if let Some(view) = &obs.dcs {
                     for line in history.iter_mut() {
-                        if let Some(old) = view.history.iter().find(|h| h.timeline == line.timeline) {
+                        if let Some(old) = view.history.iter().find(|h| h.timeline == line.timeline)
+                        {
                             *line = old.clone();
                         }
                     }
@@ -382,12 +406,14 @@ impl<D: Dcs, P: Postgres> Agent<D, P> {
                 Ok(true)
             }
             Action::Clone { upstream } => {
-                self.publish(obs.dcs.as_ref(), &obs.pg, Some("creating replica")).await;
+                self.publish(obs.dcs.as_ref(), &obs.pg, Some("creating replica"))
+                    .await;
                 self.pg.clone_replica(upstream).await?;
                 Ok(true)
             }
             Action::Rewind { upstream } => {
-                self.publish(obs.dcs.as_ref(), &obs.pg, Some("running pg_rewind")).await;
+                self.publish(obs.dcs.as_ref(), &obs.pg, Some("running pg_rewind"))
+                    .await;
                 self.pg.rewind(upstream).await?;
                 Ok(true)
             }
@@ -401,19 +427,36 @@ impl<D: Dcs, P: Postgres> Agent<D, P> {
     /// initdb, start, roles, then publish the cluster: `initialize` = sysid, `config`, leader.
     async fn bootstrap(&mut self) -> anyhow::Result<()> {
         self.pg.initdb().await.context("initdb")?;
-        self.pg.start(&StartRole::Primary).await.context("start the new cluster")?;
+        self.pg
+            .start(&StartRole::Primary)
+            .await
+            .context("start the new cluster")?;
         self.pg.create_roles().await.context("create roles")?;
         let state = self.pg.observe().await;
-        let sysid = state.system_id().context("read the system identifier of the new cluster")?.to_owned();
-        self.dcs.set_initialize(&sysid).await.context("write initialize")?;
+        let sysid = state
+            .system_id()
+            .context("read the system identifier of the new cluster")?
+            .to_owned();
+        self.dcs
+            .set_initialize(&sysid)
+            .await
+            .context("write initialize")?;
         let dynamic = self
             .config
             .bootstrap
             .as_ref()
             .map_or_else(|| self.dynamic.clone(), |b| b.dcs.clone());
-        self.dcs.write_config(&dynamic.to_json(), Some(0)).await.context("write config")?;
+        self.dcs
+            .write_config(&dynamic.to_json(), Some(0))
+            .await
+            .context("write config")?;
         let lease = self.require_lease()?;
-        if !self.dcs.acquire_leader(&self.name, lease).await.context("take the leader key")? {
+        if !self
+            .dcs
+            .acquire_leader(&self.name, lease)
+            .await
+            .context("take the leader key")?
+        {
             bail!("the leader key was taken by someone else during bootstrap");
         }
         info!(sysid, "initialized a new cluster");
@@ -421,24 +464,36 @@ impl<D: Dcs, P: Postgres> Agent<D, P> {
     }
 
     /// Member key, `status` (leader only) and the REST snapshot.
-    async fn publish(&mut self, view: Option<&ClusterView>, pg: &PgState, busy: Option<&'static str>) {
+    async fn publish(
+        &mut self,
+        view: Option<&ClusterView>,
+        pg: &PgState,
+        busy: Option<&'static str>,
+    ) {
         let holds = self.holds_key(view);
         self.publish_snapshot(view, pg, holds, busy);
-        let Some(lease) = self.lease.borrow().id else { return };
+        let Some(lease) = self.lease.borrow().id else {
+            return;
+        };
         let member = self.member_record(pg, holds, busy);
         if let Err(e) = self.dcs.touch_member(&member, lease).await {
             warn!("failed to update member key: {e:#}");
         }
         if holds
             && let Some(sql) = pg.sql.as_ref().filter(|s| !s.in_recovery)
+            && let Err(e) = self.dcs.write_status(sql.wal_position(), &[]).await
         {
-            if let Err(e) = self.dcs.write_status(sql.wal_position(), &[]).await {
-                warn!("failed to update status key: {e:#}");
-            }
+            warn!("failed to update status key: {e:#}");
         }
     }
 
-    fn publish_snapshot(&mut self, view: Option<&ClusterView>, pg: &PgState, holds: bool, busy: Option<&'static str>) {
+    fn publish_snapshot(
+        &mut self,
+        view: Option<&ClusterView>,
+        pg: &PgState,
+        holds: bool,
+        busy: Option<&'static str>,
+    ) {
         if let Some(view) = view {
             self.last_view = Some(view.clone());
         }
@@ -467,12 +522,7 @@ impl<D: Dcs, P: Postgres> Agent<D, P> {
             maximum_lag_on_failover: self.dynamic.maximum_lag_on_failover,
             api_url: self.api_url.clone(),
             conn_url: self.conn_url.clone(),
-            restore_command: self
-                .config
-                .postgresql
-                .parameters
-                .get("restore_command")
-                .is_some_and(|c| !c.is_empty()),
+            restore_command: self.restore_command(),
             watchdog_failed: false,
         };
         self.snapshot.send_replace(Arc::new(snap));
@@ -492,8 +542,16 @@ impl<D: Dcs, P: Postgres> Agent<D, P> {
             xlog_location: sql.map(|s| s.wal_position()),
             receive_lsn: replica.and_then(|s| s.received_lsn),
             replay_lsn: replica.and_then(|s| s.replayed_lsn),
-            replication_state: replica
-                .map(|s| if s.streaming { "streaming" } else { "in archive recovery" }.to_owned()),
+            // Patroni: "streaming", or "in archive recovery" when WAL comes from restore_command.
+            replication_state: replica.and_then(|s| {
+                if s.streaming {
+                    Some("streaming".to_owned())
+                } else if self.restore_command() {
+                    Some("in archive recovery".to_owned())
+                } else {
+                    None
+                }
+            }),
             timeline: sql.map(|s| s.timeline),
             pending_restart: sql.is_some_and(|s| s.pending_restart),
             pause: self.dynamic.pause,

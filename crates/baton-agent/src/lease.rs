@@ -38,9 +38,22 @@ pub struct LeaseKeeper<D: Dcs> {
 }
 
 impl<D: Dcs> LeaseKeeper<D> {
-    pub fn new(dcs: Arc<D>, clock: Arc<dyn Clock>, ttl: Duration) -> (LeaseKeeper<D>, watch::Receiver<LeaseState>) {
+    pub fn new(
+        dcs: Arc<D>,
+        clock: Arc<dyn Clock>,
+        ttl: Duration,
+    ) -> (LeaseKeeper<D>, watch::Receiver<LeaseState>) {
         let (tx, rx) = watch::channel(LeaseState::default());
-        (LeaseKeeper { dcs, clock, ttl, tx, last_error: None }, rx)
+        (
+            LeaseKeeper {
+                dcs,
+                clock,
+                ttl,
+                tx,
+                last_error: None,
+            },
+            rx,
+        )
     }
 
     /// One grant or keepalive round. Returns how long to wait before the next one.
@@ -53,7 +66,10 @@ impl<D: Dcs> LeaseKeeper<D> {
                 Ok(Ok(id)) => {
                     info!(lease = id, ttl = ?self.ttl, "granted lease");
                     self.last_error = None;
-                    self.tx.send_replace(LeaseState { id: Some(id), fence_deadline: Some(fence_deadline(sent, self.ttl)) });
+                    self.tx.send_replace(LeaseState {
+                        id: Some(id),
+                        fence_deadline: Some(fence_deadline(sent, self.ttl)),
+                    });
                     interval
                 }
                 Ok(Err(error)) => self.failed("grant lease", &error.to_string()),
@@ -78,7 +94,10 @@ impl<D: Dcs> LeaseKeeper<D> {
                     interval
                 }
                 Ok(Err(DcsError::LeaseNotFound(_))) => {
-                    warn!(lease = id, "lease expired in the DCS; fencing and requesting a new one");
+                    warn!(
+                        lease = id,
+                        "lease expired in the DCS; fencing and requesting a new one"
+                    );
                     self.tx.send_replace(LeaseState::default());
                     Duration::ZERO
                 }
@@ -119,11 +138,20 @@ mod tests {
     fn deadline_leaves_the_margin_before_expiry() {
         let ttl = Duration::from_secs(10);
         // 10 s * 0.99 = 9.9 s, minus a 2 s margin.
-        assert_eq!(fence_deadline(Mono::from_millis(1_000), ttl), Mono::from_millis(8_900));
+        assert_eq!(
+            fence_deadline(Mono::from_millis(1_000), ttl),
+            Mono::from_millis(8_900)
+        );
         // ttl 5: margin is clamped to 1 s; 4.95 - 1 = 3.95 s.
-        assert_eq!(fence_deadline(Mono::from_millis(0), Duration::from_secs(5)), Mono::from_millis(3_950));
+        assert_eq!(
+            fence_deadline(Mono::from_millis(0), Duration::from_secs(5)),
+            Mono::from_millis(3_950)
+        );
         // ttl 30: margin capped at 5 s.
-        assert_eq!(fence_margin(Duration::from_secs(30)), Duration::from_secs(5));
+        assert_eq!(
+            fence_margin(Duration::from_secs(30)),
+            Duration::from_secs(5)
+        );
         // The keepalive interval gives several renewals before the deadline.
         assert!(keepalive_interval(Duration::from_secs(5)) * 3 < Duration::from_millis(3_950));
     }

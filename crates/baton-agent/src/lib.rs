@@ -60,7 +60,11 @@ pub fn pg_settings(config: &Config, dynamic: &DynamicConfig) -> PgSettings {
         pgpass: pg.pgpass.clone(),
         parameters: baton_config::merged_parameters(config, dynamic),
         pg_hba: baton_config::effective_pg_hba(config, dynamic),
-        initdb_options: config.bootstrap.as_ref().map(|b| b.initdb.clone()).unwrap_or_default(),
+        initdb_options: config
+            .bootstrap
+            .as_ref()
+            .map(|b| b.initdb.clone())
+            .unwrap_or_default(),
         pg_ctl_timeout: pg.pg_ctl_timeout,
         sql_timeout: Duration::from_secs(u64::from(dynamic.retry_timeout).clamp(1, 5)),
         run_as: None,
@@ -69,7 +73,10 @@ pub fn pg_settings(config: &Config, dynamic: &DynamicConfig) -> PgSettings {
 
 /// Run the agent until `shutdown` resolves; then stop PostgreSQL, release the leader key and
 /// revoke the lease.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -86,7 +93,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     // The DCS: retry until it answers (an agent started before etcd waits for it).
     let settings = EtcdSettings {
         endpoints: config.etcd.hosts.clone(),
-        scope: DcsScope { namespace: config.namespace.clone(), scope: config.scope.clone() },
+        scope: DcsScope {
+            namespace: config.namespace.clone(),
+            scope: config.scope.clone(),
+        },
         request_timeout: Duration::from_secs(3),
         username: config.etcd.username.clone(),
         password: config.etcd.password.clone(),
@@ -108,7 +118,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     // The dynamic configuration: the cluster's, else our bootstrap.dcs, else the defaults.
     let dynamic = initial_dynamic(dcs.as_ref(), &config).await;
     let ttl = Duration::from_secs(u64::from(dynamic.ttl));
-    info!(ttl = dynamic.ttl, loop_wait = dynamic.loop_wait, retry_timeout = dynamic.retry_timeout, "timing");
+    info!(
+        ttl = dynamic.ttl,
+        loop_wait = dynamic.loop_wait,
+        retry_timeout = dynamic.retry_timeout,
+        "timing"
+    );
 
     let pg = Arc::new(LocalPostgres::new(pg_settings(&config, &dynamic)));
     let mut tasks = JoinSet::new();
@@ -118,7 +133,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let keeper_task = tokio::spawn(keeper.run(keeper_stop));
 
     let (leading_tx, leading_rx) = watch::channel(false);
-    tasks.spawn(fence::run_fencer(pg.clone(), clock.clone(), lease_rx.clone(), leading_rx, stop_rx.clone()));
+    tasks.spawn(fence::run_fencer(
+        pg.clone(),
+        clock.clone(),
+        lease_rx.clone(),
+        leading_rx,
+        stop_rx.clone(),
+    ));
 
     let name = MemberName::new(config.name.clone()).context("member name is empty")?;
     let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::initial(
@@ -131,7 +152,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         .await
         .with_context(|| format!("listen for the REST API on {}", config.restapi.listen_addr))?;
     info!(listen = %config.restapi.listen_addr, "REST API listening");
-    let api = ApiState { snapshot: snap_rx, clock: clock.clone(), auth: config.restapi.authentication.clone() };
+    let api = ApiState {
+        snapshot: snap_rx,
+        clock: clock.clone(),
+        auth: config.restapi.authentication.clone(),
+    };
     let api_stop = stopping(&stop_rx);
     tasks.spawn(async move {
         if let Err(e) = baton_api::serve(listener, api, api_stop).await {
@@ -145,9 +170,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     // Give the keeper a chance to grant the first lease before the first decision, so a
     // restarted agent does not fence a healthy primary for lack of a lease it is about to get.
     let mut lease_wait = lease_rx.clone();
-    let _ = tokio::time::timeout(Duration::from_secs(u64::from(dynamic.retry_timeout)), lease_wait.wait_for(|l| l.id.is_some())).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(u64::from(dynamic.retry_timeout)),
+        lease_wait.wait_for(|l| l.id.is_some()),
+    )
+    .await;
 
-    let io = AgentIo { dcs: dcs.clone(), pg: pg.clone(), clock: clock.clone() };
+    let io = AgentIo {
+        dcs: dcs.clone(),
+        pg: pg.clone(),
+        clock: clock.clone(),
+    };
     let mut agent = Agent::new(io, config, dynamic, lease_rx.clone(), leading_tx, snap_tx)?;
     let mut dcs_changes = dcs.changes();
     let mut lease_changes = lease_rx.clone();
@@ -186,7 +219,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
 }
 
 async fn initial_dynamic<D: Dcs>(dcs: &D, config: &Config) -> DynamicConfig {
-    let fallback = || config.bootstrap.as_ref().map_or_else(DynamicConfig::defaults, |b| b.dcs.clone());
+    let fallback = || {
+        config
+            .bootstrap
+            .as_ref()
+            .map_or_else(DynamicConfig::defaults, |b| b.dcs.clone())
+    };
     match tokio::time::timeout(Duration::from_secs(5), dcs.read_cluster()).await {
         Ok(Ok(view)) => match view.config {
             Some(c) => match DynamicConfig::from_json(&c.value) {
@@ -203,7 +241,11 @@ async fn initial_dynamic<D: Dcs>(dcs: &D, config: &Config) -> DynamicConfig {
 }
 
 /// Wake the HA loop when the postmaster appears or disappears.
-async fn pg_monitor<P: Postgres>(pg: Arc<P>, changed: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+async fn pg_monitor<P: Postgres>(
+    pg: Arc<P>,
+    changed: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut alive = pg.is_alive().await;
     loop {
         tokio::select! {

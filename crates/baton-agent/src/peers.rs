@@ -7,7 +7,12 @@ use futures::future::join_all;
 
 /// Ask every other member with an `api_url` for its status, concurrently, each bounded by
 /// `timeout`. Members that do not answer come back with `reachable: false`.
-pub async fn probe(http: &reqwest::Client, view: &ClusterView, me: &MemberName, timeout: Duration) -> Vec<PeerStatus> {
+pub async fn probe(
+    http: &reqwest::Client,
+    view: &ClusterView,
+    me: &MemberName,
+    timeout: Duration,
+) -> Vec<PeerStatus> {
     let asks = view.members.iter().filter(|m| &m.name != me).map(|m| {
         let name = m.name.clone();
         let url = m.api_url.clone();

@@ -11,10 +11,19 @@ use baton_dcs::{Dcs, DcsScope, EtcdDcs, EtcdSettings};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(name = "pgbaton", version, about = "PostgreSQL high-availability agent, a drop-in replacement for Patroni")]
+#[command(
+    name = "pgbaton",
+    version,
+    about = "PostgreSQL high-availability agent, a drop-in replacement for Patroni"
+)]
 struct Cli {
     /// Configuration file (the agent's YAML).
-    #[arg(short = 'c', long = "config-file", global = true, env = "PGBATON_CONFIG_FILE")]
+    #[arg(
+        short = 'c',
+        long = "config-file",
+        global = true,
+        env = "PGBATON_CONFIG_FILE"
+    )]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
@@ -53,7 +62,8 @@ fn env(key: &str) -> Option<String> {
 }
 
 fn load(path: &Path) -> anyhow::Result<baton_config::Loaded> {
-    baton_config::load_file(path, &env).map_err(|e| anyhow::anyhow!("invalid configuration {}:\n{e}", path.display()))
+    baton_config::load_file(path, &env)
+        .map_err(|e| anyhow::anyhow!("invalid configuration {}:\n{e}", path.display()))
 }
 
 fn main() -> ExitCode {
@@ -67,10 +77,15 @@ fn main() -> ExitCode {
         }
         command => {
             let Some(config) = cli.config.clone() else {
-                eprintln!("error: this command needs -c CONFIG.yml (or PGBATON_CONFIG_FILE) to find the DCS");
+                eprintln!(
+                    "error: this command needs -c CONFIG.yml (or PGBATON_CONFIG_FILE) to find the DCS"
+                );
                 return ExitCode::from(2);
             };
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("error: start runtime: {e}");
@@ -107,9 +122,11 @@ fn validate(path: &Path) -> ExitCode {
 fn run_agent(path: &Path) -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PGBATON_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("PGBATON_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let loaded = match load(path) {
         Ok(l) => l,
@@ -121,7 +138,11 @@ fn run_agent(path: &Path) -> ExitCode {
     for w in &loaded.warnings {
         tracing::warn!("config: {w}");
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("start runtime: {e}");
@@ -129,13 +150,14 @@ fn run_agent(path: &Path) -> ExitCode {
         }
     };
     let shutdown = async {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!("install SIGTERM handler: {e}");
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!("install SIGTERM handler: {e}");
+                    return;
+                }
+            };
         tokio::select! {
             _ = term.recv() => tracing::info!("received SIGTERM"),
             _ = tokio::signal::ctrl_c() => tracing::info!("received SIGINT"),
@@ -154,26 +176,42 @@ async fn control(path: &Path, command: Command) -> anyhow::Result<()> {
     let config = load(path)?.config;
     let dcs = EtcdDcs::connect(EtcdSettings {
         endpoints: config.etcd.hosts.clone(),
-        scope: DcsScope { namespace: config.namespace.clone(), scope: config.scope.clone() },
+        scope: DcsScope {
+            namespace: config.namespace.clone(),
+            scope: config.scope.clone(),
+        },
         request_timeout: Duration::from_secs(5),
         username: config.etcd.username.clone(),
         password: config.etcd.password.clone(),
     })
     .await
     .with_context(|| format!("connect to etcd at {}", config.etcd.hosts.join(",")))?;
-    let view = dcs.read_cluster().await.context("read the cluster from etcd")?;
+    let view = dcs
+        .read_cluster()
+        .await
+        .context("read the cluster from etcd")?;
     for w in &view.warnings {
         eprintln!("warning: {w}");
     }
     match command {
-        Command::List { format: Format::Pretty } => print!("{}", table::render_list(&config.scope, &view)),
-        Command::List { format: Format::Json } => println!("{}", table::list_json(&config.scope, &view)),
-        Command::History { format: Format::Pretty } => print!("{}", table::render_history(&view)),
-        Command::History { format: Format::Json } => {
+        Command::List {
+            format: Format::Pretty,
+        } => print!("{}", table::render_list(&config.scope, &view)),
+        Command::List {
+            format: Format::Json,
+        } => println!("{}", table::list_json(&config.scope, &view)),
+        Command::History {
+            format: Format::Pretty,
+        } => print!("{}", table::render_history(&view)),
+        Command::History {
+            format: Format::Json,
+        } => {
             let lines: Vec<serde_json::Value> = view
                 .history
                 .iter()
-                .map(|h| serde_json::json!([h.timeline.0, h.lsn.0, h.reason, h.timestamp, h.new_leader]))
+                .map(|h| {
+                    serde_json::json!([h.timeline.0, h.lsn.0, h.reason, h.timestamp, h.new_leader])
+                })
                 .collect();
             println!("{}", serde_json::Value::Array(lines));
         }
@@ -181,11 +219,16 @@ async fn control(path: &Path, command: Command) -> anyhow::Result<()> {
             Some(c) => {
                 let value: serde_json::Value =
                     serde_json::from_str(&c.value).context("the config key does not hold JSON")?;
-                println!("{}", serde_yaml::to_string(&value).context("render config as YAML")?);
+                println!(
+                    "{}",
+                    serde_yaml::to_string(&value).context("render config as YAML")?
+                );
             }
             None => anyhow::bail!("the cluster has no dynamic configuration (config key missing)"),
         },
-        Command::Agent { .. } | Command::ValidateConfig { .. } | Command::Version => unreachable!("handled in main"),
+        Command::Agent { .. } | Command::ValidateConfig { .. } | Command::Version => {
+            unreachable!("handled in main")
+        }
     }
     Ok(())
 }

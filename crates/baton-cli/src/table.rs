@@ -31,14 +31,28 @@ pub fn rows(view: &ClusterView) -> Vec<Row> {
         .map(|m| m.pg_host_port().unwrap_or_else(|| (String::new(), 5432)))
         .collect();
     let show_port = hosts.iter().any(|(_, p)| *p != 5432)
-        || hosts.iter().enumerate().any(|(i, (h, _))| hosts[..i].iter().any(|(o, _)| o == h));
-    let optime = view.optime().or_else(|| view.leader_member().and_then(|m| m.xlog_location));
+        || hosts
+            .iter()
+            .enumerate()
+            .any(|(i, (h, _))| hosts[..i].iter().any(|(o, _)| o == h));
+    let optime = view
+        .optime()
+        .or_else(|| view.leader_member().and_then(|m| m.xlog_location));
     view.members
         .iter()
         .zip(hosts)
         .map(|(m, (host, port))| {
             let leader = view.leader_name() == Some(&m.name);
-            row(m, leader, if show_port { format!("{host}:{port}") } else { host }, optime)
+            row(
+                m,
+                leader,
+                if show_port {
+                    format!("{host}:{port}")
+                } else {
+                    host
+                },
+                optime,
+            )
         })
         .collect()
 }
@@ -54,7 +68,11 @@ fn row(m: &Member, leader: bool, host: String, optime: Option<Lsn>) -> Row {
     Row {
         member: m.name.to_string(),
         host,
-        role: if leader { "Leader".to_owned() } else { "Replica".to_owned() },
+        role: if leader {
+            "Leader".to_owned()
+        } else {
+            "Replica".to_owned()
+        },
         state,
         timeline: m.timeline.map(|t| t.0),
         receive_lsn,
@@ -142,7 +160,17 @@ fn opt<T: ToString>(v: &Option<T>) -> String {
 }
 
 pub fn render_list(scope: &str, view: &ClusterView) -> String {
-    let header = ["Member", "Host", "Role", "State", "TL", "Receive LSN", "Lag", "Replay LSN", "Lag"];
+    let header = [
+        "Member",
+        "Host",
+        "Role",
+        "State",
+        "TL",
+        "Receive LSN",
+        "Lag",
+        "Replay LSN",
+        "Lag",
+    ];
     let right = [false, false, false, false, true, true, true, true, true];
     let cells: Vec<Vec<String>> = rows(view)
         .into_iter()

@@ -42,6 +42,15 @@ pub fn decide(memory: &Memory, obs: &Observation, config: &HaConfig, now: Mono) 
         now,
     };
     let (mut actions, mut reason) = ctx.choose(&mut next);
+    // PostgreSQL started as a standby of this leader needs no re-pointing afterwards.
+    if let Some(up) = actions.iter().find_map(|a| match a {
+        Action::StartPostgres {
+            role: StartRole::Standby { upstream: Some(up) },
+        } => Some(up),
+        _ => None,
+    }) {
+        next.following = Some(up.name.clone());
+    }
 
     if config.pause {
         // Maintenance mode: PostgreSQL and the leader key are left as they are; only

@@ -127,7 +127,10 @@ pub trait Postgres: Send + Sync + 'static {
     fn follow(&self, upstream: &Upstream) -> impl Future<Output = Result<bool, PgError>> + Send;
 
     /// Empty the data directory and `pg_basebackup` from `upstream` (as the replication user).
-    fn clone_replica(&self, upstream: &Upstream) -> impl Future<Output = Result<(), PgError>> + Send;
+    fn clone_replica(
+        &self,
+        upstream: &Upstream,
+    ) -> impl Future<Output = Result<(), PgError>> + Send;
 
     /// Crash recovery in single-user mode if the last shutdown was unclean, then
     /// `pg_rewind --source-server` against `upstream` (rewind user).

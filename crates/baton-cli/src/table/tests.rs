@@ -32,9 +32,17 @@ fn view() -> ClusterView {
         members: vec![
             member("postgresql0", 5432, "running", None),
             member("postgresql1", 5433, "streaming", Some(0x4000_04E8)),
-            member("postgresql2", 5434, "streaming", Some(0x4000_04E8 - 3 * 1024 * 1024)),
+            member(
+                "postgresql2",
+                5434,
+                "streaming",
+                Some(0x4000_04E8 - 3 * 1024 * 1024),
+            ),
         ],
-        status: Some(LeaderStatus { optime: Lsn(0x4000_04E8), ..LeaderStatus::default() }),
+        status: Some(LeaderStatus {
+            optime: Lsn(0x4000_04E8),
+            ..LeaderStatus::default()
+        }),
         ..ClusterView::default()
     }
 }
@@ -42,13 +50,13 @@ fn view() -> ClusterView {
 #[test]
 fn list_table_matches_patronictl() {
     expect![[r#"
-        + Cluster: batman (7277694203142172922) ---------+----+-------------+-----+-------------+-----+
-        | Member      | Host           | Role    | State     | TL | Receive LSN | Lag | Replay LSN  | Lag |
-        +-------------+----------------+---------+-----------+----+-------------+-----+-------------+-----+
-        | postgresql0 | 127.0.0.1:5432 | Leader  | running   |  3 |             |     |             |     |
-        | postgresql1 | 127.0.0.1:5433 | Replica | streaming |  3 |  0/400004E8 |   0 |  0/400004E8 |   0 |
-        | postgresql2 | 127.0.0.1:5434 | Replica | streaming |  3 |  0/3FD004E8 |   3 |  0/3FD004E8 |   3 |
-        +-------------+----------------+---------+-----------+----+-------------+-----+-------------+-----+
+        + Cluster: batman (7277694203142172922) -+-----------+----+-------------+-----+------------+-----+
+        | Member      | Host           | Role    | State     | TL | Receive LSN | Lag | Replay LSN | Lag |
+        +-------------+----------------+---------+-----------+----+-------------+-----+------------+-----+
+        | postgresql0 | 127.0.0.1:5432 | Leader  | running   |  3 |             |     |            |     |
+        | postgresql1 | 127.0.0.1:5433 | Replica | streaming |  3 |  0/400004E8 |   0 | 0/400004E8 |   0 |
+        | postgresql2 | 127.0.0.1:5434 | Replica | streaming |  3 |  0/3FD004E8 |   3 | 0/3FD004E8 |   3 |
+        +-------------+----------------+---------+-----------+----+-------------+-----+------------+-----+
     "#]]
     .assert_eq(&render_list("batman", &view()));
 }
@@ -67,7 +75,10 @@ fn hosts_without_ports_when_all_are_5432_and_distinct() {
 #[test]
 fn uninitialized_cluster_title() {
     let out = render_list("batman", &ClusterView::default());
-    assert!(out.starts_with("+ Cluster: batman (uninitialized) "), "{out}");
+    assert!(
+        out.starts_with("+ Cluster: batman (uninitialized) "),
+        "{out}"
+    );
 }
 
 #[test]

@@ -393,7 +393,7 @@ fn empty_member_clones_from_the_leader_then_streams() {
             actions:
               1. clone from n1 (10.0.0.1:5432)
               2. start postgres as replica of n1 (10.0.0.1:5432)
-            memory: leader=false following=- down_since=- rewind_failed=-
+            memory: leader=false following=n1 down_since=- rewind_failed=-
             wake: +0ms
         "#]],
     );
@@ -894,7 +894,7 @@ fn stopped_replica_starts_following_the_leader() {
             reason: starting as a secondary following n1
             actions:
               1. start postgres as replica of n1 (10.0.0.1:5432)
-            memory: leader=false following=- down_since=- rewind_failed=-
+            memory: leader=false following=n1 down_since=- rewind_failed=-
             wake: +0ms
         "#]],
     );
@@ -925,7 +925,7 @@ fn old_primary_rewinds_before_following_the_new_leader() {
             actions:
               1. rewind from n1 (10.0.0.1:5432)
               2. start postgres as replica of n1 (10.0.0.1:5432)
-            memory: leader=false following=- down_since=- rewind_failed=-
+            memory: leader=false following=n1 down_since=- rewind_failed=-
             wake: +0ms
         "#]],
     );
@@ -963,7 +963,7 @@ fn old_primary_without_rewind_still_never_starts_as_primary() {
             reason: starting as a secondary following n1
             actions:
               1. start postgres as replica of n1 (10.0.0.1:5432)
-            memory: leader=false following=- down_since=- rewind_failed=-
+            memory: leader=false following=n1 down_since=- rewind_failed=-
             wake: +0ms
         "#]],
     );
