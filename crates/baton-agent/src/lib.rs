@@ -263,3 +263,6 @@ async fn pg_monitor<P: Postgres>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
