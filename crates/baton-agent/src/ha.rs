@@ -20,7 +20,7 @@ use baton_pg::Postgres;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::peers;
+use crate::peers::Peers;
 
 /// How a cycle ended, for the loop that schedules the next one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,17 +32,18 @@ pub struct CycleOutcome {
 }
 
 /// The IO an agent works through.
-pub struct AgentIo<D: Dcs, P: Postgres> {
+pub struct AgentIo<D: Dcs, P: Postgres, R: Peers> {
     pub dcs: Arc<D>,
     pub pg: Arc<P>,
+    pub peers: R,
     pub clock: Arc<dyn Clock>,
 }
 
-pub struct Agent<D: Dcs, P: Postgres> {
+pub struct Agent<D: Dcs, P: Postgres, R: Peers> {
     dcs: Arc<D>,
     pg: Arc<P>,
+    peers: R,
     clock: Arc<dyn Clock>,
-    http: reqwest::Client,
     config: Config,
     name: MemberName,
     api_url: String,
@@ -111,27 +112,23 @@ fn role_label(pg: &PgState, holds_key: bool) -> &'static str {
     }
 }
 
-impl<D: Dcs, P: Postgres> Agent<D, P> {
+impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
     pub fn new(
-        io: AgentIo<D, P>,
+        io: AgentIo<D, P, R>,
         config: Config,
         dynamic: DynamicConfig,
         lease: watch::Receiver<LeaseState>,
         leading: watch::Sender<bool>,
         snapshot: watch::Sender<Arc<Snapshot>>,
-    ) -> anyhow::Result<Agent<D, P>> {
+    ) -> anyhow::Result<Agent<D, P, R>> {
         let name = MemberName::new(config.name.clone()).context("member name is empty")?;
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("pgbaton/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .context("build HTTP client")?;
         Ok(Agent {
             api_url: format!("http://{}/patroni", config.restapi.connect_address),
             conn_url: format!("postgres://{}/postgres", config.postgresql.connect_address),
             dcs: io.dcs,
             pg: io.pg,
+            peers: io.peers,
             clock: io.clock,
-            http,
             name,
             config,
             dynamic,
@@ -209,7 +206,7 @@ impl<D: Dcs, P: Postgres> Agent<D, P> {
             Some(v) if v.leader.is_none() && pg_state.is_running() => {
                 let timeout =
                     (self.ttl() / 4).clamp(Duration::from_millis(500), Duration::from_secs(2));
-                peers::probe(&self.http, v, &self.name, timeout).await
+                self.peers.probe(v, &self.name, timeout).await
             }
             _ => vec![],
         };

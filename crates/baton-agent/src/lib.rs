@@ -179,6 +179,7 @@ pub async fn run(
     let io = AgentIo {
         dcs: dcs.clone(),
         pg: pg.clone(),
+        peers: peers::HttpPeers::new().context("build the HTTP client for peer probes")?,
         clock: clock.clone(),
     };
     let mut agent = Agent::new(io, config, dynamic, lease_rx.clone(), leading_tx, snap_tx)?;
