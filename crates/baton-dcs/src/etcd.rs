@@ -11,7 +11,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use baton_core::{ClusterView, HistoryLine, Lsn, Member, MemberName};
+use baton_core::{ClusterView, FailoverRequest, HistoryLine, Lsn, Member, MemberName, SyncState};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, LeaseKeepAliveStream, LeaseKeeper,
     PutOptions, Txn, TxnOp, WatchOptions,
@@ -297,6 +297,46 @@ impl EtcdDcs {
     }
 
     /// A transaction with one comparison and one operation on success; `true` when it applied.
+    /// Put (or, with `None`, delete) a key without a lease; with `version`, only if its
+    /// mod_revision still matches. `false` on a conflict.
+    async fn put_versioned(
+        &self,
+        relative: &str,
+        value: Option<&str>,
+        version: Option<i64>,
+    ) -> Result<bool, DcsError> {
+        let key = self.key(relative);
+        let op = match value {
+            Some(value) => TxnOp::put(key.as_str(), value, None),
+            None => TxnOp::delete(key.as_str(), None),
+        };
+        let Some(version) = version else {
+            match value {
+                Some(value) => self.put(key, value.to_owned(), 0).await?,
+                None => {
+                    let mut kv = self.inner.client.kv_client();
+                    let what = format!("delete {key}");
+                    bounded(
+                        self.inner.timeout,
+                        &what,
+                        None,
+                        kv.delete(key.as_str(), None),
+                    )
+                    .await?;
+                }
+            }
+            return Ok(true);
+        };
+        let compare = Compare::mod_revision(key.as_str(), CompareOp::Equal, version);
+        self.txn(
+            format!("write {key} at version {version}"),
+            None,
+            compare,
+            op,
+        )
+        .await
+    }
+
     async fn txn(
         &self,
         what: String,
@@ -535,24 +575,28 @@ impl Dcs for EtcdDcs {
     }
 
     async fn write_config(&self, json: &str, version: Option<i64>) -> Result<bool, DcsError> {
-        let key = self.key(record::CONFIG);
-        match version {
-            None => {
-                self.put(key, json.to_owned(), 0).await?;
-                Ok(true)
-            }
-            Some(version) => {
-                let compare = Compare::mod_revision(key.as_str(), CompareOp::Equal, version);
-                let op = TxnOp::put(key.as_str(), json, None);
-                self.txn(
-                    format!("write {key} at version {version}"),
-                    None,
-                    compare,
-                    op,
-                )
-                .await
-            }
-        }
+        self.put_versioned(record::CONFIG, Some(json), version)
+            .await
+    }
+
+    async fn write_failover(
+        &self,
+        request: Option<&FailoverRequest>,
+        version: Option<i64>,
+    ) -> Result<bool, DcsError> {
+        let value = record::encode_failover(request.unwrap_or(&FailoverRequest::default()));
+        self.put_versioned(record::FAILOVER, Some(&value), version)
+            .await
+    }
+
+    async fn write_sync(
+        &self,
+        state: Option<&SyncState>,
+        version: Option<i64>,
+    ) -> Result<bool, DcsError> {
+        let value = state.map(record::encode_sync);
+        self.put_versioned(record::SYNC, value.as_deref(), version)
+            .await
     }
 
     async fn write_status(&self, optime: Lsn, slots: &[(String, Lsn)]) -> Result<(), DcsError> {

@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use baton_core::{ClusterView, HistoryLine, Lsn, Member, MemberName};
+use baton_core::{ClusterView, FailoverRequest, HistoryLine, Lsn, Member, MemberName, SyncState};
 
 mod etcd;
 mod mem;
@@ -137,6 +137,23 @@ pub trait Dcs: Send + Sync + 'static {
         &self,
         history: &[HistoryLine],
     ) -> impl Future<Output = Result<(), DcsError>> + Send;
+
+    /// Write `failover` (Patroni's `{"leader":..,"member":..,"scheduled_at":..}`); `None` clears
+    /// it by writing `{}`, as Patroni does. With `version`, only if the key's mod_revision still
+    /// matches (0: the key must not exist); `false` on a conflict.
+    fn write_failover(
+        &self,
+        request: Option<&FailoverRequest>,
+        version: Option<i64>,
+    ) -> impl Future<Output = Result<bool, DcsError>> + Send;
+
+    /// Write `sync` (`{"leader":..,"quorum":..,"sync_standby":..}`); `None` deletes the key.
+    /// With `version`, only if the key's mod_revision still matches; `false` on a conflict.
+    fn write_sync(
+        &self,
+        state: Option<&SyncState>,
+        version: Option<i64>,
+    ) -> impl Future<Output = Result<bool, DcsError>> + Send;
 
     /// A wake-up signal that changes after modifications under the prefix.
     fn changes(&self) -> tokio::sync::watch::Receiver<u64>;

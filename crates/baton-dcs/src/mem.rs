@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use baton_core::{Clock, ClusterView, HistoryLine, Lsn, Member, MemberName, Mono};
+use baton_core::{
+    Clock, ClusterView, FailoverRequest, HistoryLine, Lsn, Member, MemberName, Mono, SyncState,
+};
 use tokio::sync::watch;
 
 use crate::record::{self, RawKv};
@@ -121,6 +123,32 @@ impl Store {
 }
 
 impl MemDcs {
+    /// Put (or, with `None`, delete) a key without a lease; with `version`, only if its
+    /// mod_revision still matches (0: absent). `false` on a conflict.
+    fn put_versioned(
+        &self,
+        what: &str,
+        key: &str,
+        value: Option<&str>,
+        version: Option<i64>,
+    ) -> Result<bool, DcsError> {
+        self.op(what, |store, _| {
+            if let Some(expected) = version {
+                let current = store.kvs.get(key).map_or(0, |e| e.mod_revision);
+                if current != expected {
+                    return Ok(false);
+                }
+            }
+            match value {
+                Some(value) => store.put(key, value, 0)?,
+                None => {
+                    store.delete(key);
+                }
+            }
+            Ok(true)
+        })
+    }
+
     /// An empty store for `scope`, its leases timed by `clock`.
     pub fn new(scope: DcsScope, clock: Arc<dyn Clock>) -> MemDcs {
         let (changes, _) = watch::channel(0);
@@ -359,16 +387,25 @@ impl Dcs for MemDcs {
     }
 
     async fn write_config(&self, json: &str, version: Option<i64>) -> Result<bool, DcsError> {
-        self.op("write config", |store, _| {
-            if let Some(expected) = version {
-                let current = store.kvs.get(record::CONFIG).map_or(0, |e| e.mod_revision);
-                if current != expected {
-                    return Ok(false);
-                }
-            }
-            store.put(record::CONFIG, json, 0)?;
-            Ok(true)
-        })
+        self.put_versioned("write config", record::CONFIG, Some(json), version)
+    }
+
+    async fn write_failover(
+        &self,
+        request: Option<&FailoverRequest>,
+        version: Option<i64>,
+    ) -> Result<bool, DcsError> {
+        let value = record::encode_failover(request.unwrap_or(&FailoverRequest::default()));
+        self.put_versioned("write failover", record::FAILOVER, Some(&value), version)
+    }
+
+    async fn write_sync(
+        &self,
+        state: Option<&SyncState>,
+        version: Option<i64>,
+    ) -> Result<bool, DcsError> {
+        let value = state.map(record::encode_sync);
+        self.put_versioned("write sync", record::SYNC, value.as_deref(), version)
     }
 
     async fn write_status(&self, optime: Lsn, slots: &[(String, Lsn)]) -> Result<(), DcsError> {

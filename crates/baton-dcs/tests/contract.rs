@@ -15,7 +15,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use baton_core::{Clock, ClusterView, HistoryLine, Lsn, Member, MemberName, Mono, Tags, Timeline};
+use baton_core::{
+    Clock, ClusterView, FailoverRequest, HistoryLine, Lsn, Member, MemberName, Mono, SyncState,
+    Tags, Timeline,
+};
 use baton_dcs::{Dcs, DcsError, DcsScope, EtcdDcs, EtcdSettings, MemDcs};
 
 /// Generous bound for conditions that depend on a real server (watch delivery, lease expiry).
@@ -368,6 +371,7 @@ contract_tests!(
     changes_tick_after_another_clients_write,
     touch_member_round_trip_in_patroni_format,
     status_and_history_in_patroni_format,
+    failover_and_sync_compare_and_swap,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -618,6 +622,64 @@ async fn race_initialize_once<E: Env>(env: E) {
         b.race_initialize().await.unwrap(),
         "a cancelled bootstrap can be raced again"
     );
+}
+
+async fn failover_and_sync_compare_and_swap<E: Env>(env: E) {
+    let a = env.client().await;
+    let request = FailoverRequest {
+        leader: Some(name("n1")),
+        candidate: Some(name("n2")),
+        scheduled_at: None,
+    };
+    assert!(
+        a.write_failover(Some(&request), Some(0)).await.unwrap(),
+        "create"
+    );
+    assert_eq!(
+        env.raw_get("failover").await.unwrap().0,
+        r#"{"leader":"n1","member":"n2"}"#,
+        "Patroni's encoding"
+    );
+    let view = read(&a).await;
+    let version = view.failover.as_ref().unwrap().mod_revision;
+    assert_eq!(view.failover.unwrap().value, request);
+    assert!(
+        !a.write_failover(None, Some(version + 100)).await.unwrap(),
+        "stale version loses"
+    );
+    assert!(
+        read(&a).await.failover.is_some(),
+        "a lost CAS changes nothing"
+    );
+    assert!(
+        a.write_failover(None, Some(version)).await.unwrap(),
+        "clear"
+    );
+    assert_eq!(
+        env.raw_get("failover").await.unwrap().0,
+        "{}",
+        "cleared as Patroni does"
+    );
+    assert!(read(&a).await.failover.is_none());
+
+    let state = SyncState {
+        leader: Some(name("n1")),
+        sync_standby: vec![name("n2"), name("n3")],
+        quorum: 0,
+    };
+    assert!(a.write_sync(Some(&state), Some(0)).await.unwrap());
+    assert_eq!(
+        env.raw_get("sync").await.unwrap().0,
+        r#"{"leader":"n1","quorum":0,"sync_standby":"n2,n3"}"#
+    );
+    let version = read(&a).await.sync.unwrap().mod_revision;
+    assert!(!a.write_sync(None, Some(version - 1)).await.unwrap());
+    assert!(
+        a.write_sync(None, Some(version)).await.unwrap(),
+        "delete with CAS"
+    );
+    assert!(env.raw_get("sync").await.is_none());
+    assert!(read(&a).await.sync.is_none());
 }
 
 async fn write_config_compare_and_swap<E: Env>(env: E) {
