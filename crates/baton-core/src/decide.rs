@@ -54,17 +54,24 @@ pub fn decide(memory: &Memory, obs: &Observation, config: &HaConfig, now: Mono) 
 
     if config.pause {
         // Maintenance mode: PostgreSQL and the leader key are left as they are; only
-        // bookkeeping that changes no role still happens.
+        // bookkeeping that changes no role still happens, and a manual switchover to a named
+        // candidate (Patroni allows exactly that while paused).
+        let manual = matches!(
+            reason,
+            Reason::SwitchoverDemoting { candidate: Some(_) } | Reason::ManualCandidate
+        );
         let before = actions.len();
         actions.retain(|a| {
-            matches!(
-                a,
-                Action::Follow { .. }
-                    | Action::EnsureSlots { .. }
-                    | Action::WriteConfig
-                    | Action::UpdateHistory
-                    | Action::ReattachLeader
-            )
+            manual
+                || matches!(
+                    a,
+                    Action::Follow { .. }
+                        | Action::EnsureSlots { .. }
+                        | Action::WriteConfig
+                        | Action::UpdateHistory
+                        | Action::ReattachLeader
+                        | Action::ClearFailover { .. }
+                )
         });
         let detail = if actions.len() < before {
             format!("not acting while paused, would have: {reason}")
@@ -74,7 +81,7 @@ pub fn decide(memory: &Memory, obs: &Observation, config: &HaConfig, now: Mono) 
         reason = Reason::Paused { detail };
     }
 
-    next.was_leader = ctx.holds_key()
+    next.was_leader = !actions.contains(&Action::HandOver) && ctx.holds_key()
         || actions
             .iter()
             .any(|a| matches!(a, Action::AcquireLeader | Action::ReattachLeader));
@@ -86,6 +93,14 @@ pub fn decide(memory: &Memory, obs: &Observation, config: &HaConfig, now: Mono) 
     }
     if obs.dcs.as_ref().is_some_and(|v| v.leader.is_none()) {
         wake_at = wake_at.min(now + LEADERLESS_RECHECK);
+    }
+    if let Some(wait) = obs
+        .dcs
+        .as_ref()
+        .and_then(|v| scheduled_wait_ms(v, obs.unix_ms))
+        && wait > 0
+    {
+        wake_at = wake_at.min(now + Duration::from_millis(wait.unsigned_abs()));
     }
     if (next.was_leader || may_be_primary(&obs.pg))
         && let Some(deadline) = obs.lease.fence_deadline
@@ -439,6 +454,9 @@ impl Ctx<'_> {
         if sql.in_recovery {
             return (vec![Action::Promote], Reason::PromotingWithLock);
         }
+        if let Some(decision) = self.switchover_from_leader(view) {
+            return decision;
+        }
         let mut actions = vec![];
         if view.config.is_none() {
             actions.push(Action::WriteConfig);
@@ -469,6 +487,42 @@ impl Ctx<'_> {
         if !self.lease_ok() {
             return (vec![], Reason::WaitingForLease);
         }
+        if let Some(req) = view.failover.as_ref().map(|f| &f.value)
+            && scheduled_wait_ms(view, self.obs.unix_ms).is_none_or(|w| w <= 0)
+        {
+            match &req.candidate {
+                // The named candidate takes over without comparing itself to the others
+                // (Patroni's manual failover); the old leader shut down cleanly after its
+                // standbys had received everything.
+                Some(c) if c == self.me() => {
+                    next.following = None;
+                    return (
+                        vec![Action::AcquireLeader, Action::Promote],
+                        Reason::ManualCandidate,
+                    );
+                }
+                // Everyone else leaves the key to a healthy candidate; an unhealthy one is
+                // treated as no candidate.
+                Some(c) if self.peer_can_take_over(c) => {
+                    return (
+                        vec![],
+                        Reason::WaitingForCandidate {
+                            candidate: c.clone(),
+                        },
+                    );
+                }
+                _ => {}
+            }
+            if req.leader.as_ref() == Some(self.me())
+                && self
+                    .obs
+                    .peers
+                    .iter()
+                    .any(|p| self.peer_can_take_over(&p.name))
+            {
+                return (vec![], Reason::WaitingForOthersAfterHandOver);
+            }
+        }
         if let Err(why) = self.healthiest(view, sql) {
             return (vec![], Reason::NotHealthiest(why));
         }
@@ -477,6 +531,82 @@ impl Ctx<'_> {
             vec![Action::AcquireLeader, Action::Promote],
             Reason::AcquiringLock,
         )
+    }
+
+    /// A peer that answered, runs as a standby and may be promoted.
+    fn peer_can_take_over(&self, name: &MemberName) -> bool {
+        self.obs.peers.iter().any(|p| {
+            &p.name == name
+                && p.reachable
+                && !p.is_primary
+                && !p.tags.is_nofailover()
+                && !p.watchdog_failed
+        })
+    }
+
+    /// The leader's side of a switchover request (Patroni's
+    /// `process_manual_failover_from_leader`): wait for a scheduled time, hand over to a
+    /// healthy candidate, or clean up a request that cannot be carried out.
+    fn switchover_from_leader(&self, view: &ClusterView) -> Option<(Vec<Action>, Reason)> {
+        let request = view.failover.as_ref()?;
+        let clear = |why: String| {
+            Some((
+                vec![Action::ClearFailover {
+                    version: request.mod_revision,
+                }],
+                Reason::CleaningUpFailover { why },
+            ))
+        };
+        let req = &request.value;
+        if req.candidate.as_ref() == Some(self.me()) {
+            return clear("I am the candidate and hold the leader key".to_owned());
+        }
+        if let Some(leader) = &req.leader
+            && leader != self.me()
+        {
+            return clear(format!("leader name does not match ({leader})"));
+        }
+        if let Some(at) = &req.scheduled_at {
+            let Some(wait) = scheduled_wait_ms(view, self.obs.unix_ms) else {
+                return clear(format!("cannot parse scheduled_at {at:?}"));
+            };
+            if wait > 0 {
+                return Some((
+                    vec![],
+                    Reason::AwaitingScheduledSwitchover {
+                        at: at.clone(),
+                        in_secs: (wait + 999) / 1000,
+                    },
+                ));
+            }
+            let stale = self.cfg.loop_wait.mul_f64(1.5).as_millis() as i64;
+            if -wait > stale.max(1_000) {
+                return clear(format!("the switchover scheduled at {at} is stale"));
+            }
+        }
+        match &req.candidate {
+            Some(c) if view.member(c).is_none() => {
+                return clear(format!("candidate {c} does not exist"));
+            }
+            Some(c) if !self.peer_can_take_over(c) => {
+                return clear(format!("candidate {c} is not healthy enough to take over"));
+            }
+            None if !self
+                .obs
+                .peers
+                .iter()
+                .any(|p| self.peer_can_take_over(&p.name)) =>
+            {
+                return clear("no healthy member can take over".to_owned());
+            }
+            _ => {}
+        }
+        Some((
+            vec![Action::HandOver],
+            Reason::SwitchoverDemoting {
+                candidate: req.candidate.clone(),
+            },
+        ))
     }
 
     /// Patroni's `_is_healthiest_node`: within `maximum_lag_on_failover` of the last known
@@ -529,6 +659,13 @@ impl Ctx<'_> {
         }
         Ok(())
     }
+}
+
+/// Milliseconds until the scheduled time of a pending switchover (negative when it has
+/// passed); `None` without a schedule or when `scheduled_at` does not parse.
+fn scheduled_wait_ms(view: &ClusterView, unix_ms: i64) -> Option<i64> {
+    let at = view.failover.as_ref()?.value.scheduled_at.as_deref()?;
+    Some(crate::time::parse_iso8601(at)? - unix_ms)
 }
 
 /// Where to stream / clone / rewind from: the member's `conn_url`.

@@ -45,6 +45,9 @@ pub struct Observation {
     pub peers: Vec<PeerStatus>,
     /// Outcome of the long-running or failing actions of the previous cycle.
     pub last_failure: Option<ActionFailure>,
+    /// Wall-clock time in milliseconds since the Unix epoch. Used only to compare with a
+    /// switchover's `scheduled_at`; every deadline that matters for safety uses `now`.
+    pub unix_ms: i64,
 }
 
 /// The agent's own lease, as the keeper task reports it.
@@ -183,6 +186,14 @@ pub enum Action {
     },
     /// Remove the data directory (after a failed rewind, when configured to).
     WipeDataDir,
+    /// Planned hand-over (switchover): stop PostgreSQL fast (its shutdown checkpoint reaches
+    /// the standbys before it exits), publish the checkpoint position in `status`, release
+    /// the leader key.
+    HandOver,
+    /// Clear the `failover` key (write `{}`), if it is still at this revision.
+    ClearFailover {
+        version: i64,
+    },
 }
 
 /// The kind of an action, without its arguments (for failure reports).
@@ -203,6 +214,8 @@ pub enum ActionKind {
     Clone,
     Rewind,
     WipeDataDir,
+    HandOver,
+    ClearFailover,
 }
 
 impl Action {
@@ -223,6 +236,8 @@ impl Action {
             Action::Clone { .. } => ActionKind::Clone,
             Action::Rewind { .. } => ActionKind::Rewind,
             Action::WipeDataDir => ActionKind::WipeDataDir,
+            Action::HandOver => ActionKind::HandOver,
+            Action::ClearFailover { .. } => ActionKind::ClearFailover,
         }
     }
 }
@@ -271,6 +286,10 @@ impl fmt::Display for Action {
             Action::Clone { upstream } => write!(f, "clone from {upstream}"),
             Action::Rewind { upstream } => write!(f, "rewind from {upstream}"),
             Action::WipeDataDir => write!(f, "wipe data directory"),
+            Action::HandOver => {
+                write!(f, "hand over: stop postgres (fast) and release leader key")
+            }
+            Action::ClearFailover { .. } => write!(f, "clear failover key"),
         }
     }
 }
@@ -375,6 +394,12 @@ pub enum Reason {
     NoLeaderWaiting,
     WaitingForLeaderMember { leader: MemberName },
     Paused { detail: String },
+    SwitchoverDemoting { candidate: Option<MemberName> },
+    CleaningUpFailover { why: String },
+    AwaitingScheduledSwitchover { at: String, in_secs: i64 },
+    WaitingForCandidate { candidate: MemberName },
+    WaitingForOthersAfterHandOver,
+    ManualCandidate,
 }
 
 impl fmt::Display for Reason {
@@ -483,6 +508,28 @@ impl fmt::Display for Reason {
                 )
             }
             Reason::Paused { detail } => write!(f, "PAUSE: {detail}"),
+            Reason::SwitchoverDemoting { candidate: Some(c) } => {
+                write!(f, "switchover: demoting myself in favour of {c}")
+            }
+            Reason::SwitchoverDemoting { candidate: None } => {
+                write!(f, "switchover: demoting myself")
+            }
+            Reason::CleaningUpFailover { why } => write!(f, "Cleaning up failover key: {why}"),
+            Reason::AwaitingScheduledSwitchover { at, in_secs } => {
+                write!(f, "Awaiting switchover at {at} (in {in_secs} seconds)")
+            }
+            Reason::WaitingForCandidate { candidate } => write!(
+                f,
+                "following a different leader because {candidate} is the manual failover candidate"
+            ),
+            Reason::ManualCandidate => write!(
+                f,
+                "promoted self to leader by acquiring session lock as the manual failover candidate"
+            ),
+            Reason::WaitingForOthersAfterHandOver => write!(
+                f,
+                "I handed leadership over in a switchover: waiting for another member to take it"
+            ),
         }
     }
 }

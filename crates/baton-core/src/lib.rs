@@ -8,6 +8,7 @@
 mod decide;
 mod decision;
 mod pg;
+mod time;
 mod types;
 mod view;
 
@@ -17,6 +18,7 @@ pub use decision::{
     Observation, PeerStatus, Reason, StartRole, StopMode, Upstream,
 };
 pub use pg::{ClusterState, ControlData, DataDir, PgProcess, PgSql, PgState, ReplicationRow};
+pub use time::parse_iso8601;
 pub use types::{Clock, Lsn, MemberName, Mono, ParseLsnError, Timeline};
 pub use view::{
     ClusterView, FailoverRequest, HistoryLine, LeaderKey, LeaderStatus, Member, SyncState, Tags,

@@ -12,6 +12,8 @@
 //! peer: n3 reachable|unreachable wal=0/2000000 primary nofailover priority=2
 //! memory: following=n1 down_since=90 rewind_failed=n1
 //! failure: rewind at=99
+//! failover: leader=n1 candidate=n2 at=2026-11-22T05:00:00+00:00 rev=9
+//! unix: 1795323590000          (wall clock, ms; default 1795323600000 = 2026-11-22T05:00:00Z)
 //! ```
 //! Times are seconds on the monotonic clock.
 
@@ -25,7 +27,9 @@ use crate::decision::{
 };
 use crate::pg::{ClusterState, ControlData, DataDir, PgProcess, PgSql};
 use crate::types::{Lsn, MemberName, Mono, Timeline};
-use crate::view::{ClusterView, HistoryLine, LeaderKey, LeaderStatus, Member, Tags, Versioned};
+use crate::view::{
+    ClusterView, FailoverRequest, HistoryLine, LeaderKey, LeaderStatus, Member, Tags, Versioned,
+};
 
 fn name(s: &str) -> MemberName {
     MemberName::new(s).expect("fixture names are non-empty")
@@ -95,7 +99,10 @@ fn parse(fixture: &str) -> Fixture {
         tags: Tags::default(),
         can_bootstrap: true,
     };
-    let mut obs = Observation::default();
+    let mut obs = Observation {
+        unix_ms: 1_795_323_600_000,
+        ..Observation::default()
+    };
     let mut memory = Memory::default();
     let mut now = Mono::from_millis(100_000);
     let mut view: Option<ClusterView> = Some(ClusterView::default());
@@ -118,11 +125,16 @@ fn parse(fixture: &str) -> Fixture {
                 if let Some(l) = t.get("lag") {
                     config.maximum_lag_on_failover = l.parse().expect("lag");
                 }
-                config.use_pg_rewind = t.on("rewind", true);
-                config.remove_data_directory_on_rewind_failure = t.on("wipe", false);
-                config.pause = t.on("pause", false);
-                config.can_bootstrap = t.on("bootstrap", true);
-                config.tags = tags(&t);
+                // Each `config:` line changes only what it names.
+                config.use_pg_rewind = t.on("rewind", config.use_pg_rewind);
+                config.remove_data_directory_on_rewind_failure =
+                    t.on("wipe", config.remove_data_directory_on_rewind_failure);
+                config.pause = t.on("pause", config.pause);
+                config.can_bootstrap = t.on("bootstrap", config.can_bootstrap);
+                let line_tags = tags(&t);
+                if line_tags != Tags::default() {
+                    config.tags = line_tags;
+                }
             }
             "now" => now = secs(t.first()),
             "lease" => {
@@ -244,6 +256,18 @@ fn parse(fixture: &str) -> Fixture {
                 memory.following = t.get("following").map(name);
                 memory.primary_down_since = t.get("down_since").map(secs);
                 memory.rewind_failed_against = t.get("rewind_failed").map(name);
+            }
+            "unix" => obs.unix_ms = t.first().parse().expect("unix ms"),
+            "failover" => {
+                let v = view.get_or_insert_with(ClusterView::default);
+                v.failover = Some(Versioned {
+                    value: FailoverRequest {
+                        leader: t.get("leader").map(name),
+                        candidate: t.get("candidate").map(name),
+                        scheduled_at: t.get("at").map(str::to_owned),
+                    },
+                    mod_revision: t.get("rev").map_or(9, |r| r.parse().expect("rev")),
+                });
             }
             "failure" => {
                 obs.last_failure = Some(ActionFailure {
@@ -964,6 +988,230 @@ fn old_primary_without_rewind_still_never_starts_as_primary() {
             actions:
               1. start postgres as replica of n1 (10.0.0.1:5432)
             memory: leader=false following=n1 down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
+
+// ---- switchover / manual failover ------------------------------------------------------
+
+/// n1 leads; n2 and n3 stream from it and answer their REST API.
+const SWITCHOVER: &str = "
+    config: me=n1
+    lease: id=5 deadline=105
+    dcs: init=7001 leader=n1@5 optime=0/3000000
+    member: n1 role=primary conn=10.0.0.1:5432
+    member: n2 role=replica conn=10.0.0.2:5432
+    member: n3 role=replica conn=10.0.0.3:5432
+    pg: data=initialized state=in-production
+    pg: running primary tl=1 flush=0/3000000 slots=n2,n3
+    peer: n2 reachable wal=0/3000000
+    peer: n3 reachable wal=0/3000000
+";
+
+#[test]
+fn leader_hands_over_to_a_healthy_candidate() {
+    check(
+        &format!("{SWITCHOVER}\n failover: leader=n1 candidate=n2"),
+        expect![[r#"
+            reason: switchover: demoting myself in favour of n2
+            actions:
+              1. hand over: stop postgres (fast) and release leader key
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
+
+#[test]
+fn leader_cleans_up_requests_it_cannot_carry_out() {
+    check(
+        &format!("{SWITCHOVER}\n failover: leader=n3 candidate=n2"),
+        expect![[r#"
+            reason: Cleaning up failover key: leader name does not match (n3)
+            actions:
+              1. clear failover key
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+    check(
+        &format!("{SWITCHOVER}\n failover: leader=n1 candidate=n9"),
+        expect![[r#"
+            reason: Cleaning up failover key: candidate n9 does not exist
+            actions:
+              1. clear failover key
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+    let unreachable = SWITCHOVER.replace("peer: n2 reachable", "peer: n2 unreachable");
+    check(
+        &format!("{unreachable}\n failover: leader=n1 candidate=n2"),
+        expect![[r#"
+            reason: Cleaning up failover key: candidate n2 is not healthy enough to take over
+            actions:
+              1. clear failover key
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+    check(
+        &format!("{SWITCHOVER}\n failover: leader=n1 candidate=n2 at=yesterday"),
+        expect![[r#"
+            reason: Cleaning up failover key: cannot parse scheduled_at "yesterday"
+            actions:
+              1. clear failover key
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
+
+#[test]
+fn scheduled_switchover_waits_for_its_time_then_hands_over() {
+    check(
+        &format!(
+            "{SWITCHOVER}\n failover: leader=n1 candidate=n2 at=2026-11-22T05:00:01.500+00:00"
+        ),
+        expect![[r#"
+            reason: Awaiting switchover at 2026-11-22T05:00:01.500+00:00 (in 2 seconds)
+            actions: none
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +1500ms
+        "#]],
+    );
+    check(
+        &format!("{SWITCHOVER}\n failover: leader=n1 candidate=n2 at=2026-11-22T04:59:59+00:00"),
+        expect![[r#"
+            reason: switchover: demoting myself in favour of n2
+            actions:
+              1. hand over: stop postgres (fast) and release leader key
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+    check(
+        &format!("{SWITCHOVER}\n failover: leader=n1 candidate=n2 at=2026-11-22T04:00:00+00:00"),
+        expect![[r#"
+            reason: Cleaning up failover key: the switchover scheduled at 2026-11-22T04:00:00+00:00 is stale
+            actions:
+              1. clear failover key
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
+
+/// After the hand-over: n1's key is gone, the failover key names the candidate.
+const HANDED_OVER: &str = "
+    lease: id=7 deadline=105
+    dcs: init=7001 optime=0/3000000
+    member: n1 role=replica conn=10.0.0.1:5432
+    member: n2 role=replica conn=10.0.0.2:5432
+    member: n3 role=replica conn=10.0.0.3:5432
+    pg: data=initialized
+";
+
+#[test]
+fn named_candidate_takes_the_key_even_when_not_the_healthiest() {
+    check(
+        &format!(
+            "config: me=n2
+             {HANDED_OVER}
+             pg: running replica tl=1 recv=0/3000000 replay=0/3000000
+             peer: n3 reachable wal=0/3000100
+             failover: leader=n1 candidate=n2"
+        ),
+        expect![[r#"
+            reason: promoted self to leader by acquiring session lock as the manual failover candidate
+            actions:
+              1. acquire leader key
+              2. promote postgres
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
+
+#[test]
+fn others_leave_the_key_to_a_healthy_candidate_but_not_to_a_dead_one() {
+    let base = format!(
+        "config: me=n3
+         {HANDED_OVER}
+         pg: running replica tl=1 recv=0/3000100 replay=0/3000100
+         failover: leader=n1 candidate=n2"
+    );
+    check(
+        &format!("{base}\n peer: n2 reachable wal=0/3000000"),
+        expect![[r#"
+            reason: following a different leader because n2 is the manual failover candidate
+            actions: none
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +1000ms
+        "#]],
+    );
+    check(
+        &format!("{base}\n peer: n2 unreachable"),
+        expect![[r#"
+            reason: promoted self to leader by acquiring session lock
+            actions:
+              1. acquire leader key
+              2. promote postgres
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
+
+#[test]
+fn former_leader_does_not_race_after_handing_over_without_a_candidate() {
+    check(
+        &format!(
+            "config: me=n1
+             {HANDED_OVER}
+             pg: running replica tl=1 recv=0/3000100 replay=0/3000100
+             peer: n2 reachable wal=0/3000000
+             failover: leader=n1"
+        ),
+        expect![[r#"
+            reason: I handed leadership over in a switchover: waiting for another member to take it
+            actions: none
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +1000ms
+        "#]],
+    );
+}
+
+#[test]
+fn new_leader_clears_the_request_it_fulfilled() {
+    check(
+        "config: me=n2
+         lease: id=7 deadline=105
+         dcs: init=7001 leader=n2@7
+         member: n2 role=primary conn=10.0.0.2:5432
+         pg: data=initialized state=in-production
+         pg: running primary tl=2 flush=0/3000100
+         failover: leader=n1 candidate=n2 rev=12",
+        expect![[r#"
+            reason: Cleaning up failover key: I am the candidate and hold the leader key
+            actions:
+              1. clear failover key
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
+
+#[test]
+fn a_manual_switchover_to_a_named_candidate_works_while_paused() {
+    check(
+        &format!("config: pause=on\n{SWITCHOVER}\n failover: leader=n1 candidate=n2"),
+        expect![[r#"
+            reason: PAUSE: switchover: demoting myself in favour of n2
+            actions:
+              1. hand over: stop postgres (fast) and release leader key
+            memory: leader=false following=- down_since=- rewind_failed=-
             wake: +0ms
         "#]],
     );
