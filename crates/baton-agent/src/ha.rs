@@ -71,6 +71,13 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Milliseconds since the Unix epoch (compared with a switchover's `scheduled_at` only).
+fn unix_now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// `2024-08-28T19:39:26+00:00` for history lines (Patroni writes ISO 8601 with offset).
 fn iso_now() -> String {
     let secs = unix_now();
@@ -203,7 +210,9 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         };
 
         let peers = match &view {
-            Some(v) if v.leader.is_none() && pg_state.is_running() => {
+            // Leaderless: the race compares positions. A pending switchover: the leader checks
+            // its candidate, the others check whether the candidate can take over.
+            Some(v) if (v.leader.is_none() && pg_state.is_running()) || v.failover.is_some() => {
                 let timeout =
                     (self.ttl() / 4).clamp(Duration::from_millis(500), Duration::from_secs(2));
                 self.peers.probe(v, &self.name, timeout).await
@@ -217,6 +226,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             pg: pg_state,
             peers,
             last_failure: self.last_failure.take(),
+            unix_ms: unix_now_ms(),
         };
         let decision = decide(&self.memory, &obs, &ha, now);
         let reason = decision.reason.to_string();
@@ -416,6 +426,39 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             }
             Action::WipeDataDir => {
                 self.pg.wipe_data_dir().await?;
+                Ok(true)
+            }
+            Action::HandOver => {
+                // A fast shutdown writes the shutdown checkpoint and waits for the walsenders
+                // to send it to the standbys before the postmaster exits.
+                self.pg
+                    .stop(StopMode::Fast)
+                    .await
+                    .context("stop postgres for the hand-over")?;
+                let state = self.pg.observe().await;
+                let checkpoint = match &state.data_dir {
+                    DataDir::Initialized(cd) => Some(cd.checkpoint_lsn),
+                    _ => None,
+                };
+                if let Some(lsn) = checkpoint {
+                    self.dcs
+                        .write_status(lsn, &[])
+                        .await
+                        .context("publish the shutdown checkpoint")?;
+                }
+                self.dcs
+                    .release_leader(&self.name)
+                    .await
+                    .context("release the leader key")?;
+                self.memory.was_leader = false;
+                self.leading.send_replace(false);
+                info!(checkpoint = ?checkpoint, "handed over: postgres stopped, leader key released");
+                Ok(true)
+            }
+            Action::ClearFailover { version } => {
+                if !self.dcs.write_failover(None, Some(*version)).await? {
+                    info!("the failover key changed meanwhile; leaving it");
+                }
                 Ok(true)
             }
         }

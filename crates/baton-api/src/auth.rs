@@ -9,13 +9,6 @@ use crate::handlers::text_response;
 
 /// `None` when no credentials are configured or the request carries the right ones; otherwise
 /// the 401 response to send.
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "applied to POST /switchover and the other unsafe endpoints when they land"
-    )
-)]
 pub(crate) fn check_basic_auth(
     auth: Option<&(String, String)>,
     headers: &HeaderMap,

@@ -14,14 +14,15 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use baton_core::{Lsn, Mono};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::actions;
 use crate::metrics::metrics_text;
 use crate::query::QueryParams;
 use crate::status::{ClusterJson, HistoryJson, Status, Xlog, tag_query_value};
@@ -57,6 +58,12 @@ enum Endpoint {
     Readiness,
     /// `GET /failsafe`: the failsafe topology; 502 while failsafe mode is not supported.
     Failsafe,
+    /// `POST /switchover` (false) and `POST /failover` (true).
+    Switchover(bool),
+    /// `DELETE /switchover`.
+    CancelSwitchover,
+    /// `PATCH /config`.
+    PatchConfig,
     /// No handler for this method and path: the stdlib's 501.
     Unsupported,
 }
@@ -65,14 +72,21 @@ enum Endpoint {
 /// `/reload`, `/reinitialize`, `PATCH`/`PUT /config`, `DELETE /restart`, `/switchover`) get
 /// their own variants here and run behind [`crate::auth::check_basic_auth`].
 fn route(method: &Method, path: &str) -> Endpoint {
-    if !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
-        return Endpoint::Unsupported;
-    }
     let segment = path
         .trim_start_matches('/')
         .split('/')
         .next()
         .unwrap_or_default();
+    match (method, segment) {
+        (&Method::POST, "switchover") => return Endpoint::Switchover(false),
+        (&Method::POST, "failover") => return Endpoint::Switchover(true),
+        (&Method::DELETE, "switchover") => return Endpoint::CancelSwitchover,
+        (&Method::PATCH, "config") => return Endpoint::PatchConfig,
+        _ => {}
+    }
+    if !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Endpoint::Unsupported;
+    }
     match segment {
         "patroni" => Endpoint::Patroni,
         "cluster" => Endpoint::Cluster,
@@ -86,7 +100,27 @@ fn route(method: &Method, path: &str) -> Endpoint {
     }
 }
 
-async fn dispatch(State(state): State<ApiState>, method: Method, uri: Uri) -> Response {
+async fn dispatch(
+    State(state): State<ApiState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let endpoint = route(&method, uri.path());
+    if matches!(
+        endpoint,
+        Endpoint::Switchover(_) | Endpoint::CancelSwitchover | Endpoint::PatchConfig
+    ) {
+        if let Some(denied) = crate::auth::check_basic_auth(state.auth.as_ref(), &headers) {
+            return denied;
+        }
+        return match endpoint {
+            Endpoint::Switchover(failover) => actions::switchover(&state, &body, failover).await,
+            Endpoint::CancelSwitchover => actions::cancel_switchover(&state).await,
+            _ => actions::patch_config(&state, &body).await,
+        };
+    }
     // Clone the `Arc` and release the borrow at once: the agent's next publish never waits on
     // a slow client.
     let snapshot: Arc<Snapshot> = Arc::clone(&state.snapshot.borrow());
@@ -94,7 +128,7 @@ async fn dispatch(State(state): State<ApiState>, method: Method, uri: Uri) -> Re
     let path = uri.path();
     let status_only = matches!(method, Method::HEAD | Method::OPTIONS);
     let reply = |code: StatusCode, body: Response| if status_only { code_only(code) } else { body };
-    match route(&method, path) {
+    match endpoint {
         Endpoint::Health => {
             let status = Status::new(&snapshot);
             let code = health_code(&snapshot, &status, now, path, &QueryParams::from_uri(&uri));
@@ -162,6 +196,9 @@ async fn dispatch(State(state): State<ApiState>, method: Method, uri: Uri) -> Re
             StatusCode::BAD_GATEWAY,
             error_page(StatusCode::BAD_GATEWAY, None),
         ),
+        Endpoint::Switchover(_) | Endpoint::CancelSwitchover | Endpoint::PatchConfig => {
+            unreachable!("unsafe endpoints are answered above")
+        }
         Endpoint::Unsupported => {
             let message = format!("Unsupported method ({:?})", method.as_str());
             error_page(StatusCode::NOT_IMPLEMENTED, Some(&message))
@@ -392,7 +429,19 @@ mod tests {
         assert_eq!(get("/"), Endpoint::Health);
         assert_eq!(get("*"), Endpoint::Health);
         assert_eq!(route(&Method::HEAD, "/config"), Endpoint::Config);
-        assert_eq!(route(&Method::POST, "/switchover"), Endpoint::Unsupported);
-        assert_eq!(route(&Method::PATCH, "/config"), Endpoint::Unsupported);
+        assert_eq!(
+            route(&Method::POST, "/switchover"),
+            Endpoint::Switchover(false)
+        );
+        assert_eq!(
+            route(&Method::POST, "/failover"),
+            Endpoint::Switchover(true)
+        );
+        assert_eq!(
+            route(&Method::DELETE, "/switchover"),
+            Endpoint::CancelSwitchover
+        );
+        assert_eq!(route(&Method::PATCH, "/config"), Endpoint::PatchConfig);
+        assert_eq!(route(&Method::POST, "/restart"), Endpoint::Unsupported);
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use baton_core::{Clock, ClusterView, MemberName, Mono, PgSql, Tags};
 use tokio::sync::watch;
 
+mod actions;
 mod auth;
 mod handlers;
 mod metrics;
@@ -19,6 +20,7 @@ mod status;
 #[cfg(test)]
 mod tests;
 
+pub use actions::{Command, CommandReply, SwitchoverRequest, merge_patch};
 pub use handlers::{router, serve};
 pub use status::{peer_status_from_json, status_json};
 
@@ -110,4 +112,6 @@ pub struct ApiState {
     pub clock: Arc<dyn Clock>,
     /// `restapi.authentication` (user, password) for unsafe endpoints.
     pub auth: Option<(String, String)>,
+    /// Where unsafe endpoints send their requests; `None`: they answer 503.
+    pub commands: Option<tokio::sync::mpsc::Sender<Command>>,
 }
