@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use baton_api::Snapshot;
+use baton_api::{Command, CommandReply, Snapshot, SwitchoverRequest};
 use baton_config::{Config, DynamicConfig};
 use baton_core::{
-    Action, ActionFailure, Clock, ClusterView, DataDir, LeaseState, Member, MemberName, Memory,
-    Mono, Observation, PgState, StartRole, StopMode, decide,
+    Action, ActionFailure, Clock, ClusterView, DataDir, FailoverRequest, LeaseState, Member,
+    MemberName, Memory, Mono, Observation, PgState, StartRole, StopMode, decide,
 };
 use baton_dcs::Dcs;
 use baton_pg::Postgres;
@@ -596,6 +596,173 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             pending_restart: sql.is_some_and(|s| s.pending_restart),
             pause: self.dynamic.pause,
             lease: 0,
+        }
+    }
+
+    /// Carry out a request from the REST API. Every check reads the DCS afresh (linearizable);
+    /// bad requests change nothing.
+    pub async fn handle(&mut self, command: Command) {
+        match command {
+            Command::Switchover { request, reply } => {
+                let answer = self.request_switchover(&request).await;
+                info!(?request, ?answer, "switchover request");
+                let _ = reply.send(answer);
+            }
+            Command::CancelSwitchover { reply } => {
+                let _ = reply.send(self.cancel_switchover().await);
+            }
+            Command::PatchConfig { patch, reply } => {
+                let _ = reply.send(self.patch_config(&patch).await);
+            }
+        }
+    }
+
+    async fn read_fresh(&self) -> Result<ClusterView, CommandReply> {
+        match tokio::time::timeout(self.retry_timeout(), self.dcs.read_cluster()).await {
+            Ok(Ok(view)) => Ok(view),
+            Ok(Err(e)) => Err(CommandReply::Text(
+                503,
+                format!("failed to read the cluster from the DCS: {e}"),
+            )),
+            Err(_) => Err(CommandReply::Text(
+                503,
+                "failed to read the cluster from the DCS: timed out".into(),
+            )),
+        }
+    }
+
+    /// Patroni's `is_failover_possible` pre-checks, then the `failover` key.
+    async fn request_switchover(&self, req: &SwitchoverRequest) -> CommandReply {
+        let view = match self.read_fresh().await {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
+        let action = req.action();
+        let refuse = |m: String| CommandReply::Text(412, m);
+        let leader = view.leader_name().cloned();
+        if let Some(l) = &req.leader
+            && leader.as_ref().map(MemberName::as_str) != Some(l.as_str())
+        {
+            return refuse("leader name does not match".into());
+        }
+        let candidate = req.candidate.as_deref().and_then(MemberName::new);
+        if let Some(c) = &candidate
+            && view.member(c).is_none()
+        {
+            return refuse("candidate does not exists".into());
+        }
+        if !view
+            .members
+            .iter()
+            .any(|m| Some(&m.name) != leader.as_ref())
+        {
+            return refuse(format!(
+                "{action} is not possible: cluster does not have members except leader"
+            ));
+        }
+        if req.scheduled_at.is_none() {
+            // Ask the members themselves (the leader excluded) whether they can take over.
+            let exclude = leader.clone().unwrap_or_else(|| self.name.clone());
+            let timeout = Duration::from_secs(2);
+            let mut peers = self.peers.probe(&view, &exclude, timeout).await;
+            if exclude == self.name && leader.is_none() {
+                // No leader: this member is a candidate too; it is reachable by definition.
+                let me = self.pg.observe().await;
+                peers.push(baton_core::PeerStatus {
+                    name: self.name.clone(),
+                    reachable: me.is_running(),
+                    is_primary: me.is_primary(),
+                    wal_position: me.wal_position(),
+                    timeline: me.timeline(),
+                    tags: self.config.tags.clone(),
+                    watchdog_failed: false,
+                });
+            }
+            let good = peers.iter().any(|p| {
+                p.reachable
+                    && !p.is_primary
+                    && !p.tags.is_nofailover()
+                    && candidate.as_ref().is_none_or(|c| &p.name == c)
+            });
+            if !good {
+                return refuse(format!(
+                    "{action} is not possible: no good candidates have been found"
+                ));
+            }
+        }
+        let request = FailoverRequest {
+            leader: req.leader.as_deref().and_then(MemberName::new),
+            candidate,
+            scheduled_at: req.scheduled_at.clone(),
+        };
+        match self.dcs.write_failover(Some(&request), None).await {
+            Ok(_) => CommandReply::Accepted,
+            Err(e) => {
+                warn!("failed to write failover key into DCS: {e:#}");
+                CommandReply::Text(503, "failed to write failover key into DCS".into())
+            }
+        }
+    }
+
+    async fn cancel_switchover(&self) -> CommandReply {
+        let view = match self.read_fresh().await {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
+        match view.failover {
+            Some(f) if f.value.scheduled_at.is_some() => {
+                match self.dcs.write_failover(None, Some(f.mod_revision)).await {
+                    Ok(true) => CommandReply::Text(200, "scheduled switchover deleted".into()),
+                    Ok(false) => {
+                        CommandReply::Text(409, "the failover key changed meanwhile".into())
+                    }
+                    Err(e) => {
+                        CommandReply::Text(503, format!("failed to delete the failover key: {e}"))
+                    }
+                }
+            }
+            _ => CommandReply::Text(404, "no switchover is scheduled".into()),
+        }
+    }
+
+    /// `PATCH /config`: merge, validate, compare-and-swap. An invalid result changes nothing.
+    async fn patch_config(
+        &self,
+        patch: &serde_json::Map<String, serde_json::Value>,
+    ) -> CommandReply {
+        let view = match self.read_fresh().await {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
+        let Some(stored) = view.config else {
+            return CommandReply::Text(
+                503,
+                "the cluster has no valid dynamic configuration".into(),
+            );
+        };
+        let Ok(mut config) =
+            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&stored.value)
+        else {
+            return CommandReply::Text(
+                503,
+                "the cluster has no valid dynamic configuration".into(),
+            );
+        };
+        baton_api::merge_patch(&mut config, patch);
+        let text = serde_json::Value::Object(config).to_string();
+        if let Err(e) = DynamicConfig::from_json(&text) {
+            return CommandReply::Text(400, format!("invalid configuration: {e}"));
+        }
+        match self
+            .dcs
+            .write_config(&text, Some(stored.mod_revision))
+            .await
+        {
+            Ok(true) => CommandReply::Json(200, text),
+            Ok(false) => {
+                CommandReply::Text(409, "the configuration changed meanwhile; try again".into())
+            }
+            Err(e) => CommandReply::Text(503, format!("failed to write the configuration: {e}")),
         }
     }
 

@@ -152,10 +152,12 @@ pub async fn run(
         .await
         .with_context(|| format!("listen for the REST API on {}", config.restapi.listen_addr))?;
     info!(listen = %config.restapi.listen_addr, "REST API listening");
+    let (command_tx, mut commands) = tokio::sync::mpsc::channel(16);
     let api = ApiState {
         snapshot: snap_rx,
         clock: clock.clone(),
         auth: config.restapi.authentication.clone(),
+        commands: Some(command_tx),
     };
     let api_stop = stopping(&stop_rx);
     tasks.spawn(async move {
@@ -195,6 +197,7 @@ pub async fn run(
         tokio::select! {
             biased;
             _ = stopping(&stop_rx) => break,
+            Some(command) = commands.recv() => agent.handle(command).await,
             _ = dcs_changes.changed() => {}
             _ = pg_changed.notified() => {}
             // A new or lost lease changes what we may do; a mere renewal does not.

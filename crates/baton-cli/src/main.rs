@@ -53,6 +53,39 @@ enum Command {
         #[arg(short = 'f', long, value_enum, default_value = "pretty")]
         format: Format,
     },
+    /// Planned switchover: the leader hands over to a standby (patronictl switchover).
+    Switchover {
+        /// The current leader (default: the one in the DCS).
+        #[arg(long, alias = "primary")]
+        leader: Option<String>,
+        /// The member to take over (default: the healthiest).
+        #[arg(long)]
+        candidate: Option<String>,
+        /// When: an ISO 8601 time with a timezone, or "now".
+        #[arg(long)]
+        scheduled: Option<String>,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Manual failover to a named member, also when the cluster has no leader.
+    Failover {
+        #[arg(long)]
+        candidate: String,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Maintenance mode: no automatic failover (PATCH /config {"pause": true}).
+    Pause {
+        /// Wait until every member reports it.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Leave maintenance mode.
+    Resume {
+        #[arg(long)]
+        wait: bool,
+    },
     /// Print the version.
     Version,
 }
@@ -226,9 +259,179 @@ async fn control(path: &Path, command: Command) -> anyhow::Result<()> {
             }
             None => anyhow::bail!("the cluster has no dynamic configuration (config key missing)"),
         },
+        Command::Switchover {
+            leader,
+            candidate,
+            scheduled,
+            force,
+        } => {
+            let leader = match leader.or_else(|| view.leader_name().map(ToString::to_string)) {
+                Some(l) => l,
+                None => anyhow::bail!("this cluster has no leader: use failover --candidate"),
+            };
+            let scheduled = scheduled.filter(|s| s != "now");
+            confirm(
+                force,
+                &format!(
+                    "Are you sure you want to switchover cluster {}, demoting current leader {leader}?",
+                    config.scope
+                ),
+            )?;
+            let mut body = serde_json::json!({ "leader": leader });
+            if let Some(c) = candidate {
+                body["candidate"] = c.into();
+            }
+            if let Some(at) = scheduled {
+                body["scheduled_at"] = at.into();
+            }
+            let target = api_base(&view, Some(&leader))?;
+            call(
+                &config,
+                reqwest::Method::POST,
+                &format!("{target}/switchover"),
+                Some(&body),
+            )
+            .await?;
+        }
+        Command::Failover { candidate, force } => {
+            confirm(
+                force,
+                &format!(
+                    "Are you sure you want to failover cluster {}, promoting {candidate}?",
+                    config.scope
+                ),
+            )?;
+            // Through the leader when there is one, else through the candidate itself.
+            let via = view
+                .leader_name()
+                .map(ToString::to_string)
+                .unwrap_or_else(|| candidate.clone());
+            let target = api_base(&view, Some(&via))?;
+            let body = serde_json::json!({ "candidate": candidate });
+            call(
+                &config,
+                reqwest::Method::POST,
+                &format!("{target}/failover"),
+                Some(&body),
+            )
+            .await?;
+        }
+        Command::Pause { wait } => set_pause(&config, &dcs, &view, true, wait).await?,
+        Command::Resume { wait } => set_pause(&config, &dcs, &view, false, wait).await?,
         Command::Agent { .. } | Command::ValidateConfig { .. } | Command::Version => {
             unreachable!("handled in main")
         }
     }
+    Ok(())
+}
+
+/// Ask on the terminal unless `--force`.
+fn confirm(force: bool, question: &str) -> anyhow::Result<()> {
+    if force {
+        return Ok(());
+    }
+    eprint!("{question} [y/N]: ");
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .context("read the confirmation")?;
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        anyhow::bail!("aborted (use --force to skip the question)")
+    }
+}
+
+/// `http://host:port` of a member's REST API (its `api_url` without `/patroni`); the leader's
+/// when `name` is `None`.
+fn api_base(view: &baton_core::ClusterView, name: Option<&str>) -> anyhow::Result<String> {
+    let member = match name {
+        Some(n) => view.members.iter().find(|m| m.name.as_str() == n),
+        None => view.leader_member(),
+    }
+    .with_context(|| format!("member {} not found in the DCS", name.unwrap_or("(leader)")))?;
+    let url = member
+        .api_url
+        .as_deref()
+        .with_context(|| format!("member {} has no api_url", member.name))?;
+    Ok(url
+        .trim_end_matches('/')
+        .trim_end_matches("/patroni")
+        .to_owned())
+}
+
+/// One REST call with the configured credentials; prints the answer, fails on non-2xx.
+async fn call(
+    config: &baton_config::Config,
+    method: reqwest::Method,
+    url: &str,
+    body: Option<&serde_json::Value>,
+) -> anyhow::Result<String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .context("build HTTP client")?;
+    let mut request = client.request(method.clone(), url);
+    if let Some((user, password)) = &config.restapi.authentication {
+        request = request.basic_auth(user, Some(password));
+    }
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("{method} {url}"))?;
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    if !status.is_success() {
+        anyhow::bail!("{method} {url}: {status}: {text}");
+    }
+    if !text.is_empty() {
+        println!("{text}");
+    }
+    Ok(text)
+}
+
+/// `PATCH /config {"pause": true|null}` on the leader (or any member with an API).
+async fn set_pause(
+    config: &baton_config::Config,
+    dcs: &EtcdDcs,
+    view: &baton_core::ClusterView,
+    pause: bool,
+    wait: bool,
+) -> anyhow::Result<()> {
+    let target = api_base(view, None).or_else(|_| {
+        let first = view.members.first().map(|m| m.name.to_string());
+        api_base(view, first.as_deref())
+    })?;
+    let body = serde_json::json!({ "pause": if pause { serde_json::Value::Bool(true) } else { serde_json::Value::Null } });
+    call(
+        config,
+        reqwest::Method::PATCH,
+        &format!("{target}/config"),
+        Some(&body),
+    )
+    .await?;
+    if wait {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let view = dcs
+                .read_cluster()
+                .await
+                .context("read the cluster from etcd")?;
+            if view.members.iter().all(|m| m.pause == pause) {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!("not every member reported pause={pause} within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    println!(
+        "Success: cluster management is {}",
+        if pause { "paused" } else { "resumed" }
+    );
     Ok(())
 }
