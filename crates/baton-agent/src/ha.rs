@@ -62,6 +62,10 @@ pub struct Agent<D: Dcs, P: Postgres, R: Peers> {
     lease: watch::Receiver<LeaseState>,
     leading: watch::Sender<bool>,
     snapshot: watch::Sender<Arc<Snapshot>>,
+    /// The lease we attached the leader key to in this cycle: the cycle's DCS view predates it.
+    took_key_with: Option<i64>,
+    /// We released the leader key in this cycle (same reason).
+    released_key: bool,
 }
 
 /// Seconds since the Unix epoch (for `dcs_last_seen` and history timestamps only).
@@ -150,6 +154,8 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             lease,
             leading,
             snapshot,
+            took_key_with: None,
+            released_key: false,
         })
     }
 
@@ -171,6 +177,12 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
     /// The leader key holds our name and our current lease.
     fn holds_key(&self, view: Option<&ClusterView>) -> bool {
         let lease = self.lease.borrow().id;
+        if self.released_key {
+            return false;
+        }
+        if lease.is_some() && self.took_key_with == lease {
+            return true;
+        }
         view.and_then(|v| v.leader.as_ref())
             .is_some_and(|l| l.name == self.name && Some(l.lease) == lease)
     }
@@ -178,6 +190,9 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
     /// One observe → decide → execute → publish pass.
     pub async fn cycle(&mut self) -> CycleOutcome {
         let now = self.clock.now();
+        // What the DCS says from now on is the truth again.
+        self.took_key_with = None;
+        self.released_key = false;
         let (dcs_res, pg_state) = tokio::join!(
             tokio::time::timeout(self.retry_timeout(), self.dcs.read_cluster()),
             self.pg.observe()
@@ -348,11 +363,15 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             }
             Action::AcquireLeader => {
                 let lease = self.require_lease()?;
-                Ok(self.dcs.acquire_leader(&self.name, lease).await?)
+                let won = self.dcs.acquire_leader(&self.name, lease).await?;
+                self.took_key_with = won.then_some(lease);
+                Ok(won)
             }
             Action::ReattachLeader => {
                 let lease = self.require_lease()?;
-                Ok(self.dcs.reattach_leader(&self.name, lease).await?)
+                let won = self.dcs.reattach_leader(&self.name, lease).await?;
+                self.took_key_with = won.then_some(lease);
+                Ok(won)
             }
             Action::ReleaseLeader { last_lsn } => {
                 if let Some(lsn) = last_lsn {
@@ -360,6 +379,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                 }
                 self.dcs.release_leader(&self.name).await?;
                 self.memory.was_leader = false;
+                self.released_key = true;
                 Ok(true)
             }
             Action::WriteConfig => Ok(self
@@ -397,6 +417,9 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                 Ok(true)
             }
             Action::StopPostgres { mode } => {
+                if obs.pg.is_primary() {
+                    self.stop_attracting_clients(obs);
+                }
                 self.pg.stop(*mode).await?;
                 Ok(true)
             }
@@ -429,6 +452,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                 Ok(true)
             }
             Action::HandOver => {
+                self.stop_attracting_clients(obs);
                 // A fast shutdown writes the shutdown checkpoint and waits for the walsenders
                 // to send it to the standbys before the postmaster exits.
                 self.pg
@@ -451,6 +475,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                     .await
                     .context("release the leader key")?;
                 self.memory.was_leader = false;
+                self.released_key = true;
                 self.leading.send_replace(false);
                 info!(checkpoint = ?checkpoint, "handed over: postgres stopped, leader key released");
                 Ok(true)
@@ -525,6 +550,12 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         {
             warn!("failed to update status key: {e:#}");
         }
+    }
+
+    /// Before a primary stops (demotion, hand-over): publish that we do not lead, so `/primary`
+    /// turns 503 and the floating IP task removes the address while PostgreSQL shuts down.
+    fn stop_attracting_clients(&mut self, obs: &Observation) {
+        self.publish_snapshot(obs.dcs.as_ref(), &obs.pg, false, Some("stopping"));
     }
 
     fn publish_snapshot(

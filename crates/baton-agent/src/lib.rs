@@ -28,6 +28,7 @@ pub mod fence;
 pub mod ha;
 pub mod lease;
 pub mod peers;
+pub mod vip;
 
 pub use clock::SystemClock;
 pub use ha::{Agent, AgentIo, CycleOutcome};
@@ -78,6 +79,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    // The floating IP is checked before anything starts: a wrong vip.interface or a missing
+    // capability is a startup error, not a surprise at the first failover.
+    let vip = match &config.vip {
+        Some(v) => Some((
+            Arc::new(vip::open(v).await?),
+            vip::VipSettings::from_config(v),
+        )),
+        None => None,
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -153,11 +163,25 @@ pub async fn run(
         .with_context(|| format!("listen for the REST API on {}", config.restapi.listen_addr))?;
     info!(listen = %config.restapi.listen_addr, "REST API listening");
     let (command_tx, mut commands) = tokio::sync::mpsc::channel(16);
+    let vip_status = vip.map(|(netlink, settings)| {
+        let (tx, rx) = watch::channel(baton_api::VipStatus::default());
+        tasks.spawn(vip::run_vip(
+            netlink,
+            clock.clone(),
+            snap_rx.clone(),
+            lease_rx.clone(),
+            stop_rx.clone(),
+            settings,
+            tx,
+        ));
+        rx
+    });
     let api = ApiState {
         snapshot: snap_rx,
         clock: clock.clone(),
         auth: config.restapi.authentication.clone(),
         commands: Some(command_tx),
+        vip: vip_status,
     };
     let api_stop = stopping(&stop_rx);
     tasks.spawn(async move {

@@ -70,15 +70,36 @@ impl VipSettings {
 /// The real floating IP for the `vip` section, checked the way the agent must check it before
 /// it starts anything: the interface exists (a clear error naming `vip.interface`), and the
 /// agent has `CAP_NET_ADMIN` (and `CAP_NET_RAW` unless `arp_count` is 0).
+///
+/// An address found on the interface now was left by a previous run that could not remove it
+/// (a crash, SIGKILL): this process holds no lease yet, so it is removed at once, before the
+/// agent even reaches etcd.
 pub async fn open(vip: &baton_config::Vip) -> anyhow::Result<NetlinkVip> {
     let address = VipAddress::new(IpAddr::V4(vip.address), vip.prefix_len)
         .map_err(|e| anyhow::anyhow!("vip.address: {e}"))?;
-    NetlinkVip::new(address, &vip.interface, vip.arp_count > 0)
+    let netlink = NetlinkVip::new(address, &vip.interface, vip.arp_count > 0)
         .await
         .map_err(|e| match e {
             VipError::UnknownInterface(_) => anyhow::anyhow!("vip.interface: {e}"),
             e => anyhow::anyhow!("vip: {e}"),
-        })
+        })?;
+    if netlink
+        .is_present()
+        .await
+        .map_err(|e| anyhow::anyhow!("vip: {e}"))?
+    {
+        warn!(
+            "floating IP {} found on {} at startup (left by a previous run); removing it until \
+             this node leads",
+            vip.cidr(),
+            vip.interface
+        );
+        netlink
+            .remove()
+            .await
+            .map_err(|e| anyhow::anyhow!("vip: {e}"))?;
+    }
+    Ok(netlink)
 }
 
 /// The lease our leader key is attached to, as of the snapshot: `Some` only when we hold the
@@ -189,7 +210,10 @@ impl<V: Vip> Task<V> {
         match (want, self.present) {
             (true, Some(true)) | (false, Some(false)) => {}
             (true, _) if retry_due => self.add().await,
-            (false, _) if retry_due => self.remove("this node is not the leader with a valid lease running a primary").await,
+            (false, _) if retry_due => {
+                self.remove("this node is not the leader with a valid lease running a primary")
+                    .await
+            }
             _ => {}
         }
 
@@ -611,13 +635,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn removed_at_the_fencing_deadline_without_any_other_event() {
-        let h = start(leader_primary(), Duration::from_secs(10));
+        // A deadline between two reconcile passes (every 5 s), so only the deadline can wake it.
+        let h = start(leader_primary(), Duration::from_millis(7_300));
         h.settle().await;
         assert!(h.vip.is_up());
         let deadline = h.lease.borrow().fence_deadline.expect("deadline").0;
 
         // Nothing renews the lease (etcd unreachable) and the HA loop publishes nothing.
-        tokio::time::sleep(Duration::from_millis(9_900)).await;
+        tokio::time::sleep(Duration::from_millis(7_200)).await;
         assert!(h.vip.is_up(), "still before the deadline");
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(!h.vip.is_up(), "removed at the deadline");
@@ -631,8 +656,8 @@ mod tests {
         let status = h.status.borrow().clone();
         assert!(!status.present && !status.desired);
 
-        // Renewals keep it; a renewal after the deadline with a stale snapshot adds it back only
-        // because the snapshot still shows our key under this very lease.
+        // The keeper gets through to etcd again and the snapshot still shows our key under
+        // this very lease: it comes back.
         h.renew(LONG);
         h.settle().await;
         assert!(h.vip.is_up());
@@ -656,12 +681,7 @@ mod tests {
         h.settle().await;
         let added = h.vip.times("add")[0];
         tokio::time::sleep(Duration::from_secs(10)).await;
-        let arps: Vec<u64> = h
-            .vip
-            .times("announce")
-            .iter()
-            .map(|t| t - added)
-            .collect();
+        let arps: Vec<u64> = h.vip.times("announce").iter().map(|t| t - added).collect();
         assert_eq!(arps, vec![0, 1000, 2000]);
     }
 
@@ -716,7 +736,10 @@ mod tests {
             fence_deadline: Some(h.clock.now() + LONG),
         });
         h.settle().await;
-        assert!(!h.vip.is_up(), "the snapshot still shows the key under the old lease");
+        assert!(
+            !h.vip.is_up(),
+            "the snapshot still shows the key under the old lease"
+        );
         // The HA loop takes the key again under the new lease.
         h.snapshot.send_replace(snap(Some(LEASE + 1), Some(false)));
         h.settle().await;
@@ -767,7 +790,10 @@ mod tests {
         let status = h.status.borrow().clone();
         assert!(!status.present && status.desired);
         assert_eq!(
-            status.error.as_deref().map(|e| e.split(',').next().unwrap_or(e)),
+            status
+                .error
+                .as_deref()
+                .map(|e| e.split(',').next().unwrap_or(e)),
             Some(
                 "failed to add the floating IP 10.0.0.100/24 on eth0: adding the floating IP \
                  needs CAP_NET_ADMIN"

@@ -124,13 +124,14 @@ async fn dispatch(
     // Clone the `Arc` and release the borrow at once: the agent's next publish never waits on
     // a slow client.
     let snapshot: Arc<Snapshot> = Arc::clone(&state.snapshot.borrow());
+    let vip = state.vip.as_ref().map(|rx| rx.borrow().clone());
     let now = state.clock.now();
     let path = uri.path();
     let status_only = matches!(method, Method::HEAD | Method::OPTIONS);
     let reply = |code: StatusCode, body: Response| if status_only { code_only(code) } else { body };
     match endpoint {
         Endpoint::Health => {
-            let status = Status::new(&snapshot);
+            let status = Status::new(&snapshot).with_vip(vip);
             let code = health_code(&snapshot, &status, now, path, &QueryParams::from_uri(&uri));
             if status_only {
                 code_only(code)
@@ -142,7 +143,7 @@ async fn dispatch(
             if status_only {
                 code_only(StatusCode::OK)
             } else {
-                json_response(StatusCode::OK, &Status::new(&snapshot))
+                json_response(StatusCode::OK, &Status::new(&snapshot).with_vip(vip))
             }
         }
         Endpoint::Cluster => {
@@ -184,7 +185,7 @@ async fn dispatch(
         Endpoint::Metrics => {
             let response = (
                 [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
-                metrics_text(&snapshot, now),
+                metrics_text(&snapshot, vip.as_ref(), now),
             );
             reply(StatusCode::OK, response.into_response())
         }

@@ -114,4 +114,22 @@ pub struct ApiState {
     pub auth: Option<(String, String)>,
     /// Where unsafe endpoints send their requests; `None`: they answer 503.
     pub commands: Option<tokio::sync::mpsc::Sender<Command>>,
+    /// The floating IP task's state; `None` when no `vip` section is configured.
+    pub vip: Option<watch::Receiver<VipStatus>>,
+}
+
+/// The floating IP as the agent's VIP task last left it: `vip` in `GET /patroni` (a pgbaton
+/// extension; Patroni's tools ignore it) and `pgbaton_vip_*` in `GET /metrics`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct VipStatus {
+    /// `10.0.0.100/24`
+    pub address: String,
+    pub interface: String,
+    /// The address is on this host's interface (as last added, removed or observed).
+    pub present: bool,
+    /// This node should hold it: leader key held, lease valid, PostgreSQL a primary.
+    pub desired: bool,
+    /// The last failed operation, until one succeeds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }

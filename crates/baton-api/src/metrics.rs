@@ -6,9 +6,9 @@ use std::fmt::Write as _;
 use baton_core::Mono;
 
 use crate::status::{DynamicFlags, POSTGRES_STATES, Status, Xlog};
-use crate::{Snapshot, VERSION};
+use crate::{Snapshot, VERSION, VipStatus};
 
-pub(crate) fn metrics_text(snap: &Snapshot, now: Mono) -> String {
+pub(crate) fn metrics_text(snap: &Snapshot, vip: Option<&VipStatus>, now: Mono) -> String {
     let status = Status::new(snap);
     let labels = format!(
         "{{scope=\"{}\",name=\"{}\"}}",
@@ -232,6 +232,26 @@ pub(crate) fn metrics_text(snap: &Snapshot, now: Mono) -> String {
         "gauge",
         &seconds(now.saturating_since(snap.last_cycle).as_millis()),
     );
+    if let Some(vip) = vip {
+        out.metric(
+            "pgbaton_vip_present",
+            "Value is 1 if the floating IP is on this node's interface, 0 otherwise.",
+            "gauge",
+            &flag(vip.present),
+        );
+        out.metric(
+            "pgbaton_vip_desired",
+            "Value is 1 if this node should hold the floating IP (leader, primary, lease valid), 0 otherwise.",
+            "gauge",
+            &flag(vip.desired),
+        );
+        out.metric(
+            "pgbaton_vip_error",
+            "Value is 1 if the last floating IP operation failed, 0 otherwise.",
+            "gauge",
+            &flag(vip.error.is_some()),
+        );
+    }
     out.out
 }
 

@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde::ser::Serializer;
 use serde_json::{Map, Value};
 
-use crate::{Snapshot, VERSION};
+use crate::{Snapshot, VERSION, VipStatus};
 
 /// The node status as `GET /patroni` reports it (Patroni's `get_postgresql_status` plus the
 /// fields `_write_status_response` adds), as a JSON value.
@@ -136,6 +136,9 @@ pub(crate) struct Status {
     pub(crate) patroni: PatroniInfo,
     #[serde(skip_serializing_if = "is_false")]
     pub(crate) watchdog_failed: bool,
+    /// pgbaton's floating IP, when configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) vip: Option<VipStatus>,
     /// `pg_stat_wal_receiver.latest_end_lsn` (replicas): part of the lag computation, never
     /// printed (Patroni pops it too).
     #[serde(skip)]
@@ -199,6 +202,7 @@ impl Status {
                 name: snap.name.as_str().to_owned(),
             },
             watchdog_failed: snap.watchdog_failed,
+            vip: None,
             latest_end_lsn: None,
         };
         // Patroni queries PostgreSQL only in these states; a failed query while "running"
@@ -263,6 +267,12 @@ impl Status {
             });
         }
         status
+    }
+
+    /// The floating IP's state, which the VIP task publishes apart from the snapshot.
+    pub(crate) fn with_vip(mut self, vip: Option<VipStatus>) -> Status {
+        self.vip = vip;
+        self
     }
 
     pub(crate) fn is_running(&self) -> bool {

@@ -267,6 +267,7 @@ fn harness(snapshot: Snapshot) -> Harness {
         clock: clock.clone(),
         auth: None,
         commands: None,
+        vip: None,
     };
     Harness {
         state,
@@ -1508,4 +1509,64 @@ async fn serve_answers_on_a_socket_and_shuts_down() {
         .unwrap()
         .unwrap();
     assert!(result.is_ok(), "{result:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The floating IP (pgbaton only).
+
+#[tokio::test]
+async fn vip_state_in_patroni_and_metrics() {
+    let mut h = harness(primary());
+    // Not configured: no key, no metric.
+    assert!(!h.get("/patroni").await.body.contains("\"vip\""));
+    assert!(!h.get("/metrics").await.body.contains("pgbaton_vip"));
+
+    let (tx, rx) = watch::channel(crate::VipStatus {
+        address: "10.0.0.100/24".to_owned(),
+        interface: "eth0".to_owned(),
+        present: true,
+        desired: true,
+        error: None,
+    });
+    h.state.vip = Some(rx);
+    let body = h.get("/patroni").await.body;
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    expect![[r#"{"address":"10.0.0.100/24","desired":true,"interface":"eth0","present":true}"#]]
+        .assert_eq(&v["vip"].to_string());
+    // Health answers carry the same document.
+    assert!(h.get("/primary").await.body.contains("\"vip\":{"));
+    let metrics = h.get("/metrics").await.body;
+    let vip_lines: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.contains("pgbaton_vip"))
+        .collect();
+    expect![[r#"
+        # HELP pgbaton_vip_present Value is 1 if the floating IP is on this node's interface, 0 otherwise.
+        # TYPE pgbaton_vip_present gauge
+        pgbaton_vip_present{scope="demo",name="node1"} 1
+        # HELP pgbaton_vip_desired Value is 1 if this node should hold the floating IP (leader, primary, lease valid), 0 otherwise.
+        # TYPE pgbaton_vip_desired gauge
+        pgbaton_vip_desired{scope="demo",name="node1"} 1
+        # HELP pgbaton_vip_error Value is 1 if the last floating IP operation failed, 0 otherwise.
+        # TYPE pgbaton_vip_error gauge
+        pgbaton_vip_error{scope="demo",name="node1"} 0"#]]
+    .assert_eq(&vip_lines.join("\n"));
+
+    // A failure shows until an operation succeeds.
+    tx.send_replace(crate::VipStatus {
+        address: "10.0.0.100/24".to_owned(),
+        interface: "eth0".to_owned(),
+        present: false,
+        desired: true,
+        error: Some("adding the floating IP needs CAP_NET_ADMIN".to_owned()),
+    });
+    let v: serde_json::Value = serde_json::from_str(&h.get("/patroni").await.body).expect("json");
+    assert_eq!(v["vip"]["present"], false);
+    assert_eq!(
+        v["vip"]["error"],
+        "adding the floating IP needs CAP_NET_ADMIN"
+    );
+    let metrics = h.get("/metrics").await.body;
+    assert!(metrics.contains("pgbaton_vip_error{scope=\"demo\",name=\"node1\"} 1"));
+    assert!(metrics.contains("pgbaton_vip_present{scope=\"demo\",name=\"node1\"} 0"));
 }

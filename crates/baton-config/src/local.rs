@@ -783,13 +783,137 @@ fn watchdog(cx: &mut Cx, top: &mut Obj<'_>) -> String {
 
 fn vip(cx: &mut Cx, top: &mut Obj<'_>) -> Option<Vip> {
     let mut o = top.section(cx, "vip")?;
-    let address = o.req(cx, "address", |cx, p, v| cx.nonempty(p, v, "an IP address"));
+    let address = o.req(cx, "address", vip_address);
     let interface = o.req(cx, "interface", |cx, p, v| {
-        cx.nonempty(p, v, "a network interface name")
+        let name = cx.nonempty(p, v, "a network interface name")?;
+        match interface_name_problem(&name) {
+            Some(problem) => {
+                cx.error(
+                    p,
+                    format!("{name:?} is not a valid interface name: {problem}"),
+                );
+                None
+            }
+            None => Some(name),
+        }
     });
+    let arp_count = o
+        .opt(cx, "arp_count", |cx, p, v| cx.uint(p, v, 0, 100))
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(Vip::DEFAULT_ARP_COUNT);
+    let arp_interval = o
+        .opt(cx, "arp_interval", |cx, p, v| {
+            bounded_seconds(cx, p, v, 0.0, 60.0)
+        })
+        .unwrap_or(Vip::DEFAULT_ARP_INTERVAL);
+    let reconcile_interval = o
+        .opt(cx, "reconcile_interval", |cx, p, v| {
+            bounded_seconds(cx, p, v, 0.1, 3600.0)
+        })
+        .unwrap_or(Vip::DEFAULT_RECONCILE_INTERVAL);
     o.finish(cx);
+    let (address, prefix_len) = address.unwrap_or((Ipv4Addr::UNSPECIFIED, 32));
     Some(Vip {
-        address: address.unwrap_or_default(),
+        address,
+        prefix_len,
         interface: interface.unwrap_or_default(),
+        arp_count,
+        arp_interval,
+        reconcile_interval,
     })
+}
+
+/// `vip.address`: an IPv4 address with an optional prefix length, usable as a host address.
+fn vip_address(cx: &mut Cx, path: &str, v: &Value) -> Option<(Ipv4Addr, u8)> {
+    let text = cx.nonempty(path, v, "an IPv4 address such as 10.0.0.100/24")?;
+    match parse_vip_address(text.trim()) {
+        Ok(parsed) => Some(parsed),
+        Err(problem) => {
+            cx.error(path, problem);
+            None
+        }
+    }
+}
+
+fn parse_vip_address(text: &str) -> Result<(Ipv4Addr, u8), String> {
+    let (ip_text, prefix_text) = match text.split_once('/') {
+        Some((ip, prefix)) => (ip, Some(prefix)),
+        None => (text, None),
+    };
+    let ip: Ipv4Addr = match ip_text.parse() {
+        Ok(ip) => ip,
+        Err(_) if ip_text.parse::<std::net::Ipv6Addr>().is_ok() => {
+            return Err(format!(
+                "{text:?}: IPv6 floating addresses are not supported (yet); use an IPv4 address"
+            ));
+        }
+        Err(_) => {
+            return Err(format!(
+                "{text:?} is not an IPv4 address with an optional prefix length (10.0.0.100/24)"
+            ));
+        }
+    };
+    let prefix_len = match prefix_text {
+        None => 32,
+        Some(p) => match p.parse::<u8>() {
+            Ok(n) if (1..=32).contains(&n) && !p.starts_with('+') => n,
+            _ => {
+                return Err(format!(
+                    "{text:?}: the prefix length must be a number from 1 to 32, found {p:?}"
+                ));
+            }
+        },
+    };
+    if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast() {
+        return Err(format!(
+            "{text:?}: {ip} cannot be a floating address (unspecified, loopback, multicast or \
+             broadcast)"
+        ));
+    }
+    if prefix_len <= 30 {
+        let mask = u32::MAX << (32 - u32::from(prefix_len));
+        let bits = u32::from(ip);
+        if bits & !mask == 0 {
+            return Err(format!(
+                "{text:?} is the network address of {}/{prefix_len}, not a host address",
+                Ipv4Addr::from(bits & mask)
+            ));
+        }
+        if bits & !mask == !mask {
+            return Err(format!(
+                "{text:?} is the broadcast address of {}/{prefix_len}, not a host address",
+                Ipv4Addr::from(bits & mask)
+            ));
+        }
+    }
+    Ok((ip, prefix_len))
+}
+
+/// What is wrong with a Linux interface name (the kernel's `dev_valid_name`), if anything.
+fn interface_name_problem(name: &str) -> Option<&'static str> {
+    if name.len() > 15 {
+        Some("at most 15 bytes")
+    } else if name == "." || name == ".." {
+        Some("\".\" and \"..\" are reserved")
+    } else if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c == '\0')
+    {
+        Some("no \"/\", \":\" or white space (an alias label such as eth0:1 is not an interface)")
+    } else {
+        None
+    }
+}
+
+/// A number of seconds (fractions allowed) in `min..=max`.
+fn bounded_seconds(cx: &mut Cx, path: &str, v: &Value, min: f64, max: f64) -> Option<Duration> {
+    let secs = cx.seconds(path, v)?;
+    if secs < min || secs > max {
+        cx.error(
+            path,
+            format!("must be between {min} and {max} seconds, found {secs}"),
+        );
+        return None;
+    }
+    Some(Duration::from_secs_f64(secs))
 }

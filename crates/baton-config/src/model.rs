@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -156,8 +156,28 @@ impl fmt::Debug for Credentials {
 /// The floating IP that follows the primary (pgbaton only; not a Patroni key).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Vip {
-    /// The address, with or without a `/prefix`.
-    pub address: String,
-    /// The network interface to add it to.
+    /// The address (IPv4; not the network or broadcast address of its prefix).
+    pub address: Ipv4Addr,
+    /// Its prefix length, 1–32; `/32` when the file gives none.
+    pub prefix_len: u8,
+    /// The network interface to add it to (a syntactically valid Linux name; whether it
+    /// exists is checked when the agent starts).
     pub interface: String,
+    /// Gratuitous ARP announcements after adding the address (`0`: none).
+    pub arp_count: u32,
+    /// Time between two announcements.
+    pub arp_interval: Duration,
+    /// How often the interface is checked for drift (the address removed or added by hand).
+    pub reconcile_interval: Duration,
+}
+
+impl Vip {
+    pub const DEFAULT_ARP_COUNT: u32 = 3;
+    pub const DEFAULT_ARP_INTERVAL: Duration = Duration::from_secs(1);
+    pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(5);
+
+    /// `10.0.0.100/24`
+    pub fn cidr(&self) -> String {
+        format!("{}/{}", self.address, self.prefix_len)
+    }
 }

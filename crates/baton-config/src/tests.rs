@@ -978,11 +978,16 @@ fn vip_section_shape() {
     let loaded = load(&format!(
         "{BASE}vip:\n  address: 10.0.0.100/24\n  interface: eth0\n"
     ));
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
     let vip = loaded.config.vip.expect("vip");
     assert_eq!(
-        (vip.address.as_str(), vip.interface.as_str()),
+        (vip.cidr().as_str(), vip.interface.as_str()),
         ("10.0.0.100/24", "eth0")
     );
+    // Defaults.
+    assert_eq!(vip.arp_count, 3);
+    assert_eq!(vip.arp_interval, std::time::Duration::from_secs(1));
+    assert_eq!(vip.reconcile_interval, std::time::Duration::from_secs(5));
     check(
         &format!("{BASE}vip:\n  address: 10.0.0.100\n  iface: eth0\n"),
         expect![[r#"
@@ -991,6 +996,100 @@ fn vip_section_shape() {
         vip.iface: unknown key
     "#]],
     );
+}
+
+#[test]
+fn vip_optional_keys() {
+    let vip = load(&format!(
+        "{BASE}vip:\n  address: 192.168.7.9\n  interface: bond0.100\n  arp_count: 0\n  \
+         arp_interval: 0.25\n  reconcile_interval: 2\n"
+    ))
+    .config
+    .vip
+    .expect("vip");
+    assert_eq!(vip.cidr(), "192.168.7.9/32");
+    assert_eq!(vip.interface, "bond0.100");
+    assert_eq!(vip.arp_count, 0);
+    assert_eq!(vip.arp_interval, std::time::Duration::from_millis(250));
+    assert_eq!(vip.reconcile_interval, std::time::Duration::from_secs(2));
+    check(
+        &format!(
+            "{BASE}vip:\n  address: 10.0.0.100/24\n  interface: eth0\n  arp_count: 101\n  \
+             arp_interval: -1\n  reconcile_interval: 0\n"
+        ),
+        expect![[r#"
+            errors:
+            vip.arp_count: must be at most 100, found 101
+            vip.arp_interval: expected a non-negative number, found the integer -1
+            vip.reconcile_interval: must be between 0.1 and 3600 seconds, found 0
+        "#]],
+    );
+}
+
+#[test]
+fn vip_address_errors() {
+    let err = |address: &str| {
+        let yaml = format!("{BASE}vip:\n  address: \"{address}\"\n  interface: eth0\n");
+        match load_str(&yaml, &no_env) {
+            Ok(_) => "ok".to_owned(),
+            Err(e) => e.to_string(),
+        }
+    };
+    expect![[r#"vip.address: "10.0.0.300/24" is not an IPv4 address with an optional prefix length (10.0.0.100/24)"#]]
+        .assert_eq(&err("10.0.0.300/24"));
+    expect![[
+        r#"vip.address: "10.0.0.1/33": the prefix length must be a number from 1 to 32, found "33""#
+    ]]
+    .assert_eq(&err("10.0.0.1/33"));
+    expect![[
+        r#"vip.address: "10.0.0.1/0": the prefix length must be a number from 1 to 32, found "0""#
+    ]]
+    .assert_eq(&err("10.0.0.1/0"));
+    expect![[
+        r#"vip.address: "10.0.0.1/x": the prefix length must be a number from 1 to 32, found "x""#
+    ]]
+    .assert_eq(&err("10.0.0.1/x"));
+    expect![[
+        r#"vip.address: "10.0.0.0/24" is the network address of 10.0.0.0/24, not a host address"#
+    ]]
+    .assert_eq(&err("10.0.0.0/24"));
+    expect![[r#"vip.address: "10.0.0.255/24" is the broadcast address of 10.0.0.0/24, not a host address"#]]
+        .assert_eq(&err("10.0.0.255/24"));
+    expect![[r#"vip.address: "127.0.0.5": 127.0.0.5 cannot be a floating address (unspecified, loopback, multicast or broadcast)"#]]
+        .assert_eq(&err("127.0.0.5"));
+    expect![[r#"vip.address: "fd00::5/64": IPv6 floating addresses are not supported (yet); use an IPv4 address"#]]
+        .assert_eq(&err("fd00::5/64"));
+    expect![[
+        r#"vip.address: expected an IPv4 address such as 10.0.0.100/24, found an empty string"#
+    ]]
+    .assert_eq(&err(""));
+    // /31 and /32 have no network or broadcast address.
+    assert_eq!(err("10.0.0.0/31"), "ok");
+    assert_eq!(err("10.0.0.255/32"), "ok");
+    assert_eq!(err(" 10.0.0.1/30 "), "ok");
+}
+
+#[test]
+fn vip_interface_names_are_checked() {
+    let err = |name: &str| {
+        let yaml = format!("{BASE}vip:\n  address: 10.0.0.100/24\n  interface: \"{name}\"\n");
+        match load_str(&yaml, &no_env) {
+            Ok(_) => "ok".to_owned(),
+            Err(e) => e.to_string(),
+        }
+    };
+    expect![[r#"vip.interface: "eth0:1" is not a valid interface name: no "/", ":" or white space (an alias label such as eth0:1 is not an interface)"#]]
+        .assert_eq(&err("eth0:1"));
+    expect![[
+        r#"vip.interface: "averyveryverylong0" is not a valid interface name: at most 15 bytes"#
+    ]]
+    .assert_eq(&err("averyveryverylong0"));
+    expect![[r#"vip.interface: ".." is not a valid interface name: "." and ".." are reserved"#]]
+        .assert_eq(&err(".."));
+    expect![[r#"vip.interface: "e th0" is not a valid interface name: no "/", ":" or white space (an alias label such as eth0:1 is not an interface)"#]]
+        .assert_eq(&err("e th0"));
+    assert_eq!(err("enp0s31f6"), "ok");
+    assert_eq!(err("veth-a_1.100"), "ok");
 }
 
 #[test]

@@ -53,6 +53,7 @@ fn agent(auth: Option<(&str, &str)>) -> Agent {
         clock: Arc::new(Fixed),
         auth: auth.map(|(u, p)| (u.to_owned(), p.to_owned())),
         commands: Some(tx),
+        vip: None,
     };
     Agent {
         state,
