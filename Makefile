@@ -1,0 +1,53 @@
+# pgbaton: O(1) entry points; everything else is cargo.
+#
+#   make build       build every crate, test and binary (dev profile)
+#   make test        install missing system packages (as root), build once, run every test
+#                    with real etcd/PostgreSQL/HAProxy required, then fmt check and clippy
+#   make lint        cargo fmt --check + clippy -D warnings
+#   make fmt         cargo fmt
+#   make demo        start a local 3-node cluster (etcd + 3 agents + HAProxy) in .demo/
+#   make demo-down   stop it and remove .demo/
+#   make test-clean  kill processes left behind by interrupted test runs
+#
+# An externally set CARGO_TARGET_DIR is respected (cargo reads it from the environment).
+
+CARGO ?= cargo
+SHELL := /bin/bash
+
+ifdef CARGO_TARGET_DIR
+export CARGO_TARGET_DIR
+endif
+
+.PHONY: build test deps lint fmt fmt-check clippy demo demo-down test-clean
+
+build:
+	$(CARGO) build --workspace --all-targets
+
+# Installs missing Debian packages only when something is missing (needs root then).
+deps:
+	@scripts/install-deps.sh --check >/dev/null 2>&1 || scripts/install-deps.sh
+
+test: deps build
+	PGBATON_REQUIRE_ETCD=1 PGBATON_REQUIRE_PG=1 PGBATON_REQUIRE_INTEGRATION=1 \
+		$(CARGO) test --workspace
+	$(MAKE) --no-print-directory lint
+
+lint: fmt-check clippy
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+demo:
+	scripts/demo.sh up
+
+demo-down:
+	scripts/demo.sh down
+
+test-clean:
+	scripts/kill-test-leftovers.sh

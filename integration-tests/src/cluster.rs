@@ -1,0 +1,696 @@
+//! A whole test cluster: etcd, N nodes (agents + their PostgreSQL) and optionally HAProxy, in
+//! one temporary directory, torn down on drop.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+use crate::etcd::Etcd;
+use crate::haproxy::{Backend, Haproxy, HaproxyTiming};
+use crate::node::{Node, NodeConfig, PgAuth};
+use crate::pg::PgTarget;
+use crate::ports::free_port;
+use crate::process::kill_processes_under;
+use crate::sampler::{PrimarySampler, SampleTarget};
+use crate::tools::{Tools, scaled};
+use crate::wait::{Check, wait_for};
+
+/// The HA timing written to `bootstrap.dcs` (seconds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    pub ttl: u32,
+    pub loop_wait: u32,
+    pub retry_timeout: u32,
+}
+
+impl Timing {
+    /// Fast failover for tests: ttl 10, loop_wait 1, retry_timeout 3
+    /// (`loop_wait + 2 * retry_timeout = 7 <= ttl`).
+    pub fn fast() -> Timing {
+        Timing {
+            ttl: 10,
+            loop_wait: 1,
+            retry_timeout: 3,
+        }
+    }
+
+    /// Patroni's rule `loop_wait + 2 * retry_timeout <= ttl`.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.loop_wait + 2 * self.retry_timeout > self.ttl {
+            bail!(
+                "timing violates loop_wait + 2*retry_timeout <= ttl: {} + 2*{} > {}",
+                self.loop_wait,
+                self.retry_timeout,
+                self.ttl
+            );
+        }
+        Ok(())
+    }
+
+    pub fn ttl(&self) -> Duration {
+        Duration::from_secs(u64::from(self.ttl))
+    }
+}
+
+/// What to start. Build with [`ClusterSpec::new`] and adjust the public fields.
+#[derive(Clone, Debug)]
+pub struct ClusterSpec {
+    /// Number of PostgreSQL nodes (agents), named `node1`, `node2`, ...
+    pub nodes: usize,
+    pub scope: String,
+    /// Patroni `namespace` (default `/service/`).
+    pub namespace: String,
+    pub timing: Timing,
+    /// etcd members (1 for most tests; 3 for DCS fault tests).
+    pub etcd_members: usize,
+    /// Start HAProxy in front of the nodes (with this health-check timing).
+    pub haproxy: Option<HaproxyTiming>,
+    /// Deep-merged into every node's configuration (`null` deletes a key), e.g.
+    /// `json!({"bootstrap": {"dcs": {"synchronous_mode": true}}})`.
+    pub extra_config: Value,
+    /// [`Cluster::start`] starts etcd (otherwise call [`Cluster::start_etcd`] later).
+    pub start_etcd: bool,
+    /// [`Cluster::start`] starts every agent.
+    pub start_agents: bool,
+}
+
+impl ClusterSpec {
+    /// `nodes` nodes, one etcd member, HAProxy with `inter 1s fall 2 rise 1`, [`Timing::fast`].
+    pub fn new(nodes: usize) -> ClusterSpec {
+        ClusterSpec {
+            nodes,
+            scope: "batman".to_owned(),
+            namespace: "/service/".to_owned(),
+            timing: Timing::fast(),
+            etcd_members: 1,
+            haproxy: Some(HaproxyTiming::fast()),
+            extra_config: Value::Object(Default::default()),
+            start_etcd: true,
+            start_agents: true,
+        }
+    }
+}
+
+/// The healthy topology found by [`Cluster::wait_healthy`].
+#[derive(Clone, Debug)]
+pub struct Healthy {
+    pub leader: String,
+    pub replicas: Vec<String>,
+    /// The leader's timeline per `/patroni`, if it reports one.
+    pub timeline: Option<i64>,
+}
+
+/// A running test cluster. Everything it started is killed when it is dropped.
+/// Call [`Cluster::finish`] at the end of a passing test; a cluster dropped without it (a
+/// panic, or an early `?` return) prints the tail of every log.
+pub struct Cluster {
+    tools: Tools,
+    spec: ClusterSpec,
+    pgbaton: PathBuf,
+    etcd: Etcd,
+    nodes: Vec<Node>,
+    haproxy: Option<Haproxy>,
+    finished: bool,
+    /// Last: removed after every process is dead.
+    dir: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("dir", &self.dir.path())
+            .field("nodes", &self.names())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// Create the directory, copy `pgbaton` into it, allocate ports and write every
+    /// configuration file, without starting anything.
+    pub fn create(tools: &Tools, spec: ClusterSpec) -> anyhow::Result<Cluster> {
+        spec.timing.check()?;
+        crate::process::start_reaper();
+        let mut dir = tempfile::Builder::new()
+            .prefix("pgbaton-it-")
+            .tempdir_in(&tools.tmp_root)
+            .with_context(|| format!("create a test directory in {}", tools.tmp_root.display()))?;
+        if keep_dirs() {
+            dir.disable_cleanup(true);
+        }
+        let root = dir.path().to_owned();
+        // The agents' user must traverse it.
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))?;
+        // For scripts/kill-test-leftovers.sh: processes here outlive a killed test process.
+        std::fs::write(root.join("harness.pid"), std::process::id().to_string())?;
+        // The cargo target dir may be unreadable for postgres (e.g. under /root): use a copy.
+        let bin_dir = root.join("bin");
+        std::fs::create_dir_all(&bin_dir)?;
+        let pgbaton = bin_dir.join("pgbaton");
+        std::fs::copy(&tools.pgbaton, &pgbaton).with_context(|| {
+            format!("copy {} to {}", tools.pgbaton.display(), pgbaton.display())
+        })?;
+        std::fs::set_permissions(&pgbaton, std::fs::Permissions::from_mode(0o755))?;
+        let etcd = Etcd::prepare(&tools.etcd, &root, spec.etcd_members)?;
+        let mut nodes = Vec::with_capacity(spec.nodes);
+        for i in 1..=spec.nodes {
+            let name = format!("node{i}");
+            let ndir = root.join(&name);
+            let config = NodeConfig {
+                scope: spec.scope.clone(),
+                namespace: spec.namespace.clone(),
+                name: name.clone(),
+                rest_port: free_port()?,
+                pg_port: free_port()?,
+                etcd_hosts: etcd.hosts(),
+                data_dir: ndir.join("data"),
+                dir: ndir,
+                bin_dir: tools.pg_bin_dir.clone(),
+                timing: spec.timing,
+                auth: PgAuth::test_default(),
+                extra: spec.extra_config.clone(),
+            };
+            nodes.push(Node::create(tools, config)?);
+        }
+        eprintln!(
+            "harness: cluster in {} (etcd {}, nodes: {})",
+            root.display(),
+            etcd.hosts().join(","),
+            nodes
+                .iter()
+                .map(|n| format!(
+                    "{} pg {} rest {}",
+                    n.name, n.config.pg_port, n.config.rest_port
+                ))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        Ok(Cluster {
+            tools: tools.clone(),
+            spec,
+            pgbaton,
+            etcd,
+            nodes,
+            haproxy: None,
+            finished: false,
+            dir,
+        })
+    }
+
+    /// [`Cluster::create`], then start etcd, the agents and HAProxy as the spec says.
+    /// Does not wait for the cluster to become healthy: see [`Cluster::wait_healthy`].
+    pub async fn start(tools: &Tools, spec: ClusterSpec) -> anyhow::Result<Cluster> {
+        let mut cluster = Cluster::create(tools, spec)?;
+        if cluster.spec.start_etcd {
+            cluster.start_etcd().await?;
+        }
+        if cluster.spec.start_agents {
+            for name in cluster.names() {
+                cluster.start_agent(&name)?;
+            }
+        }
+        if let Some(timing) = cluster.spec.haproxy {
+            cluster.start_haproxy(timing).await?;
+        }
+        Ok(cluster)
+    }
+
+    /// Start every etcd member and wait until etcd answers.
+    pub async fn start_etcd(&mut self) -> anyhow::Result<()> {
+        self.etcd.start_all().await
+    }
+
+    /// Start HAProxy in front of every node.
+    pub async fn start_haproxy(&mut self, timing: HaproxyTiming) -> anyhow::Result<()> {
+        let backends: Vec<Backend> = self
+            .nodes
+            .iter()
+            .map(|n| Backend {
+                name: n.name.clone(),
+                pg_port: n.config.pg_port,
+                rest_port: n.config.rest_port,
+            })
+            .collect();
+        let dir = self.dir.path().join("haproxy");
+        self.haproxy = Some(Haproxy::start(&self.tools.haproxy, &dir, &backends, timing).await?);
+        Ok(())
+    }
+
+    // ----- accessors -----
+
+    pub fn spec(&self) -> &ClusterSpec {
+        &self.spec
+    }
+
+    pub fn tools(&self) -> &Tools {
+        &self.tools
+    }
+
+    /// The test directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The copy of `pgbaton` the agents run.
+    pub fn pgbaton(&self) -> &Path {
+        &self.pgbaton
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.name.clone()).collect()
+    }
+
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    pub fn node(&self, name: &str) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node named {name}"))
+    }
+
+    pub fn node_mut(&mut self, name: &str) -> &mut Node {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node named {name}"))
+    }
+
+    pub fn etcd(&self) -> &Etcd {
+        &self.etcd
+    }
+
+    pub fn etcd_mut(&mut self) -> &mut Etcd {
+        &mut self.etcd
+    }
+
+    pub fn haproxy(&self) -> &Haproxy {
+        self.haproxy.as_ref().expect("HAProxy was not started")
+    }
+
+    pub fn haproxy_mut(&mut self) -> Option<&mut Haproxy> {
+        self.haproxy.as_mut()
+    }
+
+    /// The cluster's key prefix, e.g. `/service/batman/`.
+    pub fn key_prefix(&self) -> String {
+        let joined = format!("/{}/{}/", self.spec.namespace, self.spec.scope);
+        let mut out = String::with_capacity(joined.len());
+        for c in joined.chars() {
+            if !(c == '/' && out.ends_with('/')) {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    /// `<prefix><suffix>`, e.g. `key("leader")`.
+    pub fn key(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.key_prefix())
+    }
+
+    /// The leader key's value (the leader's name), read linearizably from etcd.
+    pub async fn leader(&self) -> anyhow::Result<Option<String>> {
+        Ok(self.etcd.get(&self.key("leader")).await?.map(|kv| kv.value))
+    }
+
+    /// SQL through HAProxy's primary port.
+    pub fn via_haproxy_primary(&self) -> PgTarget {
+        self.nodes[0].pg().with_port(self.haproxy().primary_port)
+    }
+
+    /// SQL through HAProxy's replica port.
+    pub fn via_haproxy_replicas(&self) -> PgTarget {
+        self.nodes[0].pg().with_port(self.haproxy().replica_port)
+    }
+
+    /// Run `query` on node `name` (fresh superuser connection); rows as text.
+    pub async fn sql(&self, name: &str, query: &str) -> anyhow::Result<Vec<Vec<Option<String>>>> {
+        self.node(name).pg().query(query).await
+    }
+
+    // ----- process control -----
+
+    /// Start node `name`'s agent (no-op if running).
+    pub fn start_agent(&mut self, name: &str) -> anyhow::Result<()> {
+        let (tools, pgbaton) = (self.tools.clone(), self.pgbaton.clone());
+        self.node_mut(name).start_agent(&tools, &pgbaton)
+    }
+
+    /// Deep-merge `overlay` into node `name`'s configuration (`null` deletes a key) and
+    /// rewrite its file; takes effect when the agent (re)reads it, e.g. after
+    /// [`Cluster::restart_agent`].
+    pub fn update_config(&mut self, name: &str, overlay: &Value) -> anyhow::Result<()> {
+        let tools = self.tools.clone();
+        let node = self.node_mut(name);
+        crate::node::compose_overlays(&mut node.config.extra, overlay);
+        node.write_config(&tools)
+    }
+
+    /// Stop node `name`'s agent gracefully (SIGTERM; SIGKILL after 30 s).
+    pub async fn stop_agent(&mut self, name: &str) {
+        self.node_mut(name)
+            .stop_agent(scaled(Duration::from_secs(30)))
+            .await;
+    }
+
+    /// SIGKILL node `name`'s agent only (PostgreSQL survives if detached).
+    pub fn kill_agent(&mut self, name: &str) {
+        self.node_mut(name).kill_agent();
+    }
+
+    /// The host dies: SIGKILL the agent and all PostgreSQL processes of node `name`.
+    /// Fails if no PostgreSQL was running on that node (the test would be meaningless).
+    pub fn kill_host(&mut self, name: &str) -> anyhow::Result<()> {
+        let node = self.node_mut(name);
+        let Some(pid) = node.kill_host() else {
+            bail!(
+                "kill_host({name}): no PostgreSQL was running on {}",
+                node.config.data_dir.display()
+            );
+        };
+        if node.postmaster_pid().is_some() || crate::process::pid_alive(pid) {
+            bail!("kill_host({name}): postmaster {pid} survived SIGKILL");
+        }
+        eprintln!("harness: killed host {name} (agent and postmaster {pid})");
+        Ok(())
+    }
+
+    /// Restart node `name`'s agent: stop it gracefully if it runs, then start it again.
+    pub async fn restart_agent(&mut self, name: &str) -> anyhow::Result<()> {
+        if self.node_mut(name).agent_running() {
+            self.stop_agent(name).await;
+        }
+        self.start_agent(name)
+    }
+
+    /// Run the `pgbaton` CLI (the test directory's copy) with `args`, with a 60 s limit.
+    pub async fn pgbaton_cli(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let mut cmd = tokio::process::Command::new(&self.pgbaton);
+        cmd.args(args)
+            .current_dir(self.dir.path())
+            .kill_on_drop(true);
+        for (key, _) in std::env::vars_os() {
+            let k = key.to_string_lossy();
+            if k.starts_with("PATRONI") || k.starts_with("PGBATON") || k.starts_with("PG") {
+                cmd.env_remove(&key);
+            }
+        }
+        tokio::time::timeout(scaled(Duration::from_secs(60)), cmd.output())
+            .await
+            .with_context(|| format!("pgbaton {args:?} did not finish"))?
+            .with_context(|| format!("run pgbaton {args:?}"))
+    }
+
+    /// `pgbaton -c <node's config> list --format json`, decoded.
+    pub async fn list_json(&self, via: &str) -> anyhow::Result<Vec<Value>> {
+        let config = self.node(via).config_path.to_string_lossy().into_owned();
+        let out = self
+            .pgbaton_cli(&["-c", &config, "list", "--format", "json"])
+            .await?;
+        if !out.status.success() {
+            bail!(
+                "pgbaton list failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "pgbaton list --format json printed non-JSON: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// A sampler of every node (SQL role, `/primary`) and of the leader key.
+    pub fn sampler(&self) -> PrimarySampler {
+        let targets = self
+            .nodes
+            .iter()
+            .map(|n| SampleTarget {
+                name: n.name.clone(),
+                pg: n.pg(),
+                rest_base: n.rest_base(),
+            })
+            .collect();
+        PrimarySampler::start(targets, Some((self.etcd.client(), self.key("leader"))))
+    }
+
+    // ----- waiting for states -----
+
+    /// Fail if an agent that the harness started has exited on its own.
+    pub fn check_agents_alive(&self) -> anyhow::Result<()> {
+        for n in &self.nodes {
+            if n.agent_exited_on_its_own() {
+                bail!(
+                    "agent {} exited on its own; log tail:\n{}",
+                    n.name,
+                    crate::tail_file(&n.log_path, 30)
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// One look at the cluster: `Ok(Done)` when `members` (all nodes if empty) form a healthy
+    /// cluster: etcd's leader key names one of them, whose PostgreSQL is a primary (SQL and
+    /// `/patroni`) answering 200 on `/primary`; every other is a running replica (`/patroni`)
+    /// streaming from it (`pg_stat_replication` on the leader, by `application_name`), not
+    /// answering 200 on `/primary`; and HAProxy (if started) routes its primary port to the
+    /// leader only.
+    pub async fn probe_healthy(&self, members: &[String]) -> anyhow::Result<Check<Healthy>> {
+        let members: Vec<String> = if members.is_empty() {
+            self.names()
+        } else {
+            members.to_vec()
+        };
+        let leader = match self.leader().await {
+            Ok(Some(l)) => l,
+            Ok(None) => return Ok(Check::not_yet("no leader key")),
+            Err(e) => return Ok(Check::not_yet(format!("etcd: {e:#}"))),
+        };
+        if !members.contains(&leader) {
+            return Ok(Check::not_yet(format!(
+                "leader key names {leader:?}, not one of {members:?}"
+            )));
+        }
+        let mut timeline = None;
+        for name in &members {
+            let node = self.node(name);
+            let status = match node.patroni().await {
+                Ok(s) => s,
+                Err(e) => return Ok(Check::not_yet(format!("{name}: {e:#}"))),
+            };
+            let role = status.get("role").and_then(Value::as_str).unwrap_or("?");
+            let state = status.get("state").and_then(Value::as_str).unwrap_or("?");
+            let want_role = if *name == leader {
+                "primary"
+            } else {
+                "replica"
+            };
+            if role != want_role || state != "running" {
+                return Ok(Check::not_yet(format!(
+                    "{name}: /patroni role {role:?} state {state:?}, want {want_role:?} running"
+                )));
+            }
+            if *name != leader
+                && let Some(rs) = status.get("replication_state").and_then(Value::as_str)
+                && rs != "streaming"
+            {
+                return Ok(Check::not_yet(format!("{name}: replication_state {rs:?}")));
+            }
+            if *name == leader {
+                timeline = status.get("timeline").and_then(Value::as_i64);
+            }
+            let primary_code = match node.http_status("/primary").await {
+                Ok(c) => c,
+                Err(e) => return Ok(Check::not_yet(format!("{name}: {e:#}"))),
+            };
+            if (primary_code == 200) != (*name == leader) {
+                return Ok(Check::not_yet(format!(
+                    "{name}: GET /primary answered {primary_code}"
+                )));
+            }
+            match node.pg().in_recovery().await {
+                Ok(in_recovery) if in_recovery == (*name == leader) => {
+                    return Ok(Check::not_yet(format!(
+                        "{name}: pg_is_in_recovery() = {in_recovery}"
+                    )));
+                }
+                Ok(_) => {}
+                Err(e) => return Ok(Check::not_yet(format!("{name}: {e:#}"))),
+            }
+        }
+        let streaming = match self
+            .sql(
+                &leader,
+                "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'",
+            )
+            .await
+        {
+            Ok(rows) => rows
+                .into_iter()
+                .filter_map(|r| r.into_iter().next().flatten())
+                .collect::<Vec<_>>(),
+            Err(e) => return Ok(Check::not_yet(format!("{leader}: {e:#}"))),
+        };
+        let replicas: Vec<String> = members.iter().filter(|n| **n != leader).cloned().collect();
+        if let Some(missing) = replicas.iter().find(|r| !streaming.contains(r)) {
+            return Ok(Check::not_yet(format!(
+                "{missing} is not streaming from {leader} (pg_stat_replication: {streaming:?})"
+            )));
+        }
+        if let Some(h) = &self.haproxy {
+            match h.up_servers("primary").await {
+                Ok(up) if up == [leader.clone()] => {}
+                Ok(up) => {
+                    return Ok(Check::not_yet(format!(
+                        "HAProxy primary servers UP: {up:?}"
+                    )));
+                }
+                Err(e) => return Ok(Check::not_yet(format!("HAProxy stats: {e:#}"))),
+            }
+        }
+        Ok(Check::Done(Healthy {
+            leader,
+            replicas,
+            timeline,
+        }))
+    }
+
+    /// Wait until every node is part of a healthy cluster (see [`Cluster::probe_healthy`]).
+    /// Fails at once if an agent exits on its own.
+    pub async fn wait_healthy(&self, timeout: Duration) -> anyhow::Result<Healthy> {
+        self.wait_healthy_members(&[], timeout).await
+    }
+
+    /// [`Cluster::wait_healthy`] for a subset of the nodes (e.g. the survivors of a failure).
+    pub async fn wait_healthy_members(
+        &self,
+        members: &[String],
+        timeout: Duration,
+    ) -> anyhow::Result<Healthy> {
+        let what = if members.is_empty() {
+            format!("a healthy cluster of {:?}", self.names())
+        } else {
+            format!("a healthy cluster of {members:?}")
+        };
+        wait_for(&what, timeout, || async {
+            self.check_agents_alive()?;
+            self.probe_healthy(members).await
+        })
+        .await
+    }
+
+    /// Wait until a leader other than `not` holds the leader key, runs PostgreSQL as a primary
+    /// and answers 200 on `/primary`. Returns its name.
+    pub async fn wait_new_leader(&self, not: &str, timeout: Duration) -> anyhow::Result<String> {
+        wait_for(&format!("a new leader (not {not})"), timeout, || async {
+            self.check_agents_alive()?;
+            let leader = match self.leader().await {
+                Ok(Some(l)) if l != not => l,
+                Ok(other) => return Ok(Check::not_yet(format!("leader key = {other:?}"))),
+                Err(e) => return Ok(Check::not_yet(format!("etcd: {e:#}"))),
+            };
+            let node = self
+                .nodes
+                .iter()
+                .find(|n| n.name == leader)
+                .with_context(|| format!("leader key names unknown member {leader:?}"))?;
+            match node.pg().in_recovery().await {
+                Ok(false) => {}
+                Ok(true) => {
+                    return Ok(Check::not_yet(format!(
+                        "{leader} holds the key, still in recovery"
+                    )));
+                }
+                Err(e) => return Ok(Check::not_yet(format!("{leader}: {e:#}"))),
+            }
+            match node.http_status("/primary").await {
+                Ok(200) => Ok(Check::Done(leader)),
+                Ok(code) => Ok(Check::not_yet(format!(
+                    "{leader}: /primary answered {code}"
+                ))),
+                Err(e) => Ok(Check::not_yet(format!("{leader}: {e:#}"))),
+            }
+        })
+        .await
+    }
+
+    // ----- teardown -----
+
+    /// The tail of every log, for failure reports.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut out = String::new();
+        let mut add = |title: &str, path: &Path, n: usize| {
+            let tail = crate::tail_file(path, n);
+            out.push_str(&format!("----- {title} ({}) -----\n", path.display()));
+            out.push_str(if tail.is_empty() { "(empty)" } else { &tail });
+            out.push('\n');
+        };
+        for n in &self.nodes {
+            add(&format!("agent {}", n.name), &n.log_path, lines);
+            add(&format!("postgres {}", n.name), &n.pg_log_path(), lines / 2);
+        }
+        for (name, path) in self.etcd.logs() {
+            add(&name, &path, lines / 4);
+        }
+        if let Some(h) = &self.haproxy {
+            add("haproxy", &h.log_path, lines / 4);
+        }
+        out
+    }
+
+    /// Mark the test as passed and tear down (no log dump).
+    pub fn finish(mut self) {
+        self.finished = true;
+    }
+
+    fn teardown(&mut self) {
+        if let Some(h) = &mut self.haproxy {
+            h.kill();
+        }
+        for n in &mut self.nodes {
+            n.kill_host();
+        }
+        self.etcd.kill_all();
+        let leaked = kill_processes_under(self.dir.path());
+        if !leaked.is_empty() {
+            eprintln!(
+                "harness: killed leftover processes {leaked:?} under {}",
+                self.dir.path().display()
+            );
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.teardown();
+        if !self.finished || std::thread::panicking() {
+            eprintln!(
+                "\n===== harness: test failed; log tails (all files in {}{}) =====\n{}",
+                self.dir.path().display(),
+                if keep_dirs() {
+                    ", kept"
+                } else {
+                    ", removed now; set PGBATON_KEEP_TEST_DIRS=1 to keep it"
+                },
+                self.log_tails(60)
+            );
+        } else if keep_dirs() {
+            eprintln!("harness: kept {}", self.dir.path().display());
+        }
+    }
+}
+
+/// `PGBATON_KEEP_TEST_DIRS=1`.
+fn keep_dirs() -> bool {
+    std::env::var("PGBATON_KEEP_TEST_DIRS").as_deref() == Ok("1")
+}

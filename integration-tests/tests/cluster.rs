@@ -1,0 +1,485 @@
+//! Integration tests: real etcd, real PostgreSQL 15, real `pgbaton agent`s, real HAProxy.
+//!
+//! Every test skips (printing a `SKIP` line) when a program it needs is missing, unless
+//! `PGBATON_REQUIRE_INTEGRATION=1`, which turns the skip into a failure (as `make test` does).
+//! See docs/testing.md.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use baton_integration_tests::{
+    Check, Cluster, ClusterSpec, PgTarget, SampleReport, Tools, lsn_reached, scaled, simple_query,
+    wait_for, wait_until,
+};
+use serde_json::{Value, json};
+
+/// The tools, or return `Ok(())` from the test after printing why it is skipped.
+macro_rules! tools_or_skip {
+    ($test:expr) => {
+        match Tools::for_test($test)? {
+            Some(tools) => tools,
+            None => return Ok(()),
+        }
+    };
+}
+
+/// Rows committed before the failure, one transaction each.
+const ROWS_BEFORE: i32 = 200;
+/// Rows committed through HAProxy after the failover.
+const ROWS_AFTER: i32 = 50;
+
+/// The foundation scenario: the primary's host dies; exactly one replica takes over within
+/// ttl + margin, HAProxy sends clients to it, no committed row is lost, never two primaries at
+/// once; the old primary's agent restarts and the old primary rejoins as a streaming replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_host_dies_replica_takes_over_old_primary_rejoins() -> anyhow::Result<()> {
+    let tools = tools_or_skip!("primary_host_dies_replica_takes_over_old_primary_rejoins");
+    let spec = ClusterSpec::new(3);
+    let ttl = spec.timing.ttl();
+    let mut cluster = Cluster::start(&tools, spec).await?;
+
+    // 1. One leader, two streaming replicas, HAProxy routing to the leader.
+    let healthy = cluster
+        .wait_healthy(scaled(Duration::from_secs(180)))
+        .await
+        .context("initial bootstrap")?;
+    let old = healthy.leader.clone();
+    eprintln!("healthy: leader {old}, replicas {:?}", healthy.replicas);
+
+    // 2. Commit rows through HAProxy's primary port; check it reached the leader.
+    let via_haproxy = cluster.via_haproxy_primary();
+    let client = via_haproxy
+        .connect()
+        .await
+        .context("connect through HAProxy")?;
+    let port = one(&simple_query(&client, "SELECT inet_server_port()").await?)?;
+    ensure!(
+        port == cluster.node(&old).config.pg_port.to_string(),
+        "HAProxy's primary port reached port {port}, not the leader {old}"
+    );
+    simple_query(
+        &client,
+        "CREATE TABLE baton_it (id int PRIMARY KEY, phase text NOT NULL, at timestamptz DEFAULT now())",
+    )
+    .await?;
+    for id in 1..=ROWS_BEFORE {
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            client.execute(
+                "INSERT INTO baton_it (id, phase) VALUES ($1, 'before')",
+                &[&id],
+            ),
+        )
+        .await
+        .context("insert timed out")??;
+    }
+    drop(client);
+
+    // 3. Both replicas replay everything the primary flushed.
+    let flush_lsn = one(&cluster
+        .sql(&old, "SELECT pg_current_wal_flush_lsn()::text")
+        .await?)?;
+    for replica in &healthy.replicas {
+        let target = cluster.node(replica).pg();
+        wait_until(
+            &format!("{replica} to replay {flush_lsn}"),
+            scaled(Duration::from_secs(30)),
+            || lsn_reached(&target, &flush_lsn),
+        )
+        .await?;
+        let count = count_rows(&target, "before").await?;
+        ensure!(
+            count == ROWS_BEFORE,
+            "{replica} has {count} rows, want {ROWS_BEFORE}"
+        );
+    }
+    let old_timeline = timeline_of(&cluster, &old).await?;
+
+    // 4. The primary's host dies.
+    let sampler = cluster.sampler();
+    sampler
+        .wait_seen_primary(&old, scaled(Duration::from_secs(10)))
+        .await?;
+    let killed_at = Instant::now();
+    cluster.kill_host(&old)?;
+
+    // 5. Exactly one new leader, one of the former replicas, within ttl + a generous margin.
+    let new = cluster
+        .wait_new_leader(&old, scaled(ttl + Duration::from_secs(30)))
+        .await
+        .context("failover after the primary's host died")?;
+    eprintln!(
+        "new leader {new} writable {:.1}s after the kill",
+        killed_at.elapsed().as_secs_f64()
+    );
+    ensure!(
+        healthy.replicas.contains(&new),
+        "new leader {new} was not a replica"
+    );
+
+    // 6. HAProxy's primary port reaches the new leader, and a write succeeds through it.
+    let new_port = cluster.node(&new).config.pg_port.to_string();
+    let client = wait_for(
+        "a writable connection through HAProxy's primary port",
+        scaled(Duration::from_secs(30)),
+        || connect_to_primary(&via_haproxy, &new_port),
+    )
+    .await?;
+    for id in ROWS_BEFORE + 1..=ROWS_BEFORE + ROWS_AFTER {
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            client.execute(
+                "INSERT INTO baton_it (id, phase) VALUES ($1, 'after')",
+                &[&id],
+            ),
+        )
+        .await
+        .context("insert after failover timed out")??;
+    }
+    drop(client);
+    eprintln!(
+        "first write through HAProxy after failover committed {:.1}s after the kill",
+        killed_at.elapsed().as_secs_f64()
+    );
+
+    // 7. No committed row is lost.
+    let before = count_rows(&via_haproxy, "before").await?;
+    ensure!(
+        before == ROWS_BEFORE,
+        "after failover {before} of {ROWS_BEFORE} rows are left"
+    );
+
+    // 8. The surviving replica follows the new leader; the sampler saw one primary at a time
+    //    and exactly one new leader.
+    let survivors: Vec<String> = cluster.names().into_iter().filter(|n| *n != old).collect();
+    cluster
+        .wait_healthy_members(&survivors, scaled(Duration::from_secs(60)))
+        .await
+        .context("the surviving replica follows the new leader")?;
+    let report = sampler.stop().await;
+    check_samples(&report, &old, &new)?;
+    let new_timeline = timeline_of(&cluster, &new).await?;
+    ensure!(
+        new_timeline > old_timeline,
+        "new leader is on timeline {new_timeline}, old primary was on {old_timeline}"
+    );
+
+    // 9. The old primary's agent restarts; the old primary rejoins as a streaming replica of
+    //    the new leader and has the rows written after the failover.
+    cluster.start_agent(&old)?;
+    let rejoined = cluster
+        .wait_healthy(scaled(Duration::from_secs(120)))
+        .await
+        .context("the old primary rejoins")?;
+    ensure!(
+        rejoined.leader == new,
+        "leader changed to {} during the rejoin",
+        rejoined.leader
+    );
+    let status = cluster.node(&old).patroni().await?;
+    ensure!(
+        status.get("role").and_then(Value::as_str) == Some("replica"),
+        "{old}: /patroni says {status}"
+    );
+    let flush_lsn = one(&cluster
+        .sql(&new, "SELECT pg_current_wal_flush_lsn()::text")
+        .await?)?;
+    let old_pg = cluster.node(&old).pg();
+    wait_until(
+        &format!("{old} to replay {flush_lsn}"),
+        scaled(Duration::from_secs(30)),
+        || lsn_reached(&old_pg, &flush_lsn),
+    )
+    .await?;
+    let after_on_old = count_rows(&old_pg, "after").await?;
+    ensure!(
+        after_on_old == ROWS_AFTER,
+        "{old} has {after_on_old} rows written after the failover, want {ROWS_AFTER}"
+    );
+    ensure!(
+        timeline_of(&cluster, &old).await? == new_timeline,
+        "{old} is not on the new leader's timeline {new_timeline}"
+    );
+
+    // 10. `pgbaton list` shows the same picture.
+    wait_for(
+        "pgbaton list to show the new leader and two streaming replicas",
+        scaled(Duration::from_secs(30)),
+        || async {
+            Ok(match cluster.list_json(&old).await {
+                Ok(members) => check_list(&members, &new, &[old.clone(), other(&survivors, &new)]),
+                Err(e) => Check::not_yet(format!("{e:#}")),
+            })
+        },
+    )
+    .await?;
+
+    cluster.finish();
+    Ok(())
+}
+
+/// `pgbaton validate-config` accepts the harness's configuration and rejects typos, naming
+/// each offending key path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_config_names_the_typo_key_path() -> anyhow::Result<()> {
+    let tools = tools_or_skip!("validate_config_names_the_typo_key_path");
+    let cluster = Cluster::create(&tools, ClusterSpec::new(1))?;
+    let node = &cluster.nodes()[0];
+
+    let good = node.config_path.to_string_lossy().into_owned();
+    let out = cluster.pgbaton_cli(&["validate-config", &good]).await?;
+    ensure!(
+        out.status.success(),
+        "validate-config rejected a valid file ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut bad = node.config.to_value();
+    baton_integration_tests::deep_merge(
+        &mut bad,
+        &json!({
+            "restapi": { "lisen": "127.0.0.1:1" },
+            "postgresql": { "paramters": { "work_mem": "4MB" } },
+        }),
+    );
+    let bad_path = cluster.dir().join("typo.yml");
+    std::fs::write(&bad_path, serde_yaml::to_string(&bad)?)?;
+    let out = cluster
+        .pgbaton_cli(&["validate-config", &bad_path.to_string_lossy()])
+        .await?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        !out.status.success(),
+        "validate-config accepted typos: {text}"
+    );
+    for path in ["restapi.lisen", "postgresql.paramters"] {
+        ensure!(
+            text.contains(path),
+            "validate-config did not name {path}: {text}"
+        );
+    }
+    cluster.finish();
+    Ok(())
+}
+
+/// An agent started while etcd is down keeps running, logs that it retries, does not
+/// bootstrap PostgreSQL on its own, and joins (bootstraps and leads) once etcd starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_started_before_etcd_waits_then_bootstraps() -> anyhow::Result<()> {
+    let tools = tools_or_skip!("agent_started_before_etcd_waits_then_bootstraps");
+    let mut spec = ClusterSpec::new(1);
+    spec.start_etcd = false;
+    spec.haproxy = None;
+    let ttl = spec.timing.ttl();
+    let mut cluster = Cluster::start(&tools, spec).await?;
+    let name = cluster.names()[0].clone();
+
+    // The agent says it retries the DCS...
+    let log = cluster.node(&name).log_path.clone();
+    let etcd_hosts = cluster.etcd().hosts();
+    let line = wait_for(
+        "the agent to log that it retries etcd",
+        scaled(Duration::from_secs(60)),
+        || async {
+            cluster.check_agents_alive()?;
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            Ok(
+                match text.lines().find(|l| is_dcs_retry_line(l, &etcd_hosts)) {
+                    Some(l) => Check::Done(l.to_owned()),
+                    None => Check::not_yet("no retry line in the agent log yet"),
+                },
+            )
+        },
+    )
+    .await?;
+    eprintln!("retry line: {line}");
+
+    // ...and stays up for a whole ttl without etcd, without initialising PostgreSQL.
+    let data_dir = cluster.node(&name).config.data_dir.clone();
+    let since = Instant::now();
+    wait_for(
+        "the agent to stay up for a ttl with etcd down",
+        scaled(ttl + Duration::from_secs(10)),
+        || async {
+            cluster.check_agents_alive()?;
+            if data_dir.join("PG_VERSION").exists() {
+                bail!("the agent initialised PostgreSQL while etcd was unreachable");
+            }
+            Ok(if since.elapsed() >= ttl {
+                Check::Done(())
+            } else {
+                Check::not_yet("still within the observation window")
+            })
+        },
+    )
+    .await?;
+
+    // etcd comes up: the agent bootstraps and leads.
+    cluster.start_etcd().await?;
+    let healthy = cluster
+        .wait_healthy(scaled(Duration::from_secs(120)))
+        .await
+        .context("bootstrap once etcd is up")?;
+    ensure!(healthy.leader == name, "leader is {}", healthy.leader);
+    cluster.finish();
+    Ok(())
+}
+
+// ----- helpers -----
+
+/// A log line saying the agent could not reach the DCS and is waiting or will try again:
+/// it mentions etcd, the DCS or etcd's address, and a retry, a wait or a failure.
+fn is_dcs_retry_line(line: &str, etcd_hosts: &[String]) -> bool {
+    let l = line.to_lowercase();
+    if l.contains("===== harness") {
+        return false;
+    }
+    let about_dcs = l.contains("etcd")
+        || l.contains("dcs")
+        || etcd_hosts.iter().any(|h| l.contains(h.as_str()));
+    let retrying = [
+        "retry",
+        "retrying",
+        "waiting",
+        "unavailable",
+        "unreachable",
+        "refused",
+        "will try",
+        "failed",
+        "error",
+    ]
+    .iter()
+    .any(|w| l.contains(w));
+    about_dcs && retrying
+}
+
+/// The single value of a one-row, one-column result.
+fn one(rows: &[Vec<Option<String>>]) -> anyhow::Result<String> {
+    match rows {
+        [row] if row.len() == 1 => row[0].clone().context("NULL"),
+        _ => bail!("expected one value, got {rows:?}"),
+    }
+}
+
+async fn count_rows(target: &PgTarget, phase: &str) -> anyhow::Result<i32> {
+    let n = target
+        .query_one(&format!(
+            "SELECT count(*) FROM baton_it WHERE phase = '{phase}'"
+        ))
+        .await?;
+    n.parse().with_context(|| format!("count {n:?}"))
+}
+
+/// The timeline a node is on: `/patroni`'s `timeline`, or else the last checkpoint's.
+async fn timeline_of(cluster: &Cluster, name: &str) -> anyhow::Result<i64> {
+    let status = cluster.node(name).patroni().await?;
+    if let Some(tl) = status.get("timeline").and_then(Value::as_i64) {
+        return Ok(tl);
+    }
+    let tl = cluster
+        .node(name)
+        .pg()
+        .query_one("SELECT timeline_id FROM pg_control_checkpoint()")
+        .await?;
+    tl.parse().with_context(|| format!("timeline {tl:?}"))
+}
+
+/// A connection through HAProxy's primary port that reaches a primary on `want_port`.
+async fn connect_to_primary(
+    via: &PgTarget,
+    want_port: &str,
+) -> anyhow::Result<Check<tokio_postgres::Client>> {
+    let client = match via.connect_with_timeout(Duration::from_secs(2)).await {
+        Ok(c) => c,
+        Err(e) => return Ok(Check::not_yet(format!("{e:#}"))),
+    };
+    let rows = match simple_query(
+        &client,
+        "SELECT pg_is_in_recovery()::text, inet_server_port()::text",
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => return Ok(Check::not_yet(format!("{e:#}"))),
+    };
+    let (in_recovery, port) = match rows.as_slice() {
+        [row] if row.len() == 2 => (row[0].clone(), row[1].clone()),
+        _ => bail!("unexpected reply {rows:?}"),
+    };
+    if in_recovery.as_deref() != Some("false") {
+        return Ok(Check::not_yet(format!(
+            "HAProxy routed to port {port:?}, which is in recovery"
+        )));
+    }
+    if port.as_deref() != Some(want_port) {
+        bail!(
+            "HAProxy routed writes to a primary on port {port:?}, but the leader is on {want_port}"
+        );
+    }
+    Ok(Check::Done(client))
+}
+
+/// The sampler saw at most one primary at a time, and leadership went from `old` to `new`
+/// and nowhere else.
+fn check_samples(report: &SampleReport, old: &str, new: &str) -> anyhow::Result<()> {
+    eprintln!(
+        "sampler: {} rounds, leader history {:?}, primaries seen {:?}",
+        report.rounds, report.leader_history, report.primaries_seen
+    );
+    ensure!(report.rounds > 0, "the sampler took no samples");
+    ensure!(
+        report.violations.is_empty(),
+        "two primaries at once: {:?}",
+        report.violations
+    );
+    let leaders: Vec<String> = report.leaders().into_iter().filter(|l| l != old).collect();
+    ensure!(
+        leaders == [new],
+        "leaders after the kill: {leaders:?}, want only {new}"
+    );
+    ensure!(
+        report.primaries_seen == [old, new],
+        "primaries seen: {:?}, want {old} then {new}",
+        report.primaries_seen
+    );
+    Ok(())
+}
+
+/// The member of `names` that is not `not`.
+fn other(names: &[String], not: &str) -> String {
+    names
+        .iter()
+        .find(|n| *n != not)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// `pgbaton list --format json` shows `leader` as Leader and each of `replicas` as a
+/// streaming Replica.
+fn check_list(members: &[Value], leader: &str, replicas: &[String]) -> Check<()> {
+    let field = |m: &Value, k: &str| m.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+    if members.len() != replicas.len() + 1 {
+        return Check::not_yet(format!("list shows {} members: {members:?}", members.len()));
+    }
+    for m in members {
+        let (name, role, state) = (field(m, "Member"), field(m, "Role"), field(m, "State"));
+        let ok = if name == leader {
+            role == "Leader" && state == "running"
+        } else if replicas.contains(&name) {
+            // "Replica", "Sync Standby" or "Quorum Standby".
+            (role == "Replica" || role.ends_with("Standby")) && state == "streaming"
+        } else {
+            false
+        };
+        if !ok {
+            return Check::not_yet(format!("list row {m}"));
+        }
+    }
+    Check::Done(())
+}
