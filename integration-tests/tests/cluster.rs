@@ -331,6 +331,421 @@ async fn agent_started_before_etcd_waits_then_bootstraps() -> anyhow::Result<()>
     Ok(())
 }
 
+/// PostgreSQL crashes on the primary while its agent lives: the agent notices, restarts it in
+/// place as the primary (the leader key never moves), on the same timeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_crash_on_the_primary_is_restarted_in_place() -> anyhow::Result<()> {
+    let tools = tools_or_skip!("postgres_crash_on_the_primary_is_restarted_in_place");
+    let mut spec = ClusterSpec::new(2);
+    spec.haproxy = None;
+    let cluster = Cluster::start(&tools, spec).await?;
+    let healthy = cluster
+        .wait_healthy(scaled(Duration::from_secs(180)))
+        .await?;
+    let leader = healthy.leader.clone();
+    let timeline = timeline_of(&cluster, &leader).await?;
+    let data_dir = cluster.node(&leader).config.data_dir.clone();
+    let pg = cluster.node(&leader).pg();
+
+    let crashed_at = Instant::now();
+    let pid =
+        baton_integration_tests::kill_postmaster(&data_dir).context("no postmaster to kill")?;
+    eprintln!("killed postmaster {pid} of {leader}");
+    wait_for(
+        "the primary to accept writes again",
+        scaled(Duration::from_secs(60)),
+        || async {
+            Ok(
+                match pg.query_one("SELECT pg_is_in_recovery()::text").await {
+                    Ok(v) if v == "false" => Check::Done(()),
+                    Ok(v) => Check::not_yet(format!("in recovery: {v}")),
+                    Err(e) => Check::not_yet(format!("{e:#}")),
+                },
+            )
+        },
+    )
+    .await?;
+    eprintln!(
+        "{leader} writable again {:.1}s after the crash",
+        crashed_at.elapsed().as_secs_f64()
+    );
+    ensure!(
+        cluster.leader().await?.as_deref() == Some(leader.as_str()),
+        "the leader key moved"
+    );
+    ensure!(
+        timeline_of(&cluster, &leader).await? == timeline,
+        "the timeline changed"
+    );
+    let log = std::fs::read_to_string(&cluster.node(&leader).log_path)?;
+    ensure!(
+        log.contains("starting primary after failure"),
+        "no restart line in the log"
+    );
+    cluster
+        .wait_healthy(scaled(Duration::from_secs(60)))
+        .await?;
+    cluster.finish();
+    Ok(())
+}
+
+/// etcd freezes (SIGSTOP): nobody can renew a lease. The leader must stop answering 200 on
+/// `/primary` and stop PostgreSQL before its lease could have expired (ttl after the freeze at
+/// the latest); replicas keep running read-only. When etcd comes back the cluster heals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_fences_itself_before_its_lease_can_expire() -> anyhow::Result<()> {
+    let tools = tools_or_skip!("leader_fences_itself_before_its_lease_can_expire");
+    let mut spec = ClusterSpec::new(3);
+    spec.haproxy = None;
+    let ttl = spec.timing.ttl();
+    let cluster = Cluster::start(&tools, spec).await?;
+    let healthy = cluster
+        .wait_healthy(scaled(Duration::from_secs(180)))
+        .await?;
+    let leader = healthy.leader.clone();
+    let pg = cluster.node(&leader).pg();
+
+    cluster.etcd().pause_member(0, true)?;
+    let frozen_at = Instant::now();
+    let mut primary_503_at = None;
+    let mut fenced_at = None;
+    // Poll every 100 ms until both happened, for at most ttl + a margin.
+    while frozen_at.elapsed() < ttl + Duration::from_secs(10) && fenced_at.is_none() {
+        if primary_503_at.is_none()
+            && cluster
+                .node(&leader)
+                .http_status("/primary")
+                .await
+                .unwrap_or(0)
+                != 200
+        {
+            primary_503_at = Some(frozen_at.elapsed());
+        }
+        if pg
+            .connect_with_timeout(Duration::from_millis(500))
+            .await
+            .is_err()
+        {
+            fenced_at = Some(frozen_at.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let replicas_alive = {
+        let mut all = true;
+        for r in &healthy.replicas {
+            all &= cluster
+                .node(r)
+                .pg()
+                .query_one("SELECT pg_is_in_recovery()::text")
+                .await
+                .ok()
+                .as_deref()
+                == Some("true");
+        }
+        all
+    };
+    cluster.etcd().pause_member(0, false)?;
+    eprintln!(
+        "after the freeze: /primary 503 at {primary_503_at:?}, postgres down at {fenced_at:?} (ttl {ttl:?})"
+    );
+    let fenced_at =
+        fenced_at.context("the leader never stopped PostgreSQL while etcd was frozen")?;
+    let primary_503_at = primary_503_at.context("/primary kept answering 200")?;
+    ensure!(
+        fenced_at < ttl,
+        "PostgreSQL was still up {fenced_at:?} after the freeze, ttl is {ttl:?}"
+    );
+    ensure!(
+        primary_503_at <= fenced_at,
+        "/primary answered 200 after PostgreSQL was stopped"
+    );
+    ensure!(
+        replicas_alive,
+        "a replica stopped serving reads while etcd was frozen"
+    );
+
+    cluster
+        .wait_healthy(scaled(Duration::from_secs(120)))
+        .await
+        .context("recovery after etcd is back")?;
+    cluster.finish();
+    Ok(())
+}
+
+/// Someone writes garbage into the cluster's keys: agents log a warning naming the key and
+/// keep their roles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_in_dcs_keys_changes_no_role() -> anyhow::Result<()> {
+    let tools = tools_or_skip!("garbage_in_dcs_keys_changes_no_role");
+    let mut spec = ClusterSpec::new(2);
+    spec.haproxy = None;
+    let loop_wait = Duration::from_secs(u64::from(spec.timing.loop_wait));
+    let cluster = Cluster::start(&tools, spec).await?;
+    let healthy = cluster
+        .wait_healthy(scaled(Duration::from_secs(180)))
+        .await?;
+    let replica = healthy.replicas[0].clone();
+    for (key, value) in [
+        (format!("members/{replica}"), "{not json"),
+        ("failover".to_owned(), "[1,2,3]"),
+        ("sync".to_owned(), "\u{1}\u{2}garbage"),
+        ("history".to_owned(), "{\"a\":1}"),
+        ("status".to_owned(), "\"optime\""),
+        ("members/intruder".to_owned(), "42"),
+    ] {
+        cluster.etcd().put(&cluster.key(&key), value).await?;
+    }
+    let since = Instant::now();
+    wait_for(
+        "roles to stay put for several HA loops",
+        scaled(loop_wait * 5 + Duration::from_secs(5)),
+        || async {
+            cluster.check_agents_alive()?;
+            if cluster.leader().await?.as_deref() != Some(healthy.leader.as_str()) {
+                bail!("the leader changed after garbage was written");
+            }
+            let rep = cluster
+                .node(&replica)
+                .pg()
+                .query_one("SELECT pg_is_in_recovery()::text")
+                .await?;
+            ensure!(rep == "true", "{replica} is not a replica any more");
+            Ok(if since.elapsed() > loop_wait * 5 {
+                Check::Done(())
+            } else {
+                Check::not_yet("observing")
+            })
+        },
+    )
+    .await?;
+    let log = std::fs::read_to_string(&cluster.node(&healthy.leader).log_path)?;
+    ensure!(
+        log.contains("ignoring invalid DCS data") && log.contains("members/intruder"),
+        "no warning naming the bad key in the leader's log"
+    );
+    cluster
+        .wait_healthy(scaled(Duration::from_secs(60)))
+        .await?;
+    cluster.finish();
+    Ok(())
+}
+
+/// Writes go on through HAProxy while `pgbaton switchover` moves the primary to a replica and
+/// back: every acknowledged commit is on the final primary, the old primary streams again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchover_both_ways_under_writes_keeps_every_acknowledged_commit() -> anyhow::Result<()> {
+    let tools = tools_or_skip!("switchover_both_ways_under_writes_keeps_every_acknowledged_commit");
+    let cluster = Cluster::start(&tools, ClusterSpec::new(3)).await?;
+    let healthy = cluster
+        .wait_healthy(scaled(Duration::from_secs(180)))
+        .await?;
+    let first = healthy.leader.clone();
+    let target = healthy.replicas[0].clone();
+    let via = cluster.via_haproxy_primary();
+    simple_query(
+        &via.connect().await?,
+        "CREATE TABLE acked (id int PRIMARY KEY)",
+    )
+    .await?;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (via, stop) = (via.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut acked, mut id) = (Vec::new(), 0);
+            let mut client = None;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                id += 1;
+                if client.is_none() {
+                    client = via.connect_with_timeout(Duration::from_secs(1)).await.ok();
+                }
+                let Some(c) = &client else { continue };
+                match tokio::time::timeout(
+                    Duration::from_secs(2),
+                    c.execute("INSERT INTO acked VALUES ($1)", &[&id]),
+                )
+                .await
+                {
+                    Ok(Ok(_)) => acked.push(id),
+                    // Failed or unknown outcome: reconnect; the id is never reused.
+                    _ => client = None,
+                }
+            }
+            acked
+        })
+    };
+
+    for (from, to) in [
+        (first.clone(), target.clone()),
+        (target.clone(), first.clone()),
+    ] {
+        let out = cluster
+            .pgbaton_cli(&[
+                "-c",
+                &cluster.node(&from).config_path.to_string_lossy(),
+                "switchover",
+                "--leader",
+                &from,
+                "--candidate",
+                &to,
+                "--force",
+            ])
+            .await?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ensure!(
+            out.status.success(),
+            "switchover {from} -> {to} failed: {text}"
+        );
+        ensure!(
+            text.contains(&format!("Successfully switched over to \"{to}\"")),
+            "{text}"
+        );
+        let now = cluster
+            .wait_healthy(scaled(Duration::from_secs(120)))
+            .await?;
+        ensure!(
+            now.leader == to,
+            "leader is {} after switching to {to}",
+            now.leader
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let acked = writer.await?;
+    ensure!(
+        acked.len() > 10,
+        "the writer got only {} commits acknowledged",
+        acked.len()
+    );
+    let pg = cluster.node(&first).pg();
+    let present: std::collections::BTreeSet<i32> = pg
+        .query("SELECT id::text FROM acked")
+        .await?
+        .into_iter()
+        .filter_map(|r| r.first().cloned().flatten()?.parse().ok())
+        .collect();
+    let lost: Vec<i32> = acked
+        .iter()
+        .copied()
+        .filter(|id| !present.contains(id))
+        .collect();
+    eprintln!(
+        "{} commits acknowledged during two switchovers, {} lost",
+        acked.len(),
+        lost.len()
+    );
+    ensure!(lost.is_empty(), "acknowledged commits lost: {lost:?}");
+    cluster.finish();
+    Ok(())
+}
+
+/// Bad switchover requests get Patroni's refusal and change nothing in the DCS; pause keeps a
+/// dead primary's replicas from taking over until resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_switchovers_are_refused_and_pause_blocks_failover() -> anyhow::Result<()> {
+    let tools = tools_or_skip!("bad_switchovers_are_refused_and_pause_blocks_failover");
+    let mut spec = ClusterSpec::new(2);
+    spec.haproxy = None;
+    let ttl = spec.timing.ttl();
+    let mut cluster = Cluster::start(&tools, spec).await?;
+    let healthy = cluster
+        .wait_healthy(scaled(Duration::from_secs(180)))
+        .await?;
+    let leader = healthy.leader.clone();
+    let replica = healthy.replicas[0].clone();
+    let cfg = cluster
+        .node(&leader)
+        .config_path
+        .to_string_lossy()
+        .into_owned();
+
+    for (args, refusal) in [
+        (vec!["--candidate", "nobody"], "candidate does not exists"),
+        (
+            vec!["--leader", replica.as_str()],
+            "leader name does not match",
+        ),
+        (
+            vec!["--candidate", leader.as_str()],
+            "Switchover target and source are the same",
+        ),
+        (
+            vec!["--candidate", replica.as_str(), "--scheduled", "yesterday"],
+            "Unable to parse scheduled timestamp",
+        ),
+    ] {
+        let mut all = vec!["-c", cfg.as_str(), "switchover", "--force"];
+        all.extend(args);
+        let out = cluster.pgbaton_cli(&all).await?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ensure!(!out.status.success(), "accepted {all:?}: {text}");
+        ensure!(
+            text.contains(refusal),
+            "{all:?}: expected {refusal:?}, got {text}"
+        );
+        let failover = cluster.etcd().get(&cluster.key("failover")).await?;
+        ensure!(
+            failover.is_none(),
+            "a refused request wrote the failover key: {failover:?}"
+        );
+    }
+    ensure!(
+        cluster.leader().await?.as_deref() == Some(leader.as_str()),
+        "the leader moved"
+    );
+
+    let out = cluster
+        .pgbaton_cli(&["-c", &cfg, "pause", "--wait"])
+        .await?;
+    ensure!(
+        out.status.success(),
+        "pause failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cluster.kill_host(&leader)?;
+    let since = Instant::now();
+    wait_for(
+        "no failover while paused",
+        scaled(ttl * 2 + Duration::from_secs(5)),
+        || async {
+            let l = cluster.leader().await?;
+            if l.as_deref().is_some_and(|l| l != leader) {
+                bail!("{l:?} took over while the cluster was paused");
+            }
+            Ok(if since.elapsed() > ttl * 2 {
+                Check::Done(())
+            } else {
+                Check::not_yet("observing")
+            })
+        },
+    )
+    .await?;
+    let rcfg = cluster
+        .node(&replica)
+        .config_path
+        .to_string_lossy()
+        .into_owned();
+    let out = cluster.pgbaton_cli(&["-c", &rcfg, "resume"]).await?;
+    ensure!(
+        out.status.success(),
+        "resume failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new = cluster
+        .wait_new_leader(&leader, scaled(ttl + Duration::from_secs(30)))
+        .await?;
+    ensure!(new == replica, "{new} took over, expected {replica}");
+    cluster.finish();
+    Ok(())
+}
+
 // ----- helpers -----
 
 /// A log line saying the agent could not reach the DCS and is waiting or will try again:
