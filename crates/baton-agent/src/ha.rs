@@ -480,6 +480,19 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                 info!(checkpoint = ?checkpoint, "handed over: postgres stopped, leader key released");
                 Ok(true)
             }
+            Action::SetSyncStandbys { value } => {
+                self.pg
+                    .set_synchronous_standby_names(value.as_deref())
+                    .await?;
+                Ok(true)
+            }
+            Action::WriteSync { state, version } => {
+                let written = self.dcs.write_sync(state.as_ref(), Some(*version)).await?;
+                if !written {
+                    info!("Synchronous replication key updated by someone else");
+                }
+                Ok(written)
+            }
             Action::ClearFailover { version } => {
                 if !self.dcs.write_failover(None, Some(*version)).await? {
                     info!("the failover key changed meanwhile; leaving it");
@@ -681,6 +694,17 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             && view.member(c).is_none()
         {
             return refuse("candidate does not exists".into());
+        }
+        // Synchronous mode: a switchover (not a failover) goes to a synchronous standby only.
+        let sync_on = baton_config::effective_ha(&self.config, &self.dynamic)
+            .sync
+            .enabled();
+        if sync_on
+            && !req.failover
+            && let (Some(c), Some(sync)) = (&candidate, view.sync.as_ref())
+            && !sync.value.lists(c)
+        {
+            return refuse("candidate name does not match with sync_standby".into());
         }
         if !view
             .members

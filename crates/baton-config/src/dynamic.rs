@@ -45,6 +45,8 @@ pub struct DynamicConfig {
     pub parameters: BTreeMap<String, String>,
     /// `postgresql.pg_hba`: used when the local configuration has none.
     pub pg_hba: Vec<String>,
+    /// `synchronous_mode`, `synchronous_mode_strict`, `synchronous_node_count`.
+    pub sync: baton_core::SyncConfig,
     /// The whole dynamic configuration as JSON (with timing adjustments applied).
     pub raw: Value,
 }
@@ -65,6 +67,7 @@ impl DynamicConfig {
             remove_data_directory_on_rewind_failure: false,
             parameters: BTreeMap::new(),
             pg_hba: Vec::new(),
+            sync: baton_core::SyncConfig::default(),
             raw: Value::Object(Map::new()),
         }
     }
@@ -143,21 +146,41 @@ pub(crate) fn parse(cx: &mut Cx, path: &str, v: &Value) -> DynamicConfig {
     o.opt(cx, "primary_stop_timeout", |cx, p, v| cx.u32(p, v, 0));
     o.opt(cx, "master_stop_timeout", |cx, p, v| cx.u32(p, v, 0));
     o.opt(cx, "primary_race_backoff", |cx, p, v| cx.seconds(p, v));
-    for key in ["check_timeline", "synchronous_mode_strict", "failsafe_mode"] {
+    for key in ["check_timeline", "failsafe_mode"] {
         o.opt(cx, key, |cx, p, v| cx.boolean(p, v));
     }
-    o.opt(cx, "synchronous_mode", |cx, p, v| match v {
-        Value::String(s) if s.trim().eq_ignore_ascii_case("quorum") => Some(()),
-        Value::Bool(_) => Some(()),
-        Value::String(s) if crate::walk::parse_bool(s).is_some() => Some(()),
+    if let Some(strict) = o.opt(cx, "synchronous_mode_strict", |cx, p, v| cx.boolean(p, v)) {
+        d.sync.strict = strict;
+    }
+    let mode = o.opt(cx, "synchronous_mode", |cx, p, v| match v {
+        Value::String(s) if s.trim().eq_ignore_ascii_case("quorum") => {
+            Some(baton_core::SyncMode::Quorum)
+        }
+        Value::Bool(b) => Some(if *b {
+            baton_core::SyncMode::Priority
+        } else {
+            baton_core::SyncMode::Off
+        }),
+        Value::String(s) if crate::walk::parse_bool(s).is_some() => {
+            Some(if crate::walk::parse_bool(s) == Some(true) {
+                baton_core::SyncMode::Priority
+            } else {
+                baton_core::SyncMode::Off
+            })
+        }
         other => {
             cx.mismatch(p, "a boolean or \"quorum\"", other);
             None
         }
     });
-    o.opt(cx, "synchronous_node_count", |cx, p, v| {
+    if let Some(mode) = mode {
+        d.sync.mode = mode;
+    }
+    if let Some(n) = o.opt(cx, "synchronous_node_count", |cx, p, v| {
         cx.uint(p, v, 1, i64::MAX as u64)
-    });
+    }) {
+        d.sync.node_count = u32::try_from(n).unwrap_or(u32::MAX);
+    }
     o.opt(cx, "member_slots_ttl", |cx, p, v| match v {
         Value::String(s) if !s.trim().is_empty() => Some(()),
         other => cx.uint(p, other, 0, i64::MAX as u64).map(|_| ()),

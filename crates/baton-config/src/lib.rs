@@ -142,6 +142,7 @@ pub fn effective_ha(config: &Config, dynamic: &DynamicConfig) -> HaConfig {
         pause: dynamic.pause,
         tags: config.tags.clone(),
         can_bootstrap: config.bootstrap.is_some() && !config.tags.is_nofailover(),
+        sync: dynamic.sync,
     }
 }
 

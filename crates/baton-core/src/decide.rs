@@ -19,11 +19,15 @@ use crate::decision::{
     StopMode, Upstream,
 };
 use crate::pg::{ClusterState, ControlData, DataDir, PgSql, PgState};
-use crate::types::{MemberName, Mono};
-use crate::view::ClusterView;
+use crate::sync::{parse_ssn, render_ssn};
+use crate::types::{Lsn, MemberName, Mono};
+use crate::view::{ClusterView, SyncState};
 
 /// How soon a leaderless member looks again (the DCS watch usually wakes it earlier).
 const LEADERLESS_RECHECK: Duration = Duration::from_secs(1);
+
+/// How soon a leader in synchronous mode looks at its standbys again.
+const SYNC_RECHECK: Duration = Duration::from_secs(1);
 
 /// Decide what to do in this cycle. Pure and total.
 pub fn decide(memory: &Memory, obs: &Observation, config: &HaConfig, now: Mono) -> Decision {
@@ -93,6 +97,10 @@ pub fn decide(memory: &Memory, obs: &Observation, config: &HaConfig, now: Mono) 
     }
     if obs.dcs.as_ref().is_some_and(|v| v.leader.is_none()) {
         wake_at = wake_at.min(now + LEADERLESS_RECHECK);
+    }
+    if config.sync.enabled() && ctx.holds_key() {
+        // A synchronous standby that died holds every commit until the set is changed.
+        wake_at = wake_at.min(now + SYNC_RECHECK);
     }
     if let Some(wait) = obs
         .dcs
@@ -452,9 +460,14 @@ impl Ctx<'_> {
     ) -> (Vec<Action>, Reason) {
         next.following = None;
         if sql.in_recovery {
-            return (vec![Action::Promote], Reason::PromotingWithLock);
+            let mut actions = self.before_promote(view);
+            actions.push(Action::Promote);
+            return (actions, Reason::PromotingWithLock);
         }
         if let Some(decision) = self.switchover_from_leader(view) {
+            return decision;
+        }
+        if let Some(decision) = self.sync_steps(next, view, sql) {
             return decision;
         }
         let mut actions = vec![];
@@ -496,10 +509,10 @@ impl Ctx<'_> {
                 // standbys had received everything.
                 Some(c) if c == self.me() => {
                     next.following = None;
-                    return (
-                        vec![Action::AcquireLeader, Action::Promote],
-                        Reason::ManualCandidate,
-                    );
+                    let mut actions = vec![Action::AcquireLeader];
+                    actions.extend(self.before_promote(view));
+                    actions.push(Action::Promote);
+                    return (actions, Reason::ManualCandidate);
                 }
                 // Everyone else leaves the key to a healthy candidate; an unhealthy one is
                 // treated as no candidate.
@@ -527,10 +540,206 @@ impl Ctx<'_> {
             return (vec![], Reason::NotHealthiest(why));
         }
         next.following = None;
-        (
-            vec![Action::AcquireLeader, Action::Promote],
-            Reason::AcquiringLock,
-        )
+        let mut actions = vec![Action::AcquireLeader];
+        actions.extend(self.before_promote(view));
+        actions.push(Action::Promote);
+        (actions, Reason::AcquiringLock)
+    }
+
+    /// The `/sync` state when synchronous mode is on and a leader has published it.
+    fn active_sync<'v>(&self, view: &'v ClusterView) -> Option<&'v SyncState> {
+        if !self.cfg.sync.enabled() {
+            return None;
+        }
+        view.sync
+            .as_ref()
+            .map(|s| &s.value)
+            .filter(|s| s.leader.is_some())
+    }
+
+    /// Before `pg_ctl promote` in synchronous mode (Patroni's
+    /// `process_sync_replication_prepromote`): claim `/sync` for ourselves — with the old
+    /// synchronous set minus us in strict mode, empty otherwise — by compare-and-swap (if that
+    /// fails the promotion waits), and make `synchronous_standby_names` match, so the new
+    /// primary never acknowledges a commit strict mode would have held.
+    fn before_promote(&self, view: &ClusterView) -> Vec<Action> {
+        if !self.cfg.sync.enabled() {
+            return vec![];
+        }
+        let old = view.sync.as_ref();
+        let mut standbys: Vec<MemberName> = vec![];
+        if self.cfg.sync.strict
+            && let Some(old) = old
+        {
+            standbys = old
+                .value
+                .sync_standby
+                .iter()
+                .chain(old.value.leader.iter())
+                .filter(|n| *n != self.me())
+                .cloned()
+                .collect();
+            standbys.sort();
+            standbys.dedup();
+        }
+        vec![
+            Action::WriteSync {
+                state: Some(SyncState {
+                    leader: Some(self.me().clone()),
+                    sync_standby: standbys.clone(),
+                    quorum: 0,
+                }),
+                version: old.map_or(0, |s| s.mod_revision),
+            },
+            Action::SetSyncStandbys {
+                value: Some(render_ssn(&standbys, self.cfg.sync.strict)),
+            },
+        ]
+    }
+
+    /// The standbys we would make synchronous: members streaming from us, not `nosync`, by
+    /// `sync_priority` then flushed position, `synchronous_node_count` of them.
+    fn sync_candidates(&self, view: &ClusterView, sql: &PgSql) -> Vec<MemberName> {
+        let mut rows: Vec<(&MemberName, i64, Lsn)> = view
+            .members
+            .iter()
+            .filter(|m| &m.name != self.me() && !m.tags.is_nosync())
+            .filter_map(|m| {
+                let row = sql.replication.iter().find(|r| {
+                    r.application_name.eq_ignore_ascii_case(m.name.as_str())
+                        && r.state == "streaming"
+                })?;
+                Some((
+                    &m.name,
+                    m.tags.sync_priority.unwrap_or(1),
+                    row.flush_lsn.unwrap_or_default(),
+                ))
+            })
+            .collect();
+        rows.sort_by(|a, b| b.1.cmp(&a.1).then(b.2.cmp(&a.2)).then(a.0.cmp(b.0)));
+        rows.into_iter()
+            .take(self.cfg.sync.node_count.max(1) as usize)
+            .map(|(n, _, _)| n.clone())
+            .collect()
+    }
+
+    /// One step of Patroni's priority-mode protocol per cycle (the next cycle runs at once):
+    /// `/sync` names us; unpublish before removing from `synchronous_standby_names`; add to
+    /// `synchronous_standby_names`; publish only standbys PostgreSQL reports `sync` and that
+    /// have flushed past our position at the change. Any member in `/sync` therefore holds
+    /// every acknowledged commit.
+    fn sync_steps(
+        &self,
+        next: &mut Memory,
+        view: &ClusterView,
+        sql: &PgSql,
+    ) -> Option<(Vec<Action>, Reason)> {
+        let stored = view.sync.as_ref();
+        let version = stored.map_or(0, |s| s.mod_revision);
+        let ours = stored.is_some_and(|s| s.value.leader.as_ref() == Some(self.me()));
+        let step =
+            |actions: Vec<Action>, detail: String| Some((actions, Reason::SyncUpdate { detail }));
+        if !self.cfg.sync.enabled() {
+            // Switched off: unpublish first, then release the waiting commits.
+            if ours {
+                return step(
+                    vec![
+                        Action::WriteSync {
+                            state: None,
+                            version,
+                        },
+                        Action::SetSyncStandbys { value: None },
+                    ],
+                    "Disabled synchronous replication".into(),
+                );
+            }
+            return None;
+        }
+        let me = Some(self.me().clone());
+        if !ours {
+            return step(
+                vec![Action::WriteSync {
+                    state: Some(SyncState {
+                        leader: me,
+                        sync_standby: vec![],
+                        quorum: 0,
+                    }),
+                    version,
+                }],
+                "Enabled synchronous replication".into(),
+            );
+        }
+        let published = stored
+            .map(|s| s.value.sync_standby.clone())
+            .unwrap_or_default();
+        let picked = self.sync_candidates(view, sql);
+        let in_guc = parse_ssn(&sql.synchronous_standby_names);
+        let changed_at = next.sync_changed_at.unwrap_or_else(|| sql.wal_position());
+        let confirmed = |n: &MemberName| {
+            in_guc.iter().any(|g| g.eq_ignore_ascii_case(n.as_str()))
+                && sql.replication.iter().any(|r| {
+                    r.application_name.eq_ignore_ascii_case(n.as_str())
+                        && r.sync_state == "sync"
+                        && (published.contains(n) || r.flush_lsn.is_some_and(|l| l >= changed_at))
+                })
+        };
+        let keep: Vec<MemberName> = published
+            .iter()
+            .filter(|n| picked.contains(n) && confirmed(n))
+            .cloned()
+            .collect();
+        if keep != published {
+            return step(
+                vec![Action::WriteSync {
+                    state: Some(SyncState {
+                        leader: me,
+                        sync_standby: keep,
+                        quorum: 0,
+                    }),
+                    version,
+                }],
+                "Removing standbys from /sync before changing synchronous_standby_names".into(),
+            );
+        }
+        // Strict mode never empties the set: with nobody to pick, the published set (or the
+        // placeholder) stays, so commits keep waiting rather than going through unprotected.
+        let target = if picked.is_empty() && self.cfg.sync.strict {
+            published.clone()
+        } else {
+            picked.clone()
+        };
+        let wanted = render_ssn(&target, self.cfg.sync.strict);
+        if wanted != sql.synchronous_standby_names {
+            next.sync_changed_at = Some(sql.wal_position());
+            return step(
+                vec![Action::SetSyncStandbys {
+                    value: Some(wanted.clone()),
+                }],
+                format!("Assigning synchronous_standby_names = '{wanted}'"),
+            );
+        }
+        let mut now_sync: Vec<MemberName> =
+            picked.iter().filter(|n| confirmed(n)).cloned().collect();
+        now_sync.sort();
+        if now_sync != published {
+            let names: Vec<&str> = now_sync.iter().map(MemberName::as_str).collect();
+            let detail = format!(
+                "Synchronous standby status assigned to [{}]",
+                names.join(", ")
+            );
+            return step(
+                vec![Action::WriteSync {
+                    state: Some(SyncState {
+                        leader: me,
+                        sync_standby: now_sync,
+                        quorum: 0,
+                    }),
+                    version,
+                }],
+                detail,
+            );
+        }
+        None
     }
 
     /// A peer that answered, runs as a standby and may be promoted.
@@ -627,9 +836,23 @@ impl Ctx<'_> {
                 });
             }
         }
+        let active_sync = self.active_sync(view);
+        if let Some(sync) = active_sync
+            && sync.leader.as_ref() != Some(self.me())
+            && !sync.lists(self.me())
+        {
+            return Err(NotHealthiest::NotSynchronous);
+        }
         let my_priority = self.cfg.tags.effective_failover_priority();
         for peer in &self.obs.peers {
             if !peer.reachable || &peer.name == self.me() {
+                continue;
+            }
+            // In synchronous mode only `/sync` members could take over: only they compete.
+            if let Some(sync) = active_sync
+                && !peer.is_primary
+                && !sync.lists(&peer.name)
+            {
                 continue;
             }
             if peer.is_primary {

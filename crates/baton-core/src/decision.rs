@@ -8,6 +8,45 @@ use crate::pg::PgState;
 use crate::types::{Lsn, MemberName, Mono, Timeline};
 use crate::view::{ClusterView, Tags};
 
+/// Patroni's `synchronous_mode`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SyncMode {
+    #[default]
+    Off,
+    /// `synchronous_mode: on`: `synchronous_standby_names = N (a,b)`.
+    Priority,
+    /// `synchronous_mode: quorum`. pgbaton manages it like priority mode for now (every
+    /// member in `/sync` is synchronous, so the promotion rule stays sound); the `ANY k (...)`
+    /// form is not emitted yet.
+    Quorum,
+}
+
+/// Synchronous replication settings (dynamic configuration).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyncConfig {
+    pub mode: SyncMode,
+    /// `synchronous_mode_strict`: never let commits through without a synchronous standby.
+    pub strict: bool,
+    /// `synchronous_node_count` (at least 1).
+    pub node_count: u32,
+}
+
+impl Default for SyncConfig {
+    fn default() -> SyncConfig {
+        SyncConfig {
+            mode: SyncMode::Off,
+            strict: false,
+            node_count: 1,
+        }
+    }
+}
+
+impl SyncConfig {
+    pub fn enabled(&self) -> bool {
+        self.mode != SyncMode::Off
+    }
+}
+
 /// Effective HA settings for one cycle: local configuration merged with the dynamic
 /// configuration from the DCS (the merge is done by the caller; `decide` only reads this).
 #[derive(Clone, Debug, PartialEq)]
@@ -29,6 +68,7 @@ pub struct HaConfig {
     pub tags: Tags,
     /// This node may bootstrap a new cluster (it has a `bootstrap` section and is not nofailover).
     pub can_bootstrap: bool,
+    pub sync: SyncConfig,
 }
 
 /// What the agent observed in one cycle.
@@ -101,6 +141,10 @@ pub struct Memory {
     pub rewind_failed_against: Option<MemberName>,
     /// The leader we last configured PostgreSQL to stream from.
     pub following: Option<MemberName>,
+    /// Our flush position when we last changed `synchronous_standby_names`: a standby counts
+    /// as synchronous only once it has flushed this far (it then holds every commit that was
+    /// acknowledged before it became synchronous).
+    pub sync_changed_at: Option<Lsn>,
 }
 
 /// Where a replica streams from / clones from / rewinds from.
@@ -194,6 +238,16 @@ pub enum Action {
     ClearFailover {
         version: i64,
     },
+    /// Set `synchronous_standby_names` (`None`: back to the configured value) and reload.
+    SetSyncStandbys {
+        value: Option<String>,
+    },
+    /// Write (`None`: delete) the `sync` key if it is still at this revision (0: absent).
+    /// Losing the compare-and-swap stops the list.
+    WriteSync {
+        state: Option<crate::view::SyncState>,
+        version: i64,
+    },
 }
 
 /// The kind of an action, without its arguments (for failure reports).
@@ -216,6 +270,8 @@ pub enum ActionKind {
     WipeDataDir,
     HandOver,
     ClearFailover,
+    SetSyncStandbys,
+    WriteSync,
 }
 
 impl Action {
@@ -238,6 +294,8 @@ impl Action {
             Action::WipeDataDir => ActionKind::WipeDataDir,
             Action::HandOver => ActionKind::HandOver,
             Action::ClearFailover { .. } => ActionKind::ClearFailover,
+            Action::SetSyncStandbys { .. } => ActionKind::SetSyncStandbys,
+            Action::WriteSync { .. } => ActionKind::WriteSync,
         }
     }
 }
@@ -290,6 +348,24 @@ impl fmt::Display for Action {
                 write!(f, "hand over: stop postgres (fast) and release leader key")
             }
             Action::ClearFailover { .. } => write!(f, "clear failover key"),
+            Action::SetSyncStandbys { value: Some(v) } => {
+                write!(f, "set synchronous_standby_names to '{v}'")
+            }
+            Action::SetSyncStandbys { value: None } => {
+                write!(f, "reset synchronous_standby_names to the configured value")
+            }
+            Action::WriteSync { state: None, .. } => write!(f, "delete /sync"),
+            Action::WriteSync {
+                state: Some(st), ..
+            } => {
+                let names: Vec<&str> = st.sync_standby.iter().map(MemberName::as_str).collect();
+                write!(
+                    f,
+                    "write /sync: leader {}, sync_standby [{}]",
+                    st.leader.as_ref().map_or("-", |l| l.as_str()),
+                    names.join(", ")
+                )
+            }
         }
     }
 }
@@ -317,6 +393,8 @@ pub enum NotHealthiest {
     },
     /// We do not know our own WAL position.
     OwnPositionUnknown,
+    /// Synchronous mode: we are not in `/sync`, so we may miss acknowledged commits.
+    NotSynchronous,
 }
 
 impl fmt::Display for NotHealthiest {
@@ -356,6 +434,10 @@ impl fmt::Display for NotHealthiest {
                 "{member} has equally tolerable WAL position and priority {theirs}, while this node has priority {mine}"
             ),
             NotHealthiest::OwnPositionUnknown => write!(f, "my wal position is unknown"),
+            NotHealthiest::NotSynchronous => write!(
+                f,
+                "synchronous mode is on and I am not a synchronous standby (not in /sync)"
+            ),
         }
     }
 }
@@ -400,6 +482,7 @@ pub enum Reason {
     WaitingForCandidate { candidate: MemberName },
     WaitingForOthersAfterHandOver,
     ManualCandidate,
+    SyncUpdate { detail: String },
 }
 
 impl fmt::Display for Reason {
@@ -522,6 +605,7 @@ impl fmt::Display for Reason {
                 f,
                 "following a different leader because {candidate} is the manual failover candidate"
             ),
+            Reason::SyncUpdate { detail } => write!(f, "{detail}"),
             Reason::ManualCandidate => write!(
                 f,
                 "promoted self to leader by acquiring session lock as the manual failover candidate"

@@ -8,6 +8,7 @@
 mod decide;
 mod decision;
 mod pg;
+mod sync;
 mod time;
 mod types;
 mod view;
@@ -15,9 +16,10 @@ mod view;
 pub use decide::decide;
 pub use decision::{
     Action, ActionFailure, ActionKind, Decision, HaConfig, LeaseState, Memory, NotHealthiest,
-    Observation, PeerStatus, Reason, StartRole, StopMode, Upstream,
+    Observation, PeerStatus, Reason, StartRole, StopMode, SyncConfig, SyncMode, Upstream,
 };
 pub use pg::{ClusterState, ControlData, DataDir, PgProcess, PgSql, PgState, ReplicationRow};
+pub use sync::{STRICT_PLACEHOLDER, parse_ssn, quote_ident, render_ssn};
 pub use time::parse_iso8601;
 pub use types::{Clock, Lsn, MemberName, Mono, ParseLsnError, Timeline};
 pub use view::{

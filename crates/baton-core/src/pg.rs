@@ -186,6 +186,8 @@ pub struct PgSql {
     pub slots: Vec<String>,
     /// `pending_restart` is true for some setting in `pg_settings`.
     pub pending_restart: bool,
+    /// The current value of `synchronous_standby_names`.
+    pub synchronous_standby_names: String,
 }
 
 impl PgSql {

@@ -136,6 +136,20 @@ pub trait Postgres: Send + Sync + 'static {
     /// `pg_rewind --source-server` against `upstream` (rewind user).
     fn rewind(&self, upstream: &Upstream) -> impl Future<Output = Result<(), PgError>> + Send;
 
+    /// Set `synchronous_standby_names` (`None`: back to the configured value), persistently
+    /// in the configuration we own, and reload a running server.
+    fn set_synchronous_standby_names(
+        &self,
+        value: Option<&str>,
+    ) -> impl Future<Output = Result<(), PgError>> + Send {
+        let _ = value;
+        async {
+            Err(PgError::Other(
+                "synchronous replication is not supported here".into(),
+            ))
+        }
+    }
+
     /// Remove the data directory's contents.
     fn wipe_data_dir(&self) -> impl Future<Output = Result<(), PgError>> + Send;
 

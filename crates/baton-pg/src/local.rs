@@ -52,6 +52,9 @@ const TAIL_LINES: usize = 20;
 /// The local PostgreSQL instance described by [`PgSettings`].
 pub struct LocalPostgres {
     settings: PgSettings,
+    /// `synchronous_standby_names` as the HA loop manages it (overrides the configured value),
+    /// and the role the configuration was last written for (to rewrite it in place).
+    managed: std::sync::Mutex<Managed>,
     /// The cached connection of `observe` (reconnected when broken or after a timeout).
     observer: tokio::sync::Mutex<Option<ObserveConn>>,
 }
@@ -101,6 +104,12 @@ impl Drop for GroupGuard {
     }
 }
 
+#[derive(Default)]
+struct Managed {
+    synchronous_standby_names: Option<String>,
+    role: Option<StartRole>,
+}
+
 /// Removes a file when dropped (the initdb password file).
 struct RemoveOnDrop(PathBuf);
 
@@ -124,7 +133,8 @@ SELECT current_setting('server_version_num')::int4,
        w.status,
        w.received_tli::int8,
        w.latest_end_lsn::text,
-       EXISTS (SELECT 1 FROM pg_catalog.pg_settings WHERE pending_restart)
+       EXISTS (SELECT 1 FROM pg_catalog.pg_settings WHERE pending_restart),
+       current_setting('synchronous_standby_names')
   FROM (SELECT pg_catalog.pg_is_in_recovery() AS rec) r
   LEFT JOIN pg_catalog.pg_stat_wal_receiver w ON true";
 
@@ -149,6 +159,7 @@ impl LocalPostgres {
         LocalPostgres {
             settings,
             observer: tokio::sync::Mutex::new(None),
+            managed: std::sync::Mutex::new(Managed::default()),
         }
     }
 
@@ -400,7 +411,20 @@ impl LocalPostgres {
             warn!("removing recovery settings from {}", auto_conf.display());
             self.write_file(&auto_conf, &clean, 0o600)?;
         }
-        let conf = render::postgresql_conf(&self.settings, role);
+        let conf = {
+            let mut managed = self.managed.lock().unwrap_or_else(|p| p.into_inner());
+            managed.role = Some(role.clone());
+            match &managed.synchronous_standby_names {
+                Some(value) => {
+                    let mut settings = self.settings.clone();
+                    settings
+                        .parameters
+                        .insert("synchronous_standby_names".into(), value.clone());
+                    render::postgresql_conf(&settings, role)
+                }
+                None => render::postgresql_conf(&self.settings, role),
+            }
+        };
         let mut changed = self.write_file(&self.data_file("postgresql.conf"), &conf, 0o600)?;
         self.write_file(
             &self.data_file("pg_hba.conf"),
@@ -1011,6 +1035,27 @@ impl Postgres for LocalPostgres {
         .await
     }
 
+    async fn set_synchronous_standby_names(&self, value: Option<&str>) -> Result<(), PgError> {
+        let role = {
+            let mut managed = self.managed.lock().unwrap_or_else(|p| p.into_inner());
+            managed.synchronous_standby_names = value.map(str::to_owned);
+            managed.role.clone()
+        };
+        let role = role.unwrap_or(if self.data_file("standby.signal").exists() {
+            StartRole::Standby { upstream: None }
+        } else {
+            StartRole::Primary
+        });
+        if self.write_config(&role)? && procs::postmaster(self.data_dir()).is_some() {
+            info!(
+                "synchronous_standby_names = {:?}: reloading PostgreSQL",
+                value.unwrap_or("(configured)")
+            );
+            self.pg_ctl(&["reload"], self.pg_ctl_bound()).await?;
+        }
+        Ok(())
+    }
+
     async fn follow(&self, upstream: &Upstream) -> Result<bool, PgError> {
         if !self.write_config(&StartRole::Standby {
             upstream: Some(upstream.clone()),
@@ -1354,6 +1399,7 @@ fn parse_status(row: &Row) -> Result<PgSql, PgError> {
     let received_tli: Option<i64> = row.try_get(11).map_err(get_err)?;
     let receiver_latest_end_lsn = lsn(12)?;
     let pending_restart: bool = row.try_get(13).map_err(get_err)?;
+    let synchronous_standby_names: String = row.try_get(14).map_err(get_err)?;
 
     let to_timeline = |t: i64| u32::try_from(t).ok().filter(|t| *t > 0).map(Timeline);
     let timeline = if in_recovery {
@@ -1379,6 +1425,7 @@ fn parse_status(row: &Row) -> Result<PgSql, PgError> {
         replication: Vec::new(),
         slots: Vec::new(),
         pending_restart,
+        synchronous_standby_names,
     })
 }
 

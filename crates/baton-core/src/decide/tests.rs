@@ -14,6 +14,9 @@
 //! failure: rewind at=99
 //! failover: leader=n1 candidate=n2 at=2026-11-22T05:00:00+00:00 rev=9
 //! unix: 1795323590000          (wall clock, ms; default 1795323600000 = 2026-11-22T05:00:00Z)
+//! config: sync=on strict=on count=2;  dcs: sync=n1:n2,n3@7 (leader:standbys@revision)
+//! pg: running primary ssn=2~(n2,n3) repl=n2:sync:0_3000000,n3:async:0_2000000
+//!     (`~` stands for a space, `_` for `/` inside repl)
 //! ```
 //! Times are seconds on the monotonic clock.
 
@@ -23,12 +26,14 @@ use std::time::Duration;
 use expect_test::{Expect, expect};
 
 use crate::decision::{
-    ActionFailure, ActionKind, HaConfig, LeaseState, Memory, Observation, PeerStatus,
+    ActionFailure, ActionKind, HaConfig, LeaseState, Memory, Observation, PeerStatus, SyncConfig,
+    SyncMode,
 };
-use crate::pg::{ClusterState, ControlData, DataDir, PgProcess, PgSql};
+use crate::pg::{ClusterState, ControlData, DataDir, PgProcess, PgSql, ReplicationRow};
 use crate::types::{Lsn, MemberName, Mono, Timeline};
 use crate::view::{
-    ClusterView, FailoverRequest, HistoryLine, LeaderKey, LeaderStatus, Member, Tags, Versioned,
+    ClusterView, FailoverRequest, HistoryLine, LeaderKey, LeaderStatus, Member, SyncState, Tags,
+    Versioned,
 };
 
 fn name(s: &str) -> MemberName {
@@ -98,6 +103,7 @@ fn parse(fixture: &str) -> Fixture {
         pause: false,
         tags: Tags::default(),
         can_bootstrap: true,
+        sync: SyncConfig::default(),
     };
     let mut obs = Observation {
         unix_ms: 1_795_323_600_000,
@@ -131,6 +137,16 @@ fn parse(fixture: &str) -> Fixture {
                     t.on("wipe", config.remove_data_directory_on_rewind_failure);
                 config.pause = t.on("pause", config.pause);
                 config.can_bootstrap = t.on("bootstrap", config.can_bootstrap);
+                match t.get("sync") {
+                    Some("on") => config.sync.mode = SyncMode::Priority,
+                    Some("off") => config.sync.mode = SyncMode::Off,
+                    Some(other) => panic!("sync={other}"),
+                    None => {}
+                }
+                config.sync.strict = t.on("strict", config.sync.strict);
+                if let Some(n) = t.get("count") {
+                    config.sync.node_count = n.parse().expect("count");
+                }
                 let line_tags = tags(&t);
                 if line_tags != Tags::default() {
                     config.tags = line_tags;
@@ -185,6 +201,23 @@ fn parse(fixture: &str) -> Fixture {
                         })
                         .collect();
                 }
+                if let Some(sync) = t.get("sync") {
+                    // sync=leader:a,b@rev
+                    let (body, rev) = sync.split_once('@').unwrap_or((sync, "3"));
+                    let (leader, standbys) = body.split_once(':').unwrap_or((body, ""));
+                    v.sync = Some(Versioned {
+                        value: SyncState {
+                            leader: Some(name(leader)),
+                            sync_standby: standbys
+                                .split(',')
+                                .filter(|s| !s.is_empty())
+                                .map(name)
+                                .collect(),
+                            quorum: 0,
+                        },
+                        mod_revision: rev.parse().expect("sync rev"),
+                    });
+                }
                 if t.get("config") != Some("no") {
                     v.config = Some(Versioned {
                         value: "{}".into(),
@@ -234,6 +267,29 @@ fn parse(fixture: &str) -> Fixture {
                             received_lsn: t.get("recv").map(lsn),
                             replayed_lsn: t.get("replay").map(lsn),
                             streaming: t.has("streaming"),
+                            synchronous_standby_names: t.get("ssn").unwrap_or("").replace('~', " "),
+                            replication: t
+                                .get("repl")
+                                .map(|r| {
+                                    r.split(',')
+                                        .map(|row| {
+                                            // name:sync_state:flush
+                                            let mut it = row.split(':');
+                                            let app = it.next().expect("repl name");
+                                            let state = it.next().expect("repl sync_state");
+                                            let flush =
+                                                it.next().map(|l| lsn(&l.replace('_', "/")));
+                                            ReplicationRow {
+                                                application_name: app.to_owned(),
+                                                state: "streaming".into(),
+                                                sync_state: state.to_owned(),
+                                                flush_lsn: flush,
+                                                ..ReplicationRow::default()
+                                            }
+                                        })
+                                        .collect()
+                                })
+                                .unwrap_or_default(),
                             slots: t
                                 .get("slots")
                                 .map(|s| s.split(',').map(str::to_owned).collect())
@@ -1212,6 +1268,244 @@ fn a_manual_switchover_to_a_named_candidate_works_while_paused() {
             actions:
               1. hand over: stop postgres (fast) and release leader key
             memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
+
+// ---- synchronous mode ------------------------------------------------------------------
+
+/// n1 leads in synchronous mode; n2 and n3 stream from it.
+const SYNC_LEADER: &str = "
+    config: me=n1 sync=on
+    lease: id=5 deadline=105
+    dcs: init=7001 leader=n1@5 optime=0/3000000
+    member: n1 role=primary conn=10.0.0.1:5432
+    member: n2 role=replica conn=10.0.0.2:5432
+    member: n3 role=replica conn=10.0.0.3:5432
+    pg: data=initialized state=in-production
+";
+
+#[test]
+fn sync_leader_first_claims_the_sync_key() {
+    check(
+        &format!(
+            "{SYNC_LEADER}\n pg: running primary tl=1 flush=0/3000000 slots=n2,n3 repl=n2:async:0_3000000,n3:async:0_3000000"
+        ),
+        expect![[r#"
+            reason: Enabled synchronous replication
+            actions:
+              1. write /sync: leader n1, sync_standby []
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
+
+#[test]
+fn sync_standby_is_added_to_the_guc_before_it_is_published() {
+    // Step 1: set the GUC (remembering our position at the change).
+    check(
+        &format!(
+            "{SYNC_LEADER}
+             dcs: init=7001 leader=n1@5 optime=0/3000000 sync=n1:@7
+             pg: running primary tl=1 flush=0/3000000 slots=n2,n3 repl=n2:async:0_3000000,n3:async:0_2000000"
+        ),
+        expect![[r#"
+            reason: Assigning synchronous_standby_names = 'n2'
+            actions:
+              1. set synchronous_standby_names to 'n2'
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+    // Step 2: PostgreSQL reports it `sync` but it has not flushed past our position at the
+    // change yet: not published.
+    let base = format!(
+        "{SYNC_LEADER}
+         dcs: init=7001 leader=n1@5 optime=0/3000000 sync=n1:@7"
+    );
+    let parsed = parse(&format!(
+        "{base}\n pg: running primary tl=1 flush=0/3000100 slots=n2,n3 ssn=n2 repl=n2:sync:0_3000000,n3:async:0_2000000"
+    ));
+    let mut memory = parsed.memory.clone();
+    memory.sync_changed_at = Some(lsn("0/3000100"));
+    let d = super::decide(&memory, &parsed.obs, &parsed.config, parsed.now);
+    assert!(d.actions.is_empty(), "published too early: {:?}", d.actions);
+    assert_eq!(
+        d.wake_at,
+        parsed.now + Duration::from_secs(1),
+        "a sync leader rechecks within 1 s"
+    );
+    // Step 3: caught up: published.
+    let parsed = parse(&format!(
+        "{base}\n pg: running primary tl=1 flush=0/3000200 slots=n2,n3 ssn=n2 repl=n2:sync:0_3000100,n3:async:0_2000000"
+    ));
+    let d = super::decide(&memory, &parsed.obs, &parsed.config, parsed.now);
+    assert_eq!(
+        d.reason.to_string(),
+        "Synchronous standby status assigned to [n2]"
+    );
+    assert_eq!(
+        d.actions
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["write /sync: leader n1, sync_standby [n2]"]
+    );
+}
+
+#[test]
+fn a_sync_standby_that_stopped_streaming_is_unpublished_before_the_guc_changes() {
+    check(
+        &format!(
+            "{SYNC_LEADER}
+             dcs: init=7001 leader=n1@5 optime=0/3000000 sync=n1:n2@7
+             pg: running primary tl=1 flush=0/3000000 slots=n2,n3 ssn=n2 repl=n3:async:0_3000000"
+        ),
+        expect![[r#"
+            reason: Removing standbys from /sync before changing synchronous_standby_names
+            actions:
+              1. write /sync: leader n1, sync_standby []
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+    // Then the GUC moves to the remaining standby.
+    check(
+        &format!(
+            "{SYNC_LEADER}
+             dcs: init=7001 leader=n1@5 optime=0/3000000 sync=n1:@8
+             pg: running primary tl=1 flush=0/3000000 slots=n2,n3 ssn=n2 repl=n3:async:0_3000000"
+        ),
+        expect![[r#"
+            reason: Assigning synchronous_standby_names = 'n3'
+            actions:
+              1. set synchronous_standby_names to 'n3'
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
+
+#[test]
+fn strict_mode_never_empties_the_guc() {
+    check(
+        &format!(
+            "config: strict=on
+             {SYNC_LEADER}
+             dcs: init=7001 leader=n1@5 optime=0/3000000 sync=n1:@8
+             pg: running primary tl=1 flush=0/3000000 slots=n2,n3 ssn=n2"
+        ),
+        expect![[r#"
+            reason: Assigning synchronous_standby_names = '__patroni_strict_sync_replica_placeholder__'
+            actions:
+              1. set synchronous_standby_names to '__patroni_strict_sync_replica_placeholder__'
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+    // Non-strict: with nobody streaming, commits go through unprotected (async).
+    check(
+        &format!(
+            "{SYNC_LEADER}
+             dcs: init=7001 leader=n1@5 optime=0/3000000 sync=n1:@8
+             pg: running primary tl=1 flush=0/3000000 slots=n2,n3 ssn=n2"
+        ),
+        expect![[r#"
+            reason: Assigning synchronous_standby_names = ''
+            actions:
+              1. set synchronous_standby_names to ''
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
+
+#[test]
+fn switching_sync_mode_off_unpublishes_then_releases_commits() {
+    check(
+        &format!(
+            "{SYNC_LEADER}
+             config: sync=off
+             dcs: init=7001 leader=n1@5 optime=0/3000000 sync=n1:n2@8
+             pg: running primary tl=1 flush=0/3000000 slots=n2,n3 ssn=n2 repl=n2:sync:0_3000000"
+        ),
+        expect![[r#"
+            reason: Disabled synchronous replication
+            actions:
+              1. delete /sync
+              2. reset synchronous_standby_names to the configured value
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
+
+/// n1 died in synchronous mode; /sync says n2 was its synchronous standby.
+const SYNC_LEADERLESS: &str = "
+    config: sync=on
+    lease: id=7 deadline=105
+    dcs: init=7001 optime=0/3000000 sync=n1:n2@8
+    member: n2 role=replica xlog=0/3000000 conn=10.0.0.2:5432
+    member: n3 role=replica xlog=0/3000000 conn=10.0.0.3:5432
+    pg: data=initialized
+";
+
+#[test]
+fn only_a_sync_standby_may_promote_and_it_claims_sync_first() {
+    check(
+        &format!(
+            "config: me=n3
+             {SYNC_LEADERLESS}
+             pg: running replica tl=1 recv=0/3000100 replay=0/3000100
+             peer: n2 unreachable"
+        ),
+        expect![[r#"
+            reason: following a different leader because i am not the healthiest node: synchronous mode is on and I am not a synchronous standby (not in /sync)
+            actions: none
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +1000ms
+        "#]],
+    );
+    // n2 wins even though the asynchronous n3 received more WAL: n3 cannot be trusted to hold
+    // every acknowledged commit, n2 can.
+    check(
+        &format!(
+            "config: me=n2
+             {SYNC_LEADERLESS}
+             pg: running replica tl=1 recv=0/3000000 replay=0/3000000
+             peer: n3 reachable wal=0/3000100"
+        ),
+        expect![[r#"
+            reason: promoted self to leader by acquiring session lock
+            actions:
+              1. acquire leader key
+              2. write /sync: leader n2, sync_standby []
+              3. set synchronous_standby_names to ''
+              4. promote postgres
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
+
+#[test]
+fn strict_promotion_keeps_the_old_set_so_no_commit_goes_through_unprotected() {
+    check(
+        &format!(
+            "config: me=n2 strict=on
+             {SYNC_LEADERLESS}
+             pg: running replica tl=1 recv=0/3000000 replay=0/3000000"
+        ),
+        expect![[r#"
+            reason: promoted self to leader by acquiring session lock
+            actions:
+              1. acquire leader key
+              2. write /sync: leader n2, sync_standby [n1]
+              3. set synchronous_standby_names to 'n1'
+              4. promote postgres
+            memory: leader=true following=- down_since=- rewind_failed=-
             wake: +0ms
         "#]],
     );
