@@ -187,6 +187,11 @@ tags:
                             "host replication replicator 127.0.0.1/32 md5",
                             "host all all 0.0.0.0/0 md5",
                         ],
+                        sync: SyncConfig {
+                            mode: Off,
+                            strict: false,
+                            node_count: 1,
+                        },
                         raw: Object {
                             "loop_wait": Number(2),
                             "maximum_lag_on_failover": Number(1048576),
@@ -1211,6 +1216,11 @@ fn effective_ha_merges_local_and_dynamic() {
                 custom: {},
             },
             can_bootstrap: false,
+            sync: SyncConfig {
+                mode: Off,
+                strict: false,
+                node_count: 1,
+            },
         }
     "#]]
     .assert_debug_eq(&ha);
@@ -1382,4 +1392,35 @@ fn no_value_of_any_shape_makes_the_loader_panic() {
         }
     }
     assert!(runs > 500, "only {runs} variants tried");
+}
+
+#[test]
+fn synchronous_mode_keys_become_typed_settings() {
+    use baton_core::SyncMode;
+    for (json, mode, strict, count) in [
+        (r#"{"synchronous_mode":true}"#, SyncMode::Priority, false, 1),
+        (
+            r#"{"synchronous_mode":"on","synchronous_node_count":2}"#,
+            SyncMode::Priority,
+            false,
+            2,
+        ),
+        (
+            r#"{"synchronous_mode":"quorum","synchronous_mode_strict":true}"#,
+            SyncMode::Quorum,
+            true,
+            1,
+        ),
+        (r#"{"synchronous_mode":false}"#, SyncMode::Off, false, 1),
+        (r#"{}"#, SyncMode::Off, false, 1),
+    ] {
+        let (d, _) = crate::DynamicConfig::from_json(json).expect(json);
+        assert_eq!(
+            (d.sync.mode, d.sync.strict, d.sync.node_count),
+            (mode, strict, count),
+            "{json}"
+        );
+    }
+    let err = crate::DynamicConfig::from_json(r#"{"synchronous_mode":"maybe"}"#).unwrap_err();
+    assert!(err.to_string().contains("synchronous_mode"), "{err}");
 }
