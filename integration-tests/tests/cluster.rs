@@ -746,6 +746,217 @@ async fn bad_switchovers_are_refused_and_pause_blocks_failover() -> anyhow::Resu
     Ok(())
 }
 
+/// The `/sync` key's standbys once the leader has published at least one.
+async fn wait_sync_standby(cluster: &Cluster) -> anyhow::Result<(String, Vec<String>)> {
+    wait_for(
+        "the leader to publish a synchronous standby in /sync",
+        scaled(Duration::from_secs(60)),
+        || async {
+            let Some(kv) = cluster.etcd().get(&cluster.key("sync")).await? else {
+                return Ok(Check::not_yet("no /sync key"));
+            };
+            let v: Value = serde_json::from_str(&kv.value)?;
+            let leader = v
+                .get("leader")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let standbys: Vec<String> = v
+                .get("sync_standby")
+                .and_then(Value::as_str)
+                .map(|s| {
+                    s.split(',')
+                        .filter(|n| !n.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default();
+            Ok(if standbys.is_empty() {
+                Check::not_yet(format!("/sync is {}", kv.value))
+            } else {
+                Check::Done((leader, standbys))
+            })
+        },
+    )
+    .await
+}
+
+fn sync_mode_spec(nodes: usize, strict: bool) -> ClusterSpec {
+    let mut spec = ClusterSpec::new(nodes);
+    spec.extra_config = json!({
+        "bootstrap": { "dcs": { "synchronous_mode": true, "synchronous_mode_strict": strict } }
+    });
+    spec
+}
+
+/// Synchronous mode: the primary's host dies while a writer commits; the member recorded in
+/// `/sync` takes over and every acknowledged commit is on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_mode_failover_loses_no_acknowledged_commit() -> anyhow::Result<()> {
+    let tools = tools_or_skip!("sync_mode_failover_loses_no_acknowledged_commit");
+    let spec = sync_mode_spec(3, false);
+    let ttl = spec.timing.ttl();
+    let mut cluster = Cluster::start(&tools, spec).await?;
+    let healthy = cluster
+        .wait_healthy(scaled(Duration::from_secs(180)))
+        .await?;
+    let old = healthy.leader.clone();
+    let (sync_leader, sync_standbys) = wait_sync_standby(&cluster).await?;
+    ensure!(
+        sync_leader == old,
+        "/sync names {sync_leader}, leader is {old}"
+    );
+    let ssn = cluster.sql(&old, "SHOW synchronous_standby_names").await?;
+    eprintln!("/sync standbys {sync_standbys:?}, synchronous_standby_names {ssn:?}");
+
+    let pg = cluster.node(&old).pg();
+    simple_query(
+        &pg.connect().await?,
+        "CREATE TABLE acked (id int PRIMARY KEY)",
+    )
+    .await?;
+    // Commits acknowledged by the primary before it dies (synchronous_commit=on waits for the
+    // synchronous standby's flush).
+    let client = pg.connect().await?;
+    let mut acked = Vec::new();
+    for id in 1..=300 {
+        client
+            .execute("INSERT INTO acked VALUES ($1)", &[&id])
+            .await?;
+        acked.push(id);
+    }
+    let committed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let in_flight = {
+        let committed = committed.clone();
+        tokio::spawn(async move {
+            // Keeps committing until the host dies: the last acknowledgements are the risky ones.
+            let mut more = Vec::new();
+            for id in 301..=100_000 {
+                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
+                let insert = client.execute("INSERT INTO acked VALUES ($1)", &params);
+                match tokio::time::timeout(Duration::from_secs(2), insert).await {
+                    Ok(Ok(_)) => {
+                        more.push(id);
+                        committed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    _ => break,
+                }
+            }
+            more
+        })
+    };
+    wait_until(
+        "the writer to be committing",
+        scaled(Duration::from_secs(30)),
+        || async { Ok(committed.load(std::sync::atomic::Ordering::SeqCst) >= 50) },
+    )
+    .await?;
+    cluster.kill_host(&old)?;
+    acked.extend(in_flight.await?);
+
+    let new = cluster
+        .wait_new_leader(&old, scaled(ttl + Duration::from_secs(30)))
+        .await?;
+    ensure!(
+        sync_standbys.contains(&new),
+        "{new} took over but /sync listed {sync_standbys:?}"
+    );
+    let new_pg = cluster.node(&new).pg();
+    wait_for(
+        "the new leader to accept writes",
+        scaled(Duration::from_secs(30)),
+        || async {
+            Ok(
+                match new_pg.query_one("SELECT pg_is_in_recovery()::text").await {
+                    Ok(v) if v == "false" => Check::Done(()),
+                    other => Check::not_yet(format!("{other:?}")),
+                },
+            )
+        },
+    )
+    .await?;
+    let present: std::collections::BTreeSet<i32> = new_pg
+        .query("SELECT id::text FROM acked")
+        .await?
+        .into_iter()
+        .filter_map(|r| r.first().cloned().flatten()?.parse().ok())
+        .collect();
+    let lost: Vec<i32> = acked
+        .iter()
+        .copied()
+        .filter(|id| !present.contains(id))
+        .collect();
+    eprintln!(
+        "{} commits acknowledged, {} lost; new leader {new}",
+        acked.len(),
+        lost.len()
+    );
+    ensure!(
+        lost.is_empty(),
+        "acknowledged commits lost in synchronous mode: {lost:?}"
+    );
+    cluster.finish();
+    Ok(())
+}
+
+/// Synchronous mode: when the primary and its synchronous standby die together, the
+/// remaining asynchronous standby must not promote (it may lack acknowledged commits).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_mode_no_promotion_outside_sync() -> anyhow::Result<()> {
+    let tools = tools_or_skip!("sync_mode_no_promotion_outside_sync");
+    let mut spec = sync_mode_spec(3, false);
+    spec.haproxy = None;
+    let ttl = spec.timing.ttl();
+    let mut cluster = Cluster::start(&tools, spec).await?;
+    let healthy = cluster
+        .wait_healthy(scaled(Duration::from_secs(180)))
+        .await?;
+    let (_, sync_standbys) = wait_sync_standby(&cluster).await?;
+    let sync = sync_standbys[0].clone();
+    let async_one = healthy
+        .replicas
+        .iter()
+        .find(|r| !sync_standbys.contains(r))
+        .cloned()
+        .context("no asynchronous standby")?;
+    cluster.kill_host(&healthy.leader)?;
+    cluster.kill_host(&sync)?;
+    let since = Instant::now();
+    wait_for(
+        "no promotion outside /sync",
+        scaled(ttl * 2 + Duration::from_secs(5)),
+        || async {
+            // The dead leader's key lingers until its lease expires; anybody else is a violation.
+            let l = cluster.leader().await?;
+            if l.as_deref().is_some_and(|l| l != healthy.leader) {
+                bail!("{l:?} became leader although only the asynchronous {async_one} was left");
+            }
+            let rec = cluster
+                .node(&async_one)
+                .pg()
+                .query_one("SELECT pg_is_in_recovery()::text")
+                .await;
+            ensure!(
+                rec.as_deref().unwrap_or("true") == "true",
+                "{async_one} promoted"
+            );
+            Ok(if since.elapsed() > ttl * 2 {
+                Check::Done(())
+            } else {
+                Check::not_yet("observing")
+            })
+        },
+    )
+    .await?;
+    let log = std::fs::read_to_string(&cluster.node(&async_one).log_path)?;
+    ensure!(
+        log.contains("not a synchronous standby"),
+        "no reason logged by {async_one}"
+    );
+    cluster.finish();
+    Ok(())
+}
+
 // ----- helpers -----
 
 /// A log line saying the agent could not reach the DCS and is waiting or will try again:
