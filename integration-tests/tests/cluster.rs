@@ -701,6 +701,39 @@ async fn bad_switchovers_are_refused_and_pause_blocks_failover() -> anyhow::Resu
         "the leader moved"
     );
 
+    // Reinitialize: the leader refuses; the replica is wiped, re-cloned and streams again.
+    let out = cluster
+        .pgbaton_cli(&["-c", &cfg, "reinit", &leader, "--force"])
+        .await?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        !out.status.success() && text.contains("I am the leader, can not reinitialize"),
+        "{text}"
+    );
+    let marker = cluster.node(&replica).config.data_dir.join("reinit-marker");
+    std::fs::write(&marker, "left by the test")?;
+    let out = cluster
+        .pgbaton_cli(&["-c", &cfg, "reinit", &replica, "--force", "--wait"])
+        .await?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        out.status.success() && text.contains("reinitialize started"),
+        "{text}"
+    );
+    ensure!(!marker.exists(), "the data directory was not re-created");
+    cluster
+        .wait_healthy(scaled(Duration::from_secs(120)))
+        .await
+        .context("after reinit")?;
+
     let out = cluster
         .pgbaton_cli(&["-c", &cfg, "pause", "--wait"])
         .await?;

@@ -658,6 +658,9 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             Command::PatchConfig { patch, reply } => {
                 let _ = reply.send(self.patch_config(&patch).await);
             }
+            Command::Reinitialize { force, reply } => {
+                let _ = reply.send(self.reinitialize(force).await);
+            }
         }
     }
 
@@ -778,6 +781,44 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             }
             _ => CommandReply::Text(404, "no switchover is scheduled".into()),
         }
+    }
+
+    /// `POST /reinitialize`: stop PostgreSQL and empty the data directory; the next cycle
+    /// clones from the leader (Patroni's reinit). Refused on the leader and without one.
+    async fn reinitialize(&mut self, force: bool) -> CommandReply {
+        let view = match self.read_fresh().await {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
+        let unavailable = |m: &str| CommandReply::Text(503, m.to_owned());
+        match view.leader_name() {
+            None => return unavailable("Cluster has no leader, can not reinitialize"),
+            Some(l) if *l == self.name => {
+                return unavailable("I am the leader, can not reinitialize");
+            }
+            Some(_) => {}
+        }
+        let _ = force; // actions run inline in the agent loop: nothing is in progress to cancel
+        let pg = self.pg.observe().await;
+        if pg.is_primary() {
+            return unavailable("I am running as a primary, can not reinitialize");
+        }
+        let steps = [
+            Action::StopPostgres {
+                mode: StopMode::Immediate,
+            },
+            Action::WipeDataDir,
+        ];
+        let obs = Observation {
+            dcs: Some(view),
+            pg,
+            ..Observation::default()
+        };
+        if self.execute(&steps, &obs).await {
+            return CommandReply::Text(503, "reinitialize failed: see the agent log".into());
+        }
+        info!("reinitialize: data directory removed; cloning from the leader next");
+        CommandReply::Text(200, "reinitialize started".into())
     }
 
     /// `PATCH /config`: merge, validate, compare-and-swap. An invalid result changes nothing.

@@ -25,6 +25,11 @@ pub enum Command {
     CancelSwitchover {
         reply: oneshot::Sender<CommandReply>,
     },
+    /// Re-clone this member from the leader (`POST /reinitialize`).
+    Reinitialize {
+        force: bool,
+        reply: oneshot::Sender<CommandReply>,
+    },
     /// JSON merge patch of the dynamic configuration (`null` deletes a key), with
     /// compare-and-swap; the reply body is the new configuration.
     PatchConfig {
@@ -283,6 +288,23 @@ fn capitalize(s: &str) -> String {
 /// `DELETE /switchover`.
 pub(crate) async fn cancel_switchover(state: &ApiState) -> Response {
     reply_response(ask(state, |reply| Command::CancelSwitchover { reply }).await)
+}
+
+/// `POST /reinitialize` (body optional: `{"force": bool, "from_leader": bool}`).
+pub(crate) async fn reinitialize(state: &ApiState, body: &[u8]) -> Response {
+    let force = if body.is_empty() {
+        false
+    } else {
+        match json_object(body) {
+            Ok(map) => match map.get("force") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => return reply_response(bad_request("force must be a boolean")),
+            },
+            Err(refusal) => return reply_response(refusal),
+        }
+    };
+    reply_response(ask(state, |reply| Command::Reinitialize { force, reply }).await)
 }
 
 /// `PATCH /config`.

@@ -64,6 +64,8 @@ enum Endpoint {
     CancelSwitchover,
     /// `PATCH /config`.
     PatchConfig,
+    /// `POST /reinitialize`.
+    Reinitialize,
     /// No handler for this method and path: the stdlib's 501.
     Unsupported,
 }
@@ -82,6 +84,7 @@ fn route(method: &Method, path: &str) -> Endpoint {
         (&Method::POST, "failover") => return Endpoint::Switchover(true),
         (&Method::DELETE, "switchover") => return Endpoint::CancelSwitchover,
         (&Method::PATCH, "config") => return Endpoint::PatchConfig,
+        (&Method::POST, "reinitialize") => return Endpoint::Reinitialize,
         _ => {}
     }
     if !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
@@ -110,7 +113,10 @@ async fn dispatch(
     let endpoint = route(&method, uri.path());
     if matches!(
         endpoint,
-        Endpoint::Switchover(_) | Endpoint::CancelSwitchover | Endpoint::PatchConfig
+        Endpoint::Switchover(_)
+            | Endpoint::CancelSwitchover
+            | Endpoint::PatchConfig
+            | Endpoint::Reinitialize
     ) {
         if let Some(denied) = crate::auth::check_basic_auth(state.auth.as_ref(), &headers) {
             return denied;
@@ -118,6 +124,7 @@ async fn dispatch(
         return match endpoint {
             Endpoint::Switchover(failover) => actions::switchover(&state, &body, failover).await,
             Endpoint::CancelSwitchover => actions::cancel_switchover(&state).await,
+            Endpoint::Reinitialize => actions::reinitialize(&state, &body).await,
             _ => actions::patch_config(&state, &body).await,
         };
     }
@@ -197,7 +204,10 @@ async fn dispatch(
             StatusCode::BAD_GATEWAY,
             error_page(StatusCode::BAD_GATEWAY, None),
         ),
-        Endpoint::Switchover(_) | Endpoint::CancelSwitchover | Endpoint::PatchConfig => {
+        Endpoint::Switchover(_)
+        | Endpoint::CancelSwitchover
+        | Endpoint::PatchConfig
+        | Endpoint::Reinitialize => {
             unreachable!("unsafe endpoints are answered above")
         }
         Endpoint::Unsupported => {

@@ -75,6 +75,15 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Re-clone a replica from the leader (POST /reinitialize on that member).
+    Reinit {
+        member: String,
+        #[arg(long)]
+        force: bool,
+        /// Wait until the member runs again.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Maintenance mode: no automatic failover (PATCH /config {"pause": true}).
     Pause {
         /// Wait until every member reports it.
@@ -315,6 +324,58 @@ async fn control(path: &Path, command: Command) -> anyhow::Result<()> {
                 Some(&body),
             )
             .await?;
+        }
+        Command::Reinit {
+            member,
+            force,
+            wait,
+        } => {
+            confirm(
+                force,
+                &format!("Are you sure you want to reinitialize member {member}?"),
+            )?;
+            let target = api_base(&view, Some(&member))?;
+            // A new postmaster start time tells the re-cloned server from the old one.
+            let started = |status: &serde_json::Value| {
+                status
+                    .get("postmaster_start_time")
+                    .and_then(|s| s.as_str())
+                    .map(str::to_owned)
+            };
+            let status = |target: String| async move {
+                reqwest::get(format!("{target}/patroni"))
+                    .await
+                    .ok()?
+                    .json::<serde_json::Value>()
+                    .await
+                    .ok()
+            };
+            let before = status(target.clone()).await.as_ref().and_then(started);
+            let body = serde_json::json!({ "force": force });
+            call(
+                &config,
+                reqwest::Method::POST,
+                &format!("{target}/reinitialize"),
+                Some(&body),
+            )
+            .await?;
+            if wait {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+                loop {
+                    if let Some(now) = status(target.clone()).await
+                        && now.get("state").and_then(|s| s.as_str()) == Some("running")
+                        && started(&now).is_some()
+                        && started(&now) != before
+                    {
+                        println!("{member} is running again");
+                        break;
+                    }
+                    if tokio::time::Instant::now() > deadline {
+                        anyhow::bail!("{member} did not come back within 10 minutes");
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
         }
         Command::Pause { wait } => set_pause(&config, &dcs, &view, true, wait).await?,
         Command::Resume { wait } => set_pause(&config, &dcs, &view, false, wait).await?,
