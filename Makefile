@@ -8,6 +8,8 @@
 #   make demo        start a local 3-node cluster (etcd + 3 agents + HAProxy) in .demo/
 #   make demo-down   stop it and remove .demo/
 #   make test-clean  kill processes left behind by interrupted test runs
+#   make bench       benchmark figures (3-node loopback cluster) -> target/bench/ (BENCH_ARGS=...)
+#   make bench-patroni  the same, also with Patroni (venv in PATRONI_VENV) and ratios
 #
 # An externally set CARGO_TARGET_DIR is respected (cargo reads it from the environment).
 
@@ -18,7 +20,7 @@ ifdef CARGO_TARGET_DIR
 export CARGO_TARGET_DIR
 endif
 
-.PHONY: build test deps lint fmt fmt-check clippy demo demo-down test-clean
+.PHONY: build test deps lint fmt fmt-check clippy demo demo-down test-clean bench bench-patroni
 
 build:
 	$(CARGO) build --workspace --all-targets
@@ -51,3 +53,17 @@ demo-down:
 
 test-clean:
 	scripts/kill-test-leftovers.sh
+
+# Figures are reported (table on stdout, target/bench/bench.{json,md}), never asserted.
+# Same dev profile as the tests, so no second build. See README.md, "Benchmarks".
+BENCH_ARGS ?=
+PATRONI_VENV ?= /tmp/patroni-venv
+
+bench: deps
+	$(CARGO) build -p baton-cli -p baton-integration-tests --bin pgbaton --bin bench
+	$(CARGO) run -p baton-integration-tests --bin bench -- $(BENCH_ARGS)
+
+bench-patroni: deps
+	$(CARGO) build -p baton-cli -p baton-integration-tests --bin pgbaton --bin bench
+	BATON_REFERENCE_BIN_DIR=$(PATRONI_VENV)/bin \
+		$(CARGO) run -p baton-integration-tests --bin bench -- --peer patroni $(BENCH_ARGS)

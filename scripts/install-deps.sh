@@ -23,8 +23,10 @@ declare -A PROVIDES=(
     [iptables]=/usr/sbin/iptables
     [procps]=/usr/bin/ps
     [make]=/usr/bin/make
+    # HTTP load generator for `make bench` (GET /primary throughput).
+    [wrk]=/usr/bin/wrk
 )
-ORDER=(postgresql-15 etcd-server etcd-client haproxy protobuf-compiler libprotobuf-dev iproute2 iptables procps make)
+ORDER=(postgresql-15 etcd-server etcd-client haproxy protobuf-compiler libprotobuf-dev iproute2 iptables procps make wrk)
 
 say() { printf 'install-deps: %s\n' "$*"; }
 

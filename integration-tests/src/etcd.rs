@@ -303,6 +303,27 @@ impl EtcdClient {
         Ok(())
     }
 
+    /// `/v3/lease/timetolive` of lease `id`: `(ttl, granted_ttl)` in whole seconds as etcd
+    /// reports them (`ttl` is -1 once the lease has expired).
+    pub async fn lease_ttl(&self, id: i64) -> anyhow::Result<(i64, i64)> {
+        let reply = self
+            .call("/v3/lease/timetolive", json!({ "ID": id.to_string() }))
+            .await?;
+        let int = |field: &str| -> i64 {
+            match reply.get(field) {
+                Some(Value::String(s)) => s.parse().unwrap_or(0),
+                Some(Value::Number(n)) => n.as_i64().unwrap_or(0),
+                _ => 0,
+            }
+        };
+        Ok((int("TTL"), int("grantedTTL")))
+    }
+
+    /// The endpoints (`http://host:port`) this client tries, in order.
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
     /// Delete every key under `prefix`.
     pub async fn delete_prefix(&self, prefix: &str) -> anyhow::Result<()> {
         self.call(

@@ -1,0 +1,1050 @@
+//! `make bench`: pgbaton's performance figures on a 3-node loopback cluster (real etcd, real
+//! PostgreSQL 15, real agents), reported as a table and as JSON; never pass/fail.
+//!
+//! ```text
+//! bench [--iterations N] [--idle-secs S] [--wrk-secs S] [--peer patroni] [--out DIR]
+//! ```
+//!
+//! Scenarios (figures and how to read them: README.md, "Benchmarks"):
+//! - primary host killed (agent + every PostgreSQL process SIGKILLed) at ttl 20 and ttl 5:
+//!   time to a writable new primary, the lease time left at the kill, the difference;
+//! - planned switchover under a writer: write gap, request-to-writable, acknowledged commits lost,
+//!   how long after the new primary is writable its `/primary` answers 200;
+//! - PostgreSQL crash on the primary with the agent alive: time until `/primary` stops answering
+//!   200 (noticed) and until a write commits again;
+//! - idle agent RSS and CPU, etcd requests per minute at idle;
+//! - `GET /primary` with `wrk` at 16 and 64 connections.
+//!
+//! "Writable" means an INSERT committed: a writer commits one row every 10 ms, trying each
+//! node's port directly, and records every acknowledged commit.
+//! `--peer patroni` runs the same scenarios with Patroni (through `scripts/patroni-as-pgbaton`,
+//! Patroni from `$BATON_REFERENCE_BIN_DIR`, default `/tmp/patroni-venv/bin`) and prints ratios.
+//! Output: `$CARGO_TARGET_DIR/bench/` if set, else `<repo>/target/bench/`, or `--out`.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use baton_integration_tests::{Cluster, ClusterSpec, PgTarget, Timing, Tools, simple_query};
+use serde_json::{Value, json};
+use tokio_postgres::Client;
+
+struct Args {
+    iterations: usize,
+    idle_secs: u64,
+    wrk_secs: u64,
+    peer: Option<String>,
+    out: PathBuf,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let out = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(t) => PathBuf::from(t).join("bench"),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench"),
+    };
+    let mut args = Args {
+        iterations: 3,
+        idle_secs: 20,
+        wrk_secs: 10,
+        peer: None,
+        out,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut val = || it.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--iterations" => args.iterations = val()?.parse()?,
+            "--idle-secs" => args.idle_secs = val()?.parse()?,
+            "--wrk-secs" => args.wrk_secs = val()?.parse()?,
+            "--peer" => args.peer = Some(val()?),
+            "--out" => args.out = PathBuf::from(val()?),
+            "-h" | "--help" => {
+                println!(
+                    "bench [--iterations N (3)] [--idle-secs S (20)] [--wrk-secs S (10)] \
+                     [--peer patroni] [--out DIR]"
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?} (see --help)"),
+        }
+    }
+    if args.iterations == 0 {
+        bail!("--iterations must be at least 1");
+    }
+    Ok(args)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("create {}", args.out.display()))?;
+    let tools =
+        Tools::discover().map_err(|missing| anyhow::anyhow!("missing: {}", missing.join("; ")))?;
+    let wrk = find_in_path("wrk");
+    if wrk.is_none() {
+        eprintln!("bench: wrk not found; GET /primary throughput is skipped (apt-get install wrk)");
+    }
+    let started = chrono_like_now();
+    let machine = machine_description();
+    eprintln!("bench: {machine}; iterations {}", args.iterations);
+
+    let mut runs = Vec::new();
+    let ours = run_suite("pgbaton", &tools, &args, wrk.as_ref()).await?;
+    runs.push(ours);
+    if let Some(peer) = &args.peer {
+        if peer != "patroni" {
+            bail!("--peer: only \"patroni\" is supported");
+        }
+        let script =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/patroni-as-pgbaton");
+        if std::env::var_os("BATON_REFERENCE_BIN_DIR").is_none() {
+            bail!(
+                "--peer patroni: set BATON_REFERENCE_BIN_DIR to the directory holding `patroni` \
+                 (make bench-patroni uses /tmp/patroni-venv/bin)"
+            );
+        }
+        let mut peer_tools = tools.clone();
+        peer_tools.pgbaton = script
+            .canonicalize()
+            .context("scripts/patroni-as-pgbaton")?;
+        runs.push(run_suite("patroni", &peer_tools, &args, wrk.as_ref()).await?);
+    }
+
+    let report = json!({
+        "date": started,
+        "machine": machine,
+        "iterations": args.iterations,
+        "idle_secs": args.idle_secs,
+        "wrk_secs": args.wrk_secs,
+        "load_average_at_end": load_average(),
+        "runs": runs,
+    });
+    let table = render_table(&report);
+    println!("{table}");
+    let json_path = args.out.join("bench.json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(&report)?)?;
+    std::fs::write(args.out.join("bench.md"), &table)?;
+    eprintln!(
+        "bench: wrote {} and {}",
+        json_path.display(),
+        args.out.join("bench.md").display()
+    );
+    Ok(())
+}
+
+// ----- the suite -----
+
+async fn run_suite(
+    label: &str,
+    tools: &Tools,
+    args: &Args,
+    wrk: Option<&PathBuf>,
+) -> anyhow::Result<Value> {
+    eprintln!("\n===== bench: {label} =====");
+    let ttl20 = Timing {
+        ttl: 20,
+        loop_wait: 5,
+        retry_timeout: 7,
+    };
+    let ttl5 = Timing {
+        ttl: 5,
+        loop_wait: 1,
+        retry_timeout: 2,
+    };
+    let mut out = serde_json::Map::new();
+    out.insert("agent".into(), json!(label));
+
+    // Cluster A: ttl 20 / loop_wait 5 / retry_timeout 7.
+    let mut cluster = start_cluster(tools, ttl20).await?;
+    prepare_schema(&cluster).await?;
+    out.insert("idle".into(), idle_sample(&cluster, args.idle_secs).await?);
+    if let Some(wrk) = wrk {
+        out.insert(
+            "get_primary".into(),
+            wrk_primary(&cluster, wrk, args.wrk_secs).await?,
+        );
+    }
+    let mut sw = Vec::new();
+    for i in 0..args.iterations {
+        sw.push(switchover(&cluster, i).await?);
+    }
+    out.insert("switchover".into(), summarise(sw));
+    let mut crash = Vec::new();
+    for i in 0..args.iterations {
+        crash.push(pg_crash(&cluster, i).await?);
+    }
+    out.insert("pg_crash".into(), summarise(crash));
+    let mut kills = Vec::new();
+    for i in 0..args.iterations {
+        kills.push(kill_primary(&mut cluster, i).await?);
+    }
+    out.insert("kill_primary_ttl20".into(), summarise(kills));
+    cluster.finish();
+
+    // Cluster B: ttl 5 / loop_wait 1 / retry_timeout 2.
+    let mut cluster = start_cluster(tools, ttl5).await?;
+    prepare_schema(&cluster).await?;
+    let mut kills = Vec::new();
+    for i in 0..args.iterations {
+        kills.push(kill_primary(&mut cluster, i).await?);
+    }
+    out.insert("kill_primary_ttl5".into(), summarise(kills));
+    cluster.finish();
+    Ok(Value::Object(out))
+}
+
+async fn start_cluster(tools: &Tools, timing: Timing) -> anyhow::Result<Cluster> {
+    let mut spec = ClusterSpec::new(3);
+    spec.timing = timing;
+    spec.haproxy = None;
+    let cluster = Cluster::start(tools, spec).await?;
+    let healthy = cluster.wait_healthy(Duration::from_secs(240)).await?;
+    eprintln!(
+        "bench: ttl {} cluster healthy, leader {}",
+        timing.ttl, healthy.leader
+    );
+    Ok(cluster)
+}
+
+async fn prepare_schema(cluster: &Cluster) -> anyhow::Result<()> {
+    let leader = cluster.leader().await?.context("no leader")?;
+    cluster
+        .node(&leader)
+        .pg()
+        .execute("CREATE TABLE IF NOT EXISTS bench_w (run int NOT NULL, id bigint NOT NULL)")
+        .await
+}
+
+async fn wait_healthy(cluster: &Cluster) -> anyhow::Result<String> {
+    Ok(cluster.wait_healthy(Duration::from_secs(240)).await?.leader)
+}
+
+// ----- the writer -----
+
+#[derive(Clone, Copy, Debug)]
+struct Ack {
+    id: i64,
+    node: usize,
+    at: Instant,
+}
+
+struct Writer {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<Ack>>,
+    run: i32,
+}
+
+static RUN: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(1);
+
+impl Writer {
+    /// Commit one row every 10 ms on whichever node accepts it (each node's port directly).
+    fn start(cluster: &Cluster) -> Writer {
+        let targets: Vec<PgTarget> = cluster.nodes().iter().map(|n| n.pg()).collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let run = RUN.fetch_add(1, Ordering::SeqCst);
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut conns: Vec<Option<Client>> = targets.iter().map(|_| None).collect();
+            let mut acks = Vec::new();
+            let (mut current, mut next_id) = (0usize, 1i64);
+            while !flag.load(Ordering::SeqCst) {
+                let mut ok = false;
+                for k in 0..targets.len() {
+                    let idx = (current + k) % targets.len();
+                    if conns[idx].is_none() {
+                        conns[idx] = targets[idx]
+                            .connect_with_timeout(Duration::from_millis(500))
+                            .await
+                            .ok();
+                    }
+                    let Some(c) = &conns[idx] else { continue };
+                    let id = next_id;
+                    next_id += 1;
+                    let sql = format!("INSERT INTO bench_w (run, id) VALUES ({run}, {id})");
+                    match tokio::time::timeout(Duration::from_millis(1000), c.simple_query(&sql))
+                        .await
+                    {
+                        Ok(Ok(_)) => {
+                            acks.push(Ack {
+                                id,
+                                node: idx,
+                                at: Instant::now(),
+                            });
+                            current = idx;
+                            ok = true;
+                            break;
+                        }
+                        Ok(Err(e)) if e.as_db_error().is_some() && !c.is_closed() => {}
+                        _ => conns[idx] = None,
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(if ok { 10 } else { 20 })).await;
+            }
+            acks
+        });
+        Writer { stop, task, run }
+    }
+
+    async fn stop(self) -> anyhow::Result<(i32, Vec<Ack>)> {
+        self.stop.store(true, Ordering::SeqCst);
+        Ok((self.run, self.task.await?))
+    }
+}
+
+/// Poll every 20 ms, on every node not in `skip` concurrently (one task per node, so a node
+/// that hangs does not delay the others), until an INSERT commits; `(when, node)`.
+async fn wait_writable(
+    cluster: &Cluster,
+    skip: &[usize],
+    timeout: Duration,
+) -> anyhow::Result<(Instant, usize)> {
+    let mut set = tokio::task::JoinSet::new();
+    for (idx, node) in cluster.nodes().iter().enumerate() {
+        if skip.contains(&idx) {
+            continue;
+        }
+        let target = node.pg();
+        set.spawn(async move {
+            let mut conn: Option<Client> = None;
+            loop {
+                if conn.is_none() {
+                    conn = target
+                        .connect_with_timeout(Duration::from_millis(300))
+                        .await
+                        .ok();
+                }
+                if let Some(c) = &conn {
+                    match tokio::time::timeout(
+                        Duration::from_millis(500),
+                        c.simple_query("INSERT INTO bench_w (run, id) VALUES (0, 0)"),
+                    )
+                    .await
+                    {
+                        Ok(Ok(_)) => return (Instant::now(), idx),
+                        Ok(Err(e)) if e.as_db_error().is_some() && !c.is_closed() => {}
+                        _ => conn = None,
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+    }
+    let first = tokio::time::timeout(timeout, set.join_next()).await;
+    set.abort_all();
+    match first {
+        Ok(Some(r)) => Ok(r?),
+        Ok(None) => bail!("no node to probe"),
+        Err(_) => bail!("no node other than {skip:?} became writable within {timeout:?}"),
+    }
+}
+
+/// Poll `GET <path>` on `base` every `every` until its status satisfies `want`.
+fn watch_status(
+    base: String,
+    path: &'static str,
+    want: fn(u16, &str) -> bool,
+    every: Duration,
+) -> tokio::task::JoinHandle<Option<Instant>> {
+    tokio::spawn(async move {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_millis(500))
+            .build()
+            .ok()?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            let (code, body) = match http.get(format!("{base}{path}")).send().await {
+                Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+                Err(_) => (0, String::new()),
+            };
+            if want(code, &body) {
+                return Some(Instant::now());
+            }
+            tokio::time::sleep(every).await;
+        }
+        None
+    })
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 10_000.0).round() / 10.0
+}
+
+fn signed_ms(a: Instant, b: Instant) -> f64 {
+    if a >= b { ms(a - b) } else { -ms(b - a) }
+}
+
+fn index_of(cluster: &Cluster, name: &str) -> usize {
+    cluster
+        .nodes()
+        .iter()
+        .position(|n| n.name == name)
+        .expect("known node")
+}
+
+// ----- scenarios -----
+
+/// The primary's host dies. Returns one iteration's figures.
+async fn kill_primary(cluster: &mut Cluster, iteration: usize) -> anyhow::Result<Value> {
+    let old = wait_healthy(cluster).await?;
+    let old_idx = index_of(cluster, &old);
+    let etcd = cluster.etcd().client();
+    let leader_key = cluster.key("leader");
+    let kv = etcd.get(&leader_key).await?.context("no leader key")?;
+    let (etcd_ttl, granted) = if kv.lease != 0 {
+        etcd.lease_ttl(kv.lease).await.unwrap_or((-1, -1))
+    } else {
+        (-1, -1)
+    };
+    // Watch the old leader key go (expire or be replaced), every 20 ms.
+    let watcher = {
+        let (etcd, key, old_kv) = (etcd.clone(), leader_key.clone(), kv.clone());
+        tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(180);
+            while Instant::now() < deadline {
+                match etcd.get(&key).await {
+                    Ok(Some(kv)) if kv.create_revision == old_kv.create_revision => {}
+                    Ok(_) => return Some(Instant::now()),
+                    Err(_) => {}
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            None
+        })
+    };
+    let t_kill = Instant::now();
+    cluster.kill_host(&old)?;
+    let timeout = cluster.spec().timing.ttl() * 3 + Duration::from_secs(60);
+    let (t_writable, new_idx) = wait_writable(cluster, &[old_idx], timeout).await?;
+    let t_expired = watcher
+        .await?
+        .context("the old leader key never went away")?;
+    let new = cluster.nodes()[new_idx].name.clone();
+    let row = json!({
+        "iteration": iteration,
+        "old": old,
+        "new": new,
+        "lease_ttl_etcd_at_kill_s": etcd_ttl,
+        "lease_granted_s": granted,
+        "lease_left_ms": signed_ms(t_expired, t_kill),
+        "writable_after_kill_ms": signed_ms(t_writable, t_kill),
+        "writable_after_lease_expiry_ms": signed_ms(t_writable, t_expired),
+    });
+    eprintln!(
+        "bench: kill primary (ttl {}): {row}",
+        cluster.spec().timing.ttl
+    );
+    cluster.start_agent(&old)?;
+    wait_healthy(cluster).await?;
+    Ok(row)
+}
+
+/// Planned switchover to a replica while a writer commits every 10 ms.
+async fn switchover(cluster: &Cluster, iteration: usize) -> anyhow::Result<Value> {
+    let old = wait_healthy(cluster).await?;
+    let cand = cluster
+        .names()
+        .into_iter()
+        .find(|n| *n != old)
+        .context("no replica")?;
+    let cand_idx = index_of(cluster, &cand);
+    let writer = Writer::start(cluster);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let primary_watch = watch_status(
+        cluster.node(&cand).rest_base(),
+        "/primary",
+        |c, _| c == 200,
+        Duration::from_millis(10),
+    );
+    let old_idx = index_of(cluster, &old);
+    let t_req = Instant::now();
+    // The request and the 20 ms write probe run together: the probe must not wait for the answer.
+    let base = cluster.node(&old).rest_base();
+    let body = json!({ "leader": old, "candidate": cand });
+    let answered = async {
+        let r = post_json(&base, "/switchover", &body).await;
+        (r, Instant::now())
+    };
+    let skip = [old_idx];
+    let probe = wait_writable(cluster, &skip, Duration::from_secs(120));
+    let ((reply, t_answered), writable) = tokio::join!(answered, probe);
+    let (status, body) = match reply {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = writer.stop().await;
+            return Err(e);
+        }
+    };
+    if !(200..300).contains(&status) {
+        let _ = writer.stop().await;
+        bail!("POST /switchover answered {status}: {body}");
+    }
+    let (t_writable, new_idx) = writable?;
+    if new_idx != cand_idx {
+        bail!(
+            "switchover: {} became writable, not {cand}",
+            cluster.nodes()[new_idx].name
+        );
+    }
+    let t_primary = primary_watch
+        .await?
+        .context("/primary never answered 200")?;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (run, acks) = writer.stop().await?;
+    // The writer's first commit on the candidate, for comparison with the 20 ms probe.
+    let first_new = acks.iter().find(|a| a.node == cand_idx && a.at >= t_req);
+    let gap = acks
+        .windows(2)
+        .filter(|w| w[1].at >= t_req)
+        .map(|w| w[1].at - w[0].at)
+        .max()
+        .unwrap_or_default();
+    let new = wait_healthy(cluster).await?;
+    let lost = lost_acks(cluster, &new, run, &acks).await?;
+    let row = json!({
+        "iteration": iteration,
+        "old": old,
+        "new": new,
+        "request_answered_ms": ms(t_answered - t_req),
+        "writable_after_request_ms": signed_ms(t_writable, t_req),
+        "writer_first_commit_on_new_ms": first_new.map(|a| signed_ms(a.at, t_req)),
+        "write_gap_ms": ms(gap),
+        "acked_commits": acks.len(),
+        "acked_commits_lost": lost,
+        "primary_endpoint_after_writable_ms": signed_ms(t_primary, t_writable),
+    });
+    eprintln!("bench: switchover: {row}");
+    Ok(row)
+}
+
+/// How many acknowledged commits of `run` are missing on `leader`.
+async fn lost_acks(
+    cluster: &Cluster,
+    leader: &str,
+    run: i32,
+    acks: &[Ack],
+) -> anyhow::Result<usize> {
+    let client = cluster.node(leader).pg().connect().await?;
+    let rows = simple_query(
+        &client,
+        &format!("SELECT id FROM bench_w WHERE run = {run}"),
+    )
+    .await?;
+    let have: BTreeSet<i64> = rows
+        .into_iter()
+        .filter_map(|r| r.into_iter().next().flatten())
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    Ok(acks.iter().filter(|a| !have.contains(&a.id)).count())
+}
+
+/// PostgreSQL crashes on the primary (postmaster and children SIGKILLed); the agent lives.
+async fn pg_crash(cluster: &Cluster, iteration: usize) -> anyhow::Result<Value> {
+    let leader = wait_healthy(cluster).await?;
+    let node = cluster.node(&leader);
+    let noticed = watch_status(
+        node.rest_base(),
+        "/primary",
+        |c, _| c != 200,
+        Duration::from_millis(20),
+    );
+    let state_changed = watch_status(
+        node.rest_base(),
+        "/patroni",
+        |_, body| !body.contains("\"running\""),
+        Duration::from_millis(20),
+    );
+    let t_kill = Instant::now();
+    baton_integration_tests::kill_postmaster(&node.config.data_dir)
+        .context("no postmaster to kill")?;
+    let (t_writable, idx) = wait_writable(cluster, &[], Duration::from_secs(180)).await?;
+    // Give the watchers a moment past "writable" (they may poll just behind), then stop them.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    noticed.abort();
+    state_changed.abort();
+    let t_noticed = noticed.await.ok().flatten();
+    let t_state = state_changed.await.ok().flatten();
+    let row = json!({
+        "iteration": iteration,
+        "primary": leader,
+        "writable_on": cluster.nodes()[idx].name,
+        // null: /primary answered 200 at every 20 ms poll until PostgreSQL was writable again.
+        "noticed_ms": t_noticed.map(|t| signed_ms(t, t_kill)),
+        // null: /patroni said "running" at every poll.
+        "patroni_state_not_running_ms": t_state.map(|t| signed_ms(t, t_kill)),
+        "writable_again_ms": signed_ms(t_writable, t_kill),
+    });
+    eprintln!("bench: pg crash: {row}");
+    Ok(row)
+}
+
+async fn post_json(base: &str, path: &str, body: &Value) -> anyhow::Result<(u16, String)> {
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let resp = http
+        .post(format!("{base}{path}"))
+        .json(body)
+        .send()
+        .await
+        .with_context(|| format!("POST {base}{path}"))?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.text().await.unwrap_or_default()))
+}
+
+// ----- idle resources -----
+
+/// Processes of an agent: the agent pid and its descendants, minus PostgreSQL and `runuser`.
+fn agent_pids(root: i32) -> Vec<i32> {
+    let mut all: Vec<(i32, i32, String)> = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            if let Some((ppid, comm)) = stat_ppid_comm(pid) {
+                all.push((pid, ppid, comm));
+            }
+        }
+    }
+    let mut tree = vec![root];
+    let mut i = 0;
+    while i < tree.len() {
+        let p = tree[i];
+        tree.extend(all.iter().filter(|(_, pp, _)| *pp == p).map(|(c, _, _)| *c));
+        i += 1;
+    }
+    tree.into_iter()
+        .filter(|p| {
+            all.iter()
+                .find(|(pid, _, _)| pid == p)
+                .is_some_and(|(_, _, comm)| comm != "postgres" && comm != "runuser")
+        })
+        .collect()
+}
+
+fn stat_ppid_comm(pid: i32) -> Option<(i32, String)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (open, close) = (s.find('(')?, s.rfind(')')?);
+    let comm = s[open + 1..close].to_owned();
+    let rest: Vec<&str> = s[close + 2..].split_whitespace().collect();
+    Some((rest.get(1)?.parse().ok()?, comm))
+}
+
+/// CPU ticks (utime + stime) of `pid`.
+fn cpu_ticks(pid: i32) -> u64 {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    let Some(close) = s.rfind(')') else { return 0 };
+    let rest: Vec<&str> = s[close + 2..].split_whitespace().collect();
+    // Fields after the comm: state(0) ppid(1) ... utime(11) stime(12).
+    rest.get(11)
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+        + rest
+            .get(12)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+}
+
+fn rss_kb(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// Total of etcd's `grpc_server_msg_received_total` (every request message, stream messages
+/// such as lease keep-alives included) over all members.
+async fn etcd_requests(cluster: &Cluster) -> anyhow::Result<f64> {
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    let mut total = 0.0;
+    for ep in cluster.etcd().endpoints() {
+        let text = http
+            .get(format!("{ep}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        total += text
+            .lines()
+            .filter(|l| l.starts_with("grpc_server_msg_received_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    Ok(total)
+}
+
+async fn idle_sample(cluster: &Cluster, secs: u64) -> anyhow::Result<Value> {
+    wait_healthy(cluster).await?;
+    // Settle: let bootstrap work (checkpoints, first replication) finish.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let roots: Vec<i32> = cluster
+        .nodes()
+        .iter()
+        .filter_map(|n| n.agent_pid())
+        .collect();
+    let pids: Vec<Vec<i32>> = roots.iter().map(|r| agent_pids(*r)).collect();
+    let ticks0: Vec<u64> = pids
+        .iter()
+        .map(|ps| ps.iter().map(|p| cpu_ticks(*p)).sum())
+        .collect();
+    let etcd0 = etcd_requests(cluster).await?;
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let elapsed = t0.elapsed().as_secs_f64();
+    let etcd1 = etcd_requests(cluster).await?;
+    let hz = clock_ticks();
+    let mut agents = Vec::new();
+    for (i, ps) in pids.iter().enumerate() {
+        let ticks: u64 = ps.iter().map(|p| cpu_ticks(*p)).sum();
+        let rss: u64 = ps.iter().map(|p| rss_kb(*p)).sum();
+        agents.push(json!({
+            "node": cluster.nodes()[i].name,
+            "pids": ps,
+            "rss_mb": (rss as f64 / 1024.0 * 10.0).round() / 10.0,
+            "cpu_percent": ((ticks.saturating_sub(ticks0[i])) as f64 / hz / elapsed * 1000.0).round() / 10.0,
+        }));
+    }
+    let mean = |field: &str| {
+        let v: Vec<f64> = agents.iter().filter_map(|a| a[field].as_f64()).collect();
+        (v.iter().sum::<f64>() / v.len().max(1) as f64 * 100.0).round() / 100.0
+    };
+    let row = json!({
+        "window_s": secs,
+        "agents": agents,
+        "rss_mb_mean": mean("rss_mb"),
+        "cpu_percent_mean": mean("cpu_percent"),
+        // Two of the reads above are the harness's own /metrics scrapes (plain HTTP, not gRPC).
+        "etcd_requests_per_min": ((etcd1 - etcd0) / elapsed * 60.0).round(),
+    });
+    eprintln!("bench: idle: {row}");
+    Ok(row)
+}
+
+// ----- GET /primary -----
+
+async fn wrk_primary(cluster: &Cluster, wrk: &PathBuf, secs: u64) -> anyhow::Result<Value> {
+    let leader = wait_healthy(cluster).await?;
+    let url = format!("{}/primary", cluster.node(&leader).rest_base());
+    let mut out = serde_json::Map::new();
+    for conns in [16, 64] {
+        let output = tokio::process::Command::new(wrk)
+            .args([
+                "-t",
+                "2",
+                "-c",
+                &conns.to_string(),
+                "-d",
+                &format!("{secs}s"),
+            ])
+            .arg("--latency")
+            .arg(&url)
+            .output()
+            .await
+            .context("run wrk")?;
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let field = |prefix: &str| -> Option<String> {
+            text.lines()
+                .map(str::trim)
+                .find(|l| l.starts_with(prefix))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        };
+        let non2xx = field("Non-2xx or 3xx responses:").unwrap_or_else(|| "0".to_owned());
+        let row = json!({
+            "requests_per_s": field("Requests/sec:").and_then(|v| v.parse::<f64>().ok()),
+            "p50_ms": field("50%").and_then(|v| wrk_ms(&v)),
+            "p99_ms": field("99%").and_then(|v| wrk_ms(&v)),
+            "non_2xx": non2xx.parse::<u64>().ok(),
+        });
+        eprintln!("bench: GET /primary, {conns} connections: {row}");
+        out.insert(format!("c{conns}"), row);
+    }
+    Ok(Value::Object(out))
+}
+
+/// wrk's `1.23ms`, `456.00us`, `1.02s` → milliseconds.
+fn wrk_ms(v: &str) -> Option<f64> {
+    let (num, mult) = if let Some(n) = v.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = v.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        (v, 1.0)
+    };
+    num.parse::<f64>()
+        .ok()
+        .map(|x| (x * mult * 1000.0).round() / 1000.0)
+}
+
+// ----- summaries and output -----
+
+/// Iterations plus median and max of every numeric field.
+fn summarise(rows: Vec<Value>) -> Value {
+    let mut stats = serde_json::Map::new();
+    if let Some(first) = rows.first().and_then(Value::as_object) {
+        for key in first.keys() {
+            if key == "iteration" {
+                continue;
+            }
+            let mut v: Vec<f64> = rows.iter().filter_map(|r| r[key].as_f64()).collect();
+            if v.is_empty() {
+                continue;
+            }
+            v.sort_by(f64::total_cmp);
+            let median = if v.len() % 2 == 1 {
+                v[v.len() / 2]
+            } else {
+                (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+            };
+            stats.insert(
+                key.clone(),
+                json!({ "median": median, "max": v[v.len() - 1] }),
+            );
+        }
+    }
+    json!({ "iterations": rows, "stats": stats })
+}
+
+/// (section, field, label) of the figures in the table.
+const FIGURES: &[(&str, &str, &str)] = &[
+    (
+        "kill_primary_ttl20",
+        "lease_left_ms",
+        "host killed, ttl 20: lease left at kill (ms)",
+    ),
+    (
+        "kill_primary_ttl20",
+        "writable_after_kill_ms",
+        "host killed, ttl 20: writable after kill (ms)",
+    ),
+    (
+        "kill_primary_ttl20",
+        "writable_after_lease_expiry_ms",
+        "host killed, ttl 20: writable after lease expiry (ms)",
+    ),
+    (
+        "kill_primary_ttl5",
+        "lease_left_ms",
+        "host killed, ttl 5: lease left at kill (ms)",
+    ),
+    (
+        "kill_primary_ttl5",
+        "writable_after_kill_ms",
+        "host killed, ttl 5: writable after kill (ms)",
+    ),
+    (
+        "kill_primary_ttl5",
+        "writable_after_lease_expiry_ms",
+        "host killed, ttl 5: writable after lease expiry (ms)",
+    ),
+    ("switchover", "write_gap_ms", "switchover: write gap (ms)"),
+    (
+        "switchover",
+        "writable_after_request_ms",
+        "switchover: request to writable (ms)",
+    ),
+    (
+        "switchover",
+        "acked_commits_lost",
+        "switchover: acknowledged commits lost",
+    ),
+    (
+        "switchover",
+        "primary_endpoint_after_writable_ms",
+        "switchover: /primary 200 after writable (ms)",
+    ),
+    (
+        "pg_crash",
+        "noticed_ms",
+        "PostgreSQL crash: noticed, /primary not 200 (ms)",
+    ),
+    (
+        "pg_crash",
+        "writable_again_ms",
+        "PostgreSQL crash: writable again (ms)",
+    ),
+];
+
+fn figure(run: &Value, section: &str, field: &str, stat: &str) -> Option<f64> {
+    run[section]["stats"][field][stat].as_f64()
+}
+
+fn single_figures(run: &Value) -> Vec<(String, Option<f64>)> {
+    vec![
+        (
+            "idle agent RSS (MB, mean of 3)".to_owned(),
+            run["idle"]["rss_mb_mean"].as_f64(),
+        ),
+        (
+            "idle agent CPU (% of a core, mean of 3)".to_owned(),
+            run["idle"]["cpu_percent_mean"].as_f64(),
+        ),
+        (
+            "etcd requests/min at idle (3 agents)".to_owned(),
+            run["idle"]["etcd_requests_per_min"].as_f64(),
+        ),
+        (
+            "GET /primary, 16 conns: requests/s".to_owned(),
+            run["get_primary"]["c16"]["requests_per_s"].as_f64(),
+        ),
+        ("GET /primary, 16 conns: p50 / p99 (ms)".to_owned(), None),
+        (
+            "GET /primary, 64 conns: requests/s".to_owned(),
+            run["get_primary"]["c64"]["requests_per_s"].as_f64(),
+        ),
+        ("GET /primary, 64 conns: p50 / p99 (ms)".to_owned(), None),
+    ]
+}
+
+fn fmt(v: Option<f64>) -> String {
+    match v {
+        Some(x) if x.abs() >= 100.0 => format!("{x:.0}"),
+        Some(x) => format!("{x:.1}"),
+        None => "—".to_owned(),
+    }
+}
+
+fn render_table(report: &Value) -> String {
+    let runs = report["runs"].as_array().cloned().unwrap_or_default();
+    let names: Vec<String> = runs
+        .iter()
+        .map(|r| r["agent"].as_str().unwrap_or("?").to_owned())
+        .collect();
+    let mut out = format!(
+        "pgbaton benchmark, {} on {}; {} iterations per scenario (median / max)\n\n| figure |",
+        report["date"].as_str().unwrap_or("?"),
+        report["machine"].as_str().unwrap_or("?"),
+        report["iterations"]
+    );
+    for n in &names {
+        out.push_str(&format!(" {n} |"));
+    }
+    if runs.len() == 2 {
+        out.push_str(" ratio (median) |");
+    }
+    out.push_str("\n|---|");
+    for _ in 0..runs.len() + usize::from(runs.len() == 2) {
+        out.push_str("---|");
+    }
+    out.push('\n');
+    for (section, field, label) in FIGURES {
+        out.push_str(&format!("| {label} |"));
+        let mut medians = Vec::new();
+        for r in &runs {
+            let (m, x) = (
+                figure(r, section, field, "median"),
+                figure(r, section, field, "max"),
+            );
+            medians.push(m);
+            out.push_str(&format!(" {} / {} |", fmt(m), fmt(x)));
+        }
+        if runs.len() == 2 {
+            out.push_str(&format!(" {} |", ratio(medians[1], medians[0])));
+        }
+        out.push('\n');
+    }
+    let per_run: Vec<Vec<(String, Option<f64>)>> = runs.iter().map(single_figures).collect();
+    for (i, (label, _)) in per_run
+        .first()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        out.push_str(&format!("| {label} |"));
+        let mut vals = Vec::new();
+        for (r, figs) in runs.iter().zip(&per_run) {
+            if label.contains("p50 / p99") {
+                let c = if label.contains("16") { "c16" } else { "c64" };
+                out.push_str(&format!(
+                    " {} / {} |",
+                    fmt(r["get_primary"][c]["p50_ms"].as_f64()),
+                    fmt(r["get_primary"][c]["p99_ms"].as_f64())
+                ));
+                vals.push(r["get_primary"][c]["p99_ms"].as_f64());
+            } else {
+                out.push_str(&format!(" {} |", fmt(figs[i].1)));
+                vals.push(figs[i].1);
+            }
+        }
+        if runs.len() == 2 {
+            out.push_str(&format!(" {} |", ratio(vals[1], vals[0])));
+        }
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "\nload average at the end: {}\n",
+        report["load_average_at_end"].as_str().unwrap_or("?")
+    ));
+    out
+}
+
+/// `peer / ours`, e.g. "8.2×".
+fn ratio(peer: Option<f64>, ours: Option<f64>) -> String {
+    match (peer, ours) {
+        (Some(p), Some(o)) if o.abs() > f64::EPSILON => format!("{:.1}×", p / o),
+        _ => "—".to_owned(),
+    }
+}
+
+// ----- environment -----
+
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/bin", "/usr/local/bin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+fn chrono_like_now() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn machine_description() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!(
+        "{cores} cores, {cpu}; load average at start {}",
+        load_average()
+    )
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
