@@ -347,6 +347,28 @@ async fn postgres_crash_on_the_primary_is_restarted_in_place() -> anyhow::Result
     let data_dir = cluster.node(&leader).config.data_dir.clone();
     let pg = cluster.node(&leader).pg();
 
+    // Poll `/primary` from before the crash until PostgreSQL is writable again: while it is
+    // down the health check HAProxy follows must not say "primary".
+    let url = format!(
+        "http://127.0.0.1:{}/primary",
+        cluster.node(&leader).config.rest_port
+    );
+    let polling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let poller = {
+        let polling = polling.clone();
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut refused = 0;
+            while polling.load(std::sync::atomic::Ordering::SeqCst) {
+                let get = http.get(&url).timeout(Duration::from_millis(500)).send();
+                if get.await.map(|r| r.status().as_u16()).unwrap_or(0) != 200 {
+                    refused += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            refused
+        })
+    };
     let crashed_at = Instant::now();
     let pid =
         baton_integration_tests::kill_postmaster(&data_dir).context("no postmaster to kill")?;
@@ -365,8 +387,14 @@ async fn postgres_crash_on_the_primary_is_restarted_in_place() -> anyhow::Result
         },
     )
     .await?;
+    polling.store(false, std::sync::atomic::Ordering::SeqCst);
+    let refused = poller.await?;
+    ensure!(
+        refused > 0,
+        "/primary answered 200 all the time PostgreSQL was down"
+    );
     eprintln!(
-        "{leader} writable again {:.1}s after the crash",
+        "{leader} writable again {:.1}s after the crash; /primary refused {refused} polls meanwhile",
         crashed_at.elapsed().as_secs_f64()
     );
     ensure!(

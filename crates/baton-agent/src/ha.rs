@@ -251,6 +251,12 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         }
         self.memory = decision.next_memory.clone();
 
+        // Health checks see what was just observed (a crashed postmaster, say) before the
+        // actions run: a restart can take seconds, and `/primary` must not answer 200 meanwhile.
+        if !decision.actions.is_empty() {
+            let holds = self.holds_key(obs.dcs.as_ref());
+            self.publish_snapshot(obs.dcs.as_ref(), &obs.pg, holds, None);
+        }
         let failed = self.execute(&decision.actions, &obs).await;
         let pg_after = if decision.actions.is_empty() {
             obs.pg.clone()
