@@ -45,15 +45,7 @@ impl Peers for HttpPeers {
             let url = m.api_url.clone();
             let tags = m.tags.clone();
             async move {
-                let unreachable = PeerStatus {
-                    name: name.clone(),
-                    reachable: false,
-                    is_primary: false,
-                    wal_position: None,
-                    timeline: None,
-                    tags,
-                    watchdog_failed: false,
-                };
+                let unreachable = PeerStatus::unreachable(name.clone(), tags);
                 let Some(url) = url else { return unreachable };
                 let answer = async {
                     let resp = self.http.get(&url).timeout(timeout).send().await?;

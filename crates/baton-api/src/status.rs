@@ -31,15 +31,7 @@ pub fn status_json(snapshot: &Snapshot, _now: Mono) -> Value {
 /// as unreachable; it is a primary when `xlog.location` is set or its role is `primary`/`master`;
 /// its WAL position is `max(received, replayed)` on a replica and `location` on a primary.
 pub fn peer_status_from_json(name: MemberName, v: &Value) -> PeerStatus {
-    let unreachable = PeerStatus {
-        name: name.clone(),
-        reachable: false,
-        is_primary: false,
-        wal_position: None,
-        timeline: None,
-        tags: Tags::default(),
-        watchdog_failed: false,
-    };
+    let unreachable = PeerStatus::unreachable(name.clone(), Tags::default());
     let Some(obj) = v.as_object() else {
         return unreachable;
     };

@@ -120,6 +120,21 @@ pub struct PeerStatus {
     pub watchdog_failed: bool,
 }
 
+impl PeerStatus {
+    /// A member that did not answer (or answered something that is not a status).
+    pub fn unreachable(name: MemberName, tags: Tags) -> PeerStatus {
+        PeerStatus {
+            name,
+            reachable: false,
+            is_primary: false,
+            wal_position: None,
+            timeline: None,
+            tags,
+            watchdog_failed: false,
+        }
+    }
+}
+
 /// An action that failed in an earlier cycle, so the next decision can react (give up the
 /// lock, wipe and re-clone, ...).
 #[derive(Clone, Debug, PartialEq, Eq)]

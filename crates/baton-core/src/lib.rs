@@ -20,7 +20,7 @@ pub use decision::{
 };
 pub use pg::{ClusterState, ControlData, DataDir, PgProcess, PgSql, PgState, ReplicationRow};
 pub use sync::{STRICT_PLACEHOLDER, parse_ssn, quote_ident, render_ssn};
-pub use time::parse_iso8601;
+pub use time::{civil_from_days, days_from_civil, format_iso8601_utc, parse_iso8601};
 pub use types::{Clock, Lsn, MemberName, Mono, ParseLsnError, Timeline};
 pub use view::{
     ClusterView, FailoverRequest, HistoryLine, LeaderKey, LeaderStatus, Member, SyncState, Tags,

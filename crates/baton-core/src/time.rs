@@ -68,8 +68,30 @@ pub fn parse_iso8601(s: &str) -> Option<i64> {
     Some(secs * 1000 + millis)
 }
 
-/// Days since 1970-01-01 (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+/// `2024-08-28T19:39:26+00:00`: a Unix time in UTC, as Patroni writes history timestamps.
+pub fn format_iso8601_utc(unix_secs: u64) -> String {
+    let secs = i64::try_from(unix_secs).unwrap_or(i64::MAX);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    let (y, mo, d) = civil_from_days(days);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}+00:00")
+}
+
+/// (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's algorithm).
+pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(mo <= 2), mo, d)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
     let yoe = y.rem_euclid(400);
@@ -81,7 +103,7 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_iso8601;
+    use super::{format_iso8601_utc, parse_iso8601};
 
     #[test]
     fn parses_what_patronictl_writes() {
@@ -103,6 +125,19 @@ mod tests {
             parse_iso8601("2024-02-29T12:00:00+00"),
             Some(1_709_208_000_000)
         );
+    }
+
+    #[test]
+    fn formats_and_round_trips() {
+        assert_eq!(format_iso8601_utc(0), "1970-01-01T00:00:00+00:00");
+        assert_eq!(
+            format_iso8601_utc(1_795_323_600),
+            "2026-11-22T05:00:00+00:00"
+        );
+        for secs in [0u64, 951_782_400, 1_709_208_000, 4_102_444_799] {
+            let text = format_iso8601_utc(secs);
+            assert_eq!(parse_iso8601(&text), Some(secs as i64 * 1000), "{text}");
+        }
     }
 
     #[test]
