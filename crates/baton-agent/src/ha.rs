@@ -543,6 +543,10 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
     ) {
         let holds = self.holds_key(view);
         self.publish_snapshot(view, pg, holds, busy);
+        // The DCS did not answer this cycle: more requests would only delay the next cycle.
+        if view.is_none() {
+            return;
+        }
         let Some(lease) = self.lease.borrow().id else {
             return;
         };
@@ -574,8 +578,10 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         if let Some(view) = view {
             self.last_view = Some(view.clone());
         }
+        // The fencer guards any PostgreSQL that may accept writes, not only while the DCS
+        // confirms our key: it is needed most when the DCS does not answer.
         self.leading.send_if_modified(|l| {
-            let now_leading = holds || self.memory.was_leader;
+            let now_leading = holds || self.memory.was_leader || baton_core::may_be_primary(pg);
             std::mem::replace(l, now_leading) != now_leading
         });
         let lease = *self.lease.borrow();

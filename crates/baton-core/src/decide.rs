@@ -85,7 +85,10 @@ pub fn decide(memory: &Memory, obs: &Observation, config: &HaConfig, now: Mono) 
         reason = Reason::Paused { detail };
     }
 
-    next.was_leader = !actions.contains(&Action::HandOver) && ctx.holds_key()
+    // A leader that cannot read the DCS is still a leader until it fences: forgetting it would
+    // disarm the fencer exactly when it is needed (simulator finding F1).
+    next.was_leader = !actions.contains(&Action::HandOver)
+        && (ctx.holds_key() || (obs.dcs.is_none() && memory.was_leader))
         || actions
             .iter()
             .any(|a| matches!(a, Action::AcquireLeader | Action::ReattachLeader));
@@ -126,7 +129,7 @@ pub fn decide(memory: &Memory, obs: &Observation, config: &HaConfig, now: Mono) 
 
 /// PostgreSQL may accept writes: it answers as a primary, or it runs and its control file says
 /// it is in production (not answering SQL is no proof of being read-only).
-fn may_be_primary(pg: &PgState) -> bool {
+pub fn may_be_primary(pg: &PgState) -> bool {
     if !pg.is_running() {
         return false;
     }
@@ -265,8 +268,16 @@ impl Ctx<'_> {
             if !sql.in_recovery && self.lease_ok() {
                 return (vec![Action::ReattachLeader], Reason::ReattachingLeader);
             }
+            // A standby under our old key may be in the middle of a promotion the previous
+            // agent process started: stop it before giving the key away, or the promotion
+            // completes next to the new leader's (simulator finding F3).
             return (
-                vec![Action::ReleaseLeader { last_lsn: None }],
+                vec![
+                    Action::StopPostgres {
+                        mode: StopMode::Immediate,
+                    },
+                    Action::ReleaseLeader { last_lsn: None },
+                ],
                 Reason::ReleasingLockPgDown,
             );
         }
@@ -359,10 +370,16 @@ impl Ctx<'_> {
         if self.holds_key() {
             let since = *next.primary_down_since.get_or_insert(self.now);
             if self.now.saturating_since(since) < self.cfg.primary_start_timeout {
+                // A data directory that was still a standby (crashed mid-promotion) starts as
+                // a standby and is promoted by the next cycle: that switches the timeline,
+                // which a plain start as primary would not (simulator finding F4).
+                let role = if cd.state.was_primary() {
+                    StartRole::Primary
+                } else {
+                    StartRole::Standby { upstream: None }
+                };
                 return (
-                    vec![Action::StartPostgres {
-                        role: StartRole::Primary,
-                    }],
+                    vec![Action::StartPostgres { role }],
                     Reason::StartingPrimaryAfterCrash,
                 );
             }

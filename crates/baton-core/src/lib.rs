@@ -13,7 +13,7 @@ mod time;
 mod types;
 mod view;
 
-pub use decide::decide;
+pub use decide::{decide, may_be_primary};
 pub use decision::{
     Action, ActionFailure, ActionKind, Decision, HaConfig, LeaseState, Memory, NotHealthiest,
     Observation, PeerStatus, Reason, StartRole, StopMode, SyncConfig, SyncMode, Upstream,

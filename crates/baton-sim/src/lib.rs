@@ -72,10 +72,7 @@ use crate::world::{AgentSlot, DcsLink, Net, SimClock, Trace, World};
 /// one of these is "known" (`baton-sim --allow-known`, and the seed sweep in the tests). Drop
 /// a finding from this list when its fix lands, so that its return is caught.
 pub const OPEN_FINDINGS: &[Finding] = &[
-    Finding::FencerDisarmedWithoutDcs,
     Finding::RestartedAgentDoesNotFence,
-    Finding::OrphanedPromotion,
-    Finding::PrimaryWithoutTimelineSwitch,
     Finding::FormerPrimaryFollowsWithoutRewind,
     Finding::StandbyAheadOfNewTimeline,
     Finding::NoWatchdog,

@@ -1510,3 +1510,66 @@ fn strict_promotion_keeps_the_old_set_so_no_commit_goes_through_unprotected() {
         "#]],
     );
 }
+
+// ---- findings of the simulator ---------------------------------------------------------
+
+#[test]
+fn a_leader_that_cannot_read_the_dcs_stays_armed_for_fencing() {
+    // F1: the DCS read failed; the lease is still valid. The leader must stay "leader" so the
+    // fencer keeps watching its deadline, and the cycle must wake up at that deadline.
+    let f = parse(
+        "config: me=n1 loop_wait=10
+         lease: id=5 deadline=104
+         dcs: unreachable
+         pg: data=initialized state=in-production
+         pg: running primary tl=1 flush=0/3000000",
+    );
+    let memory = Memory {
+        was_leader: true,
+        ..Memory::default()
+    };
+    let d = super::decide(&memory, &f.obs, &f.config, f.now);
+    assert!(d.actions.is_empty(), "{:?}", d.actions);
+    assert!(d.next_memory.was_leader, "the fencer would be disarmed");
+    assert_eq!(d.wake_at, Mono::from_millis(104_000));
+}
+
+#[test]
+fn a_standby_under_our_stale_key_is_stopped_before_the_key_is_released() {
+    // F3: the previous agent process died during `pg_ctl promote`.
+    check(
+        "config: me=n1
+         lease: id=9 deadline=105
+         dcs: init=7001 leader=n1@5
+         member: n1 role=replica conn=10.0.0.1:5432
+         pg: data=initialized
+         pg: running replica tl=1 recv=0/3000000 replay=0/3000000",
+        expect![[r#"
+            reason: removed leader key because postgres is not running as primary
+            actions:
+              1. stop postgres (immediate)
+              2. release leader key
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
+
+#[test]
+fn a_leader_whose_standby_crashed_mid_promotion_restarts_it_as_a_standby_then_promotes() {
+    // F4: starting a standby data directory as a primary would not switch the timeline.
+    check(
+        "config: me=n1
+         lease: id=5 deadline=105
+         dcs: init=7001 leader=n1@5
+         member: n1 role=replica conn=10.0.0.1:5432
+         pg: data=initialized state=in-archive-recovery",
+        expect![[r#"
+            reason: starting primary after failure
+            actions:
+              1. start postgres as replica without upstream
+            memory: leader=true following=- down_since=100.000s rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
