@@ -113,10 +113,12 @@ pub fn decide(memory: &Memory, obs: &Observation, config: &HaConfig, now: Mono) 
     {
         wake_at = wake_at.min(now + Duration::from_millis(wait.unsigned_abs()));
     }
+    // Look again at the fencing deadline while it lies ahead. Once it has passed, this
+    // decision already fenced (step 1), and waking at once would only spin.
     if (next.was_leader || may_be_primary(&obs.pg))
-        && let Some(deadline) = obs.lease.fence_deadline
+        && let Some(deadline) = obs.lease.fence_deadline.filter(|d| *d > now)
     {
-        wake_at = wake_at.min(deadline.max(now));
+        wake_at = wake_at.min(deadline);
     }
 
     Decision {

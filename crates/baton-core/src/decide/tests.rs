@@ -1573,3 +1573,23 @@ fn a_leader_whose_standby_crashed_mid_promotion_restarts_it_as_a_standby_then_pr
         "#]],
     );
 }
+
+#[test]
+fn a_fenced_leader_without_the_dcs_does_not_spin() {
+    // After fencing (PostgreSQL stopped), with the DCS still unreachable and the deadline in
+    // the past, the next cycle comes after loop_wait, not at once.
+    let f = parse(
+        "config: me=n1 loop_wait=10
+         now: 110
+         lease: id=5 deadline=104
+         dcs: unreachable
+         pg: data=initialized state=in-production",
+    );
+    let memory = Memory {
+        was_leader: true,
+        ..Memory::default()
+    };
+    let d = super::decide(&memory, &f.obs, &f.config, f.now);
+    assert!(d.actions.is_empty(), "{:?}", d.actions);
+    assert_eq!(d.wake_at, f.now + Duration::from_secs(10));
+}
