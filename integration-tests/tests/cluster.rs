@@ -649,17 +649,7 @@ async fn switchover_both_ways_under_writes_keeps_every_acknowledged_commit() -> 
         acked.len()
     );
     let pg = cluster.node(&first).pg();
-    let present: std::collections::BTreeSet<i32> = pg
-        .query("SELECT id::text FROM acked")
-        .await?
-        .into_iter()
-        .filter_map(|r| r.first().cloned().flatten()?.parse().ok())
-        .collect();
-    let lost: Vec<i32> = acked
-        .iter()
-        .copied()
-        .filter(|id| !present.contains(id))
-        .collect();
+    let lost = lost_commits(&pg, &acked).await?;
     eprintln!(
         "{} commits acknowledged during two switchovers, {} lost",
         acked.len(),
@@ -936,17 +926,7 @@ async fn sync_mode_failover_loses_no_acknowledged_commit() -> anyhow::Result<()>
         },
     )
     .await?;
-    let present: std::collections::BTreeSet<i32> = new_pg
-        .query("SELECT id::text FROM acked")
-        .await?
-        .into_iter()
-        .filter_map(|r| r.first().cloned().flatten()?.parse().ok())
-        .collect();
-    let lost: Vec<i32> = acked
-        .iter()
-        .copied()
-        .filter(|id| !present.contains(id))
-        .collect();
+    let lost = lost_commits(&new_pg, &acked).await?;
     eprintln!(
         "{} commits acknowledged, {} lost; new leader {new}",
         acked.len(),
@@ -1044,6 +1024,21 @@ fn is_dcs_retry_line(line: &str, etcd_hosts: &[String]) -> bool {
     .iter()
     .any(|w| l.contains(w));
     about_dcs && retrying
+}
+
+/// The acknowledged ids missing from table `acked` on `target`.
+async fn lost_commits(target: &PgTarget, acked: &[i32]) -> anyhow::Result<Vec<i32>> {
+    let present: std::collections::BTreeSet<i32> = target
+        .query("SELECT id::text FROM acked")
+        .await?
+        .into_iter()
+        .filter_map(|r| r.first().cloned().flatten()?.parse().ok())
+        .collect();
+    Ok(acked
+        .iter()
+        .copied()
+        .filter(|id| !present.contains(id))
+        .collect())
 }
 
 /// The single value of a one-row, one-column result.
