@@ -34,10 +34,10 @@ pub use clock::SystemClock;
 pub use ha::{Agent, AgentIo, CycleOutcome};
 
 /// How often the liveness monitor looks at the postmaster.
-const PG_MONITOR_INTERVAL: Duration = Duration::from_millis(250);
+pub const PG_MONITOR_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Back-off after a failed action, so a persisting failure does not spin.
-const FAILURE_BACKOFF: Duration = Duration::from_secs(1);
+pub const FAILURE_BACKOFF: Duration = Duration::from_secs(1);
 
 /// `PgSettings` from the validated configuration and the effective dynamic configuration.
 pub fn pg_settings(config: &Config, dynamic: &DynamicConfig) -> PgSettings {
@@ -246,7 +246,9 @@ pub async fn run(
     Ok(())
 }
 
-async fn initial_dynamic<D: Dcs>(dcs: &D, config: &Config) -> DynamicConfig {
+/// The dynamic configuration to start with: the cluster's `config` key, else our
+/// `bootstrap.dcs`, else the defaults.
+pub async fn initial_dynamic<D: Dcs>(dcs: &D, config: &Config) -> DynamicConfig {
     let fallback = || {
         config
             .bootstrap
@@ -269,7 +271,7 @@ async fn initial_dynamic<D: Dcs>(dcs: &D, config: &Config) -> DynamicConfig {
 }
 
 /// Wake the HA loop when the postmaster appears or disappears.
-async fn pg_monitor<P: Postgres>(
+pub async fn pg_monitor<P: Postgres>(
     pg: Arc<P>,
     changed: Arc<Notify>,
     mut stop: watch::Receiver<bool>,

@@ -13,12 +13,11 @@ use std::time::Duration;
 
 use baton_agent::fence::run_fencer;
 use baton_agent::lease::LeaseKeeper;
-use baton_agent::{Agent, AgentIo};
+use baton_agent::{Agent, AgentIo, FAILURE_BACKOFF, initial_dynamic, pg_monitor};
 use baton_api::Snapshot;
-use baton_config::{Config, DynamicConfig};
+use baton_config::Config;
 use baton_core::{Clock, LeaseState, MemberName};
 use baton_dcs::Dcs;
-use baton_pg::Postgres;
 use tokio::sync::{Notify, watch};
 
 use crate::dcs::SimDcs;
@@ -26,10 +25,6 @@ use crate::pause::Pausable;
 use crate::peers::SimPeers;
 use crate::pg::SimPostgres;
 use crate::world::World;
-
-/// As in `baton_agent`: the liveness monitor's period and the back-off after a failed action.
-const PG_MONITOR_INTERVAL: Duration = Duration::from_millis(250);
-const FAILURE_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Spawn `fut` as a task of member `i`'s agent process.
 fn spawn_in(w: &World, i: usize, fut: impl Future<Output = ()> + Send + 'static) {
@@ -207,47 +202,6 @@ async fn agent_main(w: Arc<World>, i: usize) {
             _ = pg_changed.notified() => {}
             _ = lease_changes.wait_for(|l| l.id != last_lease) => {}
             _ = tokio::time::sleep(wait) => {}
-        }
-    }
-}
-
-/// `baton_agent::initial_dynamic`: the cluster's dynamic configuration, else `bootstrap.dcs`.
-async fn initial_dynamic<D: Dcs>(dcs: &D, config: &Config) -> DynamicConfig {
-    let fallback = || {
-        config
-            .bootstrap
-            .as_ref()
-            .map_or_else(DynamicConfig::defaults, |b| b.dcs.clone())
-    };
-    match tokio::time::timeout(Duration::from_secs(5), dcs.read_cluster()).await {
-        Ok(Ok(view)) => match view.config {
-            Some(c) => DynamicConfig::from_json(&c.value).map_or_else(|_| fallback(), |(d, _)| d),
-            None => fallback(),
-        },
-        _ => fallback(),
-    }
-}
-
-/// `baton_agent::pg_monitor`: wake the HA loop when the postmaster appears or disappears.
-async fn pg_monitor<P: Postgres>(
-    pg: Arc<P>,
-    changed: Arc<Notify>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut alive = pg.is_alive().await;
-    loop {
-        tokio::select! {
-            biased;
-            _ = stop.wait_for(|s| *s) => return,
-            _ = tokio::time::sleep(PG_MONITOR_INTERVAL) => {}
-        }
-        let now = pg.is_alive().await;
-        if now != alive {
-            if !now {
-                tracing::warn!("postmaster is gone");
-            }
-            alive = now;
-            changed.notify_one();
         }
     }
 }
