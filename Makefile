@@ -7,6 +7,9 @@
 #   make fmt         cargo fmt
 #   make demo        start a local 3-node cluster (etcd + 3 agents + HAProxy) in .demo/
 #   make demo-down   stop it and remove .demo/
+#   make docker-demo       the same cluster in docker-compose (3 etcd, 3 nodes, HAProxy); see docker/
+#   make docker-demo-down  stop it and remove its containers, network and volumes
+#   make docker-test       failover test on the docker-compose cluster (skipped without Docker)
 #   make test-clean  kill processes left behind by interrupted test runs
 #   make bench       benchmark figures (3-node loopback cluster) -> target/bench/ (BENCH_ARGS=...)
 #   make bench-patroni  the same, also with Patroni (venv in PATRONI_VENV) and ratios
@@ -20,7 +23,8 @@ ifdef CARGO_TARGET_DIR
 export CARGO_TARGET_DIR
 endif
 
-.PHONY: build test deps lint fmt fmt-check clippy demo demo-down test-clean bench bench-patroni sim
+.PHONY: build test deps lint fmt fmt-check clippy demo demo-down test-clean bench bench-patroni sim \
+	docker-demo docker-demo-down docker-test
 
 build:
 	$(CARGO) build --workspace --all-targets
@@ -32,6 +36,7 @@ deps:
 test: deps build
 	PGBATON_REQUIRE_ETCD=1 PGBATON_REQUIRE_PG=1 PGBATON_REQUIRE_INTEGRATION=1 \
 		$(CARGO) test --workspace
+	scripts/docker-test.sh
 	$(MAKE) --no-print-directory lint
 
 lint: fmt-check clippy
@@ -51,6 +56,18 @@ demo:
 demo-down:
 	scripts/demo.sh down
 
+# Images build FROM a local base image (docker/build-base.sh: debootstrap when nothing can be
+# pulled); Docker's cache rebuilds only what changed. See docker/README.md.
+docker-demo:
+	scripts/docker-demo.sh up
+
+docker-demo-down:
+	scripts/docker-demo.sh down
+
+# Skipped (exit 0) when no Docker engine answers, unless PGBATON_REQUIRE_DOCKER=1.
+docker-test: build
+	scripts/docker-test.sh
+
 test-clean:
 	scripts/kill-test-leftovers.sh
 
@@ -59,12 +76,10 @@ test-clean:
 BENCH_ARGS ?=
 PATRONI_VENV ?= /tmp/patroni-venv
 
-bench: deps
-	$(CARGO) build -p baton-cli -p baton-integration-tests --bin pgbaton --bin bench
+bench: deps build
 	$(CARGO) run -p baton-integration-tests --bin bench -- $(BENCH_ARGS)
 
-bench-patroni: deps
-	$(CARGO) build -p baton-cli -p baton-integration-tests --bin pgbaton --bin bench
+bench-patroni: deps build
 	BATON_REFERENCE_BIN_DIR=$(PATRONI_VENV)/bin \
 		$(CARGO) run -p baton-integration-tests --bin bench -- --peer patroni $(BENCH_ARGS)
 

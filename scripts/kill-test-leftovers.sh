@@ -8,6 +8,26 @@
 set -euo pipefail
 
 root=${PGBATON_TEST_TMPDIR:-/tmp}
+
+# Network namespaces (pgbt-<pid>-<n>-<host>) and root-namespace links (pgbt<pid>-<n>) of the
+# netns tests (integration-tests/src/netns.rs) whose test process is gone. Run again after the
+# kills: a namespace lives on, unnamed, while a process runs in it.
+remove_stale_networks() {
+    command -v ip >/dev/null || return 0
+    local ns link
+    for ns in $(ip netns list 2>/dev/null | awk '{print $1}'); do
+        [[ $ns =~ ^pgbt-([0-9]+)- ]] || continue
+        [[ -e /proc/${BASH_REMATCH[1]} ]] && continue # its test is still running
+        ip netns del "$ns" && echo "kill-test-leftovers: removed network namespace $ns"
+    done
+    for link in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do
+        [[ $link =~ ^pgbt([0-9]+)- ]] || continue
+        [[ -e /proc/${BASH_REMATCH[1]} ]] && continue
+        ip link del "$link" 2>/dev/null && echo "kill-test-leftovers: removed link $link"
+    done
+    return 0
+}
+
 stale=()
 for d in "$root"/pgbaton-it-*; do
     [[ -d $d ]] || continue
@@ -19,6 +39,7 @@ for d in "$root"/pgbaton-it-*; do
     stale+=("$d")
 done
 if ((${#stale[@]} == 0)); then
+    remove_stale_networks
     echo "kill-test-leftovers: nothing to clean"
     exit 0
 fi
@@ -66,3 +87,4 @@ for d in "${stale[@]}"; do
         echo "kill-test-leftovers: removed $d"
     fi
 done
+remove_stale_networks

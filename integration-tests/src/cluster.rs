@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::etcd::Etcd;
 use crate::haproxy::{Backend, Haproxy, HaproxyTiming};
+use crate::netns::{NetTools, Network};
 use crate::node::{Node, NodeConfig, PgAuth};
 use crate::pg::PgTarget;
 use crate::ports::free_port;
@@ -76,6 +77,13 @@ pub struct ClusterSpec {
     pub start_etcd: bool,
     /// [`Cluster::start`] starts every agent.
     pub start_agents: bool,
+    /// Each node is a host in its own network namespace on a bridge, beside a client
+    /// namespace (see [`Network`]; [`Cluster::network`]). Nodes listen on every address of
+    /// their namespace and advertise theirs (all on the same two ports, as real hosts would);
+    /// etcd is reached through [`Network::service_address`]; [`Cluster::kill_host`] also takes
+    /// the host off the network and [`Cluster::start_agent`] boots it again. Needs root (see
+    /// [`Tools::for_netns_test`]); HAProxy is not supported (set `haproxy: None`).
+    pub netns: bool,
 }
 
 impl ClusterSpec {
@@ -91,6 +99,7 @@ impl ClusterSpec {
             extra_config: Value::Object(Default::default()),
             start_etcd: true,
             start_agents: true,
+            netns: false,
         }
     }
 }
@@ -114,6 +123,8 @@ pub struct Cluster {
     etcd: Etcd,
     nodes: Vec<Node>,
     haproxy: Option<Haproxy>,
+    /// The namespaces, when `spec.netns` (deleted after every process is dead).
+    net: Option<Network>,
     finished: bool,
     /// Last: removed after every process is dead.
     dir: tempfile::TempDir,
@@ -155,17 +166,42 @@ impl Cluster {
         })?;
         std::fs::set_permissions(&pgbaton, std::fs::Permissions::from_mode(0o755))?;
         let etcd = Etcd::prepare(&tools.etcd, &root, spec.etcd_members)?;
+        let names: Vec<String> = (1..=spec.nodes).map(|i| format!("node{i}")).collect();
+        let (net, etcd_hosts, shared_ports) = if spec.netns {
+            if spec.haproxy.is_some() {
+                bail!("ClusterSpec: HAProxy is not supported with netns (set haproxy: None)");
+            }
+            let net_tools = NetTools::discover().map_err(|missing| {
+                anyhow::anyhow!("network namespaces need: {}", missing.join("; "))
+            })?;
+            let mut net = Network::create(&net_tools, &names)?;
+            let mut hosts = Vec::new();
+            for host in etcd.hosts() {
+                let port: u16 = host
+                    .rsplit_once(':')
+                    .and_then(|(_, p)| p.parse().ok())
+                    .with_context(|| format!("etcd host {host}"))?;
+                let to = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+                hosts.push(net.relay_tcp(port, to)?.to_string());
+            }
+            (Some(net), hosts, Some((free_port()?, free_port()?)))
+        } else {
+            (None, etcd.hosts(), None)
+        };
         let mut nodes = Vec::with_capacity(spec.nodes);
-        for i in 1..=spec.nodes {
-            let name = format!("node{i}");
+        for name in names {
             let ndir = root.join(&name);
+            let (rest_port, pg_port) = match shared_ports {
+                Some(ports) => ports,
+                None => (free_port()?, free_port()?),
+            };
             let config = NodeConfig {
                 scope: spec.scope.clone(),
                 namespace: spec.namespace.clone(),
                 name: name.clone(),
-                rest_port: free_port()?,
-                pg_port: free_port()?,
-                etcd_hosts: etcd.hosts(),
+                rest_port,
+                pg_port,
+                etcd_hosts: etcd_hosts.clone(),
                 data_dir: ndir.join("data"),
                 dir: ndir,
                 bin_dir: tools.pg_bin_dir.clone(),
@@ -173,17 +209,21 @@ impl Cluster {
                 auth: PgAuth::test_default(),
                 extra: spec.extra_config.clone(),
             };
-            nodes.push(Node::create(tools, config)?);
+            let node_net = net.as_ref().map(|n| n.node_net(&name)).transpose()?;
+            nodes.push(Node::create_in(tools, config, node_net)?);
         }
         eprintln!(
             "harness: cluster in {} (etcd {}, nodes: {})",
             root.display(),
-            etcd.hosts().join(","),
+            etcd_hosts.join(","),
             nodes
                 .iter()
                 .map(|n| format!(
-                    "{} pg {} rest {}",
-                    n.name, n.config.pg_port, n.config.rest_port
+                    "{} {} pg {} rest {}",
+                    n.name,
+                    n.address(),
+                    n.config.pg_port,
+                    n.config.rest_port
                 ))
                 .collect::<Vec<_>>()
                 .join("; ")
@@ -195,6 +235,7 @@ impl Cluster {
             etcd,
             nodes,
             haproxy: None,
+            net,
             finished: false,
             dir,
         })
@@ -225,6 +266,11 @@ impl Cluster {
 
     /// Start HAProxy in front of every node.
     pub async fn start_haproxy(&mut self, timing: HaproxyTiming) -> anyhow::Result<()> {
+        if self.net.is_some() {
+            bail!(
+                "HAProxy is not supported with network namespaces (its backends are on loopback)"
+            );
+        }
         let backends: Vec<Backend> = self
             .nodes
             .iter()
@@ -297,6 +343,30 @@ impl Cluster {
         self.haproxy.as_mut()
     }
 
+    /// The hosts' network (panics unless the spec asked for `netns`).
+    pub fn network(&self) -> &Network {
+        self.net
+            .as_ref()
+            .expect("the cluster was not started with netns")
+    }
+
+    pub fn network_mut(&mut self) -> &mut Network {
+        self.net
+            .as_mut()
+            .expect("the cluster was not started with netns")
+    }
+
+    /// Cut node `name` from etcd only (packets dropped silently both ways; it still reaches
+    /// and is reached by the other nodes and the harness). Needs `netns`.
+    pub fn cut_from_etcd(&mut self, name: &str) -> anyhow::Result<()> {
+        self.network_mut().cut_from_services(name)
+    }
+
+    /// Undo every cut of node `name`. Needs `netns`.
+    pub fn heal(&mut self, name: &str) -> anyhow::Result<()> {
+        self.network_mut().heal(name)
+    }
+
     /// The cluster's key prefix, e.g. `/service/batman/`.
     pub fn key_prefix(&self) -> String {
         let joined = format!("/{}/{}/", self.spec.namespace, self.spec.scope);
@@ -336,8 +406,12 @@ impl Cluster {
 
     // ----- process control -----
 
-    /// Start node `name`'s agent (no-op if running).
+    /// Start node `name`'s agent (no-op if running). With `netns`, a host that
+    /// [`Cluster::kill_host`] took off the network boots first (see [`Network::boot`]).
     pub fn start_agent(&mut self, name: &str) -> anyhow::Result<()> {
+        if let Some(net) = &mut self.net {
+            net.boot(name)?;
+        }
         let (tools, pgbaton) = (self.tools.clone(), self.pgbaton.clone());
         self.node_mut(name).start_agent(&tools, &pgbaton)
     }
@@ -364,17 +438,24 @@ impl Cluster {
         self.node_mut(name).kill_agent();
     }
 
-    /// The host dies: SIGKILL the agent and all PostgreSQL processes of node `name`.
+    /// The host dies: SIGKILL the agent and all PostgreSQL processes of node `name`; with
+    /// `netns`, its interface also goes down without its addresses ([`Network::power_off`]).
     /// Fails if no PostgreSQL was running on that node (the test would be meaningless).
     pub fn kill_host(&mut self, name: &str) -> anyhow::Result<()> {
         let node = self.node_mut(name);
-        let Some(pid) = node.kill_host() else {
+        let killed = node.kill_host();
+        let data_dir = node.config.data_dir.clone();
+        let survived = node.postmaster_pid().is_some();
+        if let Some(net) = &mut self.net {
+            net.power_off(name)?;
+        }
+        let Some(pid) = killed else {
             bail!(
                 "kill_host({name}): no PostgreSQL was running on {}",
-                node.config.data_dir.display()
+                data_dir.display()
             );
         };
-        if node.postmaster_pid().is_some() || crate::process::pid_alive(pid) {
+        if survived || crate::process::pid_alive(pid) {
             bail!("kill_host({name}): postmaster {pid} survived SIGKILL");
         }
         eprintln!("harness: killed host {name} (agent and postmaster {pid})");
@@ -405,6 +486,41 @@ impl Cluster {
             .await
             .with_context(|| format!("pgbaton {args:?} did not finish"))?
             .with_context(|| format!("run pgbaton {args:?}"))
+    }
+
+    /// `pgbaton -c <from's config> switchover --leader from --candidate to [--scheduled at]
+    /// --force`: its stdout and stderr together, or an error carrying them when it fails.
+    pub async fn cli_switchover(
+        &self,
+        from: &str,
+        to: &str,
+        scheduled: Option<&str>,
+    ) -> anyhow::Result<String> {
+        let config = self.node(from).config_path.to_string_lossy().into_owned();
+        let mut args = vec![
+            "-c",
+            &config,
+            "switchover",
+            "--leader",
+            from,
+            "--candidate",
+            to,
+        ];
+        if let Some(at) = scheduled {
+            args.extend(["--scheduled", at]);
+        }
+        args.push("--force");
+        let out = self.pgbaton_cli(&args).await?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        anyhow::ensure!(
+            out.status.success(),
+            "switchover {from} -> {to} failed: {text}"
+        );
+        Ok(text)
     }
 
     /// `pgbaton -c <node's config> list --format json`, decoded.
@@ -667,6 +783,8 @@ impl Cluster {
                 self.dir.path().display()
             );
         }
+        // Last: a namespace lives on while a process runs in it.
+        self.net = None;
     }
 }
 

@@ -4,6 +4,9 @@
 //! `tests/`, the fault suite and the benchmark. It starts etcd, PostgreSQL (through the
 //! `pgbaton` agents it starts) and HAProxy on loopback, gives the test handles to poke
 //! them, and tears everything down when the [`Cluster`] is dropped, even when the test panics.
+//! With [`ClusterSpec::netns`] each node is instead a host in its own network namespace on a
+//! bridge, with a client namespace beside them ([`Network`]): for the floating IP and for
+//! partitions of single hosts.
 //!
 //! Rules the harness follows (and tests built on it should too):
 //! - nothing is mocked: real etcd, real PostgreSQL 15, real `pgbaton agent`, real HAProxy;
@@ -27,6 +30,7 @@
 mod cluster;
 mod etcd;
 mod haproxy;
+mod netns;
 mod node;
 mod pg;
 mod ports;
@@ -38,6 +42,11 @@ mod wait;
 pub use cluster::{Cluster, ClusterSpec, Healthy, Timing};
 pub use etcd::{Etcd, EtcdClient, EtcdKv};
 pub use haproxy::{Backend, Haproxy, HaproxyTiming, render_config as render_haproxy_config};
+pub use netns::{
+    HOST_INTERFACE, Host, NAME_PREFIX as NETNS_NAME_PREFIX, NetTools, Network, NodeNet,
+    PREFIX_LEN as NETNS_PREFIX_LEN, format_mac, netns_path,
+    remove_leftovers as remove_netns_leftovers, run_in, spawn_in,
+};
 pub use node::{Node, NodeConfig, PgAuth, deep_merge};
 pub use pg::{PgTarget, lsn_reached, query_rows, simple_query};
 pub use ports::free_port;

@@ -9,6 +9,7 @@ use anyhow::Context;
 use serde_json::{Value, json};
 
 use crate::cluster::Timing;
+use crate::netns::NodeNet;
 use crate::pg::PgTarget;
 use crate::process::{Proc, kill_postmaster};
 use crate::tools::Tools;
@@ -179,11 +180,31 @@ pub struct Node {
     pub log_path: PathBuf,
     agent: Option<Proc>,
     http: reqwest::Client,
+    /// Set when the node is a host in a network namespace (see [`crate::Network`]).
+    net: Option<NodeNet>,
 }
 
 impl Node {
     /// Create the node directory (owned by the agents' user) and write the configuration file.
     pub fn create(tools: &Tools, config: NodeConfig) -> anyhow::Result<Node> {
+        Node::create_in(tools, config, None)
+    }
+
+    /// [`Node::create`] for a node that is a host in a network namespace (`net`), or on
+    /// loopback (`None`). In a namespace, PostgreSQL and the REST API listen on every address
+    /// of the namespace (so also on a floating IP) and advertise the host's address, `pg_hba`
+    /// allows the subnet, and the agent runs inside the namespace with `CAP_NET_ADMIN` and
+    /// `CAP_NET_RAW`. `config.extra` still wins over all of that.
+    pub fn create_in(
+        tools: &Tools,
+        mut config: NodeConfig,
+        net: Option<NodeNet>,
+    ) -> anyhow::Result<Node> {
+        if let Some(net) = &net {
+            let mut extra = netns_overlay(&config, net);
+            compose_overlays(&mut extra, &config.extra);
+            config.extra = extra;
+        }
         std::fs::create_dir_all(&config.dir)
             .with_context(|| format!("create {}", config.dir.display()))?;
         std::fs::set_permissions(&config.dir, std::fs::Permissions::from_mode(0o700))?;
@@ -198,6 +219,7 @@ impl Node {
             config,
             agent: None,
             http: http_client(),
+            net,
         };
         node.write_config(tools)?;
         Ok(node)
@@ -218,7 +240,10 @@ impl Node {
         if self.agent.as_mut().is_some_and(Proc::is_running) {
             return Ok(());
         }
-        let mut cmd = tools.command_as_agent_user(pgbaton);
+        let mut cmd = match &self.net {
+            Some(net) => net.command_as_agent_user(tools, pgbaton)?,
+            None => tools.command_as_agent_user(pgbaton),
+        };
         cmd.arg("agent")
             .arg(&self.config_path)
             .current_dir(&self.config.dir);
@@ -293,8 +318,21 @@ impl Node {
         crate::process::postmaster_pid(&self.config.data_dir)
     }
 
+    /// The address the harness reaches the node at: its namespace's address, or 127.0.0.1.
+    pub fn address(&self) -> String {
+        match &self.net {
+            Some(net) => net.address.to_string(),
+            None => "127.0.0.1".to_owned(),
+        }
+    }
+
+    /// The network namespace the node runs in, if any.
+    pub fn netns(&self) -> Option<&str> {
+        self.net.as_ref().map(|n| n.netns.as_str())
+    }
+
     pub fn rest_base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.config.rest_port)
+        format!("http://{}:{}", self.address(), self.config.rest_port)
     }
 
     /// `GET <path>` on the agent's REST API; `(status, body)`.
@@ -329,7 +367,7 @@ impl Node {
     /// How to reach this node's PostgreSQL as the superuser over TCP.
     pub fn pg(&self) -> PgTarget {
         PgTarget {
-            host: "127.0.0.1".to_owned(),
+            host: self.address(),
             port: self.config.pg_port,
             user: self.config.auth.superuser.0.clone(),
             password: self.config.auth.superuser.1.clone(),
@@ -341,6 +379,30 @@ impl Node {
     pub fn pg_log_path(&self) -> PathBuf {
         self.config.dir.join("pglog").join("postgresql.log")
     }
+}
+
+/// The configuration of a node that is a host in a network namespace (under `extra`).
+fn netns_overlay(config: &NodeConfig, net: &NodeNet) -> Value {
+    let listen = |port: u16| format!("0.0.0.0:{port}");
+    let connect = |port: u16| format!("{}:{port}", net.address);
+    let repl = &config.auth.replication.0;
+    json!({
+        "restapi": {
+            "listen": listen(config.rest_port),
+            "connect_address": connect(config.rest_port),
+        },
+        "postgresql": {
+            "listen": listen(config.pg_port),
+            "connect_address": connect(config.pg_port),
+            "pg_hba": [
+                "local all all trust",
+                format!("host replication {repl} 127.0.0.1/32 md5"),
+                format!("host replication {repl} {} md5", net.subnet),
+                "host all all 127.0.0.1/32 md5",
+                format!("host all all {} md5", net.subnet),
+            ],
+        },
+    })
 }
 
 fn append(path: &Path, text: &str) -> anyhow::Result<()> {

@@ -154,6 +154,28 @@ impl Tools {
         }
     }
 
+    /// [`Tools::for_test`] for a test whose nodes are hosts in network namespaces: also needs
+    /// root, `ip`, `iptables`, `nsenter`, `setpriv` and the right to create namespaces
+    /// (see [`crate::NetTools`]).
+    pub fn for_netns_test(test: &str) -> anyhow::Result<Option<Tools>> {
+        let mut missing = Tools::discover().err().unwrap_or_default();
+        missing.extend(crate::netns::NetTools::discover().err().unwrap_or_default());
+        if missing.is_empty() {
+            return Tools::for_test(test);
+        }
+        let list = missing.join("; ");
+        if required() {
+            bail!(
+                "{test}: PGBATON_REQUIRE_INTEGRATION=1 but the integration test prerequisites \
+                 are missing: {list} (scripts/install-deps.sh installs the programs)"
+            );
+        }
+        println!(
+            "SKIP {test}: missing {list} (set PGBATON_REQUIRE_INTEGRATION=1 to make this a failure)"
+        );
+        Ok(None)
+    }
+
     /// The `postgres` user's uid/gid when the tests run as root (for `chown`).
     pub fn owner(&self) -> Option<(Uid, Gid)> {
         self.run_as.as_ref().map(|r| (r.uid, r.gid))

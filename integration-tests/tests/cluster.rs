@@ -500,6 +500,282 @@ async fn leader_fences_itself_before_its_lease_can_expire() -> anyhow::Result<()
     Ok(())
 }
 
+/// The leader's agent dies (SIGKILL) while PostgreSQL runs on as the primary. Restarted with
+/// etcd answering, the new agent moves the leader key to its own lease in time and keeps the
+/// very same postmaster (no restart, no failover). Killed again and restarted while etcd is
+/// frozen, it cannot confirm anything: it must stop PostgreSQL before the old lease can
+/// expire, by the deadline the dead agent recorded (simulator finding F2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_agent_keeps_its_primary_or_fences_it_by_the_old_deadline() -> anyhow::Result<()>
+{
+    let tools =
+        tools_or_skip!("restarted_agent_keeps_its_primary_or_fences_it_by_the_old_deadline");
+    let mut spec = ClusterSpec::new(2);
+    spec.haproxy = None;
+    let ttl = spec.timing.ttl();
+    let mut cluster = Cluster::start(&tools, spec).await?;
+    let healthy = cluster
+        .wait_healthy(scaled(Duration::from_secs(180)))
+        .await?;
+    let leader = healthy.leader.clone();
+    let postmaster = cluster
+        .node(&leader)
+        .postmaster_pid()
+        .context("the leader's postmaster.pid")?;
+
+    // 1. A plain restart keeps the primary.
+    cluster.kill_agent(&leader);
+    cluster.start_agent(&leader)?;
+    let restarted = cluster
+        .wait_healthy(scaled(Duration::from_secs(120)))
+        .await
+        .context("healthy again after the agent restart")?;
+    ensure!(
+        restarted.leader == leader,
+        "leadership moved from {leader} to {} on a mere agent restart",
+        restarted.leader
+    );
+    ensure!(
+        cluster.node(&leader).postmaster_pid() == Some(postmaster),
+        "the restarted agent restarted or replaced the primary's postmaster"
+    );
+
+    // 2. A restart while etcd is frozen fences by the old deadline.
+    cluster.kill_agent(&leader);
+    let killed_at = Instant::now();
+    cluster.etcd().pause_member(0, true)?;
+    cluster.start_agent(&leader)?;
+    let pg = cluster.node(&leader).pg();
+    let mut fenced_at = None;
+    while killed_at.elapsed() < ttl + Duration::from_secs(10) {
+        if pg
+            .connect_with_timeout(Duration::from_millis(500))
+            .await
+            .is_err()
+        {
+            fenced_at = Some(killed_at.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.etcd().pause_member(0, false)?;
+    eprintln!("restart with etcd frozen: postgres down {fenced_at:?} after the kill (ttl {ttl:?})");
+    let fenced_at = fenced_at.context("the restarted agent never stopped its primary")?;
+    // The old lease was last renewed before the kill, so it expires within ttl of it.
+    ensure!(
+        fenced_at < ttl,
+        "PostgreSQL was still up {fenced_at:?} after the agent was killed, ttl is {ttl:?}"
+    );
+    cluster
+        .wait_healthy(scaled(Duration::from_secs(120)))
+        .await
+        .context("recovery after etcd is back")?;
+    cluster.finish();
+    Ok(())
+}
+
+/// The primary accepts writes its standbys never receive (its WAL senders are frozen),
+/// then its host dies. A standby takes over without those writes; when the old primary's
+/// agent comes back, it rewinds (pg_rewind) onto the new timeline and streams: the diverging
+/// rows are gone from it, the shared ones are there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_primary_with_a_diverging_write_rejoins_through_pg_rewind() -> anyhow::Result<()> {
+    let tools = tools_or_skip!("old_primary_with_a_diverging_write_rejoins_through_pg_rewind");
+    let mut spec = ClusterSpec::new(3);
+    spec.haproxy = None;
+    let ttl = spec.timing.ttl();
+    let mut cluster = Cluster::start(&tools, spec).await?;
+    let healthy = cluster
+        .wait_healthy(scaled(Duration::from_secs(180)))
+        .await?;
+    let old = healthy.leader.clone();
+    let old_pg = cluster.node(&old).pg();
+    let client = old_pg.connect().await?;
+    simple_query(
+        &client,
+        "CREATE TABLE baton_it (id int PRIMARY KEY, phase text); \
+         INSERT INTO baton_it SELECT g, 'shared' FROM generate_series(1, 100) g",
+    )
+    .await?;
+    let shared_lsn = old_pg
+        .query_one("SELECT pg_current_wal_flush_lsn()::text")
+        .await?;
+    for r in &healthy.replicas {
+        let pg = cluster.node(r).pg();
+        wait_until(
+            "the standby to replay the shared rows",
+            scaled(Duration::from_secs(30)),
+            || async { lsn_reached(&pg, &shared_lsn).await },
+        )
+        .await?;
+    }
+    // The primary's WAL senders freeze: what it commits from now on stays on it (a frozen
+    // receiver would still find the data in its socket buffer when thawed).
+    let senders = cluster
+        .sql(&old, "SELECT pid::text FROM pg_stat_replication")
+        .await?;
+    ensure!(
+        senders.len() == healthy.replicas.len(),
+        "expected one WAL sender per standby, found {senders:?}"
+    );
+    for row in &senders {
+        let pid: i32 = row
+            .first()
+            .cloned()
+            .flatten()
+            .context("walsender pid")?
+            .parse()?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGSTOP,
+        )?;
+    }
+    simple_query(
+        &client,
+        "INSERT INTO baton_it SELECT g, 'diverging' FROM generate_series(101, 200) g",
+    )
+    .await?;
+    // SIGKILL ends the frozen senders too.
+    cluster.kill_host(&old)?;
+    let new = cluster
+        .wait_new_leader(&old, scaled(ttl + Duration::from_secs(30)))
+        .await?;
+    let new_pg = cluster.node(&new).pg();
+    wait_for(
+        "the new leader to accept writes",
+        scaled(Duration::from_secs(30)),
+        || async {
+            Ok(
+                match new_pg.query_one("SELECT pg_is_in_recovery()::text").await {
+                    Ok(v) if v == "false" => Check::Done(()),
+                    other => Check::not_yet(format!("{other:?}")),
+                },
+            )
+        },
+    )
+    .await?;
+    ensure!(
+        count_rows(&new_pg, "diverging").await? == 0,
+        "the new leader has rows its WAL receiver never got"
+    );
+    simple_query(
+        &new_pg.connect().await?,
+        "INSERT INTO baton_it VALUES (1000, 'after')",
+    )
+    .await?;
+
+    cluster.start_agent(&old)?;
+    wait_for(
+        "the old primary to stream from the new leader with its rows",
+        scaled(Duration::from_secs(120)),
+        || async {
+            let rows = cluster
+                .sql(&old, "SELECT pg_is_in_recovery()::text, (SELECT count(*) FROM baton_it WHERE id = 1000)::text")
+                .await;
+            Ok(match rows {
+                Ok(r) if r.first().is_some_and(|r| {
+                    r.first().cloned().flatten().as_deref() == Some("true")
+                        && r.get(1).cloned().flatten().as_deref() == Some("1")
+                }) => Check::Done(()),
+                other => Check::not_yet(format!("{other:?}")),
+            })
+        },
+    )
+    .await?;
+    let old_pg = cluster.node(&old).pg();
+    ensure!(
+        count_rows(&old_pg, "diverging").await? == 0,
+        "the rewound old primary still has its diverging rows"
+    );
+    ensure!(
+        count_rows(&old_pg, "shared").await? == 100,
+        "the rewound old primary lost shared rows"
+    );
+    ensure!(
+        timeline_of(&cluster, &old).await? == timeline_of(&cluster, &new).await?,
+        "the old primary is not on the new leader's timeline"
+    );
+    cluster.finish();
+    Ok(())
+}
+
+/// A switchover scheduled a few seconds ahead (`pgbaton switchover --scheduled`) does not
+/// happen early, then fires: the candidate leads and the `failover` key is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_switchover_fires_on_time() -> anyhow::Result<()> {
+    let tools = tools_or_skip!("scheduled_switchover_fires_on_time");
+    let mut spec = ClusterSpec::new(2);
+    spec.haproxy = None;
+    let cluster = Cluster::start(&tools, spec).await?;
+    let healthy = cluster
+        .wait_healthy(scaled(Duration::from_secs(180)))
+        .await?;
+    let (leader, candidate) = (healthy.leader.clone(), healthy.replicas[0].clone());
+    let lead = Duration::from_secs(12);
+    let at_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        + lead.as_secs();
+    let at = iso8601_utc(at_unix)?;
+    let text = cluster
+        .cli_switchover(&leader, &candidate, Some(&at))
+        .await
+        .context("scheduling")?;
+    ensure!(text.contains("scheduled"), "{text}");
+    let scheduled = Instant::now();
+    ensure!(
+        cluster
+            .etcd()
+            .get(&cluster.key("failover"))
+            .await?
+            .is_some(),
+        "no failover key after scheduling"
+    );
+    // Until shortly before the time, nothing moves.
+    while scheduled.elapsed() + Duration::from_secs(2) < lead {
+        ensure!(
+            cluster.leader().await?.as_deref() == Some(leader.as_str()),
+            "the switchover happened {:?} before its time",
+            lead.saturating_sub(scheduled.elapsed())
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let now = cluster
+        .wait_new_leader(&leader, scaled(Duration::from_secs(60)))
+        .await?;
+    eprintln!(
+        "scheduled switchover: {now} leads {:?} after scheduling (scheduled {lead:?} ahead)",
+        scheduled.elapsed()
+    );
+    ensure!(now == candidate, "{now} took over, not {candidate}");
+    // Patroni clears the key by writing `{}` (tools read an empty object as no request).
+    wait_until(
+        "the failover key to be cleared",
+        scaled(Duration::from_secs(30)),
+        || async {
+            Ok(match cluster.etcd().get(&cluster.key("failover")).await? {
+                None => true,
+                Some(kv) => serde_json::from_str::<Value>(&kv.value)
+                    .is_ok_and(|v| v.as_object().is_some_and(|o| o.is_empty())),
+            })
+        },
+    )
+    .await?;
+    cluster.finish();
+    Ok(())
+}
+
+/// `2026-11-22T05:00:00+00:00` for seconds since the Unix epoch (by `date`, an oracle
+/// independent of pgbaton's own formatting).
+fn iso8601_utc(unix: u64) -> anyhow::Result<String> {
+    let out = std::process::Command::new("date")
+        .args(["-u", "-d", &format!("@{unix}"), "+%Y-%m-%dT%H:%M:%S+00:00"])
+        .output()
+        .context("run date")?;
+    ensure!(out.status.success(), "date failed");
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
 /// Someone writes garbage into the cluster's keys: agents log a warning naming the key and
 /// keep their roles.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -607,27 +883,7 @@ async fn switchover_both_ways_under_writes_keeps_every_acknowledged_commit() -> 
         (first.clone(), target.clone()),
         (target.clone(), first.clone()),
     ] {
-        let out = cluster
-            .pgbaton_cli(&[
-                "-c",
-                &cluster.node(&from).config_path.to_string_lossy(),
-                "switchover",
-                "--leader",
-                &from,
-                "--candidate",
-                &to,
-                "--force",
-            ])
-            .await?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        ensure!(
-            out.status.success(),
-            "switchover {from} -> {to} failed: {text}"
-        );
+        let text = cluster.cli_switchover(&from, &to, None).await?;
         ensure!(
             text.contains(&format!("Successfully switched over to \"{to}\"")),
             "{text}"
@@ -799,6 +1055,14 @@ async fn bad_switchovers_are_refused_and_pause_blocks_failover() -> anyhow::Resu
 
 /// The `/sync` key's standbys once the leader has published at least one.
 async fn wait_sync_standby(cluster: &Cluster) -> anyhow::Result<(String, Vec<String>)> {
+    wait_sync_standbys(cluster, 1).await
+}
+
+/// Wait until `/sync` lists at least `min` standbys; its leader and standbys.
+async fn wait_sync_standbys(
+    cluster: &Cluster,
+    min: usize,
+) -> anyhow::Result<(String, Vec<String>)> {
     wait_for(
         "the leader to publish a synchronous standby in /sync",
         scaled(Duration::from_secs(60)),
@@ -822,7 +1086,7 @@ async fn wait_sync_standby(cluster: &Cluster) -> anyhow::Result<(String, Vec<Str
                         .collect()
                 })
                 .unwrap_or_default();
-            Ok(if standbys.is_empty() {
+            Ok(if standbys.len() < min {
                 Check::not_yet(format!("/sync is {}", kv.value))
             } else {
                 Check::Done((leader, standbys))
@@ -833,9 +1097,14 @@ async fn wait_sync_standby(cluster: &Cluster) -> anyhow::Result<(String, Vec<Str
 }
 
 fn sync_mode_spec(nodes: usize, strict: bool) -> ClusterSpec {
+    sync_spec(nodes, json!(true), strict)
+}
+
+/// `synchronous_mode` is `true` (priority) or `"quorum"`.
+fn sync_spec(nodes: usize, mode: Value, strict: bool) -> ClusterSpec {
     let mut spec = ClusterSpec::new(nodes);
     spec.extra_config = json!({
-        "bootstrap": { "dcs": { "synchronous_mode": true, "synchronous_mode_strict": strict } }
+        "bootstrap": { "dcs": { "synchronous_mode": mode, "synchronous_mode_strict": strict } }
     });
     spec
 }
@@ -845,20 +1114,45 @@ fn sync_mode_spec(nodes: usize, strict: bool) -> ClusterSpec {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_mode_failover_loses_no_acknowledged_commit() -> anyhow::Result<()> {
     let tools = tools_or_skip!("sync_mode_failover_loses_no_acknowledged_commit");
-    let spec = sync_mode_spec(3, false);
+    sync_failover_keeps_every_ack(&tools, json!(true), "", 1).await
+}
+
+/// Quorum mode (`ANY 1 (a,b)` over two standbys, `/sync` quorum 1): the primary's host dies
+/// while a writer commits; a voter takes over with the other voter's support and every
+/// acknowledged commit is on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_mode_failover_loses_no_acknowledged_commit() -> anyhow::Result<()> {
+    let tools = tools_or_skip!("quorum_mode_failover_loses_no_acknowledged_commit");
+    // Quorum 1 needs two votes: wait until both standbys are published.
+    sync_failover_keeps_every_ack(&tools, json!("quorum"), "ANY 1 (", 2).await
+}
+
+/// The body of the two tests above; `ssn_prefix` is what `synchronous_standby_names` must
+/// start with once `published` standbys are in `/sync`.
+async fn sync_failover_keeps_every_ack(
+    tools: &Tools,
+    mode: Value,
+    ssn_prefix: &str,
+    published: usize,
+) -> anyhow::Result<()> {
+    let spec = sync_spec(3, mode, false);
     let ttl = spec.timing.ttl();
-    let mut cluster = Cluster::start(&tools, spec).await?;
+    let mut cluster = Cluster::start(tools, spec).await?;
     let healthy = cluster
         .wait_healthy(scaled(Duration::from_secs(180)))
         .await?;
     let old = healthy.leader.clone();
-    let (sync_leader, sync_standbys) = wait_sync_standby(&cluster).await?;
+    let (sync_leader, sync_standbys) = wait_sync_standbys(&cluster, published).await?;
     ensure!(
         sync_leader == old,
         "/sync names {sync_leader}, leader is {old}"
     );
-    let ssn = cluster.sql(&old, "SHOW synchronous_standby_names").await?;
+    let ssn = one(&cluster.sql(&old, "SHOW synchronous_standby_names").await?)?;
     eprintln!("/sync standbys {sync_standbys:?}, synchronous_standby_names {ssn:?}");
+    ensure!(
+        ssn.starts_with(ssn_prefix),
+        "synchronous_standby_names is {ssn:?}, expected it to start with {ssn_prefix:?}"
+    );
 
     let pg = cluster.node(&old).pg();
     simple_query(

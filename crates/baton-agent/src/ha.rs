@@ -20,6 +20,7 @@ use baton_pg::Postgres;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use crate::fence::FenceSignal;
 use crate::peers::Peers;
 
 /// How a cycle ended, for the loop that schedules the next one.
@@ -60,7 +61,7 @@ pub struct Agent<D: Dcs, P: Postgres, R: Peers> {
     dcs_last_seen: Option<u64>,
     last_view: Option<ClusterView>,
     lease: watch::Receiver<LeaseState>,
-    leading: watch::Sender<bool>,
+    leading: watch::Sender<FenceSignal>,
     snapshot: watch::Sender<Arc<Snapshot>>,
     /// The lease we attached the leader key to in this cycle: the cycle's DCS view predates it.
     took_key_with: Option<i64>,
@@ -116,7 +117,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         config: Config,
         dynamic: DynamicConfig,
         lease: watch::Receiver<LeaseState>,
-        leading: watch::Sender<bool>,
+        leading: watch::Sender<FenceSignal>,
         snapshot: watch::Sender<Arc<Snapshot>>,
     ) -> anyhow::Result<Agent<D, P, R>> {
         let name = MemberName::new(config.name.clone()).context("member name is empty")?;
@@ -469,7 +470,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                     .context("release the leader key")?;
                 self.memory.was_leader = false;
                 self.released_key = true;
-                self.leading.send_replace(false);
+                self.leading.send_modify(|s| s.leading = false);
                 info!(checkpoint = ?checkpoint, "handed over: postgres stopped, leader key released");
                 Ok(true)
             }
@@ -580,9 +581,15 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         }
         // The fencer guards any PostgreSQL that may accept writes, not only while the DCS
         // confirms our key: it is needed most when the DCS does not answer.
-        self.leading.send_if_modified(|l| {
-            let now_leading = holds || self.memory.was_leader || baton_core::may_be_primary(pg);
-            std::mem::replace(l, now_leading) != now_leading
+        let primary = baton_core::may_be_primary(pg);
+        self.leading.send_if_modified(|s| {
+            let next = FenceSignal {
+                leading: holds || self.memory.was_leader || primary,
+                // Once the DCS shows the key on our lease (or no primary runs), a primary that
+                // predates this process is ours to guard with our own lease. Sticky.
+                confirmed: s.confirmed || (view.is_some() && (holds || !primary)),
+            };
+            std::mem::replace(s, next) != next
         });
         let lease = *self.lease.borrow();
         let snap = Snapshot {
@@ -635,9 +642,10 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                     None
                 }
             }),
-            timeline: sql.map(|s| s.timeline),
+            timeline: sql.map(|s| s.effective_timeline()),
             pending_restart: sql.is_some_and(|s| s.pending_restart),
             pause: self.dynamic.pause,
+            reason: self.last_reason.clone(),
             lease: 0,
         }
     }
@@ -697,10 +705,11 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         {
             return refuse("candidate does not exists".into());
         }
-        // Synchronous mode: a switchover (not a failover) goes to a synchronous standby only.
-        let sync_on = baton_config::effective_ha(&self.config, &self.dynamic)
-            .sync
-            .enabled();
+        // Priority synchronous mode: a switchover (not a failover) goes to a synchronous
+        // standby only. (Quorum mode has no such rule in Patroni: the old primary's clean
+        // shutdown leaves the candidate with every commit.)
+        let sync = baton_config::effective_ha(&self.config, &self.dynamic).sync;
+        let sync_on = sync.enabled() && sync.mode != baton_core::SyncMode::Quorum;
         if sync_on
             && !req.failover
             && let (Some(c), Some(sync)) = (&candidate, view.sync.as_ref())
@@ -881,7 +890,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                 return;
             }
         }
-        self.leading.send_replace(false);
+        self.leading.send_modify(|s| s.leading = false);
         if holds {
             let state = self.pg.observe().await;
             if let Some(lsn) = state.wal_position()

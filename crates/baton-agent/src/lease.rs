@@ -44,16 +44,24 @@ impl<D: Dcs> LeaseKeeper<D> {
         ttl: Duration,
     ) -> (LeaseKeeper<D>, watch::Receiver<LeaseState>) {
         let (tx, rx) = watch::channel(LeaseState::default());
-        (
-            LeaseKeeper {
-                dcs,
-                clock,
-                ttl,
-                tx,
-                last_error: None,
-            },
-            rx,
-        )
+        (LeaseKeeper::publishing_to(dcs, clock, ttl, tx), rx)
+    }
+
+    /// A keeper that publishes on an existing channel (one made before the DCS was reachable,
+    /// so the fencer could watch it from the start).
+    pub fn publishing_to(
+        dcs: Arc<D>,
+        clock: Arc<dyn Clock>,
+        ttl: Duration,
+        tx: watch::Sender<LeaseState>,
+    ) -> LeaseKeeper<D> {
+        LeaseKeeper {
+            dcs,
+            clock,
+            ttl,
+            tx,
+            last_error: None,
+        }
     }
 
     /// One grant or keepalive round. Returns how long to wait before the next one.

@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::Context;
 use baton_api::{ApiState, Snapshot};
 use baton_config::{Config, DynamicConfig};
-use baton_core::{Clock, MemberName};
+use baton_core::{Clock, LeaseState, MemberName};
 use baton_dcs::{Dcs, DcsScope, EtcdDcs, EtcdSettings};
 use baton_pg::{Credentials, LocalPostgres, PgSettings, Postgres};
 use tokio::sync::{Notify, watch};
@@ -99,6 +99,29 @@ pub async fn run(
             let _ = rx.wait_for(|s| *s).await;
         }
     };
+    let mut tasks = JoinSet::new();
+
+    // The fencer starts before anything that waits for etcd: a PostgreSQL left running as a
+    // primary by an earlier agent is fenced by that agent's deadline even when etcd cannot be
+    // reached at all. It only stops and observes PostgreSQL, for which the bootstrap
+    // settings are as good as the cluster's.
+    let fence_pg = Arc::new(LocalPostgres::new(pg_settings(
+        &config,
+        &bootstrap_dynamic(&config),
+    )));
+    let record = Arc::new(fence::FenceFile::beside(&config.postgresql.data_dir));
+    let (lease_tx, lease_rx) = watch::channel(LeaseState::default());
+    let (leading_tx, leading_rx) = watch::channel(fence::FenceSignal::default());
+    tasks.spawn(fence::run_fencer(
+        fence_pg,
+        clock.clone(),
+        record,
+        fence::FencerInputs {
+            lease: lease_rx.clone(),
+            signal: leading_rx,
+            shutdown: stop_rx.clone(),
+        },
+    ));
 
     // The DCS: retry until it answers (an agent started before etcd waits for it).
     let settings = EtcdSettings {
@@ -136,20 +159,10 @@ pub async fn run(
     );
 
     let pg = Arc::new(LocalPostgres::new(pg_settings(&config, &dynamic)));
-    let mut tasks = JoinSet::new();
 
-    let (keeper, lease_rx) = lease::LeaseKeeper::new(dcs.clone(), clock.clone(), ttl);
+    let keeper = lease::LeaseKeeper::publishing_to(dcs.clone(), clock.clone(), ttl, lease_tx);
     let keeper_stop = stop_rx.clone();
     let keeper_task = tokio::spawn(keeper.run(keeper_stop));
-
-    let (leading_tx, leading_rx) = watch::channel(false);
-    tasks.spawn(fence::run_fencer(
-        pg.clone(),
-        clock.clone(),
-        lease_rx.clone(),
-        leading_rx,
-        stop_rx.clone(),
-    ));
 
     let name = MemberName::new(config.name.clone()).context("member name is empty")?;
     let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::initial(
@@ -211,8 +224,15 @@ pub async fn run(
     let mut agent = Agent::new(io, config, dynamic, lease_rx.clone(), leading_tx, snap_tx)?;
     let mut dcs_changes = dcs.changes();
     let mut lease_changes = lease_rx.clone();
+    let mut ready = false;
     loop {
         let outcome = agent.cycle().await;
+        if !ready {
+            // systemd (Type=notify): started once PostgreSQL's state is known and the REST
+            // API answers from it. Without NOTIFY_SOCKET this does nothing.
+            ready = true;
+            notify_systemd(&[sd_notify::NotifyState::Ready]);
+        }
         let mut wait = clock::until(clock.as_ref(), outcome.wake_at);
         if outcome.failed {
             wait = wait.max(FAILURE_BACKOFF);
@@ -231,6 +251,7 @@ pub async fn run(
     }
 
     info!("shutting down");
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
     agent.shutdown().await;
     drop(agent);
     let lease = keeper_task.await.ok().flatten();
@@ -249,12 +270,7 @@ pub async fn run(
 /// The dynamic configuration to start with: the cluster's `config` key, else our
 /// `bootstrap.dcs`, else the defaults.
 pub async fn initial_dynamic<D: Dcs>(dcs: &D, config: &Config) -> DynamicConfig {
-    let fallback = || {
-        config
-            .bootstrap
-            .as_ref()
-            .map_or_else(DynamicConfig::defaults, |b| b.dcs.clone())
-    };
+    let fallback = || bootstrap_dynamic(config);
     match tokio::time::timeout(Duration::from_secs(5), dcs.read_cluster()).await {
         Ok(Ok(view)) => match view.config {
             Some(c) => match DynamicConfig::from_json(&c.value) {
@@ -268,6 +284,21 @@ pub async fn initial_dynamic<D: Dcs>(dcs: &D, config: &Config) -> DynamicConfig 
         },
         _ => fallback(),
     }
+}
+
+/// Tell systemd (`Type=notify`) about the service's state; a failure is only logged.
+fn notify_systemd(state: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(state) {
+        warn!("failed to notify systemd: {e}");
+    }
+}
+
+/// Our `bootstrap.dcs`, else the defaults.
+fn bootstrap_dynamic(config: &Config) -> DynamicConfig {
+    config
+        .bootstrap
+        .as_ref()
+        .map_or_else(DynamicConfig::defaults, |b| b.dcs.clone())
 }
 
 /// Wake the HA loop when the postmaster appears or disappears.

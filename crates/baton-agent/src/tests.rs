@@ -12,7 +12,7 @@ use baton_pg::{PgError, Postgres};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::fence::run_fencer;
+use crate::fence::{FenceRecord, FenceSignal, FencerInputs, MemRecord, run_fencer};
 use crate::lease::{LeaseKeeper, fence_deadline};
 
 /// Milliseconds of tokio's (paused, auto-advancing) clock.
@@ -156,29 +156,80 @@ async fn lease_keeper_keeps_the_old_deadline_while_the_dcs_is_down() {
     );
 }
 
+/// The fencer's channels, and the senders a test drives them with.
+struct FencerHarness {
+    lease: watch::Sender<LeaseState>,
+    signal: watch::Sender<FenceSignal>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FencerHarness {
+    fn start(
+        pg: Arc<FakePg>,
+        clock: Arc<dyn Clock>,
+        record: Arc<dyn FenceRecord>,
+        lease: LeaseState,
+        signal: FenceSignal,
+    ) -> FencerHarness {
+        let (lease_tx, lease_rx) = watch::channel(lease);
+        let (signal_tx, signal_rx) = watch::channel(signal);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run_fencer(
+            pg,
+            clock,
+            record,
+            FencerInputs {
+                lease: lease_rx,
+                signal: signal_rx,
+                shutdown: stop_rx,
+            },
+        ));
+        FencerHarness {
+            lease: lease_tx,
+            signal: signal_tx,
+            stop: stop_tx,
+            task,
+        }
+    }
+
+    async fn stop(self) {
+        self.stop.send_replace(true);
+        self.task.await.expect("fencer ends on shutdown");
+    }
+}
+
+fn leading() -> FenceSignal {
+    FenceSignal {
+        leading: true,
+        confirmed: true,
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn fencer_stops_a_leading_postgres_at_the_deadline_and_not_before() {
     let clock: Arc<dyn Clock> = Arc::new(TokioClock(Instant::now()));
-    let pg = Arc::new(FakePg::primary());
-    let (lease_tx, lease_rx) = watch::channel(LeaseState {
+    let pg = Arc::new(FakePg::default());
+    let record = Arc::new(MemRecord::default());
+    let lease = LeaseState {
         id: Some(1),
         fence_deadline: Some(Mono::from_millis(5_000)),
-    });
-    let (leading_tx, leading_rx) = watch::channel(true);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let fencer = tokio::spawn(run_fencer(
-        pg.clone(),
-        clock.clone(),
-        lease_rx,
-        leading_rx,
-        stop_rx,
-    ));
+    };
+    let h = FencerHarness::start(pg.clone(), clock, record.clone(), lease, leading());
+    // The HA loop promotes after the fencer started.
+    *pg.state.lock().expect("lock") = FakePg::primary().observe().await;
+    h.signal.send_replace(leading());
 
     tokio::time::sleep(Duration::from_millis(4_900)).await;
     assert_eq!(
         pg.immediate_stops.load(Ordering::SeqCst),
         0,
         "fenced before the deadline"
+    );
+    assert_eq!(
+        record.load(),
+        Some(Mono::from_millis(5_000)),
+        "the deadline is recorded for a successor"
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
@@ -187,31 +238,124 @@ async fn fencer_stops_a_leading_postgres_at_the_deadline_and_not_before() {
         "not fenced at the deadline"
     );
     assert!(!pg.observe().await.is_running());
+    assert_eq!(record.load(), None, "nothing left to protect");
 
     // A renewed lease and a new leadership term: no fencing until the new deadline.
     *pg.state.lock().expect("lock") = FakePg::primary().observe().await;
-    lease_tx.send_replace(LeaseState {
+    h.lease.send_replace(LeaseState {
         id: Some(1),
         fence_deadline: Some(Mono::from_millis(20_000)),
     });
-    leading_tx.send_replace(true);
+    h.signal.send_replace(leading());
     tokio::time::sleep(Duration::from_millis(10_000)).await;
     assert_eq!(pg.immediate_stops.load(Ordering::SeqCst), 1);
-
-    stop_tx.send_replace(true);
-    fencer.await.expect("fencer ends on shutdown");
+    assert_eq!(record.load(), Some(Mono::from_millis(20_000)));
+    h.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn fencer_leaves_a_member_that_does_not_lead_alone() {
     let clock: Arc<dyn Clock> = Arc::new(TokioClock(Instant::now()));
+    // A standby: running, in recovery.
     let pg = Arc::new(FakePg::primary());
-    let (_lease_tx, lease_rx) = watch::channel(LeaseState::default());
-    let (_leading_tx, leading_rx) = watch::channel(false);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let fencer = tokio::spawn(run_fencer(pg.clone(), clock, lease_rx, leading_rx, stop_rx));
+    if let Some(sql) = pg.state.lock().expect("lock").sql.as_mut() {
+        sql.in_recovery = true;
+    }
+    let record = Arc::new(MemRecord::default());
+    // Even a record left by an earlier incarnation does not matter to a standby.
+    record.store(Some(Mono::from_millis(1_000)));
+    let h = FencerHarness::start(
+        pg.clone(),
+        clock,
+        record.clone(),
+        LeaseState::default(),
+        FenceSignal::default(),
+    );
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(pg.immediate_stops.load(Ordering::SeqCst), 0);
-    stop_tx.send_replace(true);
-    fencer.await.expect("fencer ends on shutdown");
+    assert_eq!(record.load(), None);
+    h.stop().await;
+}
+
+/// Simulator finding F2: an agent restarted while its PostgreSQL runs as a primary (and etcd is
+/// out of reach) fences that primary by the deadline its predecessor recorded, although its
+/// own new lease would allow more.
+#[tokio::test(start_paused = true)]
+async fn a_restarted_agent_fences_an_inherited_primary_by_the_recorded_deadline() {
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock(Instant::now()));
+    let pg = Arc::new(FakePg::primary());
+    let record = Arc::new(MemRecord::default());
+    record.store(Some(Mono::from_millis(3_000)));
+    let h = FencerHarness::start(
+        pg.clone(),
+        clock,
+        record.clone(),
+        LeaseState {
+            id: Some(7),
+            fence_deadline: Some(Mono::from_millis(30_000)),
+        },
+        FenceSignal::default(),
+    );
+    // The HA loop sees the primary but cannot confirm the key (no DCS view).
+    h.signal.send_replace(FenceSignal {
+        leading: true,
+        confirmed: false,
+    });
+    tokio::time::sleep(Duration::from_millis(2_900)).await;
+    assert_eq!(pg.immediate_stops.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        record.load(),
+        Some(Mono::from_millis(3_000)),
+        "the inherited deadline is kept, not replaced by the new lease's"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(pg.immediate_stops.load(Ordering::SeqCst), 1);
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_inherited_primary_without_a_recorded_deadline_is_fenced_at_once() {
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock(Instant::now()));
+    let pg = Arc::new(FakePg::primary());
+    let h = FencerHarness::start(
+        pg.clone(),
+        clock,
+        Arc::new(MemRecord::default()),
+        LeaseState::default(),
+        FenceSignal::default(),
+    );
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(pg.immediate_stops.load(Ordering::SeqCst), 1);
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_confirmed_key_lifts_the_inherited_deadline() {
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock(Instant::now()));
+    let pg = Arc::new(FakePg::primary());
+    let record = Arc::new(MemRecord::default());
+    record.store(Some(Mono::from_millis(3_000)));
+    let h = FencerHarness::start(
+        pg.clone(),
+        clock,
+        record.clone(),
+        LeaseState {
+            id: Some(7),
+            fence_deadline: Some(Mono::from_millis(30_000)),
+        },
+        FenceSignal::default(),
+    );
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    // The HA loop re-attached the leader key to lease 7.
+    h.signal.send_replace(leading());
+    tokio::time::sleep(Duration::from_millis(10_000)).await;
+    assert_eq!(pg.immediate_stops.load(Ordering::SeqCst), 0);
+    assert_eq!(record.load(), Some(Mono::from_millis(30_000)));
+    tokio::time::sleep(Duration::from_millis(20_000)).await;
+    assert_eq!(
+        pg.immediate_stops.load(Ordering::SeqCst),
+        1,
+        "our own lease's deadline still holds"
+    );
+    h.stop().await;
 }

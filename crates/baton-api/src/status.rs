@@ -131,6 +131,10 @@ pub(crate) struct Status {
     /// pgbaton's floating IP, when configured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) vip: Option<VipStatus>,
+    /// pgbaton: why the agent does what it does (the last decision's reason, e.g. why it does
+    /// not promote). Patroni has no such key; its tools ignore it.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub(crate) reason: String,
     /// `pg_stat_wal_receiver.latest_end_lsn` (replicas): part of the lag computation, never
     /// printed (Patroni pops it too).
     #[serde(skip)]
@@ -195,6 +199,7 @@ impl Status {
             },
             watchdog_failed: snap.watchdog_failed,
             vip: None,
+            reason: snap.last_reason.clone(),
             latest_end_lsn: None,
         };
         // Patroni queries PostgreSQL only in these states; a failed query while "running"
@@ -211,7 +216,7 @@ impl Status {
         };
         status.postmaster_start_time = Some(pg.postmaster_start_time.clone());
         status.server_version = Some(pg.server_version);
-        status.timeline = Some(pg.timeline.0);
+        status.timeline = Some(pg.effective_timeline().0);
         status.pending_restart = pg.pending_restart;
         status.replication = pg
             .replication

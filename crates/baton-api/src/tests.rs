@@ -823,7 +823,8 @@ async fn patroni_status_of_a_primary() {
                 "version": "0.1.0",
                 "scope": "demo",
                 "name": "node1"
-              }
+              },
+              "reason": "no action: I am the leader with the lock"
             }"#]],
     )
     .await;
@@ -869,7 +870,8 @@ async fn patroni_status_of_a_replica() {
                 "scope": "demo",
                 "name": "node2"
               },
-              "watchdog_failed": true
+              "watchdog_failed": true,
+              "reason": "no action: I am the leader with the lock"
             }"#]],
     )
     .await;
@@ -895,7 +897,8 @@ async fn patroni_status_without_postgres() {
                 "version": "0.1.0",
                 "scope": "demo",
                 "name": "node3"
-              }
+              },
+              "reason": "no action: I am the leader with the lock"
             }"#]],
     )
     .await;

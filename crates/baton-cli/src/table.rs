@@ -192,6 +192,14 @@ pub fn render_list(scope: &str, view: &ClusterView) -> String {
     if view.members.iter().any(|m| m.pause) {
         out.push_str(" Maintenance mode: on\n");
     }
+    // pgbaton: without a leader, say why nobody takes over (the members' last reasons).
+    if view.leader.is_none() {
+        for m in &view.members {
+            if let Some(reason) = &m.reason {
+                out.push_str(&format!(" {}: {reason}\n", m.name));
+            }
+        }
+    }
     out
 }
 

@@ -45,7 +45,8 @@ pub struct DynamicConfig {
     pub parameters: BTreeMap<String, String>,
     /// `postgresql.pg_hba`: used when the local configuration has none.
     pub pg_hba: Vec<String>,
-    /// `synchronous_mode`, `synchronous_mode_strict`, `synchronous_node_count`.
+    /// `synchronous_mode`, `synchronous_mode_strict`, `synchronous_node_count`,
+    /// `maximum_lag_on_syncnode`.
     pub sync: baton_core::SyncConfig,
     /// The whole dynamic configuration as JSON (with timing adjustments applied).
     pub raw: Value,
@@ -136,10 +137,12 @@ pub(crate) fn parse(cx: &mut Cx, path: &str, v: &Value) -> DynamicConfig {
         d.pause = b;
     }
 
-    // Known keys pgbaton keeps in `raw` only: checked for shape so typos and wrong types show.
-    o.opt(cx, "maximum_lag_on_syncnode", |cx, p, v| {
+    if let Some(n) = o.opt(cx, "maximum_lag_on_syncnode", |cx, p, v| {
         cx.int(p, v, -1, i64::MAX)
-    });
+    }) {
+        d.sync.max_lag_on_syncnode = u64::try_from(n).ok();
+    }
+    // Known keys pgbaton keeps in `raw` only: checked for shape so typos and wrong types show.
     o.opt(cx, "max_timelines_history", |cx, p, v| {
         cx.uint(p, v, 0, i64::MAX as u64)
     });

@@ -191,6 +191,7 @@ tags:
                             mode: Off,
                             strict: false,
                             node_count: 1,
+                            max_lag_on_syncnode: None,
                         },
                         raw: Object {
                             "loop_wait": Number(2),
@@ -1220,6 +1221,7 @@ fn effective_ha_merges_local_and_dynamic() {
                 mode: Off,
                 strict: false,
                 node_count: 1,
+                max_lag_on_syncnode: None,
             },
         }
     "#]]
@@ -1423,4 +1425,19 @@ fn synchronous_mode_keys_become_typed_settings() {
     }
     let err = crate::DynamicConfig::from_json(r#"{"synchronous_mode":"maybe"}"#).unwrap_err();
     assert!(err.to_string().contains("synchronous_mode"), "{err}");
+}
+
+#[test]
+fn maximum_lag_on_syncnode_is_a_byte_limit_or_off() {
+    for (json, limit) in [
+        (r#"{"maximum_lag_on_syncnode":1048576}"#, Some(1_048_576)),
+        (r#"{"maximum_lag_on_syncnode":-1}"#, None),
+        (r#"{"maximum_lag_on_syncnode":0}"#, Some(0)),
+        (r#"{}"#, None),
+    ] {
+        let (d, _) = crate::DynamicConfig::from_json(json).expect(json);
+        assert_eq!(d.sync.max_lag_on_syncnode, limit, "{json}");
+    }
+    let err = crate::DynamicConfig::from_json(r#"{"maximum_lag_on_syncnode":-2}"#).unwrap_err();
+    assert!(err.to_string().contains("maximum_lag_on_syncnode"), "{err}");
 }

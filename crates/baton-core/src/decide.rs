@@ -15,12 +15,13 @@
 use std::time::Duration;
 
 use crate::decision::{
-    Action, ActionKind, Decision, HaConfig, Memory, NotHealthiest, Observation, Reason, StartRole,
-    StopMode, Upstream,
+    Action, ActionKind, Decision, DivergedRemedy, HaConfig, Memory, NotHealthiest, Observation,
+    Reason, StartRole, StopMode, SyncMode, Upstream,
 };
+use crate::diverge::{Divergence, divergence, leader_timeline};
 use crate::pg::{ClusterState, ControlData, DataDir, PgSql, PgState};
-use crate::sync::{parse_ssn, render_ssn};
-use crate::types::{Lsn, MemberName, Mono};
+use crate::sync::{parse_ssn, render_ssn, render_ssn_quorum};
+use crate::types::{Lsn, MemberName, Mono, Timeline};
 use crate::view::{ClusterView, SyncState};
 
 /// How soon a leaderless member looks again (the DCS watch usually wakes it earlier).
@@ -54,6 +55,18 @@ pub fn decide(memory: &Memory, obs: &Observation, config: &HaConfig, now: Mono) 
         _ => None,
     }) {
         next.following = Some(up.name.clone());
+    }
+    // "Not streaming since" counts for one running postmaster: a stop or a (re)start begins
+    // a new one, which must get its 2 * ttl before it is judged diverged.
+    if !obs.pg.is_running()
+        || actions.iter().any(|a| {
+            matches!(
+                a,
+                Action::StartPostgres { .. } | Action::StopPostgres { .. }
+            )
+        })
+    {
+        next.not_streaming_since = None;
     }
 
     if config.pause {
@@ -293,6 +306,9 @@ impl Ctx<'_> {
                         },
                     );
                 };
+                if let Some(diverged) = self.diverged_standby(next, view, &l.name, sql, &upstream) {
+                    return diverged;
+                }
                 next.rewind_failed_against = None;
                 let reason = Reason::Following {
                     leader: l.name.clone(),
@@ -421,7 +437,7 @@ impl Ctx<'_> {
                 upstream: Some(upstream.clone()),
             },
         };
-        if !cd.state.was_primary() {
+        if !cd.state.was_primary() && next.rewind_failed_against.as_ref() != Some(leader) {
             return (
                 vec![start],
                 Reason::StartingAsSecondary {
@@ -430,7 +446,31 @@ impl Ctx<'_> {
             );
         }
         // A former primary coming back under another leader: it may hold WAL the new leader
-        // never saw, so it is rewound (or re-cloned) before it streams.
+        // never saw, so it is rewound (or re-cloned) before it streams. A standby stopped to
+        // be rewound (it diverged) whose rewind failed is handled the same way.
+        if cd.state.was_primary() && timeline_collision(view, leader, self.me(), cd.timeline) {
+            // Both promoted into the same timeline number (ours was never published: we were
+            // cut off). pg_rewind compares timeline numbers and would find nothing to do.
+            return if self.cfg.remove_data_directory_on_rewind_failure {
+                (
+                    vec![Action::WipeDataDir],
+                    Reason::TimelineCollision {
+                        leader: leader.clone(),
+                        timeline: cd.timeline,
+                        reinitializing: true,
+                    },
+                )
+            } else {
+                (
+                    vec![],
+                    Reason::TimelineCollision {
+                        leader: leader.clone(),
+                        timeline: cd.timeline,
+                        reinitializing: false,
+                    },
+                )
+            };
+        }
         if next.rewind_failed_against.as_ref() == Some(leader) {
             if self.cfg.remove_data_directory_on_rewind_failure {
                 return (
@@ -478,6 +518,9 @@ impl Ctx<'_> {
         sql: &PgSql,
     ) -> (Vec<Action>, Reason) {
         next.following = None;
+        // A rewind that failed against some leader says nothing once we lead.
+        next.rewind_failed_against = None;
+        next.not_streaming_since = None;
         if sql.in_recovery {
             let mut actions = self.before_promote(view);
             actions.push(Action::Promote);
@@ -601,25 +644,37 @@ impl Ctx<'_> {
             standbys.sort();
             standbys.dedup();
         }
+        // Quorum mode: the same set as `ANY numsync (...)`, with the quorum that keeps
+        // `quorum + numsync ≥ |voters|`.
+        let (quorum, guc) = if self.cfg.sync.mode == SyncMode::Quorum {
+            let numsync = (self.cfg.sync.node_count.max(1) as usize).min(standbys.len());
+            (
+                standbys.len().saturating_sub(numsync),
+                render_ssn_quorum(&standbys, numsync, self.cfg.sync.strict),
+            )
+        } else {
+            (0, render_ssn(&standbys, self.cfg.sync.strict))
+        };
         vec![
             Action::WriteSync {
                 state: Some(SyncState {
                     leader: Some(self.me().clone()),
                     sync_standby: standbys.clone(),
-                    quorum: 0,
+                    quorum: u32::try_from(quorum).unwrap_or(u32::MAX),
                 }),
                 version: old.map_or(0, |s| s.mod_revision),
             },
-            Action::SetSyncStandbys {
-                value: Some(render_ssn(&standbys, self.cfg.sync.strict)),
-            },
+            Action::SetSyncStandbys { value: Some(guc) },
         ]
     }
 
-    /// The standbys we would make synchronous: members streaming from us, not `nosync`, by
-    /// `sync_priority` then flushed position, `synchronous_node_count` of them.
+    /// The standbys we would make synchronous: members streaming from us, not `nosync`,
+    /// ordered as Patroni orders them — `sync_priority`, then `sync_state` (the current
+    /// synchronous standbys first, so an asynchronous standby that momentarily flushed further
+    /// does not take their place), then flushed position; `nofailover` members last —
+    /// `synchronous_node_count` of them.
     fn sync_candidates(&self, view: &ClusterView, sql: &PgSql) -> Vec<MemberName> {
-        let mut rows: Vec<(&MemberName, i64, Lsn)> = view
+        let mut rows: Vec<SyncCandidate<'_>> = view
             .members
             .iter()
             .filter(|m| &m.name != self.me() && !m.tags.is_nosync())
@@ -628,17 +683,40 @@ impl Ctx<'_> {
                     r.application_name.eq_ignore_ascii_case(m.name.as_str())
                         && r.state == "streaming"
                 })?;
-                Some((
-                    &m.name,
-                    m.tags.sync_priority.unwrap_or(1),
-                    row.flush_lsn.unwrap_or_default(),
-                ))
+                Some(SyncCandidate {
+                    name: &m.name,
+                    nofailover: m.tags.is_nofailover(),
+                    priority: m.tags.sync_priority.unwrap_or(1),
+                    state: sync_state_rank(&row.sync_state),
+                    flush: row.flush_lsn.unwrap_or_default(),
+                })
             })
             .collect();
-        rows.sort_by(|a, b| b.1.cmp(&a.1).then(b.2.cmp(&a.2)).then(a.0.cmp(b.0)));
+        if let Some(limit) = self.cfg.sync.max_lag_on_syncnode {
+            // Patroni: behind the most advanced standby, or the primary when only one streams.
+            let reference = if rows.len() > 1 {
+                rows.iter().map(|r| r.flush).max().unwrap_or_default()
+            } else {
+                sql.wal_position()
+            };
+            rows.retain(|r| reference.saturating_sub(r.flush) <= limit);
+        }
+        rows.sort_by(|a, b| {
+            a.nofailover
+                .cmp(&b.nofailover)
+                .then(b.priority.cmp(&a.priority))
+                .then(b.state.cmp(&a.state))
+                .then(b.flush.cmp(&a.flush))
+                .then(a.name.cmp(b.name))
+        });
+        let take = if self.cfg.sync.mode == SyncMode::Quorum {
+            usize::MAX
+        } else {
+            self.cfg.sync.node_count.max(1) as usize
+        };
         rows.into_iter()
-            .take(self.cfg.sync.node_count.max(1) as usize)
-            .map(|(n, _, _)| n.clone())
+            .take(take)
+            .map(|r| r.name.clone())
             .collect()
     }
 
@@ -688,12 +766,18 @@ impl Ctx<'_> {
                 "Enabled synchronous replication".into(),
             );
         }
+        // Our flush position once a change of `synchronous_standby_names` is in effect (pinned
+        // on the first cycle that observes it, i.e. after the reload): a standby that flushed
+        // this far holds every commit acknowledged under the previous setting.
+        let changed_at = *next.sync_changed_at.get_or_insert(sql.wal_position());
+        if self.cfg.sync.mode == SyncMode::Quorum {
+            return self.quorum_steps(next, view, sql, changed_at);
+        }
         let published = stored
             .map(|s| s.value.sync_standby.clone())
             .unwrap_or_default();
         let picked = self.sync_candidates(view, sql);
         let in_guc = parse_ssn(&sql.synchronous_standby_names);
-        let changed_at = next.sync_changed_at.unwrap_or_else(|| sql.wal_position());
         let confirmed = |n: &MemberName| {
             in_guc.iter().any(|g| g.eq_ignore_ascii_case(n.as_str()))
                 && sql.replication.iter().any(|r| {
@@ -729,7 +813,7 @@ impl Ctx<'_> {
         };
         let wanted = render_ssn(&target, self.cfg.sync.strict);
         if wanted != sql.synchronous_standby_names {
-            next.sync_changed_at = Some(sql.wal_position());
+            next.sync_changed_at = None;
             return step(
                 vec![Action::SetSyncStandbys {
                     value: Some(wanted.clone()),
@@ -756,6 +840,119 @@ impl Ctx<'_> {
                     version,
                 }],
                 detail,
+            );
+        }
+        None
+    }
+
+    /// One step of the quorum-mode protocol per cycle. `/sync` holds the voters and `quorum`,
+    /// the GUC `ANY numsync (standbys)`; every step keeps `quorum + numsync ≥ |voters ∪ GUC
+    /// names|` for the setting in force, and voters are only standbys that flushed past our
+    /// position at the last GUC change (so they hold every commit acknowledged under an
+    /// earlier setting): drop voters that left or are unconfirmed (quorum unchanged); raise
+    /// `quorum` before a GUC change needs it; change the GUC; publish the confirmed standbys
+    /// with the smallest `quorum` that keeps the invariant.
+    fn quorum_steps(
+        &self,
+        next: &mut Memory,
+        view: &ClusterView,
+        sql: &PgSql,
+        changed_at: Lsn,
+    ) -> Option<(Vec<Action>, Reason)> {
+        let stored = view.sync.as_ref()?;
+        let version = stored.mod_revision;
+        let voters = stored.value.sync_standby.clone();
+        let quorum = stored.value.quorum as usize;
+        let me = Some(self.me().clone());
+        let write = |sync_standby: Vec<MemberName>, quorum: usize, detail: String| {
+            Some((
+                vec![Action::WriteSync {
+                    state: Some(SyncState {
+                        leader: me.clone(),
+                        sync_standby,
+                        quorum: u32::try_from(quorum).unwrap_or(u32::MAX),
+                    }),
+                    version,
+                }],
+                Reason::SyncUpdate { detail },
+            ))
+        };
+        let in_guc = parse_ssn(&sql.synchronous_standby_names);
+        let listed = |n: &MemberName| in_guc.iter().any(|g| g.eq_ignore_ascii_case(n.as_str()));
+        let confirmed = |n: &MemberName| {
+            listed(n)
+                && sql.replication.iter().any(|r| {
+                    r.application_name.eq_ignore_ascii_case(n.as_str())
+                        && (r.sync_state == "quorum" || r.sync_state == "sync")
+                        && r.flush_lsn.is_some_and(|l| l >= changed_at)
+                })
+        };
+        let mut active = self.sync_candidates(view, sql);
+        active.sort();
+
+        // 1. Voters that left, lag too far, or are not confirmed: unpublish first.
+        let keep: Vec<MemberName> = voters
+            .iter()
+            .filter(|n| active.contains(n) && confirmed(n))
+            .cloned()
+            .collect();
+        if keep != voters {
+            return write(
+                keep,
+                quorum,
+                "Removing standbys from /sync before changing synchronous_standby_names".into(),
+            );
+        }
+
+        // 2. The GUC: every eligible standby, ANY min(synchronous_node_count, n). Strict mode
+        //    with nobody eligible keeps the voters (or the placeholder) so commits wait.
+        let target = if active.is_empty() && self.cfg.sync.strict {
+            voters.clone()
+        } else {
+            active
+        };
+        let numsync = (self.cfg.sync.node_count.max(1) as usize).min(target.len());
+        let wanted = render_ssn_quorum(&target, numsync, self.cfg.sync.strict);
+        let union = |a: &[MemberName], b: &[MemberName]| {
+            let mut all: Vec<&MemberName> = a.iter().chain(b).collect();
+            all.sort();
+            all.dedup();
+            all.len()
+        };
+        if wanted != sql.synchronous_standby_names {
+            let needed = union(&voters, &target).saturating_sub(numsync);
+            if quorum < needed {
+                return write(
+                    voters,
+                    needed,
+                    format!(
+                        "Increasing quorum to {needed} before changing synchronous_standby_names"
+                    ),
+                );
+            }
+            next.sync_changed_at = None;
+            return Some((
+                vec![Action::SetSyncStandbys {
+                    value: Some(wanted.clone()),
+                }],
+                Reason::SyncUpdate {
+                    detail: format!("Assigning synchronous_standby_names = '{wanted}'"),
+                },
+            ));
+        }
+
+        // 3. Publish the confirmed standbys with the smallest safe quorum.
+        let now_voters: Vec<MemberName> = target.iter().filter(|n| confirmed(n)).cloned().collect();
+        let now_quorum = union(&now_voters, &target).saturating_sub(numsync);
+        if now_voters != voters || now_quorum != quorum {
+            let names: Vec<&str> = now_voters.iter().map(MemberName::as_str).collect();
+            return write(
+                now_voters.clone(),
+                now_quorum,
+                format!(
+                    "Quorum standbys [{}], quorum {now_quorum}",
+                    names.join(", ")
+                ),
             );
         }
         None
@@ -846,6 +1043,27 @@ impl Ctx<'_> {
         if mine.0 == 0 {
             return Err(NotHealthiest::OwnPositionUnknown);
         }
+        // A member still on a timeline the cluster has left would promote into a timeline
+        // number that already exists (its WAL is not what the cluster's history says).
+        // The cluster's timeline: what the history records, or what a member reports (a
+        // promotion whose history line was never written, its leader cut off at once).
+        let reported = self
+            .obs
+            .peers
+            .iter()
+            .filter(|p| p.reachable)
+            .filter_map(|p| p.timeline)
+            .max();
+        let cluster_tl = leader_timeline(None, &view.history).max(reported);
+        let mine_tl = sql.effective_timeline();
+        if let Some(cluster) = cluster_tl
+            && mine_tl < cluster
+        {
+            return Err(NotHealthiest::TimelineBehind {
+                mine: mine_tl,
+                cluster,
+            });
+        }
         if let Some(optime) = view.optime() {
             let behind = optime.saturating_sub(mine);
             if behind > self.cfg.maximum_lag_on_failover {
@@ -856,7 +1074,9 @@ impl Ctx<'_> {
             }
         }
         let active_sync = self.active_sync(view);
+        let quorum = self.cfg.sync.mode == SyncMode::Quorum;
         if let Some(sync) = active_sync
+            && !quorum
             && sync.leader.as_ref() != Some(self.me())
             && !sync.lists(self.me())
         {
@@ -867,19 +1087,32 @@ impl Ctx<'_> {
             if !peer.reachable || &peer.name == self.me() {
                 continue;
             }
-            // In synchronous mode only `/sync` members could take over: only they compete.
+            // Priority mode: only `/sync` members could take over, so only they compete.
+            // Quorum mode: anyone may race, but needs the voters' support (below).
             if let Some(sync) = active_sync
+                && !quorum
                 && !peer.is_primary
                 && !sync.lists(&peer.name)
             {
                 continue;
             }
+            // A voter ahead of us holds commits we lack, even if it may not be promoted.
+            let voter_ahead = quorum
+                && active_sync.is_some_and(|s| s.lists(&peer.name))
+                && peer.wal_position.unwrap_or_default() > mine;
             if peer.is_primary {
                 return Err(NotHealthiest::PrimaryStillAlive {
                     member: peer.name.clone(),
                 });
             }
-            if peer.tags.is_nofailover() || peer.watchdog_failed {
+            if (peer.tags.is_nofailover() || peer.watchdog_failed) && !voter_ahead {
+                continue;
+            }
+            // A peer on a timeline the cluster has left cannot take over, and its position on
+            // that timeline is no measure of ours: it does not compete.
+            if let (Some(cluster), Some(theirs)) = (cluster_tl, peer.timeline)
+                && theirs < cluster
+            {
                 continue;
             }
             let theirs = peer.wal_position.unwrap_or_default();
@@ -899,6 +1132,39 @@ impl Ctx<'_> {
                 });
             }
         }
+        if let Some(sync) = active_sync
+            && quorum
+        {
+            return self.quorum_votes(sync, mine);
+        }
+        Ok(())
+    }
+
+    /// Quorum mode (Patroni's vote count): a commit was acknowledged by `numsync` members of
+    /// `synchronous_standby_names`, and the leader keeps `quorum + numsync ≥ |voters ∪ ssn|`,
+    /// so any `quorum + 1` voters include one that holds it. We need that many voters (us
+    /// included) that reported a position not ahead of ours; the former `/sync` leader needs
+    /// none.
+    fn quorum_votes(&self, sync: &SyncState, mine: Lsn) -> Result<(), NotHealthiest> {
+        if sync.leader.as_ref() == Some(self.me()) {
+            return Ok(());
+        }
+        let others = self
+            .obs
+            .peers
+            .iter()
+            .filter(|p| {
+                p.reachable
+                    && &p.name != self.me()
+                    && sync.lists(&p.name)
+                    && p.wal_position.is_some_and(|w| w.0 > 0 && w <= mine)
+            })
+            .count();
+        let votes = others + usize::from(sync.lists(self.me()));
+        let needed = sync.quorum as usize + 1;
+        if votes < needed {
+            return Err(NotHealthiest::NotEnoughVotes { votes, needed });
+        }
         Ok(())
     }
 }
@@ -910,6 +1176,111 @@ fn scheduled_wait_ms(view: &ClusterView, unix_ms: i64) -> Option<i64> {
     Some(crate::time::parse_iso8601(at)? - unix_ms)
 }
 
+impl Ctx<'_> {
+    /// A running standby that cannot stream and holds WAL past the point where the leader's
+    /// timeline history left its timeline (a former primary started without a leader, or a
+    /// standby that was ahead of the member that won the race: simulator findings F5, F6) is
+    /// stopped and rewound, or re-cloned; PostgreSQL alone would retry streaming forever.
+    fn diverged_standby(
+        &self,
+        next: &mut Memory,
+        view: &ClusterView,
+        leader: &MemberName,
+        sql: &PgSql,
+        upstream: &Upstream,
+    ) -> Option<(Vec<Action>, Reason)> {
+        if !sql.in_recovery || sql.streaming {
+            next.not_streaming_since = None;
+            return None;
+        }
+        // Only a standby that has not streamed for a while: right after a switchover, a
+        // failover or a rewind, PostgreSQL reports the last checkpoint's timeline until its WAL
+        // receiver runs again, which looks like divergence and is not.
+        // The clock starts when we point at this leader (a new leader, a re-pointed standby).
+        if next.following.as_ref() != Some(leader) {
+            next.not_streaming_since = Some(self.now);
+            return None;
+        }
+        let since = *next.not_streaming_since.get_or_insert(self.now);
+        if self.now.saturating_since(since) < self.cfg.ttl * 2 {
+            return None;
+        }
+        let leader_tl = leader_timeline(view.member(leader)?.timeline, &view.history)?;
+        let end = sql.wal_position();
+        let Divergence::Diverged { timeline, switch } =
+            divergence(sql.timeline, end, leader_tl, &view.history)
+        else {
+            return None;
+        };
+        let (actions, remedy) = if self.cfg.use_pg_rewind {
+            let stop = Action::StopPostgres {
+                mode: StopMode::Fast,
+            };
+            let start = Action::StartPostgres {
+                role: StartRole::Standby {
+                    upstream: Some(upstream.clone()),
+                },
+            };
+            (
+                vec![
+                    stop,
+                    Action::Rewind {
+                        upstream: upstream.clone(),
+                    },
+                    start,
+                ],
+                DivergedRemedy::Rewind,
+            )
+        } else if self.cfg.remove_data_directory_on_rewind_failure {
+            (
+                vec![
+                    Action::StopPostgres {
+                        mode: StopMode::Fast,
+                    },
+                    Action::WipeDataDir,
+                ],
+                DivergedRemedy::Reinitialize,
+            )
+        } else {
+            (vec![], DivergedRemedy::Nothing)
+        };
+        if !actions.is_empty() {
+            next.following = None;
+        }
+        Some((
+            actions,
+            Reason::Diverged {
+                leader: leader.clone(),
+                timeline,
+                end,
+                switch,
+                remedy,
+            },
+        ))
+    }
+}
+
+/// We were a primary on `timeline`, and so is `leader`, but the history says the leader's
+/// promotion created it: two promotions picked the same timeline number.
+fn timeline_collision(
+    view: &ClusterView,
+    leader: &MemberName,
+    me: &MemberName,
+    timeline: Timeline,
+) -> bool {
+    let Some(member) = view.member(leader) else {
+        return false;
+    };
+    if leader_timeline(member.timeline, &view.history) != Some(timeline) || timeline.0 < 2 {
+        return false;
+    }
+    view.history
+        .iter()
+        .find(|h| h.timeline.0 == timeline.0 - 1)
+        .and_then(|h| h.new_leader.as_deref())
+        .is_some_and(|creator| creator != me.as_str())
+}
+
 /// Where to stream / clone / rewind from: the member's `conn_url`.
 fn upstream_of(view: &ClusterView, name: &MemberName) -> Option<Upstream> {
     let member = view.member(name)?;
@@ -919,6 +1290,26 @@ fn upstream_of(view: &ClusterView, name: &MemberName) -> Option<Upstream> {
         host,
         port,
     })
+}
+
+/// One streaming standby as `sync_candidates` ranks it.
+struct SyncCandidate<'a> {
+    name: &'a MemberName,
+    nofailover: bool,
+    priority: i64,
+    state: u8,
+    flush: Lsn,
+}
+
+/// `pg_stat_replication.sync_state` in Patroni's (descending string) order: `sync`, `quorum`,
+/// `potential`, `async`.
+fn sync_state_rank(state: &str) -> u8 {
+    match state {
+        "sync" => 3,
+        "quorum" => 2,
+        "potential" => 1,
+        _ => 0,
+    }
 }
 
 #[cfg(test)]

@@ -29,6 +29,9 @@ pub struct SyncConfig {
     pub strict: bool,
     /// `synchronous_node_count` (at least 1).
     pub node_count: u32,
+    /// `maximum_lag_on_syncnode` in bytes: a standby further behind the most advanced one (the
+    /// primary, when only one streams) is not made synchronous. `None`: no limit (`-1`).
+    pub max_lag_on_syncnode: Option<u64>,
 }
 
 impl Default for SyncConfig {
@@ -37,6 +40,7 @@ impl Default for SyncConfig {
             mode: SyncMode::Off,
             strict: false,
             node_count: 1,
+            max_lag_on_syncnode: None,
         }
     }
 }
@@ -160,6 +164,8 @@ pub struct Memory {
     /// as synchronous only once it has flushed this far (it then holds every commit that was
     /// acknowledged before it became synchronous).
     pub sync_changed_at: Option<Lsn>,
+    /// Since when our standby has not been streaming from the leader (running, in recovery).
+    pub not_streaming_since: Option<Mono>,
 }
 
 /// Where a replica streams from / clones from / rewinds from.
@@ -379,7 +385,11 @@ impl fmt::Display for Action {
                     "write /sync: leader {}, sync_standby [{}]",
                     st.leader.as_ref().map_or("-", |l| l.as_str()),
                     names.join(", ")
-                )
+                )?;
+                if st.quorum > 0 {
+                    write!(f, ", quorum {}", st.quorum)?;
+                }
+                Ok(())
             }
         }
     }
@@ -410,6 +420,8 @@ pub enum NotHealthiest {
     OwnPositionUnknown,
     /// Synchronous mode: we are not in `/sync`, so we may miss acknowledged commits.
     NotSynchronous,
+    /// Quorum mode: too few `/sync` voters vouch that we hold every acknowledged commit.
+    NotEnoughVotes { votes: usize, needed: usize },
 }
 
 impl fmt::Display for NotHealthiest {
@@ -421,6 +433,10 @@ impl fmt::Display for NotHealthiest {
                     "my wal position is {behind} bytes behind, more than maximum_lag_on_failover ({limit})"
                 )
             }
+            NotHealthiest::NotEnoughVotes { votes, needed } => write!(
+                f,
+                "only {votes} of the {needed} quorum votes needed to prove this node holds every acknowledged commit"
+            ),
             NotHealthiest::TimelineBehind { mine, cluster } => {
                 write!(
                     f,
@@ -457,6 +473,14 @@ impl fmt::Display for NotHealthiest {
     }
 }
 
+/// What a diverged standby does about it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DivergedRemedy {
+    Rewind,
+    Reinitialize,
+    Nothing,
+}
+
 /// Why the decision is what it is. `Display` is the line the log, `/patroni` and `list` show;
 /// where Patroni has a message for the same situation, the text is Patroni's.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -469,35 +493,84 @@ pub enum Reason {
     BootstrapInProgress,
     WaitingForLeaderToBootstrap,
     NotAllowedToBootstrap,
-    DataDirUnusable { error: String },
-    SystemIdMismatch { ours: String, cluster: String },
+    DataDirUnusable {
+        error: String,
+    },
+    SystemIdMismatch {
+        ours: String,
+        cluster: String,
+    },
     LeaderWithLock,
     PromotingWithLock,
     AcquiringLock,
     StartingPrimaryAfterCrash,
     PrimaryStartTimedOut,
     ReleasingLockPgDown,
-    DemotingNotLeader { leader: Option<MemberName> },
-    Following { leader: MemberName },
-    StartingAsSecondary { leader: Option<MemberName> },
+    DemotingNotLeader {
+        leader: Option<MemberName>,
+    },
+    Following {
+        leader: MemberName,
+    },
+    StartingAsSecondary {
+        leader: Option<MemberName>,
+    },
     ReattachingLeader,
     WaitingForPostgres,
-    Cloning { leader: MemberName },
-    Rewinding { leader: MemberName },
-    RewindFailedStaying { leader: MemberName },
-    RewindFailedReinitializing { leader: MemberName },
+    Cloning {
+        leader: MemberName,
+    },
+    Rewinding {
+        leader: MemberName,
+    },
+    /// A running standby holds WAL the leader's timeline history does not contain.
+    Diverged {
+        leader: MemberName,
+        timeline: Timeline,
+        end: Lsn,
+        switch: Option<Lsn>,
+        /// What is done about it: rewind, re-clone, or nothing (neither is allowed).
+        remedy: DivergedRemedy,
+    },
+    RewindFailedStaying {
+        leader: MemberName,
+    },
+    /// We were a primary on the timeline the leader created by its own promotion.
+    TimelineCollision {
+        leader: MemberName,
+        timeline: Timeline,
+        reinitializing: bool,
+    },
+    RewindFailedReinitializing {
+        leader: MemberName,
+    },
     NotHealthiest(NotHealthiest),
     NotAllowedToPromote,
     NoLeaderWaiting,
-    WaitingForLeaderMember { leader: MemberName },
-    Paused { detail: String },
-    SwitchoverDemoting { candidate: Option<MemberName> },
-    CleaningUpFailover { why: String },
-    AwaitingScheduledSwitchover { at: String, in_secs: i64 },
-    WaitingForCandidate { candidate: MemberName },
+    WaitingForLeaderMember {
+        leader: MemberName,
+    },
+    Paused {
+        detail: String,
+    },
+    SwitchoverDemoting {
+        candidate: Option<MemberName>,
+    },
+    CleaningUpFailover {
+        why: String,
+    },
+    AwaitingScheduledSwitchover {
+        at: String,
+        in_secs: i64,
+    },
+    WaitingForCandidate {
+        candidate: MemberName,
+    },
     WaitingForOthersAfterHandOver,
     ManualCandidate,
-    SyncUpdate { detail: String },
+    SyncUpdate {
+        detail: String,
+    },
 }
 
 impl fmt::Display for Reason {
@@ -582,6 +655,44 @@ impl fmt::Display for Reason {
             Reason::Rewinding { leader } => {
                 write!(f, "running pg_rewind from {leader} before following it")
             }
+            Reason::Diverged {
+                leader,
+                timeline,
+                end,
+                switch,
+                remedy,
+            } => {
+                let at = match switch {
+                    Some(lsn) => format!("past {lsn}, where {leader}'s history left that timeline"),
+                    None => format!("a timeline {leader} never had"),
+                };
+                write!(
+                    f,
+                    "diverged from {leader}: WAL up to {end} on timeline {} ({at}); {}",
+                    timeline.0,
+                    match remedy {
+                        DivergedRemedy::Rewind => "stopping for pg_rewind",
+                        DivergedRemedy::Reinitialize =>
+                            "use_pg_rewind is off; re-creating the replica",
+                        DivergedRemedy::Nothing =>
+                            "use_pg_rewind and remove_data_directory_on_rewind_failure are off; it cannot stream",
+                    }
+                )
+            }
+            Reason::TimelineCollision {
+                leader,
+                timeline,
+                reinitializing,
+            } => write!(
+                f,
+                "this member and {leader} were both promoted to timeline {}: pg_rewind cannot tell them apart; {}",
+                timeline.0,
+                if *reinitializing {
+                    "re-creating the replica"
+                } else {
+                    "remove_data_directory_on_rewind_failure is off; staying stopped (reinitialize it)"
+                }
+            ),
             Reason::RewindFailedStaying { leader } => write!(
                 f,
                 "pg_rewind from {leader} failed and remove_data_directory_on_rewind_failure is off; staying stopped"
@@ -613,8 +724,9 @@ impl fmt::Display for Reason {
                 write!(f, "switchover: demoting myself")
             }
             Reason::CleaningUpFailover { why } => write!(f, "Cleaning up failover key: {why}"),
-            Reason::AwaitingScheduledSwitchover { at, in_secs } => {
-                write!(f, "Awaiting switchover at {at} (in {in_secs} seconds)")
+            // No countdown in the text: the reason is logged when it changes, not every second.
+            Reason::AwaitingScheduledSwitchover { at, .. } => {
+                write!(f, "Awaiting switchover at {at}")
             }
             Reason::WaitingForCandidate { candidate } => write!(
                 f,

@@ -7,6 +7,7 @@
 
 mod decide;
 mod decision;
+mod diverge;
 mod pg;
 mod sync;
 mod time;
@@ -15,11 +16,15 @@ mod view;
 
 pub use decide::{decide, may_be_primary};
 pub use decision::{
-    Action, ActionFailure, ActionKind, Decision, HaConfig, LeaseState, Memory, NotHealthiest,
-    Observation, PeerStatus, Reason, StartRole, StopMode, SyncConfig, SyncMode, Upstream,
+    Action, ActionFailure, ActionKind, Decision, DivergedRemedy, HaConfig, LeaseState, Memory,
+    NotHealthiest, Observation, PeerStatus, Reason, StartRole, StopMode, SyncConfig, SyncMode,
+    Upstream,
 };
+pub use diverge::{Divergence, divergence, leader_timeline};
 pub use pg::{ClusterState, ControlData, DataDir, PgProcess, PgSql, PgState, ReplicationRow};
-pub use sync::{STRICT_PLACEHOLDER, parse_ssn, quote_ident, render_ssn};
+pub use sync::{
+    STRICT_PLACEHOLDER, parse_ssn, quote_ident, render_ssn, render_ssn_quorum, ssn_num,
+};
 pub use time::{civil_from_days, days_from_civil, format_iso8601_utc, parse_iso8601};
 pub use types::{Clock, Lsn, MemberName, Mono, ParseLsnError, Timeline};
 pub use view::{

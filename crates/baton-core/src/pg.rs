@@ -188,9 +188,20 @@ pub struct PgSql {
     pub pending_restart: bool,
     /// The current value of `synchronous_standby_names`.
     pub synchronous_standby_names: String,
+    /// The newest timeline history file in `pg_wal`. A standby whose WAL receiver is down
+    /// reports the last checkpoint's timeline, which lags a timeline switch it has already
+    /// followed; the history file does not (and a promotion picks a timeline above it).
+    pub newest_history: Option<Timeline>,
 }
 
 impl PgSql {
+    /// The timeline to publish and to compare with the cluster's: the reported one, or the
+    /// newest history file's when that is later (a standby without a WAL receiver).
+    pub fn effective_timeline(&self) -> Timeline {
+        self.newest_history
+            .map_or(self.timeline, |h| h.max(self.timeline))
+    }
+
     pub fn wal_position(&self) -> Lsn {
         if self.in_recovery {
             self.received_lsn.max(self.replayed_lsn).unwrap_or_default()

@@ -38,6 +38,39 @@ pub fn render_ssn(names: &[MemberName], strict: bool) -> String {
     }
 }
 
+/// Quorum mode (`ANY n (...)`, PostgreSQL ≥ 10): `ANY n (a,b)` even for one name; none →
+/// `ANY 1 (placeholder)` in strict mode, else empty.
+pub fn render_ssn_quorum(names: &[MemberName], num: usize, strict: bool) -> String {
+    let mut sorted: Vec<&str> = names.iter().map(MemberName::as_str).collect();
+    sorted.sort_unstable();
+    if sorted.is_empty() {
+        return if strict {
+            format!("ANY 1 ({STRICT_PLACEHOLDER})")
+        } else {
+            String::new()
+        };
+    }
+    let list: Vec<String> = sorted.iter().map(|n| quote_ident(n)).collect();
+    format!("ANY {} ({})", num.clamp(1, sorted.len()), list.join(","))
+}
+
+/// The `n` of `ANY n (...)` / `N (...)` / `FIRST N (...)`; 1 for a bare list, 0 when empty.
+pub fn ssn_num(value: &str) -> usize {
+    let mut v = value.trim();
+    if v.is_empty() {
+        return 0;
+    }
+    for kw in ["FIRST", "ANY"] {
+        if v.len() > kw.len() && v[..kw.len()].eq_ignore_ascii_case(kw) {
+            v = v[kw.len()..].trim_start();
+        }
+    }
+    match v.find('(') {
+        Some(open) => v[..open].trim().parse().unwrap_or(1),
+        None => 1,
+    }
+}
+
 /// The standby names listed in a `synchronous_standby_names` value (any of PostgreSQL's forms:
 /// `a`, `a, b`, `N (a,b)`, `FIRST N (...)`, `ANY N (...)`), unquoted; `*` and the strict
 /// placeholder are not names.
@@ -77,6 +110,31 @@ pub fn parse_ssn(value: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quorum_values_render_like_patroni() {
+        let n = |v: &[&str]| -> Vec<MemberName> {
+            v.iter()
+                .map(|s| MemberName::new(*s).expect("name"))
+                .collect()
+        };
+        assert_eq!(
+            render_ssn_quorum(&n(&["postgres-2", "postgres-0"]), 1, false),
+            r#"ANY 1 ("postgres-0","postgres-2")"#
+        );
+        assert_eq!(render_ssn_quorum(&n(&["node1"]), 1, false), "ANY 1 (node1)");
+        assert_eq!(render_ssn_quorum(&n(&["a", "b"]), 5, false), "ANY 2 (a,b)");
+        assert_eq!(
+            render_ssn_quorum(&[], 1, true),
+            "ANY 1 (__patroni_strict_sync_replica_placeholder__)"
+        );
+        assert_eq!(render_ssn_quorum(&[], 1, false), "");
+        assert_eq!(ssn_num("ANY 2 (a,b,c)"), 2);
+        assert_eq!(ssn_num("2 (a,b)"), 2);
+        assert_eq!(ssn_num("FIRST 3 (a,b,c)"), 3);
+        assert_eq!(ssn_num("a"), 1);
+        assert_eq!(ssn_num(" "), 0);
+    }
 
     fn names(list: &[&str]) -> Vec<MemberName> {
         list.iter()

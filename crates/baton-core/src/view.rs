@@ -106,6 +106,8 @@ pub struct Member {
     pub timeline: Option<Timeline>,
     pub pending_restart: bool,
     pub pause: bool,
+    /// pgbaton's last decision reason (`pgbaton_reason`; Patroni's tools ignore the key).
+    pub reason: Option<String>,
     /// The lease the member key is attached to.
     pub lease: i64,
 }

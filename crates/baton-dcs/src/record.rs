@@ -317,6 +317,9 @@ pub fn encode_member(m: &Member) -> String {
     if m.pause {
         obj.bool("pause", true);
     }
+    if let Some(reason) = &m.reason {
+        obj.str("pgbaton_reason", reason);
+    }
     obj.end();
     out
 }
@@ -685,6 +688,7 @@ pub fn decode_member(name: MemberName, value: &str, lease: i64) -> Result<Member
         timeline,
         pending_restart: opt_bool(&map, "pending_restart")?.unwrap_or(false),
         pause: opt_bool(&map, "pause")?.unwrap_or(false),
+        reason: opt_str(&map, "pgbaton_reason")?,
         lease,
     })
 }
@@ -1061,6 +1065,7 @@ mod tests {
             timeline: Some(Timeline(2)),
             pending_restart: false,
             pause: false,
+            reason: None,
             lease: 7,
         }
     }

@@ -145,7 +145,7 @@ SELECT pid, usename::text, application_name, client_addr::text, state, sync_stat
  ORDER BY application_name, pid";
 
 const SLOTS_SQL: &str = "\
-SELECT slot_name::text FROM pg_catalog.pg_replication_slots WHERE slot_type = 'physical' ORDER BY 1";
+SELECT slot_name::text FROM pg_catalog.pg_replication_slots WHERE slot_type = 'physical' AND NOT temporary ORDER BY 1";
 
 impl LocalPostgres {
     /// Relative `data_dir` / `pgpass` paths are made absolute against the current directory,
@@ -563,7 +563,10 @@ impl LocalPostgres {
             }
             let conn = guard.as_ref()?;
             match query_state(conn).await {
-                Ok(sql) => Some(sql),
+                Ok(mut sql) => {
+                    sql.newest_history = newest_history_file(&self.settings.data_dir);
+                    Some(sql)
+                }
                 Err(e) => {
                     debug!("observe: {e}");
                     *guard = None;
@@ -913,6 +916,7 @@ impl Postgres for LocalPostgres {
     }
 
     async fn start(&self, role: &StartRole) -> Result<(), PgError> {
+        StopGate::of(self.data_dir()).wait_idle().await;
         self.refuse_if_running("start")?;
         if !self.data_file("PG_VERSION").exists() {
             return Err(PgError::Other(format!(
@@ -971,6 +975,7 @@ impl Postgres for LocalPostgres {
     }
 
     async fn stop(&self, mode: StopMode) -> Result<(), PgError> {
+        let _stopping = StopGate::of(self.data_dir()).enter();
         self.drop_observer().await;
         if procs::postmaster(self.data_dir()).is_none() {
             if mode == StopMode::Immediate {
@@ -1078,7 +1083,9 @@ impl Postgres for LocalPostgres {
             ("host", &upstream.host),
             ("port", &port),
             ("user", &s.replication.username),
-            ("application_name", &s.name),
+            // Not the member's name: the clone's WAL stream must not be taken for the member's
+            // walreceiver (the leader would pick it as a synchronous standby mid-clone).
+            ("application_name", "pgbaton_basebackup"),
             ("connect_timeout", &connect_timeout),
         ]);
         let mut last_error = None;
@@ -1122,6 +1129,7 @@ impl Postgres for LocalPostgres {
     }
 
     async fn rewind(&self, upstream: &Upstream) -> Result<(), PgError> {
+        StopGate::of(self.data_dir()).wait_idle().await;
         self.refuse_if_running("rewind")?;
         let mut control = self.controldata().await?;
         if !control.rewindable {
@@ -1275,7 +1283,7 @@ impl Postgres for LocalPostgres {
             let client = &conn.client;
             let rows = client
                 .query(
-                    "SELECT slot_name::text, active FROM pg_catalog.pg_replication_slots WHERE slot_type = 'physical'",
+                    "SELECT slot_name::text, active FROM pg_catalog.pg_replication_slots WHERE slot_type = 'physical' AND NOT temporary",
                     &[],
                 )
                 .await
@@ -1426,6 +1434,7 @@ fn parse_status(row: &Row) -> Result<PgSql, PgError> {
         slots: Vec::new(),
         pending_restart,
         synchronous_standby_names,
+        newest_history: None,
     })
 }
 
@@ -1458,6 +1467,89 @@ fn parse_replication_row(row: &Row) -> Result<ReplicationRow, PgError> {
         flush_lsn: lsn(8)?,
         replay_lsn: lsn(9)?,
     })
+}
+
+/// Stops in progress on one data directory, shared by every `LocalPostgres` of the process
+/// (the fencer has its own). A stop ends by killing every process of the directory, so
+/// starting PostgreSQL, or single-user recovery for a rewind, waits until no stop is under
+/// way; a stop itself never waits (fencing must not).
+struct StopGate {
+    stopping: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// Decrements the gate's count when a stop ends, however it ends.
+struct Stopping(std::sync::Arc<StopGate>);
+
+impl Drop for Stopping {
+    fn drop(&mut self) {
+        if self
+            .0
+            .stopping
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            == 1
+        {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl StopGate {
+    fn of(dir: &Path) -> std::sync::Arc<StopGate> {
+        static GATES: std::sync::OnceLock<
+            std::sync::Mutex<std::collections::HashMap<PathBuf, std::sync::Arc<StopGate>>>,
+        > = std::sync::OnceLock::new();
+        let mut gates = GATES
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        gates
+            .entry(dir.to_owned())
+            .or_insert_with(|| {
+                std::sync::Arc::new(StopGate {
+                    stopping: std::sync::atomic::AtomicUsize::new(0),
+                    idle: tokio::sync::Notify::new(),
+                })
+            })
+            .clone()
+    }
+
+    fn enter(self: std::sync::Arc<StopGate>) -> Stopping {
+        self.stopping
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Stopping(self)
+    }
+
+    async fn wait_idle(&self) {
+        loop {
+            let idle = self.idle.notified();
+            if self.stopping.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+/// The highest timeline with a history file (`0000000N.history`) in `<data_dir>/pg_wal`.
+fn newest_history_file(data_dir: &Path) -> Option<Timeline> {
+    std::fs::read_dir(data_dir.join("pg_wal"))
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| history_file_timeline(&e.file_name().to_string_lossy()))
+        .max()
+}
+
+/// `00000002.history` → timeline 2.
+fn history_file_timeline(name: &str) -> Option<Timeline> {
+    let hex = name.strip_suffix(".history")?;
+    if hex.len() != 8 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    u32::from_str_radix(hex, 16)
+        .ok()
+        .filter(|t| *t > 0)
+        .map(Timeline)
 }
 
 /// The timeline of a WAL file name (`000000020000000000000005` → 2).
@@ -1611,6 +1703,56 @@ mod tests {
         );
         assert_eq!(walfile_timeline("zz"), None);
         assert_eq!(walfile_timeline("000000000000000000000005"), None);
+    }
+
+    #[tokio::test]
+    async fn starts_wait_for_stops_of_the_same_data_directory_only() {
+        let dir = Path::new("/nonexistent/stop-gate-test");
+        let stopping = StopGate::of(dir).enter();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), StopGate::of(dir).wait_idle())
+                .await
+                .is_err(),
+            "a start went ahead during a stop"
+        );
+        let waiter = tokio::spawn(async move { StopGate::of(dir).wait_idle().await });
+        StopGate::of(Path::new("/nonexistent/other"))
+            .wait_idle()
+            .await;
+        drop(stopping);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the start goes ahead once the stop ended")
+            .expect("task");
+    }
+
+    #[test]
+    fn history_files_give_the_newest_timeline() {
+        assert_eq!(history_file_timeline("00000002.history"), Some(Timeline(2)));
+        assert_eq!(
+            history_file_timeline("0000000A.history"),
+            Some(Timeline(10))
+        );
+        for name in [
+            "00000000.history",
+            "0002.history",
+            "000000020000000000000005",
+            "x.history",
+        ] {
+            assert_eq!(history_file_timeline(name), None, "{name}");
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(newest_history_file(dir.path()), None, "no pg_wal");
+        let wal = dir.path().join("pg_wal");
+        std::fs::create_dir(&wal).expect("pg_wal");
+        for f in [
+            "00000002.history",
+            "00000003.history",
+            "000000030000000000000004",
+        ] {
+            std::fs::write(wal.join(f), "").expect("file");
+        }
+        assert_eq!(newest_history_file(dir.path()), Some(Timeline(3)));
     }
 
     #[test]

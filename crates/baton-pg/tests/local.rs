@@ -237,6 +237,16 @@ async fn failover_rewind_and_rejoin() {
     pg1.ensure_slots(&[slot(&pg2)])
         .await
         .expect("drop the stale slot");
+    // A temporary slot (pg_basebackup makes one while it clones) is nobody's member slot: it
+    // is neither reported nor dropped, so the leader does not re-run ensure_slots in a loop.
+    let temp_holder = sql(&pg1).await;
+    temp_holder
+        .execute(
+            "SELECT pg_catalog.pg_create_physical_replication_slot('pg_basebackup_42', false, true)",
+            &[],
+        )
+        .await
+        .expect("temporary slot");
     let state = pg1.observe().await;
     assert!(state.is_running() && state.is_primary(), "{state:#?}");
     let primary_sql = state.sql.clone().expect("SQL answers");

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton_agent::fence::run_fencer;
+use baton_agent::fence::{FenceSignal, FencerInputs, run_fencer};
 use baton_agent::lease::LeaseKeeper;
 use baton_agent::{Agent, AgentIo, FAILURE_BACKOFF, initial_dynamic, pg_monitor};
 use baton_api::Snapshot;
@@ -84,23 +84,41 @@ async fn agent_main(w: Arc<World>, i: usize) {
     let dcs = Arc::new(SimDcs::new(w.clone(), i));
     let pg = Arc::new(SimPostgres::new(w.clone(), i));
 
-    let dynamic = initial_dynamic(dcs.as_ref(), &config).await;
-    let ttl = Duration::from_secs(u64::from(dynamic.ttl));
-    let retry_timeout = Duration::from_secs(u64::from(dynamic.retry_timeout).max(1));
-
     // Never set: the process ends by being killed. Held for the whole loop, because a
     // dropped sender reads as "shut down" to the keeper and the fencer.
     let (_stop_tx, stop_rx) = watch::channel(false);
-    let (keeper, keeper_rx) = LeaseKeeper::new(dcs.clone(), clock.clone(), ttl);
-    let keeper_stop = stop_rx.clone();
-    spawn_in(&w, i, async move {
-        keeper.run(keeper_stop).await;
-    });
     // The lease and `leading` channels are fanned out so that no `watch` has two waiters
     // (tokio wakes several waiters of one `watch` in a random order, which would make runs
     // irreproducible). One scheduling hop, no virtual time.
     let (fence_lease_tx, fence_lease_rx) = watch::channel(LeaseState::default());
     let (loop_lease_tx, lease_rx) = watch::channel(LeaseState::default());
+    let (fence_leading_tx, leading_rx) = watch::channel(FenceSignal::default());
+    // As in `baton_agent::run`, the fencer starts before anything waits for the DCS.
+    let record = w.agents()[i].fence_record.clone();
+    spawn_in(
+        &w,
+        i,
+        run_fencer(
+            pg.clone(),
+            clock.clone(),
+            record,
+            FencerInputs {
+                lease: fence_lease_rx,
+                signal: leading_rx,
+                shutdown: stop_rx.clone(),
+            },
+        ),
+    );
+
+    let dynamic = initial_dynamic(dcs.as_ref(), &config).await;
+    let ttl = Duration::from_secs(u64::from(dynamic.ttl));
+    let retry_timeout = Duration::from_secs(u64::from(dynamic.retry_timeout).max(1));
+
+    let (keeper, keeper_rx) = LeaseKeeper::new(dcs.clone(), clock.clone(), ttl);
+    let keeper_stop = stop_rx.clone();
+    spawn_in(&w, i, async move {
+        keeper.run(keeper_stop).await;
+    });
     spawn_in(&w, i, async move {
         let mut from = keeper_rx;
         while from.changed().await.is_ok() {
@@ -109,8 +127,7 @@ async fn agent_main(w: Arc<World>, i: usize) {
             loop_lease_tx.send_replace(lease);
         }
     });
-    let (leading_tx, mut agent_leading_rx) = watch::channel(false);
-    let (fence_leading_tx, leading_rx) = watch::channel(false);
+    let (leading_tx, mut agent_leading_rx) = watch::channel(FenceSignal::default());
     let name = MemberName::new(config.name.clone()).expect("simulated names are not empty");
     let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::initial(
         &config.scope,
@@ -130,7 +147,8 @@ async fn agent_main(w: Arc<World>, i: usize) {
                 r = agent_leading_rx.changed() => if r.is_err() { return },
                 r = snapshots.changed(), if keep_armed => if r.is_err() { return },
             }
-            let leading = *agent_leading_rx.borrow_and_update();
+            let signal = *agent_leading_rx.borrow_and_update();
+            let leading = signal.leading;
             let dcs_unreadable = snapshots.borrow_and_update().cluster.is_none();
             // The proposed fix: a leader stays a leader (for the fencer) while it cannot read
             // the DCS; only a successful read can say otherwise.
@@ -154,21 +172,13 @@ async fn agent_main(w: Arc<World>, i: usize) {
                     }
                     },
                 );
-                fence_leading_tx.send_replace(on);
             }
+            fence_leading_tx.send_replace(FenceSignal {
+                leading: on,
+                ..signal
+            });
         }
     });
-    spawn_in(
-        &w,
-        i,
-        run_fencer(
-            pg.clone(),
-            clock.clone(),
-            fence_lease_rx,
-            leading_rx,
-            stop_rx.clone(),
-        ),
-    );
     let pg_changed = Arc::new(Notify::new());
     spawn_in(
         &w,

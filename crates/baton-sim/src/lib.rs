@@ -71,12 +71,7 @@ use crate::world::{AgentSlot, DcsLink, Net, SimClock, Trace, World};
 /// pgbaton bugs and gaps the simulator found that are not fixed yet: a violation diagnosed as
 /// one of these is "known" (`baton-sim --allow-known`, and the seed sweep in the tests). Drop
 /// a finding from this list when its fix lands, so that its return is caught.
-pub const OPEN_FINDINGS: &[Finding] = &[
-    Finding::RestartedAgentDoesNotFence,
-    Finding::FormerPrimaryFollowsWithoutRewind,
-    Finding::StandbyAheadOfNewTimeline,
-    Finding::NoWatchdog,
-];
+pub const OPEN_FINDINGS: &[Finding] = &[Finding::NoWatchdog];
 
 /// A deliberately broken cluster, for checking that the checker catches it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -405,6 +400,7 @@ pub fn run(seed: u64, opts: &Options) -> Outcome {
                         armed: false,
                         disarmed_without_dcs: false,
                         owns_key: false,
+                        fence_record: Arc::default(),
                     })
                     .collect(),
             ),

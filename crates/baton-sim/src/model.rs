@@ -469,6 +469,8 @@ impl Model {
             slots: node_slots(&self.nodes[i]),
             pending_restart: false,
             synchronous_standby_names: self.nodes[i].ssn.clone(),
+            // The model reports the timeline a standby replays, never a stale one.
+            newest_history: None,
         }
     }
 

@@ -89,6 +89,8 @@ pub(crate) struct AgentSlot {
     pub(crate) disarmed_without_dcs: bool,
     /// This process has put the leader key on its own lease (acquired or re-attached it).
     pub(crate) owns_key: bool,
+    /// The fencing record beside the data directory: it survives the agent process.
+    pub(crate) fence_record: Arc<baton_agent::fence::MemRecord>,
 }
 
 impl AgentSlot {

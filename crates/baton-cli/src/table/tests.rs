@@ -73,6 +73,22 @@ fn hosts_without_ports_when_all_are_5432_and_distinct() {
 }
 
 #[test]
+fn without_a_leader_list_says_why_nobody_takes_over() {
+    let mut v = view();
+    v.members[1].reason = Some(
+        "following a different leader because i am not the healthiest node: only 1 of the 2 quorum votes needed to prove this node holds every acknowledged commit".into(),
+    );
+    let with_leader = render_list("batman", &v);
+    assert!(!with_leader.contains("quorum votes"), "{with_leader}");
+    v.leader = None;
+    let out = render_list("batman", &v);
+    assert!(
+        out.ends_with(" postgresql1: following a different leader because i am not the healthiest node: only 1 of the 2 quorum votes needed to prove this node holds every acknowledged commit\n"),
+        "{out}"
+    );
+}
+
+#[test]
 fn uninitialized_cluster_title() {
     let out = render_list("batman", &ClusterView::default());
     assert!(

@@ -6,15 +6,19 @@
 //! now: 100
 //! lease: id=7 deadline=105            (or `lease: none`)
 //! dcs: init=7001 leader=n1@5 optime=0/3000000 history=1 config=yes     (or `dcs: unreachable`)
-//! member: n1 role=primary xlog=0/3000000 conn=10.0.0.1:5432 nostream nofailover priority=2
+//!     (history=N: timelines 1..=N ended at N·0/1000000: TL1 at 0/1000000, TL2 at 0/2000000;
+//!      creator=n1: the member whose promotion ended the last one)
+//! member: n1 role=primary xlog=0/3000000 conn=10.0.0.1:5432 tl=2 nostream nofailover priority=2
 //! pg: data=initialized sysid=7001 state=in-archive-recovery tl=1 ckpt=0/2000000
-//! pg: running primary|replica|nosql tl=1 flush=0/3000000 recv=.. replay=.. slots=n1,n3
-//! peer: n3 reachable|unreachable wal=0/2000000 primary nofailover priority=2
-//! memory: following=n1 down_since=90 rewind_failed=n1
+//! pg: running primary|replica|nosql tl=1 hist=2 flush=0/3000000 recv=.. replay=.. slots=n1,n3
+//!     (hist: the newest timeline history file in pg_wal)
+//! peer: n3 reachable|unreachable wal=0/2000000 tl=1 primary nofailover priority=2
+//! memory: following=n1 down_since=90 rewind_failed=n1 nostream_since=70
 //! failure: rewind at=99
 //! failover: leader=n1 candidate=n2 at=2026-11-22T05:00:00+00:00 rev=9
 //! unix: 1795323590000          (wall clock, ms; default 1795323600000 = 2026-11-22T05:00:00Z)
-//! config: sync=on strict=on count=2;  dcs: sync=n1:n2,n3@7 (leader:standbys@revision)
+//! config: sync=on|quorum strict=on count=2 maxlag=1000;  dcs: sync=n1:n2,n3@7 quorum=1
+//!     (leader:standbys@revision; quorum= the `/sync` quorum)
 //! pg: running primary ssn=2~(n2,n3) repl=n2:sync:0_3000000,n3:async:0_2000000
 //!     (`~` stands for a space, `_` for `/` inside repl)
 //! ```
@@ -26,8 +30,8 @@ use std::time::Duration;
 use expect_test::{Expect, expect};
 
 use crate::decision::{
-    ActionFailure, ActionKind, HaConfig, LeaseState, Memory, Observation, PeerStatus, SyncConfig,
-    SyncMode,
+    Action, ActionFailure, ActionKind, HaConfig, LeaseState, Memory, Observation, PeerStatus,
+    SyncConfig, SyncMode,
 };
 use crate::pg::{ClusterState, ControlData, DataDir, PgProcess, PgSql, ReplicationRow};
 use crate::types::{Lsn, MemberName, Mono, Timeline};
@@ -139,6 +143,7 @@ fn parse(fixture: &str) -> Fixture {
                 config.can_bootstrap = t.on("bootstrap", config.can_bootstrap);
                 match t.get("sync") {
                     Some("on") => config.sync.mode = SyncMode::Priority,
+                    Some("quorum") => config.sync.mode = SyncMode::Quorum,
                     Some("off") => config.sync.mode = SyncMode::Off,
                     Some(other) => panic!("sync={other}"),
                     None => {}
@@ -146,6 +151,9 @@ fn parse(fixture: &str) -> Fixture {
                 config.sync.strict = t.on("strict", config.sync.strict);
                 if let Some(n) = t.get("count") {
                     config.sync.node_count = n.parse().expect("count");
+                }
+                if let Some(n) = t.get("maxlag") {
+                    config.sync.max_lag_on_syncnode = Some(n.parse().expect("maxlag"));
                 }
                 let line_tags = tags(&t);
                 if line_tags != Tags::default() {
@@ -201,6 +209,9 @@ fn parse(fixture: &str) -> Fixture {
                         })
                         .collect();
                 }
+                if let (Some(creator), Some(last)) = (t.get("creator"), v.history.last_mut()) {
+                    last.new_leader = Some(creator.to_owned());
+                }
                 if let Some(sync) = t.get("sync") {
                     // sync=leader:a,b@rev
                     let (body, rev) = sync.split_once('@').unwrap_or((sync, "3"));
@@ -213,7 +224,7 @@ fn parse(fixture: &str) -> Fixture {
                                 .filter(|s| !s.is_empty())
                                 .map(name)
                                 .collect(),
-                            quorum: 0,
+                            quorum: t.get("quorum").map_or(0, |q| q.parse().expect("quorum")),
                         },
                         mod_revision: rev.parse().expect("sync rev"),
                     });
@@ -233,6 +244,7 @@ fn parse(fixture: &str) -> Fixture {
                     state: "running".into(),
                     conn_url: t.get("conn").map(|c| format!("postgres://{c}/postgres")),
                     xlog_location: t.get("xlog").map(lsn),
+                    timeline: t.get("tl").map(|v| Timeline(v.parse().expect("tl"))),
                     tags: tags(&t),
                     ..Member::default()
                 });
@@ -267,6 +279,9 @@ fn parse(fixture: &str) -> Fixture {
                             received_lsn: t.get("recv").map(lsn),
                             replayed_lsn: t.get("replay").map(lsn),
                             streaming: t.has("streaming"),
+                            newest_history: t
+                                .get("hist")
+                                .map(|v| Timeline(v.parse().expect("hist"))),
                             synchronous_standby_names: t.get("ssn").unwrap_or("").replace('~', " "),
                             replication: t
                                 .get("repl")
@@ -304,7 +319,7 @@ fn parse(fixture: &str) -> Fixture {
                 reachable: !t.has("unreachable"),
                 is_primary: t.has("primary"),
                 wal_position: t.get("wal").map(lsn),
-                timeline: Some(Timeline(1)),
+                timeline: Some(Timeline(t.get("tl").map_or(1, |v| v.parse().expect("tl")))),
                 tags: tags(&t),
                 watchdog_failed: false,
             }),
@@ -312,6 +327,7 @@ fn parse(fixture: &str) -> Fixture {
                 memory.following = t.get("following").map(name);
                 memory.primary_down_since = t.get("down_since").map(secs);
                 memory.rewind_failed_against = t.get("rewind_failed").map(name);
+                memory.not_streaming_since = t.get("nostream_since").map(secs);
             }
             "unix" => obs.unix_ms = t.first().parse().expect("unix ms"),
             "failover" => {
@@ -859,6 +875,68 @@ fn replica_lagging_beyond_maximum_lag_on_failover_does_not_race() {
 }
 
 #[test]
+fn a_member_behind_the_clusters_timeline_does_not_race() {
+    // The history says the cluster moved to timeline 2 (its primary is gone); promoting from
+    // timeline 1 would create a second, different timeline 2.
+    check(
+        &format!(
+            "{LEADERLESS}
+             dcs: init=7001 optime=0/3000000 history=1
+             pg: running replica tl=1 recv=0/3000000 replay=0/3000000"
+        ),
+        expect![[r#"
+            reason: following a different leader because i am not the healthiest node: my timeline 1 is behind the cluster timeline 2
+            actions: none
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +1000ms
+        "#]],
+    );
+}
+
+#[test]
+fn a_standby_that_followed_the_switch_is_not_behind_whatever_its_checkpoint_says() {
+    // Its WAL receiver is down (the leader is gone), so PostgreSQL reports the last
+    // checkpoint's timeline 1; pg_wal holds 00000002.history: it followed the switch.
+    check(
+        &format!(
+            "{LEADERLESS}
+             dcs: init=7001 optime=0/3000000 history=1
+             pg: running replica tl=1 hist=2 recv=0/3000000 replay=0/3000000"
+        ),
+        expect![[r#"
+            reason: promoted self to leader by acquiring session lock
+            actions:
+              1. acquire leader key
+              2. promote postgres
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
+
+#[test]
+fn a_peer_behind_the_clusters_timeline_does_not_block_the_race() {
+    // n3 has more WAL, but on timeline 1, which the cluster left: it cannot take over, and
+    // waiting for it would leave the cluster without a leader.
+    check(
+        &format!(
+            "{LEADERLESS}
+             dcs: init=7001 optime=0/3000000 history=1
+             pg: running replica tl=2 recv=0/3000000 replay=0/3000000
+             peer: n3 reachable wal=0/3000100 tl=1"
+        ),
+        expect![[r#"
+            reason: promoted self to leader by acquiring session lock
+            actions:
+              1. acquire leader key
+              2. promote postgres
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
+
+#[test]
 fn a_live_primary_among_the_peers_blocks_the_race() {
     check(
         &format!(
@@ -1131,7 +1209,7 @@ fn scheduled_switchover_waits_for_its_time_then_hands_over() {
             "{SWITCHOVER}\n failover: leader=n1 candidate=n2 at=2026-11-22T05:00:01.500+00:00"
         ),
         expect![[r#"
-            reason: Awaiting switchover at 2026-11-22T05:00:01.500+00:00 (in 2 seconds)
+            reason: Awaiting switchover at 2026-11-22T05:00:01.500+00:00
             actions: none
             memory: leader=true following=- down_since=- rewind_failed=-
             wake: +1500ms
@@ -1389,6 +1467,26 @@ fn a_sync_standby_that_stopped_streaming_is_unpublished_before_the_guc_changes()
 }
 
 #[test]
+fn an_async_standby_that_flushed_further_does_not_displace_the_sync_one() {
+    // Under a steady writer the asynchronous standby's flush position is momentarily ahead of
+    // the synchronous one's: the set stays (Patroni ranks `sync_state` before position), so
+    // `/sync` is not emptied just before a failover would need it.
+    check(
+        &format!(
+            "{SYNC_LEADER}
+             dcs: init=7001 leader=n1@5 optime=0/3000000 sync=n1:n2@7
+             pg: running primary tl=1 flush=0/3000200 slots=n2,n3 ssn=n2 repl=n2:sync:0_3000100,n3:async:0_3000200"
+        ),
+        expect![[r#"
+            reason: no action. I am the leader with the lock
+            actions: none
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +1000ms
+        "#]],
+    );
+}
+
+#[test]
 fn strict_mode_never_empties_the_guc() {
     check(
         &format!(
@@ -1592,4 +1690,440 @@ fn a_fenced_leader_without_the_dcs_does_not_spin() {
     let d = super::decide(&memory, &f.obs, &f.config, f.now);
     assert!(d.actions.is_empty(), "{:?}", d.actions);
     assert_eq!(d.wake_at, f.now + Duration::from_secs(10));
+}
+
+// ---- divergence of a running standby (simulator findings F5, F6) -----------------------------
+
+/// n1 leads on timeline 2, which left timeline 1 at 0/1000000.
+const NEW_TIMELINE: &str = "
+    lease: id=7 deadline=105
+    dcs: init=7001 leader=n1@5 optime=0/3000000 history=1
+    member: n1 role=primary xlog=0/3000000 conn=10.0.0.1:5432 tl=2
+    member: n2 role=replica conn=10.0.0.2:5432 tl=1
+";
+
+#[test]
+fn a_standby_ahead_of_the_fork_point_is_rewound() {
+    // F6: n2 received WAL on timeline 1 past the point where n1's timeline 2 forked off.
+    check(
+        &format!(
+            "{NEW_TIMELINE}
+             pg: data=initialized
+             pg: running replica tl=1 recv=0/1800000 replay=0/1800000
+             memory: following=n1 nostream_since=70"
+        ),
+        expect![[r#"
+            reason: diverged from n1: WAL up to 0/1800000 on timeline 1 (past 0/1000000, where n1's history left that timeline); stopping for pg_rewind
+            actions:
+              1. stop postgres (fast)
+              2. rewind from n1 (10.0.0.1:5432)
+              3. start postgres as replica of n1 (10.0.0.1:5432)
+            memory: leader=false following=n1 down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
+
+#[test]
+fn a_former_primary_running_as_a_lone_standby_is_rewound_when_a_leader_appears() {
+    // F5: started as a standby without upstream while there was no leader; its own WAL
+    // (replayed from pg_wal) runs past the fork point.
+    check(
+        &format!(
+            "{NEW_TIMELINE}
+             pg: data=initialized
+             pg: running replica tl=1 replay=0/1400000
+             memory: following=n1 nostream_since=70"
+        ),
+        expect![[r#"
+            reason: diverged from n1: WAL up to 0/1400000 on timeline 1 (past 0/1000000, where n1's history left that timeline); stopping for pg_rewind
+            actions:
+              1. stop postgres (fast)
+              2. rewind from n1 (10.0.0.1:5432)
+              3. start postgres as replica of n1 (10.0.0.1:5432)
+            memory: leader=false following=n1 down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
+
+#[test]
+fn a_standby_is_first_pointed_at_a_new_leader_and_judged_later() {
+    // Not following n1 yet (a lone standby, or another leader before): re-point it; the
+    // 2 * ttl clock starts now.
+    check(
+        &format!(
+            "{NEW_TIMELINE}
+             pg: data=initialized
+             pg: running replica tl=1 replay=0/1400000
+             memory: nostream_since=10"
+        ),
+        expect![[r#"
+            reason: no action. I am a secondary, and following a leader (n1)
+            actions:
+              1. follow n1 (10.0.0.1:5432)
+            memory: leader=false following=n1 down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
+
+#[test]
+fn a_rewound_and_restarted_standby_gets_a_fresh_divergence_clock() {
+    // The rewind cycle (stop, pg_rewind, start) at t=100 after not streaming since t=70.
+    let diverged = format!(
+        "{NEW_TIMELINE}
+         pg: data=initialized
+         pg: running replica tl=1 recv=0/1800000 replay=0/1800000
+         memory: following=n1 nostream_since=70"
+    );
+    let f = parse(&diverged);
+    let d = super::decide(&f.memory, &f.obs, &f.config, f.now);
+    assert!(
+        d.actions.iter().any(|a| matches!(a, Action::Rewind { .. })),
+        "{d:?}"
+    );
+    assert_eq!(d.next_memory.not_streaming_since, None, "{d:?}");
+    // Five seconds later the new postmaster has not connected yet and still reports the old
+    // checkpoint's timeline: that is no divergence yet.
+    let mut later = parse(&diverged.replace("nostream_since=70", ""));
+    later.memory = d.next_memory.clone();
+    let now = Mono::from_millis(f.now.as_millis() + 5_000);
+    let d2 = super::decide(&later.memory, &later.obs, &later.config, now);
+    assert!(d2.actions.is_empty(), "{d2:?}");
+    assert_eq!(d2.next_memory.not_streaming_since, Some(now));
+}
+
+#[test]
+fn a_standby_that_stopped_streaming_only_recently_is_left_alone() {
+    // Right after a switchover or a rewind, PostgreSQL may report the last checkpoint's
+    // timeline: no rewind before 2 * ttl without streaming.
+    check(
+        &format!(
+            "{NEW_TIMELINE}
+             pg: data=initialized
+             pg: running replica tl=1 recv=0/1800000 replay=0/1800000
+             memory: following=n1 nostream_since=85"
+        ),
+        expect![[r#"
+            reason: no action. I am a secondary, and following a leader (n1)
+            actions: none
+            memory: leader=false following=n1 down_since=- rewind_failed=-
+            wake: +2000ms
+        "#]],
+    );
+}
+
+#[test]
+fn a_standby_behind_the_fork_point_or_streaming_just_follows() {
+    check(
+        &format!(
+            "{NEW_TIMELINE}
+             pg: data=initialized
+             pg: running replica tl=1 recv=0/0800000 replay=0/0800000"
+        ),
+        expect![[r#"
+            reason: no action. I am a secondary, and following a leader (n1)
+            actions:
+              1. follow n1 (10.0.0.1:5432)
+            memory: leader=false following=n1 down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+    // Streaming means PostgreSQL found its way onto the leader's timeline: positions from the
+    // moment of the switch are no evidence of divergence.
+    check(
+        &format!(
+            "{NEW_TIMELINE}
+             pg: data=initialized
+             pg: running replica tl=1 recv=0/1800000 streaming
+             memory: following=n1"
+        ),
+        expect![[r#"
+            reason: no action. I am a secondary, and following a leader (n1)
+            actions: none
+            memory: leader=false following=n1 down_since=- rewind_failed=-
+            wake: +2000ms
+        "#]],
+    );
+    // A history that does not cover the standby's timeline proves nothing.
+    check(
+        "lease: id=7 deadline=105
+         dcs: init=7001 leader=n1@5 optime=0/3000000
+         member: n1 role=primary xlog=0/3000000 conn=10.0.0.1:5432 tl=2
+         pg: data=initialized
+         pg: running replica tl=1 recv=0/1800000
+         memory: following=n1",
+        expect![[r#"
+            reason: no action. I am a secondary, and following a leader (n1)
+            actions: none
+            memory: leader=false following=n1 down_since=- rewind_failed=-
+            wake: +2000ms
+        "#]],
+    );
+}
+
+#[test]
+fn a_diverged_standby_without_pg_rewind_is_recloned_only_when_allowed() {
+    let standby = format!(
+        "{NEW_TIMELINE}
+         pg: data=initialized
+         pg: running replica tl=1 recv=0/1800000
+         memory: following=n1 nostream_since=70"
+    );
+    check(
+        &format!("{standby}\n config: rewind=off wipe=on"),
+        expect![[r#"
+            reason: diverged from n1: WAL up to 0/1800000 on timeline 1 (past 0/1000000, where n1's history left that timeline); use_pg_rewind is off; re-creating the replica
+            actions:
+              1. stop postgres (fast)
+              2. wipe data directory
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+    check(
+        &format!("{standby}\n config: rewind=off wipe=off"),
+        expect![[r#"
+            reason: diverged from n1: WAL up to 0/1800000 on timeline 1 (past 0/1000000, where n1's history left that timeline); use_pg_rewind and remove_data_directory_on_rewind_failure are off; it cannot stream
+            actions: none
+            memory: leader=false following=n1 down_since=- rewind_failed=-
+            wake: +2000ms
+        "#]],
+    );
+}
+
+#[test]
+fn a_standby_stopped_for_a_rewind_that_failed_is_not_restarted_diverged() {
+    check(
+        &format!(
+            "{NEW_TIMELINE}
+             pg: data=initialized state=shut-down-in-recovery tl=1
+             failure: rewind at=99"
+        ),
+        expect![[r#"
+            reason: pg_rewind from n1 failed and remove_data_directory_on_rewind_failure is off; staying stopped
+            actions: none
+            memory: leader=false following=- down_since=- rewind_failed=n1
+            wake: +2000ms
+        "#]],
+    );
+}
+
+#[test]
+fn a_former_primary_on_the_leaders_own_new_timeline_is_not_rewound() {
+    // n2 and n1 were both promoted from timeline 1 to 2 (n2 while cut off); the history names
+    // n1 as the creator of timeline 2. pg_rewind would see "same timeline" and do nothing.
+    let collision = "
+        lease: id=7 deadline=105
+        dcs: init=7001 leader=n1@5 optime=0/3000000 history=1 creator=n1
+        member: n1 role=primary xlog=0/3000000 conn=10.0.0.1:5432 tl=2
+        pg: data=initialized state=shut-down tl=2 ckpt=0/1400000
+    ";
+    check(
+        &format!("{collision}\n config: wipe=on"),
+        expect![[r#"
+            reason: this member and n1 were both promoted to timeline 2: pg_rewind cannot tell them apart; re-creating the replica
+            actions:
+              1. wipe data directory
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+    check(
+        collision,
+        expect![[r#"
+        reason: this member and n1 were both promoted to timeline 2: pg_rewind cannot tell them apart; remove_data_directory_on_rewind_failure is off; staying stopped (reinitialize it)
+        actions: none
+        memory: leader=false following=- down_since=- rewind_failed=-
+        wake: +2000ms
+    "#]],
+    );
+    // The history says we created timeline 2 and n1 followed us onto it: a plain rewind.
+    check(
+        &collision.replace("creator=n1", "creator=n2"),
+        expect![[r#"
+            reason: running pg_rewind from n1 before following it
+            actions:
+              1. rewind from n1 (10.0.0.1:5432)
+              2. start postgres as replica of n1 (10.0.0.1:5432)
+            memory: leader=false following=n1 down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
+
+// ---- quorum mode (`synchronous_mode: quorum`) ------------------------------------------------
+
+const QUORUM_LEADER: &str = "
+    config: me=n1 sync=quorum
+    lease: id=5 deadline=105
+    dcs: init=7001 leader=n1@5 optime=0/3000000
+    member: n1 role=primary conn=10.0.0.1:5432
+    member: n2 role=replica conn=10.0.0.2:5432
+    member: n3 role=replica conn=10.0.0.3:5432
+    pg: data=initialized state=in-production
+";
+
+#[test]
+fn quorum_leader_raises_the_quorum_then_sets_any_then_publishes() {
+    // Step 1: ANY 1 (n2,n3) needs quorum 1 (= |voters ∪ names| - numsync) first.
+    check(
+        &format!(
+            "{QUORUM_LEADER}
+             dcs: init=7001 leader=n1@5 optime=0/3000000 sync=n1:@7
+             pg: running primary flush=0/3000000 repl=n2:async:0_3000000,n3:async:0_3000000"
+        ),
+        expect![[r#"
+            reason: Increasing quorum to 1 before changing synchronous_standby_names
+            actions:
+              1. write /sync: leader n1, sync_standby [], quorum 1
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+    // Step 2: the GUC.
+    check(
+        &format!(
+            "{QUORUM_LEADER}
+             dcs: init=7001 leader=n1@5 optime=0/3000000 sync=n1:@8 quorum=1
+             pg: running primary flush=0/3000000 repl=n2:async:0_3000000,n3:async:0_3000000"
+        ),
+        expect![[r#"
+            reason: Assigning synchronous_standby_names = 'ANY 1 (n2,n3)'
+            actions:
+              1. set synchronous_standby_names to 'ANY 1 (n2,n3)'
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+    // Step 3: both report `quorum` and flushed past the change: published, quorum 1.
+    check(
+        &format!(
+            "{QUORUM_LEADER}
+             dcs: init=7001 leader=n1@5 optime=0/3000000 sync=n1:@9 quorum=1
+             pg: running primary flush=0/3000000 ssn=ANY~1~(n2,n3) repl=n2:quorum:0_3000000,n3:quorum:0_3000000"
+        ),
+        expect![[r#"
+            reason: Quorum standbys [n2, n3], quorum 1
+            actions:
+              1. write /sync: leader n1, sync_standby [n2, n3], quorum 1
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+    // Only n2 confirmed (n3 has not flushed our position yet): n2 alone is a voter, and the
+    // quorum stays 1, so n2 by itself cannot win a race (its one vote < 2).
+    check(
+        &format!(
+            "{QUORUM_LEADER}
+             dcs: init=7001 leader=n1@5 optime=0/3000000 sync=n1:@9 quorum=1
+             pg: running primary flush=0/3000000 ssn=ANY~1~(n2,n3) repl=n2:quorum:0_3000000,n3:quorum:0_2000000"
+        ),
+        expect![[r#"
+            reason: Quorum standbys [n2], quorum 1
+            actions:
+              1. write /sync: leader n1, sync_standby [n2], quorum 1
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
+
+#[test]
+fn quorum_leader_unpublishes_a_departed_voter_before_shrinking_any() {
+    // n3 stopped streaming: out of /sync first (quorum kept), then out of the GUC.
+    check(
+        &format!(
+            "{QUORUM_LEADER}
+             dcs: init=7001 leader=n1@5 optime=0/3000000 sync=n1:n2,n3@9 quorum=1
+             pg: running primary flush=0/3000000 ssn=ANY~1~(n2,n3) repl=n2:quorum:0_3000000"
+        ),
+        expect![[r#"
+            reason: Removing standbys from /sync before changing synchronous_standby_names
+            actions:
+              1. write /sync: leader n1, sync_standby [n2], quorum 1
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+    check(
+        &format!(
+            "{QUORUM_LEADER}
+             dcs: init=7001 leader=n1@5 optime=0/3000000 sync=n1:n2@10 quorum=1
+             pg: running primary flush=0/3000000 ssn=ANY~1~(n2,n3) repl=n2:quorum:0_3000000"
+        ),
+        expect![[r#"
+            reason: Assigning synchronous_standby_names = 'ANY 1 (n2)'
+            actions:
+              1. set synchronous_standby_names to 'ANY 1 (n2)'
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
+
+const QUORUM_LEADERLESS: &str = "
+    config: sync=quorum
+    lease: id=7 deadline=105
+    dcs: init=7001 optime=0/3000000 sync=n1:n2,n3@8 quorum=1
+    member: n2 role=replica xlog=0/3000000 conn=10.0.0.2:5432
+    member: n3 role=replica xlog=0/3000000 conn=10.0.0.3:5432
+    pg: data=initialized
+    pg: running replica tl=1 recv=0/3000000 replay=0/3000000
+";
+
+#[test]
+fn quorum_candidate_needs_quorum_plus_one_voters_not_ahead_of_it() {
+    check(
+        &format!("{QUORUM_LEADERLESS}\n peer: n3 reachable wal=0/3000000"),
+        expect![[r#"
+            reason: promoted self to leader by acquiring session lock
+            actions:
+              1. acquire leader key
+              2. write /sync: leader n2, sync_standby []
+              3. set synchronous_standby_names to ''
+              4. promote postgres
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+    check(
+        &format!("{QUORUM_LEADERLESS}\n peer: n3 unreachable"),
+        expect![[r#"
+            reason: following a different leader because i am not the healthiest node: only 1 of the 2 quorum votes needed to prove this node holds every acknowledged commit
+            actions: none
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +1000ms
+        "#]],
+    );
+    // A voter ahead of us, even one that may not be promoted, holds commits we lack.
+    check(
+        &format!("{QUORUM_LEADERLESS}\n peer: n3 reachable wal=0/3000100 nofailover"),
+        expect![[r#"
+            reason: following a different leader because i am not the healthiest node: Wal position of n3 (0/3000100) is ahead of my wal position (0/3000000)
+            actions: none
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +1000ms
+        "#]],
+    );
+}
+
+#[test]
+fn a_standby_lagging_beyond_maximum_lag_on_syncnode_is_not_made_synchronous() {
+    check(
+        &format!(
+            "{SYNC_LEADER}
+             config: maxlag=1000
+             dcs: init=7001 leader=n1@5 optime=0/3000000 sync=n1:@7
+             pg: running primary flush=0/3000000 repl=n2:async:0_2000000,n3:async:0_3000000"
+        ),
+        expect![[r#"
+            reason: Assigning synchronous_standby_names = 'n3'
+            actions:
+              1. set synchronous_standby_names to 'n3'
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
 }
