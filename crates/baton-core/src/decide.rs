@@ -22,7 +22,7 @@ use crate::diverge::{Divergence, divergence, leader_timeline};
 use crate::pg::{ClusterState, ControlData, DataDir, PgSql, PgState};
 use crate::sync::{parse_ssn, render_ssn, render_ssn_quorum};
 use crate::types::{Lsn, MemberName, Mono, Timeline};
-use crate::view::{ClusterView, SyncState};
+use crate::view::{ClusterView, Member, SyncState};
 
 /// How soon a leaderless member looks again (the DCS watch usually wakes it earlier).
 const LEADERLESS_RECHECK: Duration = Duration::from_secs(1);
@@ -448,6 +448,17 @@ impl Ctx<'_> {
         // A former primary coming back under another leader: it may hold WAL the new leader
         // never saw, so it is rewound (or re-cloned) before it streams. A standby stopped to
         // be rewound (it diverged) whose rewind failed is handled the same way.
+        if cd.state.was_primary() && !view.member(leader).is_some_and(Member::runs_as_primary) {
+            // Patroni's `check_leader_is_not_in_recovery`: a leader still promoting is no
+            // rewind source — it may yet land on our timeline number, and pg_rewind would then
+            // see "same timeline" and leave our diverged WAL in place.
+            return (
+                vec![],
+                Reason::LeaderInRecovery {
+                    leader: leader.clone(),
+                },
+            );
+        }
         if cd.state.was_primary() && timeline_collision(view, leader, self.me(), cd.timeline) {
             // Both promoted into the same timeline number (ours was never published: we were
             // cut off). pg_rewind compares timeline numbers and would find nothing to do.
@@ -470,6 +481,20 @@ impl Ctx<'_> {
                     },
                 )
             };
+        }
+        if cd.state.was_primary() && history_pending(view, leader, cd.timeline) {
+            // The leader is on the timeline we were primary on, and the history does not yet
+            // say who created it: either it followed us there (then rewind), or it promoted
+            // into the same number while we were cut off (then pg_rewind would find nothing to
+            // do and leave our diverged WAL in place). The leader writes the line right after
+            // its promotion; wait for it.
+            return (
+                vec![],
+                Reason::AwaitingTimelineHistory {
+                    leader: leader.clone(),
+                    timeline: cd.timeline,
+                },
+            );
         }
         if next.rewind_failed_against.as_ref() == Some(leader) {
             if self.cfg.remove_data_directory_on_rewind_failure {
@@ -1279,6 +1304,18 @@ fn timeline_collision(
         .find(|h| h.timeline.0 == timeline.0 - 1)
         .and_then(|h| h.new_leader.as_deref())
         .is_some_and(|creator| creator != me.as_str())
+}
+
+/// We were a primary on `timeline`, the leader publishes that timeline too, and the history
+/// has no line for the timeline before it (the promotion that created `timeline` is not yet
+/// recorded, so nobody can tell whose it is).
+fn history_pending(view: &ClusterView, leader: &MemberName, timeline: Timeline) -> bool {
+    let Some(member) = view.member(leader) else {
+        return false;
+    };
+    timeline.0 >= 2
+        && leader_timeline(member.timeline, &view.history) == Some(timeline)
+        && !view.history.iter().any(|h| h.timeline.0 == timeline.0 - 1)
 }
 
 /// Where to stream / clone / rewind from: the member's `conn_url`.

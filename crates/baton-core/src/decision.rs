@@ -544,6 +544,17 @@ pub enum Reason {
     RewindFailedReinitializing {
         leader: MemberName,
     },
+    /// We were a primary and the leader's member key does not show it running as a primary
+    /// yet: it is no rewind source.
+    LeaderInRecovery {
+        leader: MemberName,
+    },
+    /// We were a primary on the leader's timeline and the history does not yet record who
+    /// created it: rewinding now could be a no-op on diverged WAL.
+    AwaitingTimelineHistory {
+        leader: MemberName,
+        timeline: Timeline,
+    },
     NotHealthiest(NotHealthiest),
     NotAllowedToPromote,
     NoLeaderWaiting,
@@ -692,6 +703,15 @@ impl fmt::Display for Reason {
                 } else {
                     "remove_data_directory_on_rewind_failure is off; staying stopped (reinitialize it)"
                 }
+            ),
+            Reason::LeaderInRecovery { leader } => write!(
+                f,
+                "leader {leader} is still in recovery and therefore can't be used for rewind; waiting"
+            ),
+            Reason::AwaitingTimelineHistory { leader, timeline } => write!(
+                f,
+                "this member was a primary on timeline {} and {leader} is on it too; waiting for the history to record who created it before rejoining",
+                timeline.0
             ),
             Reason::RewindFailedStaying { leader } => write!(
                 f,

@@ -119,6 +119,12 @@ impl Default for MemberName {
 }
 
 impl Member {
+    /// The member key says PostgreSQL runs as a primary (role `primary`; `master` is read as
+    /// `primary` when the key is parsed).
+    pub fn runs_as_primary(&self) -> bool {
+        self.role == "primary" && self.state == "running"
+    }
+
     /// `host` and `port` from `conn_url` (`postgres://host:port/postgres`).
     pub fn pg_host_port(&self) -> Option<(String, u16)> {
         let url = self.conn_url.as_deref()?;

@@ -1939,6 +1939,31 @@ fn a_former_primary_on_the_leaders_own_new_timeline_is_not_rewound() {
         wake: +2000ms
     "#]],
     );
+    // The history has no line for timeline 1 yet (n1 promoted, its history write is still to
+    // come): no rewind, which could be a no-op on our diverged WAL; wait for the line.
+    check(
+        &collision.replace(" history=1 creator=n1", ""),
+        expect![[r#"
+            reason: this member was a primary on timeline 2 and n1 is on it too; waiting for the history to record who created it before rejoining
+            actions: none
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +2000ms
+        "#]],
+    );
+    // n1 holds the key but is still promoting (its member key says replica, timeline 1): no
+    // rewind from it yet — it may land on our timeline number (simulator seed 40609025607086).
+    check(
+        &collision.replace(" history=1 creator=n1", "").replace(
+            "role=primary xlog=0/3000000 conn=10.0.0.1:5432 tl=2",
+            "role=replica xlog=0/3000000 conn=10.0.0.1:5432 tl=1",
+        ),
+        expect![[r#"
+            reason: leader n1 is still in recovery and therefore can't be used for rewind; waiting
+            actions: none
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +2000ms
+        "#]],
+    );
     // The history says we created timeline 2 and n1 followed us onto it: a plain rewind.
     check(
         &collision.replace("creator=n1", "creator=n2"),
