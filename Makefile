@@ -79,7 +79,15 @@ PATRONI_VENV ?= /tmp/patroni-venv
 bench: deps build
 	$(CARGO) run -p baton-integration-tests --bin bench -- $(BENCH_ARGS)
 
-bench-patroni: deps build
+# Patroni 4.1 from PyPI in a virtualenv the postgres user can run (system python3, so no
+# interpreter under /root is needed).
+PATRONI_VERSION ?= 4.1.*
+$(PATRONI_VENV)/bin/patroni:
+	/usr/bin/python3 -m venv $(PATRONI_VENV)
+	$(PATRONI_VENV)/bin/pip install -q "patroni[etcd3,psycopg2]==$(PATRONI_VERSION)" psycopg2-binary
+	chmod -R a+rX $(PATRONI_VENV)
+
+bench-patroni: deps build $(PATRONI_VENV)/bin/patroni
 	BATON_REFERENCE_BIN_DIR=$(PATRONI_VENV)/bin \
 		$(CARGO) run -p baton-integration-tests --bin bench -- --peer patroni $(BENCH_ARGS)
 

@@ -574,6 +574,81 @@ async fn restarted_agent_keeps_its_primary_or_fences_it_by_the_old_deadline() ->
     Ok(())
 }
 
+/// The leader's agent freezes (SIGSTOP) while its PostgreSQL runs on: the agent's own fencer is
+/// frozen with it, so the fence guard (a process of its own) must stop PostgreSQL by the
+/// recorded deadline, before the leader key's lease expires and a standby is promoted. Resumed,
+/// the agent finds itself fenced and rejoins as a replica of the new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_leader_agent_is_fenced_by_its_guard_before_the_lease_expires() -> anyhow::Result<()>
+{
+    let tools =
+        tools_or_skip!("frozen_leader_agent_is_fenced_by_its_guard_before_the_lease_expires");
+    let mut spec = ClusterSpec::new(3);
+    spec.haproxy = None;
+    let ttl = spec.timing.ttl();
+    let cluster = Cluster::start(&tools, spec).await?;
+    let healthy = cluster
+        .wait_healthy(scaled(Duration::from_secs(180)))
+        .await?;
+    let old = healthy.leader.clone();
+    // The agent runs in a process group of its own (behind `runuser`); the guard has its own.
+    let agent = cluster
+        .node(&old)
+        .agent_pid()
+        .context("the leader's agent pid")?;
+    let postmaster = cluster
+        .node(&old)
+        .postmaster_pid()
+        .context("the leader's postmaster.pid")?;
+    let signal = |sig| {
+        nix::sys::signal::killpg(nix::unistd::Pid::from_raw(agent), sig)
+            .with_context(|| format!("{sig} to the agent of {old}"))
+    };
+    signal(nix::sys::signal::Signal::SIGSTOP)?;
+    let frozen_at = Instant::now();
+    // Poll both: the postmaster on the frozen node, and the leader key (it goes when the lease
+    // the frozen agent can no longer renew expires).
+    let mut fenced_at = None;
+    let mut key_gone_at = None;
+    while frozen_at.elapsed() < ttl + scaled(Duration::from_secs(20))
+        && (fenced_at.is_none() || key_gone_at.is_none())
+    {
+        if fenced_at.is_none()
+            && nix::sys::signal::kill(nix::unistd::Pid::from_raw(postmaster), None).is_err()
+        {
+            fenced_at = Some(frozen_at.elapsed());
+        }
+        if key_gone_at.is_none() && cluster.leader().await?.as_deref() != Some(old.as_str()) {
+            key_gone_at = Some(frozen_at.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let resumed = signal(nix::sys::signal::Signal::SIGCONT);
+    eprintln!(
+        "frozen agent: postgres down {fenced_at:?}, leader key gone {key_gone_at:?} after the freeze (ttl {ttl:?})"
+    );
+    resumed?;
+    let fenced_at = fenced_at.context("PostgreSQL of the frozen agent was never stopped")?;
+    let key_gone_at = key_gone_at.context("the frozen agent's leader key never expired")?;
+    ensure!(
+        fenced_at < key_gone_at,
+        "PostgreSQL was still up {fenced_at:?} after the freeze, the leader key was gone after {key_gone_at:?}"
+    );
+    let new = cluster
+        .wait_new_leader(&old, scaled(ttl + Duration::from_secs(30)))
+        .await?;
+    let healthy = cluster
+        .wait_healthy(scaled(Duration::from_secs(120)))
+        .await
+        .context("the resumed agent rejoins")?;
+    ensure!(
+        healthy.leader == new && healthy.replicas.contains(&old),
+        "after the resume: {healthy:?}"
+    );
+    cluster.finish();
+    Ok(())
+}
+
 /// The primary accepts writes its standbys never receive (its WAL senders are frozen),
 /// then its host dies. A standby takes over without those writes; when the old primary's
 /// agent comes back, it rewinds (pg_rewind) onto the new timeline and streams: the diverging

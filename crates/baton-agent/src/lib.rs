@@ -8,6 +8,9 @@
 //!   the HA loop is busy;
 //! - the PostgreSQL liveness monitor (a crash is noticed within a quarter of a second);
 //! - the REST API server.
+//!
+//! Beside the process: the fence guard (`guard`, a process of its own started by the CLI),
+//! which enforces the fencer's recorded deadline when this process is frozen or killed.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -25,6 +28,7 @@ use tracing::{info, warn};
 
 pub mod clock;
 pub mod fence;
+pub mod guard;
 pub mod ha;
 pub mod lease;
 pub mod peers;

@@ -41,6 +41,14 @@ enum Command {
     Agent { config: PathBuf },
     /// Check a configuration file; print every error with its key path.
     ValidateConfig { config: PathBuf },
+    /// Internal: the fence guard the agent starts beside itself (see ARCHITECTURE.md).
+    #[command(hide = true)]
+    FenceGuard {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        agent_pid: i32,
+    },
     /// Show the cluster members (patronictl list).
     List {
         #[arg(short = 'f', long, value_enum, default_value = "pretty")]
@@ -113,6 +121,14 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Agent { config } => run_agent(&config),
         Command::ValidateConfig { config } => validate(&config),
+        Command::FenceGuard {
+            data_dir,
+            agent_pid,
+        } => {
+            init_logging();
+            baton_agent::guard::run_guard(&data_dir, agent_pid);
+            ExitCode::SUCCESS
+        }
         Command::Version => {
             println!("pgbaton version {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
@@ -161,7 +177,7 @@ fn validate(path: &Path) -> ExitCode {
     }
 }
 
-fn run_agent(path: &Path) -> ExitCode {
+fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PGBATON_LOG")
@@ -170,6 +186,10 @@ fn run_agent(path: &Path) -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+fn run_agent(path: &Path) -> ExitCode {
+    init_logging();
     let loaded = match load(path) {
         Ok(l) => l,
         Err(e) => {
@@ -205,7 +225,15 @@ fn run_agent(path: &Path) -> ExitCode {
             _ = tokio::signal::ctrl_c() => tracing::info!("received SIGINT"),
         }
     };
-    match rt.block_on(baton_agent::run(loaded.config, shutdown)) {
+    // The fence guard enforces the fencing deadline when this process cannot (frozen or
+    // killed); it outlives an abnormal exit only.
+    let data_dir = loaded.config.postgresql.data_dir.clone();
+    let guard = baton_agent::guard::spawn_guard(&data_dir);
+    let result = rt.block_on(baton_agent::run(loaded.config, shutdown));
+    if let Some(guard) = guard {
+        baton_agent::guard::stop_guard(guard, &data_dir);
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -379,7 +407,10 @@ async fn control(path: &Path, command: Command) -> anyhow::Result<()> {
         }
         Command::Pause { wait } => set_pause(&config, &dcs, &view, true, wait).await?,
         Command::Resume { wait } => set_pause(&config, &dcs, &view, false, wait).await?,
-        Command::Agent { .. } | Command::ValidateConfig { .. } | Command::Version => {
+        Command::Agent { .. }
+        | Command::ValidateConfig { .. }
+        | Command::FenceGuard { .. }
+        | Command::Version => {
             unreachable!("handled in main")
         }
     }
