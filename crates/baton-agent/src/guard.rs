@@ -47,7 +47,10 @@ pub struct GuardView {
     /// The recorded deadline (this boot's record; `None`: no primary to protect).
     pub deadline: Option<Mono>,
     pub now: Mono,
-    /// A postmaster runs in the data directory.
+    /// A postmaster runs in the data directory as a primary (no `standby.signal`: a standby
+    /// accepts no writes, and is never killed, even on a stale record). Only looked up once
+    /// the deadline has passed (scanning `/proc` ten times a second would cost CPU for
+    /// nothing).
     pub postmaster: bool,
     /// The agent that started us is alive (possibly frozen).
     pub agent_alive: bool,
@@ -97,10 +100,13 @@ pub fn run_guard(data_dir: &Path, agent_pid: i32) {
     );
     let mut fenced_for = None;
     loop {
+        let deadline = record.load();
+        let now = clock.now();
+        let due = deadline.is_some_and(|d| now >= d);
         let view = GuardView {
-            deadline: record.load(),
-            now: clock.now(),
-            postmaster: !baton_pg::data_dir_pids(data_dir).is_empty(),
+            deadline,
+            now,
+            postmaster: due && runs_as_primary(data_dir),
             agent_alive: kill(Pid::from_raw(agent_pid), None).is_ok(),
         };
         match guard_step(view) {
@@ -128,6 +134,12 @@ pub fn run_guard(data_dir: &Path, agent_pid: i32) {
         }
         std::thread::sleep(GUARD_INTERVAL);
     }
+}
+
+/// Some process of `data_dir` runs, and not as a standby (PostgreSQL 12+ runs as a standby
+/// exactly while `standby.signal` exists; promotion removes it).
+fn runs_as_primary(data_dir: &Path) -> bool {
+    !data_dir.join("standby.signal").exists() && !baton_pg::data_dir_pids(data_dir).is_empty()
 }
 
 /// Start the guard for `data_dir` (replacing a previous agent's) as a process of its own
