@@ -10,15 +10,22 @@
 //! the election ends every lease is refreshed to its full TTL (etcd's `Promote`), see
 //! [`crate::faults`].
 //!
-//! The broken variant [`Broken::Steal`] lives here too: a member that cannot reach the leader
+//! The broken variants live here too: [`Broken::Steal`], a member that cannot reach the leader
 //! over the member network treats the leader key as absent and takes it over without waiting
-//! for its lease to expire.
+//! for its lease to expire; [`Broken::SkipSyncCheck`], a member racing for the key reads a
+//! `/sync` that lists it.
+//!
+//! For the checker, the client mirrors `/sync` into the model on every successful write of it
+//! (at the store, in the same step), and hands the model `/sync` as it stood just before each
+//! successful acquisition of the leader key.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton_core::{ClusterView, FailoverRequest, HistoryLine, Lsn, Member, MemberName, SyncState};
+use baton_core::{
+    ClusterView, FailoverRequest, HistoryLine, Lsn, Member, MemberName, SyncMode, SyncState,
+};
 use baton_dcs::{Dcs, DcsError, MemDcs};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
@@ -131,6 +138,32 @@ impl SimDcs {
     fn steals(&self) -> bool {
         self.w.broken == Some(Broken::Steal)
     }
+
+    /// [`Broken::SkipSyncCheck`]: while nobody holds the leader key (the race), `/sync` — when
+    /// a leader published it — reads as listing us, with quorum 0. That is exactly what
+    /// `healthiest` needs to skip its `/sync` check (`NotSynchronous` in priority mode, the
+    /// voters' count in quorum mode); `before_promote` drops us from the set it writes and
+    /// compares-and-swaps on the real revision, so it is unaffected.
+    fn skip_sync_check(&self, view: &mut ClusterView) {
+        if self.w.broken != Some(Broken::SkipSyncCheck) || view.leader.is_some() {
+            return;
+        }
+        let me = self.w.name(self.i);
+        if let Some(sync) = &mut view.sync
+            && sync
+                .value
+                .leader
+                .as_ref()
+                .is_some_and(|l| !l.as_str().eq_ignore_ascii_case(me))
+            && let Some(name) = MemberName::new(me.to_owned())
+        {
+            if !sync.value.lists(&name) {
+                // BROKEN: "I may be promoted whatever /sync says".
+                sync.value.sync_standby.push(name);
+            }
+            sync.value.quorum = 0;
+        }
+    }
 }
 
 /// Requests that reach the store during an etcd election wait for its end.
@@ -160,6 +193,7 @@ impl Dcs for SimDcs {
             // BROKEN: "the leader does not answer, so it is gone".
             view.leader = None;
         }
+        self.skip_sync_check(&mut view);
         Ok(view)
     }
 
@@ -216,13 +250,25 @@ impl Dcs for SimDcs {
     async fn acquire_leader(&self, name: &MemberName, lease: i64) -> Result<bool, DcsError> {
         let name = name.clone();
         let steal = self.steals();
+        let (w, i) = (self.w.clone(), self.i);
+        // Only priority mode has a rule about who may take the key (and staying out of the
+        // model otherwise keeps runs without synchronous mode exactly as they were).
+        let check = self.w.params.sync.mode == SyncMode::Priority;
         let taken = self
             .call("acquire leader", move |d| async move {
                 if steal {
                     // BROKEN: no compare-and-swap, whoever holds the key loses it.
                     d.delete_raw(baton_dcs::record::LEADER);
                 }
-                d.acquire_leader(&name, lease).await
+                // `/sync` just before the key changes hands (nothing runs in between: the
+                // store answers without yielding).
+                let before = check.then(|| w.model().sync_key.clone());
+                let taken = d.acquire_leader(&name, lease).await;
+                if let (Some(before), Ok(true)) = (before, &taken) {
+                    let now = w.now();
+                    w.with_model(|m| m.leader_acquired(i, before.as_ref(), now));
+                }
+                taken
             })
             .await;
         self.note_key(&taken);
@@ -298,8 +344,13 @@ impl Dcs for SimDcs {
         version: Option<i64>,
     ) -> Result<bool, DcsError> {
         let state = state.cloned();
+        let w = self.w.clone();
         self.call("write sync", move |d| async move {
-            d.write_sync(state.as_ref(), version).await
+            let written = d.write_sync(state.as_ref(), version).await;
+            if matches!(written, Ok(true)) {
+                w.model().sync_key = state;
+            }
+            written
         })
         .await
     }

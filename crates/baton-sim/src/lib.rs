@@ -13,6 +13,12 @@
 //! standbys drain, and the final state is checked. A client writes to whichever node accepts
 //! writes throughout (directly, not through HAProxy: the harshest client).
 //!
+//! The seed also picks the replication mode ([`SyncSetting`], from an RNG stream of its own, so
+//! the rest of a seed's run does not depend on it): `synchronous_mode` off (4 in 10: exactly
+//! the runs from before the simulator knew synchronous mode), on (priority, 3 in 10) or
+//! quorum (3 in 10), `synchronous_mode_strict` on or off, and with 4 or more members
+//! `synchronous_node_count` 1 or 2.
+//!
 //! # Invariants, exactly as checked
 //!
 //! 1. **At most one writable primary** — checked at every instant a node starts accepting
@@ -23,18 +29,42 @@
 //!    prefix is the longest WAL prefix that was, at one instant, on every member at once (all
 //!    members having a data directory). Every node that becomes writable must hold it
 //!    (`DurableWriteLost`), and at the end every member must. Acknowledged writes outside it
-//!    may be lost by a failover; they are counted (`Stats::lost`), not failed.
+//!    may be lost by a failover (unless synchronous replication protects them, 6); they are
+//!    counted (`Stats::lost`), not failed.
 //! 3. **Convergence within a bound** — after each heal, within
 //!    [`Params::convergence_bound`] (2·ttl + 4·loop_wait + 2·retry_timeout + 30 s): no etcd
 //!    election running, the leader key names L, L accepts writes, nobody else does, and every
 //!    other member runs PostgreSQL as a standby streaming from L (`NoConvergence`).
 //! 4. **Final state** — after the last heal writes stop; within 20 s every member holds
 //!    exactly the leader's WAL, which contains the durable prefix (`FinalStateMismatch`).
+//! 5. **No leader outside `/sync`** (priority mode, `synchronous_mode: on`) — checked at the
+//!    instant a member acquires the leader key, in the store, against `/sync` as the store held
+//!    it just before (`LeaderOutsideSync`): when `/sync` names a `leader`, the acquirer must be
+//!    that leader or listed in `sync_standby`. That instant, not the promotion, because the
+//!    acquisition is the decision to become primary, taken on the `/sync` the racer read
+//!    (only a key holder writes `/sync`, and a racer only after it won the key), whereas by the
+//!    time the promotion completes the new leader has rewritten `/sync` to name itself
+//!    (`before_promote`), which would make the check vacuous. No rule without `/sync` (before
+//!    the first leader published it) or when it names no leader. Quorum mode lets any member
+//!    with enough voters' support race, so it has no such rule: invariant 6 is its rule.
+//! 6. **No acknowledged write lost in synchronous mode** (`synchronous_mode` on or quorum) — a
+//!    write is *protected* when, at the instant the client heard "committed", `/sync` named
+//!    the acknowledging node as its `leader` ([`model::Model::acknowledge`]). That covers
+//!    strict and non-strict mode alike: a member listed in `/sync` holds every commit the
+//!    leader acknowledged (it is published only once `synchronous_standby_names` waits for it
+//!    and it flushed past the leader's position at that change, and unpublished before the
+//!    leader stops waiting for it); with `sync_standby` empty (non-strict
+//!    mode, acknowledging asynchronously, or `synchronous_standby_names` just emptied, which
+//!    releases the waiting commits) only that leader itself may be promoted (`healthiest`:
+//!    `NotSynchronous` in priority mode, no votes in quorum mode). Not protected: writes
+//!    acknowledged before the leader first published `/sync` after the bootstrap. Every node
+//!    that becomes writable (promotion or start as primary) must hold every protected write,
+//!    and so must the final primary (`AckedWriteLost`). Commits whose outcome the client never
+//!    learned (the server went away while they waited) are not acknowledged writes.
 //!
-//! Not checked yet: no promotion outside `/sync` in synchronous mode (synchronous replication
-//! is being added to pgbaton; the model already waits for the standbys
-//! `synchronous_standby_names` names before acknowledging a commit, see
-//! [`model::Model::commit_state`]).
+//! The checker keeps its own copy of `/sync`, updated by the simulated DCS client at the store
+//! in the same step as each successful write (nothing else writes it), so reading it does not
+//! disturb the store (reads there expire leases).
 //!
 //! Each violation is diagnosed against the known pgbaton findings ([`Finding`]), so a run that
 //! hits a known bug is told apart from a new one ([`OPEN_FINDINGS`]).
@@ -43,7 +73,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use baton_config::Config;
-use baton_core::Mono;
+use baton_core::{Mono, SyncMode};
 use baton_dcs::{DcsScope, MemDcs};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
@@ -80,6 +110,49 @@ pub enum Broken {
     /// as absent and takes it without compare-and-swap: it promotes without waiting for the
     /// old leader's lease to expire.
     Steal,
+    /// In synchronous mode, a member racing for the leader key skips the `/sync` check: in
+    /// priority mode it may be promoted without being listed in `/sync`, in quorum mode without
+    /// the voters' support. (Emulated in the simulated DCS client: during a race the agent
+    /// reads a `/sync` that lists it, with quorum 0. `healthiest` then neither returns
+    /// `NotSynchronous` nor lacks votes; everything else it reads of `/sync` — the other
+    /// members listed, the revision its compare-and-swap uses — is as stored.)
+    SkipSyncCheck,
+}
+
+/// Synchronous replication as the members are configured (`bootstrap.dcs`, hence the
+/// dynamic configuration every agent reads).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyncSetting {
+    /// `synchronous_mode`: off, on (priority) or quorum.
+    pub mode: SyncMode,
+    /// `synchronous_mode_strict`.
+    pub strict: bool,
+    /// `synchronous_node_count`.
+    pub node_count: u32,
+}
+
+impl SyncSetting {
+    pub const OFF: SyncSetting = SyncSetting {
+        mode: SyncMode::Off,
+        strict: false,
+        node_count: 1,
+    };
+
+    pub fn describe(&self) -> String {
+        match self.mode {
+            SyncMode::Off => "synchronous_mode off".to_owned(),
+            mode => format!(
+                "synchronous_mode {}{}, synchronous_node_count {}",
+                if mode == SyncMode::Quorum {
+                    "quorum"
+                } else {
+                    "on (priority)"
+                },
+                if self.strict { ", strict" } else { "" },
+                self.node_count
+            ),
+        }
+    }
 }
 
 /// Fixes proposed for bugs the simulator found, emulated in the simulator's wiring so the
@@ -115,6 +188,8 @@ pub struct Options {
     pub schedule: Option<Schedule>,
     /// Fixed timing instead of one chosen by the seed.
     pub timing: Option<Timing>,
+    /// Fixed synchronous replication settings instead of ones chosen by the seed.
+    pub sync: Option<SyncSetting>,
     /// Echo the trace to stderr as it is written.
     pub echo: bool,
 }
@@ -129,6 +204,7 @@ impl Default for Options {
             fixes: Fixes::default(),
             schedule: None,
             timing: None,
+            sync: None,
             echo: false,
         }
     }
@@ -146,16 +222,18 @@ pub struct Params {
     pub write_every: (u64, u64),
     /// Records a standby copies per replication tick (50 ms).
     pub repl_batch: usize,
+    pub sync: SyncSetting,
 }
 
 impl Params {
     pub fn describe(&self) -> String {
         format!(
-            "{} members, ttl {} loop_wait {} retry_timeout {}, a write every {}..{} ms, replication {} records/50 ms",
+            "{} members, ttl {} loop_wait {} retry_timeout {}, {}, a write every {}..{} ms, replication {} records/50 ms",
             self.names.len(),
             self.ttl,
             self.loop_wait,
             self.retry_timeout,
+            self.sync.describe(),
             self.write_every.0,
             self.write_every.1,
             self.repl_batch
@@ -189,6 +267,8 @@ pub struct Stats {
     pub lost: usize,
     /// Acknowledged writes that were on every member at some instant.
     pub durable: usize,
+    /// Acknowledged writes under the synchronous-replication guarantee (never to be lost).
+    pub protected: usize,
     pub promotions: u64,
     /// Time from each heal to convergence.
     pub convergence: Vec<Duration>,
@@ -258,8 +338,23 @@ impl Outcome {
     }
 }
 
-fn node_yaml(i: usize, t: Timing) -> String {
+fn node_yaml(i: usize, t: Timing, sync: SyncSetting) -> String {
     let n = i + 1;
+    // Nothing when off: the configuration (and so the run) is what it was before the
+    // simulator knew synchronous mode.
+    let sync = match sync.mode {
+        SyncMode::Off => String::new(),
+        mode => format!(
+            "    synchronous_mode: {}\n    synchronous_mode_strict: {}\n    synchronous_node_count: {}\n",
+            if mode == SyncMode::Quorum {
+                "quorum"
+            } else {
+                "true"
+            },
+            sync.strict,
+            sync.node_count
+        ),
+    };
     format!(
         "\
 scope: sim
@@ -276,7 +371,7 @@ bootstrap:
     loop_wait: {lw}
     retry_timeout: {rt}
     maximum_lag_on_failover: 1048576
-    postgresql:
+{sync}    postgresql:
       use_pg_rewind: true
       use_slots: true
 postgresql:
@@ -320,9 +415,29 @@ pub fn plan(seed: u64, opts: &Options) -> (Params, Schedule) {
         },
     });
     let nodes = opts.nodes.clamp(2, 9);
+    // From a stream of its own, so that the timing, workload and schedule of a seed are what
+    // they were before synchronous mode was drawn (a seed drawing `off` replays as before).
+    let sync = opts.sync.unwrap_or_else(|| {
+        let mut r = Rng::stream(seed, 5);
+        let mode = match r.below(10) {
+            0..=3 => SyncMode::Off,
+            4..=6 => SyncMode::Priority,
+            _ => SyncMode::Quorum,
+        };
+        let strict = r.chance(50);
+        let two = r.chance(50);
+        match mode {
+            SyncMode::Off => SyncSetting::OFF,
+            mode => SyncSetting {
+                mode,
+                strict,
+                node_count: if nodes >= 4 && two { 2 } else { 1 },
+            },
+        }
+    });
     let configs: Vec<Config> = (0..nodes)
         .map(|i| {
-            baton_config::load_str(&node_yaml(i, timing), &|_| None)
+            baton_config::load_str(&node_yaml(i, timing, sync), &|_| None)
                 .expect("the simulator's configuration is valid")
                 .config
         })
@@ -336,6 +451,7 @@ pub fn plan(seed: u64, opts: &Options) -> (Params, Schedule) {
         retry_timeout: timing.retry_timeout,
         write_every: (write_lo, write_lo + rng.range(0, 120)),
         repl_batch: rng.range(4, 20) as usize,
+        sync,
     };
     let schedule = match &opts.schedule {
         Some(s) => s.clone(),
@@ -368,11 +484,12 @@ pub fn run(seed: u64, opts: &Options) -> Outcome {
             namespace: "/service".into(),
             scope: "sim".into(),
         };
-        let model = Model::new(
+        let mut model = Model::new(
             (0..n)
                 .map(|i| (params.names[i].clone(), format!("10.0.0.{}", i + 1)))
                 .collect(),
         );
+        model.sync_mode = params.sync.mode;
         let w = Arc::new(World {
             params: params.clone(),
             broken: opts.broken,
@@ -693,6 +810,7 @@ async fn drive(w: &Arc<World>, seed: u64, schedule: &Schedule) -> Stats {
     stats.unavailable = m.unavailable_writes;
     stats.indeterminate = m.indeterminate_writes;
     stats.durable = m.durable_writes();
+    stats.protected = m.protected_writes();
     stats.promotions = m.promotions;
     stats.lost = m.final_lost;
     stats
@@ -735,12 +853,22 @@ async fn final_check(w: &Arc<World>, writing: &watch::Sender<bool>) {
             }
             let lost = m.lost_writes(l).len();
             let (acked, durable) = (m.writes_total(), m.durable_writes());
+            let protected = m.protected_writes();
             drop(m);
-            w.with_model(|m| m.final_lost = lost);
+            let now = w.now();
+            w.with_model(|m| {
+                m.final_lost = lost;
+                m.check_protected_final(l, now);
+            });
+            let sync = if w.params.sync.mode == SyncMode::Off {
+                String::new()
+            } else {
+                format!(" {protected} under synchronous replication,")
+            };
             w.log(
                 "CHECK",
                 &format!(
-                    "final: {acked} writes acknowledged, {durable} of them durable, {lost} lost to async failovers"
+                    "final: {acked} writes acknowledged, {durable} of them durable,{sync} {lost} lost to async failovers"
                 ),
             );
             if !problems.is_empty() {

@@ -6,7 +6,7 @@
 //! baton-sim --seed 1234                 # replay one seed, report it
 //! baton-sim --seed 1234 --verbose       # ... with the whole trace
 //! baton-sim --seeds 50 --seed 1000      # seeds 1000..1049
-//! options: --nodes N (3)  --rounds N (3)  --unsafe-faults  --broken steal  --jobs N (2)
+//! options: --nodes N (3)  --rounds N (3)  --unsafe-faults  --broken steal|skip-sync  --jobs N (2)
 //!          --assume-fix fencer   (emulate a proposed fix, to look for bugs behind it)
 //!          --allow-known         (violations diagnosed as an open finding do not fail)
 //! ```
@@ -30,7 +30,7 @@ struct Args {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: baton-sim [--seeds N] [--seed S] [--nodes N] [--rounds N] [--unsafe-faults] [--broken steal] [--assume-fix fencer] [--allow-known] [--jobs N] [--verbose]"
+        "usage: baton-sim [--seeds N] [--seed S] [--nodes N] [--rounds N] [--unsafe-faults] [--broken steal|skip-sync] [--assume-fix fencer] [--allow-known] [--jobs N] [--verbose]"
     );
     std::process::exit(2)
 }
@@ -64,6 +64,7 @@ fn parse() -> Args {
             "--unsafe-faults" => args.opts.unsafe_faults = true,
             "--broken" => match it.next().as_deref() {
                 Some("steal") => args.opts.broken = Some(Broken::Steal),
+                Some("skip-sync") => args.opts.broken = Some(Broken::SkipSyncCheck),
                 _ => usage(),
             },
             "--assume-fix" => match it.next().as_deref() {
@@ -123,11 +124,13 @@ fn main() -> ExitCode {
                     }
                     if out.ok() || tolerated {
                         println!(
-                            "seed {seed}: {} ({:.0} virtual s in {:.2} s; {} writes, {} lost to async failover, {} promotions, slowest convergence {:.1} s; trace {:016x})",
+                            "seed {seed}: {} ({:.0} virtual s in {:.2} s; {}; {} writes, {} under sync replication, {} lost to async failover, {} promotions, slowest convergence {:.1} s; trace {:016x})",
                             if out.ok() { "ok" } else { "known finding" },
                             out.stats.virtual_time.as_secs_f64(),
                             took.as_secs_f64(),
+                            out.params.sync.describe(),
                             out.stats.acked,
+                            out.stats.protected,
                             out.stats.lost,
                             out.stats.promotions,
                             conv.as_secs_f64(),
@@ -189,8 +192,10 @@ fn replay_flags(args: &Args) -> String {
     if args.opts.unsafe_faults {
         out.push_str(" --unsafe-faults");
     }
-    if args.opts.broken.is_some() {
-        out.push_str(" --broken steal");
+    match args.opts.broken {
+        Some(Broken::Steal) => out.push_str(" --broken steal"),
+        Some(Broken::SkipSyncCheck) => out.push_str(" --broken skip-sync"),
+        None => {}
     }
     if args.allow_known {
         out.push_str(" --allow-known");

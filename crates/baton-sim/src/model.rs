@@ -7,9 +7,11 @@
 //! the timed parts (a postmaster getting ready, a promotion finishing) as tasks of its own.
 //!
 //! The model also keeps the books the invariants need: which nodes accept writes since when
-//! (at most one at any instant), the acknowledged writes, and the *durable prefix* — the WAL
+//! (at most one at any instant), the acknowledged writes, the *durable prefix* — the WAL
 //! that was at some instant on every member at once, which async replication promises never to
-//! lose.
+//! lose — and, in synchronous mode, a mirror of the DCS `/sync` key (kept by the simulated
+//! DCS client on every successful write of it) to tell which acknowledged writes synchronous
+//! replication promises to keep, and whether a member taking the leader key may.
 //!
 //! Records are only ever created by appending at the end of one node's WAL (with a fresh id)
 //! and copied as prefixes (streaming, rewind, clone). So two nodes holding the same record id
@@ -20,7 +22,7 @@ use std::fmt::Write as _;
 
 use baton_core::{
     ClusterState, ControlData, DataDir, HistoryLine, Lsn, Mono, PgProcess, PgSql, PgState,
-    ReplicationRow, Timeline,
+    ReplicationRow, SyncMode, SyncState, Timeline,
 };
 
 /// LSN of the first record.
@@ -220,6 +222,10 @@ pub struct Write {
     pub index: usize,
     pub rec: u64,
     pub at: Mono,
+    /// Acknowledged under the synchronous-replication guarantee: synchronous mode is on and
+    /// `/sync` named the acknowledging node as its `leader` at that instant (see
+    /// [`Model::acknowledge`]). Such a write must never be lost.
+    pub protected: bool,
 }
 
 /// A broken invariant, with when and what.
@@ -305,6 +311,12 @@ pub enum ViolationKind {
     NoConvergence,
     /// After convergence and drain the nodes do not hold the same WAL.
     FinalStateMismatch,
+    /// Priority synchronous mode: a member took the leader key while `/sync` named a leader
+    /// and listed neither it as `leader` nor in `sync_standby`.
+    LeaderOutsideSync,
+    /// Synchronous mode: a node became writable without, or the final primary lacks, a
+    /// write acknowledged under the synchronous guarantee.
+    AckedWriteLost,
 }
 
 /// Everything that happened which the trace should show, drained by the caller.
@@ -331,6 +343,11 @@ pub struct Model {
     pub promoted_behind: u64,
     /// Acknowledged writes missing from the final primary (set by the final check).
     pub final_lost: usize,
+    /// The members' `synchronous_mode`.
+    pub sync_mode: SyncMode,
+    /// The DCS `/sync` key as last written (`None`: absent). Mirrored by the simulated DCS
+    /// client at the store, in the same step as the write; nothing else writes `/sync`.
+    pub sync_key: Option<SyncState>,
 }
 
 impl Model {
@@ -364,6 +381,8 @@ impl Model {
             indeterminate_writes: 0,
             promoted_behind: 0,
             final_lost: 0,
+            sync_mode: SyncMode::Off,
+            sync_key: None,
         }
     }
 
@@ -426,7 +445,8 @@ impl Model {
         let replication = if standby {
             vec![]
         } else {
-            self.nodes
+            let streaming: Vec<&Node> = self
+                .nodes
                 .iter()
                 .enumerate()
                 .filter(|(j, n)| {
@@ -435,7 +455,13 @@ impl Model {
                             .as_ref()
                             .is_some_and(|q| q.upstream == Some(i) && q.stream == Stream::Streaming)
                 })
-                .map(|(_, n)| {
+                .map(|(_, n)| n)
+                .collect();
+            let names: Vec<&str> = streaming.iter().map(|n| n.name.as_str()).collect();
+            streaming
+                .iter()
+                .map(|n| {
+                    let (state, priority) = sync_state(&self.nodes[i].ssn, &n.name, &names);
                     let pos = n.data.as_ref().map(Data::flush);
                     ReplicationRow {
                         pid: n.proc.as_ref().map_or(0, |q| q.pid + 10_000),
@@ -443,8 +469,8 @@ impl Model {
                         application_name: n.name.clone(),
                         client_addr: Some(n.host.clone()),
                         state: "streaming".to_owned(),
-                        sync_state: sync_state(&self.nodes[i].ssn, &n.name).0.to_owned(),
-                        sync_priority: sync_state(&self.nodes[i].ssn, &n.name).1,
+                        sync_state: state.to_owned(),
+                        sync_priority: priority,
                         write_lsn: pos,
                         flush_lsn: pos,
                         replay_lsn: pos,
@@ -974,14 +1000,29 @@ impl Model {
         done.then_some(true)
     }
 
-    /// The client heard "committed".
+    /// The client heard "committed". The write is *protected* — synchronous replication
+    /// promises to keep it — when synchronous mode is on and `/sync` names the acknowledging
+    /// node as its `leader` right now. Whatever `sync_standby` says: with members listed, each
+    /// of them holds every commit the leader acknowledged (they are published only once
+    /// `synchronous_standby_names` waits for them and they flushed past the leader's position
+    /// at that change, and unpublished before it stops waiting for them); with none listed
+    /// (non-strict mode acknowledging asynchronously) only the leader itself may be promoted.
+    /// Not protected: writes acknowledged before the leader first published `/sync` (after
+    /// the bootstrap), and with synchronous mode off.
     pub fn acknowledge(&mut self, p: &Pending, now: Mono) {
+        let protected = self.sync_mode != SyncMode::Off
+            && self
+                .sync_key
+                .as_ref()
+                .and_then(|s| s.leader.as_ref())
+                .is_some_and(|l| l.as_str().eq_ignore_ascii_case(&self.nodes[p.node].name));
         self.writes.push(Write {
             id: p.id,
             node: p.node,
             index: p.index,
             rec: p.rec,
             at: now,
+            protected,
         });
     }
 
@@ -1139,6 +1180,68 @@ impl Model {
                 self.violation(now, ViolationKind::DurableWriteLost, detail, vec![i]);
             }
         }
+        self.check_protected(i, now, "became writable");
+    }
+
+    /// Member `i` took the leader key; `before` is `/sync` as the store held it just before.
+    /// Priority mode (Patroni's rule, `healthiest`'s `NotSynchronous`): when `/sync` names a
+    /// leader, only that leader or a member listed in `sync_standby` may take the key. Quorum
+    /// mode has no such rule (any member with enough voters' support may race); there the
+    /// acknowledged-writes check is the rule.
+    pub fn leader_acquired(&mut self, i: usize, before: Option<&SyncState>, now: Mono) {
+        if self.sync_mode != SyncMode::Priority {
+            return;
+        }
+        let Some(sync) = before else { return };
+        let Some(leader) = &sync.leader else { return };
+        let name = &self.nodes[i].name;
+        let listed = sync
+            .sync_standby
+            .iter()
+            .any(|s| s.as_str().eq_ignore_ascii_case(name));
+        if leader.as_str().eq_ignore_ascii_case(name) || listed {
+            return;
+        }
+        let standbys: Vec<&str> = sync.sync_standby.iter().map(|s| s.as_str()).collect();
+        let detail = format!(
+            "{name} took the leader key while /sync said leader {leader}, sync_standby [{}]",
+            standbys.join(", ")
+        );
+        self.violation(now, ViolationKind::LeaderOutsideSync, detail, vec![i]);
+    }
+
+    /// The protected acknowledged writes (see [`Self::acknowledge`]) absent from `i`'s WAL.
+    pub fn lost_protected(&self, i: usize) -> Vec<Write> {
+        self.lost_writes(i)
+            .into_iter()
+            .filter(|w| w.protected)
+            .collect()
+    }
+
+    /// Acknowledged writes under the synchronous guarantee.
+    pub fn protected_writes(&self) -> usize {
+        self.writes.iter().filter(|w| w.protected).count()
+    }
+
+    fn check_protected(&mut self, i: usize, now: Mono, when: &str) {
+        let lost = self.lost_protected(i);
+        if let Some(first) = lost.first() {
+            let detail = format!(
+                "{} {when} without {} write(s) acknowledged under synchronous replication (the first: write {} acknowledged by {} at {}, at {})",
+                self.nodes[i].name,
+                lost.len(),
+                first.id,
+                self.nodes[first.node].name,
+                first.at,
+                lsn_of(first.index + 1),
+            );
+            self.violation(now, ViolationKind::AckedWriteLost, detail, vec![i]);
+        }
+    }
+
+    /// The final check: the final primary `l` holds every protected write.
+    pub fn check_protected_final(&mut self, l: usize, now: Mono) {
+        self.check_protected(l, now, "is the final primary");
     }
 
     fn became_unwritable(&mut self, i: usize) {
@@ -1280,17 +1383,31 @@ impl SyncRule {
     }
 }
 
-/// `pg_stat_replication.sync_state` and `sync_priority` of standby `name` under `ssn`
-/// (simplified: listed standbys are `sync`/`quorum` whether or not they are caught up).
-fn sync_state(ssn: &str, name: &str) -> (&'static str, i32) {
-    match SyncRule::parse(ssn) {
-        None => ("async", 0),
-        Some(rule) => match (rule.priority(name), rule.method) {
-            (None, _) => ("async", 0),
-            (Some(_), SyncMethod::Any) => ("quorum", 1),
-            (Some(p), SyncMethod::First) if p < rule.count => ("sync", p as i32 + 1),
-            (Some(p), SyncMethod::First) => ("potential", p as i32 + 1),
-        },
+/// `pg_stat_replication.sync_state` and `sync_priority` of standby `name` under `ssn`, with
+/// `streaming` the standbys streaming from this primary, as PostgreSQL reports them: `ANY`,
+/// every listed standby is `quorum` (priority 1); `FIRST k`, the `k` listed streaming standbys
+/// with the best list positions are `sync`, the other listed ones `potential` (priority: the
+/// list position, from 1) — the same standbys [`Model::commit_state`] waits for. Whether they
+/// are caught up does not matter, as in PostgreSQL.
+fn sync_state(ssn: &str, name: &str, streaming: &[&str]) -> (&'static str, i32) {
+    let Some(rule) = SyncRule::parse(ssn) else {
+        return ("async", 0);
+    };
+    let Some(p) = rule.priority(name) else {
+        return ("async", 0);
+    };
+    if rule.method == SyncMethod::Any {
+        return ("quorum", 1);
+    }
+    let better = streaming
+        .iter()
+        .filter_map(|n| rule.priority(n))
+        .filter(|&q| q < p)
+        .count();
+    if better < rule.count {
+        ("sync", p as i32 + 1)
+    } else {
+        ("potential", p as i32 + 1)
     }
 }
 

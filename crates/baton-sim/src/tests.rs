@@ -63,7 +63,32 @@ fn fixed_seeds_break_no_invariant_beyond_the_known_findings() {
         ..Options::default()
     };
     let mut outcomes = run_all(&(1..=24).collect::<Vec<_>>(), &three);
-    outcomes.extend(run_all(&[101, 102, 103, 104], &five));
+    outcomes.extend(run_all(&[101, 102, 104, 112], &five));
+
+    // The set covers asynchronous replication and every synchronous setting: priority and
+    // quorum, strict and not, and two synchronous standbys.
+    let settings: Vec<SyncSetting> = outcomes.iter().map(|o| o.params.sync).collect();
+    let has = |f: &dyn Fn(&SyncSetting) -> bool| settings.iter().any(f);
+    assert!(has(&|s| s.mode == SyncMode::Off));
+    for mode in [SyncMode::Priority, SyncMode::Quorum] {
+        for strict in [false, true] {
+            assert!(
+                has(&|s| s.mode == mode && s.strict == strict),
+                "{mode:?} strict {strict}"
+            );
+        }
+        assert!(
+            has(&|s| s.mode == mode && s.node_count == 2),
+            "{mode:?} with two"
+        );
+    }
+    // ... and the synchronous runs did acknowledge writes under the guarantee.
+    assert!(
+        outcomes
+            .iter()
+            .filter(|o| o.params.sync.mode != SyncMode::Off)
+            .all(|o| !o.ok() || o.stats.protected > 0)
+    );
 
     let mut unexplained = Vec::new();
     let mut tally: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
@@ -276,5 +301,166 @@ fn f2_a_restarted_agent_fences_its_primary_by_the_recorded_deadline() {
     };
     for (seed, v, report) in four_seeds(&opts) {
         assert!(v.is_empty(), "seed {seed}: {v:?}\n{report}");
+    }
+}
+
+fn priority() -> SyncSetting {
+    SyncSetting {
+        mode: SyncMode::Priority,
+        strict: false,
+        node_count: 1,
+    }
+}
+
+/// The leader's replica#0 is cut off for three seconds (the leader makes the other replica its
+/// synchronous standby, if it was not already, and keeps it: the current synchronous standby
+/// comes first); from 9 s on it is cut off again, so it lags as an asynchronous standby, and
+/// at 10 s the leader dies (agent and PostgreSQL) for good within the round. `more` adds
+/// faults.
+fn leader_dies_after_acks(more: Vec<Fault>) -> Schedule {
+    let cut = |at_ms, dur_ms| {
+        fault(
+            at_ms,
+            dur_ms,
+            FaultKind::PeerPartition {
+                a: Target::Leader,
+                b: Target::Replica(0),
+            },
+        )
+    };
+    let mut faults = vec![
+        cut(2_000, 3_000),
+        cut(9_000, 40_000),
+        fault(
+            10_000,
+            30_000,
+            FaultKind::AgentCrash {
+                target: Target::Leader,
+            },
+        ),
+        fault(
+            10_000,
+            0,
+            FaultKind::PgCrash {
+                target: Target::Leader,
+            },
+        ),
+    ];
+    faults.extend(more);
+    scripted(faults, 45)
+}
+
+/// Who the trace says: (the leader at the bootstrap, replica#0 of the first fault, the leader
+/// after round 0).
+fn roles(out: &Outcome) -> (String, String, String) {
+    let find = |needle: &str| -> Option<&String> { out.trace.iter().find(|l| l.contains(needle)) };
+    let last_word = |l: &String| l.rsplit(' ').next().unwrap_or_default().to_owned();
+    let boot = find("bootstrap: converged")
+        .map(last_word)
+        .unwrap_or_default();
+    let round = find("round 0: converged")
+        .map(last_word)
+        .unwrap_or_default();
+    // "FAULT cut leader from replica#0: n1 cut from n2"
+    let cut = find("FAULT cut leader from replica#0")
+        .map(last_word)
+        .unwrap_or_default();
+    (boot, cut, round)
+}
+
+/// Priority mode, the leader dies right after its synchronous standby acknowledged its last
+/// writes, while the other replica lags (cut off from the leader a second before): the
+/// synchronous standby takes over and no acknowledged write is lost. The lagging replica,
+/// which is not in `/sync`, must not take over (it would lose the writes of its last second).
+#[test]
+fn priority_mode_the_synchronous_standby_takes_over_with_every_acknowledged_write() {
+    let opts = Options {
+        timing: Some(ten_s()),
+        sync: Some(priority()),
+        schedule: Some(leader_dies_after_acks(vec![])),
+        ..Options::default()
+    };
+    for out in run_all(&[1, 2, 3, 4], &opts) {
+        let report = out.report(80);
+        assert!(out.ok(), "{report}");
+        let (boot, lagging, after) = roles(&out);
+        assert!(!boot.is_empty() && !lagging.is_empty(), "{report}");
+        assert!(after != boot && after != lagging, "{report}");
+        assert!(out.stats.protected > 0, "{report}");
+        assert_eq!(out.stats.lost, 0, "{report}");
+    }
+}
+
+/// The negative control of the synchronous rules: with the `/sync` check skipped, the lagging
+/// asynchronous replica takes over once the synchronous standby's agent is down too: caught
+/// as a leader outside `/sync` (priority mode) and as acknowledged writes lost (both modes).
+/// The same faults with the real code: the synchronous standby takes over when its agent is
+/// back.
+#[test]
+fn the_checker_catches_a_promotion_outside_sync() {
+    let schedule = leader_dies_after_acks(vec![fault(
+        10_000,
+        30_000,
+        FaultKind::AgentCrash {
+            target: Target::Replica(1),
+        },
+    )]);
+    let broken = Options {
+        broken: Some(Broken::SkipSyncCheck),
+        timing: Some(ten_s()),
+        sync: Some(priority()),
+        schedule: Some(schedule),
+        ..Options::default()
+    };
+    let quorum = Options {
+        sync: Some(SyncSetting {
+            mode: SyncMode::Quorum,
+            ..priority()
+        }),
+        ..broken.clone()
+    };
+    for out in run_all(&[1, 2], &broken) {
+        let v = findings(&out);
+        assert!(
+            v.contains(&(ViolationKind::LeaderOutsideSync, None))
+                && v.contains(&(ViolationKind::AckedWriteLost, None)),
+            "{}",
+            out.report(80)
+        );
+    }
+    for out in run_all(&[1, 2], &quorum) {
+        let v = findings(&out);
+        assert!(
+            v.contains(&(ViolationKind::AckedWriteLost, None)),
+            "{}",
+            out.report(80)
+        );
+    }
+    // And under random faults in priority mode.
+    let random = run_all(
+        &[1, 2, 3, 4],
+        &Options {
+            broken: Some(Broken::SkipSyncCheck),
+            sync: Some(priority()),
+            ..Options::default()
+        },
+    );
+    assert!(
+        random
+            .iter()
+            .any(|o| findings(o).contains(&(ViolationKind::LeaderOutsideSync, None))),
+        "the broken variant went unnoticed on four random seeds"
+    );
+    for opts in [broken, quorum] {
+        let honest = run_all(
+            &[1, 2],
+            &Options {
+                broken: None,
+                ..opts
+            },
+        );
+        for out in honest {
+            assert!(out.ok(), "{}", out.report(80));
+        }
     }
 }

@@ -280,6 +280,14 @@ impl World {
                 });
                 ahead_of_fork.then_some(Finding::StandbyAheadOfNewTimeline)
             }
+            ViolationKind::AckedWriteLost => {
+                // F3: the promotion completing now was requested by a dead agent, before
+                // another member was promoted and acknowledged writes this node never got.
+                let new = *v.nodes.first()?;
+                let p = m.nodes[new].proc.as_ref()?;
+                (p.promote_by != 0 && p.promote_by < agents[new].incarnation)
+                    .then_some(Finding::OrphanedPromotion)
+            }
             _ => None,
         }
     }

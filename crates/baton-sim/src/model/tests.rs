@@ -239,10 +239,14 @@ fn synchronous_commits_wait_for_their_standbys() {
     m.stop(0, StopKind::Crash, t(9));
     assert_eq!(m.commit_state(&p), Some(false));
     assert_eq!(
-        sync_state("FIRST 1 (n3, n2)", "n2"),
+        sync_state("FIRST 1 (n3, n2)", "n2", &["n2", "n3"]),
         ("potential", 2),
         "pg_stat_replication"
     );
+    // As the commit rule: with n3 not streaming, n2 is the synchronous one.
+    assert_eq!(sync_state("FIRST 1 (n3, n2)", "n2", &["n2"]), ("sync", 2));
+    assert_eq!(sync_state("ANY 1 (n3, n2)", "n2", &["n2"]), ("quorum", 1));
+    assert_eq!(sync_state("n3", "n2", &["n2", "n3"]), ("async", 0));
 }
 
 #[test]
