@@ -5,22 +5,26 @@
 //!
 //! All tasks of a process share its [`crate::pause::Gate`] (pausing the process freezes all
 //! of them, the fencer included) and are aborted together when the process crashes.
-//! PostgreSQL is not part of the process and survives both.
+//! PostgreSQL is not part of the process and survives both; so does the fence guard
+//! (`baton_agent::guard`, a process of its own: [`guard_main`] runs its rule, `guard_step`).
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton_agent::fence::{FenceSignal, FencerInputs, run_fencer};
+use baton_agent::fence::{FenceRecord, FenceSignal, FencerInputs, run_fencer};
+use baton_agent::guard::{GUARD_INTERVAL, GuardStep, GuardView, guard_step};
 use baton_agent::lease::LeaseKeeper;
 use baton_agent::{Agent, AgentIo, FAILURE_BACKOFF, initial_dynamic, pg_monitor};
 use baton_api::Snapshot;
 use baton_config::Config;
-use baton_core::{Clock, LeaseState, MemberName};
+use baton_core::{Clock, LeaseState, MemberName, StopMode};
 use baton_dcs::Dcs;
+use baton_pg::Postgres;
 use tokio::sync::{Notify, watch};
 
 use crate::dcs::SimDcs;
+use crate::model::Role;
 use crate::pause::Pausable;
 use crate::peers::SimPeers;
 use crate::pg::SimPostgres;
@@ -48,7 +52,52 @@ pub(crate) fn start(w: &Arc<World>, i: usize) {
         slot.incarnation
     };
     w.log(w.name(i), &format!("agent process started (#{n})"));
+    // The agent starts a guard (replacing an earlier agent's: one is enough, they read the
+    // same record).
+    let need_guard = w.agents()[i].guard.as_ref().is_none_or(|g| g.is_finished());
+    if need_guard {
+        let guard = tokio::spawn(guard_main(w.clone(), i));
+        w.agents()[i].guard = Some(guard);
+    }
     spawn_in(w, i, agent_main(w.clone(), i));
+}
+
+/// The fence guard: not paused or killed with the agent; every [`GUARD_INTERVAL`] it applies
+/// `baton_agent::guard::guard_step` to the fencing record, "a postmaster runs as a primary"
+/// (the real guard: no `standby.signal`) and "the agent process lives".
+async fn guard_main(w: Arc<World>, i: usize) {
+    let record = w.agents()[i].fence_record.clone();
+    let pg = SimPostgres::new(w.clone(), i);
+    loop {
+        tokio::time::sleep(GUARD_INTERVAL).await;
+        let deadline = record.load();
+        let now = w.clock.now();
+        let due = deadline.is_some_and(|d| now >= d);
+        let postmaster = due
+            && w.with_model(|m| {
+                m.nodes[i]
+                    .proc
+                    .as_ref()
+                    .is_some_and(|p| p.role == Role::Primary)
+            });
+        let agent_alive = w.agents()[i].running;
+        match guard_step(GuardView {
+            deadline,
+            now,
+            postmaster,
+            agent_alive,
+        }) {
+            GuardStep::Fence => {
+                w.log(
+                    w.name(i),
+                    "fence guard: the fencing deadline passed and the agent did not stop PostgreSQL; killing it",
+                );
+                let _ = pg.stop(StopMode::Immediate).await;
+            }
+            GuardStep::Wait => {}
+            GuardStep::Exit => return,
+        }
+    }
 }
 
 /// Kill member `i`'s agent process (SIGKILL): its tasks stop where they are; PostgreSQL runs on.

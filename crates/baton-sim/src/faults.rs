@@ -63,7 +63,9 @@ pub enum FaultKind {
     /// elected every lease starts its TTL afresh (plus one election timeout).
     EtcdElection,
     /// SIGSTOP of the agent process — keeper, fencer and HA loop alike — while PostgreSQL
-    /// keeps running. Only with `unsafe_faults`: pgbaton has no watchdog yet.
+    /// keeps running; the fence guard (not paused) must fence. Only with `unsafe_faults`
+    /// (these faults were the no-watchdog gap before the guard; they stay opt-in so that the
+    /// default seeds keep their schedules).
     AgentPause { target: Target },
 }
 
@@ -189,7 +191,8 @@ pub fn generate(rng: &mut Rng, params: &Params, rounds: usize, unsafe_faults: bo
                 },
                 3 => {
                     // A supervisor restarts a crashed agent within seconds; an agent that
-                    // stays down past its lease is the no-watchdog gap (unsafe_faults).
+                    // stays down past its lease (the fence guard must fence) only with
+                    // unsafe_faults.
                     dur = if unsafe_faults && rng.chance(30) {
                         rng.ms(ttl * 1000, 3 * ttl * 1000)
                     } else {
@@ -322,7 +325,7 @@ impl Faults {
                     .any(|(_, a)| *a == Active::AgentDown { node })
                 {
                     // One supervised restart at a time: overlapping kills would stretch the
-                    // outage past what a supervisor allows (that is the no-watchdog gap).
+                    // outage past what a supervisor allows (unsafe_faults covers long ones).
                     w.log(
                         "FAULT",
                         &format!("{kind}: {} already down, skipped", w.name(node)),

@@ -101,7 +101,7 @@ use crate::world::{AgentSlot, DcsLink, Net, SimClock, Trace, World};
 /// pgbaton bugs and gaps the simulator found that are not fixed yet: a violation diagnosed as
 /// one of these is "known" (`baton-sim --allow-known`, and the seed sweep in the tests). Drop
 /// a finding from this list when its fix lands, so that its return is caught.
-pub const OPEN_FINDINGS: &[Finding] = &[Finding::NoWatchdog];
+pub const OPEN_FINDINGS: &[Finding] = &[Finding::StandbyOnCollidingTimeline];
 
 /// A deliberately broken cluster, for checking that the checker catches it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -179,8 +179,8 @@ pub struct Options {
     pub nodes: usize,
     /// Fault rounds after the bootstrap.
     pub rounds: usize,
-    /// Also inject faults pgbaton is known not to survive without a watchdog (agent paused
-    /// for longer than the ttl while PostgreSQL runs on).
+    /// Also inject the faults only the fence guard survives (agent paused for longer than the
+    /// ttl, or down past its lease, while PostgreSQL runs on).
     pub unsafe_faults: bool,
     pub broken: Option<Broken>,
     pub fixes: Fixes,
@@ -518,6 +518,7 @@ pub fn run(seed: u64, opts: &Options) -> Outcome {
                         disarmed_without_dcs: false,
                         owns_key: false,
                         fence_record: Arc::default(),
+                        guard: None,
                     })
                     .collect(),
             ),

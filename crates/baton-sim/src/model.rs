@@ -270,8 +270,17 @@ pub enum Finding {
     /// last published snapshot, which can be seconds old) and pgbaton never rewinds a running
     /// standby, so it can never stream from the new leader.
     StandbyAheadOfNewTimeline,
-    /// Known gap (no watchdog yet): the old primary's agent was frozen or not running while its
-    /// PostgreSQL went on accepting writes past the lease.
+    /// F7: a standby followed a leader onto timeline N; that leader died and another member
+    /// (which had not seen N: stale peer positions) promoted into the same number N. The
+    /// standby's WAL on N is not the new leader's N, it cannot stream, and pgbaton judges a
+    /// running standby's divergence by timeline numbers only (pg_rewind could not fix it
+    /// either: a re-clone is needed). Seeds 201590993582595 and 94581139171588 with
+    /// `--unsafe-faults` (the loser promoted at a position older than a peer's, whose last
+    /// published snapshot it trusted: peers' positions and timelines can be seconds old).
+    StandbyOnCollidingTimeline,
+    /// The old primary's agent was frozen or not running while its PostgreSQL went on
+    /// accepting writes past the lease: the fence guard should have stopped it (was the known
+    /// no-watchdog gap before the guard).
     NoWatchdog,
 }
 
@@ -296,7 +305,12 @@ impl std::fmt::Display for Finding {
             Finding::StandbyAheadOfNewTimeline => {
                 "F6: a member with less WAL won the race (stale peer positions); the standby ahead of the fork point is never rewound and diverged"
             }
-            Finding::NoWatchdog => "known gap: frozen or dead agent, no watchdog",
+            Finding::StandbyOnCollidingTimeline => {
+                "F7: a standby's timeline number was reused by another member's promotion; running standbys are judged by timeline numbers only"
+            }
+            Finding::NoWatchdog => {
+                "frozen or dead agent's primary writable past the lease: the fence guard did not stop it"
+            }
         })
     }
 }

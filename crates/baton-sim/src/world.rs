@@ -91,6 +91,9 @@ pub(crate) struct AgentSlot {
     pub(crate) owns_key: bool,
     /// The fencing record beside the data directory: it survives the agent process.
     pub(crate) fence_record: Arc<baton_agent::fence::MemRecord>,
+    /// The fence guard process the agent started (it survives the agent; ends on its own
+    /// once nothing is left to guard).
+    pub(crate) guard: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl AgentSlot {
@@ -265,6 +268,17 @@ impl World {
                 });
                 if behind_same_tl {
                     return Some(Finding::PrimaryWithoutTimelineSwitch);
+                }
+                // Before F5: a former primary that was rewound and then followed a leader onto
+                // a timeline number another member reused is F7, not F5 (that one differs in
+                // timeline from its upstream).
+                let colliding = m.nodes.iter().filter(diverged).any(|n| {
+                    let upstream = n.proc.as_ref().and_then(|p| p.upstream);
+                    let tl = |node: &crate::model::Node| node.data.as_ref().map(|d| d.timeline());
+                    upstream.is_some_and(|u| tl(n).is_some() && tl(n) == tl(&m.nodes[u]))
+                });
+                if colliding {
+                    return Some(Finding::StandbyOnCollidingTimeline);
                 }
                 if m.nodes
                     .iter()
