@@ -941,7 +941,7 @@ fn render_table(report: &Value) -> String {
         out.push_str(&format!(" {n} |"));
     }
     if runs.len() == 2 {
-        out.push_str(" ratio (median) |");
+        out.push_str(" pgbaton's advantage (median) |");
     }
     out.push_str("\n|---|");
     for _ in 0..runs.len() + usize::from(runs.len() == 2) {
@@ -960,7 +960,7 @@ fn render_table(report: &Value) -> String {
             out.push_str(&format!(" {} / {} |", fmt(m), fmt(x)));
         }
         if runs.len() == 2 {
-            out.push_str(&format!(" {} |", ratio(medians[1], medians[0])));
+            out.push_str(&format!(" {} |", ratio(medians[1], medians[0], false)));
         }
         out.push('\n');
     }
@@ -989,7 +989,8 @@ fn render_table(report: &Value) -> String {
             }
         }
         if runs.len() == 2 {
-            out.push_str(&format!(" {} |", ratio(vals[1], vals[0])));
+            let higher_is_better = label.contains("requests/s");
+            out.push_str(&format!(" {} |", ratio(vals[1], vals[0], higher_is_better)));
         }
         out.push('\n');
     }
@@ -1000,10 +1001,15 @@ fn render_table(report: &Value) -> String {
     out
 }
 
-/// `peer / ours`, e.g. "8.2×".
-fn ratio(peer: Option<f64>, ours: Option<f64>) -> String {
+/// How much better pgbaton does, e.g. "8.2×" (above 1: pgbaton better): `peer / ours` for
+/// times and costs, `ours / peer` for throughput. Only for two positive figures (a signed
+/// delay such as "/primary 200 after writable" has no meaningful ratio).
+fn ratio(peer: Option<f64>, ours: Option<f64>, higher_is_better: bool) -> String {
     match (peer, ours) {
-        (Some(p), Some(o)) if o.abs() > f64::EPSILON => format!("{:.1}×", p / o),
+        (Some(p), Some(o)) if p > f64::EPSILON && o > f64::EPSILON => {
+            let r = if higher_is_better { o / p } else { p / o };
+            format!("{r:.1}×")
+        }
         _ => "—".to_owned(),
     }
 }
