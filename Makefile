@@ -11,6 +11,8 @@
 #   make docker-demo-down  stop it and remove its containers, network and volumes
 #   make docker-test       failover test on the docker-compose cluster (skipped without Docker)
 #   make test-clean  kill processes left behind by interrupted test runs
+#   make chaos       the long fault suite (real processes in network namespaces, as root):
+#                    report in target/chaos/ (PGBATON_CHAOS_ITERATIONS=N, PGBATON_CHAOS_SEED=S)
 #   make bench       benchmark figures (3-node loopback cluster) -> target/bench/ (BENCH_ARGS=...)
 #   make bench-patroni  the same, also with Patroni (venv in PATRONI_VENV) and ratios
 #
@@ -24,7 +26,7 @@ export CARGO_TARGET_DIR
 endif
 
 .PHONY: build test deps lint fmt fmt-check clippy demo demo-down test-clean bench bench-patroni sim \
-	docker-demo docker-demo-down docker-test
+	docker-demo docker-demo-down docker-test chaos
 
 build:
 	$(CARGO) build --workspace --all-targets
@@ -70,6 +72,12 @@ docker-test: build
 
 test-clean:
 	scripts/kill-test-leftovers.sh
+
+# The fault suite's long profile (`make test` runs the short one with the other tests).
+# Report: target/chaos/report-<unix>.{md,json}. See docs/testing.md, "Fault suite".
+chaos: deps build
+	PGBATON_REQUIRE_INTEGRATION=1 PGBATON_CHAOS=long \
+		$(CARGO) test -p baton-integration-tests --test chaos -- --nocapture
 
 # Figures are reported (table on stdout, target/bench/bench.{json,md}), never asserted.
 # Same dev profile as the tests, so no second build. See README.md, "Benchmarks".

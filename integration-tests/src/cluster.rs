@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 
 use crate::etcd::Etcd;
-use crate::haproxy::{Backend, Haproxy, HaproxyTiming};
+use crate::haproxy::{Backend, Haproxy, HaproxyPlace, HaproxyTiming};
 use crate::netns::{NetTools, Network};
 use crate::node::{Node, NodeConfig, PgAuth};
 use crate::pg::PgTarget;
@@ -82,7 +82,8 @@ pub struct ClusterSpec {
     /// their namespace and advertise theirs (all on the same two ports, as real hosts would);
     /// etcd is reached through [`Network::service_address`]; [`Cluster::kill_host`] also takes
     /// the host off the network and [`Cluster::start_agent`] boots it again. Needs root (see
-    /// [`Tools::for_netns_test`]); HAProxy is not supported (set `haproxy: None`).
+    /// [`Tools::for_netns_test`]); HAProxy runs in the client namespace, bound to the
+    /// client's address (reachable from the harness too), and reaches the nodes over the bridge.
     pub netns: bool,
 }
 
@@ -168,9 +169,6 @@ impl Cluster {
         let etcd = Etcd::prepare(&tools.etcd, &root, spec.etcd_members)?;
         let names: Vec<String> = (1..=spec.nodes).map(|i| format!("node{i}")).collect();
         let (net, etcd_hosts, shared_ports) = if spec.netns {
-            if spec.haproxy.is_some() {
-                bail!("ClusterSpec: HAProxy is not supported with netns (set haproxy: None)");
-            }
             let net_tools = NetTools::discover().map_err(|missing| {
                 anyhow::anyhow!("network namespaces need: {}", missing.join("; "))
             })?;
@@ -264,24 +262,29 @@ impl Cluster {
         self.etcd.start_all().await
     }
 
-    /// Start HAProxy in front of every node.
+    /// Start HAProxy in front of every node: on loopback, or with `netns` inside the client
+    /// namespace (bound to the client's address, reaching the nodes over the bridge).
     pub async fn start_haproxy(&mut self, timing: HaproxyTiming) -> anyhow::Result<()> {
-        if self.net.is_some() {
-            bail!(
-                "HAProxy is not supported with network namespaces (its backends are on loopback)"
-            );
-        }
         let backends: Vec<Backend> = self
             .nodes
             .iter()
             .map(|n| Backend {
                 name: n.name.clone(),
+                host: n.address(),
                 pg_port: n.config.pg_port,
                 rest_port: n.config.rest_port,
             })
             .collect();
+        let place = match &self.net {
+            Some(net) => HaproxyPlace {
+                address: net.client().address.to_string(),
+                netns: Some((net.tools().nsenter.clone(), net.client().netns.clone())),
+            },
+            None => HaproxyPlace::loopback(),
+        };
         let dir = self.dir.path().join("haproxy");
-        self.haproxy = Some(Haproxy::start(&self.tools.haproxy, &dir, &backends, timing).await?);
+        self.haproxy =
+            Some(Haproxy::start_at(&self.tools.haproxy, &dir, &backends, timing, &place).await?);
         Ok(())
     }
 
@@ -391,12 +394,19 @@ impl Cluster {
 
     /// SQL through HAProxy's primary port.
     pub fn via_haproxy_primary(&self) -> PgTarget {
-        self.nodes[0].pg().with_port(self.haproxy().primary_port)
+        self.via_haproxy(self.haproxy().primary_port)
     }
 
     /// SQL through HAProxy's replica port.
     pub fn via_haproxy_replicas(&self) -> PgTarget {
-        self.nodes[0].pg().with_port(self.haproxy().replica_port)
+        self.via_haproxy(self.haproxy().replica_port)
+    }
+
+    fn via_haproxy(&self, port: u16) -> PgTarget {
+        PgTarget {
+            host: self.haproxy().address.clone(),
+            ..self.nodes[0].pg().with_port(port)
+        }
     }
 
     /// Run `query` on node `name` (fresh superuser connection); rows as text.
@@ -436,6 +446,36 @@ impl Cluster {
     /// SIGKILL node `name`'s agent only (PostgreSQL survives if detached).
     pub fn kill_agent(&mut self, name: &str) {
         self.node_mut(name).kill_agent();
+    }
+
+    /// Pause (SIGSTOP) or resume (SIGCONT) node `name`'s agent process only; PostgreSQL runs
+    /// on, as when the agent's VM or process is stalled.
+    pub fn pause_agent(&self, name: &str, paused: bool) -> anyhow::Result<()> {
+        let pid = self
+            .node(name)
+            .agent_pid()
+            .with_context(|| format!("pause_agent({name}): the agent was never started"))?;
+        let sig = if paused {
+            nix::sys::signal::Signal::SIGSTOP
+        } else {
+            nix::sys::signal::Signal::SIGCONT
+        };
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)
+            .with_context(|| format!("send {sig} to agent {name} (pid {pid})"))
+    }
+
+    /// SIGKILL node `name`'s postmaster and every PostgreSQL process of its data directory;
+    /// the agent stays up. Returns the postmaster's pid; fails if none was running.
+    pub fn kill_postgres(&self, name: &str) -> anyhow::Result<i32> {
+        let data_dir = &self.node(name).config.data_dir;
+        let pid = crate::process::kill_postmaster(data_dir).with_context(|| {
+            format!(
+                "kill_postgres({name}): no PostgreSQL runs on {}",
+                data_dir.display()
+            )
+        })?;
+        eprintln!("harness: killed postmaster {pid} of {name}");
+        Ok(pid)
     }
 
     /// The host dies: SIGKILL the agent and all PostgreSQL processes of node `name`; with

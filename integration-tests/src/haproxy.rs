@@ -16,6 +16,8 @@ use crate::wait::{Check, wait_for};
 #[derive(Clone, Debug)]
 pub struct Backend {
     pub name: String,
+    /// The node's address (`127.0.0.1` on loopback, its own address in a network namespace).
+    pub host: String,
     pub pg_port: u16,
     pub rest_port: u16,
 }
@@ -39,9 +41,31 @@ impl HaproxyTiming {
     }
 }
 
+/// Where HAProxy runs: the address it binds every port to, and the network namespace it runs
+/// in (`None`: the harness's own). In a namespace it reaches the nodes over the bridge, as a
+/// real client host would.
+#[derive(Clone, Debug)]
+pub struct HaproxyPlace {
+    pub address: String,
+    /// `(nsenter, namespace name)`.
+    pub netns: Option<(PathBuf, String)>,
+}
+
+impl HaproxyPlace {
+    /// On loopback in the harness's namespace.
+    pub fn loopback() -> HaproxyPlace {
+        HaproxyPlace {
+            address: "127.0.0.1".to_owned(),
+            netns: None,
+        }
+    }
+}
+
 /// A running HAProxy (killed on drop).
 #[derive(Debug)]
 pub struct Haproxy {
+    /// The address every port is bound to (reachable from the harness).
+    pub address: String,
     pub primary_port: u16,
     pub replica_port: u16,
     pub stats_port: u16,
@@ -52,17 +76,36 @@ pub struct Haproxy {
 }
 
 impl Haproxy {
-    /// Write the configuration into `dir`, check it (`haproxy -c`) and start HAProxy in the
-    /// foreground (`-db`), then wait until its stats page answers.
+    /// Write the configuration into `dir`, check it (`haproxy -c`) and start HAProxy on
+    /// loopback in the foreground (`-db`), then wait until its stats page answers.
     pub async fn start(
         binary: &Path,
         dir: &Path,
         backends: &[Backend],
         timing: HaproxyTiming,
     ) -> anyhow::Result<Haproxy> {
+        Haproxy::start_at(binary, dir, backends, timing, &HaproxyPlace::loopback()).await
+    }
+
+    /// [`Haproxy::start`] bound to `place.address`, inside `place.netns` if given.
+    pub async fn start_at(
+        binary: &Path,
+        dir: &Path,
+        backends: &[Backend],
+        timing: HaproxyTiming,
+        place: &HaproxyPlace,
+    ) -> anyhow::Result<Haproxy> {
         std::fs::create_dir_all(dir)?;
+        // Ports are free in a fresh namespace too; in the harness's they must be checked.
         let (primary_port, replica_port, stats_port) = (free_port()?, free_port()?, free_port()?);
-        let config = render_config(primary_port, replica_port, stats_port, backends, timing);
+        let config = render_config(
+            &place.address,
+            primary_port,
+            replica_port,
+            stats_port,
+            backends,
+            timing,
+        );
         let config_path = dir.join("haproxy.cfg");
         std::fs::write(&config_path, config)
             .with_context(|| format!("write {}", config_path.display()))?;
@@ -81,10 +124,23 @@ impl Haproxy {
             );
         }
         let log_path = dir.join("haproxy.log");
-        let mut cmd = Command::new(binary);
+        let mut cmd = match &place.netns {
+            Some((nsenter, netns)) => {
+                let mut c = Command::new(nsenter);
+                c.arg(format!(
+                    "--net={}",
+                    crate::netns::netns_path(netns).display()
+                ))
+                .arg("--")
+                .arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
         cmd.current_dir(dir).arg("-db").arg("-f").arg(&config_path);
         let proc = Proc::spawn("haproxy", cmd, &log_path)?;
         let haproxy = Haproxy {
+            address: place.address.clone(),
             primary_port,
             replica_port,
             stats_port,
@@ -114,7 +170,7 @@ impl Haproxy {
     /// `(proxy, server, status)` for every server, from the stats page's CSV
     /// (status is e.g. `UP`, `DOWN`, `UP 1/2`, `no check`).
     pub async fn server_states(&self) -> anyhow::Result<Vec<(String, String, String)>> {
-        let url = format!("http://127.0.0.1:{}/;csv", self.stats_port);
+        let url = format!("http://{}:{}/;csv", self.address, self.stats_port);
         let text = self.http.get(&url).send().await?.text().await?;
         let mut lines = text.lines();
         let header = lines.next().context("empty stats CSV")?;
@@ -151,8 +207,10 @@ impl Haproxy {
     }
 }
 
-/// The HAProxy configuration: `primary` → `/primary`, `replicas` → `/replica`, plus stats.
+/// The HAProxy configuration: `primary` → `/primary`, `replicas` → `/replica`, plus stats,
+/// every port bound to `bind` (an IPv4 address).
 pub fn render_config(
+    bind: &str,
     primary_port: u16,
     replica_port: u16,
     stats_port: u16,
@@ -169,8 +227,8 @@ pub fn render_config(
         .iter()
         .map(|b| {
             format!(
-                "    server {} 127.0.0.1:{} maxconn 100 check port {}\n",
-                b.name, b.pg_port, b.rest_port
+                "    server {} {}:{} maxconn 100 check port {}\n",
+                b.name, b.host, b.pg_port, b.rest_port
             )
         })
         .collect();
@@ -190,17 +248,17 @@ defaults
 
 listen stats
     mode http
-    bind 127.0.0.1:{stats_port}
+    bind {bind}:{stats_port}
     stats enable
     stats uri /
 
 listen primary
-    bind 127.0.0.1:{primary_port}
+    bind {bind}:{primary_port}
     option httpchk OPTIONS /primary
     http-check expect status 200
 {default_server}{servers}
 listen replicas
-    bind 127.0.0.1:{replica_port}
+    bind {bind}:{replica_port}
     balance roundrobin
     option httpchk OPTIONS /replica
     http-check expect status 200

@@ -27,6 +27,7 @@
 //! cluster.finish();
 //! ```
 
+pub mod chaos;
 mod cluster;
 mod etcd;
 mod haproxy;
@@ -41,7 +42,9 @@ mod wait;
 
 pub use cluster::{Cluster, ClusterSpec, Healthy, Timing};
 pub use etcd::{Etcd, EtcdClient, EtcdKv};
-pub use haproxy::{Backend, Haproxy, HaproxyTiming, render_config as render_haproxy_config};
+pub use haproxy::{
+    Backend, Haproxy, HaproxyPlace, HaproxyTiming, render_config as render_haproxy_config,
+};
 pub use netns::{
     HOST_INTERFACE, Host, NAME_PREFIX as NETNS_NAME_PREFIX, NetTools, Network, NodeNet,
     PREFIX_LEN as NETNS_PREFIX_LEN, format_mac, netns_path,

@@ -183,6 +183,8 @@ pub struct Network {
     down: BTreeSet<String>,
     /// `(host, peer)` pairs cut by [`Network::block`].
     blocked: BTreeSet<(String, Ipv4Addr)>,
+    /// Hosts cut from the whole bridge by [`Network::isolate`].
+    isolated: BTreeSet<String>,
     relay: Option<Relay>,
     /// Namespaces created so far (deleted on drop, in reverse).
     created: Vec<String>,
@@ -248,6 +250,7 @@ impl Network {
             root_link,
             down: BTreeSet::new(),
             blocked: BTreeSet::new(),
+            isolated: BTreeSet::new(),
             relay: None,
             created: Vec::new(),
         };
@@ -391,6 +394,11 @@ impl Network {
         &self.client
     }
 
+    /// The programs this network uses (e.g. `nsenter`, to start a process in a namespace).
+    pub fn tools(&self) -> &NetTools {
+        &self.tools
+    }
+
     /// What node `name` needs to run in its namespace.
     pub fn node_net(&self, name: &str) -> anyhow::Result<NodeNet> {
         let h = self.host(name)?;
@@ -524,8 +532,29 @@ impl Network {
         self.block(name, self.service_address())
     }
 
-    /// Undo every [`Network::block`] of host `name`.
+    /// Cut host `name` from everything on the bridge: every packet in or out of its `eth0` is
+    /// dropped silently (its loopback and Unix sockets keep working, so local clients still
+    /// reach its PostgreSQL). The harness cannot reach it either until [`Network::heal`].
+    pub fn isolate(&mut self, name: &str) -> anyhow::Result<()> {
+        let ns = self.host(name)?.netns.clone();
+        if self.isolated.contains(name) {
+            return Ok(());
+        }
+        self.iptables(&ns, &["-I", "INPUT", "-i", HOST_INTERFACE, "-j", "DROP"])?;
+        self.iptables(&ns, &["-I", "OUTPUT", "-o", HOST_INTERFACE, "-j", "DROP"])?;
+        self.isolated.insert(name.to_owned());
+        eprintln!("harness: isolated {name} from the bridge");
+        Ok(())
+    }
+
+    /// Undo every [`Network::block`] and [`Network::isolate`] of host `name`.
     pub fn heal(&mut self, name: &str) -> anyhow::Result<()> {
+        if self.isolated.remove(name) {
+            let ns = self.host(name)?.netns.clone();
+            self.iptables(&ns, &["-D", "INPUT", "-i", HOST_INTERFACE, "-j", "DROP"])?;
+            self.iptables(&ns, &["-D", "OUTPUT", "-o", HOST_INTERFACE, "-j", "DROP"])?;
+            eprintln!("harness: {name} rejoined the bridge");
+        }
         let peers: Vec<Ipv4Addr> = self
             .blocked
             .iter()

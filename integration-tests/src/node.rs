@@ -299,17 +299,22 @@ impl Node {
         }
     }
 
-    /// SIGKILL the agent (and its descendants); PostgreSQL keeps running if it was detached.
+    /// `kill -9` of the agent: SIGKILL its process group (the agent behind its `runuser`
+    /// wrapper). What it started detached lives on, as on a real host: PostgreSQL and the
+    /// fence guard (each in a group of its own).
     pub fn kill_agent(&mut self) {
         if let Some(p) = self.agent.as_mut() {
-            p.kill();
+            p.kill_group();
         }
     }
 
-    /// The host dies: SIGKILL the agent and every PostgreSQL process of this data directory.
-    /// Returns the postmaster pid that was killed, if PostgreSQL was running.
+    /// The host dies: SIGKILL the agent and all its descendants (the fence guard too) and
+    /// every PostgreSQL process of this data directory. Returns the postmaster pid that was
+    /// killed, if PostgreSQL was running.
     pub fn kill_host(&mut self) -> Option<i32> {
-        self.kill_agent();
+        if let Some(p) = self.agent.as_mut() {
+            p.kill();
+        }
         kill_postmaster(&self.config.data_dir)
     }
 

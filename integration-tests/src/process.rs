@@ -181,6 +181,17 @@ impl Proc {
         self.exited
     }
 
+    /// SIGKILL the process group only (descendants in groups of their own survive), and
+    /// reap the process.
+    pub fn kill_group(&mut self) {
+        self.stopped_by_harness = true;
+        let _ = killpg(Pid::from_raw(self.pid()), Signal::SIGKILL);
+        if self.exited.is_none() {
+            self.exited = self.child.wait().ok();
+            self.forget();
+        }
+    }
+
     /// SIGKILL the process, its process group and every descendant, and reap it.
     pub fn kill(&mut self) {
         self.stopped_by_harness = true;

@@ -147,11 +147,19 @@ fn haproxy_accepts_the_generated_config() {
     let backends: Vec<Backend> = (1..=3)
         .map(|i| Backend {
             name: format!("node{i}"),
+            host: "127.0.0.1".to_owned(),
             pg_port: 15430 + i,
             rest_port: 18000 + i,
         })
         .collect();
-    let cfg = render_config(15000, 15001, 17000, &backends, HaproxyTiming::fast());
+    let cfg = render_config(
+        "127.0.0.1",
+        15000,
+        15001,
+        17000,
+        &backends,
+        HaproxyTiming::fast(),
+    );
     assert!(cfg.contains("option httpchk OPTIONS /primary"));
     assert!(cfg.contains("option httpchk OPTIONS /replica"));
     assert!(

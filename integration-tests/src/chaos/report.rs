@@ -1,0 +1,429 @@
+//! The suite's report (safety-and-testing.md §7.8): per fault, iterations, time to a writable
+//! new primary (p50/p95/max), acknowledged / lost / indeterminate / failed counts, violations
+//! and the log tails of failing iterations; as Markdown and JSON.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde_json::{Value, json};
+
+use super::checker::quantile;
+
+/// One fault instance.
+#[derive(Clone, Debug, Default)]
+pub struct IterationReport {
+    pub index: usize,
+    pub primary: String,
+    /// Random delay before the fault (its phase relative to the lease renewals), ms.
+    pub offset_ms: u64,
+    /// Fault start on the run clock, s.
+    pub fault_start_s: f64,
+    /// Fault start to the first W1 acknowledgement from a new writer (or to the end of the
+    /// write gap when the writer stayed the same), s.
+    pub rto_s: Option<f64>,
+    pub failover: bool,
+    /// `old -> new` writer.
+    pub writers: String,
+    /// Heal to a healthy cluster again, s.
+    pub heal_to_healthy_s: Option<f64>,
+    pub ok: usize,
+    pub info: usize,
+    /// Indeterminate because the commit came back with the sync-replication cancel warning.
+    pub warning_commits: usize,
+    pub fail: usize,
+    pub lost: Vec<i64>,
+    pub unexpected: Vec<i64>,
+    pub failed_but_present: Vec<i64>,
+    /// W1 findings against "at most one writable primary" (proven overlaps, timeline
+    /// regressions, shared timelines).
+    pub w1_violations: Vec<String>,
+    /// W1 overlaps that are possible but unproven (intervals overlap): count, widest (ms).
+    pub w1_possible: usize,
+    pub w1_possible_max_ms: f64,
+    /// W2 (local commits) findings and the widest zombie window (ms).
+    pub w2_violations: Vec<String>,
+    pub w2_zombie_ms: f64,
+    pub error: Option<String>,
+    /// Log tails, for iterations with problems.
+    pub logs: Option<String>,
+}
+
+impl IterationReport {
+    /// What makes this iteration fail the run. `expect_loss`: the negative control, whose
+    /// losses are the point; `w2_must`: the agent can fence (see `Fault::agent_can_fence`).
+    pub fn problems(&self, expect_loss: bool, w2_must: bool) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(e) = &self.error {
+            out.push(format!("error: {e}"));
+        }
+        if !expect_loss && !self.lost.is_empty() {
+            out.push(format!(
+                "{} acknowledged writes lost: {}",
+                self.lost.len(),
+                ids(&self.lost)
+            ));
+        }
+        if !self.unexpected.is_empty() {
+            out.push(format!("unexpected ids: {}", ids(&self.unexpected)));
+        }
+        if !self.failed_but_present.is_empty() {
+            out.push(format!(
+                "ids classified as failed are present: {}",
+                ids(&self.failed_but_present)
+            ));
+        }
+        out.extend(self.w1_violations.iter().map(|v| format!("W1: {v}")));
+        if w2_must {
+            out.extend(self.w2_violations.iter().map(|v| format!("W2: {v}")));
+        }
+        out
+    }
+}
+
+fn ids(v: &[i64]) -> String {
+    let shown: Vec<String> = v.iter().take(20).map(i64::to_string).collect();
+    if v.len() > 20 {
+        format!("{} ... ({} in all)", shown.join(","), v.len())
+    } else {
+        shown.join(",")
+    }
+}
+
+/// Every iteration of one fault in one configuration.
+#[derive(Clone, Debug, Default)]
+pub struct FaultReport {
+    pub fault: String,
+    pub description: String,
+    /// `quorum` (RPO=0) or `async` (negative control).
+    pub replication: String,
+    /// The negative control: the checker must report lost writes.
+    pub expect_loss: bool,
+    pub w2_must: bool,
+    pub iterations: Vec<IterationReport>,
+}
+
+impl FaultReport {
+    fn rtos_ms(&self) -> Vec<u64> {
+        self.iterations
+            .iter()
+            .filter_map(|i| i.rto_s)
+            .map(|s| (s * 1000.0).round() as u64)
+            .collect()
+    }
+
+    fn sum(&self, f: impl Fn(&IterationReport) -> usize) -> usize {
+        self.iterations.iter().map(f).sum()
+    }
+
+    pub fn lost(&self) -> usize {
+        self.sum(|i| i.lost.len())
+    }
+
+    /// What makes this fault fail the run.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for it in &self.iterations {
+            for p in it.problems(self.expect_loss, self.w2_must) {
+                out.push(format!("{} #{}: {p}", self.fault, it.index));
+            }
+        }
+        if self.expect_loss && self.lost() == 0 && !self.iterations.is_empty() {
+            out.push(format!(
+                "{} ({}): the negative control reported no lost write: the checker is broken",
+                self.fault, self.replication
+            ));
+        }
+        out
+    }
+
+    fn to_json(&self) -> Value {
+        let rto = self.rtos_ms();
+        json!({
+            "fault": self.fault,
+            "description": self.description,
+            "replication": self.replication,
+            "negative_control": self.expect_loss,
+            "w2_must_hold": self.w2_must,
+            "iterations": self.iterations.len(),
+            "rto_ms": { "p50": quantile(&rto, 0.5), "p95": quantile(&rto, 0.95), "max": rto.iter().max() },
+            "ok": self.sum(|i| i.ok),
+            "lost": self.lost(),
+            "info": self.sum(|i| i.info),
+            "warning_commits": self.sum(|i| i.warning_commits),
+            "fail": self.sum(|i| i.fail),
+            "problems": self.problems(),
+            "runs": self.iterations.iter().map(iteration_json).collect::<Vec<_>>(),
+        })
+    }
+}
+
+fn iteration_json(i: &IterationReport) -> Value {
+    json!({
+        "index": i.index,
+        "primary": i.primary,
+        "offset_ms": i.offset_ms,
+        "fault_start_s": i.fault_start_s,
+        "rto_s": i.rto_s,
+        "failover": i.failover,
+        "writers": i.writers,
+        "heal_to_healthy_s": i.heal_to_healthy_s,
+        "ok": i.ok,
+        "info": i.info,
+        "warning_commits": i.warning_commits,
+        "fail": i.fail,
+        "lost": i.lost,
+        "unexpected": i.unexpected,
+        "failed_but_present": i.failed_but_present,
+        "w1_violations": i.w1_violations,
+        "w1_possible_overlaps": i.w1_possible,
+        "w1_possible_max_ms": i.w1_possible_max_ms,
+        "w2_violations": i.w2_violations,
+        "w2_zombie_window_ms": i.w2_zombie_ms,
+        "error": i.error,
+        "logs": i.logs,
+    })
+}
+
+/// The whole run.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub profile: String,
+    pub seed: u64,
+    pub started_unix: u64,
+    pub duration_s: f64,
+    pub faults: Vec<FaultReport>,
+    /// End-of-run checks per configuration (final read, convergence), as lines.
+    pub finals: Vec<String>,
+    /// Problems found outside any iteration (final checks, a cluster that never started).
+    pub other_problems: Vec<String>,
+}
+
+impl Report {
+    /// Everything that fails the run.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.faults.iter().flat_map(FaultReport::problems).collect();
+        out.extend(self.other_problems.iter().cloned());
+        out
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "profile": self.profile,
+            "seed": self.seed,
+            "started_unix": self.started_unix,
+            "duration_s": self.duration_s,
+            "passed": self.problems().is_empty(),
+            "problems": self.problems(),
+            "finals": self.finals,
+            "faults": self.faults.iter().map(FaultReport::to_json).collect::<Vec<_>>(),
+        })
+    }
+
+    pub fn to_markdown(&self) -> String {
+        let mut md = String::new();
+        let problems = self.problems();
+        let _ = writeln!(md, "# pgbaton fault suite report\n");
+        let _ = writeln!(
+            md,
+            "profile `{}`, seed `{}`, started {} (unix), {:.0} s, verdict **{}**\n",
+            self.profile,
+            self.seed,
+            self.started_unix,
+            self.duration_s,
+            if problems.is_empty() { "PASS" } else { "FAIL" }
+        );
+        md.push_str(
+            "| fault | repl | iter | RTO p50 | p95 | max | failovers | ok | lost | info (warn) | fail | W1 viol | W1 possible | W2 overlaps |\n\
+             |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        );
+        for f in &self.faults {
+            md.push_str(&summary_row(f));
+        }
+        md.push_str("\nRTO: fault start to the first write acknowledged through HAProxy by a new writer (or, without failover, to the end of the write gap). ");
+        md.push_str("W2 overlaps are local commits (probe writers) of an older primary begun after a newer one acknowledged; they fail the run only where the agent is alive to fence.\n");
+        md.push_str("\n## Iterations\n\n");
+        for f in &self.faults {
+            for i in &f.iterations {
+                md.push_str(&iteration_line(f, i));
+            }
+        }
+        if !self.finals.is_empty() {
+            md.push_str("\n## Final checks\n\n");
+            for l in &self.finals {
+                let _ = writeln!(md, "- {l}");
+            }
+        }
+        md.push_str("\n## Problems\n\n");
+        if problems.is_empty() {
+            md.push_str("none\n");
+        }
+        for p in &problems {
+            let _ = writeln!(md, "- {p}");
+        }
+        for f in &self.faults {
+            for i in f.iterations.iter().filter(|i| i.logs.is_some()) {
+                let _ = writeln!(
+                    md,
+                    "\n## Logs: {} #{} ({})\n\n```text\n{}\n```",
+                    f.fault,
+                    i.index,
+                    f.replication,
+                    i.logs.as_deref().unwrap_or_default()
+                );
+            }
+        }
+        md
+    }
+
+    /// Write `report-<unix>.md` and `.json` into `dir`; returns both paths.
+    pub fn write(&self, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        let md = dir.join(format!("report-{}.md", self.started_unix));
+        let js = dir.join(format!("report-{}.json", self.started_unix));
+        std::fs::write(&md, self.to_markdown())
+            .with_context(|| format!("write {}", md.display()))?;
+        std::fs::write(&js, serde_json::to_string_pretty(&self.to_json())?)
+            .with_context(|| format!("write {}", js.display()))?;
+        Ok((md, js))
+    }
+}
+
+fn summary_row(f: &FaultReport) -> String {
+    let rto = f.rtos_ms();
+    let ms = |v: Option<u64>| v.map_or("-".to_owned(), |v| format!("{:.1} s", v as f64 / 1000.0));
+    let w2: usize = f.iterations.iter().map(|i| i.w2_violations.len()).sum();
+    format!(
+        "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {}{} |\n",
+        f.fault,
+        if f.expect_loss {
+            " (negative control)"
+        } else {
+            ""
+        },
+        f.replication,
+        f.iterations.len(),
+        ms(quantile(&rto, 0.5)),
+        ms(quantile(&rto, 0.95)),
+        ms(rto.iter().max().copied()),
+        f.iterations.iter().filter(|i| i.failover).count(),
+        f.sum(|i| i.ok),
+        f.lost(),
+        f.sum(|i| i.info),
+        f.sum(|i| i.warning_commits),
+        f.sum(|i| i.fail),
+        f.sum(|i| i.w1_violations.len()),
+        f.sum(|i| i.w1_possible),
+        w2,
+        if f.w2_must || w2 == 0 {
+            ""
+        } else {
+            " (measured)"
+        },
+    )
+}
+
+fn iteration_line(f: &FaultReport, i: &IterationReport) -> String {
+    let mut line = format!(
+        "- {} #{} ({}): primary {}, offset {} ms, fault at {:.1} s; RTO {}; {}writers {}; healthy {} after heal; ok {} info {} (warning commits {}) fail {} lost {}",
+        f.fault,
+        i.index,
+        f.replication,
+        i.primary,
+        i.offset_ms,
+        i.fault_start_s,
+        i.rto_s.map_or("-".to_owned(), |s| format!("{s:.2} s")),
+        if i.failover { "failover, " } else { "" },
+        i.writers,
+        i.heal_to_healthy_s
+            .map_or("never".to_owned(), |s| format!("{s:.1} s")),
+        i.ok,
+        i.info,
+        i.warning_commits,
+        i.fail,
+        i.lost.len(),
+    );
+    if i.w1_possible > 0 {
+        let _ = write!(
+            line,
+            "; W1 possible overlaps {} (widest {:.1} ms)",
+            i.w1_possible, i.w1_possible_max_ms
+        );
+    }
+    if !i.w2_violations.is_empty() {
+        let _ = write!(
+            line,
+            "; W2 overlaps {} (zombie window {:.0} ms)",
+            i.w2_violations.len(),
+            i.w2_zombie_ms
+        );
+    }
+    for p in i.problems(f.expect_loss, f.w2_must) {
+        let _ = write!(line, "\n  - PROBLEM: {p}");
+    }
+    line.push('\n');
+    line
+}
+
+/// `$CARGO_TARGET_DIR/chaos`, or the workspace's `target/chaos`.
+pub fn report_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join("target")
+        });
+    target.join("chaos")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fault(expect_loss: bool, lost: Vec<i64>) -> FaultReport {
+        FaultReport {
+            fault: "isolate".to_owned(),
+            replication: "quorum".to_owned(),
+            expect_loss,
+            w2_must: true,
+            iterations: vec![IterationReport {
+                lost,
+                rto_s: Some(12.5),
+                ..IterationReport::default()
+            }],
+            ..FaultReport::default()
+        }
+    }
+
+    #[test]
+    fn losses_fail_the_rpo0_profile_and_their_absence_fails_the_negative_control() {
+        assert!(fault(false, vec![]).problems().is_empty());
+        assert_eq!(fault(false, vec![7]).problems().len(), 1);
+        assert!(fault(true, vec![7]).problems().is_empty());
+        let broken = fault(true, vec![]).problems();
+        assert!(broken[0].contains("checker is broken"), "{broken:?}");
+    }
+
+    #[test]
+    fn w2_overlaps_fail_only_where_the_agent_can_fence() {
+        let mut f = fault(false, vec![]);
+        f.iterations[0].w2_violations = vec!["overlap".to_owned()];
+        assert_eq!(f.problems().len(), 1);
+        f.w2_must = false;
+        assert!(f.problems().is_empty());
+    }
+
+    #[test]
+    fn the_markdown_has_a_row_per_fault_and_the_verdict() {
+        let report = Report {
+            profile: "short".to_owned(),
+            faults: vec![fault(false, vec![3])],
+            ..Report::default()
+        };
+        let md = report.to_markdown();
+        assert!(md.contains("| isolate | quorum | 1 | 12.5 s |"), "{md}");
+        assert!(md.contains("verdict **FAIL**"));
+        assert_eq!(report.to_json()["faults"][0]["lost"], 1);
+    }
+}

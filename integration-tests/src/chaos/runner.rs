@@ -1,0 +1,527 @@
+//! One configuration profile of the suite: start a cluster (3 etcd members, 3 nodes, HAProxy in
+//! the client namespace, all in network namespaces), run the workloads, inject every fault of
+//! the list `iterations` times, check after each, and finish with the final read.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+use super::checker::{self, Op, Outcome, OverlapCheck};
+use super::faults::{Fault, Target};
+use super::report::{FaultReport, IterationReport};
+use super::workload::{ProbeWriters, SCHEMA_SQL, SetWorkload, SetWorkloadConfig};
+use super::{Clock, Profile, Rng, secs};
+use crate::cluster::{Cluster, ClusterSpec, Healthy};
+use crate::pg::{PgTarget, lsn_reached};
+use crate::tools::{Tools, scaled};
+use crate::wait::{Check, wait_for, wait_until};
+
+/// The replication configuration under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replication {
+    /// `synchronous_mode: quorum` (the RPO=0 profile).
+    Quorum,
+    /// `synchronous_mode: false` (the negative control).
+    Async,
+}
+
+impl Replication {
+    pub fn name(self) -> &'static str {
+        match self {
+            Replication::Quorum => "quorum",
+            Replication::Async => "async",
+        }
+    }
+
+    fn dcs(self) -> Value {
+        match self {
+            Replication::Quorum => json!({"synchronous_mode": "quorum"}),
+            Replication::Async => json!({"synchronous_mode": false}),
+        }
+    }
+}
+
+/// What one profile produced.
+#[derive(Debug, Default)]
+pub struct ProfileRun {
+    pub faults: Vec<FaultReport>,
+    /// Final-read lines for the report.
+    pub finals: Vec<String>,
+    pub problems: Vec<String>,
+}
+
+/// How long the cluster may take to become healthy again after a fault is healed.
+const RECOVERY: Duration = Duration::from_secs(180);
+/// The window within the lease renewal period in which the fault starts (keepalive ttl/3).
+const PHASE: Duration = Duration::from_millis(3300);
+/// Lines of each log kept for a failing iteration.
+const LOG_LINES: usize = 80;
+
+/// Run `faults` (each `profile.iterations` times) on a fresh cluster configured for
+/// `replication`. `expect_loss` marks the negative control. Errors only when the cluster
+/// cannot be set up; failures during the faults are in the returned reports.
+pub async fn run_profile(
+    tools: &Tools,
+    profile: &Profile,
+    replication: Replication,
+    faults: &[Fault],
+    expect_loss: bool,
+    clock: Clock,
+    rng: &mut Rng,
+) -> anyhow::Result<ProfileRun> {
+    let mut spec = ClusterSpec::new(3);
+    spec.netns = true;
+    spec.etcd_members = 3;
+    spec.extra_config = json!({"bootstrap": {"dcs": replication.dcs()}});
+    let cluster = Cluster::start(tools, spec).await?;
+    let mut suite = Suite::new(cluster, replication, clock).await?;
+    let mut run = ProfileRun::default();
+    'faults: for &fault in faults {
+        let mut report = FaultReport {
+            fault: fault.name().to_owned(),
+            description: fault.description().to_owned(),
+            replication: replication.name().to_owned(),
+            expect_loss,
+            w2_must: fault.agent_can_fence(),
+            iterations: Vec::new(),
+        };
+        for index in 1..=profile.iterations {
+            eprintln!("chaos: {} #{index} ({})", fault.name(), replication.name());
+            let it = suite.iteration(fault, index, profile, rng, &report).await;
+            let fatal = it.error.is_some();
+            report.iterations.push(it);
+            if fatal {
+                run.faults.push(report);
+                run.problems
+                    .push("the suite stopped after an iteration that did not recover".to_owned());
+                break 'faults;
+            }
+        }
+        run.faults.push(report);
+    }
+    match suite.finish().await {
+        Ok(lines) => run.finals.extend(lines),
+        Err(e) => run
+            .problems
+            .push(format!("final check ({}): {e:#}", replication.name())),
+    }
+    Ok(run)
+}
+
+/// A running cluster with its workloads and what has been reported so far.
+struct Suite {
+    cluster: Cluster,
+    replication: Replication,
+    clock: Clock,
+    w1: SetWorkload,
+    w2: ProbeWriters,
+    /// Findings already attributed to an earlier iteration (lost ids, violation keys).
+    seen_lost: BTreeSet<i64>,
+    seen_findings: BTreeSet<String>,
+    /// Some iteration had a problem: keep the logs (the cluster is not `finish`ed).
+    failed: bool,
+}
+
+impl Suite {
+    /// Wait for the cluster, create the tables, start W1 (inside the client namespace,
+    /// through HAProxy) and W2 (every node's Unix socket).
+    async fn new(
+        cluster: Cluster,
+        replication: Replication,
+        clock: Clock,
+    ) -> anyhow::Result<Suite> {
+        let healthy = cluster
+            .wait_healthy(scaled(RECOVERY))
+            .await
+            .context("initial bootstrap")?;
+        if replication == Replication::Quorum {
+            wait_sync(&cluster, &healthy).await?;
+        }
+        cluster
+            .node(&healthy.leader)
+            .pg()
+            .execute(SCHEMA_SQL)
+            .await
+            .context("create the workload tables")?;
+        let via = cluster.via_haproxy_primary();
+        let client_ns = cluster.network().client().netns.clone();
+        let w1 = SetWorkload::start(&client_ns, via, SetWorkloadConfig::default(), clock);
+        let w2 = ProbeWriters::start(
+            cluster
+                .nodes()
+                .iter()
+                .map(|n| unix_socket_target(&n.pg(), &n.config.dir))
+                .collect(),
+            clock,
+        );
+        let suite = Suite {
+            cluster,
+            replication,
+            clock,
+            w1,
+            w2,
+            seen_lost: BTreeSet::new(),
+            seen_findings: BTreeSet::new(),
+            failed: false,
+        };
+        suite.wait_acked_since(clock.now()).await?;
+        Ok(suite)
+    }
+
+    /// One fault instance: steady state, random phase, inject/hold/heal, recovery, checks.
+    async fn iteration(
+        &mut self,
+        fault: Fault,
+        index: usize,
+        profile: &Profile,
+        rng: &mut Rng,
+        report: &FaultReport,
+    ) -> IterationReport {
+        let start = self.clock.now();
+        let mut it = IterationReport {
+            index,
+            ..IterationReport::default()
+        };
+        let result = self.inject_and_recover(fault, profile, rng, &mut it).await;
+        let end = self.clock.now();
+        if let Err(e) = result {
+            it.error = Some(format!("{e:#}"));
+        }
+        if let Err(e) = self.check(start, end, &mut it).await {
+            it.error.get_or_insert_with(|| format!("check: {e:#}"));
+        }
+        if !it.problems(report.expect_loss, report.w2_must).is_empty() {
+            self.failed = true;
+            it.logs = Some(self.cluster.log_tails(LOG_LINES));
+        }
+        it
+    }
+
+    async fn inject_and_recover(
+        &mut self,
+        fault: Fault,
+        profile: &Profile,
+        rng: &mut Rng,
+        it: &mut IterationReport,
+    ) -> anyhow::Result<()> {
+        let healthy = self
+            .wait_ready()
+            .await
+            .context("steady state before the fault")?;
+        let target = Target {
+            primary: healthy.leader.clone(),
+            replicas: healthy.replicas.clone(),
+        };
+        it.primary = target.primary.clone();
+        let offset = rng.duration(Duration::ZERO, PHASE);
+        it.offset_ms = offset.as_millis() as u64;
+        // The fault's phase relative to the last lease renewal.
+        tokio::time::sleep(offset).await;
+        let t_f = self.clock.now();
+        it.fault_start_s = secs(t_f);
+        fault
+            .inject(&mut self.cluster, &target, profile, rng)
+            .await
+            .with_context(|| format!("inject {}", fault.name()))?;
+        let healed = self.clock.now();
+        self.wait_ready().await.context("recovery after the heal")?;
+        it.heal_to_healthy_s = Some(secs(self.clock.now() - healed));
+        let recovery = checker::recovery(&self.w1.history().snapshot(), t_f, self.clock.now());
+        it.rto_s = recovery.rto.map(secs);
+        it.failover = recovery.failover;
+        let name =
+            |e: &Option<checker::Epoch>| e.as_ref().map_or("?".to_owned(), |e| e.to_string());
+        it.writers = format!("{} -> {}", name(&recovery.old), name(&recovery.new));
+        Ok(())
+    }
+
+    /// A healthy cluster (one leader, both replicas streaming, HAProxy on the leader; in
+    /// quorum mode both replicas in `/sync`), and W1 acknowledging writes again.
+    async fn wait_ready(&self) -> anyhow::Result<Healthy> {
+        let healthy = self.cluster.wait_healthy(scaled(RECOVERY)).await?;
+        if self.replication == Replication::Quorum {
+            wait_sync(&self.cluster, &healthy).await?;
+        }
+        self.wait_acked_since(self.clock.now()).await?;
+        Ok(healthy)
+    }
+
+    /// Wait until W1 has an acknowledged write invoked at or after `since`.
+    async fn wait_acked_since(&self, since: u64) -> anyhow::Result<()> {
+        let history = self.w1.history();
+        wait_until(
+            "W1 to get a write acknowledged through HAProxy",
+            scaled(Duration::from_secs(60)),
+            || async {
+                Ok(history
+                    .snapshot()
+                    .iter()
+                    .any(|o| o.outcome == Outcome::Ok && o.invoke >= since))
+            },
+        )
+        .await
+    }
+
+    /// C1 against the table as it is now, C3 over both histories; findings not reported
+    /// before are attributed to this iteration (`[start, end)`).
+    async fn check(
+        &mut self,
+        start: u64,
+        end: u64,
+        it: &mut IterationReport,
+    ) -> anyhow::Result<()> {
+        let in_window = |o: &&Op| o.invoke >= start && o.invoke < end;
+        let w1_ops = self.w1.history().snapshot();
+        for o in w1_ops.iter().filter(in_window) {
+            match o.outcome {
+                Outcome::Ok => it.ok += 1,
+                Outcome::Info => {
+                    it.info += 1;
+                    if o.note.starts_with("warning:") {
+                        it.warning_commits += 1;
+                    }
+                }
+                Outcome::Fail => it.fail += 1,
+            }
+        }
+        let overlap = checker::check_overlap(&w1_ops);
+        it.w1_violations = self.new_findings("w1", &overlap);
+        let possible: Vec<u64> = overlap
+            .possible
+            .iter()
+            .filter(|(o, _)| in_window(&o))
+            .map(|(_, w)| *w)
+            .collect();
+        it.w1_possible = possible.len();
+        it.w1_possible_max_ms = possible.iter().max().map_or(0.0, |w| *w as f64 / 1e6);
+        let w2_overlap = checker::check_overlap(&self.w2.history().snapshot());
+        it.w2_violations = self.new_findings("w2", &w2_overlap);
+        it.w2_zombie_ms = w2_overlap
+            .violations
+            .iter()
+            .filter(|v| in_window(&&v.old))
+            .map(|v| v.window())
+            .max()
+            .map_or(0.0, |w| w as f64 / 1e6);
+        let final_ids = read_set(&self.cluster).await?;
+        // Read after the table: every id in it was handed out before.
+        let bound = self.w1.history().attempted_below();
+        let set = checker::check_set(&w1_ops, &final_ids, bound);
+        it.lost = set
+            .lost
+            .iter()
+            .copied()
+            .filter(|id| self.seen_lost.insert(*id))
+            .collect();
+        it.unexpected = set.unexpected;
+        it.failed_but_present = set.failed_but_present;
+        Ok(())
+    }
+
+    /// C3 findings as stable texts, only those not reported by an earlier iteration.
+    fn new_findings(&mut self, workload: &str, c: &OverlapCheck) -> Vec<String> {
+        let mut texts = Vec::new();
+        for v in &c.violations {
+            texts.push(format!(
+                "{workload}: {} write {} invoked at {:.3}s after {} write {} was acknowledged at {:.3}s (zombie window {:.0} ms)",
+                v.old.epoch.as_ref().map(ToString::to_string).unwrap_or_default(),
+                v.old.id,
+                secs(v.old.invoke),
+                v.new.epoch.as_ref().map(ToString::to_string).unwrap_or_default(),
+                v.new.id,
+                secs(v.new.complete),
+                v.window() as f64 / 1e6,
+            ));
+        }
+        for (hi, lo) in &c.regressions {
+            texts.push(format!(
+                "{workload}: timeline went back on {}: write {} (tl {}) after write {} (tl {})",
+                lo.epoch.as_ref().map(|e| e.node.as_str()).unwrap_or("?"),
+                lo.id,
+                lo.epoch.as_ref().map_or(0, |e| e.timeline),
+                hi.id,
+                hi.epoch.as_ref().map_or(0, |e| e.timeline),
+            ));
+        }
+        for (tl, nodes) in &c.shared_timelines {
+            texts.push(format!("{workload}: timeline {tl} written by {nodes:?}"));
+        }
+        texts
+            .into_iter()
+            .filter(|t| self.seen_findings.insert(t.clone()))
+            .collect()
+    }
+
+    /// Stop the workloads, read the final table after every standby replayed the primary's
+    /// WAL, and compare all three nodes (C2). Returns report lines; errors on a problem.
+    async fn finish(self) -> anyhow::Result<Vec<String>> {
+        let Suite {
+            cluster,
+            replication,
+            w1,
+            w2,
+            failed,
+            seen_lost,
+            ..
+        } = self;
+        let history = w1.history().clone();
+        let w1_ops = w1.stop()?;
+        let w2_ops = w2.stop().await;
+        let healthy = cluster.wait_healthy(scaled(RECOVERY)).await?;
+        let final_ids = read_set(&cluster).await?;
+        let bound = history.attempted_below();
+        let set = checker::check_set(&w1_ops, &final_ids, bound);
+        let mut lines = vec![format!(
+            "{}: final read from {} ({} rows): {} ok, {} info ({} of them committed), {} fail, {} lost, {} unexpected; W2 {} probe writes",
+            replication.name(),
+            healthy.leader,
+            final_ids.len(),
+            set.ok,
+            set.info,
+            set.recovered,
+            set.fail,
+            set.lost.len(),
+            set.unexpected.len(),
+            w2_ops.len(),
+        )];
+        let converged = convergence(&cluster, &healthy).await?;
+        lines.push(format!("{}: {converged}", replication.name()));
+        let late: Vec<i64> = set
+            .lost
+            .iter()
+            .copied()
+            .filter(|id| !seen_lost.contains(id))
+            .collect();
+        if failed {
+            // Dropping without `finish` prints every log tail.
+            drop(cluster);
+        } else {
+            cluster.finish();
+        }
+        if replication == Replication::Quorum && !late.is_empty() {
+            bail!("acknowledged writes lost after the last iteration: {late:?}");
+        }
+        Ok(lines)
+    }
+}
+
+/// The leader's `/sync` key lists every replica (quorum mode): without it, a fault right
+/// away could find no member allowed to promote.
+async fn wait_sync(cluster: &Cluster, healthy: &Healthy) -> anyhow::Result<()> {
+    let key = cluster.key("sync");
+    wait_for(
+        &format!(
+            "/sync to name {} and {:?}",
+            healthy.leader, healthy.replicas
+        ),
+        scaled(Duration::from_secs(60)),
+        || async {
+            let kv = match cluster.etcd().get(&key).await {
+                Ok(Some(kv)) => kv,
+                Ok(None) => return Ok(Check::not_yet("no /sync key")),
+                Err(e) => return Ok(Check::not_yet(format!("etcd: {e:#}"))),
+            };
+            let v: Value = serde_json::from_str(&kv.value).unwrap_or(Value::Null);
+            let listed: Vec<&str> = v
+                .get("sync_standby")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .split(',')
+                .map(str::trim)
+                .collect();
+            let leader_ok = v.get("leader").and_then(Value::as_str) == Some(&healthy.leader);
+            Ok(
+                if leader_ok
+                    && healthy
+                        .replicas
+                        .iter()
+                        .all(|r| listed.contains(&r.as_str()))
+                {
+                    Check::Done(())
+                } else {
+                    Check::not_yet(format!("/sync is {}", kv.value))
+                },
+            )
+        },
+    )
+    .await
+}
+
+/// The ids in `chaos_set` on the leader once every replica replayed its WAL.
+async fn read_set(cluster: &Cluster) -> anyhow::Result<BTreeSet<i64>> {
+    let healthy = cluster.wait_healthy(scaled(RECOVERY)).await?;
+    wait_replayed(cluster, &healthy).await?;
+    let rows = cluster
+        .sql(&healthy.leader, "SELECT id FROM chaos_set")
+        .await
+        .context("read chaos_set")?;
+    let ids = rows
+        .into_iter()
+        .map(|r| {
+            r.into_iter()
+                .next()
+                .flatten()
+                .context("NULL id")?
+                .parse::<i64>()
+                .context("id")
+        })
+        .collect::<anyhow::Result<BTreeSet<i64>>>()?;
+    Ok(ids)
+}
+
+/// Every replica has replayed the leader's current WAL position.
+async fn wait_replayed(cluster: &Cluster, healthy: &Healthy) -> anyhow::Result<()> {
+    let lsn = cluster
+        .node(&healthy.leader)
+        .pg()
+        .query_one("SELECT pg_current_wal_lsn()::text")
+        .await?;
+    for r in &healthy.replicas {
+        let pg = cluster.node(r).pg();
+        wait_until(
+            &format!("{r} to replay {lsn}"),
+            scaled(Duration::from_secs(60)),
+            || lsn_reached(&pg, &lsn),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// C2: after replay, every node has the same `chaos_set` (count and sum of ids) on the same
+/// timeline. Errors on a mismatch.
+async fn convergence(cluster: &Cluster, healthy: &Healthy) -> anyhow::Result<String> {
+    wait_replayed(cluster, healthy).await?;
+    let mut seen = Vec::new();
+    for n in cluster.names() {
+        let pg = cluster.node(&n).pg();
+        let v = pg
+            .query_one(
+                "SELECT count(*) || ' rows, sum ' || coalesce(sum(id), 0) || ', timeline ' || \
+                 (SELECT timeline_id FROM pg_control_checkpoint()) FROM chaos_set",
+            )
+            .await?;
+        seen.push((n, v));
+    }
+    let first = &seen[0].1;
+    let text = seen
+        .iter()
+        .map(|(n, v)| format!("{n}: {v}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let same_rows = |v: &str| v.split(", timeline").next() == first.split(", timeline").next();
+    if !seen.iter().all(|(_, v)| same_rows(v)) {
+        bail!("the nodes differ after replay: {text}");
+    }
+    Ok(format!("converged: {text}"))
+}
+
+/// `pg` reached through the node's Unix socket in `dir` instead of TCP.
+fn unix_socket_target(pg: &PgTarget, dir: &std::path::Path) -> PgTarget {
+    PgTarget {
+        host: dir.to_string_lossy().into_owned(),
+        ..pg.clone()
+    }
+}
