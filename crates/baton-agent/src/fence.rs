@@ -59,12 +59,7 @@ impl FenceFile {
     /// The record of the member whose data directory is `data_dir`: a file beside it (not in
     /// it, so `pg_basebackup` and `pg_rewind` never copy it to another member).
     pub fn beside(data_dir: &Path) -> FenceFile {
-        let mut name = data_dir
-            .file_name()
-            .map(|n| n.to_os_string())
-            .unwrap_or_else(|| "pgdata".into());
-        name.push(".pgbaton-fence");
-        let path = data_dir.with_file_name(name);
+        let path = beside_data_dir(data_dir, ".pgbaton-fence");
         let boot_id = std::fs::read_to_string(BOOT_ID)
             .map(|s| s.trim().to_owned())
             .unwrap_or_default();
@@ -92,6 +87,17 @@ impl FenceFile {
         // A rename is atomic: a crash leaves the old record or the new one, never half of one.
         std::fs::rename(&tmp, &self.path)
     }
+}
+
+/// `<data_dir><suffix>`: a file of ours beside the data directory (not in it, so
+/// `pg_basebackup` and `pg_rewind` never copy it to another member).
+pub fn beside_data_dir(data_dir: &Path, suffix: &str) -> PathBuf {
+    let mut name = data_dir
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| "pgdata".into());
+    name.push(suffix);
+    data_dir.with_file_name(name)
 }
 
 /// Parse a record written on the boot `boot_id`.

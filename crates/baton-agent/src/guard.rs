@@ -29,7 +29,7 @@ use nix::unistd::Pid;
 use tracing::{error, info, warn};
 
 use crate::clock::SystemClock;
-use crate::fence::{FenceFile, FenceRecord};
+use crate::fence::{FenceFile, FenceRecord, beside_data_dir};
 
 /// How often the guard reads the record.
 pub const GUARD_INTERVAL: Duration = Duration::from_millis(100);
@@ -80,12 +80,7 @@ pub fn guard_step(v: GuardView) -> GuardStep {
 
 /// The file naming the guard process of the member whose data directory is `data_dir`.
 pub fn guard_pid_file(data_dir: &Path) -> PathBuf {
-    let mut name = data_dir
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_else(|| "pgdata".into());
-    name.push(".pgbaton-guard");
-    data_dir.with_file_name(name)
+    beside_data_dir(data_dir, ".pgbaton-guard")
 }
 
 /// The guard process (`pgbaton fence-guard --data-dir D --agent-pid P`): runs until
