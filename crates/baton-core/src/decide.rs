@@ -448,53 +448,53 @@ impl Ctx<'_> {
         // A former primary coming back under another leader: it may hold WAL the new leader
         // never saw, so it is rewound (or re-cloned) before it streams. A standby stopped to
         // be rewound (it diverged) whose rewind failed is handled the same way.
-        if cd.state.was_primary() && !view.member(leader).is_some_and(Member::runs_as_primary) {
-            // Patroni's `check_leader_is_not_in_recovery`: a leader still promoting is no
-            // rewind source — it may yet land on our timeline number, and pg_rewind would then
-            // see "same timeline" and leave our diverged WAL in place.
-            return (
-                vec![],
-                Reason::LeaderInRecovery {
-                    leader: leader.clone(),
-                },
-            );
-        }
-        if cd.state.was_primary() && timeline_collision(view, leader, self.me(), cd.timeline) {
-            // Both promoted into the same timeline number (ours was never published: we were
-            // cut off). pg_rewind compares timeline numbers and would find nothing to do.
-            return if self.cfg.remove_data_directory_on_rewind_failure {
-                (
-                    vec![Action::WipeDataDir],
-                    Reason::TimelineCollision {
-                        leader: leader.clone(),
-                        timeline: cd.timeline,
-                        reinitializing: true,
-                    },
-                )
-            } else {
-                (
+        if cd.state.was_primary() {
+            if !view.member(leader).is_some_and(Member::runs_as_primary) {
+                // Patroni's `check_leader_is_not_in_recovery`: a leader still promoting is no
+                // rewind source — it may yet land on our timeline number, and pg_rewind would
+                // then see "same timeline" and leave our diverged WAL in place.
+                return (
                     vec![],
-                    Reason::TimelineCollision {
+                    Reason::LeaderInRecovery {
                         leader: leader.clone(),
-                        timeline: cd.timeline,
-                        reinitializing: false,
                     },
-                )
-            };
-        }
-        if cd.state.was_primary() && history_pending(view, leader, cd.timeline) {
-            // The leader is on the timeline we were primary on, and the history does not yet
-            // say who created it: either it followed us there (then rewind), or it promoted
-            // into the same number while we were cut off (then pg_rewind would find nothing to
-            // do and leave our diverged WAL in place). The leader writes the line right after
-            // its promotion; wait for it.
-            return (
-                vec![],
-                Reason::AwaitingTimelineHistory {
-                    leader: leader.clone(),
-                    timeline: cd.timeline,
-                },
-            );
+                );
+            }
+            match shared_timeline(view, leader, cd.timeline) {
+                // The leader is on the timeline we were primary on, and the history does not
+                // yet say who created it: either it followed us there (then rewind), or it
+                // promoted into the same number while we were cut off (then pg_rewind would
+                // find nothing to do and leave our diverged WAL in place). The leader writes
+                // the line right after its promotion; wait for it.
+                SharedTimeline::Unrecorded => {
+                    return (
+                        vec![],
+                        Reason::AwaitingTimelineHistory {
+                            leader: leader.clone(),
+                            timeline: cd.timeline,
+                        },
+                    );
+                }
+                // Both promoted into the same timeline number (ours was never published: we
+                // were cut off). pg_rewind compares timeline numbers and would find nothing
+                // to do.
+                SharedTimeline::Recorded(Some(creator)) if creator != self.me().as_str() => {
+                    let wipe = self.cfg.remove_data_directory_on_rewind_failure;
+                    return (
+                        if wipe {
+                            vec![Action::WipeDataDir]
+                        } else {
+                            vec![]
+                        },
+                        Reason::TimelineCollision {
+                            leader: leader.clone(),
+                            timeline: cd.timeline,
+                            reinitializing: wipe,
+                        },
+                    );
+                }
+                _ => {}
+            }
         }
         if next.rewind_failed_against.as_ref() == Some(leader) {
             if self.cfg.remove_data_directory_on_rewind_failure {
@@ -1285,37 +1285,32 @@ impl Ctx<'_> {
     }
 }
 
-/// We were a primary on `timeline`, and so is `leader`, but the history says the leader's
-/// promotion created it: two promotions picked the same timeline number.
-fn timeline_collision(
-    view: &ClusterView,
-    leader: &MemberName,
-    me: &MemberName,
-    timeline: Timeline,
-) -> bool {
-    let Some(member) = view.member(leader) else {
-        return false;
-    };
-    if leader_timeline(member.timeline, &view.history) != Some(timeline) || timeline.0 < 2 {
-        return false;
-    }
-    view.history
-        .iter()
-        .find(|h| h.timeline.0 == timeline.0 - 1)
-        .and_then(|h| h.new_leader.as_deref())
-        .is_some_and(|creator| creator != me.as_str())
+/// Whether the leader is on the timeline we were a primary on, and who created it per the
+/// history.
+enum SharedTimeline<'v> {
+    /// The leader is on another timeline (or timeline 1, or unknown).
+    No,
+    /// It is on ours, and the history has no line yet for the timeline before it.
+    Unrecorded,
+    /// It is on ours, and the history line names this creator (if it names one).
+    Recorded(Option<&'v str>),
 }
 
-/// We were a primary on `timeline`, the leader publishes that timeline too, and the history
-/// has no line for the timeline before it (the promotion that created `timeline` is not yet
-/// recorded, so nobody can tell whose it is).
-fn history_pending(view: &ClusterView, leader: &MemberName, timeline: Timeline) -> bool {
+fn shared_timeline<'v>(
+    view: &'v ClusterView,
+    leader: &MemberName,
+    timeline: Timeline,
+) -> SharedTimeline<'v> {
     let Some(member) = view.member(leader) else {
-        return false;
+        return SharedTimeline::No;
     };
-    timeline.0 >= 2
-        && leader_timeline(member.timeline, &view.history) == Some(timeline)
-        && !view.history.iter().any(|h| h.timeline.0 == timeline.0 - 1)
+    if timeline.0 < 2 || leader_timeline(member.timeline, &view.history) != Some(timeline) {
+        return SharedTimeline::No;
+    }
+    match view.history.iter().find(|h| h.timeline.0 == timeline.0 - 1) {
+        None => SharedTimeline::Unrecorded,
+        Some(h) => SharedTimeline::Recorded(h.new_leader.as_deref()),
+    }
 }
 
 /// Where to stream / clone / rewind from: the member's `conn_url`.
