@@ -56,6 +56,25 @@ pub struct GuardView {
     pub agent_alive: bool,
 }
 
+impl GuardView {
+    /// One look: `runs_as_primary` is only asked once the deadline has passed (the real check
+    /// scans `/proc`).
+    pub fn look(
+        deadline: Option<Mono>,
+        now: Mono,
+        agent_alive: bool,
+        runs_as_primary: impl FnOnce() -> bool,
+    ) -> GuardView {
+        let due = deadline.is_some_and(|d| now >= d);
+        GuardView {
+            deadline,
+            now,
+            postmaster: due && runs_as_primary(),
+            agent_alive,
+        }
+    }
+}
+
 /// What the guard does about it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GuardStep {
@@ -95,15 +114,12 @@ pub fn run_guard(data_dir: &Path, agent_pid: i32) {
     );
     let mut fenced_for = None;
     loop {
-        let deadline = record.load();
-        let now = clock.now();
-        let due = deadline.is_some_and(|d| now >= d);
-        let view = GuardView {
-            deadline,
-            now,
-            postmaster: due && runs_as_primary(data_dir),
-            agent_alive: kill(Pid::from_raw(agent_pid), None).is_ok(),
-        };
+        let view = GuardView::look(
+            record.load(),
+            clock.now(),
+            kill(Pid::from_raw(agent_pid), None).is_ok(),
+            || runs_as_primary(data_dir),
+        );
         match guard_step(view) {
             GuardStep::Fence => {
                 // Logged once per deadline: a postmaster that survives the kill is retried

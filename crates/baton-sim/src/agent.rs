@@ -70,23 +70,16 @@ async fn guard_main(w: Arc<World>, i: usize) {
     let pg = SimPostgres::new(w.clone(), i);
     loop {
         tokio::time::sleep(GUARD_INTERVAL).await;
-        let deadline = record.load();
-        let now = w.clock.now();
-        let due = deadline.is_some_and(|d| now >= d);
-        let postmaster = due
-            && w.with_model(|m| {
+        let agent_alive = w.agents()[i].running;
+        let view = GuardView::look(record.load(), w.clock.now(), agent_alive, || {
+            w.with_model(|m| {
                 m.nodes[i]
                     .proc
                     .as_ref()
                     .is_some_and(|p| p.role == Role::Primary)
-            });
-        let agent_alive = w.agents()[i].running;
-        match guard_step(GuardView {
-            deadline,
-            now,
-            postmaster,
-            agent_alive,
-        }) {
+            })
+        });
+        match guard_step(view) {
             GuardStep::Fence => {
                 w.log(
                     w.name(i),
