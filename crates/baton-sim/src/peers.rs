@@ -35,15 +35,7 @@ impl Peers for SimPeers {
             let name = m.name.clone();
             let tags = m.tags.clone();
             async move {
-                let unreachable = PeerStatus {
-                    name: name.clone(),
-                    reachable: false,
-                    is_primary: false,
-                    wal_position: None,
-                    timeline: None,
-                    tags,
-                    watchdog_failed: false,
-                };
+                let unreachable = PeerStatus::unreachable(name.clone(), tags);
                 let Some(target) = self.w.index_of(name.as_str()) else {
                     return unreachable;
                 };
