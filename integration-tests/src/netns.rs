@@ -74,6 +74,32 @@ pub struct NetTools {
 }
 
 impl NetTools {
+    /// The IPv4 addresses (`a.b.c.d/len`) on `eth0` in namespace `netns` (per
+    /// `ip -n <ns> -4 addr`). Needs no [`Network`], so a sampler thread can call it.
+    pub fn addresses_in(&self, netns: &str) -> anyhow::Result<Vec<String>> {
+        let out = output(
+            &self.ip,
+            &[
+                "-n",
+                netns,
+                "-4",
+                "-o",
+                "addr",
+                "show",
+                "dev",
+                HOST_INTERFACE,
+            ],
+        )?;
+        Ok(out
+            .lines()
+            .filter_map(|l| {
+                let mut words = l.split_whitespace();
+                words.find(|w| *w == "inet")?;
+                words.next().map(str::to_owned)
+            })
+            .collect())
+    }
+
     /// Find the programs and check that namespaces can be made (root, `ip netns add` works);
     /// `Err` lists what is missing. The check runs once per process.
     pub fn discover() -> Result<NetTools, Vec<String>> {
@@ -414,19 +440,7 @@ impl Network {
 
     /// The IPv4 addresses (`a.b.c.d/len`) on host `name`'s `eth0` (per `ip -n <ns> -4 addr`).
     pub fn addresses(&self, name: &str) -> anyhow::Result<Vec<String>> {
-        let ns = &self.host(name)?.netns;
-        let out = output(
-            &self.tools.ip,
-            &["-n", ns, "-4", "-o", "addr", "show", "dev", HOST_INTERFACE],
-        )?;
-        Ok(out
-            .lines()
-            .filter_map(|l| {
-                let mut words = l.split_whitespace();
-                words.find(|w| *w == "inet")?;
-                words.next().map(str::to_owned)
-            })
-            .collect())
+        self.tools.addresses_in(&self.host(name)?.netns)
     }
 
     /// Whether `address` is on host `name`'s `eth0` (a powered-off host holds nothing).

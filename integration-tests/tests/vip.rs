@@ -8,6 +8,11 @@
 //! moves it to the candidate. Throughout, an ARP probe from the client namespace asks who owns
 //! the address, and no sample may show two owners.
 //!
+//! A second scenario: the leader's agent alone is SIGKILLed, later another leader's agent is
+//! SIGSTOPped (host, link and fence guard stay up); the fence guard must take the address off
+//! that host, so that no 100 ms sample of the hosts' interfaces ever shows two holders, and the
+//! new primary alone holds it once it has it.
+//!
 //! Skips (printing a `SKIP` line) when not root or when `ip`, `iptables`, `nsenter` or
 //! `setpriv` is missing, unless `PGBATON_REQUIRE_INTEGRATION=1`.
 
@@ -19,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use baton_integration_tests::{
     Check, Cluster, ClusterSpec, HOST_INTERFACE, NETNS_PREFIX_LEN, PgTarget, Tools, format_mac,
-    run_in, scaled, simple_query, spawn_in, wait_for,
+    pid_alive, run_in, scaled, simple_query, spawn_in, wait_for,
 };
 use futures::future::LocalBoxFuture;
 use serde_json::json;
@@ -38,35 +43,14 @@ async fn floating_ip_follows_the_primary_across_failover_partition_and_switchove
     let Some(tools) = Tools::for_netns_test(test)? else {
         return Ok(());
     };
-    let mut spec = ClusterSpec::new(3);
-    spec.netns = true;
-    spec.haproxy = None;
-    // The address depends on the subnet the network gets: configure it before the agents start.
-    spec.start_agents = false;
-    let ttl = spec.timing.ttl();
-    let mut cluster = Cluster::start(&tools, spec).await?;
-    let vip = cluster.network().address(VIP_OCTET);
-    let vip_config = json!({"vip": {
-        "address": format!("{vip}/{NETNS_PREFIX_LEN}"),
-        "interface": HOST_INTERFACE,
-        "arp_count": 3,
-        "arp_interval": 1,
-        "reconcile_interval": 5,
-    }});
-    for name in cluster.names() {
-        cluster.update_config(&name, &vip_config)?;
-        cluster.start_agent(&name)?;
-    }
-    let client_ns = cluster.network().client().netns.clone();
-    let via_vip = PgTarget {
-        host: vip.to_string(),
-        ..cluster.nodes()[0].pg()
-    };
-    let macs: Vec<(String, [u8; 6])> = cluster
-        .names()
-        .into_iter()
-        .map(|n| Ok((n.clone(), cluster.network().mac(&n)?)))
-        .collect::<anyhow::Result<_>>()?;
+    let VipCluster {
+        mut cluster,
+        ttl,
+        vip,
+        client_ns,
+        via_vip,
+        macs,
+    } = VipCluster::start(&tools).await?;
     let arp = ArpWatch::start(&client_ns, vip, macs);
 
     // a. Healthy: the address is on the leader only, and the client reaches the primary.
@@ -248,6 +232,429 @@ async fn floating_ip_follows_the_primary_across_failover_partition_and_switchove
     );
     cluster.finish();
     Ok(())
+}
+
+/// SIGKILL, then SIGSTOP, of the leader's agent alone: its host, its link and its fence guard
+/// stay up, and PostgreSQL runs on until the guard kills it at the fencing deadline. Without
+/// the guard taking the floating IP too, the host keeps it and two hosts answer ARP for it
+/// once the new primary adds it.
+///
+/// Asserted for each fault, over 100 ms samples of the three hosts' `eth0` from just before
+/// the fault until the faulted agent is back as a replica: no sample shows two holders; every
+/// sample before the new primary's first one shows the old leader or nobody; from the first
+/// sample showing the new primary, every sample shows exactly the new primary (through the
+/// resumed or restarted agent's rejoin too). The old host is seen without the address before
+/// the new one is seen with it. A client in the client namespace reaches the new primary
+/// through the address, and the old host's PostgreSQL was stopped. All along, no ARP probe
+/// from the client namespace gets two answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_or_frozen_agent_leaves_the_floating_ip_to_the_new_primary_alone()
+-> anyhow::Result<()> {
+    let test = "a_killed_or_frozen_agent_leaves_the_floating_ip_to_the_new_primary_alone";
+    let Some(tools) = Tools::for_netns_test(test)? else {
+        return Ok(());
+    };
+    let mut setup = VipCluster::start(&tools).await?;
+    let arp = ArpWatch::start(&setup.client_ns, setup.vip, setup.macs.clone());
+    let healthy = setup
+        .cluster
+        .wait_healthy(scaled(Duration::from_secs(180)))
+        .await
+        .context("initial bootstrap")?;
+    let mut leader = healthy.leader.clone();
+    eprintln!("healthy: leader {leader}, replicas {:?}", healthy.replicas);
+    for fault in [AgentFault::Kill, AgentFault::Freeze] {
+        leader = agent_fault_leaves_the_address_to_the_new_primary(&mut setup, &leader, fault)
+            .await
+            .with_context(|| format!("{fault:?} of the leader's agent"))?;
+    }
+    let report = arp.stop()?;
+    eprintln!(
+        "ARP probe: {} samples, owners over time: {}",
+        report.samples,
+        report.history.join(" -> ")
+    );
+    ensure!(
+        report.duplicates.is_empty(),
+        "two ARP owners of {} at once: {:?}",
+        setup.vip,
+        report.duplicates
+    );
+    setup.cluster.finish();
+    Ok(())
+}
+
+/// What happens to the leader's agent.
+#[derive(Clone, Copy, Debug)]
+enum AgentFault {
+    /// SIGKILL of the agent alone; afterwards it is started again.
+    Kill,
+    /// SIGSTOP of the agent alone; afterwards SIGCONT.
+    Freeze,
+}
+
+/// One fault of `old`'s agent (the leader, holding the address), up to the faulted agent's
+/// return as a replica; see the test above for what is asserted. Returns the new leader.
+async fn agent_fault_leaves_the_address_to_the_new_primary(
+    setup: &mut VipCluster,
+    old: &str,
+    fault: AgentFault,
+) -> anyhow::Result<String> {
+    let vip = setup.vip;
+    wait_vip_only_on(&setup.cluster, vip, old, scaled(Duration::from_secs(30))).await?;
+    let guard_file = guard_pid_file(&setup.cluster, old);
+    let guard_pid: i32 = std::fs::read_to_string(&guard_file)
+        .with_context(|| format!("read {}", guard_file.display()))?
+        .trim()
+        .parse()
+        .with_context(|| format!("the PID in {}", guard_file.display()))?;
+    let owners = OwnerWatch::start(&setup.cluster, vip);
+    owners
+        .wait_samples(1, scaled(Duration::from_secs(10)))
+        .await?;
+
+    match fault {
+        AgentFault::Kill => setup.cluster.kill_agent(old),
+        AgentFault::Freeze => setup.cluster.pause_agent(old, true)?,
+    }
+    let fault_at = Instant::now();
+    ensure!(
+        pid_alive(guard_pid),
+        "the fence guard of {old} (pid {guard_pid}) did not survive the {fault:?} of its agent"
+    );
+    eprintln!(
+        "{fault:?}: the agent of {old} (leader, holding {vip}); its guard {guard_pid} runs on"
+    );
+
+    let survivors: Vec<String> = setup
+        .cluster
+        .names()
+        .into_iter()
+        .filter(|n| n != old)
+        .collect();
+    let deadline = scaled(setup.ttl + Duration::from_secs(40));
+    let (promoted, reached) = tokio::join!(
+        watch_promotion(&setup.cluster, &survivors, deadline),
+        client_reaches_primary(&setup.client_ns, &setup.via_vip, old, deadline),
+    );
+    let (promoted_at, promoted_name) = promoted.context("no survivor was promoted")?;
+    let reached = reached.context("the client never reached a new primary through the floating IP");
+    // The samples so far say more than a timeout would.
+    let summary = check_owners(
+        &owners.samples()?,
+        old,
+        &promoted_name,
+        fault_at,
+        promoted_at,
+    )?;
+    let (reached_at, reached_name) = reached?;
+    let new = setup
+        .cluster
+        .wait_new_leader(old, scaled(Duration::from_secs(30)))
+        .await?;
+    ensure!(
+        promoted_name == new && reached_name == new,
+        "promoted {promoted_name}, client reached {reached_name}, leader key {new}"
+    );
+    ensure!(
+        setup.cluster.node(old).postmaster_pid().is_none(),
+        "PostgreSQL still runs on {old} after {new} was promoted"
+    );
+    eprintln!(
+        "{fault:?}: FIGURE vip-after-agent-{}: {new} promoted {:.2}s after the fault; the \
+         client reached it through {vip} {:+} ms after its promotion; {summary}",
+        match fault {
+            AgentFault::Kill => "kill",
+            AgentFault::Freeze => "freeze",
+        },
+        promoted_at.duration_since(fault_at).as_secs_f64(),
+        signed_ms(reached_at, promoted_at),
+    );
+    wait_vip_only_on(&setup.cluster, vip, &new, scaled(Duration::from_secs(10))).await?;
+
+    // The faulted agent comes back and rejoins as a replica: the address stays on the new
+    // primary alone throughout.
+    match fault {
+        AgentFault::Kill => setup.cluster.start_agent(old)?,
+        AgentFault::Freeze => setup.cluster.pause_agent(old, false)?,
+    }
+    let healthy = setup
+        .cluster
+        .wait_healthy(scaled(Duration::from_secs(180)))
+        .await
+        .with_context(|| format!("{old} rejoins after the {fault:?}"))?;
+    ensure!(
+        healthy.leader == new && healthy.replicas.iter().any(|r| r == old),
+        "after {old}'s return: {healthy:?}"
+    );
+    wait_vip_only_on(&setup.cluster, vip, &new, scaled(Duration::from_secs(10))).await?;
+    let samples = owners.stop()?;
+    let summary = check_owners(&samples, old, &new, fault_at, promoted_at)?;
+    eprintln!("{fault:?}: {old} rejoined as a replica; {summary}");
+    Ok(new)
+}
+
+/// `<data_dir>.pgbaton-guard` of node `name`: the PID of its fence guard.
+fn guard_pid_file(cluster: &Cluster, name: &str) -> std::path::PathBuf {
+    let data_dir = &cluster.node(name).config.data_dir;
+    let mut file = data_dir.as_os_str().to_owned();
+    file.push(".pgbaton-guard");
+    file.into()
+}
+
+/// The checks of the address-holder samples (see
+/// [`a_killed_or_frozen_agent_leaves_the_floating_ip_to_the_new_primary_alone`]): `Err` on
+/// the first sample that breaks one, else a one-line summary with the figures.
+fn check_owners(
+    samples: &[OwnerSample],
+    old: &str,
+    new: &str,
+    fault_at: Instant,
+    promoted_at: Instant,
+) -> anyhow::Result<String> {
+    let since = |t: Instant| signed_ms(t, fault_at);
+    let show = |s: &OwnerSample| format!("{:+} ms after the fault: {:?}", since(s.at), s.holders);
+    ensure!(!samples.is_empty(), "no sample of the address holders");
+    if let Some(two) = samples.iter().find(|s| s.holders.len() > 1) {
+        bail!(
+            "two hosts hold the floating IP at once, {}; owners over time: {}",
+            show(two),
+            history(samples)
+        );
+    }
+    let first_new = samples
+        .iter()
+        .position(|s| s.holders == [new])
+        .context("the new primary never held the floating IP")?;
+    if let Some(odd) = samples[..first_new]
+        .iter()
+        .find(|s| !(s.holders.is_empty() || s.holders == [old]))
+    {
+        bail!(
+            "before the new primary {new} held it, {}; owners over time: {}",
+            show(odd),
+            history(samples)
+        );
+    }
+    if let Some(odd) = samples[first_new..].iter().find(|s| s.holders != [new]) {
+        bail!(
+            "once the new primary {new} held it, {}; owners over time: {}",
+            show(odd),
+            history(samples)
+        );
+    }
+    let last_old = samples[..first_new]
+        .iter()
+        .rposition(|s| s.holders == [old])
+        .context("the old leader was never seen holding the floating IP")?;
+    ensure!(
+        last_old + 1 < first_new,
+        "no sample between the old leader's last ({}) and the new primary's first ({})",
+        show(&samples[last_old]),
+        show(&samples[first_new])
+    );
+    let widest = samples
+        .windows(2)
+        .map(|w| w[1].at.duration_since(w[0].at))
+        .max()
+        .unwrap_or_default();
+    Ok(format!(
+        "{} samples of the hosts' interfaces (widest gap {} ms): last on {old} {:+} ms after \
+         the fault, first on {new} {:+} ms after the fault ({:+} ms after its promotion), \
+         never two",
+        samples.len(),
+        widest.as_millis(),
+        since(samples[last_old].at),
+        since(samples[first_new].at),
+        signed_ms(samples[first_new].at, promoted_at),
+    ))
+}
+
+/// `[node1] -> [] -> [node2]`: the holder sets in order, repeats removed.
+fn history(samples: &[OwnerSample]) -> String {
+    let mut out: Vec<&[String]> = Vec::new();
+    for s in samples {
+        if out.last() != Some(&s.holders.as_slice()) {
+            out.push(&s.holders);
+        }
+    }
+    out.iter()
+        .map(|h| format!("{h:?}"))
+        .collect::<Vec<_>>()
+        .join(" -> ")
+}
+
+/// One look at every host's `eth0`: which hold the floating IP.
+#[derive(Clone, Debug)]
+struct OwnerSample {
+    at: Instant,
+    holders: Vec<String>,
+}
+
+/// A thread that, every [`OWNER_SAMPLE`], lists the hosts whose `eth0` holds the floating IP
+/// (`ip -n <host> addr`, one host after the other: a sample takes a few milliseconds).
+struct OwnerWatch {
+    stop: Arc<AtomicBool>,
+    samples: Arc<Mutex<Result<Vec<OwnerSample>, String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// How often [`OwnerWatch`] samples.
+const OWNER_SAMPLE: Duration = Duration::from_millis(100);
+
+impl OwnerWatch {
+    fn start(cluster: &Cluster, vip: Ipv4Addr) -> OwnerWatch {
+        let tools = cluster.network().tools().clone();
+        let hosts: Vec<(String, String)> = cluster
+            .network()
+            .hosts()
+            .iter()
+            .map(|h| (h.name.clone(), h.netns.clone()))
+            .collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let samples = Arc::new(Mutex::new(Ok(Vec::new())));
+        let thread = {
+            let (stop, samples) = (stop.clone(), samples.clone());
+            std::thread::spawn(move || {
+                let want = vip.to_string();
+                let mut next = Instant::now();
+                while !stop.load(Ordering::SeqCst) {
+                    let at = Instant::now();
+                    let mut holders = Vec::new();
+                    for (name, netns) in &hosts {
+                        match tools.addresses_in(netns) {
+                            Ok(addresses) => {
+                                if addresses
+                                    .iter()
+                                    .any(|a| a.split('/').next() == Some(want.as_str()))
+                                {
+                                    holders.push(name.clone());
+                                }
+                            }
+                            Err(e) => {
+                                *samples.lock().unwrap_or_else(|e| e.into_inner()) =
+                                    Err(format!("{e:#}"));
+                                return;
+                            }
+                        }
+                    }
+                    if let Ok(list) = samples.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                        list.push(OwnerSample { at, holders });
+                    }
+                    // The sampling period, not a synchronisation.
+                    next += OWNER_SAMPLE;
+                    let now = Instant::now();
+                    if next > now {
+                        std::thread::sleep(next - now);
+                    } else {
+                        next = now;
+                    }
+                }
+            })
+        };
+        OwnerWatch {
+            stop,
+            samples,
+            thread: Some(thread),
+        }
+    }
+
+    /// The samples so far.
+    fn samples(&self) -> anyhow::Result<Vec<OwnerSample>> {
+        match &*self.samples.lock().unwrap_or_else(|e| e.into_inner()) {
+            Ok(list) => Ok(list.clone()),
+            Err(e) => bail!("sampling the address holders failed: {e}"),
+        }
+    }
+
+    async fn wait_samples(&self, n: usize, timeout: Duration) -> anyhow::Result<()> {
+        wait_for(
+            &format!("{n} samples of the address holders"),
+            timeout,
+            || async {
+                let len = self.samples()?.len();
+                Ok(if len >= n {
+                    Check::Done(())
+                } else {
+                    Check::not_yet(format!("{len} samples"))
+                })
+            },
+        )
+        .await
+    }
+
+    /// Stop sampling; every sample taken.
+    fn stop(mut self) -> anyhow::Result<Vec<OwnerSample>> {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join()
+                .map_err(|_| anyhow::anyhow!("the address sampler panicked"))?;
+        }
+        self.samples()
+    }
+}
+
+impl Drop for OwnerWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Three hosts in namespaces with the floating IP configured, agents started.
+struct VipCluster {
+    cluster: Cluster,
+    ttl: Duration,
+    vip: Ipv4Addr,
+    client_ns: String,
+    /// Any node's PostgreSQL, through the floating IP.
+    via_vip: PgTarget,
+    macs: Vec<(String, [u8; 6])>,
+}
+
+impl VipCluster {
+    async fn start(tools: &Tools) -> anyhow::Result<VipCluster> {
+        let mut spec = ClusterSpec::new(3);
+        spec.netns = true;
+        spec.haproxy = None;
+        // The address depends on the subnet the network gets: configure it before the agents
+        // start.
+        spec.start_agents = false;
+        let ttl = spec.timing.ttl();
+        let mut cluster = Cluster::start(tools, spec).await?;
+        let vip = cluster.network().address(VIP_OCTET);
+        let vip_config = json!({"vip": {
+            "address": format!("{vip}/{NETNS_PREFIX_LEN}"),
+            "interface": HOST_INTERFACE,
+            "arp_count": 3,
+            "arp_interval": 1,
+            "reconcile_interval": 5,
+        }});
+        for name in cluster.names() {
+            cluster.update_config(&name, &vip_config)?;
+            cluster.start_agent(&name)?;
+        }
+        let client_ns = cluster.network().client().netns.clone();
+        let via_vip = PgTarget {
+            host: vip.to_string(),
+            ..cluster.nodes()[0].pg()
+        };
+        let macs: Vec<(String, [u8; 6])> = cluster
+            .names()
+            .into_iter()
+            .map(|n| Ok((n.clone(), cluster.network().mac(&n)?)))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(VipCluster {
+            cluster,
+            ttl,
+            vip,
+            client_ns,
+            via_vip,
+            macs,
+        })
+    }
 }
 
 /// Wait until `name` (a running host) holds `vip` on its interface and no other host does.

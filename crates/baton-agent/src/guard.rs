@@ -18,12 +18,23 @@
 //! an agent it exits as soon as nothing is left to guard. Like Patroni's watchdog it does not
 //! cover a freeze of the whole host (a hardware watchdog does); unlike it, it needs no
 //! `/dev/watchdog`.
+//!
+//! With a floating IP (`vip:`, passed as `--vip ADDRESS/LEN --vip-interface NAME`), the guard
+//! also takes that one address off the interface (netlink, as the agent's VIP task does) when
+//! it fences, on every later check while the recorded deadline stays passed (the agent is
+//! still frozen or dead: a live agent clears or renews the record), and when it exits because
+//! the agent is gone: a killed or frozen agent cannot drop it, and the host would otherwise
+//! keep answering ARP for it after the failover. It removes the address only when it is on
+//! the interface, never adds it, and touches no other address; only this needs
+//! `CAP_NET_ADMIN`, inherited from the agent.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use baton_core::{Clock, Mono};
+use baton_vip::{NetlinkVip, Vip, VipAddress, VipError};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tracing::{error, info, warn};
@@ -36,6 +47,10 @@ pub const GUARD_INTERVAL: Duration = Duration::from_millis(100);
 
 /// How long the guard waits for the killed processes to be gone.
 const KILL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long one look at (or removal of) the floating IP may take, so that a hung netlink
+/// socket never holds up the next check of PostgreSQL.
+const NETLINK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The marker the guard's command line carries, so a PID from the guard file is only
 /// signalled when it still is a guard (PIDs are reused).
@@ -97,21 +112,182 @@ pub fn guard_step(v: GuardView) -> GuardStep {
     }
 }
 
+/// Whether the floating IP must be off this host: the recorded deadline has passed (the
+/// guard fences now, or did: the agent has neither renewed nor cleared the record since, so it
+/// is still frozen or dead, and its own VIP task, which drops the address at that same
+/// deadline, cannot), or the agent is gone (no live agent holds the address; the next one
+/// removes a leftover at start too).
+pub fn guard_clears_address(v: GuardView) -> bool {
+    v.deadline.is_some_and(|d| v.now >= d) || guard_step(v) == GuardStep::Exit
+}
+
+/// The floating IP the guard keeps off the host for an agent that cannot: the agent's `vip`
+/// section, passed on the guard's command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuardVip {
+    pub address: VipAddress,
+    pub interface: String,
+}
+
+impl GuardVip {
+    pub fn from_config(vip: &baton_config::Vip) -> Result<GuardVip, String> {
+        let address = VipAddress::new(IpAddr::V4(vip.address), vip.prefix_len)
+            .map_err(|e| format!("vip.address: {e}"))?;
+        Ok(GuardVip {
+            address,
+            interface: vip.interface.clone(),
+        })
+    }
+
+    /// From the guard's `--vip` and `--vip-interface` arguments; the error names the argument.
+    pub fn parse(address: &str, interface: &str) -> Result<GuardVip, String> {
+        let address = address
+            .parse::<VipAddress>()
+            .map_err(|e| format!("--vip: {e}"))?;
+        if interface.is_empty() {
+            return Err("--vip-interface: empty interface name".to_owned());
+        }
+        Ok(GuardVip {
+            address,
+            interface: interface.to_owned(),
+        })
+    }
+
+    /// The arguments that give it to the guard process.
+    fn args(&self) -> [String; 4] {
+        [
+            "--vip".to_owned(),
+            self.address.to_string(),
+            "--vip-interface".to_owned(),
+            self.interface.clone(),
+        ]
+    }
+}
+
+/// Takes the address off the interface if it is there: `Ok(true)` when it was removed,
+/// `Ok(false)` when it was not there. Never adds anything.
+pub async fn clear_address(vip: &impl Vip) -> Result<bool, VipError> {
+    if !vip.is_present().await? {
+        return Ok(false);
+    }
+    vip.remove().await?;
+    Ok(true)
+}
+
+/// The guard's hold on the floating IP: a small runtime for netlink and the socket, both
+/// made on first use (a guard that never fences never opens one).
+struct AddressGuard {
+    vip: GuardVip,
+    rt: Option<tokio::runtime::Runtime>,
+    netlink: Option<NetlinkVip>,
+    /// The last failure, so a persisting one is logged once.
+    last_error: Option<String>,
+}
+
+impl AddressGuard {
+    fn new(vip: GuardVip) -> AddressGuard {
+        AddressGuard {
+            vip,
+            rt: None,
+            netlink: None,
+            last_error: None,
+        }
+    }
+
+    /// Make sure the address is not on the interface; failures are logged (once per
+    /// distinct message) and tried again at the next check.
+    fn clear(&mut self, why: &str) {
+        match self.try_clear() {
+            Ok(removed) => {
+                if removed {
+                    warn!(
+                        address = %self.vip.address,
+                        interface = self.vip.interface,
+                        "fence guard: removed the floating IP from this host: {why}"
+                    );
+                } else if self.last_error.is_some() {
+                    info!(
+                        address = %self.vip.address,
+                        interface = self.vip.interface,
+                        "fence guard: the floating IP is off this host"
+                    );
+                }
+                self.last_error = None;
+            }
+            Err(e) => {
+                let line = format!(
+                    "fence guard: failed to remove the floating IP {} from {}: {e}",
+                    self.vip.address, self.vip.interface
+                );
+                if self.last_error.as_deref() != Some(line.as_str()) {
+                    error!("{line}");
+                    self.last_error = Some(line);
+                }
+            }
+        }
+    }
+
+    fn try_clear(&mut self) -> Result<bool, String> {
+        if self.rt.is_none() {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("start a runtime for netlink: {e}"))?;
+            self.rt = Some(rt);
+        }
+        let Some(rt) = self.rt.as_ref() else {
+            return Err("no runtime for netlink".to_owned());
+        };
+        let vip = &self.vip;
+        if self.netlink.is_none() {
+            // Removing needs CAP_NET_ADMIN only (no announcements: `false`).
+            let opened = rt.block_on(async {
+                tokio::time::timeout(
+                    NETLINK_TIMEOUT,
+                    NetlinkVip::new(vip.address, &vip.interface, false),
+                )
+                .await
+            });
+            match opened {
+                Ok(Ok(netlink)) => self.netlink = Some(netlink),
+                Ok(Err(e)) => return Err(e.to_string()),
+                Err(_) => return Err(format!("no netlink answer within {NETLINK_TIMEOUT:?}")),
+            }
+        }
+        let Some(netlink) = self.netlink.as_ref() else {
+            return Err("no netlink socket".to_owned());
+        };
+        match rt
+            .block_on(async { tokio::time::timeout(NETLINK_TIMEOUT, clear_address(netlink)).await })
+        {
+            Ok(Ok(removed)) => Ok(removed),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => {
+                // A fresh socket next time.
+                self.netlink = None;
+                Err(format!("no netlink answer within {NETLINK_TIMEOUT:?}"))
+            }
+        }
+    }
+}
+
 /// The file naming the guard process of the member whose data directory is `data_dir`.
 pub fn guard_pid_file(data_dir: &Path) -> PathBuf {
     beside_data_dir(data_dir, ".pgbaton-guard")
 }
 
-/// The guard process (`pgbaton fence-guard --data-dir D --agent-pid P`): runs until
-/// [`GuardStep::Exit`].
-pub fn run_guard(data_dir: &Path, agent_pid: i32) {
+/// The guard process (`pgbaton fence-guard --data-dir D --agent-pid P [--vip A/L
+/// --vip-interface I]`): runs until [`GuardStep::Exit`].
+pub fn run_guard(data_dir: &Path, agent_pid: i32, vip: Option<GuardVip>) {
     let record = FenceFile::beside(data_dir);
     let clock = SystemClock;
     info!(
         data_dir = %data_dir.display(),
         agent_pid,
+        vip = vip.as_ref().map(|v| format!("{} on {}", v.address, v.interface)),
         "fence guard started"
     );
+    let mut address = vip.map(AddressGuard::new);
     let mut fenced_for = None;
     loop {
         let view = GuardView::look(
@@ -120,7 +296,8 @@ pub fn run_guard(data_dir: &Path, agent_pid: i32) {
             kill(Pid::from_raw(agent_pid), None).is_ok(),
             || runs_as_primary(data_dir),
         );
-        match guard_step(view) {
+        let step = guard_step(view);
+        match step {
             GuardStep::Fence => {
                 // Logged once per deadline: a postmaster that survives the kill is retried
                 // every interval without repeating the message.
@@ -137,11 +314,20 @@ pub fn run_guard(data_dir: &Path, agent_pid: i32) {
                     Err(e) => error!("fence guard: {e}"),
                 }
             }
-            GuardStep::Wait => {}
-            GuardStep::Exit => {
-                info!("fence guard: the agent is gone and no primary is left to guard; exiting");
-                return;
-            }
+            GuardStep::Wait | GuardStep::Exit => {}
+        }
+        if let Some(address) = address.as_mut()
+            && guard_clears_address(view)
+        {
+            address.clear(if step == GuardStep::Exit {
+                "the agent is gone"
+            } else {
+                "the fencing deadline passed and the agent is frozen or dead"
+            });
+        }
+        if step == GuardStep::Exit {
+            info!("fence guard: the agent is gone and no primary is left to guard; exiting");
+            return;
         }
         std::thread::sleep(GUARD_INTERVAL);
     }
@@ -154,10 +340,18 @@ fn runs_as_primary(data_dir: &Path) -> bool {
 }
 
 /// Start the guard for `data_dir` (replacing a previous agent's) as a process of its own
-/// group; it reports to our stderr. `None` (with a warning) when it cannot be started: the
-/// agent still runs, with its in-process fencer only.
-pub fn spawn_guard(data_dir: &Path) -> Option<Child> {
+/// group, given the floating IP when `vip` is configured; it reports to our stderr. `None`
+/// (with a warning) when it cannot be started: the agent still runs, with its in-process
+/// fencer only.
+pub fn spawn_guard(data_dir: &Path, vip: Option<&baton_config::Vip>) -> Option<Child> {
     stop_previous_guard(data_dir);
+    let vip = vip.and_then(|v| {
+        GuardVip::from_config(v)
+            .inspect_err(|e| {
+                warn!("{e}; the fence guard will not remove the floating IP of a frozen agent")
+            })
+            .ok()
+    });
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(e) => {
@@ -175,6 +369,7 @@ pub fn spawn_guard(data_dir: &Path) -> Option<Child> {
             .arg(data_dir)
             .arg("--agent-pid")
             .arg(std::process::id().to_string())
+            .args(vip.iter().flat_map(GuardVip::args))
             .stdin(Stdio::null())
             .process_group(0)
             .spawn()
@@ -289,6 +484,115 @@ mod tests {
             GuardStep::Exit
         );
         assert_eq!(guard_step(view(None, 5000, true, false)), GuardStep::Exit);
+    }
+
+    #[test]
+    fn the_floating_ip_goes_with_the_fence_and_stays_off_while_the_agent_is_frozen_or_dead() {
+        for agent_alive in [true, false] {
+            let fence = view(Some(1000), 1000, true, agent_alive);
+            assert_eq!(guard_step(fence), GuardStep::Fence);
+            assert!(
+                guard_clears_address(fence),
+                "removed when PostgreSQL is killed (agent alive: {agent_alive})"
+            );
+            assert!(
+                guard_clears_address(view(Some(1000), 1100, false, agent_alive)),
+                "and at every later check while the record is not renewed (agent alive: \
+                 {agent_alive})"
+            );
+        }
+        assert!(
+            guard_clears_address(view(None, 5000, false, false)),
+            "the agent is gone: nothing on this host holds the address"
+        );
+    }
+
+    #[test]
+    fn the_floating_ip_stays_while_the_record_protects_the_primary() {
+        for agent_alive in [true, false] {
+            assert!(
+                !guard_clears_address(view(Some(1000), 999, true, agent_alive)),
+                "before the deadline the lease still protects the primary and its address"
+            );
+        }
+        assert!(
+            !guard_clears_address(view(None, 5000, false, true)),
+            "a live agent without a record (a replica, or it cleared the record) decides"
+        );
+    }
+
+    /// The interface, for [`clear_address`].
+    #[derive(Default)]
+    struct FakeVip {
+        present: std::sync::atomic::AtomicBool,
+        calls: std::sync::Mutex<Vec<&'static str>>,
+    }
+
+    impl FakeVip {
+        fn call(&self, what: &'static str) {
+            self.calls.lock().expect("lock").push(what);
+        }
+    }
+
+    impl Vip for FakeVip {
+        async fn is_present(&self) -> Result<bool, VipError> {
+            self.call("is_present");
+            Ok(self.present.load(std::sync::atomic::Ordering::SeqCst))
+        }
+        async fn add(&self) -> Result<(), VipError> {
+            self.call("add");
+            self.present
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
+        async fn remove(&self) -> Result<(), VipError> {
+            self.call("remove");
+            self.present
+                .store(false, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
+        async fn announce(&self) -> Result<(), VipError> {
+            self.call("announce");
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_guard_removes_the_address_only_when_it_is_there_and_never_adds_it() {
+        let vip = FakeVip::default();
+        assert!(!clear_address(&vip).await.expect("clear"), "not there");
+        assert_eq!(*vip.calls.lock().expect("lock"), ["is_present"]);
+        vip.present.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(clear_address(&vip).await.expect("clear"), "removed");
+        assert!(!vip.present.load(std::sync::atomic::Ordering::SeqCst));
+        assert_eq!(
+            *vip.calls.lock().expect("lock"),
+            ["is_present", "is_present", "remove"]
+        );
+    }
+
+    #[test]
+    fn the_guard_gets_the_configured_address_on_its_command_line() {
+        let config = baton_config::Vip {
+            address: std::net::Ipv4Addr::new(10, 0, 0, 100),
+            prefix_len: 24,
+            interface: "eth0".to_owned(),
+            arp_count: 3,
+            arp_interval: Duration::from_secs(1),
+            reconcile_interval: Duration::from_secs(5),
+        };
+        let vip = GuardVip::from_config(&config).expect("valid");
+        let args = vip.args();
+        assert_eq!(args, ["--vip", "10.0.0.100/24", "--vip-interface", "eth0"]);
+        assert_eq!(GuardVip::parse(&args[1], &args[3]), Ok(vip));
+        assert_eq!(
+            GuardVip::parse("10.0.0.300/24", "eth0"),
+            Err("--vip: \"10.0.0.300\" is not an IP address".to_owned())
+        );
+        assert_eq!(
+            GuardVip::parse("10.0.0.100/24", ""),
+            Err("--vip-interface: empty interface name".to_owned())
+        );
     }
 
     #[test]

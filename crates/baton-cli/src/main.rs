@@ -48,6 +48,12 @@ enum Command {
         data_dir: PathBuf,
         #[arg(long)]
         agent_pid: i32,
+        /// The floating IP (`vip.address`) to take off the host when the agent cannot.
+        #[arg(long, requires = "vip_interface")]
+        vip: Option<String>,
+        /// Its interface (`vip.interface`).
+        #[arg(long, requires = "vip")]
+        vip_interface: Option<String>,
     },
     /// Show the cluster members (patronictl list).
     List {
@@ -124,9 +130,23 @@ fn main() -> ExitCode {
         Command::FenceGuard {
             data_dir,
             agent_pid,
+            vip,
+            vip_interface,
         } => {
             init_logging();
-            baton_agent::guard::run_guard(&data_dir, agent_pid);
+            let vip = match (vip, vip_interface) {
+                (Some(address), Some(interface)) => {
+                    match baton_agent::guard::GuardVip::parse(&address, &interface) {
+                        Ok(vip) => Some(vip),
+                        Err(e) => {
+                            tracing::error!("fence guard: {e}");
+                            return ExitCode::from(2);
+                        }
+                    }
+                }
+                _ => None,
+            };
+            baton_agent::guard::run_guard(&data_dir, agent_pid, vip);
             ExitCode::SUCCESS
         }
         Command::Version => {
@@ -226,9 +246,10 @@ fn run_agent(path: &Path) -> ExitCode {
         }
     };
     // The fence guard enforces the fencing deadline when this process cannot (frozen or
-    // killed); it outlives an abnormal exit only.
+    // killed), and takes the floating IP (if any) off this host with it; it outlives an
+    // abnormal exit only.
     let data_dir = loaded.config.postgresql.data_dir.clone();
-    let guard = baton_agent::guard::spawn_guard(&data_dir);
+    let guard = baton_agent::guard::spawn_guard(&data_dir, loaded.config.vip.as_ref());
     let result = rt.block_on(baton_agent::run(loaded.config, shutdown));
     if let Some(guard) = guard {
         baton_agent::guard::stop_guard(guard, &data_dir);
