@@ -25,8 +25,11 @@ declare -A PROVIDES=(
     [make]=/usr/bin/make
     # HTTP load generator for `make bench` (GET /primary throughput).
     [wrk]=/usr/bin/wrk
+    # `python3 -m venv` (with ensurepip) for the virtualenv of Patroni's patronictl, which
+    # integration-tests/tests/patronictl.rs runs against a pgbaton cluster.
+    [python3-venv]=/usr/lib/python3.11/ensurepip/__init__.py
 )
-ORDER=(postgresql-15 etcd-server etcd-client haproxy protobuf-compiler libprotobuf-dev iproute2 iptables procps make wrk)
+ORDER=(postgresql-15 etcd-server etcd-client haproxy protobuf-compiler libprotobuf-dev iproute2 iptables procps make wrk python3-venv)
 
 say() { printf 'install-deps: %s\n' "$*"; }
 

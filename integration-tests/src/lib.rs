@@ -6,7 +6,8 @@
 //! them, and tears everything down when the [`Cluster`] is dropped, even when the test panics.
 //! With [`ClusterSpec::netns`] each node is instead a host in its own network namespace on a
 //! bridge, with a client namespace beside them ([`Network`]): for the floating IP and for
-//! partitions of single hosts.
+//! partitions of single hosts. [`Patronictl`] runs Patroni's own `patronictl` (from a
+//! virtualenv the harness makes once, see [`patronictl_venv`]) against a cluster.
 //!
 //! Rules the harness follows (and tests built on it should too):
 //! - nothing is mocked: real etcd, real PostgreSQL 15, real `pgbaton agent`, real HAProxy;
@@ -33,6 +34,7 @@ mod etcd;
 mod haproxy;
 mod netns;
 mod node;
+mod patronictl;
 mod pg;
 mod ports;
 mod process;
@@ -51,6 +53,10 @@ pub use netns::{
     remove_leftovers as remove_netns_leftovers, run_in, spawn_in,
 };
 pub use node::{Node, NodeConfig, PgAuth, deep_merge};
+pub use patronictl::{
+    CtlOutput, PATRONI_REQUIREMENT, Patronictl, ctl_config, default_venv_dir, ensure_venv,
+    patronictl_venv,
+};
 pub use pg::{PgTarget, lsn_reached, query_rows, simple_query};
 pub use ports::free_port;
 pub use process::{
