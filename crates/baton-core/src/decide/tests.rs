@@ -2152,3 +2152,27 @@ fn a_standby_lagging_beyond_maximum_lag_on_syncnode_is_not_made_synchronous() {
         "#]],
     );
 }
+
+#[test]
+fn a_non_ascii_member_name_in_synchronous_mode_is_handled() {
+    // `synchronous_standby_names` holding a quoted non-ASCII name used to be sliced at a byte
+    // offset inside a character: the decision core panicked and the leader crash-looped.
+    check(
+        "
+        config: me=n1 sync=on
+        lease: id=5 deadline=105
+        dcs: init=7001 leader=n1@5 optime=0/3000000 sync=n1:@7
+        member: n1 role=primary conn=10.0.0.1:5432
+        member: nœd2 role=replica conn=10.0.0.2:5432
+        pg: data=initialized state=in-production
+        pg: running primary tl=1 flush=0/3000000 slots=nœd2 ssn=\"nœd2\" repl=nœd2:sync:0_3000000
+        ",
+        expect![[r#"
+            reason: Synchronous standby status assigned to [nœd2]
+            actions:
+              1. write /sync: leader n1, sync_standby [nœd2]
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
