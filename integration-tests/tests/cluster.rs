@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use baton_integration_tests::{
-    Check, Cluster, ClusterSpec, PgTarget, SampleReport, Tools, lsn_reached, scaled, simple_query,
-    wait_for, wait_until,
+    Check, Cluster, ClusterSpec, PgTarget, SampleReport, Tools, lsn_reached, pid_alive, scaled,
+    simple_query, wait_for, wait_until,
 };
 use serde_json::{Value, json};
 
@@ -431,13 +431,18 @@ async fn leader_fences_itself_before_its_lease_can_expire() -> anyhow::Result<()
         .wait_healthy(scaled(Duration::from_secs(180)))
         .await?;
     let leader = healthy.leader.clone();
-    let pg = cluster.node(&leader).pg();
+    let postmaster = cluster
+        .node(&leader)
+        .postmaster_pid()
+        .context("the leader's postmaster pid")?;
 
     cluster.etcd().pause_member(0, true)?;
     let frozen_at = Instant::now();
     let mut primary_503_at = None;
     let mut fenced_at = None;
-    // Poll every 100 ms until both happened, for at most ttl + a margin.
+    // Poll every 100 ms until both happened, for at most ttl + a margin. "Fenced" is the
+    // postmaster gone, not a connection attempt failing: on a loaded machine a connect can
+    // time out while PostgreSQL still runs.
     while frozen_at.elapsed() < ttl + Duration::from_secs(10) && fenced_at.is_none() {
         if primary_503_at.is_none()
             && cluster
@@ -449,11 +454,7 @@ async fn leader_fences_itself_before_its_lease_can_expire() -> anyhow::Result<()
         {
             primary_503_at = Some(frozen_at.elapsed());
         }
-        if pg
-            .connect_with_timeout(Duration::from_millis(500))
-            .await
-            .is_err()
-        {
+        if !pid_alive(postmaster) {
             fenced_at = Some(frozen_at.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -545,14 +546,10 @@ async fn restarted_agent_keeps_its_primary_or_fences_it_by_the_old_deadline() ->
     let killed_at = Instant::now();
     cluster.etcd().pause_member(0, true)?;
     cluster.start_agent(&leader)?;
-    let pg = cluster.node(&leader).pg();
     let mut fenced_at = None;
     while killed_at.elapsed() < ttl + Duration::from_secs(10) {
-        if pg
-            .connect_with_timeout(Duration::from_millis(500))
-            .await
-            .is_err()
-        {
+        // The postmaster gone (a connect timing out on a loaded machine proves nothing).
+        if !pid_alive(postmaster) {
             fenced_at = Some(killed_at.elapsed());
             break;
         }

@@ -151,6 +151,7 @@ pub async fn run(
         }
     };
     info!(hosts = ?settings.endpoints, prefix = settings.scope.prefix(), "connected to etcd");
+    ensure_unique_name(dcs.as_ref(), &config.name).await?;
 
     // The dynamic configuration: the cluster's, else our bootstrap.dcs, else the defaults.
     let dynamic = initial_dynamic(dcs.as_ref(), &config).await;
@@ -269,6 +270,46 @@ pub async fn run(
     while tasks.join_next().await.is_some() {}
     info!("stopped");
     Ok(())
+}
+
+/// Refuse to start while another agent with our name runs in the cluster (Patroni's
+/// `ensure_unique_name`): a member key with our name whose REST API answers. Two agents
+/// publishing into one member key would make every decision about that member wrong. A key
+/// left behind by a dead agent (its API does not answer) is ours to take over; so is a
+/// cluster we cannot read (nothing is known to conflict).
+pub async fn ensure_unique_name<D: Dcs>(dcs: &D, name: &str) -> anyhow::Result<()> {
+    let Ok(Ok(view)) = tokio::time::timeout(Duration::from_secs(5), dcs.read_cluster()).await
+    else {
+        return Ok(());
+    };
+    let Some(api_url) = view
+        .members
+        .iter()
+        .find(|m| m.name.as_str() == name)
+        .and_then(|m| m.api_url.as_deref())
+    else {
+        return Ok(());
+    };
+    let url = liveness_url(api_url);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .context("build the HTTP client for the unique-name check")?;
+    if let Ok(resp) = client.get(&url).send().await {
+        anyhow::bail!(
+            "Can't start; there is already a node named '{name}' running \
+             (its REST API at {url} answered {})",
+            resp.status().as_u16()
+        );
+    }
+    Ok(())
+}
+
+/// `http://h:p/patroni` → `http://h:p/liveness` (any other path: `/liveness` appended).
+fn liveness_url(api_url: &str) -> String {
+    let base = api_url.trim_end_matches('/');
+    let base = base.strip_suffix("/patroni").unwrap_or(base);
+    format!("{base}/liveness")
 }
 
 /// The dynamic configuration to start with: the cluster's `config` key, else our

@@ -359,3 +359,15 @@ async fn a_confirmed_key_lifts_the_inherited_deadline() {
     );
     h.stop().await;
 }
+
+#[test]
+fn the_unique_name_check_asks_the_members_liveness_endpoint() {
+    assert_eq!(
+        crate::liveness_url("http://10.0.0.1:8008/patroni"),
+        "http://10.0.0.1:8008/liveness"
+    );
+    assert_eq!(
+        crate::liveness_url("https://h:8008/"),
+        "https://h:8008/liveness"
+    );
+}

@@ -47,6 +47,48 @@ pub fn decide(memory: &Memory, obs: &Observation, config: &HaConfig, now: Mono) 
         now,
     };
     let (mut actions, mut reason) = ctx.choose(&mut next);
+    // The memory below is derived from the actions that will really run.
+    if config.pause {
+        // Maintenance mode: PostgreSQL and the leader key are left as they are; only
+        // bookkeeping that changes no role still happens, and a manual switchover to a named
+        // candidate (Patroni allows exactly that while paused). The leader keeps managing
+        // `/sync` and `synchronous_standby_names` (Patroni does too): a synchronous standby
+        // that stops replaying would otherwise hold every commit for the whole maintenance.
+        let manual = matches!(
+            reason,
+            Reason::SwitchoverDemoting { candidate: Some(_) } | Reason::ManualCandidate
+        ) || (matches!(reason, Reason::SyncUpdate { .. }) && ctx.holds_key())
+            // The former primary of a switchover rejoins as a standby (rewound if needed).
+            || (memory.handed_over
+                && actions.iter().all(|a| {
+                    matches!(
+                        a,
+                        Action::StartPostgres {
+                            role: StartRole::Standby { .. }
+                        } | Action::Rewind { .. }
+                    )
+                }));
+        let before = actions.len();
+        actions.retain(|a| {
+            manual
+                || matches!(
+                    a,
+                    Action::Follow { .. }
+                        | Action::EnsureSlots { .. }
+                        | Action::WriteConfig
+                        | Action::UpdateHistory
+                        | Action::ReattachLeader
+                        | Action::ClearFailover { .. }
+                )
+        });
+        let detail = if actions.len() < before {
+            format!("not acting while paused, would have: {reason}")
+        } else {
+            reason.to_string()
+        };
+        reason = Reason::Paused { detail };
+    }
+
     // PostgreSQL started as a standby of this leader needs no re-pointing afterwards.
     if let Some(up) = actions.iter().find_map(|a| match a {
         Action::StartPostgres {
@@ -69,33 +111,10 @@ pub fn decide(memory: &Memory, obs: &Observation, config: &HaConfig, now: Mono) 
         next.not_streaming_since = None;
     }
 
-    if config.pause {
-        // Maintenance mode: PostgreSQL and the leader key are left as they are; only
-        // bookkeeping that changes no role still happens, and a manual switchover to a named
-        // candidate (Patroni allows exactly that while paused).
-        let manual = matches!(
-            reason,
-            Reason::SwitchoverDemoting { candidate: Some(_) } | Reason::ManualCandidate
-        );
-        let before = actions.len();
-        actions.retain(|a| {
-            manual
-                || matches!(
-                    a,
-                    Action::Follow { .. }
-                        | Action::EnsureSlots { .. }
-                        | Action::WriteConfig
-                        | Action::UpdateHistory
-                        | Action::ReattachLeader
-                        | Action::ClearFailover { .. }
-                )
-        });
-        let detail = if actions.len() < before {
-            format!("not acting while paused, would have: {reason}")
-        } else {
-            reason.to_string()
-        };
-        reason = Reason::Paused { detail };
+    if actions.contains(&Action::HandOver) {
+        next.handed_over = true;
+    } else if obs.pg.is_running() || ctx.holds_key() {
+        next.handed_over = false;
     }
 
     // A leader that cannot read the DCS is still a leader until it fences: forgetting it would
@@ -713,25 +732,27 @@ impl Ctx<'_> {
                     nofailover: m.tags.is_nofailover(),
                     priority: m.tags.sync_priority.unwrap_or(1),
                     state: sync_state_rank(&row.sync_state),
-                    flush: row.flush_lsn.unwrap_or_default(),
+                    position: sql.commit_waits_for(row).unwrap_or_default(),
                 })
             })
             .collect();
         if let Some(limit) = self.cfg.sync.max_lag_on_syncnode {
-            // Patroni: behind the most advanced standby, or the primary when only one streams.
+            // Patroni: behind the most advanced standby, or the primary when only one streams,
+            // measured on the position commits wait for (a standby whose replay is paused lags
+            // under `remote_apply` even while it keeps flushing).
             let reference = if rows.len() > 1 {
-                rows.iter().map(|r| r.flush).max().unwrap_or_default()
+                rows.iter().map(|r| r.position).max().unwrap_or_default()
             } else {
                 sql.wal_position()
             };
-            rows.retain(|r| reference.saturating_sub(r.flush) <= limit);
+            rows.retain(|r| reference.saturating_sub(r.position) <= limit);
         }
         rows.sort_by(|a, b| {
             a.nofailover
                 .cmp(&b.nofailover)
                 .then(b.priority.cmp(&a.priority))
                 .then(b.state.cmp(&a.state))
-                .then(b.flush.cmp(&a.flush))
+                .then(b.position.cmp(&a.position))
                 .then(a.name.cmp(b.name))
         });
         let take = if self.cfg.sync.mode == SyncMode::Quorum {
@@ -1330,7 +1351,8 @@ struct SyncCandidate<'a> {
     nofailover: bool,
     priority: i64,
     state: u8,
-    flush: Lsn,
+    /// The position a commit waits for (`synchronous_commit`): flush, write or replay.
+    position: Lsn,
 }
 
 /// `pg_stat_replication.sync_state` in Patroni's (descending string) order: `sync`, `quorum`,

@@ -166,6 +166,10 @@ pub struct Memory {
     pub sync_changed_at: Option<Lsn>,
     /// Since when our standby has not been streaming from the leader (running, in recovery).
     pub not_streaming_since: Option<Mono>,
+    /// We stopped our primary to hand leadership over (switchover) and have not started
+    /// PostgreSQL since: it comes back as a standby even in maintenance mode, as Patroni's
+    /// demotion does.
+    pub handed_over: bool,
 }
 
 /// Where a replica streams from / clones from / rewinds from.

@@ -188,6 +188,9 @@ pub struct PgSql {
     pub pending_restart: bool,
     /// The current value of `synchronous_standby_names`.
     pub synchronous_standby_names: String,
+    /// The current value of `synchronous_commit`: which standby position a commit waits for
+    /// (`remote_apply`: replay, `remote_write`: write, otherwise flush).
+    pub synchronous_commit: String,
     /// The newest timeline history file in `pg_wal`. A standby whose WAL receiver is down
     /// reports the last checkpoint's timeline, which lags a timeline switch it has already
     /// followed; the history file does not (and a promotion picks a timeline above it).
@@ -195,6 +198,16 @@ pub struct PgSql {
 }
 
 impl PgSql {
+    /// The position of a standby that a commit on this primary waits for, as
+    /// `synchronous_commit` says (Patroni measures `maximum_lag_on_syncnode` on it).
+    pub fn commit_waits_for(&self, row: &ReplicationRow) -> Option<Lsn> {
+        match self.synchronous_commit.as_str() {
+            "remote_apply" => row.replay_lsn,
+            "remote_write" => row.write_lsn,
+            _ => row.flush_lsn,
+        }
+    }
+
     /// The timeline to publish and to compare with the cluster's: the reported one, or the
     /// newest history file's when that is later (a standby without a WAL receiver).
     pub fn effective_timeline(&self) -> Timeline {

@@ -54,16 +54,32 @@ pub fn render_ssn_quorum(names: &[MemberName], num: usize, strict: bool) -> Stri
     format!("ANY {} ({})", num.clamp(1, sorted.len()), list.join(","))
 }
 
+/// `value` without a leading `FIRST` or `ANY` keyword (any case). Works on characters, never
+/// on byte offsets: the value comes from PostgreSQL and may hold any UTF-8 (member names).
+fn strip_method(value: &str) -> &str {
+    for kw in ["FIRST", "ANY"] {
+        let mut chars = value.char_indices();
+        let matches = kw.chars().all(|k| {
+            chars
+                .next()
+                .is_some_and(|(_, c)| c.eq_ignore_ascii_case(&k))
+        });
+        // A keyword is a word of its own: `anybody` is a standby name, `ANY 2 (...)` is not.
+        if matches
+            && let Some((rest_at, c)) = chars.next()
+            && c.is_whitespace()
+        {
+            return value.get(rest_at..).map_or(value, str::trim_start);
+        }
+    }
+    value
+}
+
 /// The `n` of `ANY n (...)` / `N (...)` / `FIRST N (...)`; 1 for a bare list, 0 when empty.
 pub fn ssn_num(value: &str) -> usize {
-    let mut v = value.trim();
+    let v = strip_method(value.trim());
     if v.is_empty() {
         return 0;
-    }
-    for kw in ["FIRST", "ANY"] {
-        if v.len() > kw.len() && v[..kw.len()].eq_ignore_ascii_case(kw) {
-            v = v[kw.len()..].trim_start();
-        }
     }
     match v.find('(') {
         Some(open) => v[..open].trim().parse().unwrap_or(1),
@@ -75,12 +91,7 @@ pub fn ssn_num(value: &str) -> usize {
 /// `a`, `a, b`, `N (a,b)`, `FIRST N (...)`, `ANY N (...)`), unquoted; `*` and the strict
 /// placeholder are not names.
 pub fn parse_ssn(value: &str) -> Vec<String> {
-    let mut v = value.trim();
-    for kw in ["FIRST", "ANY"] {
-        if v.len() > kw.len() && v[..kw.len()].eq_ignore_ascii_case(kw) {
-            v = v[kw.len()..].trim_start();
-        }
-    }
+    let mut v = strip_method(value.trim());
     if let Some(open) = v.find('(')
         && v[..open].trim().chars().all(|c| c.is_ascii_digit())
     {
@@ -164,6 +175,77 @@ mod tests {
         for set in [&["n1"][..], &["n1", "postgres-2"], &[]] {
             let rendered = render_ssn(&names(set), false);
             assert_eq!(parse_ssn(&rendered), set.to_vec(), "{rendered}");
+        }
+    }
+
+    #[test]
+    fn keywords_are_words_of_their_own() {
+        assert_eq!(parse_ssn("anybody"), ["anybody"]);
+        assert_eq!(parse_ssn("firstnode, n2"), ["firstnode", "n2"]);
+        assert_eq!(ssn_num("anybody"), 1);
+        assert_eq!(parse_ssn("any 1 (anybody)"), ["anybody"]);
+    }
+
+    #[test]
+    fn non_ascii_values_do_not_panic() {
+        // A byte offset inside a multi-byte character used to panic (the leader crash-looped).
+        for v in [
+            "aaé",
+            "éééé",
+            "ÄNY 1 (a)",
+            "Ä",
+            "AN\u{e9}",
+            "ANYé",
+            "FIRSTé 1 (b)",
+            "ANY 1 (ñødé,\"ü\")",
+            "é(x)",
+        ] {
+            let _ = parse_ssn(v);
+            let _ = ssn_num(v);
+        }
+        assert_eq!(parse_ssn("ANY 1 (ñødé,\"ü\")"), ["ñødé", "ü"]);
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        fn member_name() -> impl Strategy<Value = String> {
+            // Any Unicode, quotes, commas, spaces and parentheses included.
+            "\\PC{1,12}".prop_filter("not a reserved word", |n| {
+                !n.trim().is_empty() && n != "*" && n != STRICT_PLACEHOLDER
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn parsing_any_value_never_panics(v in "\\PC{0,40}") {
+                let _ = parse_ssn(&v);
+                let _ = ssn_num(&v);
+            }
+
+            #[test]
+            fn rendered_names_parse_back(
+                set in proptest::collection::btree_set(member_name(), 0..5),
+                num in 1usize..4,
+                strict in any::<bool>(),
+            ) {
+                let names: Vec<MemberName> =
+                    set.iter().filter_map(|n| MemberName::new(n.clone())).collect();
+                let mut sorted: Vec<String> = names.iter().map(|n| n.as_str().to_owned()).collect();
+                sorted.sort_unstable();
+                let priority = render_ssn(&names, strict);
+                prop_assert_eq!(parse_ssn(&priority), sorted.clone(), "{}", priority);
+                let quorum = render_ssn_quorum(&names, num, strict);
+                prop_assert_eq!(parse_ssn(&quorum), sorted.clone(), "{}", quorum);
+                let expected_num = if sorted.is_empty() {
+                    usize::from(strict)
+                } else {
+                    num.clamp(1, sorted.len())
+                };
+                prop_assert_eq!(ssn_num(&quorum), expected_num, "{}", quorum);
+            }
         }
     }
 }

@@ -134,7 +134,8 @@ SELECT current_setting('server_version_num')::int4,
        w.received_tli::int8,
        w.latest_end_lsn::text,
        EXISTS (SELECT 1 FROM pg_catalog.pg_settings WHERE pending_restart),
-       current_setting('synchronous_standby_names')
+       current_setting('synchronous_standby_names'),
+       current_setting('synchronous_commit')
   FROM (SELECT pg_catalog.pg_is_in_recovery() AS rec) r
   LEFT JOIN pg_catalog.pg_stat_wal_receiver w ON true";
 
@@ -1408,6 +1409,7 @@ fn parse_status(row: &Row) -> Result<PgSql, PgError> {
     let receiver_latest_end_lsn = lsn(12)?;
     let pending_restart: bool = row.try_get(13).map_err(get_err)?;
     let synchronous_standby_names: String = row.try_get(14).map_err(get_err)?;
+    let synchronous_commit: String = row.try_get(15).map_err(get_err)?;
 
     let to_timeline = |t: i64| u32::try_from(t).ok().filter(|t| *t > 0).map(Timeline);
     let timeline = if in_recovery {
@@ -1434,6 +1436,7 @@ fn parse_status(row: &Row) -> Result<PgSql, PgError> {
         slots: Vec::new(),
         pending_restart,
         synchronous_standby_names,
+        synchronous_commit,
         newest_history: None,
     })
 }

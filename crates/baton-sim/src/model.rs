@@ -509,6 +509,7 @@ impl Model {
             slots: node_slots(&self.nodes[i]),
             pending_restart: false,
             synchronous_standby_names: self.nodes[i].ssn.clone(),
+            synchronous_commit: "on".to_owned(),
             // The model reports the timeline a standby replays, never a stale one.
             newest_history: None,
         }

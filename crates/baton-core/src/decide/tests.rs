@@ -13,14 +13,16 @@
 //! pg: running primary|replica|nosql tl=1 hist=2 flush=0/3000000 recv=.. replay=.. slots=n1,n3
 //!     (hist: the newest timeline history file in pg_wal)
 //! peer: n3 reachable|unreachable wal=0/2000000 tl=1 primary nofailover priority=2
-//! memory: following=n1 down_since=90 rewind_failed=n1 nostream_since=70
+//! memory: following=n1 down_since=90 rewind_failed=n1 nostream_since=70 handed_over
 //! failure: rewind at=99
 //! failover: leader=n1 candidate=n2 at=2026-11-22T05:00:00+00:00 rev=9
 //! unix: 1795323590000          (wall clock, ms; default 1795323600000 = 2026-11-22T05:00:00Z)
 //! config: sync=on|quorum strict=on count=2 maxlag=1000;  dcs: sync=n1:n2,n3@7 quorum=1
 //!     (leader:standbys@revision; quorum= the `/sync` quorum)
-//! pg: running primary ssn=2~(n2,n3) repl=n2:sync:0_3000000,n3:async:0_2000000
-//!     (`~` stands for a space, `_` for `/` inside repl)
+//! pg: running primary ssn=2~(n2,n3) repl=n2:sync:0_3000000,n3:async:0_2000000:0_1000000
+//!     commit=remote_apply
+//!     (`~` stands for a space, `_` for `/` inside repl; repl rows are name:sync_state:flush
+//!      with an optional :replay, which defaults to flush; commit= is synchronous_commit)
 //! ```
 //! Times are seconds on the monotonic clock.
 
@@ -283,22 +285,29 @@ fn parse(fixture: &str) -> Fixture {
                                 .get("hist")
                                 .map(|v| Timeline(v.parse().expect("hist"))),
                             synchronous_standby_names: t.get("ssn").unwrap_or("").replace('~', " "),
+                            synchronous_commit: t.get("commit").unwrap_or("on").to_owned(),
                             replication: t
                                 .get("repl")
                                 .map(|r| {
                                     r.split(',')
                                         .map(|row| {
-                                            // name:sync_state:flush
+                                            // name:sync_state:flush[:replay]
                                             let mut it = row.split(':');
                                             let app = it.next().expect("repl name");
                                             let state = it.next().expect("repl sync_state");
                                             let flush =
                                                 it.next().map(|l| lsn(&l.replace('_', "/")));
+                                            let replay = it
+                                                .next()
+                                                .map(|l| lsn(&l.replace('_', "/")))
+                                                .or(flush);
                                             ReplicationRow {
                                                 application_name: app.to_owned(),
                                                 state: "streaming".into(),
                                                 sync_state: state.to_owned(),
+                                                write_lsn: flush,
                                                 flush_lsn: flush,
+                                                replay_lsn: replay,
                                                 ..ReplicationRow::default()
                                             }
                                         })
@@ -328,6 +337,7 @@ fn parse(fixture: &str) -> Fixture {
                 memory.primary_down_since = t.get("down_since").map(secs);
                 memory.rewind_failed_against = t.get("rewind_failed").map(name);
                 memory.not_streaming_since = t.get("nostream_since").map(secs);
+                memory.handed_over = t.has("handed_over");
             }
             "unix" => obs.unix_ms = t.first().parse().expect("unix ms"),
             "failover" => {
@@ -2149,6 +2159,117 @@ fn a_standby_lagging_beyond_maximum_lag_on_syncnode_is_not_made_synchronous() {
               1. set synchronous_standby_names to 'n3'
             memory: leader=true following=- down_since=- rewind_failed=-
             wake: +0ms
+        "#]],
+    );
+}
+
+#[test]
+fn a_non_ascii_member_name_in_synchronous_mode_is_handled() {
+    // `synchronous_standby_names` holding a quoted non-ASCII name used to be sliced at a byte
+    // offset inside a character: the decision core panicked and the leader crash-looped.
+    check(
+        "
+        config: me=n1 sync=on
+        lease: id=5 deadline=105
+        dcs: init=7001 leader=n1@5 optime=0/3000000 sync=n1:@7
+        member: n1 role=primary conn=10.0.0.1:5432
+        member: nœd2 role=replica conn=10.0.0.2:5432
+        pg: data=initialized state=in-production
+        pg: running primary tl=1 flush=0/3000000 slots=nœd2 ssn=\"nœd2\" repl=nœd2:sync:0_3000000
+        ",
+        expect![[r#"
+            reason: Synchronous standby status assigned to [nœd2]
+            actions:
+              1. write /sync: leader n1, sync_standby [nœd2]
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
+
+/// n2 is the published synchronous standby; its replay is paused (flushed 0/3000000, replayed
+/// 0/1000000), n3 is healthy; `synchronous_commit` is `commit`.
+fn sync_replay_paused(commit: &str) -> String {
+    format!(
+        "{SYNC_LEADER}
+         config: maxlag=1000
+         dcs: init=7001 leader=n1@5 optime=0/3000000 sync=n1:n2@7
+         pg: running primary flush=0/3000000 slots=n2,n3 ssn=n2 commit={commit} repl=n2:sync:0_3000000:0_1000000,n3:async:0_3000000"
+    )
+}
+
+#[test]
+fn under_remote_apply_a_sync_standby_whose_replay_is_paused_is_replaced() {
+    // Commits wait for replay: n2 lags 32 MiB on the position that matters and is unpublished
+    // first (then the GUC moves to n3, then n3 is published).
+    check(
+        &sync_replay_paused("remote_apply"),
+        expect![[r#"
+            reason: Removing standbys from /sync before changing synchronous_standby_names
+            actions:
+              1. write /sync: leader n1, sync_standby []
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+    // Commits wait for flush: n2 is as far as n3 and stays.
+    check(
+        &sync_replay_paused("on"),
+        expect![[r#"
+            reason: no action. I am the leader with the lock
+            actions: none
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +1000ms
+        "#]],
+    );
+}
+
+#[test]
+fn a_paused_cluster_still_replaces_a_lagging_sync_standby() {
+    check(
+        &format!("{}\n config: pause=on", sync_replay_paused("remote_apply")),
+        expect![[r#"
+            reason: PAUSE: Removing standbys from /sync before changing synchronous_standby_names
+            actions:
+              1. write /sync: leader n1, sync_standby []
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
+
+/// n1 handed leadership over to n2 in a switchover while the cluster is paused; its
+/// PostgreSQL is stopped (clean shutdown) and n2 now leads.
+const HANDED_OVER_PAUSED: &str = "
+    config: me=n1 pause=on
+    lease: id=5 deadline=105
+    dcs: init=7001 leader=n2@7 optime=0/3000000 history=1 creator=n2
+    member: n1 role=primary conn=10.0.0.1:5432
+    member: n2 role=primary xlog=0/3000100 tl=2 conn=10.0.0.2:5432
+    pg: data=initialized state=shut-down tl=1 ckpt=0/3000000
+";
+
+#[test]
+fn a_paused_switchover_brings_the_former_primary_back_as_a_standby() {
+    check(
+        &format!("{HANDED_OVER_PAUSED}\n memory: handed_over"),
+        expect![[r#"
+            reason: PAUSE: running pg_rewind from n2 before following it
+            actions:
+              1. rewind from n2 (10.0.0.2:5432)
+              2. start postgres as replica of n2 (10.0.0.2:5432)
+            memory: leader=false following=n2 down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+    // A PostgreSQL that stopped for another reason stays down while paused.
+    check(
+        HANDED_OVER_PAUSED,
+        expect![[r#"
+            reason: PAUSE: not acting while paused, would have: running pg_rewind from n2 before following it
+            actions: none
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +2000ms
         "#]],
     );
 }
