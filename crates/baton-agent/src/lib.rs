@@ -65,6 +65,7 @@ pub fn pg_settings(config: &Config, dynamic: &DynamicConfig) -> PgSettings {
         pgpass: pg.pgpass.clone(),
         parameters: baton_config::merged_parameters(config, dynamic),
         pg_hba: baton_config::effective_pg_hba(config, dynamic),
+        use_slots: dynamic.use_slots,
         initdb_options: config
             .bootstrap
             .as_ref()

@@ -135,6 +135,7 @@ pub fn effective_ha(config: &Config, dynamic: &DynamicConfig) -> HaConfig {
             .postgresql
             .use_pg_rewind
             .unwrap_or(dynamic.use_pg_rewind),
+        use_slots: dynamic.use_slots,
         remove_data_directory_on_rewind_failure: config
             .postgresql
             .remove_data_directory_on_rewind_failure

@@ -1201,6 +1201,7 @@ fn effective_ha_merges_local_and_dynamic() {
             maximum_lag_on_failover: 1048576,
             primary_start_timeout: 300s,
             use_pg_rewind: true,
+            use_slots: true,
             remove_data_directory_on_rewind_failure: false,
             pause: false,
             tags: Tags {

@@ -583,17 +583,21 @@ impl Ctx<'_> {
         if view.timeline().is_some_and(|tl| sql.timeline > tl) {
             actions.push(Action::UpdateHistory);
         }
-        let mut slots: Vec<String> = view
-            .members
-            .iter()
-            .filter(|m| &m.name != self.me() && !m.tags.nostream)
-            .map(|m| m.name.slot_name())
-            .collect();
-        slots.sort();
-        let mut have = sql.slots.clone();
-        have.sort();
-        if slots != have {
-            actions.push(Action::EnsureSlots { slots });
+        if self.cfg.use_slots {
+            let mut slots: Vec<String> = view
+                .members
+                .iter()
+                .filter(|m| &m.name != self.me() && !m.tags.nostream)
+                .map(|m| m.name.slot_name())
+                .collect();
+            slots.sort();
+            // `sql.slots` lists only the slots pgbaton manages: another tool's slot is no
+            // reason to act.
+            let mut have = sql.slots.clone();
+            have.sort();
+            if slots != have {
+                actions.push(Action::EnsureSlots { slots });
+            }
         }
         (actions, Reason::LeaderWithLock)
     }

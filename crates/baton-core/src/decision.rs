@@ -65,6 +65,9 @@ pub struct HaConfig {
     /// leader key is handed over.
     pub primary_start_timeout: Duration,
     pub use_pg_rewind: bool,
+    /// Dynamic `postgresql.use_slots`: the leader keeps a replication slot per member. When
+    /// false it creates and drops none.
+    pub use_slots: bool,
     pub remove_data_directory_on_rewind_failure: bool,
     /// Dynamic `pause`: no automatic failover, PostgreSQL is left as it is.
     pub pause: bool,
@@ -228,7 +231,8 @@ pub enum Action {
     WriteConfig,
     /// Append the new timeline to the `history` key from the timeline history file.
     UpdateHistory,
-    /// Physical replication slots for these members (and drop other member slots we own).
+    /// Physical replication slots for these members (and drop the inactive slots pgbaton
+    /// manages that are not among them; other tools' slots are left alone).
     EnsureSlots {
         slots: Vec<String>,
     },

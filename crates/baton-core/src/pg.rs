@@ -182,7 +182,8 @@ pub struct PgSql {
     pub receiver_latest_end_lsn: Option<Lsn>,
     /// Primary: one row per WAL sender (`pg_stat_replication`).
     pub replication: Vec<ReplicationRow>,
-    /// Physical replication slots present on this instance.
+    /// Physical replication slots present on this instance that pgbaton manages (it created
+    /// them, or adopted them as a member's slot); slots other tools made are not listed.
     pub slots: Vec<String>,
     /// `pending_restart` is true for some setting in `pg_settings`.
     pub pending_restart: bool,

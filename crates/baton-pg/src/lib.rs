@@ -37,15 +37,27 @@ pub enum PgError {
         #[source]
         source: std::io::Error,
     },
+    /// A file pgbaton writes could not be rendered (a parameter name or value it refuses).
+    #[error(transparent)]
+    Render(#[from] render::RenderError),
     #[error("{0}")]
     Other(String),
 }
 
-/// User name and password for one of the three roles.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// User name and password for one of the three roles. `Debug` shows the user name only.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Credentials {
     pub username: String,
     pub password: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .finish()
+    }
 }
 
 /// Everything `LocalPostgres` needs to know, mapped by the agent from the validated config.
@@ -76,9 +88,13 @@ pub struct PgSettings {
     pub pgpass: PathBuf,
     /// `postgresql.parameters` merged with dynamic-config parameters (agent does the merge).
     pub parameters: BTreeMap<String, String>,
-    /// `postgresql.pg_hba` lines; when empty, a default allowing the replication and
-    /// superuser roles over md5/scram from anywhere plus local trust is written.
+    /// `postgresql.pg_hba` lines; when empty, a default admitting only the roles named here
+    /// (superuser, replication, rewind) with `scram-sha-256` is written (see
+    /// [`render::pg_hba_conf`]).
     pub pg_hba: Vec<String>,
+    /// Dynamic `postgresql.use_slots`: standbys stream through their replication slot
+    /// (`primary_slot_name`). When false no `primary_slot_name` is written.
+    pub use_slots: bool,
     /// initdb options (`bootstrap.initdb` in list form: `--encoding=UTF8`, `--data-checksums`).
     pub initdb_options: Vec<String>,
     /// `pg_ctl` timeout for start/stop/promote (Patroni `pg_ctl_timeout`, default 60 s).
@@ -158,8 +174,9 @@ pub trait Postgres: Send + Sync + 'static {
     /// pg_read_binary_file(text,bigint,bigint,boolean)), then CHECKPOINT.
     fn create_roles(&self) -> impl Future<Output = Result<(), PgError>> + Send;
 
-    /// Make the set of physical replication slots named like members equal `slots` (create
-    /// missing, drop inactive extra ones that look like member slots).
+    /// Create the physical replication slots `slots` (member slots) that are missing, and drop
+    /// the inactive ones pgbaton manages that are no longer wanted. A slot pgbaton did not
+    /// create or adopt as a member's slot (Barman's, pg_receivewal's, ...) is never dropped.
     fn ensure_slots(&self, slots: &[String]) -> impl Future<Output = Result<(), PgError>> + Send;
 
     /// Parse `pg_wal/<TL>.history` of the current timeline into history lines (without

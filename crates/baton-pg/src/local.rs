@@ -1,10 +1,11 @@
 //! `LocalPostgres`: the PostgreSQL instance on this host, driven through its binaries and SQL.
 
-use std::collections::BTreeSet;
-use std::ffi::OsString;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::{OsStr, OsString};
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -37,6 +38,14 @@ const PG_ENV: &[&str] = &[
     "PGTARGETSESSIONATTRS",
     "PGCONNECT_TIMEOUT",
 ];
+
+/// Prefixes of the agent's own configuration variables (`PATRONI_SUPERUSER_PASSWORD`,
+/// `PGBATON_RESTAPI_PASSWORD`, ...): they can carry secrets and are no business of the
+/// PostgreSQL processes, so no child gets them.
+const AGENT_ENV_PREFIXES: &[&str] = &["PATRONI_", "PGBATON_"];
+
+/// Suffix of the file beside the data directory listing the replication slots pgbaton manages.
+const SLOT_RECORD_SUFFIX: &str = ".pgbaton-slots";
 
 /// `connect_timeout` for pg_basebackup and pg_rewind connections.
 const CONNECT_TIMEOUT_SECS: u32 = 10;
@@ -215,6 +224,12 @@ impl LocalPostgres {
         for var in PG_ENV {
             cmd.env_remove(var);
         }
+        for (name, _) in std::env::vars_os() {
+            if is_agent_var(&name) {
+                cmd.env_remove(name);
+            }
+        }
+        clear_ambient_capabilities(&mut cmd);
         if opts.c_locale {
             cmd.env("LC_ALL", "C").env("LANG", "C");
         }
@@ -306,37 +321,61 @@ impl LocalPostgres {
         Ok(())
     }
 
-    /// Write `contents` to `path` atomically (temporary file + rename) with `mode`, owned by the
-    /// `run_as` user. `Ok(false)` when the file already had exactly these contents.
+    /// Write `contents` to `path` atomically with `mode`, owned by the `run_as` user: a new
+    /// temporary file beside it (unpredictable name, `O_CREAT|O_EXCL|O_NOFOLLOW`, so nothing
+    /// planted there is followed or reused), mode and owner set on the open file, synced, then
+    /// renamed over `path` (a symlink planted at `path` is replaced, never written through).
+    /// `Ok(false)` when `path` already is a regular file with exactly these contents and mode.
     fn write_file(&self, path: &Path, contents: &str, mode: u32) -> Result<bool, PgError> {
-        if fs::read(path).ok().as_deref() == Some(contents.as_bytes()) {
+        if self.is_written(path, contents, mode) {
             return Ok(false);
         }
         let io = |context: String| move |source| PgError::Io { context, source };
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = path.with_file_name(format!(".{name}.pgbaton-tmp"));
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(io(format!("create {}", tmp.display())))?;
-        file.write_all(contents.as_bytes())
-            .and_then(|()| file.sync_all())
-            .map_err(io(format!("write {}", tmp.display())))?;
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))
-            .map_err(io(format!("chmod {}", tmp.display())))?;
-        self.chown(&tmp)?;
-        fs::rename(&tmp, path).map_err(io(format!(
-            "rename {} to {}",
-            tmp.display(),
-            path.display()
-        )))?;
-        Ok(true)
+        let (tmp, mut file) = create_temp_beside(path, mode)?;
+        let written = (|| {
+            file.set_permissions(fs::Permissions::from_mode(mode))
+                .map_err(io(format!("chmod {}", tmp.display())))?;
+            if let Some((uid, gid)) = self.settings.run_as {
+                std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+                    .map_err(io(format!("chown {}", tmp.display())))?;
+            }
+            file.write_all(contents.as_bytes())
+                .and_then(|()| file.sync_all())
+                .map_err(io(format!("write {}", tmp.display())))?;
+            fs::rename(&tmp, path).map_err(io(format!(
+                "rename {} to {}",
+                tmp.display(),
+                path.display()
+            )))
+        })();
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        written.map(|()| true)
+    }
+
+    /// `path` is a regular file (not a symlink) with exactly `contents` and `mode`, owned by
+    /// the `run_as` user when there is one.
+    fn is_written(&self, path: &Path, contents: &str, mode: u32) -> bool {
+        let Ok(mut file) = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)
+        else {
+            return false;
+        };
+        let Ok(meta) = file.metadata() else {
+            return false;
+        };
+        let owner_ok = self
+            .settings
+            .run_as
+            .is_none_or(|(uid, _)| meta.uid() == uid);
+        if !meta.is_file() || meta.mode() & 0o7777 != mode || !owner_ok {
+            return false;
+        }
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).is_ok() && bytes == contents.as_bytes()
     }
 
     fn remove_file(&self, path: &Path) -> Result<(), PgError> {
@@ -353,10 +392,60 @@ impl LocalPostgres {
     fn write_pgpass(&self) -> Result<(), PgError> {
         self.write_file(
             &self.settings.pgpass,
-            &render::pgpass(&self.settings),
+            &render::pgpass(&self.settings)?,
             0o600,
         )
         .map(drop)
+    }
+
+    /// `<data_dir>.pgbaton-slots`: the replication slots pgbaton created, or adopted as a
+    /// member's slot, on this data directory. Beside the data directory, so pg_basebackup and
+    /// pg_rewind never copy one member's record to another.
+    fn slot_record_path(&self) -> PathBuf {
+        let mut path = self.data_dir().as_os_str().to_owned();
+        path.push(SLOT_RECORD_SUFFIX);
+        PathBuf::from(path)
+    }
+
+    /// The slot names in the record; none when there is no record. Lines that are not slot
+    /// names (the comment) are skipped. A symlink there is an error, never followed.
+    fn read_slot_record(&self) -> Result<BTreeSet<String>, PgError> {
+        let path = self.slot_record_path();
+        let read = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path)
+            .and_then(|mut file| {
+                let mut text = String::new();
+                file.read_to_string(&mut text).map(|_| text)
+            });
+        match read {
+            Ok(text) => Ok(text
+                .lines()
+                .map(str::trim)
+                .filter(|l| is_valid_slot_name(l))
+                .map(str::to_owned)
+                .collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeSet::new()),
+            Err(source) => Err(PgError::Io {
+                context: format!("read {}", path.display()),
+                source,
+            }),
+        }
+    }
+
+    fn write_slot_record(&self, names: &BTreeSet<String>) -> Result<(), PgError> {
+        let mut text = format!(
+            "# Physical replication slots pgbaton manages in {}, one a line.\n\
+             # Written by pgbaton: a slot not listed here is never dropped by it.\n",
+            self.data_dir().display()
+        );
+        for name in names {
+            text.push_str(name);
+            text.push('\n');
+        }
+        self.write_file(&self.slot_record_path(), &text, 0o600)
+            .map(drop)
     }
 
     /// Create the data directory if missing; give it to the `run_as` user with mode 0700.
@@ -421,15 +510,15 @@ impl LocalPostgres {
                     settings
                         .parameters
                         .insert("synchronous_standby_names".into(), value.clone());
-                    render::postgresql_conf(&settings, role)
+                    render::postgresql_conf(&settings, role)?
                 }
-                None => render::postgresql_conf(&self.settings, role),
+                None => render::postgresql_conf(&self.settings, role)?,
             }
         };
         let mut changed = self.write_file(&self.data_file("postgresql.conf"), &conf, 0o600)?;
         self.write_file(
             &self.data_file("pg_hba.conf"),
-            &render::pg_hba_conf(&self.settings),
+            &render::pg_hba_conf(&self.settings)?,
             0o600,
         )?;
         self.write_pgpass()?;
@@ -566,6 +655,13 @@ impl LocalPostgres {
             match query_state(conn).await {
                 Ok(mut sql) => {
                     sql.newest_history = newest_history_file(&self.settings.data_dir);
+                    // Only the slots we manage: another tool's slot is none of our business
+                    // (an unreadable record lists none; ensure_slots reports why).
+                    let ours = self.read_slot_record().unwrap_or_else(|e| {
+                        debug!("observe: {e}");
+                        BTreeSet::new()
+                    });
+                    sql.slots.retain(|name| ours.contains(name));
                     Some(sql)
                 }
                 Err(e) => {
@@ -809,7 +905,8 @@ impl LocalPostgres {
             }
             .map_err(io(format!("remove {}", path.display())))?;
         }
-        Ok(())
+        // The slots went with the data: nothing in the directory is ours any more.
+        self.remove_file(&self.slot_record_path())
     }
 
     async fn current_timeline(&self) -> Result<Timeline, PgError> {
@@ -871,6 +968,8 @@ impl Postgres for LocalPostgres {
             )));
         }
         self.ensure_data_dir()?;
+        // A new cluster has no slots: a record left from an earlier one names nothing of ours.
+        self.remove_file(&self.slot_record_path())?;
         let s = &self.settings;
         let mut args: Vec<OsString> = vec![self.data_dir_arg()];
         args.extend(s.initdb_options.iter().map(OsString::from));
@@ -1279,7 +1378,9 @@ impl Postgres for LocalPostgres {
                 "invalid replication slot name {bad:?}"
             )));
         }
+        let wanted: BTreeSet<&str> = slots.iter().map(String::as_str).collect();
         let work = async {
+            let mut record = self.read_slot_record()?;
             let conn = self.admin("ensure slots").await?;
             let client = &conn.client;
             let rows = client
@@ -1289,7 +1390,7 @@ impl Postgres for LocalPostgres {
                 )
                 .await
                 .map_err(|e| sql_error("list replication slots", &e))?;
-            let mut existing = BTreeSet::new();
+            let mut existing = BTreeMap::new();
             for row in &rows {
                 let name: String = row
                     .try_get(0)
@@ -1297,20 +1398,47 @@ impl Postgres for LocalPostgres {
                 let active: bool = row
                     .try_get(1)
                     .map_err(|e| sql_error("list replication slots", &e))?;
-                existing.insert(name.clone());
-                if !active && !slots.contains(&name) {
-                    info!("dropping replication slot {name}");
-                    let result = client
-                        .execute("SELECT pg_catalog.pg_drop_replication_slot($1)", &[&name])
-                        .await;
-                    ignore_states(
-                        result,
-                        &[SqlState::OBJECT_IN_USE, SqlState::UNDEFINED_OBJECT],
-                    )
-                    .map_err(|e| sql_error(&format!("drop replication slot {name}"), &e))?;
+                existing.insert(name, active);
+            }
+            // Ours: what the record lists and still exists, and every wanted (member) slot,
+            // created below or adopted. Recorded before any slot is created, so a crash in
+            // between never leaves a slot we made unrecorded.
+            let recorded = record.clone();
+            record.retain(|name| existing.contains_key(name));
+            record.extend(slots.iter().cloned());
+            if record != recorded {
+                self.write_slot_record(&record)?;
+            }
+            let written = record.clone();
+            for (name, active) in &existing {
+                if wanted.contains(name.as_str()) || !record.contains(name) {
+                    // Wanted, or not ours (Barman's, pg_receivewal's, ...): left alone.
+                    continue;
+                }
+                if *active {
+                    debug!("replication slot {name} is no longer wanted but still active");
+                    continue;
+                }
+                info!("dropping replication slot {name}");
+                let result = client
+                    .execute("SELECT pg_catalog.pg_drop_replication_slot($1)", &[name])
+                    .await;
+                let dropped = match result {
+                    Ok(_) => true,
+                    Err(e) if e.code() == Some(&SqlState::UNDEFINED_OBJECT) => true,
+                    Err(e) if e.code() == Some(&SqlState::OBJECT_IN_USE) => {
+                        debug!("replication slot {name} became active; dropping it later");
+                        false
+                    }
+                    Err(e) => {
+                        return Err(sql_error(&format!("drop replication slot {name}"), &e));
+                    }
+                };
+                if dropped {
+                    record.remove(name);
                 }
             }
-            for name in slots.iter().filter(|s| !existing.contains(*s)) {
+            for name in slots.iter().filter(|s| !existing.contains_key(*s)) {
                 info!("creating replication slot {name}");
                 let result = client
                     .execute(
@@ -1320,6 +1448,9 @@ impl Postgres for LocalPostgres {
                     .await;
                 ignore_states(result, &[SqlState::DUPLICATE_OBJECT])
                     .map_err(|e| sql_error(&format!("create replication slot {name}"), &e))?;
+            }
+            if record != written {
+                self.write_slot_record(&record)?;
             }
             Ok(())
         };
@@ -1561,6 +1692,85 @@ fn walfile_timeline(name: &str) -> Option<Timeline> {
     (tli > 0).then_some(Timeline(tli))
 }
 
+/// `PATRONI_*` / `PGBATON_*` (any case): a variable of the agent's own configuration.
+fn is_agent_var(name: &OsStr) -> bool {
+    let name = name.as_bytes();
+    AGENT_ENV_PREFIXES.iter().any(|prefix| {
+        name.get(..prefix.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
+    })
+}
+
+/// Empty the child's ambient capability set before it execs. An agent started with ambient
+/// `CAP_NET_ADMIN`/`CAP_NET_RAW` (for the floating IP) would otherwise hand them to
+/// PostgreSQL, which, running without file capabilities, keeps exactly its ambient set.
+/// The spawn fails rather than run a child with capabilities it could not drop.
+#[allow(unsafe_code)]
+fn clear_ambient_capabilities(cmd: &mut tokio::process::Command) {
+    let clear = || {
+        // SAFETY: prctl(2) is a plain system call: no allocation, no lock, nothing but
+        // integer arguments (passed as `unsigned long`, as the kernel reads them), so it is
+        // safe between fork and exec. `last_os_error` only reads errno.
+        let rc = unsafe {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    // SAFETY: the hook runs in the forked child before exec and does only the
+    // async-signal-safe system call above; it touches no state of the parent.
+    unsafe {
+        cmd.pre_exec(clear);
+    }
+}
+
+/// A new file beside `path` (a hidden, unpredictable name in the same directory, so the
+/// rename over `path` is atomic), opened with `O_CREAT|O_EXCL|O_NOFOLLOW`: a file or symlink
+/// already at that name is never followed nor reused.
+fn create_temp_beside(path: &Path, mode: u32) -> Result<(PathBuf, fs::File), PgError> {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut tries = 0;
+    loop {
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let tmp = path.with_file_name(format!(
+            ".{name}.{}-{n}-{nanos:08x}.pgbaton-tmp",
+            std::process::id()
+        ));
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+        {
+            Ok(file) => return Ok((tmp, file)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 16 => tries += 1,
+            Err(source) => {
+                return Err(PgError::Io {
+                    context: format!("create {}", tmp.display()),
+                    source,
+                });
+            }
+        }
+    }
+}
+
 fn is_valid_slot_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
@@ -1756,6 +1966,215 @@ mod tests {
             std::fs::write(wal.join(f), "").expect("file");
         }
         assert_eq!(newest_history_file(dir.path()), Some(Timeline(3)));
+    }
+
+    fn settings(dir: &Path) -> PgSettings {
+        PgSettings {
+            name: "n1".into(),
+            scope: "test".into(),
+            data_dir: dir.join("data"),
+            bin_dir: PathBuf::from("/usr/bin"),
+            listen_addresses: "127.0.0.1".into(),
+            port: 5432,
+            local_host: String::new(),
+            socket_dir: Some(dir.to_owned()),
+            superuser: crate::Credentials {
+                username: "postgres".into(),
+                password: Some("su secret".into()),
+            },
+            replication: crate::Credentials::default(),
+            rewind: None,
+            pgpass: dir.join("pgpass"),
+            parameters: Default::default(),
+            pg_hba: Vec::new(),
+            use_slots: true,
+            initdb_options: Vec::new(),
+            pg_ctl_timeout: Duration::from_secs(10),
+            sql_timeout: Duration::from_secs(5),
+            run_as: None,
+        }
+    }
+
+    #[test]
+    fn agent_variables_are_recognised() {
+        for name in [
+            "PATRONI_SUPERUSER_PASSWORD",
+            "PGBATON_RESTAPI_PASSWORD",
+            "pgbaton_x",
+        ] {
+            assert!(is_agent_var(OsStr::new(name)), "{name}");
+        }
+        for name in ["PATH", "PGDATA", "PATRONI", "LANG", "MY_PGBATON_X", ""] {
+            assert!(!is_agent_var(OsStr::new(name)), "{name}");
+        }
+    }
+
+    /// Set in the re-executed copy of the test below: `env` (secrets in the environment) or
+    /// `caps` (also an ambient capability, raised by setpriv).
+    const REEXEC: &str = "PGBATON_TEST_REEXEC";
+    const SECRET: &str = "PGBATON_TEST_SECRET";
+
+    /// Every binary `LocalPostgres` runs goes through `run`: here `cat` reads its own
+    /// `/proc/self/environ` and `status`. The test re-runs itself in a child process whose
+    /// environment carries agent secrets and — as root, through `setpriv` — an ambient
+    /// capability, since a test cannot safely change its own environment or capabilities.
+    #[tokio::test]
+    async fn children_get_no_agent_variables_nor_ambient_capabilities() {
+        const NAME: &str = "local::tests::children_get_no_agent_variables_nor_ambient_capabilities";
+        let Some(mode) = std::env::var_os(REEXEC) else {
+            let exe = std::env::current_exe().expect("test binary");
+            let setpriv = Path::new("/usr/bin/setpriv");
+            let caps = nix::unistd::geteuid().is_root() && setpriv.exists();
+            let mut cmd = if caps {
+                let mut cmd = std::process::Command::new(setpriv);
+                cmd.args(["--inh-caps=+net_raw", "--ambient-caps=+net_raw"])
+                    .arg(exe);
+                cmd
+            } else {
+                println!("not root or no setpriv: checking the environment only");
+                std::process::Command::new(exe)
+            };
+            let out = cmd
+                .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+                .env(REEXEC, if caps { "caps" } else { "env" })
+                .env(SECRET, "hunter2")
+                .env("PATRONI_SUPERUSER_PASSWORD", "hunter2")
+                .output()
+                .expect("re-run the test");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(out.status.success(), "{text}");
+            assert!(text.contains("1 passed"), "the re-run ran no test: {text}");
+            return;
+        };
+        // The re-run: its own environment and capabilities are what an agent's would be.
+        let own_status = fs::read_to_string("/proc/self/status").expect("own status");
+        if mode == "caps" {
+            assert_ne!(
+                cap_amb(&own_status),
+                Some(0),
+                "setpriv raised no ambient capability: {own_status}"
+            );
+        }
+        assert_eq!(std::env::var(SECRET).as_deref(), Ok("hunter2"));
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pg = LocalPostgres::new(settings(dir.path()));
+        let status = pg
+            .run("cat", vec!["/proc/self/status".into()], RunOpts::default())
+            .await
+            .expect("cat status");
+        assert_eq!(cap_amb(&status), Some(0), "{status}");
+        let environ = pg
+            .run("cat", vec!["/proc/self/environ".into()], RunOpts::default())
+            .await
+            .expect("cat environ");
+        let vars: Vec<&str> = environ.split('\0').filter(|v| !v.is_empty()).collect();
+        assert!(
+            vars.iter()
+                .all(|v| !v.starts_with("PGBATON_") && !v.starts_with("PATRONI_")),
+            "{vars:?}"
+        );
+        assert!(!environ.contains("hunter2"), "{vars:?}");
+        assert!(vars.iter().any(|v| v.starts_with("PATH=")), "{vars:?}");
+    }
+
+    fn cap_amb(status: &str) -> Option<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapAmb:"))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+    }
+
+    #[test]
+    fn files_are_written_through_a_new_file_never_through_a_planted_symlink() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pg = LocalPostgres::new(settings(dir.path()));
+        let pgpass = dir.path().join("pgpass");
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "precious\n").expect("victim");
+        std::os::unix::fs::symlink(&victim, &pgpass).expect("plant symlink");
+        // Where a predictable temporary file would go.
+        std::os::unix::fs::symlink(&victim, dir.path().join(".pgpass.pgbaton-tmp"))
+            .expect("plant symlink");
+
+        pg.write_pgpass().expect("write pgpass");
+        let meta = fs::symlink_metadata(&pgpass).expect("pgpass");
+        assert!(meta.file_type().is_file(), "the symlink was replaced");
+        assert_eq!(meta.mode() & 0o7777, 0o600);
+        assert_eq!(
+            fs::read_to_string(&pgpass).expect("read"),
+            "*:*:*:postgres:su secret\n"
+        );
+        assert_eq!(fs::read_to_string(&victim).expect("victim"), "precious\n");
+
+        // A symlink with the very contents is still replaced (it could change later).
+        fs::remove_file(&pgpass).expect("remove");
+        fs::write(&victim, "*:*:*:postgres:su secret\n").expect("victim");
+        std::os::unix::fs::symlink(&victim, &pgpass).expect("plant symlink");
+        assert!(
+            pg.write_file(&pgpass, "*:*:*:postgres:su secret\n", 0o600)
+                .expect("write")
+        );
+        assert!(fs::symlink_metadata(&pgpass).expect("pgpass").is_file());
+        // Same contents but a looser mode: rewritten; then left alone.
+        fs::set_permissions(&pgpass, fs::Permissions::from_mode(0o644)).expect("chmod");
+        assert!(
+            pg.write_file(&pgpass, "*:*:*:postgres:su secret\n", 0o600)
+                .expect("write")
+        );
+        assert!(
+            !pg.write_file(&pgpass, "*:*:*:postgres:su secret\n", 0o600)
+                .expect("write")
+        );
+        let left: Vec<_> = fs::read_dir(dir.path())
+            .expect("read dir")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".pgbaton-tmp") && n != ".pgpass.pgbaton-tmp")
+            .collect();
+        assert!(left.is_empty(), "temporary files left: {left:?}");
+    }
+
+    #[test]
+    fn temporary_files_never_reuse_what_is_at_their_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = dir.path().join("f");
+        let (a, _fa) = create_temp_beside(&target, 0o600).expect("first");
+        let (b, _fb) = create_temp_beside(&target, 0o600).expect("second");
+        assert_ne!(a, b);
+        assert_eq!(a.parent(), Some(dir.path()));
+        assert!(
+            a.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(".f."))
+        );
+    }
+
+    #[test]
+    fn slot_record_lives_beside_the_data_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pg = LocalPostgres::new(settings(dir.path()));
+        assert_eq!(pg.slot_record_path(), dir.path().join("data.pgbaton-slots"));
+        assert_eq!(pg.read_slot_record().expect("no record"), BTreeSet::new());
+        let names: BTreeSet<String> = ["n2".to_owned(), "n3".to_owned()].into();
+        pg.write_slot_record(&names).expect("write");
+        assert_eq!(pg.read_slot_record().expect("read"), names);
+        let text = fs::read_to_string(pg.slot_record_path()).expect("text");
+        assert!(text.starts_with("# "), "{text}");
+        fs::write(pg.slot_record_path(), "n2\nNot A Slot\n\n  n4  \n").expect("edit");
+        assert_eq!(
+            pg.read_slot_record().expect("read"),
+            ["n2".to_owned(), "n4".to_owned()].into()
+        );
+        // A planted symlink cannot make another tool's slots ours.
+        let planted = dir.path().join("planted");
+        fs::write(&planted, "barman\n").expect("planted");
+        fs::remove_file(pg.slot_record_path()).expect("remove");
+        std::os::unix::fs::symlink(&planted, pg.slot_record_path()).expect("symlink");
+        assert!(pg.read_slot_record().is_err());
     }
 
     #[test]

@@ -11,6 +11,63 @@ use baton_core::{MemberName, StartRole, Upstream};
 
 use crate::{Credentials, PgSettings};
 
+/// Something pgbaton refuses to write into a file it owns. Nothing is written then.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RenderError {
+    #[error(
+        "parameter {name:?}: not a valid PostgreSQL parameter name (a letter or `_`, then \
+         letters, digits or `_`, optionally one `.` and another such word); \
+         postgresql.conf not written"
+    )]
+    ParameterName { name: String },
+    #[error(
+        "parameter {name}: the value contains {what}, which postgresql.conf cannot hold; postgresql.conf not written"
+    )]
+    ParameterValue { name: String, what: &'static str },
+    #[error(
+        "user name {username:?} contains {what}, which pg_hba.conf cannot hold; pg_hba.conf not written"
+    )]
+    HbaUser {
+        username: String,
+        what: &'static str,
+    },
+    #[error(
+        "{field} of user {username:?} contains {what}, which the pgpass file cannot hold; pgpass not written"
+    )]
+    Pgpass {
+        username: String,
+        field: &'static str,
+        what: &'static str,
+    },
+}
+
+/// PostgreSQL's configuration-file identifier (`ID` or `QUALIFIED_ID` in `guc-file.l`),
+/// restricted to ASCII: a letter or `_`, then letters, digits or `_`; optionally one `.`
+/// followed by another such word (`pg_stat_statements.max`).
+pub fn is_parameter_name(name: &str) -> bool {
+    fn word(w: &str) -> bool {
+        let mut chars = w.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    }
+    match name.split_once('.') {
+        Some((class, rest)) => word(class) && word(rest),
+        None => word(name),
+    }
+}
+
+/// The first character of `value` no line-oriented file of ours can hold, described.
+fn unwritable(value: &str) -> Option<&'static str> {
+    value.chars().find_map(|c| match c {
+        '\0' => Some("a NUL character"),
+        '\n' => Some("a line feed"),
+        '\r' => Some("a carriage return"),
+        _ => None,
+    })
+}
+
 /// File name initdb's `postgresql.conf` is renamed to; included by ours.
 pub const BASE_CONF: &str = "postgresql.base.conf";
 
@@ -118,32 +175,56 @@ pub fn recovery_parameters(
             "primary_conninfo".to_owned(),
             primary_conninfo(settings, upstream),
         );
-        out.insert(
-            "primary_slot_name".to_owned(),
-            member_slot_name(&settings.name),
-        );
+        if settings.use_slots {
+            out.insert(
+                "primary_slot_name".to_owned(),
+                member_slot_name(&settings.name),
+            );
+        }
     }
     out
 }
 
 /// `postgresql.conf`: header, include of the base file, our parameters sorted, and — for a
 /// standby — the recovery settings. `standby.signal` is handled separately.
-pub fn postgresql_conf(settings: &PgSettings, role: &StartRole) -> String {
+///
+/// Every name is checked again here ([`is_parameter_name`]) and every value quoted
+/// ([`conf_value`]); a name or value that cannot be written safely is an error naming the
+/// parameter, and nothing is rendered.
+pub fn postgresql_conf(settings: &PgSettings, role: &StartRole) -> Result<String, RenderError> {
     let mut out = String::from(HEADER);
     out.push_str(&format!("include '{BASE_CONF}'\n\n"));
     for (name, value) in parameters(settings) {
-        out.push_str(&format!("{name} = {}\n", conf_value(&value)));
+        out.push_str(&conf_line(&name, &value)?);
     }
     if let StartRole::Standby { upstream } = role {
         match upstream {
-            Some(upstream) => out.push_str(&format!("\n# standby of {upstream}\n")),
+            // The upstream's name comes from the DCS: keep the comment on one line.
+            Some(upstream) => out.push_str(&format!(
+                "\n# standby of {}\n",
+                upstream.to_string().replace(['\n', '\r', '\0'], " ")
+            )),
             None => out.push_str("\n# standby without an upstream\n"),
         }
         for (name, value) in recovery_parameters(settings, upstream.as_ref()) {
-            out.push_str(&format!("{name} = {}\n", conf_value(&value)));
+            out.push_str(&conf_line(&name, &value)?);
         }
     }
-    out
+    Ok(out)
+}
+
+/// One `name = 'value'` line of `postgresql.conf`, name and value checked.
+pub fn conf_line(name: &str, value: &str) -> Result<String, RenderError> {
+    if !is_parameter_name(name) {
+        return Err(RenderError::ParameterName {
+            name: name.to_owned(),
+        });
+    }
+    let value = conf_value(value).map_err(|what| RenderError::ParameterValue {
+        name: name.to_owned(),
+        what,
+    })?;
+    Ok(format!("{name} = {value}\n"))
 }
 
 /// `primary_conninfo` for streaming from `upstream` as the replication user, the password
@@ -185,45 +266,76 @@ pub fn conninfo_value(value: &str) -> String {
     format!("'{escaped}'")
 }
 
-/// A `postgresql.conf` value: always single-quoted; backslash, quote and line breaks escaped
-/// the way the configuration file lexer reads them.
-pub fn conf_value(value: &str) -> String {
-    let mut out = String::with_capacity(value.len() + 2);
-    out.push('\'');
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\'' => out.push_str("\\'"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c => out.push(c),
-        }
+/// A `postgresql.conf` value as the configuration file lexer reads it back: always
+/// single-quoted, a single quote doubled, a backslash doubled (the lexer treats a backslash as
+/// an escape). A NUL or a line break cannot be written: the error describes it.
+pub fn conf_value(value: &str) -> Result<String, &'static str> {
+    if let Some(what) = unwritable(value) {
+        return Err(what);
     }
-    out.push('\'');
-    out
+    Ok(format!(
+        "'{}'",
+        value.replace('\\', "\\\\").replace('\'', "''")
+    ))
 }
 
-/// `pg_hba.conf`: the configured lines, or a default: local trust, replication and everything
-/// else over password authentication (`md5` also accepts SCRAM-stored passwords).
-pub fn pg_hba_conf(settings: &PgSettings) -> String {
+/// `pg_hba.conf`: the configured lines, or — when none are configured — a default that
+/// admits only the roles the configuration names, with `scram-sha-256`:
+///
+/// - the superuser (the agent's own connections) over the Unix socket, with its password
+///   (`peer` when it has none: the OS user must then have the superuser's name), and over TCP;
+/// - the replication user for replication connections (`pg_basebackup`, standbys) over TCP;
+/// - a separate rewind user (`pg_rewind`'s source connections) over TCP.
+///
+/// Nobody else can connect: other roles need `postgresql.pg_hba`. Addresses are not
+/// restricted (`all`): the configuration does not say where the other members are.
+pub fn pg_hba_conf(settings: &PgSettings) -> Result<String, RenderError> {
     let mut out = String::from(HEADER);
     if settings.pg_hba.is_empty() {
-        let replication = hba_user(&settings.replication.username);
-        out.push_str("local all all trust\n");
-        out.push_str(&format!("host replication {replication} all md5\n"));
-        out.push_str("host all all all md5\n");
+        let superuser = hba_user(&settings.superuser.username)?;
+        let replication = hba_user(&settings.replication.username)?;
+        out.push_str(
+            "# pgbaton's default (no postgresql.pg_hba configured): only the roles of \
+             postgresql.authentication\n",
+        );
+        let local = if settings.superuser.password.is_some() {
+            "scram-sha-256"
+        } else {
+            "peer"
+        };
+        out.push_str(&format!("local all {superuser} {local}\n"));
+        out.push_str(&format!("host all {superuser} all scram-sha-256\n"));
+        out.push_str(&format!(
+            "host replication {replication} all scram-sha-256\n"
+        ));
+        if let Some(rewind) = settings
+            .rewind
+            .as_ref()
+            .filter(|r| r.username != settings.superuser.username)
+        {
+            out.push_str(&format!(
+                "host all {} all scram-sha-256\n",
+                hba_user(&rewind.username)?
+            ));
+        }
     } else {
         for line in &settings.pg_hba {
             out.push_str(line.trim_end());
             out.push('\n');
         }
     }
-    out
+    Ok(out)
 }
 
-/// A user name in `pg_hba.conf`: double-quoted when it is not a plain lower-case word.
-fn hba_user(name: &str) -> String {
+/// A user name in `pg_hba.conf`: double-quoted when it is not a plain lower-case word; a line
+/// break or NUL cannot be written.
+fn hba_user(name: &str) -> Result<String, RenderError> {
+    if let Some(what) = unwritable(name) {
+        return Err(RenderError::HbaUser {
+            username: name.to_owned(),
+            what,
+        });
+    }
     let plain = !name.is_empty()
         && name
             .chars()
@@ -232,16 +344,17 @@ fn hba_user(name: &str) -> String {
             name,
             "all" | "sameuser" | "samerole" | "samegroup" | "replication"
         );
-    if plain {
+    Ok(if plain {
         name.to_owned()
     } else {
         format!("\"{}\"", name.replace('"', "\"\""))
-    }
+    })
 }
 
 /// The pgpass file: one `*:*:*:user:password` line per role with a password (first one wins
-/// for a user name used by several roles).
-pub fn pgpass(settings: &PgSettings) -> String {
+/// for a user name used by several roles). `\` and `:` are escaped with a backslash, as libpq
+/// reads them; a user name or password with a line break or NUL cannot be written.
+pub fn pgpass(settings: &PgSettings) -> Result<String, RenderError> {
     let mut out = String::new();
     let mut seen: Vec<&str> = Vec::new();
     let roles = [
@@ -255,13 +368,22 @@ pub fn pgpass(settings: &PgSettings) -> String {
             continue;
         }
         seen.push(username);
+        for (field, value) in [("the user name", username), ("the password", password)] {
+            if let Some(what) = unwritable(value) {
+                return Err(RenderError::Pgpass {
+                    username: username.clone(),
+                    field,
+                    what,
+                });
+            }
+        }
         out.push_str(&format!(
             "*:*:*:{}:{}\n",
             pgpass_field(username),
             pgpass_field(password)
         ));
     }
-    out
+    Ok(out)
 }
 
 fn pgpass_field(value: &str) -> String {
@@ -364,6 +486,7 @@ mod tests {
                 ),
             ]),
             pg_hba: Vec::new(),
+            use_slots: true,
             initdb_options: Vec::new(),
             pg_ctl_timeout: Duration::from_secs(60),
             sql_timeout: Duration::from_secs(5),
@@ -381,7 +504,7 @@ mod tests {
 
     #[test]
     fn postgresql_conf_primary() {
-        expect![[r#"
+        expect![[r##"
             # Do not edit this file manually!
             # It will be overwritten by pgbaton!
             include 'postgresql.base.conf'
@@ -389,7 +512,7 @@ mod tests {
             cluster_name = 'demo'
             hot_standby = 'on'
             listen_addresses = '10.0.0.2,127.0.0.1'
-            log_line_prefix = '%t [%p]: it\'s '
+            log_line_prefix = '%t [%p]: it''s '
             max_connections = '200'
             max_replication_slots = '10'
             max_wal_senders = '10'
@@ -399,8 +522,8 @@ mod tests {
             wal_keep_size = '1GB'
             wal_level = 'replica'
             wal_log_hints = 'on'
-        "#]]
-        .assert_eq(&postgresql_conf(&settings(), &StartRole::Primary));
+        "##]]
+        .assert_eq(&postgresql_conf(&settings(), &StartRole::Primary).expect("renders"));
     }
 
     #[test]
@@ -428,12 +551,16 @@ mod tests {
             primary_slot_name = 'pg_2_dc1'
             recovery_target_timeline = 'latest'
         "#]]
-        .assert_eq(&postgresql_conf(&settings, &StartRole::Standby { upstream: Some(upstream()) }));
+        .assert_eq(
+            &postgresql_conf(&settings, &StartRole::Standby { upstream: Some(upstream()) })
+                .expect("renders"),
+        );
     }
 
     #[test]
     fn postgresql_conf_standby_without_upstream() {
-        let conf = postgresql_conf(&settings(), &StartRole::Standby { upstream: None });
+        let conf =
+            postgresql_conf(&settings(), &StartRole::Standby { upstream: None }).expect("renders");
         let recovery = conf.split_once("\n\n#").map(|(_, tail)| tail);
         expect![[r#"
             Some(
@@ -452,13 +579,178 @@ mod tests {
         expect![[r#"user='o\'brien\\x' passfile='/home/my user/.pgpass' host=10.0.0.1 port=5433 sslmode=prefer application_name='' gssencmode=prefer channel_binding=prefer dbname=postgres"#]]
             .assert_eq(&primary_conninfo(&settings, &upstream()));
         // In postgresql.conf the whole string is quoted once more.
-        expect![[r#"'user=\'o\\\'brien\\\\x\' passfile=\'/home/my user/.pgpass\''"#]].assert_eq(
+        expect![[r#"'user=''o\\''brien\\\\x'' passfile=''/home/my user/.pgpass'''"#]].assert_eq(
             &conf_value(&conninfo(&[
                 ("user", "o'brien\\x"),
                 ("passfile", "/home/my user/.pgpass"),
-            ])),
+            ]))
+            .expect("quotable"),
         );
-        expect![[r#"'a\nb\tc'"#]].assert_eq(&conf_value("a\nb\tc"));
+    }
+
+    /// What PostgreSQL's configuration lexer (`GUC_scanstr`) makes of a quoted value: outer
+    /// quotes stripped, `''` → `'`, `\x` → `x` for any other character `x` (the escapes we
+    /// never write, `\n` and friends, are left out).
+    fn guc_unquote(quoted: &str) -> String {
+        let inner = quoted
+            .strip_prefix('\'')
+            .and_then(|q| q.strip_suffix('\''))
+            .expect("single-quoted");
+        let mut out = String::new();
+        let mut chars = inner.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => out.extend(chars.next()),
+                '\'' => {
+                    assert_eq!(chars.next(), Some('\''), "a lone quote in {quoted}");
+                    out.push('\'');
+                }
+                c => out.push(c),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn conf_values_round_trip_and_refuse_line_breaks() {
+        expect!["'it''s'"].assert_eq(&conf_value("it's").expect("quotable"));
+        expect![[r#"'C:\\dir\\''x'"#]].assert_eq(&conf_value("C:\\dir\\'x").expect("quotable"));
+        for value in [
+            "",
+            "plain",
+            "it's",
+            "a\\b",
+            "\\'",
+            "''",
+            "tab\there",
+            "% $ \" #",
+        ] {
+            let quoted = conf_value(value).expect("quotable");
+            assert_eq!(guc_unquote(&quoted), value, "{quoted}");
+        }
+        for (value, what) in [
+            ("a\nb", "a line feed"),
+            ("a\rb", "a carriage return"),
+            ("a\0b", "a NUL character"),
+        ] {
+            assert_eq!(conf_value(value), Err(what), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn parameter_names_are_checked_at_render_time() {
+        for name in [
+            "work_mem",
+            "_x",
+            "pg_stat_statements.max",
+            "a1.b2",
+            "Shared_Buffers",
+        ] {
+            assert!(is_parameter_name(name), "{name}");
+        }
+        for name in [
+            "",
+            "1st",
+            "bad name",
+            "x=1\nfsync",
+            "a.b.c",
+            ".a",
+            "a.",
+            "work-mem",
+            "sëtting",
+            "x;y",
+        ] {
+            assert!(!is_parameter_name(name), "{name:?}");
+        }
+        let mut settings = settings();
+        settings
+            .parameters
+            .insert("archive_command = 'rm -rf /' #".into(), "x".into());
+        expect![[r#"
+            Err(
+                ParameterName {
+                    name: "archive_command = 'rm -rf /' #",
+                },
+            )
+        "#]]
+        .assert_debug_eq(&postgresql_conf(&settings, &StartRole::Primary));
+        let err = postgresql_conf(&settings, &StartRole::Primary).expect_err("bad name");
+        expect![[r#"parameter "archive_command = 'rm -rf /' #": not a valid PostgreSQL parameter name (a letter or `_`, then letters, digits or `_`, optionally one `.` and another such word); postgresql.conf not written"#]]
+            .assert_eq(&err.to_string());
+
+        let mut settings = self::settings();
+        settings
+            .parameters
+            .insert("restore_command".into(), "cp %f %p\nfsync = off".into());
+        expect!["parameter restore_command: the value contains a line feed, which postgresql.conf cannot hold; postgresql.conf not written"]
+            .assert_eq(
+                &postgresql_conf(&settings, &StartRole::Primary)
+                    .expect_err("bad value")
+                    .to_string(),
+            );
+
+        // A host from the DCS with a line break cannot add a line either.
+        let mut upstream = upstream();
+        upstream.host = "10.0.0.1\nfsync = off".into();
+        let err = postgresql_conf(
+            &self::settings(),
+            &StartRole::Standby {
+                upstream: Some(upstream),
+            },
+        )
+        .expect_err("bad host");
+        expect!["parameter primary_conninfo: the value contains a line feed, which postgresql.conf cannot hold; postgresql.conf not written"]
+            .assert_eq(&err.to_string());
+    }
+
+    #[test]
+    fn standby_without_use_slots_has_no_primary_slot_name() {
+        let mut settings = settings();
+        settings.use_slots = false;
+        let recovery = recovery_parameters(&settings, Some(&upstream()));
+        expect![[r#"
+            [
+                "primary_conninfo",
+                "recovery_target_timeline",
+            ]
+        "#]]
+        .assert_debug_eq(&recovery.keys().collect::<Vec<_>>());
+        let conf = postgresql_conf(
+            &settings,
+            &StartRole::Standby {
+                upstream: Some(upstream()),
+            },
+        )
+        .expect("renders");
+        assert!(!conf.contains("primary_slot_name"), "{conf}");
+        settings.use_slots = true;
+        assert_eq!(
+            recovery_parameters(&settings, Some(&upstream()))
+                .get("primary_slot_name")
+                .map(String::as_str),
+            Some("pg_2_dc1")
+        );
+    }
+
+    #[test]
+    fn credentials_debug_hides_passwords() {
+        let settings = settings();
+        let shown = format!("{settings:?} {:?}", settings.superuser);
+        for secret in ["su:pw", "r\\p", "rw"] {
+            assert!(
+                !shown.contains(&format!("{secret:?}")),
+                "{secret} in {shown}"
+            );
+        }
+        expect![[r#"Credentials { username: "postgres", password: Some("<hidden>") }"#]]
+            .assert_eq(&format!("{:?}", settings.superuser));
+        expect![[r#"Credentials { username: "x", password: None }"#]].assert_eq(&format!(
+            "{:?}",
+            Credentials {
+                username: "x".into(),
+                password: None
+            }
+        ));
     }
 
     #[test]
@@ -467,11 +759,13 @@ mod tests {
         expect![[r#"
             # Do not edit this file manually!
             # It will be overwritten by pgbaton!
-            local all all trust
-            host replication replicator all md5
-            host all all all md5
+            # pgbaton's default (no postgresql.pg_hba configured): only the roles of postgresql.authentication
+            local all postgres scram-sha-256
+            host all postgres all scram-sha-256
+            host replication replicator all scram-sha-256
+            host all rewind_user all scram-sha-256
         "#]]
-        .assert_eq(&pg_hba_conf(&settings));
+        .assert_eq(&pg_hba_conf(&settings).expect("renders"));
         settings.replication.username = "Repl User".into();
         settings.pg_hba = vec![
             "local all postgres peer  ".into(),
@@ -483,16 +777,19 @@ mod tests {
             local all postgres peer
             hostssl replication replicator 10.0.0.0/24 scram-sha-256
         "#]]
-        .assert_eq(&pg_hba_conf(&settings));
+        .assert_eq(&pg_hba_conf(&settings).expect("renders"));
         settings.pg_hba.clear();
-        expect![[r#"
+        settings.superuser.password = None;
+        settings.rewind = Some(settings.superuser.clone());
+        expect![[r##"
             # Do not edit this file manually!
             # It will be overwritten by pgbaton!
-            local all all trust
-            host replication "Repl User" all md5
-            host all all all md5
-        "#]]
-        .assert_eq(&pg_hba_conf(&settings));
+            # pgbaton's default (no postgresql.pg_hba configured): only the roles of postgresql.authentication
+            local all postgres peer
+            host all postgres all scram-sha-256
+            host replication "Repl User" all scram-sha-256
+        "##]]
+        .assert_eq(&pg_hba_conf(&settings).expect("renders"));
     }
 
     #[test]
@@ -503,7 +800,7 @@ mod tests {
             *:*:*:replicator:r\\p
             *:*:*:rewind_user:rw
         "#]]
-        .assert_eq(&pgpass(&settings));
+        .assert_eq(&pgpass(&settings).expect("renders"));
         settings.rewind = Some(Credentials {
             username: "postgres".into(),
             password: Some("other".into()),
@@ -512,15 +809,32 @@ mod tests {
         expect![[r#"
             *:*:*:postgres:su\:pw
         "#]]
-        .assert_eq(&pgpass(&settings));
+        .assert_eq(&pgpass(&settings).expect("renders"));
+    }
+
+    #[test]
+    fn pgpass_quotes_hard_passwords_and_refuses_line_breaks() {
+        let mut settings = settings();
+        settings.superuser.password =
+            Some("with space 'single' \"double\" back\\slash:colon".into());
+        settings.replication.username = "repl user".into();
+        settings.replication.password = Some("\\:".into());
+        settings.rewind = None;
+        expect![[r#"
+            *:*:*:postgres:with space 'single' "double" back\\slash\:colon
+            *:*:*:repl user:\\\:
+        "#]]
+        .assert_eq(&pgpass(&settings).expect("renders"));
+        settings.replication.password = Some("two\nlines".into());
+        expect![[r#"the password of user "repl user" contains a line feed, which the pgpass file cannot hold; pgpass not written"#]]
+            .assert_eq(&pgpass(&settings).expect_err("newline").to_string());
     }
 
     #[test]
     fn managed_conf_detection() {
-        assert!(is_managed_conf(&postgresql_conf(
-            &settings(),
-            &StartRole::Primary
-        )));
+        assert!(is_managed_conf(
+            &postgresql_conf(&settings(), &StartRole::Primary).expect("renders")
+        ));
         assert!(is_managed_conf(
             "# Do not edit this file manually!\n# It will be overwritten by Patroni!\ninclude 'postgresql.base.conf'\n"
         ));

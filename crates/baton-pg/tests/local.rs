@@ -85,7 +85,8 @@ impl TestEnv {
             },
             replication: Credentials {
                 username: "replicator".into(),
-                password: Some("repl'se:cret".into()),
+                // Everything pgpass and the SQL quoting must get right.
+                password: Some("repl 'se:cret\" \\x".into()),
             },
             rewind: Some(Credentials {
                 username: "rewinder".into(),
@@ -98,6 +99,7 @@ impl TestEnv {
                 ("max_connections".into(), "20".into()),
             ]),
             pg_hba: Vec::new(),
+            use_slots: true,
             initdb_options: vec!["--encoding=UTF8".into(), "--locale=C".into()],
             pg_ctl_timeout: Duration::from_secs(30),
             sql_timeout: Duration::from_secs(5),
@@ -172,13 +174,15 @@ async fn streams_to(primary: &LocalPostgres, replica: &LocalPostgres) -> bool {
     })
 }
 
-/// A superuser SQL session on `member` over its Unix socket.
+/// A superuser SQL session on `member` over its Unix socket (with the password: the default
+/// pg_hba.conf wants it).
 async fn sql(member: &LocalPostgres) -> tokio_postgres::Client {
     let s = member.settings();
     let (client, connection) = tokio_postgres::Config::new()
         .host_path(s.socket_dir.as_deref().expect("tests set socket_dir"))
         .port(s.port)
         .user(&s.superuser.username)
+        .password(s.superuser.password.as_deref().unwrap_or_default())
         .dbname("postgres")
         .connect(tokio_postgres::NoTls)
         .await
@@ -484,4 +488,235 @@ async fn observe_empty_missing_and_unusable_data_dirs() {
     pg.wipe_data_dir().await.expect("wipe");
     assert_eq!(pg.observe().await.data_dir, DataDir::Empty);
     assert!(dir.exists(), "wipe keeps the directory itself");
+}
+
+/// The slots `observe` reports as pgbaton's.
+async fn sql_slots(member: &LocalPostgres) -> Vec<String> {
+    member.observe().await.sql.expect("SQL answers").slots
+}
+
+async fn primary_slot_name(member: &LocalPostgres) -> String {
+    sql(member)
+        .await
+        .query_one("SELECT current_setting('primary_slot_name')", &[])
+        .await
+        .expect("primary_slot_name")
+        .get(0)
+}
+
+/// Physical, non-temporary slots on `member`, sorted.
+async fn all_slots(member: &LocalPostgres) -> Vec<String> {
+    sql(member)
+        .await
+        .query(
+            "SELECT slot_name::text FROM pg_replication_slots WHERE slot_type = 'physical' AND NOT temporary ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("list slots")
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+fn names(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// Only slots pgbaton created or adopted as a member's are its own: another tool's slot is
+/// neither reported nor dropped; a departed member's slot is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ensure_slots_never_drops_a_slot_it_does_not_manage() {
+    let Some(env) = TestEnv::new("ensure_slots_never_drops_a_slot_it_does_not_manage") else {
+        return;
+    };
+    let pg = LocalPostgres::new(env.settings("slots"));
+    let _cleanup = Cleanup::new(&[&pg]);
+    pg.initdb().await.expect("initdb");
+    pg.start(&StartRole::Primary).await.expect("start");
+    pg.create_roles().await.expect("create roles");
+    let client = sql(&pg).await;
+    // Barman's and pg_receivewal's slots, and one named like member n2 made before pgbaton
+    // managed anything here (by Patroni, say).
+    for slot in ["barman", "pg_receivewal_slot", "n2"] {
+        client
+            .execute(
+                "SELECT pg_catalog.pg_create_physical_replication_slot($1, true)",
+                &[&slot],
+            )
+            .await
+            .expect("foreign slot");
+    }
+    assert_eq!(
+        sql_slots(&pg).await,
+        Vec::<String>::new(),
+        "nothing is ours yet"
+    );
+
+    pg.ensure_slots(&names(&["n2", "n3"]))
+        .await
+        .expect("members n2, n3");
+    assert_eq!(sql_slots(&pg).await, names(&["n2", "n3"]), "n2 adopted");
+    assert_eq!(
+        all_slots(&pg).await,
+        names(&["barman", "n2", "n3", "pg_receivewal_slot"])
+    );
+
+    // n2 left the cluster: its slot is ours and goes; the others' stay.
+    pg.ensure_slots(&names(&["n3"])).await.expect("member n3");
+    assert_eq!(sql_slots(&pg).await, names(&["n3"]));
+    assert_eq!(
+        all_slots(&pg).await,
+        names(&["barman", "n3", "pg_receivewal_slot"])
+    );
+    // No member left at all.
+    pg.ensure_slots(&[]).await.expect("no members");
+    assert_eq!(sql_slots(&pg).await, Vec::<String>::new());
+    assert_eq!(
+        all_slots(&pg).await,
+        names(&["barman", "pg_receivewal_slot"])
+    );
+
+    // A member named like a foreign slot makes it ours, as Patroni would.
+    pg.ensure_slots(&names(&["barman"]))
+        .await
+        .expect("member barman");
+    pg.ensure_slots(&[]).await.expect("member barman gone");
+    assert_eq!(all_slots(&pg).await, names(&["pg_receivewal_slot"]));
+    drop(client);
+
+    // Wiping the data directory forgets the record with the slots.
+    let record = {
+        let mut p = pg.settings().data_dir.clone().into_os_string();
+        p.push(".pgbaton-slots");
+        PathBuf::from(p)
+    };
+    assert!(record.exists());
+    pg.stop(StopMode::Fast).await.expect("stop");
+    pg.wipe_data_dir().await.expect("wipe");
+    assert!(!record.exists(), "record removed with the data");
+}
+
+/// `use_slots: false`: a standby gets no `primary_slot_name`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standby_without_use_slots_streams_without_a_slot_name() {
+    let Some(env) = TestEnv::new("standby_without_use_slots_streams_without_a_slot_name") else {
+        return;
+    };
+    let mut settings = env.settings("noslots");
+    settings.use_slots = false;
+    let pg = LocalPostgres::new(settings.clone());
+    let _cleanup = Cleanup::new(&[&pg]);
+    pg.initdb().await.expect("initdb");
+    // Once as a primary, so pg_control has our max_connections.
+    pg.start(&StartRole::Primary).await.expect("start primary");
+    pg.stop(StopMode::Fast).await.expect("stop primary");
+    // An upstream that is not there: the standby starts and waits for it.
+    let nowhere = Upstream {
+        name: MemberName::new("gone").expect("name"),
+        host: "127.0.0.1".into(),
+        port: free_port(),
+    };
+    let standby = StartRole::Standby {
+        upstream: Some(nowhere.clone()),
+    };
+    pg.start(&standby).await.expect("start standby");
+    assert_eq!(primary_slot_name(&pg).await, "");
+    let conf = std::fs::read_to_string(settings.data_dir.join("postgresql.conf")).expect("conf");
+    assert!(!conf.contains("primary_slot_name"), "{conf}");
+    pg.stop(StopMode::Fast).await.expect("stop");
+
+    settings.use_slots = true;
+    let pg = LocalPostgres::new(settings);
+    pg.start(&standby).await.expect("start standby with slots");
+    assert_eq!(primary_slot_name(&pg).await, "noslots");
+    pg.stop(StopMode::Fast).await.expect("stop");
+}
+
+/// Set in the re-executed copy of the test below.
+const REEXEC: &str = "PGBATON_TEST_REEXEC";
+
+fn cap_amb(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapAmb:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+}
+
+/// The postmaster runs without the agent's secrets (`PATRONI_*`/`PGBATON_*`) and without
+/// ambient capabilities. The test re-runs itself with `PGBATON_TEST_SECRET` and
+/// `PATRONI_SUPERUSER_PASSWORD` in its environment (and, as root with setpriv, an ambient
+/// capability), as an agent would have them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postmaster_runs_without_agent_secrets_or_capabilities() {
+    const NAME: &str = "postmaster_runs_without_agent_secrets_or_capabilities";
+    let Some(mode) = std::env::var_os(REEXEC) else {
+        if TestEnv::new(NAME).is_none() {
+            return;
+        }
+        let exe = std::env::current_exe().expect("test binary");
+        let setpriv = Path::new("/usr/bin/setpriv");
+        let caps = nix::unistd::geteuid().is_root() && setpriv.exists();
+        let mut cmd = if caps {
+            let mut cmd = std::process::Command::new(setpriv);
+            cmd.args(["--inh-caps=+net_raw", "--ambient-caps=+net_raw"])
+                .arg(exe);
+            cmd
+        } else {
+            std::process::Command::new(exe)
+        };
+        let out = cmd
+            .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+            .env(REEXEC, if caps { "caps" } else { "env" })
+            .env("PGBATON_TEST_SECRET", "hunter2")
+            .env("PATRONI_SUPERUSER_PASSWORD", "hunter2")
+            .output()
+            .expect("re-run the test");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("1 passed"), "the re-run ran no test: {text}");
+        return;
+    };
+    let Some(env) = TestEnv::new(NAME) else {
+        return;
+    };
+    assert_eq!(
+        std::env::var("PGBATON_TEST_SECRET").as_deref(),
+        Ok("hunter2")
+    );
+    if mode == "caps" {
+        let own = std::fs::read_to_string("/proc/self/status").expect("own status");
+        assert_ne!(
+            cap_amb(&own),
+            Some(0),
+            "no ambient capability raised: {own}"
+        );
+    }
+    let pg = LocalPostgres::new(env.settings("environ"));
+    let _cleanup = Cleanup::new(&[&pg]);
+    pg.initdb().await.expect("initdb");
+    pg.start(&StartRole::Primary).await.expect("start");
+    let pid = match pg.observe().await.process {
+        PgProcess::Running { pid } => pid,
+        PgProcess::Stopped => panic!("postmaster not running"),
+    };
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("postmaster environ");
+    let vars: Vec<String> = environ
+        .split(|b| *b == 0)
+        .filter(|v| !v.is_empty())
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    assert!(
+        vars.iter()
+            .all(|v| !v.starts_with("PGBATON_") && !v.starts_with("PATRONI_")),
+        "{vars:?}"
+    );
+    assert!(vars.iter().all(|v| !v.contains("hunter2")), "{vars:?}");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    assert_eq!(cap_amb(&status), Some(0), "{status}");
+    pg.stop(StopMode::Fast).await.expect("stop");
 }

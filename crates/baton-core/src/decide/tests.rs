@@ -2,7 +2,7 @@
 //!
 //! Fixture lines (`key: tokens`, tokens are `k=v` or bare words):
 //! ```text
-//! config: me=n2 ttl=10 loop_wait=2 lag=1048576 start_timeout=300 rewind=on wipe=off pause=off bootstrap=on nofailover=off priority=1
+//! config: me=n2 ttl=10 loop_wait=2 lag=1048576 start_timeout=300 rewind=on slots=on wipe=off pause=off bootstrap=on nofailover=off priority=1
 //! now: 100
 //! lease: id=7 deadline=105            (or `lease: none`)
 //! dcs: init=7001 leader=n1@5 optime=0/3000000 history=1 config=yes     (or `dcs: unreachable`)
@@ -105,6 +105,7 @@ fn parse(fixture: &str) -> Fixture {
         maximum_lag_on_failover: 1_048_576,
         primary_start_timeout: Duration::from_secs(300),
         use_pg_rewind: true,
+        use_slots: true,
         remove_data_directory_on_rewind_failure: false,
         pause: false,
         tags: Tags::default(),
@@ -139,6 +140,7 @@ fn parse(fixture: &str) -> Fixture {
                 }
                 // Each `config:` line changes only what it names.
                 config.use_pg_rewind = t.on("rewind", config.use_pg_rewind);
+                config.use_slots = t.on("slots", config.use_slots);
                 config.remove_data_directory_on_rewind_failure =
                     t.on("wipe", config.remove_data_directory_on_rewind_failure);
                 config.pause = t.on("pause", config.pause);
@@ -572,6 +574,26 @@ fn leader_creates_missing_slots_config_and_history() {
               3. ensure slots [n2]
             memory: leader=true following=- down_since=- rewind_failed=-
             wake: +0ms
+        "#]],
+    );
+}
+
+#[test]
+fn leader_without_use_slots_creates_and_drops_no_slot() {
+    check(
+        "config: me=n1 slots=off
+         lease: id=5 deadline=105
+         dcs: init=7001 leader=n1@5 optime=0/3000000
+         member: n1 role=primary conn=10.0.0.1:5432
+         member: n2 role=replica conn=10.0.0.2:5432
+         member: n3 role=replica conn=10.0.0.3:5432
+         pg: data=initialized state=in-production
+         pg: running primary tl=1 flush=0/3000000 slots=n4",
+        expect![[r#"
+            reason: no action. I am the leader with the lock
+            actions: none
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +2000ms
         "#]],
     );
 }
