@@ -854,7 +854,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         };
         baton_api::merge_patch(&mut config, patch);
         let text = serde_json::Value::Object(config).to_string();
-        if let Err(e) = DynamicConfig::from_json(&text) {
+        if let Err(e) = DynamicConfig::from_json_strict(&text) {
             return CommandReply::Text(400, format!("invalid configuration: {e}"));
         }
         match self

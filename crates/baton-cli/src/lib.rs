@@ -1,3 +1,4 @@
 //! The `pgbaton` command line: the agent and the patronictl-shaped control commands.
 
 pub mod table;
+pub mod validate;

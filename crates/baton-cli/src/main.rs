@@ -182,18 +182,16 @@ fn main() -> ExitCode {
 }
 
 fn validate(path: &Path) -> ExitCode {
-    match baton_config::load_file(path, &env) {
-        Ok(loaded) => {
-            for w in &loaded.warnings {
-                eprintln!("warning: {w}");
-            }
-            println!("{}: configuration is valid", path.display());
-            ExitCode::SUCCESS
-        }
-        Err(errors) => {
-            eprintln!("{}: configuration is invalid:\n{errors}", path.display());
-            ExitCode::FAILURE
-        }
+    let result = baton_config::load_file(path, &env);
+    let report = baton_cli::validate::report(&path.display().to_string(), &result);
+    for line in &report.diagnostics {
+        eprintln!("{line}");
+    }
+    println!("{}", report.verdict);
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

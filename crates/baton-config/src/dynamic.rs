@@ -7,7 +7,8 @@ use serde_json::{Map, Value};
 
 use crate::error::{ConfigError, ConfigErrors};
 use crate::params::{self, Source};
-use crate::walk::{Cx, Obj, Unknown, index, join};
+use crate::support::DYNAMIC_ROOT;
+use crate::walk::{Cx, Mode, Obj, index, join};
 
 /// The smallest `ttl` pgbaton accepts, in seconds. Patroni raises anything below 20 to 20;
 /// pgbaton can go lower because its lease keepalive runs independently of the HA loop and the
@@ -50,6 +51,11 @@ pub struct DynamicConfig {
     pub sync: baton_core::SyncConfig,
     /// The whole dynamic configuration as JSON (with timing adjustments applied).
     pub raw: Value,
+    /// Key paths of settings pgbaton does not support yet that the DCS value has
+    /// (`standby_cluster`, `failsafe_mode`, `slots`, ...): only from [`DynamicConfig::from_json`],
+    /// which warns about them and runs as if they were absent. The agent must not act as if
+    /// they were honoured. Always empty for a file's `bootstrap.dcs`, where they are errors.
+    pub unsupported: Vec<String>,
 }
 
 impl DynamicConfig {
@@ -70,17 +76,31 @@ impl DynamicConfig {
             pg_hba: Vec::new(),
             sync: baton_core::SyncConfig::default(),
             raw: Value::Object(Map::new()),
+            unsupported: Vec::new(),
         }
     }
 
-    /// Parses the DCS `/config` value. Unknown keys are warnings here (another tool may have
-    /// written them); wrong types and out-of-range values of known keys are errors, so the
-    /// caller can keep its previous configuration.
+    /// Parses the DCS `/config` value as read back at run time. Unknown keys and keys pgbaton
+    /// does not support are warnings here (another tool may have written them; the latter are
+    /// listed in [`DynamicConfig::unsupported`]); wrong types, out-of-range values and invalid
+    /// parameter names are errors, so the caller can keep its previous configuration.
     pub fn from_json(s: &str) -> Result<(DynamicConfig, Vec<String>), ConfigErrors> {
+        DynamicConfig::from_json_in(s, Mode::Dcs)
+    }
+
+    /// Parses a dynamic configuration someone asks to store (the result of `PATCH /config`)
+    /// with the rules of a file's `bootstrap.dcs`: unknown keys and keys pgbaton does not
+    /// support yet are errors too.
+    pub fn from_json_strict(s: &str) -> Result<(DynamicConfig, Vec<String>), ConfigErrors> {
+        DynamicConfig::from_json_in(s, Mode::File)
+    }
+
+    fn from_json_in(s: &str, mode: Mode) -> Result<(DynamicConfig, Vec<String>), ConfigErrors> {
         let value: Value = serde_json::from_str(s)
             .map_err(|e| ConfigErrors::from(ConfigError::new("", format!("invalid JSON: {e}"))))?;
-        let mut cx = Cx::new(Unknown::Warn);
-        let config = parse(&mut cx, "", &value);
+        let mut cx = Cx::new(mode);
+        let mut config = parse(&mut cx, "", &value);
+        config.unsupported = std::mem::take(&mut cx.unsupported);
         cx.finish(config)
     }
 
@@ -90,13 +110,10 @@ impl DynamicConfig {
     }
 }
 
-const LOCAL_ONLY: &str =
-    "only used in the local configuration; ignored in the dynamic configuration, as in Patroni";
-
 /// Reads a dynamic configuration at `path` (`bootstrap.dcs`, or `""` for the DCS value).
 pub(crate) fn parse(cx: &mut Cx, path: &str, v: &Value) -> DynamicConfig {
     let mut d = DynamicConfig::defaults();
-    let Some(mut o) = Obj::new(cx, path, v) else {
+    let Some(mut o) = Obj::new_as(cx, path, DYNAMIC_ROOT, v) else {
         return d;
     };
     let mut raw = match v {
@@ -142,15 +159,10 @@ pub(crate) fn parse(cx: &mut Cx, path: &str, v: &Value) -> DynamicConfig {
     }) {
         d.sync.max_lag_on_syncnode = u64::try_from(n).ok();
     }
-    // Known keys pgbaton keeps in `raw` only: checked for shape so typos and wrong types show.
-    o.opt(cx, "max_timelines_history", |cx, p, v| {
-        cx.uint(p, v, 0, i64::MAX as u64)
-    });
-    o.opt(cx, "primary_stop_timeout", |cx, p, v| cx.u32(p, v, 0));
-    o.opt(cx, "master_stop_timeout", |cx, p, v| cx.u32(p, v, 0));
-    o.opt(cx, "primary_race_backoff", |cx, p, v| cx.seconds(p, v));
     for key in ["check_timeline", "failsafe_mode"] {
-        o.opt(cx, key, |cx, p, v| cx.boolean(p, v));
+        if let Some(on) = o.opt(cx, key, |cx, p, v| cx.boolean(p, v)) {
+            o.value_class(cx, key, if on { "true" } else { "false" });
+        }
     }
     if let Some(strict) = o.opt(cx, "synchronous_mode_strict", |cx, p, v| cx.boolean(p, v)) {
         d.sync.strict = strict;
@@ -184,29 +196,13 @@ pub(crate) fn parse(cx: &mut Cx, path: &str, v: &Value) -> DynamicConfig {
     }) {
         d.sync.node_count = u32::try_from(n).unwrap_or(u32::MAX);
     }
-    o.opt(cx, "member_slots_ttl", |cx, p, v| match v {
-        Value::String(s) if !s.trim().is_empty() => Some(()),
-        other => cx.uint(p, other, 0, i64::MAX as u64).map(|_| ()),
-    });
-    for key in ["slots", "permanent_slots", "permanent_replication_slots"] {
-        o.opt(cx, key, |cx, p, v| slots(cx, p, v).then_some(()));
-    }
-    o.opt(cx, "ignore_slots", |cx, p, v| {
-        let Value::Array(items) = v else {
-            cx.mismatch(p, "a list of mappings", v);
-            return None;
-        };
-        for (i, item) in items.iter().enumerate() {
-            cx.mapping(&index(p, i), item);
-        }
-        Some(())
-    });
-    if let Some(sc) = o.section(cx, "standby_cluster") {
-        standby_cluster(cx, sc);
+    if let Some(class) = o.opt(cx, "ignore_slots", ignore_slots) {
+        o.value_class(cx, "ignore_slots", class);
     }
     if let Some(pg) = o.section(cx, "postgresql") {
         postgresql(cx, pg, &mut d);
     }
+    o.flagged(cx);
     o.finish(cx);
 
     d.raw = Value::Object(raw);
@@ -248,134 +244,57 @@ fn adjust_timeouts(cx: &mut Cx, path: &str, d: &mut DynamicConfig, raw: &mut Map
     }
 }
 
-/// `slots`: name → slot definition (a mapping) or null.
-fn slots(cx: &mut Cx, path: &str, v: &Value) -> bool {
-    let Value::Object(map) = v else {
-        cx.mismatch(path, "a mapping of slot names", v);
-        return false;
+/// `ignore_slots`: a list of mappings (`name`, `type`, `database`, `plugin`); the class of
+/// the value for the support table: whether every entry is limited to logical slots.
+fn ignore_slots(cx: &mut Cx, path: &str, v: &Value) -> Option<&'static str> {
+    let Value::Array(items) = v else {
+        cx.mismatch(path, "a list of mappings", v);
+        return None;
     };
+    let mut logical_only = true;
     let mut ok = true;
-    for (name, def) in map {
-        ok &= cx.mapping(&join(path, name), def);
+    for (i, item) in items.iter().enumerate() {
+        let p = index(path, i);
+        match item {
+            Value::Object(entry) => {
+                logical_only &= entry.get("type").and_then(Value::as_str) == Some("logical");
+            }
+            other => {
+                cx.mismatch(&p, "a mapping (name, type, database, plugin)", other);
+                ok = false;
+            }
+        }
     }
-    ok
+    if !ok || items.is_empty() {
+        return None;
+    }
+    Some(if logical_only {
+        "entries of type logical only"
+    } else {
+        "any entry that may match a physical slot"
+    })
 }
 
-fn standby_cluster(cx: &mut Cx, mut o: Obj<'_>) {
-    for key in [
-        "host",
-        "primary_slot_name",
-        "restore_command",
-        "archive_cleanup_command",
-    ] {
-        o.opt(cx, key, |cx, p, v| cx.string(p, v, "a string"));
-    }
-    o.opt(cx, "port", |cx, p, v| match v {
-        Value::String(_) => Some(0),
-        other => cx.uint(p, other, 1, 65535),
-    });
-    o.opt(cx, "recovery_min_apply_delay", |cx, p, v| match v {
-        Value::String(_) => Some(0),
-        other => cx.uint(p, other, 0, i64::MAX as u64),
-    });
-    o.opt(cx, "create_replica_methods", |cx, p, v| {
+/// `create_replica_methods` (local or dynamic `postgresql`): only `[basebackup]` is
+/// implemented; the sections other methods name (`pgbackrest:`, `wal_e:`) are accepted
+/// unchecked with it.
+pub(crate) fn replica_methods(cx: &mut Cx, o: &mut Obj<'_>) {
+    let Some(methods) = o.opt(cx, "create_replica_methods", |cx, p, v| {
         cx.string_list(p, v)
-    });
-    o.finish(cx);
+    }) else {
+        return;
+    };
+    if methods.is_empty() || methods.iter().all(|m| m == "basebackup") {
+        o.value_class(cx, "create_replica_methods", "[basebackup]");
+        return;
+    }
+    o.value_class(cx, "create_replica_methods", "any other");
+    for method in methods {
+        if method != "basebackup" && !o.is_known(&method) {
+            o.get_free(&method);
+        }
+    }
 }
-
-/// Keys of the `postgresql` section Patroni accepts and pgbaton does not act on, with the
-/// warning to give. Shared by the local and the dynamic configuration.
-pub(crate) const PG_UNUSED: &[(&str, &str)] = &[
-    (
-        "bin_name",
-        "Patroni key is accepted but not used by pgbaton (binaries are run from bin_dir under their usual names)",
-    ),
-    (
-        "callbacks",
-        "Patroni key is accepted but not used by pgbaton (it runs no callback scripts)",
-    ),
-    (
-        "create_replica_methods",
-        "Patroni key is accepted but not used by pgbaton (replicas are always created with pg_basebackup)",
-    ),
-    (
-        "basebackup",
-        "Patroni key is accepted but not used by pgbaton",
-    ),
-    (
-        "recovery_conf",
-        "Patroni key is accepted but not used by pgbaton",
-    ),
-    (
-        "custom_conf",
-        "Patroni key is accepted but not used by pgbaton",
-    ),
-    (
-        "pg_ident",
-        "Patroni key is accepted but not used by pgbaton",
-    ),
-    (
-        "pg_ident_primary",
-        "Patroni key is accepted but not used by pgbaton",
-    ),
-    (
-        "pg_ident_replica",
-        "Patroni key is accepted but not used by pgbaton",
-    ),
-    (
-        "pg_ident_standby_leader",
-        "Patroni key is accepted but not used by pgbaton",
-    ),
-    (
-        "pg_hba_primary",
-        "Patroni key is accepted but not used by pgbaton",
-    ),
-    (
-        "pg_hba_replica",
-        "Patroni key is accepted but not used by pgbaton",
-    ),
-    (
-        "pg_hba_standby_leader",
-        "Patroni key is accepted but not used by pgbaton",
-    ),
-    (
-        "parameters_primary",
-        "Patroni key is accepted but not used by pgbaton",
-    ),
-    (
-        "parameters_replica",
-        "Patroni key is accepted but not used by pgbaton",
-    ),
-    (
-        "parameters_standby_leader",
-        "Patroni key is accepted but not used by pgbaton",
-    ),
-    (
-        "remove_data_directory_on_diverged_timelines",
-        "Patroni key is accepted but not used by pgbaton",
-    ),
-    (
-        "use_unix_socket_repl",
-        "Patroni key is accepted but not used by pgbaton",
-    ),
-    (
-        "pre_promote",
-        "Patroni key is accepted but not used by pgbaton (it runs no pre-promote script)",
-    ),
-    (
-        "before_stop",
-        "Patroni key is accepted but not used by pgbaton (it runs no before-stop script)",
-    ),
-    (
-        "krbsrvname",
-        "Patroni key is accepted but not used by pgbaton",
-    ),
-    (
-        "pg_rewind",
-        "Patroni key is accepted but not used by pgbaton (use authentication.rewind)",
-    ),
-];
 
 fn postgresql(cx: &mut Cx, mut o: Obj<'_>, d: &mut DynamicConfig) {
     if let Some(b) = o.opt(cx, "use_pg_rewind", |cx, p, v| cx.boolean(p, v)) {
@@ -395,22 +314,7 @@ fn postgresql(cx: &mut Cx, mut o: Obj<'_>, d: &mut DynamicConfig) {
     if let Some(lines) = o.opt(cx, "pg_hba", |cx, p, v| cx.string_list(p, v)) {
         d.pg_hba = lines;
     }
-    for key in [
-        "connect_address",
-        "proxy_address",
-        "listen",
-        "config_dir",
-        "data_dir",
-        "pgpass",
-        "authentication",
-    ] {
-        o.ignore(cx, key, LOCAL_ONLY);
-    }
-    for key in ["bin_dir", "pg_ctl_timeout", "use_unix_socket"] {
-        o.ignore(cx, key, "Patroni key is accepted but not used by pgbaton from the dynamic configuration (set it in the local file)");
-    }
-    for (key, note) in PG_UNUSED {
-        o.ignore(cx, key, note);
-    }
+    replica_methods(cx, &mut o);
+    o.flagged(cx);
     o.finish(cx);
 }

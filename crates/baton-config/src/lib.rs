@@ -15,6 +15,7 @@ mod error;
 mod local;
 mod model;
 mod params;
+mod support;
 mod walk;
 mod yaml;
 
@@ -33,7 +34,7 @@ pub use env::std_env;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{Bootstrap, Config, Credentials, Etcd, Loaded, Postgresql, RestApi, Vip};
 
-use walk::{Cx, Unknown};
+use walk::{Cx, Mode};
 
 /// Loads a configuration file, or, like Patroni, a directory of `*.yml`/`*.yaml` files merged
 /// in file-name order. `env` looks up environment variables (`PATRONI_*`, `PGBATON_*`).
@@ -41,7 +42,7 @@ pub fn load_file(
     path: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Loaded, ConfigErrors> {
-    let mut cx = Cx::new(Unknown::Error);
+    let mut cx = Cx::new(Mode::File);
     if path.is_dir() {
         let Some(root) = load_dir(&mut cx, path) else {
             return Err(cx.into_errors());
@@ -59,7 +60,7 @@ pub fn load_file(
 
 /// Loads a configuration from YAML text. `env` looks up environment variables.
 pub fn load_str(yaml: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, ConfigErrors> {
-    let mut cx = Cx::new(Unknown::Error);
+    let mut cx = Cx::new(Mode::File);
     match yaml::parse(&mut cx, yaml, None) {
         Some(root) => load_value(cx, root, env),
         None => Err(cx.into_errors()),
@@ -80,6 +81,16 @@ fn load_value(
             .map(|(config, warnings)| Loaded { config, warnings }),
         None => Err(cx.into_errors()),
     }
+}
+
+/// Every key path the parsers read or check in `yaml` (see [`walk::Cx::accepted`]).
+#[cfg(test)]
+pub(crate) fn accepted_paths(yaml: &str) -> Vec<String> {
+    let mut cx = Cx::new(Mode::File);
+    if let Some(root) = yaml::parse(&mut cx, yaml, None) {
+        local::parse(&mut cx, &root);
+    }
+    cx.accepted
 }
 
 fn load_dir(cx: &mut Cx, dir: &Path) -> Option<Value> {

@@ -8,16 +8,20 @@ use baton_core::Tags;
 use serde_json::Value;
 
 use crate::addr;
-use crate::dynamic::{self, DynamicConfig, PG_UNUSED};
+use crate::dynamic::{self, DynamicConfig};
 use crate::model::{Bootstrap, Config, Credentials, Etcd, Postgresql, RestApi, Vip};
 use crate::params::{self, Source};
-use crate::walk::{Cx, Obj, UNUSED, describe, index};
+use crate::walk::{Cx, Obj, describe, index};
 
 /// Patroni's reserved member name for the strict synchronous mode.
 const PLACEHOLDER_NAME: &str = "__patroni_strict_sync_replica_placeholder__";
+/// PostgreSQL's `NAMEDATALEN - 1`: the longest `application_name` and replication slot name.
+const MAX_NAME_BYTES: usize = 63;
 const DEFAULT_NAMESPACE: &str = "/service";
 const DEFAULT_BIN_DIR: &str = "/usr/lib/postgresql/15/bin";
-const DEFAULT_PGPASS: &str = "/tmp/pgpass0";
+/// Directories every local user may write to: a password file there can be replaced or read
+/// by another user between two writes.
+const SHARED_DIRS: [&str; 3] = ["/tmp", "/var/tmp", "/dev/shm"];
 const DEFAULT_PG_CTL_TIMEOUT: u32 = 60;
 const HOST_PORT: &str = "a string \"host:port\"";
 
@@ -36,23 +40,11 @@ pub(crate) fn parse(cx: &mut Cx, root: &Value) -> Option<Config> {
     }
     let mut top = Obj::new(cx, "", root)?;
 
-    let scope = top.req(cx, "scope", identifier).unwrap_or_default();
+    let scope = top.req(cx, "scope", scope_name).unwrap_or_default();
     let namespace = top
         .opt(cx, "namespace", |cx, p, v| cx.string(p, v, "a string"))
         .map_or_else(|| DEFAULT_NAMESPACE.to_owned(), |s| normalize_namespace(&s));
-    let name = top
-        .req(cx, "name", |cx, p, v| {
-            let name = identifier(cx, p, v)?;
-            if name == PLACEHOLDER_NAME {
-                cx.error(
-                    p,
-                    format!("{name:?} is reserved by Patroni for synchronous mode"),
-                );
-                return None;
-            }
-            Some(name)
-        })
-        .unwrap_or_default();
+    let name = top.req(cx, "name", member_name).unwrap_or_default();
     let restapi = restapi(cx, &mut top);
     let etcd = dcs(cx, &mut top);
     let bootstrap = bootstrap(cx, &mut top);
@@ -60,42 +52,17 @@ pub(crate) fn parse(cx: &mut Cx, root: &Value) -> Option<Config> {
     let tags = tags(cx, &mut top);
     let watchdog_mode = watchdog(cx, &mut top);
     let vip = vip(cx, &mut top);
+    top.flagged(cx);
+    top.finish(cx);
 
-    top.ignore_all(
-        cx,
-        &[
-            "log",
-            "ctl",
-            "citus",
-            "thread_pool_size",
-            "thread_stack_size",
-        ],
-    );
-    for key in [
-        "ttl",
-        "loop_wait",
-        "retry_timeout",
-        "maximum_lag_on_failover",
-        "maximum_lag_on_syncnode",
-        "primary_start_timeout",
-        "master_start_timeout",
-        "primary_stop_timeout",
-        "master_stop_timeout",
-        "synchronous_mode",
-        "synchronous_mode_strict",
-        "synchronous_node_count",
-        "failsafe_mode",
-        "check_timeline",
-        "pause",
-    ] {
-        top.ignore(
-            cx,
-            key,
-            "ignored at the top level, as in Patroni: dynamic settings come from bootstrap.dcs \
-             (when the cluster is created) and then from the DCS /config key",
+    if postgresql.pg_hba.is_empty() && bootstrap.as_ref().is_none_or(|b| b.dcs.pg_hba.is_empty()) {
+        cx.warn(
+            "postgresql.pg_hba",
+            "not set, nor bootstrap.dcs.postgresql.pg_hba: unless the cluster's dynamic \
+             configuration (the DCS /config key) has postgresql.pg_hba, pgbaton writes its \
+             built-in default pg_hba.conf (see docs/configuration.md)",
         );
     }
-    top.finish(cx);
 
     Some(Config {
         scope,
@@ -111,14 +78,64 @@ pub(crate) fn parse(cx: &mut Cx, root: &Value) -> Option<Config> {
     })
 }
 
-/// `scope` and `name`: non-empty strings that fit in a DCS key segment.
-fn identifier(cx: &mut Cx, path: &str, v: &Value) -> Option<String> {
+/// `scope`: a non-empty string that fits in a DCS key segment and in `cluster_name`.
+fn scope_name(cx: &mut Cx, path: &str, v: &Value) -> Option<String> {
     let s = cx.nonempty(path, v, "a string")?;
     if s.contains('/') {
         cx.error(path, format!("must not contain \"/\", found {s:?}"));
         return None;
     }
+    if s.chars().any(char::is_control) {
+        cx.error(
+            path,
+            format!("must not contain control characters, found {s:?}"),
+        );
+        return None;
+    }
     Some(s)
+}
+
+/// `name`: the member key's last segment, PostgreSQL's `application_name` on the leader (matched
+/// against `synchronous_standby_names`) and, lower-cased with `-` and `.` as `_`, the
+/// replication slot name. PostgreSQL replaces characters outside printable ASCII in
+/// `application_name` with `?` and truncates it at 63 bytes, and Patroni's slot name mapping
+/// expands other characters, so only names made of ASCII letters, digits, `_`, `-` and `.`, 63
+/// bytes at most, keep the three equal to what pgbaton compares.
+fn member_name(cx: &mut Cx, path: &str, v: &Value) -> Option<String> {
+    let name = cx.nonempty(path, v, "a string")?;
+    if name == PLACEHOLDER_NAME {
+        cx.error(
+            path,
+            format!("{name:?} is reserved by Patroni for synchronous mode"),
+        );
+        return None;
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+    {
+        cx.error(
+            path,
+            format!(
+                "{name:?} cannot be a member name: found {c:?}; use ASCII letters, digits, \"_\", \
+                 \"-\" and \".\" only (the name is also PostgreSQL's application_name, an entry of \
+                 synchronous_standby_names and the replication slot name)"
+            ),
+        );
+        return None;
+    }
+    if name.len() > MAX_NAME_BYTES {
+        cx.error(
+            path,
+            format!(
+                "{name:?} cannot be a member name: {} bytes, at most {MAX_NAME_BYTES} (PostgreSQL \
+                 truncates application_name and slot names longer than that)",
+                name.len()
+            ),
+        );
+        return None;
+    }
+    Some(name)
 }
 
 /// Patroni joins `/`, namespace and scope and collapses repeated slashes: `service`, `/service`
@@ -185,31 +202,14 @@ fn restapi(cx: &mut Cx, top: &mut Obj<'_>) -> RestApi {
         auth.finish(cx);
         r.authentication = user.zip(password);
     }
-    const TLS: &str =
-        "Patroni key is accepted but not used by pgbaton (the REST API is served over plain HTTP)";
-    for key in [
-        "certfile",
-        "keyfile",
-        "keyfile_password",
-        "cafile",
-        "ciphers",
-        "verify_client",
-    ] {
-        o.ignore(cx, key, TLS);
+    if let Some(include) = o.opt(cx, "allowlist_include_members", |cx, p, v| cx.boolean(p, v)) {
+        o.value_class(
+            cx,
+            "allowlist_include_members",
+            if include { "true" } else { "false" },
+        );
     }
-    for key in ["allowlist", "allowlist_include_members"] {
-        o.ignore(cx, key, "Patroni key is accepted but not used by pgbaton (REST API access is not restricted by client address)");
-    }
-    o.ignore_all(
-        cx,
-        &[
-            "http_extra_headers",
-            "https_extra_headers",
-            "request_queue_size",
-            "server_tokens",
-            "thread_pool_size",
-        ],
-    );
+    o.flagged(cx);
     o.finish(cx);
     r
 }
@@ -230,31 +230,20 @@ fn dcs(cx: &mut Cx, top: &mut Obj<'_>) -> Etcd {
         username: None,
         password: None,
     };
-    for key in OTHER_DCS {
-        top.ignore(
-            cx,
-            key,
-            "Patroni key is accepted but not used by pgbaton (it keeps cluster state in etcd only)",
-        );
-    }
     let v3 = top.get("etcd3");
     let v2 = top.get("etcd");
     match (v3, v2) {
         (Some(v), v2) => {
             if v2.is_some() {
-                cx.warn("etcd", "ignored: the etcd3 section is used");
+                top.value_class(cx, "etcd", "beside etcd3");
             }
             if let Some(o) = Obj::new(cx, "etcd3", v) {
                 etcd = etcd_section(cx, o);
             }
         }
         (None, Some(v)) => {
-            cx.warn(
-                "etcd",
-                "read as etcd3: pgbaton talks to etcd with the v3 API only, so keys a Patroni cluster \
-                 wrote through the v2 API are not visible to it",
-            );
-            if let Some(o) = Obj::new(cx, "etcd", v) {
+            top.value_class(cx, "etcd", "without etcd3");
+            if let Some(o) = Obj::new_as(cx, "etcd", "etcd3", v) {
                 etcd = etcd_section(cx, o);
             }
         }
@@ -318,24 +307,32 @@ fn etcd_section(cx: &mut Cx, mut o: Obj<'_>) -> Etcd {
             None
         }
     });
-    let protocol = o
-        .opt(cx, "protocol", |cx, p, v| {
-            let s = cx.string(p, v, "\"http\" or \"https\"")?;
-            match s.as_str() {
-                "http" | "https" => Some(s),
-                _ => {
-                    cx.error(p, format!("expected \"http\" or \"https\", found {s:?}"));
-                    None
-                }
+    let protocol = o.opt(cx, "protocol", |cx, p, v| {
+        let s = cx.string(p, v, "\"http\" or \"https\"")?;
+        match s.as_str() {
+            "http" | "https" => Some(s),
+            _ => {
+                cx.error(p, format!("expected \"http\" or \"https\", found {s:?}"));
+                None
             }
-        })
-        .unwrap_or_else(|| "http".to_owned());
+        }
+    });
+    if let Some(protocol) = &protocol {
+        o.value_class(cx, "protocol", protocol);
+    }
+    let protocol = protocol.unwrap_or_else(|| "http".to_owned());
     let username = o.opt(cx, "username", |cx, p, v| cx.nonempty(p, v, "a string"));
     let password = o.opt(cx, "password", |cx, p, v| cx.secret(p, v));
     if username.is_some() && password.is_none() && !o.has("password") {
         cx.error(
             &o.child("password"),
             "required key is missing (username is set)",
+        );
+    }
+    if username.is_none() && password.is_some() && !o.has("username") {
+        cx.error(
+            &o.child("username"),
+            "required key is missing (password is set)",
         );
     }
 
@@ -366,20 +363,7 @@ fn etcd_section(cx: &mut Cx, mut o: Obj<'_>) -> Etcd {
             Vec::new()
         }
     };
-    o.ignore_all(
-        cx,
-        &[
-            "use_proxies",
-            "url",
-            "proxy",
-            "srv",
-            "srv_suffix",
-            "cacert",
-            "cert",
-            "key",
-            "key_password",
-        ],
-    );
+    o.flagged(cx);
     o.finish(cx);
     Etcd {
         hosts,
@@ -408,34 +392,19 @@ fn bootstrap(cx: &mut Cx, top: &mut Obj<'_>) -> Option<Bootstrap> {
         None => DynamicConfig::defaults(),
     };
     let initdb = o.opt(cx, "initdb", initdb).unwrap_or_default();
-    let pg_hba = o
-        .opt(cx, "pg_hba", |cx, p, v| cx.string_list(p, v))
-        .unwrap_or_default();
-    if let Some(method) = o.opt(cx, "method", |cx, p, v| cx.nonempty(p, v, "a string"))
-        && method != "initdb"
-    {
-        cx.warn(
-            &o.child("method"),
-            format!("pgbaton creates new clusters with initdb only; method {method:?} is not used"),
-        );
-        if !o.is_known(&method) {
-            o.ignore(cx, &method, UNUSED);
+    if let Some(method) = o.opt(cx, "method", |cx, p, v| cx.nonempty(p, v, "a string")) {
+        if method == "initdb" {
+            o.value_class(cx, "method", "initdb");
+        } else {
+            o.value_class(cx, "method", "any other");
+            if !o.is_known(&method) {
+                o.get_free(&method);
+            }
         }
     }
-    for key in ["post_bootstrap", "post_init"] {
-        o.ignore(
-            cx,
-            key,
-            "Patroni key is accepted but not used by pgbaton (it runs no post-bootstrap script)",
-        );
-    }
-    o.ignore(cx, "users", UNUSED);
+    o.flagged(cx);
     o.finish(cx);
-    Some(Bootstrap {
-        dcs,
-        initdb,
-        pg_hba,
-    })
+    Some(Bootstrap { dcs, initdb })
 }
 
 /// initdb options pgbaton sets itself (Patroni's list).
@@ -530,7 +499,7 @@ fn postgresql(cx: &mut Cx, top: &mut Obj<'_>) -> Postgresql {
         connect_port: 5432,
         data_dir: PathBuf::new(),
         bin_dir: PathBuf::from(DEFAULT_BIN_DIR),
-        pgpass: PathBuf::from(DEFAULT_PGPASS),
+        pgpass: PathBuf::new(),
         superuser: Credentials {
             username: String::new(),
             password: None,
@@ -601,8 +570,24 @@ fn postgresql(cx: &mut Cx, top: &mut Obj<'_>) -> Postgresql {
     {
         pg.bin_dir = PathBuf::from(dir);
     }
-    if let Some(file) = o.opt(cx, "pgpass", |cx, p, v| cx.nonempty(p, v, "a path")) {
-        pg.pgpass = PathBuf::from(file);
+    match o.opt(cx, "pgpass", |cx, p, v| cx.nonempty(p, v, "a path")) {
+        Some(file) => {
+            pg.pgpass = PathBuf::from(file);
+            if let Some(dir) = SHARED_DIRS
+                .iter()
+                .find(|d| pg.pgpass.parent().is_some_and(|p| p.starts_with(d)))
+            {
+                cx.warn(
+                    &o.child("pgpass"),
+                    format!(
+                        "{} is in {dir}, a directory every local user can write to; remove the \
+                         key to use the default, beside the data directory",
+                        pg.pgpass.display()
+                    ),
+                );
+            }
+        }
+        None => pg.pgpass = default_pgpass(&pg.data_dir),
     }
     if let Some(mut auth) = required(cx, &mut o, "authentication") {
         if let Some(c) = required(cx, &mut auth, "superuser") {
@@ -632,33 +617,22 @@ fn postgresql(cx: &mut Cx, top: &mut Obj<'_>) -> Postgresql {
     if let Some(b) = o.opt(cx, "use_unix_socket", |cx, p, v| cx.boolean(p, v)) {
         pg.use_unix_socket = b;
     }
-    o.ignore(
-        cx,
-        "use_slots",
-        "ignored in the local configuration, as in Patroni: set it in the dynamic configuration \
-         (bootstrap.dcs.postgresql.use_slots)",
-    );
-    o.ignore_all(cx, &["proxy_address", "config_dir"]);
-    // Replica creation methods name their own sections (`pgbackrest:`, `wal_e:`).
-    let methods = o.opt(cx, "create_replica_methods", |cx, p, v| {
-        cx.string_list(p, v)
-    });
-    for (key, note) in PG_UNUSED {
-        if *key == "create_replica_methods" {
-            if methods.is_some() {
-                cx.warn(&o.child(key), note);
-            }
-        } else {
-            o.ignore(cx, key, note);
-        }
-    }
-    for method in methods.unwrap_or_default() {
-        if !o.is_known(&method) {
-            o.ignore(cx, &method, UNUSED);
-        }
-    }
+    dynamic::replica_methods(cx, &mut o);
+    o.flagged(cx);
     o.finish(cx);
     pg
+}
+
+/// `<data_dir>.pgpass`: beside the data directory (not in it: `initdb` and `pg_basebackup`
+/// need it empty), in a directory only PostgreSQL's user writes to, one file per data
+/// directory.
+fn default_pgpass(data_dir: &std::path::Path) -> PathBuf {
+    let mut name = data_dir
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| "pgdata".into());
+    name.push(".pgpass");
+    data_dir.with_file_name(name)
 }
 
 fn credentials(cx: &mut Cx, mut o: Obj<'_>) -> Credentials {
@@ -666,21 +640,43 @@ fn credentials(cx: &mut Cx, mut o: Obj<'_>) -> Credentials {
         .req(cx, "username", |cx, p, v| cx.nonempty(p, v, "a string"))
         .unwrap_or_default();
     let password = o.opt(cx, "password", |cx, p, v| cx.secret(p, v));
-    o.ignore_all(
-        cx,
-        &[
+    // libpq's connection modes: the weak ones match what pgbaton does, the strict ones would
+    // not be applied.
+    for (key, weak, strict) in [
+        (
             "sslmode",
-            "sslcert",
-            "sslkey",
-            "sslpassword",
-            "sslrootcert",
-            "sslcrl",
-            "sslcrldir",
-            "gssencmode",
-            "channel_binding",
-            "sslnegotiation",
-        ],
-    );
+            &["disable", "allow", "prefer"][..],
+            &["require", "verify-ca", "verify-full"][..],
+        ),
+        ("gssencmode", &["disable", "prefer"], &["require"]),
+        ("channel_binding", &["disable", "prefer"], &["require"]),
+        ("sslnegotiation", &["postgres"], &["direct"]),
+    ] {
+        let Some(mode) = o.opt(cx, key, |cx, p, v| cx.nonempty(p, v, "a string")) else {
+            continue;
+        };
+        let class = |list: &[&str]| match list {
+            [one] => (*one).to_owned(),
+            [first, second] => format!("{first} or {second}"),
+            _ => {
+                let (last, rest) = list.split_last().unwrap_or((&"", &[]));
+                format!("{} or {last}", rest.join(", "))
+            }
+        };
+        if weak.contains(&mode.as_str()) {
+            o.value_class(cx, key, &class(weak));
+        } else if strict.contains(&mode.as_str()) {
+            o.value_class(cx, key, &class(strict));
+        } else {
+            let mut all = weak.to_vec();
+            all.extend_from_slice(strict);
+            cx.error(
+                &o.child(key),
+                format!("expected one of {}, found {mode:?}", all.join(", ")),
+            );
+        }
+    }
+    o.flagged(cx);
     o.finish(cx);
     Credentials { username, password }
 }
@@ -700,14 +696,23 @@ fn tags(cx: &mut Cx, top: &mut Obj<'_>) -> Tags {
     t.clonefrom = o
         .opt(cx, "clonefrom", |cx, p, v| cx.boolean(p, v))
         .unwrap_or(false);
+    if t.clonefrom {
+        o.value_class(cx, "clonefrom", "true");
+    }
     t.nosync = o.opt(cx, "nosync", |cx, p, v| cx.boolean(p, v));
     t.sync_priority = o.opt(cx, "sync_priority", |cx, p, v| cx.int(p, v, 0, i64::MAX));
     t.nostream = o
         .opt(cx, "nostream", |cx, p, v| cx.boolean(p, v))
         .unwrap_or(false);
-    t.replicatefrom = o.opt(cx, "replicatefrom", |cx, p, v| {
-        cx.nonempty(p, v, "a member name")
-    });
+    if t.nostream {
+        o.value_class(cx, "nostream", "true");
+    }
+    t.replicatefrom = o
+        .opt(cx, "replicatefrom", |cx, p, v| {
+            cx.string(p, v, "a member name")
+        })
+        .filter(|s| !s.trim().is_empty());
+    o.flagged(cx);
 
     // Patroni warns and lets the boolean tag win.
     for (flag, flag_value, prio, prio_value) in [
@@ -732,7 +737,7 @@ fn tags(cx: &mut Cx, top: &mut Obj<'_>) -> Tags {
         if o.is_known(key) {
             continue;
         }
-        if let Some(v) = o.get_any(key) {
+        if let Some(v) = o.get_free(key) {
             t.custom.insert(key.to_owned(), v.to_string());
         }
     }
@@ -769,14 +774,10 @@ fn watchdog(cx: &mut Cx, top: &mut Obj<'_>) -> String {
     }) {
         mode = m.to_owned();
     }
-    if mode == "required" {
-        cx.warn(
-            &o.child("mode"),
-            "pgbaton has no /dev/watchdog support yet, so \"required\" cannot be honoured; the \
-             leader still fences itself (stops PostgreSQL) before its lease can expire",
-        );
+    if o.has("mode") {
+        o.value_class(cx, "mode", &mode);
     }
-    o.ignore_all(cx, &["device", "safety_margin", "driver"]);
+    o.flagged(cx);
     o.finish(cx);
     mode
 }

@@ -97,8 +97,6 @@ pub struct Bootstrap {
     pub dcs: DynamicConfig,
     /// Rendered `initdb` options: `--encoding=UTF8`, `--data-checksums`.
     pub initdb: Vec<String>,
-    /// `bootstrap.pg_hba`: lines for `pg_hba.conf` right after `initdb`.
-    pub pg_hba: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -60,7 +60,7 @@ pub(crate) fn render(cx: &mut Cx, path: &str, v: &Value) -> Option<String> {
     match v {
         Value::Bool(b) => Some(if *b { "on" } else { "off" }.to_owned()),
         Value::Number(n) => Some(n.to_string()),
-        Value::String(s) => Some(s.clone()),
+        Value::String(s) => cx.single_line(path, s).then(|| s.clone()),
         other => {
             cx.mismatch(
                 path,
@@ -94,10 +94,17 @@ pub(crate) fn parameters(
         return out;
     };
     for key in obj.keys() {
-        let Some(value) = obj.get_any(key) else {
+        let Some(value) = obj.get_free(key) else {
             continue;
         };
         let p = obj.child(key);
+        if let Some(problem) = name_problem(key) {
+            cx.error(
+                &p,
+                format!("{key:?} is not a PostgreSQL parameter name: {problem}"),
+            );
+            continue;
+        }
         let Some(text) = render(cx, &p, value) else {
             continue;
         };
@@ -146,6 +153,54 @@ pub(crate) fn parameters(
         );
     }
     out
+}
+
+/// Directives of `postgresql.conf`, not parameters.
+const DIRECTIVES: [&str; 3] = ["include", "include_dir", "include_if_exists"];
+/// Parameters that would point PostgreSQL away from the files pgbaton manages.
+const LOCATIONS: [&str; 2] = ["data_directory", "config_file"];
+
+/// What is wrong with `name` as a parameter pgbaton may write into `postgresql.conf`, if
+/// anything. PostgreSQL's configuration file accepts a name made of letters, digits and `_`,
+/// not starting with a digit, optionally qualified once (`auto_explain.log_min_duration`) for
+/// an extension's parameters (`guc-file.l`: `ID` and `QUALIFIED_ID`; pgbaton keeps to ASCII).
+pub(crate) fn name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("the name is empty".to_owned());
+    }
+    let parts: Vec<&str> = name.split('.').collect();
+    if parts.len() > 2 {
+        return Some("at most one \".\" (extension.parameter)".to_owned());
+    }
+    for part in &parts {
+        let mut chars = part.chars();
+        match chars.next() {
+            None => return Some("an empty part around \".\"".to_owned()),
+            Some(c) if !(c.is_ascii_alphabetic() || c == '_') => {
+                return Some(format!(
+                    "each part starts with an ASCII letter or \"_\", found {c:?}"
+                ));
+            }
+            Some(_) => {}
+        }
+        if let Some(c) = chars.find(|c| !(c.is_ascii_alphanumeric() || *c == '_')) {
+            return Some(format!(
+                "only ASCII letters, digits and \"_\" (and one \".\"), found {c:?}"
+            ));
+        }
+    }
+    let lower = name.to_ascii_lowercase();
+    if DIRECTIVES.contains(&lower.as_str()) {
+        return Some("a postgresql.conf directive, not a parameter".to_owned());
+    }
+    if LOCATIONS.contains(&lower.as_str()) {
+        return Some(
+            "pgbaton runs PostgreSQL on postgresql.data_dir with the postgresql.conf it writes \
+             there"
+                .to_owned(),
+        );
+    }
+    None
 }
 
 fn valid(check: Check, text: &str) -> Result<(), String> {

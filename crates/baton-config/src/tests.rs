@@ -6,6 +6,8 @@ use crate::{
     DynamicConfig, Loaded, effective_ha, effective_pg_hba, load_file, load_str, merged_parameters,
 };
 
+mod support;
+
 fn no_env(_: &str) -> Option<String> {
     None
 }
@@ -17,6 +19,9 @@ fn env_from(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         .collect();
     move |k: &str| map.get(k).cloned()
 }
+
+/// [`BASE`]'s `postgresql.pg_hba`.
+const BASE_HBA: &str = "  pg_hba:\n    - host all all 127.0.0.1/32 scram-sha-256\n";
 
 /// A small valid file; tests add or change keys with `with`.
 const BASE: &str = "\
@@ -38,6 +43,8 @@ postgresql:
     replication:
       username: replicator
       password: rep-pass
+  pg_hba:
+    - host all all 127.0.0.1/32 scram-sha-256
 ";
 
 fn load(yaml: &str) -> Loaded {
@@ -211,6 +218,7 @@ tags:
                             "retry_timeout": Number(10),
                             "ttl": Number(30),
                         },
+                        unsupported: [],
                     },
                     initdb: [
                         "--encoding=UTF8",
@@ -218,7 +226,6 @@ tags:
                         "--auth=md5",
                         "--auth-host=md5",
                     ],
-                    pg_hba: [],
                 },
             ),
             postgresql: Postgresql {
@@ -284,7 +291,12 @@ tags:
         }
     "#]]
     .assert_debug_eq(&loaded.config);
-    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    expect![[r#"
+        [
+            "postgresql.pgpass: /tmp/pgpass_postgres-0 is in /tmp, a directory every local user can write to; remove the key to use the default, beside the data directory",
+        ]
+    "#]]
+    .assert_debug_eq(&loaded.warnings);
     // The password itself is kept, only Debug hides it.
     assert_eq!(
         loaded.config.postgresql.replication.password.as_deref(),
@@ -426,71 +438,6 @@ fn unknown_keys_are_errors_with_the_full_path() {
         postgresql.data_dir: required key is missing
         postgresql.data_dri: unknown key (did you mean "data_dir"?)
         restapi_extra: unknown key
-    "#]],
-    );
-}
-
-#[test]
-fn unused_patroni_keys_are_warnings_not_errors() {
-    let yaml = BASE
-        .replace(
-            "  connect_address: 127.0.0.1:8008\n",
-            "  connect_address: 127.0.0.1:8008\n  certfile: /etc/ssl/cert.pem\n  allowlist: [127.0.0.1]\n",
-        )
-        .replace(
-            "      username: replicator\n",
-            "      username: replicator\n      sslmode: verify-ca\n",
-        )
-        + "\
-log:
-  level: INFO
-ctl:
-  insecure: true
-citus:
-  group: 0
-  database: citus
-consul:
-  host: 127.0.0.1:8500
-thread_pool_size: 5
-loop_wait: 5
-watchdog:
-  mode: automatic
-  device: /dev/watchdog
-  safety_margin: 5
-bootstrap:
-  method: restore
-  restore:
-    command: /usr/local/bin/restore.sh
-  post_bootstrap: /usr/local/bin/setup.sh
-";
-    let yaml = yaml.replace(
-        "postgresql:\n  listen",
-        "postgresql:\n  callbacks:\n    on_role_change: /bin/true\n  create_replica_methods: [pgbackrest, basebackup]\n  pgbackrest:\n    command: /bin/true\n  basebackup:\n    checkpoint: fast\n  recovery_conf:\n    restore_command: cp %f %p\n  use_slots: true\n  listen",
-    );
-    check(
-        &yaml,
-        expect![[r#"
-        ok, warnings:
-        restapi.certfile: Patroni key is accepted but not used by pgbaton (the REST API is served over plain HTTP)
-        restapi.allowlist: Patroni key is accepted but not used by pgbaton (REST API access is not restricted by client address)
-        consul: Patroni key is accepted but not used by pgbaton (it keeps cluster state in etcd only)
-        bootstrap.method: pgbaton creates new clusters with initdb only; method "restore" is not used
-        bootstrap.restore: Patroni key is accepted but not used by pgbaton
-        bootstrap.post_bootstrap: Patroni key is accepted but not used by pgbaton (it runs no post-bootstrap script)
-        postgresql.authentication.replication.sslmode: Patroni key is accepted but not used by pgbaton
-        postgresql.use_slots: ignored in the local configuration, as in Patroni: set it in the dynamic configuration (bootstrap.dcs.postgresql.use_slots)
-        postgresql.callbacks: Patroni key is accepted but not used by pgbaton (it runs no callback scripts)
-        postgresql.create_replica_methods: Patroni key is accepted but not used by pgbaton (replicas are always created with pg_basebackup)
-        postgresql.basebackup: Patroni key is accepted but not used by pgbaton
-        postgresql.recovery_conf: Patroni key is accepted but not used by pgbaton
-        postgresql.pgbackrest: Patroni key is accepted but not used by pgbaton
-        watchdog.device: Patroni key is accepted but not used by pgbaton
-        watchdog.safety_margin: Patroni key is accepted but not used by pgbaton
-        log: Patroni key is accepted but not used by pgbaton
-        ctl: Patroni key is accepted but not used by pgbaton
-        citus: Patroni key is accepted but not used by pgbaton
-        thread_pool_size: Patroni key is accepted but not used by pgbaton
-        loop_wait: ignored at the top level, as in Patroni: dynamic settings come from bootstrap.dcs (when the cluster is created) and then from the DCS /config key
     "#]],
     );
 }
@@ -873,7 +820,8 @@ fn parameters_are_rendered_and_merged_as_patroni_does() {
 #[test]
 fn pg_hba_local_wins_over_dynamic() {
     let yaml = format!(
-        "{BASE}bootstrap:\n  dcs:\n    postgresql:\n      pg_hba: [host all all 0.0.0.0/0 md5]\n"
+        "{}bootstrap:\n  dcs:\n    postgresql:\n      pg_hba: [host all all 0.0.0.0/0 md5]\n",
+        BASE.replace(BASE_HBA, "")
     );
     let loaded = load(&yaml);
     let dcs = &loaded.config.bootstrap.as_ref().expect("bootstrap").dcs;
@@ -929,6 +877,7 @@ fn tags_custom_values_and_conflicts() {
     .assert_debug_eq(&loaded.config.tags);
     expect![[r#"
         [
+            "tags.replicatefrom: published in the member key, but this member streams from the leader (cascading replication is not supported yet)",
             "tags: conflicting nofailover: true and failover_priority: 3; nofailover: true wins, as in Patroni",
             "tags: conflicting nosync: false and sync_priority: 0; nosync: false wins, as in Patroni",
         ]
@@ -971,8 +920,8 @@ fn watchdog_modes() {
     };
     expect!["off []"].assert_eq(&mode("off"));
     expect!["off []"].assert_eq(&mode("false"));
-    expect!["automatic []"].assert_eq(&mode("auto"));
-    expect![[r#"required ["watchdog.mode: pgbaton has no /dev/watchdog support yet, so \"required\" cannot be honoured; the leader still fences itself (stops PostgreSQL) before its lease can expire"]"#]]
+    expect![[r#"automatic ["watchdog.mode: pgbaton has no /dev/watchdog support yet, so no watchdog is used; the leader still fences itself (stops PostgreSQL) before its lease can expire, and the fence guard does so for a frozen or killed agent"]"#]].assert_eq(&mode("auto"));
+    expect!["watchdog.mode: not supported by pgbaton yet: where Patroni would refuse to lead without a watchdog, pgbaton, which has no /dev/watchdog support, would lead without one"]
         .assert_eq(&mode("require"));
     expect![[r#"watchdog.mode: expected one of off, automatic, required, found "sometimes""#]]
         .assert_eq(&mode("sometimes"));

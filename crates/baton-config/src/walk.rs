@@ -7,16 +7,16 @@
 use serde_json::{Map, Value};
 
 use crate::error::{ConfigError, ConfigErrors};
+use crate::support;
 
-/// The warning for a Patroni key pgbaton accepts and ignores.
-pub(crate) const UNUSED: &str = "Patroni key is accepted but not used by pgbaton";
-
-/// What an unknown key is: an error (files, `bootstrap.dcs`) or a warning (the dynamic
-/// configuration read back from the DCS, which another tool may have written).
+/// Which rules apply: a file's (also `bootstrap.dcs` and `PATCH /config`: unknown and refused
+/// keys are errors), or those of the dynamic configuration read back from the DCS, which another
+/// tool may have written (unknown and refused keys are warnings, and the value is used as if
+/// they were absent).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Unknown {
-    Error,
-    Warn,
+pub(crate) enum Mode {
+    File,
+    Dcs,
 }
 
 /// The collector every parser writes to.
@@ -25,16 +25,23 @@ pub(crate) struct Cx {
     warnings: Vec<String>,
     /// Key paths whose value came from an environment variable, with the variable's name.
     origins: Vec<(String, String)>,
-    unknown: Unknown,
+    mode: Mode,
+    /// The key paths of refused keys that were present (only in [`Mode::Dcs`]).
+    pub(crate) unsupported: Vec<String>,
+    /// Every key a parser read or checked, as a path from the top of the file (dynamic keys
+    /// under `bootstrap.dcs.`), for the test that every one is in the support table.
+    pub(crate) accepted: Vec<String>,
 }
 
 impl Cx {
-    pub(crate) fn new(unknown: Unknown) -> Cx {
+    pub(crate) fn new(mode: Mode) -> Cx {
         Cx {
             errors: Vec::new(),
             warnings: Vec::new(),
             origins: Vec::new(),
-            unknown,
+            mode,
+            unsupported: Vec::new(),
+            accepted: Vec::new(),
         }
     }
 
@@ -75,6 +82,21 @@ impl Cx {
         });
     }
 
+    /// A key pgbaton does not support: an error in a file, a warning in the DCS value.
+    pub(crate) fn refuse(&mut self, path: &str, why: &str) {
+        match self.mode {
+            Mode::File => self.error(path, format!("not supported by pgbaton yet: {why}")),
+            Mode::Dcs => {
+                self.warn(
+                    path,
+                    format!("not supported by pgbaton yet, ignored: {why}"),
+                );
+                let shown = self.shown(path);
+                self.unsupported.push(shown);
+            }
+        }
+    }
+
     pub(crate) fn error_count(&self) -> usize {
         self.errors.len()
     }
@@ -99,11 +121,35 @@ impl Cx {
 
     pub(crate) fn string(&mut self, path: &str, v: &Value, what: &str) -> Option<String> {
         match v {
-            Value::String(s) => Some(s.clone()),
+            Value::String(s) => self.single_line(path, s).then(|| s.clone()),
             other => {
                 self.mismatch(path, what, other);
                 None
             }
+        }
+    }
+
+    /// Whether `s` is one line without NUL; reports it otherwise. Every value pgbaton uses ends
+    /// up in a line-based file (postgresql.conf, pg_hba.conf, the pgpass file) or a command line.
+    pub(crate) fn single_line(&mut self, path: &str, s: &str) -> bool {
+        if s.contains('\0') {
+            self.error(path, "must not contain a NUL character");
+            false
+        } else if s.contains(['\n', '\r']) {
+            // A YAML block scalar (`>` or `|`) ends with a line break unless written `>-`/`|-`.
+            let hint = match s.strip_suffix('\n') {
+                Some(body) if !body.contains(['\n', '\r']) => {
+                    " (a YAML block scalar keeps its final line break unless written >- or |-)"
+                }
+                _ => "",
+            };
+            self.error(
+                path,
+                format!("must be a single line, found a line break in {s:?}{hint}"),
+            );
+            false
+        } else {
+            true
         }
     }
 
@@ -120,7 +166,7 @@ impl Cx {
     /// A password: a string, or a number written without quotes (rendered as its text).
     pub(crate) fn secret(&mut self, path: &str, v: &Value) -> Option<String> {
         match v {
-            Value::String(s) => Some(s.clone()),
+            Value::String(s) => self.single_line(path, s).then(|| s.clone()),
             Value::Number(n) => Some(n.to_string()),
             other => {
                 self.mismatch(path, "a string", other);
@@ -222,21 +268,10 @@ impl Cx {
         ok.then_some(out)
     }
 
-    /// Checks that `v` is a mapping, without looking inside.
-    pub(crate) fn mapping(&mut self, path: &str, v: &Value) -> bool {
-        match v {
-            Value::Object(_) | Value::Null => true,
-            other => {
-                self.mismatch(path, "a mapping", other);
-                false
-            }
-        }
-    }
-
     pub(crate) fn unknown_key(&mut self, path: &str, hint: &str) {
-        match self.unknown {
-            Unknown::Error => self.error(path, format!("unknown key{hint}")),
-            Unknown::Warn => self.warn(path, format!("unknown key, ignored{hint}")),
+        match self.mode {
+            Mode::File => self.error(path, format!("unknown key{hint}")),
+            Mode::Dcs => self.warn(path, format!("unknown key, ignored{hint}")),
         }
     }
 }
@@ -264,9 +299,20 @@ pub(crate) fn describe(v: &Value) -> String {
     }
 }
 
+/// `parent.key`; a key that is not a plain word (a dot, white space, control characters, a
+/// quote) is shown quoted, so that a path stays one unambiguous line.
 pub(crate) fn join(parent: &str, key: &str) -> String {
-    if parent.is_empty() {
+    let plain = !key.is_empty()
+        && !key
+            .chars()
+            .any(|c| c == '.' || c == '"' || c.is_whitespace() || c.is_control());
+    let key = if plain {
         key.to_owned()
+    } else {
+        format!("{key:?}")
+    };
+    if parent.is_empty() {
+        key
     } else {
         format!("{parent}.{key}")
     }
@@ -279,34 +325,49 @@ pub(crate) fn index(parent: &str, i: usize) -> String {
 /// A mapping being read: remembers which keys were asked for, so that [`Obj::finish`] can
 /// report the rest as unknown.
 pub(crate) struct Obj<'v> {
+    /// The path shown in messages.
     path: String,
+    /// The path in the support table (`etcd` is read as `etcd3`, the DCS value as
+    /// `bootstrap.dcs`).
+    pattern: String,
     map: Option<&'v Map<String, Value>>,
     known: Vec<String>,
+    /// Keys accepted without being table keys (custom tags, replica method sections).
+    free: Vec<String>,
 }
 
 impl<'v> Obj<'v> {
     /// `v` as a mapping; `null` (a section with nothing under it) reads as an empty one.
     pub(crate) fn new(cx: &mut Cx, path: &str, v: &'v Value) -> Option<Obj<'v>> {
-        match v {
-            Value::Object(map) => Some(Obj {
-                path: path.to_owned(),
-                map: Some(map),
-                known: Vec::new(),
-            }),
-            Value::Null => Some(Obj {
-                path: path.to_owned(),
-                map: None,
-                known: Vec::new(),
-            }),
+        Obj::new_as(cx, path, path, v)
+    }
+
+    /// As [`Obj::new`], with the table path `pattern` for the keys under it.
+    pub(crate) fn new_as(cx: &mut Cx, path: &str, pattern: &str, v: &'v Value) -> Option<Obj<'v>> {
+        let map = match v {
+            Value::Object(map) => Some(map),
+            Value::Null => None,
             other => {
                 cx.mismatch(path, "a mapping", other);
-                None
+                return None;
             }
-        }
+        };
+        Some(Obj {
+            path: path.to_owned(),
+            pattern: pattern.to_owned(),
+            map,
+            known: Vec::new(),
+            free: Vec::new(),
+        })
     }
 
     pub(crate) fn child(&self, key: &str) -> String {
         join(&self.path, key)
+    }
+
+    /// The support-table path of `key`.
+    pub(crate) fn pattern_of(&self, key: &str) -> String {
+        join(&self.pattern, key)
     }
 
     /// The value under `key`, `None` when absent or `null`.
@@ -322,9 +383,17 @@ impl<'v> Obj<'v> {
         self.map?.get(key)
     }
 
-    /// Whether `key` was read (or ignored) already.
+    /// Accepts `key` without a table entry (a custom tag, a replica method's section).
+    pub(crate) fn get_free(&mut self, key: &str) -> Option<&'v Value> {
+        if !self.free.iter().any(|k| k == key) {
+            self.free.push(key.to_owned());
+        }
+        self.map?.get(key)
+    }
+
+    /// Whether `key` was read (or checked) already.
     pub(crate) fn is_known(&self, key: &str) -> bool {
-        self.known.iter().any(|k| k == key)
+        self.known.iter().chain(&self.free).any(|k| k == key)
     }
 
     /// Whether `key` is present with a non-null value (without marking it as read).
@@ -365,22 +434,28 @@ impl<'v> Obj<'v> {
     /// A sub-mapping; `None` when absent or of the wrong type (reported).
     pub(crate) fn section(&mut self, cx: &mut Cx, key: &str) -> Option<Obj<'v>> {
         let path = self.child(key);
+        let pattern = self.pattern_of(key);
         let v = self.get(key)?;
-        Obj::new(cx, &path, v)
+        Obj::new_as(cx, &path, &pattern, v)
     }
 
-    /// Accepts `key` and warns that it has no effect.
-    pub(crate) fn ignore(&mut self, cx: &mut Cx, key: &str, note: &str) {
-        if self.get_any(key).is_some() {
-            cx.warn(&self.child(key), note);
+    /// Checks every key the support table refuses or warns about in this mapping, whatever its
+    /// value: present with a non-empty value, it gives its error or warning. Keys whose status
+    /// depends on the value are the parsers' (see [`Obj::value_class`]).
+    pub(crate) fn flagged(&mut self, cx: &mut Cx) {
+        let flagged: Vec<_> = support::flagged_children(&self.pattern).collect();
+        for (key, status) in flagged {
+            if let Some(v) = self.get_any(key)
+                && !support::is_empty(v)
+            {
+                support::apply(cx, &self.child(key), status);
+            }
         }
     }
 
-    /// Accepts each of `keys` with the standard "accepted but not used" warning.
-    pub(crate) fn ignore_all(&mut self, cx: &mut Cx, keys: &[&str]) {
-        for key in keys {
-            self.ignore(cx, key, UNUSED);
-        }
+    /// Gives the status the support table has for the class `label` of `key`'s value.
+    pub(crate) fn value_class(&mut self, cx: &mut Cx, key: &str, label: &str) {
+        support::apply_value(cx, &self.child(key), &self.pattern_of(key), label);
     }
 
     /// The keys present in the mapping.
@@ -392,9 +467,12 @@ impl<'v> Obj<'v> {
 
     /// Reports every key that was not read as unknown, with a suggestion for near misses.
     pub(crate) fn finish(self, cx: &mut Cx) {
+        for key in &self.known {
+            cx.accepted.push(join(&self.pattern, key));
+        }
         let Some(map) = self.map else { return };
         for key in map.keys() {
-            if self.known.iter().any(|k| k == key) {
+            if self.is_known(key) {
                 continue;
             }
             let hint = suggest(key, &self.known)

@@ -1,0 +1,1141 @@
+//! Which configuration keys pgbaton implements, which it refuses, and which it accepts with a
+//! warning: the one table [`KEYS`] the parsers take their messages from and the key tables of
+//! `docs/configuration.md` are generated from (the test `the_documented_key_tables_match_the_table`
+//! fails when they drift; `UPDATE_EXPECT=1` rewrites them).
+//!
+//! The rule for a Patroni key pgbaton does not implement:
+//! - **refused** (an error naming the key path, "not supported by pgbaton yet") when running
+//!   without it would hurt an operator who migrates a production `patroni.yml`: a split brain,
+//!   a security downgrade, lost replication slots, a replica that silently does less;
+//! - **warned** (one warning at start and in `validate-config`) when ignoring it is harmless.
+//!
+//! A refused or warned key whose value is empty (`null`, `""`, `[]`, `{}`) asks for nothing and
+//! is accepted silently. In the dynamic configuration read back from the DCS (which another tool
+//! may have written) a refused key is a warning, never an error: the agent runs on, as if the key
+//! were absent, and [`crate::DynamicConfig::unsupported`] lists it.
+
+use serde_json::Value;
+
+use crate::walk::Cx;
+
+/// How pgbaton treats a key (or, for [`Rule::ByValue`], one class of its values).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Support {
+    /// Read, validated and acted on.
+    Implemented,
+    /// An error: running without it is unsafe. The text says what would go wrong.
+    Refused(&'static str),
+    /// One warning: ignoring it is harmless. The text is the warning.
+    Warned(&'static str),
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Rule {
+    Always(Support),
+    /// The status depends on the value: each class of values (described for the documentation,
+    /// `"true"`, `"any other method"`) with its status. The parser decides the class.
+    ByValue(&'static [(&'static str, Support)]),
+}
+
+/// Where a key is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// The local file (`path` from the top of the file).
+    Local,
+    /// The dynamic configuration: `bootstrap.dcs` in the file, the DCS `/config` key (`path`
+    /// from the top of the dynamic configuration).
+    Dynamic,
+    /// Both, with the same status (`postgresql.*` keys Patroni reads in either place).
+    Both,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Key {
+    /// Dotted path from the top of its scope; a `<...>` segment matches any key there.
+    pub(crate) path: &'static str,
+    pub(crate) scope: Scope,
+    pub(crate) rule: Rule,
+    /// The default, for the documentation (implemented keys).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) default: &'static str,
+    /// What the key does, for the documentation (implemented keys; may be empty otherwise).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) doc: &'static str,
+}
+
+const fn local(path: &'static str, default: &'static str, doc: &'static str) -> Key {
+    Key {
+        path,
+        scope: Scope::Local,
+        rule: Rule::Always(Support::Implemented),
+        default,
+        doc,
+    }
+}
+
+const fn dynamic(path: &'static str, default: &'static str, doc: &'static str) -> Key {
+    Key {
+        path,
+        scope: Scope::Dynamic,
+        rule: Rule::Always(Support::Implemented),
+        default,
+        doc,
+    }
+}
+
+const fn refused(path: &'static str, scope: Scope, why: &'static str) -> Key {
+    Key {
+        path,
+        scope,
+        rule: Rule::Always(Support::Refused(why)),
+        default: "",
+        doc: "",
+    }
+}
+
+const fn warned(path: &'static str, scope: Scope, why: &'static str) -> Key {
+    Key {
+        path,
+        scope,
+        rule: Rule::Always(Support::Warned(why)),
+        default: "",
+        doc: "",
+    }
+}
+
+const fn by_value(
+    path: &'static str,
+    scope: Scope,
+    default: &'static str,
+    doc: &'static str,
+    values: &'static [(&'static str, Support)],
+) -> Key {
+    Key {
+        path,
+        scope,
+        rule: Rule::ByValue(values),
+        default,
+        doc,
+    }
+}
+
+use Scope::{Both, Dynamic, Local};
+use Support::{Implemented, Refused, Warned};
+
+const UNUSED_PATRONI_THREADS: &str =
+    "accepted but not used by pgbaton (a setting of Patroni's Python threads)";
+const OTHER_DCS: &str = "accepted but not used by pgbaton: it keeps cluster state in etcd only";
+const TOP_DYNAMIC: &str = "ignored at the top level, as in Patroni: dynamic settings come from \
+    bootstrap.dcs (when the cluster is created) and then from the DCS /config key";
+const CITUS: &str = "Patroni keeps a Citus group's keys under /<namespace>/<scope>/<group>/, so \
+    pgbaton, which would read and write /<namespace>/<scope>/ instead, would run a second, \
+    separate cluster beside this group's Patroni members (two primaries)";
+const ETCD_V2: &str = "read as etcd3: pgbaton talks to etcd with the v3 API only, so keys a \
+    Patroni cluster wrote through the v2 API are not visible to it";
+const REST_TLS: &str = "the REST API is served over plain HTTP only; this key asks for HTTPS, \
+    and without it the API and its basic-auth password would travel in clear text";
+const ALLOWLIST: &str = "REST API access is not restricted by client address; this key \
+    restricts who may call the endpoints that change the cluster (switchover, restart, PATCH \
+    /config)";
+const REST_UNUSED: &str = "accepted but not used by pgbaton (a setting of Patroni's HTTP server)";
+const ETCD_HTTPS: &str = "pgbaton's etcd client has no TLS: it would talk to etcd in clear text";
+const ETCD_TLS: &str = "pgbaton's etcd client has no TLS: it would talk to etcd in clear text, \
+    without this file";
+const ETCD_DISCOVERY: &str =
+    "accepted but not used by pgbaton: it connects to the endpoints in host/hosts, as given";
+const BOOTSTRAP_METHOD: &str = "pgbaton creates a new cluster with initdb only: with another \
+    method (restoring a backup, say) it would create an empty cluster instead";
+const NO_SCRIPTS_AT_BOOTSTRAP: &str =
+    "accepted but not used by pgbaton: it runs no script after creating a cluster";
+const CONFIG_DIR: &str = "pgbaton keeps postgresql.conf, postgresql.base.conf and pg_hba.conf in \
+    data_dir; the settings kept in this directory (ssl, shared_buffers, ...) would not be \
+    applied: move them to postgresql.parameters";
+const LOCAL_ONLY: &str = "only used in the local configuration; ignored in the dynamic \
+    configuration, as in Patroni";
+const SET_LOCALLY: &str = "accepted but not used by pgbaton from the dynamic configuration: set \
+    it in the local file";
+const LOCAL_USE_SLOTS: &str = "ignored in the local configuration, as in Patroni: set it in the \
+    dynamic configuration (bootstrap.dcs.postgresql.use_slots)";
+const REPLICA_METHODS: &str = "replicas are created with pg_basebackup from the leader only: \
+    another method (restoring a backup, say) would be replaced by a full copy from the primary";
+const BASEBACKUP: &str = "pg_basebackup runs with pgbaton's own options; these (max-rate, \
+    waldir, checkpoint, ...) would not be applied";
+const RECOVERY_CONF: &str = "these recovery settings would not be applied: a delayed replica \
+    would not be delayed, an archive would not be read";
+const CUSTOM_CONF: &str = "pgbaton includes postgresql.base.conf from data_dir; the settings in \
+    this file would not be applied";
+const PG_IDENT: &str = "pgbaton does not write pg_ident.conf: the user name maps pg_hba lines \
+    refer to would be missing";
+const PER_ROLE: &str = "this member would run with the common settings in every role (primary, \
+    replica, standby leader)";
+const PRE_PROMOTE: &str = "pgbaton runs no script before promoting: a fencing script that must \
+    succeed before a promotion would be skipped";
+const AUTH_TLS: &str = "the TLS and GSS settings of pgbaton's PostgreSQL connections are not \
+    configurable, so this one would not be applied";
+const AUTH_TLS_WEAK: &str = "accepted but not used by pgbaton: its connections use libpq's \
+    defaults (sslmode, gssencmode and channel_binding prefer, sslnegotiation postgres)";
+const NO_WATCHDOG: &str = "accepted but not used by pgbaton: it has no /dev/watchdog support yet";
+const WATCHDOG_AUTOMATIC: &str = "pgbaton has no /dev/watchdog support yet, so no watchdog is \
+    used; the leader still fences itself (stops PostgreSQL) before its lease can expire, and the \
+    fence guard does so for a frozen or killed agent";
+const WATCHDOG_REQUIRED: &str = "where Patroni would refuse to lead without a watchdog, pgbaton, \
+    which has no /dev/watchdog support, would lead without one";
+const PERMANENT_SLOTS: &str = "permanent replication slots are not created or kept on a new \
+    primary: the consumers of these slots (logical decoding, backup tools) would lose their \
+    position after a failover";
+const FAILSAFE: &str = "with failsafe mode Patroni keeps the primary running while the DCS is \
+    unreachable and every member confirms it; pgbaton stops it (fences) before its lease runs out";
+const STANDBY_CLUSTER: &str = "a standby cluster follows another cluster's primary; pgbaton \
+    would instead run this cluster's leader as a writable primary";
+
+/// Every key pgbaton reads, refuses or warns about. Keys under `bootstrap.dcs` (and in the DCS
+/// `/config` key) are [`Scope::Dynamic`], written from the top of the dynamic configuration.
+pub(crate) static KEYS: &[Key] = &[
+    // The top level.
+    local(
+        "scope",
+        "required",
+        "Cluster name. The DCS keys live under `/<namespace>/<scope>/`; also PostgreSQL's \
+         `cluster_name`. Must not contain `/` or control characters.",
+    ),
+    local(
+        "namespace",
+        "`/service`",
+        "DCS key prefix. Normalised: `service`, `/service` and `/service/` are the same.",
+    ),
+    local(
+        "name",
+        "required",
+        "This member's name, unique in the cluster: the leader key's value, the member key, \
+         `application_name`, the replication slot name. 1 to 63 ASCII letters, digits, `_`, `-` \
+         and `.`; see [Member names](#member-names).",
+    ),
+    local("restapi", "required", "See [restapi](#restapi)."),
+    local("etcd3", "required (or `etcd`)", "See [etcd3](#etcd3)."),
+    by_value(
+        "etcd",
+        Local,
+        "",
+        "Patroni's etcd v2 section, with the keys of `etcd3`.",
+        &[
+            ("without etcd3", Warned(ETCD_V2)),
+            ("beside etcd3", Warned("ignored: the etcd3 section is used")),
+        ],
+    ),
+    local(
+        "bootstrap",
+        "absent",
+        "See [bootstrap](#bootstrap). Its presence (even empty) lets this node create a new \
+         cluster.",
+    ),
+    local("postgresql", "required", "See [postgresql](#postgresql)."),
+    local("tags", "none", "See [tags](#tags)."),
+    local(
+        "watchdog",
+        "`mode: automatic`",
+        "See [watchdog](#watchdog).",
+    ),
+    local("vip", "absent", "pgbaton only. See [vip](#vip)."),
+    warned(
+        "log",
+        Local,
+        "accepted but not used by pgbaton: it logs to standard error, at the level PGBATON_LOG \
+         sets",
+    ),
+    warned(
+        "ctl",
+        Local,
+        "accepted but not used by pgbaton: patronictl's settings; the pgbaton commands do not \
+         read them",
+    ),
+    refused("citus", Local, CITUS),
+    warned("thread_pool_size", Local, UNUSED_PATRONI_THREADS),
+    warned("thread_stack_size", Local, UNUSED_PATRONI_THREADS),
+    warned("consul", Local, OTHER_DCS),
+    warned("zookeeper", Local, OTHER_DCS),
+    warned("exhibitor", Local, OTHER_DCS),
+    warned("kubernetes", Local, OTHER_DCS),
+    warned("raft", Local, OTHER_DCS),
+    warned("nomad", Local, OTHER_DCS),
+    warned("ttl", Local, TOP_DYNAMIC),
+    warned("loop_wait", Local, TOP_DYNAMIC),
+    warned("retry_timeout", Local, TOP_DYNAMIC),
+    warned("maximum_lag_on_failover", Local, TOP_DYNAMIC),
+    warned("maximum_lag_on_syncnode", Local, TOP_DYNAMIC),
+    warned("primary_start_timeout", Local, TOP_DYNAMIC),
+    warned("master_start_timeout", Local, TOP_DYNAMIC),
+    warned("primary_stop_timeout", Local, TOP_DYNAMIC),
+    warned("master_stop_timeout", Local, TOP_DYNAMIC),
+    warned("synchronous_mode", Local, TOP_DYNAMIC),
+    warned("synchronous_mode_strict", Local, TOP_DYNAMIC),
+    warned("synchronous_node_count", Local, TOP_DYNAMIC),
+    warned("failsafe_mode", Local, TOP_DYNAMIC),
+    warned("check_timeline", Local, TOP_DYNAMIC),
+    warned("pause", Local, TOP_DYNAMIC),
+    // restapi
+    local(
+        "restapi.listen",
+        "required",
+        "`host:port` to serve the Patroni-compatible REST API on. An empty host or `*` means all \
+         IPv4 addresses; IPv6 as `[::]:8008`; `localhost` is 127.0.0.1; other host names are \
+         resolved with the system resolver.",
+    ),
+    local(
+        "restapi.connect_address",
+        "required",
+        "`host:port` other members and clients use to reach this API (published in the member \
+         key as `api_url`).",
+    ),
+    local(
+        "restapi.authentication",
+        "none",
+        "Basic-auth credentials required by the endpoints that change things (`POST \
+         /switchover`, `/restart`, `PATCH /config`, ...): `username` and `password`, both \
+         required when the section is present.",
+    ),
+    local(
+        "restapi.authentication.username",
+        "required",
+        "See `restapi.authentication`.",
+    ),
+    local(
+        "restapi.authentication.password",
+        "required",
+        "See `restapi.authentication`.",
+    ),
+    refused("restapi.certfile", Local, REST_TLS),
+    refused("restapi.keyfile", Local, REST_TLS),
+    refused("restapi.keyfile_password", Local, REST_TLS),
+    refused("restapi.cafile", Local, REST_TLS),
+    refused("restapi.ciphers", Local, REST_TLS),
+    refused("restapi.verify_client", Local, REST_TLS),
+    refused("restapi.allowlist", Local, ALLOWLIST),
+    by_value(
+        "restapi.allowlist_include_members",
+        Local,
+        "`false`",
+        "",
+        &[("false", Implemented), ("true", Refused(ALLOWLIST))],
+    ),
+    warned(
+        "restapi.http_extra_headers",
+        Local,
+        "accepted but not used by pgbaton: it sends no extra response headers",
+    ),
+    warned(
+        "restapi.https_extra_headers",
+        Local,
+        "accepted but not used by pgbaton: it sends no extra response headers",
+    ),
+    warned("restapi.request_queue_size", Local, REST_UNUSED),
+    warned("restapi.server_tokens", Local, REST_UNUSED),
+    warned("restapi.thread_pool_size", Local, REST_UNUSED),
+    // etcd3 (and etcd, read the same way)
+    local("etcd3.host", "—", "One endpoint, `host[:port]`."),
+    local(
+        "etcd3.hosts",
+        "—",
+        "Several endpoints: a YAML list or a comma-separated string. Wins over `host` (as in \
+         Patroni; `host` then gives a warning). One of `host`/`hosts` is required.",
+    ),
+    by_value(
+        "etcd3.protocol",
+        Local,
+        "`http`",
+        "How to talk to etcd.",
+        &[("http", Implemented), ("https", Refused(ETCD_HTTPS))],
+    ),
+    local(
+        "etcd3.username",
+        "none",
+        "etcd user name (etcd authentication); `password` is then required.",
+    ),
+    local(
+        "etcd3.password",
+        "none",
+        "The etcd user's password; only with `username`.",
+    ),
+    refused("etcd3.cacert", Local, ETCD_TLS),
+    refused("etcd3.cert", Local, ETCD_TLS),
+    refused("etcd3.key", Local, ETCD_TLS),
+    refused("etcd3.key_password", Local, ETCD_TLS),
+    warned("etcd3.use_proxies", Local, ETCD_DISCOVERY),
+    warned("etcd3.url", Local, ETCD_DISCOVERY),
+    warned("etcd3.proxy", Local, ETCD_DISCOVERY),
+    warned("etcd3.srv", Local, ETCD_DISCOVERY),
+    warned("etcd3.srv_suffix", Local, ETCD_DISCOVERY),
+    // bootstrap
+    local(
+        "bootstrap.dcs",
+        "Patroni's defaults",
+        "The initial [dynamic configuration](#dynamic-configuration), written once to the DCS \
+         `/config` key (as given, plus any timing adjustment). Unknown and refused keys here are \
+         errors.",
+    ),
+    local(
+        "bootstrap.initdb",
+        "none",
+        "Options for `initdb`: a list of option names (`- data-checksums` → `--data-checksums`) \
+         and single-pair mappings (`- encoding: UTF8` → `--encoding=UTF8`). A mapping of options \
+         is also accepted (rendered in key order). A list item with more than one key is an \
+         error (`bootstrap.initdb[2]`). `pgdata`, `nosync`, `pwfile`, `sync-only` and `version` \
+         are set by pgbaton and rejected.",
+    ),
+    by_value(
+        "bootstrap.method",
+        Local,
+        "`initdb`",
+        "How a new cluster is created. With another method, its section `bootstrap.<method>` \
+         is not checked.",
+        &[
+            ("initdb", Implemented),
+            ("any other", Refused(BOOTSTRAP_METHOD)),
+        ],
+    ),
+    warned(
+        "bootstrap.pg_hba",
+        Local,
+        "accepted but not used by pgbaton: it writes pg_hba.conf from postgresql.pg_hba (the \
+         local one, else the dynamic configuration's); move these lines there",
+    ),
+    warned("bootstrap.post_bootstrap", Local, NO_SCRIPTS_AT_BOOTSTRAP),
+    warned("bootstrap.post_init", Local, NO_SCRIPTS_AT_BOOTSTRAP),
+    warned(
+        "bootstrap.users",
+        Local,
+        "accepted but not used by pgbaton: it creates no users when creating a cluster",
+    ),
+    // postgresql
+    local(
+        "postgresql.listen",
+        "required",
+        "`host[,host...]:port`: `listen_addresses` and `port`. The port is after the last `:` \
+         (so `127.0.0.1,::1:5432` works, as in Patroni); `*:5432` listens everywhere (`*` must \
+         be alone); without a port, 5432.",
+    ),
+    local(
+        "postgresql.connect_address",
+        "required",
+        "`host:port` other members and clients use (published as `conn_url`); without a port, \
+         5432.",
+    ),
+    local("postgresql.data_dir", "required", "The data directory."),
+    local(
+        "postgresql.bin_dir",
+        "`/usr/lib/postgresql/15/bin`",
+        "Where `pg_ctl`, `initdb`, `pg_basebackup`, `pg_rewind`, ... are. (Patroni's default is \
+         `$PATH`; an empty value here means the default.)",
+    ),
+    local(
+        "postgresql.pgpass",
+        "`<data_dir>.pgpass`",
+        "The password file pgbaton writes for the tools it runs. The default is a file beside \
+         the data directory (`/var/lib/postgresql/15/main` → `/var/lib/postgresql/15/main.pgpass`), \
+         not Patroni's `/tmp/pgpass0`; a path in `/tmp`, `/var/tmp` or `/dev/shm` gives a warning.",
+    ),
+    local(
+        "postgresql.authentication",
+        "required",
+        "The roles pgbaton connects as: `superuser`, `replication`, `rewind`.",
+    ),
+    local(
+        "postgresql.authentication.superuser",
+        "required",
+        "`username` (required), `password`.",
+    ),
+    local(
+        "postgresql.authentication.replication",
+        "required",
+        "`username` (required), `password`. Used by replicas to stream.",
+    ),
+    local(
+        "postgresql.authentication.rewind",
+        "superuser",
+        "`username` (required), `password`. The role `pg_rewind` connects as.",
+    ),
+    local(
+        "postgresql.authentication.<role>.username",
+        "required",
+        "The role's name.",
+    ),
+    local(
+        "postgresql.authentication.<role>.password",
+        "none",
+        "The role's password (an unquoted number is used as its text).",
+    ),
+    refused("postgresql.authentication.<role>.sslcert", Local, AUTH_TLS),
+    refused("postgresql.authentication.<role>.sslkey", Local, AUTH_TLS),
+    refused(
+        "postgresql.authentication.<role>.sslpassword",
+        Local,
+        AUTH_TLS,
+    ),
+    refused(
+        "postgresql.authentication.<role>.sslrootcert",
+        Local,
+        AUTH_TLS,
+    ),
+    refused("postgresql.authentication.<role>.sslcrl", Local, AUTH_TLS),
+    refused(
+        "postgresql.authentication.<role>.sslcrldir",
+        Local,
+        AUTH_TLS,
+    ),
+    by_value(
+        "postgresql.authentication.<role>.sslmode",
+        Local,
+        "",
+        "",
+        &[
+            ("disable, allow or prefer", Warned(AUTH_TLS_WEAK)),
+            ("require, verify-ca or verify-full", Refused(AUTH_TLS)),
+        ],
+    ),
+    by_value(
+        "postgresql.authentication.<role>.gssencmode",
+        Local,
+        "",
+        "",
+        &[
+            ("disable or prefer", Warned(AUTH_TLS_WEAK)),
+            ("require", Refused(AUTH_TLS)),
+        ],
+    ),
+    by_value(
+        "postgresql.authentication.<role>.channel_binding",
+        Local,
+        "",
+        "",
+        &[
+            ("disable or prefer", Warned(AUTH_TLS_WEAK)),
+            ("require", Refused(AUTH_TLS)),
+        ],
+    ),
+    by_value(
+        "postgresql.authentication.<role>.sslnegotiation",
+        Local,
+        "",
+        "",
+        &[
+            ("postgres", Warned(AUTH_TLS_WEAK)),
+            ("direct", Refused(AUTH_TLS)),
+        ],
+    ),
+    local(
+        "postgresql.parameters",
+        "none",
+        "PostgreSQL parameters for this node; see [Parameters](#parameters).",
+    ),
+    local(
+        "postgresql.pg_hba",
+        "dynamic `postgresql.pg_hba`",
+        "`pg_hba.conf` lines. When set, they replace the dynamic configuration's (local wins). \
+         When neither is set, pgbaton writes its built-in default and says so with a warning.",
+    ),
+    local(
+        "postgresql.use_pg_rewind",
+        "dynamic value",
+        "Overrides the dynamic `postgresql.use_pg_rewind` for this node.",
+    ),
+    local(
+        "postgresql.remove_data_directory_on_rewind_failure",
+        "`false`",
+        "Wipe the data directory and re-clone when `pg_rewind` fails. Also read from the \
+         dynamic configuration; either one set to `true` enables it.",
+    ),
+    local(
+        "postgresql.pg_ctl_timeout",
+        "`60`",
+        "Seconds `pg_ctl start`/`stop`/`promote` may take (at least 1).",
+    ),
+    local(
+        "postgresql.use_unix_socket",
+        "`false`",
+        "Connect to the local PostgreSQL over its Unix socket.",
+    ),
+    warned("postgresql.use_slots", Local, LOCAL_USE_SLOTS),
+    warned(
+        "postgresql.proxy_address",
+        Local,
+        "accepted but not used by pgbaton: it publishes no proxy address in the member key",
+    ),
+    refused("postgresql.config_dir", Local, CONFIG_DIR),
+    warned(
+        "postgresql.bin_name",
+        Both,
+        "accepted but not used by pgbaton: it runs the programs in bin_dir under their usual names",
+    ),
+    warned(
+        "postgresql.callbacks",
+        Both,
+        "accepted but not used by pgbaton: it runs no callback scripts (on_start, on_stop, \
+         on_restart, on_reload, on_role_change)",
+    ),
+    by_value(
+        "postgresql.create_replica_methods",
+        Both,
+        "`[basebackup]`",
+        "How a replica is created. With another method, its section `postgresql.<method>` is \
+         not checked.",
+        &[
+            ("[basebackup]", Implemented),
+            ("any other", Refused(REPLICA_METHODS)),
+        ],
+    ),
+    refused("postgresql.basebackup", Both, BASEBACKUP),
+    refused("postgresql.recovery_conf", Both, RECOVERY_CONF),
+    refused("postgresql.custom_conf", Both, CUSTOM_CONF),
+    refused("postgresql.pg_ident", Both, PG_IDENT),
+    refused("postgresql.pg_ident_primary", Both, PER_ROLE),
+    refused("postgresql.pg_ident_replica", Both, PER_ROLE),
+    refused("postgresql.pg_ident_standby_leader", Both, PER_ROLE),
+    refused("postgresql.pg_hba_primary", Both, PER_ROLE),
+    refused("postgresql.pg_hba_replica", Both, PER_ROLE),
+    refused("postgresql.pg_hba_standby_leader", Both, PER_ROLE),
+    refused("postgresql.parameters_primary", Both, PER_ROLE),
+    refused("postgresql.parameters_replica", Both, PER_ROLE),
+    refused("postgresql.parameters_standby_leader", Both, PER_ROLE),
+    warned(
+        "postgresql.remove_data_directory_on_diverged_timelines",
+        Both,
+        "accepted but not used by pgbaton: a diverged member is rewound (use_pg_rewind) or \
+         re-cloned (remove_data_directory_on_rewind_failure)",
+    ),
+    warned(
+        "postgresql.use_unix_socket_repl",
+        Both,
+        "accepted but not used by pgbaton: replicas stream over TCP",
+    ),
+    refused("postgresql.pre_promote", Both, PRE_PROMOTE),
+    warned(
+        "postgresql.before_stop",
+        Both,
+        "accepted but not used by pgbaton: it runs no script before stopping PostgreSQL",
+    ),
+    warned(
+        "postgresql.krbsrvname",
+        Both,
+        "accepted but not used by pgbaton: replication connections do not set a Kerberos \
+         service name",
+    ),
+    warned(
+        "postgresql.pg_rewind",
+        Both,
+        "accepted but not used by pgbaton: pg_rewind runs with its own options, as \
+         authentication.rewind",
+    ),
+    // tags
+    local(
+        "tags.nofailover",
+        "unset",
+        "`true`: never becomes primary (automatically or by switchover).",
+    ),
+    local(
+        "tags.failover_priority",
+        "1",
+        "Integer ≥ 0; among equally up-to-date candidates the higher wins; 0 means nofailover.",
+    ),
+    local(
+        "tags.noloadbalance",
+        "`false`",
+        "`GET /replica` answers 503 on this member.",
+    ),
+    local(
+        "tags.nosync",
+        "unset",
+        "`true`: never a synchronous standby.",
+    ),
+    local("tags.sync_priority", "1", "Integer ≥ 0; 0 means nosync."),
+    by_value(
+        "tags.clonefrom",
+        Local,
+        "`false`",
+        "Published in the member key (Patroni members may clone from this one).",
+        &[
+            ("false", Implemented),
+            (
+                "true",
+                Warned(
+                    "published in the member key, but pgbaton replicas always clone from the \
+                     leader",
+                ),
+            ),
+        ],
+    ),
+    by_value(
+        "tags.nostream",
+        Local,
+        "`false`",
+        "",
+        &[
+            ("false", Implemented),
+            (
+                "true",
+                Refused(
+                    "pgbaton has no archive-only replicas (no restore_command): this member \
+                     would try to stream from the leader, which keeps no slot for it",
+                ),
+            ),
+        ],
+    ),
+    warned(
+        "tags.replicatefrom",
+        Local,
+        "published in the member key, but this member streams from the leader (cascading \
+         replication is not supported yet)",
+    ),
+    local(
+        "tags.<name>",
+        "—",
+        "Any other key is a custom tag: published in the member key, usable in \
+         `?tag_<key>=<value>` filters. Any YAML value.",
+    ),
+    // watchdog
+    by_value(
+        "watchdog.mode",
+        Local,
+        "`automatic`",
+        "`off`, `automatic` or `required` (Patroni's spellings `false`, `disable`, `disabled`, \
+         `auto`, `require` are accepted).",
+        &[
+            ("off", Implemented),
+            ("automatic", Warned(WATCHDOG_AUTOMATIC)),
+            ("required", Refused(WATCHDOG_REQUIRED)),
+        ],
+    ),
+    warned("watchdog.device", Local, NO_WATCHDOG),
+    warned("watchdog.safety_margin", Local, NO_WATCHDOG),
+    warned("watchdog.driver", Local, NO_WATCHDOG),
+    // vip
+    local(
+        "vip.address",
+        "required",
+        "An IPv4 address, optionally with a prefix length 1–32 (`10.0.0.100/24`); without one it \
+         is a `/32`. Not a network or broadcast address of its prefix, not loopback, multicast \
+         or `0.0.0.0`. IPv6 is not supported yet.",
+    ),
+    local(
+        "vip.interface",
+        "required",
+        "The network interface to add it to (`eth0`, `bond0.100`): at most 15 bytes, no `/`, `:` \
+         or white space (an alias label such as `eth0:1` is not an interface). Whether it exists \
+         is checked when the agent starts: an unknown interface stops the agent with \
+         `vip.interface: no network interface named \"eth9\" on this host`.",
+    ),
+    local(
+        "vip.arp_count",
+        "`3`",
+        "Gratuitous ARP announcements after adding the address (each is one ARP request and one \
+         ARP reply, broadcast), 0–100. `0` sends none (then `CAP_NET_RAW` is not needed).",
+    ),
+    local(
+        "vip.arp_interval",
+        "`1`",
+        "Seconds between two announcements (fractions allowed, 0–60). Linux ignores an update to \
+         an ARP entry younger than its `locktime` (1 s by default), so spacing them by about a \
+         second reaches caches the first one could not change.",
+    ),
+    local(
+        "vip.reconcile_interval",
+        "`5`",
+        "Seconds between two checks of the interface for drift (0.1–3600).",
+    ),
+    // The dynamic configuration.
+    dynamic(
+        "ttl",
+        "30",
+        "Leader lease time to live, seconds. **At least 5** (see below).",
+    ),
+    dynamic(
+        "loop_wait",
+        "10",
+        "Seconds between HA loop cycles. At least 1.",
+    ),
+    dynamic(
+        "retry_timeout",
+        "10",
+        "Seconds a DCS or PostgreSQL operation is retried before it counts as failed. At least 1.",
+    ),
+    dynamic(
+        "maximum_lag_on_failover",
+        "1048576",
+        "Bytes a replica may lag behind the leader's last published position and still take \
+         over.",
+    ),
+    dynamic(
+        "primary_start_timeout",
+        "300",
+        "Seconds a crashed primary is restarted in place before failing over.",
+    ),
+    dynamic(
+        "master_start_timeout",
+        "300",
+        "The old name of `primary_start_timeout`; the new name wins.",
+    ),
+    dynamic(
+        "pause",
+        "`false`",
+        "Maintenance mode: no automatic failover, PostgreSQL is left alone.",
+    ),
+    dynamic(
+        "synchronous_mode",
+        "`false`",
+        "`true`/`on` (priority): the leader manages `synchronous_standby_names` (`name` or `N \
+         (a,b)`) and `/sync`; only a member in `/sync` may take over. `quorum`: `ANY numsync \
+         (every eligible standby)` with `numsync = min(synchronous_node_count, standbys)`; \
+         `/sync` lists the voters and `quorum = voters − numsync`, and any member may take over \
+         once `quorum + 1` voters (itself included) report a position not ahead of its own, \
+         which proves it holds every acknowledged commit.",
+    ),
+    dynamic(
+        "synchronous_mode_strict",
+        "`false`",
+        "Never let commits through without a synchronous standby: with none available, \
+         `synchronous_standby_names` keeps the last set or Patroni's placeholder.",
+    ),
+    dynamic(
+        "synchronous_node_count",
+        "1",
+        "How many synchronous standbys the leader keeps (priority), or how many of them must \
+         acknowledge each commit (quorum).",
+    ),
+    dynamic(
+        "maximum_lag_on_syncnode",
+        "-1",
+        "Bytes a standby may lag behind the most advanced standby (the primary when only one \
+         streams) and still be made synchronous; -1: no limit.",
+    ),
+    warned(
+        "max_timelines_history",
+        Dynamic,
+        "accepted but not used by pgbaton: the history key is not trimmed",
+    ),
+    warned(
+        "primary_stop_timeout",
+        Dynamic,
+        "accepted but not used by pgbaton: stopping PostgreSQL is bounded by \
+         postgresql.pg_ctl_timeout",
+    ),
+    warned(
+        "master_stop_timeout",
+        Dynamic,
+        "accepted but not used by pgbaton: stopping PostgreSQL is bounded by \
+         postgresql.pg_ctl_timeout",
+    ),
+    warned(
+        "primary_race_backoff",
+        Dynamic,
+        "accepted but not used by pgbaton: members race for the leader key without this delay",
+    ),
+    by_value(
+        "check_timeline",
+        Dynamic,
+        "`false`",
+        "",
+        &[
+            ("true", Implemented),
+            (
+                "false",
+                Warned(
+                    "pgbaton always checks timelines: a member behind the cluster's timeline \
+                     never takes over",
+                ),
+            ),
+        ],
+    ),
+    by_value(
+        "failsafe_mode",
+        Dynamic,
+        "`false`",
+        "",
+        &[("false", Implemented), ("true", Refused(FAILSAFE))],
+    ),
+    warned(
+        "member_slots_ttl",
+        Dynamic,
+        "accepted but not used by pgbaton: the leader drops a departed member's replication \
+         slot once its member key is gone",
+    ),
+    refused("slots", Dynamic, PERMANENT_SLOTS),
+    refused("permanent_slots", Dynamic, PERMANENT_SLOTS),
+    refused("permanent_replication_slots", Dynamic, PERMANENT_SLOTS),
+    by_value(
+        "ignore_slots",
+        Dynamic,
+        "",
+        "",
+        &[
+            (
+                "entries of type logical only",
+                Warned(
+                    "accepted but not used by pgbaton: it never drops logical replication slots",
+                ),
+            ),
+            (
+                "any entry that may match a physical slot",
+                Refused(
+                    "the leader drops inactive physical replication slots not named after a \
+                     member, so the physical slots listed here would be dropped",
+                ),
+            ),
+        ],
+    ),
+    refused("standby_cluster", Dynamic, STANDBY_CLUSTER),
+    dynamic(
+        "postgresql",
+        "none",
+        "The cluster-wide PostgreSQL settings below.",
+    ),
+    dynamic(
+        "postgresql.use_pg_rewind",
+        "`false`",
+        "Rewind a former primary with `pg_rewind` instead of re-cloning it.",
+    ),
+    dynamic(
+        "postgresql.use_slots",
+        "`true`",
+        "Replicas stream through replication slots the leader keeps for them; `false`: no \
+         slots, no `primary_slot_name`. Only read from here, as in Patroni.",
+    ),
+    dynamic(
+        "postgresql.parameters",
+        "none",
+        "See [Parameters](#parameters).",
+    ),
+    dynamic(
+        "postgresql.pg_hba",
+        "none",
+        "`pg_hba.conf` lines, unless the local file has its own.",
+    ),
+    dynamic(
+        "postgresql.remove_data_directory_on_rewind_failure",
+        "`false`",
+        "See [postgresql](#postgresql).",
+    ),
+    warned("postgresql.listen", Dynamic, LOCAL_ONLY),
+    warned("postgresql.connect_address", Dynamic, LOCAL_ONLY),
+    warned("postgresql.proxy_address", Dynamic, LOCAL_ONLY),
+    warned("postgresql.config_dir", Dynamic, LOCAL_ONLY),
+    warned("postgresql.data_dir", Dynamic, LOCAL_ONLY),
+    warned("postgresql.pgpass", Dynamic, LOCAL_ONLY),
+    warned("postgresql.authentication", Dynamic, LOCAL_ONLY),
+    warned("postgresql.bin_dir", Dynamic, SET_LOCALLY),
+    warned("postgresql.pg_ctl_timeout", Dynamic, SET_LOCALLY),
+    warned("postgresql.use_unix_socket", Dynamic, SET_LOCALLY),
+];
+
+/// The prefix under which the dynamic configuration's keys appear in the file.
+pub(crate) const DYNAMIC_ROOT: &str = "bootstrap.dcs";
+
+/// `pattern` (a concrete path from the top of the file, dynamic keys under `bootstrap.dcs.`) as
+/// (scope is dynamic, path within the scope).
+fn split_scope(pattern: &str) -> (bool, &str) {
+    match pattern
+        .strip_prefix(DYNAMIC_ROOT)
+        .and_then(|rest| rest.strip_prefix('.'))
+    {
+        Some(rest) => (true, rest),
+        None => (false, pattern),
+    }
+}
+
+fn in_scope(key: &Key, dynamic: bool) -> bool {
+    match key.scope {
+        Scope::Both => true,
+        Scope::Local => !dynamic,
+        Scope::Dynamic => dynamic,
+    }
+}
+
+/// Whether the segments of `key_path` match `path` (a `<...>` segment matches any one).
+fn path_matches(key_path: &str, path: &str) -> bool {
+    let mut a = key_path.split('.');
+    let mut b = path.split('.');
+    loop {
+        match (a.next(), b.next()) {
+            (None, None) => return true,
+            (Some(k), Some(p)) if k == p || (k.starts_with('<') && k.ends_with('>')) => {}
+            _ => return false,
+        }
+    }
+}
+
+/// The table entry for a concrete key path (`postgresql.authentication.superuser.sslmode`,
+/// `bootstrap.dcs.failsafe_mode`).
+pub(crate) fn find(pattern: &str) -> Option<&'static Key> {
+    let (dynamic, path) = split_scope(pattern);
+    KEYS.iter()
+        .find(|k| in_scope(k, dynamic) && path_matches(k.path, path))
+}
+
+/// The keys directly under the mapping at `parent` (a concrete path, as for [`find`]) whose
+/// status never depends on the value: refused or warned ones, which the parsers check without
+/// reading them.
+pub(crate) fn flagged_children(parent: &str) -> impl Iterator<Item = (&'static str, Support)> {
+    let dynamic = parent == DYNAMIC_ROOT || split_scope(parent).0;
+    let inner = if parent == DYNAMIC_ROOT {
+        ""
+    } else {
+        split_scope(parent).1
+    };
+    let inner = inner.to_owned();
+    KEYS.iter().filter_map(move |k| {
+        if !in_scope(k, dynamic) {
+            return None;
+        }
+        let Rule::Always(support @ (Support::Refused(_) | Support::Warned(_))) = k.rule else {
+            return None;
+        };
+        let (key_parent, last) = match k.path.rsplit_once('.') {
+            Some((p, l)) => (p, l),
+            None => ("", k.path),
+        };
+        let parent_ok = if inner.is_empty() {
+            key_parent.is_empty()
+        } else {
+            !key_parent.is_empty() && path_matches(key_parent, &inner)
+        };
+        parent_ok.then_some((last, support))
+    })
+}
+
+/// Whether a value asks for nothing: `null`, an empty string, list or mapping.
+pub(crate) fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::String(s) => s.trim().is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(m) => m.is_empty(),
+        _ => false,
+    }
+}
+
+/// Records what `support` means for the key shown as `path`.
+pub(crate) fn apply(cx: &mut Cx, path: &str, support: Support) {
+    match support {
+        Support::Implemented => {}
+        Support::Refused(why) => cx.refuse(path, why),
+        Support::Warned(why) => cx.warn(path, why),
+    }
+}
+
+/// Applies the status the table gives the class `label` of the value of the key at `pattern`
+/// (shown as `path`).
+pub(crate) fn apply_value(cx: &mut Cx, path: &str, pattern: &str, label: &str) {
+    let support = match find(pattern).map(|k| k.rule) {
+        Some(Rule::ByValue(values)) => values.iter().find(|(l, _)| *l == label).map(|(_, s)| *s),
+        Some(Rule::Always(s)) => Some(s),
+        None => None,
+    };
+    match support {
+        Some(s) => apply(cx, path, s),
+        // A mistake in this crate, caught by the tests; never a panic on user input.
+        None => cx.error(
+            path,
+            format!("internal error: no support entry for {pattern} ({label})"),
+        ),
+    }
+}
+
+/// The documentation's key tables, one per section of `docs/configuration.md`.
+#[cfg(test)]
+pub(crate) mod doc {
+    use super::{KEYS, Key, Rule, Scope, Support};
+
+    /// The sections, in the order of the documentation: (marker name, keys in it).
+    pub(crate) const SECTIONS: &[&str] = &[
+        "top",
+        "restapi",
+        "etcd3",
+        "bootstrap",
+        "postgresql",
+        "tags",
+        "watchdog",
+        "vip",
+        "dynamic",
+    ];
+
+    fn section_of(key: &Key) -> Vec<&'static str> {
+        let first = key.path.split('.').next().unwrap_or_default();
+        let local_section = if key.path.contains('.') { first } else { "top" };
+        match key.scope {
+            Scope::Local => vec![local_section],
+            Scope::Dynamic => vec!["dynamic"],
+            Scope::Both => vec![local_section, "dynamic"],
+        }
+    }
+
+    fn support_text(s: Support) -> String {
+        match s {
+            Support::Implemented => "supported".to_owned(),
+            Support::Refused(why) => format!("**refused** (not supported yet): {why}"),
+            Support::Warned(why) => format!("warning: {why}"),
+        }
+    }
+
+    /// A table cell: `|` escaped, and `<` outside code spans (Markdown would read `<name>` as
+    /// an HTML tag).
+    fn cell(text: &str) -> String {
+        let mut out = String::with_capacity(text.len());
+        let mut code = false;
+        for c in text.chars() {
+            match c {
+                '`' => {
+                    code = !code;
+                    out.push(c);
+                }
+                '|' => out.push_str("\\|"),
+                '<' if !code => out.push_str("&lt;"),
+                c => out.push(c),
+            }
+        }
+        out
+    }
+
+    /// The Markdown table of one section.
+    pub(crate) fn table(section: &str) -> String {
+        let mut out = String::from("| key | default | meaning |\n|---|---|---|\n");
+        let mut keys: Vec<&Key> = KEYS
+            .iter()
+            .filter(|k| section_of(k).contains(&section))
+            .collect();
+        // The dynamic configuration's own keys first, then its `postgresql` section.
+        keys.sort_by_key(|k| section == "dynamic" && k.path.starts_with("postgresql"));
+        for key in keys {
+            let meaning = match key.rule {
+                Rule::Always(Support::Implemented) => key.doc.to_owned(),
+                Rule::Always(Support::Refused(why)) => {
+                    format!("**Refused** (not supported yet): {why}.")
+                }
+                Rule::Always(Support::Warned(why)) => format!("Warning: {why}."),
+                Rule::ByValue(values) => {
+                    let mut parts: Vec<String> = Vec::new();
+                    if !key.doc.is_empty() {
+                        parts.push(key.doc.to_owned());
+                    }
+                    for (label, s) in values {
+                        let label = if label.contains(' ') {
+                            format!("*{label}*")
+                        } else {
+                            format!("`{label}`")
+                        };
+                        parts.push(format!("{label}: {}.", support_text(*s)));
+                    }
+                    parts.join(" ")
+                }
+            };
+            let default = if key.default.is_empty() {
+                "—"
+            } else {
+                key.default
+            };
+            out.push_str(&format!(
+                "| `{}` | {} | {} |\n",
+                key.path,
+                cell(default),
+                cell(&meaning)
+            ));
+        }
+        out
+    }
+}
