@@ -1,5 +1,5 @@
 //! The checked-in copies match the renderer; the renderer's output is what HAProxy and
-//! `pgbaton validate-config` accept.
+//! `pgbaton validate-config` accept; the systemd unit keeps the agent running.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -7,6 +7,7 @@ use std::process::Command;
 use super::*;
 use crate::demo::Layout;
 use crate::tests::program;
+use crate::tools::find_program;
 
 #[test]
 fn checked_in_copies_match_the_renderer() {
@@ -232,4 +233,61 @@ fn rendered_node_configs_pass_validate_config() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// The `[Service]` (or any other section's) value of `key` in a unit file.
+fn unit_values<'a>(unit: &'a str, section: &str, key: &str) -> Vec<&'a str> {
+    let mut current = "";
+    let mut out = Vec::new();
+    for line in unit.lines().map(str::trim) {
+        if line.starts_with('[') {
+            current = line;
+        } else if current == section
+            && let Some((k, v)) = line.split_once('=')
+            && k.trim() == key
+        {
+            out.push(v.trim());
+        }
+    }
+    out
+}
+
+/// Issue 15: SIGHUP ends the agent, so `ExecReload` must not send it (until the agent reloads
+/// its configuration on SIGHUP), and the agent comes back after any exit that is not
+/// `systemctl stop` (systemd counts SIGHUP and exit status 0 as clean, which `on-failure`
+/// does not restart).
+#[test]
+fn systemd_unit_restarts_the_agent_and_sends_no_sighup() {
+    let path = repo_root().join("deploy/pgbaton.service");
+    let unit = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(
+        unit_values(&unit, "[Service]", "ExecReload"),
+        Vec::<&str>::new()
+    );
+    assert_eq!(unit_values(&unit, "[Service]", "Restart"), ["always"]);
+    assert_eq!(unit_values(&unit, "[Unit]", "StartLimitIntervalSec"), ["0"]);
+    assert_eq!(unit_values(&unit, "[Service]", "KillMode"), ["process"]);
+    assert_eq!(unit_values(&unit, "[Service]", "KillSignal"), ["SIGTERM"]);
+    assert_eq!(
+        unit_values(&unit, "[Service]", "AmbientCapabilities"),
+        ["CAP_NET_ADMIN CAP_NET_RAW"]
+    );
+    let Some(analyze) = find_program("", "systemd-analyze") else {
+        println!("SKIP systemd-analyze verify: systemd-analyze not found");
+        return;
+    };
+    // `verify` wants ExecStart's program to exist.
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("pgbaton.service");
+    std::fs::write(&copy, unit.replace("/usr/local/bin/pgbaton", "/bin/true")).unwrap();
+    let out = Command::new(analyze)
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !stderr.contains("pgbaton.service"),
+        "systemd-analyze verify: {stderr}"
+    );
 }
