@@ -60,14 +60,24 @@ impl Etcd {
     /// (a test may want the agents up before etcd). `start_all` starts them.
     pub fn prepare(binary: &Path, dir: &Path, members: usize) -> anyhow::Result<Etcd> {
         assert!(members >= 1, "etcd needs at least one member");
-        let mut out = Vec::with_capacity(members);
-        for i in 1..=members {
+        let ports = (0..members)
+            .map(|_| Ok((free_port()?, free_port()?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Etcd::prepare_on(binary, dir, &ports)
+    }
+
+    /// [`Etcd::prepare`] with given `(client, peer)` ports, one pair a member (the demo's
+    /// fixed ports).
+    pub fn prepare_on(binary: &Path, dir: &Path, ports: &[(u16, u16)]) -> anyhow::Result<Etcd> {
+        assert!(!ports.is_empty(), "etcd needs at least one member");
+        let mut out = Vec::with_capacity(ports.len());
+        for (i, &(client_port, peer_port)) in (1..).zip(ports) {
             let mdir = dir.join(format!("etcd{i}"));
             std::fs::create_dir_all(&mdir).with_context(|| format!("create {}", mdir.display()))?;
             out.push(Member {
                 name: format!("etcd{i}"),
-                client_port: free_port()?,
-                peer_port: free_port()?,
+                client_port,
+                peer_port,
                 dir: mdir,
                 proc: None,
             });
@@ -109,6 +119,14 @@ impl Etcd {
         if self.members[i].proc.as_mut().is_some_and(Proc::is_running) {
             return Ok(());
         }
+        let (cmd, log) = self.member_command(i);
+        let proc = Proc::spawn(&format!("etcd member {}", self.members[i].name), cmd, &log)?;
+        self.members[i].proc = Some(proc);
+        Ok(())
+    }
+
+    /// The command line of member `i` (0-based), and its log file.
+    pub fn member_command(&self, i: usize) -> (Command, PathBuf) {
         let initial_cluster = self
             .members
             .iter()
@@ -144,10 +162,7 @@ impl Etcd {
             .arg("zap")
             .arg("--log-outputs")
             .arg("stderr");
-        let log = m.dir.join("etcd.log");
-        let proc = Proc::spawn(&format!("etcd member {}", m.name), cmd, &log)?;
-        self.members[i].proc = Some(proc);
-        Ok(())
+        (cmd, m.dir.join("etcd.log"))
     }
 
     /// SIGKILL member `i` (0-based).

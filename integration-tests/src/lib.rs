@@ -30,6 +30,7 @@
 
 pub mod chaos;
 mod cluster;
+pub mod demo;
 mod etcd;
 mod haproxy;
 mod netns;
@@ -38,15 +39,14 @@ mod patronictl;
 mod pg;
 mod ports;
 mod process;
+pub mod render;
 mod sampler;
 mod tools;
 mod wait;
 
 pub use cluster::{Cluster, ClusterSpec, Healthy, Timing};
 pub use etcd::{Etcd, EtcdClient, EtcdKv};
-pub use haproxy::{
-    Backend, Haproxy, HaproxyPlace, HaproxyTiming, render_config as render_haproxy_config,
-};
+pub use haproxy::{Backend, Haproxy, HaproxyConfig, HaproxyPlace, HaproxyPorts, HaproxyTiming};
 pub use netns::{
     HOST_INTERFACE, Host, NAME_PREFIX as NETNS_NAME_PREFIX, NetTools, Network, NodeNet,
     PREFIX_LEN as NETNS_PREFIX_LEN, format_mac, netns_path,

@@ -2,7 +2,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::ExitStatus;
+use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -123,14 +123,84 @@ impl NodeConfig {
         v
     }
 
+    /// The configuration file's text, keys in Patroni's documentation order (see
+    /// [`value_to_yaml`]).
     pub fn to_yaml(&self) -> anyhow::Result<String> {
         value_to_yaml(&self.to_value())
     }
 }
 
-/// Render a JSON value as YAML.
+/// Render a JSON value as YAML, each mapping's keys in the order Patroni's documentation and
+/// `examples/pgbaton.yml` write them (`scope`, `namespace`, `name`, `restapi`, ...), keys
+/// without a place in that order after them, alphabetically. (JSON objects here are sorted
+/// maps, so without this the file would start with `bootstrap` and bury `name`.)
 pub(crate) fn value_to_yaml(v: &Value) -> anyhow::Result<String> {
-    serde_yaml::to_string(v).context("render YAML")
+    let mut yaml = serde_yaml::to_value(v).context("convert to YAML")?;
+    order_keys(&mut yaml);
+    serde_yaml::to_string(&yaml).context("render YAML")
+}
+
+/// Every key of every context in one sequence: the keys that share a mapping keep their
+/// relative order here (`postgresql` follows `ttl` for `bootstrap.dcs` and `bootstrap` at
+/// the top level).
+const KEY_ORDER: &[&str] = &[
+    "scope",
+    "namespace",
+    "name",
+    "restapi",
+    "etcd3",
+    "hosts",
+    "protocol",
+    "bootstrap",
+    "dcs",
+    "ttl",
+    "loop_wait",
+    "retry_timeout",
+    "maximum_lag_on_failover",
+    "initdb",
+    "postgresql",
+    "listen",
+    "connect_address",
+    "data_dir",
+    "bin_dir",
+    "pgpass",
+    "authentication",
+    "superuser",
+    "replication",
+    "rewind",
+    "username",
+    "password",
+    "use_pg_rewind",
+    "use_slots",
+    "parameters",
+    "pg_hba",
+    "tags",
+    "nofailover",
+    "noloadbalance",
+    "clonefrom",
+    "nosync",
+    "vip",
+];
+
+fn order_keys(v: &mut serde_yaml::Value) {
+    match v {
+        serde_yaml::Value::Mapping(map) => {
+            let mut entries: Vec<(serde_yaml::Value, serde_yaml::Value)> =
+                std::mem::take(map).into_iter().collect();
+            let rank = |k: &serde_yaml::Value| {
+                let name = k.as_str().unwrap_or_default().to_owned();
+                let place = KEY_ORDER.iter().position(|o| *o == name);
+                (place.unwrap_or(KEY_ORDER.len()), name)
+            };
+            entries.sort_by_key(|(k, _)| rank(k));
+            for (k, mut val) in entries {
+                order_keys(&mut val);
+                map.insert(k, val);
+            }
+        }
+        serde_yaml::Value::Sequence(items) => items.iter_mut().for_each(order_keys),
+        _ => {}
+    }
 }
 
 /// Merge `overlay` into `base`: objects merge key by key, `null` deletes the key, anything
@@ -240,6 +310,26 @@ impl Node {
         if self.agent.as_mut().is_some_and(Proc::is_running) {
             return Ok(());
         }
+        let cmd = self.agent_command(tools, pgbaton)?;
+        let banner = format!(
+            "\n===== harness: starting agent {} at {:?} =====\n",
+            self.name,
+            std::time::SystemTime::now()
+        );
+        append(&self.log_path, &banner)?;
+        self.agent = Some(Proc::spawn(
+            &format!("agent {}", self.name),
+            cmd,
+            &self.log_path,
+        )?);
+        tools.chown_to_agent_user(&self.log_path).ok();
+        Ok(())
+    }
+
+    /// `pgbaton agent <config>` as the agents' user (inside the node's namespace if it has
+    /// one), run from the node's directory, without the environment variables that would
+    /// change its configuration.
+    pub fn agent_command(&self, tools: &Tools, pgbaton: &Path) -> anyhow::Result<Command> {
         let mut cmd = match &self.net {
             Some(net) => net.command_as_agent_user(tools, pgbaton)?,
             None => tools.command_as_agent_user(pgbaton),
@@ -255,19 +345,7 @@ impl Node {
                 cmd.env_remove(&key);
             }
         }
-        let banner = format!(
-            "\n===== harness: starting agent {} at {:?} =====\n",
-            self.name,
-            std::time::SystemTime::now()
-        );
-        append(&self.log_path, &banner)?;
-        self.agent = Some(Proc::spawn(
-            &format!("agent {}", self.name),
-            cmd,
-            &self.log_path,
-        )?);
-        tools.chown_to_agent_user(&self.log_path).ok();
-        Ok(())
+        Ok(cmd)
     }
 
     /// Whether the agent process is running.

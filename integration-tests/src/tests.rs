@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::cluster::Timing;
 use crate::etcd::Etcd;
-use crate::haproxy::{Backend, HaproxyTiming, render_config};
+use crate::haproxy::{Backend, HaproxyConfig, HaproxyPorts, HaproxyTiming};
 use crate::node::{NodeConfig, PgAuth, deep_merge};
 use crate::pg::PgTarget;
 use crate::ports::free_port;
@@ -17,7 +17,7 @@ use crate::process::{kill_postmaster, kill_processes_under, pid_alive, postmaste
 use crate::tools::{find_program, required};
 
 /// `Some(path)` of a program, or `None` after printing a SKIP line (panics when required).
-fn program(test: &str, env: &str, name: &str) -> Option<PathBuf> {
+pub(crate) fn program(test: &str, env: &str, name: &str) -> Option<PathBuf> {
     let found = find_program(env, name);
     if found.is_none() {
         assert!(
@@ -152,19 +152,15 @@ fn haproxy_accepts_the_generated_config() {
             rest_port: 18000 + i,
         })
         .collect();
-    let cfg = render_config(
-        "127.0.0.1",
-        15000,
-        15001,
-        17000,
-        &backends,
-        HaproxyTiming::fast(),
-    );
+    let ports = HaproxyPorts {
+        primary: 15000,
+        replica: 15001,
+        stats: 17000,
+    };
+    let cfg = HaproxyConfig::harness("127.0.0.1", ports, &backends, HaproxyTiming::fast()).render();
     assert!(cfg.contains("option httpchk OPTIONS /primary"));
     assert!(cfg.contains("option httpchk OPTIONS /replica"));
-    assert!(
-        cfg.contains("default-server inter 1000ms fall 2 rise 1 on-marked-down shutdown-sessions")
-    );
+    assert!(cfg.contains("default-server inter 1s fall 2 rise 1 on-marked-down shutdown-sessions"));
     let path = dir.path().join("haproxy.cfg");
     std::fs::write(&path, cfg).unwrap();
     let out = Command::new(haproxy)
