@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use baton_core::Mono;
 
-use crate::status::{DynamicFlags, POSTGRES_STATES, Status, Xlog};
+use crate::status::{POSTGRES_STATES, Status, Xlog};
 use crate::{Snapshot, VERSION, VipStatus};
 
 pub(crate) fn metrics_text(snap: &Snapshot, vip: Option<&VipStatus>, now: Mono) -> String {
@@ -154,7 +154,10 @@ pub(crate) fn metrics_text(snap: &Snapshot, vip: Option<&VipStatus>, now: Mono) 
         "patroni_failsafe_mode_enabled",
         "Value is 1 if failsafe mode is enabled in the configuration, 0 otherwise.",
         "gauge",
-        &flag(DynamicFlags::of(snap.cluster.as_ref()).failsafe_mode()),
+        // pgbaton has no failsafe mode yet: `failsafe_mode: true` is refused in files and
+        // PATCH /config and ignored when another tool writes it into the DCS, so it is never
+        // enabled, whatever the key says.
+        "0",
     );
     out.metric(
         "patroni_failsafe_member",

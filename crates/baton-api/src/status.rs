@@ -334,8 +334,6 @@ impl SyncMode {
 pub(crate) struct DynamicFlags {
     #[serde(default)]
     synchronous_mode: Value,
-    #[serde(default)]
-    failsafe_mode: Value,
 }
 
 impl DynamicFlags {
@@ -344,10 +342,6 @@ impl DynamicFlags {
             return DynamicFlags::default();
         };
         serde_json::from_str(&config.value).unwrap_or_default()
-    }
-
-    pub(crate) fn failsafe_mode(&self) -> bool {
-        parse_bool(&self.failsafe_mode) == Some(true)
     }
 }
 

@@ -1401,7 +1401,7 @@ async fn metrics_of_replicas_and_stopped_nodes() {
         patroni_xlog_replayed_location{scope="demo",name="node2"} 83885824
         patroni_xlog_replayed_timestamp{scope="demo",name="node2"} 1724874300.5
         patroni_postgres_streaming{scope="demo",name="node2"} 1
-        patroni_failsafe_mode_enabled{scope="demo",name="node2"} 1
+        patroni_failsafe_mode_enabled{scope="demo",name="node2"} 0
         patroni_postgres_state{scope="demo",name="node2"} 5
         patroni_failover_priority{scope="demo",name="node2"} 3
         pgbaton_leader{scope="demo",name="node2"} 0"#]]

@@ -873,9 +873,10 @@ pub(crate) static KEYS: &[Key] = &[
             ),
             (
                 "any entry that may match a physical slot",
-                Refused(
-                    "the leader drops inactive physical replication slots not named after a \
-                     member, so the physical slots listed here would be dropped",
+                Warned(
+                    "accepted but not needed by pgbaton: it drops only the replication slots it \
+                     created for members (recorded in <data_dir>.pgbaton-slots) and leaves every \
+                     other slot alone",
                 ),
             ),
         ],

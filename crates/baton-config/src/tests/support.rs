@@ -157,14 +157,6 @@ fn each_refused_key_is_an_error_naming_it() {
             with_dcs("    permanent_replication_slots:\n      barman: {type: physical}\n"),
         ),
         (
-            "ignore_slots",
-            with_dcs("    ignore_slots:\n      - name: barman\n        type: physical\n"),
-        ),
-        (
-            "ignore_slots untyped",
-            with_dcs("    ignore_slots:\n      - name: barman\n"),
-        ),
-        (
             "standby_cluster",
             with_dcs("    standby_cluster:\n      host: 10.0.0.1\n      port: 5432\n"),
         ),
@@ -262,10 +254,6 @@ fn each_refused_key_is_an_error_naming_it() {
           bootstrap.dcs.permanent_slots: not supported by pgbaton yet: permanent replication slots are not created or kept on a new primary: the consumers of these slots (logical decoding, backup tools) would lose their position after a failover
         permanent_replication_slots: errors:
           bootstrap.dcs.permanent_replication_slots: not supported by pgbaton yet: permanent replication slots are not created or kept on a new primary: the consumers of these slots (logical decoding, backup tools) would lose their position after a failover
-        ignore_slots: errors:
-          bootstrap.dcs.ignore_slots: not supported by pgbaton yet: the leader drops inactive physical replication slots not named after a member, so the physical slots listed here would be dropped
-        ignore_slots untyped: errors:
-          bootstrap.dcs.ignore_slots: not supported by pgbaton yet: the leader drops inactive physical replication slots not named after a member, so the physical slots listed here would be dropped
         standby_cluster: errors:
           bootstrap.dcs.standby_cluster: not supported by pgbaton yet: a standby cluster follows another cluster's primary; pgbaton would instead run this cluster's leader as a writable primary
         dynamic recovery_conf: errors:
@@ -362,6 +350,8 @@ bootstrap:
     ignore_slots:
       - name: debezium
         type: logical
+      - name: barman
+        type: physical
     postgresql:
       listen: 0.0.0.0:5432
       connect_address: 10.0.0.1:5432
@@ -396,7 +386,7 @@ bootstrap:
             etcd3.srv: accepted but not used by pgbaton: it connects to the endpoints in host/hosts, as given
             etcd3.srv_suffix: accepted but not used by pgbaton: it connects to the endpoints in host/hosts, as given
             bootstrap.dcs.check_timeline: pgbaton always checks timelines: a member behind the cluster's timeline never takes over
-            bootstrap.dcs.ignore_slots: accepted but not used by pgbaton: it never drops logical replication slots
+            bootstrap.dcs.ignore_slots: accepted but not needed by pgbaton: it drops only the replication slots it created for members (recorded in <data_dir>.pgbaton-slots) and leaves every other slot alone
             bootstrap.dcs.postgresql.bin_name: accepted but not used by pgbaton: it runs the programs in bin_dir under their usual names
             bootstrap.dcs.postgresql.callbacks: accepted but not used by pgbaton: it runs no callback scripts (on_start, on_stop, on_restart, on_reload, on_role_change)
             bootstrap.dcs.postgresql.remove_data_directory_on_diverged_timelines: accepted but not used by pgbaton: a diverged member is rewound (use_pg_rewind) or re-cloned (remove_data_directory_on_rewind_failure)
