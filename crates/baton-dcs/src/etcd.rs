@@ -5,6 +5,9 @@
 //! fails at the transport level, is [`DcsError::Unavailable`] (its outcome is unknown). A
 //! background task watches the prefix and bumps the `changes()` counter on every event; after
 //! an error it reconnects with backoff and bumps once more, since events may have been missed.
+//!
+//! The prefix is read in pages pinned to the first page's revision (one consistent snapshot of
+//! any size), with a client message limit far above gRPC's default 4 MiB.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -13,8 +16,8 @@ use std::time::Duration;
 
 use baton_core::{ClusterView, FailoverRequest, HistoryLine, Lsn, Member, MemberName, SyncState};
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, LeaseKeepAliveStream, LeaseKeeper,
-    PutOptions, Txn, TxnOp, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, KvClient,
+    LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp, WatchOptions,
 };
 use tokio::sync::watch;
 use tonic::Code;
@@ -55,6 +58,8 @@ pub struct EtcdDcs {
 
 struct Inner {
     client: Client,
+    /// The KV client, with the raised message limit.
+    kv: KvClient,
     prefix: String,
     timeout: Duration,
     changes: watch::Receiver<u64>,
@@ -96,6 +101,60 @@ impl Written {
 const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(10);
 const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Keys per page when reading the prefix. With etcd's default value limit
+/// (`--max-request-bytes`, 1.5 MiB) a page stays below 100 MiB.
+const READ_PAGE_KEYS: i64 = 64;
+/// The largest message the client decodes (gRPC's default is 4 MiB, too small for a cluster
+/// with a long history or many members in one response).
+const MAX_MESSAGE_BYTES: usize = 1 << 30;
+
+/// The first key after every key that starts with `prefix` (etcd's range end for a prefix).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0] // every key: etcd's "\0" range end
+}
+
+/// Every key under `prefix` in pages of [`READ_PAGE_KEYS`]: the first page is a linearizable
+/// read, the next ones read at its revision, so together they are one consistent snapshot.
+/// Returns the revision and the key-values in key order.
+async fn read_prefix(
+    kv: &KvClient,
+    prefix: &str,
+) -> Result<(i64, Vec<KeyValue>), etcd_client::Error> {
+    let end = prefix_end(prefix.as_bytes());
+    let mut kv = kv.clone();
+    let options = || {
+        GetOptions::new()
+            .with_range(end.clone())
+            .with_limit(READ_PAGE_KEYS)
+    };
+    let mut resp = kv.get(prefix, Some(options())).await?;
+    let revision = resp.header().map_or(0, |h| h.revision());
+    let mut more = resp.more();
+    let mut kvs = resp.take_kvs();
+    while more {
+        let Some(last) = kvs.last() else { break };
+        let mut from = last.key().to_vec();
+        from.push(0);
+        let mut resp = kv
+            .get(from, Some(options().with_revision(revision)))
+            .await?;
+        more = resp.more();
+        let next = resp.take_kvs();
+        if next.is_empty() {
+            break;
+        }
+        kvs.extend(next);
+    }
+    Ok((revision, kvs))
+}
+
 
 fn endpoint_url(endpoint: &str) -> String {
     if endpoint.contains("://") {
@@ -239,7 +298,9 @@ impl EtcdDcs {
         .await?;
 
         let prefix = scope.prefix();
-        let kv = client.kv_client();
+        let kv = client
+            .kv_client()
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let probe = GetOptions::new().with_prefix().with_count_only();
         let what = format!("read {prefix} (connection check) at {}", urls.join(","));
         let resp = bounded_idempotent(timeout, &what, || {
@@ -261,6 +322,7 @@ impl EtcdDcs {
         Ok(EtcdDcs {
             inner: Arc::new(Inner {
                 client,
+                kv,
                 prefix,
                 timeout,
                 changes,
@@ -285,7 +347,7 @@ impl EtcdDcs {
     async fn put(&self, key: String, value: String, lease: i64) -> Result<(), DcsError> {
         let what = format!("put {key}");
         let options = (lease != 0).then(|| PutOptions::new().with_lease(lease));
-        let mut kv = self.inner.client.kv_client();
+        let mut kv = self.inner.kv.clone();
         bounded(
             self.inner.timeout,
             &what,
@@ -314,7 +376,7 @@ impl EtcdDcs {
             match value {
                 Some(value) => self.put(key, value.to_owned(), 0).await?,
                 None => {
-                    let mut kv = self.inner.client.kv_client();
+                    let mut kv = self.inner.kv.clone();
                     let what = format!("delete {key}");
                     bounded(
                         self.inner.timeout,
@@ -345,7 +407,7 @@ impl EtcdDcs {
         op: TxnOp,
     ) -> Result<bool, DcsError> {
         let txn = Txn::new().when([compare]).and_then([op]);
-        let mut kv = self.inner.client.kv_client();
+        let mut kv = self.inner.kv.clone();
         let resp = bounded(self.inner.timeout, &what, lease, kv.txn(txn)).await?;
         Ok(resp.succeeded())
     }
@@ -399,19 +461,11 @@ impl EtcdDcs {
 impl Dcs for EtcdDcs {
     async fn read_cluster(&self) -> Result<ClusterView, DcsError> {
         let prefix = &self.inner.prefix;
-        let kv = self.inner.client.kv_client();
+        let kv = &self.inner.kv;
         let what = format!("read {prefix}");
         // Linearizable (not serializable): decisions must see the latest committed state.
-        let resp = bounded_idempotent(self.inner.timeout, &what, || {
-            let mut kv = kv.clone();
-            async move {
-                kv.get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-                    .await
-            }
-        })
-        .await?;
-        let revision = resp.header().map_or(0, |h| h.revision());
-        let kvs = resp.kvs();
+        let (revision, kvs) =
+            bounded_idempotent(self.inner.timeout, &what, || read_prefix(kv, prefix)).await?;
         {
             let mut written = self.written();
             written.members.retain(|key, (value, lease)| {
@@ -509,7 +563,7 @@ impl Dcs for EtcdDcs {
 
     async fn cancel_initialize(&self) -> Result<(), DcsError> {
         let key = self.key(record::INITIALIZE);
-        let mut kv = self.inner.client.kv_client();
+        let mut kv = self.inner.kv.clone();
         bounded(
             self.inner.timeout,
             &format!("delete {key}"),
@@ -664,7 +718,9 @@ async fn watch_once(
     reconnecting: bool,
     backoff: &mut Duration,
 ) -> String {
-    let mut wc = client.watch_client();
+    let mut wc = client
+        .watch_client()
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let options = WatchOptions::new()
         .with_prefix()
         .with_start_revision(*next_revision);
@@ -718,5 +774,17 @@ async fn watch_once(
             }
             bump(tx);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_end_is_the_first_key_past_the_prefix() {
+        assert_eq!(prefix_end(b"/service/batman/"), b"/service/batman0");
+        assert_eq!(prefix_end(b"a\xff\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff"), b"\0");
     }
 }

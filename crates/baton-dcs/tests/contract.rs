@@ -372,6 +372,7 @@ contract_tests!(
     touch_member_round_trip_in_patroni_format,
     status_and_history_in_patroni_format,
     failover_and_sync_compare_and_swap,
+    read_cluster_past_the_grpc_message_limit,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -680,6 +681,32 @@ async fn failover_and_sync_compare_and_swap<E: Env>(env: E) {
     );
     assert!(env.raw_get("sync").await.is_none());
     assert!(read(&a).await.sync.is_none());
+}
+
+/// A prefix far larger than gRPC's default 4 MiB message limit (many members, each well
+/// below etcd's 1.5 MiB request limit) is still read, in one consistent view.
+async fn read_cluster_past_the_grpc_message_limit<E: Env>(env: E) {
+    let a = env.client().await;
+    let b = env.client().await;
+    let lease = a.grant_lease(TTL).await.unwrap();
+    const MEMBERS: usize = 64;
+    let filler = "x".repeat(100 * 1024);
+    for i in 0..MEMBERS {
+        let mut m = member(&format!("bulk{i:03}"));
+        m.tags.custom.insert("filler".into(), format!("{filler:?}"));
+        a.touch_member(&m, lease).await.unwrap();
+    }
+    assert!(a.acquire_leader(&name("bulk000"), lease).await.unwrap());
+    let view = read(&b).await;
+    assert_eq!(view.members.len(), MEMBERS, "{:#?}", view.warnings);
+    assert!(view.warnings.is_empty(), "{:#?}", view.warnings);
+    assert_eq!(view.leader_name(), Some(&name("bulk000")));
+    let bytes: usize = view
+        .members
+        .iter()
+        .map(|m| m.tags.custom.get("filler").map_or(0, String::len))
+        .sum();
+    assert!(bytes > 6 * 1024 * 1024, "{bytes} bytes");
 }
 
 async fn write_config_compare_and_swap<E: Env>(env: E) {
