@@ -7,7 +7,9 @@
 //! an error it reconnects with backoff and bumps once more, since events may have been missed.
 //!
 //! The prefix is read in pages pinned to the first page's revision (one consistent snapshot of
-//! any size), with a client message limit far above gRPC's default 4 MiB.
+//! any size), with a client message limit far above gRPC's default 4 MiB. Leader-only writes are
+//! transactions that also compare the leader key's value and lease (design §3.8; Patroni's
+//! etcd3 writes `status`, `history` and `sync` with plain puts).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -17,13 +19,13 @@ use std::time::Duration;
 use baton_core::{ClusterView, FailoverRequest, HistoryLine, Lsn, Member, MemberName, SyncState};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, KvClient,
-    LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp, WatchOptions,
+    LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use tokio::sync::watch;
 use tonic::Code;
 
 use crate::record::{self, RawKv};
-use crate::{Dcs, DcsError, DcsScope};
+use crate::{Dcs, DcsError, DcsScope, Holder, LeaderWrite};
 
 /// How to reach etcd.
 #[derive(Clone)]
@@ -87,12 +89,14 @@ struct Keeper {
 struct Written {
     /// Full member key → (value, lease).
     members: HashMap<String, (String, i64)>,
-    status: Option<String>,
+    /// `status` value and the lease of the leader that wrote it.
+    status: Option<(String, i64)>,
 }
 
 impl Written {
     fn forget_lease(&mut self, lease: i64) {
         self.members.retain(|_, (_, l)| *l != lease);
+        self.status.take_if(|(_, l)| *l == lease);
     }
 }
 
@@ -154,7 +158,6 @@ async fn read_prefix(
     }
     Ok((revision, kvs))
 }
-
 
 fn endpoint_url(endpoint: &str) -> String {
     if endpoint.contains("://") {
@@ -412,6 +415,60 @@ impl EtcdDcs {
         Ok(resp.succeeded())
     }
 
+    /// A leader-only write: `op` applies only while the leader key holds `leader`'s name on its
+    /// lease and, with `version`, `relative` is at that mod_revision (0: absent). The else
+    /// branch reads the leader key at the same revision, which tells a lost compare-and-swap
+    /// from a lost leadership.
+    async fn leader_txn(
+        &self,
+        leader: &Holder,
+        relative: &str,
+        value: Option<&str>,
+        version: Option<i64>,
+    ) -> Result<LeaderWrite, DcsError> {
+        let key = self.key(relative);
+        let leader_key = self.key(record::LEADER);
+        let what = format!(
+            "write {key} as leader {} (lease {})",
+            leader.name, leader.lease
+        );
+        let mut when = vec![
+            Compare::value(leader_key.as_str(), CompareOp::Equal, leader.name.as_str()),
+            Compare::lease(leader_key.as_str(), CompareOp::Equal, leader.lease),
+        ];
+        if let Some(version) = version {
+            when.push(Compare::mod_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                version,
+            ));
+        }
+        let op = match value {
+            Some(value) => TxnOp::put(key.as_str(), value, None),
+            None => TxnOp::delete(key.as_str(), None),
+        };
+        let txn = Txn::new()
+            .when(when)
+            .and_then([op])
+            .or_else([TxnOp::get(leader_key.as_str(), None)]);
+        let mut kv = self.inner.kv.clone();
+        let resp = bounded(self.inner.timeout, &what, None, kv.txn(txn)).await?;
+        if resp.succeeded() {
+            return Ok(LeaderWrite::Written);
+        }
+        let holds = resp.op_responses().iter().any(|r| match r {
+            TxnOpResponse::Get(get) => get.kvs().iter().any(|kv| {
+                kv.value() == leader.name.as_str().as_bytes() && kv.lease() == leader.lease
+            }),
+            _ => false,
+        });
+        Ok(if holds {
+            LeaderWrite::Conflict
+        } else {
+            LeaderWrite::NotLeader
+        })
+    }
+
     async fn keepalive_round(
         &self,
         slot: &mut Option<Keeper>,
@@ -476,7 +533,7 @@ impl Dcs for EtcdDcs {
                 })
             });
             let status_key = self.key(record::STATUS);
-            if let Some(status) = &written.status {
+            if let Some((status, _)) = &written.status {
                 let same = kvs
                     .iter()
                     .any(|kv| kv.key() == status_key.as_bytes() && kv.value() == status.as_bytes());
@@ -603,6 +660,28 @@ impl Dcs for EtcdDcs {
         .await
     }
 
+    async fn repair_leader(
+        &self,
+        name: &MemberName,
+        lease: i64,
+        version: i64,
+    ) -> Result<bool, DcsError> {
+        let key = self.key(record::LEADER);
+        let compare = Compare::mod_revision(key.as_str(), CompareOp::Equal, version);
+        let op = TxnOp::put(
+            key.as_str(),
+            name.as_str(),
+            Some(PutOptions::new().with_lease(lease)),
+        );
+        self.txn(
+            format!("rewrite {key} at version {version} as {name}"),
+            Some(lease),
+            compare,
+            op,
+        )
+        .await
+    }
+
     async fn release_leader(&self, name: &MemberName) -> Result<bool, DcsError> {
         let key = self.key(record::LEADER);
         let compare = Compare::value(key.as_str(), CompareOp::Equal, name.as_str());
@@ -643,34 +722,52 @@ impl Dcs for EtcdDcs {
             .await
     }
 
-    async fn write_sync(
-        &self,
-        state: Option<&SyncState>,
-        version: Option<i64>,
-    ) -> Result<bool, DcsError> {
-        let value = state.map(record::encode_sync);
-        self.put_versioned(record::SYNC, value.as_deref(), version)
+    async fn clear_failover(&self, leader: &Holder, version: i64) -> Result<LeaderWrite, DcsError> {
+        let value = record::encode_failover(&FailoverRequest::default());
+        self.leader_txn(leader, record::FAILOVER, Some(&value), Some(version))
             .await
     }
 
-    async fn write_status(&self, optime: Lsn, slots: &[(String, Lsn)]) -> Result<(), DcsError> {
-        let value = record::encode_status(optime, slots);
-        if self.written().status.as_deref() == Some(value.as_str()) {
-            return Ok(());
-        }
-        self.written().status = None;
-        self.put(self.key(record::STATUS), value.clone(), 0).await?;
-        self.written().status = Some(value);
-        Ok(())
+    async fn write_sync(
+        &self,
+        leader: &Holder,
+        state: Option<&SyncState>,
+        version: i64,
+    ) -> Result<LeaderWrite, DcsError> {
+        let value = state.map(record::encode_sync);
+        self.leader_txn(leader, record::SYNC, value.as_deref(), Some(version))
+            .await
     }
 
-    async fn write_history(&self, history: &[HistoryLine]) -> Result<(), DcsError> {
-        self.put(
-            self.key(record::HISTORY),
-            record::encode_history(history),
-            0,
-        )
-        .await
+    async fn write_status(
+        &self,
+        leader: &Holder,
+        optime: Lsn,
+        slots: &[(String, Lsn)],
+    ) -> Result<LeaderWrite, DcsError> {
+        let value = record::encode_status(optime, slots);
+        let cached = self.written().status.clone();
+        if cached == Some((value.clone(), leader.lease)) {
+            return Ok(LeaderWrite::Written);
+        }
+        self.written().status = None;
+        let written = self
+            .leader_txn(leader, record::STATUS, Some(&value), None)
+            .await?;
+        if written == LeaderWrite::Written {
+            self.written().status = Some((value, leader.lease));
+        }
+        Ok(written)
+    }
+
+    async fn write_history(
+        &self,
+        leader: &Holder,
+        history: &[HistoryLine],
+    ) -> Result<LeaderWrite, DcsError> {
+        let value = record::encode_history(history);
+        self.leader_txn(leader, record::HISTORY, Some(&value), None)
+            .await
     }
 
     fn changes(&self) -> watch::Receiver<u64> {
