@@ -855,7 +855,8 @@ fn iso8601_utc(unix: u64) -> anyhow::Result<String> {
 }
 
 /// Someone writes garbage into the cluster's keys: agents log a warning naming the key and
-/// keep their roles.
+/// keep their roles. Garbage in the leader key (a plain put: no lease) does not stop the
+/// primary: its holder recognises the key it acquired and writes its name back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_in_dcs_keys_changes_no_role() -> anyhow::Result<()> {
     let tools = tools_or_skip!("garbage_in_dcs_keys_changes_no_role");
@@ -867,7 +868,12 @@ async fn garbage_in_dcs_keys_changes_no_role() -> anyhow::Result<()> {
         .wait_healthy(scaled(Duration::from_secs(180)))
         .await?;
     let replica = healthy.replicas[0].clone();
+    let primary = cluster.node(&healthy.leader).pg();
+    let started = primary
+        .query_one("SELECT pg_postmaster_start_time()::text")
+        .await?;
     for (key, value) in [
+        ("leader".to_owned(), ""),
         (format!("members/{replica}"), "{not json"),
         ("failover".to_owned(), "[1,2,3]"),
         ("sync".to_owned(), "\u{1}\u{2}garbage"),
@@ -877,6 +883,18 @@ async fn garbage_in_dcs_keys_changes_no_role() -> anyhow::Result<()> {
     ] {
         cluster.etcd().put(&cluster.key(&key), value).await?;
     }
+    wait_for(
+        "the leader to write its name back into the leader key",
+        scaled(loop_wait * 3 + Duration::from_secs(10)),
+        || async {
+            cluster.check_agents_alive()?;
+            Ok(match cluster.leader().await? {
+                Some(l) if l == healthy.leader => Check::Done(()),
+                other => Check::not_yet(format!("leader key holds {other:?}")),
+            })
+        },
+    )
+    .await?;
     let since = Instant::now();
     wait_for(
         "roles to stay put for several HA loops",
@@ -892,6 +910,13 @@ async fn garbage_in_dcs_keys_changes_no_role() -> anyhow::Result<()> {
                 .query_one("SELECT pg_is_in_recovery()::text")
                 .await?;
             ensure!(rep == "true", "{replica} is not a replica any more");
+            let now_started = primary
+                .query_one("SELECT pg_postmaster_start_time()::text")
+                .await?;
+            ensure!(
+                now_started == started,
+                "the primary was restarted ({started} -> {now_started})"
+            );
             Ok(if since.elapsed() > loop_wait * 5 {
                 Check::Done(())
             } else {
@@ -904,6 +929,10 @@ async fn garbage_in_dcs_keys_changes_no_role() -> anyhow::Result<()> {
     ensure!(
         log.contains("ignoring invalid DCS data") && log.contains("members/intruder"),
         "no warning naming the bad key in the leader's log"
+    );
+    ensure!(
+        log.contains("the leader key is mine but its value is unreadable"),
+        "the leader's log does not say it rewrote the leader key"
     );
     cluster
         .wait_healthy(scaled(Duration::from_secs(60)))

@@ -15,7 +15,7 @@ use baton_core::{
     Action, ActionFailure, Clock, ClusterView, DataDir, FailoverRequest, LeaseState, Member,
     MemberName, Memory, Mono, Observation, PgState, StartRole, StopMode, decide,
 };
-use baton_dcs::Dcs;
+use baton_dcs::{Dcs, Holder, LeaderWrite};
 use baton_pg::Postgres;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -172,7 +172,39 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             return true;
         }
         view.and_then(|v| v.leader.as_ref())
-            .is_some_and(|l| l.name == self.name && Some(l.lease) == lease)
+            .is_some_and(|l| l.name.as_ref() == Some(&self.name) && Some(l.lease) == lease)
+    }
+
+    /// Who our leader-only DCS writes are made for: our name on our current lease.
+    fn holder(&self) -> Option<Holder> {
+        self.lease.borrow().id.map(|lease| Holder {
+            name: self.name.clone(),
+            lease,
+        })
+    }
+
+    /// A leader-only write: `Ok(true)` when written, `Ok(false)` (logged) when the leader
+    /// key no longer holds our name on our lease, or the key was at another revision.
+    async fn leader_write(
+        &self,
+        what: &str,
+        write: Option<impl std::future::Future<Output = Result<LeaderWrite, baton_dcs::DcsError>>>,
+    ) -> anyhow::Result<bool> {
+        let Some(write) = write else {
+            info!("{what}: not written, we have no lease");
+            return Ok(false);
+        };
+        match write.await.with_context(|| what.to_owned())? {
+            LeaderWrite::Written => Ok(true),
+            LeaderWrite::Conflict => {
+                info!("{what}: the key was changed by someone else meanwhile; not written");
+                Ok(false)
+            }
+            LeaderWrite::NotLeader => {
+                info!("{what}: not written, the leader key no longer holds our name on our lease");
+                Ok(false)
+            }
+        }
     }
 
     /// One observe → decide → execute → publish pass.
@@ -302,14 +334,24 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                 Ok(true) => {}
                 Ok(false) => {
                     info!("{action}: lost the race");
-                    if matches!(action, Action::AcquireLeader | Action::ReattachLeader) {
+                    if matches!(
+                        action,
+                        Action::AcquireLeader
+                            | Action::ReattachLeader
+                            | Action::RepairLeader { .. }
+                    ) {
                         self.memory.was_leader = false;
                     }
                     return false;
                 }
                 Err(e) => {
                     error!("failed to {action}: {e:#}");
-                    if matches!(action, Action::AcquireLeader | Action::ReattachLeader) {
+                    if matches!(
+                        action,
+                        Action::AcquireLeader
+                            | Action::ReattachLeader
+                            | Action::RepairLeader { .. }
+                    ) {
                         self.memory.was_leader = false;
                     }
                     self.last_failure = Some(ActionFailure {
@@ -367,9 +409,18 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                 self.took_key_with = won.then_some(lease);
                 Ok(won)
             }
+            Action::RepairLeader { version } => {
+                let lease = self.require_lease()?;
+                let won = self.dcs.repair_leader(&self.name, lease, *version).await?;
+                self.took_key_with = won.then_some(lease);
+                Ok(won)
+            }
             Action::ReleaseLeader { last_lsn } => {
                 if let Some(lsn) = last_lsn {
-                    self.dcs.write_status(*lsn, &[]).await?;
+                    let holder = self.holder();
+                    let write = holder.as_ref().map(|h| self.dcs.write_status(h, *lsn, &[]));
+                    self.leader_write("publish the last position", write)
+                        .await?;
                 }
                 self.dcs.release_leader(&self.name).await?;
                 self.memory.was_leader = false;
@@ -396,8 +447,9 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                         }
                     }
                 }
-                self.dcs.write_history(&history).await?;
-                Ok(true)
+                let holder = self.holder();
+                let write = holder.as_ref().map(|h| self.dcs.write_history(h, &history));
+                self.leader_write("write history", write).await
             }
             Action::EnsureSlots { slots } => {
                 self.pg.ensure_slots(slots).await?;
@@ -459,10 +511,10 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                     _ => None,
                 };
                 if let Some(lsn) = checkpoint {
-                    self.dcs
-                        .write_status(lsn, &[])
-                        .await
-                        .context("publish the shutdown checkpoint")?;
+                    let holder = self.holder();
+                    let write = holder.as_ref().map(|h| self.dcs.write_status(h, lsn, &[]));
+                    self.leader_write("publish the shutdown checkpoint", write)
+                        .await?;
                 }
                 self.dcs
                     .release_leader(&self.name)
@@ -481,16 +533,19 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                 Ok(true)
             }
             Action::WriteSync { state, version } => {
-                let written = self.dcs.write_sync(state.as_ref(), Some(*version)).await?;
-                if !written {
-                    info!("Synchronous replication key updated by someone else");
-                }
-                Ok(written)
+                let holder = self.holder();
+                let write = holder
+                    .as_ref()
+                    .map(|h| self.dcs.write_sync(h, state.as_ref(), *version));
+                self.leader_write("write /sync", write).await
             }
             Action::ClearFailover { version } => {
-                if !self.dcs.write_failover(None, Some(*version)).await? {
-                    info!("the failover key changed meanwhile; leaving it");
-                }
+                let holder = self.holder();
+                let write = holder
+                    .as_ref()
+                    .map(|h| self.dcs.clear_failover(h, *version));
+                // A request changed meanwhile is left for the next cycle to look at.
+                self.leader_write("clear the failover key", write).await?;
                 Ok(true)
             }
         }
@@ -555,11 +610,22 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         if let Err(e) = self.dcs.touch_member(&member, lease).await {
             warn!("failed to update member key: {e:#}");
         }
-        if holds
-            && let Some(sql) = pg.sql.as_ref().filter(|s| !s.in_recovery)
-            && let Err(e) = self.dcs.write_status(sql.wal_position(), &[]).await
-        {
-            warn!("failed to update status key: {e:#}");
+        if holds && let Some(sql) = pg.sql.as_ref().filter(|s| !s.in_recovery) {
+            let holder = Holder {
+                name: self.name.clone(),
+                lease,
+            };
+            match self
+                .dcs
+                .write_status(&holder, sql.wal_position(), &[])
+                .await
+            {
+                Ok(LeaderWrite::Written | LeaderWrite::Conflict) => {}
+                Ok(LeaderWrite::NotLeader) => {
+                    info!("status key not updated: the leader key no longer holds our lease")
+                }
+                Err(e) => warn!("failed to update status key: {e:#}"),
+            }
         }
     }
 
@@ -712,7 +778,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         let sync_on = sync.enabled() && sync.mode != baton_core::SyncMode::Quorum;
         if sync_on
             && !req.failover
-            && let (Some(c), Some(sync)) = (&candidate, view.sync.as_ref())
+            && let (Some(c), Some(sync)) = (&candidate, view.sync.present())
             && !sync.value.lists(c)
         {
             return refuse("candidate name does not match with sync_standby".into());
@@ -893,10 +959,14 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         self.leading.send_modify(|s| s.leading = false);
         if holds {
             let state = self.pg.observe().await;
-            if let Some(lsn) = state.wal_position()
-                && let Err(e) = self.dcs.write_status(lsn, &[]).await
-            {
-                warn!("failed to write the last position to the status key: {e:#}");
+            if let (Some(lsn), Some(holder)) = (state.wal_position(), self.holder()) {
+                match self.dcs.write_status(&holder, lsn, &[]).await {
+                    Ok(LeaderWrite::Written | LeaderWrite::Conflict) => {}
+                    Ok(LeaderWrite::NotLeader) => {
+                        info!("last position not published: we no longer hold the leader key")
+                    }
+                    Err(e) => warn!("failed to write the last position to the status key: {e:#}"),
+                }
             }
             match self.dcs.release_leader(&self.name).await {
                 Ok(_) => info!("released the leader key"),

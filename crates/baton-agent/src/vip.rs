@@ -111,7 +111,7 @@ fn leader_lease(snap: &Snapshot) -> Option<i64> {
     snap.cluster
         .as_ref()
         .and_then(|c| c.leader.as_ref())
-        .filter(|l| l.name == snap.name)
+        .filter(|l| l.name.as_ref() == Some(&snap.name))
         .map(|l| l.lease)
 }
 
@@ -499,11 +499,11 @@ mod tests {
         s.holds_leader_key = leader.is_some();
         s.cluster = Some(ClusterView {
             leader: Some(LeaderKey {
-                name: if leader.is_some() {
+                name: Some(if leader.is_some() {
                     name
                 } else {
                     MemberName::new("node2").expect("name")
-                },
+                }),
                 lease: leader.unwrap_or(99),
                 create_revision: 1,
                 mod_revision: 1,

@@ -248,7 +248,7 @@ impl Status {
                 None
             };
             // The configuration is parsed only for a member listed in `/sync`.
-            if let Some(sync) = cluster.and_then(|c| c.sync.as_ref())
+            if let Some(sync) = cluster.and_then(|c| c.sync.present())
                 && sync.value.lists(&snap.name)
             {
                 match SyncMode::of(cluster) {
@@ -575,7 +575,7 @@ impl ClusterJson {
                 let is_leader = leader == Some(&m.name);
                 let listed = cluster
                     .sync
-                    .as_ref()
+                    .present()
                     .is_some_and(|s| s.value.lists(&m.name));
                 let role = match (is_leader, sync_role) {
                     (true, _) => "leader",

@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use baton_core::{
     Clock, ClusterView, HistoryLine, LeaderKey, LeaderStatus, Lsn, Member, MemberName, Mono,
-    PeerStatus, PgSql, ReplicationRow, SyncState, Tags, Timeline, Versioned,
+    PeerStatus, PgSql, ReplicationRow, SyncKey, SyncState, Tags, Timeline, Versioned,
 };
 use expect_test::{Expect, expect};
 use http_body_util::BodyExt;
@@ -63,7 +63,7 @@ fn view() -> ClusterView {
             value: r#"{"ttl":30,"loop_wait":10,"postgresql":{"use_pg_rewind":true},"maximum_lag_on_failover":1048576}"#.to_owned(),
             mod_revision: 3,
         }),
-        leader: Some(LeaderKey { name: name("node1"), lease: 7, create_revision: 30, mod_revision: 41 }),
+        leader: Some(LeaderKey { name: Some(name("node1")), lease: 7, create_revision: 30, mod_revision: 41 }),
         members: vec![
             Member {
                 name: name("node1"),
@@ -113,7 +113,7 @@ fn view() -> ClusterView {
             },
         ],
         failover: None,
-        sync: None,
+        sync: SyncKey::Absent,
         history: vec![
             HistoryLine {
                 timeline: Timeline(1),
@@ -241,7 +241,7 @@ fn sync_replica(mode: &str) -> Snapshot {
             value: format!(r#"{{"synchronous_mode":{mode}}}"#),
             mod_revision: 4,
         });
-        c.sync = Some(Versioned {
+        c.sync = SyncKey::Present(Versioned {
             value: SyncState {
                 leader: Some(name("node1")),
                 sync_standby: vec![name("NODE2")],

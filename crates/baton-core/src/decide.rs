@@ -22,7 +22,7 @@ use crate::diverge::{Divergence, divergence, leader_timeline};
 use crate::pg::{ClusterState, ControlData, DataDir, PgSql, PgState};
 use crate::sync::{parse_ssn, render_ssn, render_ssn_quorum};
 use crate::types::{Lsn, MemberName, Mono, Timeline};
-use crate::view::{ClusterView, Member, SyncState};
+use crate::view::{ClusterView, LeaderKey, Member, SyncKey, SyncState};
 
 /// How soon a leaderless member looks again (the DCS watch usually wakes it earlier).
 const LEADERLESS_RECHECK: Duration = Duration::from_secs(1);
@@ -45,6 +45,7 @@ pub fn decide(memory: &Memory, obs: &Observation, config: &HaConfig, now: Mono) 
         obs,
         cfg: config,
         now,
+        epoch: memory.leader_epoch,
     };
     let (mut actions, mut reason) = ctx.choose(&mut next);
     // The memory below is derived from the actions that will really run.
@@ -78,6 +79,7 @@ pub fn decide(memory: &Memory, obs: &Observation, config: &HaConfig, now: Mono) 
                         | Action::WriteConfig
                         | Action::UpdateHistory
                         | Action::ReattachLeader
+                        | Action::RepairLeader { .. }
                         | Action::ClearFailover { .. }
                 )
         });
@@ -121,9 +123,19 @@ pub fn decide(memory: &Memory, obs: &Observation, config: &HaConfig, now: Mono) 
     // disarm the fencer exactly when it is needed (simulator finding F1).
     next.was_leader = !actions.contains(&Action::HandOver)
         && (ctx.holds_key() || (obs.dcs.is_none() && memory.was_leader))
-        || actions
-            .iter()
-            .any(|a| matches!(a, Action::AcquireLeader | Action::ReattachLeader));
+        || actions.iter().any(|a| {
+            matches!(
+                a,
+                Action::AcquireLeader | Action::ReattachLeader | Action::RepairLeader { .. }
+            )
+        });
+    // The key we hold keeps its epoch (create_revision) until it is deleted.
+    if let Some(view) = &obs.dcs {
+        next.leader_epoch = view.leader.as_ref().and_then(|l| {
+            let ours = l.name.as_ref() == Some(&config.me) && Some(l.lease) == obs.lease.id;
+            (ours || Some(l.create_revision) == memory.leader_epoch).then_some(l.create_revision)
+        });
+    }
 
     let mut wake_at = now + config.loop_wait;
     if !actions.is_empty() {
@@ -178,6 +190,8 @@ struct Ctx<'a> {
     obs: &'a Observation,
     cfg: &'a HaConfig,
     now: Mono,
+    /// `Memory::leader_epoch` from the previous cycle.
+    epoch: Option<i64>,
 }
 
 impl Ctx<'_> {
@@ -197,7 +211,24 @@ impl Ctx<'_> {
                 .dcs
                 .as_ref()
                 .and_then(|v| v.leader.as_ref())
-                .is_some_and(|l| &l.name == self.me() && Some(l.lease) == self.obs.lease.id)
+                .is_some_and(|l| {
+                    l.name.as_ref() == Some(self.me()) && Some(l.lease) == self.obs.lease.id
+                })
+    }
+
+    /// The leader key is ours but its value does not decode: it is attached to our lease, or
+    /// it is still the key we acquired (its `create_revision` is our epoch: nobody else can
+    /// have acquired it since, whoever wrote the value). Only with a valid lease.
+    fn holds_unreadable_key(&self) -> Option<&LeaderKey> {
+        self.obs
+            .dcs
+            .as_ref()
+            .and_then(|v| v.leader.as_ref())
+            .filter(|l| {
+                self.lease_ok()
+                    && l.name.is_none()
+                    && (Some(l.lease) == self.obs.lease.id || Some(l.create_revision) == self.epoch)
+            })
     }
 
     /// The leader key holds our name but another lease (from before an agent restart).
@@ -206,7 +237,9 @@ impl Ctx<'_> {
             .dcs
             .as_ref()
             .and_then(|v| v.leader.as_ref())
-            .is_some_and(|l| &l.name == self.me() && Some(l.lease) != self.obs.lease.id)
+            .is_some_and(|l| {
+                l.name.as_ref() == Some(self.me()) && Some(l.lease) != self.obs.lease.id
+            })
     }
 
     fn choose(&self, next: &mut Memory) -> (Vec<Action>, Reason) {
@@ -232,6 +265,15 @@ impl Ctx<'_> {
         let Some(view) = self.obs.dcs.as_ref() else {
             return (vec![], Reason::DcsUnreachable);
         };
+        // Our leader key with a value someone overwrote: put our name back first.
+        if let Some(key) = self.holds_unreadable_key() {
+            return (
+                vec![Action::RepairLeader {
+                    version: key.mod_revision,
+                }],
+                Reason::RepairingLeaderKey,
+            );
+        }
 
         // 3. The data directory.
         let cd = match &pg.data_dir {
@@ -277,7 +319,10 @@ impl Ctx<'_> {
         }
 
         // 5. PostgreSQL up.
-        let leader = view.leader.as_ref().filter(|l| &l.name != self.me());
+        let leader = view
+            .leader
+            .as_ref()
+            .filter(|l| l.name.as_ref() != Some(self.me()));
         if let Some(l) = leader
             && may_be_primary(pg)
         {
@@ -287,7 +332,7 @@ impl Ctx<'_> {
                     mode: StopMode::Immediate,
                 }],
                 Reason::DemotingNotLeader {
-                    leader: Some(l.name.clone()),
+                    leader: l.name.clone(),
                 },
             );
         }
@@ -316,26 +361,32 @@ impl Ctx<'_> {
             );
         }
         match leader {
-            Some(l) => {
-                let Some(upstream) = upstream_of(view, &l.name) else {
+            // Someone leads, the key does not say who: no race, nothing to follow.
+            Some(LeaderKey {
+                name: None, lease, ..
+            }) => (vec![], Reason::LeaderKeyUnreadable { lease: *lease }),
+            Some(LeaderKey {
+                name: Some(leader), ..
+            }) => {
+                let Some(upstream) = upstream_of(view, leader) else {
                     return (
                         vec![],
                         Reason::WaitingForLeaderMember {
-                            leader: l.name.clone(),
+                            leader: leader.clone(),
                         },
                     );
                 };
-                if let Some(diverged) = self.diverged_standby(next, view, &l.name, sql, &upstream) {
+                if let Some(diverged) = self.diverged_standby(next, view, leader, sql, &upstream) {
                     return diverged;
                 }
                 next.rewind_failed_against = None;
                 let reason = Reason::Following {
-                    leader: l.name.clone(),
+                    leader: leader.clone(),
                 };
-                if next.following.as_ref() == Some(&l.name) {
+                if next.following.as_ref() == Some(leader) {
                     return (vec![], reason);
                 }
-                next.following = Some(l.name.clone());
+                next.following = Some(leader.clone());
                 (vec![Action::Follow { upstream }], reason)
             }
             None if !sql.in_recovery => {
@@ -384,6 +435,10 @@ impl Ctx<'_> {
                     },
                 ),
             };
+        }
+        if let Some(l) = &view.leader {
+            // A leader key that does not say who holds it: nothing to clone from, no bootstrap.
+            return (vec![], Reason::LeaderKeyUnreadable { lease: l.lease });
         }
         match view.initialize.as_deref() {
             None if !self.cfg.can_bootstrap => (vec![], Reason::NotAllowedToBootstrap),
@@ -656,15 +711,24 @@ impl Ctx<'_> {
         (actions, Reason::AcquiringLock)
     }
 
-    /// The `/sync` state when synchronous mode is on and a leader has published it.
-    fn active_sync<'v>(&self, view: &'v ClusterView) -> Option<&'v SyncState> {
+    /// The `/sync` state a promotion must respect: `None` when synchronous mode is off. In
+    /// synchronous mode a `/sync` that is missing, names no leader or does not decode says
+    /// nothing about who holds every acknowledged commit, so it blocks the race exactly as a
+    /// `/sync` naming someone else does (a deleted key must not switch the gate off).
+    fn active_sync<'v>(
+        &self,
+        view: &'v ClusterView,
+    ) -> Result<Option<&'v SyncState>, NotHealthiest> {
         if !self.cfg.sync.enabled() {
-            return None;
+            return Ok(None);
         }
-        view.sync
-            .as_ref()
-            .map(|s| &s.value)
-            .filter(|s| s.leader.is_some())
+        match &view.sync {
+            SyncKey::Present(s) if s.value.leader.is_some() => Ok(Some(&s.value)),
+            SyncKey::Present(_) | SyncKey::Absent => Err(NotHealthiest::SyncKeyMissing),
+            SyncKey::Unreadable { why, .. } => {
+                Err(NotHealthiest::SyncKeyUnreadable { why: why.clone() })
+            }
+        }
     }
 
     /// Before `pg_ctl promote` in synchronous mode (Patroni's
@@ -676,7 +740,7 @@ impl Ctx<'_> {
         if !self.cfg.sync.enabled() {
             return vec![];
         }
-        let old = view.sync.as_ref();
+        let old = view.sync.present();
         let mut standbys: Vec<MemberName> = vec![];
         if self.cfg.sync.strict
             && let Some(old) = old
@@ -710,7 +774,7 @@ impl Ctx<'_> {
                     sync_standby: standbys.clone(),
                     quorum: u32::try_from(quorum).unwrap_or(u32::MAX),
                 }),
-                version: old.map_or(0, |s| s.mod_revision),
+                version: view.sync.version(),
             },
             Action::SetSyncStandbys { value: Some(guc) },
         ]
@@ -781,8 +845,8 @@ impl Ctx<'_> {
         view: &ClusterView,
         sql: &PgSql,
     ) -> Option<(Vec<Action>, Reason)> {
-        let stored = view.sync.as_ref();
-        let version = stored.map_or(0, |s| s.mod_revision);
+        let stored = view.sync.present();
+        let version = view.sync.version();
         let ours = stored.is_some_and(|s| s.value.leader.as_ref() == Some(self.me()));
         let step =
             |actions: Vec<Action>, detail: String| Some((actions, Reason::SyncUpdate { detail }));
@@ -909,7 +973,7 @@ impl Ctx<'_> {
         sql: &PgSql,
         changed_at: Lsn,
     ) -> Option<(Vec<Action>, Reason)> {
-        let stored = view.sync.as_ref()?;
+        let stored = view.sync.present()?;
         let version = stored.mod_revision;
         let voters = stored.value.sync_standby.clone();
         let quorum = stored.value.quorum as usize;
@@ -1123,7 +1187,7 @@ impl Ctx<'_> {
                 });
             }
         }
-        let active_sync = self.active_sync(view);
+        let active_sync = self.active_sync(view)?;
         let quorum = self.cfg.sync.mode == SyncMode::Quorum;
         if let Some(sync) = active_sync
             && !quorum

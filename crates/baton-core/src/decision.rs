@@ -173,6 +173,10 @@ pub struct Memory {
     /// PostgreSQL since: it comes back as a standby even in maintenance mode, as Patroni's
     /// demotion does.
     pub handed_over: bool,
+    /// The `create_revision` of the leader key while we held it. A key keeps its
+    /// `create_revision` until it is deleted, so a leader key someone overwrote with an
+    /// undecodable value (and no lease) is still the one we acquired while it has this one.
+    pub leader_epoch: Option<i64>,
 }
 
 /// Where a replica streams from / clones from / rewinds from.
@@ -223,6 +227,12 @@ pub enum Action {
     /// Move the leader key, which still holds our name, onto our current lease (agent restarted
     /// while its PostgreSQL kept running as primary). Losing stops the list.
     ReattachLeader,
+    /// Rewrite the leader key, which is ours (on our lease, or still the key we acquired) but
+    /// holds an undecodable value, with our name on our lease, if it is still at this
+    /// revision. Losing stops the list.
+    RepairLeader {
+        version: i64,
+    },
     /// Delete the leader key if it still holds our name; `last_lsn` goes to `status` first.
     ReleaseLeader {
         last_lsn: Option<Lsn>,
@@ -286,6 +296,7 @@ pub enum ActionKind {
     BootstrapCluster,
     AcquireLeader,
     ReattachLeader,
+    RepairLeader,
     ReleaseLeader,
     WriteConfig,
     UpdateHistory,
@@ -310,6 +321,7 @@ impl Action {
             Action::BootstrapCluster => ActionKind::BootstrapCluster,
             Action::AcquireLeader => ActionKind::AcquireLeader,
             Action::ReattachLeader => ActionKind::ReattachLeader,
+            Action::RepairLeader { .. } => ActionKind::RepairLeader,
             Action::ReleaseLeader { .. } => ActionKind::ReleaseLeader,
             Action::WriteConfig => ActionKind::WriteConfig,
             Action::UpdateHistory => ActionKind::UpdateHistory,
@@ -336,6 +348,9 @@ impl fmt::Display for Action {
             Action::BootstrapCluster => write!(f, "bootstrap new cluster"),
             Action::AcquireLeader => write!(f, "acquire leader key"),
             Action::ReattachLeader => write!(f, "re-attach leader key to our lease"),
+            Action::RepairLeader { .. } => {
+                write!(f, "rewrite the unreadable leader key with our name")
+            }
             Action::ReleaseLeader {
                 last_lsn: Some(lsn),
             } => {
@@ -430,6 +445,11 @@ pub enum NotHealthiest {
     NotSynchronous,
     /// Quorum mode: too few `/sync` voters vouch that we hold every acknowledged commit.
     NotEnoughVotes { votes: usize, needed: usize },
+    /// Synchronous mode: `/sync` is missing (deleted, or never written) or names no leader,
+    /// so nothing says who holds every acknowledged commit.
+    SyncKeyMissing,
+    /// Synchronous mode: `/sync` exists but does not decode.
+    SyncKeyUnreadable { why: String },
 }
 
 impl fmt::Display for NotHealthiest {
@@ -477,9 +497,21 @@ impl fmt::Display for NotHealthiest {
                 f,
                 "synchronous mode is on and I am not a synchronous standby (not in /sync)"
             ),
+            NotHealthiest::SyncKeyMissing => write!(
+                f,
+                "synchronous mode is on and /sync is missing or names no leader, so nothing says which member holds every acknowledged commit; {SYNC_REMEDY}"
+            ),
+            NotHealthiest::SyncKeyUnreadable { why } => write!(
+                f,
+                "synchronous mode is on and /sync cannot be read ({why}), so nothing says which member holds every acknowledged commit; {SYNC_REMEDY}"
+            ),
         }
     }
 }
+
+/// What an operator can do when `/sync` cannot say who may be promoted.
+const SYNC_REMEDY: &str =
+    "to promote anyway, turn synchronous_mode off or run a manual failover to a named candidate";
 
 /// What a diverged standby does about it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -524,6 +556,13 @@ pub enum Reason {
         leader: Option<MemberName>,
     },
     ReattachingLeader,
+    /// The leader key is ours but its value does not decode: rewriting it.
+    RepairingLeaderKey,
+    /// The leader key exists but its value does not decode, and it is not ours: someone
+    /// leads, it is not known who. `lease` is the key's lease (0: none, it never expires).
+    LeaderKeyUnreadable {
+        lease: i64,
+    },
     WaitingForPostgres,
     Cloning {
         leader: MemberName,
@@ -666,6 +705,18 @@ impl fmt::Display for Reason {
             Reason::ReattachingLeader => write!(
                 f,
                 "postgres is running as primary and the leader key still holds my name: re-attaching it to my lease"
+            ),
+            Reason::RepairingLeaderKey => write!(
+                f,
+                "the leader key is mine but its value is unreadable: rewriting it with my name"
+            ),
+            Reason::LeaderKeyUnreadable { lease: 0 } => write!(
+                f,
+                "the leader key exists but its value is unreadable and it is attached to no lease, so it never expires: waiting for its holder to rewrite it (delete the key if its holder is gone)"
+            ),
+            Reason::LeaderKeyUnreadable { .. } => write!(
+                f,
+                "the leader key exists but its value is unreadable: someone leads, not known who; waiting for its holder to rewrite it or for its lease to expire"
             ),
             Reason::WaitingForPostgres => {
                 write!(f, "postgres is running but does not answer yet; waiting")

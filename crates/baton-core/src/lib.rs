@@ -28,6 +28,6 @@ pub use sync::{
 pub use time::{civil_from_days, days_from_civil, format_iso8601_utc, parse_iso8601};
 pub use types::{Clock, Lsn, MemberName, Mono, ParseLsnError, Timeline};
 pub use view::{
-    ClusterView, FailoverRequest, HistoryLine, LeaderKey, LeaderStatus, Member, SyncState, Tags,
-    Versioned,
+    ClusterView, FailoverRequest, HistoryLine, LeaderKey, LeaderStatus, Member, SyncKey, SyncState,
+    Tags, Versioned,
 };

@@ -1,6 +1,9 @@
 //! What the DCS says about the cluster: one consistent snapshot of the `/<namespace>/<scope>/`
 //! prefix, already decoded. Records someone else wrote as garbage are dropped by the DCS layer
-//! and reported in `ClusterView::warnings`, never turned into a role change.
+//! and reported in `ClusterView::warnings`, never turned into a role change. Two keys are never
+//! dropped, because their mere existence matters: an undecodable `leader` is still a leader key
+//! (its holder is recognised by its lease, see [`LeaderKey::name`]), and an undecodable `sync`
+//! is [`SyncKey::Unreadable`], not [`SyncKey::Absent`].
 
 use std::collections::BTreeMap;
 
@@ -16,14 +19,14 @@ pub struct ClusterView {
     pub initialize: Option<String>,
     /// `config`: the dynamic configuration as compact JSON, with its modification revision.
     pub config: Option<Versioned<String>>,
-    /// `leader`: the current leader, if the key exists.
+    /// `leader`: the current leader, if the key exists (also when its value does not decode).
     pub leader: Option<LeaderKey>,
     /// `members/<name>`, sorted by name.
     pub members: Vec<Member>,
     /// `failover`: a pending switchover/failover request (`None` also when the key holds `{}`).
     pub failover: Option<Versioned<FailoverRequest>>,
     /// `sync`: the synchronous replication state published by the leader.
-    pub sync: Option<Versioned<SyncState>>,
+    pub sync: SyncKey,
     /// `history`: timeline history lines, oldest first.
     pub history: Vec<HistoryLine>,
     /// `status`: the leader's last published WAL position (`optime`) and slot positions.
@@ -37,8 +40,10 @@ impl ClusterView {
         self.members.iter().find(|m| &m.name == name)
     }
 
+    /// The leader's name; `None` when there is no leader key and when its value does not
+    /// decode (someone leads, but the key does not say who).
     pub fn leader_name(&self) -> Option<&MemberName> {
-        self.leader.as_ref().map(|l| &l.name)
+        self.leader.as_ref().and_then(|l| l.name.as_ref())
     }
 
     /// The leader's member record, when both the leader key and its member key exist.
@@ -76,7 +81,10 @@ pub struct Versioned<T> {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaderKey {
-    pub name: MemberName,
+    /// The holder's member name; `None` when the value does not decode (garbage written by
+    /// someone else; `ClusterView::warnings` names it). The key still exists and still
+    /// belongs to its lease: nobody may take it, and its holder rewrites it.
+    pub name: Option<MemberName>,
     /// The lease the key is attached to (Patroni's `session`).
     pub lease: i64,
     /// `create_revision` of the key: grows with every acquisition, so it serves as the leader epoch.
@@ -187,6 +195,43 @@ pub struct FailoverRequest {
     pub candidate: Option<MemberName>,
     /// ISO 8601 with timezone, as written by Patroni / patronictl.
     pub scheduled_at: Option<String>,
+}
+
+/// What the `sync` key holds. "Unreadable" is never folded into "absent": in synchronous
+/// mode neither says who holds every acknowledged commit, and only the leader may replace an
+/// unreadable value (by compare-and-swap on its revision).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum SyncKey {
+    /// No `sync` key.
+    #[default]
+    Absent,
+    /// The key exists but its value does not decode.
+    Unreadable {
+        /// Why, as the warning for the key says it.
+        why: String,
+        mod_revision: i64,
+    },
+    /// The decoded state.
+    Present(Versioned<SyncState>),
+}
+
+impl SyncKey {
+    /// The decoded state, when the key exists and decodes.
+    pub fn present(&self) -> Option<&Versioned<SyncState>> {
+        match self {
+            SyncKey::Present(v) => Some(v),
+            SyncKey::Absent | SyncKey::Unreadable { .. } => None,
+        }
+    }
+
+    /// The key's `mod_revision` for a compare-and-swap write: 0 when absent.
+    pub fn version(&self) -> i64 {
+        match self {
+            SyncKey::Absent => 0,
+            SyncKey::Unreadable { mod_revision, .. } => *mod_revision,
+            SyncKey::Present(v) => v.mod_revision,
+        }
+    }
 }
 
 /// `sync` key: `{"leader": name, "quorum": int, "sync_standby": "a,b" | null}`.

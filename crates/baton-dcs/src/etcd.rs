@@ -5,6 +5,11 @@
 //! fails at the transport level, is [`DcsError::Unavailable`] (its outcome is unknown). A
 //! background task watches the prefix and bumps the `changes()` counter on every event; after
 //! an error it reconnects with backoff and bumps once more, since events may have been missed.
+//!
+//! The prefix is read in pages pinned to the first page's revision (one consistent snapshot of
+//! any size), with a client message limit far above gRPC's default 4 MiB. Leader-only writes are
+//! transactions that also compare the leader key's value and lease (design §3.8; Patroni's
+//! etcd3 writes `status`, `history` and `sync` with plain puts).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -13,14 +18,14 @@ use std::time::Duration;
 
 use baton_core::{ClusterView, FailoverRequest, HistoryLine, Lsn, Member, MemberName, SyncState};
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, LeaseKeepAliveStream, LeaseKeeper,
-    PutOptions, Txn, TxnOp, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, KvClient,
+    LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use tokio::sync::watch;
 use tonic::Code;
 
 use crate::record::{self, RawKv};
-use crate::{Dcs, DcsError, DcsScope};
+use crate::{Dcs, DcsError, DcsScope, Holder, LeaderWrite};
 
 /// How to reach etcd.
 #[derive(Clone)]
@@ -55,6 +60,8 @@ pub struct EtcdDcs {
 
 struct Inner {
     client: Client,
+    /// The KV client, with the raised message limit.
+    kv: KvClient,
     prefix: String,
     timeout: Duration,
     changes: watch::Receiver<u64>,
@@ -82,12 +89,14 @@ struct Keeper {
 struct Written {
     /// Full member key → (value, lease).
     members: HashMap<String, (String, i64)>,
-    status: Option<String>,
+    /// `status` value and the lease of the leader that wrote it.
+    status: Option<(String, i64)>,
 }
 
 impl Written {
     fn forget_lease(&mut self, lease: i64) {
         self.members.retain(|_, (_, l)| *l != lease);
+        self.status.take_if(|(_, l)| *l == lease);
     }
 }
 
@@ -96,6 +105,59 @@ impl Written {
 const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(10);
 const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Keys per page when reading the prefix. With etcd's default value limit
+/// (`--max-request-bytes`, 1.5 MiB) a page stays below 100 MiB.
+const READ_PAGE_KEYS: i64 = 64;
+/// The largest message the client decodes (gRPC's default is 4 MiB, too small for a cluster
+/// with a long history or many members in one response).
+const MAX_MESSAGE_BYTES: usize = 1 << 30;
+
+/// The first key after every key that starts with `prefix` (etcd's range end for a prefix).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0] // every key: etcd's "\0" range end
+}
+
+/// Every key under `prefix` in pages of [`READ_PAGE_KEYS`]: the first page is a linearizable
+/// read, the next ones read at its revision, so together they are one consistent snapshot.
+/// Returns the revision and the key-values in key order.
+async fn read_prefix(
+    kv: &KvClient,
+    prefix: &str,
+) -> Result<(i64, Vec<KeyValue>), etcd_client::Error> {
+    let end = prefix_end(prefix.as_bytes());
+    let mut kv = kv.clone();
+    let options = || {
+        GetOptions::new()
+            .with_range(end.clone())
+            .with_limit(READ_PAGE_KEYS)
+    };
+    let mut resp = kv.get(prefix, Some(options())).await?;
+    let revision = resp.header().map_or(0, |h| h.revision());
+    let mut more = resp.more();
+    let mut kvs = resp.take_kvs();
+    while more {
+        let Some(last) = kvs.last() else { break };
+        let mut from = last.key().to_vec();
+        from.push(0);
+        let mut resp = kv
+            .get(from, Some(options().with_revision(revision)))
+            .await?;
+        more = resp.more();
+        let next = resp.take_kvs();
+        if next.is_empty() {
+            break;
+        }
+        kvs.extend(next);
+    }
+    Ok((revision, kvs))
+}
 
 fn endpoint_url(endpoint: &str) -> String {
     if endpoint.contains("://") {
@@ -239,7 +301,9 @@ impl EtcdDcs {
         .await?;
 
         let prefix = scope.prefix();
-        let kv = client.kv_client();
+        let kv = client
+            .kv_client()
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let probe = GetOptions::new().with_prefix().with_count_only();
         let what = format!("read {prefix} (connection check) at {}", urls.join(","));
         let resp = bounded_idempotent(timeout, &what, || {
@@ -261,6 +325,7 @@ impl EtcdDcs {
         Ok(EtcdDcs {
             inner: Arc::new(Inner {
                 client,
+                kv,
                 prefix,
                 timeout,
                 changes,
@@ -285,7 +350,7 @@ impl EtcdDcs {
     async fn put(&self, key: String, value: String, lease: i64) -> Result<(), DcsError> {
         let what = format!("put {key}");
         let options = (lease != 0).then(|| PutOptions::new().with_lease(lease));
-        let mut kv = self.inner.client.kv_client();
+        let mut kv = self.inner.kv.clone();
         bounded(
             self.inner.timeout,
             &what,
@@ -314,7 +379,7 @@ impl EtcdDcs {
             match value {
                 Some(value) => self.put(key, value.to_owned(), 0).await?,
                 None => {
-                    let mut kv = self.inner.client.kv_client();
+                    let mut kv = self.inner.kv.clone();
                     let what = format!("delete {key}");
                     bounded(
                         self.inner.timeout,
@@ -345,9 +410,63 @@ impl EtcdDcs {
         op: TxnOp,
     ) -> Result<bool, DcsError> {
         let txn = Txn::new().when([compare]).and_then([op]);
-        let mut kv = self.inner.client.kv_client();
+        let mut kv = self.inner.kv.clone();
         let resp = bounded(self.inner.timeout, &what, lease, kv.txn(txn)).await?;
         Ok(resp.succeeded())
+    }
+
+    /// A leader-only write: `op` applies only while the leader key holds `leader`'s name on its
+    /// lease and, with `version`, `relative` is at that mod_revision (0: absent). The else
+    /// branch reads the leader key at the same revision, which tells a lost compare-and-swap
+    /// from a lost leadership.
+    async fn leader_txn(
+        &self,
+        leader: &Holder,
+        relative: &str,
+        value: Option<&str>,
+        version: Option<i64>,
+    ) -> Result<LeaderWrite, DcsError> {
+        let key = self.key(relative);
+        let leader_key = self.key(record::LEADER);
+        let what = format!(
+            "write {key} as leader {} (lease {})",
+            leader.name, leader.lease
+        );
+        let mut when = vec![
+            Compare::value(leader_key.as_str(), CompareOp::Equal, leader.name.as_str()),
+            Compare::lease(leader_key.as_str(), CompareOp::Equal, leader.lease),
+        ];
+        if let Some(version) = version {
+            when.push(Compare::mod_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                version,
+            ));
+        }
+        let op = match value {
+            Some(value) => TxnOp::put(key.as_str(), value, None),
+            None => TxnOp::delete(key.as_str(), None),
+        };
+        let txn = Txn::new()
+            .when(when)
+            .and_then([op])
+            .or_else([TxnOp::get(leader_key.as_str(), None)]);
+        let mut kv = self.inner.kv.clone();
+        let resp = bounded(self.inner.timeout, &what, None, kv.txn(txn)).await?;
+        if resp.succeeded() {
+            return Ok(LeaderWrite::Written);
+        }
+        let holds = resp.op_responses().iter().any(|r| match r {
+            TxnOpResponse::Get(get) => get.kvs().iter().any(|kv| {
+                kv.value() == leader.name.as_str().as_bytes() && kv.lease() == leader.lease
+            }),
+            _ => false,
+        });
+        Ok(if holds {
+            LeaderWrite::Conflict
+        } else {
+            LeaderWrite::NotLeader
+        })
     }
 
     async fn keepalive_round(
@@ -399,19 +518,11 @@ impl EtcdDcs {
 impl Dcs for EtcdDcs {
     async fn read_cluster(&self) -> Result<ClusterView, DcsError> {
         let prefix = &self.inner.prefix;
-        let kv = self.inner.client.kv_client();
+        let kv = &self.inner.kv;
         let what = format!("read {prefix}");
         // Linearizable (not serializable): decisions must see the latest committed state.
-        let resp = bounded_idempotent(self.inner.timeout, &what, || {
-            let mut kv = kv.clone();
-            async move {
-                kv.get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-                    .await
-            }
-        })
-        .await?;
-        let revision = resp.header().map_or(0, |h| h.revision());
-        let kvs = resp.kvs();
+        let (revision, kvs) =
+            bounded_idempotent(self.inner.timeout, &what, || read_prefix(kv, prefix)).await?;
         {
             let mut written = self.written();
             written.members.retain(|key, (value, lease)| {
@@ -422,7 +533,7 @@ impl Dcs for EtcdDcs {
                 })
             });
             let status_key = self.key(record::STATUS);
-            if let Some(status) = &written.status {
+            if let Some((status, _)) = &written.status {
                 let same = kvs
                     .iter()
                     .any(|kv| kv.key() == status_key.as_bytes() && kv.value() == status.as_bytes());
@@ -509,7 +620,7 @@ impl Dcs for EtcdDcs {
 
     async fn cancel_initialize(&self) -> Result<(), DcsError> {
         let key = self.key(record::INITIALIZE);
-        let mut kv = self.inner.client.kv_client();
+        let mut kv = self.inner.kv.clone();
         bounded(
             self.inner.timeout,
             &format!("delete {key}"),
@@ -542,6 +653,28 @@ impl Dcs for EtcdDcs {
         );
         self.txn(
             format!("reattach {key} of {name} to lease {lease}"),
+            Some(lease),
+            compare,
+            op,
+        )
+        .await
+    }
+
+    async fn repair_leader(
+        &self,
+        name: &MemberName,
+        lease: i64,
+        version: i64,
+    ) -> Result<bool, DcsError> {
+        let key = self.key(record::LEADER);
+        let compare = Compare::mod_revision(key.as_str(), CompareOp::Equal, version);
+        let op = TxnOp::put(
+            key.as_str(),
+            name.as_str(),
+            Some(PutOptions::new().with_lease(lease)),
+        );
+        self.txn(
+            format!("rewrite {key} at version {version} as {name}"),
             Some(lease),
             compare,
             op,
@@ -589,34 +722,52 @@ impl Dcs for EtcdDcs {
             .await
     }
 
-    async fn write_sync(
-        &self,
-        state: Option<&SyncState>,
-        version: Option<i64>,
-    ) -> Result<bool, DcsError> {
-        let value = state.map(record::encode_sync);
-        self.put_versioned(record::SYNC, value.as_deref(), version)
+    async fn clear_failover(&self, leader: &Holder, version: i64) -> Result<LeaderWrite, DcsError> {
+        let value = record::encode_failover(&FailoverRequest::default());
+        self.leader_txn(leader, record::FAILOVER, Some(&value), Some(version))
             .await
     }
 
-    async fn write_status(&self, optime: Lsn, slots: &[(String, Lsn)]) -> Result<(), DcsError> {
-        let value = record::encode_status(optime, slots);
-        if self.written().status.as_deref() == Some(value.as_str()) {
-            return Ok(());
-        }
-        self.written().status = None;
-        self.put(self.key(record::STATUS), value.clone(), 0).await?;
-        self.written().status = Some(value);
-        Ok(())
+    async fn write_sync(
+        &self,
+        leader: &Holder,
+        state: Option<&SyncState>,
+        version: i64,
+    ) -> Result<LeaderWrite, DcsError> {
+        let value = state.map(record::encode_sync);
+        self.leader_txn(leader, record::SYNC, value.as_deref(), Some(version))
+            .await
     }
 
-    async fn write_history(&self, history: &[HistoryLine]) -> Result<(), DcsError> {
-        self.put(
-            self.key(record::HISTORY),
-            record::encode_history(history),
-            0,
-        )
-        .await
+    async fn write_status(
+        &self,
+        leader: &Holder,
+        optime: Lsn,
+        slots: &[(String, Lsn)],
+    ) -> Result<LeaderWrite, DcsError> {
+        let value = record::encode_status(optime, slots);
+        let cached = self.written().status.clone();
+        if cached == Some((value.clone(), leader.lease)) {
+            return Ok(LeaderWrite::Written);
+        }
+        self.written().status = None;
+        let written = self
+            .leader_txn(leader, record::STATUS, Some(&value), None)
+            .await?;
+        if written == LeaderWrite::Written {
+            self.written().status = Some((value, leader.lease));
+        }
+        Ok(written)
+    }
+
+    async fn write_history(
+        &self,
+        leader: &Holder,
+        history: &[HistoryLine],
+    ) -> Result<LeaderWrite, DcsError> {
+        let value = record::encode_history(history);
+        self.leader_txn(leader, record::HISTORY, Some(&value), None)
+            .await
     }
 
     fn changes(&self) -> watch::Receiver<u64> {
@@ -664,7 +815,9 @@ async fn watch_once(
     reconnecting: bool,
     backoff: &mut Duration,
 ) -> String {
-    let mut wc = client.watch_client();
+    let mut wc = client
+        .watch_client()
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let options = WatchOptions::new()
         .with_prefix()
         .with_start_revision(*next_revision);
@@ -718,5 +871,17 @@ async fn watch_once(
             }
             bump(tx);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_end_is_the_first_key_past_the_prefix() {
+        assert_eq!(prefix_end(b"/service/batman/"), b"/service/batman0");
+        assert_eq!(prefix_end(b"a\xff\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff"), b"\0");
     }
 }

@@ -31,6 +31,26 @@ pub enum DcsError {
     Other(String),
 }
 
+/// Who makes a leader-only write (`status`, `history`, `sync`, clearing `failover`): it
+/// happens only while the leader key holds `name` on `lease`, in the same transaction, so a
+/// deposed leader cannot overwrite what its successor publishes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    pub name: MemberName,
+    pub lease: i64,
+}
+
+/// How a leader-only write ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaderWrite {
+    /// Written (for `status`: or the same value was already written by this client).
+    Written,
+    /// The key was not at the expected revision: nothing written.
+    Conflict,
+    /// The leader key does not hold the writer's name on the writer's lease: nothing written.
+    NotLeader,
+}
+
 /// Where the cluster lives in the store and how long requests may take.
 #[derive(Clone, Debug)]
 pub struct DcsScope {
@@ -58,12 +78,16 @@ impl DcsScope {
 /// return [`DcsError::Unavailable`] when it passes.
 ///
 /// Contract (checked by `tests/contract.rs` against both implementations):
-/// - `read_cluster` is linearizable and returns one consistent snapshot of the prefix; values
-///   that do not decode are skipped and named in `ClusterView::warnings`.
+/// - `read_cluster` is linearizable and returns one consistent snapshot of the prefix, however
+///   large; values that do not decode are named in `ClusterView::warnings` and skipped, except
+///   `leader` (a `LeaderKey` without a name) and `sync` (`SyncKey::Unreadable`).
 /// - the leader key and this member's key are attached to the caller's lease; when the lease
 ///   expires or is revoked both disappear.
 /// - `acquire_leader` succeeds only when the leader key does not exist (create-revision 0).
 /// - `release_leader` deletes the key only while it still holds the caller's name.
+/// - leader-only writes (`write_status`, `write_history`, `write_sync`, `clear_failover`) are
+///   applied only while the leader key holds the [`Holder`]'s name on its lease, and answer
+///   [`LeaderWrite::NotLeader`] otherwise.
 /// - `changes()` ticks (at least once) after any modification under the prefix, including
 ///   lease expiry; it is a wake-up signal, not a data source.
 pub trait Dcs: Send + Sync + 'static {
@@ -103,6 +127,15 @@ pub trait Dcs: Send + Sync + 'static {
         lease: i64,
     ) -> impl Future<Output = Result<bool, DcsError>> + Send;
 
+    /// Rewrite the leader key with `name` on `lease`, only if its mod_revision is still
+    /// `version`: its holder replacing a value that does not decode. `true` when written.
+    fn repair_leader(
+        &self,
+        name: &MemberName,
+        lease: i64,
+        version: i64,
+    ) -> impl Future<Output = Result<bool, DcsError>> + Send;
+
     /// Delete the leader key if its value is `name`. `true` when deleted.
     fn release_leader(
         &self,
@@ -125,35 +158,46 @@ pub trait Dcs: Send + Sync + 'static {
         version: Option<i64>,
     ) -> impl Future<Output = Result<bool, DcsError>> + Send;
 
-    /// Write `status` = `{"optime": .., "slots": {..}, "retain_slots": []}` when it changed.
+    /// Leader only: write `status` = `{"optime": .., "slots": {..}}` when it changed.
     fn write_status(
         &self,
+        leader: &Holder,
         optime: Lsn,
         slots: &[(String, Lsn)],
-    ) -> impl Future<Output = Result<(), DcsError>> + Send;
+    ) -> impl Future<Output = Result<LeaderWrite, DcsError>> + Send;
 
-    /// Write `history`.
+    /// Leader only: write `history`.
     fn write_history(
         &self,
+        leader: &Holder,
         history: &[HistoryLine],
-    ) -> impl Future<Output = Result<(), DcsError>> + Send;
+    ) -> impl Future<Output = Result<LeaderWrite, DcsError>> + Send;
 
-    /// Write `failover` (Patroni's `{"leader":..,"member":..,"scheduled_at":..}`); `None` clears
-    /// it by writing `{}`, as Patroni does. With `version`, only if the key's mod_revision still
-    /// matches (0: the key must not exist); `false` on a conflict.
+    /// Write `failover` (Patroni's `{"leader":..,"member":..,"scheduled_at":..}`): a request any
+    /// member may make; `None` clears it by writing `{}`, as Patroni does. With `version`, only
+    /// if the key's mod_revision still matches (0: the key must not exist); `false` on a
+    /// conflict. The leader clears a request it handled with [`Dcs::clear_failover`].
     fn write_failover(
         &self,
         request: Option<&FailoverRequest>,
         version: Option<i64>,
     ) -> impl Future<Output = Result<bool, DcsError>> + Send;
 
-    /// Write `sync` (`{"leader":..,"quorum":..,"sync_standby":..}`); `None` deletes the key.
-    /// With `version`, only if the key's mod_revision still matches; `false` on a conflict.
+    /// Leader only: clear `failover` (write `{}`) if its mod_revision is still `version`.
+    fn clear_failover(
+        &self,
+        leader: &Holder,
+        version: i64,
+    ) -> impl Future<Output = Result<LeaderWrite, DcsError>> + Send;
+
+    /// Leader only: write `sync` (`{"leader":..,"quorum":..,"sync_standby":..}`), `None`
+    /// deleting it, if its mod_revision is still `version` (0: absent).
     fn write_sync(
         &self,
+        leader: &Holder,
         state: Option<&SyncState>,
-        version: Option<i64>,
-    ) -> impl Future<Output = Result<bool, DcsError>> + Send;
+        version: i64,
+    ) -> impl Future<Output = Result<LeaderWrite, DcsError>> + Send;
 
     /// A wake-up signal that changes after modifications under the prefix.
     fn changes(&self) -> tokio::sync::watch::Receiver<u64>;

@@ -17,7 +17,7 @@ use baton_core::{
 use tokio::sync::watch;
 
 use crate::record::{self, RawKv};
-use crate::{Dcs, DcsError, DcsScope};
+use crate::{Dcs, DcsError, DcsScope, Holder, LeaderWrite};
 
 /// An in-memory cluster store for one scope. Clones share the store and the availability flag;
 /// [`MemDcs::new_client`] gives another client of the same store with its own flag.
@@ -120,6 +120,13 @@ impl Store {
     fn value(&self, key: &str) -> Option<&str> {
         self.kvs.get(key).map(|e| e.value.as_str())
     }
+
+    /// The leader key holds `leader`'s name on its lease.
+    fn holds(&self, leader: &Holder) -> bool {
+        self.kvs
+            .get(record::LEADER)
+            .is_some_and(|e| e.value == leader.name.as_str() && e.lease == leader.lease)
+    }
 }
 
 impl MemDcs {
@@ -146,6 +153,38 @@ impl MemDcs {
                 }
             }
             Ok(true)
+        })
+    }
+
+    /// A leader-only write (or, with `None`, delete) of a key without a lease: only while the
+    /// leader key holds `leader`, and with `version` only if the key's mod_revision matches.
+    /// `unchanged_ok`: an identical stored value counts as written without a new revision.
+    fn leader_write(
+        &self,
+        what: &str,
+        leader: &Holder,
+        key: &str,
+        value: Option<&str>,
+        version: Option<i64>,
+        unchanged_ok: bool,
+    ) -> Result<LeaderWrite, DcsError> {
+        self.op(what, |store, _| {
+            if !store.holds(leader) {
+                return Ok(LeaderWrite::NotLeader);
+            }
+            if let Some(expected) = version
+                && store.kvs.get(key).map_or(0, |e| e.mod_revision) != expected
+            {
+                return Ok(LeaderWrite::Conflict);
+            }
+            match value {
+                Some(value) if unchanged_ok && store.value(key) == Some(value) => {}
+                Some(value) => store.put(key, value, 0)?,
+                None => {
+                    store.delete(key);
+                }
+            }
+            Ok(LeaderWrite::Written)
         })
     }
 
@@ -189,6 +228,14 @@ impl MemDcs {
         self.server_op(|store| {
             // Lease 0 always exists.
             let _ = store.put(key, value, 0);
+        });
+    }
+
+    /// Writes `value` at `key` (relative to the prefix) attached to `lease`, e.g. garbage that
+    /// keeps the holder's lease. Does nothing when the lease does not exist.
+    pub fn put_raw_with_lease(&self, key: &str, value: &str, lease: i64) {
+        self.server_op(|store| {
+            let _ = store.put(key, value, lease);
         });
     }
 
@@ -361,6 +408,21 @@ impl Dcs for MemDcs {
         })
     }
 
+    async fn repair_leader(
+        &self,
+        name: &MemberName,
+        lease: i64,
+        version: i64,
+    ) -> Result<bool, DcsError> {
+        self.op("repair leader", |store, _| {
+            if store.kvs.get(record::LEADER).map(|e| e.mod_revision) != Some(version) {
+                return Ok(false);
+            }
+            store.put(record::LEADER, name.as_str(), lease)?;
+            Ok(true)
+        })
+    }
+
     async fn release_leader(&self, name: &MemberName) -> Result<bool, DcsError> {
         self.op("release leader", |store, _| {
             if store.value(record::LEADER) != Some(name.as_str()) {
@@ -399,30 +461,66 @@ impl Dcs for MemDcs {
         self.put_versioned("write failover", record::FAILOVER, Some(&value), version)
     }
 
+    async fn clear_failover(&self, leader: &Holder, version: i64) -> Result<LeaderWrite, DcsError> {
+        let value = record::encode_failover(&FailoverRequest::default());
+        self.leader_write(
+            "clear failover",
+            leader,
+            record::FAILOVER,
+            Some(&value),
+            Some(version),
+            false,
+        )
+    }
+
     async fn write_sync(
         &self,
+        leader: &Holder,
         state: Option<&SyncState>,
-        version: Option<i64>,
-    ) -> Result<bool, DcsError> {
+        version: i64,
+    ) -> Result<LeaderWrite, DcsError> {
         let value = state.map(record::encode_sync);
-        self.put_versioned("write sync", record::SYNC, value.as_deref(), version)
+        self.leader_write(
+            "write sync",
+            leader,
+            record::SYNC,
+            value.as_deref(),
+            Some(version),
+            false,
+        )
     }
 
-    async fn write_status(&self, optime: Lsn, slots: &[(String, Lsn)]) -> Result<(), DcsError> {
+    async fn write_status(
+        &self,
+        leader: &Holder,
+        optime: Lsn,
+        slots: &[(String, Lsn)],
+    ) -> Result<LeaderWrite, DcsError> {
         let value = record::encode_status(optime, slots);
-        self.op("write status", |store, _| {
-            if store.value(record::STATUS) == Some(value.as_str()) {
-                return Ok(());
-            }
-            store.put(record::STATUS, &value, 0)
-        })
+        self.leader_write(
+            "write status",
+            leader,
+            record::STATUS,
+            Some(&value),
+            None,
+            true,
+        )
     }
 
-    async fn write_history(&self, history: &[HistoryLine]) -> Result<(), DcsError> {
+    async fn write_history(
+        &self,
+        leader: &Holder,
+        history: &[HistoryLine],
+    ) -> Result<LeaderWrite, DcsError> {
         let value = record::encode_history(history);
-        self.op("write history", |store, _| {
-            store.put(record::HISTORY, &value, 0)
-        })
+        self.leader_write(
+            "write history",
+            leader,
+            record::HISTORY,
+            Some(&value),
+            None,
+            false,
+        )
     }
 
     fn changes(&self) -> watch::Receiver<u64> {
@@ -542,6 +640,10 @@ mod tests {
             name: name("a"),
             ..Member::default()
         };
+        let holder = Holder {
+            name: name("a"),
+            lease,
+        };
         let results = [
             dcs.read_cluster().await.err(),
             dcs.grant_lease(Duration::from_secs(1)).await.err(),
@@ -555,8 +657,11 @@ mod tests {
             dcs.release_leader(&name("a")).await.err(),
             dcs.touch_member(&m, lease).await.err(),
             dcs.write_config("{}", None).await.err(),
-            dcs.write_status(Lsn(1), &[]).await.err(),
-            dcs.write_history(&[]).await.err(),
+            dcs.write_status(&holder, Lsn(1), &[]).await.err(),
+            dcs.write_history(&holder, &[]).await.err(),
+            dcs.write_sync(&holder, None, 0).await.err(),
+            dcs.clear_failover(&holder, 0).await.err(),
+            dcs.repair_leader(&name("a"), lease, 1).await.err(),
         ];
         for (i, r) in results.into_iter().enumerate() {
             assert!(

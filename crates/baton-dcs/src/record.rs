@@ -11,16 +11,19 @@
 //! - member `tags` are written with their keys sorted (Patroni keeps its configuration file's
 //!   order, which readers never depend on);
 //! - a member role `master` (Patroni < 3.0) decodes as `primary`;
-//! - a `sync` value that is not understood decodes as an empty [`SyncState`] that keeps the key's
-//!   `mod_revision`, so the leader can still overwrite it with compare-and-swap (Patroni does the
-//!   same: `SyncState.empty(version)`).
+//! - a `sync` value that is not understood decodes as [`SyncKey::Unreadable`] with the key's
+//!   `mod_revision`: it blocks a promotion in synchronous mode as a `sync` naming someone else
+//!   does, and the leader overwrites it with compare-and-swap. (Patroni reads it as an empty
+//!   state, `SyncState.empty(version)`, which lets anyone be promoted.)
+//! - a `leader` value that is not understood still makes a [`LeaderKey`] (with no name) with the
+//!   key's lease and revisions: the key exists and belongs to its lease whatever it holds.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use baton_core::{
     ClusterView, FailoverRequest, HistoryLine, LeaderKey, LeaderStatus, Lsn, Member, MemberName,
-    SyncState, Tags, Timeline, Versioned,
+    SyncKey, SyncState, Tags, Timeline, Versioned,
 };
 use serde_json::{Map, Value};
 
@@ -934,7 +937,8 @@ pub struct RawKv<'a> {
 }
 
 /// Builds a [`ClusterView`] from one snapshot of the prefix (Patroni's `_cluster_from_nodes`).
-/// Undecodable values are skipped and named in `warnings`; unknown keys are ignored.
+/// Undecodable values are named in `warnings` and skipped, except `leader` (a [`LeaderKey`]
+/// without a name) and `sync` ([`SyncKey::Unreadable`]); unknown keys are ignored.
 pub fn decode_cluster<'a>(revision: i64, kvs: impl IntoIterator<Item = RawKv<'a>>) -> ClusterView {
     let mut view = ClusterView {
         revision,
@@ -958,11 +962,44 @@ pub fn decode_cluster<'a>(revision: i64, kvs: impl IntoIterator<Item = RawKv<'a>
         if !relevant {
             continue;
         }
-        let Ok(value) = std::str::from_utf8(kv.value) else {
-            warnings.push(format!("{key_str}: value is not valid UTF-8"));
-            continue;
-        };
+        let value =
+            std::str::from_utf8(kv.value).map_err(|_| DecodeError::new("value is not valid UTF-8"));
         let mut warn = |e: DecodeError| warnings.push(format!("{key_str}: {e}"));
+        // The leader and sync keys count even when their value does not decode.
+        let value = match (key_str, value) {
+            (LEADER, value) => {
+                let name = value.and_then(decode_leader).map_err(&mut warn).ok();
+                view.leader = Some(LeaderKey {
+                    name,
+                    lease: kv.lease,
+                    create_revision: kv.create_revision,
+                    mod_revision: kv.mod_revision,
+                });
+                continue;
+            }
+            (SYNC, value) => {
+                view.sync = match value.and_then(decode_sync) {
+                    Ok(value) => SyncKey::Present(Versioned {
+                        value,
+                        mod_revision: kv.mod_revision,
+                    }),
+                    Err(e) => {
+                        let why = e.to_string();
+                        warn(e);
+                        SyncKey::Unreadable {
+                            why,
+                            mod_revision: kv.mod_revision,
+                        }
+                    }
+                };
+                continue;
+            }
+            (_, Err(e)) => {
+                warn(e);
+                continue;
+            }
+            (_, Ok(value)) => value,
+        };
         match key_str {
             INITIALIZE => view.initialize = Some(value.to_owned()),
             CONFIG => match decode_config(value) {
@@ -971,17 +1008,6 @@ pub fn decode_cluster<'a>(revision: i64, kvs: impl IntoIterator<Item = RawKv<'a>
                         value: json,
                         mod_revision: kv.mod_revision,
                     })
-                }
-                Err(e) => warn(e),
-            },
-            LEADER => match decode_leader(value) {
-                Ok(name) => {
-                    view.leader = Some(LeaderKey {
-                        name,
-                        lease: kv.lease,
-                        create_revision: kv.create_revision,
-                        mod_revision: kv.mod_revision,
-                    });
                 }
                 Err(e) => warn(e),
             },
@@ -994,16 +1020,6 @@ pub fn decode_cluster<'a>(revision: i64, kvs: impl IntoIterator<Item = RawKv<'a>
                 }
                 Err(e) => warn(e),
             },
-            SYNC => {
-                let value = decode_sync(value).unwrap_or_else(|e| {
-                    warn(e);
-                    SyncState::default()
-                });
-                view.sync = Some(Versioned {
-                    value,
-                    mod_revision: kv.mod_revision,
-                });
-            }
             HISTORY => match decode_history(value) {
                 Ok(lines) => view.history = lines,
                 Err(e) => warn(e),
@@ -1491,7 +1507,7 @@ mod tests {
         let leader = view.leader.clone().unwrap();
         assert_eq!(
             (leader.name, leader.lease, leader.create_revision),
-            (name("node2"), 7, 10)
+            (Some(name("node2")), 7, 10)
         );
         assert_eq!(view.members.len(), 1);
         assert_eq!(view.members[0].name, name("node2"));
@@ -1499,8 +1515,15 @@ mod tests {
         assert!(view.history.is_empty());
         // `status` is present but garbage: no fallback to the legacy key, like Patroni.
         assert_eq!(view.status, None);
-        let sync = view.sync.clone().unwrap();
-        assert_eq!((sync.value, sync.mod_revision), (SyncState::default(), 15));
+        // Garbage in `sync` is not "no sync state": it keeps its revision for the leader's
+        // compare-and-swap and says why it is unusable.
+        assert_eq!(
+            view.sync,
+            SyncKey::Unreadable {
+                why: "expected a JSON object, got []".into(),
+                mod_revision: 15
+            }
+        );
         expect![[r#"
             history: invalid JSON (expected ident at line 1 column 2): "not a list"
             members/n3: invalid JSON (key must be a string at line 1 column 2): "{garbage"
@@ -1518,7 +1541,59 @@ mod tests {
     }
 
     #[test]
+    fn decode_cluster_sync_absent_present_unreadable() {
+        assert_eq!(decode_cluster(1, vec![]).sync, SyncKey::Absent);
+        let view = decode_cluster(3, vec![kv("sync", r#"{"leader":"n1"}"#, 0, 3)]);
+        assert_eq!(view.sync.version(), 3);
+        assert_eq!(
+            view.sync.present().and_then(|s| s.value.leader.clone()),
+            Some(name("n1"))
+        );
+        let view = decode_cluster(
+            4,
+            vec![RawKv {
+                key: b"sync",
+                value: &[0xff],
+                lease: 0,
+                create_revision: 4,
+                mod_revision: 4,
+            }],
+        );
+        assert_eq!(
+            view.sync,
+            SyncKey::Unreadable {
+                why: "value is not valid UTF-8".into(),
+                mod_revision: 4
+            }
+        );
+        assert_eq!(view.warnings, ["sync: value is not valid UTF-8"]);
+    }
+
+    #[test]
     fn decode_cluster_bad_leader_and_bytes() {
+        // An undecodable leader value is still a leader key on its lease, without a name.
+        let view = decode_cluster(
+            9,
+            vec![RawKv {
+                key: b"leader",
+                value: &[0xc3],
+                lease: 6,
+                create_revision: 7,
+                mod_revision: 8,
+            }],
+        );
+        assert_eq!(
+            view.leader,
+            Some(LeaderKey {
+                name: None,
+                lease: 6,
+                create_revision: 7,
+                mod_revision: 8
+            })
+        );
+        assert_eq!(view.leader_name(), None);
+        assert_eq!(view.warnings, ["leader: value is not valid UTF-8"]);
+
         let kvs = vec![
             kv("leader", "", 5, 1),
             RawKv {
@@ -1532,7 +1607,15 @@ mod tests {
             kv("config", "[1]", 0, 4),
         ];
         let view = decode_cluster(4, kvs);
-        assert_eq!(view.leader, None);
+        assert_eq!(
+            view.leader,
+            Some(LeaderKey {
+                name: None,
+                lease: 5,
+                create_revision: 1,
+                mod_revision: 1
+            })
+        );
         assert!(view.members.is_empty());
         assert_eq!(view.config, None);
         expect![[r#"

@@ -16,10 +16,10 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use baton_core::{
-    Clock, ClusterView, FailoverRequest, HistoryLine, Lsn, Member, MemberName, Mono, SyncState,
-    Tags, Timeline,
+    Clock, ClusterView, FailoverRequest, HistoryLine, LeaderKey, Lsn, Member, MemberName, Mono,
+    SyncKey, SyncState, Tags, Timeline,
 };
-use baton_dcs::{Dcs, DcsError, DcsScope, EtcdDcs, EtcdSettings, MemDcs};
+use baton_dcs::{Dcs, DcsError, DcsScope, EtcdDcs, EtcdSettings, Holder, LeaderWrite, MemDcs};
 
 /// Generous bound for conditions that depend on a real server (watch delivery, lease expiry).
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -37,6 +37,9 @@ trait Env {
     /// Value and mod_revision of `key` (relative to the prefix).
     async fn raw_get(&self, key: &str) -> Option<(String, i64)>;
     async fn raw_put(&self, key: &str, value: &str);
+    /// Writes `key` = `value` attached to `lease` (as a writer that keeps the holder's lease
+    /// would, e.g. `etcdctl put --ignore-lease`).
+    async fn raw_put_with_lease(&self, key: &str, value: &str, lease: i64);
     async fn raw_delete(&self, key: &str);
     /// Makes `lease` (granted with `ttl` by `client`) end: the mem store lets its clock run past
     /// the TTL; etcd revokes it (a real TTL expiry has its own etcd test).
@@ -83,6 +86,10 @@ impl Env for MemEnv {
 
     async fn raw_put(&self, key: &str, value: &str) {
         self.dcs.put_raw(key, value);
+    }
+
+    async fn raw_put_with_lease(&self, key: &str, value: &str, lease: i64) {
+        self.dcs.put_raw_with_lease(key, value, lease);
     }
 
     async fn raw_delete(&self, key: &str) {
@@ -328,6 +335,15 @@ impl Env for EtcdEnv {
             .expect("raw put");
     }
 
+    async fn raw_put_with_lease(&self, key: &str, value: &str, lease: i64) {
+        let options = etcd_client::PutOptions::new().with_lease(lease);
+        self.raw
+            .clone()
+            .put(self.key(key), value, Some(options))
+            .await
+            .expect("raw put with lease");
+    }
+
     async fn raw_delete(&self, key: &str) {
         self.raw
             .clone()
@@ -372,6 +388,10 @@ contract_tests!(
     touch_member_round_trip_in_patroni_format,
     status_and_history_in_patroni_format,
     failover_and_sync_compare_and_swap,
+    leader_only_writes_of_a_deposed_leader_are_refused,
+    undecodable_leader_key_belongs_to_its_lease_and_epoch,
+    deleted_and_unreadable_sync_are_not_the_same,
+    read_cluster_past_the_grpc_message_limit,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -430,6 +450,19 @@ fn lease_not_found<T: std::fmt::Debug>(r: Result<T, DcsError>, lease: i64, what:
 
 const TTL: Duration = Duration::from_secs(10);
 
+/// `name` takes the leader key on a new lease of `d`; the holder for leader-only writes.
+async fn lead<D: Dcs>(d: &D, n: &str) -> Holder {
+    let lease = d.grant_lease(TTL).await.unwrap();
+    assert!(
+        d.acquire_leader(&name(n), lease).await.unwrap(),
+        "{n} leads"
+    );
+    Holder {
+        name: name(n),
+        lease,
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Properties
 // ---------------------------------------------------------------------------------------------
@@ -452,7 +485,7 @@ async fn acquire_leader_only_when_absent<E: Env>(env: E) {
         "the key exists even for its holder"
     );
     let leader = read(&b).await.leader.expect("leader key");
-    assert_eq!((leader.name, leader.lease), (name("n1"), la));
+    assert_eq!((leader.name, leader.lease), (Some(name("n1")), la));
     assert!(leader.create_revision > 0 && leader.mod_revision >= leader.create_revision);
     // The value is the plain member name, as Patroni (and vip-manager) expect.
     assert_eq!(
@@ -485,7 +518,7 @@ async fn release_leader_only_by_holder<E: Env>(env: E) {
     );
     assert!(b.acquire_leader(&name("n2"), lb).await.unwrap());
     let leader = read(&a).await.leader.unwrap();
-    assert_eq!(leader.name, name("n2"));
+    assert_eq!(leader.name, Some(name("n2")));
     assert!(
         leader.create_revision > first_epoch,
         "the epoch grows with every acquisition"
@@ -520,7 +553,7 @@ async fn reattach_leader_keeps_the_key_on_a_new_lease<E: Env>(env: E) {
     );
     assert!(a.reattach_leader(&name("n1"), l2).await.unwrap());
     let after = read(&b).await.leader.unwrap();
-    assert_eq!((after.name.clone(), after.lease), (name("n1"), l2));
+    assert_eq!((after.name.clone(), after.lease), (Some(name("n1")), l2));
     assert_eq!(
         after.create_revision, before.create_revision,
         "same key, same epoch"
@@ -626,6 +659,7 @@ async fn race_initialize_once<E: Env>(env: E) {
 
 async fn failover_and_sync_compare_and_swap<E: Env>(env: E) {
     let a = env.client().await;
+    let leader = lead(&a, "n1").await;
     let request = FailoverRequest {
         leader: Some(name("n1")),
         candidate: Some(name("n2")),
@@ -662,24 +696,331 @@ async fn failover_and_sync_compare_and_swap<E: Env>(env: E) {
     );
     assert!(read(&a).await.failover.is_none());
 
+    // The leader clears a request it handled, by compare-and-swap.
+    assert!(a.write_failover(Some(&request), None).await.unwrap());
+    let version = read(&a).await.failover.unwrap().mod_revision;
+    assert_eq!(
+        a.clear_failover(&leader, version - 1).await.unwrap(),
+        LeaderWrite::Conflict
+    );
+    assert!(
+        read(&a).await.failover.is_some(),
+        "a lost CAS clears nothing"
+    );
+    assert_eq!(
+        a.clear_failover(&leader, version).await.unwrap(),
+        LeaderWrite::Written
+    );
+    assert_eq!(env.raw_get("failover").await.unwrap().0, "{}");
+
     let state = SyncState {
         leader: Some(name("n1")),
         sync_standby: vec![name("n2"), name("n3")],
         quorum: 0,
     };
-    assert!(a.write_sync(Some(&state), Some(0)).await.unwrap());
+    assert_eq!(
+        a.write_sync(&leader, Some(&state), 0).await.unwrap(),
+        LeaderWrite::Written
+    );
+    assert_eq!(
+        a.write_sync(&leader, Some(&state), 0).await.unwrap(),
+        LeaderWrite::Conflict,
+        "create-only when the version is 0"
+    );
     assert_eq!(
         env.raw_get("sync").await.unwrap().0,
         r#"{"leader":"n1","quorum":0,"sync_standby":"n2,n3"}"#
     );
-    let version = read(&a).await.sync.unwrap().mod_revision;
-    assert!(!a.write_sync(None, Some(version - 1)).await.unwrap());
-    assert!(
-        a.write_sync(None, Some(version)).await.unwrap(),
+    let version = read(&a).await.sync.version();
+    assert_eq!(
+        a.write_sync(&leader, None, version - 1).await.unwrap(),
+        LeaderWrite::Conflict
+    );
+    assert_eq!(
+        a.write_sync(&leader, None, version).await.unwrap(),
+        LeaderWrite::Written,
         "delete with CAS"
     );
     assert!(env.raw_get("sync").await.is_none());
-    assert!(read(&a).await.sync.is_none());
+    assert_eq!(read(&a).await.sync, SyncKey::Absent);
+}
+
+/// Design §3.8: every leader-only write compares the leader key's value and lease in the same
+/// transaction, so a leader that lost the key (its lease ended, someone else took it) cannot
+/// overwrite what the new leader publishes.
+async fn leader_only_writes_of_a_deposed_leader_are_refused<E: Env>(env: E) {
+    let a = env.client().await;
+    let b = env.client().await;
+    let old = lead(&a, "n1").await;
+    let history = |leader: &str| {
+        vec![HistoryLine {
+            timeline: Timeline(1),
+            lsn: Lsn(25_165_984),
+            reason: "no recovery target specified".into(),
+            timestamp: None,
+            new_leader: Some(leader.into()),
+        }]
+    };
+    let sync = |leader: &str| SyncState {
+        leader: Some(name(leader)),
+        ..SyncState::default()
+    };
+    assert_eq!(
+        a.write_status(&old, Lsn(1), &[]).await.unwrap(),
+        LeaderWrite::Written
+    );
+    assert_eq!(
+        a.write_history(&old, &history("n1")).await.unwrap(),
+        LeaderWrite::Written
+    );
+    assert_eq!(
+        a.write_sync(&old, Some(&sync("n1")), 0).await.unwrap(),
+        LeaderWrite::Written
+    );
+    assert!(
+        a.write_failover(Some(&FailoverRequest::default()), None)
+            .await
+            .unwrap()
+    );
+
+    // The old leader's lease ends; n2 takes the key and publishes.
+    env.end_lease(&a, old.lease, TTL).await;
+    eventually(&b, "leader key gone with its lease", |v| v.leader.is_none()).await;
+    let new = lead(&b, "n2").await;
+    assert_eq!(
+        b.write_status(&new, Lsn(2), &[]).await.unwrap(),
+        LeaderWrite::Written
+    );
+    let before: Vec<_> = {
+        let mut v = vec![];
+        for key in ["status", "history", "sync", "failover"] {
+            v.push(env.raw_get(key).await);
+        }
+        v
+    };
+    let view = read(&a).await;
+    let sync_version = view.sync.version();
+    let failover_version = env.raw_get("failover").await.map_or(0, |(_, rev)| rev);
+
+    // Every write of the deposed leader is refused as such, even with the current versions.
+    assert_eq!(
+        a.write_status(&old, Lsn(3), &[]).await.unwrap(),
+        LeaderWrite::NotLeader
+    );
+    assert_eq!(
+        a.write_history(&old, &history("n1")).await.unwrap(),
+        LeaderWrite::NotLeader
+    );
+    assert_eq!(
+        a.write_sync(&old, Some(&sync("n1")), sync_version)
+            .await
+            .unwrap(),
+        LeaderWrite::NotLeader
+    );
+    assert_eq!(
+        a.write_sync(&old, None, sync_version).await.unwrap(),
+        LeaderWrite::NotLeader
+    );
+    assert_eq!(
+        a.clear_failover(&old, failover_version).await.unwrap(),
+        LeaderWrite::NotLeader
+    );
+    // The same name on another lease is not the holder either (an agent restarted with a new
+    // lease while its predecessor still runs), nor another name on the holder's lease.
+    for impostor in [
+        Holder {
+            name: name("n2"),
+            lease: old.lease,
+        },
+        Holder {
+            name: name("n1"),
+            lease: new.lease,
+        },
+    ] {
+        assert_eq!(
+            a.write_status(&impostor, Lsn(4), &[]).await.unwrap(),
+            LeaderWrite::NotLeader,
+            "{impostor:?}"
+        );
+    }
+    let mut after = vec![];
+    for key in ["status", "history", "sync", "failover"] {
+        after.push(env.raw_get(key).await);
+    }
+    assert_eq!(after, before, "a refused write changes nothing");
+
+    // The new leader's writes go through; with no leader key nobody's do.
+    assert_eq!(
+        b.write_history(&new, &history("n2")).await.unwrap(),
+        LeaderWrite::Written
+    );
+    assert!(b.release_leader(&name("n2")).await.unwrap());
+    assert_eq!(
+        b.write_status(&new, Lsn(5), &[]).await.unwrap(),
+        LeaderWrite::NotLeader
+    );
+    assert_eq!(read(&b).await.optime(), Some(Lsn(2)));
+}
+
+/// An undecodable value in the leader key is still a leader key on its lease: nobody else can
+/// take it, it goes with its lease, and its holder can put its name back by compare-and-swap
+/// on the key's revision (also when the value was written without a lease: the key keeps its
+/// `create_revision`, the holder's epoch).
+async fn undecodable_leader_key_belongs_to_its_lease_and_epoch<E: Env>(env: E) {
+    let a = env.client().await;
+    let b = env.client().await;
+    let holder = lead(&a, "n1").await;
+    let epoch = read(&a).await.leader.unwrap().create_revision;
+
+    env.raw_put_with_lease("leader", "", holder.lease).await;
+    let view = read(&b).await;
+    let key = view.leader.clone().expect("the key still counts");
+    assert_eq!(
+        (key.name.clone(), key.lease, key.create_revision),
+        (None, holder.lease, epoch)
+    );
+    assert_eq!(view.leader_name(), None);
+    assert!(
+        view.warnings.iter().any(|w| w.starts_with("leader: ")),
+        "{:#?}",
+        view.warnings
+    );
+    // Outlives the end of the holder's lease below.
+    let lb = b.grant_lease(TTL * 6).await.unwrap();
+    assert!(
+        !b.acquire_leader(&name("n2"), lb).await.unwrap(),
+        "nobody takes a key that exists"
+    );
+    assert!(
+        !a.repair_leader(&name("n1"), holder.lease, key.mod_revision - 1)
+            .await
+            .unwrap(),
+        "only at the revision read"
+    );
+    assert_eq!(
+        a.write_status(&holder, Lsn(1), &[]).await.unwrap(),
+        LeaderWrite::NotLeader,
+        "the garbage value does not name the holder"
+    );
+    assert!(
+        a.repair_leader(&name("n1"), holder.lease, key.mod_revision)
+            .await
+            .unwrap()
+    );
+    let repaired = read(&b).await.leader.unwrap();
+    assert_eq!(
+        (repaired.name, repaired.lease, repaired.create_revision),
+        (Some(name("n1")), holder.lease, epoch),
+        "same key, same epoch"
+    );
+    assert_eq!(
+        a.write_status(&holder, Lsn(1), &[]).await.unwrap(),
+        LeaderWrite::Written
+    );
+
+    // Written without a lease (a plain `etcdctl put`): detached, but the same key.
+    env.raw_put("leader", "").await;
+    let key = read(&a).await.leader.unwrap();
+    assert_eq!(
+        (key.name.clone(), key.lease, key.create_revision),
+        (None, 0, epoch)
+    );
+    assert!(
+        a.repair_leader(&name("n1"), holder.lease, key.mod_revision)
+            .await
+            .unwrap()
+    );
+    assert_eq!(read(&b).await.leader.map(|l| l.lease), Some(holder.lease));
+
+    // Garbage on the holder's lease goes with the lease.
+    env.raw_put_with_lease("leader", "", holder.lease).await;
+    env.end_lease(&a, holder.lease, TTL).await;
+    eventually(&b, "garbage leader key gone with its lease", |v| {
+        v.leader.is_none()
+    })
+    .await;
+    assert!(b.acquire_leader(&name("n2"), lb).await.unwrap());
+    let taken = read(&b).await.leader.unwrap();
+    assert!(taken.create_revision > epoch, "a new key, a new epoch");
+    assert!(
+        !a.repair_leader(&name("n1"), holder.lease, key.mod_revision)
+            .await
+            .unwrap_or(false),
+        "a stale revision repairs nothing"
+    );
+    assert_eq!(
+        read(&b).await.leader,
+        Some(LeaderKey {
+            name: Some(name("n2")),
+            ..taken
+        })
+    );
+}
+
+/// Item: a deleted `/sync` reads as absent, garbage as unreadable (with its revision), never
+/// as an empty state; the leader overwrites garbage by compare-and-swap on that revision.
+async fn deleted_and_unreadable_sync_are_not_the_same<E: Env>(env: E) {
+    let a = env.client().await;
+    let leader = lead(&a, "n1").await;
+    let state = SyncState {
+        leader: Some(name("n1")),
+        sync_standby: vec![name("n2")],
+        quorum: 0,
+    };
+    assert_eq!(
+        a.write_sync(&leader, Some(&state), 0).await.unwrap(),
+        LeaderWrite::Written
+    );
+    assert_eq!(
+        read(&a).await.sync.present().map(|s| s.value.clone()),
+        Some(state.clone())
+    );
+    env.raw_put("sync", "{garbage").await;
+    let (_, garbage_rev) = env.raw_get("sync").await.unwrap();
+    let view = read(&a).await;
+    match &view.sync {
+        SyncKey::Unreadable { why, mod_revision } => {
+            assert_eq!(*mod_revision, garbage_rev);
+            assert!(why.contains("invalid JSON"), "{why}");
+        }
+        other => panic!("garbage /sync read as {other:?}"),
+    }
+    assert_eq!(
+        a.write_sync(&leader, Some(&state), garbage_rev)
+            .await
+            .unwrap(),
+        LeaderWrite::Written,
+        "the leader overwrites garbage at its revision"
+    );
+    assert!(read(&a).await.sync.present().is_some());
+    env.raw_delete("sync").await;
+    assert_eq!(read(&a).await.sync, SyncKey::Absent);
+}
+
+/// A prefix far larger than gRPC's default 4 MiB message limit (many members, each well
+/// below etcd's 1.5 MiB request limit) is still read, in one consistent view.
+async fn read_cluster_past_the_grpc_message_limit<E: Env>(env: E) {
+    let a = env.client().await;
+    let b = env.client().await;
+    let lease = a.grant_lease(TTL).await.unwrap();
+    const MEMBERS: usize = 64;
+    let filler = "x".repeat(100 * 1024);
+    for i in 0..MEMBERS {
+        let mut m = member(&format!("bulk{i:03}"));
+        m.tags.custom.insert("filler".into(), format!("{filler:?}"));
+        a.touch_member(&m, lease).await.unwrap();
+    }
+    assert!(a.acquire_leader(&name("bulk000"), lease).await.unwrap());
+    let view = read(&b).await;
+    assert_eq!(view.members.len(), MEMBERS, "{:#?}", view.warnings);
+    assert!(view.warnings.is_empty(), "{:#?}", view.warnings);
+    assert_eq!(view.leader_name(), Some(&name("bulk000")));
+    let bytes: usize = view
+        .members
+        .iter()
+        .map(|m| m.tags.custom.get("filler").map_or(0, String::len))
+        .sum();
+    assert!(bytes > 6 * 1024 * 1024, "{bytes} bytes");
 }
 
 async fn write_config_compare_and_swap<E: Env>(env: E) {
@@ -755,10 +1096,10 @@ async fn garbage_is_reported_and_valid_records_decode<E: Env>(env: E) {
         Some(r#"{"ttl":30}"#)
     );
     assert_eq!(view.failover, None);
-    assert_eq!(
-        view.sync.as_ref().map(|s| s.value.leader.clone()),
-        Some(None),
-        "garbage sync is empty"
+    assert!(
+        matches!(view.sync, SyncKey::Unreadable { .. }),
+        "garbage sync is unreadable, not empty: {:?}",
+        view.sync
     );
     assert_eq!(view.status, None);
     assert!(view.history.is_empty());
@@ -779,12 +1120,15 @@ async fn garbage_is_reported_and_valid_records_decode<E: Env>(env: E) {
         view.warnings
     );
 
-    // Garbage in the leader key: no leader decoded, a warning, and nobody can take the key
-    // without deleting it first.
+    // Garbage in the leader key: a leader key without a name, a warning, and nobody can take
+    // the key without deleting it first.
     assert!(a.release_leader(&name("n1")).await.unwrap());
     env.raw_put("leader", "").await;
     let view = read(&b).await;
-    assert_eq!(view.leader, None);
+    assert_eq!(
+        view.leader.as_ref().map(|l| (l.name.clone(), l.lease)),
+        Some((None, 0))
+    );
     assert!(
         view.warnings.iter().any(|w| w.starts_with("leader: ")),
         "{:#?}",
@@ -894,11 +1238,14 @@ async fn touch_member_round_trip_in_patroni_format<E: Env>(env: E) {
 async fn status_and_history_in_patroni_format<E: Env>(env: E) {
     let a = env.client().await;
     let b = env.client().await;
+    let leader = lead(&a, "n1").await;
     let slots = vec![
         ("node2".to_owned(), Lsn(67_108_000)),
         ("perm".to_owned(), Lsn(67_000_000)),
     ];
-    a.write_status(Lsn(67_108_960), &slots).await.unwrap();
+    a.write_status(&leader, Lsn(67_108_960), &slots)
+        .await
+        .unwrap();
     let (raw, rev1) = env.raw_get("status").await.expect("status written");
     assert_eq!(
         raw,
@@ -908,13 +1255,15 @@ async fn status_and_history_in_patroni_format<E: Env>(env: E) {
     assert_eq!(status.optime, Lsn(67_108_960));
     assert_eq!(status.slots.get("perm"), Some(&Lsn(67_000_000)));
 
-    a.write_status(Lsn(67_108_960), &slots).await.unwrap();
+    a.write_status(&leader, Lsn(67_108_960), &slots)
+        .await
+        .unwrap();
     assert_eq!(
         env.raw_get("status").await.unwrap().1,
         rev1,
         "unchanged status: no write"
     );
-    a.write_status(Lsn(67_109_000), &[]).await.unwrap();
+    a.write_status(&leader, Lsn(67_109_000), &[]).await.unwrap();
     assert_eq!(
         env.raw_get("status").await.unwrap().0,
         r#"{"optime":67109000}"#
@@ -923,7 +1272,7 @@ async fn status_and_history_in_patroni_format<E: Env>(env: E) {
     // Overwritten by someone else: once read, the same value is written again.
     env.raw_put("status", r#"{"optime":1}"#).await;
     assert_eq!(read(&a).await.optime(), Some(Lsn(1)));
-    a.write_status(Lsn(67_109_000), &[]).await.unwrap();
+    a.write_status(&leader, Lsn(67_109_000), &[]).await.unwrap();
     assert_eq!(
         env.raw_get("status").await.unwrap().0,
         r#"{"optime":67109000}"#
@@ -945,7 +1294,7 @@ async fn status_and_history_in_patroni_format<E: Env>(env: E) {
             new_leader: Some("node2".into()),
         },
     ];
-    a.write_history(&history).await.unwrap();
+    a.write_history(&leader, &history).await.unwrap();
     assert_eq!(
         env.raw_get("history").await.unwrap().0,
         r#"[[1,25165984,"no recovery target specified","2024-05-06T07:08:09.123456+00:00","node1"],[2,33554592,"no recovery target specified","2024-05-07T07:08:09.123456+00:00","node2"]]"#

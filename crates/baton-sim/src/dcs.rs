@@ -24,9 +24,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton_core::{
-    ClusterView, FailoverRequest, HistoryLine, Lsn, Member, MemberName, SyncMode, SyncState,
+    ClusterView, FailoverRequest, HistoryLine, Lsn, Member, MemberName, SyncKey, SyncMode,
+    SyncState,
 };
-use baton_dcs::{Dcs, DcsError, MemDcs};
+use baton_dcs::{Dcs, DcsError, Holder, LeaderWrite, MemDcs};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
@@ -149,7 +150,7 @@ impl SimDcs {
             return;
         }
         let me = self.w.name(self.i);
-        if let Some(sync) = &mut view.sync
+        if let SyncKey::Present(sync) = &mut view.sync
             && sync
                 .value
                 .leader
@@ -286,6 +287,22 @@ impl Dcs for SimDcs {
         taken
     }
 
+    async fn repair_leader(
+        &self,
+        name: &MemberName,
+        lease: i64,
+        version: i64,
+    ) -> Result<bool, DcsError> {
+        let name = name.clone();
+        let taken = self
+            .call("repair leader", move |d| async move {
+                d.repair_leader(&name, lease, version).await
+            })
+            .await;
+        self.note_key(&taken);
+        taken
+    }
+
     async fn release_leader(&self, name: &MemberName) -> Result<bool, DcsError> {
         let name = name.clone();
         self.call("release leader", move |d| async move {
@@ -310,18 +327,27 @@ impl Dcs for SimDcs {
         .await
     }
 
-    async fn write_status(&self, optime: Lsn, slots: &[(String, Lsn)]) -> Result<(), DcsError> {
-        let slots = slots.to_vec();
+    async fn write_status(
+        &self,
+        leader: &Holder,
+        optime: Lsn,
+        slots: &[(String, Lsn)],
+    ) -> Result<LeaderWrite, DcsError> {
+        let (leader, slots) = (leader.clone(), slots.to_vec());
         self.call("write status", move |d| async move {
-            d.write_status(optime, &slots).await
+            d.write_status(&leader, optime, &slots).await
         })
         .await
     }
 
-    async fn write_history(&self, history: &[HistoryLine]) -> Result<(), DcsError> {
-        let history = history.to_vec();
+    async fn write_history(
+        &self,
+        leader: &Holder,
+        history: &[HistoryLine],
+    ) -> Result<LeaderWrite, DcsError> {
+        let (leader, history) = (leader.clone(), history.to_vec());
         self.call("write history", move |d| async move {
-            d.write_history(&history).await
+            d.write_history(&leader, &history).await
         })
         .await
     }
@@ -338,16 +364,25 @@ impl Dcs for SimDcs {
         .await
     }
 
+    async fn clear_failover(&self, leader: &Holder, version: i64) -> Result<LeaderWrite, DcsError> {
+        let leader = leader.clone();
+        self.call("clear failover", move |d| async move {
+            d.clear_failover(&leader, version).await
+        })
+        .await
+    }
+
     async fn write_sync(
         &self,
+        leader: &Holder,
         state: Option<&SyncState>,
-        version: Option<i64>,
-    ) -> Result<bool, DcsError> {
-        let state = state.cloned();
+        version: i64,
+    ) -> Result<LeaderWrite, DcsError> {
+        let (leader, state) = (leader.clone(), state.cloned());
         let w = self.w.clone();
         self.call("write sync", move |d| async move {
-            let written = d.write_sync(state.as_ref(), version).await;
-            if matches!(written, Ok(true)) {
+            let written = d.write_sync(&leader, state.as_ref(), version).await;
+            if matches!(written, Ok(LeaderWrite::Written)) {
                 w.model().sync_key = state;
             }
             written

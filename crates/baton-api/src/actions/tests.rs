@@ -29,7 +29,7 @@ fn snapshot_led_by(leader: &str) -> Snapshot {
     let mut s = Snapshot::initial("batman", name("n1"), String::new(), String::new());
     s.cluster = Some(ClusterView {
         leader: Some(LeaderKey {
-            name: name(leader),
+            name: Some(name(leader)),
             lease: 1,
             create_revision: 1,
             mod_revision: 1,

@@ -24,7 +24,7 @@ fn view() -> ClusterView {
     ClusterView {
         initialize: Some("7277694203142172922".into()),
         leader: Some(LeaderKey {
-            name: MemberName::new("postgresql0").expect("name"),
+            name: MemberName::new("postgresql0"),
             lease: 1,
             create_revision: 1,
             mod_revision: 1,

@@ -6,6 +6,8 @@
 //! now: 100
 //! lease: id=7 deadline=105            (or `lease: none`)
 //! dcs: init=7001 leader=n1@5 optime=0/3000000 history=1 config=yes     (or `dcs: unreachable`)
+//!     (leader=?@5: a leader key on lease 5 whose value does not decode; epoch=N its
+//!      create_revision, default 1)
 //!     (history=N: timelines 1..=N ended at N·0/1000000: TL1 at 0/1000000, TL2 at 0/2000000;
 //!      creator=n1: the member whose promotion ended the last one)
 //! member: n1 role=primary xlog=0/3000000 conn=10.0.0.1:5432 tl=2 nostream nofailover priority=2
@@ -13,12 +15,13 @@
 //! pg: running primary|replica|nosql tl=1 hist=2 flush=0/3000000 recv=.. replay=.. slots=n1,n3
 //!     (hist: the newest timeline history file in pg_wal)
 //! peer: n3 reachable|unreachable wal=0/2000000 tl=1 primary nofailover priority=2
-//! memory: following=n1 down_since=90 rewind_failed=n1 nostream_since=70 handed_over
+//! memory: following=n1 down_since=90 rewind_failed=n1 nostream_since=70 epoch=1 handed_over
 //! failure: rewind at=99
 //! failover: leader=n1 candidate=n2 at=2026-11-22T05:00:00+00:00 rev=9
 //! unix: 1795323590000          (wall clock, ms; default 1795323600000 = 2026-11-22T05:00:00Z)
 //! config: sync=on|quorum strict=on count=2 maxlag=1000;  dcs: sync=n1:n2,n3@7 quorum=1
-//!     (leader:standbys@revision; quorum= the `/sync` quorum)
+//!     (leader:standbys@revision; quorum= the `/sync` quorum; sync=?@7 a `/sync` that does
+//!      not decode; sync=-:n2@7 one that names no leader)
 //! pg: running primary ssn=2~(n2,n3) repl=n2:sync:0_3000000,n3:async:0_2000000:0_1000000
 //!     commit=remote_apply
 //!     (`~` stands for a space, `_` for `/` inside repl; repl rows are name:sync_state:flush
@@ -38,8 +41,8 @@ use crate::decision::{
 use crate::pg::{ClusterState, ControlData, DataDir, PgProcess, PgSql, ReplicationRow};
 use crate::types::{Lsn, MemberName, Mono, Timeline};
 use crate::view::{
-    ClusterView, FailoverRequest, HistoryLine, LeaderKey, LeaderStatus, Member, SyncState, Tags,
-    Versioned,
+    ClusterView, FailoverRequest, HistoryLine, LeaderKey, LeaderStatus, Member, SyncKey, SyncState,
+    Tags, Versioned,
 };
 
 fn name(s: &str) -> MemberName {
@@ -191,9 +194,9 @@ fn parse(fixture: &str) -> Fixture {
                 if let Some(l) = t.get("leader") {
                     let (n, lease) = l.split_once('@').expect("leader=name@lease");
                     v.leader = Some(LeaderKey {
-                        name: name(n),
+                        name: (n != "?").then(|| name(n)),
                         lease: lease.parse().expect("lease"),
-                        create_revision: 1,
+                        create_revision: t.get("epoch").map_or(1, |e| e.parse().expect("epoch")),
                         mod_revision: 1,
                     });
                 }
@@ -220,18 +223,26 @@ fn parse(fixture: &str) -> Fixture {
                     // sync=leader:a,b@rev
                     let (body, rev) = sync.split_once('@').unwrap_or((sync, "3"));
                     let (leader, standbys) = body.split_once(':').unwrap_or((body, ""));
-                    v.sync = Some(Versioned {
-                        value: SyncState {
-                            leader: Some(name(leader)),
-                            sync_standby: standbys
-                                .split(',')
-                                .filter(|s| !s.is_empty())
-                                .map(name)
-                                .collect(),
-                            quorum: t.get("quorum").map_or(0, |q| q.parse().expect("quorum")),
-                        },
-                        mod_revision: rev.parse().expect("sync rev"),
-                    });
+                    let mod_revision = rev.parse().expect("sync rev");
+                    v.sync = if leader == "?" {
+                        SyncKey::Unreadable {
+                            why: "invalid JSON".into(),
+                            mod_revision,
+                        }
+                    } else {
+                        SyncKey::Present(Versioned {
+                            value: SyncState {
+                                leader: (leader != "-").then(|| name(leader)),
+                                sync_standby: standbys
+                                    .split(',')
+                                    .filter(|s| !s.is_empty())
+                                    .map(name)
+                                    .collect(),
+                                quorum: t.get("quorum").map_or(0, |q| q.parse().expect("quorum")),
+                            },
+                            mod_revision,
+                        })
+                    };
                 }
                 if t.get("config") != Some("no") {
                     v.config = Some(Versioned {
@@ -340,6 +351,7 @@ fn parse(fixture: &str) -> Fixture {
                 memory.rewind_failed_against = t.get("rewind_failed").map(name);
                 memory.not_streaming_since = t.get("nostream_since").map(secs);
                 memory.handed_over = t.has("handed_over");
+                memory.leader_epoch = t.get("epoch").map(|e| e.parse().expect("epoch"));
             }
             "unix" => obs.unix_ms = t.first().parse().expect("unix ms"),
             "failover" => {
@@ -2293,5 +2305,343 @@ fn a_paused_switchover_brings_the_former_primary_back_as_a_standby() {
             memory: leader=false following=- down_since=- rewind_failed=-
             wake: +2000ms
         "#]],
+    );
+}
+
+
+// ---- /sync missing or unreadable; leader key unreadable (issue 17) ------------------------
+
+/// n2 is the most advanced reachable standby of a leaderless cluster in synchronous mode;
+/// the `dcs:` line of each case says what `/sync` holds.
+const SYNC_UNKNOWN: &str = "
+    config: me=n2 sync=on
+    lease: id=7 deadline=105
+    member: n2 role=replica xlog=0/3000000 conn=10.0.0.2:5432
+    member: n3 role=replica xlog=0/3000000 conn=10.0.0.3:5432
+    pg: data=initialized
+    pg: running replica tl=1 recv=0/3000100 replay=0/3000100
+    peer: n3 reachable wal=0/3000000
+";
+
+#[test]
+fn sync_mode_without_a_usable_sync_key_blocks_the_race() {
+    // Deleted (or never written): nothing says who holds every acknowledged commit, exactly as
+    // when `/sync` names someone else.
+    check(
+        &format!("{SYNC_UNKNOWN}\n dcs: init=7001 optime=0/3000000"),
+        expect![[r#"
+            reason: following a different leader because i am not the healthiest node: synchronous mode is on and /sync is missing or names no leader, so nothing says which member holds every acknowledged commit; to promote anyway, turn synchronous_mode off or run a manual failover to a named candidate
+            actions: none
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +1000ms
+        "#]],
+    );
+    // A `/sync` that names no leader says as little.
+    check(
+        &format!("{SYNC_UNKNOWN}\n dcs: init=7001 optime=0/3000000 sync=-:n2@8"),
+        expect![[r#"
+            reason: following a different leader because i am not the healthiest node: synchronous mode is on and /sync is missing or names no leader, so nothing says which member holds every acknowledged commit; to promote anyway, turn synchronous_mode off or run a manual failover to a named candidate
+            actions: none
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +1000ms
+        "#]],
+    );
+    check(
+        &format!("{SYNC_UNKNOWN}\n dcs: init=7001 optime=0/3000000 sync=?@8"),
+        expect![[r#"
+            reason: following a different leader because i am not the healthiest node: synchronous mode is on and /sync cannot be read (invalid JSON), so nothing says which member holds every acknowledged commit; to promote anyway, turn synchronous_mode off or run a manual failover to a named candidate
+            actions: none
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +1000ms
+        "#]],
+    );
+    // Quorum mode: no voters to count.
+    check(
+        &format!("{SYNC_UNKNOWN}\n config: sync=quorum\n dcs: init=7001 optime=0/3000000 sync=?@8"),
+        expect![[r#"
+            reason: following a different leader because i am not the healthiest node: synchronous mode is on and /sync cannot be read (invalid JSON), so nothing says which member holds every acknowledged commit; to promote anyway, turn synchronous_mode off or run a manual failover to a named candidate
+            actions: none
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +1000ms
+        "#]],
+    );
+    // The remedies the reason names: synchronous mode off ...
+    check(
+        &format!("{SYNC_UNKNOWN}\n config: sync=off\n dcs: init=7001 optime=0/3000000 sync=?@8"),
+        expect![[r#"
+            reason: promoted self to leader by acquiring session lock
+            actions:
+              1. acquire leader key
+              2. promote postgres
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+    // ... or a manual failover to a named candidate.
+    check(
+        &format!(
+            "{SYNC_UNKNOWN}
+             dcs: init=7001 optime=0/3000000 sync=?@8
+             failover: candidate=n2"
+        ),
+        expect![[r#"
+            reason: promoted self to leader by acquiring session lock as the manual failover candidate
+            actions:
+              1. acquire leader key
+              2. write /sync: leader n2, sync_standby []
+              3. set synchronous_standby_names to ''
+              4. promote postgres
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
+
+/// The `WriteSync` of a decision, with its compare-and-swap version.
+fn sync_write(fixture: &str) -> (Option<SyncState>, i64) {
+    let f = parse(fixture);
+    let d = super::decide(&f.memory, &f.obs, &f.config, f.now);
+    d.actions
+        .iter()
+        .find_map(|a| match a {
+            Action::WriteSync { state, version } => Some((state.clone(), *version)),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no /sync write in {:?}", d.actions))
+}
+
+#[test]
+fn the_leader_replaces_an_unreadable_sync_key_at_its_revision() {
+    let leader = format!(
+        "{SYNC_LEADER}
+         dcs: init=7001 leader=n1@5 optime=0/3000000 sync=?@17
+         pg: running primary tl=1 flush=0/3000000 slots=n2,n3 repl=n2:async:0_3000000"
+    );
+    check(
+        &leader,
+        expect![[r#"
+            reason: Enabled synchronous replication
+            actions:
+              1. write /sync: leader n1, sync_standby []
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+    assert_eq!(
+        sync_write(&leader).1,
+        17,
+        "compare-and-swap on the garbage's revision"
+    );
+    // A manual candidate claims `/sync` over garbage the same way, and over nothing with 0.
+    let candidate = |sync: &str| {
+        format!("{SYNC_UNKNOWN}\n dcs: init=7001 optime=0/3000000 {sync}\n failover: candidate=n2")
+    };
+    assert_eq!(sync_write(&candidate("sync=?@8")).1, 8);
+    assert_eq!(sync_write(&candidate("")).1, 0);
+}
+
+/// n1 leads (on lease 5); its leader key now holds a value that does not decode.
+const GARBAGE_LEADER: &str = "
+    member: n1 role=primary xlog=0/3000000 conn=10.0.0.1:5432
+    member: n2 role=replica xlog=0/3000000 conn=10.0.0.2:5432
+    pg: data=initialized
+";
+
+#[test]
+fn the_holder_of_an_unreadable_leader_key_rewrites_it_and_keeps_its_primary() {
+    // The key is still on our lease: ours, whatever it holds.
+    check(
+        &format!(
+            "config: me=n1
+             lease: id=5 deadline=105
+             {GARBAGE_LEADER}
+             dcs: init=7001 leader=?@5 optime=0/3000000
+             pg: running primary tl=1 flush=0/3000000 slots=n2"
+        ),
+        expect![[r#"
+            reason: the leader key is mine but its value is unreadable: rewriting it with my name
+            actions:
+              1. rewrite the unreadable leader key with our name
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+    // Written without a lease (a plain `etcdctl put`): still the key we acquired, by its
+    // create_revision.
+    check(
+        &format!(
+            "config: me=n1
+             lease: id=5 deadline=105
+             {GARBAGE_LEADER}
+             dcs: init=7001 leader=?@0 epoch=4 optime=0/3000000
+             memory: epoch=4
+             pg: running primary tl=1 flush=0/3000000 slots=n2"
+        ),
+        expect![[r#"
+            reason: the leader key is mine but its value is unreadable: rewriting it with my name
+            actions:
+              1. rewrite the unreadable leader key with our name
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+    // A key another acquisition created (another epoch) is not ours: stop being a primary.
+    check(
+        &format!(
+            "config: me=n1
+             lease: id=5 deadline=105
+             {GARBAGE_LEADER}
+             dcs: init=7001 leader=?@0 epoch=9 optime=0/3000000
+             memory: epoch=4
+             pg: running primary tl=1 flush=0/3000000 slots=n2"
+        ),
+        expect![[r#"
+            reason: demoting self because I do not have the lock and I was a leader
+            actions:
+              1. stop postgres (immediate)
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+    // Paused: rewriting the key changes no role, so it still happens.
+    check(
+        &format!(
+            "config: me=n1 pause=on
+             lease: id=5 deadline=105
+             {GARBAGE_LEADER}
+             dcs: init=7001 leader=?@5 optime=0/3000000
+             pg: running primary tl=1 flush=0/3000000 slots=n2"
+        ),
+        expect![[r#"
+            reason: PAUSE: the leader key is mine but its value is unreadable: rewriting it with my name
+            actions:
+              1. rewrite the unreadable leader key with our name
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
+
+#[test]
+fn an_unreadable_leader_key_someone_else_holds_means_someone_leads() {
+    // A standby neither races nor follows: someone leads, the key does not say who.
+    check(
+        &format!(
+            "config: me=n2
+             lease: id=7 deadline=105
+             {GARBAGE_LEADER}
+             dcs: init=7001 leader=?@5 optime=0/3000000
+             pg: running replica tl=1 recv=0/3000000 replay=0/3000000
+             peer: n1 unreachable"
+        ),
+        expect![[r#"
+            reason: the leader key exists but its value is unreadable: someone leads, not known who; waiting for its holder to rewrite it or for its lease to expire
+            actions: none
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +2000ms
+        "#]],
+    );
+    // Attached to no lease, it never expires: the reason says what to do.
+    check(
+        &format!(
+            "config: me=n2
+             lease: id=7 deadline=105
+             {GARBAGE_LEADER}
+             dcs: init=7001 leader=?@0 optime=0/3000000
+             pg: running replica tl=1 recv=0/3000000 replay=0/3000000"
+        ),
+        expect![[r#"
+            reason: the leader key exists but its value is unreadable and it is attached to no lease, so it never expires: waiting for its holder to rewrite it (delete the key if its holder is gone)
+            actions: none
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +2000ms
+        "#]],
+    );
+    // A primary that does not hold it stops; an empty data directory waits (no clone source,
+    // and no bootstrap while a leader key exists).
+    check(
+        &format!(
+            "config: me=n2
+             lease: id=7 deadline=105
+             {GARBAGE_LEADER}
+             dcs: init=7001 leader=?@5 optime=0/3000000
+             pg: running primary tl=1 flush=0/3000000"
+        ),
+        expect![[r#"
+            reason: demoting self because I do not have the lock and I was a leader
+            actions:
+              1. stop postgres (immediate)
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+    check(
+        "config: me=n3
+         lease: id=8 deadline=105
+         dcs: leader=?@5
+         pg: data=empty",
+        expect![[r#"
+            reason: the leader key exists but its value is unreadable: someone leads, not known who; waiting for its holder to rewrite it or for its lease to expire
+            actions: none
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +2000ms
+        "#]],
+    );
+    // Once the key went with its lease, the race is the normal one.
+    check(
+        &format!(
+            "config: me=n2
+             lease: id=7 deadline=105
+             {GARBAGE_LEADER}
+             dcs: init=7001 optime=0/3000000
+             pg: running replica tl=1 recv=0/3000000 replay=0/3000000
+             peer: n1 unreachable"
+        ),
+        expect![[r#"
+            reason: promoted self to leader by acquiring session lock
+            actions:
+              1. acquire leader key
+              2. promote postgres
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+}
+
+#[test]
+fn the_leader_epoch_is_remembered_while_the_key_exists() {
+    let decide = |fixture: &str, epoch: Option<i64>| {
+        let f = parse(fixture);
+        let memory = Memory {
+            leader_epoch: epoch,
+            ..f.memory
+        };
+        super::decide(&memory, &f.obs, &f.config, f.now)
+            .next_memory
+            .leader_epoch
+    };
+    let ours = "config: me=n1
+        lease: id=5 deadline=105
+        dcs: init=7001 leader=n1@5 epoch=4
+        member: n1 role=primary conn=10.0.0.1:5432
+        pg: data=initialized state=in-production
+        pg: running primary tl=1 flush=0/3000000";
+    assert_eq!(decide(ours, None), Some(4), "learnt while we hold the key");
+    let garbage = ours.replace("leader=n1@5", "leader=?@0");
+    assert_eq!(
+        decide(&garbage, Some(4)),
+        Some(4),
+        "kept while the key exists"
+    );
+    let other = ours.replace("leader=n1@5 epoch=4", "leader=n2@9 epoch=6");
+    assert_eq!(decide(&other, Some(4)), None, "forgotten with the key");
+    let unreachable = "config: me=n1
+        lease: id=5 deadline=105
+        dcs: unreachable
+        pg: data=initialized state=in-production";
+    assert_eq!(
+        decide(unreachable, Some(4)),
+        Some(4),
+        "no news is no change"
     );
 }
