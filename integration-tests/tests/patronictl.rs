@@ -411,11 +411,28 @@ async fn pause_resume(
         dcs_config(cluster).await?.get("pause").is_none(),
         "pause without credentials"
     );
+    // The refusal is logged with the client's address; the accepted request with its user.
+    let logged = |needle: String| {
+        cluster
+            .nodes()
+            .iter()
+            .any(|n| std::fs::read_to_string(&n.log_path).is_ok_and(|log| log.contains(&needle)))
+    };
+    ensure!(
+        logged("REST API: refused PATCH /config from 127.0.0.1: no auth header received".into()),
+        "no log line for the refused login"
+    );
 
     let out = ctl.ok(&["pause", "--wait"]).await?;
     ensure!(
         out.stdout.contains("Success: cluster management is paused"),
         "{out}"
+    );
+    ensure!(
+        logged(format!(
+            "REST API: accepted PATCH /config (\"pause\") from user {REST_USER} at 127.0.0.1"
+        )),
+        "no log line for the accepted PATCH /config"
     );
     ensure!(
         dcs_config(cluster).await?["pause"] == true,

@@ -201,6 +201,7 @@ pub async fn run(
         auth: config.restapi.authentication.clone(),
         commands: Some(command_tx),
         vip: vip_status,
+        audit: Default::default(),
     };
     let api_stop = stopping(&stop_rx);
     tasks.spawn(async move {

@@ -8,11 +8,11 @@ use axum::response::Response;
 use crate::handlers::text_response;
 
 /// `None` when no credentials are configured or the request carries the right ones; otherwise
-/// the 401 response to send.
+/// the 401 response to send, and its reason.
 pub(crate) fn check_basic_auth(
     auth: Option<&(String, String)>,
     headers: &HeaderMap,
-) -> Option<Response> {
+) -> Option<(Response, &'static str)> {
     let (user, password) = auth?;
     let reason = match headers.get(header::AUTHORIZATION) {
         None => "no auth header received",
@@ -30,7 +30,7 @@ pub(crate) fn check_basic_auth(
         header::WWW_AUTHENTICATE,
         HeaderValue::from_static("Basic realm=\"Patroni\""),
     );
-    Some(response)
+    Some((response, reason))
 }
 
 /// Standard base64 with padding (RFC 4648 §4).
@@ -72,7 +72,7 @@ mod tests {
         }
         match check_basic_auth(auth.as_ref(), &headers) {
             None => "ok".to_owned(),
-            Some(resp) => {
+            Some((resp, _)) => {
                 let www = resp
                     .headers()
                     .get(header::WWW_AUTHENTICATE)

@@ -11,12 +11,13 @@
 //! agent beyond the `watch` borrow (held only to clone an `Arc`), no IO.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{Extensions, HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use baton_core::{Lsn, Mono};
 use serde::Serialize;
@@ -40,9 +41,22 @@ pub async fn serve(
     state: ApiState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    // The client's address is logged with refused logins and accepted unsafe requests.
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+/// What of an accepted unsafe request's body goes into the log line.
+fn endpoint_summary(endpoint: Endpoint) -> crate::audit::Summary {
+    match endpoint {
+        Endpoint::PatchConfig => crate::audit::Summary::TopLevelKeys,
+        Endpoint::CancelSwitchover => crate::audit::Summary::Nothing,
+        _ => crate::audit::Summary::Fields(&["leader", "candidate", "scheduled_at", "force"]),
+    }
 }
 
 /// Which handler answers a request.
@@ -108,6 +122,7 @@ async fn dispatch(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    extensions: Extensions,
     body: Bytes,
 ) -> Response {
     let endpoint = route(&method, uri.path());
@@ -118,15 +133,31 @@ async fn dispatch(
             | Endpoint::PatchConfig
             | Endpoint::Reinitialize
     ) {
-        if let Some(denied) = crate::auth::check_basic_auth(state.auth.as_ref(), &headers) {
+        let client = extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| *addr);
+        let request = format!("{method} {}", uri.path());
+        if let Some((denied, reason)) = crate::auth::check_basic_auth(state.auth.as_ref(), &headers)
+        {
+            state
+                .audit
+                .failed_login(state.clock.now(), client, &request, reason);
             return denied;
         }
-        return match endpoint {
+        let response = match endpoint {
             Endpoint::Switchover(failover) => actions::switchover(&state, &body, failover).await,
             Endpoint::CancelSwitchover => actions::cancel_switchover(&state).await,
             Endpoint::Reinitialize => actions::reinitialize(&state, &body).await,
             _ => actions::patch_config(&state, &body).await,
         };
+        if response.status().is_success() {
+            tracing::info!(
+                "REST API: accepted {request}{} from {}",
+                crate::audit::request_summary(endpoint_summary(endpoint), &body),
+                crate::audit::who(state.auth.as_ref(), client)
+            );
+        }
+        return response;
     }
     // Clone the `Arc` and release the borrow at once: the agent's next publish never waits on
     // a slow client.
@@ -137,6 +168,11 @@ async fn dispatch(
     let status_only = matches!(method, Method::HEAD | Method::OPTIONS);
     let reply = |code: StatusCode, body: Response| if status_only { code_only(code) } else { body };
     match endpoint {
+        Endpoint::Health | Endpoint::Readiness
+            if let Err(e) = QueryParams::from_uri(&uri).bytes("lag") =>
+        {
+            error_page(StatusCode::BAD_REQUEST, Some(&e.to_string()))
+        }
         Endpoint::Health => {
             let status = Status::new(&snapshot).with_vip(vip);
             let code = health_code(&snapshot, &status, now, path, &QueryParams::from_uri(&uri));
@@ -235,10 +271,12 @@ fn health_code(
         .and_then(|c| c.optime())
         .max(status.latest_end_lsn)
         .unwrap_or_default();
-    let is_lagging = match query.bytes("lag") {
+    // Both positions fit in an i64 and the limit was checked (at most 2^63 − 1): the
+    // difference and the comparison cannot overflow.
+    let is_lagging = match query.bytes("lag").ok().flatten() {
         Some(max_lag) => {
             leader_optime.0 > 0
-                && i128::from(leader_optime.0) > i128::from(status.replayed_location()) + max_lag
+                && i128::from(leader_optime.0) - i128::from(status.replayed_location()) > max_lag
         }
         None => false,
     };
@@ -360,6 +398,8 @@ fn readiness_failure(snap: &Snapshot, now: Mono, query: &QueryParams) -> Option<
     let lag = i128::from(leader_optime.0) - i128::from(location);
     let max_lag = query
         .bytes("lag")
+        .ok()
+        .flatten()
         .unwrap_or(i128::from(snap.maximum_lag_on_failover));
     (lag > max_lag)
         .then(|| format!("Replication {mode} lag {lag} exceeds maximum allowable {max_lag}"))

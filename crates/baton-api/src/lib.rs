@@ -12,6 +12,7 @@ use baton_core::{Clock, ClusterView, MemberName, Mono, PgSql, Tags};
 use tokio::sync::watch;
 
 mod actions;
+mod audit;
 mod auth;
 mod handlers;
 mod metrics;
@@ -21,6 +22,7 @@ mod status;
 mod tests;
 
 pub use actions::{Command, CommandReply, SwitchoverRequest, merge_patch};
+pub use audit::AuditLog;
 pub use handlers::{router, serve};
 pub use status::{peer_status_from_json, status_json};
 
@@ -116,6 +118,8 @@ pub struct ApiState {
     pub commands: Option<tokio::sync::mpsc::Sender<Command>>,
     /// The floating IP task's state; `None` when no `vip` section is configured.
     pub vip: Option<watch::Receiver<VipStatus>>,
+    /// Refused logins (rate-limited) and accepted unsafe requests, with who asked.
+    pub audit: AuditLog,
 }
 
 /// The floating IP as the agent's VIP task last left it: `vip` in `GET /patroni` (a pgbaton

@@ -40,17 +40,58 @@ impl QueryParams {
 
     /// `?<key>=` as a byte count with Patroni's units (`16kB`, `64MB`, `1GB`). An unparsable
     /// value is ignored with a warning, as Patroni ignores it; answering 400 would turn a typo in
-    /// an HAProxy check into "every node down".
-    pub(crate) fn bytes(&self, key: &str) -> Option<i128> {
-        let raw = self.get(key)?;
-        let parsed = parse_bytes(raw);
-        if parsed.is_none() {
-            tracing::warn!(
-                "ignoring unparsable ?{key}={raw:?}: expected bytes, e.g. 1048576 or 16MB"
-            );
+    /// an HAProxy check into "every node down". A number too large for any WAL distance (beyond
+    /// ±(2^63 − 1) bytes) is an error: the caller answers 400 naming the parameter.
+    pub(crate) fn bytes(&self, key: &str) -> Result<Option<i128>, OutOfRange> {
+        let Some(raw) = self.get(key) else {
+            return Ok(None);
+        };
+        let limit = i64::MAX.unsigned_abs();
+        match parse_bytes(raw) {
+            Some(v) if v.unsigned_abs() <= u128::from(limit) => Ok(Some(v)),
+            Some(_) => Err(OutOfRange {
+                key: key.to_owned(),
+            }),
+            None if numeric_magnitude(raw).is_some_and(|m| m > limit as f64) => Err(OutOfRange {
+                key: key.to_owned(),
+            }),
+            None => {
+                tracing::warn!(
+                    "ignoring unparsable ?{key}={raw:?}: expected bytes, e.g. 1048576 or 16MB"
+                );
+                Ok(None)
+            }
         }
-        parsed
     }
+}
+
+/// A byte-count query value beyond what any WAL distance can be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct OutOfRange {
+    pub(crate) key: String,
+}
+
+impl std::fmt::Display for OutOfRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "query parameter {}: value out of range (at most {} bytes)",
+            self.key,
+            i64::MAX
+        )
+    }
+}
+
+/// The magnitude of a decimal number (optionally with a unit), if the text is one; used to tell
+/// "too large" from "not a number".
+fn numeric_magnitude(value: &str) -> Option<f64> {
+    let v = value.trim();
+    let v = ["TB", "GB", "MB", "kB", "B"]
+        .iter()
+        .find_map(|u| v.strip_suffix(u))
+        .unwrap_or(v)
+        .trim_end();
+    v.parse::<f64>().ok().map(f64::abs)
 }
 
 /// Patroni's `parse_int(value, 'B')`: a C-like integer (`0x` hex, leading-`0` octal, decimal)
@@ -208,6 +249,33 @@ mod tests {
         ];
         let got: Vec<_> = cases.iter().map(|(s, _)| (*s, parse_bytes(s))).collect();
         assert_eq!(got, cases.to_vec());
+    }
+
+    #[test]
+    fn huge_byte_counts_are_out_of_range_not_wrapped() {
+        let q = |s: &str| {
+            let uri: Uri = format!("/replica?lag={s}").parse().unwrap();
+            QueryParams::from_uri(&uri).bytes("lag")
+        };
+        assert_eq!(q("9223372036854775807"), Ok(Some(i128::from(i64::MAX))));
+        assert_eq!(q("-9223372036854775807"), Ok(Some(-i128::from(i64::MAX))));
+        for huge in [
+            "9223372036854775808",
+            "170141183460469231731687303715884105727",
+            "99999999999999999999999999999999999999999",
+            "1e400kB",
+            "8388608TB",
+            "-1e300",
+        ] {
+            let got = q(huge);
+            assert!(
+                got.as_ref().is_err_and(|e| e.key == "lag"),
+                "{huge}: {got:?}"
+            );
+        }
+        // Not numbers at all: ignored, as Patroni ignores them.
+        assert_eq!(q("nonsense"), Ok(None));
+        assert_eq!(q("08"), Ok(None));
     }
 
     #[test]

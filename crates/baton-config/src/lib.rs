@@ -147,6 +147,13 @@ pub fn effective_ha(config: &Config, dynamic: &DynamicConfig) -> HaConfig {
             .use_pg_rewind
             .unwrap_or(dynamic.use_pg_rewind),
         use_slots: dynamic.use_slots,
+        // Only a standby cluster is unsafe to ignore (a second writable region); the other
+        // unsupported keys only cost features (failsafe, permanent slots).
+        unsupported_blocker: dynamic
+            .unsupported
+            .iter()
+            .find(|k| k.as_str() == "standby_cluster" || k.starts_with("standby_cluster."))
+            .cloned(),
         remove_data_directory_on_rewind_failure: config
             .postgresql
             .remove_data_directory_on_rewind_failure

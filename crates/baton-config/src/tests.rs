@@ -1153,6 +1153,7 @@ fn effective_ha_merges_local_and_dynamic() {
             use_slots: true,
             remove_data_directory_on_rewind_failure: false,
             pause: false,
+            unsupported_blocker: None,
             tags: Tags {
                 nofailover: None,
                 failover_priority: Some(
@@ -1390,4 +1391,22 @@ fn maximum_lag_on_syncnode_is_a_byte_limit_or_off() {
     }
     let err = crate::DynamicConfig::from_json(r#"{"maximum_lag_on_syncnode":-2}"#).unwrap_err();
     assert!(err.to_string().contains("maximum_lag_on_syncnode"), "{err}");
+}
+
+#[test]
+fn a_standby_cluster_in_the_dcs_blocks_a_writable_primary() {
+    let loaded = load_str(BASE, &no_env).expect("valid");
+    let (dynamic, warnings) = DynamicConfig::from_json(
+        r#"{"ttl":30,"standby_cluster":{"host":"10.0.0.1","port":5432},"failsafe_mode":true}"#,
+    )
+    .expect("the DCS value is read with warnings");
+    assert!(!warnings.is_empty());
+    let ha = effective_ha(&loaded.config, &dynamic);
+    assert_eq!(ha.unsupported_blocker.as_deref(), Some("standby_cluster"));
+    // failsafe_mode alone only costs a feature: no blocker.
+    let (dynamic, _) = DynamicConfig::from_json(r#"{"ttl":30,"failsafe_mode":true}"#).expect("ok");
+    assert_eq!(
+        effective_ha(&loaded.config, &dynamic).unsupported_blocker,
+        None
+    );
 }

@@ -274,6 +274,9 @@ impl Ctx<'_> {
                 Reason::RepairingLeaderKey,
             );
         }
+        if let Some(key) = &self.cfg.unsupported_blocker {
+            return self.blocked(next, key);
+        }
 
         // 3. The data directory.
         let cd = match &pg.data_dir {
@@ -450,6 +453,34 @@ impl Ctx<'_> {
             Some("") => (vec![], Reason::WaitingForLeaderToBootstrap),
             Some(_) => (vec![], Reason::NoLeaderWaiting),
         }
+    }
+
+    /// The dynamic configuration asks for something that must not be ignored (a standby
+    /// cluster): no writable primary, no leader key, no bootstrap or promotion; a primary is
+    /// stopped cleanly and comes back read-only, as a standby without an upstream.
+    fn blocked(&self, next: &mut Memory, key: &str) -> (Vec<Action>, Reason) {
+        let pg = &self.obs.pg;
+        let reason = Reason::UnsupportedConfig {
+            key: key.to_owned(),
+        };
+        next.following = None;
+        let holds = self.holds_key() || self.holds_stale_key();
+        let mut actions = vec![];
+        if may_be_primary(pg) {
+            actions.push(Action::StopPostgres {
+                mode: StopMode::Fast,
+            });
+        }
+        if holds {
+            actions.push(Action::ReleaseLeader { last_lsn: None });
+        }
+        if actions.is_empty() && !pg.is_running() && matches!(pg.data_dir, DataDir::Initialized(_))
+        {
+            actions.push(Action::StartPostgres {
+                role: StartRole::Standby { upstream: None },
+            });
+        }
+        (actions, reason)
     }
 
     fn postgres_down(

@@ -71,6 +71,10 @@ pub struct HaConfig {
     pub remove_data_directory_on_rewind_failure: bool,
     /// Dynamic `pause`: no automatic failover, PostgreSQL is left as it is.
     pub pause: bool,
+    /// The dynamic configuration (as another tool wrote it into the DCS) asks for something
+    /// pgbaton does not support and cannot safely run without, e.g. `standby_cluster`: this
+    /// cluster must not have a writable primary. Holds the key path.
+    pub unsupported_blocker: Option<String>,
     /// This node's tags.
     pub tags: Tags,
     /// This node may bootstrap a new cluster (it has a `bootstrap` section and is not nofailover).
@@ -452,6 +456,14 @@ pub enum NotHealthiest {
     SyncKeyUnreadable { why: String },
 }
 
+/// Why a decision refuses to run a writable primary because of the dynamic configuration.
+pub fn unsupported_blocker_text(key: &str) -> String {
+    format!(
+        "the dynamic configuration sets {key}, which pgbaton does not support yet: no writable \
+         primary runs in this cluster until it is removed (edit-config)"
+    )
+}
+
 impl fmt::Display for NotHealthiest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -628,6 +640,10 @@ pub enum Reason {
     ManualCandidate,
     SyncUpdate {
         detail: String,
+    },
+    /// See [`HaConfig::unsupported_blocker`].
+    UnsupportedConfig {
+        key: String,
     },
 }
 
@@ -812,6 +828,7 @@ impl fmt::Display for Reason {
                 "following a different leader because {candidate} is the manual failover candidate"
             ),
             Reason::SyncUpdate { detail } => write!(f, "{detail}"),
+            Reason::UnsupportedConfig { key } => write!(f, "{}", unsupported_blocker_text(key)),
             Reason::ManualCandidate => write!(
                 f,
                 "promoted self to leader by acquiring session lock as the manual failover candidate"

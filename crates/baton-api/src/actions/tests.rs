@@ -54,6 +54,7 @@ fn agent(auth: Option<(&str, &str)>) -> Agent {
         auth: auth.map(|(u, p)| (u.to_owned(), p.to_owned())),
         commands: Some(tx),
         vip: None,
+        audit: Default::default(),
     };
     Agent {
         state,

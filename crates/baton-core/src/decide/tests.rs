@@ -109,6 +109,7 @@ fn parse(fixture: &str) -> Fixture {
         primary_start_timeout: Duration::from_secs(300),
         use_pg_rewind: true,
         use_slots: true,
+        unsupported_blocker: None,
         remove_data_directory_on_rewind_failure: false,
         pause: false,
         tags: Tags::default(),
@@ -144,6 +145,9 @@ fn parse(fixture: &str) -> Fixture {
                 // Each `config:` line changes only what it names.
                 config.use_pg_rewind = t.on("rewind", config.use_pg_rewind);
                 config.use_slots = t.on("slots", config.use_slots);
+                if let Some(key) = t.get("blocker") {
+                    config.unsupported_blocker = Some(key.to_owned());
+                }
                 config.remove_data_directory_on_rewind_failure =
                     t.on("wipe", config.remove_data_directory_on_rewind_failure);
                 config.pause = t.on("pause", config.pause);
@@ -2643,5 +2647,65 @@ fn the_leader_epoch_is_remembered_while_the_key_exists() {
         decide(unreachable, Some(4)),
         Some(4),
         "no news is no change"
+    );
+}
+
+#[test]
+fn a_standby_cluster_request_in_the_dcs_stops_the_primary_and_blocks_leadership() {
+    // The leader: PostgreSQL stopped cleanly, key released.
+    check(
+        "
+        config: me=n1 blocker=standby_cluster
+        lease: id=5 deadline=105
+        dcs: init=7001 leader=n1@5 optime=0/3000000
+        member: n1 role=primary conn=10.0.0.1:5432
+        member: n2 role=replica conn=10.0.0.2:5432
+        pg: data=initialized state=in-production
+        pg: running primary tl=1 flush=0/3000000 slots=n2
+        ",
+        expect![[r#"
+            reason: the dynamic configuration sets standby_cluster, which pgbaton does not support yet: no writable primary runs in this cluster until it is removed (edit-config)
+            actions:
+              1. stop postgres (fast)
+              2. release leader key
+            memory: leader=true following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+    // Afterwards it comes back read-only, without an upstream.
+    check(
+        "
+        config: me=n1 blocker=standby_cluster
+        lease: id=5 deadline=105
+        dcs: init=7001 optime=0/3000000
+        member: n2 role=replica conn=10.0.0.2:5432
+        pg: data=initialized state=shut-down
+        ",
+        expect![[r#"
+            reason: the dynamic configuration sets standby_cluster, which pgbaton does not support yet: no writable primary runs in this cluster until it is removed (edit-config)
+            actions:
+              1. start postgres as replica without upstream
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +0ms
+        "#]],
+    );
+    // A leaderless, healthiest standby does not race.
+    check(
+        "
+        config: blocker=standby_cluster
+        lease: id=7 deadline=105
+        dcs: init=7001 optime=0/3000000
+        member: n2 role=replica xlog=0/3000000 conn=10.0.0.2:5432
+        member: n3 role=replica xlog=0/2000000 conn=10.0.0.3:5432
+        pg: data=initialized
+        pg: running replica tl=1 recv=0/3000000 replay=0/3000000
+        peer: n3 reachable wal=0/2000000 tl=1
+        ",
+        expect![[r#"
+            reason: the dynamic configuration sets standby_cluster, which pgbaton does not support yet: no writable primary runs in this cluster until it is removed (edit-config)
+            actions: none
+            memory: leader=false following=- down_since=- rewind_failed=-
+            wake: +1000ms
+        "#]],
     );
 }
