@@ -457,7 +457,7 @@ pub enum NotHealthiest {
 }
 
 /// Why a decision refuses to run a writable primary because of the dynamic configuration.
-pub fn unsupported_blocker_text(key: &str) -> String {
+fn unsupported_blocker_text(key: &str) -> String {
     format!(
         "the dynamic configuration sets {key}, which pgbaton does not support yet: no writable \
          primary runs in this cluster until it is removed (edit-config)"
