@@ -2312,7 +2312,6 @@ fn a_paused_switchover_brings_the_former_primary_back_as_a_standby() {
     );
 }
 
-
 // ---- /sync missing or unreadable; leader key unreadable (issue 17) ------------------------
 
 /// n2 is the most advanced reachable standby of a leaderless cluster in synchronous mode;
