@@ -332,8 +332,13 @@ async fn dynamic_sync_settings_take_effect_at_run_time() -> anyhow::Result<()> {
         )
         .await?;
         let waiter = primary.connect().await?;
+        // No per-statement timeout here: this commit waits until the standby is replaced
+        // (bounded by the deadline below).
         let commit = tokio::spawn(async move {
-            simple_query(&waiter, "INSERT INTO filler VALUES ('waits for replay')").await
+            waiter
+                .simple_query("INSERT INTO filler VALUES ('waits for replay')")
+                .await
+                .map(|_| ())
         });
         wait_sync_is(
             &cluster,
