@@ -66,6 +66,8 @@ enum Endpoint {
     PatchConfig,
     /// `POST /reinitialize`.
     Reinitialize,
+    /// `POST /reload`.
+    Reload,
     /// No handler for this method and path: the stdlib's 501.
     Unsupported,
 }
@@ -85,6 +87,7 @@ fn route(method: &Method, path: &str) -> Endpoint {
         (&Method::DELETE, "switchover") => return Endpoint::CancelSwitchover,
         (&Method::PATCH, "config") => return Endpoint::PatchConfig,
         (&Method::POST, "reinitialize") => return Endpoint::Reinitialize,
+        (&Method::POST, "reload") => return Endpoint::Reload,
         _ => {}
     }
     if !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
@@ -117,6 +120,7 @@ async fn dispatch(
             | Endpoint::CancelSwitchover
             | Endpoint::PatchConfig
             | Endpoint::Reinitialize
+            | Endpoint::Reload
     ) {
         if let Some(denied) = crate::auth::check_basic_auth(state.auth.as_ref(), &headers) {
             return denied;
@@ -125,6 +129,7 @@ async fn dispatch(
             Endpoint::Switchover(failover) => actions::switchover(&state, &body, failover).await,
             Endpoint::CancelSwitchover => actions::cancel_switchover(&state).await,
             Endpoint::Reinitialize => actions::reinitialize(&state, &body).await,
+            Endpoint::Reload => actions::reload(&state).await,
             _ => actions::patch_config(&state, &body).await,
         };
     }
@@ -207,7 +212,8 @@ async fn dispatch(
         Endpoint::Switchover(_)
         | Endpoint::CancelSwitchover
         | Endpoint::PatchConfig
-        | Endpoint::Reinitialize => {
+        | Endpoint::Reinitialize
+        | Endpoint::Reload => {
             unreachable!("unsafe endpoints are answered above")
         }
         Endpoint::Unsupported => {
