@@ -4,19 +4,19 @@
 //! `Agent` is the one owner of agent state. It is generic over its IO so the simulator can run
 //! the same code over in-memory adapters.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use baton_api::{Command, CommandReply, Snapshot, SwitchoverRequest};
-use baton_config::{Config, DynamicConfig};
+use baton_api::{Command, CommandReply, PendingRestart, Snapshot, SwitchoverRequest};
+use baton_config::{Config, ConfigErrors, DynamicConfig, Loaded};
 use baton_core::{
     Action, ActionFailure, Clock, ClusterView, DataDir, FailoverRequest, LeaseState, Member,
     MemberName, Memory, Mono, Observation, PgState, StartRole, StopMode, decide,
 };
 use baton_dcs::{Dcs, Holder, LeaderWrite};
-use baton_pg::Postgres;
+use baton_pg::{Postgres, Reconfigured};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -31,6 +31,13 @@ pub struct CycleOutcome {
     /// An action failed: the loop backs off before retrying.
     pub failed: bool,
 }
+
+/// Loads the local configuration file again (SIGHUP, `POST /reload`), with the loader and
+/// environment the agent started with.
+pub type ConfigSource = Arc<dyn Fn() -> Result<Loaded, ConfigErrors> + Send + Sync>;
+
+/// PostgreSQL's part of the configuration: the merged parameters and the `pg_hba` lines.
+type PgConfig = (BTreeMap<String, String>, Vec<String>);
 
 /// The IO an agent works through.
 pub struct AgentIo<D: Dcs, P: Postgres, R: Peers> {
@@ -67,6 +74,14 @@ pub struct Agent<D: Dcs, P: Postgres, R: Peers> {
     took_key_with: Option<i64>,
     /// We released the leader key in this cycle (same reason).
     released_key: bool,
+    /// Where the configuration is re-read from; `None`: there is nothing to re-read.
+    config_source: Option<ConfigSource>,
+    /// PostgreSQL's part of the configuration as last applied (`Postgres::reconfigure`).
+    applied_pg: Option<PgConfig>,
+    /// The settings waiting for a PostgreSQL restart, as the last application reported them.
+    pending_restart_reason: Vec<PendingRestart>,
+    /// The last failure to apply PostgreSQL's configuration (logged once).
+    apply_error: Option<String>,
 }
 
 /// Seconds since the Unix epoch (for `dcs_last_seen` and history timestamps only).
@@ -144,7 +159,146 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             snapshot,
             took_key_with: None,
             released_key: false,
+            config_source: None,
+            applied_pg: None,
+            pending_restart_reason: Vec::new(),
+            apply_error: None,
         })
+    }
+
+    /// Let [`Agent::reload`] re-read the configuration through `source`.
+    pub fn set_config_source(&mut self, source: ConfigSource) {
+        self.config_source = Some(source);
+    }
+
+    /// The configuration the agent runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Re-read the local configuration file (SIGHUP, `POST /reload`) and adopt what applies
+    /// at run time ([`crate::reload::adopt`]); PostgreSQL gets its part in the next cycle. A
+    /// file with errors changes nothing: the errors are logged with their key paths and the
+    /// running configuration stays. Never ends the agent.
+    pub async fn reload(&mut self) -> CommandReply {
+        let Some(source) = self.config_source.clone() else {
+            return CommandReply::Text(
+                503,
+                "this agent has no configuration file to re-read".into(),
+            );
+        };
+        let loaded = match tokio::task::spawn_blocking(move || source()).await {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                error!("failed to re-read the configuration: {e}");
+                return CommandReply::Text(
+                    500,
+                    format!("failed to re-read the configuration: {e}"),
+                );
+            }
+        };
+        let loaded = match loaded {
+            Ok(loaded) => loaded,
+            Err(errors) => {
+                for e in &errors.0 {
+                    error!("configuration reload: {e}");
+                }
+                error!("the configuration file has errors; keeping the running configuration");
+                return CommandReply::Text(
+                    500,
+                    format!(
+                        "the configuration file has errors; keeping the running configuration:\n{errors}"
+                    ),
+                );
+            }
+        };
+        for w in &loaded.warnings {
+            warn!("config: {w}");
+        }
+        let reloaded = crate::reload::adopt(&self.config, loaded.config);
+        for path in &reloaded.needs_restart {
+            warn!(
+                "{path}: changed in the configuration file; needs a restart of the agent (keeping the running value)"
+            );
+        }
+        if reloaded.applied.is_empty() {
+            info!("configuration reloaded: nothing to apply");
+        } else {
+            info!(
+                "configuration reloaded: applying {}",
+                reloaded.applied.join(", ")
+            );
+        }
+        self.config = reloaded.config;
+        // Look at PostgreSQL's settings again even when they did not change.
+        self.applied_pg = None;
+        CommandReply::Text(202, "reload scheduled".into())
+    }
+
+    /// Hand PostgreSQL its part of the configuration when it differs from what was applied
+    /// last (the local file over the dynamic configuration, see
+    /// [`baton_config::merged_parameters`]). Returns whether PostgreSQL re-read its files.
+    async fn apply_pg_config(&mut self) -> bool {
+        let wanted: PgConfig = (
+            baton_config::merged_parameters(&self.config, &self.dynamic),
+            baton_config::effective_pg_hba(&self.config, &self.dynamic),
+        );
+        if self.applied_pg.as_ref() == Some(&wanted) {
+            return false;
+        }
+        match self.pg.reconfigure(&wanted.0, &wanted.1).await {
+            Ok(outcome) => {
+                self.apply_error = None;
+                self.report_reconfigured(&outcome);
+                // Deferred: look again next cycle (PostgreSQL may be running by then).
+                if outcome.deferred.is_none() {
+                    self.applied_pg = Some(wanted);
+                }
+                outcome.reloaded
+            }
+            Err(e) => {
+                let text = format!("{e}");
+                if self.apply_error.as_deref() != Some(text.as_str()) {
+                    warn!("failed to apply the PostgreSQL configuration: {text}; retrying");
+                    self.apply_error = Some(text);
+                }
+                false
+            }
+        }
+    }
+
+    /// Log what a configuration change did, once per change of the pending-restart list.
+    fn report_reconfigured(&mut self, outcome: &Reconfigured) {
+        for name in &outcome.kept {
+            warn!(
+                "postgresql.parameters.{name}: changed; needs a restart of the agent (it \
+                 connects through the value it started with)"
+            );
+        }
+        for (name, error) in &outcome.rejected {
+            warn!("PostgreSQL did not apply parameter {name:?}: {error}");
+        }
+        if outcome.deferred.is_some() {
+            return;
+        }
+        let reasons: Vec<PendingRestart> = outcome
+            .pending_restart
+            .iter()
+            .map(|p| PendingRestart {
+                name: p.name.clone(),
+                old_value: p.old_value.clone(),
+                new_value: p.new_value.clone(),
+            })
+            .collect();
+        if reasons != self.pending_restart_reason {
+            for p in &reasons {
+                info!(
+                    "{} changed from {} to {}: takes effect when PostgreSQL restarts (pending restart)",
+                    p.name, p.old_value, p.new_value
+                );
+            }
+            self.pending_restart_reason = reasons;
+        }
     }
 
     /// WAL can also come from an archive (`restore_command` is set).
@@ -278,7 +432,8 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             self.publish_snapshot(obs.dcs.as_ref(), &obs.pg, holds, None);
         }
         let failed = self.execute(&decision.actions, &obs).await;
-        let pg_after = if decision.actions.is_empty() {
+        let reloaded = self.apply_pg_config().await;
+        let pg_after = if decision.actions.is_empty() && !reloaded {
             obs.pg.clone()
         } else {
             self.pg.observe().await
@@ -664,6 +819,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             state: state_label(pg, busy),
             role: role_label(pg, holds).to_owned(),
             pg: pg.sql.clone(),
+            pending_restart_reason: self.pending_restart_reason.clone(),
             system_id: pg.system_id().map(str::to_owned),
             holds_leader_key: holds,
             fence_deadline: lease.fence_deadline,
@@ -733,6 +889,10 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             }
             Command::Reinitialize { force, reply } => {
                 let _ = reply.send(self.reinitialize(force).await);
+            }
+            Command::Reload { reply } => {
+                info!("POST /reload: re-reading the configuration");
+                let _ = reply.send(self.reload().await);
             }
         }
     }

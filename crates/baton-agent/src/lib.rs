@@ -9,6 +9,9 @@
 //! - the PostgreSQL liveness monitor (a crash is noticed within a quarter of a second);
 //! - the REST API server.
 //!
+//! A reload (SIGHUP, `POST /reload`) re-reads the configuration file inside the HA loop
+//! (`ha::Agent::reload`, `reload::adopt`); it never ends the agent.
+//!
 //! Beside the process: the fence guard (`guard`, a process of its own started by the CLI),
 //! which enforces the fencer's recorded deadline when this process is frozen or killed.
 
@@ -32,10 +35,18 @@ pub mod guard;
 pub mod ha;
 pub mod lease;
 pub mod peers;
+pub mod reload;
 pub mod vip;
 
 pub use clock::SystemClock;
-pub use ha::{Agent, AgentIo, CycleOutcome};
+pub use ha::{Agent, AgentIo, ConfigSource, CycleOutcome};
+
+/// Where a running agent re-reads its configuration from, and the requests to do so.
+pub struct Reloads {
+    pub source: ConfigSource,
+    /// One message per SIGHUP.
+    pub requests: tokio::sync::mpsc::Receiver<()>,
+}
 
 /// How often the liveness monitor looks at the postmaster.
 pub const PG_MONITOR_INTERVAL: Duration = Duration::from_millis(250);
@@ -78,11 +89,18 @@ pub fn pg_settings(config: &Config, dynamic: &DynamicConfig) -> PgSettings {
 }
 
 /// Run the agent until `shutdown` resolves; then stop PostgreSQL, release the leader key and
-/// revoke the lease.
+/// revoke the lease. With `reloads`, each request (and `POST /reload`) re-reads the
+/// configuration through its source.
 pub async fn run(
     config: Config,
+    reloads: Option<Reloads>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let (source, mut reload_requests) = match reloads {
+        Some(r) => (Some(r.source), r.requests),
+        // A closed channel: its branch below never fires.
+        None => (None, tokio::sync::mpsc::channel(1).1),
+    };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     // The floating IP is checked before anything starts: a wrong vip.interface or a missing
     // capability is a startup error, not a surprise at the first failover.
@@ -229,6 +247,9 @@ pub async fn run(
         clock: clock.clone(),
     };
     let mut agent = Agent::new(io, config, dynamic, lease_rx.clone(), leading_tx, snap_tx)?;
+    if let Some(source) = source {
+        agent.set_config_source(source);
+    }
     let mut dcs_changes = dcs.changes();
     let mut lease_changes = lease_rx.clone();
     let mut ready = false;
@@ -249,6 +270,12 @@ pub async fn run(
             biased;
             _ = stopping(&stop_rx) => break,
             Some(command) = commands.recv() => agent.handle(command).await,
+            Some(()) = reload_requests.recv() => {
+                info!("received SIGHUP: re-reading the configuration");
+                notify_systemd(&[sd_notify::NotifyState::Reloading]);
+                let _ = agent.reload().await;
+                notify_systemd(&[sd_notify::NotifyState::Ready]);
+            }
             _ = dcs_changes.changed() => {}
             _ = pg_changed.notified() => {}
             // A new or lost lease changes what we may do; a mere renewal does not.

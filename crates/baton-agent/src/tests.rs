@@ -75,6 +75,13 @@ impl Postgres for FakePg {
     async fn rewind(&self, _upstream: &Upstream) -> Result<(), PgError> {
         Ok(())
     }
+    async fn reconfigure(
+        &self,
+        _parameters: &std::collections::BTreeMap<String, String>,
+        _pg_hba: &[String],
+    ) -> Result<baton_pg::Reconfigured, PgError> {
+        Ok(baton_pg::Reconfigured::default())
+    }
     async fn wipe_data_dir(&self) -> Result<(), PgError> {
         Ok(())
     }

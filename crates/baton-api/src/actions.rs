@@ -1,5 +1,5 @@
 //! The unsafe endpoints: `POST /switchover`, `POST /failover`, `DELETE /switchover`,
-//! `PATCH /config`. Handlers check the request's shape (Patroni's 400s), then hand a typed
+//! `PATCH /config`, `POST /reinitialize`, `POST /reload`. Handlers check the request's shape (Patroni's 400s), then hand a typed
 //! [`Command`] to the agent — the only writer of the DCS — and, for an immediate switchover,
 //! wait on the published snapshot until the leader changes.
 
@@ -28,6 +28,11 @@ pub enum Command {
     /// Re-clone this member from the leader (`POST /reinitialize`).
     Reinitialize {
         force: bool,
+        reply: oneshot::Sender<CommandReply>,
+    },
+    /// Re-read the local configuration file and apply what can be applied at run time, as
+    /// SIGHUP does (`POST /reload`).
+    Reload {
         reply: oneshot::Sender<CommandReply>,
     },
     /// JSON merge patch of the dynamic configuration (`null` deletes a key), with
@@ -305,6 +310,11 @@ pub(crate) async fn reinitialize(state: &ApiState, body: &[u8]) -> Response {
         }
     };
     reply_response(ask(state, |reply| Command::Reinitialize { force, reply }).await)
+}
+
+/// `POST /reload` (the body is ignored, as Patroni ignores it).
+pub(crate) async fn reload(state: &ApiState) -> Response {
+    reply_response(ask(state, |reply| Command::Reload { reply }).await)
 }
 
 /// `PATCH /config`.

@@ -80,6 +80,8 @@ enum Endpoint {
     PatchConfig,
     /// `POST /reinitialize`.
     Reinitialize,
+    /// `POST /reload`.
+    Reload,
     /// No handler for this method and path: the stdlib's 501.
     Unsupported,
 }
@@ -99,6 +101,7 @@ fn route(method: &Method, path: &str) -> Endpoint {
         (&Method::DELETE, "switchover") => return Endpoint::CancelSwitchover,
         (&Method::PATCH, "config") => return Endpoint::PatchConfig,
         (&Method::POST, "reinitialize") => return Endpoint::Reinitialize,
+        (&Method::POST, "reload") => return Endpoint::Reload,
         _ => {}
     }
     if !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
@@ -132,6 +135,7 @@ async fn dispatch(
             | Endpoint::CancelSwitchover
             | Endpoint::PatchConfig
             | Endpoint::Reinitialize
+            | Endpoint::Reload
     ) {
         let client = extensions
             .get::<ConnectInfo<SocketAddr>>()
@@ -148,6 +152,7 @@ async fn dispatch(
             Endpoint::Switchover(failover) => actions::switchover(&state, &body, failover).await,
             Endpoint::CancelSwitchover => actions::cancel_switchover(&state).await,
             Endpoint::Reinitialize => actions::reinitialize(&state, &body).await,
+            Endpoint::Reload => actions::reload(&state).await,
             _ => actions::patch_config(&state, &body).await,
         };
         if response.status().is_success() {
@@ -243,7 +248,8 @@ async fn dispatch(
         Endpoint::Switchover(_)
         | Endpoint::CancelSwitchover
         | Endpoint::PatchConfig
-        | Endpoint::Reinitialize => {
+        | Endpoint::Reinitialize
+        | Endpoint::Reload => {
             unreachable!("unsafe endpoints are answered above")
         }
         Endpoint::Unsupported => {

@@ -42,6 +42,9 @@ pub struct Snapshot {
     pub role: String,
     /// SQL-level state when PostgreSQL answered in the last cycle.
     pub pg: Option<PgSql>,
+    /// The settings waiting for a PostgreSQL restart, as the last configuration change
+    /// reported them; shown while `pg` says a restart is pending.
+    pub pending_restart_reason: Vec<PendingRestart>,
     /// Database system identifier, from `pg_controldata`.
     pub system_id: Option<String>,
     /// We hold the leader key (as of the last cycle).
@@ -82,6 +85,7 @@ impl Snapshot {
             state: "stopped".to_owned(),
             role: "uninitialized".to_owned(),
             pg: None,
+            pending_restart_reason: Vec::new(),
             system_id: None,
             holds_leader_key: false,
             fence_deadline: None,
@@ -105,6 +109,16 @@ impl Snapshot {
     pub fn is_leader_at(&self, now: Mono) -> bool {
         self.holds_leader_key && self.fence_deadline.is_some_and(|d| now < d)
     }
+}
+
+/// One setting waiting for a PostgreSQL restart: `pending_restart_reason` in `GET /patroni`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingRestart {
+    pub name: String,
+    /// The running value.
+    pub old_value: String,
+    /// The configured value.
+    pub new_value: String,
 }
 
 /// Shared state of the handlers: read-only views plus the clock.

@@ -125,6 +125,9 @@ pub(crate) struct Status {
     pub(crate) database_system_identifier: Option<String>,
     #[serde(skip_serializing_if = "is_false")]
     pub(crate) pending_restart: bool,
+    /// `{name: {old_value, new_value}}` for the settings waiting for a restart, when known.
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    pub(crate) pending_restart_reason: Map<String, Value>,
     pub(crate) patroni: PatroniInfo,
     #[serde(skip_serializing_if = "is_false")]
     pub(crate) watchdog_failed: bool,
@@ -192,6 +195,7 @@ impl Status {
             tags: tags_to_json(&snap.tags),
             database_system_identifier: snap.system_id.clone(),
             pending_restart: false,
+            pending_restart_reason: Map::new(),
             patroni: PatroniInfo {
                 version: VERSION,
                 scope: snap.scope.clone(),
@@ -218,6 +222,17 @@ impl Status {
         status.server_version = Some(pg.server_version);
         status.timeline = Some(pg.effective_timeline().0);
         status.pending_restart = pg.pending_restart;
+        if pg.pending_restart {
+            status.pending_restart_reason = snap
+                .pending_restart_reason
+                .iter()
+                .map(|p| {
+                    let diff =
+                        serde_json::json!({"old_value": p.old_value, "new_value": p.new_value});
+                    (p.name.clone(), diff)
+                })
+                .collect();
+        }
         status.replication = pg
             .replication
             .iter()

@@ -1594,3 +1594,37 @@ async fn a_lag_beyond_any_wal_distance_is_a_400_not_a_wrap() {
     // The largest accepted value is no lag limit at all, without overflowing.
     assert_eq!(h.code("/replica?lag=9223372036854775807").await, 200);
 }
+
+#[tokio::test]
+async fn pending_restart_with_its_reason_in_patroni_and_metrics() {
+    let reason = vec![crate::PendingRestart {
+        name: "shared_buffers".to_owned(),
+        old_value: "32MB".to_owned(),
+        new_value: "48MB".to_owned(),
+    }];
+    let mut snap = primary();
+    if let Some(pg) = snap.pg.as_mut() {
+        pg.pending_restart = true;
+    }
+    snap.pending_restart_reason = reason.clone();
+    let h = harness(snap);
+    let doc: serde_json::Value = serde_json::from_str(&h.get("/patroni").await.body).expect("json");
+    assert_eq!(doc["pending_restart"], serde_json::json!(true));
+    assert_eq!(
+        doc["pending_restart_reason"],
+        serde_json::json!({"shared_buffers": {"old_value": "32MB", "new_value": "48MB"}})
+    );
+    let metrics = h.get("/metrics").await.body;
+    assert!(
+        metrics.contains("patroni_pending_restart{scope=\"demo\",name=\"node1\"} 1"),
+        "{metrics}"
+    );
+
+    // PostgreSQL restarted since (pg_settings has nothing pending): a stale reason is not shown.
+    let mut snap = primary();
+    snap.pending_restart_reason = reason;
+    let h = harness(snap);
+    let doc: serde_json::Value = serde_json::from_str(&h.get("/patroni").await.body).expect("json");
+    assert!(doc.get("pending_restart").is_none(), "{doc}");
+    assert!(doc.get("pending_restart_reason").is_none(), "{doc}");
+}

@@ -208,16 +208,6 @@ fn init_logging() {
 
 fn run_agent(path: &Path) -> ExitCode {
     init_logging();
-    let loaded = match load(path) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            return ExitCode::from(2);
-        }
-    };
-    for w in &loaded.warnings {
-        tracing::warn!("config: {w}");
-    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -229,6 +219,28 @@ fn run_agent(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // SIGHUP re-reads the configuration file and never ends the agent. The handler is in
+    // place before anything else, so an early SIGHUP (systemd's ExecReload) is not fatal.
+    let hangups = {
+        let _runtime = rt.enter();
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("install SIGHUP handler: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    let loaded = match load(path) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    for w in &loaded.warnings {
+        tracing::warn!("config: {w}");
+    }
     let shutdown = async {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -243,12 +255,19 @@ fn run_agent(path: &Path) -> ExitCode {
             _ = tokio::signal::ctrl_c() => tracing::info!("received SIGINT"),
         }
     };
+    let (requests_tx, requests) = tokio::sync::mpsc::channel(1);
+    rt.spawn(forward_hangups(hangups, requests_tx));
+    let file = path.to_owned();
+    let reloads = baton_agent::Reloads {
+        source: std::sync::Arc::new(move || baton_config::load_file(&file, &env)),
+        requests,
+    };
     // The fence guard enforces the fencing deadline when this process cannot (frozen or
     // killed), and takes the floating IP (if any) off this host with it; it outlives an
     // abnormal exit only.
     let data_dir = loaded.config.postgresql.data_dir.clone();
     let guard = baton_agent::guard::spawn_guard(&data_dir, loaded.config.vip.as_ref());
-    let result = rt.block_on(baton_agent::run(loaded.config, shutdown));
+    let result = rt.block_on(baton_agent::run(loaded.config, Some(reloads), shutdown));
     if let Some(guard) = guard {
         baton_agent::guard::stop_guard(guard, &data_dir);
     }
@@ -257,6 +276,18 @@ fn run_agent(path: &Path) -> ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// One reload request per SIGHUP; SIGHUPs arriving while one is queued are merged into it.
+async fn forward_hangups(
+    mut hangups: tokio::signal::unix::Signal,
+    requests: tokio::sync::mpsc::Sender<()>,
+) {
+    while hangups.recv().await.is_some() {
+        if let Err(tokio::sync::mpsc::error::TrySendError::Closed(())) = requests.try_send(()) {
+            return;
         }
     }
 }

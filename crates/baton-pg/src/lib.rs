@@ -106,6 +106,48 @@ pub struct PgSettings {
     pub run_as: Option<(u32, u32)>,
 }
 
+/// A setting whose configured value takes effect only when PostgreSQL restarts (`pending_restart`
+/// in `pg_settings`): Patroni's `pending_restart_reason` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingSetting {
+    pub name: String,
+    /// The running value, as `SHOW` prints it.
+    pub old_value: String,
+    /// The value in the configuration files.
+    pub new_value: String,
+}
+
+/// A setting written higher than configured on a standby: recovery needs at least the value
+/// the primary runs with (as `pg_controldata` records it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RaisedSetting {
+    pub name: String,
+    pub configured: String,
+    pub written: u64,
+}
+
+/// What [`Postgres::reconfigure`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reconfigured {
+    /// `postgresql.conf` or `pg_hba.conf` was rewritten.
+    pub rewritten: bool,
+    /// The running server re-read its configuration files.
+    pub reloaded: bool,
+    /// Why the files were not written now (they are when PostgreSQL next starts or follows
+    /// its upstream).
+    pub deferred: Option<&'static str>,
+    /// Settings that wait for a restart (PostgreSQL is never restarted for them).
+    pub pending_restart: Vec<PendingSetting>,
+    /// Entries of our `postgresql.conf` the server did not apply for another reason: (name,
+    /// PostgreSQL's error).
+    pub rejected: Vec<(String, String)>,
+    /// Parameters kept at the value the agent started with, since the agent's own connections
+    /// depend on them (`unix_socket_directories`).
+    pub kept: Vec<String>,
+    /// Standby settings raised to the primary's values.
+    pub raised: Vec<RaisedSetting>,
+}
+
 /// The local PostgreSQL instance.
 ///
 /// Every method is bounded in time and never panics on bad state; errors carry the command
@@ -165,6 +207,17 @@ pub trait Postgres: Send + Sync + 'static {
             ))
         }
     }
+
+    /// Adopt new `parameters` and `pg_hba` (merged as [`PgSettings::parameters`] and
+    /// [`PgSettings::pg_hba`] are): every configuration file written from now on has them. A
+    /// running server gets them at once: `postgresql.conf` and `pg_hba.conf` are rewritten and,
+    /// when they changed, reloaded; settings that need a restart are reported, never acted on.
+    /// Values that cannot be written are an error naming them, and change nothing.
+    fn reconfigure(
+        &self,
+        parameters: &BTreeMap<String, String>,
+        pg_hba: &[String],
+    ) -> impl Future<Output = Result<Reconfigured, PgError>> + Send;
 
     /// Remove the data directory's contents.
     fn wipe_data_dir(&self) -> impl Future<Output = Result<(), PgError>> + Send;

@@ -19,7 +19,10 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls, Row, Statement};
 use tracing::{debug, info, warn};
 
-use crate::{PgError, PgSettings, Postgres, controldata, history, procs, render};
+use crate::{
+    PendingSetting, PgError, PgSettings, Postgres, RaisedSetting, Reconfigured, controldata,
+    history, procs, render,
+};
 
 /// Environment variables that would change what the PostgreSQL tools connect to or how; the
 /// children get exactly what we pass (and never a password).
@@ -113,11 +116,56 @@ impl Drop for GroupGuard {
     }
 }
 
-#[derive(Default)]
 struct Managed {
     synchronous_standby_names: Option<String>,
     role: Option<StartRole>,
+    /// The parameters and `pg_hba` lines to write: the settings' until `reconfigure`.
+    parameters: BTreeMap<String, String>,
+    pg_hba: Vec<String>,
+    /// Standby minimums from `pg_controldata` (the primary's values of the settings recovery
+    /// needs at least as high), by parameter name.
+    floor: BTreeMap<&'static str, u64>,
+    /// The settings last written raised to `floor` (logged when this changes).
+    raised: Vec<RaisedSetting>,
 }
+
+/// Which files one write of the configuration changed.
+#[derive(Clone, Copy, Default)]
+struct Written {
+    conf: bool,
+    hba: bool,
+    signal: bool,
+}
+
+/// Settings a standby must run with at least the primary's values, with their labels in
+/// `pg_controldata` output (PostgreSQL refuses hot standby, or pauses recovery, below them).
+const STANDBY_MINIMUMS: &[(&str, &str)] = &[
+    ("max_connections", "max_connections setting"),
+    ("max_worker_processes", "max_worker_processes setting"),
+    ("max_wal_senders", "max_wal_senders setting"),
+    ("max_prepared_transactions", "max_prepared_xacts setting"),
+    ("max_locks_per_transaction", "max_locks_per_xact setting"),
+];
+
+/// Parameters kept at the agent's starting value by `reconfigure`: the agent connects
+/// through the socket directory it started with.
+const KEPT_PARAMETERS: &[&str] = &["unix_socket_directories"];
+
+/// Settings waiting for a restart: running value and the value the files now have (the last
+/// entry for the name; the built-in default when no file sets it any more).
+const PENDING_RESTART_SQL: &str = "\
+SELECT s.name, pg_catalog.current_setting(s.name),
+       COALESCE((SELECT f.setting FROM pg_catalog.pg_file_settings f
+                  WHERE f.name = s.name ORDER BY f.seqno DESC LIMIT 1), s.boot_val, '')
+  FROM pg_catalog.pg_settings s
+ WHERE s.pending_restart
+ ORDER BY 1";
+
+/// Entries of a configuration file the server could not apply, with its reason.
+const FILE_ERRORS_SQL: &str = "\
+SELECT COALESCE(name, ''), error FROM pg_catalog.pg_file_settings
+ WHERE sourcefile = $1 AND error IS NOT NULL
+ ORDER BY seqno";
 
 /// Removes a file when dropped (the initdb password file).
 struct RemoveOnDrop(PathBuf);
@@ -166,10 +214,18 @@ impl LocalPostgres {
                 *path = absolute;
             }
         }
+        let managed = Managed {
+            synchronous_standby_names: None,
+            role: None,
+            parameters: settings.parameters.clone(),
+            pg_hba: settings.pg_hba.clone(),
+            floor: BTreeMap::new(),
+            raised: Vec::new(),
+        };
         LocalPostgres {
             settings,
             observer: tokio::sync::Mutex::new(None),
-            managed: std::sync::Mutex::new(Managed::default()),
+            managed: std::sync::Mutex::new(managed),
         }
     }
 
@@ -492,6 +548,12 @@ impl LocalPostgres {
     /// the pgpass file and the recovery signal files. Returns whether postgresql.conf or
     /// standby.signal changed.
     fn write_config(&self, role: &StartRole) -> Result<bool, PgError> {
+        self.write_config_files(role).map(|w| w.conf || w.signal)
+    }
+
+    /// [`Self::write_config`], saying which files changed. Both configuration files are
+    /// rendered before anything is written.
+    fn write_config_files(&self, role: &StartRole) -> Result<Written, PgError> {
         self.ensure_base_conf()?;
         // ALTER SYSTEM settings would override our recovery settings.
         let auto_conf = self.data_file("postgresql.auto.conf");
@@ -501,36 +563,89 @@ impl LocalPostgres {
             warn!("removing recovery settings from {}", auto_conf.display());
             self.write_file(&auto_conf, &clean, 0o600)?;
         }
-        let conf = {
+        let (conf, hba) = {
             let mut managed = self.managed.lock().unwrap_or_else(|p| p.into_inner());
+            let (settings, raised) = self.settings_to_write(&managed, role);
+            let files = (
+                render::postgresql_conf(&settings, role)?,
+                render::pg_hba_conf(&settings)?,
+            );
             managed.role = Some(role.clone());
-            match &managed.synchronous_standby_names {
-                Some(value) => {
-                    let mut settings = self.settings.clone();
-                    settings
-                        .parameters
-                        .insert("synchronous_standby_names".into(), value.clone());
-                    render::postgresql_conf(&settings, role)?
+            if managed.raised != raised {
+                for r in &raised {
+                    info!(
+                        "{} = {} on this standby (configured {}): the primary runs with it \
+                         (pg_controldata)",
+                        r.name, r.written, r.configured
+                    );
                 }
-                None => render::postgresql_conf(&self.settings, role)?,
+                managed.raised = raised;
             }
+            files
         };
-        let mut changed = self.write_file(&self.data_file("postgresql.conf"), &conf, 0o600)?;
-        self.write_file(
-            &self.data_file("pg_hba.conf"),
-            &render::pg_hba_conf(&self.settings)?,
-            0o600,
-        )?;
+        let mut written = Written {
+            conf: self.write_file(&self.data_file("postgresql.conf"), &conf, 0o600)?,
+            hba: self.write_file(&self.data_file("pg_hba.conf"), &hba, 0o600)?,
+            signal: false,
+        };
         self.write_pgpass()?;
         let standby_signal = self.data_file("standby.signal");
         self.remove_file(&self.data_file("recovery.signal"))?;
         if matches!(role, StartRole::Standby { .. }) {
-            changed |= self.write_file(&standby_signal, "", 0o600)?;
+            written.signal = self.write_file(&standby_signal, "", 0o600)?;
         } else if standby_signal.exists() {
             self.remove_file(&standby_signal)?;
-            changed = true;
+            written.signal = true;
         }
-        Ok(changed)
+        Ok(written)
+    }
+
+    /// The settings the configuration files are rendered from for `role`: the managed
+    /// parameters and `pg_hba` lines, `synchronous_standby_names` as the HA loop set it, and
+    /// on a standby the primary's minimums; plus the settings raised to those minimums.
+    fn settings_to_write(
+        &self,
+        managed: &Managed,
+        role: &StartRole,
+    ) -> (PgSettings, Vec<RaisedSetting>) {
+        let mut settings = self.settings.clone();
+        settings.parameters = managed.parameters.clone();
+        settings.pg_hba = managed.pg_hba.clone();
+        if let Some(value) = &managed.synchronous_standby_names {
+            settings
+                .parameters
+                .insert("synchronous_standby_names".into(), value.clone());
+        }
+        let raised = if matches!(role, StartRole::Standby { .. }) {
+            raise_to_floor(&mut settings.parameters, &managed.floor)
+        } else {
+            Vec::new()
+        };
+        (settings, raised)
+    }
+
+    /// Read the primary's minimums for a standby from `pg_controldata`; on failure the last
+    /// ones are kept (and the failure logged).
+    async fn refresh_floor(&self) {
+        let timeout = self.settings.sql_timeout;
+        let output = self
+            .run(
+                "pg_controldata",
+                vec![self.data_dir().into()],
+                RunOpts {
+                    c_locale: true,
+                    timeout: Some(timeout),
+                    ..RunOpts::default()
+                },
+            )
+            .await;
+        match output {
+            Ok(text) => {
+                let floor = standby_minimums(&text);
+                self.managed.lock().unwrap_or_else(|p| p.into_inner()).floor = floor;
+            }
+            Err(e) => warn!("failed to read the standby minimums from pg_controldata: {e}"),
+        }
     }
 
     /// Where `pg_ctl start -l` writes the postmaster's output: `<data_dir>.log` next to the data
@@ -1025,6 +1140,9 @@ impl Postgres for LocalPostgres {
             )));
         }
         self.kill_leftovers().await?;
+        if matches!(role, StartRole::Standby { .. }) {
+            self.refresh_floor().await;
+        }
         self.write_config(role)?;
         let log = self.startup_log();
         let deadline = Instant::now() + self.pg_ctl_bound();
@@ -1137,7 +1255,10 @@ impl Postgres for LocalPostgres {
             deadline,
             move || async move { Ok(!this.in_recovery().await?) },
         )
-        .await
+        .await?;
+        // Files written from now on are a primary's (no standby.signal, no recovery settings).
+        self.managed.lock().unwrap_or_else(|p| p.into_inner()).role = Some(StartRole::Primary);
+        Ok(())
     }
 
     async fn set_synchronous_standby_names(&self, value: Option<&str>) -> Result<(), PgError> {
@@ -1162,6 +1283,7 @@ impl Postgres for LocalPostgres {
     }
 
     async fn follow(&self, upstream: &Upstream) -> Result<bool, PgError> {
+        self.refresh_floor().await;
         if !self.write_config(&StartRole::Standby {
             upstream: Some(upstream.clone()),
         })? {
@@ -1280,6 +1402,139 @@ impl Postgres for LocalPostgres {
         )
         .await?;
         Ok(())
+    }
+
+    async fn reconfigure(
+        &self,
+        parameters: &BTreeMap<String, String>,
+        pg_hba: &[String],
+    ) -> Result<Reconfigured, PgError> {
+        let mut parameters = parameters.clone();
+        let mut outcome = Reconfigured::default();
+        for name in KEPT_PARAMETERS {
+            let running = find_parameter(&self.settings.parameters, name).map(str::to_owned);
+            if find_parameter(&parameters, name) != running.as_deref() {
+                parameters.retain(|k, _| !k.trim().eq_ignore_ascii_case(name));
+                if let Some(value) = running {
+                    parameters.insert((*name).to_owned(), value);
+                }
+                outcome.kept.push((*name).to_owned());
+            }
+        }
+        // Refuse what cannot be written before adopting anything.
+        let mut candidate = self.settings.clone();
+        candidate.parameters = parameters.clone();
+        candidate.pg_hba = pg_hba.to_vec();
+        render::postgresql_conf(&candidate, &StartRole::Primary)?;
+        render::pg_hba_conf(&candidate)?;
+        let role = {
+            let mut managed = self.managed.lock().unwrap_or_else(|p| p.into_inner());
+            managed.parameters = parameters;
+            managed.pg_hba = pg_hba.to_vec();
+            managed.role.clone()
+        };
+
+        if procs::postmaster(self.data_dir()).is_none() {
+            outcome.deferred = Some("PostgreSQL is not running; it starts with them");
+            return Ok(outcome);
+        }
+        let conn = self.admin("reconfigure").await?;
+        let limit = self.settings.sql_timeout.max(Duration::from_secs(1));
+        let query = |sql: &'static str, params: Vec<String>| {
+            let client = &conn.client;
+            async move {
+                let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+                    .iter()
+                    .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+                    .collect();
+                match timeout(limit, client.query(sql, &refs)).await {
+                    Ok(rows) => rows.map_err(|e| sql_error("reconfigure", &e)),
+                    Err(_) => Err(PgError::Timeout {
+                        what: format!("reconfigure: {}", sql.lines().next().unwrap_or(sql)),
+                        after: limit,
+                    }),
+                }
+            }
+        };
+        let text = |rows: &[Row], column: usize| -> Result<String, PgError> {
+            rows.first()
+                .ok_or_else(|| PgError::Sql("reconfigure: no row".into()))?
+                .try_get::<_, String>(column)
+                .map_err(|e| sql_error("reconfigure", &e))
+        };
+        let in_recovery = query("SELECT pg_catalog.pg_is_in_recovery()::text", vec![]).await?;
+        let role = if text(&in_recovery, 0)? == "false" {
+            StartRole::Primary
+        } else {
+            match role {
+                Some(role @ StartRole::Standby { .. }) => {
+                    self.refresh_floor().await;
+                    role
+                }
+                _ => {
+                    outcome.deferred = Some(
+                        "PostgreSQL runs as a standby whose upstream is not known yet; \
+                         following the leader writes them",
+                    );
+                    return Ok(outcome);
+                }
+            }
+        };
+        let written = self.write_config_files(&role)?;
+        outcome.rewritten = written.conf || written.hba;
+        outcome.raised = self
+            .managed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .raised
+            .clone();
+        if outcome.rewritten || written.signal {
+            info!(
+                postgresql_conf = written.conf,
+                pg_hba_conf = written.hba,
+                "configuration changed: reloading PostgreSQL"
+            );
+            let load_time = "SELECT pg_catalog.pg_conf_load_time()::text";
+            let before = text(&query(load_time, vec![]).await?, 0)?;
+            query("SELECT pg_catalog.pg_reload_conf()::text", vec![]).await?;
+            // This session re-reads the files after the postmaster did: wait for it, so what
+            // is reported below is the reloaded state.
+            let deadline = Instant::now() + limit;
+            loop {
+                if text(&query(load_time, vec![]).await?, 0)? != before {
+                    outcome.reloaded = true;
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    warn!("PostgreSQL did not re-read its configuration within {limit:?}");
+                    break;
+                }
+                sleep(POLL_INTERVAL).await;
+            }
+        }
+        for row in query(PENDING_RESTART_SQL, vec![]).await? {
+            let get = |i| {
+                row.try_get::<_, String>(i)
+                    .map_err(|e| sql_error("pending restart", &e))
+            };
+            outcome.pending_restart.push(PendingSetting {
+                name: get(0)?,
+                old_value: get(1)?,
+                new_value: get(2)?,
+            });
+        }
+        let conf = self.data_file("postgresql.conf").display().to_string();
+        for row in query(FILE_ERRORS_SQL, vec![conf]).await? {
+            let get = |i| {
+                row.try_get::<_, String>(i)
+                    .map_err(|e| sql_error("configuration file errors", &e))
+            };
+            let name = get(0)?;
+            if !outcome.pending_restart.iter().any(|p| p.name == name) {
+                outcome.rejected.push((name, get(1)?));
+            }
+        }
+        Ok(outcome)
     }
 
     async fn wipe_data_dir(&self) -> Result<(), PgError> {
@@ -1666,6 +1921,61 @@ impl StopGate {
 }
 
 /// The highest timeline with a history file (`0000000N.history`) in `<data_dir>/pg_wal`.
+/// The value of parameter `name` (case-insensitive) in `parameters`.
+fn find_parameter<'a>(parameters: &'a BTreeMap<String, String>, name: &str) -> Option<&'a str> {
+    parameters
+        .iter()
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// The standby minimums in `pg_controldata` output (the labels of [`STANDBY_MINIMUMS`]);
+/// a missing or malformed line gives no minimum for that setting.
+fn standby_minimums(controldata: &str) -> BTreeMap<&'static str, u64> {
+    let mut out = BTreeMap::new();
+    for line in controldata.lines() {
+        let Some((label, value)) = line.split_once(':') else {
+            continue;
+        };
+        if let Some((name, _)) = STANDBY_MINIMUMS.iter().find(|(_, l)| *l == label.trim())
+            && let Ok(value) = value.trim().parse::<u64>()
+        {
+            out.insert(*name, value);
+        }
+    }
+    out
+}
+
+/// Raise the settings in `parameters` that are below `floor` (or missing) to it; returns
+/// what was raised. A value that is not a plain integer is raised too (PostgreSQL would
+/// refuse it).
+fn raise_to_floor(
+    parameters: &mut BTreeMap<String, String>,
+    floor: &BTreeMap<&'static str, u64>,
+) -> Vec<RaisedSetting> {
+    let mut raised = Vec::new();
+    for (name, minimum) in floor {
+        let configured = find_parameter(parameters, name).map(str::to_owned);
+        let ok = configured
+            .as_deref()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|v| v >= *minimum);
+        if ok {
+            continue;
+        }
+        parameters.retain(|k, _| !k.trim().eq_ignore_ascii_case(name));
+        parameters.insert((*name).to_owned(), minimum.to_string());
+        if let Some(configured) = configured {
+            raised.push(RaisedSetting {
+                name: (*name).to_owned(),
+                configured,
+                written: *minimum,
+            });
+        }
+    }
+    raised
+}
+
 fn newest_history_file(data_dir: &Path) -> Option<Timeline> {
     std::fs::read_dir(data_dir.join("pg_wal"))
         .ok()?
@@ -2175,6 +2485,71 @@ mod tests {
         fs::remove_file(pg.slot_record_path()).expect("remove");
         std::os::unix::fs::symlink(&planted, pg.slot_record_path()).expect("symlink");
         assert!(pg.read_slot_record().is_err());
+    }
+
+    #[test]
+    fn standby_minimums_come_from_pg_controldata() {
+        let output = "pg_control version number:            1300\n\
+                      max_connections setting:              200\n\
+                      max_worker_processes setting:         8\n\
+                      max_wal_senders setting:              garbage\n\
+                      max_prepared_xacts setting:           0\n\
+                      max_locks_per_xact setting:           64\n";
+        let floor = super::standby_minimums(output);
+        assert_eq!(
+            floor.into_iter().collect::<Vec<_>>(),
+            [
+                ("max_connections", 200),
+                ("max_locks_per_transaction", 64),
+                ("max_prepared_transactions", 0),
+                ("max_worker_processes", 8),
+            ]
+        );
+    }
+
+    #[test]
+    fn standby_settings_are_raised_to_the_minimums_only() {
+        let mut parameters: BTreeMap<String, String> = [
+            ("Max_Connections", "100"),
+            ("max_worker_processes", "16"),
+            ("max_locks_per_transaction", "many"),
+            ("work_mem", "4MB"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let floor = BTreeMap::from([
+            ("max_connections", 200),
+            ("max_worker_processes", 8),
+            ("max_locks_per_transaction", 64),
+            ("max_prepared_transactions", 5),
+        ]);
+        let raised = super::raise_to_floor(&mut parameters, &floor);
+        let shown: Vec<_> = raised
+            .iter()
+            .map(|r| (r.name.as_str(), r.configured.as_str(), r.written))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("max_connections", "100", 200),
+                ("max_locks_per_transaction", "many", 64)
+            ]
+        );
+        let after: Vec<_> = parameters
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            after,
+            [
+                ("max_connections", "200"),
+                ("max_locks_per_transaction", "64"),
+                ("max_prepared_transactions", "5"),
+                ("max_worker_processes", "16"),
+                ("work_mem", "4MB"),
+            ]
+        );
     }
 
     #[test]

@@ -720,3 +720,214 @@ async fn postmaster_runs_without_agent_secrets_or_capabilities() {
     assert_eq!(cap_amb(&status), Some(0), "{status}");
     pg.stop(StopMode::Fast).await.expect("stop");
 }
+
+/// `SHOW name` on `member`.
+async fn show(member: &LocalPostgres, name: &str) -> String {
+    sql(member)
+        .await
+        .query_one(&format!("SHOW {name}"), &[])
+        .await
+        .unwrap_or_else(|e| panic!("SHOW {name}: {e}"))
+        .get(0)
+}
+
+fn with(base: &BTreeMap<String, String>, changes: &[(&str, &str)]) -> BTreeMap<String, String> {
+    let mut out = base.clone();
+    for (k, v) in changes {
+        out.insert((*k).to_owned(), (*v).to_owned());
+    }
+    out
+}
+
+/// Issue 15: a running server gets new parameters and pg_hba lines by a reload; a setting that
+/// needs a restart is reported, and PostgreSQL is not restarted for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconfigure_reloads_and_reports_what_needs_a_restart() {
+    let Some(env) = TestEnv::new("reconfigure_reloads_and_reports_what_needs_a_restart") else {
+        return;
+    };
+    let settings = env.settings("reconf");
+    let pg = LocalPostgres::new(settings.clone());
+    let _cleanup = Cleanup::new(&[&pg]);
+
+    // Not running: nothing is written now, start uses them.
+    pg.initdb().await.expect("initdb");
+    let before_start = with(&settings.parameters, &[("work_mem", "5MB")]);
+    let outcome = pg
+        .reconfigure(&before_start, &[])
+        .await
+        .expect("reconfigure");
+    assert!(
+        outcome.deferred.is_some() && !outcome.reloaded,
+        "{outcome:?}"
+    );
+    pg.start(&StartRole::Primary).await.expect("start");
+    pg.create_roles().await.expect("create roles");
+    assert_eq!(show(&pg, "work_mem").await, "5MB");
+    let pid = pg.observe().await.process;
+
+    // The agent's own connections must still be admitted.
+    let hba = vec![
+        "local all postgres scram-sha-256".to_owned(),
+        "host all postgres 127.0.0.1/32 scram-sha-256".to_owned(),
+        "host all app_user 10.9.8.0/24 scram-sha-256".to_owned(),
+    ];
+    let wanted = with(
+        &settings.parameters,
+        &[("work_mem", "8MB"), ("shared_buffers", "24MB")],
+    );
+    let outcome = pg.reconfigure(&wanted, &hba).await.expect("reconfigure");
+    assert!(outcome.rewritten && outcome.reloaded, "{outcome:?}");
+    assert_eq!(outcome.deferred, None);
+    assert!(outcome.rejected.is_empty(), "{outcome:?}");
+    let pending: Vec<_> = outcome
+        .pending_restart
+        .iter()
+        .map(|p| (p.name.as_str(), p.old_value.as_str(), p.new_value.as_str()))
+        .collect();
+    assert_eq!(pending, [("shared_buffers", "16MB", "24MB")]);
+    assert_eq!(show(&pg, "work_mem").await, "8MB");
+    assert_eq!(show(&pg, "shared_buffers").await, "16MB");
+    let client = sql(&pg).await;
+    let flagged: bool = client
+        .query_one(
+            "SELECT pending_restart FROM pg_settings WHERE name = 'shared_buffers'",
+            &[],
+        )
+        .await
+        .expect("pg_settings")
+        .get(0);
+    assert!(flagged);
+    let rules: Vec<String> = client
+        .query(
+            "SELECT array_to_string(user_name, ',') || ' ' || COALESCE(address, '') \
+               FROM pg_hba_file_rules ORDER BY line_number",
+            &[],
+        )
+        .await
+        .expect("pg_hba_file_rules")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        rules,
+        ["postgres ", "postgres 127.0.0.1", "app_user 10.9.8.0"],
+        "pg_hba.conf as configured"
+    );
+    assert!(pg.observe().await.sql.expect("sql").pending_restart);
+    assert_eq!(pg.observe().await.process, pid, "never restarted");
+
+    // The same again: nothing to write or reload; still pending.
+    let again = pg.reconfigure(&wanted, &hba).await.expect("reconfigure");
+    assert!(!again.rewritten && !again.reloaded, "{again:?}");
+    assert_eq!(again.pending_restart, outcome.pending_restart);
+
+    // The managed synchronous_standby_names survives a rewrite.
+    pg.set_synchronous_standby_names(Some("ANY 1 (nobody)"))
+        .await
+        .expect("set synchronous_standby_names");
+    let more = with(&wanted, &[("work_mem", "9MB")]);
+    pg.reconfigure(&more, &hba).await.expect("reconfigure");
+    assert_eq!(show(&pg, "work_mem").await, "9MB");
+    assert_eq!(
+        show(&pg, "synchronous_standby_names").await,
+        "ANY 1 (nobody)"
+    );
+    pg.set_synchronous_standby_names(None)
+        .await
+        .expect("reset synchronous_standby_names");
+
+    // A value PostgreSQL refuses is reported; the server keeps the last good one.
+    let bad = with(&more, &[("work_mem", "lots")]);
+    let refused = pg.reconfigure(&bad, &hba).await.expect("reconfigure");
+    assert_eq!(
+        refused
+            .rejected
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>(),
+        ["work_mem"],
+        "{refused:?}"
+    );
+    assert_eq!(show(&pg, "work_mem").await, "9MB");
+
+    // The socket directory the agent connects through stays until the agent restarts.
+    let moved = with(&more, &[("unix_socket_directories", "/nonexistent")]);
+    let kept = pg.reconfigure(&moved, &hba).await.expect("reconfigure");
+    assert_eq!(kept.kept, ["unix_socket_directories"]);
+
+    // A value that cannot be written at all changes nothing.
+    let unwritable = with(&more, &[("work_mem", "1MB\nfsync = off")]);
+    assert!(pg.reconfigure(&unwritable, &hba).await.is_err());
+    assert_eq!(show(&pg, "work_mem").await, "9MB");
+
+    // A restart applies the pending setting (and the start writes the adopted files).
+    pg.stop(StopMode::Fast).await.expect("stop");
+    pg.start(&StartRole::Primary).await.expect("restart");
+    assert_eq!(show(&pg, "shared_buffers").await, "24MB");
+    assert_eq!(show(&pg, "work_mem").await, "9MB");
+    assert!(!pg.observe().await.sql.expect("sql").pending_restart);
+    let after = pg.reconfigure(&more, &hba).await.expect("reconfigure");
+    assert!(after.pending_restart.is_empty(), "{after:?}");
+    pg.stop(StopMode::Fast).await.expect("stop");
+}
+
+/// A standby never runs with less than the primary's `max_connections` & co. (pg_controldata):
+/// PostgreSQL would refuse hot standby or pause recovery. A promoted server's files are a
+/// primary's from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_keeps_the_primarys_minimums() {
+    let Some(env) = TestEnv::new("a_standby_keeps_the_primarys_minimums") else {
+        return;
+    };
+    let settings = env.settings("minimums");
+    let pg = LocalPostgres::new(settings.clone());
+    let _cleanup = Cleanup::new(&[&pg]);
+    pg.initdb().await.expect("initdb");
+    // As a primary with max_connections 20: pg_control records it.
+    pg.start(&StartRole::Primary).await.expect("start primary");
+    pg.create_roles().await.expect("create roles");
+    pg.stop(StopMode::Fast).await.expect("stop primary");
+
+    let lower = with(&settings.parameters, &[("max_connections", "10")]);
+    pg.reconfigure(&lower, &[]).await.expect("reconfigure");
+    let standby = StartRole::Standby {
+        upstream: Some(Upstream {
+            name: MemberName::new("gone").expect("name"),
+            host: "127.0.0.1".into(),
+            port: free_port(),
+        }),
+    };
+    pg.start(&standby).await.expect("start standby");
+    assert_eq!(show(&pg, "max_connections").await, "20");
+
+    // Lowered again at run time: the file keeps the minimum, nothing waits for a restart.
+    let outcome = pg.reconfigure(&lower, &[]).await.expect("reconfigure");
+    assert!(outcome.pending_restart.is_empty(), "{outcome:?}");
+    assert_eq!(
+        outcome
+            .raised
+            .iter()
+            .map(|r| (r.name.as_str(), r.configured.as_str(), r.written))
+            .collect::<Vec<_>>(),
+        [("max_connections", "10", 20)]
+    );
+
+    // Another agent process (no upstream known yet) leaves a standby's files alone.
+    let fresh = LocalPostgres::new(settings.clone());
+    let deferred = fresh.reconfigure(&lower, &[]).await.expect("reconfigure");
+    assert!(deferred.deferred.is_some(), "{deferred:?}");
+
+    pg.promote().await.expect("promote");
+    pg.set_synchronous_standby_names(Some("ANY 1 (nobody)"))
+        .await
+        .expect("set synchronous_standby_names");
+    assert!(
+        !settings.data_dir.join("standby.signal").exists(),
+        "a promoted server's files are a primary's"
+    );
+    let conf = std::fs::read_to_string(settings.data_dir.join("postgresql.conf")).expect("conf");
+    assert!(!conf.contains("primary_conninfo"), "{conf}");
+    pg.set_synchronous_standby_names(None).await.expect("reset");
+    pg.stop(StopMode::Fast).await.expect("stop");
+}

@@ -5,11 +5,12 @@
 //! after a stop — run as tasks of their own, not of the agent: an agent that crashes or
 //! freezes halfway through `pg_ctl start` still ends up with a running server, as in life.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use baton_core::{HistoryLine, PgState, StartRole, StopMode, Upstream};
-use baton_pg::{PgError, Postgres};
+use baton_pg::{PendingSetting, PgError, Postgres, Reconfigured};
 
 use crate::model::{Role, StopKind};
 use crate::world::World;
@@ -35,6 +36,28 @@ enum Op {
 pub(crate) struct SimPostgres {
     w: Arc<World>,
     i: usize,
+    conf: Mutex<SimConf>,
+}
+
+/// Parameters that take effect only at a start, as PostgreSQL's `postmaster` context.
+const POSTMASTER_PARAMETERS: &[&str] = &[
+    "max_connections",
+    "max_locks_per_transaction",
+    "max_prepared_transactions",
+    "max_replication_slots",
+    "max_wal_senders",
+    "max_worker_processes",
+    "shared_buffers",
+    "wal_level",
+];
+
+/// The configuration files as this agent last wrote them, and the parameters the running
+/// postmaster started with (as far as this agent knows).
+#[derive(Default)]
+struct SimConf {
+    parameters: BTreeMap<String, String>,
+    pg_hba: Vec<String>,
+    started_with: Option<BTreeMap<String, String>>,
 }
 
 fn err(e: String) -> PgError {
@@ -43,7 +66,11 @@ fn err(e: String) -> PgError {
 
 impl SimPostgres {
     pub(crate) fn new(w: Arc<World>, i: usize) -> SimPostgres {
-        SimPostgres { w, i }
+        SimPostgres {
+            w,
+            i,
+            conf: Mutex::new(SimConf::default()),
+        }
     }
 
     /// How long `op` takes this time.
@@ -187,6 +214,10 @@ impl Postgres for SimPostgres {
             .w
             .with_model(|m| m.start(i, role, upstream, now))
             .map_err(err)?;
+        {
+            let mut conf = self.conf.lock().unwrap_or_else(|p| p.into_inner());
+            conf.started_with = Some(conf.parameters.clone());
+        }
         let delay = self.duration(Op::StartReady);
         self.postmaster_after(delay, move |w| {
             let now = w.now();
@@ -262,6 +293,21 @@ impl Postgres for SimPostgres {
         Ok(())
     }
 
+    async fn reconfigure(
+        &self,
+        parameters: &BTreeMap<String, String>,
+        pg_hba: &[String],
+    ) -> Result<Reconfigured, PgError> {
+        self.take(Op::Sql).await;
+        let running = self.w.model().is_alive(self.i);
+        Ok(apply_conf(
+            &mut self.conf.lock().unwrap_or_else(|p| p.into_inner()),
+            parameters,
+            pg_hba,
+            running,
+        ))
+    }
+
     async fn wipe_data_dir(&self) -> Result<(), PgError> {
         self.take(Op::Sql).await;
         let i = self.i;
@@ -287,8 +333,81 @@ impl Postgres for SimPostgres {
     }
 }
 
+/// Adopt `parameters` and `pg_hba`. A running server reloads when they changed and reports
+/// the postmaster parameters that differ from what it started with (an agent that finds the
+/// server running takes the first configuration it applies as the one it started with).
+fn apply_conf(
+    conf: &mut SimConf,
+    parameters: &BTreeMap<String, String>,
+    pg_hba: &[String],
+    running: bool,
+) -> Reconfigured {
+    let changed = conf.parameters != *parameters || conf.pg_hba != pg_hba;
+    conf.parameters = parameters.clone();
+    conf.pg_hba = pg_hba.to_vec();
+    let mut outcome = Reconfigured::default();
+    if !running {
+        outcome.deferred = Some("PostgreSQL is not running; it starts with them");
+        return outcome;
+    }
+    outcome.rewritten = changed;
+    outcome.reloaded = changed;
+    let started_with = conf.started_with.get_or_insert_with(|| parameters.clone());
+    for name in POSTMASTER_PARAMETERS {
+        let old = started_with.get(*name);
+        let new = parameters.get(*name);
+        if old != new {
+            outcome.pending_restart.push(PendingSetting {
+                name: (*name).to_owned(),
+                old_value: old.cloned().unwrap_or_default(),
+                new_value: new.cloned().unwrap_or_default(),
+            });
+        }
+    }
+    outcome
+}
+
 /// The postmaster died (fault injection).
 pub(crate) fn crash(w: &World, i: usize) {
     let now = w.now();
     w.with_model(|m| m.stop(i, StopKind::Crash, now));
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::{SimConf, apply_conf};
+
+    fn params(list: &[(&str, &str)]) -> BTreeMap<String, String> {
+        list.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn reload_reports_postmaster_parameters_until_the_next_start() {
+        let mut conf = SimConf::default();
+        let first = params(&[("shared_buffers", "32MB"), ("work_mem", "4MB")]);
+        let stopped = apply_conf(&mut conf, &first, &[], false);
+        assert!(stopped.deferred.is_some() && !stopped.reloaded);
+        // The agent found the server running: what it applies first is what it runs with.
+        let joined = apply_conf(&mut conf, &first, &[], true);
+        assert!(!joined.reloaded && joined.pending_restart.is_empty());
+
+        let second = params(&[("shared_buffers", "64MB"), ("work_mem", "8MB")]);
+        let changed = apply_conf(&mut conf, &second, &["local all all trust".into()], true);
+        assert!(changed.reloaded);
+        let pending: Vec<_> = changed
+            .pending_restart
+            .iter()
+            .map(|p| (p.name.as_str(), p.old_value.as_str(), p.new_value.as_str()))
+            .collect();
+        assert_eq!(pending, [("shared_buffers", "32MB", "64MB")]);
+
+        // A start takes the files as they are.
+        conf.started_with = Some(conf.parameters.clone());
+        let after_start = apply_conf(&mut conf, &second, &["local all all trust".into()], true);
+        assert!(!after_start.reloaded && after_start.pending_restart.is_empty());
+    }
 }

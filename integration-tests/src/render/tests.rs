@@ -252,17 +252,17 @@ fn unit_values<'a>(unit: &'a str, section: &str, key: &str) -> Vec<&'a str> {
     out
 }
 
-/// Issue 15: SIGHUP ends the agent, so `ExecReload` must not send it (until the agent reloads
-/// its configuration on SIGHUP), and the agent comes back after any exit that is not
-/// `systemctl stop` (systemd counts SIGHUP and exit status 0 as clean, which `on-failure`
-/// does not restart).
+/// Issue 15: `systemctl reload` sends SIGHUP, which re-reads the configuration (the agent
+/// never ends on it: tests/reload.rs), and the agent comes back after any exit that is not
+/// `systemctl stop` (systemd counts exit status 0 as clean, which `on-failure` does not
+/// restart).
 #[test]
-fn systemd_unit_restarts_the_agent_and_sends_no_sighup() {
+fn systemd_unit_reloads_with_sighup_and_restarts_the_agent() {
     let path = repo_root().join("deploy/pgbaton.service");
     let unit = std::fs::read_to_string(&path).unwrap();
     assert_eq!(
         unit_values(&unit, "[Service]", "ExecReload"),
-        Vec::<&str>::new()
+        ["/bin/kill -s HUP $MAINPID"]
     );
     assert_eq!(unit_values(&unit, "[Service]", "Restart"), ["always"]);
     assert_eq!(unit_values(&unit, "[Unit]", "StartLimitIntervalSec"), ["0"]);

@@ -392,3 +392,46 @@ fn merge_patch_follows_rfc_7386() {
                "postgresql": {"parameters": {"max_connections": 100, "shared_buffers": "1GB"}}})
     );
 }
+
+#[tokio::test]
+async fn reload_needs_credentials_and_passes_the_agents_answer_on() {
+    let Agent {
+        state,
+        mut commands,
+        ..
+    } = agent(Some(("admin", "secret")));
+    let (code, _) = call(&state, Method::POST, "/reload", "", None).await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
+    assert!(
+        commands.try_recv().is_err(),
+        "nothing was sent to the agent"
+    );
+
+    let agent_side = tokio::spawn(async move {
+        for answer in [
+            CommandReply::Text(202, "reload scheduled".into()),
+            CommandReply::Text(500, "the configuration file has errors".into()),
+        ] {
+            match commands.recv().await {
+                Some(Command::Reload { reply }) => reply.send(answer).expect("reply"),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    });
+    let auth = Some("Basic YWRtaW46c2VjcmV0");
+    let (code, body) = call(&state, Method::POST, "/reload", "", auth).await;
+    assert_eq!(
+        (code, body.as_str()),
+        (StatusCode::ACCEPTED, "reload scheduled")
+    );
+    // Patroni ignores the body; so do we.
+    let (code, body) = call(&state, Method::POST, "/reload", "{not json", auth).await;
+    assert_eq!(
+        (code, body.as_str()),
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the configuration file has errors"
+        )
+    );
+    agent_side.await.expect("agent");
+}
