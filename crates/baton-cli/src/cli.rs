@@ -78,7 +78,9 @@ impl Watch {
 fn parse_interval(s: &str) -> Result<f64, String> {
     match s.trim().parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 && v <= 86_400.0 => Ok(v),
-        _ => Err(format!("{s:?} is not a number of seconds between 0 and 86400")),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds between 0 and 86400"
+        )),
     }
 }
 
@@ -295,8 +297,20 @@ mod tests {
     #[test]
     fn edit_config_takes_patronictls_options() {
         let cli = parse(&[
-            "-c", "x.yml", "edit-config", "batman", "-s", "ttl=20", "--set", "loop_wait=5", "-p",
-            "work_mem=8MB", "--apply", "-", "--force", "-q",
+            "-c",
+            "x.yml",
+            "edit-config",
+            "batman",
+            "-s",
+            "ttl=20",
+            "--set",
+            "loop_wait=5",
+            "-p",
+            "work_mem=8MB",
+            "--apply",
+            "-",
+            "--force",
+            "-q",
         ])
         .expect("parses");
         assert_eq!(cli.config, Some(PathBuf::from("x.yml")));

@@ -8,7 +8,8 @@ use serde_json::{Map, Value};
 pub fn to_yaml(data: &Value) -> Result<String, String> {
     match data {
         Value::Object(m) if m.is_empty() => Ok("{}\n".to_owned()),
-        _ => serde_yaml::to_string(data).map_err(|e| format!("render the configuration as YAML: {e}")),
+        _ => serde_yaml::to_string(data)
+            .map_err(|e| format!("render the configuration as YAML: {e}")),
     }
 }
 
@@ -268,22 +269,34 @@ mod tests {
     #[test]
     fn set_null_or_nothing_removes_and_prunes_empty_mappings() {
         let data = json!({"ttl": 30, "postgresql": {"parameters": {"work_mem": "4MB"}}});
-        let out = set_values(&data, &pairs(&["postgresql.parameters.work_mem=null", "ttl="]))
-            .expect("set");
+        let out = set_values(
+            &data,
+            &pairs(&["postgresql.parameters.work_mem=null", "ttl="]),
+        )
+        .expect("set");
         assert_eq!(out, json!({}));
     }
 
     #[test]
     fn set_refuses_malformed_pairs() {
         let data = json!({});
-        assert!(set_values(&data, &pairs(&["ttl"])).unwrap_err().contains("KEY=VALUE"));
+        assert!(
+            set_values(&data, &pairs(&["ttl"]))
+                .unwrap_err()
+                .contains("KEY=VALUE")
+        );
         assert!(set_values(&data, &pairs(&["a..b=1"])).is_err());
-        assert!(set_values(&data, &pairs(&["ttl=[1"])).unwrap_err().contains("ttl"));
+        assert!(
+            set_values(&data, &pairs(&["ttl=[1"]))
+                .unwrap_err()
+                .contains("ttl")
+        );
     }
 
     #[test]
     fn apply_merges_and_replace_replaces() {
-        let data = json!({"ttl": 30, "postgresql": {"parameters": {"work_mem": "4MB", "jit": "off"}}});
+        let data =
+            json!({"ttl": 30, "postgresql": {"parameters": {"work_mem": "4MB", "jit": "off"}}});
         let out = apply_yaml(
             &data,
             "loop_wait: 5\npostgresql:\n  parameters:\n    jit: null\n    work_mem: 8MB\n",
@@ -298,13 +311,18 @@ mod tests {
             replace_yaml("ttl: 20\n", "x.yml").expect("replace"),
             json!({"ttl": 20})
         );
-        assert!(replace_yaml("- 1\n", "x.yml").unwrap_err().contains("mapping"));
+        assert!(
+            replace_yaml("- 1\n", "x.yml")
+                .unwrap_err()
+                .contains("mapping")
+        );
         assert_eq!(replace_yaml("", "x.yml").expect("empty"), json!({}));
     }
 
     #[test]
     fn yaml_is_sorted_block_style() {
-        let data = json!({"ttl": 30, "loop_wait": 10, "postgresql": {"parameters": {"work_mem": "4MB"}}});
+        let data =
+            json!({"ttl": 30, "loop_wait": 10, "postgresql": {"parameters": {"work_mem": "4MB"}}});
         expect![[r#"
             loop_wait: 10
             postgresql:

@@ -146,7 +146,11 @@ fn flow_scalar(v: &Value) -> String {
                 && s.chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'))
                 && serde_yaml::from_str::<Value>(s).ok().as_ref() == Some(v);
-            if plain { s.clone() } else { format!("'{}'", s.replace('\'', "''")) }
+            if plain {
+                s.clone()
+            } else {
+                format!("'{}'", s.replace('\'', "''"))
+            }
         }
         Value::Object(m) => flow_map(m),
         Value::Array(a) => format!(
@@ -206,8 +210,10 @@ pub fn render(table: &Table, format: Format, delimiter: &str) -> String {
         Format::Tsv => {
             let tags = table.columns.iter().position(|c| c == "Tags");
             let mut out = String::new();
-            out.push_str(&table.columns.join(delimiter));
-            out.push('\n');
+            if !table.columns.is_empty() {
+                out.push_str(&table.columns.join(delimiter));
+                out.push('\n');
+            }
             for r in &table.rows {
                 let cells: Vec<String> = r
                     .iter()
@@ -319,7 +325,11 @@ pub fn render_table(
     out.push_str(&border);
     out.push('\n');
     for (n, r) in rows.iter().enumerate() {
-        let height = r.iter().map(|c| c.lines().count().max(1)).max().unwrap_or(1);
+        let height = r
+            .iter()
+            .map(|c| c.lines().count().max(1))
+            .max()
+            .unwrap_or(1);
         for k in 0..height {
             let cells: Vec<&str> = r.iter().map(|c| c.lines().nth(k).unwrap_or("")).collect();
             out.push_str(&line(&cells, false));
@@ -416,7 +426,13 @@ pub fn member_table(scope: &str, view: &ClusterView, options: ListOptions) -> Ta
         title: Some(title(scope, view)),
         columns,
         rows: cells,
-        right: vec!["TL", "Receive LSN", "Receive Lag", "Replay LSN", "Replay Lag"],
+        right: vec![
+            "TL",
+            "Receive LSN",
+            "Receive Lag",
+            "Replay LSN",
+            "Replay Lag",
+        ],
         members: true,
     }
 }
@@ -463,7 +479,15 @@ fn topology_sort(view: &ClusterView, rows: Vec<Row>) -> Vec<Row> {
                 let mut shown = r.clone();
                 shown.member = format!("{}+ {}", " ".repeat((level - 1) * 2), r.member);
                 out.push(shown);
-                walk(Some(&r.member), level + 1, rows, parent_of, leader, out, placed);
+                walk(
+                    Some(&r.member),
+                    level + 1,
+                    rows,
+                    parent_of,
+                    leader,
+                    out,
+                    placed,
+                );
             }
         }
     }
@@ -527,7 +551,12 @@ pub fn service_info(view: &ClusterView) -> String {
 }
 
 /// `list` (or `topology`) in `format`, with the service lines after a pretty table.
-pub fn render_members(scope: &str, view: &ClusterView, options: ListOptions, format: Format) -> String {
+pub fn render_members(
+    scope: &str,
+    view: &ClusterView,
+    options: ListOptions,
+    format: Format,
+) -> String {
     let table = member_table(scope, view, options);
     let mut out = render(&table, format, "\t");
     if format == Format::Pretty {

@@ -172,7 +172,10 @@ fn tags_and_pending_restart_show_without_e_and_rule_every_row() {
     "#]]
     .assert_eq(&render_members("batman", &v, ListOptions::default(), Format::Tsv));
     let json = list_json("batman", &v);
-    assert_eq!(json[1]["Tags"], serde_json::json!({"clonefrom": true, "nofailover": true}));
+    assert_eq!(
+        json[1]["Tags"],
+        serde_json::json!({"clonefrom": true, "nofailover": true})
+    );
     assert_eq!(json[2]["Pending restart"], "*");
     assert!(json[0].get("Tags").is_none(), "{json}");
 }
