@@ -955,11 +955,12 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             Ok(v) => v,
             Err(r) => return r,
         };
-        let (text, version) = match plan_replace_config(view.config.as_ref(), config, expected_revision) {
-            Ok(ReplacePlan::Unchanged(text)) => return CommandReply::Json(200, text),
-            Ok(ReplacePlan::Write { text, version }) => (text, version),
-            Err(refusal) => return refusal,
-        };
+        let (text, version) =
+            match plan_replace_config(view.config.as_ref(), config, expected_revision) {
+                Ok(ReplacePlan::Unchanged(text)) => return CommandReply::Json(200, text),
+                Ok(ReplacePlan::Write { text, version }) => (text, version),
+                Err(refusal) => return refusal,
+            };
         match self.dcs.write_config(&text, version).await {
             Ok(true) => CommandReply::Json(200, text),
             Ok(false) => {
@@ -1040,7 +1041,10 @@ fn plan_replace_config(
     let new = serde_json::Value::Object(config);
     let text = new.to_string();
     if let Err(e) = DynamicConfig::from_json_strict(&text) {
-        return Err(CommandReply::Text(400, format!("invalid configuration: {e}")));
+        return Err(CommandReply::Text(
+            400,
+            format!("invalid configuration: {e}"),
+        ));
     }
     let old = stored.and_then(|s| serde_json::from_str::<serde_json::Value>(&s.value).ok());
     if old.as_ref() == Some(&new) {
@@ -1093,7 +1097,9 @@ mod tests {
                 object(json!({"loop_wait": 10, "ttl": 30})),
                 None
             ),
-            Ok(ReplacePlan::Unchanged(r#"{"loop_wait":10,"ttl":30}"#.into()))
+            Ok(ReplacePlan::Unchanged(
+                r#"{"loop_wait":10,"ttl":30}"#.into()
+            ))
         );
         // No key yet: created only if still absent.
         assert_eq!(

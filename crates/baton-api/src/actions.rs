@@ -367,7 +367,9 @@ fn if_match_revision(headers: &axum::http::HeaderMap) -> Result<Option<i64>, Com
         .filter(|r| *r > 0)
         .map(Some)
         .ok_or_else(|| {
-            bad_request("If-Match must be the config key's modification revision (a positive integer)")
+            bad_request(
+                "If-Match must be the config key's modification revision (a positive integer)",
+            )
         })
 }
 

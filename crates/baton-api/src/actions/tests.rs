@@ -436,7 +436,10 @@ async fn put_config_sends_the_whole_document_and_the_if_match_revision() {
                     assert_eq!(Value::Object(config), json!({"ttl": 20, "loop_wait": 5}));
                     assert_eq!(expected_revision, want);
                     reply
-                        .send(CommandReply::Json(200, r#"{"ttl":20,"loop_wait":5}"#.into()))
+                        .send(CommandReply::Json(
+                            200,
+                            r#"{"ttl":20,"loop_wait":5}"#.into(),
+                        ))
                         .expect("reply");
                 }
                 other => panic!("unexpected {other:?}"),
@@ -445,8 +448,18 @@ async fn put_config_sends_the_whole_document_and_the_if_match_revision() {
     });
     let body = r#"{"ttl": 20, "loop_wait": 5}"#;
     let (code, text) = call_with(&state, Method::PUT, "/config", body, &[]).await;
-    assert_eq!((code, text.as_str()), (StatusCode::OK, r#"{"ttl":20,"loop_wait":5}"#));
-    let (code, _) = call_with(&state, Method::PUT, "/config", body, &[("if-match", "\"42\"")]).await;
+    assert_eq!(
+        (code, text.as_str()),
+        (StatusCode::OK, r#"{"ttl":20,"loop_wait":5}"#)
+    );
+    let (code, _) = call_with(
+        &state,
+        Method::PUT,
+        "/config",
+        body,
+        &[("if-match", "\"42\"")],
+    )
+    .await;
     assert_eq!(code, StatusCode::OK);
     agent_side.await.expect("agent");
 }
@@ -470,6 +483,13 @@ async fn put_config_refuses_bad_bodies_and_revisions_before_the_agent() {
     assert_eq!(code, StatusCode::BAD_REQUEST);
     assert!(text.contains("If-Match"), "{text}");
     let (code, _) = call_with(&a.state, Method::PUT, "/config", r#"{"ttl":20}"#, &[]).await;
-    assert_eq!(code, StatusCode::UNAUTHORIZED, "PUT /config needs the credentials");
-    assert!(a.commands.try_recv().is_err(), "nothing was sent to the agent");
+    assert_eq!(
+        code,
+        StatusCode::UNAUTHORIZED,
+        "PUT /config needs the credentials"
+    );
+    assert!(
+        a.commands.try_recv().is_err(),
+        "nothing was sent to the agent"
+    );
 }
