@@ -103,14 +103,20 @@ fn init_logging() {
 }
 
 fn run_agent(path: &Path) -> ExitCode {
-    init_logging();
     let loaded = match load(path) {
         Ok(l) => l,
         Err(e) => {
+            init_logging();
             tracing::error!("{e:#}");
             return ExitCode::from(2);
         }
     };
+    // The `log` section: format, level, and where the lines go.
+    if let Err(e) = baton_cli::logging::init(&loaded.config.log) {
+        init_logging();
+        tracing::error!("{e:#}");
+        return ExitCode::from(2);
+    }
     for w in &loaded.warnings {
         tracing::warn!("config: {w}");
     }
