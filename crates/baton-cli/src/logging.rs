@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use baton_config::{DatePiece, FormatPiece, Log, LogField, LogLevel};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
@@ -126,14 +126,22 @@ impl Record {
 pub fn format_record(log: &Log, record: &Record) -> String {
     let dateformat = log.dateformat.as_deref();
     if log.json {
-        let mut o = Map::new();
-        for (field, key) in &log.json_fields {
-            o.insert(key.clone(), record.value(*field, dateformat));
+        // Keys in the format's order, then the static fields (a later duplicate wins).
+        let mut entries: Vec<(String, Value)> = Vec::new();
+        let fields = log
+            .json_fields
+            .iter()
+            .map(|(field, key)| (key.clone(), record.value(*field, dateformat)))
+            .chain(log.static_fields.iter().cloned());
+        for (k, v) in fields {
+            entries.retain(|(e, _)| *e != k);
+            entries.push((k, v));
         }
-        for (k, v) in &log.static_fields {
-            o.insert(k.clone(), v.clone());
-        }
-        return Value::Object(o).to_string();
+        let body: Vec<String> = entries
+            .iter()
+            .map(|(k, v)| format!("{}:{v}", Value::from(k.as_str())))
+            .collect();
+        return format!("{{{}}}", body.join(","));
     }
     let mut out = String::new();
     for piece in &log.format {
@@ -450,6 +458,7 @@ mod tests {
         log.static_fields = vec![("app".into(), Value::from("pgbaton"))];
         log.dateformat = Some(baton_config::parse_dateformat("%Y-%m-%dT%H:%M:%S%z").expect("d"));
         let line = format_record(&log, &record());
+        assert!(line.starts_with("{\"asctime\":"), "format order: {line}");
         let v: Value = serde_json::from_str(&line).expect("JSON");
         assert_eq!(
             v,
