@@ -165,7 +165,12 @@ async fn edit_config(cluster: &Cluster, leader: &str) -> anyhow::Result<()> {
     let run = cli(
         cluster,
         leader,
-        &["edit-config", "--replace", &file.to_string_lossy(), "--force"],
+        &[
+            "edit-config",
+            "--replace",
+            &file.to_string_lossy(),
+            "--force",
+        ],
     )
     .await?;
     ensure!(run.ok, "{run}");
@@ -184,7 +189,12 @@ async fn edit_config(cluster: &Cluster, leader: &str) -> anyhow::Result<()> {
         "{run}"
     );
     // Without --force and without a terminal: refused, nothing written.
-    let run = cli(cluster, leader, &["edit-config", "--set", "maximum_lag_on_failover=1"]).await?;
+    let run = cli(
+        cluster,
+        leader,
+        &["edit-config", "--set", "maximum_lag_on_failover=1"],
+    )
+    .await?;
     ensure!(
         !run.ok && run.stderr.contains("standard input is not a terminal"),
         "{run}"
@@ -198,7 +208,12 @@ async fn edit_config(cluster: &Cluster, leader: &str) -> anyhow::Result<()> {
     let run = cli(
         cluster,
         leader,
-        &["edit-config", "--replace", &file.to_string_lossy(), "--force"],
+        &[
+            "edit-config",
+            "--replace",
+            &file.to_string_lossy(),
+            "--force",
+        ],
     )
     .await?;
     ensure!(run.ok && run.stdout.contains("Not changed"), "{run}");
@@ -242,14 +257,22 @@ async fn reads(cluster: &Cluster, leader: &str, replica: &str) -> anyhow::Result
     let run = cli(cluster, leader, &["dsn"]).await?;
     let leader_port = cluster.node(leader).config.pg_port;
     ensure!(
-        run.ok && run.stdout.trim_end().ends_with(&format!("port={leader_port}")),
+        run.ok
+            && run
+                .stdout
+                .trim_end()
+                .ends_with(&format!("port={leader_port}")),
         "{run}"
     );
     ensure!(run.stdout.starts_with("host="), "{run}");
     let run = cli(cluster, leader, &["dsn", "-m", replica]).await?;
     let replica_port = cluster.node(replica).config.pg_port;
     ensure!(
-        run.ok && run.stdout.trim_end().ends_with(&format!("port={replica_port}")),
+        run.ok
+            && run
+                .stdout
+                .trim_end()
+                .ends_with(&format!("port={replica_port}")),
         "{run}"
     );
 
@@ -308,15 +331,13 @@ async fn flush_switchover(cluster: &Cluster, leader: &str, replica: &str) -> any
         .context("no failover key")?;
     ensure!(kv.value.contains("scheduled_at"), "{kv:?}");
     let run = cli(cluster, leader, &["list"]).await?;
-    ensure!(
-        run.stdout.contains(" Switchover scheduled at: "),
-        "{run}"
-    );
+    ensure!(run.stdout.contains(" Switchover scheduled at: "), "{run}");
     let run = cli(cluster, leader, &["flush", "batman", "switchover"]).await?;
     ensure!(run.ok && run.stdout.starts_with("Success: "), "{run}");
     let kv = cluster.etcd().get(&cluster.key("failover")).await?;
     ensure!(
-        kv.as_ref().is_none_or(|kv| !kv.value.contains("scheduled_at")),
+        kv.as_ref()
+            .is_none_or(|kv| !kv.value.contains("scheduled_at")),
         "the scheduled switchover is still there: {kv:?}"
     );
     let run = cli(cluster, leader, &["flush", "batman", "switchover"]).await?;
@@ -338,7 +359,10 @@ fn json_log_lines(cluster: &Cluster, name: &str) -> anyhow::Result<()> {
         .collect();
     ensure!(parsed.len() >= 3, "few JSON lines in {name}'s log:\n{text}");
     for v in &parsed {
-        let keys: Vec<&String> = v.as_object().map(|o| o.keys().collect()).unwrap_or_default();
+        let keys: Vec<&String> = v
+            .as_object()
+            .map(|o| o.keys().collect())
+            .unwrap_or_default();
         ensure!(
             keys == ["asctime", "levelname", "message"],
             "unexpected keys in {v}"
@@ -358,7 +382,9 @@ async fn patronictl_verbs_against_a_real_cluster() -> anyhow::Result<()> {
     spec.haproxy = None;
     spec.extra_config = json!({"log": {"type": "json"}});
     let mut cluster = Cluster::start(&tools, spec).await?;
-    let healthy = cluster.wait_healthy(scaled(Duration::from_secs(120))).await?;
+    let healthy = cluster
+        .wait_healthy(scaled(Duration::from_secs(120)))
+        .await?;
     let (first, second) = (healthy.leader.clone(), healthy.replicas[0].clone());
     json_log_lines(&cluster, &first)?;
 
@@ -366,7 +392,9 @@ async fn patronictl_verbs_against_a_real_cluster() -> anyhow::Result<()> {
 
     // A switchover gives the history a line; then the new leader is `second`.
     cluster.cli_switchover(&first, &second, None).await?;
-    let healthy = cluster.wait_healthy(scaled(Duration::from_secs(120))).await?;
+    let healthy = cluster
+        .wait_healthy(scaled(Duration::from_secs(120)))
+        .await?;
     ensure!(healthy.leader == second, "{healthy:?}");
     wait_for(
         "the history key",
@@ -423,7 +451,10 @@ async fn remove(cluster: &mut Cluster, leader: &str) -> anyhow::Result<()> {
         &["remove", "batman", "--force", "--leader", "nobody"],
     )
     .await?;
-    ensure!(!run.ok && run.stderr.contains("currently is healthy"), "{run}");
+    ensure!(
+        !run.ok && run.stderr.contains("currently is healthy"),
+        "{run}"
+    );
     ensure!(
         count(cluster).await? > 0 && cluster.etcd().get(&cluster.key("config")).await?.is_some(),
         "keys went without confirmation"

@@ -407,6 +407,9 @@ pub(crate) fn log(cx: &mut Cx, top: &mut Obj<'_>) -> Log {
     out
 }
 
+/// JSON keys: (field, key written).
+type JsonFields = Vec<(LogField, String)>;
+
 /// `log.format`: a `%`-style string, or (for JSON) a list of field names and `{field: key}`
 /// renames.
 fn format(
@@ -414,7 +417,7 @@ fn format(
     path: &str,
     v: &Value,
     json: bool,
-) -> Option<(Vec<FormatPiece>, Vec<(LogField, String)>)> {
+) -> Option<(Vec<FormatPiece>, JsonFields)> {
     match v {
         Value::String(s) => match parse_format(s) {
             Ok(pieces) => {
