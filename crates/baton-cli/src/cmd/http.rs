@@ -59,7 +59,9 @@ pub(crate) async fn call(
 ) -> anyhow::Result<String> {
     let reply = request(config, method.clone(), url, body, &[]).await?;
     if !reply.ok() {
-        anyhow::bail!("{method} {url}: {}: {}", reply.status, reply.body);
+        let status = reqwest::StatusCode::from_u16(reply.status)
+            .map_or_else(|_| reply.status.to_string(), |s| s.to_string());
+        anyhow::bail!("{method} {url}: {status}: {}", reply.body);
     }
     if !reply.body.is_empty() {
         println!("{}", reply.body);
