@@ -887,6 +887,13 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             Command::PatchConfig { patch, reply } => {
                 let _ = reply.send(self.patch_config(&patch).await);
             }
+            Command::ReplaceConfig {
+                config,
+                expected_revision,
+                reply,
+            } => {
+                let _ = reply.send(self.replace_config(config, expected_revision).await);
+            }
             Command::Reinitialize { force, reply } => {
                 let _ = reply.send(self.reinitialize(force).await);
             }
@@ -1096,6 +1103,34 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         }
     }
 
+    /// `PUT /config`: validate, then write the whole document when it differs from the stored
+    /// one (compare-and-swap on the revision read; with `expected_revision`, only at that
+    /// revision). An invalid document changes nothing.
+    async fn replace_config(
+        &self,
+        config: serde_json::Map<String, serde_json::Value>,
+        expected_revision: Option<i64>,
+    ) -> CommandReply {
+        let view = match self.read_fresh().await {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
+        let (text, version) =
+            match plan_replace_config(view.config.as_ref(), config, expected_revision) {
+                Ok(ReplacePlan::Unchanged(text)) => return CommandReply::Json(200, text),
+                Ok(ReplacePlan::Write { text, version }) => (text, version),
+                Err(refusal) => return refusal,
+            };
+        match self.dcs.write_config(&text, version).await {
+            Ok(true) => CommandReply::Json(200, text),
+            Ok(false) => {
+                CommandReply::Text(409, "the configuration changed meanwhile; try again".into())
+            }
+            // Patroni answers a failed DCS write of PUT /config with 502.
+            Err(e) => CommandReply::Text(502, format!("failed to write the configuration: {e}")),
+        }
+    }
+
     /// On SIGTERM: stop PostgreSQL (fast) and then give up the leader key, as Patroni does.
     /// In pause mode PostgreSQL and the key are left alone.
     pub async fn shutdown(&mut self) {
@@ -1136,9 +1171,121 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
     }
 }
 
+/// What `PUT /config` does with the stored `config` key.
+#[derive(Debug, PartialEq, Eq)]
+enum ReplacePlan {
+    /// The same document is stored already: nothing to write (Patroni's `deep_compare`).
+    Unchanged(String),
+    /// Write `text`, only while the key is at `version` (`Some(0)`: absent).
+    Write { text: String, version: Option<i64> },
+}
+
+/// Checks a replacement document against the stored key: the `If-Match` revision, the
+/// configuration rules of `bootstrap.dcs` (errors name their key path).
+fn plan_replace_config(
+    stored: Option<&baton_core::Versioned<String>>,
+    config: serde_json::Map<String, serde_json::Value>,
+    expected_revision: Option<i64>,
+) -> Result<ReplacePlan, CommandReply> {
+    let current = stored.map_or(0, |s| s.mod_revision);
+    if let Some(expected) = expected_revision
+        && expected != current
+    {
+        return Err(CommandReply::Text(
+            409,
+            format!(
+                "the configuration changed meanwhile (revision {current}, not {expected}); try again"
+            ),
+        ));
+    }
+    let new = serde_json::Value::Object(config);
+    let text = new.to_string();
+    if let Err(e) = DynamicConfig::from_json_strict(&text) {
+        return Err(CommandReply::Text(
+            400,
+            format!("invalid configuration: {e}"),
+        ));
+    }
+    let old = stored.and_then(|s| serde_json::from_str::<serde_json::Value>(&s.value).ok());
+    if old.as_ref() == Some(&new) {
+        return Ok(ReplacePlan::Unchanged(text));
+    }
+    Ok(ReplacePlan::Write {
+        text,
+        version: Some(current),
+    })
+}
+
 #[cfg(test)]
 mod tests {
-    use super::iso_now;
+    use super::{ReplacePlan, iso_now, plan_replace_config};
+    use baton_api::CommandReply;
+    use baton_core::Versioned;
+    use serde_json::{Map, Value, json};
+
+    fn object(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            other => panic!("not an object: {other}"),
+        }
+    }
+
+    #[test]
+    fn replace_config_writes_a_valid_new_document_at_the_revision_read() {
+        let stored = Versioned {
+            value: r#"{"ttl":30,"loop_wait":10}"#.to_owned(),
+            mod_revision: 7,
+        };
+        assert_eq!(
+            plan_replace_config(Some(&stored), object(json!({"ttl": 20})), None),
+            Ok(ReplacePlan::Write {
+                text: r#"{"ttl":20}"#.into(),
+                version: Some(7)
+            })
+        );
+        assert_eq!(
+            plan_replace_config(Some(&stored), object(json!({"ttl": 20})), Some(7)),
+            Ok(ReplacePlan::Write {
+                text: r#"{"ttl":20}"#.into(),
+                version: Some(7)
+            })
+        );
+        // Same document (key order aside): nothing is written.
+        assert_eq!(
+            plan_replace_config(
+                Some(&stored),
+                object(json!({"loop_wait": 10, "ttl": 30})),
+                None
+            ),
+            Ok(ReplacePlan::Unchanged(
+                r#"{"loop_wait":10,"ttl":30}"#.into()
+            ))
+        );
+        // No key yet: created only if still absent.
+        assert_eq!(
+            plan_replace_config(None, object(json!({"ttl": 20})), None),
+            Ok(ReplacePlan::Write {
+                text: r#"{"ttl":20}"#.into(),
+                version: Some(0)
+            })
+        );
+    }
+
+    #[test]
+    fn replace_config_refuses_a_stale_revision_and_an_invalid_document() {
+        let stored = Versioned {
+            value: r#"{"ttl":30}"#.to_owned(),
+            mod_revision: 7,
+        };
+        match plan_replace_config(Some(&stored), object(json!({"ttl": 20})), Some(6)) {
+            Err(CommandReply::Text(409, text)) => assert!(text.contains("revision 7"), "{text}"),
+            other => panic!("unexpected {other:?}"),
+        }
+        match plan_replace_config(Some(&stored), object(json!({"loop_wait": "soon"})), None) {
+            Err(CommandReply::Text(400, text)) => assert!(text.contains("loop_wait"), "{text}"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
 
     #[test]
     fn iso_timestamps_look_like_patronis() {

@@ -42,6 +42,7 @@ pub fn adopt(running: &Config, file: Config) -> Reloaded {
         tags,
         watchdog_mode,
         vip,
+        log,
     } = file;
     let mut restart = |changed: bool, path: &'static str| {
         if changed {
@@ -55,6 +56,7 @@ pub fn adopt(running: &Config, file: Config) -> Reloaded {
     restart(etcd != running.etcd, "etcd3");
     restart(watchdog_mode != running.watchdog_mode, "watchdog");
     restart(vip != running.vip, "vip");
+    restart(log != running.log, "log");
     let Postgresql {
         listen,
         listen_addresses,

@@ -1,5 +1,5 @@
 //! The unsafe endpoints: `POST /switchover`, `POST /failover`, `DELETE /switchover`,
-//! `PATCH /config`, `POST /reinitialize`, `POST /reload`. Handlers check the request's shape (Patroni's 400s), then hand a typed
+//! `PATCH /config`, `PUT /config`, `POST /reinitialize`, `POST /reload`. Handlers check the request's shape (Patroni's 400s), then hand a typed
 //! [`Command`] to the agent — the only writer of the DCS — and, for an immediate switchover,
 //! wait on the published snapshot until the leader changes.
 
@@ -39,6 +39,14 @@ pub enum Command {
     /// compare-and-swap; the reply body is the new configuration.
     PatchConfig {
         patch: Map<String, Value>,
+        reply: oneshot::Sender<CommandReply>,
+    },
+    /// Replace the dynamic configuration (`PUT /config`); written only when it differs. With
+    /// `expected_revision` (the request's `If-Match`, a pgbaton extension) only while the
+    /// `config` key is still at that modification revision.
+    ReplaceConfig {
+        config: Map<String, Value>,
+        expected_revision: Option<i64>,
         reply: oneshot::Sender<CommandReply>,
     },
 }
@@ -325,6 +333,54 @@ pub(crate) async fn patch_config(state: &ApiState, body: &[u8]) -> Response {
         }
         Err(refusal) => reply_response(refusal),
     }
+}
+
+/// `PUT /config` (Patroni's `do_PUT_config`): the body is the whole new configuration, a
+/// non-empty JSON object. `If-Match: <revision>` (pgbaton only; Patroni's PUT is unconditional)
+/// makes the write a compare-and-swap on the `config` key's modification revision.
+pub(crate) async fn put_config(
+    state: &ApiState,
+    headers: &axum::http::HeaderMap,
+    body: &[u8],
+) -> Response {
+    let config = match json_object(body) {
+        Ok(c) if c.is_empty() => {
+            return reply_response(bad_request("the configuration must not be empty"));
+        }
+        Ok(c) => c,
+        Err(refusal) => return reply_response(refusal),
+    };
+    let expected_revision = match if_match_revision(headers) {
+        Ok(r) => r,
+        Err(refusal) => return reply_response(refusal),
+    };
+    reply_response(
+        ask(state, |reply| Command::ReplaceConfig {
+            config,
+            expected_revision,
+            reply,
+        })
+        .await,
+    )
+}
+
+/// The `If-Match` header as a revision: an integer, bare or quoted as an entity tag.
+fn if_match_revision(headers: &axum::http::HeaderMap) -> Result<Option<i64>, CommandReply> {
+    let Some(value) = headers.get(axum::http::header::IF_MATCH) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .map(|v| v.trim().trim_matches('"'))
+        .and_then(|v| v.parse::<i64>().ok())
+        .filter(|r| *r > 0)
+        .map(Some)
+        .ok_or_else(|| {
+            bad_request(
+                "If-Match must be the config key's modification revision (a positive integer)",
+            )
+        })
 }
 
 /// JSON merge patch (RFC 7386, as Patroni's `patch_config`): objects merge recursively,

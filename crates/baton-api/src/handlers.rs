@@ -53,7 +53,7 @@ pub async fn serve(
 /// What of an accepted unsafe request's body goes into the log line.
 fn endpoint_summary(endpoint: Endpoint) -> crate::audit::Summary {
     match endpoint {
-        Endpoint::PatchConfig => crate::audit::Summary::TopLevelKeys,
+        Endpoint::PatchConfig | Endpoint::PutConfig => crate::audit::Summary::TopLevelKeys,
         Endpoint::CancelSwitchover => crate::audit::Summary::Nothing,
         _ => crate::audit::Summary::Fields(&["leader", "candidate", "scheduled_at", "force"]),
     }
@@ -78,6 +78,8 @@ enum Endpoint {
     CancelSwitchover,
     /// `PATCH /config`.
     PatchConfig,
+    /// `PUT /config`: replace the dynamic configuration.
+    PutConfig,
     /// `POST /reinitialize`.
     Reinitialize,
     /// `POST /reload`.
@@ -100,6 +102,7 @@ fn route(method: &Method, path: &str) -> Endpoint {
         (&Method::POST, "failover") => return Endpoint::Switchover(true),
         (&Method::DELETE, "switchover") => return Endpoint::CancelSwitchover,
         (&Method::PATCH, "config") => return Endpoint::PatchConfig,
+        (&Method::PUT, "config") => return Endpoint::PutConfig,
         (&Method::POST, "reinitialize") => return Endpoint::Reinitialize,
         (&Method::POST, "reload") => return Endpoint::Reload,
         _ => {}
@@ -134,6 +137,7 @@ async fn dispatch(
         Endpoint::Switchover(_)
             | Endpoint::CancelSwitchover
             | Endpoint::PatchConfig
+            | Endpoint::PutConfig
             | Endpoint::Reinitialize
             | Endpoint::Reload
     ) {
@@ -153,6 +157,7 @@ async fn dispatch(
             Endpoint::CancelSwitchover => actions::cancel_switchover(&state).await,
             Endpoint::Reinitialize => actions::reinitialize(&state, &body).await,
             Endpoint::Reload => actions::reload(&state).await,
+            Endpoint::PutConfig => actions::put_config(&state, &headers, &body).await,
             _ => actions::patch_config(&state, &body).await,
         };
         if response.status().is_success() {
@@ -248,6 +253,7 @@ async fn dispatch(
         Endpoint::Switchover(_)
         | Endpoint::CancelSwitchover
         | Endpoint::PatchConfig
+        | Endpoint::PutConfig
         | Endpoint::Reinitialize
         | Endpoint::Reload => {
             unreachable!("unsafe endpoints are answered above")
@@ -499,6 +505,8 @@ mod tests {
             Endpoint::CancelSwitchover
         );
         assert_eq!(route(&Method::PATCH, "/config"), Endpoint::PatchConfig);
+        assert_eq!(route(&Method::PUT, "/config"), Endpoint::PutConfig);
+        assert_eq!(route(&Method::PUT, "/switchover"), Endpoint::Unsupported);
         assert_eq!(route(&Method::POST, "/restart"), Endpoint::Unsupported);
     }
 }

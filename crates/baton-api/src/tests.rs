@@ -1444,7 +1444,7 @@ async fn methods_without_a_handler_are_not_implemented() {
     for (method, uri) in [
         (Method::POST, "/restart"),
         (Method::POST, "/"),
-        (Method::PUT, "/config"),
+        (Method::PUT, "/switchover"),
         (Method::DELETE, "/restart"),
         (Method::TRACE, "/"),
     ] {

@@ -1,4 +1,7 @@
 //! The `pgbaton` command line: the agent and the patronictl-shaped control commands.
 
+pub mod cli;
+pub mod editconfig;
+pub mod logging;
 pub mod table;
 pub mod validate;

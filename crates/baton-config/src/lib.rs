@@ -13,6 +13,7 @@ mod dynamic;
 mod env;
 mod error;
 mod local;
+mod log;
 mod model;
 mod params;
 mod support;
@@ -32,6 +33,10 @@ use serde_json::{Map, Value};
 pub use dynamic::{DynamicConfig, MIN_TTL};
 pub use env::std_env;
 pub use error::{ConfigError, ConfigErrors};
+pub use log::{
+    DEFAULT_FILE_NUM, DEFAULT_FILE_SIZE, DEFAULT_FORMAT, DatePiece, FormatPiece, LOG_FILE_NAME,
+    Log, LogField, LogLevel, parse_dateformat, parse_format,
+};
 pub use model::{Bootstrap, Config, Credentials, Etcd, Loaded, Postgresql, RestApi, Vip};
 
 use walk::{Cx, Mode};

@@ -52,6 +52,7 @@ pub(crate) fn parse(cx: &mut Cx, root: &Value) -> Option<Config> {
     let tags = tags(cx, &mut top);
     let watchdog_mode = watchdog(cx, &mut top);
     let vip = vip(cx, &mut top);
+    let log = crate::log::log(cx, &mut top);
     top.flagged(cx);
     top.finish(cx);
 
@@ -75,6 +76,7 @@ pub(crate) fn parse(cx: &mut Cx, root: &Value) -> Option<Config> {
         tags,
         watchdog_mode,
         vip,
+        log,
     })
 }
 

@@ -40,6 +40,8 @@ pub struct Config {
     pub watchdog_mode: String,
     /// pgbaton's own floating-IP section.
     pub vip: Option<Vip>,
+    /// The `log` section (Patroni's defaults when absent).
+    pub log: crate::log::Log,
 }
 
 #[derive(Clone, PartialEq)]

@@ -236,12 +236,7 @@ pub(crate) static KEYS: &[Key] = &[
         "See [watchdog](#watchdog).",
     ),
     local("vip", "absent", "pgbaton only. See [vip](#vip)."),
-    warned(
-        "log",
-        Local,
-        "accepted but not used by pgbaton: it logs to standard error, at the level PGBATON_LOG \
-         sets",
-    ),
+    local("log", "absent", "See [log](#log)."),
     warned(
         "ctl",
         Local,
@@ -740,6 +735,86 @@ pub(crate) static KEYS: &[Key] = &[
         "`5`",
         "Seconds between two checks of the interface for drift (0.1–3600).",
     ),
+    // log
+    local(
+        "log.type",
+        "`plain`",
+        "`plain`: one line per event in `log.format`; `json`: one JSON object per line (Patroni 4), \
+         whose keys are the fields of `log.format`.",
+    ),
+    local(
+        "log.level",
+        "`INFO`",
+        "`DEBUG`, `INFO`, `WARNING` (`WARN`), `ERROR` or `CRITICAL` (`FATAL`; pgbaton logs \
+         nothing above `ERROR`), any case. The environment variable `PGBATON_LOG` (a tracing \
+         filter such as `debug` or `baton_agent=debug,info`) overrides it.",
+    ),
+    local(
+        "log.traceback_level",
+        "`ERROR`",
+        "The level a panic's backtrace is logged at (the panic itself is logged at `ERROR`); \
+         below `log.level` it is not written. pgbaton's errors carry their causes on one line, so \
+         a panic is the only traceback it has.",
+    ),
+    local(
+        "log.format",
+        "`%(asctime)s %(levelname)s: %(message)s`",
+        "A Python logging format: `%(field)s` with an optional `-` and width (`%(levelname)-8s`), \
+         `%(field)d` for numbers, `%%`. Fields: `asctime`, `levelname`, `levelno`, `message`, \
+         `name` (the Rust module target), `module`, `filename`, `pathname`, `lineno`, `process`, \
+         `threadName`; any other field is an error naming it. With `type: json` also a list of \
+         field names and `{field: key}` renames. An event's structured fields follow the message \
+         as `key=value`.",
+    ),
+    local(
+        "log.dateformat",
+        "`%Y-%m-%d %H:%M:%S,mmm`",
+        "The `asctime` format (`strftime`: `%Y %y %m %d %H %M %S %j %z %Z %%`; other directives \
+         are errors). Times are UTC. Without it, Python's default with milliseconds.",
+    ),
+    local(
+        "log.static_fields",
+        "none",
+        "`type: json` only: constant keys added to every line (`{app: pgbaton}`).",
+    ),
+    local(
+        "log.dir",
+        "absent (standard error)",
+        "Write `pgbaton.log` in this directory (created if missing) instead of standard error.",
+    ),
+    local(
+        "log.file_size",
+        "`25000000`",
+        "Bytes: before a line would make `pgbaton.log` reach this size, it is renamed \
+         `pgbaton.log.1` (`.1` becomes `.2`, ...) and a new file is started, as Python's \
+         `RotatingFileHandler` (`0`: never rotate).",
+    ),
+    local(
+        "log.file_num",
+        "`4`",
+        "Rotated files kept (`pgbaton.log.1` to `.N`, the oldest deleted); `0` never rotates \
+         (the file grows), as Python's `backupCount=0`.",
+    ),
+    local(
+        "log.mode",
+        "umask",
+        "Permissions of the log files, octal (`0640`).",
+    ),
+    warned(
+        "log.max_queue_size",
+        Local,
+        "accepted but not used by pgbaton: it writes log lines directly, without Patroni's queue",
+    ),
+    warned(
+        "log.loggers",
+        Local,
+        "accepted but not used by pgbaton: Python logger names mean nothing to it; use PGBATON_LOG (a tracing filter) for per-module levels",
+    ),
+    warned(
+        "log.deduplicate_heartbeat_logs",
+        Local,
+        "accepted but not used by pgbaton: it logs a decision when it changes, never every loop",
+    ),
     // The dynamic configuration.
     dynamic(
         "ttl",
@@ -1053,6 +1128,7 @@ pub(crate) mod doc {
         "tags",
         "watchdog",
         "vip",
+        "log",
         "dynamic",
     ];
 

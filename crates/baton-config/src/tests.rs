@@ -288,6 +288,54 @@ tags:
             },
             watchdog_mode: "automatic",
             vip: None,
+            log: Log {
+                json: false,
+                level: Info,
+                traceback_level: Error,
+                format: [
+                    Field {
+                        field: Asctime,
+                        left: false,
+                        width: 0,
+                    },
+                    Text(
+                        " ",
+                    ),
+                    Field {
+                        field: Levelname,
+                        left: false,
+                        width: 0,
+                    },
+                    Text(
+                        ": ",
+                    ),
+                    Field {
+                        field: Message,
+                        left: false,
+                        width: 0,
+                    },
+                ],
+                json_fields: [
+                    (
+                        Asctime,
+                        "asctime",
+                    ),
+                    (
+                        Levelname,
+                        "levelname",
+                    ),
+                    (
+                        Message,
+                        "message",
+                    ),
+                ],
+                dateformat: None,
+                static_fields: [],
+                dir: None,
+                file_size: 25000000,
+                file_num: 4,
+                mode: None,
+            },
         }
     "#]]
     .assert_debug_eq(&loaded.config);

@@ -261,6 +261,25 @@ fn ttl_secs(ttl: Duration) -> i64 {
 }
 
 impl EtcdDcs {
+    /// Deletes every key of this cluster (`/<namespace>/<scope>/`, the trailing `/` included,
+    /// so `/service/batman2/` is not touched by removing `batman`); patronictl remove's
+    /// `delete_cluster`. Returns the number of keys deleted.
+    pub async fn delete_cluster(&self) -> Result<i64, DcsError> {
+        let prefix = self.inner.prefix.clone();
+        let mut kv = self.inner.kv.clone();
+        let resp = bounded(
+            self.inner.timeout,
+            &format!("delete the keys under {prefix}"),
+            None,
+            kv.delete(
+                prefix.as_str(),
+                Some(etcd_client::DeleteOptions::new().with_prefix()),
+            ),
+        )
+        .await?;
+        Ok(resp.deleted())
+    }
+
     /// Connects, checks that etcd answers (a read of the prefix) and starts the watch task.
     /// [`DcsError::Unavailable`] when etcd does not answer within `request_timeout`.
     pub async fn connect(settings: EtcdSettings) -> Result<EtcdDcs, DcsError> {

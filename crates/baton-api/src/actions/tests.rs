@@ -435,3 +435,104 @@ async fn reload_needs_credentials_and_passes_the_agents_answer_on() {
     );
     agent_side.await.expect("agent");
 }
+
+async fn call_with(
+    state: &ApiState,
+    method: Method,
+    uri: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, String) {
+    let mut request = Request::builder().method(method).uri(uri);
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let response = router(state.clone())
+        .oneshot(request.body(Body::from(body.to_owned())).expect("request"))
+        .await
+        .expect("response");
+    let code = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (code, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+#[tokio::test]
+async fn put_config_sends_the_whole_document_and_the_if_match_revision() {
+    let Agent {
+        state,
+        mut commands,
+        ..
+    } = agent(None);
+    let agent_side = tokio::spawn(async move {
+        for want in [None, Some(42)] {
+            match commands.recv().await {
+                Some(Command::ReplaceConfig {
+                    config,
+                    expected_revision,
+                    reply,
+                }) => {
+                    assert_eq!(Value::Object(config), json!({"ttl": 20, "loop_wait": 5}));
+                    assert_eq!(expected_revision, want);
+                    reply
+                        .send(CommandReply::Json(
+                            200,
+                            r#"{"ttl":20,"loop_wait":5}"#.into(),
+                        ))
+                        .expect("reply");
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    });
+    let body = r#"{"ttl": 20, "loop_wait": 5}"#;
+    let (code, text) = call_with(&state, Method::PUT, "/config", body, &[]).await;
+    assert_eq!(
+        (code, text.as_str()),
+        (StatusCode::OK, r#"{"ttl":20,"loop_wait":5}"#)
+    );
+    let (code, _) = call_with(
+        &state,
+        Method::PUT,
+        "/config",
+        body,
+        &[("if-match", "\"42\"")],
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK);
+    agent_side.await.expect("agent");
+}
+
+#[tokio::test]
+async fn put_config_refuses_bad_bodies_and_revisions_before_the_agent() {
+    let mut a = agent(Some(("admin", "secret")));
+    let auth = [("authorization", "Basic YWRtaW46c2VjcmV0")];
+    for body in ["", "{}", "[1]", "{nope", "null"] {
+        let (code, text) = call_with(&a.state, Method::PUT, "/config", body, &auth).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{body:?}: {text}");
+    }
+    let (code, text) = call_with(
+        &a.state,
+        Method::PUT,
+        "/config",
+        r#"{"ttl":20}"#,
+        &[auth[0], ("if-match", "yesterday")],
+    )
+    .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert!(text.contains("If-Match"), "{text}");
+    let (code, _) = call_with(&a.state, Method::PUT, "/config", r#"{"ttl":20}"#, &[]).await;
+    assert_eq!(
+        code,
+        StatusCode::UNAUTHORIZED,
+        "PUT /config needs the credentials"
+    );
+    assert!(
+        a.commands.try_recv().is_err(),
+        "nothing was sent to the agent"
+    );
+}

@@ -3,7 +3,10 @@ use baton_core::{
 };
 use expect_test::expect;
 
-use super::{list_json, render_history, render_list};
+use super::{
+    ListOptions, history_table, list_json, render, render_history, render_list, render_members,
+};
+use crate::cli::Format;
 
 fn member(name: &str, port: u16, state: &str, lsn: Option<u64>) -> Member {
     Member {
@@ -105,7 +108,7 @@ fn list_json_uses_patronictl_keys() {
 }
 
 #[test]
-fn history_table() {
+fn history_pretty_table() {
     let mut v = view();
     v.history = vec![HistoryLine {
         timeline: Timeline(1),
@@ -122,4 +125,163 @@ fn history_table() {
         +----+----------+------------------------------+---------------------------+-------------+
     "#]]
     .assert_eq(&render_history(&v));
+}
+
+#[test]
+fn extended_list_adds_the_optional_columns() {
+    let opts = ListOptions {
+        extended: true,
+        topology: false,
+    };
+    expect![[r#"
+        + Cluster: batman (7277694203142172922) -+-----------+----+-------------+-----+------------+-----+-----------------+------------------------+-------------------+------+
+        | Member      | Host           | Role    | State     | TL | Receive LSN | Lag | Replay LSN | Lag | Pending restart | Pending restart reason | Scheduled restart | Tags |
+        +-------------+----------------+---------+-----------+----+-------------+-----+------------+-----+-----------------+------------------------+-------------------+------+
+        | postgresql0 | 127.0.0.1:5432 | Leader  | running   |  3 |             |     |            |     |                 |                        |                   |      |
+        | postgresql1 | 127.0.0.1:5433 | Replica | streaming |  3 |  0/400004E8 |   0 | 0/400004E8 |   0 |                 |                        |                   |      |
+        | postgresql2 | 127.0.0.1:5434 | Replica | streaming |  3 |  0/3FD004E8 |   3 | 0/3FD004E8 |   3 |                 |                        |                   |      |
+        +-------------+----------------+---------+-----------+----+-------------+-----+------------+-----+-----------------+------------------------+-------------------+------+
+    "#]]
+    .assert_eq(&render_members("batman", &view(), opts, Format::Pretty));
+}
+
+#[test]
+fn tags_and_pending_restart_show_without_e_and_rule_every_row() {
+    let mut v = view();
+    v.members[1].tags.nofailover = Some(true);
+    v.members[1].tags.clonefrom = true;
+    v.members[2].pending_restart = true;
+    expect![[r#"
+        + Cluster: batman (7277694203142172922) -+-----------+----+-------------+-----+------------+-----+-----------------+------------------+
+        | Member      | Host           | Role    | State     | TL | Receive LSN | Lag | Replay LSN | Lag | Pending restart | Tags             |
+        +-------------+----------------+---------+-----------+----+-------------+-----+------------+-----+-----------------+------------------+
+        | postgresql0 | 127.0.0.1:5432 | Leader  | running   |  3 |             |     |            |     |                 |                  |
+        +-------------+----------------+---------+-----------+----+-------------+-----+------------+-----+-----------------+------------------+
+        | postgresql1 | 127.0.0.1:5433 | Replica | streaming |  3 |  0/400004E8 |   0 | 0/400004E8 |   0 |                 | clonefrom: true  |
+        |             |                |         |           |    |             |     |            |     |                 | nofailover: true |
+        +-------------+----------------+---------+-----------+----+-------------+-----+------------+-----+-----------------+------------------+
+        | postgresql2 | 127.0.0.1:5434 | Replica | streaming |  3 |  0/3FD004E8 |   3 | 0/3FD004E8 |   3 | *               |                  |
+        +-------------+----------------+---------+-----------+----+-------------+-----+------------+-----+-----------------+------------------+
+    "#]]
+    .assert_eq(&render_list("batman", &v));
+    expect![[r#"
+        Cluster	Member	Host	Role	State	TL	Receive LSN	Receive Lag	Replay LSN	Replay Lag	Pending restart	Tags
+        batman	postgresql0	127.0.0.1:5432	Leader	running	3						
+        batman	postgresql1	127.0.0.1:5433	Replica	streaming	3	0/400004E8	0	0/400004E8	0		{clonefrom: true, nofailover: true}
+        batman	postgresql2	127.0.0.1:5434	Replica	streaming	3	0/3FD004E8	3	0/3FD004E8	3	*	
+    "#]]
+    .assert_eq(&render_members("batman", &v, ListOptions::default(), Format::Tsv));
+    let json = list_json("batman", &v);
+    assert_eq!(
+        json[1]["Tags"],
+        serde_json::json!({"clonefrom": true, "nofailover": true})
+    );
+    assert_eq!(json[2]["Pending restart"], "*");
+    assert!(json[0].get("Tags").is_none(), "{json}");
+}
+
+#[test]
+fn topology_nests_replicas_under_their_replicatefrom() {
+    let mut v = view();
+    v.members[2].tags.replicatefrom = Some("postgresql1".into());
+    let out = render_members(
+        "batman",
+        &v,
+        ListOptions {
+            extended: false,
+            topology: true,
+        },
+        Format::Pretty,
+    );
+    expect![[r#"
+        + Cluster: batman (7277694203142172922) -----+-----------+----+-------------+-----+------------+-----+----------------------------+
+        | Member          | Host           | Role    | State     | TL | Receive LSN | Lag | Replay LSN | Lag | Tags                       |
+        +-----------------+----------------+---------+-----------+----+-------------+-----+------------+-----+----------------------------+
+        | postgresql0     | 127.0.0.1:5432 | Leader  | running   |  3 |             |     |            |     |                            |
+        | + postgresql1   | 127.0.0.1:5433 | Replica | streaming |  3 |  0/400004E8 |   0 | 0/400004E8 |   0 |                            |
+        |   + postgresql2 | 127.0.0.1:5434 | Replica | streaming |  3 |  0/3FD004E8 |   3 | 0/3FD004E8 |   3 | replicatefrom: postgresql1 |
+        +-----------------+----------------+---------+-----------+----+-------------+-----+------------+-----+----------------------------+
+    "#]]
+    .assert_eq(&out);
+}
+
+#[test]
+fn a_replicatefrom_cycle_loses_no_member_in_the_topology() {
+    let mut v = view();
+    v.members[1].tags.replicatefrom = Some("postgresql2".into());
+    v.members[2].tags.replicatefrom = Some("postgresql1".into());
+    let out = render_members(
+        "batman",
+        &v,
+        ListOptions {
+            extended: false,
+            topology: true,
+        },
+        Format::Pretty,
+    );
+    assert!(out.contains("| + postgresql1 "), "{out}");
+    assert!(out.contains("| + postgresql2 "), "{out}");
+}
+
+#[test]
+fn a_scheduled_switchover_is_shown_under_the_table() {
+    let mut v = view();
+    v.failover = Some(baton_core::Versioned {
+        value: baton_core::FailoverRequest {
+            leader: MemberName::new("postgresql0"),
+            candidate: MemberName::new("postgresql1"),
+            scheduled_at: Some("2026-11-22T04:09:19+00:00".into()),
+        },
+        mod_revision: 5,
+    });
+    v.members[0].pause = true;
+    let out = render_list("batman", &v);
+    let tail: Vec<&str> = out.lines().rev().take(4).collect();
+    expect![[r#"
+        [
+            "                      to: postgresql1",
+            "                    from: postgresql0",
+            " Switchover scheduled at: 2026-11-22T04:09:19+00:00",
+            " Maintenance mode: on",
+        ]
+    "#]]
+    .assert_debug_eq(&tail);
+}
+
+#[test]
+fn history_json_and_yaml_are_patronictls_dicts() {
+    let mut v = view();
+    v.history = vec![
+        HistoryLine {
+            timeline: Timeline(1),
+            lsn: Lsn(25_165_984),
+            reason: "no recovery target specified".into(),
+            timestamp: Some("2026-11-22T04:09:19+00:00".into()),
+            new_leader: Some("postgresql1".into()),
+        },
+        HistoryLine {
+            timeline: Timeline(2),
+            lsn: Lsn(50_331_864),
+            reason: "no recovery target specified".into(),
+            timestamp: None,
+            new_leader: None,
+        },
+    ];
+    expect![[r#"
+        [{"LSN":25165984,"New Leader":"postgresql1","Reason":"no recovery target specified","TL":1,"Timestamp":"2026-11-22T04:09:19+00:00"},{"LSN":50331864,"New Leader":"","Reason":"no recovery target specified","TL":2,"Timestamp":""}]
+    "#]]
+    .assert_eq(&render(&history_table(&v), Format::Json, "\t"));
+    expect![[r#"
+        - LSN: 25165984
+          New Leader: postgresql1
+          Reason: no recovery target specified
+          TL: 1
+          Timestamp: 2026-11-22T04:09:19+00:00
+        - LSN: 50331864
+          New Leader: ''
+          Reason: no recovery target specified
+          TL: 2
+          Timestamp: ''
+    "#]]
+    .assert_eq(&render(&history_table(&v), Format::Yaml, "\t"));
 }

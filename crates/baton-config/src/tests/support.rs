@@ -432,7 +432,6 @@ bootstrap:
             watchdog.device: accepted but not used by pgbaton: it has no /dev/watchdog support yet
             watchdog.safety_margin: accepted but not used by pgbaton: it has no /dev/watchdog support yet
             watchdog.driver: accepted but not used by pgbaton: it has no /dev/watchdog support yet
-            log: accepted but not used by pgbaton: it logs to standard error, at the level PGBATON_LOG sets
             ctl: accepted but not used by pgbaton: patronictl's settings; the pgbaton commands do not read them
             thread_pool_size: accepted but not used by pgbaton (a setting of Patroni's Python threads)
             thread_stack_size: accepted but not used by pgbaton (a setting of Patroni's Python threads)
@@ -820,6 +819,7 @@ postgresql:
 tags: {}
 watchdog: {}
 vip: {address: 10.0.0.1, interface: eth0}
+log: {type: json, level: INFO, traceback_level: ERROR, format: '%(message)s', dateformat: '%H', static_fields: {a: b}, dir: /tmp, file_size: 1, file_num: 1, mode: 0640}
 ";
 
 #[test]

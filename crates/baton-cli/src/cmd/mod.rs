@@ -1,0 +1,323 @@
+//! The control commands: read the cluster from etcd, call the agents' REST API.
+
+mod actions;
+mod config;
+mod http;
+mod members;
+mod query;
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use baton_cli::cli::{Command, Role};
+use baton_core::{ClusterView, Member};
+use baton_dcs::{Dcs, DcsScope, EtcdDcs, EtcdSettings};
+
+/// What every command has: the configuration and the cluster it works on.
+pub(crate) struct Ctx {
+    pub(crate) config: baton_config::Config,
+    /// The cluster name: the command's CLUSTER argument, else the configuration's `scope`.
+    pub(crate) cluster: String,
+    pub(crate) dcs: EtcdDcs,
+}
+
+impl Ctx {
+    pub(crate) async fn read(&self) -> anyhow::Result<ClusterView> {
+        let view = self
+            .dcs
+            .read_cluster()
+            .await
+            .context("read the cluster from etcd")?;
+        for w in &view.warnings {
+            eprintln!("warning: {w}");
+        }
+        Ok(view)
+    }
+}
+
+/// A cluster name given on the command line: it becomes a DCS key segment, so an empty name
+/// or one with `/` (which would reach other clusters' keys) is refused.
+pub(crate) fn check_cluster_name(name: &str) -> anyhow::Result<()> {
+    if name.is_empty() || name.contains('/') || name.chars().any(char::is_control) {
+        anyhow::bail!("invalid cluster name {name:?}: it must be non-empty, without \"/\"");
+    }
+    Ok(())
+}
+
+async fn connect(config: &baton_config::Config, cluster: &str) -> anyhow::Result<Ctx> {
+    check_cluster_name(cluster)?;
+    let dcs = EtcdDcs::connect(EtcdSettings {
+        endpoints: config.etcd.hosts.clone(),
+        scope: DcsScope {
+            namespace: config.namespace.clone(),
+            scope: cluster.to_owned(),
+        },
+        request_timeout: Duration::from_secs(5),
+        username: config.etcd.username.clone(),
+        password: config.etcd.password.clone(),
+    })
+    .await
+    .with_context(|| format!("connect to etcd at {}", config.etcd.hosts.join(",")))?;
+    Ok(Ctx {
+        config: config.clone(),
+        cluster: cluster.to_owned(),
+        dcs,
+    })
+}
+
+pub(crate) async fn control(path: &Path, command: Command) -> anyhow::Result<()> {
+    let config = crate::load(path)?.config;
+    let one = |name: &Option<String>| name.clone().unwrap_or_else(|| config.scope.clone());
+    let many = |names: &[String]| {
+        if names.is_empty() {
+            vec![config.scope.clone()]
+        } else {
+            names.to_vec()
+        }
+    };
+    match command {
+        Command::List {
+            cluster_names,
+            extended,
+            timestamp,
+            format,
+            watch,
+        } => {
+            for name in many(&cluster_names) {
+                let ctx = connect(&config, &name).await?;
+                let options = baton_cli::table::ListOptions {
+                    extended,
+                    topology: false,
+                };
+                members::list(&ctx, options, timestamp, format, watch).await?;
+            }
+        }
+        Command::Topology {
+            cluster_names,
+            watch,
+        } => {
+            for name in many(&cluster_names) {
+                let ctx = connect(&config, &name).await?;
+                let options = baton_cli::table::ListOptions {
+                    extended: false,
+                    topology: true,
+                };
+                members::list(&ctx, options, false, baton_cli::cli::Format::Pretty, watch).await?;
+            }
+        }
+        Command::ShowConfig { cluster_name } => {
+            config::show(&connect(&config, &one(&cluster_name)).await?).await?;
+        }
+        Command::EditConfig {
+            cluster_name,
+            quiet,
+            set,
+            pg,
+            apply,
+            replace,
+            force,
+        } => {
+            let ctx = connect(&config, &one(&cluster_name)).await?;
+            let edit = config::Edit {
+                quiet,
+                set,
+                pg,
+                apply,
+                replace,
+                force,
+            };
+            config::edit(&ctx, edit).await?;
+        }
+        Command::History {
+            cluster_name,
+            format,
+        } => {
+            let ctx = connect(&config, &one(&cluster_name)).await?;
+            let view = ctx.read().await?;
+            print!(
+                "{}",
+                baton_cli::table::render(&baton_cli::table::history_table(&view), format, "\t")
+            );
+        }
+        Command::Dsn {
+            cluster_name,
+            role,
+            member,
+        } => {
+            let ctx = connect(&config, &one(&cluster_name)).await?;
+            let view = ctx.read().await?;
+            let m = pick_member(&view, role, member.as_deref())
+                .context("Can not find a suitable member")?;
+            let (host, port) = m
+                .pg_host_port()
+                .with_context(|| format!("member {} has no conn_url", m.name))?;
+            println!("host={host} port={port}");
+        }
+        Command::Query {
+            cluster_name,
+            format,
+            file,
+            password,
+            username,
+            watch,
+            role,
+            member,
+            delimiter,
+            command,
+            dbname,
+        } => {
+            let ctx = connect(&config, &one(&cluster_name)).await?;
+            let sql = match (command, file) {
+                (Some(c), _) => c,
+                (None, Some(f)) => {
+                    std::fs::read_to_string(&f).with_context(|| format!("read {}", f.display()))?
+                }
+                (None, None) => anyhow::bail!("You need to specify either --command or --file"),
+            };
+            let q = query::Query {
+                sql,
+                format,
+                delimiter,
+                role,
+                member,
+                username,
+                dbname,
+                ask_password: password,
+                watch: watch.period(),
+            };
+            query::run(&ctx, q).await?;
+        }
+        Command::Remove {
+            cluster_name,
+            format,
+            force,
+            leader,
+        } => {
+            let ctx = connect(&config, &cluster_name).await?;
+            members::remove(&ctx, format, force, leader.as_deref()).await?;
+        }
+        Command::Flush {
+            cluster_name,
+            rest,
+            role,
+            force,
+        } => {
+            let (names, target) =
+                baton_cli::cli::flush_args(&rest).map_err(|e| anyhow::anyhow!(e))?;
+            let ctx = connect(&config, &cluster_name).await?;
+            members::flush(&ctx, &names, target, role, force).await?;
+        }
+        other => {
+            let ctx = connect(&config, &config.scope).await?;
+            actions::run(&ctx, other).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Ask on the terminal unless `force`; without a terminal, refuse.
+pub(crate) fn confirm(force: bool, question: &str) -> anyhow::Result<()> {
+    if force {
+        return Ok(());
+    }
+    let answer = prompt(&format!("{question} [y/N]"), "use --force")?;
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        anyhow::bail!("aborted (use --force to skip the question)")
+    }
+}
+
+/// One answer typed on the terminal. Without a terminal on standard input this refuses, saying
+/// how to go without the question (`instead`).
+pub(crate) fn prompt(question: &str, instead: &str) -> anyhow::Result<String> {
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!(
+            "refusing to ask \"{question}\": standard input is not a terminal ({instead})"
+        );
+    }
+    eprint!("{question}: ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .context("read the answer")?;
+    Ok(answer.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+/// The members a `-r/--role` means (patronictl's `get_all_members`).
+pub(crate) fn members_with_role(view: &ClusterView, role: Role) -> Vec<&Member> {
+    let leader = view.leader_name();
+    match role {
+        Role::Leader | Role::Primary => view.leader_member().into_iter().collect(),
+        // pgbaton runs no standby clusters.
+        Role::StandbyLeader => Vec::new(),
+        Role::Replica => view
+            .members
+            .iter()
+            .filter(|m| Some(&m.name) != leader)
+            .collect(),
+        Role::Any => view.members.iter().collect(),
+    }
+}
+
+/// `-m MEMBER`, else the first member with `-r ROLE` (default: the leader).
+pub(crate) fn pick_member<'v>(
+    view: &'v ClusterView,
+    role: Option<Role>,
+    member: Option<&str>,
+) -> Option<&'v Member> {
+    match member {
+        Some(name) => view.members.iter().find(|m| m.name.as_str() == name),
+        None => members_with_role(view, role.unwrap_or(Role::Leader))
+            .into_iter()
+            .next(),
+    }
+}
+
+/// `http://host:port` of a member's REST API (its `api_url` without `/patroni`); the leader's
+/// when `name` is `None`.
+pub(crate) fn api_base(view: &ClusterView, name: Option<&str>) -> anyhow::Result<String> {
+    let member = match name {
+        Some(n) => view.members.iter().find(|m| m.name.as_str() == n),
+        None => view.leader_member(),
+    }
+    .with_context(|| format!("member {} not found in the DCS", name.unwrap_or("(leader)")))?;
+    member_api(member)
+}
+
+pub(crate) fn member_api(member: &Member) -> anyhow::Result<String> {
+    let url = member
+        .api_url
+        .as_deref()
+        .with_context(|| format!("member {} has no api_url", member.name))?;
+    Ok(url
+        .trim_end_matches('/')
+        .trim_end_matches("/patroni")
+        .to_owned())
+}
+
+/// Members with a REST API, the leader first (patronictl's `get_all_members_leader_first`).
+pub(crate) fn leader_first(view: &ClusterView) -> Vec<&Member> {
+    let leader = view.leader_member().filter(|m| m.api_url.is_some());
+    leader
+        .into_iter()
+        .chain(
+            view.members
+                .iter()
+                .filter(|m| m.api_url.is_some() && Some(&m.name) != view.leader_name()),
+        )
+        .collect()
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC), patronictl's `timestamp(0)`.
+pub(crate) fn timestamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let iso = baton_core::format_iso8601_utc(secs);
+    iso.get(..19).unwrap_or(&iso).replace('T', " ")
+}
