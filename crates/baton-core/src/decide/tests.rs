@@ -1,8 +1,45 @@
 //! Decision tests: a cluster described as text, the decision rendered as text.
 //!
+//! The cases are data, in `crates/baton-core/testdata/decide/*.txt` (one file per rule or
+//! theme; `testdata/decide/README.md` says which). [`decision_fixtures`] runs every case of
+//! every file and compares the rendered decision with the expected block; a mismatch fails
+//! with `file:line`, the case name and a line diff. `UPDATE_EXPECT=1 cargo test -p baton-core
+//! decision_fixtures` rewrites the expected blocks in place instead (review the diff).
+//!
+//! A file is a sequence of blocks separated by blank lines; `#` lines are comments:
+//! ```text
+//! # A file comment.
+//!
+//! preamble CLUSTER
+//! # What the preamble describes.
+//! lease: id=7 deadline=105
+//! member: n1 role=primary xlog=0/3000000 conn=10.0.0.1:5432
+//!
+//! case replica_follows_the_leader show=memory,revisions
+//! # Why this case exists.
+//! include: CLUSTER
+//! pg: data=initialized
+//! ----
+//! reason: ...
+//! ```
+//! `preamble NAME` defines fixture lines once; `include: NAME` stands for them where it
+//! appears (a preamble may include another). Names are looked up in the file itself, then in
+//! `_preambles.txt` (the ones several files share). Lines are read in order and a later line
+//! overrides what an earlier one set (a second `dcs:` line after an `include:`, say);
+//! `member:` and `peer:` lines add up.
+//! `case NAME` holds fixture lines, `----`, then the expected decision up to the next blank
+//! line: `reason:`, the numbered `actions:`, `memory:` (part of the next memory) and
+//! `wake:` (the next wake-up, relative to `now`). `show=` renders more: `memory` adds a
+//! `memory+:` line with the rest of the next memory, `revisions` the compare-and-swap
+//! revision of each action that has one. Each case starts from a fresh memory, except that
+//! `memory: previous` continues from the memory the case above it in the file returned.
+//! Every decision test is such a case: the Rust tests in this file test the runner itself.
+//!
 //! Fixture lines (`key: tokens`, tokens are `k=v` or bare words):
 //! ```text
 //! config: me=n2 ttl=10 loop_wait=2 lag=1048576 start_timeout=300 rewind=on slots=on wipe=off pause=off bootstrap=on nofailover=off priority=1
+//!     (each `config:` line changes only what it names; blocker=standby_cluster: a dynamic
+//!      configuration key pgbaton must not ignore)
 //! now: 100
 //! lease: id=7 deadline=105            (or `lease: none`)
 //! dcs: init=7001 leader=n1@5 optime=0/3000000 history=1 config=yes     (or `dcs: unreachable`)
@@ -16,6 +53,7 @@
 //!     (hist: the newest timeline history file in pg_wal)
 //! peer: n3 reachable|unreachable wal=0/2000000 tl=1 primary nofailover priority=2
 //! memory: following=n1 down_since=90 rewind_failed=n1 nostream_since=70 epoch=1 handed_over
+//!     was_leader sync_changed=0/3000100     (or `memory: previous`, see above)
 //! failure: rewind at=99
 //! failover: leader=n1 candidate=n2 at=2026-11-22T05:00:00+00:00 rev=9
 //! unix: 1795323590000          (wall clock, ms; default 1795323600000 = 2026-11-22T05:00:00Z)
@@ -29,10 +67,14 @@
 //! ```
 //! Times are seconds on the monotonic clock.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
+use std::ops::Range;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
 use std::time::Duration;
 
-use expect_test::{Expect, expect};
+use expect_test::expect;
 
 use crate::decision::{
     Action, ActionFailure, ActionKind, HaConfig, LeaseState, Memory, Observation, PeerStatus,
@@ -99,7 +141,9 @@ struct Fixture {
     now: Mono,
 }
 
-fn parse(fixture: &str) -> Fixture {
+/// The fixture lines of one case (includes expanded); `previous` is the memory the case
+/// before it returned, for `memory: previous`.
+fn parse(fixture: &str, previous: Option<&Memory>) -> Fixture {
     let mut config = HaConfig {
         me: name("n2"),
         ttl: Duration::from_secs(10),
@@ -350,12 +394,21 @@ fn parse(fixture: &str) -> Fixture {
                 watchdog_failed: false,
             }),
             "memory" => {
+                if t.has("previous") {
+                    assert_eq!(t.words.len(), 1, "`memory: previous` takes no other token");
+                    memory = previous
+                        .expect("`memory: previous` needs a case before it in the same file")
+                        .clone();
+                    continue;
+                }
                 memory.following = t.get("following").map(name);
                 memory.primary_down_since = t.get("down_since").map(secs);
                 memory.rewind_failed_against = t.get("rewind_failed").map(name);
                 memory.not_streaming_since = t.get("nostream_since").map(secs);
                 memory.handed_over = t.has("handed_over");
                 memory.leader_epoch = t.get("epoch").map(|e| e.parse().expect("epoch"));
+                memory.was_leader = t.has("was_leader");
+                memory.sync_changed_at = t.get("sync_changed").map(lsn);
             }
             "unix" => obs.unix_ms = t.first().parse().expect("unix ms"),
             "failover" => {
@@ -395,8 +448,17 @@ fn parse(fixture: &str) -> Fixture {
     }
 }
 
-fn render(fixture: &str) -> String {
-    let f = parse(fixture);
+/// What a case renders beyond the default (`show=` on its `case` line).
+#[derive(Clone, Copy, Debug, Default)]
+struct Show {
+    /// A `memory+:` line with the fields of the next memory the `memory:` line leaves out.
+    memory: bool,
+    /// The compare-and-swap revision of each action that carries one.
+    revisions: bool,
+}
+
+/// The decision for a fixture, rendered, and the memory it hands to the next cycle.
+fn render(f: &Fixture, show: Show) -> (String, Memory) {
     let d = super::decide(&f.memory, &f.obs, &f.config, f.now);
     let mut out = String::new();
     writeln!(out, "reason: {}", d.reason).unwrap();
@@ -405,11 +467,18 @@ fn render(fixture: &str) -> String {
     } else {
         writeln!(out, "actions:").unwrap();
         for (i, a) in d.actions.iter().enumerate() {
-            writeln!(out, "  {}. {a}", i + 1).unwrap();
+            write!(out, "  {}. {a}", i + 1).unwrap();
+            if show.revisions
+                && let Some(rev) = revision(a)
+            {
+                write!(out, " (at revision {rev})").unwrap();
+            }
+            writeln!(out).unwrap();
         }
     }
     let m = &d.next_memory;
     let opt = |n: &Option<MemberName>| n.as_ref().map_or("-".to_owned(), |n| n.to_string());
+    let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
     writeln!(
         out,
         "memory: leader={} following={} down_since={} rewind_failed={}",
@@ -420,2291 +489,492 @@ fn render(fixture: &str) -> String {
         opt(&m.rewind_failed_against),
     )
     .unwrap();
+    if show.memory {
+        writeln!(
+            out,
+            "memory+: sync_changed={} nostream_since={} handed_over={} epoch={}",
+            or_dash(m.sync_changed_at.map(|l| l.to_string())),
+            or_dash(m.not_streaming_since.map(|t| t.to_string())),
+            m.handed_over,
+            or_dash(m.leader_epoch.map(|e| e.to_string())),
+        )
+        .unwrap();
+    }
     writeln!(
         out,
         "wake: +{}ms",
         d.wake_at.as_millis().saturating_sub(f.now.as_millis())
     )
     .unwrap();
+    (out, d.next_memory)
+}
+
+/// The revision an action compares against before it writes (0: the key must not exist).
+fn revision(action: &Action) -> Option<i64> {
+    match action {
+        Action::RepairLeader { version }
+        | Action::ClearFailover { version }
+        | Action::WriteSync { version, .. } => Some(*version),
+        _ => None,
+    }
+}
+
+/// `preamble NAME`: fixture lines defined once.
+struct Preamble {
+    /// Fixture lines with their line numbers (1-based), comments left out.
+    lines: Vec<(usize, String)>,
+}
+
+/// `case NAME`: fixture lines, `----`, the expected decision.
+struct Case {
+    name: String,
+    /// The line of `case NAME` (1-based).
+    line: usize,
+    show: Show,
+    fixture: Vec<(usize, String)>,
+    /// Where the expected lines are in the file (0-based; empty when there are none yet).
+    expected: Range<usize>,
+}
+
+/// One file under `testdata/decide/`.
+struct DataFile {
+    /// The name the messages use (`testdata/decide/sync.txt`).
+    name: String,
+    lines: Vec<String>,
+    preambles: BTreeMap<String, Preamble>,
+    cases: Vec<Case>,
+}
+
+impl DataFile {
+    fn parse(name: &str, text: &str) -> Result<DataFile, String> {
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        let blank = |i: usize| lines.get(i).is_none_or(|l| l.trim().is_empty());
+        let comment = |i: usize| lines[i].trim_start().starts_with('#');
+        let at = |i: usize| format!("{name}:{}", i + 1);
+        let mut preambles = BTreeMap::new();
+        let mut cases = vec![];
+        let mut i = 0;
+        while i < lines.len() {
+            if blank(i) || comment(i) {
+                i += 1;
+                continue;
+            }
+            let header = i;
+            let mut words = lines[i].split_whitespace();
+            let kind = words.next().unwrap_or_default();
+            let Some(block) = words.next().map(str::to_owned) else {
+                return Err(format!("{}: `{kind}` needs a name", at(i)));
+            };
+            i += 1;
+            match kind {
+                "preamble" => {
+                    if let Some(extra) = words.next() {
+                        return Err(format!("{}: unexpected `{extra}`", at(header)));
+                    }
+                    let mut body = vec![];
+                    while !blank(i) {
+                        if lines[i].trim() == "----" {
+                            return Err(format!("{}: a preamble has no expected output", at(i)));
+                        }
+                        if !comment(i) {
+                            body.push((i + 1, lines[i].trim().to_owned()));
+                        }
+                        i += 1;
+                    }
+                    if preambles
+                        .insert(block.clone(), Preamble { lines: body })
+                        .is_some()
+                    {
+                        return Err(format!("{}: preamble {block} is defined twice", at(header)));
+                    }
+                }
+                "case" => {
+                    let mut show = Show::default();
+                    for word in words {
+                        let Some(list) = word.strip_prefix("show=") else {
+                            return Err(format!("{}: unknown option `{word}`", at(header)));
+                        };
+                        for item in list.split(',') {
+                            match item {
+                                "memory" => show.memory = true,
+                                "revisions" => show.revisions = true,
+                                _ => return Err(format!("{}: unknown show={item}", at(header))),
+                            }
+                        }
+                    }
+                    let mut fixture = vec![];
+                    while lines.get(i).is_none_or(|l| l.trim() != "----") {
+                        if blank(i) {
+                            return Err(format!("{}: case {block} has no `----` line", at(header)));
+                        }
+                        if !comment(i) {
+                            fixture.push((i + 1, lines[i].trim().to_owned()));
+                        }
+                        i += 1;
+                    }
+                    i += 1;
+                    let start = i;
+                    while !blank(i) {
+                        i += 1;
+                    }
+                    cases.push(Case {
+                        name: block,
+                        line: header + 1,
+                        show,
+                        fixture,
+                        expected: start..i,
+                    });
+                }
+                _ => {
+                    return Err(format!(
+                        "{}: expected `case NAME`, `preamble NAME`, a `#` comment or a blank line",
+                        at(header)
+                    ));
+                }
+            }
+        }
+        Ok(DataFile {
+            name: name.to_owned(),
+            lines,
+            preambles,
+            cases,
+        })
+    }
+}
+
+/// `lines` with each `include: NAME` replaced by the preamble's lines: the file's own
+/// preamble, else the shared one. `used` collects (defining file, preamble) pairs.
+fn expand(
+    file: &DataFile,
+    shared: &DataFile,
+    lines: &[(usize, String)],
+    stack: &mut Vec<String>,
+    used: &mut BTreeSet<(String, String)>,
+) -> Result<Vec<String>, String> {
+    let mut out = vec![];
+    for (n, line) in lines {
+        let Some(name) = line.strip_prefix("include:").map(str::trim) else {
+            out.push(line.clone());
+            continue;
+        };
+        let (def, preamble) = match (file.preambles.get(name), shared.preambles.get(name)) {
+            (Some(p), _) => (file, p),
+            (None, Some(p)) => (shared, p),
+            (None, None) => {
+                return Err(format!(
+                    "{}:{n}: no preamble {name} in this file or in {}",
+                    file.name, shared.name
+                ));
+            }
+        };
+        if stack.iter().any(|s| s == name) {
+            return Err(format!(
+                "{}:{n}: preamble {name} includes itself",
+                file.name
+            ));
+        }
+        used.insert((def.name.clone(), name.to_owned()));
+        stack.push(name.to_owned());
+        out.extend(expand(def, shared, &preamble.lines, stack, used)?);
+        stack.pop();
+    }
+    Ok(out)
+}
+
+/// What running the cases of one file found.
+struct Outcome {
+    /// Cases that could not run: an unknown preamble, a fixture the parser rejects.
+    errors: Vec<String>,
+    /// Cases whose decision differs from the expected block, with a diff.
+    mismatches: Vec<String>,
+    /// The file with those expected blocks replaced by the actual decisions.
+    blessed: Option<String>,
+}
+
+fn run_file(file: &DataFile, shared: &DataFile, used: &mut BTreeSet<(String, String)>) -> Outcome {
+    let mut errors = vec![];
+    let mut mismatches = vec![];
+    let mut replace: Vec<(Range<usize>, String)> = vec![];
+    let mut previous: Option<Memory> = None;
+    for case in &file.cases {
+        let at = format!("{}:{}: case {}", file.name, case.line, case.name);
+        let prev = previous.take();
+        let lines = match expand(file, shared, &case.fixture, &mut vec![], used) {
+            Ok(lines) => lines,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        let show = case.show;
+        let ran = catch_unwind(AssertUnwindSafe(|| {
+            render(&parse(&lines.join("\n"), prev.as_ref()), show)
+        }));
+        let (actual, next) = match ran {
+            Ok(ran) => ran,
+            Err(panic) => {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_default();
+                errors.push(format!("{at}: {why}"));
+                continue;
+            }
+        };
+        previous = Some(next);
+        let expected = &file.lines[case.expected.clone()];
+        if actual.lines().ne(expected.iter().map(String::as_str)) {
+            mismatches.push(format!(
+                "{at}: the decision differs (- expected, + actual):\n{}",
+                diff(expected, &actual)
+            ));
+            replace.push((case.expected.clone(), actual));
+        }
+    }
+    let blessed = (!replace.is_empty()).then(|| {
+        let mut out = String::new();
+        let mut k = 0;
+        for (range, actual) in &replace {
+            for line in &file.lines[k..range.start] {
+                writeln!(out, "{line}").unwrap();
+            }
+            out.push_str(actual);
+            k = range.end;
+        }
+        for line in &file.lines[k..] {
+            writeln!(out, "{line}").unwrap();
+        }
+        out
+    });
+    Outcome {
+        errors,
+        mismatches,
+        blessed,
+    }
+}
+
+/// A line diff (longest common subsequence): `  ` both, `- ` expected only, `+ ` actual only.
+fn diff(expected: &[String], actual: &str) -> String {
+    let a: Vec<&str> = expected.iter().map(String::as_str).collect();
+    let b: Vec<&str> = actual.lines().collect();
+    let mut lcs = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for i in (0..a.len()).rev() {
+        for j in (0..b.len()).rev() {
+            lcs[i][j] = if a[i] == b[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
+        }
+    }
+    let (mut i, mut j) = (0, 0);
+    let mut out = String::new();
+    while i < a.len() || j < b.len() {
+        if i < a.len() && j < b.len() && a[i] == b[j] {
+            writeln!(out, "  {}", a[i]).unwrap();
+            i += 1;
+            j += 1;
+        } else if i < a.len() && (j == b.len() || lcs[i + 1][j] >= lcs[i][j + 1]) {
+            writeln!(out, "- {}", a[i]).unwrap();
+            i += 1;
+        } else {
+            writeln!(out, "+ {}", b[j]).unwrap();
+            j += 1;
+        }
+    }
     out
 }
 
-#[track_caller]
-fn check(fixture: &str, expect: Expect) {
-    expect.assert_eq(&render(fixture));
-}
-
-/// A healthy three-member cluster seen from n2 (a streaming replica of n1).
-const CLUSTER: &str = "
-    lease: id=7 deadline=105
-    dcs: init=7001 leader=n1@5 optime=0/3000000
-    member: n1 role=primary xlog=0/3000000 conn=10.0.0.1:5432
-    member: n2 role=replica xlog=0/3000000 conn=10.0.0.2:5432
-    member: n3 role=replica xlog=0/3000000 conn=10.0.0.3:5432
-";
-
-// ---- bootstrap -------------------------------------------------------------------------
-
+/// Every case of every file under `testdata/decide/` (see the module docs).
 #[test]
-fn empty_cluster_races_for_initialize() {
-    check(
-        "lease: id=7 deadline=105
-         dcs:
-         pg: data=empty",
-        expect![[r#"
-            reason: trying to bootstrap a new cluster
-            actions:
-              1. race for initialize key
-              2. bootstrap new cluster
-            memory: leader=false following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-#[test]
-fn bootstrap_needs_a_lease() {
-    check(
-        "lease: none
-         dcs:
-         pg: data=empty",
-        expect![[r#"
-            reason: waiting for a lease from the DCS
-            actions: none
-            memory: leader=false following=- down_since=- rewind_failed=-
-            wake: +1000ms
-        "#]],
-    );
-}
-
-#[test]
-fn nofailover_member_never_bootstraps() {
-    check(
-        "config: bootstrap=off
-         lease: id=7 deadline=105
-         dcs:
-         pg: data=empty",
-        expect![[r#"
-            reason: not allowed to bootstrap a new cluster (nofailover or no bootstrap section); waiting for a leader
-            actions: none
-            memory: leader=false following=- down_since=- rewind_failed=-
-            wake: +1000ms
-        "#]],
-    );
-}
-
-#[test]
-fn another_member_is_bootstrapping() {
-    check(
-        r#"lease: id=7 deadline=105
-           dcs: init=""
-           pg: data=empty"#,
-        expect![[r#"
-            reason: waiting for leader to bootstrap
-            actions: none
-            memory: leader=false following=- down_since=- rewind_failed=-
-            wake: +1000ms
-        "#]],
-    );
-}
-
-#[test]
-fn empty_member_clones_from_the_leader_then_streams() {
-    check(
-        &format!("{CLUSTER}\n pg: data=empty"),
-        expect![[r#"
-            reason: creating replica from n1
-            actions:
-              1. clone from n1 (10.0.0.1:5432)
-              2. start postgres as replica of n1 (10.0.0.1:5432)
-            memory: leader=false following=n1 down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-#[test]
-fn unusable_data_directory_is_left_alone() {
-    check(
-        &format!("{CLUSTER}\n pg: data=unusable"),
-        expect![[r#"
-            reason: data directory is not usable, leaving it alone: permission denied
-            actions: none
-            memory: leader=false following=- down_since=- rewind_failed=-
-            wake: +2000ms
-        "#]],
-    );
-}
-
-#[test]
-fn data_from_another_cluster_is_not_used() {
-    check(
-        &format!("{CLUSTER}\n pg: data=initialized sysid=9999 state=shut-down-in-recovery"),
-        expect![[r#"
-            reason: system ID mismatch, node belongs to a different cluster: 9999 != 7001
-            actions: none
-            memory: leader=false following=- down_since=- rewind_failed=-
-            wake: +2000ms
-        "#]],
-    );
-}
-
-// ---- steady state ----------------------------------------------------------------------
-
-#[test]
-fn leader_keeps_its_role_and_slots() {
-    check(
-        "config: me=n1
-         lease: id=5 deadline=105
-         dcs: init=7001 leader=n1@5 optime=0/3000000
-         member: n1 role=primary conn=10.0.0.1:5432
-         member: n2 role=replica conn=10.0.0.2:5432
-         member: n3 role=replica conn=10.0.0.3:5432
-         pg: data=initialized state=in-production
-         pg: running primary tl=1 flush=0/3000000 slots=n2,n3",
-        expect![[r#"
-            reason: no action. I am the leader with the lock
-            actions: none
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +2000ms
-        "#]],
-    );
-}
-
-#[test]
-fn leader_creates_missing_slots_config_and_history() {
-    check(
-        "config: me=n1
-         lease: id=5 deadline=105
-         dcs: init=7001 leader=n1@5 optime=0/3000000 config=no
-         member: n1 role=primary conn=10.0.0.1:5432
-         member: n2 role=replica conn=10.0.0.2:5432
-         member: n3 role=replica conn=10.0.0.3:5432 nostream
-         pg: data=initialized state=in-production
-         pg: running primary tl=2 flush=0/3000000",
-        expect![[r#"
-            reason: no action. I am the leader with the lock
-            actions:
-              1. write dynamic config
-              2. update timeline history
-              3. ensure slots [n2]
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-#[test]
-fn leader_without_use_slots_creates_and_drops_no_slot() {
-    check(
-        "config: me=n1 slots=off
-         lease: id=5 deadline=105
-         dcs: init=7001 leader=n1@5 optime=0/3000000
-         member: n1 role=primary conn=10.0.0.1:5432
-         member: n2 role=replica conn=10.0.0.2:5432
-         member: n3 role=replica conn=10.0.0.3:5432
-         pg: data=initialized state=in-production
-         pg: running primary tl=1 flush=0/3000000 slots=n4",
-        expect![[r#"
-            reason: no action. I am the leader with the lock
-            actions: none
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +2000ms
-        "#]],
-    );
-}
-
-#[test]
-fn leader_wakes_up_at_its_fencing_deadline() {
-    check(
-        "config: me=n1 loop_wait=10
-         lease: id=5 deadline=103
-         dcs: init=7001 leader=n1@5
-         member: n1 role=primary conn=10.0.0.1:5432
-         pg: data=initialized state=in-production
-         pg: running primary tl=1 flush=0/3000000",
-        expect![[r#"
-            reason: no action. I am the leader with the lock
-            actions: none
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +3000ms
-        "#]],
-    );
-}
-
-#[test]
-fn replica_points_postgres_at_the_leader_once() {
-    let fixture = format!(
-        "{CLUSTER}\n pg: data=initialized\n pg: running replica tl=1 recv=0/3000000 replay=0/3000000"
-    );
-    check(
-        &fixture,
-        expect![[r#"
-            reason: no action. I am a secondary, and following a leader (n1)
-            actions:
-              1. follow n1 (10.0.0.1:5432)
-            memory: leader=false following=n1 down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-    check(
-        &format!("{fixture}\n memory: following=n1"),
-        expect![[r#"
-            reason: no action. I am a secondary, and following a leader (n1)
-            actions: none
-            memory: leader=false following=n1 down_since=- rewind_failed=-
-            wake: +2000ms
-        "#]],
-    );
-}
-
-#[test]
-fn replica_keeps_streaming_when_the_dcs_is_unreachable() {
-    check(
-        "lease: none
-         dcs: unreachable
-         pg: data=initialized
-         pg: running replica tl=1 recv=0/3000000 replay=0/3000000
-         memory: following=n1",
-        expect![[r#"
-            reason: DCS is not accessible
-            actions: none
-            memory: leader=false following=n1 down_since=- rewind_failed=-
-            wake: +2000ms
-        "#]],
-    );
-}
-
-// ---- fencing ---------------------------------------------------------------------------
-
-#[test]
-fn leader_past_its_fencing_deadline_stops_postgres_immediately() {
-    check(
-        "config: me=n1
-         now: 106
-         lease: id=5 deadline=105
-         dcs: init=7001 leader=n1@5
-         member: n1 role=primary conn=10.0.0.1:5432
-         pg: data=initialized state=in-production
-         pg: running primary tl=1 flush=0/3000000",
-        expect![[r#"
-            reason: demoted self because the leader lease could not be renewed before its fencing deadline
-            actions:
-              1. stop postgres (immediate)
-            memory: leader=false following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-#[test]
-fn leader_cut_off_from_the_dcs_runs_until_its_deadline_then_fences() {
-    let base = "config: me=n1
-         lease: id=5 deadline=105
-         dcs: unreachable
-         pg: data=initialized state=in-production
-         pg: running primary tl=1 flush=0/3000000
-    ";
-    check(
-        &format!("{base}\n now: 104"),
-        expect![[r#"
-            reason: DCS is not accessible
-            actions: none
-            memory: leader=false following=- down_since=- rewind_failed=-
-            wake: +1000ms
-        "#]],
-    );
-    check(
-        &format!("{base}\n now: 105"),
-        expect![[r#"
-            reason: demoted self because DCS is not accessible and I was a leader
-            actions:
-              1. stop postgres (immediate)
-            memory: leader=false following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-#[test]
-fn primary_that_does_not_answer_sql_is_fenced_too() {
-    check(
-        "config: me=n1
-         now: 106
-         lease: id=5 deadline=105
-         dcs: init=7001 leader=n1@5
-         pg: data=initialized state=in-production
-         pg: running nosql",
-        expect![[r#"
-            reason: demoted self because the leader lease could not be renewed before its fencing deadline
-            actions:
-              1. stop postgres (immediate)
-            memory: leader=false following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-#[test]
-fn primary_that_sees_another_leader_demotes() {
-    check(
-        "config: me=n1
-         lease: id=9 deadline=105
-         dcs: init=7001 leader=n2@7
-         member: n2 role=primary conn=10.0.0.2:5432
-         pg: data=initialized state=in-production
-         pg: running primary tl=1 flush=0/3000000",
-        expect![[r#"
-            reason: demoting self because I do not have the lock and I was a leader
-            actions:
-              1. stop postgres (immediate)
-            memory: leader=false following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-#[test]
-fn primary_without_any_leader_key_is_fenced_before_racing() {
-    check(
-        "config: me=n1
-         lease: id=9 deadline=105
-         dcs: init=7001
-         member: n1 role=primary conn=10.0.0.1:5432
-         pg: data=initialized state=in-production
-         pg: running primary tl=1 flush=0/3000000",
-        expect![[r#"
-            reason: demoting self because I do not have the lock and I was a leader
-            actions:
-              1. stop postgres (immediate)
-            memory: leader=false following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-#[test]
-fn restarted_agent_reattaches_its_own_leader_key() {
-    check(
-        "config: me=n1
-         lease: id=9 deadline=105
-         dcs: init=7001 leader=n1@5
-         member: n1 role=primary conn=10.0.0.1:5432
-         pg: data=initialized state=in-production
-         pg: running primary tl=1 flush=0/3000000",
-        expect![[r#"
-            reason: postgres is running as primary and the leader key still holds my name: re-attaching it to my lease
-            actions:
-              1. re-attach leader key to our lease
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-// ---- failover --------------------------------------------------------------------------
-
-/// n1's host died: its leader and member keys expired with its lease.
-const LEADERLESS: &str = "
-    lease: id=7 deadline=105
-    dcs: init=7001 optime=0/3000000
-    member: n2 role=replica xlog=0/3000000 conn=10.0.0.2:5432
-    member: n3 role=replica xlog=0/3000000 conn=10.0.0.3:5432
-    pg: data=initialized
-";
-
-#[test]
-fn most_advanced_replica_takes_the_key_and_promotes() {
-    check(
-        &format!(
-            "{LEADERLESS}
-             pg: running replica tl=1 recv=0/3000100 replay=0/3000100
-             peer: n3 reachable wal=0/3000000
-             memory: following=n1"
-        ),
-        expect![[r#"
-            reason: promoted self to leader by acquiring session lock
-            actions:
-              1. acquire leader key
-              2. promote postgres
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-#[test]
-fn replica_behind_a_peer_lets_the_peer_win() {
-    check(
-        &format!(
-            "{LEADERLESS}
-             pg: running replica tl=1 recv=0/3000000 replay=0/3000000
-             peer: n3 reachable wal=0/3000100"
-        ),
-        expect![[r#"
-            reason: following a different leader because i am not the healthiest node: Wal position of n3 (0/3000100) is ahead of my wal position (0/3000000)
-            actions: none
-            memory: leader=false following=- down_since=- rewind_failed=-
-            wake: +1000ms
-        "#]],
-    );
-}
-
-#[test]
-fn a_peer_ahead_that_may_not_fail_over_is_ignored() {
-    check(
-        &format!(
-            "{LEADERLESS}
-             pg: running replica tl=1 recv=0/3000000 replay=0/3000000
-             peer: n3 reachable wal=0/3000100 nofailover"
-        ),
-        expect![[r#"
-            reason: promoted self to leader by acquiring session lock
-            actions:
-              1. acquire leader key
-              2. promote postgres
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-#[test]
-fn unreachable_peers_are_not_compared() {
-    check(
-        &format!(
-            "{LEADERLESS}
-             pg: running replica tl=1 recv=0/3000000 replay=0/3000000
-             peer: n3 unreachable wal=0/3000100"
-        ),
-        expect![[r#"
-            reason: promoted self to leader by acquiring session lock
-            actions:
-              1. acquire leader key
-              2. promote postgres
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-#[test]
-fn equal_positions_go_to_the_higher_failover_priority() {
-    check(
-        &format!(
-            "{LEADERLESS}
-             pg: running replica tl=1 recv=0/3000000 replay=0/3000000
-             peer: n3 reachable wal=0/3000000 priority=5"
-        ),
-        expect![[r#"
-            reason: following a different leader because i am not the healthiest node: n3 has equally tolerable WAL position and priority 5, while this node has priority 1
-            actions: none
-            memory: leader=false following=- down_since=- rewind_failed=-
-            wake: +1000ms
-        "#]],
-    );
-}
-
-#[test]
-fn replica_lagging_beyond_maximum_lag_on_failover_does_not_race() {
-    check(
-        &format!(
-            "config: lag=1000
-             {LEADERLESS}
-             pg: running replica tl=1 recv=0/2000000 replay=0/2000000"
-        ),
-        expect![[r#"
-            reason: following a different leader because i am not the healthiest node: my wal position is 16777216 bytes behind, more than maximum_lag_on_failover (1000)
-            actions: none
-            memory: leader=false following=- down_since=- rewind_failed=-
-            wake: +1000ms
-        "#]],
-    );
-}
-
-#[test]
-fn a_member_behind_the_clusters_timeline_does_not_race() {
-    // The history says the cluster moved to timeline 2 (its primary is gone); promoting from
-    // timeline 1 would create a second, different timeline 2.
-    check(
-        &format!(
-            "{LEADERLESS}
-             dcs: init=7001 optime=0/3000000 history=1
-             pg: running replica tl=1 recv=0/3000000 replay=0/3000000"
-        ),
-        expect![[r#"
-            reason: following a different leader because i am not the healthiest node: my timeline 1 is behind the cluster timeline 2
-            actions: none
-            memory: leader=false following=- down_since=- rewind_failed=-
-            wake: +1000ms
-        "#]],
-    );
-}
-
-#[test]
-fn a_standby_that_followed_the_switch_is_not_behind_whatever_its_checkpoint_says() {
-    // Its WAL receiver is down (the leader is gone), so PostgreSQL reports the last
-    // checkpoint's timeline 1; pg_wal holds 00000002.history: it followed the switch.
-    check(
-        &format!(
-            "{LEADERLESS}
-             dcs: init=7001 optime=0/3000000 history=1
-             pg: running replica tl=1 hist=2 recv=0/3000000 replay=0/3000000"
-        ),
-        expect![[r#"
-            reason: promoted self to leader by acquiring session lock
-            actions:
-              1. acquire leader key
-              2. promote postgres
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-#[test]
-fn a_peer_behind_the_clusters_timeline_does_not_block_the_race() {
-    // n3 has more WAL, but on timeline 1, which the cluster left: it cannot take over, and
-    // waiting for it would leave the cluster without a leader.
-    check(
-        &format!(
-            "{LEADERLESS}
-             dcs: init=7001 optime=0/3000000 history=1
-             pg: running replica tl=2 recv=0/3000000 replay=0/3000000
-             peer: n3 reachable wal=0/3000100 tl=1"
-        ),
-        expect![[r#"
-            reason: promoted self to leader by acquiring session lock
-            actions:
-              1. acquire leader key
-              2. promote postgres
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-#[test]
-fn a_live_primary_among_the_peers_blocks_the_race() {
-    check(
-        &format!(
-            "{LEADERLESS}
-             pg: running replica tl=1 recv=0/3000000 replay=0/3000000
-             peer: n3 reachable primary wal=0/3000000"
-        ),
-        expect![[r#"
-            reason: following a different leader because i am not the healthiest node: Primary (n3) is still alive
-            actions: none
-            memory: leader=false following=- down_since=- rewind_failed=-
-            wake: +1000ms
-        "#]],
-    );
-}
-
-#[test]
-fn nofailover_member_never_races() {
-    check(
-        &format!(
-            "config: nofailover
-             {LEADERLESS}
-             pg: running replica tl=1 recv=0/3000100 replay=0/3000100"
-        ),
-        expect![[r#"
-            reason: following a different leader because I am not allowed to promote
-            actions: none
-            memory: leader=false following=- down_since=- rewind_failed=-
-            wake: +1000ms
-        "#]],
-    );
-}
-
-#[test]
-fn winner_promotes_after_taking_the_key() {
-    check(
-        "lease: id=7 deadline=105
-         dcs: init=7001 leader=n2@7
-         member: n2 role=replica conn=10.0.0.2:5432
-         pg: data=initialized
-         pg: running replica tl=1 recv=0/3000000 replay=0/3000000",
-        expect![[r#"
-            reason: promoted self to leader because I had the session lock
-            actions:
-              1. promote postgres
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-#[test]
-fn pause_blocks_the_race() {
-    check(
-        &format!(
-            "config: pause=on
-             {LEADERLESS}
-             pg: running replica tl=1 recv=0/3000100 replay=0/3000100"
-        ),
-        expect![[r#"
-            reason: PAUSE: not acting while paused, would have: promoted self to leader by acquiring session lock
-            actions: none
-            memory: leader=false following=- down_since=- rewind_failed=-
-            wake: +1000ms
-        "#]],
-    );
-}
-
-// ---- PostgreSQL down -------------------------------------------------------------------
-
-#[test]
-fn crashed_primary_is_restarted_in_place_while_we_hold_the_key() {
-    check(
-        "config: me=n1 start_timeout=30
-         lease: id=5 deadline=105
-         dcs: init=7001 leader=n1@5
-         member: n1 role=primary conn=10.0.0.1:5432
-         pg: data=initialized state=in-production",
-        expect![[r#"
-            reason: starting primary after failure
-            actions:
-              1. start postgres as primary
-            memory: leader=true following=- down_since=100.000s rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-#[test]
-fn crashed_primary_hands_over_after_primary_start_timeout() {
-    check(
-        "config: me=n1 start_timeout=30
-         lease: id=5 deadline=105
-         dcs: init=7001 leader=n1@5
-         member: n1 role=primary conn=10.0.0.1:5432
-         pg: data=initialized state=in-production ckpt=0/3000000
-         memory: down_since=60",
-        expect![[r#"
-            reason: removed leader key after trying and failing to start postgres within primary_start_timeout
-            actions:
-              1. release leader key (last lsn 0/3000000)
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-#[test]
-fn stopped_replica_starts_following_the_leader() {
-    check(
-        &format!("{CLUSTER}\n pg: data=initialized state=shut-down-in-recovery"),
-        expect![[r#"
-            reason: starting as a secondary following n1
-            actions:
-              1. start postgres as replica of n1 (10.0.0.1:5432)
-            memory: leader=false following=n1 down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-#[test]
-fn stopped_member_without_a_leader_starts_read_only() {
-    check(
-        &format!("{LEADERLESS}\n pg: data=initialized state=shut-down"),
-        expect![[r#"
-            reason: starting as a secondary; no leader to follow yet
-            actions:
-              1. start postgres as replica without upstream
-            memory: leader=false following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-// ---- rejoin of an old primary ----------------------------------------------------------
-
-#[test]
-fn old_primary_rewinds_before_following_the_new_leader() {
-    check(
-        &format!("config: me=n2\n{CLUSTER}\n pg: data=initialized state=in-production"),
-        expect![[r#"
-            reason: running pg_rewind from n1 before following it
-            actions:
-              1. rewind from n1 (10.0.0.1:5432)
-              2. start postgres as replica of n1 (10.0.0.1:5432)
-            memory: leader=false following=n1 down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-#[test]
-fn failed_rewind_stays_stopped_unless_allowed_to_wipe() {
-    let base = format!("{CLUSTER}\n pg: data=initialized state=shut-down\n failure: rewind at=99");
-    check(
-        &base,
-        expect![[r#"
-            reason: pg_rewind from n1 failed and remove_data_directory_on_rewind_failure is off; staying stopped
-            actions: none
-            memory: leader=false following=- down_since=- rewind_failed=n1
-            wake: +2000ms
-        "#]],
-    );
-    check(
-        &format!("config: wipe=on\n{base}"),
-        expect![[r#"
-            reason: pg_rewind from n1 failed; removing data directory to re-clone
-            actions:
-              1. wipe data directory
-            memory: leader=false following=- down_since=- rewind_failed=n1
-            wake: +0ms
-        "#]],
-    );
-}
-
-#[test]
-fn old_primary_without_rewind_still_never_starts_as_primary() {
-    check(
-        &format!("config: rewind=off\n{CLUSTER}\n pg: data=initialized state=in-production"),
-        expect![[r#"
-            reason: starting as a secondary following n1
-            actions:
-              1. start postgres as replica of n1 (10.0.0.1:5432)
-            memory: leader=false following=n1 down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-// ---- switchover / manual failover ------------------------------------------------------
-
-/// n1 leads; n2 and n3 stream from it and answer their REST API.
-const SWITCHOVER: &str = "
-    config: me=n1
-    lease: id=5 deadline=105
-    dcs: init=7001 leader=n1@5 optime=0/3000000
-    member: n1 role=primary conn=10.0.0.1:5432
-    member: n2 role=replica conn=10.0.0.2:5432
-    member: n3 role=replica conn=10.0.0.3:5432
-    pg: data=initialized state=in-production
-    pg: running primary tl=1 flush=0/3000000 slots=n2,n3
-    peer: n2 reachable wal=0/3000000
-    peer: n3 reachable wal=0/3000000
-";
-
-#[test]
-fn leader_hands_over_to_a_healthy_candidate() {
-    check(
-        &format!("{SWITCHOVER}\n failover: leader=n1 candidate=n2"),
-        expect![[r#"
-            reason: switchover: demoting myself in favour of n2
-            actions:
-              1. hand over: stop postgres (fast) and release leader key
-            memory: leader=false following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-#[test]
-fn leader_cleans_up_requests_it_cannot_carry_out() {
-    check(
-        &format!("{SWITCHOVER}\n failover: leader=n3 candidate=n2"),
-        expect![[r#"
-            reason: Cleaning up failover key: leader name does not match (n3)
-            actions:
-              1. clear failover key
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-    check(
-        &format!("{SWITCHOVER}\n failover: leader=n1 candidate=n9"),
-        expect![[r#"
-            reason: Cleaning up failover key: candidate n9 does not exist
-            actions:
-              1. clear failover key
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-    let unreachable = SWITCHOVER.replace("peer: n2 reachable", "peer: n2 unreachable");
-    check(
-        &format!("{unreachable}\n failover: leader=n1 candidate=n2"),
-        expect![[r#"
-            reason: Cleaning up failover key: candidate n2 is not healthy enough to take over
-            actions:
-              1. clear failover key
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-    check(
-        &format!("{SWITCHOVER}\n failover: leader=n1 candidate=n2 at=yesterday"),
-        expect![[r#"
-            reason: Cleaning up failover key: cannot parse scheduled_at "yesterday"
-            actions:
-              1. clear failover key
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-#[test]
-fn scheduled_switchover_waits_for_its_time_then_hands_over() {
-    check(
-        &format!(
-            "{SWITCHOVER}\n failover: leader=n1 candidate=n2 at=2026-11-22T05:00:01.500+00:00"
-        ),
-        expect![[r#"
-            reason: Awaiting switchover at 2026-11-22T05:00:01.500+00:00
-            actions: none
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +1500ms
-        "#]],
-    );
-    check(
-        &format!("{SWITCHOVER}\n failover: leader=n1 candidate=n2 at=2026-11-22T04:59:59+00:00"),
-        expect![[r#"
-            reason: switchover: demoting myself in favour of n2
-            actions:
-              1. hand over: stop postgres (fast) and release leader key
-            memory: leader=false following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-    check(
-        &format!("{SWITCHOVER}\n failover: leader=n1 candidate=n2 at=2026-11-22T04:00:00+00:00"),
-        expect![[r#"
-            reason: Cleaning up failover key: the switchover scheduled at 2026-11-22T04:00:00+00:00 is stale
-            actions:
-              1. clear failover key
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-/// After the hand-over: n1's key is gone, the failover key names the candidate.
-const HANDED_OVER: &str = "
-    lease: id=7 deadline=105
-    dcs: init=7001 optime=0/3000000
-    member: n1 role=replica conn=10.0.0.1:5432
-    member: n2 role=replica conn=10.0.0.2:5432
-    member: n3 role=replica conn=10.0.0.3:5432
-    pg: data=initialized
-";
-
-#[test]
-fn named_candidate_takes_the_key_even_when_not_the_healthiest() {
-    check(
-        &format!(
-            "config: me=n2
-             {HANDED_OVER}
-             pg: running replica tl=1 recv=0/3000000 replay=0/3000000
-             peer: n3 reachable wal=0/3000100
-             failover: leader=n1 candidate=n2"
-        ),
-        expect![[r#"
-            reason: promoted self to leader by acquiring session lock as the manual failover candidate
-            actions:
-              1. acquire leader key
-              2. promote postgres
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-#[test]
-fn others_leave_the_key_to_a_healthy_candidate_but_not_to_a_dead_one() {
-    let base = format!(
-        "config: me=n3
-         {HANDED_OVER}
-         pg: running replica tl=1 recv=0/3000100 replay=0/3000100
-         failover: leader=n1 candidate=n2"
-    );
-    check(
-        &format!("{base}\n peer: n2 reachable wal=0/3000000"),
-        expect![[r#"
-            reason: following a different leader because n2 is the manual failover candidate
-            actions: none
-            memory: leader=false following=- down_since=- rewind_failed=-
-            wake: +1000ms
-        "#]],
-    );
-    check(
-        &format!("{base}\n peer: n2 unreachable"),
-        expect![[r#"
-            reason: promoted self to leader by acquiring session lock
-            actions:
-              1. acquire leader key
-              2. promote postgres
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-#[test]
-fn former_leader_does_not_race_after_handing_over_without_a_candidate() {
-    check(
-        &format!(
-            "config: me=n1
-             {HANDED_OVER}
-             pg: running replica tl=1 recv=0/3000100 replay=0/3000100
-             peer: n2 reachable wal=0/3000000
-             failover: leader=n1"
-        ),
-        expect![[r#"
-            reason: I handed leadership over in a switchover: waiting for another member to take it
-            actions: none
-            memory: leader=false following=- down_since=- rewind_failed=-
-            wake: +1000ms
-        "#]],
-    );
-}
-
-#[test]
-fn new_leader_clears_the_request_it_fulfilled() {
-    check(
-        "config: me=n2
-         lease: id=7 deadline=105
-         dcs: init=7001 leader=n2@7
-         member: n2 role=primary conn=10.0.0.2:5432
-         pg: data=initialized state=in-production
-         pg: running primary tl=2 flush=0/3000100
-         failover: leader=n1 candidate=n2 rev=12",
-        expect![[r#"
-            reason: Cleaning up failover key: I am the candidate and hold the leader key
-            actions:
-              1. clear failover key
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-#[test]
-fn a_manual_switchover_to_a_named_candidate_works_while_paused() {
-    check(
-        &format!("config: pause=on\n{SWITCHOVER}\n failover: leader=n1 candidate=n2"),
-        expect![[r#"
-            reason: PAUSE: switchover: demoting myself in favour of n2
-            actions:
-              1. hand over: stop postgres (fast) and release leader key
-            memory: leader=false following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-// ---- synchronous mode ------------------------------------------------------------------
-
-/// n1 leads in synchronous mode; n2 and n3 stream from it.
-const SYNC_LEADER: &str = "
-    config: me=n1 sync=on
-    lease: id=5 deadline=105
-    dcs: init=7001 leader=n1@5 optime=0/3000000
-    member: n1 role=primary conn=10.0.0.1:5432
-    member: n2 role=replica conn=10.0.0.2:5432
-    member: n3 role=replica conn=10.0.0.3:5432
-    pg: data=initialized state=in-production
-";
-
-#[test]
-fn sync_leader_first_claims_the_sync_key() {
-    check(
-        &format!(
-            "{SYNC_LEADER}\n pg: running primary tl=1 flush=0/3000000 slots=n2,n3 repl=n2:async:0_3000000,n3:async:0_3000000"
-        ),
-        expect![[r#"
-            reason: Enabled synchronous replication
-            actions:
-              1. write /sync: leader n1, sync_standby []
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-#[test]
-fn sync_standby_is_added_to_the_guc_before_it_is_published() {
-    // Step 1: set the GUC (remembering our position at the change).
-    check(
-        &format!(
-            "{SYNC_LEADER}
-             dcs: init=7001 leader=n1@5 optime=0/3000000 sync=n1:@7
-             pg: running primary tl=1 flush=0/3000000 slots=n2,n3 repl=n2:async:0_3000000,n3:async:0_2000000"
-        ),
-        expect![[r#"
-            reason: Assigning synchronous_standby_names = 'n2'
-            actions:
-              1. set synchronous_standby_names to 'n2'
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-    // Step 2: PostgreSQL reports it `sync` but it has not flushed past our position at the
-    // change yet: not published.
-    let base = format!(
-        "{SYNC_LEADER}
-         dcs: init=7001 leader=n1@5 optime=0/3000000 sync=n1:@7"
-    );
-    let parsed = parse(&format!(
-        "{base}\n pg: running primary tl=1 flush=0/3000100 slots=n2,n3 ssn=n2 repl=n2:sync:0_3000000,n3:async:0_2000000"
-    ));
-    let mut memory = parsed.memory.clone();
-    memory.sync_changed_at = Some(lsn("0/3000100"));
-    let d = super::decide(&memory, &parsed.obs, &parsed.config, parsed.now);
-    assert!(d.actions.is_empty(), "published too early: {:?}", d.actions);
-    assert_eq!(
-        d.wake_at,
-        parsed.now + Duration::from_secs(1),
-        "a sync leader rechecks within 1 s"
-    );
-    // Step 3: caught up: published.
-    let parsed = parse(&format!(
-        "{base}\n pg: running primary tl=1 flush=0/3000200 slots=n2,n3 ssn=n2 repl=n2:sync:0_3000100,n3:async:0_2000000"
-    ));
-    let d = super::decide(&memory, &parsed.obs, &parsed.config, parsed.now);
-    assert_eq!(
-        d.reason.to_string(),
-        "Synchronous standby status assigned to [n2]"
-    );
-    assert_eq!(
-        d.actions
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>(),
-        ["write /sync: leader n1, sync_standby [n2]"]
-    );
-}
-
-#[test]
-fn a_sync_standby_that_stopped_streaming_is_unpublished_before_the_guc_changes() {
-    check(
-        &format!(
-            "{SYNC_LEADER}
-             dcs: init=7001 leader=n1@5 optime=0/3000000 sync=n1:n2@7
-             pg: running primary tl=1 flush=0/3000000 slots=n2,n3 ssn=n2 repl=n3:async:0_3000000"
-        ),
-        expect![[r#"
-            reason: Removing standbys from /sync before changing synchronous_standby_names
-            actions:
-              1. write /sync: leader n1, sync_standby []
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-    // Then the GUC moves to the remaining standby.
-    check(
-        &format!(
-            "{SYNC_LEADER}
-             dcs: init=7001 leader=n1@5 optime=0/3000000 sync=n1:@8
-             pg: running primary tl=1 flush=0/3000000 slots=n2,n3 ssn=n2 repl=n3:async:0_3000000"
-        ),
-        expect![[r#"
-            reason: Assigning synchronous_standby_names = 'n3'
-            actions:
-              1. set synchronous_standby_names to 'n3'
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-#[test]
-fn an_async_standby_that_flushed_further_does_not_displace_the_sync_one() {
-    // Under a steady writer the asynchronous standby's flush position is momentarily ahead of
-    // the synchronous one's: the set stays (Patroni ranks `sync_state` before position), so
-    // `/sync` is not emptied just before a failover would need it.
-    check(
-        &format!(
-            "{SYNC_LEADER}
-             dcs: init=7001 leader=n1@5 optime=0/3000000 sync=n1:n2@7
-             pg: running primary tl=1 flush=0/3000200 slots=n2,n3 ssn=n2 repl=n2:sync:0_3000100,n3:async:0_3000200"
-        ),
-        expect![[r#"
-            reason: no action. I am the leader with the lock
-            actions: none
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +1000ms
-        "#]],
-    );
-}
-
-#[test]
-fn strict_mode_never_empties_the_guc() {
-    check(
-        &format!(
-            "config: strict=on
-             {SYNC_LEADER}
-             dcs: init=7001 leader=n1@5 optime=0/3000000 sync=n1:@8
-             pg: running primary tl=1 flush=0/3000000 slots=n2,n3 ssn=n2"
-        ),
-        expect![[r#"
-            reason: Assigning synchronous_standby_names = '__patroni_strict_sync_replica_placeholder__'
-            actions:
-              1. set synchronous_standby_names to '__patroni_strict_sync_replica_placeholder__'
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-    // Non-strict: with nobody streaming, commits go through unprotected (async).
-    check(
-        &format!(
-            "{SYNC_LEADER}
-             dcs: init=7001 leader=n1@5 optime=0/3000000 sync=n1:@8
-             pg: running primary tl=1 flush=0/3000000 slots=n2,n3 ssn=n2"
-        ),
-        expect![[r#"
-            reason: Assigning synchronous_standby_names = ''
-            actions:
-              1. set synchronous_standby_names to ''
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-#[test]
-fn switching_sync_mode_off_unpublishes_then_releases_commits() {
-    check(
-        &format!(
-            "{SYNC_LEADER}
-             config: sync=off
-             dcs: init=7001 leader=n1@5 optime=0/3000000 sync=n1:n2@8
-             pg: running primary tl=1 flush=0/3000000 slots=n2,n3 ssn=n2 repl=n2:sync:0_3000000"
-        ),
-        expect![[r#"
-            reason: Disabled synchronous replication
-            actions:
-              1. delete /sync
-              2. reset synchronous_standby_names to the configured value
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-/// n1 died in synchronous mode; /sync says n2 was its synchronous standby.
-const SYNC_LEADERLESS: &str = "
-    config: sync=on
-    lease: id=7 deadline=105
-    dcs: init=7001 optime=0/3000000 sync=n1:n2@8
-    member: n2 role=replica xlog=0/3000000 conn=10.0.0.2:5432
-    member: n3 role=replica xlog=0/3000000 conn=10.0.0.3:5432
-    pg: data=initialized
-";
-
-#[test]
-fn only_a_sync_standby_may_promote_and_it_claims_sync_first() {
-    check(
-        &format!(
-            "config: me=n3
-             {SYNC_LEADERLESS}
-             pg: running replica tl=1 recv=0/3000100 replay=0/3000100
-             peer: n2 unreachable"
-        ),
-        expect![[r#"
-            reason: following a different leader because i am not the healthiest node: synchronous mode is on and I am not a synchronous standby (not in /sync)
-            actions: none
-            memory: leader=false following=- down_since=- rewind_failed=-
-            wake: +1000ms
-        "#]],
-    );
-    // n2 wins even though the asynchronous n3 received more WAL: n3 cannot be trusted to hold
-    // every acknowledged commit, n2 can.
-    check(
-        &format!(
-            "config: me=n2
-             {SYNC_LEADERLESS}
-             pg: running replica tl=1 recv=0/3000000 replay=0/3000000
-             peer: n3 reachable wal=0/3000100"
-        ),
-        expect![[r#"
-            reason: promoted self to leader by acquiring session lock
-            actions:
-              1. acquire leader key
-              2. write /sync: leader n2, sync_standby []
-              3. set synchronous_standby_names to ''
-              4. promote postgres
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-#[test]
-fn strict_promotion_keeps_the_old_set_so_no_commit_goes_through_unprotected() {
-    check(
-        &format!(
-            "config: me=n2 strict=on
-             {SYNC_LEADERLESS}
-             pg: running replica tl=1 recv=0/3000000 replay=0/3000000"
-        ),
-        expect![[r#"
-            reason: promoted self to leader by acquiring session lock
-            actions:
-              1. acquire leader key
-              2. write /sync: leader n2, sync_standby [n1]
-              3. set synchronous_standby_names to 'n1'
-              4. promote postgres
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-// ---- findings of the simulator ---------------------------------------------------------
-
-#[test]
-fn a_leader_that_cannot_read_the_dcs_stays_armed_for_fencing() {
-    // F1: the DCS read failed; the lease is still valid. The leader must stay "leader" so the
-    // fencer keeps watching its deadline, and the cycle must wake up at that deadline.
-    let f = parse(
-        "config: me=n1 loop_wait=10
-         lease: id=5 deadline=104
-         dcs: unreachable
-         pg: data=initialized state=in-production
-         pg: running primary tl=1 flush=0/3000000",
-    );
-    let memory = Memory {
-        was_leader: true,
-        ..Memory::default()
+fn decision_fixtures() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/decide");
+    let read = |file: &str| {
+        let text = std::fs::read_to_string(dir.join(file))
+            .unwrap_or_else(|e| panic!("read testdata/decide/{file}: {e}"));
+        DataFile::parse(&format!("testdata/decide/{file}"), &text).unwrap_or_else(|e| panic!("{e}"))
     };
-    let d = super::decide(&memory, &f.obs, &f.config, f.now);
-    assert!(d.actions.is_empty(), "{:?}", d.actions);
-    assert!(d.next_memory.was_leader, "the fencer would be disarmed");
-    assert_eq!(d.wake_at, Mono::from_millis(104_000));
-}
-
-#[test]
-fn a_standby_under_our_stale_key_is_stopped_before_the_key_is_released() {
-    // F3: the previous agent process died during `pg_ctl promote`.
-    check(
-        "config: me=n1
-         lease: id=9 deadline=105
-         dcs: init=7001 leader=n1@5
-         member: n1 role=replica conn=10.0.0.1:5432
-         pg: data=initialized
-         pg: running replica tl=1 recv=0/3000000 replay=0/3000000",
-        expect![[r#"
-            reason: removed leader key because postgres is not running as primary
-            actions:
-              1. stop postgres (immediate)
-              2. release leader key
-            memory: leader=false following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-#[test]
-fn a_leader_whose_standby_crashed_mid_promotion_restarts_it_as_a_standby_then_promotes() {
-    // F4: starting a standby data directory as a primary would not switch the timeline.
-    check(
-        "config: me=n1
-         lease: id=5 deadline=105
-         dcs: init=7001 leader=n1@5
-         member: n1 role=replica conn=10.0.0.1:5432
-         pg: data=initialized state=in-archive-recovery",
-        expect![[r#"
-            reason: starting primary after failure
-            actions:
-              1. start postgres as replica without upstream
-            memory: leader=true following=- down_since=100.000s rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-#[test]
-fn a_fenced_leader_without_the_dcs_does_not_spin() {
-    // After fencing (PostgreSQL stopped), with the DCS still unreachable and the deadline in
-    // the past, the next cycle comes after loop_wait, not at once.
-    let f = parse(
-        "config: me=n1 loop_wait=10
-         now: 110
-         lease: id=5 deadline=104
-         dcs: unreachable
-         pg: data=initialized state=in-production",
-    );
-    let memory = Memory {
-        was_leader: true,
-        ..Memory::default()
-    };
-    let d = super::decide(&memory, &f.obs, &f.config, f.now);
-    assert!(d.actions.is_empty(), "{:?}", d.actions);
-    assert_eq!(d.wake_at, f.now + Duration::from_secs(10));
-}
-
-// ---- divergence of a running standby (simulator findings F5, F6) -----------------------------
-
-/// n1 leads on timeline 2, which left timeline 1 at 0/1000000.
-const NEW_TIMELINE: &str = "
-    lease: id=7 deadline=105
-    dcs: init=7001 leader=n1@5 optime=0/3000000 history=1
-    member: n1 role=primary xlog=0/3000000 conn=10.0.0.1:5432 tl=2
-    member: n2 role=replica conn=10.0.0.2:5432 tl=1
-";
-
-#[test]
-fn a_standby_ahead_of_the_fork_point_is_rewound() {
-    // F6: n2 received WAL on timeline 1 past the point where n1's timeline 2 forked off.
-    check(
-        &format!(
-            "{NEW_TIMELINE}
-             pg: data=initialized
-             pg: running replica tl=1 recv=0/1800000 replay=0/1800000
-             memory: following=n1 nostream_since=70"
-        ),
-        expect![[r#"
-            reason: diverged from n1: WAL up to 0/1800000 on timeline 1 (past 0/1000000, where n1's history left that timeline); stopping for pg_rewind
-            actions:
-              1. stop postgres (fast)
-              2. rewind from n1 (10.0.0.1:5432)
-              3. start postgres as replica of n1 (10.0.0.1:5432)
-            memory: leader=false following=n1 down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-#[test]
-fn a_former_primary_running_as_a_lone_standby_is_rewound_when_a_leader_appears() {
-    // F5: started as a standby without upstream while there was no leader; its own WAL
-    // (replayed from pg_wal) runs past the fork point.
-    check(
-        &format!(
-            "{NEW_TIMELINE}
-             pg: data=initialized
-             pg: running replica tl=1 replay=0/1400000
-             memory: following=n1 nostream_since=70"
-        ),
-        expect![[r#"
-            reason: diverged from n1: WAL up to 0/1400000 on timeline 1 (past 0/1000000, where n1's history left that timeline); stopping for pg_rewind
-            actions:
-              1. stop postgres (fast)
-              2. rewind from n1 (10.0.0.1:5432)
-              3. start postgres as replica of n1 (10.0.0.1:5432)
-            memory: leader=false following=n1 down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-#[test]
-fn a_standby_is_first_pointed_at_a_new_leader_and_judged_later() {
-    // Not following n1 yet (a lone standby, or another leader before): re-point it; the
-    // 2 * ttl clock starts now.
-    check(
-        &format!(
-            "{NEW_TIMELINE}
-             pg: data=initialized
-             pg: running replica tl=1 replay=0/1400000
-             memory: nostream_since=10"
-        ),
-        expect![[r#"
-            reason: no action. I am a secondary, and following a leader (n1)
-            actions:
-              1. follow n1 (10.0.0.1:5432)
-            memory: leader=false following=n1 down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-#[test]
-fn a_rewound_and_restarted_standby_gets_a_fresh_divergence_clock() {
-    // The rewind cycle (stop, pg_rewind, start) at t=100 after not streaming since t=70.
-    let diverged = format!(
-        "{NEW_TIMELINE}
-         pg: data=initialized
-         pg: running replica tl=1 recv=0/1800000 replay=0/1800000
-         memory: following=n1 nostream_since=70"
-    );
-    let f = parse(&diverged);
-    let d = super::decide(&f.memory, &f.obs, &f.config, f.now);
+    let shared = read("_preambles.txt");
     assert!(
-        d.actions.iter().any(|a| matches!(a, Action::Rewind { .. })),
-        "{d:?}"
+        shared.cases.is_empty(),
+        "{} holds preambles only",
+        shared.name
     );
-    assert_eq!(d.next_memory.not_streaming_since, None, "{d:?}");
-    // Five seconds later the new postmaster has not connected yet and still reports the old
-    // checkpoint's timeline: that is no divergence yet.
-    let mut later = parse(&diverged.replace("nostream_since=70", ""));
-    later.memory = d.next_memory.clone();
-    let now = Mono::from_millis(f.now.as_millis() + 5_000);
-    let d2 = super::decide(&later.memory, &later.obs, &later.config, now);
-    assert!(d2.actions.is_empty(), "{d2:?}");
-    assert_eq!(d2.next_memory.not_streaming_since, Some(now));
-}
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .expect("list testdata/decide")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".txt") && n != "_preambles.txt")
+        .collect();
+    names.sort();
+    assert!(
+        !names.is_empty(),
+        "no decision fixtures in {}",
+        dir.display()
+    );
 
-#[test]
-fn a_standby_that_stopped_streaming_only_recently_is_left_alone() {
-    // Right after a switchover or a rewind, PostgreSQL may report the last checkpoint's
-    // timeline: no rewind before 2 * ttl without streaming.
-    check(
-        &format!(
-            "{NEW_TIMELINE}
-             pg: data=initialized
-             pg: running replica tl=1 recv=0/1800000 replay=0/1800000
-             memory: following=n1 nostream_since=85"
-        ),
-        expect![[r#"
-            reason: no action. I am a secondary, and following a leader (n1)
-            actions: none
-            memory: leader=false following=n1 down_since=- rewind_failed=-
-            wake: +2000ms
-        "#]],
-    );
-}
-
-#[test]
-fn a_standby_behind_the_fork_point_or_streaming_just_follows() {
-    check(
-        &format!(
-            "{NEW_TIMELINE}
-             pg: data=initialized
-             pg: running replica tl=1 recv=0/0800000 replay=0/0800000"
-        ),
-        expect![[r#"
-            reason: no action. I am a secondary, and following a leader (n1)
-            actions:
-              1. follow n1 (10.0.0.1:5432)
-            memory: leader=false following=n1 down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-    // Streaming means PostgreSQL found its way onto the leader's timeline: positions from the
-    // moment of the switch are no evidence of divergence.
-    check(
-        &format!(
-            "{NEW_TIMELINE}
-             pg: data=initialized
-             pg: running replica tl=1 recv=0/1800000 streaming
-             memory: following=n1"
-        ),
-        expect![[r#"
-            reason: no action. I am a secondary, and following a leader (n1)
-            actions: none
-            memory: leader=false following=n1 down_since=- rewind_failed=-
-            wake: +2000ms
-        "#]],
-    );
-    // A history that does not cover the standby's timeline proves nothing.
-    check(
-        "lease: id=7 deadline=105
-         dcs: init=7001 leader=n1@5 optime=0/3000000
-         member: n1 role=primary xlog=0/3000000 conn=10.0.0.1:5432 tl=2
-         pg: data=initialized
-         pg: running replica tl=1 recv=0/1800000
-         memory: following=n1",
-        expect![[r#"
-            reason: no action. I am a secondary, and following a leader (n1)
-            actions: none
-            memory: leader=false following=n1 down_since=- rewind_failed=-
-            wake: +2000ms
-        "#]],
+    let update = std::env::var_os("UPDATE_EXPECT").is_some();
+    let mut failures = vec![];
+    let mut cases = 0;
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    let mut defined: Vec<(String, String)> = shared
+        .preambles
+        .keys()
+        .map(|p| (shared.name.clone(), p.clone()))
+        .collect();
+    let mut used = BTreeSet::new();
+    for name in &names {
+        let file = read(name);
+        if file.cases.is_empty() {
+            failures.push(format!("{}: no cases", file.name));
+        }
+        for case in &file.cases {
+            let here = format!("{}:{}", file.name, case.line);
+            if let Some(first) = seen.insert(case.name.clone(), here.clone()) {
+                failures.push(format!("{here}: case {} is also at {first}", case.name));
+            }
+        }
+        defined.extend(
+            file.preambles
+                .keys()
+                .map(|p| (file.name.clone(), p.clone())),
+        );
+        cases += file.cases.len();
+        let outcome = run_file(&file, &shared, &mut used);
+        failures.extend(outcome.errors);
+        match outcome.blessed {
+            Some(text) if update => std::fs::write(dir.join(name), text)
+                .unwrap_or_else(|e| panic!("write {}: {e}", file.name)),
+            _ => failures.extend(outcome.mismatches),
+        }
+    }
+    for (file, preamble) in defined {
+        if !used.contains(&(file.clone(), preamble.clone())) {
+            failures.push(format!("{file}: preamble {preamble} is never included"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} problems in {cases} decision fixtures (UPDATE_EXPECT=1 rewrites the expected \
+         blocks):\n\n{}",
+        failures.len(),
+        failures.join("\n")
     );
 }
 
+/// The runner: a wrong expectation fails with its place and a diff, blessing rewrites just
+/// the expected blocks, and `memory: previous` continues from the case above.
 #[test]
-fn a_diverged_standby_without_pg_rewind_is_recloned_only_when_allowed() {
-    let standby = format!(
-        "{NEW_TIMELINE}
-         pg: data=initialized
-         pg: running replica tl=1 recv=0/1800000
-         memory: following=n1 nostream_since=70"
-    );
-    check(
-        &format!("{standby}\n config: rewind=off wipe=on"),
-        expect![[r#"
-            reason: diverged from n1: WAL up to 0/1800000 on timeline 1 (past 0/1000000, where n1's history left that timeline); use_pg_rewind is off; re-creating the replica
-            actions:
-              1. stop postgres (fast)
-              2. wipe data directory
-            memory: leader=false following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-    check(
-        &format!("{standby}\n config: rewind=off wipe=off"),
-        expect![[r#"
-            reason: diverged from n1: WAL up to 0/1800000 on timeline 1 (past 0/1000000, where n1's history left that timeline); use_pg_rewind and remove_data_directory_on_rewind_failure are off; it cannot stream
-            actions: none
-            memory: leader=false following=n1 down_since=- rewind_failed=-
-            wake: +2000ms
-        "#]],
-    );
-}
+fn the_runner_reports_and_blesses_mismatches() {
+    let shared = DataFile::parse(
+        "shared.txt",
+        "preamble EMPTY\n# Nothing in the DCS.\nlease: id=7 deadline=105\ndcs:\n",
+    )
+    .unwrap();
+    let text = "# A file.\n\ncase wrong\ninclude: EMPTY\npg: data=empty\n----\nreason: wrong\n\n\
+                case missing show=memory\n# No expectation yet.\ninclude: EMPTY\n\
+                config: bootstrap=off\npg: data=empty\nmemory: handed_over\n----\n\n\
+                case previous show=memory\ninclude: EMPTY\ndcs: init=\"\"\npg: data=empty\n\
+                memory: previous\n----\n";
+    let file = DataFile::parse("t.txt", text).unwrap();
+    let out = run_file(&file, &shared, &mut BTreeSet::new());
+    assert_eq!(out.errors, Vec::<String>::new());
+    expect![[r#"
+        t.txt:3: case wrong: the decision differs (- expected, + actual):
+        - reason: wrong
+        + reason: trying to bootstrap a new cluster
+        + actions:
+        +   1. race for initialize key
+        +   2. bootstrap new cluster
+        + memory: leader=false following=- down_since=- rewind_failed=-
+        + wake: +0ms
+    "#]]
+    .assert_eq(&out.mismatches[0]);
+    assert_eq!(out.mismatches.len(), 3);
+    let blessed = out.blessed.expect("blessed");
+    expect![[r##"
+        # A file.
 
-#[test]
-fn a_standby_stopped_for_a_rewind_that_failed_is_not_restarted_diverged() {
-    check(
-        &format!(
-            "{NEW_TIMELINE}
-             pg: data=initialized state=shut-down-in-recovery tl=1
-             failure: rewind at=99"
-        ),
-        expect![[r#"
-            reason: pg_rewind from n1 failed and remove_data_directory_on_rewind_failure is off; staying stopped
-            actions: none
-            memory: leader=false following=- down_since=- rewind_failed=n1
-            wake: +2000ms
-        "#]],
-    );
-}
+        case wrong
+        include: EMPTY
+        pg: data=empty
+        ----
+        reason: trying to bootstrap a new cluster
+        actions:
+          1. race for initialize key
+          2. bootstrap new cluster
+        memory: leader=false following=- down_since=- rewind_failed=-
+        wake: +0ms
 
-#[test]
-fn a_former_primary_on_the_leaders_own_new_timeline_is_not_rewound() {
-    // n2 and n1 were both promoted from timeline 1 to 2 (n2 while cut off); the history names
-    // n1 as the creator of timeline 2. pg_rewind would see "same timeline" and do nothing.
-    let collision = "
-        lease: id=7 deadline=105
-        dcs: init=7001 leader=n1@5 optime=0/3000000 history=1 creator=n1
-        member: n1 role=primary xlog=0/3000000 conn=10.0.0.1:5432 tl=2
-        pg: data=initialized state=shut-down tl=2 ckpt=0/1400000
-    ";
-    check(
-        &format!("{collision}\n config: wipe=on"),
-        expect![[r#"
-            reason: this member and n1 were both promoted to timeline 2: pg_rewind cannot tell them apart; re-creating the replica
-            actions:
-              1. wipe data directory
-            memory: leader=false following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-    check(
-        collision,
-        expect![[r#"
-        reason: this member and n1 were both promoted to timeline 2: pg_rewind cannot tell them apart; remove_data_directory_on_rewind_failure is off; staying stopped (reinitialize it)
+        case missing show=memory
+        # No expectation yet.
+        include: EMPTY
+        config: bootstrap=off
+        pg: data=empty
+        memory: handed_over
+        ----
+        reason: not allowed to bootstrap a new cluster (nofailover or no bootstrap section); waiting for a leader
         actions: none
         memory: leader=false following=- down_since=- rewind_failed=-
-        wake: +2000ms
-    "#]],
+        memory+: sync_changed=- nostream_since=- handed_over=true epoch=-
+        wake: +1000ms
+
+        case previous show=memory
+        include: EMPTY
+        dcs: init=""
+        pg: data=empty
+        memory: previous
+        ----
+        reason: waiting for leader to bootstrap
+        actions: none
+        memory: leader=false following=- down_since=- rewind_failed=-
+        memory+: sync_changed=- nostream_since=- handed_over=true epoch=-
+        wake: +1000ms
+    "##]]
+    .assert_eq(&blessed);
+    let again = run_file(
+        &DataFile::parse("t.txt", &blessed).unwrap(),
+        &shared,
+        &mut BTreeSet::new(),
     );
-    // The history has no line for timeline 1 yet (n1 promoted, its history write is still to
-    // come): no rewind, which could be a no-op on our diverged WAL; wait for the line.
-    check(
-        &collision.replace(" history=1 creator=n1", ""),
-        expect![[r#"
-            reason: this member was a primary on timeline 2 and n1 is on it too; waiting for the history to record who created it before rejoining
-            actions: none
-            memory: leader=false following=- down_since=- rewind_failed=-
-            wake: +2000ms
-        "#]],
-    );
-    // n1 holds the key but is still promoting (its member key says replica, timeline 1): no
-    // rewind from it yet — it may land on our timeline number (simulator seed 40609025607086).
-    check(
-        &collision.replace(" history=1 creator=n1", "").replace(
-            "role=primary xlog=0/3000000 conn=10.0.0.1:5432 tl=2",
-            "role=replica xlog=0/3000000 conn=10.0.0.1:5432 tl=1",
-        ),
-        expect![[r#"
-            reason: leader n1 is still in recovery and therefore can't be used for rewind; waiting
-            actions: none
-            memory: leader=false following=- down_since=- rewind_failed=-
-            wake: +2000ms
-        "#]],
-    );
-    // The history says we created timeline 2 and n1 followed us onto it: a plain rewind.
-    check(
-        &collision.replace("creator=n1", "creator=n2"),
-        expect![[r#"
-            reason: running pg_rewind from n1 before following it
-            actions:
-              1. rewind from n1 (10.0.0.1:5432)
-              2. start postgres as replica of n1 (10.0.0.1:5432)
-            memory: leader=false following=n1 down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
+    assert!(again.errors.is_empty() && again.mismatches.is_empty() && again.blessed.is_none());
 }
 
-// ---- quorum mode (`synchronous_mode: quorum`) ------------------------------------------------
-
-const QUORUM_LEADER: &str = "
-    config: me=n1 sync=quorum
-    lease: id=5 deadline=105
-    dcs: init=7001 leader=n1@5 optime=0/3000000
-    member: n1 role=primary conn=10.0.0.1:5432
-    member: n2 role=replica conn=10.0.0.2:5432
-    member: n3 role=replica conn=10.0.0.3:5432
-    pg: data=initialized state=in-production
-";
-
+/// Files and cases the runner cannot use are reported with their place.
 #[test]
-fn quorum_leader_raises_the_quorum_then_sets_any_then_publishes() {
-    // Step 1: ANY 1 (n2,n3) needs quorum 1 (= |voters ∪ names| - numsync) first.
-    check(
-        &format!(
-            "{QUORUM_LEADER}
-             dcs: init=7001 leader=n1@5 optime=0/3000000 sync=n1:@7
-             pg: running primary flush=0/3000000 repl=n2:async:0_3000000,n3:async:0_3000000"
-        ),
-        expect![[r#"
-            reason: Increasing quorum to 1 before changing synchronous_standby_names
-            actions:
-              1. write /sync: leader n1, sync_standby [], quorum 1
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
+fn the_runner_rejects_malformed_files_with_their_place() {
+    let parse_err = |text: &str| DataFile::parse("t.txt", text).err().unwrap_or_default();
+    assert_eq!(
+        parse_err("case a\npg: data=empty\n\nreason: x\n"),
+        "t.txt:1: case a has no `----` line"
     );
-    // Step 2: the GUC.
-    check(
-        &format!(
-            "{QUORUM_LEADER}
-             dcs: init=7001 leader=n1@5 optime=0/3000000 sync=n1:@8 quorum=1
-             pg: running primary flush=0/3000000 repl=n2:async:0_3000000,n3:async:0_3000000"
-        ),
-        expect![[r#"
-            reason: Assigning synchronous_standby_names = 'ANY 1 (n2,n3)'
-            actions:
-              1. set synchronous_standby_names to 'ANY 1 (n2,n3)'
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
+    assert_eq!(
+        parse_err("\nfixture a\n"),
+        "t.txt:2: expected `case NAME`, `preamble NAME`, a `#` comment or a blank line"
     );
-    // Step 3: both report `quorum` and flushed past the change: published, quorum 1.
-    check(
-        &format!(
-            "{QUORUM_LEADER}
-             dcs: init=7001 leader=n1@5 optime=0/3000000 sync=n1:@9 quorum=1
-             pg: running primary flush=0/3000000 ssn=ANY~1~(n2,n3) repl=n2:quorum:0_3000000,n3:quorum:0_3000000"
-        ),
-        expect![[r#"
-            reason: Quorum standbys [n2, n3], quorum 1
-            actions:
-              1. write /sync: leader n1, sync_standby [n2, n3], quorum 1
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
+    assert_eq!(
+        parse_err("case a shwo=memory\n----\n"),
+        "t.txt:1: unknown option `shwo=memory`"
     );
-    // Only n2 confirmed (n3 has not flushed our position yet): n2 alone is a voter, and the
-    // quorum stays 1, so n2 by itself cannot win a race (its one vote < 2).
-    check(
-        &format!(
-            "{QUORUM_LEADER}
-             dcs: init=7001 leader=n1@5 optime=0/3000000 sync=n1:@9 quorum=1
-             pg: running primary flush=0/3000000 ssn=ANY~1~(n2,n3) repl=n2:quorum:0_3000000,n3:quorum:0_2000000"
-        ),
-        expect![[r#"
-            reason: Quorum standbys [n2], quorum 1
-            actions:
-              1. write /sync: leader n1, sync_standby [n2], quorum 1
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
+    assert_eq!(
+        parse_err("preamble P\nnow: 1\n\npreamble P\nnow: 2\n"),
+        "t.txt:4: preamble P is defined twice"
     );
-}
-
-#[test]
-fn quorum_leader_unpublishes_a_departed_voter_before_shrinking_any() {
-    // n3 stopped streaming: out of /sync first (quorum kept), then out of the GUC.
-    check(
-        &format!(
-            "{QUORUM_LEADER}
-             dcs: init=7001 leader=n1@5 optime=0/3000000 sync=n1:n2,n3@9 quorum=1
-             pg: running primary flush=0/3000000 ssn=ANY~1~(n2,n3) repl=n2:quorum:0_3000000"
-        ),
-        expect![[r#"
-            reason: Removing standbys from /sync before changing synchronous_standby_names
-            actions:
-              1. write /sync: leader n1, sync_standby [n2], quorum 1
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-    check(
-        &format!(
-            "{QUORUM_LEADER}
-             dcs: init=7001 leader=n1@5 optime=0/3000000 sync=n1:n2@10 quorum=1
-             pg: running primary flush=0/3000000 ssn=ANY~1~(n2,n3) repl=n2:quorum:0_3000000"
-        ),
-        expect![[r#"
-            reason: Assigning synchronous_standby_names = 'ANY 1 (n2)'
-            actions:
-              1. set synchronous_standby_names to 'ANY 1 (n2)'
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-const QUORUM_LEADERLESS: &str = "
-    config: sync=quorum
-    lease: id=7 deadline=105
-    dcs: init=7001 optime=0/3000000 sync=n1:n2,n3@8 quorum=1
-    member: n2 role=replica xlog=0/3000000 conn=10.0.0.2:5432
-    member: n3 role=replica xlog=0/3000000 conn=10.0.0.3:5432
-    pg: data=initialized
-    pg: running replica tl=1 recv=0/3000000 replay=0/3000000
-";
-
-#[test]
-fn quorum_candidate_needs_quorum_plus_one_voters_not_ahead_of_it() {
-    check(
-        &format!("{QUORUM_LEADERLESS}\n peer: n3 reachable wal=0/3000000"),
-        expect![[r#"
-            reason: promoted self to leader by acquiring session lock
-            actions:
-              1. acquire leader key
-              2. write /sync: leader n2, sync_standby []
-              3. set synchronous_standby_names to ''
-              4. promote postgres
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-    check(
-        &format!("{QUORUM_LEADERLESS}\n peer: n3 unreachable"),
-        expect![[r#"
-            reason: following a different leader because i am not the healthiest node: only 1 of the 2 quorum votes needed to prove this node holds every acknowledged commit
-            actions: none
-            memory: leader=false following=- down_since=- rewind_failed=-
-            wake: +1000ms
-        "#]],
-    );
-    // A voter ahead of us, even one that may not be promoted, holds commits we lack.
-    check(
-        &format!("{QUORUM_LEADERLESS}\n peer: n3 reachable wal=0/3000100 nofailover"),
-        expect![[r#"
-            reason: following a different leader because i am not the healthiest node: Wal position of n3 (0/3000100) is ahead of my wal position (0/3000000)
-            actions: none
-            memory: leader=false following=- down_since=- rewind_failed=-
-            wake: +1000ms
-        "#]],
-    );
-}
-
-#[test]
-fn a_standby_lagging_beyond_maximum_lag_on_syncnode_is_not_made_synchronous() {
-    check(
-        &format!(
-            "{SYNC_LEADER}
-             config: maxlag=1000
-             dcs: init=7001 leader=n1@5 optime=0/3000000 sync=n1:@7
-             pg: running primary flush=0/3000000 repl=n2:async:0_2000000,n3:async:0_3000000"
-        ),
-        expect![[r#"
-            reason: Assigning synchronous_standby_names = 'n3'
-            actions:
-              1. set synchronous_standby_names to 'n3'
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-#[test]
-fn a_non_ascii_member_name_in_synchronous_mode_is_handled() {
-    // `synchronous_standby_names` holding a quoted non-ASCII name used to be sliced at a byte
-    // offset inside a character: the decision core panicked and the leader crash-looped.
-    check(
-        "
-        config: me=n1 sync=on
-        lease: id=5 deadline=105
-        dcs: init=7001 leader=n1@5 optime=0/3000000 sync=n1:@7
-        member: n1 role=primary conn=10.0.0.1:5432
-        member: nœd2 role=replica conn=10.0.0.2:5432
-        pg: data=initialized state=in-production
-        pg: running primary tl=1 flush=0/3000000 slots=nœd2 ssn=\"nœd2\" repl=nœd2:sync:0_3000000
-        ",
-        expect![[r#"
-            reason: Synchronous standby status assigned to [nœd2]
-            actions:
-              1. write /sync: leader n1, sync_standby [nœd2]
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-/// n2 is the published synchronous standby; its replay is paused (flushed 0/3000000, replayed
-/// 0/1000000), n3 is healthy; `synchronous_commit` is `commit`.
-fn sync_replay_paused(commit: &str) -> String {
-    format!(
-        "{SYNC_LEADER}
-         config: maxlag=1000
-         dcs: init=7001 leader=n1@5 optime=0/3000000 sync=n1:n2@7
-         pg: running primary flush=0/3000000 slots=n2,n3 ssn=n2 commit={commit} repl=n2:sync:0_3000000:0_1000000,n3:async:0_3000000"
+    let shared = DataFile::parse("shared.txt", "preamble LOOP\ninclude: LOOP\n").unwrap();
+    let file = DataFile::parse(
+        "t.txt",
+        "case unknown\ninclude: NOPE\n----\n\ncase looping\ninclude: LOOP\n----\n\n\
+         case bad_key\nfrobnicate: yes\n----\n\ncase no_previous\nmemory: previous\n----\n",
     )
-}
-
-#[test]
-fn under_remote_apply_a_sync_standby_whose_replay_is_paused_is_replaced() {
-    // Commits wait for replay: n2 lags 32 MiB on the position that matters and is unpublished
-    // first (then the GUC moves to n3, then n3 is published).
-    check(
-        &sync_replay_paused("remote_apply"),
-        expect![[r#"
-            reason: Removing standbys from /sync before changing synchronous_standby_names
-            actions:
-              1. write /sync: leader n1, sync_standby []
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-    // Commits wait for flush: n2 is as far as n3 and stays.
-    check(
-        &sync_replay_paused("on"),
-        expect![[r#"
-            reason: no action. I am the leader with the lock
-            actions: none
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +1000ms
-        "#]],
-    );
-}
-
-#[test]
-fn a_paused_cluster_still_replaces_a_lagging_sync_standby() {
-    check(
-        &format!("{}\n config: pause=on", sync_replay_paused("remote_apply")),
-        expect![[r#"
-            reason: PAUSE: Removing standbys from /sync before changing synchronous_standby_names
-            actions:
-              1. write /sync: leader n1, sync_standby []
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-/// n1 handed leadership over to n2 in a switchover while the cluster is paused; its
-/// PostgreSQL is stopped (clean shutdown) and n2 now leads.
-const HANDED_OVER_PAUSED: &str = "
-    config: me=n1 pause=on
-    lease: id=5 deadline=105
-    dcs: init=7001 leader=n2@7 optime=0/3000000 history=1 creator=n2
-    member: n1 role=primary conn=10.0.0.1:5432
-    member: n2 role=primary xlog=0/3000100 tl=2 conn=10.0.0.2:5432
-    pg: data=initialized state=shut-down tl=1 ckpt=0/3000000
-";
-
-#[test]
-fn a_paused_switchover_brings_the_former_primary_back_as_a_standby() {
-    check(
-        &format!("{HANDED_OVER_PAUSED}\n memory: handed_over"),
-        expect![[r#"
-            reason: PAUSE: running pg_rewind from n2 before following it
-            actions:
-              1. rewind from n2 (10.0.0.2:5432)
-              2. start postgres as replica of n2 (10.0.0.2:5432)
-            memory: leader=false following=n2 down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-    // A PostgreSQL that stopped for another reason stays down while paused.
-    check(
-        HANDED_OVER_PAUSED,
-        expect![[r#"
-            reason: PAUSE: not acting while paused, would have: running pg_rewind from n2 before following it
-            actions: none
-            memory: leader=false following=- down_since=- rewind_failed=-
-            wake: +2000ms
-        "#]],
-    );
-}
-
-// ---- /sync missing or unreadable; leader key unreadable (issue 17) ------------------------
-
-/// n2 is the most advanced reachable standby of a leaderless cluster in synchronous mode;
-/// the `dcs:` line of each case says what `/sync` holds.
-const SYNC_UNKNOWN: &str = "
-    config: me=n2 sync=on
-    lease: id=7 deadline=105
-    member: n2 role=replica xlog=0/3000000 conn=10.0.0.2:5432
-    member: n3 role=replica xlog=0/3000000 conn=10.0.0.3:5432
-    pg: data=initialized
-    pg: running replica tl=1 recv=0/3000100 replay=0/3000100
-    peer: n3 reachable wal=0/3000000
-";
-
-#[test]
-fn sync_mode_without_a_usable_sync_key_blocks_the_race() {
-    // Deleted (or never written): nothing says who holds every acknowledged commit, exactly as
-    // when `/sync` names someone else.
-    check(
-        &format!("{SYNC_UNKNOWN}\n dcs: init=7001 optime=0/3000000"),
-        expect![[r#"
-            reason: following a different leader because i am not the healthiest node: synchronous mode is on and /sync is missing or names no leader, so nothing says which member holds every acknowledged commit; to promote anyway, turn synchronous_mode off or run a manual failover to a named candidate
-            actions: none
-            memory: leader=false following=- down_since=- rewind_failed=-
-            wake: +1000ms
-        "#]],
-    );
-    // A `/sync` that names no leader says as little.
-    check(
-        &format!("{SYNC_UNKNOWN}\n dcs: init=7001 optime=0/3000000 sync=-:n2@8"),
-        expect![[r#"
-            reason: following a different leader because i am not the healthiest node: synchronous mode is on and /sync is missing or names no leader, so nothing says which member holds every acknowledged commit; to promote anyway, turn synchronous_mode off or run a manual failover to a named candidate
-            actions: none
-            memory: leader=false following=- down_since=- rewind_failed=-
-            wake: +1000ms
-        "#]],
-    );
-    check(
-        &format!("{SYNC_UNKNOWN}\n dcs: init=7001 optime=0/3000000 sync=?@8"),
-        expect![[r#"
-            reason: following a different leader because i am not the healthiest node: synchronous mode is on and /sync cannot be read (invalid JSON), so nothing says which member holds every acknowledged commit; to promote anyway, turn synchronous_mode off or run a manual failover to a named candidate
-            actions: none
-            memory: leader=false following=- down_since=- rewind_failed=-
-            wake: +1000ms
-        "#]],
-    );
-    // Quorum mode: no voters to count.
-    check(
-        &format!("{SYNC_UNKNOWN}\n config: sync=quorum\n dcs: init=7001 optime=0/3000000 sync=?@8"),
-        expect![[r#"
-            reason: following a different leader because i am not the healthiest node: synchronous mode is on and /sync cannot be read (invalid JSON), so nothing says which member holds every acknowledged commit; to promote anyway, turn synchronous_mode off or run a manual failover to a named candidate
-            actions: none
-            memory: leader=false following=- down_since=- rewind_failed=-
-            wake: +1000ms
-        "#]],
-    );
-    // The remedies the reason names: synchronous mode off ...
-    check(
-        &format!("{SYNC_UNKNOWN}\n config: sync=off\n dcs: init=7001 optime=0/3000000 sync=?@8"),
-        expect![[r#"
-            reason: promoted self to leader by acquiring session lock
-            actions:
-              1. acquire leader key
-              2. promote postgres
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-    // ... or a manual failover to a named candidate.
-    check(
-        &format!(
-            "{SYNC_UNKNOWN}
-             dcs: init=7001 optime=0/3000000 sync=?@8
-             failover: candidate=n2"
-        ),
-        expect![[r#"
-            reason: promoted self to leader by acquiring session lock as the manual failover candidate
-            actions:
-              1. acquire leader key
-              2. write /sync: leader n2, sync_standby []
-              3. set synchronous_standby_names to ''
-              4. promote postgres
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-/// The `WriteSync` of a decision, with its compare-and-swap version.
-fn sync_write(fixture: &str) -> (Option<SyncState>, i64) {
-    let f = parse(fixture);
-    let d = super::decide(&f.memory, &f.obs, &f.config, f.now);
-    d.actions
-        .iter()
-        .find_map(|a| match a {
-            Action::WriteSync { state, version } => Some((state.clone(), *version)),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("no /sync write in {:?}", d.actions))
-}
-
-#[test]
-fn the_leader_replaces_an_unreadable_sync_key_at_its_revision() {
-    let leader = format!(
-        "{SYNC_LEADER}
-         dcs: init=7001 leader=n1@5 optime=0/3000000 sync=?@17
-         pg: running primary tl=1 flush=0/3000000 slots=n2,n3 repl=n2:async:0_3000000"
-    );
-    check(
-        &leader,
-        expect![[r#"
-            reason: Enabled synchronous replication
-            actions:
-              1. write /sync: leader n1, sync_standby []
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
+    .unwrap();
+    let out = run_file(&file, &shared, &mut BTreeSet::new());
     assert_eq!(
-        sync_write(&leader).1,
-        17,
-        "compare-and-swap on the garbage's revision"
-    );
-    // A manual candidate claims `/sync` over garbage the same way, and over nothing with 0.
-    let candidate = |sync: &str| {
-        format!("{SYNC_UNKNOWN}\n dcs: init=7001 optime=0/3000000 {sync}\n failover: candidate=n2")
-    };
-    assert_eq!(sync_write(&candidate("sync=?@8")).1, 8);
-    assert_eq!(sync_write(&candidate("")).1, 0);
-}
-
-/// n1 leads (on lease 5); its leader key now holds a value that does not decode.
-const GARBAGE_LEADER: &str = "
-    member: n1 role=primary xlog=0/3000000 conn=10.0.0.1:5432
-    member: n2 role=replica xlog=0/3000000 conn=10.0.0.2:5432
-    pg: data=initialized
-";
-
-#[test]
-fn the_holder_of_an_unreadable_leader_key_rewrites_it_and_keeps_its_primary() {
-    // The key is still on our lease: ours, whatever it holds.
-    check(
-        &format!(
-            "config: me=n1
-             lease: id=5 deadline=105
-             {GARBAGE_LEADER}
-             dcs: init=7001 leader=?@5 optime=0/3000000
-             pg: running primary tl=1 flush=0/3000000 slots=n2"
-        ),
-        expect![[r#"
-            reason: the leader key is mine but its value is unreadable: rewriting it with my name
-            actions:
-              1. rewrite the unreadable leader key with our name
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-    // Written without a lease (a plain `etcdctl put`): still the key we acquired, by its
-    // create_revision.
-    check(
-        &format!(
-            "config: me=n1
-             lease: id=5 deadline=105
-             {GARBAGE_LEADER}
-             dcs: init=7001 leader=?@0 epoch=4 optime=0/3000000
-             memory: epoch=4
-             pg: running primary tl=1 flush=0/3000000 slots=n2"
-        ),
-        expect![[r#"
-            reason: the leader key is mine but its value is unreadable: rewriting it with my name
-            actions:
-              1. rewrite the unreadable leader key with our name
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-    // A key another acquisition created (another epoch) is not ours: stop being a primary.
-    check(
-        &format!(
-            "config: me=n1
-             lease: id=5 deadline=105
-             {GARBAGE_LEADER}
-             dcs: init=7001 leader=?@0 epoch=9 optime=0/3000000
-             memory: epoch=4
-             pg: running primary tl=1 flush=0/3000000 slots=n2"
-        ),
-        expect![[r#"
-            reason: demoting self because I do not have the lock and I was a leader
-            actions:
-              1. stop postgres (immediate)
-            memory: leader=false following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-    // Paused: rewriting the key changes no role, so it still happens.
-    check(
-        &format!(
-            "config: me=n1 pause=on
-             lease: id=5 deadline=105
-             {GARBAGE_LEADER}
-             dcs: init=7001 leader=?@5 optime=0/3000000
-             pg: running primary tl=1 flush=0/3000000 slots=n2"
-        ),
-        expect![[r#"
-            reason: PAUSE: the leader key is mine but its value is unreadable: rewriting it with my name
-            actions:
-              1. rewrite the unreadable leader key with our name
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-#[test]
-fn an_unreadable_leader_key_someone_else_holds_means_someone_leads() {
-    // A standby neither races nor follows: someone leads, the key does not say who.
-    check(
-        &format!(
-            "config: me=n2
-             lease: id=7 deadline=105
-             {GARBAGE_LEADER}
-             dcs: init=7001 leader=?@5 optime=0/3000000
-             pg: running replica tl=1 recv=0/3000000 replay=0/3000000
-             peer: n1 unreachable"
-        ),
-        expect![[r#"
-            reason: the leader key exists but its value is unreadable: someone leads, not known who; waiting for its holder to rewrite it or for its lease to expire
-            actions: none
-            memory: leader=false following=- down_since=- rewind_failed=-
-            wake: +2000ms
-        "#]],
-    );
-    // Attached to no lease, it never expires: the reason says what to do.
-    check(
-        &format!(
-            "config: me=n2
-             lease: id=7 deadline=105
-             {GARBAGE_LEADER}
-             dcs: init=7001 leader=?@0 optime=0/3000000
-             pg: running replica tl=1 recv=0/3000000 replay=0/3000000"
-        ),
-        expect![[r#"
-            reason: the leader key exists but its value is unreadable and it is attached to no lease, so it never expires: waiting for its holder to rewrite it (delete the key if its holder is gone)
-            actions: none
-            memory: leader=false following=- down_since=- rewind_failed=-
-            wake: +2000ms
-        "#]],
-    );
-    // A primary that does not hold it stops; an empty data directory waits (no clone source,
-    // and no bootstrap while a leader key exists).
-    check(
-        &format!(
-            "config: me=n2
-             lease: id=7 deadline=105
-             {GARBAGE_LEADER}
-             dcs: init=7001 leader=?@5 optime=0/3000000
-             pg: running primary tl=1 flush=0/3000000"
-        ),
-        expect![[r#"
-            reason: demoting self because I do not have the lock and I was a leader
-            actions:
-              1. stop postgres (immediate)
-            memory: leader=false following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-    check(
-        "config: me=n3
-         lease: id=8 deadline=105
-         dcs: leader=?@5
-         pg: data=empty",
-        expect![[r#"
-            reason: the leader key exists but its value is unreadable: someone leads, not known who; waiting for its holder to rewrite it or for its lease to expire
-            actions: none
-            memory: leader=false following=- down_since=- rewind_failed=-
-            wake: +2000ms
-        "#]],
-    );
-    // Once the key went with its lease, the race is the normal one.
-    check(
-        &format!(
-            "config: me=n2
-             lease: id=7 deadline=105
-             {GARBAGE_LEADER}
-             dcs: init=7001 optime=0/3000000
-             pg: running replica tl=1 recv=0/3000000 replay=0/3000000
-             peer: n1 unreachable"
-        ),
-        expect![[r#"
-            reason: promoted self to leader by acquiring session lock
-            actions:
-              1. acquire leader key
-              2. promote postgres
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-}
-
-#[test]
-fn the_leader_epoch_is_remembered_while_the_key_exists() {
-    let decide = |fixture: &str, epoch: Option<i64>| {
-        let f = parse(fixture);
-        let memory = Memory {
-            leader_epoch: epoch,
-            ..f.memory
-        };
-        super::decide(&memory, &f.obs, &f.config, f.now)
-            .next_memory
-            .leader_epoch
-    };
-    let ours = "config: me=n1
-        lease: id=5 deadline=105
-        dcs: init=7001 leader=n1@5 epoch=4
-        member: n1 role=primary conn=10.0.0.1:5432
-        pg: data=initialized state=in-production
-        pg: running primary tl=1 flush=0/3000000";
-    assert_eq!(decide(ours, None), Some(4), "learnt while we hold the key");
-    let garbage = ours.replace("leader=n1@5", "leader=?@0");
-    assert_eq!(
-        decide(&garbage, Some(4)),
-        Some(4),
-        "kept while the key exists"
-    );
-    let other = ours.replace("leader=n1@5 epoch=4", "leader=n2@9 epoch=6");
-    assert_eq!(decide(&other, Some(4)), None, "forgotten with the key");
-    let unreachable = "config: me=n1
-        lease: id=5 deadline=105
-        dcs: unreachable
-        pg: data=initialized state=in-production";
-    assert_eq!(
-        decide(unreachable, Some(4)),
-        Some(4),
-        "no news is no change"
-    );
-}
-
-#[test]
-fn a_standby_cluster_request_in_the_dcs_stops_the_primary_and_blocks_leadership() {
-    // The leader: PostgreSQL stopped cleanly, key released.
-    check(
-        "
-        config: me=n1 blocker=standby_cluster
-        lease: id=5 deadline=105
-        dcs: init=7001 leader=n1@5 optime=0/3000000
-        member: n1 role=primary conn=10.0.0.1:5432
-        member: n2 role=replica conn=10.0.0.2:5432
-        pg: data=initialized state=in-production
-        pg: running primary tl=1 flush=0/3000000 slots=n2
-        ",
-        expect![[r#"
-            reason: the dynamic configuration sets standby_cluster, which pgbaton does not support yet: no writable primary runs in this cluster until it is removed (edit-config)
-            actions:
-              1. stop postgres (fast)
-              2. release leader key
-            memory: leader=true following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-    // Afterwards it comes back read-only, without an upstream.
-    check(
-        "
-        config: me=n1 blocker=standby_cluster
-        lease: id=5 deadline=105
-        dcs: init=7001 optime=0/3000000
-        member: n2 role=replica conn=10.0.0.2:5432
-        pg: data=initialized state=shut-down
-        ",
-        expect![[r#"
-            reason: the dynamic configuration sets standby_cluster, which pgbaton does not support yet: no writable primary runs in this cluster until it is removed (edit-config)
-            actions:
-              1. start postgres as replica without upstream
-            memory: leader=false following=- down_since=- rewind_failed=-
-            wake: +0ms
-        "#]],
-    );
-    // A leaderless, healthiest standby does not race.
-    check(
-        "
-        config: blocker=standby_cluster
-        lease: id=7 deadline=105
-        dcs: init=7001 optime=0/3000000
-        member: n2 role=replica xlog=0/3000000 conn=10.0.0.2:5432
-        member: n3 role=replica xlog=0/2000000 conn=10.0.0.3:5432
-        pg: data=initialized
-        pg: running replica tl=1 recv=0/3000000 replay=0/3000000
-        peer: n3 reachable wal=0/2000000 tl=1
-        ",
-        expect![[r#"
-            reason: the dynamic configuration sets standby_cluster, which pgbaton does not support yet: no writable primary runs in this cluster until it is removed (edit-config)
-            actions: none
-            memory: leader=false following=- down_since=- rewind_failed=-
-            wake: +1000ms
-        "#]],
+        out.errors,
+        [
+            "t.txt:2: no preamble NOPE in this file or in shared.txt",
+            "shared.txt:2: preamble LOOP includes itself",
+            "t.txt:9: case bad_key: unknown fixture key frobnicate",
+            "t.txt:13: case no_previous: `memory: previous` needs a case before it in the same file",
+        ]
     );
 }

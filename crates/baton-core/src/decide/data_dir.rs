@@ -1,0 +1,105 @@
+//! Rule 3: the data directory. An empty one is bootstrapped (the first member to win the
+//! `initialize` key) or cloned from the leader; an unusable one is left alone (and the key
+//! released); one of another cluster (system identifier) is never used. The later rules may
+//! assume initialized data of this cluster.
+
+use crate::decision::{Action, Memory, Reason, StartRole, StopMode};
+use crate::pg::{ControlData, DataDir};
+use crate::view::ClusterView;
+
+use super::{Ctx, may_be_primary, upstream_of};
+
+impl<'a> Ctx<'a> {
+    /// The control data of an initialized data directory of this cluster, or the decision
+    /// for one that is empty, unusable or another cluster's.
+    pub(super) fn data_dir(
+        &self,
+        next: &mut Memory,
+        view: &ClusterView,
+    ) -> Result<&'a ControlData, (Vec<Action>, Reason)> {
+        let pg = &self.obs.pg;
+        let cd = match &pg.data_dir {
+            DataDir::Unusable(error) => {
+                let mut actions = vec![];
+                if self.holds_key() || self.holds_stale_key() {
+                    actions.push(Action::ReleaseLeader { last_lsn: None });
+                }
+                return Err((
+                    actions,
+                    Reason::DataDirUnusable {
+                        error: error.clone(),
+                    },
+                ));
+            }
+            DataDir::Empty => return Err(self.empty_data_dir(next, view)),
+            DataDir::Initialized(cd) => cd,
+        };
+        if let Some(cluster) = view.system_id()
+            && cluster != cd.system_id
+        {
+            let mut actions = vec![];
+            if may_be_primary(pg) {
+                actions.push(Action::StopPostgres {
+                    mode: StopMode::Immediate,
+                });
+            }
+            return Err((
+                actions,
+                Reason::SystemIdMismatch {
+                    ours: cd.system_id.clone(),
+                    cluster: cluster.to_owned(),
+                },
+            ));
+        }
+        Ok(cd)
+    }
+
+    fn empty_data_dir(&self, next: &mut Memory, view: &ClusterView) -> (Vec<Action>, Reason) {
+        next.following = None;
+        if self.holds_key() || self.holds_stale_key() {
+            return (
+                vec![Action::ReleaseLeader { last_lsn: None }],
+                Reason::ReleasingLockPgDown,
+            );
+        }
+        if let Some(leader) = view.leader_name() {
+            return match upstream_of(view, leader) {
+                Some(upstream) => (
+                    vec![
+                        Action::Clone {
+                            upstream: upstream.clone(),
+                        },
+                        Action::StartPostgres {
+                            role: StartRole::Standby {
+                                upstream: Some(upstream),
+                            },
+                        },
+                    ],
+                    Reason::Cloning {
+                        leader: leader.clone(),
+                    },
+                ),
+                None => (
+                    vec![],
+                    Reason::WaitingForLeaderMember {
+                        leader: leader.clone(),
+                    },
+                ),
+            };
+        }
+        if let Some(l) = &view.leader {
+            // A leader key that does not say who holds it: nothing to clone from, no bootstrap.
+            return (vec![], Reason::LeaderKeyUnreadable { lease: l.lease });
+        }
+        match view.initialize.as_deref() {
+            None if !self.cfg.can_bootstrap => (vec![], Reason::NotAllowedToBootstrap),
+            None if !self.lease_ok() => (vec![], Reason::WaitingForLease),
+            None => (
+                vec![Action::RaceInitialize, Action::BootstrapCluster],
+                Reason::RacingForInitialize,
+            ),
+            Some("") => (vec![], Reason::WaitingForLeaderToBootstrap),
+            Some(_) => (vec![], Reason::NoLeaderWaiting),
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! The HA decision: one pure function per cycle.
+//!
+//! [`decide`] runs `Ctx::choose`, which applies the rules below in this order; the first
+//! that has something to say decides the cycle. The order is the safety argument
+//! (design.md §4), so a rule may rely on every rule before it having passed:
+//! 1. `fence`: PostgreSQL that may accept writes while our lease is not provably alive is
+//!    stopped immediately, whatever else is going on. It runs before anything reads the DCS
+//!    view, so that no other rule can keep a primary running without a lease.
+//! 2. With no DCS view nothing else is decided (replicas keep streaming, a leader keeps
+//!    running until its fencing deadline, which rule 1 enforces). Our own leader key with an
+//!    unreadable value is repaired, and a dynamic configuration pgbaton must not ignore
+//!    (`fence::blocked`) stops a primary before any rule could start or promote one.
+//! 3. `data_dir`: empty → bootstrap or clone; unusable → leave it alone; another cluster's →
+//!    never used. Every later rule may assume initialized data of this cluster.
+//! 4. `pg_down`: PostgreSQL down → restart as primary while we hold the key (bounded by
+//!    `primary_start_timeout`), otherwise start as a standby; a former primary rejoins
+//!    through `standby::rejoin` (rewind, or wait, or re-clone). Later rules may assume a
+//!    running postmaster.
+//! 5. PostgreSQL up: a primary while someone else (or nobody) leads is demoted
+//!    (`fence::demote`: a primary never runs without the key) before anything else looks at
+//!    it; then `leader` keeps / promotes the holder of the key (switchover, `sync` steps,
+//!    slots), `standby` follows the leader (and stops a diverged standby for a rewind), and
+//!    `race` takes a free key when we are the healthiest eligible member.
+//!
+//! [`decide`] then derives the memory for the next cycle from the actions that will really
+//! run (and filters them in maintenance mode), and picks the next wake-up.
+//!
+//! Each rule is an `impl Ctx<'_>` block in its own module; a method returns the decision of
+//! the cycle, or `None` / `Ok(..)` when its rule lets the next one speak. The decision tests
+//! are data: `crates/baton-core/testdata/decide/*.txt`, run by `tests.rs`.
+
+use std::time::Duration;
+
+use crate::decision::{
+    Action, ActionKind, Decision, HaConfig, Memory, Observation, Reason, StartRole, Upstream,
+};
+use crate::pg::{ClusterState, DataDir, PgState};
+use crate::types::{MemberName, Mono};
+use crate::view::{ClusterView, LeaderKey};
+
+mod data_dir;
+mod fence;
+mod leader;
+mod pg_down;
+mod race;
+mod standby;
+mod sync;
+
+/// How soon a leaderless member looks again (the DCS watch usually wakes it earlier).
+const LEADERLESS_RECHECK: Duration = Duration::from_secs(1);
+
+/// How soon a leader in synchronous mode looks at its standbys again.
+const SYNC_RECHECK: Duration = Duration::from_secs(1);
+
+/// Decide what to do in this cycle. Pure and total.
+pub fn decide(memory: &Memory, obs: &Observation, config: &HaConfig, now: Mono) -> Decision {
+    let mut next = memory.clone();
+    if let (Some(failure), Some(leader)) = (
+        &obs.last_failure,
+        obs.dcs.as_ref().and_then(|v| v.leader_name()),
+    ) && failure.action == ActionKind::Rewind
+    {
+        next.rewind_failed_against = Some(leader.clone());
+    }
+
+    let ctx = Ctx {
+        obs,
+        cfg: config,
+        now,
+        epoch: memory.leader_epoch,
+    };
+    let (mut actions, mut reason) = ctx.choose(&mut next);
+    // The memory below is derived from the actions that will really run.
+    if config.pause {
+        // Maintenance mode: PostgreSQL and the leader key are left as they are; only
+        // bookkeeping that changes no role still happens, and a manual switchover to a named
+        // candidate (Patroni allows exactly that while paused). The leader keeps managing
+        // `/sync` and `synchronous_standby_names` (Patroni does too): a synchronous standby
+        // that stops replaying would otherwise hold every commit for the whole maintenance.
+        let manual = matches!(
+            reason,
+            Reason::SwitchoverDemoting { candidate: Some(_) } | Reason::ManualCandidate
+        ) || (matches!(reason, Reason::SyncUpdate { .. }) && ctx.holds_key())
+            // The former primary of a switchover rejoins as a standby (rewound if needed).
+            || (memory.handed_over
+                && actions.iter().all(|a| {
+                    matches!(
+                        a,
+                        Action::StartPostgres {
+                            role: StartRole::Standby { .. }
+                        } | Action::Rewind { .. }
+                    )
+                }));
+        let before = actions.len();
+        actions.retain(|a| {
+            manual
+                || matches!(
+                    a,
+                    Action::Follow { .. }
+                        | Action::EnsureSlots { .. }
+                        | Action::WriteConfig
+                        | Action::UpdateHistory
+                        | Action::ReattachLeader
+                        | Action::RepairLeader { .. }
+                        | Action::ClearFailover { .. }
+                )
+        });
+        let detail = if actions.len() < before {
+            format!("not acting while paused, would have: {reason}")
+        } else {
+            reason.to_string()
+        };
+        reason = Reason::Paused { detail };
+    }
+
+    // PostgreSQL started as a standby of this leader needs no re-pointing afterwards.
+    if let Some(up) = actions.iter().find_map(|a| match a {
+        Action::StartPostgres {
+            role: StartRole::Standby { upstream: Some(up) },
+        } => Some(up),
+        _ => None,
+    }) {
+        next.following = Some(up.name.clone());
+    }
+    // "Not streaming since" counts for one running postmaster: a stop or a (re)start begins
+    // a new one, which must get its 2 * ttl before it is judged diverged.
+    if !obs.pg.is_running()
+        || actions.iter().any(|a| {
+            matches!(
+                a,
+                Action::StartPostgres { .. } | Action::StopPostgres { .. }
+            )
+        })
+    {
+        next.not_streaming_since = None;
+    }
+
+    if actions.contains(&Action::HandOver) {
+        next.handed_over = true;
+    } else if obs.pg.is_running() || ctx.holds_key() {
+        next.handed_over = false;
+    }
+
+    // A leader that cannot read the DCS is still a leader until it fences: forgetting it would
+    // disarm the fencer exactly when it is needed (simulator finding F1).
+    next.was_leader = !actions.contains(&Action::HandOver)
+        && (ctx.holds_key() || (obs.dcs.is_none() && memory.was_leader))
+        || actions.iter().any(|a| {
+            matches!(
+                a,
+                Action::AcquireLeader | Action::ReattachLeader | Action::RepairLeader { .. }
+            )
+        });
+    // The key we hold keeps its epoch (create_revision) until it is deleted.
+    if let Some(view) = &obs.dcs {
+        next.leader_epoch = view.leader.as_ref().and_then(|l| {
+            let ours = l.name.as_ref() == Some(&config.me) && Some(l.lease) == obs.lease.id;
+            (ours || Some(l.create_revision) == memory.leader_epoch).then_some(l.create_revision)
+        });
+    }
+
+    let mut wake_at = now + config.loop_wait;
+    if !actions.is_empty() {
+        // Observe the effect right away.
+        wake_at = now;
+    }
+    if obs.dcs.as_ref().is_some_and(|v| v.leader.is_none()) {
+        wake_at = wake_at.min(now + LEADERLESS_RECHECK);
+    }
+    if config.sync.enabled() && ctx.holds_key() {
+        // A synchronous standby that died holds every commit until the set is changed.
+        wake_at = wake_at.min(now + SYNC_RECHECK);
+    }
+    if let Some(wait) = obs
+        .dcs
+        .as_ref()
+        .and_then(|v| scheduled_wait_ms(v, obs.unix_ms))
+        && wait > 0
+    {
+        wake_at = wake_at.min(now + Duration::from_millis(wait.unsigned_abs()));
+    }
+    // Look again at the fencing deadline while it lies ahead. Once it has passed, this
+    // decision already fenced (step 1), and waking at once would only spin.
+    if (next.was_leader || may_be_primary(&obs.pg))
+        && let Some(deadline) = obs.lease.fence_deadline.filter(|d| *d > now)
+    {
+        wake_at = wake_at.min(deadline);
+    }
+
+    Decision {
+        actions,
+        reason,
+        next_memory: next,
+        wake_at,
+    }
+}
+
+/// PostgreSQL may accept writes: it answers as a primary, or it runs and its control file says
+/// it is in production (not answering SQL is no proof of being read-only).
+pub fn may_be_primary(pg: &PgState) -> bool {
+    if !pg.is_running() {
+        return false;
+    }
+    match (&pg.sql, &pg.data_dir) {
+        (Some(sql), _) => !sql.in_recovery,
+        (None, DataDir::Initialized(cd)) => cd.state != ClusterState::InArchiveRecovery,
+        (None, _) => true,
+    }
+}
+
+struct Ctx<'a> {
+    obs: &'a Observation,
+    cfg: &'a HaConfig,
+    now: Mono,
+    /// `Memory::leader_epoch` from the previous cycle.
+    epoch: Option<i64>,
+}
+
+impl Ctx<'_> {
+    fn lease_ok(&self) -> bool {
+        self.obs.lease.valid_at(self.now)
+    }
+
+    fn me(&self) -> &MemberName {
+        &self.cfg.me
+    }
+
+    /// The leader key holds our name and our current, valid lease.
+    fn holds_key(&self) -> bool {
+        self.lease_ok()
+            && self
+                .obs
+                .dcs
+                .as_ref()
+                .and_then(|v| v.leader.as_ref())
+                .is_some_and(|l| {
+                    l.name.as_ref() == Some(self.me()) && Some(l.lease) == self.obs.lease.id
+                })
+    }
+
+    /// The leader key is ours but its value does not decode: it is attached to our lease, or
+    /// it is still the key we acquired (its `create_revision` is our epoch: nobody else can
+    /// have acquired it since, whoever wrote the value). Only with a valid lease.
+    fn holds_unreadable_key(&self) -> Option<&LeaderKey> {
+        self.obs
+            .dcs
+            .as_ref()
+            .and_then(|v| v.leader.as_ref())
+            .filter(|l| {
+                self.lease_ok()
+                    && l.name.is_none()
+                    && (Some(l.lease) == self.obs.lease.id || Some(l.create_revision) == self.epoch)
+            })
+    }
+
+    /// The leader key holds our name but another lease (from before an agent restart).
+    fn holds_stale_key(&self) -> bool {
+        self.obs
+            .dcs
+            .as_ref()
+            .and_then(|v| v.leader.as_ref())
+            .is_some_and(|l| {
+                l.name.as_ref() == Some(self.me()) && Some(l.lease) != self.obs.lease.id
+            })
+    }
+
+    fn choose(&self, next: &mut Memory) -> (Vec<Action>, Reason) {
+        let pg = &self.obs.pg;
+
+        // 1. Fence: no writable PostgreSQL without a provably alive lease.
+        if let Some(fenced) = self.fence(next) {
+            return fenced;
+        }
+
+        // 2. Without a DCS view, change nothing.
+        let Some(view) = self.obs.dcs.as_ref() else {
+            return (vec![], Reason::DcsUnreachable);
+        };
+        // Our leader key with a value someone overwrote: put our name back first.
+        if let Some(key) = self.holds_unreadable_key() {
+            return (
+                vec![Action::RepairLeader {
+                    version: key.mod_revision,
+                }],
+                Reason::RepairingLeaderKey,
+            );
+        }
+        if let Some(key) = &self.cfg.unsupported_blocker {
+            return self.blocked(next, key);
+        }
+
+        // 3. The data directory.
+        let cd = match self.data_dir(next, view) {
+            Ok(cd) => cd,
+            Err(decided) => return decided,
+        };
+
+        // 4. PostgreSQL down.
+        if !pg.is_running() {
+            return self.postgres_down(next, view, cd);
+        }
+        if self.holds_key() {
+            next.primary_down_since = None;
+        }
+
+        // 5. PostgreSQL up.
+        let leader = view
+            .leader
+            .as_ref()
+            .filter(|l| l.name.as_ref() != Some(self.me()));
+        if let Some(l) = leader
+            && may_be_primary(pg)
+        {
+            return self.demote(next, l.name.clone());
+        }
+        let Some(sql) = &pg.sql else {
+            return (vec![], Reason::WaitingForPostgres);
+        };
+
+        if self.holds_key() {
+            return self.leader_running(next, view, sql);
+        }
+        if self.holds_stale_key() {
+            return self.stale_key(sql);
+        }
+        match leader {
+            // Someone leads, the key does not say who: no race, nothing to follow.
+            Some(LeaderKey {
+                name: None, lease, ..
+            }) => (vec![], Reason::LeaderKeyUnreadable { lease: *lease }),
+            Some(LeaderKey {
+                name: Some(leader), ..
+            }) => self.follow(next, view, leader, sql),
+            // A primary nobody elected (rule 5): fence first; it may race as a standby.
+            None if !sql.in_recovery => self.demote(next, None),
+            None => self.race(next, view, sql),
+        }
+    }
+
+    /// A peer that answered, runs as a standby and may be promoted.
+    fn peer_can_take_over(&self, name: &MemberName) -> bool {
+        self.obs.peers.iter().any(|p| {
+            &p.name == name
+                && p.reachable
+                && !p.is_primary
+                && !p.tags.is_nofailover()
+                && !p.watchdog_failed
+        })
+    }
+}
+
+/// Milliseconds until the scheduled time of a pending switchover (negative when it has
+/// passed); `None` without a schedule or when `scheduled_at` does not parse.
+fn scheduled_wait_ms(view: &ClusterView, unix_ms: i64) -> Option<i64> {
+    let at = view.failover.as_ref()?.value.scheduled_at.as_deref()?;
+    Some(crate::time::parse_iso8601(at)? - unix_ms)
+}
+
+/// Where to stream / clone / rewind from: the member's `conn_url`.
+fn upstream_of(view: &ClusterView, name: &MemberName) -> Option<Upstream> {
+    let member = view.member(name)?;
+    let (host, port) = member.pg_host_port()?;
+    Some(Upstream {
+        name: name.clone(),
+        host,
+        port,
+    })
+}
+
+#[cfg(test)]
+mod tests;
