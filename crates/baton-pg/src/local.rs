@@ -1037,7 +1037,12 @@ impl Postgres for LocalPostgres {
             deadline,
             move || async move { Ok(!this.in_recovery().await?) },
         )
-        .await
+        .await?;
+        // It runs as a primary now (PostgreSQL removed standby.signal): a later rewrite of the
+        // configuration (synchronous_standby_names) must not put the file back, or the fence
+        // guard takes this primary for a standby and never fences it (issue 19).
+        self.managed.lock().unwrap_or_else(|p| p.into_inner()).role = Some(StartRole::Primary);
+        Ok(())
     }
 
     async fn set_synchronous_standby_names(&self, value: Option<&str>) -> Result<(), PgError> {
