@@ -198,12 +198,16 @@ fn of_node<'a>(samples: &'a [RoleSample], node: &str, from: u64) -> Vec<&'a Role
 }
 
 /// When `node` stopped answering as a primary after `from`: the answer time of the first of
-/// [`STOPPED_AFTER`] consecutive non-primary answers (the node stopped before it: late, so a
-/// margin computed from it is on the safe side), if it answered as a primary after `from`
-/// before that.
+/// [`STOPPED_AFTER`] consecutive non-primary answers sent at or after `from` (the node stopped
+/// before it: late, so a margin computed from it is on the safe side), if it answered as a
+/// primary in the last question before `from` or in one after it, before that run.
 pub fn stopped_at(samples: &[RoleSample], node: &str, from: u64) -> Option<u64> {
     let mine = of_node(samples, node, from);
-    let mut was_primary = false;
+    let mut was_primary = samples
+        .iter()
+        .filter(|s| s.node == node && s.invoke < from)
+        .max_by_key(|s| s.tick)
+        .is_some_and(|s| s.role.is_primary());
     let mut run: Vec<&RoleSample> = Vec::new();
     for s in mine {
         if s.role.is_primary() {
@@ -462,6 +466,14 @@ mod tests {
             x.role = down();
         }
         assert_eq!(stopped_at(&blip, "n1", 0), Some(2202 * MS));
+        // Gone from the first question after the fault (killed, isolated): stopped there, as
+        // it was a primary in the last question before the fault.
+        assert_eq!(
+            stopped_at(&failover(10, 25), "n1", 995 * MS),
+            Some(1002 * MS)
+        );
+        // A node that was no primary before the fault never "stops".
+        assert_eq!(stopped_at(&failover(10, 25), "n3", 995 * MS), None);
     }
 
     #[test]

@@ -130,6 +130,8 @@ struct Suite {
     seen_findings: BTreeSet<String>,
     /// Some iteration had a problem: keep the logs (the cluster is not `finish`ed).
     failed: bool,
+    /// C5 has looked at the samples up to here (the end of the last iteration).
+    checked_until: u64,
 }
 
 impl Suite {
@@ -189,6 +191,7 @@ impl Suite {
             seen_lost: BTreeSet::new(),
             seen_findings: BTreeSet::new(),
             failed: false,
+            checked_until: 0,
         };
         suite.wait_acked_since(clock.now()).await?;
         Ok(suite)
@@ -220,6 +223,7 @@ impl Suite {
             it.error.get_or_insert_with(|| format!("check: {e:#}"));
         }
         self.check_primaries(start, fault_at, end, &mut it);
+        self.checked_until = end;
         if !it.problems(report.expect).is_empty() {
             self.failed = true;
             it.logs = Some(self.cluster.log_tails(LOG_LINES));
@@ -461,9 +465,9 @@ impl Suite {
             roles,
             failed,
             seen_lost,
+            checked_until,
             ..
         } = self;
-        roles.stop().await;
         let history = w1.history().clone();
         let w1_ops = w1.stop()?;
         let w2_ops = w2.stop().await;
@@ -486,6 +490,21 @@ impl Suite {
         )];
         let converged = convergence(&cluster, &healthy).await?;
         lines.push(format!("{}: {converged}", replication.name()));
+        // C5 over the final phase too.
+        let samples: Vec<_> = roles
+            .stop()
+            .await
+            .samples()
+            .into_iter()
+            .filter(|s| s.invoke >= checked_until)
+            .collect();
+        let after = primaries::windows(&samples);
+        lines.push(format!(
+            "{}: after the last iteration {} role samples, {} two-primary windows",
+            replication.name(),
+            samples.len(),
+            after.len()
+        ));
         let late: Vec<i64> = set
             .lost
             .iter()
@@ -500,6 +519,14 @@ impl Suite {
         }
         if replication == Replication::Quorum && !late.is_empty() {
             bail!("acknowledged writes lost after the last iteration: {late:?}");
+        }
+        if let Some(w) = after.first() {
+            bail!(
+                "two primaries after the last iteration: {:?} from {:.1} s for {} ticks",
+                w.primaries,
+                secs(w.start),
+                w.ticks()
+            );
         }
         Ok(lines)
     }
@@ -632,5 +659,34 @@ fn unix_socket_target(pg: &PgTarget, dir: &std::path::Path) -> PgTarget {
     PgTarget {
         host: dir.to_string_lossy().into_owned(),
         ..pg.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stamped_within;
+
+    #[test]
+    fn log_lines_are_picked_by_their_timestamp() {
+        let (lo, hi) = ("2026-12-02T13:52:51.784Z", "2026-12-02T13:53:01.803Z");
+        let line = |stamp: &str| format!("{stamp}  INFO baton_agent::ha: no action");
+        assert!(stamped_within(&line("2026-12-02T13:52:51.784312Z"), lo, hi));
+        assert!(stamped_within(&line("2026-12-02T13:53:01.803999Z"), lo, hi));
+        assert!(!stamped_within(
+            &line("2026-12-02T13:52:51.783999Z"),
+            lo,
+            hi
+        ));
+        assert!(!stamped_within(
+            &line("2026-12-02T13:53:01.804000Z"),
+            lo,
+            hi
+        ));
+        assert!(!stamped_within(
+            "===== harness: starting agent node3 =====",
+            lo,
+            hi
+        ));
+        assert!(!stamped_within("", lo, hi));
     }
 }
