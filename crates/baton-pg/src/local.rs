@@ -1256,7 +1256,9 @@ impl Postgres for LocalPostgres {
             move || async move { Ok(!this.in_recovery().await?) },
         )
         .await?;
-        // Files written from now on are a primary's (no standby.signal, no recovery settings).
+        // It runs as a primary now (PostgreSQL removed standby.signal): a later rewrite of the
+        // configuration (synchronous_standby_names) must not put the file back, or the fence
+        // guard takes this primary for a standby and never fences it (issue 19).
         self.managed.lock().unwrap_or_else(|p| p.into_inner()).role = Some(StartRole::Primary);
         Ok(())
     }

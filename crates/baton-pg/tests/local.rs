@@ -931,3 +931,47 @@ async fn a_standby_keeps_the_primarys_minimums() {
     pg.set_synchronous_standby_names(None).await.expect("reset");
     pg.stop(StopMode::Fast).await.expect("stop");
 }
+
+/// Issue 19: a primary that was promoted from a standby must not get `standby.signal` back
+/// when its configuration is rewritten (synchronous mode changes `synchronous_standby_names`
+/// right after every promotion). The file says "standby" to the fence guard, which then never
+/// kills that primary once its agent is frozen or killed, and to the next start.
+#[tokio::test]
+async fn a_promoted_standby_gets_no_standby_signal_back() {
+    let Some(env) = TestEnv::new("a_promoted_standby_gets_no_standby_signal_back") else {
+        return;
+    };
+    let pg = LocalPostgres::new(env.settings("promoted"));
+    let _cleanup = Cleanup::new(&[&pg]);
+    let signal = pg.settings().data_dir.join("standby.signal");
+    pg.initdb().await.expect("initdb");
+    // Once as a primary, so the control file records this configuration's settings (a
+    // standby needs max_connections etc. at least as high as its primary's).
+    pg.start(&StartRole::Primary).await.expect("start");
+    pg.stop(StopMode::Fast).await.expect("stop");
+    pg.start(&StartRole::Standby { upstream: None })
+        .await
+        .expect("start as a standby");
+    assert!(signal.exists(), "a standby runs with standby.signal");
+    assert!(pg.observe().await.sql.is_some_and(|s| s.in_recovery));
+    pg.promote().await.expect("promote");
+    assert!(pg.observe().await.is_primary());
+    assert!(
+        !signal.exists(),
+        "PostgreSQL removes standby.signal when promoted"
+    );
+    pg.set_synchronous_standby_names(Some("ANY 1 (other)"))
+        .await
+        .expect("set synchronous_standby_names");
+    assert!(
+        !signal.exists(),
+        "a rewritten configuration must not make the running primary look like a standby"
+    );
+    let state = pg.observe().await;
+    assert!(state.is_primary());
+    assert_eq!(
+        state.sql.map(|s| s.synchronous_standby_names),
+        Some("ANY 1 (other)".to_owned())
+    );
+    pg.stop(StopMode::Fast).await.expect("stop");
+}

@@ -16,6 +16,11 @@ pub enum Fault {
     /// F1: `kill -9` the primary's agent; PostgreSQL runs on without it; the agent is
     /// restarted after the hold (as a supervisor would).
     KillAgent,
+    /// F1b, the negative control of C5 (fencing off): kill the primary's fence guard first,
+    /// then `kill -9` its agent, restart the agent after the hold. Nothing fences the old
+    /// primary until the restarted agent does, so the sampler must see two primaries once a
+    /// replica has taken over; if it does not, the checker is blind.
+    KillAgentUnguarded,
     /// F2: `kill -9` the primary's postmaster and every backend; the agent stays up.
     KillPostmaster,
     /// F3: SIGSTOP the primary's agent for longer than ttl, then SIGCONT.
@@ -62,9 +67,29 @@ impl Fault {
         Fault::PartitionFromCluster,
     ];
 
+    /// Every fault, for `PGBATON_CHAOS_FAULTS` and the asynchronous profile.
+    pub const ALL: [Fault; 10] = [
+        Fault::KillAgentUnguarded,
+        Fault::KillAgent,
+        Fault::KillPostmaster,
+        Fault::PauseAgent,
+        Fault::CutFromEtcd,
+        Fault::Isolate,
+        Fault::EtcdQuorumLoss,
+        Fault::FlappingPartition,
+        Fault::Switchover,
+        Fault::PartitionFromCluster,
+    ];
+
+    /// The fault named `name` (as [`Fault::name`] spells it).
+    pub fn from_name(name: &str) -> Option<Fault> {
+        Fault::ALL.into_iter().find(|f| f.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Fault::KillAgent => "kill-agent",
+            Fault::KillAgentUnguarded => "kill-agent-unguarded",
             Fault::KillPostmaster => "kill-postmaster",
             Fault::PauseAgent => "sigstop-agent",
             Fault::CutFromEtcd => "cut-from-etcd",
@@ -79,6 +104,9 @@ impl Fault {
     pub fn description(self) -> &'static str {
         match self {
             Fault::KillAgent => "kill -9 the primary's agent; restart it after the hold",
+            Fault::KillAgentUnguarded => {
+                "kill the primary's fence guard, then kill -9 its agent; restart it after the hold"
+            }
             Fault::KillPostmaster => "kill -9 the primary's postmaster and backends (agent alive)",
             Fault::PauseAgent => "SIGSTOP the primary's agent for the hold (> ttl), then SIGCONT",
             Fault::CutFromEtcd => "drop all traffic between the primary and etcd for the hold",
@@ -97,7 +125,13 @@ impl Fault {
     /// guard (a process of its own, `baton_agent::guard`) does. Kept as a per-fault rule so a
     /// fault a node cannot survive on its own (a frozen whole host) can be measured only.
     pub fn agent_can_fence(self) -> bool {
-        true
+        !self.fencing_disabled()
+    }
+
+    /// The fault switches fencing off (the harness kills the fence guard): the negative
+    /// control of C5, which must see two primaries.
+    pub fn fencing_disabled(self) -> bool {
+        self == Fault::KillAgentUnguarded
     }
 
     /// Inject the fault on `target`, hold it, heal it. Returns when the fault is over (the
@@ -112,6 +146,12 @@ impl Fault {
         let primary = target.primary.as_str();
         match self {
             Fault::KillAgent => {
+                cluster.kill_agent(primary);
+                tokio::time::sleep(profile.hold).await;
+                cluster.start_agent(primary)?;
+            }
+            Fault::KillAgentUnguarded => {
+                kill_fence_guard(cluster, primary)?;
                 cluster.kill_agent(primary);
                 tokio::time::sleep(profile.hold).await;
                 cluster.start_agent(primary)?;
@@ -158,6 +198,32 @@ impl Fault {
         }
         Ok(())
     }
+}
+
+/// SIGKILL node `name`'s fence guard (named by `<data_dir>.pgbaton-guard`, checked against
+/// its command line so a reused PID is never signalled). A test-only way to switch fencing
+/// off: no configuration key of the agent can.
+fn kill_fence_guard(cluster: &Cluster, name: &str) -> anyhow::Result<()> {
+    let data_dir = &cluster.node(name).config.data_dir;
+    let mut file_name = data_dir.file_name().unwrap_or_default().to_os_string();
+    file_name.push(".pgbaton-guard");
+    let file = data_dir.with_file_name(file_name);
+    let pid: i32 = std::fs::read_to_string(&file)
+        .with_context(|| format!("read {}", file.display()))?
+        .trim()
+        .parse()
+        .with_context(|| format!("PID in {}", file.display()))?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    anyhow::ensure!(
+        args.contains(&b"fence-guard".as_slice())
+            && args.contains(&data_dir.as_os_str().as_encoded_bytes()),
+        "{name}: PID {pid} from {} is not its fence guard",
+        file.display()
+    );
+    let killed = crate::process::kill_tree(&[pid]);
+    eprintln!("chaos: killed the fence guard of {name} (pid {pid}, {killed:?})");
+    Ok(())
 }
 
 /// Kill two random etcd members, hold, restart them and wait until etcd answers again.

@@ -7,12 +7,17 @@
 //! - [`workload`]: W1 (the set workload through HAProxy) and W2 (per-node probe writers);
 //! - [`checker`]: C1 (lost / unexpected writes), C3 (the sound overlap check), recovery times;
 //! - [`faults`]: what each fault does to the cluster and how long it holds;
+//! - [`roles`] and [`primaries`]: C5, every node's role as the client namespace sees it, and
+//!   the windows in which two nodes answered as primaries (with their causes and the fence
+//!   margin);
 //! - [`report`]: the Markdown and JSON report;
 //! - [`runner`]: one cluster per configuration profile, the fault loop, the final read.
 
 pub mod checker;
 pub mod faults;
+pub mod primaries;
 pub mod report;
+pub mod roles;
 pub mod runner;
 pub mod workload;
 
@@ -24,19 +29,77 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Copy, Debug)]
 pub struct Clock {
     base: Instant,
+    /// `CLOCK_BOOTTIME` at `base` (ns), for the agents' fence records.
+    boot_at_base: u64,
+    /// The wall clock at `base`, for the agents' log lines.
+    wall_at_base: std::time::SystemTime,
 }
 
 impl Clock {
     pub fn new() -> Clock {
+        let base = Instant::now();
         Clock {
-            base: Instant::now(),
+            base,
+            boot_at_base: boottime_ns(),
+            wall_at_base: std::time::SystemTime::now(),
         }
+    }
+
+    /// `ns` on this clock as the agents' log timestamps spell the wall clock
+    /// (`2026-01-02T03:04:05.678Z`, UTC, to the millisecond).
+    pub fn log_stamp(&self, ns: u64) -> String {
+        let at = self.wall_at_base + Duration::from_nanos(ns);
+        let since = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        utc_stamp(since.as_secs(), since.subsec_millis())
     }
 
     /// Nanoseconds since the run started.
     pub fn now(&self) -> u64 {
         self.base.elapsed().as_nanos() as u64
     }
+
+    /// The instant `ns` after the run started.
+    pub fn instant_at(&self, ns: u64) -> Instant {
+        self.base + Duration::from_nanos(ns)
+    }
+
+    /// A time in ms of `CLOCK_BOOTTIME` (the agents' clock) on this clock. `CLOCK_BOOTTIME`
+    /// and `CLOCK_MONOTONIC` differ by the time the machine was suspended, a constant while
+    /// the suite runs (to the microseconds between the two readings in [`Clock::new`]).
+    pub fn from_boottime_ms(&self, ms: u64) -> Option<u64> {
+        ms.saturating_mul(1_000_000).checked_sub(self.boot_at_base)
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for `secs` since the Unix epoch (proleptic Gregorian calendar,
+/// Howard Hinnant's `civil_from_days`).
+fn utc_stamp(secs: u64, millis: u32) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// `CLOCK_BOOTTIME` now, in ns (0 if it cannot be read).
+fn boottime_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).map_or(0, |t| {
+        (t.tv_sec() as u64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(t.tv_nsec() as u64)
+    })
 }
 
 impl Default for Clock {
@@ -53,6 +116,9 @@ pub fn secs(ns: u64) -> f64 {
 /// How much to run: `PGBATON_CHAOS=short` (the default, what `cargo test` runs) or `long`
 /// (`make chaos`); `PGBATON_CHAOS_ITERATIONS=N` overrides the iterations per fault and
 /// `PGBATON_CHAOS_SEED` fixes the seed of the fault offsets and victims.
+/// `PGBATON_CHAOS_FAULTS=kill-agent,cut-from-etcd` runs only those faults (negative controls
+/// included only when named) and `PGBATON_CHAOS_REPLICATION=async|quorum` only that
+/// configuration: for chasing one fault, never for a verdict on the whole suite.
 #[derive(Clone, Debug)]
 pub struct Profile {
     pub name: String,
@@ -61,6 +127,11 @@ pub struct Profile {
     pub hold: Duration,
     /// How long the flapping partition flaps.
     pub flap_for: Duration,
+    /// The asynchronous configuration runs every fault (`long`), or only the negative
+    /// controls and the faults of issue 19 (kill, freeze, cut the primary's agent from etcd).
+    pub async_all_faults: bool,
+    pub only_faults: Option<Vec<faults::Fault>>,
+    pub only_replication: Option<String>,
     pub seed: u64,
 }
 
@@ -74,6 +145,9 @@ impl Profile {
                 iterations: 1,
                 hold: ttl + Duration::from_secs(4),
                 flap_for: Duration::from_secs(16),
+                async_all_faults: false,
+                only_faults: None,
+                only_replication: None,
                 seed: 0,
             },
             "long" => Profile {
@@ -81,6 +155,9 @@ impl Profile {
                 iterations: 10,
                 hold: ttl + Duration::from_secs(10),
                 flap_for: Duration::from_secs(60),
+                async_all_faults: true,
+                only_faults: None,
+                only_replication: None,
                 seed: 0,
             },
             other => anyhow::bail!("PGBATON_CHAOS={other:?}: use short or long"),
@@ -89,6 +166,31 @@ impl Profile {
             profile.iterations = n
                 .parse()
                 .map_err(|e| anyhow::anyhow!("PGBATON_CHAOS_ITERATIONS={n:?}: {e}"))?;
+        }
+        if let Ok(list) = std::env::var("PGBATON_CHAOS_FAULTS") {
+            let faults = list
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(|n| {
+                    faults::Fault::from_name(n).ok_or_else(|| {
+                        let known: Vec<&str> =
+                            faults::Fault::ALL.iter().map(|f| f.name()).collect();
+                        anyhow::anyhow!(
+                            "PGBATON_CHAOS_FAULTS: unknown fault {n:?}; known: {}",
+                            known.join(", ")
+                        )
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            profile.only_faults = Some(faults);
+        }
+        if let Ok(r) = std::env::var("PGBATON_CHAOS_REPLICATION") {
+            anyhow::ensure!(
+                r == "async" || r == "quorum",
+                "PGBATON_CHAOS_REPLICATION={r:?}: use async or quorum"
+            );
+            profile.only_replication = Some(r);
         }
         profile.seed = match std::env::var("PGBATON_CHAOS_SEED") {
             Ok(s) => s
@@ -134,5 +236,18 @@ impl Rng {
     /// An index below `n` (`n > 0`).
     pub fn index(&mut self, n: usize) -> usize {
         (self.next_u64() % n as u64) as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utc_stamp;
+
+    #[test]
+    fn log_stamps_spell_utc_like_the_agents_logs() {
+        assert_eq!(utc_stamp(0, 0), "1970-01-01T00:00:00.000Z");
+        // 2024-02-29T23:59:59.5 UTC (a leap day).
+        assert_eq!(utc_stamp(1_709_251_199, 500), "2024-02-29T23:59:59.500Z");
+        assert_eq!(utc_stamp(1_767_323_045, 7), "2026-01-02T03:04:05.007Z");
     }
 }

@@ -44,20 +44,72 @@ pub struct IterationReport {
     /// W2 (local commits) findings and the widest zombie window (ms).
     pub w2_violations: Vec<String>,
     pub w2_zombie_ms: f64,
+    /// C5: windows in which two nodes answered as primaries (as the client namespace saw it).
+    pub windows: Vec<WindowReport>,
+    /// Issue 19, item 4: when the old primary stopped answering as one, against its lease.
+    pub margin: Option<MarginReport>,
     pub error: Option<String>,
     /// Log tails, for iterations with problems.
     pub logs: Option<String>,
 }
 
+/// One C5 window.
+#[derive(Clone, Debug, Default)]
+pub struct WindowReport {
+    /// Start on the run clock, s.
+    pub start_s: f64,
+    pub ticks: u64,
+    /// Ticks × the sampling period, ms.
+    pub length_ms: f64,
+    /// `node@tl...`, oldest primary first.
+    pub primaries: String,
+    pub causes: Vec<String>,
+    /// The involved agents' log lines around the window.
+    pub logs: String,
+}
+
+/// The fence margin of one iteration (see `primaries::FenceMargin`).
+#[derive(Clone, Debug, Default)]
+pub struct MarginReport {
+    pub node: String,
+    /// Lease expiry as the old holder measures it minus the time it stopped answering as a
+    /// primary, ms (must be positive).
+    pub margin_ms: f64,
+    /// The first new primary's first answer minus that expiry, ms.
+    pub promoted_after_expiry_ms: Option<f64>,
+    pub new_primary: Option<String>,
+}
+
+/// How lost acknowledged writes count for a fault.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LossRule {
+    /// RPO=0: any loss fails the run.
+    #[default]
+    Forbidden,
+    /// The negative control of C1: losses must be reported.
+    Expected,
+    /// Asynchronous replication: losses are measured, not failures.
+    Measured,
+}
+
+/// How two-primary windows (C5) count for a fault.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Expect {
+    pub loss: LossRule,
+    /// The agent can fence: W2 overlaps fail the run.
+    pub w2_must: bool,
+    /// The negative control of C5 (fencing off): windows must be seen.
+    pub windows: bool,
+}
+
 impl IterationReport {
-    /// What makes this iteration fail the run. `expect_loss`: the negative control, whose
-    /// losses are the point; `w2_must`: the agent can fence (see `Fault::agent_can_fence`).
-    pub fn problems(&self, expect_loss: bool, w2_must: bool) -> Vec<String> {
+    /// What makes this iteration fail the run under `expect`.
+    pub fn problems(&self, expect: Expect) -> Vec<String> {
         let mut out = Vec::new();
         if let Some(e) = &self.error {
             out.push(format!("error: {e}"));
         }
-        if !expect_loss && !self.lost.is_empty() {
+        if expect.loss == LossRule::Forbidden && !self.lost.is_empty() {
             out.push(format!(
                 "{} acknowledged writes lost: {}",
                 self.lost.len(),
@@ -74,10 +126,34 @@ impl IterationReport {
             ));
         }
         out.extend(self.w1_violations.iter().map(|v| format!("W1: {v}")));
-        if w2_must {
+        if expect.w2_must {
             out.extend(self.w2_violations.iter().map(|v| format!("W2: {v}")));
         }
+        if !expect.windows {
+            for w in &self.windows {
+                out.push(format!(
+                    "C5: two primaries ({}) for {:.0} ms from {:.1} s: {}",
+                    w.primaries,
+                    w.length_ms,
+                    w.start_s,
+                    w.causes.join("; ")
+                ));
+            }
+            if let Some(m) = self.margin.as_ref().filter(|m| m.margin_ms <= 0.0) {
+                out.push(format!(
+                    "fence margin {:.0} ms: {} answered as a primary until after its lease could expire",
+                    m.margin_ms, m.node
+                ));
+            }
+        }
         out
+    }
+
+    pub fn windows_ms(&self) -> f64 {
+        self.windows
+            .iter()
+            .map(|w| w.length_ms)
+            .fold(0.0, |a, b| a + b)
     }
 }
 
@@ -97,9 +173,7 @@ pub struct FaultReport {
     pub description: String,
     /// `quorum` (RPO=0) or `async` (negative control).
     pub replication: String,
-    /// The negative control: the checker must report lost writes.
-    pub expect_loss: bool,
-    pub w2_must: bool,
+    pub expect: Expect,
     pub iterations: Vec<IterationReport>,
 }
 
@@ -120,17 +194,47 @@ impl FaultReport {
         self.sum(|i| i.lost.len())
     }
 
+    pub fn windows(&self) -> usize {
+        self.sum(|i| i.windows.len())
+    }
+
+    /// The windows' total length, ms (0, not -0, without any).
+    pub fn windows_ms(&self) -> f64 {
+        self.iterations
+            .iter()
+            .map(IterationReport::windows_ms)
+            .fold(0.0, |a, b| a + b)
+    }
+
+    /// Fence margins of the iterations that have one, ms.
+    pub fn margins_ms(&self) -> Vec<f64> {
+        self.iterations
+            .iter()
+            .filter_map(|i| i.margin.as_ref().map(|m| m.margin_ms))
+            .collect()
+    }
+
     /// What makes this fault fail the run.
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
         for it in &self.iterations {
-            for p in it.problems(self.expect_loss, self.w2_must) {
-                out.push(format!("{} #{}: {p}", self.fault, it.index));
+            for p in it.problems(self.expect) {
+                out.push(format!(
+                    "{} #{} ({}): {p}",
+                    self.fault, it.index, self.replication
+                ));
             }
         }
-        if self.expect_loss && self.lost() == 0 && !self.iterations.is_empty() {
+        if self.expect.loss == LossRule::Expected && self.lost() == 0 && !self.iterations.is_empty()
+        {
             out.push(format!(
                 "{} ({}): the negative control reported no lost write: the checker is broken",
+                self.fault, self.replication
+            ));
+        }
+        if self.expect.windows && self.windows() == 0 && !self.iterations.is_empty() {
+            out.push(format!(
+                "{} ({}): the negative control (fencing off) showed no two-primary window: the sampler is blind",
                 self.fault, self.replication
             ));
         }
@@ -143,8 +247,13 @@ impl FaultReport {
             "fault": self.fault,
             "description": self.description,
             "replication": self.replication,
-            "negative_control": self.expect_loss,
-            "w2_must_hold": self.w2_must,
+            "negative_control": self.expect.loss == LossRule::Expected || self.expect.windows,
+            "loss_rule": format!("{:?}", self.expect.loss),
+            "fencing_off": self.expect.windows,
+            "w2_must_hold": self.expect.w2_must,
+            "two_primary_windows": self.windows(),
+            "two_primary_ms": self.windows_ms(),
+            "fence_margin_ms": { "min": min_f(&self.margins_ms()), "median": median_f(&self.margins_ms()) },
             "iterations": self.iterations.len(),
             "rto_ms": { "p50": quantile(&rto, 0.5), "p95": quantile(&rto, 0.95), "max": rto.iter().max() },
             "ok": self.sum(|i| i.ok),
@@ -180,6 +289,20 @@ fn iteration_json(i: &IterationReport) -> Value {
         "w1_possible_max_ms": i.w1_possible_max_ms,
         "w2_violations": i.w2_violations,
         "w2_zombie_window_ms": i.w2_zombie_ms,
+        "windows": i.windows.iter().map(|w| json!({
+            "start_s": w.start_s,
+            "ticks": w.ticks,
+            "length_ms": w.length_ms,
+            "primaries": w.primaries,
+            "causes": w.causes,
+            "logs": w.logs,
+        })).collect::<Vec<_>>(),
+        "fence_margin": i.margin.as_ref().map(|m| json!({
+            "node": m.node,
+            "margin_ms": m.margin_ms,
+            "promoted_after_expiry_ms": m.promoted_after_expiry_ms,
+            "new_primary": m.new_primary,
+        })),
         "error": i.error,
         "logs": i.logs,
     })
@@ -234,14 +357,16 @@ impl Report {
             if problems.is_empty() { "PASS" } else { "FAIL" }
         );
         md.push_str(
-            "| fault | repl | iter | RTO p50 | p95 | max | failovers | ok | lost | info (warn) | fail | W1 viol | W1 possible | W2 overlaps |\n\
-             |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+            "| fault | repl | iter | RTO p50 | p95 | max | failovers | ok | lost | info (warn) | fail | W1 viol | W1 possible | W2 overlaps | C5 windows (ms) | fence margin min / median |\n\
+             |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         );
         for f in &self.faults {
             md.push_str(&summary_row(f));
         }
         md.push_str("\nRTO: fault start to the first write acknowledged through HAProxy by a new writer (or, without failover, to the end of the write gap). ");
-        md.push_str("W2 overlaps are local commits (probe writers) of an older primary begun after a newer one acknowledged; they fail the run only where the agent is alive to fence.\n");
+        md.push_str("W2 overlaps are local commits (probe writers) of an older primary begun after a newer one acknowledged; they fail the run only where the agent is alive to fence. ");
+        md.push_str("C5 windows: runs of 100 ms ticks in which two nodes answered `pg_is_in_recovery() = false` to the client namespace (count and total length); any fails the run unless fencing is off (the negative control, which must show some). ");
+        md.push_str("Fence margin: the old primary's lease expiry as it measures it (fence record + margin) minus the time it stopped answering as a primary; must be positive.\n");
         md.push_str("\n## Iterations\n\n");
         for f in &self.faults {
             for i in &f.iterations {
@@ -294,9 +419,9 @@ fn summary_row(f: &FaultReport) -> String {
     let ms = |v: Option<u64>| v.map_or("-".to_owned(), |v| format!("{:.1} s", v as f64 / 1000.0));
     let w2: usize = f.iterations.iter().map(|i| i.w2_violations.len()).sum();
     format!(
-        "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {}{} |\n",
+        "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {}{} | {} ({:.0}) | {} |\n",
         f.fault,
-        if f.expect_loss {
+        if f.expect.loss == LossRule::Expected || f.expect.windows {
             " (negative control)"
         } else {
             ""
@@ -315,12 +440,30 @@ fn summary_row(f: &FaultReport) -> String {
         f.sum(|i| i.w1_violations.len()),
         f.sum(|i| i.w1_possible),
         w2,
-        if f.w2_must || w2 == 0 {
+        if f.expect.w2_must || w2 == 0 {
             ""
         } else {
             " (measured)"
         },
+        f.windows(),
+        f.windows_ms(),
+        match (min_f(&f.margins_ms()), median_f(&f.margins_ms())) {
+            (Some(min), Some(med)) => format!("{min:.0} / {med:.0} ms"),
+            _ => "-".to_owned(),
+        },
     )
+}
+
+/// The smallest of `v`.
+pub fn min_f(v: &[f64]) -> Option<f64> {
+    v.iter().copied().reduce(f64::min)
+}
+
+/// The median of `v` (the lower middle value).
+pub fn median_f(v: &[f64]) -> Option<f64> {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s.get(s.len().saturating_sub(1) / 2).copied()
 }
 
 fn iteration_line(f: &FaultReport, i: &IterationReport) -> String {
@@ -358,7 +501,29 @@ fn iteration_line(f: &FaultReport, i: &IterationReport) -> String {
             i.w2_zombie_ms
         );
     }
-    for p in i.problems(f.expect_loss, f.w2_must) {
+    if let Some(m) = &i.margin {
+        let _ = write!(
+            line,
+            "; fence margin {:.0} ms ({}), new primary {} {}",
+            m.margin_ms,
+            m.node,
+            m.new_primary.as_deref().unwrap_or("-"),
+            m.promoted_after_expiry_ms
+                .map_or(String::new(), |ms| format!("{ms:.0} ms after that expiry")),
+        );
+    }
+    for w in &i.windows {
+        let _ = write!(
+            line,
+            "\n  - two primaries {} at {:.1} s for {} ticks ({:.0} ms): {}",
+            w.primaries,
+            w.start_s,
+            w.ticks,
+            w.length_ms,
+            w.causes.join("; ")
+        );
+    }
+    for p in i.problems(f.expect) {
         let _ = write!(line, "\n  - PROBLEM: {p}");
     }
     line.push('\n');
@@ -381,12 +546,15 @@ pub fn report_dir() -> PathBuf {
 mod tests {
     use super::*;
 
-    fn fault(expect_loss: bool, lost: Vec<i64>) -> FaultReport {
+    fn fault(loss: LossRule, lost: Vec<i64>) -> FaultReport {
         FaultReport {
             fault: "isolate".to_owned(),
             replication: "quorum".to_owned(),
-            expect_loss,
-            w2_must: true,
+            expect: Expect {
+                loss,
+                w2_must: true,
+                windows: false,
+            },
             iterations: vec![IterationReport {
                 lost,
                 rto_s: Some(12.5),
@@ -398,32 +566,87 @@ mod tests {
 
     #[test]
     fn losses_fail_the_rpo0_profile_and_their_absence_fails_the_negative_control() {
-        assert!(fault(false, vec![]).problems().is_empty());
-        assert_eq!(fault(false, vec![7]).problems().len(), 1);
-        assert!(fault(true, vec![7]).problems().is_empty());
-        let broken = fault(true, vec![]).problems();
+        assert!(fault(LossRule::Forbidden, vec![]).problems().is_empty());
+        assert_eq!(fault(LossRule::Forbidden, vec![7]).problems().len(), 1);
+        assert!(fault(LossRule::Expected, vec![7]).problems().is_empty());
+        assert!(fault(LossRule::Measured, vec![7]).problems().is_empty());
+        assert!(fault(LossRule::Measured, vec![]).problems().is_empty());
+        let broken = fault(LossRule::Expected, vec![]).problems();
         assert!(broken[0].contains("checker is broken"), "{broken:?}");
     }
 
     #[test]
     fn w2_overlaps_fail_only_where_the_agent_can_fence() {
-        let mut f = fault(false, vec![]);
+        let mut f = fault(LossRule::Forbidden, vec![]);
         f.iterations[0].w2_violations = vec!["overlap".to_owned()];
         assert_eq!(f.problems().len(), 1);
-        f.w2_must = false;
+        f.expect.w2_must = false;
         assert!(f.problems().is_empty());
+    }
+
+    fn window() -> WindowReport {
+        WindowReport {
+            start_s: 12.0,
+            ticks: 3,
+            length_ms: 300.0,
+            primaries: "node1@tl1, node2@tl2".to_owned(),
+            causes: vec!["node1 still primary 200 ms after its fence deadline".to_owned()],
+            logs: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_window_fails_the_run_while_fencing_is_on_and_its_absence_fails_the_control() {
+        let mut f = fault(LossRule::Forbidden, vec![]);
+        f.iterations[0].windows = vec![window()];
+        let p = f.problems();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].contains("two primaries") && p[0].contains("fence deadline"),
+            "{p:?}"
+        );
+        // Fencing off (the negative control): windows are the point ...
+        f.expect.windows = true;
+        f.expect.w2_must = false;
+        assert!(f.problems().is_empty());
+        // ... and none means the sampler is blind.
+        f.iterations[0].windows.clear();
+        let blind = f.problems();
+        assert!(blind[0].contains("sampler is blind"), "{blind:?}");
+    }
+
+    #[test]
+    fn a_margin_that_is_not_positive_fails_the_run() {
+        let mut f = fault(LossRule::Forbidden, vec![]);
+        let margin = |ms: f64| MarginReport {
+            node: "node1".to_owned(),
+            margin_ms: ms,
+            ..MarginReport::default()
+        };
+        f.iterations[0].margin = Some(margin(1800.0));
+        assert!(f.problems().is_empty());
+        f.iterations[0].margin = Some(margin(-50.0));
+        assert_eq!(f.problems().len(), 1);
+        assert_eq!(median_f(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(min_f(&[3.0, 1.0, 2.0]), Some(1.0));
+        assert_eq!(median_f(&[]), None);
     }
 
     #[test]
     fn the_markdown_has_a_row_per_fault_and_the_verdict() {
+        let mut f = fault(LossRule::Forbidden, vec![3]);
+        f.iterations[0].windows = vec![window()];
         let report = Report {
             profile: "short".to_owned(),
-            faults: vec![fault(false, vec![3])],
+            faults: vec![f, fault(LossRule::Forbidden, vec![])],
             ..Report::default()
         };
         let md = report.to_markdown();
         assert!(md.contains("| isolate | quorum | 1 | 12.5 s |"), "{md}");
+        assert!(md.contains("| 1 (300) | - |"), "{md}");
+        assert!(md.contains("| 0 (0) | - |"), "no windows, no -0: {md}");
         assert!(md.contains("verdict **FAIL**"));
         assert_eq!(report.to_json()["faults"][0]["lost"], 1);
+        assert_eq!(report.to_json()["faults"][0]["two_primary_windows"], 1);
     }
 }

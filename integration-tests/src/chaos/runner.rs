@@ -10,7 +10,9 @@ use serde_json::{Value, json};
 
 use super::checker::{self, Op, Outcome, OverlapCheck};
 use super::faults::{Fault, Target};
-use super::report::{FaultReport, IterationReport};
+use super::primaries;
+use super::report::{Expect, FaultReport, IterationReport, LossRule, MarginReport, WindowReport};
+use super::roles::{PERIOD, RoleSampler, RoleTarget};
 use super::workload::{ProbeWriters, SCHEMA_SQL, SetWorkload, SetWorkloadConfig};
 use super::{Clock, Profile, Rng, secs};
 use crate::cluster::{Cluster, ClusterSpec, Healthy};
@@ -59,15 +61,14 @@ const PHASE: Duration = Duration::from_millis(3300);
 /// Lines of each log kept for a failing iteration.
 const LOG_LINES: usize = 80;
 
-/// Run `faults` (each `profile.iterations` times) on a fresh cluster configured for
-/// `replication`. `expect_loss` marks the negative control. Errors only when the cluster
-/// cannot be set up; failures during the faults are in the returned reports.
+/// Run `faults` (each `profile.iterations` times, with how its lost writes count) on a fresh
+/// cluster configured for `replication`. Errors only when the cluster cannot be set up;
+/// failures during the faults are in the returned reports.
 pub async fn run_profile(
     tools: &Tools,
     profile: &Profile,
     replication: Replication,
-    faults: &[Fault],
-    expect_loss: bool,
+    faults: &[(Fault, LossRule)],
     clock: Clock,
     rng: &mut Rng,
 ) -> anyhow::Result<ProfileRun> {
@@ -78,13 +79,16 @@ pub async fn run_profile(
     let cluster = Cluster::start(tools, spec).await?;
     let mut suite = Suite::new(cluster, replication, clock).await?;
     let mut run = ProfileRun::default();
-    'faults: for &fault in faults {
+    'faults: for &(fault, loss) in faults {
         let mut report = FaultReport {
             fault: fault.name().to_owned(),
             description: fault.description().to_owned(),
             replication: replication.name().to_owned(),
-            expect_loss,
-            w2_must: fault.agent_can_fence(),
+            expect: Expect {
+                loss,
+                w2_must: fault.agent_can_fence(),
+                windows: fault.fencing_disabled(),
+            },
             iterations: Vec::new(),
         };
         for index in 1..=profile.iterations {
@@ -117,11 +121,17 @@ struct Suite {
     clock: Clock,
     w1: SetWorkload,
     w2: ProbeWriters,
+    /// C5: every node's role as the client namespace sees it, and the fence records.
+    roles: RoleSampler,
+    /// The fencing margin the agents keep (ns): their lease expiry is deadline + this.
+    lease_margin: u64,
     /// Findings already attributed to an earlier iteration (lost ids, violation keys).
     seen_lost: BTreeSet<i64>,
     seen_findings: BTreeSet<String>,
     /// Some iteration had a problem: keep the logs (the cluster is not `finish`ed).
     failed: bool,
+    /// C5 has looked at the samples up to here (the end of the last iteration).
+    checked_until: u64,
 }
 
 impl Suite {
@@ -156,15 +166,32 @@ impl Suite {
                 .collect(),
             clock,
         );
+        let roles = RoleSampler::start(
+            &client_ns,
+            cluster
+                .nodes()
+                .iter()
+                .map(|n| RoleTarget {
+                    name: n.name.clone(),
+                    pg: n.pg(),
+                    data_dir: n.config.data_dir.clone(),
+                })
+                .collect(),
+            clock,
+        );
+        let ttl = cluster.spec().timing.ttl();
         let suite = Suite {
             cluster,
             replication,
             clock,
             w1,
             w2,
+            roles,
+            lease_margin: primaries::lease_margin(ttl).as_nanos() as u64,
             seen_lost: BTreeSet::new(),
             seen_findings: BTreeSet::new(),
             failed: false,
+            checked_until: 0,
         };
         suite.wait_acked_since(clock.now()).await?;
         Ok(suite)
@@ -184,7 +211,10 @@ impl Suite {
             index,
             ..IterationReport::default()
         };
-        let result = self.inject_and_recover(fault, profile, rng, &mut it).await;
+        let mut fault_at = start;
+        let result = self
+            .inject_and_recover(fault, profile, rng, &mut it, &mut fault_at)
+            .await;
         let end = self.clock.now();
         if let Err(e) = result {
             it.error = Some(format!("{e:#}"));
@@ -192,7 +222,9 @@ impl Suite {
         if let Err(e) = self.check(start, end, &mut it).await {
             it.error.get_or_insert_with(|| format!("check: {e:#}"));
         }
-        if !it.problems(report.expect_loss, report.w2_must).is_empty() {
+        self.check_primaries(start, fault_at, end, &mut it);
+        self.checked_until = end;
+        if !it.problems(report.expect).is_empty() {
             self.failed = true;
             it.logs = Some(self.cluster.log_tails(LOG_LINES));
         }
@@ -205,6 +237,7 @@ impl Suite {
         profile: &Profile,
         rng: &mut Rng,
         it: &mut IterationReport,
+        fault_at: &mut u64,
     ) -> anyhow::Result<()> {
         let healthy = self
             .wait_ready()
@@ -220,6 +253,7 @@ impl Suite {
         // The fault's phase relative to the last lease renewal.
         tokio::time::sleep(offset).await;
         let t_f = self.clock.now();
+        *fault_at = t_f;
         it.fault_start_s = secs(t_f);
         fault
             .inject(&mut self.cluster, &target, profile, rng)
@@ -320,6 +354,72 @@ impl Suite {
         Ok(())
     }
 
+    /// C5 over the iteration `[start, end)` whose fault started at `fault_at`: the windows
+    /// with two primaries, their causes, the involved agents' log lines, and the fence margin
+    /// of the primary the fault hit.
+    fn check_primaries(&self, start: u64, fault_at: u64, end: u64, it: &mut IterationReport) {
+        let history = self.roles.history();
+        let samples: Vec<_> = history
+            .samples()
+            .into_iter()
+            .filter(|s| s.invoke >= start && s.invoke < end)
+            .collect();
+        let fences = history.fences();
+        let period = PERIOD.as_nanos() as u64;
+        for w in primaries::windows(&samples) {
+            let causes = primaries::causes(&w, &samples, &fences, fault_at, self.lease_margin);
+            let primaries = w
+                .primaries
+                .iter()
+                .map(|(n, tl)| format!("{n}@tl{tl}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let nodes: Vec<String> = w.nodes().into_iter().map(str::to_owned).collect();
+            it.windows.push(WindowReport {
+                start_s: secs(w.start),
+                ticks: w.ticks(),
+                length_ms: w.length(period) as f64 / 1e6,
+                primaries,
+                causes: causes.iter().map(ToString::to_string).collect(),
+                logs: self.log_excerpt(
+                    &nodes,
+                    w.start.saturating_sub(4_000_000_000),
+                    w.end + 1_000_000_000,
+                ),
+            });
+        }
+        if let Some(m) =
+            primaries::fence_margin(&samples, &fences, &it.primary, fault_at, self.lease_margin)
+        {
+            it.margin = Some(MarginReport {
+                node: m.node.clone(),
+                margin_ms: m.margin() as f64 / 1e6,
+                promoted_after_expiry_ms: m.promoted_after_expiry().map(|ns| ns as f64 / 1e6),
+                new_primary: m.new_primary.as_ref().map(|(n, _)| n.clone()),
+            });
+        }
+    }
+
+    /// The agent log lines of `nodes` stamped within `[from, to]` (run clock).
+    fn log_excerpt(&self, nodes: &[String], from: u64, to: u64) -> String {
+        let (lo, hi) = (self.clock.log_stamp(from), self.clock.log_stamp(to));
+        let mut out = String::new();
+        for name in nodes {
+            let node = self.cluster.node(name);
+            let text = std::fs::read_to_string(&node.log_path).unwrap_or_default();
+            out.push_str(&format!("----- agent {name} {lo} .. {hi} -----\n"));
+            for line in text
+                .lines()
+                .filter(|l| stamped_within(l, &lo, &hi))
+                .take(200)
+            {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
     /// C3 findings as stable texts, only those not reported by an earlier iteration.
     fn new_findings(&mut self, workload: &str, c: &OverlapCheck) -> Vec<String> {
         let mut texts = Vec::new();
@@ -362,8 +462,10 @@ impl Suite {
             replication,
             w1,
             w2,
+            roles,
             failed,
             seen_lost,
+            checked_until,
             ..
         } = self;
         let history = w1.history().clone();
@@ -388,6 +490,21 @@ impl Suite {
         )];
         let converged = convergence(&cluster, &healthy).await?;
         lines.push(format!("{}: {converged}", replication.name()));
+        // C5 over the final phase too.
+        let samples: Vec<_> = roles
+            .stop()
+            .await
+            .samples()
+            .into_iter()
+            .filter(|s| s.invoke >= checked_until)
+            .collect();
+        let after = primaries::windows(&samples);
+        lines.push(format!(
+            "{}: after the last iteration {} role samples, {} two-primary windows",
+            replication.name(),
+            samples.len(),
+            after.len()
+        ));
         let late: Vec<i64> = set
             .lost
             .iter()
@@ -402,6 +519,14 @@ impl Suite {
         }
         if replication == Replication::Quorum && !late.is_empty() {
             bail!("acknowledged writes lost after the last iteration: {late:?}");
+        }
+        if let Some(w) = after.first() {
+            bail!(
+                "two primaries after the last iteration: {:?} from {:.1} s for {} ticks",
+                w.primaries,
+                secs(w.start),
+                w.ticks()
+            );
         }
         Ok(lines)
     }
@@ -518,10 +643,50 @@ async fn convergence(cluster: &Cluster, healthy: &Healthy) -> anyhow::Result<Str
     Ok(format!("converged: {text}"))
 }
 
+/// Whether log line `line` starts with a timestamp (`2026-01-02T03:04:05.678901Z`) within
+/// `[lo, hi]` (both to the millisecond, as [`Clock::log_stamp`] writes them).
+fn stamped_within(line: &str, lo: &str, hi: &str) -> bool {
+    let Some(stamp) = line.get(..23) else {
+        return false;
+    };
+    stamp.as_bytes().first().is_some_and(u8::is_ascii_digit)
+        && stamp >= &lo[..23.min(lo.len())]
+        && stamp <= &hi[..23.min(hi.len())]
+}
+
 /// `pg` reached through the node's Unix socket in `dir` instead of TCP.
 fn unix_socket_target(pg: &PgTarget, dir: &std::path::Path) -> PgTarget {
     PgTarget {
         host: dir.to_string_lossy().into_owned(),
         ..pg.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stamped_within;
+
+    #[test]
+    fn log_lines_are_picked_by_their_timestamp() {
+        let (lo, hi) = ("2026-12-02T13:52:51.784Z", "2026-12-02T13:53:01.803Z");
+        let line = |stamp: &str| format!("{stamp}  INFO baton_agent::ha: no action");
+        assert!(stamped_within(&line("2026-12-02T13:52:51.784312Z"), lo, hi));
+        assert!(stamped_within(&line("2026-12-02T13:53:01.803999Z"), lo, hi));
+        assert!(!stamped_within(
+            &line("2026-12-02T13:52:51.783999Z"),
+            lo,
+            hi
+        ));
+        assert!(!stamped_within(
+            &line("2026-12-02T13:53:01.804000Z"),
+            lo,
+            hi
+        ));
+        assert!(!stamped_within(
+            "===== harness: starting agent node3 =====",
+            lo,
+            hi
+        ));
+        assert!(!stamped_within("", lo, hi));
     }
 }
