@@ -9,6 +9,7 @@
 //! the lookup function the caller passes in ([`std_env`] for the real one).
 
 mod addr;
+mod ciphers;
 mod dynamic;
 mod env;
 mod error;
@@ -32,7 +33,11 @@ use serde_json::{Map, Value};
 pub use dynamic::{DynamicConfig, MIN_TTL};
 pub use env::std_env;
 pub use error::{ConfigError, ConfigErrors};
-pub use model::{Bootstrap, Config, Credentials, Etcd, Loaded, Postgresql, RestApi, Vip};
+pub use ciphers::supported as supported_tls12_suites;
+pub use model::{
+    AllowEntry, Bootstrap, Config, Credentials, Ctl, Etcd, Loaded, Postgresql, RestApi,
+    RestClient, RestTls, VerifyClient, Vip,
+};
 
 use walk::{Cx, Mode};
 
