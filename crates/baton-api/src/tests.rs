@@ -1594,3 +1594,5 @@ async fn a_lag_beyond_any_wal_distance_is_a_400_not_a_wrap() {
     // The largest accepted value is no lag limit at all, without overflowing.
     assert_eq!(h.code("/replica?lag=9223372036854775807").await, 200);
 }
+
+mod security;
