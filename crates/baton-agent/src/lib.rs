@@ -20,7 +20,7 @@ use anyhow::Context;
 use baton_api::{ApiState, Snapshot};
 use baton_config::{Config, DynamicConfig};
 use baton_core::{Clock, LeaseState, MemberName};
-use baton_dcs::{Dcs, DcsScope, EtcdDcs, EtcdSettings};
+use baton_dcs::{Dcs, EtcdDcs};
 use baton_pg::{Credentials, LocalPostgres, PgSettings, Postgres};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
@@ -32,6 +32,7 @@ pub mod guard;
 pub mod ha;
 pub mod lease;
 pub mod peers;
+pub mod security;
 pub mod vip;
 
 pub use clock::SystemClock;
@@ -129,16 +130,8 @@ pub async fn run(
     ));
 
     // The DCS: retry until it answers (an agent started before etcd waits for it).
-    let settings = EtcdSettings {
-        endpoints: config.etcd.hosts.clone(),
-        scope: DcsScope {
-            namespace: config.namespace.clone(),
-            scope: config.scope.clone(),
-        },
-        request_timeout: Duration::from_secs(3),
-        username: config.etcd.username.clone(),
-        password: config.etcd.password.clone(),
-    };
+    baton_api::tls::install_crypto_provider();
+    let settings = security::etcd_settings(&config, Duration::from_secs(3))?;
     let dcs = loop {
         match EtcdDcs::connect(settings.clone()).await {
             Ok(dcs) => break Arc::new(dcs),
@@ -152,7 +145,8 @@ pub async fn run(
         }
     };
     info!(hosts = ?settings.endpoints, prefix = settings.scope.prefix(), "connected to etcd");
-    ensure_unique_name(dcs.as_ref(), &config.name).await?;
+    let http = security::http_client(&config, None)?;
+    ensure_unique_name(dcs.as_ref(), &config.name, &http).await?;
 
     // The dynamic configuration: the cluster's, else our bootstrap.dcs, else the defaults.
     let dynamic = initial_dynamic(dcs.as_ref(), &config).await;
@@ -174,13 +168,21 @@ pub async fn run(
     let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::initial(
         &config.scope,
         name,
-        format!("http://{}/patroni", config.restapi.connect_address),
+        format!(
+            "{}://{}/patroni",
+            config.restapi.scheme(),
+            config.restapi.connect_address
+        ),
         format!("postgres://{}/postgres", config.postgresql.connect_address),
     )));
     let listener = tokio::net::TcpListener::bind(config.restapi.listen_addr)
         .await
         .with_context(|| format!("listen for the REST API on {}", config.restapi.listen_addr))?;
-    info!(listen = %config.restapi.listen_addr, "REST API listening");
+    let serve_options = security::serve_options(&config).await?;
+    info!(listen = %config.restapi.listen_addr, tls = serve_options.tls.is_some(), "REST API listening");
+    if let Some(tls) = serve_options.tls.clone() {
+        tasks.spawn(reload_certificate_on_sighup(tls, stop_rx.clone()));
+    }
     let (command_tx, mut commands) = tokio::sync::mpsc::channel(16);
     let vip_status = vip.map(|(netlink, settings)| {
         let (tx, rx) = watch::channel(baton_api::VipStatus::default());
@@ -205,7 +207,7 @@ pub async fn run(
     };
     let api_stop = stopping(&stop_rx);
     tasks.spawn(async move {
-        if let Err(e) = baton_api::serve(listener, api, api_stop).await {
+        if let Err(e) = baton_api::serve_with(listener, api, serve_options, api_stop).await {
             warn!("REST API server stopped: {e:#}");
         }
     });
@@ -225,7 +227,7 @@ pub async fn run(
     let io = AgentIo {
         dcs: dcs.clone(),
         pg: pg.clone(),
-        peers: peers::HttpPeers::new().context("build the HTTP client for peer probes")?,
+        peers: peers::HttpPeers::with_client(http),
         clock: clock.clone(),
     };
     let mut agent = Agent::new(io, config, dynamic, lease_rx.clone(), leading_tx, snap_tx)?;
@@ -279,7 +281,11 @@ pub async fn run(
 /// publishing into one member key would make every decision about that member wrong. A key
 /// left behind by a dead agent (its API does not answer) is ours to take over; so is a
 /// cluster we cannot read (nothing is known to conflict).
-pub async fn ensure_unique_name<D: Dcs>(dcs: &D, name: &str) -> anyhow::Result<()> {
+pub async fn ensure_unique_name<D: Dcs>(
+    dcs: &D,
+    name: &str,
+    client: &reqwest::Client,
+) -> anyhow::Result<()> {
     let Ok(Ok(view)) = tokio::time::timeout(Duration::from_secs(5), dcs.read_cluster()).await
     else {
         return Ok(());
@@ -293,11 +299,12 @@ pub async fn ensure_unique_name<D: Dcs>(dcs: &D, name: &str) -> anyhow::Result<(
         return Ok(());
     };
     let url = liveness_url(api_url);
-    let client = reqwest::Client::builder()
+    if let Ok(resp) = client
+        .get(&url)
         .timeout(Duration::from_secs(3))
-        .build()
-        .context("build the HTTP client for the unique-name check")?;
-    if let Ok(resp) = client.get(&url).send().await {
+        .send()
+        .await
+    {
         anyhow::bail!(
             "Can't start; there is already a node named '{name}' running \
              (its REST API at {url} answered {})",
@@ -305,6 +312,33 @@ pub async fn ensure_unique_name<D: Dcs>(dcs: &D, name: &str) -> anyhow::Result<(
         );
     }
     Ok(())
+}
+
+/// SIGHUP: read the REST API's certificate and key again (a renewed certificate is used for
+/// new connections; the listener stays open). A file that does not load keeps the running
+/// certificate and is logged.
+async fn reload_certificate_on_sighup(
+    tls: Arc<baton_api::ServerTls>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("cannot watch SIGHUP for certificate reloads: {e}");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            got = hangups.recv() => if got.is_none() { return },
+        }
+        match tls.reload() {
+            Ok(true) => info!("REST API: new certificate loaded (restapi.certfile)"),
+            Ok(false) => {}
+            Err(e) => warn!("REST API: keeping the running certificate: {e}"),
+        }
+    }
 }
 
 /// `http://h:p/patroni` → `http://h:p/liveness` (any other path: `/liveness` appended).

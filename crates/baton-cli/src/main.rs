@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use baton_cli::table;
-use baton_dcs::{Dcs, DcsScope, EtcdDcs, EtcdSettings};
+use baton_dcs::{Dcs, EtcdDcs};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -263,16 +263,10 @@ fn run_agent(path: &Path) -> ExitCode {
 
 async fn control(path: &Path, command: Command) -> anyhow::Result<()> {
     let config = load(path)?.config;
-    let dcs = EtcdDcs::connect(EtcdSettings {
-        endpoints: config.etcd.hosts.clone(),
-        scope: DcsScope {
-            namespace: config.namespace.clone(),
-            scope: config.scope.clone(),
-        },
-        request_timeout: Duration::from_secs(5),
-        username: config.etcd.username.clone(),
-        password: config.etcd.password.clone(),
-    })
+    let dcs = EtcdDcs::connect(baton_cli::http::etcd_settings(
+        &config,
+        Duration::from_secs(5),
+    )?)
     .await
     .with_context(|| format!("connect to etcd at {}", config.etcd.hosts.join(",")))?;
     let view = dcs
@@ -389,13 +383,18 @@ async fn control(path: &Path, command: Command) -> anyhow::Result<()> {
                     .and_then(|s| s.as_str())
                     .map(str::to_owned)
             };
-            let status = |target: String| async move {
-                reqwest::get(format!("{target}/patroni"))
-                    .await
-                    .ok()?
-                    .json::<serde_json::Value>()
-                    .await
-                    .ok()
+            let http = baton_cli::http::client(&config, Duration::from_secs(10))?;
+            let status = |target: String| {
+                let http = http.clone();
+                async move {
+                    http.get(format!("{target}/patroni"))
+                        .send()
+                        .await
+                        .ok()?
+                        .json::<serde_json::Value>()
+                        .await
+                        .ok()
+                }
             };
             let before = status(target.clone()).await.as_ref().and_then(started);
             let body = serde_json::json!({ "force": force });
@@ -478,14 +477,8 @@ async fn call(
     url: &str,
     body: Option<&serde_json::Value>,
 ) -> anyhow::Result<String> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .context("build HTTP client")?;
-    let mut request = client.request(method.clone(), url);
-    if let Some((user, password)) = &config.restapi.authentication {
-        request = request.basic_auth(user, Some(password));
-    }
+    let client = baton_cli::http::client(config, Duration::from_secs(60))?;
+    let mut request = baton_cli::http::request(config, &client, method.clone(), url);
     if let Some(body) = body {
         request = request.json(body);
     }

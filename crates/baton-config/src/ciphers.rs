@@ -16,7 +16,15 @@
 const SUITES: [(&str, &[&str]); 6] = [
     (
         "ECDHE-ECDSA-AES256-GCM-SHA384",
-        &["aECDSA", "ECDSA", "AESGCM", "AES", "AES256", "SUITEB128", "SUITEB192"],
+        &[
+            "aECDSA",
+            "ECDSA",
+            "AESGCM",
+            "AES",
+            "AES256",
+            "SUITEB128",
+            "SUITEB192",
+        ],
     ),
     (
         "ECDHE-RSA-AES256-GCM-SHA384",
@@ -163,7 +171,9 @@ mod tests {
         .assert_eq(&eval("DHE-RSA-AES256-GCM-SHA384:AES256-SHA:MEDIUM"));
         assert!(eval("TLS_AES_256_GCM_SHA384").starts_with("error:"));
         assert!(eval("").starts_with("error:"));
-        expect_test::expect![[r#"error: "HIGH;rm" is not an OpenSSL cipher list element (in "HIGH;rm")"#]]
-            .assert_eq(&eval("HIGH;rm"));
+        expect_test::expect![[
+            r#"error: "HIGH;rm" is not an OpenSSL cipher list element (in "HIGH;rm")"#
+        ]]
+        .assert_eq(&eval("HIGH;rm"));
     }
 }

@@ -30,13 +30,13 @@ use std::time::Duration;
 use baton_core::{HaConfig, MemberName};
 use serde_json::{Map, Value};
 
+pub use ciphers::supported as supported_tls12_suites;
 pub use dynamic::{DynamicConfig, MIN_TTL};
 pub use env::std_env;
 pub use error::{ConfigError, ConfigErrors};
-pub use ciphers::supported as supported_tls12_suites;
 pub use model::{
-    AllowEntry, Bootstrap, Config, Credentials, Ctl, Etcd, Loaded, Postgresql, RestApi,
-    RestClient, RestTls, VerifyClient, Vip,
+    AllowEntry, Bootstrap, Config, Credentials, Ctl, Etcd, Loaded, Postgresql, RestApi, RestClient,
+    RestTls, VerifyClient, Vip,
 };
 
 use walk::{Cx, Mode};

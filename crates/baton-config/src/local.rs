@@ -282,7 +282,13 @@ fn rest_tls(cx: &mut Cx, o: &mut Obj<'_>) -> Option<RestTls> {
     let Some(certfile) = certfile else {
         // Patroni serves plain HTTP then and ignores these; an operator who set them meant
         // HTTPS, so they are errors here rather than a silent downgrade.
-        for key in ["keyfile", "keyfile_password", "cafile", "ciphers", "verify_client"] {
+        for key in [
+            "keyfile",
+            "keyfile_password",
+            "cafile",
+            "ciphers",
+            "verify_client",
+        ] {
             if given(o, key) {
                 cx.error(
                     &o.child(key),
@@ -343,7 +349,11 @@ fn allow_entry(s: &str) -> Result<AllowEntry, String> {
             .ok_or_else(|| format!("the prefix length of {s:?} must be 0 to {max}"))?;
         return Ok(AllowEntry::Network(addr, len));
     }
-    if let Ok(addr) = s.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>() {
+    if let Ok(addr) = s
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+    {
         let len = if addr.is_ipv4() { 32 } else { 128 };
         return Ok(AllowEntry::Network(addr, len));
     }
@@ -353,7 +363,9 @@ fn allow_entry(s: &str) -> Result<AllowEntry, String> {
     if host_ok {
         Ok(AllowEntry::Host(s.to_owned()))
     } else {
-        Err(format!("expected an address, a network or a host name, found {s:?}"))
+        Err(format!(
+            "expected an address, a network or a host name, found {s:?}"
+        ))
     }
 }
 

@@ -246,8 +246,16 @@ pub(crate) static KEYS: &[Key] = &[
         "`restapi.authentication`",
         "`username` and `password` sent (HTTP Basic) to the unsafe endpoints.",
     ),
-    local("ctl.authentication.username", "required", "See `ctl.authentication`."),
-    local("ctl.authentication.password", "required", "See `ctl.authentication`."),
+    local(
+        "ctl.authentication.username",
+        "required",
+        "See `ctl.authentication`.",
+    ),
+    local(
+        "ctl.authentication.password",
+        "required",
+        "See `ctl.authentication`.",
+    ),
     local(
         "ctl.insecure",
         "`false`",

@@ -96,9 +96,18 @@ fn rest_client_settings_fall_back_to_restapi_as_patroni() {
     ))
     .config;
     let client = c.rest_client();
-    assert_eq!(client.cacert.as_deref(), Some(std::path::Path::new("/ca.pem")));
-    assert_eq!(client.certfile.as_deref(), Some(std::path::Path::new("/a.pem")));
-    assert_eq!(client.keyfile.as_deref(), Some(std::path::Path::new("/a.key")));
+    assert_eq!(
+        client.cacert.as_deref(),
+        Some(std::path::Path::new("/ca.pem"))
+    );
+    assert_eq!(
+        client.certfile.as_deref(),
+        Some(std::path::Path::new("/a.pem"))
+    );
+    assert_eq!(
+        client.keyfile.as_deref(),
+        Some(std::path::Path::new("/a.key"))
+    );
     assert_eq!(client.keyfile_password.as_deref(), Some("p"));
     assert_eq!(client.authentication, Some(("u".into(), "v".into())));
     assert!(!client.insecure);
