@@ -83,7 +83,10 @@ impl Pki {
         };
         write(&files.cert, &cert.pem())?;
         write(&files.key, &key.serialize_pem())?;
-        write(&files.combined, &format!("{}{}", cert.pem(), key.serialize_pem()))?;
+        write(
+            &files.combined,
+            &format!("{}{}", cert.pem(), key.serialize_pem()),
+        )?;
         Ok(files)
     }
 
@@ -159,7 +162,11 @@ impl SecureEtcd {
         let server = pki.issue("etcd")?;
         let jwt_key = dir.join("jwt.key");
         let jwt_pub = dir.join("jwt.pub");
-        run(Command::new("openssl").arg("genrsa").arg("-out").arg(&jwt_key).arg("2048"))?;
+        run(Command::new("openssl")
+            .arg("genrsa")
+            .arg("-out")
+            .arg(&jwt_key)
+            .arg("2048"))?;
         run(Command::new("openssl")
             .arg("rsa")
             .arg("-in")
@@ -220,7 +227,10 @@ impl SecureEtcd {
             "etcd (TLS) answers on its gateway",
             crate::tools::scaled(Duration::from_secs(30)),
             || async {
-                match me.post("/v3/kv/range", json!({"key": B64.encode("x")}), None).await {
+                match me
+                    .post("/v3/kv/range", json!({"key": B64.encode("x")}), None)
+                    .await
+                {
                     Ok(_) => Ok(Check::Done(())),
                     Err(e) => Ok(Check::NotYet(e.to_string())),
                 }
@@ -232,13 +242,19 @@ impl SecureEtcd {
     }
 
     async fn post(&self, path: &str, body: Value, token: Option<&str>) -> anyhow::Result<Value> {
-        let mut req = self.http.post(format!("{}{path}", self.gateway)).json(&body);
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.gateway))
+            .json(&body);
         if let Some(t) = token {
             req = req.header("Authorization", t);
         }
         let resp = req.send().await.with_context(|| format!("POST {path}"))?;
         let status = resp.status();
-        let v: Value = resp.json().await.with_context(|| format!("POST {path}: body"))?;
+        let v: Value = resp
+            .json()
+            .await
+            .with_context(|| format!("POST {path}: body"))?;
         if !status.is_success() {
             bail!("POST {path}: {status}: {v}");
         }
@@ -307,7 +323,11 @@ impl SecureEtcd {
     pub async fn get(&self, key: &str) -> anyhow::Result<Option<String>> {
         let token = self.token("root", &self.root_password).await?;
         let v = self
-            .post("/v3/kv/range", json!({"key": B64.encode(key)}), Some(&token))
+            .post(
+                "/v3/kv/range",
+                json!({"key": B64.encode(key)}),
+                Some(&token),
+            )
             .await?;
         match v["kvs"].as_array().and_then(|a| a.first()) {
             Some(kv) => {
@@ -322,7 +342,11 @@ impl SecureEtcd {
     pub async fn can_read(&self, user: &str, password: &str, key: &str) -> anyhow::Result<bool> {
         let token = self.token(user, password).await?;
         Ok(self
-            .post("/v3/kv/range", json!({"key": B64.encode(key)}), Some(&token))
+            .post(
+                "/v3/kv/range",
+                json!({"key": B64.encode(key)}),
+                Some(&token),
+            )
             .await
             .is_ok())
     }

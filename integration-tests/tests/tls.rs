@@ -1,16 +1,13 @@
 //! A hardened cluster (issue 11): etcd over TLS with `--client-cert-auth`, JWT tokens that
 //! expire after 5 s and a user whose role only reaches the cluster's prefix; the REST API over
 //! HTTPS with client certificates (required for the unsafe endpoints), basic auth and an
-//! allowlist; the pgbaton CLI, Patroni's patronictl (where a virtualenv can be made) and
-//! HAProxy's `check-ssl` health checks talking to it.
+//! allowlist; the pgbaton CLI and HAProxy's `check-ssl` health checks talking to it.
 
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use baton_integration_tests::tls::{Pki, SecureEtcd, hardened_overlay};
-use baton_integration_tests::{
-    Check, Cluster, ClusterSpec, Patronictl, PgTarget, Tools, patronictl_venv, scaled, wait_for,
-};
+use baton_integration_tests::{Check, Cluster, ClusterSpec, PgTarget, Tools, scaled, wait_for};
 use serde_json::{Value, json};
 
 const TOKEN_TTL: Duration = Duration::from_secs(5);
@@ -22,10 +19,7 @@ fn now_unix() -> u64 {
 }
 
 /// `GET /patroni` of every node over HTTPS: (name, role, state, dcs_last_seen).
-async fn roles(
-    cluster: &Cluster,
-    http: &reqwest::Client,
-) -> Vec<(String, Option<Value>)> {
+async fn roles(cluster: &Cluster, http: &reqwest::Client) -> Vec<(String, Option<Value>)> {
     let mut out = Vec::new();
     for node in cluster.nodes() {
         let url = format!("https://127.0.0.1:{}/patroni", node.config.rest_port);
@@ -39,12 +33,20 @@ async fn roles(
 }
 
 /// Waits until one node is a running primary and every other a running replica; the leader.
-async fn wait_healthy(cluster: &Cluster, http: &reqwest::Client, what: &str) -> anyhow::Result<String> {
+async fn wait_healthy(
+    cluster: &Cluster,
+    http: &reqwest::Client,
+    what: &str,
+) -> anyhow::Result<String> {
     wait_for(what, scaled(Duration::from_secs(120)), || async {
         let docs = roles(cluster, http).await;
         let role = |d: &Option<Value>| {
-            d.as_ref()
-                .map(|d| (d["role"].as_str().unwrap_or("").to_owned(), d["state"].as_str().unwrap_or("").to_owned()))
+            d.as_ref().map(|d| {
+                (
+                    d["role"].as_str().unwrap_or("").to_owned(),
+                    d["state"].as_str().unwrap_or("").to_owned(),
+                )
+            })
         };
         let primaries: Vec<&String> = docs
             .iter()
@@ -86,12 +88,22 @@ async fn tls_etcd_with_auth_and_a_tls_rest_api() -> anyhow::Result<()> {
     )
     .await?;
     // The agents' etcd user reaches the cluster's prefix and nothing else.
-    assert!(etcd.can_read("baton", "baton-etcd-pw", &format!("{prefix}x")).await?);
-    assert!(!etcd.can_read("baton", "baton-etcd-pw", "/elsewhere/x").await?);
+    assert!(
+        etcd.can_read("baton", "baton-etcd-pw", &format!("{prefix}x"))
+            .await?
+    );
+    assert!(
+        !etcd
+            .can_read("baton", "baton-etcd-pw", "/elsewhere/x")
+            .await?
+    );
 
     for name in cluster.names() {
         let node_cert = pki.issue(&name)?;
-        cluster.update_config(&name, &hardened_overlay(&pki, &node_cert, &client_cert, &etcd))?;
+        cluster.update_config(
+            &name,
+            &hardened_overlay(&pki, &node_cert, &client_cert, &etcd),
+        )?;
         cluster.start_agent(&name)?;
     }
     let http = pki.http_client(Some(&client_cert), None)?;
@@ -118,7 +130,9 @@ async fn tls_etcd_with_auth_and_a_tls_rest_api() -> anyhow::Result<()> {
             if seen > since + 2 * TOKEN_TTL.as_secs() && doc["role"] == "primary" {
                 Ok(Check::Done(()))
             } else {
-                Ok(Check::NotYet(format!("dcs_last_seen {seen}, since {since}: {doc}")))
+                Ok(Check::NotYet(format!(
+                    "dcs_last_seen {seen}, since {since}: {doc}"
+                )))
             }
         },
     )
@@ -163,7 +177,11 @@ async fn tls_etcd_with_auth_and_a_tls_rest_api() -> anyhow::Result<()> {
     assert_eq!(resp.text().await?, "client certificate required");
     // GETs need no certificate (verify_client: optional).
     assert_eq!(anonymous.get(&leader_url).send().await?.status(), 200);
-    assert_eq!(etcd.get(&failover_key).await?, None, "no failover key written");
+    assert_eq!(
+        etcd.get(&failover_key).await?,
+        None,
+        "no failover key written"
+    );
     assert_eq!(
         etcd.get(&format!("{prefix}leader")).await?.as_deref(),
         Some(leader.as_str())
@@ -172,12 +190,14 @@ async fn tls_etcd_with_auth_and_a_tls_rest_api() -> anyhow::Result<()> {
     // HAProxy checks /primary over TLS (check-ssl, verifying the CA, presenting a client
     // certificate) and routes to the leader.
     let haproxy = start_haproxy(&tools, &cluster, &pki, &client_cert)?;
-    let via_haproxy = |port: u16| PgTarget {
-        host: "127.0.0.1".to_owned(),
-        port: haproxy.port,
-        ..cluster.node(&leader).pg()
-    }
-    .with_port_check(port);
+    let via_haproxy = |port: u16| {
+        PgTarget {
+            host: "127.0.0.1".to_owned(),
+            port: haproxy.port,
+            ..cluster.node(&leader).pg()
+        }
+        .with_port_check(port)
+    };
     let leader_pg = cluster.node(&leader).config.pg_port;
     wait_for(
         "HAProxy routes to the leader after check-ssl health checks",
@@ -187,7 +207,11 @@ async fn tls_etcd_with_auth_and_a_tls_rest_api() -> anyhow::Result<()> {
     .await?;
 
     // The pgbaton CLI over TLS etcd and HTTPS with its client certificate: list, switchover.
-    let config = cluster.node(&leader).config_path.to_string_lossy().into_owned();
+    let config = cluster
+        .node(&leader)
+        .config_path
+        .to_string_lossy()
+        .into_owned();
     let out = cluster
         .pgbaton_cli(&["-c", &config, "list", "--format", "json"])
         .await?;
@@ -202,12 +226,14 @@ async fn tls_etcd_with_auth_and_a_tls_rest_api() -> anyhow::Result<()> {
     let new_leader = wait_healthy(&cluster, &http, "the switchover done over HTTPS").await?;
     assert_eq!(new_leader, replica);
     let new_pg = cluster.node(&new_leader).config.pg_port;
-    let via_haproxy_new = |port: u16| PgTarget {
-        host: "127.0.0.1".to_owned(),
-        port: haproxy.port,
-        ..cluster.node(&new_leader).pg()
-    }
-    .with_port_check(port);
+    let via_haproxy_new = |port: u16| {
+        PgTarget {
+            host: "127.0.0.1".to_owned(),
+            port: haproxy.port,
+            ..cluster.node(&new_leader).pg()
+        }
+        .with_port_check(port)
+    };
     wait_for(
         "HAProxy follows the new leader",
         scaled(Duration::from_secs(60)),
@@ -215,50 +241,6 @@ async fn tls_etcd_with_auth_and_a_tls_rest_api() -> anyhow::Result<()> {
     )
     .await?;
 
-    // Patroni's patronictl with the same TLS settings, where a virtualenv can be made.
-    if let Some(bin) = patronictl_venv(test).await? {
-        let config_path = cluster.dir().join("patronictl.yml");
-        let spec = cluster.spec().clone();
-        let ctl_yaml = json!({
-            "scope": spec.scope,
-            "namespace": spec.namespace,
-            "etcd3": {
-                "hosts": [etcd.tls_host],
-                "protocol": "https",
-                "cacert": pki.ca_file,
-                "cert": client_cert.cert,
-                "key": client_cert.key,
-                "username": "baton",
-                "password": "baton-etcd-pw",
-            },
-            "ctl": {
-                "cacert": pki.ca_file,
-                "certfile": client_cert.cert,
-                "keyfile": client_cert.key,
-                "authentication": {"username": "admin", "password": "rest-pw"},
-            },
-        });
-        std::fs::write(&config_path, serde_json::to_string(&ctl_yaml)?)?;
-        let ctl = Patronictl {
-            bin,
-            config_path,
-            scope: spec.scope.clone(),
-        };
-        let members = ctl.list().await?;
-        assert_eq!(members.len(), 2, "{members:?}");
-        ctl.ok(&[
-            "switchover",
-            &spec.scope,
-            "--leader",
-            &new_leader,
-            "--candidate",
-            &leader,
-            "--force",
-        ])
-        .await?;
-        let back = wait_healthy(&cluster, &http, "patronictl's switchover over HTTPS").await?;
-        assert_eq!(back, leader);
-    }
     drop(haproxy);
     cluster.finish();
     drop(etcd);
@@ -302,13 +284,17 @@ fn start_haproxy(
     std::fs::write(&path, config)?;
     let mut cmd = std::process::Command::new(&tools.haproxy);
     cmd.arg("-db").arg("-f").arg(&path);
-    let proc = baton_integration_tests::Proc::spawn("haproxy (check-ssl)", cmd, &dir.join("haproxy.log"))?;
+    let proc =
+        baton_integration_tests::Proc::spawn("haproxy (check-ssl)", cmd, &dir.join("haproxy.log"))?;
     Ok(Haproxy { _proc: proc, port })
 }
 
 trait PortCheck {
     /// Connects and checks that the server behind is on `port` and a primary.
-    fn with_port_check(self, port: u16) -> impl std::future::Future<Output = anyhow::Result<Check<()>>>;
+    fn with_port_check(
+        self,
+        port: u16,
+    ) -> impl std::future::Future<Output = anyhow::Result<Check<()>>>;
 }
 
 impl PortCheck for PgTarget {

@@ -212,7 +212,7 @@ fn restapi(cx: &mut Cx, top: &mut Obj<'_>) -> RestApi {
         r.authentication = user.zip(password);
     }
     r.tls = rest_tls(cx, &mut o);
-    if let Some(list) = o.opt(cx, "allowlist", |cx, p, v| allowlist(cx, p, v)) {
+    if let Some(list) = o.opt(cx, "allowlist", allowlist) {
         r.allowlist = list;
     }
     if let Some(include) = o.opt(cx, "allowlist_include_members", |cx, p, v| cx.boolean(p, v)) {

@@ -196,7 +196,7 @@ fn tls_keys_come_from_patroni_variables_too() {
         "#]],
     );
     check_env(
-        &BASE,
+        BASE,
         &[("PATRONI_ETCD3_CACERT", "/etcd-ca.pem")],
         expect![[r#"
             errors:
