@@ -46,6 +46,7 @@ pub struct RunAs {
 impl Tools {
     /// Find every program; `Err` lists all that are missing.
     pub fn discover() -> Result<Tools, Vec<String>> {
+        crate::tls::install_provider();
         let mut missing = Vec::new();
         let pgbaton = match std::env::var_os("PGBATON_BIN") {
             Some(p) => Some(PathBuf::from(p)),

@@ -137,7 +137,11 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
     ) -> anyhow::Result<Agent<D, P, R>> {
         let name = MemberName::new(config.name.clone()).context("member name is empty")?;
         Ok(Agent {
-            api_url: format!("http://{}/patroni", config.restapi.connect_address),
+            api_url: format!(
+                "{}://{}/patroni",
+                config.restapi.scheme(),
+                config.restapi.connect_address
+            ),
             conn_url: format!("postgres://{}/postgres", config.postgresql.connect_address),
             dcs: io.dcs,
             pg: io.pg,

@@ -23,7 +23,7 @@ use anyhow::Context;
 use baton_api::{ApiState, Snapshot};
 use baton_config::{Config, DynamicConfig};
 use baton_core::{Clock, LeaseState, MemberName};
-use baton_dcs::{Dcs, DcsScope, EtcdDcs, EtcdSettings};
+use baton_dcs::{Dcs, EtcdDcs};
 use baton_pg::{Credentials, LocalPostgres, PgSettings, Postgres};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
@@ -36,6 +36,7 @@ pub mod ha;
 pub mod lease;
 pub mod peers;
 pub mod reload;
+pub mod security;
 pub mod vip;
 
 pub use clock::SystemClock;
@@ -147,16 +148,8 @@ pub async fn run(
     ));
 
     // The DCS: retry until it answers (an agent started before etcd waits for it).
-    let settings = EtcdSettings {
-        endpoints: config.etcd.hosts.clone(),
-        scope: DcsScope {
-            namespace: config.namespace.clone(),
-            scope: config.scope.clone(),
-        },
-        request_timeout: Duration::from_secs(3),
-        username: config.etcd.username.clone(),
-        password: config.etcd.password.clone(),
-    };
+    baton_api::tls::install_crypto_provider();
+    let settings = security::etcd_settings(&config, Duration::from_secs(3))?;
     let dcs = loop {
         match EtcdDcs::connect(settings.clone()).await {
             Ok(dcs) => break Arc::new(dcs),
@@ -170,7 +163,8 @@ pub async fn run(
         }
     };
     info!(hosts = ?settings.endpoints, prefix = settings.scope.prefix(), "connected to etcd");
-    ensure_unique_name(dcs.as_ref(), &config.name).await?;
+    let http = security::http_client(&config, None)?;
+    ensure_unique_name(dcs.as_ref(), &config.name, &http).await?;
 
     // The dynamic configuration: the cluster's, else our bootstrap.dcs, else the defaults.
     let dynamic = initial_dynamic(dcs.as_ref(), &config).await;
@@ -192,13 +186,20 @@ pub async fn run(
     let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::initial(
         &config.scope,
         name,
-        format!("http://{}/patroni", config.restapi.connect_address),
+        format!(
+            "{}://{}/patroni",
+            config.restapi.scheme(),
+            config.restapi.connect_address
+        ),
         format!("postgres://{}/postgres", config.postgresql.connect_address),
     )));
     let listener = tokio::net::TcpListener::bind(config.restapi.listen_addr)
         .await
         .with_context(|| format!("listen for the REST API on {}", config.restapi.listen_addr))?;
-    info!(listen = %config.restapi.listen_addr, "REST API listening");
+    let serve_options = security::serve_options(&config).await?;
+    info!(listen = %config.restapi.listen_addr, tls = serve_options.tls.is_some(), "REST API listening");
+    // A reload (SIGHUP, POST /reload) also reads the REST API's certificate and key again.
+    let server_tls = serve_options.tls.clone();
     let (command_tx, mut commands) = tokio::sync::mpsc::channel(16);
     let vip_status = vip.map(|(netlink, settings)| {
         let (tx, rx) = watch::channel(baton_api::VipStatus::default());
@@ -223,7 +224,7 @@ pub async fn run(
     };
     let api_stop = stopping(&stop_rx);
     tasks.spawn(async move {
-        if let Err(e) = baton_api::serve(listener, api, api_stop).await {
+        if let Err(e) = baton_api::serve_with(listener, api, serve_options, api_stop).await {
             warn!("REST API server stopped: {e:#}");
         }
     });
@@ -243,7 +244,7 @@ pub async fn run(
     let io = AgentIo {
         dcs: dcs.clone(),
         pg: pg.clone(),
-        peers: peers::HttpPeers::new().context("build the HTTP client for peer probes")?,
+        peers: peers::HttpPeers::with_client(http),
         clock: clock.clone(),
     };
     let mut agent = Agent::new(io, config, dynamic, lease_rx.clone(), leading_tx, snap_tx)?;
@@ -269,11 +270,18 @@ pub async fn run(
         tokio::select! {
             biased;
             _ = stopping(&stop_rx) => break,
-            Some(command) = commands.recv() => agent.handle(command).await,
+            Some(command) = commands.recv() => {
+                let reload = matches!(command, baton_api::Command::Reload { .. });
+                agent.handle(command).await;
+                if reload {
+                    reload_certificate(server_tls.as_deref());
+                }
+            }
             Some(()) = reload_requests.recv() => {
                 info!("received SIGHUP: re-reading the configuration");
                 notify_systemd(&[sd_notify::NotifyState::Reloading]);
                 let _ = agent.reload().await;
+                reload_certificate(server_tls.as_deref());
                 notify_systemd(&[sd_notify::NotifyState::Ready]);
             }
             _ = dcs_changes.changed() => {}
@@ -306,7 +314,11 @@ pub async fn run(
 /// publishing into one member key would make every decision about that member wrong. A key
 /// left behind by a dead agent (its API does not answer) is ours to take over; so is a
 /// cluster we cannot read (nothing is known to conflict).
-pub async fn ensure_unique_name<D: Dcs>(dcs: &D, name: &str) -> anyhow::Result<()> {
+pub async fn ensure_unique_name<D: Dcs>(
+    dcs: &D,
+    name: &str,
+    client: &reqwest::Client,
+) -> anyhow::Result<()> {
     let Ok(Ok(view)) = tokio::time::timeout(Duration::from_secs(5), dcs.read_cluster()).await
     else {
         return Ok(());
@@ -320,11 +332,12 @@ pub async fn ensure_unique_name<D: Dcs>(dcs: &D, name: &str) -> anyhow::Result<(
         return Ok(());
     };
     let url = liveness_url(api_url);
-    let client = reqwest::Client::builder()
+    if let Ok(resp) = client
+        .get(&url)
         .timeout(Duration::from_secs(3))
-        .build()
-        .context("build the HTTP client for the unique-name check")?;
-    if let Ok(resp) = client.get(&url).send().await {
+        .send()
+        .await
+    {
         anyhow::bail!(
             "Can't start; there is already a node named '{name}' running \
              (its REST API at {url} answered {})",
@@ -332,6 +345,18 @@ pub async fn ensure_unique_name<D: Dcs>(dcs: &D, name: &str) -> anyhow::Result<(
         );
     }
     Ok(())
+}
+
+/// A reload: read the REST API's certificate and key again (a renewed certificate is used for
+/// new connections; the listener stays open). A file that does not load keeps the running
+/// certificate and is logged.
+fn reload_certificate(tls: Option<&baton_api::ServerTls>) {
+    let Some(tls) = tls else { return };
+    match tls.reload() {
+        Ok(true) => info!("REST API: new certificate loaded (restapi.certfile)"),
+        Ok(false) => {}
+        Err(e) => warn!("REST API: keeping the running certificate: {e}"),
+    }
 }
 
 /// `http://h:p/patroni` → `http://h:p/liveness` (any other path: `/liveness` appended).

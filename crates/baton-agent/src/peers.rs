@@ -25,11 +25,20 @@ pub struct HttpPeers {
 }
 
 impl HttpPeers {
+    /// Plain HTTP, or HTTPS checked against the system's roots.
     pub fn new() -> anyhow::Result<HttpPeers> {
+        baton_api::tls::install_crypto_provider();
         let http = reqwest::Client::builder()
             .user_agent(concat!("pgbaton/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(HttpPeers { http })
+    }
+
+    /// With a client built from the configuration ([`crate::security::http_client`]): the
+    /// `ctl`/`restapi` CA and client certificate, so probes reach members whose API asks for
+    /// client certificates.
+    pub fn with_client(http: reqwest::Client) -> HttpPeers {
+        HttpPeers { http }
     }
 }
 

@@ -43,6 +43,7 @@ pub fn adopt(running: &Config, file: Config) -> Reloaded {
         watchdog_mode,
         vip,
         log,
+        ctl,
     } = file;
     let mut restart = |changed: bool, path: &'static str| {
         if changed {
@@ -57,6 +58,7 @@ pub fn adopt(running: &Config, file: Config) -> Reloaded {
     restart(watchdog_mode != running.watchdog_mode, "watchdog");
     restart(vip != running.vip, "vip");
     restart(log != running.log, "log");
+    restart(ctl != running.ctl, "ctl");
     let Postgresql {
         listen,
         listen_addresses,

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, State};
-use axum::http::{Extensions, HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use baton_core::{Lsn, Mono};
 use serde::Serialize;
@@ -26,28 +26,31 @@ use serde_json::{Map, Value};
 use crate::actions;
 use crate::metrics::metrics_text;
 use crate::query::QueryParams;
+use crate::server::{ClientCert, Policy};
 use crate::status::{ClusterJson, HistoryJson, Status, Xlog, tag_query_value};
 use crate::{ApiState, Snapshot};
 
-/// The REST API as an axum router (state included).
+/// The REST API as an axum router (state included), with the default limits and no access
+/// restrictions beyond `restapi.authentication`.
 pub fn router(state: ApiState) -> Router {
-    Router::new().fallback(dispatch).with_state(state)
+    router_with(state, Arc::new(Policy::default()))
 }
 
-/// Serves the REST API on `listener` until `shutdown` completes, then lets requests in flight
-/// finish.
+pub(crate) fn router_with(state: ApiState, policy: Arc<Policy>) -> Router {
+    Router::new()
+        .fallback(dispatch)
+        .layer(axum::Extension(policy))
+        .with_state(state)
+}
+
+/// Serves the REST API on `listener` (plain HTTP, default limits) until `shutdown` completes,
+/// then lets requests in flight finish. [`crate::serve_with`] takes TLS and access settings.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ApiState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // The client's address is logged with refused logins and accepted unsafe requests.
-    axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    crate::server::serve_with(listener, state, Default::default(), shutdown).await
 }
 
 /// What of an accepted unsafe request's body goes into the log line.
@@ -123,14 +126,145 @@ fn route(method: &Method, path: &str) -> Endpoint {
     }
 }
 
-async fn dispatch(
-    State(state): State<ApiState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    extensions: Extensions,
-    body: Bytes,
+async fn dispatch(State(state): State<ApiState>, request: axum::extract::Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let policy = parts
+        .extensions
+        .get::<Arc<Policy>>()
+        .cloned()
+        .unwrap_or_default();
+    let mut response = answer(&state, &policy, parts, body).await;
+    let headers = response.headers_mut();
+    for (name, value) in &policy.access.extra_headers {
+        headers.append(name.clone(), value.clone());
+    }
+    response
+}
+
+/// Patroni's `check_access` for the unsafe endpoints, in its order: the allowlist (403), a
+/// client certificate where `verify_client` asks for one (403), the credentials (401).
+async fn check_access(
+    state: &ApiState,
+    policy: &Policy,
+    client: Option<SocketAddr>,
+    client_cert: bool,
+    headers: &HeaderMap,
+) -> Option<(Response, &'static str)> {
+    let access = &policy.access;
+    if !access.allowlist.is_empty() || access.include_members {
+        let allowed = match client {
+            None => false,
+            Some(addr) => {
+                let ip = addr.ip();
+                access
+                    .allowlist
+                    .iter()
+                    .any(|net| crate::server::in_network(ip, *net))
+                    || (access.include_members && member_addresses(state).await.contains(&ip))
+            }
+        };
+        if !allowed {
+            return Some((
+                text_response(StatusCode::FORBIDDEN, "Access is denied"),
+                "not in restapi.allowlist",
+            ));
+        }
+    }
+    if policy.require_client_cert && !client_cert {
+        return Some((
+            text_response(StatusCode::FORBIDDEN, "client certificate required"),
+            "no client certificate",
+        ));
+    }
+    crate::auth::check_basic_auth(state.auth.as_ref(), headers)
+}
+
+/// The addresses of every member's REST API host (`api_url` in the last DCS view), resolved
+/// now (Patroni resolves them at each request too). An IPv4-mapped client address is compared
+/// as IPv4.
+async fn member_addresses(state: &ApiState) -> Vec<std::net::IpAddr> {
+    let urls: Vec<String> = {
+        let snapshot = state.snapshot.borrow();
+        snapshot
+            .cluster
+            .as_ref()
+            .map(|c| c.members.iter().filter_map(|m| m.api_url.clone()).collect())
+            .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    for url in urls {
+        let Some((host, port)) = url_host_port(&url) else {
+            continue;
+        };
+        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            out.push(ip);
+            continue;
+        }
+        let lookup = tokio::net::lookup_host((host.as_str(), port));
+        if let Ok(Ok(addrs)) = tokio::time::timeout(std::time::Duration::from_secs(2), lookup).await
+        {
+            out.extend(addrs.map(|a| a.ip()));
+        }
+    }
+    out.into_iter()
+        .map(|ip| match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        })
+        .collect()
+}
+
+/// `https://host:8008/patroni` → (`host`, 8008); `[::1]` → `::1`; the scheme's port when none.
+fn url_host_port(url: &str) -> Option<(String, u16)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit('@').next()?;
+    let default_port = if scheme == "https" { 443 } else { 80 };
+    if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6.split_once(']')?;
+        let port = after.strip_prefix(':').and_then(|p| p.parse().ok());
+        return Some((host.to_owned(), port.unwrap_or(default_port)));
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) => Some((host.to_owned(), port.parse().ok()?)),
+        None => Some((authority.to_owned(), default_port)),
+    }
+}
+
+/// The request body, within the size and time limits.
+async fn read_body(policy: &Policy, body: Body) -> Result<Bytes, Response> {
+    let limits = &policy.limits;
+    match tokio::time::timeout(
+        limits.body_read_timeout,
+        axum::body::to_bytes(body, limits.max_body_bytes),
+    )
+    .await
+    {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(text_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!(
+                "the request body is larger than {} bytes, or broken",
+                limits.max_body_bytes
+            ),
+        )),
+        Err(_) => Err(text_response(
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body did not arrive in time",
+        )),
+    }
+}
+
+async fn answer(
+    state: &ApiState,
+    policy: &Policy,
+    parts: axum::http::request::Parts,
+    body: Body,
 ) -> Response {
+    let method = parts.method;
+    let uri = parts.uri;
+    let headers = parts.headers;
+    let extensions = parts.extensions;
     let endpoint = route(&method, uri.path());
     if matches!(
         endpoint,
@@ -144,14 +278,30 @@ async fn dispatch(
         let client = extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(addr)| *addr);
+        let client_cert = extensions
+            .get::<ClientCert>()
+            .is_some_and(|ClientCert(c)| *c);
         let request = format!("{method} {}", uri.path());
-        if let Some((denied, reason)) = crate::auth::check_basic_auth(state.auth.as_ref(), &headers)
+        if let Some((denied, reason)) =
+            check_access(state, policy, client, client_cert, &headers).await
         {
             state
                 .audit
                 .failed_login(state.clock.now(), client, &request, reason);
             return denied;
         }
+        // Past the checks: a slot among the few unsafe requests that may run at once.
+        let Ok(_slot) = policy.unsafe_slots.clone().try_acquire_owned() else {
+            return text_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many requests to the unsafe endpoints in progress; try again",
+            );
+        };
+        let body = match read_body(policy, body).await {
+            Ok(b) => b,
+            Err(refused) => return refused,
+        };
+        let state = state.clone();
         let response = match endpoint {
             Endpoint::Switchover(failover) => actions::switchover(&state, &body, failover).await,
             Endpoint::CancelSwitchover => actions::cancel_switchover(&state).await,

@@ -17,14 +17,18 @@ mod auth;
 mod handlers;
 mod metrics;
 mod query;
+mod server;
 mod status;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 
 pub use actions::{Command, CommandReply, SwitchoverRequest, merge_patch};
 pub use audit::AuditLog;
 pub use handlers::{router, serve};
+pub use server::{Access, Limits, ServeOptions, resolve_allowlist, serve_with};
 pub use status::{peer_status_from_json, status_json};
+pub use tls::{ClientAuth, ClientTlsSettings, ServerTls, ServerTlsSettings, TlsError};
 
 /// pgbaton's version, reported where Patroni reports its own (`patroni.version`, `/metrics`).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

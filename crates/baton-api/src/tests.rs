@@ -1628,3 +1628,5 @@ async fn pending_restart_with_its_reason_in_patroni_and_metrics() {
     assert!(doc.get("pending_restart").is_none(), "{doc}");
     assert!(doc.get("pending_restart_reason").is_none(), "{doc}");
 }
+
+mod security;

@@ -2,6 +2,7 @@
 
 pub mod cli;
 pub mod editconfig;
+pub mod http;
 pub mod logging;
 pub mod table;
 pub mod validate;

@@ -15,6 +15,8 @@ enum Kind {
     Text,
     /// A YAML flow list or a comma-separated list (Patroni `_parse_list`).
     List,
+    /// A YAML flow mapping (Patroni `_parse_dict`): `{X-Frame-Options: SAMEORIGIN}`.
+    Map,
 }
 
 /// One supported variable: `<prefix><suffix>` sets the key at `path`. Setting it removes
@@ -50,6 +52,41 @@ const VARS: &[Var] = &[
         "RESTAPI_PASSWORD",
         &["restapi", "authentication", "password"],
     ),
+    text("RESTAPI_CERTFILE", &["restapi", "certfile"]),
+    text("RESTAPI_KEYFILE", &["restapi", "keyfile"]),
+    text("RESTAPI_KEYFILE_PASSWORD", &["restapi", "keyfile_password"]),
+    text("RESTAPI_CAFILE", &["restapi", "cafile"]),
+    text("RESTAPI_CIPHERS", &["restapi", "ciphers"]),
+    text("RESTAPI_VERIFY_CLIENT", &["restapi", "verify_client"]),
+    Var {
+        suffix: "RESTAPI_ALLOWLIST",
+        path: &["restapi", "allowlist"],
+        kind: Kind::List,
+        replaces: None,
+    },
+    text(
+        "RESTAPI_ALLOWLIST_INCLUDE_MEMBERS",
+        &["restapi", "allowlist_include_members"],
+    ),
+    Var {
+        suffix: "RESTAPI_HTTP_EXTRA_HEADERS",
+        path: &["restapi", "http_extra_headers"],
+        kind: Kind::Map,
+        replaces: None,
+    },
+    Var {
+        suffix: "RESTAPI_HTTPS_EXTRA_HEADERS",
+        path: &["restapi", "https_extra_headers"],
+        kind: Kind::Map,
+        replaces: None,
+    },
+    text("CTL_INSECURE", &["ctl", "insecure"]),
+    text("CTL_CACERT", &["ctl", "cacert"]),
+    text("CTL_CERTFILE", &["ctl", "certfile"]),
+    text("CTL_KEYFILE", &["ctl", "keyfile"]),
+    text("CTL_KEYFILE_PASSWORD", &["ctl", "keyfile_password"]),
+    text("CTL_USERNAME", &["ctl", "authentication", "username"]),
+    text("CTL_PASSWORD", &["ctl", "authentication", "password"]),
     text("POSTGRESQL_LISTEN", &["postgresql", "listen"]),
     text(
         "POSTGRESQL_CONNECT_ADDRESS",
@@ -97,6 +134,10 @@ const VARS: &[Var] = &[
     text("ETCD3_PROTOCOL", &["etcd3", "protocol"]),
     text("ETCD3_USERNAME", &["etcd3", "username"]),
     text("ETCD3_PASSWORD", &["etcd3", "password"]),
+    text("ETCD3_CACERT", &["etcd3", "cacert"]),
+    text("ETCD3_CERT", &["etcd3", "cert"]),
+    text("ETCD3_KEY", &["etcd3", "key"]),
+    text("ETCD3_KEY_PASSWORD", &["etcd3", "key_password"]),
     Var {
         suffix: "ETCD_HOST",
         path: &["etcd", "host"],
@@ -112,6 +153,10 @@ const VARS: &[Var] = &[
     text("ETCD_PROTOCOL", &["etcd", "protocol"]),
     text("ETCD_USERNAME", &["etcd", "username"]),
     text("ETCD_PASSWORD", &["etcd", "password"]),
+    text("ETCD_CACERT", &["etcd", "cacert"]),
+    text("ETCD_CERT", &["etcd", "cert"]),
+    text("ETCD_KEY", &["etcd", "key"]),
+    text("ETCD_KEY_PASSWORD", &["etcd", "key_password"]),
 ];
 
 /// Every variable name pgbaton reads, `PATRONI_*` first.
@@ -139,6 +184,13 @@ pub(crate) fn overlay(cx: &mut Cx, root: &mut Value, env: &dyn Fn(&str) -> Optio
             let value = match var.kind {
                 Kind::Text => Value::String(raw),
                 Kind::List => match parse_list(&raw) {
+                    Ok(v) => v,
+                    Err(message) => {
+                        cx.error(&name, message);
+                        continue;
+                    }
+                },
+                Kind::Map => match parse_map(&raw) {
                     Ok(v) => v,
                     Err(message) => {
                         cx.error(&name, message);
@@ -183,6 +235,16 @@ fn section_mut<'a>(root: &'a mut Value, path: &[&str]) -> Option<&'a mut Map<Str
         cur = entry;
     }
     cur.as_object_mut()
+}
+
+/// Patroni `_parse_dict`: a YAML mapping, flow (`{a: b}`) or block.
+fn parse_map(raw: &str) -> Result<Value, String> {
+    match serde_yaml::from_str::<Value>(raw) {
+        Ok(v @ Value::Object(_)) => Ok(v),
+        _ => Err(format!(
+            "expected a YAML mapping such as {{X-Frame-Options: SAMEORIGIN}}, found {raw:?}"
+        )),
+    }
 }
 
 /// Patroni `_parse_list`: a YAML list (`[a, b]`, `- a`) or, otherwise, a comma-separated one.

@@ -9,6 +9,7 @@
 //! the lookup function the caller passes in ([`std_env`] for the real one).
 
 mod addr;
+mod ciphers;
 mod dynamic;
 mod env;
 mod error;
@@ -30,6 +31,7 @@ use std::time::Duration;
 use baton_core::{HaConfig, MemberName};
 use serde_json::{Map, Value};
 
+pub use ciphers::supported as supported_tls12_suites;
 pub use dynamic::{DynamicConfig, MIN_TTL};
 pub use env::std_env;
 pub use error::{ConfigError, ConfigErrors};
@@ -37,7 +39,10 @@ pub use log::{
     DEFAULT_FILE_NUM, DEFAULT_FILE_SIZE, DEFAULT_FORMAT, DatePiece, FormatPiece, LOG_FILE_NAME,
     Log, LogField, LogLevel, parse_dateformat, parse_format,
 };
-pub use model::{Bootstrap, Config, Credentials, Etcd, Loaded, Postgresql, RestApi, Vip};
+pub use model::{
+    AllowEntry, Bootstrap, Config, Credentials, Ctl, Etcd, Loaded, Postgresql, RestApi, RestClient,
+    RestTls, VerifyClient, Vip,
+};
 
 use walk::{Cx, Mode};
 

@@ -9,7 +9,10 @@ use serde_json::Value;
 
 use crate::addr;
 use crate::dynamic::{self, DynamicConfig};
-use crate::model::{Bootstrap, Config, Credentials, Etcd, Postgresql, RestApi, Vip};
+use crate::model::{
+    AllowEntry, Bootstrap, Config, Credentials, Ctl, Etcd, Postgresql, RestApi, RestTls,
+    VerifyClient, Vip,
+};
 use crate::params::{self, Source};
 use crate::walk::{Cx, Obj, describe, index};
 
@@ -46,6 +49,7 @@ pub(crate) fn parse(cx: &mut Cx, root: &Value) -> Option<Config> {
         .map_or_else(|| DEFAULT_NAMESPACE.to_owned(), |s| normalize_namespace(&s));
     let name = top.req(cx, "name", member_name).unwrap_or_default();
     let restapi = restapi(cx, &mut top);
+    let ctl = ctl(cx, &mut top);
     let etcd = dcs(cx, &mut top);
     let bootstrap = bootstrap(cx, &mut top);
     let postgresql = postgresql(cx, &mut top);
@@ -70,6 +74,7 @@ pub(crate) fn parse(cx: &mut Cx, root: &Value) -> Option<Config> {
         namespace,
         name,
         restapi,
+        ctl,
         etcd,
         bootstrap,
         postgresql,
@@ -172,6 +177,10 @@ fn restapi(cx: &mut Cx, top: &mut Obj<'_>) -> RestApi {
         listen_addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
         connect_address: String::new(),
         authentication: None,
+        tls: None,
+        allowlist: Vec::new(),
+        allowlist_include_members: false,
+        extra_headers: Vec::new(),
     };
     let Some(mut o) = required(cx, top, "restapi") else {
         return r;
@@ -204,16 +213,235 @@ fn restapi(cx: &mut Cx, top: &mut Obj<'_>) -> RestApi {
         auth.finish(cx);
         r.authentication = user.zip(password);
     }
+    r.tls = rest_tls(cx, &mut o);
+    if let Some(list) = o.opt(cx, "allowlist", allowlist) {
+        r.allowlist = list;
+    }
     if let Some(include) = o.opt(cx, "allowlist_include_members", |cx, p, v| cx.boolean(p, v)) {
-        o.value_class(
-            cx,
-            "allowlist_include_members",
-            if include { "true" } else { "false" },
-        );
+        r.allowlist_include_members = include;
+    }
+    if let Some(headers) = o.opt(cx, "http_extra_headers", extra_headers) {
+        r.extra_headers = headers;
+    }
+    if let Some(headers) = o.opt(cx, "https_extra_headers", extra_headers) {
+        if r.tls.is_some() {
+            r.extra_headers.extend(headers);
+        } else if !headers.is_empty() {
+            cx.warn(
+                &o.child("https_extra_headers"),
+                "ignored: the REST API serves plain HTTP (restapi.certfile is not set), as in \
+                 Patroni",
+            );
+        }
     }
     o.flagged(cx);
     o.finish(cx);
     r
+}
+
+/// A file path; an empty string asks for nothing (as Patroni reads it).
+fn path(cx: &mut Cx, p: &str, v: &Value) -> Option<PathBuf> {
+    let s = cx.string(p, v, "a file path")?;
+    (!s.trim().is_empty()).then(|| PathBuf::from(s))
+}
+
+/// `key` is present with a value that asks for something (not `null`, `""`, `[]`, `{}`).
+fn given(o: &mut Obj<'_>, key: &str) -> bool {
+    o.get(key).is_some_and(|v| !crate::support::is_empty(v))
+}
+
+/// `restapi.certfile` and its companions; `None` (plain HTTP) without `certfile`.
+fn rest_tls(cx: &mut Cx, o: &mut Obj<'_>) -> Option<RestTls> {
+    let certfile = o.opt(cx, "certfile", path);
+    let keyfile = o.opt(cx, "keyfile", path);
+    let keyfile_password = o.opt(cx, "keyfile_password", |cx, p, v| cx.secret(p, v));
+    let cafile = o.opt(cx, "cafile", path);
+    let ciphers = o.opt(cx, "ciphers", |cx, p, v| {
+        let spec = cx.nonempty(p, v, "an OpenSSL cipher list")?;
+        match crate::ciphers::evaluate(&spec) {
+            Ok(list) => Some((spec, list)),
+            Err(m) => {
+                cx.error(p, m);
+                None
+            }
+        }
+    });
+    let verify_client = o.opt(cx, "verify_client", |cx, p, v| {
+        let s = cx.string(p, v, "\"none\", \"optional\" or \"required\"")?;
+        match s.as_str() {
+            "none" => Some(VerifyClient::None),
+            "optional" => Some(VerifyClient::Optional),
+            "required" => Some(VerifyClient::Required),
+            _ => {
+                cx.error(
+                    p,
+                    format!("expected \"none\", \"optional\" or \"required\", found {s:?}"),
+                );
+                None
+            }
+        }
+    });
+    let Some(certfile) = certfile else {
+        // Patroni serves plain HTTP then and ignores these; an operator who set them meant
+        // HTTPS, so they are errors here rather than a silent downgrade.
+        for key in [
+            "keyfile",
+            "keyfile_password",
+            "cafile",
+            "ciphers",
+            "verify_client",
+        ] {
+            if given(o, key) {
+                cx.error(
+                    &o.child(key),
+                    "needs restapi.certfile: without it the REST API serves plain HTTP",
+                );
+            }
+        }
+        return None;
+    };
+    let verify_client = verify_client.unwrap_or_default();
+    if verify_client != VerifyClient::None && cafile.is_none() && !given(o, "cafile") {
+        cx.error(
+            &o.child("cafile"),
+            "required key is missing (verify_client asks for client certificates, and they \
+             are checked against the CA certificates in this file)",
+        );
+    }
+    Some(RestTls {
+        certfile,
+        keyfile,
+        keyfile_password,
+        cafile,
+        ciphers,
+        verify_client,
+    })
+}
+
+/// `restapi.allowlist`: addresses, networks (`10.0.0.0/24`) and host names.
+fn allowlist(cx: &mut Cx, p: &str, v: &Value) -> Option<Vec<AllowEntry>> {
+    let items = cx.string_list(p, v)?;
+    let mut out = Vec::with_capacity(items.len());
+    let mut ok = true;
+    for (i, item) in items.iter().enumerate() {
+        match allow_entry(item.trim()) {
+            Ok(e) => out.push(e),
+            Err(m) => {
+                cx.error(&index(p, i), m);
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(out)
+}
+
+fn allow_entry(s: &str) -> Result<AllowEntry, String> {
+    if s.is_empty() {
+        return Err("expected an address, a network or a host name, found an empty string".into());
+    }
+    if let Some((addr, len)) = s.split_once('/') {
+        let addr: std::net::IpAddr = addr
+            .parse()
+            .map_err(|_| format!("expected a network such as 10.0.0.0/24, found {s:?}"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len: u8 = len
+            .parse()
+            .ok()
+            .filter(|l| *l <= max)
+            .ok_or_else(|| format!("the prefix length of {s:?} must be 0 to {max}"))?;
+        return Ok(AllowEntry::Network(addr, len));
+    }
+    if let Ok(addr) = s
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+    {
+        let len = if addr.is_ipv4() { 32 } else { 128 };
+        return Ok(AllowEntry::Network(addr, len));
+    }
+    let host_ok = s.len() <= 253
+        && s.split('.')
+            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+    if host_ok {
+        Ok(AllowEntry::Host(s.to_owned()))
+    } else {
+        Err(format!(
+            "expected an address, a network or a host name, found {s:?}"
+        ))
+    }
+}
+
+/// `http_extra_headers` / `https_extra_headers`: a mapping of header names to values.
+fn extra_headers(cx: &mut Cx, p: &str, v: &Value) -> Option<Vec<(String, String)>> {
+    let Value::Object(map) = v else {
+        cx.mismatch(p, "a mapping of header names to values", v);
+        return None;
+    };
+    let mut out = Vec::with_capacity(map.len());
+    let mut ok = true;
+    for (name, value) in map {
+        let vp = crate::walk::join(p, name);
+        let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+        if name.is_empty() || !name.chars().all(token) {
+            cx.error(&vp, format!("{name:?} is not a valid HTTP header name"));
+            ok = false;
+            continue;
+        }
+        let text = match value {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            other => {
+                cx.mismatch(&vp, "a string", other);
+                ok = false;
+                continue;
+            }
+        };
+        if !text.chars().all(|c| c == '\t' || (' '..='~').contains(&c)) {
+            cx.error(
+                &vp,
+                "an HTTP header value must be printable ASCII on one line",
+            );
+            ok = false;
+            continue;
+        }
+        out.push((name.clone(), text));
+    }
+    ok.then_some(out)
+}
+
+/// The `ctl` section (Patroni's patronictl settings).
+fn ctl(cx: &mut Cx, top: &mut Obj<'_>) -> Ctl {
+    let mut c = Ctl::default();
+    let Some(mut o) = top.section(cx, "ctl") else {
+        return c;
+    };
+    if let Some(mut auth) = o.section(cx, "authentication") {
+        let user = auth.req(cx, "username", |cx, p, v| cx.nonempty(p, v, "a string"));
+        let password = auth.req(cx, "password", |cx, p, v| cx.secret(p, v));
+        auth.finish(cx);
+        c.authentication = user.zip(password);
+    }
+    c.insecure = o
+        .opt(cx, "insecure", |cx, p, v| cx.boolean(p, v))
+        .unwrap_or(false);
+    c.cacert = o.opt(cx, "cacert", path);
+    c.certfile = o.opt(cx, "certfile", path);
+    c.keyfile = o.opt(cx, "keyfile", path);
+    c.keyfile_password = o.opt(cx, "keyfile_password", |cx, p, v| cx.secret(p, v));
+    if c.certfile.is_none() && !given(&mut o, "certfile") {
+        for key in ["keyfile", "keyfile_password"] {
+            if given(&mut o, key) {
+                cx.error(
+                    &o.child(key),
+                    "needs ctl.certfile (the client certificate this key belongs to)",
+                );
+            }
+        }
+    }
+    o.flagged(cx);
+    o.finish(cx);
+    c
 }
 
 const OTHER_DCS: [&str; 6] = [
@@ -231,6 +459,10 @@ fn dcs(cx: &mut Cx, top: &mut Obj<'_>) -> Etcd {
         protocol: "http".to_owned(),
         username: None,
         password: None,
+        cacert: None,
+        cert: None,
+        key: None,
+        key_password: None,
     };
     let v3 = top.get("etcd3");
     let v2 = top.get("etcd");
@@ -319,10 +551,34 @@ fn etcd_section(cx: &mut Cx, mut o: Obj<'_>) -> Etcd {
             }
         }
     });
-    if let Some(protocol) = &protocol {
-        o.value_class(cx, "protocol", protocol);
-    }
     let protocol = protocol.unwrap_or_else(|| "http".to_owned());
+    let cacert = o.opt(cx, "cacert", path);
+    let cert = o.opt(cx, "cert", path);
+    let key = o.opt(cx, "key", path);
+    let key_password = o.opt(cx, "key_password", |cx, p, v| cx.secret(p, v));
+    if protocol != "https" {
+        // Patroni would talk plain HTTP and ignore the files: an operator who gave them meant
+        // TLS, so that is an error here rather than a silent downgrade.
+        for k in ["cacert", "cert", "key", "key_password"] {
+            if given(&mut o, k) {
+                cx.error(
+                    &o.child(k),
+                    "needs protocol: https (the file is only used over TLS)",
+                );
+            }
+        }
+    }
+    match (given(&mut o, "cert"), given(&mut o, "key")) {
+        (true, false) => cx.error(&o.child("key"), "required key is missing (cert is set)"),
+        (false, true) => cx.error(&o.child("cert"), "required key is missing (key is set)"),
+        _ => {}
+    }
+    if given(&mut o, "key_password") && !given(&mut o, "key") {
+        cx.error(
+            &o.child("key_password"),
+            "needs key (the encrypted key it decrypts)",
+        );
+    }
     let username = o.opt(cx, "username", |cx, p, v| cx.nonempty(p, v, "a string"));
     let password = o.opt(cx, "password", |cx, p, v| cx.secret(p, v));
     if username.is_some() && password.is_none() && !o.has("password") {
@@ -372,6 +628,10 @@ fn etcd_section(cx: &mut Cx, mut o: Obj<'_>) -> Etcd {
         protocol,
         username,
         password,
+        cacert,
+        cert,
+        key,
+        key_password,
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -31,6 +31,8 @@ pub struct Config {
     /// This member's name, unique in the cluster.
     pub name: String,
     pub restapi: RestApi,
+    /// The `ctl` section: how the CLI (and this agent's peer probes) call the REST APIs.
+    pub ctl: Ctl,
     pub etcd: Etcd,
     /// Present when this node may bootstrap a new cluster (`bootstrap` section present).
     pub bootstrap: Option<Bootstrap>,
@@ -54,6 +56,21 @@ pub struct RestApi {
     pub connect_address: String,
     /// Basic-auth credentials required for the unsafe endpoints: (username, password).
     pub authentication: Option<(String, String)>,
+    /// HTTPS (`restapi.certfile` set); `None`: plain HTTP.
+    pub tls: Option<RestTls>,
+    /// `restapi.allowlist`: who may call the unsafe endpoints (empty: anyone).
+    pub allowlist: Vec<AllowEntry>,
+    /// `restapi.allowlist_include_members`: the members' REST API hosts may too.
+    pub allowlist_include_members: bool,
+    /// `restapi.http_extra_headers`, plus `https_extra_headers` when TLS is on, in file order.
+    pub extra_headers: Vec<(String, String)>,
+}
+
+impl RestApi {
+    /// `http` or `https`: the scheme of this member's `api_url`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
 }
 
 impl fmt::Debug for RestApi {
@@ -66,7 +83,172 @@ impl fmt::Debug for RestApi {
                 "authentication",
                 &self.authentication.as_ref().map(|(u, _)| (u, "<redacted>")),
             )
+            .field("tls", &self.tls)
+            .field("allowlist", &self.allowlist)
+            .field("allowlist_include_members", &self.allowlist_include_members)
+            .field("extra_headers", &self.extra_headers)
             .finish()
+    }
+}
+
+/// The REST API's TLS settings (`restapi.certfile` and its companions).
+#[derive(Clone, PartialEq)]
+pub struct RestTls {
+    /// PEM certificate chain (and the key, when `keyfile` is not given).
+    pub certfile: PathBuf,
+    pub keyfile: Option<PathBuf>,
+    /// Decrypts an encrypted PKCS#8 `keyfile`.
+    pub keyfile_password: Option<String>,
+    /// CA certificates client certificates are checked against.
+    pub cafile: Option<PathBuf>,
+    /// `restapi.ciphers` as written, and the OpenSSL names of the TLS 1.2 suites it selects
+    /// among those pgbaton implements, in preference order. `None`: every suite. TLS 1.3
+    /// suites are always on (as in Patroni, whose `set_ciphers` does not touch them).
+    pub ciphers: Option<(String, Vec<&'static str>)>,
+    pub verify_client: VerifyClient,
+}
+
+impl fmt::Debug for RestTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RestTls")
+            .field("certfile", &self.certfile)
+            .field("keyfile", &self.keyfile)
+            .field(
+                "keyfile_password",
+                &self.keyfile_password.as_ref().map(|_| "<redacted>"),
+            )
+            .field("cafile", &self.cafile)
+            .field("ciphers", &self.ciphers)
+            .field("verify_client", &self.verify_client)
+            .finish()
+    }
+}
+
+/// `restapi.verify_client`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum VerifyClient {
+    /// No client certificate is asked for.
+    #[default]
+    None,
+    /// Asked for; a connection without one is served, but the unsafe endpoints answer 403.
+    Optional,
+    /// Required by the TLS handshake for every request.
+    Required,
+}
+
+/// One `restapi.allowlist` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AllowEntry {
+    /// An address or a network: `10.0.0.5`, `10.0.0.0/24`, `fd00::/64` (the address is
+    /// masked to the prefix).
+    Network(IpAddr, u8),
+    /// A host name, resolved when the REST API starts.
+    Host(String),
+}
+
+/// The `ctl` section (Patroni's patronictl settings): how `pgbaton` commands and this agent's
+/// own requests to other members' REST APIs authenticate and check TLS. Each file falls back
+/// to the `restapi` one, as in Patroni (`ctl.cacert` → `restapi.cafile`, `ctl.certfile` →
+/// `restapi.certfile`, ...).
+#[derive(Clone, Default, PartialEq)]
+pub struct Ctl {
+    /// Basic-auth credentials for the unsafe endpoints (else `restapi.authentication`).
+    pub authentication: Option<(String, String)>,
+    /// Do not verify the server's certificate (with a client certificate: its host name only,
+    /// as Patroni).
+    pub insecure: bool,
+    pub cacert: Option<PathBuf>,
+    pub certfile: Option<PathBuf>,
+    pub keyfile: Option<PathBuf>,
+    pub keyfile_password: Option<String>,
+}
+
+impl fmt::Debug for Ctl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ctl")
+            .field(
+                "authentication",
+                &self.authentication.as_ref().map(|(u, _)| (u, "<redacted>")),
+            )
+            .field("insecure", &self.insecure)
+            .field("cacert", &self.cacert)
+            .field("certfile", &self.certfile)
+            .field("keyfile", &self.keyfile)
+            .field(
+                "keyfile_password",
+                &self.keyfile_password.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// What a REST client (the CLI, the peer probes) uses, `ctl` first, then `restapi`.
+#[derive(Clone, Default, PartialEq)]
+pub struct RestClient {
+    pub authentication: Option<(String, String)>,
+    pub insecure: bool,
+    pub cacert: Option<PathBuf>,
+    pub certfile: Option<PathBuf>,
+    pub keyfile: Option<PathBuf>,
+    pub keyfile_password: Option<String>,
+}
+
+impl fmt::Debug for RestClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RestClient")
+            .field(
+                "authentication",
+                &self.authentication.as_ref().map(|(u, _)| (u, "<redacted>")),
+            )
+            .field("insecure", &self.insecure)
+            .field("cacert", &self.cacert)
+            .field("certfile", &self.certfile)
+            .field("keyfile", &self.keyfile)
+            .field(
+                "keyfile_password",
+                &self.keyfile_password.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+impl Config {
+    /// The REST client settings: each from `ctl`, else from `restapi` (Patroni's
+    /// `PatroniRequest`); `keyfile` and `keyfile_password` come from the same section as
+    /// `certfile`.
+    pub fn rest_client(&self) -> RestClient {
+        let tls = self.restapi.tls.as_ref();
+        let (certfile, keyfile, keyfile_password) = match &self.ctl.certfile {
+            Some(c) => (
+                Some(c.clone()),
+                self.ctl.keyfile.clone(),
+                self.ctl.keyfile_password.clone(),
+            ),
+            None => match tls {
+                Some(t) => (
+                    Some(t.certfile.clone()),
+                    t.keyfile.clone(),
+                    t.keyfile_password.clone(),
+                ),
+                None => (None, None, None),
+            },
+        };
+        RestClient {
+            authentication: self
+                .ctl
+                .authentication
+                .clone()
+                .or_else(|| self.restapi.authentication.clone()),
+            insecure: self.ctl.insecure,
+            cacert: self
+                .ctl
+                .cacert
+                .clone()
+                .or_else(|| tls.and_then(|t| t.cafile.clone())),
+            certfile,
+            keyfile,
+            keyfile_password,
+        }
     }
 }
 
@@ -79,6 +261,14 @@ pub struct Etcd {
     pub protocol: String,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// CA certificates the etcd servers' certificates are checked against (with `https`;
+    /// the system's roots when absent).
+    pub cacert: Option<PathBuf>,
+    /// Client certificate and key, for etcd's `--client-cert-auth`.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Decrypts an encrypted PKCS#8 `key`.
+    pub key_password: Option<String>,
 }
 
 impl fmt::Debug for Etcd {
@@ -88,6 +278,13 @@ impl fmt::Debug for Etcd {
             .field("protocol", &self.protocol)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("cacert", &self.cacert)
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field(
+                "key_password",
+                &self.key_password.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }

@@ -132,15 +132,7 @@ const CITUS: &str = "Patroni keeps a Citus group's keys under /<namespace>/<scop
     separate cluster beside this group's Patroni members (two primaries)";
 const ETCD_V2: &str = "read as etcd3: pgbaton talks to etcd with the v3 API only, so keys a \
     Patroni cluster wrote through the v2 API are not visible to it";
-const REST_TLS: &str = "the REST API is served over plain HTTP only; this key asks for HTTPS, \
-    and without it the API and its basic-auth password would travel in clear text";
-const ALLOWLIST: &str = "REST API access is not restricted by client address; this key \
-    restricts who may call the endpoints that change the cluster (switchover, restart, PATCH \
-    /config)";
 const REST_UNUSED: &str = "accepted but not used by pgbaton (a setting of Patroni's HTTP server)";
-const ETCD_HTTPS: &str = "pgbaton's etcd client has no TLS: it would talk to etcd in clear text";
-const ETCD_TLS: &str = "pgbaton's etcd client has no TLS: it would talk to etcd in clear text, \
-    without this file";
 const ETCD_DISCOVERY: &str =
     "accepted but not used by pgbaton: it connects to the endpoints in host/hosts, as given";
 const BOOTSTRAP_METHOD: &str = "pgbaton creates a new cluster with initdb only: with another \
@@ -237,11 +229,53 @@ pub(crate) static KEYS: &[Key] = &[
     ),
     local("vip", "absent", "pgbaton only. See [vip](#vip)."),
     local("log", "absent", "See [log](#log)."),
-    warned(
+    local(
         "ctl",
-        Local,
-        "accepted but not used by pgbaton: patronictl's settings; the pgbaton commands do not \
-         read them",
+        "none",
+        "How `pgbaton` commands and this agent's own requests to other members' REST APIs \
+         (peer probes) authenticate and check TLS, as Patroni's `ctl` section for \
+         patronictl. Each setting falls back to its `restapi` counterpart, as in Patroni.",
+    ),
+    local(
+        "ctl.authentication",
+        "`restapi.authentication`",
+        "`username` and `password` sent (HTTP Basic) to the unsafe endpoints.",
+    ),
+    local(
+        "ctl.authentication.username",
+        "required",
+        "See `ctl.authentication`.",
+    ),
+    local(
+        "ctl.authentication.password",
+        "required",
+        "See `ctl.authentication`.",
+    ),
+    local(
+        "ctl.insecure",
+        "`false`",
+        "Do not verify the REST API's certificate. With a client certificate (`certfile`) \
+         the chain is still verified and only the host name is not, as in Patroni.",
+    ),
+    local(
+        "ctl.cacert",
+        "`restapi.cafile`, else the system's roots",
+        "PEM CA certificates the REST APIs' certificates are checked against.",
+    ),
+    local(
+        "ctl.certfile",
+        "`restapi.certfile`",
+        "PEM client certificate, presented when a REST API asks for one (`verify_client`).",
+    ),
+    local(
+        "ctl.keyfile",
+        "`restapi.keyfile` (with `restapi.certfile`)",
+        "PEM private key of `ctl.certfile`; the key in `ctl.certfile` when not given.",
+    ),
+    local(
+        "ctl.keyfile_password",
+        "`restapi.keyfile_password` (with `restapi.certfile`)",
+        "Password of an encrypted PKCS#8 `ctl.keyfile`.",
     ),
     refused("citus", Local, CITUS),
     warned("thread_pool_size", Local, UNUSED_PATRONI_THREADS),
@@ -298,29 +332,77 @@ pub(crate) static KEYS: &[Key] = &[
         "required",
         "See `restapi.authentication`.",
     ),
-    refused("restapi.certfile", Local, REST_TLS),
-    refused("restapi.keyfile", Local, REST_TLS),
-    refused("restapi.keyfile_password", Local, REST_TLS),
-    refused("restapi.cafile", Local, REST_TLS),
-    refused("restapi.ciphers", Local, REST_TLS),
-    refused("restapi.verify_client", Local, REST_TLS),
-    refused("restapi.allowlist", Local, ALLOWLIST),
-    by_value(
+    local(
+        "restapi.certfile",
+        "none (plain HTTP)",
+        "PEM certificate chain: with it the REST API serves HTTPS only (rustls; TLS 1.2 and \
+         1.3) and `api_url` is `https://...`. The private key may be in this file too. Read at \
+         start and again on SIGHUP; a changed certificate or key is used for new connections \
+         without closing the listener.",
+    ),
+    local(
+        "restapi.keyfile",
+        "the key in `certfile`",
+        "PEM private key of `certfile` (PKCS#8, PKCS#1 RSA or SEC1 EC; encrypted PKCS#8 with \
+         `keyfile_password`). Needs `certfile`.",
+    ),
+    local(
+        "restapi.keyfile_password",
+        "none",
+        "Password of an encrypted PKCS#8 key (`-----BEGIN ENCRYPTED PRIVATE KEY-----`, PBES2: \
+         PBKDF2 or scrypt with AES-CBC, as `openssl pkcs8 -topk8` writes). A key encrypted \
+         in OpenSSL's traditional format (`Proc-Type: 4,ENCRYPTED`) is refused with an \
+         error: convert it with `openssl pkcs8 -topk8`.",
+    ),
+    local(
+        "restapi.cafile",
+        "none",
+        "PEM CA certificates client certificates are checked against; required with \
+         `verify_client: optional` or `required`. Also the CA the CLI and the peer probes \
+         check servers against when `ctl.cacert` is not set.",
+    ),
+    local(
+        "restapi.ciphers",
+        "every suite",
+        "OpenSSL cipher list for TLS 1.2 (`HIGH:!aNULL`, `ECDHE+AESGCM`, exact names, `!`, \
+         `-`, `+`, `@STRENGTH`). rustls implements six TLS 1.2 suites (ECDHE with ECDSA or \
+         RSA, AES-128/256-GCM or CHACHA20-POLY1305); other names select nothing, and a list \
+         that selects none of the six is an error. TLS 1.3 suites are always on (OpenSSL's \
+         cipher list does not set them either).",
+    ),
+    local(
+        "restapi.verify_client",
+        "`none`",
+        "`none`: no client certificate is asked for. `optional`: asked for and checked \
+         against `cafile` when given; the unsafe endpoints answer 403 `client certificate \
+         required` without one. `required`: the TLS handshake fails without a valid one, for \
+         every endpoint. Needs `certfile`.",
+    ),
+    local(
+        "restapi.allowlist",
+        "anyone",
+        "Addresses (`10.0.0.5`), networks (`10.0.0.0/24`, `fd00::/64`) and host names \
+         (resolved when the agent starts) that may call the unsafe endpoints; any other \
+         client gets 403 `Access is denied` before authentication is checked. Health checks \
+         and other GETs are not restricted, as in Patroni.",
+    ),
+    local(
         "restapi.allowlist_include_members",
-        Local,
         "`false`",
-        "",
-        &[("false", Implemented), ("true", Refused(ALLOWLIST))],
+        "Also allow the addresses of every member's REST API host (from `api_url` in the \
+         DCS, resolved at each request). With it alone (no `allowlist`) only the members \
+         may call the unsafe endpoints.",
     ),
-    warned(
+    local(
         "restapi.http_extra_headers",
-        Local,
-        "accepted but not used by pgbaton: it sends no extra response headers",
+        "none",
+        "A mapping of header names to values added to every response.",
     ),
-    warned(
+    local(
         "restapi.https_extra_headers",
-        Local,
-        "accepted but not used by pgbaton: it sends no extra response headers",
+        "none",
+        "Added to every response too, when TLS is on (`certfile`); ignored with a warning \
+         otherwise.",
     ),
     warned("restapi.request_queue_size", Local, REST_UNUSED),
     warned("restapi.server_tokens", Local, REST_UNUSED),
@@ -337,23 +419,43 @@ pub(crate) static KEYS: &[Key] = &[
         "etcd3.protocol",
         Local,
         "`http`",
-        "How to talk to etcd.",
-        &[("http", Implemented), ("https", Refused(ETCD_HTTPS))],
+        "How to talk to etcd: `https` is gRPC over TLS (rustls), checked against `cacert`.",
+        &[("http", Implemented), ("https", Implemented)],
     ),
     local(
         "etcd3.username",
         "none",
-        "etcd user name (etcd authentication); `password` is then required.",
+        "etcd user name (etcd authentication); `password` is then required. The client \
+         authenticates when it connects and again whenever etcd answers that its token \
+         expired (`--auth-token-ttl`, JWT `ttl`).",
     ),
     local(
         "etcd3.password",
         "none",
         "The etcd user's password; only with `username`.",
     ),
-    refused("etcd3.cacert", Local, ETCD_TLS),
-    refused("etcd3.cert", Local, ETCD_TLS),
-    refused("etcd3.key", Local, ETCD_TLS),
-    refused("etcd3.key_password", Local, ETCD_TLS),
+    local(
+        "etcd3.cacert",
+        "the system's roots",
+        "PEM CA certificates the etcd servers' certificates are checked against. Needs \
+         `protocol: https`.",
+    ),
+    local(
+        "etcd3.cert",
+        "none",
+        "PEM client certificate for etcd's `--client-cert-auth`; with `key`. Needs \
+         `protocol: https`.",
+    ),
+    local(
+        "etcd3.key",
+        "none",
+        "PEM private key of `cert` (PKCS#8, PKCS#1 RSA or SEC1 EC).",
+    ),
+    local(
+        "etcd3.key_password",
+        "none",
+        "Password of an encrypted PKCS#8 `key` (see `restapi.keyfile_password`).",
+    ),
     warned("etcd3.use_proxies", Local, ETCD_DISCOVERY),
     warned("etcd3.url", Local, ETCD_DISCOVERY),
     warned("etcd3.proxy", Local, ETCD_DISCOVERY),
@@ -1122,6 +1224,7 @@ pub(crate) mod doc {
     pub(crate) const SECTIONS: &[&str] = &[
         "top",
         "restapi",
+        "ctl",
         "etcd3",
         "bootstrap",
         "postgresql",

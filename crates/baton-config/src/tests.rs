@@ -7,6 +7,7 @@ use crate::{
 };
 
 mod support;
+mod tls;
 
 fn no_env(_: &str) -> Option<String> {
     None
@@ -163,6 +164,18 @@ tags:
                         "<redacted>",
                     ),
                 ),
+                tls: None,
+                allowlist: [],
+                allowlist_include_members: false,
+                extra_headers: [],
+            },
+            ctl: Ctl {
+                authentication: None,
+                insecure: false,
+                cacert: None,
+                certfile: None,
+                keyfile: None,
+                keyfile_password: None,
             },
             etcd: Etcd {
                 hosts: [
@@ -172,6 +185,10 @@ tags:
                 protocol: "http",
                 username: None,
                 password: None,
+                cacert: None,
+                cert: None,
+                key: None,
+                key_password: None,
             },
             bootstrap: Some(
                 Bootstrap {

@@ -37,6 +37,26 @@ pub struct EtcdSettings {
     pub request_timeout: Duration,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// TLS (`etcd3.protocol: https`); `None`: plain HTTP/2.
+    pub tls: Option<EtcdTls>,
+}
+
+/// TLS to etcd, with the files already read (the key decrypted), as PEM.
+#[derive(Clone, Default)]
+pub struct EtcdTls {
+    /// CA certificates the servers are checked against; the system's roots when `None`.
+    pub ca_pem: Option<String>,
+    /// Client certificate (chain) and key, for `--client-cert-auth`.
+    pub identity: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTls")
+            .field("ca", &self.ca_pem.is_some())
+            .field("identity", &self.identity.is_some())
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for EtcdSettings {
@@ -47,6 +67,7 @@ impl std::fmt::Debug for EtcdSettings {
             .field("request_timeout", &self.request_timeout)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -159,9 +180,11 @@ async fn read_prefix(
     Ok((revision, kvs))
 }
 
-fn endpoint_url(endpoint: &str) -> String {
+fn endpoint_url(endpoint: &str, tls: bool) -> String {
     if endpoint.contains("://") {
         endpoint.to_owned()
+    } else if tls {
+        format!("https://{endpoint}")
     } else {
         format!("http://{endpoint}")
     }
@@ -289,14 +312,29 @@ impl EtcdDcs {
             request_timeout: timeout,
             username,
             password,
+            tls,
         } = settings;
         if endpoints.is_empty() {
             return Err(DcsError::Other("no etcd endpoints configured".into()));
         }
-        let urls: Vec<String> = endpoints.iter().map(|e| endpoint_url(e)).collect();
+        let urls: Vec<String> = endpoints
+            .iter()
+            .map(|e| endpoint_url(e, tls.is_some()))
+            .collect();
         let mut options = ConnectOptions::new()
             .with_connect_timeout(timeout)
             .with_keep_alive(HTTP2_PING_INTERVAL, timeout.max(Duration::from_secs(1)));
+        if let Some(tls) = tls {
+            let mut config = etcd_client::TlsOptions::new();
+            config = match tls.ca_pem {
+                Some(ca) => config.ca_certificate(etcd_client::Certificate::from_pem(ca)),
+                None => config.with_native_roots(),
+            };
+            if let Some((cert, key)) = tls.identity {
+                config = config.identity(etcd_client::Identity::from_pem(cert, key));
+            }
+            options = options.with_tls(config);
+        }
         match (username, password) {
             (Some(user), Some(password)) => {
                 options = options

@@ -14,7 +14,7 @@ mod etcd;
 mod mem;
 pub mod record;
 
-pub use etcd::{EtcdDcs, EtcdSettings};
+pub use etcd::{EtcdDcs, EtcdSettings, EtcdTls};
 pub use mem::MemDcs;
 
 /// Errors callers branch on.

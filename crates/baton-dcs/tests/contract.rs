@@ -279,6 +279,7 @@ fn etcd_settings(endpoint: &str, scope: &DcsScope) -> EtcdSettings {
         request_timeout: Duration::from_secs(5),
         username: None,
         password: None,
+        tls: None,
     }
 }
 
@@ -1346,6 +1347,7 @@ async fn etcd_unreachable_is_unavailable_within_the_timeout() {
         request_timeout: timeout,
         username: None,
         password: None,
+        tls: None,
     };
     let started = Instant::now();
     let result = EtcdDcs::connect(settings).await;

@@ -1,5 +1,5 @@
-//! The one way the control commands talk to an agent's REST API (credentials, timeouts; TLS
-//! settings belong here too).
+//! The one way the control commands talk to an agent's REST API (credentials, timeouts, TLS
+//! through `baton_cli::http`).
 
 use std::time::Duration;
 
@@ -27,14 +27,10 @@ pub(crate) async fn request(
     body: Option<&serde_json::Value>,
     headers: &[(&str, String)],
 ) -> anyhow::Result<Reply> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .context("build HTTP client")?;
-    let mut request = client.request(method.clone(), url);
-    if let Some((user, password)) = &config.restapi.authentication {
-        request = request.basic_auth(user, Some(password));
-    }
+    // TLS (ctl.cacert/certfile/keyfile/insecure, else restapi's) and the credentials
+    // (ctl.authentication, else restapi.authentication), as patronictl reads them.
+    let client = baton_cli::http::client(config, Duration::from_secs(60))?;
+    let mut request = baton_cli::http::request(config, &client, method.clone(), url);
     for (name, value) in headers {
         request = request.header(*name, value);
     }

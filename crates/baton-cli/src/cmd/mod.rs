@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use baton_cli::cli::{Command, Role};
 use baton_core::{ClusterView, Member};
-use baton_dcs::{Dcs, DcsScope, EtcdDcs, EtcdSettings};
+use baton_dcs::{Dcs, DcsScope, EtcdDcs};
 
 /// What every command has: the configuration and the cluster it works on.
 pub(crate) struct Ctx {
@@ -48,18 +48,14 @@ pub(crate) fn check_cluster_name(name: &str) -> anyhow::Result<()> {
 
 async fn connect(config: &baton_config::Config, cluster: &str) -> anyhow::Result<Ctx> {
     check_cluster_name(cluster)?;
-    let dcs = EtcdDcs::connect(EtcdSettings {
-        endpoints: config.etcd.hosts.clone(),
-        scope: DcsScope {
-            namespace: config.namespace.clone(),
-            scope: cluster.to_owned(),
-        },
-        request_timeout: Duration::from_secs(5),
-        username: config.etcd.username.clone(),
-        password: config.etcd.password.clone(),
-    })
-    .await
-    .with_context(|| format!("connect to etcd at {}", config.etcd.hosts.join(",")))?;
+    let mut settings = baton_cli::http::etcd_settings(config, Duration::from_secs(5))?;
+    settings.scope = DcsScope {
+        namespace: config.namespace.clone(),
+        scope: cluster.to_owned(),
+    };
+    let dcs = EtcdDcs::connect(settings)
+        .await
+        .with_context(|| format!("connect to etcd at {}", config.etcd.hosts.join(",")))?;
     Ok(Ctx {
         config: config.clone(),
         cluster: cluster.to_owned(),

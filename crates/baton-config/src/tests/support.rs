@@ -174,32 +174,31 @@ fn each_refused_key_is_an_error_naming_it() {
     expect![[r#"
         citus: errors:
           citus: not supported by pgbaton yet: Patroni keeps a Citus group's keys under /<namespace>/<scope>/<group>/, so pgbaton, which would read and write /<namespace>/<scope>/ instead, would run a second, separate cluster beside this group's Patroni members (two primaries)
-        certfile: errors:
-          restapi.certfile: not supported by pgbaton yet: the REST API is served over plain HTTP only; this key asks for HTTPS, and without it the API and its basic-auth password would travel in clear text
+        certfile: ok
         keyfile: errors:
-          restapi.keyfile: not supported by pgbaton yet: the REST API is served over plain HTTP only; this key asks for HTTPS, and without it the API and its basic-auth password would travel in clear text
+          restapi.keyfile: needs restapi.certfile: without it the REST API serves plain HTTP
         keyfile_password: errors:
-          restapi.keyfile_password: not supported by pgbaton yet: the REST API is served over plain HTTP only; this key asks for HTTPS, and without it the API and its basic-auth password would travel in clear text
+          restapi.keyfile_password: needs restapi.certfile: without it the REST API serves plain HTTP
         cafile: errors:
-          restapi.cafile: not supported by pgbaton yet: the REST API is served over plain HTTP only; this key asks for HTTPS, and without it the API and its basic-auth password would travel in clear text
+          restapi.cafile: needs restapi.certfile: without it the REST API serves plain HTTP
         ciphers: errors:
-          restapi.ciphers: not supported by pgbaton yet: the REST API is served over plain HTTP only; this key asks for HTTPS, and without it the API and its basic-auth password would travel in clear text
+          restapi.ciphers: needs restapi.certfile: without it the REST API serves plain HTTP
         verify_client: errors:
-          restapi.verify_client: not supported by pgbaton yet: the REST API is served over plain HTTP only; this key asks for HTTPS, and without it the API and its basic-auth password would travel in clear text
-        allowlist: errors:
-          restapi.allowlist: not supported by pgbaton yet: REST API access is not restricted by client address; this key restricts who may call the endpoints that change the cluster (switchover, restart, PATCH /config)
-        allowlist_include_members: errors:
-          restapi.allowlist_include_members: not supported by pgbaton yet: REST API access is not restricted by client address; this key restricts who may call the endpoints that change the cluster (switchover, restart, PATCH /config)
-        etcd https: errors:
-          etcd3.protocol: not supported by pgbaton yet: pgbaton's etcd client has no TLS: it would talk to etcd in clear text
+          restapi.verify_client: needs restapi.certfile: without it the REST API serves plain HTTP
+        allowlist: ok
+        allowlist_include_members: ok
+        etcd https: ok
         etcd cacert: errors:
-          etcd3.cacert: not supported by pgbaton yet: pgbaton's etcd client has no TLS: it would talk to etcd in clear text, without this file
+          etcd3.cacert: needs protocol: https (the file is only used over TLS)
         etcd cert: errors:
-          etcd3.cert: not supported by pgbaton yet: pgbaton's etcd client has no TLS: it would talk to etcd in clear text, without this file
+          etcd3.cert: needs protocol: https (the file is only used over TLS)
+          etcd3.key: required key is missing (cert is set)
         etcd key: errors:
-          etcd3.key: not supported by pgbaton yet: pgbaton's etcd client has no TLS: it would talk to etcd in clear text, without this file
+          etcd3.key: needs protocol: https (the file is only used over TLS)
+          etcd3.cert: required key is missing (key is set)
         etcd key_password: errors:
-          etcd3.key_password: not supported by pgbaton yet: pgbaton's etcd client has no TLS: it would talk to etcd in clear text, without this file
+          etcd3.key_password: needs protocol: https (the file is only used over TLS)
+          etcd3.key_password: needs key (the encrypted key it decrypts)
         bootstrap method: errors:
           bootstrap.method: not supported by pgbaton yet: pgbaton creates a new cluster with initdb only: with another method (restoring a backup, say) it would create an empty cluster instead
         config_dir: errors:
@@ -267,8 +266,7 @@ fn each_refused_key_is_an_error_naming_it() {
         BASE,
         &[("PATRONI_ETCD3_PROTOCOL", "https")],
         expect![[r#"
-            errors:
-            PATRONI_ETCD3_PROTOCOL: not supported by pgbaton yet: pgbaton's etcd client has no TLS: it would talk to etcd in clear text
+            ok
         "#]],
     );
 }
@@ -375,8 +373,7 @@ bootstrap:
         &yaml,
         expect![[r#"
             ok, warnings:
-            restapi.http_extra_headers: accepted but not used by pgbaton: it sends no extra response headers
-            restapi.https_extra_headers: accepted but not used by pgbaton: it sends no extra response headers
+            restapi.https_extra_headers: ignored: the REST API serves plain HTTP (restapi.certfile is not set), as in Patroni
             restapi.request_queue_size: accepted but not used by pgbaton (a setting of Patroni's HTTP server)
             restapi.server_tokens: accepted but not used by pgbaton (a setting of Patroni's HTTP server)
             restapi.thread_pool_size: accepted but not used by pgbaton (a setting of Patroni's HTTP server)
@@ -432,7 +429,6 @@ bootstrap:
             watchdog.device: accepted but not used by pgbaton: it has no /dev/watchdog support yet
             watchdog.safety_margin: accepted but not used by pgbaton: it has no /dev/watchdog support yet
             watchdog.driver: accepted but not used by pgbaton: it has no /dev/watchdog support yet
-            ctl: accepted but not used by pgbaton: patronictl's settings; the pgbaton commands do not read them
             thread_pool_size: accepted but not used by pgbaton (a setting of Patroni's Python threads)
             thread_stack_size: accepted but not used by pgbaton (a setting of Patroni's Python threads)
             consul: accepted but not used by pgbaton: it keeps cluster state in etcd only
@@ -797,6 +793,8 @@ name: n
 restapi:
   listen: 127.0.0.1:8008
   connect_address: 127.0.0.1:8008
+  authentication: {username: u, password: p}
+ctl:
   authentication: {username: u, password: p}
 etcd3:
   host: 127.0.0.1:2379
