@@ -190,11 +190,11 @@ fn endpoint_url(endpoint: &str, tls: bool) -> String {
     }
 }
 
-/// Maps an `etcd-client` error to what callers branch on. `lease` is the lease the request
-/// used, if any, so that "lease not found" names it.
+/// Maps an `etcd-client` error to what callers branch on, keeping it as the source. `lease` is
+/// the lease the request used, if any, so that "lease not found" names it.
 fn map_err(what: &str, lease: Option<i64>, e: etcd_client::Error) -> DcsError {
     use etcd_client::Error as E;
-    match e {
+    let (unavailable, message) = match &e {
         E::GRpcStatus(status) => {
             let code = status.code();
             if code == Code::NotFound
@@ -204,7 +204,7 @@ fn map_err(what: &str, lease: Option<i64>, e: etcd_client::Error) -> DcsError {
                 return DcsError::LeaseNotFound(lease);
             }
             let msg = format!("etcd {what}: {} ({code:?})", status.message());
-            match code {
+            let unavailable = match code {
                 // The outcome is unknown or the cluster cannot answer now (no leader, timeout,
                 // leader changed, connection broken).
                 Code::Unavailable
@@ -214,17 +214,24 @@ fn map_err(what: &str, lease: Option<i64>, e: etcd_client::Error) -> DcsError {
                 | Code::Aborted
                 | Code::ResourceExhausted
                 | Code::Internal
-                | Code::FailedPrecondition => DcsError::Unavailable(msg),
-                _ => DcsError::Other(msg),
-            }
+                | Code::FailedPrecondition => true,
+                _ => false,
+            };
+            (unavailable, msg)
         }
         E::LeaseKeepAliveError(m) if m.contains("lease not found") && lease.is_some() => {
-            DcsError::LeaseNotFound(lease.unwrap_or_default())
+            return DcsError::LeaseNotFound(lease.unwrap_or_default());
         }
         E::TransportError(_) | E::IoError(_) | E::WatchError(_) | E::LeaseKeepAliveError(_) => {
-            DcsError::Unavailable(format!("etcd {what}: {e}"))
+            (true, format!("etcd {what}: {e}"))
         }
-        other => DcsError::Other(format!("etcd {what}: {other}")),
+        other => (false, format!("etcd {what}: {other}")),
+    };
+    let source = Some(e.into());
+    if unavailable {
+        DcsError::Unavailable { message, source }
+    } else {
+        DcsError::Other { message, source }
     }
 }
 
@@ -238,7 +245,7 @@ async fn bounded<T>(
     match tokio::time::timeout(timeout, fut).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(map_err(what, lease, e)),
-        Err(_) => Err(DcsError::Unavailable(format!(
+        Err(_) => Err(DcsError::unavailable(format!(
             "etcd {what}: no answer within {timeout:?}"
         ))),
     }
@@ -257,12 +264,12 @@ where
     Fut: Future<Output = Result<T, etcd_client::Error>>,
 {
     let deadline = tokio::time::Instant::now() + timeout;
-    let no_answer = || DcsError::Unavailable(format!("etcd {what}: no answer within {timeout:?}"));
+    let no_answer = || DcsError::unavailable(format!("etcd {what}: no answer within {timeout:?}"));
     match tokio::time::timeout_at(deadline, attempt()).await {
         Ok(Ok(v)) => Ok(v),
         Err(_) => Err(no_answer()),
         Ok(Err(e)) => match map_err(what, None, e) {
-            DcsError::Unavailable(first) => {
+            first @ DcsError::Unavailable { .. } => {
                 tracing::debug!(error = %first, "retrying an idempotent etcd request once");
                 match tokio::time::timeout_at(deadline, attempt()).await {
                     Ok(Ok(v)) => Ok(v),
@@ -315,7 +322,7 @@ impl EtcdDcs {
             tls,
         } = settings;
         if endpoints.is_empty() {
-            return Err(DcsError::Other("no etcd endpoints configured".into()));
+            return Err(DcsError::other("no etcd endpoints configured"));
         }
         let urls: Vec<String> = endpoints
             .iter()
@@ -343,8 +350,8 @@ impl EtcdDcs {
             }
             (None, None) => {}
             _ => {
-                return Err(DcsError::Other(
-                    "etcd username and password must be set together".into(),
+                return Err(DcsError::other(
+                    "etcd username and password must be set together",
                 ));
             }
         }
@@ -561,7 +568,7 @@ impl EtcdDcs {
             .await
             .map_err(|e| map_err(&what, Some(lease), e))?
             .ok_or_else(|| {
-                DcsError::Unavailable(format!("etcd {what}: stream closed by the server"))
+                DcsError::unavailable(format!("etcd {what}: stream closed by the server"))
             })?;
         if resp.ttl() <= 0 {
             return Err(not_found());
@@ -617,7 +624,7 @@ impl Dcs for EtcdDcs {
         let what = format!("grant lease (ttl {secs} s)");
         let resp = bounded(self.inner.timeout, &what, None, lc.grant(secs, None)).await?;
         if !resp.error().is_empty() {
-            return Err(DcsError::Other(format!("etcd {what}: {}", resp.error())));
+            return Err(DcsError::other(format!("etcd {what}: {}", resp.error())));
         }
         Ok(resp.id())
     }
@@ -628,7 +635,7 @@ impl Dcs for EtcdDcs {
             let mut slot = self.inner.keeper.lock().await;
             match self.keepalive_round(&mut slot, lease).await {
                 // A refresh is idempotent: once more on a fresh stream (see `bounded_idempotent`).
-                Err(DcsError::Unavailable(first)) => {
+                Err(first @ DcsError::Unavailable { .. }) => {
                     tracing::debug!(error = %first, "retrying a lease keepalive once");
                     self.keepalive_round(&mut slot, lease).await
                 }
@@ -637,7 +644,7 @@ impl Dcs for EtcdDcs {
         };
         let result = match tokio::time::timeout(self.inner.timeout, round).await {
             Ok(r) => r,
-            Err(_) => Err(DcsError::Unavailable(format!(
+            Err(_) => Err(DcsError::unavailable(format!(
                 "etcd {what}: no answer within {:?}",
                 self.inner.timeout
             ))),

@@ -1353,8 +1353,11 @@ async fn etcd_unreachable_is_unavailable_within_the_timeout() {
     let result = EtcdDcs::connect(settings).await;
     let elapsed = started.elapsed();
     match result {
-        Err(DcsError::Unavailable(msg)) => {
-            assert!(msg.contains(&port.to_string()), "names the endpoint: {msg}")
+        Err(DcsError::Unavailable { message, .. }) => {
+            assert!(
+                message.contains(&port.to_string()),
+                "names the endpoint: {message}"
+            )
         }
         Err(e) => panic!("expected Unavailable, got {e:?}"),
         Ok(_) => panic!("expected Unavailable, connected to a closed port"),
@@ -1382,18 +1385,21 @@ async fn etcd_requests_fail_as_unavailable_when_etcd_is_gone() {
     drop(server);
     let started = Instant::now();
     match a.read_cluster().await {
-        Err(DcsError::Unavailable(msg)) => {
-            assert!(msg.contains("/service/gone/"), "names the prefix: {msg}")
+        Err(DcsError::Unavailable { message, .. }) => {
+            assert!(
+                message.contains("/service/gone/"),
+                "names the prefix: {message}"
+            )
         }
         other => panic!("expected Unavailable, got {other:?}"),
     }
     assert!(matches!(
         a.keepalive(lease).await,
-        Err(DcsError::Unavailable(_))
+        Err(DcsError::Unavailable { .. })
     ));
     assert!(matches!(
         a.acquire_leader(&name("n1"), lease).await,
-        Err(DcsError::Unavailable(_))
+        Err(DcsError::Unavailable { .. })
     ));
     assert!(
         started.elapsed() < Duration::from_secs(10),
@@ -1421,7 +1427,7 @@ async fn etcd_watch_reconnects_after_an_etcd_restart() {
     server.stop();
     assert!(matches!(
         watcher.read_cluster().await,
-        Err(DcsError::Unavailable(_))
+        Err(DcsError::Unavailable { .. })
     ));
     assert!(!rx.has_changed().unwrap(), "nothing was written");
     server
@@ -1502,13 +1508,27 @@ async fn etcd_with_authentication() {
 
     settings.password = Some("wrong".into());
     match EtcdDcs::connect(settings.clone()).await {
-        Err(DcsError::Other(msg)) => assert!(msg.contains("authentication failed"), "{msg}"),
+        Err(DcsError::Other { message, source }) => {
+            assert!(message.contains("authentication failed"), "{message}");
+            // etcd-client's own error is kept as the source, not only its text.
+            let source = source.expect("the client's error is the source");
+            assert!(
+                matches!(
+                    source.downcast_ref::<etcd_client::Error>(),
+                    Some(etcd_client::Error::GRpcStatus(status)) if status.message().contains("authentication failed")
+                ),
+                "{source:?}"
+            );
+        }
         Err(e) => panic!("bad credentials are not an outage: {e:?}"),
         Ok(_) => panic!("connected with a wrong password"),
     }
     settings.password = None;
     assert!(
-        matches!(EtcdDcs::connect(settings).await, Err(DcsError::Other(_))),
+        matches!(
+            EtcdDcs::connect(settings).await,
+            Err(DcsError::Other { .. })
+        ),
         "user without password"
     );
 }

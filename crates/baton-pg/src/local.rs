@@ -729,7 +729,7 @@ impl LocalPostgres {
         let (client, connection) = config
             .connect(NoTls)
             .await
-            .map_err(|e| sql_error(what, &e))?;
+            .map_err(|e| sql_error(what, e))?;
         let task = tokio::spawn(async move {
             if let Err(e) = connection.await {
                 debug!("connection closed: {e}");
@@ -814,7 +814,7 @@ impl LocalPostgres {
             prepare(REPLICATION_SQL),
             prepare(SLOTS_SQL)
         )
-        .map_err(|e| sql_error("prepare observation queries", &e))?;
+        .map_err(|e| sql_error("prepare observation queries", e))?;
         Ok(ObserveConn {
             conn,
             status,
@@ -843,9 +843,9 @@ impl LocalPostgres {
             what: "pg_is_in_recovery()".into(),
             after: limit,
         })?
-        .map_err(|e| sql_error("pg_is_in_recovery()", &e))?;
+        .map_err(|e| sql_error("pg_is_in_recovery()", e))?;
         row.try_get(0)
-            .map_err(|e| sql_error("pg_is_in_recovery()", &e))
+            .map_err(|e| sql_error("pg_is_in_recovery()", e))
     }
 
     /// Poll `check` until it returns `Ok(true)` or `deadline` passes (then the last error).
@@ -912,15 +912,15 @@ impl LocalPostgres {
                     &[],
                 )
                 .await
-                .map_err(|e| sql_error(&what, &e))?;
-            let in_recovery: bool = row.try_get(0).map_err(|e| sql_error(&what, &e))?;
+                .map_err(|e| sql_error(&what, e))?;
+            let in_recovery: bool = row.try_get(0).map_err(|e| sql_error(&what, e))?;
             if in_recovery {
                 return Err(PgError::Other(format!(
                     "cannot rewind from {upstream}: it is in recovery"
                 )));
             }
-            let checkpoint_tli: Option<i64> = row.try_get(1).map_err(|e| sql_error(&what, &e))?;
-            let walfile: Option<String> = row.try_get(2).map_err(|e| sql_error(&what, &e))?;
+            let checkpoint_tli: Option<i64> = row.try_get(1).map_err(|e| sql_error(&what, e))?;
+            let walfile: Option<String> = row.try_get(2).map_err(|e| sql_error(&what, e))?;
             let current = walfile.as_deref().and_then(walfile_timeline);
             if current.is_some() && current.map(|t| i64::from(t.0)) != checkpoint_tli {
                 info!(
@@ -929,7 +929,7 @@ impl LocalPostgres {
                 conn.client
                     .batch_execute("CHECKPOINT")
                     .await
-                    .map_err(|e| sql_error(&format!("CHECKPOINT on {upstream}"), &e))?;
+                    .map_err(|e| sql_error(&format!("CHECKPOINT on {upstream}"), e))?;
             }
             Ok(())
         };
@@ -1185,7 +1185,7 @@ impl Postgres for LocalPostgres {
                 conn.client
                     .simple_query("SELECT 1")
                     .await
-                    .map_err(|e| sql_error("SELECT 1", &e))?;
+                    .map_err(|e| sql_error("SELECT 1", e))?;
                 Ok(true)
             },
         )
@@ -1450,7 +1450,7 @@ impl Postgres for LocalPostgres {
                     .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
                     .collect();
                 match timeout(limit, client.query(sql, &refs)).await {
-                    Ok(rows) => rows.map_err(|e| sql_error("reconfigure", &e)),
+                    Ok(rows) => rows.map_err(|e| sql_error("reconfigure", e)),
                     Err(_) => Err(PgError::Timeout {
                         what: format!("reconfigure: {}", sql.lines().next().unwrap_or(sql)),
                         after: limit,
@@ -1460,9 +1460,9 @@ impl Postgres for LocalPostgres {
         };
         let text = |rows: &[Row], column: usize| -> Result<String, PgError> {
             rows.first()
-                .ok_or_else(|| PgError::Sql("reconfigure: no row".into()))?
+                .ok_or_else(|| PgError::sql("reconfigure: no row"))?
                 .try_get::<_, String>(column)
-                .map_err(|e| sql_error("reconfigure", &e))
+                .map_err(|e| sql_error("reconfigure", e))
         };
         let in_recovery = query("SELECT pg_catalog.pg_is_in_recovery()::text", vec![]).await?;
         let role = if text(&in_recovery, 0)? == "false" {
@@ -1517,7 +1517,7 @@ impl Postgres for LocalPostgres {
         for row in query(PENDING_RESTART_SQL, vec![]).await? {
             let get = |i| {
                 row.try_get::<_, String>(i)
-                    .map_err(|e| sql_error("pending restart", &e))
+                    .map_err(|e| sql_error("pending restart", e))
             };
             outcome.pending_restart.push(PendingSetting {
                 name: get(0)?,
@@ -1529,7 +1529,7 @@ impl Postgres for LocalPostgres {
         for row in query(FILE_ERRORS_SQL, vec![conf]).await? {
             let get = |i| {
                 row.try_get::<_, String>(i)
-                    .map_err(|e| sql_error("configuration file errors", &e))
+                    .map_err(|e| sql_error("configuration file errors", e))
             };
             let name = get(0)?;
             if !outcome.pending_restart.iter().any(|p| p.name == name) {
@@ -1554,7 +1554,7 @@ impl Postgres for LocalPostgres {
                 client
                     .batch_execute(&sql)
                     .await
-                    .map_err(|e| sql_error(what, &e))
+                    .map_err(|e| sql_error(what, e))
             };
             exec(
                 "SET log_statement TO 'none'; SET log_min_duration_statement TO -1; \
@@ -1567,7 +1567,7 @@ impl Postgres for LocalPostgres {
                 .query_one("SELECT current_setting('server_version_num')::int4", &[])
                 .await
                 .and_then(|row| row.try_get(0))
-                .map_err(|e| sql_error("server_version_num", &e))?;
+                .map_err(|e| sql_error("server_version_num", e))?;
             if let Some(password) = &s.superuser.password {
                 let sql = format!(
                     "ALTER ROLE {} WITH SUPERUSER LOGIN PASSWORD {}",
@@ -1646,15 +1646,15 @@ impl Postgres for LocalPostgres {
                     &[],
                 )
                 .await
-                .map_err(|e| sql_error("list replication slots", &e))?;
+                .map_err(|e| sql_error("list replication slots", e))?;
             let mut existing = BTreeMap::new();
             for row in &rows {
                 let name: String = row
                     .try_get(0)
-                    .map_err(|e| sql_error("list replication slots", &e))?;
+                    .map_err(|e| sql_error("list replication slots", e))?;
                 let active: bool = row
                     .try_get(1)
-                    .map_err(|e| sql_error("list replication slots", &e))?;
+                    .map_err(|e| sql_error("list replication slots", e))?;
                 existing.insert(name, active);
             }
             // Ours: what the record lists and still exists, and every wanted (member) slot,
@@ -1688,7 +1688,7 @@ impl Postgres for LocalPostgres {
                         false
                     }
                     Err(e) => {
-                        return Err(sql_error(&format!("drop replication slot {name}"), &e));
+                        return Err(sql_error(&format!("drop replication slot {name}"), e));
                     }
                 };
                 if dropped {
@@ -1704,7 +1704,7 @@ impl Postgres for LocalPostgres {
                     )
                     .await;
                 ignore_states(result, &[SqlState::DUPLICATE_OBJECT])
-                    .map_err(|e| sql_error(&format!("create replication slot {name}"), &e))?;
+                    .map_err(|e| sql_error(&format!("create replication slot {name}"), e))?;
             }
             if record != written {
                 self.write_slot_record(&record)?;
@@ -1756,7 +1756,7 @@ async fn query_state(conn: &ObserveConn) -> Result<PgSql, PgError> {
         client.query(&conn.replication, &[]),
         client.query(&conn.slots, &[]),
     )
-    .map_err(|e| sql_error("observe", &e))?;
+    .map_err(|e| sql_error("observe", e))?;
     let mut sql = parse_status(&status)?;
     sql.replication = replication
         .iter()
@@ -1766,22 +1766,24 @@ async fn query_state(conn: &ObserveConn) -> Result<PgSql, PgError> {
         .iter()
         .map(|row| {
             row.try_get::<_, String>(0)
-                .map_err(|e| sql_error("slot row", &e))
+                .map_err(|e| sql_error("slot row", e))
         })
         .collect::<Result<_, _>>()?;
     Ok(sql)
 }
 
 fn parse_status(row: &Row) -> Result<PgSql, PgError> {
-    let get_err = |e: tokio_postgres::Error| sql_error("status row", &e);
+    let get_err = |e: tokio_postgres::Error| sql_error("status row", e);
     let version: i32 = row.try_get(0).map_err(get_err)?;
     let start_time: Option<String> = row.try_get(1).map_err(get_err)?;
     let in_recovery: bool = row.try_get(2).map_err(get_err)?;
     let lsn = |i: usize| -> Result<Option<Lsn>, PgError> {
         let text: Option<String> = row.try_get(i).map_err(get_err)?;
         text.map(|t| {
-            t.parse::<Lsn>()
-                .map_err(|e| PgError::Sql(format!("status row: {e}")))
+            t.parse::<Lsn>().map_err(|e| PgError::Sql {
+                message: format!("status row: {e}"),
+                source: Some(e.into()),
+            })
         })
         .transpose()
     };
@@ -1806,7 +1808,7 @@ fn parse_status(row: &Row) -> Result<PgSql, PgError> {
         walfile.as_deref().and_then(walfile_timeline)
     }
     .or_else(|| checkpoint_tli.and_then(to_timeline))
-    .ok_or_else(|| PgError::Sql("status row: no timeline".to_owned()))?;
+    .ok_or_else(|| PgError::sql("status row: no timeline"))?;
 
     Ok(PgSql {
         server_version: u32::try_from(version).unwrap_or_default(),
@@ -1830,13 +1832,15 @@ fn parse_status(row: &Row) -> Result<PgSql, PgError> {
 }
 
 fn parse_replication_row(row: &Row) -> Result<ReplicationRow, PgError> {
-    let get_err = |e: tokio_postgres::Error| sql_error("pg_stat_replication row", &e);
+    let get_err = |e: tokio_postgres::Error| sql_error("pg_stat_replication row", e);
     let text = |i: usize| -> Result<Option<String>, PgError> { row.try_get(i).map_err(get_err) };
     let lsn = |i: usize| -> Result<Option<Lsn>, PgError> {
         text(i)?
             .map(|t| {
-                t.parse::<Lsn>()
-                    .map_err(|e| PgError::Sql(format!("pg_stat_replication: {e}")))
+                t.parse::<Lsn>().map_err(|e| PgError::Sql {
+                    message: format!("pg_stat_replication: {e}"),
+                    source: Some(e.into()),
+                })
             })
             .transpose()
     };
@@ -2103,7 +2107,7 @@ async fn upsert_role(
             &[&name],
         )
         .await
-        .map_err(|e| sql_error(&format!("look up role {name}"), &e))?
+        .map_err(|e| sql_error(&format!("look up role {name}"), e))?
         .is_some();
     let verb = if exists { "ALTER" } else { "CREATE" };
     let mut sql = format!(
@@ -2116,7 +2120,7 @@ async fn upsert_role(
     client
         .batch_execute(&sql)
         .await
-        .map_err(|e| sql_error(&format!("{} role {name}", verb.to_lowercase()), &e))
+        .map_err(|e| sql_error(&format!("{} role {name}", verb.to_lowercase()), e))
 }
 
 fn ignore_states(
@@ -2131,13 +2135,13 @@ fn ignore_states(
 }
 
 /// A SQL error with its context and the server's message (tokio-postgres' own `Display` says
-/// only "db error").
-fn sql_error(context: &str, e: &tokio_postgres::Error) -> PgError {
+/// only "db error"), keeping the client's error as the source.
+fn sql_error(context: &str, e: tokio_postgres::Error) -> PgError {
     let detail = match e.as_db_error() {
         Some(db) => format!("{}: {} ({})", db.severity(), db.message(), db.code().code()),
         None => {
             let mut text = e.to_string();
-            let mut source = std::error::Error::source(e);
+            let mut source = std::error::Error::source(&e);
             while let Some(s) = source {
                 text.push_str(&format!(": {s}"));
                 source = s.source();
@@ -2145,7 +2149,10 @@ fn sql_error(context: &str, e: &tokio_postgres::Error) -> PgError {
             text
         }
     };
-    PgError::Sql(format!("{context}: {detail}"))
+    PgError::Sql {
+        message: format!("{context}: {detail}"),
+        source: Some(e.into()),
+    }
 }
 
 /// The last lines of a command's output, for error messages.
@@ -2215,6 +2222,31 @@ fn clear_dir(dir: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn sql_errors_keep_the_client_error_as_source() {
+        // Nothing listens on port 1: tokio-postgres fails with an io error inside.
+        let e = tokio_postgres::connect(
+            "host=127.0.0.1 port=1 user=nobody connect_timeout=10",
+            tokio_postgres::NoTls,
+        )
+        .await
+        .err()
+        .expect("no server on port 1");
+        let err = sql_error("connect", e);
+        assert!(
+            err.to_string()
+                .starts_with("sql: connect: error connecting to server: "),
+            "{err}"
+        );
+        let client = std::error::Error::source(&err)
+            .and_then(|s| s.downcast_ref::<tokio_postgres::Error>())
+            .expect("the client's error is the source");
+        let io = std::error::Error::source(client)
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .expect("and its io error below it");
+        assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused);
+    }
 
     #[test]
     fn walfile_names_give_timelines() {

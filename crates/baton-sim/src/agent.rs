@@ -19,8 +19,7 @@ use baton_agent::{Agent, AgentIo, FAILURE_BACKOFF, initial_dynamic, pg_monitor};
 use baton_api::Snapshot;
 use baton_config::Config;
 use baton_core::{Clock, LeaseState, MemberName, StopMode};
-use baton_dcs::Dcs;
-use baton_pg::Postgres;
+use baton_ports::{Dcs, Postgres};
 use tokio::sync::{Notify, watch};
 
 use crate::dcs::SimDcs;

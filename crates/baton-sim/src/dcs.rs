@@ -27,7 +27,8 @@ use baton_core::{
     ClusterView, FailoverRequest, HistoryLine, Lsn, Member, MemberName, SyncKey, SyncMode,
     SyncState,
 };
-use baton_dcs::{Dcs, DcsError, Holder, LeaderWrite, MemDcs};
+use baton_dcs_mem::MemDcs;
+use baton_ports::{Dcs, DcsError, Holder, LeaderWrite};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
@@ -49,7 +50,7 @@ pub(crate) struct SimDcs {
 }
 
 fn unavailable(what: &str, why: &str) -> DcsError {
-    DcsError::Unavailable(format!("simulated etcd: {what}: {why}"))
+    DcsError::unavailable(format!("simulated etcd: {what}: {why}"))
 }
 
 impl SimDcs {
@@ -259,7 +260,7 @@ impl Dcs for SimDcs {
             .call("acquire leader", move |d| async move {
                 if steal {
                     // BROKEN: no compare-and-swap, whoever holds the key loses it.
-                    d.delete_raw(baton_dcs::record::LEADER);
+                    d.delete_raw(baton_dcs_mem::record::LEADER);
                 }
                 // `/sync` just before the key changes hands (nothing runs in between: the
                 // store answers without yielding).

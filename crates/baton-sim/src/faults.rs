@@ -478,7 +478,7 @@ fn describe(w: &World, a: &Active) -> String {
 async fn refresh_leases(w: &World) {
     let max = w.net().max_lease;
     for id in 1..=max {
-        let _ = baton_dcs::Dcs::keepalive(&w.store, id).await;
+        let _ = baton_ports::Dcs::keepalive(&w.store, id).await;
     }
 }
 

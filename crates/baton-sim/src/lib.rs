@@ -2,7 +2,7 @@
 //!
 //! 3–5 members, each running the real agent code — `ha::Agent::cycle` (and through it
 //! `baton_core::decide`), `lease::LeaseKeeper`, `fence::run_fencer` — over the in-memory DCS
-//! (`baton_dcs::MemDcs`, behind a simulated network, `SimDcs`) and a model of PostgreSQL
+//! (`baton_dcs_mem::MemDcs`, behind a simulated network, `SimDcs`) and a model of PostgreSQL
 //! ([`model`]: WAL, timelines, streaming, promote, pg_rewind, pg_basebackup, crashes,
 //! `synchronous_standby_names`). Everything runs on one current-thread tokio runtime with
 //! paused time: virtual seconds cost microseconds, and a seed replays the same run (checked
@@ -74,7 +74,8 @@ use std::time::Duration;
 
 use baton_config::Config;
 use baton_core::{Mono, SyncMode};
-use baton_dcs::{DcsScope, MemDcs};
+use baton_dcs_mem::MemDcs;
+use baton_ports::DcsScope;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 

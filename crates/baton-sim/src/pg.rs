@@ -1,4 +1,4 @@
-//! `SimPostgres`: the `baton_pg::Postgres` trait over the cluster model.
+//! `SimPostgres`: the `baton_ports::Postgres` trait over the cluster model.
 //!
 //! Every call takes a seeded, randomised amount of virtual time. State changes that a real
 //! postmaster makes on its own — becoming ready after a start, finishing a promotion, exiting
@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use baton_core::{HistoryLine, PgState, StartRole, StopMode, Upstream};
-use baton_pg::{PendingSetting, PgError, Postgres, Reconfigured};
+use baton_ports::{PendingSetting, PgError, Postgres, Reconfigured};
 
 use crate::model::{Role, StopKind};
 use crate::world::World;

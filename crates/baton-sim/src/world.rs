@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use baton_api::Snapshot;
 use baton_core::{Clock, Mono};
-use baton_dcs::MemDcs;
+use baton_dcs_mem::MemDcs;
 use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -308,7 +308,7 @@ impl World {
 
     /// The store's change signal, fanned out to one channel per member in a fixed order.
     pub(crate) async fn forward_store_changes(self: Arc<Self>) {
-        let mut changes = baton_dcs::Dcs::changes(&self.store);
+        let mut changes = baton_ports::Dcs::changes(&self.store);
         while changes.changed().await.is_ok() {
             changes.borrow_and_update();
             for tx in &self.dcs_changes {
@@ -344,7 +344,7 @@ impl World {
         if self.net().election {
             return None;
         }
-        let name = self.store.get_raw(baton_dcs::record::LEADER)?;
+        let name = self.store.get_raw(baton_dcs_mem::record::LEADER)?;
         self.index_of(&name)
     }
 

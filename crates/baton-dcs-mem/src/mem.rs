@@ -14,10 +14,10 @@ use std::time::Duration;
 use baton_core::{
     Clock, ClusterView, FailoverRequest, HistoryLine, Lsn, Member, MemberName, Mono, SyncState,
 };
+use baton_ports::{Dcs, DcsError, DcsScope, Holder, LeaderWrite};
 use tokio::sync::watch;
 
 use crate::record::{self, RawKv};
-use crate::{Dcs, DcsError, DcsScope, Holder, LeaderWrite};
 
 /// An in-memory cluster store for one scope. Clones share the store and the availability flag;
 /// [`MemDcs::new_client`] gives another client of the same store with its own flag.
@@ -304,7 +304,7 @@ impl MemDcs {
         let unavailable = self.unavailable.load(Ordering::SeqCst);
         self.server_op(|store| {
             if unavailable {
-                return Err(DcsError::Unavailable(format!(
+                return Err(DcsError::unavailable(format!(
                     "in-memory DCS {}: {what}: client cut off",
                     self.shared.prefix
                 )));
@@ -665,7 +665,7 @@ mod tests {
         ];
         for (i, r) in results.into_iter().enumerate() {
             assert!(
-                matches!(r, Some(DcsError::Unavailable(_))),
+                matches!(r, Some(DcsError::Unavailable { .. })),
                 "call {i}: {r:?}"
             );
         }
