@@ -15,8 +15,8 @@ use anyhow::{Context, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair,
 };
 use serde_json::{Value, json};
 
@@ -67,9 +67,29 @@ impl Pki {
     /// A certificate for `name` (its CN), valid for localhost and 127.0.0.1, for servers
     /// and clients alike.
     pub fn issue(&self, name: &str) -> anyhow::Result<CertFiles> {
+        self.issue_cert(name, true)
+    }
+
+    /// A client certificate like [`Pki::issue`] but with no CommonName in its subject (an
+    /// `O` only), as etcd's JSON gateway needs with `--client-cert-auth` and auth on: it
+    /// refuses a client certificate with a CN ("CommonName of client sending a request
+    /// against gateway will be ignored"), and patronictl talks to etcd through that gateway.
+    pub fn issue_without_cn(&self, name: &str) -> anyhow::Result<CertFiles> {
+        self.issue_cert(name, false)
+    }
+
+    fn issue_cert(&self, name: &str, with_cn: bool) -> anyhow::Result<CertFiles> {
         let mut params =
             CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
-        params.distinguished_name.push(DnType::CommonName, name);
+        if with_cn {
+            params.distinguished_name.push(DnType::CommonName, name);
+        } else {
+            // rcgen's default subject has a CommonName of its own.
+            params.distinguished_name = DistinguishedName::new();
+            params
+                .distinguished_name
+                .push(DnType::OrganizationName, name);
+        }
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
