@@ -115,6 +115,10 @@ fn check_result(result: &Value, kind: &str, old: &str) -> anyhow::Result<String>
     );
     ensure!(result["outcome"] == json!("ok"), "{result}");
     ensure!(
+        result["reason"].as_str().is_some_and(|r| !r.is_empty()),
+        "no reason: {result}"
+    );
+    ensure!(
         result["timeline_after"].as_u64() > result["timeline_before"].as_u64(),
         "{result}"
     );

@@ -152,19 +152,35 @@ pub fn health_problems(view: &ClusterView) -> Vec<String> {
     problems
 }
 
-/// Why the new leader took over, as the DCS says it: its `pgbaton_reason`, else the reason of
-/// the `history` line written for the timeline it left.
+/// What a member says in its member key (`pgbaton_reason`) while it takes over: "promoted self
+/// to leader ...". The drill watches the member keys for it, since the next HA cycle replaces
+/// it with the steady "no action. I am the leader with the lock".
+pub fn promotion_reason<'v>(view: &'v ClusterView, not: &str) -> Option<(&'v str, &'v str)> {
+    view.members
+        .iter()
+        .filter(|m| m.name.as_str() != not)
+        .find_map(|m| {
+            let reason = m.reason.as_deref()?;
+            reason
+                .starts_with("promoted")
+                .then_some((m.name.as_str(), reason))
+        })
+}
+
+/// Why the new leader took over: the promotion reason it gave (`seen`, see
+/// [`promotion_reason`]) or still gives in its member key, else the reason of the `history`
+/// line written for the timeline it left.
 pub fn takeover_reason(
     view: &ClusterView,
     new_leader: &str,
     timeline_before: Option<u32>,
+    seen: Option<&str>,
 ) -> Option<String> {
-    let member = view.members.iter().find(|m| m.name.as_str() == new_leader);
-    if let Some(reason) = member
-        .and_then(|m| m.reason.clone())
-        .filter(|r| !r.is_empty())
-    {
-        return Some(reason);
+    if let Some(reason) = seen {
+        return Some(reason.to_owned());
+    }
+    if let Some((_, reason)) = promotion_reason(view, "").filter(|(name, _)| *name == new_leader) {
+        return Some(reason.to_owned());
     }
     view.history
         .iter()
@@ -398,7 +414,7 @@ mod tests {
     }
 
     #[test]
-    fn the_reason_comes_from_the_new_leaders_member_key_else_the_history() {
+    fn the_reason_is_the_promotion_seen_else_the_history() {
         let mut v = healthy();
         v.history = vec![baton_core::HistoryLine {
             timeline: baton_core::Timeline(1),
@@ -407,15 +423,24 @@ mod tests {
             timestamp: None,
             new_leader: Some("node2".into()),
         }];
+        v.members[1].reason = Some("no action. I am the leader with the lock".into());
+        assert_eq!(promotion_reason(&v, "node1"), None);
         assert_eq!(
-            takeover_reason(&v, "node2", Some(1)).as_deref(),
+            takeover_reason(&v, "node2", Some(1), None).as_deref(),
             Some("no recovery target specified")
         );
-        v.members[1].reason = Some("promoted: the leader key was free".into());
+        let promoted = "promoted self to leader by acquiring session lock";
         assert_eq!(
-            takeover_reason(&v, "node2", Some(1)).as_deref(),
-            Some("promoted: the leader key was free")
+            takeover_reason(&v, "node2", Some(1), Some(promoted)).as_deref(),
+            Some(promoted)
         );
-        assert_eq!(takeover_reason(&healthy(), "node2", Some(1)), None);
+        v.members[1].reason = Some(promoted.into());
+        assert_eq!(promotion_reason(&v, "node1"), Some(("node2", promoted)));
+        assert_eq!(promotion_reason(&v, "node2"), None);
+        assert_eq!(
+            takeover_reason(&v, "node2", Some(1), None).as_deref(),
+            Some(promoted)
+        );
+        assert_eq!(takeover_reason(&healthy(), "node2", Some(1), None), None);
     }
 }

@@ -526,8 +526,14 @@ async fn exercise(
         return Err(Stage::Before(e));
     }
 
-    // The new leader: another member holds the key and runs as a primary.
+    // The new leader: another member holds the key and runs as a primary. Its promotion
+    // reason shows in its member key for one HA cycle only: keep the first one seen.
+    let mut seen: Option<(String, String)> = None;
     let new_leader = wait_view(ctx, d.timeout, |view| {
+        if seen.is_none() {
+            seen = drill::promotion_reason(view, &old)
+                .map(|(name, reason)| (name.to_owned(), reason.to_owned()));
+        }
         view.leader_member()
             .filter(|m| m.name.as_str() != old && m.runs_as_primary())
             .map(|m| m.name.to_string())
@@ -575,7 +581,10 @@ async fn exercise(
         .member(&baton_core::MemberName::new(new_leader.clone()).unwrap_or_default())
         .and_then(|m| m.timeline)
         .map(|t| t.0);
-    rec.reason = drill::takeover_reason(&view, &new_leader, rec.timeline_before);
+    let seen = seen
+        .filter(|(name, _)| *name == new_leader)
+        .map(|(_, reason)| reason);
+    rec.reason = drill::takeover_reason(&view, &new_leader, rec.timeline_before, seen.as_deref());
     rec.outcome = if missing.is_empty() {
         "ok".to_owned()
     } else {
