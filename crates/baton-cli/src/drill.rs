@@ -70,8 +70,9 @@ pub fn missing_rows(attempts: &[Attempt], found: &[u64]) -> Vec<u64> {
     missing
 }
 
-/// The dynamic configuration's `pause` and `maximum_lag_on_failover`.
-fn config_settings(view: &ClusterView) -> (bool, u64) {
+/// The dynamic configuration's `pause`, `maximum_lag_on_failover` and whether
+/// `synchronous_mode` is on (`true`, `on` or `quorum`).
+fn config_settings(view: &ClusterView) -> (bool, u64, bool) {
     let config: Option<Value> = view
         .config
         .as_ref()
@@ -84,15 +85,21 @@ fn config_settings(view: &ClusterView) -> (bool, u64) {
                 .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
         })
         .unwrap_or(DEFAULT_MAXIMUM_LAG);
-    (pause, lag)
+    let synchronous = get("synchronous_mode").is_some_and(|v| match v {
+        Value::Bool(b) => *b,
+        Value::String(s) => matches!(s.to_ascii_lowercase().as_str(), "true" | "on" | "quorum"),
+        _ => false,
+    });
+    (pause, lag, synchronous)
 }
 
 /// Why the cluster is not healthy enough to drill on (empty: it is): no leader, maintenance
 /// mode, a pending switchover, a member not running, a replica not streaming or lagging more
-/// than `maximum_lag_on_failover` behind the leader, no member that may take over.
+/// than `maximum_lag_on_failover` behind the leader, synchronous mode without a synchronous
+/// standby in `/sync`, no member that may take over.
 pub fn health_problems(view: &ClusterView) -> Vec<String> {
     let mut problems = Vec::new();
-    let (paused, maximum_lag) = config_settings(view);
+    let (paused, maximum_lag, synchronous) = config_settings(view);
     let Some(leader) = view.leader_member() else {
         problems.push(match view.leader_name() {
             Some(name) => format!("the leader {name} has no member key"),
@@ -145,6 +152,13 @@ pub fn health_problems(view: &ClusterView) -> Vec<String> {
                 m.name
             ));
         }
+    }
+    let sync_standbys = view
+        .sync
+        .present()
+        .map_or(0, |s| s.value.sync_standby.len());
+    if synchronous && !replicas.is_empty() && sync_standbys == 0 {
+        problems.push("synchronous_mode is on but /sync names no synchronous standby".to_owned());
     }
     if !replicas.is_empty() && replicas.iter().all(|m| m.tags.is_nofailover()) {
         problems.push("every replica is tagged nofailover".to_owned());
@@ -404,6 +418,22 @@ mod tests {
             health_problems(&v),
             ["the cluster is paused (maintenance mode)"]
         );
+
+        let mut v = healthy();
+        v.config.as_mut().unwrap().value = r#"{"synchronous_mode":"quorum"}"#.into();
+        assert_eq!(
+            health_problems(&v),
+            ["synchronous_mode is on but /sync names no synchronous standby"]
+        );
+        v.sync = baton_core::SyncKey::Present(Versioned {
+            value: baton_core::SyncState {
+                leader: MemberName::new("node1"),
+                sync_standby: vec![MemberName::new("node2").unwrap()],
+                quorum: 1,
+            },
+            mod_revision: 3,
+        });
+        assert_eq!(health_problems(&v), Vec::<String>::new());
 
         let mut v = healthy();
         v.members.truncate(1);
