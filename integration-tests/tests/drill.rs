@@ -1,6 +1,6 @@
 //! `pgbaton drill` on a 3-node cluster in synchronous mode, against real etcd, PostgreSQL,
 //! HAProxy and agents: refused (nothing changed) with `--kill` from a host that is not the
-//! leader's and on a paused cluster; a switchover drill through HAProxy and a `--kill` failover
+//! leader's, on a paused cluster and with a replica's PostgreSQL down; a switchover drill through HAProxy and a `--kill` failover
 //! drill through the leader's address both lose no acknowledged row (RPO 0), measure an RTO and
 //! change the leader; `drill --history` lists both from the DCS key `drills`.
 //!
@@ -221,6 +221,46 @@ async fn drill_switchover_and_kill_lose_nothing_in_synchronous_mode() -> anyhow:
             && err.contains("paused")
             && err.contains("nothing was changed")
             && err.contains("--force"),
+        "{err}"
+    );
+    ensure!(cluster.leader().await? == Some(leader.clone()));
+    ensure!(!table_exists(&cluster, &leader).await?, "table created");
+    ensure!(
+        drills_key(&cluster).await?.map(|(_, r)| r) == Some(revision),
+        "drills rewritten"
+    );
+
+    // A replica's PostgreSQL down (left down while paused): its member key says so, and the
+    // refusal names that too; with --force the drill would go on.
+    let down = cluster
+        .names()
+        .into_iter()
+        .find(|n| *n != leader)
+        .context("a replica")?;
+    cluster.kill_postgres(&down)?;
+    let state = wait_for(
+        "the member key of the crashed replica to say it is not running",
+        scaled(Duration::from_secs(60)),
+        || async {
+            let members = cluster.list_json(&leader).await?;
+            let state = members
+                .iter()
+                .find(|m| m["Member"] == json!(down))
+                .and_then(|m| m["State"].as_str())
+                .unwrap_or("?")
+                .to_owned();
+            Ok(if state != "running" && state != "streaming" {
+                Check::Done(state)
+            } else {
+                Check::not_yet(format!("{down} is {state}"))
+            })
+        },
+    )
+    .await?;
+    let (ok, _, err) = cli(&cluster, &leader, &["drill"]).await?;
+    ensure!(!ok, "drill with {down} down was accepted");
+    ensure!(
+        err.contains("paused") && err.contains(&format!("member {down} is {state}")),
         "{err}"
     );
     ensure!(cluster.leader().await? == Some(leader.clone()));
