@@ -259,6 +259,37 @@ pub enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// Rehearse a switchover (or with --kill a real failover) under a built-in writer; report
+    /// RTO, RPO and who took over, and keep the result in the DCS (`drill --history` lists it).
+    Drill {
+        cluster_name: Option<String>,
+        /// A real failover: SIGKILL the leader's agent and PostgreSQL (the leader must be the
+        /// member of this host's configuration).
+        #[arg(long, conflicts_with = "candidate")]
+        kill: bool,
+        /// The member to switch over to (default: the healthiest).
+        #[arg(long)]
+        candidate: Option<String>,
+        /// Where the writer commits (a libpq connection string or URL, e.g. the HAProxy
+        /// endpoint); default: the current leader's connection URL from the DCS. User and
+        /// password default to `postgresql.authentication.superuser`.
+        #[arg(long, alias = "writer-dsn", value_name = "DSN")]
+        dsn: Option<String>,
+        /// Keep the `pgbaton_drill` table afterwards.
+        #[arg(long)]
+        keep: bool,
+        /// Drill even when the cluster is not healthy, without asking.
+        #[arg(long)]
+        force: bool,
+        /// How long to wait for a new leader and for the writer to get through again.
+        #[arg(long, value_name = "SECONDS", default_value = "120", value_parser = parse_interval)]
+        timeout: f64,
+        /// List the drills recorded in the DCS instead.
+        #[arg(long, conflicts_with_all = ["kill", "candidate", "dsn", "keep", "force"])]
+        history: bool,
+        #[arg(short = 'f', long, value_enum, default_value = "pretty")]
+        format: Format,
+    },
     /// Print the version.
     Version,
 }
@@ -434,6 +465,38 @@ mod tests {
             (cluster_name.as_str(), force, leader.as_deref()),
             ("batman", true, Some("n1"))
         );
+    }
+
+    #[test]
+    fn drill_options() {
+        let cli = parse(&[
+            "drill",
+            "--kill",
+            "--writer-dsn",
+            "host=h port=5000",
+            "--keep",
+            "-f",
+            "json",
+        ])
+        .expect("parses");
+        let Command::Drill {
+            kill,
+            dsn,
+            keep,
+            format,
+            timeout,
+            history,
+            ..
+        } = cli.command
+        else {
+            panic!("not drill");
+        };
+        assert!(kill && keep && !history);
+        assert_eq!(dsn.as_deref(), Some("host=h port=5000"));
+        assert_eq!((format, timeout), (Format::Json, 120.0));
+        assert!(parse(&["drill", "--kill", "--candidate", "n2"]).is_err());
+        assert!(parse(&["drill", "--history", "--force"]).is_err());
+        assert!(parse(&["drill", "--history", "-f", "json"]).is_ok());
     }
 
     #[test]

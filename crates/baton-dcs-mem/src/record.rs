@@ -1627,3 +1627,234 @@ mod tests {
         .assert_eq(&(view.warnings.join("\n") + "\n"));
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// `drills`: the history of `pgbaton drill` (pgbaton's own key; Patroni never reads it)
+// ---------------------------------------------------------------------------------------------
+
+/// `drills`: the results of `pgbaton drill`, a JSON list, oldest first.
+pub const DRILLS: &str = "drills";
+/// How many drill results the `drills` key keeps (the oldest go first).
+pub const DRILLS_KEPT: usize = 100;
+
+/// One `pgbaton drill` result as stored in `drills`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DrillRecord {
+    /// When the drill started, ISO 8601 UTC (`2026-12-02T18:00:00+00:00`).
+    pub started_at: String,
+    /// `switchover` or `failover` (`--kill`).
+    pub kind: String,
+    pub old_leader: String,
+    /// The leader afterwards; `None` when no member took over in time.
+    pub new_leader: Option<String>,
+    /// Why the new leader took over, from the DCS (its `pgbaton_reason`, else the new `history`
+    /// line's reason).
+    pub reason: Option<String>,
+    /// Last acknowledged write before the outage to the first one after it, in milliseconds.
+    pub rto_ms: Option<u64>,
+    /// Acknowledged rows missing on the new primary; `None` when it could not be checked.
+    pub rpo_rows: Option<u64>,
+    /// Writes acknowledged during the drill.
+    pub writes_acknowledged: u64,
+    /// Writes that failed or timed out (their outcome is unknown; they never count in RPO).
+    pub writes_failed: u64,
+    /// The timelines before and after.
+    pub timeline_before: Option<u32>,
+    pub timeline_after: Option<u32>,
+    /// `ok`, or what went wrong.
+    pub outcome: String,
+}
+
+impl DrillRecord {
+    /// The record as a JSON object (also `pgbaton drill --format json`).
+    pub fn to_json(&self) -> Value {
+        let mut o = Map::new();
+        let opt_str = |v: &Option<String>| v.clone().map_or(Value::Null, Value::String);
+        let opt_u64 = |v: Option<u64>| v.map_or(Value::Null, Value::from);
+        let opt_u32 = |v: Option<u32>| v.map_or(Value::Null, Value::from);
+        o.insert("started_at".into(), self.started_at.clone().into());
+        o.insert("kind".into(), self.kind.clone().into());
+        o.insert("old_leader".into(), self.old_leader.clone().into());
+        o.insert("new_leader".into(), opt_str(&self.new_leader));
+        o.insert("reason".into(), opt_str(&self.reason));
+        o.insert("rto_ms".into(), opt_u64(self.rto_ms));
+        o.insert("rpo_rows".into(), opt_u64(self.rpo_rows));
+        o.insert(
+            "writes_acknowledged".into(),
+            self.writes_acknowledged.into(),
+        );
+        o.insert("writes_failed".into(), self.writes_failed.into());
+        o.insert("timeline_before".into(), opt_u32(self.timeline_before));
+        o.insert("timeline_after".into(), opt_u32(self.timeline_after));
+        o.insert("outcome".into(), self.outcome.clone().into());
+        Value::Object(o)
+    }
+
+    /// One element of `drills`; `started_at`, `kind`, `old_leader` and `outcome` are required,
+    /// unknown fields are ignored (a newer pgbaton may add some).
+    pub fn from_json(v: &Value) -> Result<DrillRecord, DecodeError> {
+        let Value::Object(o) = v else {
+            return Err(DecodeError::new(format!("expected a JSON object, got {v}")));
+        };
+        let req = |k: &str| -> Result<String, DecodeError> {
+            match o.get(k) {
+                Some(Value::String(s)) => Ok(s.clone()),
+                Some(other) => Err(DecodeError::new(format!(
+                    "{k}: expected a string, got {other}"
+                ))),
+                None => Err(DecodeError::new(format!("{k}: missing"))),
+            }
+        };
+        let opt = |k: &str| -> Result<Option<String>, DecodeError> {
+            match o.get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(other) => Err(DecodeError::new(format!(
+                    "{k}: expected a string, got {other}"
+                ))),
+            }
+        };
+        let num = |k: &str| -> Result<Option<u64>, DecodeError> {
+            match o.get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+                    DecodeError::new(format!("{k}: expected a non-negative integer, got {v}"))
+                }),
+            }
+        };
+        let timeline = |k: &str| -> Result<Option<u32>, DecodeError> {
+            num(k)?
+                .map(|n| {
+                    u32::try_from(n)
+                        .map_err(|_| DecodeError::new(format!("{k}: {n} is not a timeline")))
+                })
+                .transpose()
+        };
+        Ok(DrillRecord {
+            started_at: req("started_at")?,
+            kind: req("kind")?,
+            old_leader: req("old_leader")?,
+            new_leader: opt("new_leader")?,
+            reason: opt("reason")?,
+            rto_ms: num("rto_ms")?,
+            rpo_rows: num("rpo_rows")?,
+            writes_acknowledged: num("writes_acknowledged")?.unwrap_or(0),
+            writes_failed: num("writes_failed")?.unwrap_or(0),
+            timeline_before: timeline("timeline_before")?,
+            timeline_after: timeline("timeline_after")?,
+            outcome: req("outcome")?,
+        })
+    }
+}
+
+/// The `drills` value: a JSON list of [`DrillRecord`]s, oldest first. An element that does
+/// not decode fails the whole value (naming its index), so it is never silently overwritten.
+pub fn decode_drills(value: &str) -> Result<Vec<DrillRecord>, DecodeError> {
+    let v: Value =
+        serde_json::from_str(value).map_err(|e| DecodeError::new(format!("invalid JSON: {e}")))?;
+    let Value::Array(items) = v else {
+        return Err(DecodeError::new(format!("expected a JSON list, got {v}")));
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            DrillRecord::from_json(item).map_err(|e| DecodeError::new(format!("[{i}]: {e}")))
+        })
+        .collect()
+}
+
+/// The `drills` value for `records` (compact JSON), keeping only the last [`DRILLS_KEPT`].
+pub fn encode_drills(records: &[DrillRecord]) -> String {
+    let skip = records.len().saturating_sub(DRILLS_KEPT);
+    let list = Value::Array(records[skip..].iter().map(DrillRecord::to_json).collect());
+    let mut out = String::new();
+    py_value(&mut out, &list);
+    out
+}
+
+/// The new `drills` value: the current one (`None`: no key yet) with `record` appended, the
+/// oldest dropped beyond [`DRILLS_KEPT`].
+pub fn append_drill(current: Option<&str>, record: DrillRecord) -> Result<String, DecodeError> {
+    let mut records = match current {
+        Some(value) => decode_drills(value)?,
+        None => Vec::new(),
+    };
+    records.push(record);
+    Ok(encode_drills(&records))
+}
+
+#[cfg(test)]
+mod drill_tests {
+    use super::*;
+
+    fn record(n: u64) -> DrillRecord {
+        DrillRecord {
+            started_at: format!("2026-12-02T18:00:{:02}+00:00", n % 60),
+            kind: "switchover".into(),
+            old_leader: "node1".into(),
+            new_leader: Some("node2".into()),
+            reason: Some("switchover requested".into()),
+            rto_ms: Some(1200 + n),
+            rpo_rows: Some(0),
+            writes_acknowledged: 300,
+            writes_failed: 2,
+            timeline_before: Some(1),
+            timeline_after: Some(2),
+            outcome: "ok".into(),
+        }
+    }
+
+    #[test]
+    fn a_drill_record_round_trips() {
+        let full = record(1);
+        let empty = DrillRecord {
+            new_leader: None,
+            reason: None,
+            rto_ms: None,
+            rpo_rows: None,
+            timeline_before: None,
+            timeline_after: None,
+            outcome: "no new leader within 120 s".into(),
+            ..record(2)
+        };
+        let value = encode_drills(&[full.clone(), empty.clone()]);
+        assert_eq!(decode_drills(&value), Ok(vec![full, empty]));
+        assert!(value.starts_with("[{\"kind\":\"switchover\","), "{value}");
+    }
+
+    #[test]
+    fn appending_keeps_the_last_hundred() {
+        let mut value = None::<String>;
+        for n in 0..(DRILLS_KEPT as u64 + 5) {
+            value = Some(append_drill(value.as_deref(), record(n)).unwrap());
+        }
+        let records = decode_drills(&value.unwrap()).unwrap();
+        assert_eq!(records.len(), DRILLS_KEPT);
+        assert_eq!(records[0].rto_ms, Some(1205));
+        assert_eq!(records[DRILLS_KEPT - 1].rto_ms, Some(1200 + 104));
+    }
+
+    #[test]
+    fn a_bad_drills_value_is_refused_naming_the_element() {
+        assert!(
+            decode_drills("{}")
+                .unwrap_err()
+                .to_string()
+                .contains("JSON list")
+        );
+        assert!(decode_drills("[1").is_err());
+        let e = decode_drills(r#"[{"started_at":"x","kind":"switchover","outcome":"ok"}]"#)
+            .unwrap_err();
+        assert_eq!(e.to_string(), "[0]: old_leader: missing");
+        let e = decode_drills(
+            r#"[{"started_at":"x","kind":"k","old_leader":"a","outcome":"ok","rto_ms":-1}]"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("[0]: rto_ms: expected"), "{e}");
+        // An unknown field (a newer pgbaton) is ignored; a bad value is never overwritten.
+        let v = r#"[{"started_at":"x","kind":"k","old_leader":"a","outcome":"ok","new":1}]"#;
+        assert_eq!(decode_drills(v).unwrap().len(), 1);
+        assert!(append_drill(Some("garbage"), record(0)).is_err());
+    }
+}

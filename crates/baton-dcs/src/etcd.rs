@@ -577,6 +577,31 @@ impl EtcdDcs {
         *slot = Some(k);
         Ok(ttl)
     }
+
+    /// `drills` (the history of `pgbaton drill`): its value and `mod_revision`, `None` when
+    /// the key does not exist.
+    pub async fn read_drills(&self) -> Result<Option<(String, i64)>, DcsError> {
+        let key = self.key(record::DRILLS);
+        let what = format!("read {key}");
+        let resp = bounded_idempotent(self.inner.timeout, &what, || {
+            let (mut kv, key) = (self.inner.kv.clone(), key.clone());
+            async move { kv.get(key, None).await }
+        })
+        .await?;
+        let Some(kv) = resp.kvs().first() else {
+            return Ok(None);
+        };
+        let value = String::from_utf8(kv.value().to_vec())
+            .map_err(|_| DcsError::other(format!("{key}: value is not valid UTF-8")))?;
+        Ok(Some((value, kv.mod_revision())))
+    }
+
+    /// Writes `drills` only if it is still at `version` (its `mod_revision`; 0: only if it
+    /// does not exist yet). `false` when someone wrote it meanwhile.
+    pub async fn write_drills(&self, value: &str, version: i64) -> Result<bool, DcsError> {
+        self.put_versioned(record::DRILLS, Some(value), Some(version))
+            .await
+    }
 }
 
 impl Dcs for EtcdDcs {

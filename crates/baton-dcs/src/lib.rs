@@ -4,7 +4,7 @@
 //! encodings both use in `baton-dcs-mem`; all are re-exported here.
 //!
 //! Only this crate and `baton-dcs-mem` know the key layout (`/<namespace>/<scope>/{initialize,
-//! config,leader,members/<name>,failover,sync,history,status,failsafe}`) and the record
+//! config,leader,members/<name>,failover,sync,history,status,failsafe,drills}`) and the record
 //! encodings.
 
 pub use baton_dcs_mem::{MemDcs, record};

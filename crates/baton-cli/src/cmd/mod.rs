@@ -2,6 +2,7 @@
 
 mod actions;
 mod config;
+mod drill;
 mod http;
 mod members;
 mod query;
@@ -204,6 +205,33 @@ pub(crate) async fn control(path: &Path, command: Command) -> anyhow::Result<()>
                 baton_cli::cli::flush_args(&rest).map_err(|e| anyhow::anyhow!(e))?;
             let ctx = connect(&config, &cluster_name).await?;
             members::flush(&ctx, &names, target, role, force).await?;
+        }
+        Command::Drill {
+            cluster_name,
+            kill,
+            candidate,
+            dsn,
+            keep,
+            force,
+            timeout,
+            history,
+            format,
+        } => {
+            let ctx = connect(&config, &one(&cluster_name)).await?;
+            if history {
+                drill::history(&ctx, format).await?;
+            } else {
+                let d = drill::Drill {
+                    kill,
+                    candidate,
+                    dsn,
+                    keep,
+                    force,
+                    timeout: Duration::from_secs_f64(timeout),
+                    format,
+                };
+                drill::run(&ctx, d).await?;
+            }
         }
         other => {
             let ctx = connect(&config, &config.scope).await?;
