@@ -6,6 +6,7 @@ use crate::{
     DynamicConfig, Loaded, effective_ha, effective_pg_hba, load_file, load_str, merged_parameters,
 };
 
+mod local_only;
 mod support;
 mod tls;
 
