@@ -6,6 +6,7 @@ use crate::{
     DynamicConfig, Loaded, effective_ha, effective_pg_hba, load_file, load_str, merged_parameters,
 };
 
+mod conn_tls;
 mod local_only;
 mod support;
 mod tls;
@@ -261,12 +262,14 @@ tags:
                     password: Some(
                         "<redacted>",
                     ),
+                    options: [],
                 },
                 replication: Credentials {
                     username: "replicator",
                     password: Some(
                         "<redacted>",
                     ),
+                    options: [],
                 },
                 rewind: Some(
                     Credentials {
@@ -274,6 +277,7 @@ tags:
                         password: Some(
                             "<redacted>",
                         ),
+                        options: [],
                     },
                 ),
                 parameters: {

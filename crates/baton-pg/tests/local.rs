@@ -82,15 +82,18 @@ impl TestEnv {
             superuser: Credentials {
                 username: "postgres".into(),
                 password: Some("su-secret".into()),
+                options: Vec::new(),
             },
             replication: Credentials {
                 username: "replicator".into(),
                 // Everything pgpass and the SQL quoting must get right.
                 password: Some("repl 'se:cret\" \\x".into()),
+                options: Vec::new(),
             },
             rewind: Some(Credentials {
                 username: "rewinder".into(),
                 password: Some("rw\\secret".into()),
+                options: Vec::new(),
             }),
             pgpass: self.root.path().join(format!("{name}.pgpass")),
             parameters: BTreeMap::from([
