@@ -1633,7 +1633,7 @@ impl Postgres for LocalPostgres {
                 let sql = format!(
                     "ALTER ROLE {} WITH SUPERUSER LOGIN PASSWORD {}",
                     render::quote_ident(&s.superuser.username),
-                    render::quote_literal(password)
+                    password_literal(password)
                 );
                 exec(sql, "set the superuser password").await?;
             }
@@ -2176,12 +2176,26 @@ async fn upsert_role(
         render::quote_ident(name)
     );
     if let Some(password) = password {
-        sql.push_str(&format!(" PASSWORD {}", render::quote_literal(password)));
+        sql.push_str(&format!(" PASSWORD {}", password_literal(password)));
     }
     client
         .batch_execute(&sql)
         .await
         .map_err(|e| sql_error(&format!("{} role {name}", verb.to_lowercase()), e))
+}
+
+/// The `PASSWORD` literal for a role: a SCRAM-SHA-256 verifier with a fresh random salt, so
+/// the statement (logged by tokio-postgres at debug level, and by the server when it logs
+/// statements) never holds the password; the password itself only when SASLprep could change
+/// it (see [`render::scram_verifier`]).
+fn password_literal(password: &str) -> String {
+    use ring::rand::SecureRandom;
+    let mut salt = [0u8; 16];
+    let verifier = ring::rand::SystemRandom::new()
+        .fill(&mut salt)
+        .ok()
+        .and_then(|()| render::scram_verifier(password, &salt));
+    render::quote_literal(verifier.as_deref().unwrap_or(password))
 }
 
 fn ignore_states(
