@@ -61,6 +61,7 @@ pub fn pg_settings(config: &Config, dynamic: &DynamicConfig) -> PgSettings {
     let creds = |c: &baton_config::Credentials| Credentials {
         username: c.username.clone(),
         password: c.password.clone(),
+        options: c.options.clone(),
     };
     PgSettings {
         name: config.name.clone(),

@@ -43,6 +43,7 @@ pub use model::{
     AllowEntry, Bootstrap, Config, Credentials, Ctl, Etcd, Loaded, Postgresql, RestApi, RestClient,
     RestTls, VerifyClient, Vip,
 };
+pub use params::{LOCAL_ONLY_PARAMETERS, is_local_only};
 
 use walk::{Cx, Mode};
 
@@ -185,10 +186,13 @@ pub fn merged_parameters(config: &Config, dynamic: &DynamicConfig) -> BTreeMap<S
     let mut out: BTreeMap<String, String> = params::defaults()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
+    // The dynamic parser drops the local-only parameters already; filtered again here so
+    // that no other way of building a `DynamicConfig` can bring one in.
     out.extend(
         dynamic
             .parameters
             .iter()
+            .filter(|(k, _)| !params::is_local_only(k))
             .map(|(k, v)| (k.clone(), v.clone())),
     );
     out.extend(

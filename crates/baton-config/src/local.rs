@@ -765,10 +765,12 @@ fn postgresql(cx: &mut Cx, top: &mut Obj<'_>) -> Postgresql {
         superuser: Credentials {
             username: String::new(),
             password: None,
+            options: Vec::new(),
         },
         replication: Credentials {
             username: String::new(),
             password: None,
+            options: Vec::new(),
         },
         rewind: None,
         parameters: Default::default(),
@@ -853,12 +855,14 @@ fn postgresql(cx: &mut Cx, top: &mut Obj<'_>) -> Postgresql {
     }
     if let Some(mut auth) = required(cx, &mut o, "authentication") {
         if let Some(c) = required(cx, &mut auth, "superuser") {
-            pg.superuser = credentials(cx, c);
+            pg.superuser = credentials(cx, c, Role::Superuser);
         }
         if let Some(c) = required(cx, &mut auth, "replication") {
-            pg.replication = credentials(cx, c);
+            pg.replication = credentials(cx, c, Role::Replication);
         }
-        pg.rewind = auth.section(cx, "rewind").map(|c| credentials(cx, c));
+        pg.rewind = auth
+            .section(cx, "rewind")
+            .map(|c| credentials(cx, c, Role::Rewind));
         auth.finish(cx);
     }
     if let Some(v) = o.get("parameters") {
@@ -897,50 +901,111 @@ fn default_pgpass(data_dir: &std::path::Path) -> PathBuf {
     data_dir.with_file_name(name)
 }
 
-fn credentials(cx: &mut Cx, mut o: Obj<'_>) -> Credentials {
+/// Which role a `postgresql.authentication` entry is: pgbaton's own connections (tokio-postgres,
+/// no GSSAPI) use the superuser and the rewind role; only libpq (walreceiver, pg_basebackup)
+/// uses the replication role.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Superuser,
+    Replication,
+    Rewind,
+}
+
+fn credentials(cx: &mut Cx, mut o: Obj<'_>, role: Role) -> Credentials {
     let username = o
         .req(cx, "username", |cx, p, v| cx.nonempty(p, v, "a string"))
         .unwrap_or_default();
     let password = o.opt(cx, "password", |cx, p, v| cx.secret(p, v));
-    // libpq's connection modes: the weak ones match what pgbaton does, the strict ones would
-    // not be applied.
-    for (key, weak, strict) in [
-        (
-            "sslmode",
-            &["disable", "allow", "prefer"][..],
-            &["require", "verify-ca", "verify-full"][..],
-        ),
-        ("gssencmode", &["disable", "prefer"], &["require"]),
-        ("channel_binding", &["disable", "prefer"], &["require"]),
-        ("sslnegotiation", &["postgres"], &["direct"]),
-    ] {
-        let Some(mode) = o.opt(cx, key, |cx, p, v| cx.nonempty(p, v, "a string")) else {
+    let mut options: Vec<(String, String)> = Vec::new();
+    for key in crate::model::CONN_OPTIONS {
+        let Some(value) = o.opt(cx, key, |cx, p, v| cx.nonempty(p, v, "a string")) else {
             continue;
         };
-        let class = |list: &[&str]| match list {
-            [one] => (*one).to_owned(),
-            [first, second] => format!("{first} or {second}"),
-            _ => {
-                let (last, rest) = list.split_last().unwrap_or((&"", &[]));
-                format!("{} or {last}", rest.join(", "))
-            }
+        let allowed: &[&str] = match key {
+            "sslmode" => &[
+                "disable",
+                "allow",
+                "prefer",
+                "require",
+                "verify-ca",
+                "verify-full",
+            ],
+            "gssencmode" => &["disable", "prefer", "require"],
+            "channel_binding" => &["disable", "prefer", "require"],
+            // File names (`sslrootcert` may also be `system`).
+            _ => &[],
         };
-        if weak.contains(&mode.as_str()) {
-            o.value_class(cx, key, &class(weak));
-        } else if strict.contains(&mode.as_str()) {
-            o.value_class(cx, key, &class(strict));
-        } else {
-            let mut all = weak.to_vec();
-            all.extend_from_slice(strict);
+        if !allowed.is_empty() && !allowed.contains(&value.as_str()) {
             cx.error(
                 &o.child(key),
-                format!("expected one of {}, found {mode:?}", all.join(", ")),
+                format!("expected one of {}, found {value:?}", allowed.join(", ")),
             );
+            continue;
+        }
+        if key == "gssencmode" {
+            let class = match (value.as_str(), role) {
+                ("require", Role::Replication) => "require, for replication",
+                ("require", _) => "require, for superuser or rewind",
+                _ => "disable or prefer",
+            };
+            o.value_class(cx, key, class);
+        }
+        options.push((key.to_owned(), value));
+    }
+    let get = |k: &str| {
+        options
+            .iter()
+            .find(|(o, _)| o == k)
+            .map(|(_, v)| v.as_str())
+    };
+    // pgbaton's own connections read no ~/.postgresql/ defaults: say so where libpq would.
+    if get("sslkey").is_some() != get("sslcert").is_some() {
+        let (given, missing) = if get("sslkey").is_some() {
+            ("sslkey", "sslcert")
+        } else {
+            ("sslcert", "sslkey")
+        };
+        cx.error(
+            &o.child(given),
+            format!(
+                "needs {missing} too: pgbaton does not read ~/.postgresql/postgresql.crt or \
+                 postgresql.key"
+            ),
+        );
+    }
+    if matches!(get("sslmode"), Some("verify-ca" | "verify-full")) && get("sslrootcert").is_none() {
+        cx.error(
+            &o.child("sslmode"),
+            "verify-ca and verify-full need sslrootcert (a CA file, or \"system\" for the \
+             system's roots): pgbaton does not read ~/.postgresql/root.crt",
+        );
+    }
+    if get("sslcrl").is_some() && get("sslrootcert").is_none() {
+        cx.error(
+            &o.child("sslcrl"),
+            "needs sslrootcert: a revocation list is checked with the CA that verifies the server",
+        );
+    }
+    // libpq's remaining setting, with its one value pgbaton matches.
+    if let Some(mode) = o.opt(cx, "sslnegotiation", |cx, p, v| {
+        cx.nonempty(p, v, "a string")
+    }) {
+        match mode.as_str() {
+            "postgres" => o.value_class(cx, "sslnegotiation", "postgres"),
+            "direct" => o.value_class(cx, "sslnegotiation", "direct"),
+            other => cx.error(
+                &o.child("sslnegotiation"),
+                format!("expected one of postgres, direct, found {other:?}"),
+            ),
         }
     }
     o.flagged(cx);
     o.finish(cx);
-    Credentials { username, password }
+    Credentials {
+        username,
+        password,
+        options,
+    }
 }
 
 fn tags(cx: &mut Cx, top: &mut Obj<'_>) -> Tags {

@@ -339,6 +339,32 @@ pub struct Postgresql {
 pub struct Credentials {
     pub username: String,
     pub password: Option<String>,
+    /// libpq connection settings given for the role, as keyword/value pairs in the order
+    /// [`CONN_OPTIONS`] lists them (`sslmode`, `sslcert`, `sslkey`, `sslrootcert`, `sslcrl`,
+    /// `gssencmode`, `channel_binding`), validated. File names, not secrets.
+    pub options: Vec<(String, String)>,
+}
+
+/// The libpq connection settings `postgresql.authentication.<role>` may carry, as Patroni
+/// passes them into `primary_conninfo`, `pg_basebackup`, `pg_rewind` and its own connections.
+pub(crate) const CONN_OPTIONS: [&str; 7] = [
+    "sslmode",
+    "sslcert",
+    "sslkey",
+    "sslrootcert",
+    "sslcrl",
+    "gssencmode",
+    "channel_binding",
+];
+
+impl Credentials {
+    /// The value of a connection setting, if given.
+    pub fn option(&self, key: &str) -> Option<&str> {
+        self.options
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 impl fmt::Debug for Credentials {
@@ -346,6 +372,7 @@ impl fmt::Debug for Credentials {
         f.debug_struct("Credentials")
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("options", &self.options)
             .finish()
     }
 }

@@ -47,6 +47,37 @@ const CMDLINE: &[(&str, Option<&str>, Check)] = &[
     ("wal_log_hints", Some("on"), Check::Forced),
 ];
 
+/// Parameters that run a shell command or load a shared library into PostgreSQL: whoever can
+/// set them can run code as the `postgres` OS user. pgbaton takes them only from the local
+/// YAML file (`postgresql.parameters`), never from the dynamic configuration, which anyone
+/// who can write `/config` (the REST API's `PATCH`/`PUT /config`, or the DCS itself) controls.
+/// Patroni accepts them from either place (the local file wins).
+pub const LOCAL_ONLY_PARAMETERS: &[&str] = &[
+    "archive_command",
+    "archive_library",
+    "restore_command",
+    "archive_cleanup_command",
+    "recovery_end_command",
+    "ssl_passphrase_command",
+    "shared_preload_libraries",
+    "local_preload_libraries",
+    "session_preload_libraries",
+    "dynamic_library_path",
+    "jit_provider",
+];
+
+/// Why a local-only parameter is refused or ignored in the dynamic configuration.
+const LOCAL_ONLY_WHY: &str = "this parameter runs a command or loads code, so pgbaton takes it \
+    only from the local configuration file (postgresql.parameters of each member), never from \
+    the DCS /config key that PATCH /config, PUT /config and edit-config change";
+
+/// Whether `name` (any case) is one of [`LOCAL_ONLY_PARAMETERS`].
+pub fn is_local_only(name: &str) -> bool {
+    LOCAL_ONLY_PARAMETERS
+        .iter()
+        .any(|p| p.eq_ignore_ascii_case(name))
+}
+
 fn cmdline(name: &str) -> Option<(Option<&'static str>, Check)> {
     CMDLINE
         .iter()
@@ -105,10 +136,17 @@ pub(crate) fn parameters(
             );
             continue;
         }
+        let name = key.to_ascii_lowercase();
+        if source == Source::Dynamic && is_local_only(&name) {
+            // Never used from here; reported unless it asks for nothing (null, "").
+            if !crate::support::is_empty(value) {
+                cx.local_only(&p, LOCAL_ONLY_WHY);
+            }
+            continue;
+        }
         let Some(text) = render(cx, &p, value) else {
             continue;
         };
-        let name = key.to_ascii_lowercase();
         match (cmdline(&name), source) {
             (None, _) => {
                 out.insert(name, text);

@@ -162,10 +162,12 @@ const PER_ROLE: &str = "this member would run with the common settings in every 
     replica, standby leader)";
 const PRE_PROMOTE: &str = "pgbaton runs no script before promoting: a fencing script that must \
     succeed before a promotion would be skipped";
-const AUTH_TLS: &str = "the TLS and GSS settings of pgbaton's PostgreSQL connections are not \
-    configurable, so this one would not be applied";
+const AUTH_TLS: &str = "this TLS setting of pgbaton's PostgreSQL connections is not \
+    configurable, so it would not be applied";
 const AUTH_TLS_WEAK: &str = "accepted but not used by pgbaton: its connections use libpq's \
-    defaults (sslmode, gssencmode and channel_binding prefer, sslnegotiation postgres)";
+    default (sslnegotiation postgres)";
+const GSS_OWN: &str = "pgbaton's own connections as this role (tokio-postgres) have no GSSAPI \
+    encryption, so they would not be encrypted as asked";
 const NO_WATCHDOG: &str = "accepted but not used by pgbaton: it has no /dev/watchdog support yet";
 const WATCHDOG_AUTOMATIC: &str = "pgbaton has no /dev/watchdog support yet, so no watchdog is \
     used; the leader still fences itself (stops PostgreSQL) before its lease can expire, and the \
@@ -560,53 +562,66 @@ pub(crate) static KEYS: &[Key] = &[
         "none",
         "The role's password (an unquoted number is used as its text).",
     ),
-    refused("postgresql.authentication.<role>.sslcert", Local, AUTH_TLS),
-    refused("postgresql.authentication.<role>.sslkey", Local, AUTH_TLS),
+    local(
+        "postgresql.authentication.<role>.sslmode",
+        "`prefer`",
+        "libpq's `sslmode` for the role's connections: `disable`, `allow`, `prefer`, `require`, \
+         `verify-ca` (the chain is checked against `sslrootcert`), `verify-full` (and the host \
+         name). Passed as Patroni does into `primary_conninfo` (replication), `pg_basebackup` \
+         (replication) and `pg_rewind` (rewind), and used by pgbaton's own connections \
+         (superuser; rewind for the checkpoint check on the source) over TLS (rustls). \
+         `require` with `sslrootcert` checks the chain, as libpq does. Over a Unix socket \
+         there is no TLS, as in libpq. `verify-ca`/`verify-full` need `sslrootcert`.",
+    ),
+    local(
+        "postgresql.authentication.<role>.sslcert",
+        "none",
+        "Client certificate file (PEM) presented to the server; needs `sslkey`. Passed as \
+         libpq's `sslcert`.",
+    ),
+    local(
+        "postgresql.authentication.<role>.sslkey",
+        "none",
+        "The client certificate's private key (PEM, unencrypted); needs `sslcert`.",
+    ),
     refused(
         "postgresql.authentication.<role>.sslpassword",
         Local,
         AUTH_TLS,
     ),
-    refused(
+    local(
         "postgresql.authentication.<role>.sslrootcert",
-        Local,
-        AUTH_TLS,
+        "none",
+        "CA file (PEM) the server's certificate is checked against, or `system` for the \
+         system's roots. pgbaton does not read `~/.postgresql/root.crt`.",
     ),
-    refused("postgresql.authentication.<role>.sslcrl", Local, AUTH_TLS),
+    local(
+        "postgresql.authentication.<role>.sslcrl",
+        "none",
+        "Certificate revocation list file (PEM) checked with `sslrootcert` (which it needs).",
+    ),
     refused(
         "postgresql.authentication.<role>.sslcrldir",
         Local,
         AUTH_TLS,
     ),
     by_value(
-        "postgresql.authentication.<role>.sslmode",
-        Local,
-        "",
-        "",
-        &[
-            ("disable, allow or prefer", Warned(AUTH_TLS_WEAK)),
-            ("require, verify-ca or verify-full", Refused(AUTH_TLS)),
-        ],
-    ),
-    by_value(
         "postgresql.authentication.<role>.gssencmode",
         Local,
-        "",
-        "",
+        "`prefer`",
+        "libpq's `gssencmode`, passed where libpq connects (`primary_conninfo`, \
+         `pg_basebackup`, `pg_rewind`).",
         &[
-            ("disable or prefer", Warned(AUTH_TLS_WEAK)),
-            ("require", Refused(AUTH_TLS)),
+            ("disable or prefer", Implemented),
+            ("require, for replication", Implemented),
+            ("require, for superuser or rewind", Refused(GSS_OWN)),
         ],
     ),
-    by_value(
+    local(
         "postgresql.authentication.<role>.channel_binding",
-        Local,
-        "",
-        "",
-        &[
-            ("disable or prefer", Warned(AUTH_TLS_WEAK)),
-            ("require", Refused(AUTH_TLS)),
-        ],
+        "`prefer`",
+        "libpq's `channel_binding` (`disable`, `prefer`, `require`: SCRAM bound to the TLS \
+         connection, `tls-server-end-point`), for libpq and pgbaton's own connections.",
     ),
     by_value(
         "postgresql.authentication.<role>.sslnegotiation",

@@ -6,6 +6,8 @@ use crate::{
     DynamicConfig, Loaded, effective_ha, effective_pg_hba, load_file, load_str, merged_parameters,
 };
 
+mod conn_tls;
+mod local_only;
 mod support;
 mod tls;
 
@@ -260,12 +262,14 @@ tags:
                     password: Some(
                         "<redacted>",
                     ),
+                    options: [],
                 },
                 replication: Credentials {
                     username: "replicator",
                     password: Some(
                         "<redacted>",
                     ),
+                    options: [],
                 },
                 rewind: Some(
                     Credentials {
@@ -273,6 +277,7 @@ tags:
                         password: Some(
                             "<redacted>",
                         ),
+                        options: [],
                     },
                 ),
                 parameters: {

@@ -97,6 +97,16 @@ impl Cx {
         }
     }
 
+    /// A setting that runs a command or loads code, found in the dynamic configuration: an
+    /// error where someone asks to store it (`bootstrap.dcs`, `PATCH`/`PUT /config`), a warning
+    /// in the DCS value (written by Patroni or another tool), which is used without it.
+    pub(crate) fn local_only(&mut self, path: &str, why: &str) {
+        match self.mode {
+            Mode::File => self.error(path, format!("refused in the dynamic configuration: {why}")),
+            Mode::Dcs => self.warn(path, format!("ignored in the dynamic configuration: {why}")),
+        }
+    }
+
     pub(crate) fn error_count(&self) -> usize {
         self.errors.len()
     }

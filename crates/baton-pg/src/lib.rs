@@ -16,10 +16,12 @@ pub mod history;
 mod local;
 mod procs;
 pub mod render;
+mod tls;
 
 pub use baton_ports::{PendingSetting, PgError, Postgres, RaisedSetting, Reconfigured};
 pub use local::LocalPostgres;
 pub use procs::{data_dir_pids, kill_data_dir_processes};
+pub use tls::TlsSetupError;
 
 /// A renderer's refusal travels as [`PgError::Render`].
 impl From<render::RenderError> for PgError {
@@ -28,11 +30,25 @@ impl From<render::RenderError> for PgError {
     }
 }
 
-/// User name and password for one of the three roles. `Debug` shows the user name only.
+/// User name, password and libpq connection settings for one of the three roles. `Debug`
+/// hides the password.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Credentials {
     pub username: String,
     pub password: Option<String>,
+    /// libpq keyword/value pairs (`sslmode`, `sslcert`, `sslkey`, `sslrootcert`, `sslcrl`,
+    /// `gssencmode`, `channel_binding`), validated by the configuration; file names, no secret.
+    pub options: Vec<(String, String)>,
+}
+
+impl Credentials {
+    /// The value of a connection setting, if given.
+    pub fn option(&self, key: &str) -> Option<&str> {
+        self.options
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 impl std::fmt::Debug for Credentials {
@@ -40,6 +56,7 @@ impl std::fmt::Debug for Credentials {
         f.debug_struct("Credentials")
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("options", &self.options)
             .finish()
     }
 }

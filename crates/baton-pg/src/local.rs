@@ -78,6 +78,35 @@ struct Conn {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Where and how one of pgbaton's own connections goes: tokio-postgres's settings and, over
+/// TCP, the role's TLS (libpq's `sslmode` and friends; see [`crate::tls`]).
+struct ConnTarget {
+    config: tokio_postgres::Config,
+    tls: Option<crate::tls::RustlsConnect>,
+}
+
+impl ConnTarget {
+    fn new(
+        mut config: tokio_postgres::Config,
+        creds: &crate::Credentials,
+        role: &str,
+        tcp: bool,
+    ) -> Result<ConnTarget, PgError> {
+        let t = crate::tls::conn_tls(creds, role).map_err(|e| PgError::Other(e.to_string()))?;
+        config.channel_binding(t.channel_binding);
+        if !tcp {
+            // PostgreSQL offers no TLS on a Unix socket; libpq ignores sslmode there.
+            config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+            return Ok(ConnTarget { config, tls: None });
+        }
+        config.ssl_mode(t.ssl_mode);
+        Ok(ConnTarget {
+            config,
+            tls: t.connector,
+        })
+    }
+}
+
 impl Drop for Conn {
     fn drop(&mut self) {
         self.task.abort();
@@ -700,7 +729,7 @@ impl LocalPostgres {
 
     // ---- SQL --------------------------------------------------------------------------------
 
-    fn local_config(&self, statement_timeout: Option<Duration>) -> tokio_postgres::Config {
+    fn local_config(&self, statement_timeout: Option<Duration>) -> Result<ConnTarget, PgError> {
         let s = &self.settings;
         let mut config = tokio_postgres::Config::new();
         config
@@ -712,35 +741,57 @@ impl LocalPostgres {
         if let Some(password) = &s.superuser.password {
             config.password(password);
         }
-        if s.local_host.is_empty() {
+        let tcp = if s.local_host.is_empty() {
             config.host_path(render::socket_dir(s));
+            false
         } else if s.local_host.starts_with('/') {
             config.host_path(&s.local_host);
+            false
         } else {
             config.host(&s.local_host);
-        }
+            true
+        };
         if let Some(limit) = statement_timeout {
             config.options(format!("-c statement_timeout={}", limit.as_millis()));
         }
-        config
+        ConnTarget::new(config, &s.superuser, "superuser", tcp)
     }
 
-    async fn connect(config: &tokio_postgres::Config, what: &str) -> Result<Conn, PgError> {
-        let (client, connection) = config
-            .connect(NoTls)
-            .await
-            .map_err(|e| sql_error(what, e))?;
-        let task = tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                debug!("connection closed: {e}");
+    async fn connect(target: &ConnTarget, what: &str) -> Result<Conn, PgError> {
+        let (client, task) = match target.tls.clone() {
+            Some(tls) => {
+                let (client, connection) = target
+                    .config
+                    .connect(tls)
+                    .await
+                    .map_err(|e| sql_error(what, e))?;
+                let task = tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        debug!("connection closed: {e}");
+                    }
+                });
+                (client, task)
             }
-        });
+            None => {
+                let (client, connection) = target
+                    .config
+                    .connect(NoTls)
+                    .await
+                    .map_err(|e| sql_error(what, e))?;
+                let task = tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        debug!("connection closed: {e}");
+                    }
+                });
+                (client, task)
+            }
+        };
         Ok(Conn { client, task })
     }
 
     /// A fresh superuser connection for one operation (statement timeout off).
     async fn admin(&self, what: &str) -> Result<Conn, PgError> {
-        let config = self.local_config(None);
+        let config = self.local_config(None)?;
         let limit = self.settings.sql_timeout.max(Duration::from_secs(1));
         match timeout(limit, Self::connect(&config, what)).await {
             Ok(result) => result,
@@ -804,7 +855,7 @@ impl LocalPostgres {
 
     async fn connect_observer(&self) -> Result<ObserveConn, PgError> {
         let conn = Self::connect(
-            &self.local_config(Some(self.settings.sql_timeout)),
+            &self.local_config(Some(self.settings.sql_timeout))?,
             "observe",
         )
         .await?;
@@ -899,8 +950,14 @@ impl LocalPostgres {
         if let Some(password) = &creds.password {
             config.password(password);
         }
+        let role = if s.rewind.is_some() {
+            "rewind"
+        } else {
+            "superuser"
+        };
+        let target = ConnTarget::new(config, creds, role, true)?;
         let work = async {
-            let conn = Self::connect(&config, &format!("connect to {upstream}")).await?;
+            let conn = Self::connect(&target, &format!("connect to {upstream}")).await?;
             let what = format!("check the checkpoint timeline of {upstream}");
             let row = conn
                 .client
@@ -1303,15 +1360,17 @@ impl Postgres for LocalPostgres {
         let s = &self.settings;
         let port = upstream.port.to_string();
         let connect_timeout = CONNECT_TIMEOUT_SECS.to_string();
-        let dsn = render::conninfo(&[
-            ("host", &upstream.host),
+        let mut pairs = vec![
+            ("host", upstream.host.as_str()),
             ("port", &port),
             ("user", &s.replication.username),
             // Not the member's name: the clone's WAL stream must not be taken for the member's
             // walreceiver (the leader would pick it as a synchronous standby mid-clone).
             ("application_name", "pgbaton_basebackup"),
             ("connect_timeout", &connect_timeout),
-        ]);
+        ];
+        pairs.extend(render::role_options(&s.replication));
+        let dsn = render::conninfo(&pairs);
         let mut last_error = None;
         for attempt in 1..=2 {
             if attempt > 1 {
@@ -1377,14 +1436,16 @@ impl Postgres for LocalPostgres {
         let creds = s.rewind.as_ref().unwrap_or(&s.superuser);
         let port = upstream.port.to_string();
         let connect_timeout = CONNECT_TIMEOUT_SECS.to_string();
-        let dsn = render::conninfo(&[
-            ("host", &upstream.host),
+        let mut pairs = vec![
+            ("host", upstream.host.as_str()),
             ("port", &port),
             ("user", &creds.username),
             ("dbname", "postgres"),
             ("target_session_attrs", "read-write"),
             ("connect_timeout", &connect_timeout),
-        ]);
+        ];
+        pairs.extend(render::role_options(creds));
+        let dsn = render::conninfo(&pairs);
         let mut target = OsString::from("--target-pgdata=");
         target.push(self.data_dir());
         let args: Vec<OsString> = vec![target, format!("--source-server={dsn}").into()];
@@ -1572,7 +1633,7 @@ impl Postgres for LocalPostgres {
                 let sql = format!(
                     "ALTER ROLE {} WITH SUPERUSER LOGIN PASSWORD {}",
                     render::quote_ident(&s.superuser.username),
-                    render::quote_literal(password)
+                    password_literal(password)
                 );
                 exec(sql, "set the superuser password").await?;
             }
@@ -2115,12 +2176,26 @@ async fn upsert_role(
         render::quote_ident(name)
     );
     if let Some(password) = password {
-        sql.push_str(&format!(" PASSWORD {}", render::quote_literal(password)));
+        sql.push_str(&format!(" PASSWORD {}", password_literal(password)));
     }
     client
         .batch_execute(&sql)
         .await
         .map_err(|e| sql_error(&format!("{} role {name}", verb.to_lowercase()), e))
+}
+
+/// The `PASSWORD` literal for a role: a SCRAM-SHA-256 verifier with a fresh random salt, so
+/// the statement (logged by tokio-postgres at debug level, and by the server when it logs
+/// statements) never holds the password; the password itself only when SASLprep could change
+/// it (see [`render::scram_verifier`]).
+fn password_literal(password: &str) -> String {
+    use ring::rand::SecureRandom;
+    let mut salt = [0u8; 16];
+    let verifier = ring::rand::SystemRandom::new()
+        .fill(&mut salt)
+        .ok()
+        .and_then(|()| render::scram_verifier(password, &salt));
+    render::quote_literal(verifier.as_deref().unwrap_or(password))
 }
 
 fn ignore_states(
@@ -2325,6 +2400,7 @@ mod tests {
             superuser: crate::Credentials {
                 username: "postgres".into(),
                 password: Some("su secret".into()),
+                options: Vec::new(),
             },
             replication: crate::Credentials::default(),
             rewind: None,

@@ -228,19 +228,45 @@ pub fn conf_line(name: &str, value: &str) -> Result<String, RenderError> {
 }
 
 /// `primary_conninfo` for streaming from `upstream` as the replication user, the password
-/// coming from the pgpass file (never written into the configuration).
+/// coming from the pgpass file (never written into the configuration). The replication role's
+/// TLS/GSS settings are passed as Patroni passes them; `sslmode`, `gssencmode` and
+/// `channel_binding` default to `prefer`, as in Patroni.
 pub fn primary_conninfo(settings: &PgSettings, upstream: &Upstream) -> String {
-    conninfo(&[
-        ("user", settings.replication.username.as_str()),
-        ("passfile", &settings.pgpass.display().to_string()),
+    let r = &settings.replication;
+    let passfile = settings.pgpass.display().to_string();
+    let port = upstream.port.to_string();
+    let mut pairs: Vec<(&str, &str)> = vec![
+        ("user", r.username.as_str()),
+        ("passfile", &passfile),
         ("host", &upstream.host),
-        ("port", &upstream.port.to_string()),
-        ("sslmode", "prefer"),
-        ("application_name", &settings.name),
-        ("gssencmode", "prefer"),
-        ("channel_binding", "prefer"),
+        ("port", &port),
+        ("sslmode", r.option("sslmode").unwrap_or("prefer")),
+    ];
+    for key in ["sslcert", "sslkey", "sslrootcert", "sslcrl"] {
+        if let Some(v) = r.option(key) {
+            pairs.push((key, v));
+        }
+    }
+    pairs.extend([
+        ("application_name", settings.name.as_str()),
+        ("gssencmode", r.option("gssencmode").unwrap_or("prefer")),
+        (
+            "channel_binding",
+            r.option("channel_binding").unwrap_or("prefer"),
+        ),
         ("dbname", "postgres"),
-    ])
+    ]);
+    conninfo(&pairs)
+}
+
+/// The role's libpq connection settings as conninfo pairs (for `pg_basebackup` and
+/// `pg_rewind`), in the order given.
+pub fn role_options(creds: &crate::Credentials) -> Vec<(&str, &str)> {
+    creds
+        .options
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
 }
 
 /// A libpq connection string from keyword/value pairs, values quoted where libpq needs it.
@@ -362,7 +388,10 @@ pub fn pgpass(settings: &PgSettings) -> Result<String, RenderError> {
         Some(&settings.replication),
         settings.rewind.as_ref(),
     ];
-    for Credentials { username, password } in roles.into_iter().flatten() {
+    for Credentials {
+        username, password, ..
+    } in roles.into_iter().flatten()
+    {
         let Some(password) = password else { continue };
         if seen.contains(&username.as_str()) {
             continue;
@@ -388,6 +417,59 @@ pub fn pgpass(settings: &PgSettings) -> Result<String, RenderError> {
 
 fn pgpass_field(value: &str) -> String {
     value.replace('\\', "\\\\").replace(':', "\\:")
+}
+
+/// A SCRAM-SHA-256 verifier for `password` with `salt` (4096 iterations), in the form
+/// PostgreSQL stores (`SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`), so that
+/// `ALTER ROLE ... PASSWORD '<verifier>'` never carries the password itself (not into the
+/// client's debug log, not into the server's statement log). `None` for a password SASLprep
+/// could change (anything but printable ASCII): that one is sent as it is.
+pub fn scram_verifier(password: &str, salt: &[u8; 16]) -> Option<String> {
+    use ring::{digest, hmac, pbkdf2};
+    if password.is_empty() || !password.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return None;
+    }
+    const ITERATIONS: u32 = 4096;
+    let mut salted = [0u8; 32];
+    pbkdf2::derive(
+        pbkdf2::PBKDF2_HMAC_SHA256,
+        std::num::NonZeroU32::new(ITERATIONS)?,
+        salt,
+        password.as_bytes(),
+        &mut salted,
+    );
+    let key = hmac::Key::new(hmac::HMAC_SHA256, &salted);
+    let client_key = hmac::sign(&key, b"Client Key");
+    let stored_key = digest::digest(&digest::SHA256, client_key.as_ref());
+    let server_key = hmac::sign(&key, b"Server Key");
+    Some(format!(
+        "SCRAM-SHA-256${ITERATIONS}:{}${}:{}",
+        base64(salt),
+        base64(stored_key.as_ref()),
+        base64(server_key.as_ref())
+    ))
+}
+
+/// Standard base64 with padding.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk.first().copied().unwrap_or(0),
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18u32, 12, 6, 0].iter().enumerate() {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> shift) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// `postgresql.auto.conf` without the recovery settings pgbaton owns (`ALTER SYSTEM` values,
@@ -462,14 +544,17 @@ mod tests {
             superuser: Credentials {
                 username: "postgres".into(),
                 password: Some("su:pw".into()),
+                options: Vec::new(),
             },
             replication: Credentials {
                 username: "replicator".into(),
                 password: Some("r\\p".into()),
+                options: Vec::new(),
             },
             rewind: Some(Credentials {
                 username: "rewind_user".into(),
                 password: Some("rw".into()),
+                options: Vec::new(),
             }),
             pgpass: PathBuf::from("/var/lib/postgresql/pgpass"),
             parameters: BTreeMap::from([
@@ -742,15 +827,20 @@ mod tests {
                 "{secret} in {shown}"
             );
         }
-        expect![[r#"Credentials { username: "postgres", password: Some("<hidden>") }"#]]
-            .assert_eq(&format!("{:?}", settings.superuser));
-        expect![[r#"Credentials { username: "x", password: None }"#]].assert_eq(&format!(
-            "{:?}",
-            Credentials {
-                username: "x".into(),
-                password: None
-            }
-        ));
+        expect![[
+            r#"Credentials { username: "postgres", password: Some("<hidden>"), options: [] }"#
+        ]]
+        .assert_eq(&format!("{:?}", settings.superuser));
+        expect![[r#"Credentials { username: "x", password: None, options: [] }"#]].assert_eq(
+            &format!(
+                "{:?}",
+                Credentials {
+                    username: "x".into(),
+                    password: None,
+                    options: Vec::new(),
+                }
+            ),
+        );
     }
 
     #[test]
@@ -804,6 +894,7 @@ mod tests {
         settings.rewind = Some(Credentials {
             username: "postgres".into(),
             password: Some("other".into()),
+            options: Vec::new(),
         });
         settings.replication.password = None;
         expect![[r#"
@@ -864,5 +955,179 @@ mod tests {
         expect![[r#"E'a\\b''c'"#]].assert_eq(&quote_literal("a\\b'c"));
         expect!["pg_2_dc1"].assert_eq(&member_slot_name("PG-2.dc1"));
         expect![""].assert_eq(&member_slot_name(""));
+    }
+
+    #[test]
+    fn primary_conninfo_carries_the_replication_roles_tls_settings() {
+        let mut settings = settings();
+        settings.replication.options = vec![
+            ("sslmode".into(), "verify-full".into()),
+            ("sslcert".into(), "/etc/pgbaton/repl client.pem".into()),
+            ("sslkey".into(), "/etc/pgbaton/repl.key".into()),
+            ("sslrootcert".into(), "/etc/pgbaton/ca.pem".into()),
+            ("sslcrl".into(), "/etc/pgbaton/ca.crl".into()),
+            ("gssencmode".into(), "disable".into()),
+            ("channel_binding".into(), "require".into()),
+        ];
+        expect![[r#"user=replicator passfile=/var/lib/postgresql/pgpass host=10.0.0.1 port=5433 sslmode=verify-full sslcert='/etc/pgbaton/repl client.pem' sslkey=/etc/pgbaton/repl.key sslrootcert=/etc/pgbaton/ca.pem sslcrl=/etc/pgbaton/ca.crl application_name=pg-2.dc1 gssencmode=disable channel_binding=require dbname=postgres"#]]
+            .assert_eq(&primary_conninfo(&settings, &upstream()));
+        // The superuser's or rewind role's settings never leak into the replication string.
+        settings.replication.options.clear();
+        settings.superuser.options = vec![("sslmode".into(), "disable".into())];
+        assert!(primary_conninfo(&settings, &upstream()).contains("sslmode=prefer"));
+    }
+
+    /// libpq's `conninfo_parse` for `keyword=value` strings: white space separates, a value is
+    /// bare (up to white space, `\` escapes) or single-quoted (`\` escapes, up to `'`).
+    fn libpq_parse(s: &str) -> Option<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        let mut chars = s.chars().peekable();
+        loop {
+            while chars.peek().is_some_and(|c| c.is_whitespace()) {
+                chars.next();
+            }
+            if chars.peek().is_none() {
+                return Some(out);
+            }
+            let mut key = String::new();
+            while let Some(&c) = chars.peek() {
+                if c == '=' || c.is_whitespace() {
+                    break;
+                }
+                key.push(c);
+                chars.next();
+            }
+            while chars.peek().is_some_and(|c| c.is_whitespace()) {
+                chars.next();
+            }
+            if chars.next() != Some('=') {
+                return None;
+            }
+            while chars.peek().is_some_and(|c| c.is_whitespace()) {
+                chars.next();
+            }
+            let mut value = String::new();
+            if chars.peek() == Some(&'\'') {
+                chars.next();
+                loop {
+                    match chars.next()? {
+                        '\\' => value.push(chars.next()?),
+                        '\'' => break,
+                        c => value.push(c),
+                    }
+                }
+            } else {
+                while let Some(&c) = chars.peek() {
+                    if c.is_whitespace() {
+                        break;
+                    }
+                    chars.next();
+                    if c == '\\' {
+                        value.push(chars.next()?);
+                    } else {
+                        value.push(c);
+                    }
+                }
+            }
+            out.push((key, value));
+        }
+    }
+
+    /// libpq's reading of one pgpass line: `:` separates, `\` escapes the next character.
+    fn pgpass_parse(line: &str) -> Vec<String> {
+        let mut fields = vec![String::new()];
+        let mut chars = line.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some(n) = chars.next() {
+                        fields.last_mut().expect("one field").push(n);
+                    }
+                }
+                ':' if fields.len() < 5 => fields.push(String::new()),
+                c => fields.last_mut().expect("one field").push(c),
+            }
+        }
+        fields
+    }
+
+    #[test]
+    fn hard_passwords_survive_every_quoting_layer() {
+        for pw in [
+            "with space",
+            "it's",
+            "back\\slash",
+            "\\'",
+            "'",
+            "\"double\"",
+            "a:b",
+            "",
+            "trailing\\",
+            "= sign",
+            "#hash",
+        ] {
+            let mut settings = settings();
+            settings.replication.password = Some(pw.to_owned());
+            settings.replication.username = format!("u {pw}");
+            let text = pgpass(&settings).expect("renders");
+            let line = text
+                .lines()
+                .find(|l| pgpass_parse(l)[3] == format!("u {pw}"))
+                .expect("a line for the user");
+            assert_eq!(pgpass_parse(line)[4], pw, "pgpass line {line:?}");
+            let dsn = conninfo(&[("user", &format!("u {pw}")), ("password", pw)]);
+            let parsed = libpq_parse(&dsn).expect("libpq reads it");
+            assert_eq!(parsed[1], ("password".to_owned(), pw.to_owned()), "{dsn}");
+            let conf = conf_value(&dsn).expect("quotable");
+            assert_eq!(libpq_parse(&guc_unquote(&conf)), Some(parsed), "{conf}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 256,
+            failure_persistence: None,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        /// Any single-line value survives conninfo quoting, and conninfo inside postgresql.conf.
+        #[test]
+        fn conninfo_values_round_trip(value in "[^\\n\\r\\x00]{0,40}", user in "[ -~]{1,20}") {
+            let dsn = conninfo(&[("user", &user), ("password", &value), ("host", "h")]);
+            let expected = vec![
+                ("user".to_owned(), user.clone()),
+                ("password".to_owned(), value.clone()),
+                ("host".to_owned(), "h".to_owned()),
+            ];
+            proptest::prop_assert_eq!(libpq_parse(&dsn), Some(expected.clone()));
+            let conf = conf_value(&dsn).expect("single line");
+            proptest::prop_assert_eq!(libpq_parse(&guc_unquote(&conf)), Some(expected));
+        }
+
+        /// Any single-line user name and password survive the pgpass file's escaping.
+        #[test]
+        fn pgpass_fields_round_trip(user in "[^\\n\\r\\x00]{1,20}", pw in "[^\\n\\r\\x00]{0,40}") {
+            let mut settings = settings();
+            settings.superuser.username = user.clone();
+            settings.superuser.password = Some(pw.clone());
+            settings.replication.password = None;
+            settings.rewind = None;
+            let text = pgpass(&settings).expect("renders");
+            let fields = pgpass_parse(text.trim_end_matches('\n'));
+            proptest::prop_assert_eq!(fields, vec!["*".to_owned(), "*".into(), "*".into(), user, pw]);
+        }
+    }
+
+    #[test]
+    fn scram_verifiers_match_postgresqls_computation() {
+        let salt: [u8; 16] = std::array::from_fn(|i| i as u8);
+        // Computed independently (Python's hashlib/hmac, RFC 5802 / PostgreSQL's scram-common.c).
+        expect!["SCRAM-SHA-256$4096:AAECAwQFBgcICQoLDA0ODw==$VW09kT/21cbfOaUrnHnbSuCZ1Lqczdbz+y7IydZNuPI=:y85uc/z/8h93+l+Y/biof/7GKDOqMgaC6pqhelFf/XU="]
+            .assert_eq(&scram_verifier("R3pl s'ecr\"et\\x:=Q7", &salt).expect("ascii"));
+        assert_eq!(scram_verifier("pässword", &salt), None);
+        assert_eq!(scram_verifier("tab\there", &salt), None);
+        assert_eq!(base64(b"a"), "YQ==");
+        assert_eq!(base64(b"ab"), "YWI=");
+        assert_eq!(base64(b"abc"), "YWJj");
     }
 }

@@ -82,15 +82,18 @@ impl TestEnv {
             superuser: Credentials {
                 username: "postgres".into(),
                 password: Some("su-secret".into()),
+                options: Vec::new(),
             },
             replication: Credentials {
                 username: "replicator".into(),
                 // Everything pgpass and the SQL quoting must get right.
                 password: Some("repl 'se:cret\" \\x".into()),
+                options: Vec::new(),
             },
             rewind: Some(Credentials {
                 username: "rewinder".into(),
                 password: Some("rw\\secret".into()),
+                options: Vec::new(),
             }),
             pgpass: self.root.path().join(format!("{name}.pgpass")),
             parameters: BTreeMap::from([
@@ -972,6 +975,122 @@ async fn a_promoted_standby_gets_no_standby_signal_back() {
     assert_eq!(
         state.sql.map(|s| s.synchronous_standby_names),
         Some("ANY 1 (other)".to_owned())
+    );
+    pg.stop(StopMode::Fast).await.expect("stop");
+}
+
+/// A test CA and a certificate for 127.0.0.1/localhost, written into `dir` (the key owned by
+/// PostgreSQL's OS user, 0600, as the server demands). (CA file, cert file, key file, a CA
+/// that did not sign anything here.)
+fn test_pki(dir: &Path, run_as: Option<(u32, u32)>) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    use std::os::unix::fs::PermissionsExt;
+    let ca = |cn: &str| {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, cn);
+        CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key")).expect("CA")
+    };
+    let issuer = ca("pgbaton test CA");
+    let other = ca("someone else's CA");
+    let mut params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .expect("params");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "postgres");
+    let key = KeyPair::generate().expect("key");
+    let cert = params.signed_by(&key, &issuer).expect("sign");
+    let files = (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+        dir.join("other-ca.pem"),
+    );
+    std::fs::write(&files.0, issuer.pem()).expect("write");
+    std::fs::write(&files.1, cert.pem()).expect("write");
+    std::fs::write(&files.2, key.serialize_pem()).expect("write");
+    std::fs::write(&files.3, other.pem()).expect("write");
+    std::fs::set_permissions(&files.2, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    if let Some((uid, gid)) = run_as {
+        for f in [&files.0, &files.1, &files.2, &files.3] {
+            std::os::unix::fs::chown(f, Some(uid), Some(gid)).expect("chown");
+        }
+    }
+    files
+}
+
+/// Issue 11.4: the agent's own connections honour the superuser's `sslmode` and
+/// `channel_binding`. The server accepts TCP connections over TLS only (`hostssl`), so a
+/// working observation proves TLS; `verify-full` against another CA and `sslmode: disable`
+/// get no SQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_connections_use_tls_as_the_role_asks() {
+    let Some(env) = TestEnv::new("own_connections_use_tls_as_the_role_asks") else {
+        return;
+    };
+    let (ca, cert, key, other_ca) = test_pki(env.root.path(), env.run_as);
+    let mut settings = env.settings("tls");
+    settings.local_host = "127.0.0.1".into();
+    settings.parameters.extend([
+        ("ssl".to_owned(), "on".to_owned()),
+        ("ssl_cert_file".to_owned(), cert.display().to_string()),
+        ("ssl_key_file".to_owned(), key.display().to_string()),
+    ]);
+    settings.pg_hba = vec![
+        "local all all scram-sha-256".into(),
+        "hostssl all all 127.0.0.1/32 scram-sha-256".into(),
+    ];
+    let with = |options: &[(&str, &str)]| {
+        let mut s = settings.clone();
+        s.superuser.options = options
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        LocalPostgres::new(s)
+    };
+    let ca = ca.display().to_string();
+    let pg = with(&[
+        ("sslmode", "verify-full"),
+        ("sslrootcert", &ca),
+        ("channel_binding", "require"),
+    ]);
+    let _cleanup = Cleanup::new(&[&pg]);
+    pg.initdb().await.expect("initdb");
+    pg.start(&StartRole::Primary).await.expect("start");
+    eventually(
+        "SQL over TLS with verify-full and channel binding",
+        Duration::from_secs(30),
+        || async { pg.observe().await.sql.is_some() },
+    )
+    .await;
+    // prefer (the default) finds TLS too.
+    assert!(with(&[]).observe().await.sql.is_some(), "sslmode prefer");
+    assert!(
+        with(&[("sslmode", "require"), ("sslrootcert", &ca)])
+            .observe()
+            .await
+            .sql
+            .is_some(),
+        "require with the right CA"
+    );
+    // No TLS: the server has no hostnossl line for it.
+    assert!(
+        with(&[("sslmode", "disable")])
+            .observe()
+            .await
+            .sql
+            .is_none(),
+        "sslmode disable got in without TLS"
+    );
+    // A server certificate from a CA we do not trust.
+    let other_ca = other_ca.display().to_string();
+    assert!(
+        with(&[("sslmode", "verify-ca"), ("sslrootcert", &other_ca)])
+            .observe()
+            .await
+            .sql
+            .is_none(),
+        "verify-ca accepted a certificate of another CA"
     );
     pg.stop(StopMode::Fast).await.expect("stop");
 }

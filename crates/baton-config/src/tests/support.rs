@@ -222,25 +222,22 @@ fn each_refused_key_is_an_error_naming_it() {
         pre_promote: errors:
           postgresql.pre_promote: not supported by pgbaton yet: pgbaton runs no script before promoting: a fencing script that must succeed before a promotion would be skipped
         sslcert: errors:
-          postgresql.authentication.replication.sslcert: not supported by pgbaton yet: the TLS and GSS settings of pgbaton's PostgreSQL connections are not configurable, so this one would not be applied
+          postgresql.authentication.replication.sslcert: needs sslkey too: pgbaton does not read ~/.postgresql/postgresql.crt or postgresql.key
         sslkey: errors:
-          postgresql.authentication.replication.sslkey: not supported by pgbaton yet: the TLS and GSS settings of pgbaton's PostgreSQL connections are not configurable, so this one would not be applied
+          postgresql.authentication.replication.sslkey: needs sslcert too: pgbaton does not read ~/.postgresql/postgresql.crt or postgresql.key
         sslpassword: errors:
-          postgresql.authentication.replication.sslpassword: not supported by pgbaton yet: the TLS and GSS settings of pgbaton's PostgreSQL connections are not configurable, so this one would not be applied
-        sslrootcert: errors:
-          postgresql.authentication.replication.sslrootcert: not supported by pgbaton yet: the TLS and GSS settings of pgbaton's PostgreSQL connections are not configurable, so this one would not be applied
+          postgresql.authentication.replication.sslpassword: not supported by pgbaton yet: this TLS setting of pgbaton's PostgreSQL connections is not configurable, so it would not be applied
+        sslrootcert: ok
         sslcrl: errors:
-          postgresql.authentication.replication.sslcrl: not supported by pgbaton yet: the TLS and GSS settings of pgbaton's PostgreSQL connections are not configurable, so this one would not be applied
+          postgresql.authentication.replication.sslcrl: needs sslrootcert: a revocation list is checked with the CA that verifies the server
         sslcrldir: errors:
-          postgresql.authentication.replication.sslcrldir: not supported by pgbaton yet: the TLS and GSS settings of pgbaton's PostgreSQL connections are not configurable, so this one would not be applied
+          postgresql.authentication.replication.sslcrldir: not supported by pgbaton yet: this TLS setting of pgbaton's PostgreSQL connections is not configurable, so it would not be applied
         sslmode: errors:
-          postgresql.authentication.replication.sslmode: not supported by pgbaton yet: the TLS and GSS settings of pgbaton's PostgreSQL connections are not configurable, so this one would not be applied
-        gssencmode: errors:
-          postgresql.authentication.replication.gssencmode: not supported by pgbaton yet: the TLS and GSS settings of pgbaton's PostgreSQL connections are not configurable, so this one would not be applied
-        channel_binding: errors:
-          postgresql.authentication.replication.channel_binding: not supported by pgbaton yet: the TLS and GSS settings of pgbaton's PostgreSQL connections are not configurable, so this one would not be applied
+          postgresql.authentication.replication.sslmode: verify-ca and verify-full need sslrootcert (a CA file, or "system" for the system's roots): pgbaton does not read ~/.postgresql/root.crt
+        gssencmode: ok
+        channel_binding: ok
         sslnegotiation: errors:
-          postgresql.authentication.replication.sslnegotiation: not supported by pgbaton yet: the TLS and GSS settings of pgbaton's PostgreSQL connections are not configurable, so this one would not be applied
+          postgresql.authentication.replication.sslnegotiation: not supported by pgbaton yet: this TLS setting of pgbaton's PostgreSQL connections is not configurable, so it would not be applied
         nostream: errors:
           tags.nostream: not supported by pgbaton yet: pgbaton has no archive-only replicas (no restore_command): this member would try to stream from the leader, which keeps no slot for it
         watchdog required: errors:
@@ -410,10 +407,7 @@ bootstrap:
             bootstrap.post_bootstrap: accepted but not used by pgbaton: it runs no script after creating a cluster
             bootstrap.post_init: accepted but not used by pgbaton: it runs no script after creating a cluster
             bootstrap.users: accepted but not used by pgbaton: it creates no users when creating a cluster
-            postgresql.authentication.replication.sslmode: accepted but not used by pgbaton: its connections use libpq's defaults (sslmode, gssencmode and channel_binding prefer, sslnegotiation postgres)
-            postgresql.authentication.replication.gssencmode: accepted but not used by pgbaton: its connections use libpq's defaults (sslmode, gssencmode and channel_binding prefer, sslnegotiation postgres)
-            postgresql.authentication.replication.channel_binding: accepted but not used by pgbaton: its connections use libpq's defaults (sslmode, gssencmode and channel_binding prefer, sslnegotiation postgres)
-            postgresql.authentication.replication.sslnegotiation: accepted but not used by pgbaton: its connections use libpq's defaults (sslmode, gssencmode and channel_binding prefer, sslnegotiation postgres)
+            postgresql.authentication.replication.sslnegotiation: accepted but not used by pgbaton: its connections use libpq's default (sslnegotiation postgres)
             postgresql.use_slots: ignored in the local configuration, as in Patroni: set it in the dynamic configuration (bootstrap.dcs.postgresql.use_slots)
             postgresql.proxy_address: accepted but not used by pgbaton: it publishes no proxy address in the member key
             postgresql.bin_name: accepted but not used by pgbaton: it runs the programs in bin_dir under their usual names
