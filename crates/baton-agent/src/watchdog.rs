@@ -313,13 +313,13 @@ impl Watchdog {
                     inner.device.describe()
                 );
                 let fence_after = Duration::from_millis(fence_deadline(Mono(0), ttl).as_millis());
-                let gap = Duration::from_secs(u64::from(*t)).saturating_sub(fence_after);
-                if gap < Duration::from_secs(1) {
+                if Duration::from_secs(u64::from(*t)) < fence_after + Duration::from_secs(1) {
                     warn!(
-                        "the watchdog expires {gap:?} after the fencing deadline of a lease that \
-                         is no longer renewed: if this agent loses etcd, the host may reset \
-                         before the fencer has stopped PostgreSQL; a smaller \
-                         watchdog.safety_margin leaves the fencer more time"
+                        "the watchdog's {t} s timeout ends less than 1 s after the fencing \
+                         deadline ({fence_after:?} after a renewal): if this agent cannot renew \
+                         its lease (an etcd outage), the host may reset before the fencer has \
+                         stopped PostgreSQL; a smaller watchdog.safety_margin leaves the fencer \
+                         more time"
                     );
                 }
             }
