@@ -82,6 +82,8 @@ pub struct Agent<D: Dcs, P: Postgres, R: Peers> {
     pending_restart_reason: Vec<PendingRestart>,
     /// The last failure to apply PostgreSQL's configuration (logged once).
     apply_error: Option<String>,
+    /// The watchdog device (`None`: none is set up; see [`Agent::set_watchdog`]).
+    watchdog: Option<Arc<crate::watchdog::Watchdog>>,
 }
 
 /// Seconds since the Unix epoch (for `dcs_last_seen` and history timestamps only).
@@ -167,7 +169,14 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             applied_pg: None,
             pending_restart_reason: Vec::new(),
             apply_error: None,
+            watchdog: None,
         })
+    }
+
+    /// Arm `watchdog` before taking the leader role (`ArmWatchdog`); its kicks and disarming
+    /// are [`crate::watchdog::run_watchdog`]'s.
+    pub fn set_watchdog(&mut self, watchdog: Arc<crate::watchdog::Watchdog>) {
+        self.watchdog = Some(watchdog);
     }
 
     /// Let [`Agent::reload`] re-read the configuration through `source`.
@@ -420,6 +429,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             peers,
             last_failure: self.last_failure.take(),
             unix_ms: unix_now_ms(),
+            watchdog: crate::watchdog::state_of(self.watchdog.as_deref()),
         };
         let decision = decide(&self.memory, &obs, &ha, now);
         let reason = decision.reason.to_string();
@@ -537,6 +547,13 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
     /// `Ok(false)` means "lost a race": stop without counting a failure.
     async fn perform(&mut self, action: &Action, obs: &Observation) -> anyhow::Result<bool> {
         match action {
+            Action::ArmWatchdog => {
+                // Leading from here on: the watchdog task disarms at a later `leading: false`.
+                self.leading.send_modify(|s| s.leading = true);
+                let mode = self.config.watchdog.mode;
+                crate::watchdog::arm(self.watchdog.as_deref(), mode, self.ttl())?;
+                Ok(true)
+            }
             Action::RaceInitialize => Ok(self.dcs.race_initialize().await?),
             Action::BootstrapCluster => {
                 self.publish(obs.dcs.as_ref(), &obs.pg, Some("initializing new cluster"))
@@ -839,7 +856,11 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             api_url: self.api_url.clone(),
             conn_url: self.conn_url.clone(),
             restore_command: self.restore_command(),
-            watchdog_failed: false,
+            watchdog_failed: crate::watchdog::watchdog_failed(
+                self.watchdog.as_deref(),
+                self.config.watchdog.mode,
+            ),
+            watchdog_armed: self.watchdog.as_ref().is_some_and(|w| w.state().armed),
         };
         self.snapshot.send_replace(Arc::new(snap));
     }

@@ -7,6 +7,8 @@
 //! - the fencer (`fence::run_fencer`), which stops PostgreSQL at the fencing deadline even when
 //!   the HA loop is busy;
 //! - the PostgreSQL liveness monitor (a crash is noticed within a quarter of a second);
+//! - the watchdog task (`watchdog::run_watchdog`): kicks the armed watchdog at every lease
+//!   renewal and disarms it when the agent stops leading or exits;
 //! - the REST API server.
 //!
 //! A reload (SIGHUP, `POST /reload`) re-reads the configuration file inside the HA loop
@@ -38,6 +40,7 @@ pub mod peers;
 pub mod reload;
 pub mod security;
 pub mod vip;
+pub mod watchdog;
 
 pub use clock::SystemClock;
 pub use ha::{Agent, AgentIo, ConfigSource, CycleOutcome};
@@ -248,7 +251,23 @@ pub async fn run(
         peers: peers::HttpPeers::with_client(http),
         clock: clock.clone(),
     };
+    // The watchdog: armed by the HA loop before it takes the leader role, kicked at every
+    // lease renewal and disarmed by its own task (which ends, disarming, when the agent is
+    // dropped at the end of `run`).
+    let watchdog = (config.watchdog.mode != baton_core::WatchdogMode::Off)
+        .then(|| Arc::new(watchdog::Watchdog::from_config(&config.watchdog)));
+    let watchdog_signal = leading_tx.subscribe();
     let mut agent = Agent::new(io, config, dynamic, lease_rx.clone(), leading_tx, snap_tx)?;
+    if let Some(wd) = &watchdog {
+        agent.set_watchdog(wd.clone());
+        tasks.spawn(watchdog::run_watchdog(
+            wd.clone(),
+            clock.clone(),
+            lease_rx.clone(),
+            watchdog_signal,
+            pg.clone(),
+        ));
+    }
     if let Some(source) = source {
         agent.set_config_source(source);
     }

@@ -40,7 +40,7 @@ pub fn adopt(running: &Config, file: Config) -> Reloaded {
         bootstrap,
         postgresql,
         tags,
-        watchdog_mode,
+        watchdog,
         vip,
         log,
         ctl,
@@ -55,7 +55,7 @@ pub fn adopt(running: &Config, file: Config) -> Reloaded {
     restart(name != running.name, "name");
     restart(restapi != running.restapi, "restapi");
     restart(etcd != running.etcd, "etcd3");
-    restart(watchdog_mode != running.watchdog_mode, "watchdog");
+    restart(watchdog != running.watchdog, "watchdog");
     restart(vip != running.vip, "vip");
     restart(log != running.log, "log");
     restart(ctl != running.ctl, "ctl");

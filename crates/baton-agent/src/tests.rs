@@ -16,7 +16,7 @@ use crate::fence::{FenceRecord, FenceSignal, FencerInputs, MemRecord, run_fencer
 use crate::lease::{LeaseKeeper, fence_deadline};
 
 /// Milliseconds of tokio's (paused, auto-advancing) clock.
-struct TokioClock(Instant);
+pub(crate) struct TokioClock(pub(crate) Instant);
 
 impl Clock for TokioClock {
     fn now(&self) -> Mono {
@@ -26,13 +26,13 @@ impl Clock for TokioClock {
 
 /// A PostgreSQL that runs as a primary until stopped, counting immediate stops.
 #[derive(Default)]
-struct FakePg {
-    state: Mutex<PgState>,
-    immediate_stops: AtomicUsize,
+pub(crate) struct FakePg {
+    pub(crate) state: Mutex<PgState>,
+    pub(crate) immediate_stops: AtomicUsize,
 }
 
 impl FakePg {
-    fn primary() -> FakePg {
+    pub(crate) fn primary() -> FakePg {
         let pg = FakePg::default();
         *pg.state.lock().expect("lock") = PgState {
             process: PgProcess::Running { pid: 1 },

@@ -67,6 +67,8 @@ pub struct Snapshot {
     /// The watchdog is required by the configuration but not available or failed; reported as
     /// `watchdog_failed: true`, which keeps this node out of the leader race on the others.
     pub watchdog_failed: bool,
+    /// The watchdog device is armed (pgbaton's `pgbaton_watchdog_armed` metric).
+    pub watchdog_armed: bool,
     /// The `Display` of the last decision's reason.
     pub last_reason: String,
     /// When the last HA cycle finished (for `/liveness`).
@@ -99,6 +101,7 @@ impl Snapshot {
             pause: false,
             restore_command: false,
             watchdog_failed: false,
+            watchdog_armed: false,
             last_reason: "starting".to_owned(),
             last_cycle: Mono(0),
             ttl: Duration::from_secs(30),

@@ -235,6 +235,18 @@ pub(crate) fn metrics_text(snap: &Snapshot, vip: Option<&VipStatus>, now: Mono) 
         "gauge",
         &seconds(now.saturating_since(snap.last_cycle).as_millis()),
     );
+    out.metric(
+        "pgbaton_watchdog_armed",
+        "Value is 1 if the watchdog device is armed (this node leads with watchdog.mode automatic or required), 0 otherwise.",
+        "gauge",
+        &flag(snap.watchdog_armed),
+    );
+    out.metric(
+        "pgbaton_watchdog_failed",
+        "Value is 1 if watchdog.mode is required and the watchdog cannot be armed (as /patroni's watchdog_failed), 0 otherwise.",
+        "gauge",
+        &flag(snap.watchdog_failed),
+    );
     if let Some(vip) = vip {
         out.metric(
             "pgbaton_vip_present",

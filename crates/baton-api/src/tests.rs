@@ -1270,7 +1270,7 @@ async fn metrics_of_a_primary() {
         reply.content_type(),
         "text/plain; version=0.0.4; charset=utf-8"
     );
-    expect![[r#"
+    expect![[r##"
         # HELP patroni_version Patroni semver without periods.
         # TYPE patroni_version gauge
         patroni_version{scope="demo",name="node1"} 000100
@@ -1359,7 +1359,13 @@ async fn metrics_of_a_primary() {
         # HELP pgbaton_last_cycle_age_seconds Seconds since the HA loop last finished a cycle.
         # TYPE pgbaton_last_cycle_age_seconds gauge
         pgbaton_last_cycle_age_seconds{scope="demo",name="node1"} 1.000
-    "#]]
+        # HELP pgbaton_watchdog_armed Value is 1 if the watchdog device is armed (this node leads with watchdog.mode automatic or required), 0 otherwise.
+        # TYPE pgbaton_watchdog_armed gauge
+        pgbaton_watchdog_armed{scope="demo",name="node1"} 0
+        # HELP pgbaton_watchdog_failed Value is 1 if watchdog.mode is required and the watchdog cannot be armed (as /patroni's watchdog_failed), 0 otherwise.
+        # TYPE pgbaton_watchdog_failed gauge
+        pgbaton_watchdog_failed{scope="demo",name="node1"} 0
+    "##]]
     .assert_eq(&reply.body);
 }
 

@@ -41,7 +41,7 @@ pub use log::{
 };
 pub use model::{
     AllowEntry, Bootstrap, Config, Credentials, Ctl, Etcd, Loaded, Postgresql, RestApi, RestClient,
-    RestTls, VerifyClient, Vip,
+    RestTls, VerifyClient, Vip, Watchdog, WatchdogDriver,
 };
 pub use params::{LOCAL_ONLY_PARAMETERS, is_local_only};
 
@@ -173,6 +173,7 @@ pub fn effective_ha(config: &Config, dynamic: &DynamicConfig) -> HaConfig {
         tags: config.tags.clone(),
         can_bootstrap: config.bootstrap.is_some() && !config.tags.is_nofailover(),
         sync: dynamic.sync,
+        watchdog: config.watchdog.mode,
     }
 }
 

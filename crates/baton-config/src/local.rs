@@ -4,14 +4,14 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use baton_core::Tags;
+use baton_core::{Tags, WatchdogMode};
 use serde_json::Value;
 
 use crate::addr;
 use crate::dynamic::{self, DynamicConfig};
 use crate::model::{
     AllowEntry, Bootstrap, Config, Credentials, Ctl, Etcd, Postgresql, RestApi, RestTls,
-    VerifyClient, Vip,
+    VerifyClient, Vip, Watchdog, WatchdogDriver,
 };
 use crate::params::{self, Source};
 use crate::walk::{Cx, Obj, describe, index};
@@ -54,7 +54,7 @@ pub(crate) fn parse(cx: &mut Cx, root: &Value) -> Option<Config> {
     let bootstrap = bootstrap(cx, &mut top);
     let postgresql = postgresql(cx, &mut top);
     let tags = tags(cx, &mut top);
-    let watchdog_mode = watchdog(cx, &mut top);
+    let watchdog = watchdog(cx, &mut top);
     let vip = vip(cx, &mut top);
     let log = crate::log::log(cx, &mut top);
     top.flagged(cx);
@@ -79,7 +79,7 @@ pub(crate) fn parse(cx: &mut Cx, root: &Value) -> Option<Config> {
         bootstrap,
         postgresql,
         tags,
-        watchdog_mode,
+        watchdog,
         vip,
         log,
     })
@@ -1072,12 +1072,13 @@ fn tags(cx: &mut Cx, top: &mut Obj<'_>) -> Tags {
     t
 }
 
-fn watchdog(cx: &mut Cx, top: &mut Obj<'_>) -> String {
-    let mut mode = "automatic".to_owned();
+fn watchdog(cx: &mut Cx, top: &mut Obj<'_>) -> Watchdog {
+    let mut wd = Watchdog::default();
     let Some(mut o) = top.section(cx, "watchdog") else {
-        return mode;
+        return wd;
     };
-    if let Some(m) = o.opt(cx, "mode", |cx, p, v| {
+    let mut label = "automatic";
+    if let Some((mode, l)) = o.opt(cx, "mode", |cx, p, v| {
         let text = match v {
             Value::Bool(false) => "off".to_owned(),
             Value::String(s) => s.trim().to_ascii_lowercase(),
@@ -1087,9 +1088,9 @@ fn watchdog(cx: &mut Cx, top: &mut Obj<'_>) -> String {
             }
         };
         match text.as_str() {
-            "off" | "disable" | "disabled" => Some("off"),
-            "automatic" | "auto" => Some("automatic"),
-            "required" | "require" => Some("required"),
+            "off" | "disable" | "disabled" => Some((WatchdogMode::Off, "off")),
+            "automatic" | "auto" => Some((WatchdogMode::Automatic, "automatic")),
+            "required" | "require" => Some((WatchdogMode::Required, "required")),
             _ => {
                 cx.error(
                     p,
@@ -1099,14 +1100,44 @@ fn watchdog(cx: &mut Cx, top: &mut Obj<'_>) -> String {
             }
         }
     }) {
-        mode = m.to_owned();
+        wd.mode = mode;
+        label = l;
     }
     if o.has("mode") {
-        o.value_class(cx, "mode", &mode);
+        o.value_class(cx, "mode", label);
+    }
+    if let Some(device) = o.opt(cx, "device", |cx, p, v| {
+        let path = cx.nonempty(p, v, "a path")?;
+        if !path.starts_with('/') {
+            cx.error(p, format!("expected an absolute path, found {path:?}"));
+            return None;
+        }
+        Some(path)
+    }) {
+        wd.device = device.into();
+    }
+    if let Some(margin) = o.opt(cx, "safety_margin", |cx, p, v| cx.int(p, v, -1, 3600)) {
+        wd.safety_margin = margin;
+    }
+    if let Some(driver) = o.opt(cx, "driver", |cx, p, v| {
+        let text = cx.nonempty(p, v, "default or testing")?;
+        match text.as_str() {
+            "default" => Some(WatchdogDriver::Default),
+            "testing" => Some(WatchdogDriver::Testing),
+            other => {
+                cx.error(
+                    p,
+                    format!("expected one of default, testing, found {other:?}"),
+                );
+                None
+            }
+        }
+    }) {
+        wd.driver = driver;
     }
     o.flagged(cx);
     o.finish(cx);
-    mode
+    wd
 }
 
 fn vip(cx: &mut Cx, top: &mut Obj<'_>) -> Option<Vip> {

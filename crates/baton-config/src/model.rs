@@ -38,8 +38,8 @@ pub struct Config {
     pub bootstrap: Option<Bootstrap>,
     pub postgresql: Postgresql,
     pub tags: Tags,
-    /// `off`, `automatic` or `required` (Patroni's aliases normalised).
-    pub watchdog_mode: String,
+    /// The `watchdog` section.
+    pub watchdog: Watchdog,
     /// pgbaton's own floating-IP section.
     pub vip: Option<Vip>,
     /// The `log` section (Patroni's defaults when absent).
@@ -404,4 +404,54 @@ impl Vip {
     pub fn cidr(&self) -> String {
         format!("{}/{}", self.address, self.prefix_len)
     }
+}
+
+/// The `watchdog` section (Patroni's keys and defaults).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Watchdog {
+    /// `watchdog.mode` (Patroni's aliases normalised); default `automatic`.
+    pub mode: baton_core::WatchdogMode,
+    /// `watchdog.device`; default `/dev/watchdog`.
+    pub device: std::path::PathBuf,
+    /// `watchdog.safety_margin` in seconds; default 5. The device's timeout is
+    /// `ttl - safety_margin`; `-1` makes it `ttl / 2`.
+    pub safety_margin: i64,
+    /// `watchdog.driver`: `default` (a Linux watchdog device) or `testing`.
+    pub driver: WatchdogDriver,
+}
+
+impl Default for Watchdog {
+    fn default() -> Watchdog {
+        Watchdog {
+            mode: baton_core::WatchdogMode::Automatic,
+            device: "/dev/watchdog".into(),
+            safety_margin: 5,
+            driver: WatchdogDriver::Default,
+        }
+    }
+}
+
+impl Watchdog {
+    /// The device timeout for a lease of `ttl` seconds (Patroni's `WatchdogConfig.timeout`):
+    /// `ttl - safety_margin`, or `ttl / 2` with `safety_margin: -1`. May be zero or negative
+    /// for a margin as long as the ttl (the agent then cannot arm the device).
+    pub fn timeout_secs(&self, ttl: u32) -> i64 {
+        if self.safety_margin == -1 {
+            i64::from(ttl / 2)
+        } else {
+            i64::from(ttl) - self.safety_margin
+        }
+    }
+}
+
+/// `watchdog.driver`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WatchdogDriver {
+    /// A Linux watchdog device (`WDIOC_*` ioctls on `watchdog.device`).
+    #[default]
+    Default,
+    /// A test double, for test harnesses only: `watchdog.device` names a regular file or a
+    /// FIFO (never a character device), and every open, timeout, keepalive and close is
+    /// written to it as a line. Nothing resets the host.
+    Testing,
 }

@@ -168,12 +168,6 @@ const AUTH_TLS_WEAK: &str = "accepted but not used by pgbaton: its connections u
     default (sslnegotiation postgres)";
 const GSS_OWN: &str = "pgbaton's own connections as this role (tokio-postgres) have no GSSAPI \
     encryption, so they would not be encrypted as asked";
-const NO_WATCHDOG: &str = "accepted but not used by pgbaton: it has no /dev/watchdog support yet";
-const WATCHDOG_AUTOMATIC: &str = "pgbaton has no /dev/watchdog support yet, so no watchdog is \
-    used; the leader still fences itself (stops PostgreSQL) before its lease can expire, and the \
-    fence guard does so for a frozen or killed agent";
-const WATCHDOG_REQUIRED: &str = "where Patroni would refuse to lead without a watchdog, pgbaton, \
-    which has no /dev/watchdog support, would lead without one";
 const PERMANENT_SLOTS: &str = "permanent replication slots are not created or kept on a new \
     primary: the consumers of these slots (logical decoding, backup tools) would lose their \
     position after a failover";
@@ -808,16 +802,35 @@ pub(crate) static KEYS: &[Key] = &[
         Local,
         "`automatic`",
         "`off`, `automatic` or `required` (Patroni's spellings `false`, `disable`, `disabled`, \
-         `auto`, `require` are accepted).",
+         `auto`, `require` are accepted). `automatic`: the watchdog is armed before this member \
+         takes the leader role when it can be, and the member leads without one when it \
+         cannot. `required`: no leader role without an armed watchdog (the member does not \
+         race, gives the leader key up, and reports `watchdog_failed` in `/patroni`).",
         &[
             ("off", Implemented),
-            ("automatic", Warned(WATCHDOG_AUTOMATIC)),
-            ("required", Refused(WATCHDOG_REQUIRED)),
+            ("automatic", Implemented),
+            ("required", Implemented),
         ],
     ),
-    warned("watchdog.device", Local, NO_WATCHDOG),
-    warned("watchdog.safety_margin", Local, NO_WATCHDOG),
-    warned("watchdog.driver", Local, NO_WATCHDOG),
+    local(
+        "watchdog.device",
+        "`/dev/watchdog`",
+        "The Linux watchdog device (an absolute path). With `driver: testing`, the file the \
+         test double writes its events to.",
+    ),
+    local(
+        "watchdog.safety_margin",
+        "`5`",
+        "Seconds: the device's timeout is `ttl - safety_margin` (`-1`: `ttl / 2`), so the host \
+         resets before the leader lease can expire when the agent stops kicking it.",
+    ),
+    local(
+        "watchdog.driver",
+        "`default`",
+        "`default` (a Linux watchdog device) or `testing` (for test harnesses: events are \
+         written as lines to `device`, which must not be a character device; nothing resets \
+         the host).",
+    ),
     // vip
     local(
         "vip.address",

@@ -308,7 +308,12 @@ tags:
                     "zone": "\"eu-1\"",
                 },
             },
-            watchdog_mode: "automatic",
+            watchdog: Watchdog {
+                mode: Automatic,
+                device: "/dev/watchdog",
+                safety_margin: 5,
+                driver: Default,
+            },
             vip: None,
             log: Log {
                 json: false,
@@ -985,17 +990,57 @@ fn names_scope_and_namespace() {
 #[test]
 fn watchdog_modes() {
     let mode = |m: &str| match load_str(&format!("{BASE}watchdog:\n  mode: {m}\n"), &no_env) {
-        Ok(l) => format!("{} {:?}", l.config.watchdog_mode, l.warnings),
+        Ok(l) => format!("{:?} {:?}", l.config.watchdog.mode, l.warnings),
         Err(e) => e.to_string(),
     };
-    expect!["off []"].assert_eq(&mode("off"));
-    expect!["off []"].assert_eq(&mode("false"));
-    expect![[r#"automatic ["watchdog.mode: pgbaton has no /dev/watchdog support yet, so no watchdog is used; the leader still fences itself (stops PostgreSQL) before its lease can expire, and the fence guard does so for a frozen or killed agent"]"#]].assert_eq(&mode("auto"));
-    expect!["watchdog.mode: not supported by pgbaton yet: where Patroni would refuse to lead without a watchdog, pgbaton, which has no /dev/watchdog support, would lead without one"]
-        .assert_eq(&mode("require"));
+    expect!["Off []"].assert_eq(&mode("off"));
+    expect!["Off []"].assert_eq(&mode("false"));
+    expect!["Automatic []"].assert_eq(&mode("auto"));
+    expect!["Required []"].assert_eq(&mode("require"));
     expect![[r#"watchdog.mode: expected one of off, automatic, required, found "sometimes""#]]
         .assert_eq(&mode("sometimes"));
-    assert_eq!(load(BASE).config.watchdog_mode, "automatic");
+    let wd = load(BASE).config.watchdog;
+    assert_eq!(wd, crate::Watchdog::default());
+    assert_eq!(
+        wd.mode,
+        baton_core::WatchdogMode::Automatic,
+        "Patroni's default"
+    );
+    assert_eq!(wd.device, std::path::Path::new("/dev/watchdog"));
+    assert_eq!((wd.safety_margin, wd.timeout_secs(30)), (5, 25));
+}
+
+#[test]
+fn watchdog_device_margin_and_driver() {
+    let section = |body: &str| match load_str(&format!("{BASE}watchdog:\n{body}"), &no_env) {
+        Ok(l) => format!("{:?} {:?}", l.config.watchdog, l.warnings),
+        Err(e) => e.to_string(),
+    };
+    expect![[
+        r#"Watchdog { mode: Required, device: "/run/wd", safety_margin: -1, driver: Testing } []"#
+    ]]
+    .assert_eq(&section(
+        "  mode: required\n  device: /run/wd\n  safety_margin: -1\n  driver: testing\n",
+    ));
+    expect![[r#"watchdog.device: expected an absolute path, found "dev/watchdog""#]]
+        .assert_eq(&section("  device: dev/watchdog\n"));
+    expect!["watchdog.safety_margin: must be at least -1, found -2"]
+        .assert_eq(&section("  safety_margin: -2\n"));
+    expect![[r#"watchdog.driver: expected one of default, testing, found "softdog""#]]
+        .assert_eq(&section("  driver: softdog\n"));
+    // Patroni's timeout: ttl - safety_margin, or ttl // 2 with -1.
+    let wd = |safety_margin| crate::Watchdog {
+        safety_margin,
+        ..crate::Watchdog::default()
+    };
+    assert_eq!(wd(5).timeout_secs(30), 25);
+    assert_eq!(wd(-1).timeout_secs(31), 15);
+    assert_eq!(wd(0).timeout_secs(10), 10);
+    assert_eq!(
+        wd(10).timeout_secs(10),
+        0,
+        "no usable timeout: the agent cannot arm"
+    );
 }
 
 #[test]
@@ -1244,6 +1289,7 @@ fn effective_ha_merges_local_and_dynamic() {
                 node_count: 1,
                 max_lag_on_syncnode: None,
             },
+            watchdog: Automatic,
         }
     "#]]
     .assert_debug_eq(&ha);

@@ -51,6 +51,31 @@ impl SyncConfig {
     }
 }
 
+/// Patroni's `watchdog.mode`: whether this member arms a watchdog device before it leads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WatchdogMode {
+    /// No watchdog is used.
+    #[default]
+    Off,
+    /// The watchdog is armed before this member takes the leader role when it can be; a member
+    /// whose device cannot be armed leads without one.
+    Automatic,
+    /// No leader role without an armed watchdog: a member whose device cannot be armed does
+    /// not race, does not promote, and gives the leader key up.
+    Required,
+}
+
+/// The watchdog as the agent reports it for one cycle.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WatchdogState {
+    /// The device is open with its timeout set and verified: it resets the host unless it is
+    /// kicked (at every lease renewal) or disarmed.
+    pub armed: bool,
+    /// The device cannot be armed safely: it is missing or not writable, or an attempt to arm
+    /// it failed (until the agent restarts, as in Patroni).
+    pub failed: bool,
+}
+
 /// Effective HA settings for one cycle: local configuration merged with the dynamic
 /// configuration from the DCS (the merge is done by the caller; `decide` only reads this).
 #[derive(Clone, Debug, PartialEq)]
@@ -80,6 +105,8 @@ pub struct HaConfig {
     /// This node may bootstrap a new cluster (it has a `bootstrap` section and is not nofailover).
     pub can_bootstrap: bool,
     pub sync: SyncConfig,
+    /// `watchdog.mode` (local configuration).
+    pub watchdog: WatchdogMode,
 }
 
 /// What the agent observed in one cycle.
@@ -99,6 +126,8 @@ pub struct Observation {
     /// Wall-clock time in milliseconds since the Unix epoch. Used only to compare with a
     /// switchover's `scheduled_at`; every deadline that matters for safety uses `now`.
     pub unix_ms: i64,
+    /// The watchdog device's state.
+    pub watchdog: WatchdogState,
 }
 
 /// The agent's own lease, as the keeper task reports it.
@@ -221,6 +250,10 @@ pub enum StopMode {
 /// the first one that fails (or, for the race actions, loses).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
+    /// Open the watchdog device, set its timeout (ttl − `safety_margin`) and verify it, before
+    /// an action that makes this member the leader. With `watchdog.mode: required` a failure
+    /// stops the list (no leader role without it); with `automatic` it is logged.
+    ArmWatchdog,
     /// Create `initialize` = "" if absent (the bootstrap race). Losing stops the list.
     RaceInitialize,
     /// initdb, configure, start, create roles, checkpoint, write `initialize`=sysid, write
@@ -296,6 +329,7 @@ pub enum Action {
 /// The kind of an action, without its arguments (for failure reports).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ActionKind {
+    ArmWatchdog,
     RaceInitialize,
     BootstrapCluster,
     AcquireLeader,
@@ -321,6 +355,7 @@ pub enum ActionKind {
 impl Action {
     pub fn kind(&self) -> ActionKind {
         match self {
+            Action::ArmWatchdog => ActionKind::ArmWatchdog,
             Action::RaceInitialize => ActionKind::RaceInitialize,
             Action::BootstrapCluster => ActionKind::BootstrapCluster,
             Action::AcquireLeader => ActionKind::AcquireLeader,
@@ -348,6 +383,7 @@ impl Action {
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Action::ArmWatchdog => write!(f, "arm the watchdog"),
             Action::RaceInitialize => write!(f, "race for initialize key"),
             Action::BootstrapCluster => write!(f, "bootstrap new cluster"),
             Action::AcquireLeader => write!(f, "acquire leader key"),
@@ -454,6 +490,8 @@ pub enum NotHealthiest {
     SyncKeyMissing,
     /// Synchronous mode: `/sync` exists but does not decode.
     SyncKeyUnreadable { why: String },
+    /// `watchdog.mode: required` and the watchdog cannot be armed.
+    WatchdogUnusable,
 }
 
 /// Why a decision refuses to run a writable primary because of the dynamic configuration.
@@ -512,6 +550,10 @@ impl fmt::Display for NotHealthiest {
             NotHealthiest::SyncKeyMissing => write!(
                 f,
                 "synchronous mode is on and /sync is missing or names no leader, so nothing says which member holds every acknowledged commit; {SYNC_REMEDY}"
+            ),
+            NotHealthiest::WatchdogUnusable => write!(
+                f,
+                "watchdog.mode is required and the watchdog device is not usable"
             ),
             NotHealthiest::SyncKeyUnreadable { why } => write!(
                 f,
@@ -644,6 +686,11 @@ pub enum Reason {
     /// See [`HaConfig::unsupported_blocker`].
     UnsupportedConfig {
         key: String,
+    },
+    /// `watchdog.mode: required`, we hold the leader key and the watchdog cannot be armed:
+    /// the key is given up (a running primary is stopped first).
+    WatchdogUnavailable {
+        demoting: bool,
     },
 }
 
@@ -829,6 +876,15 @@ impl fmt::Display for Reason {
             ),
             Reason::SyncUpdate { detail } => write!(f, "{detail}"),
             Reason::UnsupportedConfig { key } => write!(f, "{}", unsupported_blocker_text(key)),
+            Reason::WatchdogUnavailable { demoting: true } => {
+                write!(f, "Demoting self because watchdog could not be activated")
+            }
+            Reason::WatchdogUnavailable { demoting: false } => {
+                write!(
+                    f,
+                    "Not promoting self because watchdog could not be activated"
+                )
+            }
             Reason::ManualCandidate => write!(
                 f,
                 "promoted self to leader by acquiring session lock as the manual failover candidate"

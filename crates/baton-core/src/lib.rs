@@ -18,7 +18,7 @@ pub use decide::{decide, may_be_primary};
 pub use decision::{
     Action, ActionFailure, ActionKind, Decision, DivergedRemedy, HaConfig, LeaseState, Memory,
     NotHealthiest, Observation, PeerStatus, Reason, StartRole, StopMode, SyncConfig, SyncMode,
-    Upstream,
+    Upstream, WatchdogMode, WatchdogState,
 };
 pub use diverge::{Divergence, divergence, leader_timeline};
 pub use pg::{ClusterState, ControlData, DataDir, PgProcess, PgSql, PgState, ReplicationRow};

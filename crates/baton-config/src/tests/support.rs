@@ -240,8 +240,7 @@ fn each_refused_key_is_an_error_naming_it() {
           postgresql.authentication.replication.sslnegotiation: not supported by pgbaton yet: this TLS setting of pgbaton's PostgreSQL connections is not configurable, so it would not be applied
         nostream: errors:
           tags.nostream: not supported by pgbaton yet: pgbaton has no archive-only replicas (no restore_command): this member would try to stream from the leader, which keeps no slot for it
-        watchdog required: errors:
-          watchdog.mode: not supported by pgbaton yet: where Patroni would refuse to lead without a watchdog, pgbaton, which has no /dev/watchdog support, would lead without one
+        watchdog required: ok
         failsafe_mode: errors:
           bootstrap.dcs.failsafe_mode: not supported by pgbaton yet: with failsafe mode Patroni keeps the primary running while the DCS is unreachable and every member confirms it; pgbaton stops it (fences) before its lease runs out
         slots: errors:
@@ -419,10 +418,6 @@ bootstrap:
             postgresql.pg_rewind: accepted but not used by pgbaton: pg_rewind runs with its own options, as authentication.rewind
             tags.clonefrom: published in the member key, but pgbaton replicas always clone from the leader
             tags.replicatefrom: published in the member key, but this member streams from the leader (cascading replication is not supported yet)
-            watchdog.mode: pgbaton has no /dev/watchdog support yet, so no watchdog is used; the leader still fences itself (stops PostgreSQL) before its lease can expire, and the fence guard does so for a frozen or killed agent
-            watchdog.device: accepted but not used by pgbaton: it has no /dev/watchdog support yet
-            watchdog.safety_margin: accepted but not used by pgbaton: it has no /dev/watchdog support yet
-            watchdog.driver: accepted but not used by pgbaton: it has no /dev/watchdog support yet
             thread_pool_size: accepted but not used by pgbaton (a setting of Patroni's Python threads)
             thread_stack_size: accepted but not used by pgbaton (a setting of Patroni's Python threads)
             consul: accepted but not used by pgbaton: it keeps cluster state in etcd only

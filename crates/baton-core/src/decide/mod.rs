@@ -12,6 +12,8 @@
 //!    (`fence::blocked`) stops a primary before any rule could start or promote one.
 //! 3. `data_dir`: empty → bootstrap or clone; unusable → leave it alone; another cluster's →
 //!    never used. Every later rule may assume initialized data of this cluster.
+//!    With `watchdog.mode: required` and no armable watchdog, the holder of the key gives it
+//!    up here (`watchdog`), before rules 4 and 5 could start or promote a primary under it.
 //! 4. `pg_down`: PostgreSQL down → restart as primary while we hold the key (bounded by
 //!    `primary_start_timeout`), otherwise start as a standby; a former primary rejoins
 //!    through `standby::rejoin` (rewind, or wait, or re-clone). Later rules may assume a
@@ -22,8 +24,9 @@
 //!    slots), `standby` follows the leader (and stops a diverged standby for a rewind), and
 //!    `race` takes a free key when we are the healthiest eligible member.
 //!
-//! [`decide`] then derives the memory for the next cycle from the actions that will really
-//! run (and filters them in maintenance mode), and picks the next wake-up.
+//! [`decide`] then puts `ArmWatchdog` ahead of actions that take the leader role
+//! (`watchdog`), derives the memory for the next cycle from the actions that will really run
+//! (and filters them in maintenance mode), and picks the next wake-up.
 //!
 //! Each rule is an `impl Ctx<'_>` block in its own module; a method returns the decision of
 //! the cycle, or `None` / `Ok(..)` when its rule lets the next one speak. The decision tests
@@ -45,6 +48,7 @@ mod pg_down;
 mod race;
 mod standby;
 mod sync;
+mod watchdog;
 
 /// How soon a leaderless member looks again (the DCS watch usually wakes it earlier).
 const LEADERLESS_RECHECK: Duration = Duration::from_secs(1);
@@ -70,6 +74,7 @@ pub fn decide(memory: &Memory, obs: &Observation, config: &HaConfig, now: Mono) 
         epoch: memory.leader_epoch,
     };
     let (mut actions, mut reason) = ctx.choose(&mut next);
+    ctx.arm_watchdog_first(&mut actions);
     // The memory below is derived from the actions that will really run.
     if config.pause {
         // Maintenance mode: PostgreSQL and the leader key are left as they are; only
@@ -294,6 +299,12 @@ impl Ctx<'_> {
             Ok(cd) => cd,
             Err(decided) => return decided,
         };
+
+        // The required watchdog cannot be armed: give the key up before rules 4 and 5 could
+        // start, promote or keep a primary under it.
+        if let Some(decided) = self.watchdog_unavailable(next) {
+            return decided;
+        }
 
         // 4. PostgreSQL down.
         if !pg.is_running() {

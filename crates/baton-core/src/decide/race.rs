@@ -34,6 +34,12 @@ impl Ctx<'_> {
                 // (Patroni's manual failover); the old leader shut down cleanly after its
                 // standbys had received everything.
                 Some(c) if c == self.me() => {
+                    if self.watchdog_blocks() {
+                        return (
+                            vec![],
+                            Reason::NotHealthiest(NotHealthiest::WatchdogUnusable),
+                        );
+                    }
                     next.following = None;
                     let mut actions = vec![Action::AcquireLeader];
                     actions.extend(self.before_promote(view));
@@ -61,6 +67,12 @@ impl Ctx<'_> {
             {
                 return (vec![], Reason::WaitingForOthersAfterHandOver);
             }
+        }
+        if self.watchdog_blocks() {
+            return (
+                vec![],
+                Reason::NotHealthiest(NotHealthiest::WatchdogUnusable),
+            );
         }
         if let Err(why) = self.healthiest(view, sql) {
             return (vec![], Reason::NotHealthiest(why));

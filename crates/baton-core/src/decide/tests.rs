@@ -51,11 +51,13 @@
 //! pg: data=initialized sysid=7001 state=in-archive-recovery tl=1 ckpt=0/2000000
 //! pg: running primary|replica|nosql tl=1 hist=2 flush=0/3000000 recv=.. replay=.. slots=n1,n3
 //!     (hist: the newest timeline history file in pg_wal)
-//! peer: n3 reachable|unreachable wal=0/2000000 tl=1 primary nofailover priority=2
+//! peer: n3 reachable|unreachable wal=0/2000000 tl=1 primary nofailover priority=2 watchdog_failed
 //! memory: following=n1 down_since=90 rewind_failed=n1 nostream_since=70 epoch=1 handed_over
 //!     was_leader sync_changed=0/3000100     (or `memory: previous`, see above)
 //! failure: rewind at=99
 //! failover: leader=n1 candidate=n2 at=2026-11-22T05:00:00+00:00 rev=9
+//! config: watchdog=off|automatic|required     (default off)
+//! watchdog: armed failed       (the agent's watchdog state; each word present or not)
 //! unix: 1795323590000          (wall clock, ms; default 1795323600000 = 2026-11-22T05:00:00Z)
 //! config: sync=on|quorum strict=on count=2 maxlag=1000;  dcs: sync=n1:n2,n3@7 quorum=1
 //!     (leader:standbys@revision; quorum= the `/sync` quorum; sync=?@7 a `/sync` that does
@@ -78,7 +80,7 @@ use expect_test::expect;
 
 use crate::decision::{
     Action, ActionFailure, ActionKind, HaConfig, LeaseState, Memory, Observation, PeerStatus,
-    SyncConfig, SyncMode,
+    SyncConfig, SyncMode, WatchdogMode, WatchdogState,
 };
 use crate::pg::{ClusterState, ControlData, DataDir, PgProcess, PgSql, ReplicationRow};
 use crate::types::{Lsn, MemberName, Mono, Timeline};
@@ -159,6 +161,7 @@ fn parse(fixture: &str, previous: Option<&Memory>) -> Fixture {
         tags: Tags::default(),
         can_bootstrap: true,
         sync: SyncConfig::default(),
+        watchdog: WatchdogMode::Off,
     };
     let mut obs = Observation {
         unix_ms: 1_795_323_600_000,
@@ -209,6 +212,13 @@ fn parse(fixture: &str, previous: Option<&Memory>) -> Fixture {
                 }
                 if let Some(n) = t.get("maxlag") {
                     config.sync.max_lag_on_syncnode = Some(n.parse().expect("maxlag"));
+                }
+                match t.get("watchdog") {
+                    Some("off") => config.watchdog = WatchdogMode::Off,
+                    Some("automatic") => config.watchdog = WatchdogMode::Automatic,
+                    Some("required") => config.watchdog = WatchdogMode::Required,
+                    Some(other) => panic!("watchdog={other}"),
+                    None => {}
                 }
                 let line_tags = tags(&t);
                 if line_tags != Tags::default() {
@@ -391,7 +401,7 @@ fn parse(fixture: &str, previous: Option<&Memory>) -> Fixture {
                 wal_position: t.get("wal").map(lsn),
                 timeline: Some(Timeline(t.get("tl").map_or(1, |v| v.parse().expect("tl")))),
                 tags: tags(&t),
-                watchdog_failed: false,
+                watchdog_failed: t.has("watchdog_failed"),
             }),
             "memory" => {
                 if t.has("previous") {
@@ -409,6 +419,12 @@ fn parse(fixture: &str, previous: Option<&Memory>) -> Fixture {
                 memory.leader_epoch = t.get("epoch").map(|e| e.parse().expect("epoch"));
                 memory.was_leader = t.has("was_leader");
                 memory.sync_changed_at = t.get("sync_changed").map(lsn);
+            }
+            "watchdog" => {
+                obs.watchdog = WatchdogState {
+                    armed: t.has("armed"),
+                    failed: t.has("failed"),
+                }
             }
             "unix" => obs.unix_ms = t.first().parse().expect("unix ms"),
             "failover" => {
