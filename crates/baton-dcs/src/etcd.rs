@@ -583,8 +583,8 @@ impl EtcdDcs {
             prefix.clone(),
             revision + 1,
             timeout,
-            tx,
-            WatchFlags {
+            WatchOut {
+                tx,
                 watching: watching.clone(),
                 created: counts.watch.clone(),
             },
@@ -1093,8 +1093,10 @@ impl Dcs for EtcdDcs {
     }
 }
 
-/// What the watch task reports besides the `changes()` counter.
-struct WatchFlags {
+/// What the watch task reports.
+struct WatchOut {
+    /// The `changes()` counter.
+    tx: watch::Sender<u64>,
     /// True while a watch stream is established.
     watching: Arc<AtomicBool>,
     /// Watch streams created.
@@ -1112,21 +1114,20 @@ async fn watch_loop(
     prefix: String,
     mut next_revision: i64,
     timeout: Duration,
-    tx: watch::Sender<u64>,
-    flags: WatchFlags,
+    out: WatchOut,
 ) {
     let mut backoff = WATCH_BACKOFF_MIN;
     let mut reconnecting = false;
     loop {
         let ended = tokio::select! {
-            () = tx.closed() => return,
-            ended = watch_once(&client, &prefix, &mut next_revision, timeout, &tx, reconnecting, &mut backoff, &flags) => ended,
+            () = out.tx.closed() => return,
+            ended = watch_once(&client, &prefix, &mut next_revision, timeout, &out, reconnecting, &mut backoff) => ended,
         };
-        flags.watching.store(false, Ordering::SeqCst);
+        out.watching.store(false, Ordering::SeqCst);
         tracing::warn!(prefix, error = %ended, retry_in = ?backoff, "etcd watch interrupted");
         reconnecting = true;
         tokio::select! {
-            () = tx.closed() => return,
+            () = out.tx.closed() => return,
             () = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(WATCH_BACKOFF_MAX);
@@ -1139,10 +1140,9 @@ async fn watch_once(
     prefix: &str,
     next_revision: &mut i64,
     timeout: Duration,
-    tx: &watch::Sender<u64>,
+    out: &WatchOut,
     reconnecting: bool,
     backoff: &mut Duration,
-    flags: &WatchFlags,
 ) -> String {
     let mut wc = client
         .watch_client()
@@ -1150,7 +1150,7 @@ async fn watch_once(
     let options = WatchOptions::new()
         .with_prefix()
         .with_start_revision(*next_revision);
-    count(&flags.created, 1);
+    count(&out.created, 1);
     let mut stream = match tokio::time::timeout(timeout, wc.watch(prefix, Some(options))).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return format!("watch {prefix}: {e}"),
@@ -1179,10 +1179,10 @@ async fn watch_once(
                     from_revision = *next_revision,
                     "etcd watch re-established"
                 );
-                bump(tx);
+                bump(&out.tx);
             }
             // After the bump: a read that saw the counter before it cannot be reused.
-            flags.watching.store(true, Ordering::SeqCst);
+            out.watching.store(true, Ordering::SeqCst);
         }
         if resp.canceled() {
             if resp.compact_revision() > *next_revision {
@@ -1201,7 +1201,7 @@ async fn watch_once(
                     *next_revision = (*next_revision).max(kv.mod_revision() + 1);
                 }
             }
-            bump(tx);
+            bump(&out.tx);
         }
     }
 }
@@ -1259,7 +1259,10 @@ mod tests {
         assert!(!cache_usable(&c, &k), "watch not established");
         let (c, mut k) = fixture(second);
         k.changes += 1;
-        assert!(!cache_usable(&c, &k), "the watch saw an event or reconnected");
+        assert!(
+            !cache_usable(&c, &k),
+            "the watch saw an event or reconnected"
+        );
         let (c, mut k) = fixture(second);
         k.writes += 1;
         assert!(!cache_usable(&c, &k), "this client wrote (or is writing)");
@@ -1271,7 +1274,10 @@ mod tests {
         let (c, k) = fixture(TTL / 2 - Duration::from_millis(1));
         assert!(cache_usable(&c, &k));
         let (c, k) = fixture(TTL / 2);
-        assert!(!cache_usable(&c, &k), "no recent answer from the etcd leader");
+        assert!(
+            !cache_usable(&c, &k),
+            "no recent answer from the etcd leader"
+        );
         // With fresh keepalives, the read itself may be reused for up to two ttls.
         let (mut c, k) = fixture(TTL * 2 - Duration::from_millis(1));
         c.quorum_seen = Some(k.now);

@@ -76,7 +76,10 @@ fn parse_args() -> anyhow::Result<Args> {
             "--only" => {
                 let only: BTreeSet<String> = val()?.split(',').map(str::to_owned).collect();
                 if let Some(bad) = only.iter().find(|s| !SCENARIOS.contains(&s.as_str())) {
-                    bail!("--only: unknown scenario {bad:?} (one of {})", SCENARIOS.join(","));
+                    bail!(
+                        "--only: unknown scenario {bad:?} (one of {})",
+                        SCENARIOS.join(",")
+                    );
                 }
                 args.only = Some(only);
             }
