@@ -25,7 +25,7 @@ ifdef CARGO_TARGET_DIR
 export CARGO_TARGET_DIR
 endif
 
-.PHONY: build test deps lint fmt fmt-check clippy demo demo-down test-clean bench bench-patroni sim \
+.PHONY: build test deps lint fmt fmt-check clippy demo demo-down test-clean bench bench-patroni bench-release sim \
 	docker-demo docker-demo-down docker-test chaos
 
 build:
@@ -80,12 +80,19 @@ chaos: deps build
 		$(CARGO) test -p baton-integration-tests --test chaos -- --nocapture
 
 # Figures are reported (table on stdout, target/bench/bench.{json,md}), never asserted.
-# Same dev profile as the tests, so no second build. See README.md, "Benchmarks".
+# The agents measured are the release binary ([profile.release] in Cargo.toml; only these
+# targets build it, `make test` never does); the harness itself is a dev build.
+# See README.md, "Benchmarks".
 BENCH_ARGS ?=
 PATRONI_VENV ?= /tmp/patroni-venv
+BENCH_TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+BENCH_BIN := $(abspath $(BENCH_TARGET_DIR))/release/pgbaton
 
-bench: deps build
-	$(CARGO) run -p baton-integration-tests --bin bench -- $(BENCH_ARGS)
+bench-release:
+	$(CARGO) build --release -p baton-cli
+
+bench: deps bench-release
+	PGBATON_BIN=$(BENCH_BIN) $(CARGO) run -p baton-integration-tests --bin bench -- $(BENCH_ARGS)
 
 # Patroni 4.1 from PyPI in a virtualenv the postgres user can run (system python3, so no
 # interpreter under /root is needed).
@@ -95,8 +102,8 @@ $(PATRONI_VENV)/bin/patroni:
 	$(PATRONI_VENV)/bin/pip install -q "patroni[etcd3,psycopg2]==$(PATRONI_VERSION)" psycopg2-binary
 	chmod -R a+rX $(PATRONI_VENV)
 
-bench-patroni: deps build $(PATRONI_VENV)/bin/patroni
-	BATON_REFERENCE_BIN_DIR=$(PATRONI_VENV)/bin \
+bench-patroni: deps bench-release $(PATRONI_VENV)/bin/patroni
+	PGBATON_BIN=$(BENCH_BIN) BATON_REFERENCE_BIN_DIR=$(PATRONI_VENV)/bin \
 		$(CARGO) run -p baton-integration-tests --bin bench -- --peer patroni $(BENCH_ARGS)
 
 # Random seeds of the deterministic cluster simulator; prints and replays any failing seed.

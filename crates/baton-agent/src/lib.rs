@@ -167,6 +167,9 @@ pub async fn run(
         }
     };
     info!(hosts = ?settings.endpoints, prefix = settings.scope.prefix(), "connected to etcd");
+    // HA-loop reads come from the watch while it proves nothing changed (as Patroni's etcd3
+    // does); every leadership change stays a compare-and-swap (baton-dcs `cache_usable`).
+    dcs.serve_reads_from_watch(true);
     let http = security::http_client(&config, None)?;
     ensure_unique_name(dcs.as_ref(), &config.name, &http).await?;
 

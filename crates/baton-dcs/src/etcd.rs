@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use etcd_client::{
     LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tonic::Code;
 
 use crate::record::{self, RawKv};
@@ -90,6 +92,145 @@ struct Inner {
     /// The open keepalive stream of the last lease refreshed (one lease per agent).
     keeper: tokio::sync::Mutex<Option<Keeper>>,
     watch_task: tokio::task::AbortHandle,
+    /// True while the watch stream on the prefix is established (set by the watch task).
+    watching: Arc<AtomicBool>,
+    /// Writes started or ended by this client (see [`WriteMark`]).
+    writes: AtomicU64,
+    /// The watch cache: `read_cluster` answers from the last read while it is provably current
+    /// (opt-in, [`EtcdDcs::serve_reads_from_watch`]).
+    cache: Mutex<ReadCache>,
+    counts: Counters,
+}
+
+/// Requests this client sent to etcd, by kind, and the ones it did not need to send.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequestCounts {
+    pub range: u64,
+    pub txn: u64,
+    pub put: u64,
+    pub delete: u64,
+    pub lease_grant: u64,
+    /// Keepalive messages (on the long-lived stream; opening one sends one more).
+    pub keepalive: u64,
+    /// Keepalive streams opened.
+    pub keepalive_streams: u64,
+    pub lease_revoke: u64,
+    /// Watch streams created (the first, and one per reconnection).
+    pub watch: u64,
+    /// `read_cluster` calls answered from the watch cache (no request).
+    pub cached_reads: u64,
+    /// Member key and `status` writes skipped because etcd already holds that value on that
+    /// lease.
+    pub skipped_writes: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    range: AtomicU64,
+    txn: AtomicU64,
+    put: AtomicU64,
+    delete: AtomicU64,
+    lease_grant: AtomicU64,
+    keepalive: AtomicU64,
+    keepalive_streams: AtomicU64,
+    lease_revoke: AtomicU64,
+    watch: Arc<AtomicU64>,
+    cached_reads: AtomicU64,
+    skipped_writes: AtomicU64,
+}
+
+fn count(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+impl Counters {
+    fn snapshot(&self) -> RequestCounts {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        RequestCounts {
+            range: g(&self.range),
+            txn: g(&self.txn),
+            put: g(&self.put),
+            delete: g(&self.delete),
+            lease_grant: g(&self.lease_grant),
+            keepalive: g(&self.keepalive),
+            keepalive_streams: g(&self.keepalive_streams),
+            lease_revoke: g(&self.lease_revoke),
+            watch: g(&self.watch),
+            cached_reads: g(&self.cached_reads),
+            skipped_writes: g(&self.skipped_writes),
+        }
+    }
+}
+
+/// Bumps the write counter when a write starts and again when it ends (answered, failed, timed
+/// out or abandoned): a read that overlaps a write of ours in any way sees the counter move.
+struct WriteMark<'a>(&'a AtomicU64);
+
+impl<'a> WriteMark<'a> {
+    fn new(writes: &'a AtomicU64) -> WriteMark<'a> {
+        writes.fetch_add(1, Ordering::SeqCst);
+        WriteMark(writes)
+    }
+}
+
+impl Drop for WriteMark<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// How many lease ttls a cached read may be reused at most (a real read at least that often,
+/// whatever the watch says).
+const CACHE_MAX_AGE_TTLS: u32 = 2;
+
+/// The watch cache's state (Patroni's etcd3 `KVCache` serves every HA-loop read from a watch
+/// the same way). A read is answered from `last` only while [`cache_usable`] holds.
+#[derive(Default)]
+struct ReadCache {
+    enabled: bool,
+    /// The ttl of the last lease granted: it bounds the cache's age; no cache before one.
+    ttl: Option<Duration>,
+    /// Send time of the last request etcd's raft leader answered (a keepalive or a
+    /// linearizable read; a member cut off from its cluster answers neither).
+    quorum_seen: Option<Instant>,
+    last: Option<CachedRead>,
+}
+
+/// A linearizable read and what it was sent after.
+struct CachedRead {
+    view: ClusterView,
+    /// The `changes()` counter before the read was sent.
+    changes: u64,
+    /// [`Inner::writes`] before the read was sent.
+    writes: u64,
+    sent: Instant,
+}
+
+/// What holds when `read_cluster` is called.
+#[derive(Clone, Copy, Debug)]
+struct ReadCheck {
+    now: Instant,
+    changes: u64,
+    writes: u64,
+    watching: bool,
+}
+
+/// Whether `cache.last` is what a linearizable read would return now, up to the watch's
+/// delivery delay: the watch has been established since before that read and has delivered no
+/// event (nor reconnected), this client has written nothing since, the etcd cluster answered
+/// a request sent within the last ttl/2 (so the watch is not served by a member cut off from
+/// its leader), and the read is younger than [`CACHE_MAX_AGE_TTLS`] ttls.
+fn cache_usable(cache: &ReadCache, check: &ReadCheck) -> bool {
+    let (true, Some(ttl), Some(last), Some(quorum)) =
+        (cache.enabled, cache.ttl, &cache.last, cache.quorum_seen)
+    else {
+        return false;
+    };
+    check.watching
+        && last.changes == check.changes
+        && last.writes == check.writes
+        && check.now.saturating_duration_since(last.sent) < ttl * CACHE_MAX_AGE_TTLS
+        && check.now.saturating_duration_since(quorum) < ttl / 2
 }
 
 impl Drop for Inner {
@@ -118,6 +259,55 @@ impl Written {
     fn forget_lease(&mut self, lease: i64) {
         self.members.retain(|_, (_, l)| *l != lease);
         self.status.take_if(|(_, l)| *l == lease);
+    }
+}
+
+impl EtcdDcs {
+    /// Lets `read_cluster` answer from the last read while the watch proves nothing changed
+    /// (see [`cache_usable`]), as Patroni's etcd3 does for every HA-loop read. Off by default:
+    /// then every `read_cluster` is a linearizable read, as the [`Dcs`] contract states.
+    /// Leadership stays compare-and-swap either way.
+    pub fn serve_reads_from_watch(&self, enabled: bool) {
+        let mut cache = self.cache();
+        cache.enabled = enabled;
+        cache.last = None;
+    }
+
+    /// The requests sent so far, by kind, and the reads and writes that needed none.
+    pub fn request_counts(&self) -> RequestCounts {
+        self.inner.counts.snapshot()
+    }
+
+    fn cache(&self) -> MutexGuard<'_, ReadCache> {
+        self.inner
+            .cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn read_check(&self) -> ReadCheck {
+        // Counters first, time last: anything that happens after them invalidates the read.
+        let changes = *self.inner.changes.borrow();
+        let writes = self.inner.writes.load(Ordering::SeqCst);
+        let watching = self.inner.watching.load(Ordering::SeqCst);
+        ReadCheck {
+            now: Instant::now(),
+            changes,
+            writes,
+            watching,
+        }
+    }
+
+    /// The etcd leader answered a request sent at `sent`.
+    fn quorum_answered(&self, sent: Instant) {
+        let mut cache = self.cache();
+        if cache.quorum_seen.is_none_or(|q| q < sent) {
+            cache.quorum_seen = Some(sent);
+        }
+    }
+
+    fn write_mark(&self) -> WriteMark<'_> {
+        WriteMark::new(&self.inner.writes)
     }
 }
 
@@ -151,6 +341,7 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 async fn read_prefix(
     kv: &KvClient,
     prefix: &str,
+    ranges: &AtomicU64,
 ) -> Result<(i64, Vec<KeyValue>), etcd_client::Error> {
     let end = prefix_end(prefix.as_bytes());
     let mut kv = kv.clone();
@@ -159,6 +350,7 @@ async fn read_prefix(
             .with_range(end.clone())
             .with_limit(READ_PAGE_KEYS)
     };
+    count(ranges, 1);
     let mut resp = kv.get(prefix, Some(options())).await?;
     let revision = resp.header().map_or(0, |h| h.revision());
     let mut more = resp.more();
@@ -167,6 +359,7 @@ async fn read_prefix(
         let Some(last) = kvs.last() else { break };
         let mut from = last.key().to_vec();
         from.push(0);
+        count(ranges, 1);
         let mut resp = kv
             .get(from, Some(options().with_revision(revision)))
             .await?;
@@ -297,6 +490,8 @@ impl EtcdDcs {
     pub async fn delete_cluster(&self) -> Result<i64, DcsError> {
         let prefix = self.inner.prefix.clone();
         let mut kv = self.inner.kv.clone();
+        let _mark = self.write_mark();
+        count(&self.inner.counts.delete, 1);
         let resp = bounded(
             self.inner.timeout,
             &format!("delete the keys under {prefix}"),
@@ -328,7 +523,10 @@ impl EtcdDcs {
             .iter()
             .map(|e| endpoint_url(e, tls.is_some()))
             .collect();
+        // `hasleader` on every request: a member cut off from its leader refuses requests and
+        // ends its watch streams instead of serving a frozen view (the watch cache relies on it).
         let mut options = ConnectOptions::new()
+            .with_require_leader(true)
             .with_connect_timeout(timeout)
             .with_keep_alive(HTTP2_PING_INTERVAL, timeout.max(Duration::from_secs(1)));
         if let Some(tls) = tls {
@@ -378,12 +576,18 @@ impl EtcdDcs {
         let revision = resp.header().map_or(0, |h| h.revision());
 
         let (tx, changes) = watch::channel(0u64);
+        let watching = Arc::new(AtomicBool::new(false));
+        let counts = Counters::default();
         let task = tokio::spawn(watch_loop(
             client.clone(),
             prefix.clone(),
             revision + 1,
             timeout,
-            tx,
+            WatchOut {
+                tx,
+                watching: watching.clone(),
+                created: counts.watch.clone(),
+            },
         ));
         tracing::debug!(prefix, revision, "connected to etcd");
         Ok(EtcdDcs {
@@ -396,6 +600,10 @@ impl EtcdDcs {
                 written: Mutex::new(Written::default()),
                 keeper: tokio::sync::Mutex::new(None),
                 watch_task: task.abort_handle(),
+                watching,
+                writes: AtomicU64::new(0),
+                cache: Mutex::new(ReadCache::default()),
+                counts,
             }),
         })
     }
@@ -415,6 +623,8 @@ impl EtcdDcs {
         let what = format!("put {key}");
         let options = (lease != 0).then(|| PutOptions::new().with_lease(lease));
         let mut kv = self.inner.kv.clone();
+        let _mark = self.write_mark();
+        count(&self.inner.counts.put, 1);
         bounded(
             self.inner.timeout,
             &what,
@@ -445,6 +655,8 @@ impl EtcdDcs {
                 None => {
                     let mut kv = self.inner.kv.clone();
                     let what = format!("delete {key}");
+                    let _mark = self.write_mark();
+                    count(&self.inner.counts.delete, 1);
                     bounded(
                         self.inner.timeout,
                         &what,
@@ -475,6 +687,8 @@ impl EtcdDcs {
     ) -> Result<bool, DcsError> {
         let txn = Txn::new().when([compare]).and_then([op]);
         let mut kv = self.inner.kv.clone();
+        let _mark = self.write_mark();
+        count(&self.inner.counts.txn, 1);
         let resp = bounded(self.inner.timeout, &what, lease, kv.txn(txn)).await?;
         Ok(resp.succeeded())
     }
@@ -516,6 +730,8 @@ impl EtcdDcs {
             .and_then([op])
             .or_else([TxnOp::get(leader_key.as_str(), None)]);
         let mut kv = self.inner.kv.clone();
+        let _mark = self.write_mark();
+        count(&self.inner.counts.txn, 1);
         let resp = bounded(self.inner.timeout, &what, None, kv.txn(txn)).await?;
         if resp.succeeded() {
             return Ok(LeaderWrite::Written);
@@ -547,6 +763,8 @@ impl EtcdDcs {
             None => {
                 let mut lc = self.inner.client.lease_client();
                 // Opening the stream performs one keepalive (and fails when the lease is gone).
+                count(&self.inner.counts.keepalive_streams, 1);
+                count(&self.inner.counts.keepalive, 1);
                 let (keeper, stream) = lc
                     .keep_alive(lease)
                     .await
@@ -558,6 +776,7 @@ impl EtcdDcs {
                 }
             }
         };
+        count(&self.inner.counts.keepalive, 1);
         k.keeper
             .keep_alive()
             .await
@@ -606,12 +825,26 @@ impl EtcdDcs {
 
 impl Dcs for EtcdDcs {
     async fn read_cluster(&self) -> Result<ClusterView, DcsError> {
+        let check = self.read_check();
+        {
+            let cache = self.cache();
+            if cache_usable(&cache, &check)
+                && let Some(last) = &cache.last
+            {
+                count(&self.inner.counts.cached_reads, 1);
+                return Ok(last.view.clone());
+            }
+        }
         let prefix = &self.inner.prefix;
         let kv = &self.inner.kv;
+        let ranges = &self.inner.counts.range;
         let what = format!("read {prefix}");
         // Linearizable (not serializable): decisions must see the latest committed state.
-        let (revision, kvs) =
-            bounded_idempotent(self.inner.timeout, &what, || read_prefix(kv, prefix)).await?;
+        let (revision, kvs) = bounded_idempotent(self.inner.timeout, &what, || {
+            read_prefix(kv, prefix, ranges)
+        })
+        .await?;
+        self.quorum_answered(check.now);
         {
             let mut written = self.written();
             written.members.retain(|key, (value, lease)| {
@@ -640,22 +873,35 @@ impl Dcs for EtcdDcs {
                 mod_revision: kv.mod_revision(),
             })
         });
-        Ok(record::decode_cluster(revision, raw))
+        let view = record::decode_cluster(revision, raw);
+        let mut cache = self.cache();
+        if cache.enabled {
+            cache.last = Some(CachedRead {
+                view: view.clone(),
+                changes: check.changes,
+                writes: check.writes,
+                sent: check.now,
+            });
+        }
+        Ok(view)
     }
 
     async fn grant_lease(&self, ttl: Duration) -> Result<i64, DcsError> {
         let secs = ttl_secs(ttl);
         let mut lc = self.inner.client.lease_client();
         let what = format!("grant lease (ttl {secs} s)");
+        count(&self.inner.counts.lease_grant, 1);
         let resp = bounded(self.inner.timeout, &what, None, lc.grant(secs, None)).await?;
         if !resp.error().is_empty() {
             return Err(DcsError::other(format!("etcd {what}: {}", resp.error())));
         }
+        self.cache().ttl = Some(Duration::from_secs(u64::try_from(secs).unwrap_or(u64::MAX)));
         Ok(resp.id())
     }
 
     async fn keepalive(&self, lease: i64) -> Result<Duration, DcsError> {
         let what = format!("keepalive lease {lease}");
+        let sent = Instant::now();
         let round = async {
             let mut slot = self.inner.keeper.lock().await;
             match self.keepalive_round(&mut slot, lease).await {
@@ -674,8 +920,10 @@ impl Dcs for EtcdDcs {
                 self.inner.timeout
             ))),
         };
-        if let Err(DcsError::LeaseNotFound(_)) = result {
-            self.written().forget_lease(lease);
+        match &result {
+            Ok(_) => self.quorum_answered(sent),
+            Err(DcsError::LeaseNotFound(_)) => self.written().forget_lease(lease),
+            Err(_) => {}
         }
         result
     }
@@ -683,6 +931,8 @@ impl Dcs for EtcdDcs {
     async fn revoke_lease(&self, lease: i64) -> Result<(), DcsError> {
         let mut lc = self.inner.client.lease_client();
         let what = format!("revoke lease {lease}");
+        let _mark = self.write_mark();
+        count(&self.inner.counts.lease_revoke, 1);
         let result = bounded(self.inner.timeout, &what, Some(lease), lc.revoke(lease)).await;
         if matches!(result, Ok(_) | Err(DcsError::LeaseNotFound(_))) {
             self.written().forget_lease(lease);
@@ -710,6 +960,8 @@ impl Dcs for EtcdDcs {
     async fn cancel_initialize(&self) -> Result<(), DcsError> {
         let key = self.key(record::INITIALIZE);
         let mut kv = self.inner.kv.clone();
+        let _mark = self.write_mark();
+        count(&self.inner.counts.delete, 1);
         bounded(
             self.inner.timeout,
             &format!("delete {key}"),
@@ -788,6 +1040,7 @@ impl Dcs for EtcdDcs {
             .get(&key)
             .is_some_and(|(v, l)| *v == value && *l == lease);
         if unchanged {
+            count(&self.inner.counts.skipped_writes, 1);
             return Ok(());
         }
         self.written().members.remove(&key);
@@ -837,6 +1090,7 @@ impl Dcs for EtcdDcs {
         let value = record::encode_status(optime, slots);
         let cached = self.written().status.clone();
         if cached == Some((value.clone(), leader.lease)) {
+            count(&self.inner.counts.skipped_writes, 1);
             return Ok(LeaderWrite::Written);
         }
         self.written().status = None;
@@ -864,6 +1118,16 @@ impl Dcs for EtcdDcs {
     }
 }
 
+/// What the watch task reports.
+struct WatchOut {
+    /// The `changes()` counter.
+    tx: watch::Sender<u64>,
+    /// True while a watch stream is established.
+    watching: Arc<AtomicBool>,
+    /// Watch streams created.
+    created: Arc<AtomicU64>,
+}
+
 fn bump(tx: &watch::Sender<u64>) {
     tx.send_modify(|n| *n = n.wrapping_add(1));
 }
@@ -875,19 +1139,20 @@ async fn watch_loop(
     prefix: String,
     mut next_revision: i64,
     timeout: Duration,
-    tx: watch::Sender<u64>,
+    out: WatchOut,
 ) {
     let mut backoff = WATCH_BACKOFF_MIN;
     let mut reconnecting = false;
     loop {
         let ended = tokio::select! {
-            () = tx.closed() => return,
-            ended = watch_once(&client, &prefix, &mut next_revision, timeout, &tx, reconnecting, &mut backoff) => ended,
+            () = out.tx.closed() => return,
+            ended = watch_once(&client, &prefix, &mut next_revision, timeout, &out, reconnecting, &mut backoff) => ended,
         };
+        out.watching.store(false, Ordering::SeqCst);
         tracing::warn!(prefix, error = %ended, retry_in = ?backoff, "etcd watch interrupted");
         reconnecting = true;
         tokio::select! {
-            () = tx.closed() => return,
+            () = out.tx.closed() => return,
             () = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(WATCH_BACKOFF_MAX);
@@ -900,7 +1165,7 @@ async fn watch_once(
     prefix: &str,
     next_revision: &mut i64,
     timeout: Duration,
-    tx: &watch::Sender<u64>,
+    out: &WatchOut,
     reconnecting: bool,
     backoff: &mut Duration,
 ) -> String {
@@ -910,6 +1175,7 @@ async fn watch_once(
     let options = WatchOptions::new()
         .with_prefix()
         .with_start_revision(*next_revision);
+    count(&out.created, 1);
     let mut stream = match tokio::time::timeout(timeout, wc.watch(prefix, Some(options))).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return format!("watch {prefix}: {e}"),
@@ -938,8 +1204,10 @@ async fn watch_once(
                     from_revision = *next_revision,
                     "etcd watch re-established"
                 );
-                bump(tx);
+                bump(&out.tx);
             }
+            // After the bump: a read that saw the counter before it cannot be reused.
+            out.watching.store(true, Ordering::SeqCst);
         }
         if resp.canceled() {
             if resp.compact_revision() > *next_revision {
@@ -958,14 +1226,91 @@ async fn watch_once(
                     *next_revision = (*next_revision).max(kv.mod_revision() + 1);
                 }
             }
-            bump(tx);
+            bump(&out.tx);
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::prefix_end;
+    use super::{CachedRead, ReadCache, ReadCheck, cache_usable, prefix_end};
+    use baton_core::ClusterView;
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    const TTL: Duration = Duration::from_secs(20);
+
+    /// A cache holding a read sent at `t0` after counters (changes 7, writes 4), the etcd
+    /// leader last heard from at `t0`, and a check at `t0 + after` with the same counters.
+    fn fixture(after: Duration) -> (ReadCache, ReadCheck) {
+        let t0 = Instant::now();
+        let cache = ReadCache {
+            enabled: true,
+            ttl: Some(TTL),
+            quorum_seen: Some(t0),
+            last: Some(CachedRead {
+                view: ClusterView::default(),
+                changes: 7,
+                writes: 4,
+                sent: t0,
+            }),
+        };
+        let check = ReadCheck {
+            now: t0 + after,
+            changes: 7,
+            writes: 4,
+            watching: true,
+        };
+        (cache, check)
+    }
+
+    #[test]
+    fn a_read_is_reused_only_while_nothing_can_have_changed() {
+        let second = Duration::from_secs(1);
+        let (cache, check) = fixture(second);
+        assert!(cache_usable(&cache, &check), "nothing changed");
+
+        let (mut c, k) = fixture(second);
+        c.enabled = false;
+        assert!(!cache_usable(&c, &k), "off unless enabled");
+        let (mut c, k) = fixture(second);
+        c.ttl = None;
+        assert!(!cache_usable(&c, &k), "no lease granted yet");
+        let (mut c, k) = fixture(second);
+        c.last = None;
+        assert!(!cache_usable(&c, &k), "nothing read yet");
+        let (c, mut k) = fixture(second);
+        k.watching = false;
+        assert!(!cache_usable(&c, &k), "watch not established");
+        let (c, mut k) = fixture(second);
+        k.changes += 1;
+        assert!(
+            !cache_usable(&c, &k),
+            "the watch saw an event or reconnected"
+        );
+        let (c, mut k) = fixture(second);
+        k.writes += 1;
+        assert!(!cache_usable(&c, &k), "this client wrote (or is writing)");
+    }
+
+    #[test]
+    fn a_read_is_reused_for_a_bounded_time() {
+        // The etcd leader must have answered within ttl/2.
+        let (c, k) = fixture(TTL / 2 - Duration::from_millis(1));
+        assert!(cache_usable(&c, &k));
+        let (c, k) = fixture(TTL / 2);
+        assert!(
+            !cache_usable(&c, &k),
+            "no recent answer from the etcd leader"
+        );
+        // With fresh keepalives, the read itself may be reused for up to two ttls.
+        let (mut c, k) = fixture(TTL * 2 - Duration::from_millis(1));
+        c.quorum_seen = Some(k.now);
+        assert!(cache_usable(&c, &k));
+        let (mut c, k) = fixture(TTL * 2);
+        c.quorum_seen = Some(k.now);
+        assert!(!cache_usable(&c, &k), "too old whatever the watch says");
+    }
 
     #[test]
     fn prefix_end_is_the_first_key_past_the_prefix() {

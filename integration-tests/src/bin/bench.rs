@@ -21,7 +21,7 @@
 //! Patroni from `$BATON_REFERENCE_BIN_DIR`, default `/tmp/patroni-venv/bin`) and prints ratios.
 //! Output: `$CARGO_TARGET_DIR/bench/` if set, else `<repo>/target/bench/`, or `--out`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,6 +38,17 @@ struct Args {
     wrk_secs: u64,
     peer: Option<String>,
     out: PathBuf,
+    /// `--only`: the scenarios to run (all when `None`).
+    only: Option<BTreeSet<String>>,
+}
+
+/// Scenario names for `--only`.
+const SCENARIOS: &[&str] = &["idle", "wrk", "switchover", "crash", "kill20", "kill5"];
+
+impl Args {
+    fn runs(&self, scenario: &str) -> bool {
+        self.only.as_ref().is_none_or(|o| o.contains(scenario))
+    }
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -51,6 +62,7 @@ fn parse_args() -> anyhow::Result<Args> {
         wrk_secs: 10,
         peer: None,
         out,
+        only: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -61,10 +73,21 @@ fn parse_args() -> anyhow::Result<Args> {
             "--wrk-secs" => args.wrk_secs = val()?.parse()?,
             "--peer" => args.peer = Some(val()?),
             "--out" => args.out = PathBuf::from(val()?),
+            "--only" => {
+                let only: BTreeSet<String> = val()?.split(',').map(str::to_owned).collect();
+                if let Some(bad) = only.iter().find(|s| !SCENARIOS.contains(&s.as_str())) {
+                    bail!(
+                        "--only: unknown scenario {bad:?} (one of {})",
+                        SCENARIOS.join(",")
+                    );
+                }
+                args.only = Some(only);
+            }
             "-h" | "--help" => {
                 println!(
                     "bench [--iterations N (3)] [--idle-secs S (20)] [--wrk-secs S (10)] \
-                     [--peer patroni] [--out DIR]"
+                     [--peer patroni] [--out DIR] [--only {}]",
+                    SCENARIOS.join(",")
                 );
                 std::process::exit(0);
             }
@@ -158,31 +181,43 @@ async fn run_suite(
     out.insert("agent".into(), json!(label));
 
     // Cluster A: ttl 20 / loop_wait 5 / retry_timeout 7.
+    out.insert("binary".into(), binary_description(&tools.pgbaton));
     let mut cluster = start_cluster(tools, ttl20).await?;
     prepare_schema(&cluster).await?;
-    out.insert("idle".into(), idle_sample(&cluster, args.idle_secs).await?);
-    if let Some(wrk) = wrk {
+    if args.runs("idle") {
+        out.insert("idle".into(), idle_sample(&cluster, args.idle_secs).await?);
+    }
+    if let Some(wrk) = wrk.filter(|_| args.runs("wrk")) {
         out.insert(
             "get_primary".into(),
             wrk_primary(&cluster, wrk, args.wrk_secs).await?,
         );
     }
-    let mut sw = Vec::new();
-    for i in 0..args.iterations {
-        sw.push(switchover(&cluster, i).await?);
+    if args.runs("switchover") {
+        let mut sw = Vec::new();
+        for i in 0..args.iterations {
+            sw.push(switchover(&cluster, i).await?);
+        }
+        out.insert("switchover".into(), summarise(sw));
     }
-    out.insert("switchover".into(), summarise(sw));
-    let mut crash = Vec::new();
-    for i in 0..args.iterations {
-        crash.push(pg_crash(&cluster, i).await?);
+    if args.runs("crash") {
+        let mut crash = Vec::new();
+        for i in 0..args.iterations {
+            crash.push(pg_crash(&cluster, i).await?);
+        }
+        out.insert("pg_crash".into(), summarise(crash));
     }
-    out.insert("pg_crash".into(), summarise(crash));
-    let mut kills = Vec::new();
-    for i in 0..args.iterations {
-        kills.push(kill_primary(&mut cluster, i).await?);
+    if args.runs("kill20") {
+        let mut kills = Vec::new();
+        for i in 0..args.iterations {
+            kills.push(kill_primary(&mut cluster, i).await?);
+        }
+        out.insert("kill_primary_ttl20".into(), summarise(kills));
     }
-    out.insert("kill_primary_ttl20".into(), summarise(kills));
     cluster.finish();
+    if !args.runs("kill5") {
+        return Ok(Value::Object(out));
+    }
 
     // Cluster B: ttl 5 / loop_wait 1 / retry_timeout 2.
     let mut cluster = start_cluster(tools, ttl5).await?;
@@ -672,11 +707,113 @@ fn clock_ticks() -> f64 {
         .unwrap_or(100.0)
 }
 
-/// Total of etcd's `grpc_server_msg_received_total` (every request message, stream messages
-/// such as lease keep-alives included) over all members.
-async fn etcd_requests(cluster: &Cluster) -> anyhow::Result<f64> {
+/// One etcd member's gRPC counters by method (`Range`, `Txn`, `LeaseKeepAlive`, ...), from its
+/// `/metrics` (go-grpc-prometheus; etcd 3.4 names them `grpc_server_*`, some builds prefix
+/// `etcd_`).
+#[derive(Clone, Debug, Default, PartialEq)]
+struct GrpcCounters {
+    /// `grpc_server_msg_received_total`: request messages (every keep-alive message on a
+    /// stream counts, as does every watch create/cancel request).
+    received: BTreeMap<String, f64>,
+    /// `grpc_server_handled_total` summed over codes: completed calls (a stream counts once,
+    /// when it ends).
+    handled: BTreeMap<String, f64>,
+    /// `grpc_server_msg_sent_total`: response messages (for `Watch`, the event batches sent).
+    sent: BTreeMap<String, f64>,
+}
+
+impl GrpcCounters {
+    fn parse(text: &str) -> GrpcCounters {
+        let mut c = GrpcCounters::default();
+        for line in text.lines() {
+            if line.starts_with('#') {
+                continue;
+            }
+            let Some((name, rest)) = line.split_once('{') else {
+                continue;
+            };
+            let name = name.strip_prefix("etcd_").unwrap_or(name);
+            let map = match name {
+                "grpc_server_msg_received_total" => &mut c.received,
+                "grpc_server_handled_total" => &mut c.handled,
+                "grpc_server_msg_sent_total" => &mut c.sent,
+                _ => continue,
+            };
+            let Some((labels, value)) = rest.rsplit_once('}') else {
+                continue;
+            };
+            let Some(method) = labels.split(',').find_map(|l| {
+                l.trim()
+                    .strip_prefix("grpc_method=\"")
+                    .and_then(|m| m.strip_suffix('"'))
+            }) else {
+                continue;
+            };
+            let Ok(value) = value.trim().parse::<f64>() else {
+                continue;
+            };
+            *map.entry(method.to_owned()).or_default() += value;
+        }
+        c
+    }
+
+    /// `self − before`, method by method (methods first seen later count from 0).
+    fn since(&self, before: &GrpcCounters) -> GrpcCounters {
+        let diff = |a: &BTreeMap<String, f64>, b: &BTreeMap<String, f64>| {
+            a.iter()
+                .map(|(m, v)| (m.clone(), v - b.get(m).copied().unwrap_or(0.0)))
+                .filter(|(_, v)| *v != 0.0)
+                .collect()
+        };
+        GrpcCounters {
+            received: diff(&self.received, &before.received),
+            handled: diff(&self.handled, &before.handled),
+            sent: diff(&self.sent, &before.sent),
+        }
+    }
+}
+
+/// The request kinds the bench reports, in table order.
+const KINDS: &[&str] = &[
+    "range",
+    "txn",
+    "put",
+    "delete",
+    "lease_grant",
+    "keepalive",
+    "lease_revoke",
+    "watch",
+    "other",
+];
+
+/// An etcd gRPC method's kind (one of [`KINDS`]).
+fn kind_of(method: &str) -> &'static str {
+    match method {
+        "Range" => "range",
+        "Txn" => "txn",
+        "Put" => "put",
+        "DeleteRange" => "delete",
+        "LeaseGrant" => "lease_grant",
+        "LeaseKeepAlive" => "keepalive",
+        "LeaseRevoke" => "lease_revoke",
+        "Watch" => "watch",
+        _ => "other",
+    }
+}
+
+/// Per-kind totals of `by_method`, every kind present (0 when absent).
+fn by_kind(by_method: &BTreeMap<String, f64>) -> BTreeMap<&'static str, f64> {
+    let mut out: BTreeMap<&'static str, f64> = KINDS.iter().map(|k| (*k, 0.0)).collect();
+    for (method, v) in by_method {
+        *out.entry(kind_of(method)).or_default() += v;
+    }
+    out
+}
+
+/// Every etcd member's counters, in endpoint order.
+async fn etcd_counters(cluster: &Cluster) -> anyhow::Result<Vec<(String, GrpcCounters)>> {
     let http = reqwest::Client::builder().no_proxy().build()?;
-    let mut total = 0.0;
+    let mut out = Vec::new();
     for ep in cluster.etcd().endpoints() {
         let text = http
             .get(format!("{ep}/metrics"))
@@ -684,13 +821,59 @@ async fn etcd_requests(cluster: &Cluster) -> anyhow::Result<f64> {
             .await?
             .text()
             .await?;
-        total += text
-            .lines()
-            .filter(|l| l.starts_with("grpc_server_msg_received_total"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>();
+        out.push((ep.clone(), GrpcCounters::parse(&text)));
     }
-    Ok(total)
+    Ok(out)
+}
+
+/// The idle window's etcd figures: per member and in total, raw counts and per minute.
+fn etcd_idle_figures(
+    before: &[(String, GrpcCounters)],
+    after: &[(String, GrpcCounters)],
+    elapsed_s: f64,
+    agents: usize,
+) -> Value {
+    let per_min = |v: f64| (v / elapsed_s * 60.0 * 10.0).round() / 10.0;
+    let mut members = Vec::new();
+    let mut total = GrpcCounters::default();
+    for ((endpoint, b), (_, a)) in before.iter().zip(after) {
+        let d = a.since(b);
+        for (m, v) in &d.received {
+            *total.received.entry(m.clone()).or_default() += v;
+        }
+        for (m, v) in &d.handled {
+            *total.handled.entry(m.clone()).or_default() += v;
+        }
+        for (m, v) in &d.sent {
+            *total.sent.entry(m.clone()).or_default() += v;
+        }
+        let sum: f64 = d.received.values().sum();
+        members.push(json!({
+            "endpoint": endpoint,
+            "requests": sum,
+            "requests_per_min": per_min(sum),
+            "received_by_method": d.received,
+            "handled_by_method": d.handled,
+            "sent_by_method": d.sent,
+        }));
+    }
+    let requests: f64 = total.received.values().sum();
+    let kinds = by_kind(&total.received);
+    let kinds_per_min: BTreeMap<&str, f64> = kinds.iter().map(|(k, v)| (*k, per_min(*v))).collect();
+    let calls_per_min: BTreeMap<&str, f64> = by_kind(&total.handled)
+        .iter()
+        .map(|(k, v)| (*k, per_min(*v)))
+        .collect();
+    json!({
+        "etcd_requests": requests,
+        "etcd_requests_per_min": per_min(requests),
+        "etcd_requests_per_min_per_agent": per_min(requests / agents.max(1) as f64),
+        "etcd_requests_by_kind": kinds,
+        "etcd_requests_by_kind_per_min": kinds_per_min,
+        "etcd_calls_completed_by_kind_per_min": calls_per_min,
+        "etcd_watch_responses_per_min": per_min(total.sent.get("Watch").copied().unwrap_or(0.0)),
+        "etcd_members": members,
+    })
 }
 
 async fn idle_sample(cluster: &Cluster, secs: u64) -> anyhow::Result<Value> {
@@ -707,19 +890,32 @@ async fn idle_sample(cluster: &Cluster, secs: u64) -> anyhow::Result<Value> {
         .iter()
         .map(|ps| ps.iter().map(|p| cpu_ticks(*p)).sum())
         .collect();
-    let etcd0 = etcd_requests(cluster).await?;
+    let etcd0 = etcd_counters(cluster).await?;
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(secs)).await;
     let elapsed = t0.elapsed().as_secs_f64();
-    let etcd1 = etcd_requests(cluster).await?;
+    let etcd1 = etcd_counters(cluster).await?;
     let hz = clock_ticks();
     let mut agents = Vec::new();
     for (i, ps) in pids.iter().enumerate() {
         let ticks: u64 = ps.iter().map(|p| cpu_ticks(*p)).sum();
         let rss: u64 = ps.iter().map(|p| rss_kb(*p)).sum();
+        // Each process (agent, fence guard, or the Patroni stand-in's python) on its own.
+        let processes: Vec<Value> = ps
+            .iter()
+            .map(|p| {
+                json!({
+                    "pid": p,
+                    "comm": stat_ppid_comm(*p).map(|(_, c)| c),
+                    "rss_kb": rss_kb(*p),
+                })
+            })
+            .collect();
         agents.push(json!({
             "node": cluster.nodes()[i].name,
             "pids": ps,
+            "processes": processes,
+            "cpu_ticks": ticks.saturating_sub(ticks0[i]),
             "rss_mb": (rss as f64 / 1024.0 * 10.0).round() / 10.0,
             "cpu_percent": ((ticks.saturating_sub(ticks0[i])) as f64 / hz / elapsed * 1000.0).round() / 10.0,
         }));
@@ -728,14 +924,19 @@ async fn idle_sample(cluster: &Cluster, secs: u64) -> anyhow::Result<Value> {
         let v: Vec<f64> = agents.iter().filter_map(|a| a[field].as_f64()).collect();
         (v.iter().sum::<f64>() / v.len().max(1) as f64 * 100.0).round() / 100.0
     };
-    let row = json!({
-        "window_s": secs,
+    let mut row = json!({
+        "window_s": elapsed,
+        "clock_ticks_per_s": hz,
+        "load_average": load_average(),
         "agents": agents,
         "rss_mb_mean": mean("rss_mb"),
         "cpu_percent_mean": mean("cpu_percent"),
-        // Two of the reads above are the harness's own /metrics scrapes (plain HTTP, not gRPC).
-        "etcd_requests_per_min": ((etcd1 - etcd0) / elapsed * 60.0).round(),
     });
+    // etcd's own gRPC counters (the harness's /metrics scrapes are plain HTTP, not gRPC).
+    let etcd = etcd_idle_figures(&etcd0, &etcd1, elapsed, pids.len());
+    if let (Value::Object(row), Value::Object(etcd)) = (&mut row, etcd) {
+        row.extend(etcd);
+    }
     eprintln!("bench: idle: {row}");
     Ok(row)
 }
@@ -891,9 +1092,9 @@ fn figure(run: &Value, section: &str, field: &str, stat: &str) -> Option<f64> {
 }
 
 fn single_figures(run: &Value) -> Vec<(String, Option<f64>)> {
-    vec![
+    let mut rows = vec![
         (
-            "idle agent RSS (MB, mean of 3)".to_owned(),
+            "idle agent + fence guard RSS (MB per node, mean of 3)".to_owned(),
             run["idle"]["rss_mb_mean"].as_f64(),
         ),
         (
@@ -905,6 +1106,22 @@ fn single_figures(run: &Value) -> Vec<(String, Option<f64>)> {
             run["idle"]["etcd_requests_per_min"].as_f64(),
         ),
         (
+            "etcd requests/min at idle, per agent".to_owned(),
+            run["idle"]["etcd_requests_per_min_per_agent"].as_f64(),
+        ),
+        (
+            "etcd watch responses sent/min at idle (3 agents)".to_owned(),
+            run["idle"]["etcd_watch_responses_per_min"].as_f64(),
+        ),
+    ];
+    for kind in KINDS {
+        rows.push((
+            format!("etcd {kind} requests/min at idle (3 agents)"),
+            run["idle"]["etcd_requests_by_kind_per_min"][kind].as_f64(),
+        ));
+    }
+    rows.extend([
+        (
             "GET /primary, 16 conns: requests/s".to_owned(),
             run["get_primary"]["c16"]["requests_per_s"].as_f64(),
         ),
@@ -914,7 +1131,8 @@ fn single_figures(run: &Value) -> Vec<(String, Option<f64>)> {
             run["get_primary"]["c64"]["requests_per_s"].as_f64(),
         ),
         ("GET /primary, 64 conns: p50 / p99 (ms)".to_owned(), None),
-    ]
+    ]);
+    rows
 }
 
 fn fmt(v: Option<f64>) -> String {
@@ -994,6 +1212,24 @@ fn render_table(report: &Value) -> String {
         }
         out.push('\n');
     }
+    for r in &runs {
+        if let Some(profile) = r["binary"]["profile"].as_str() {
+            out.push_str(&format!(
+                "\n{}: {} ({profile} profile, {} bytes)",
+                r["agent"].as_str().unwrap_or("?"),
+                r["binary"]["path"].as_str().unwrap_or("?"),
+                r["binary"]["bytes"]
+            ));
+        }
+    }
+    for r in &runs {
+        if let Some(load) = r["idle"]["load_average"].as_str() {
+            out.push_str(&format!(
+                "\nload average after the {} idle window: {load}",
+                r["agent"].as_str().unwrap_or("?")
+            ));
+        }
+    }
     out.push_str(&format!(
         "\nload average at the end: {}\n",
         report["load_average_at_end"].as_str().unwrap_or("?")
@@ -1049,8 +1285,97 @@ fn machine_description() -> String {
     )
 }
 
+/// Which binary ran (path, size, and the cargo profile its path names), so a report says
+/// whether release figures are release figures.
+fn binary_description(path: &std::path::Path) -> Value {
+    let profile = path
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .find(|c| c == "release" || c == "debug");
+    json!({
+        "path": path.display().to_string(),
+        "bytes": std::fs::metadata(path).map(|m| m.len()).ok(),
+        "profile": profile,
+    })
+}
+
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BEFORE: &str = r#"# HELP grpc_server_msg_received_total Total number of RPC stream messages received on the server.
+# TYPE grpc_server_msg_received_total counter
+grpc_server_msg_received_total{grpc_method="Range",grpc_service="etcdserverpb.KV",grpc_type="unary"} 10
+grpc_server_msg_received_total{grpc_method="LeaseKeepAlive",grpc_service="etcdserverpb.Lease",grpc_type="bidi_stream"} 4
+grpc_server_msg_received_total{grpc_method="Watch",grpc_service="etcdserverpb.Watch",grpc_type="bidi_stream"} 3
+grpc_server_handled_total{grpc_code="OK",grpc_method="Range",grpc_service="etcdserverpb.KV",grpc_type="unary"} 9
+grpc_server_handled_total{grpc_code="NotFound",grpc_method="Range",grpc_service="etcdserverpb.KV",grpc_type="unary"} 1
+grpc_server_msg_sent_total{grpc_method="Watch",grpc_service="etcdserverpb.Watch",grpc_type="bidi_stream"} 7
+grpc_server_started_total{grpc_method="Range",grpc_service="etcdserverpb.KV",grpc_type="unary"} 10
+"#;
+
+    const AFTER: &str = r#"grpc_server_msg_received_total{grpc_method="Range",grpc_service="etcdserverpb.KV",grpc_type="unary"} 16
+etcd_grpc_server_msg_received_total{grpc_method="Txn",grpc_service="etcdserverpb.KV",grpc_type="unary"} 2
+grpc_server_msg_received_total{grpc_method="LeaseKeepAlive",grpc_service="etcdserverpb.Lease",grpc_type="bidi_stream"} 10
+grpc_server_msg_received_total{grpc_method="Watch",grpc_service="etcdserverpb.Watch",grpc_type="bidi_stream"} 3
+grpc_server_msg_received_total{grpc_method="MemberList",grpc_service="etcdserverpb.Cluster",grpc_type="unary"} 1
+grpc_server_handled_total{grpc_code="OK",grpc_method="Range",grpc_service="etcdserverpb.KV",grpc_type="unary"} 15
+grpc_server_handled_total{grpc_code="NotFound",grpc_method="Range",grpc_service="etcdserverpb.KV",grpc_type="unary"} 1
+grpc_server_msg_sent_total{grpc_method="Watch",grpc_service="etcdserverpb.Watch",grpc_type="bidi_stream"} 19
+"#;
+
+    #[test]
+    fn counters_are_read_by_method_and_summed_over_codes() {
+        let c = GrpcCounters::parse(BEFORE);
+        assert_eq!(c.received["Range"], 10.0);
+        assert_eq!(c.received["LeaseKeepAlive"], 4.0);
+        assert_eq!(c.handled["Range"], 10.0, "OK and NotFound summed");
+        assert_eq!(c.sent["Watch"], 7.0);
+        assert!(!c.received.contains_key("started"), "other metrics ignored");
+        assert_eq!(c.received.len(), 3);
+    }
+
+    #[test]
+    fn the_idle_window_counts_each_kind_per_member_and_in_total() {
+        let before = vec![
+            ("a".to_owned(), GrpcCounters::parse(BEFORE)),
+            ("b".to_owned(), GrpcCounters::parse(BEFORE)),
+        ];
+        let after = vec![
+            ("a".to_owned(), GrpcCounters::parse(AFTER)),
+            ("b".to_owned(), GrpcCounters::parse(BEFORE)),
+        ];
+        // 30 s window, 3 agents: member a saw 6 ranges, 2 txns, 6 keepalives, 1 other.
+        let f = etcd_idle_figures(&before, &after, 30.0, 3);
+        assert_eq!(f["etcd_requests"], 15.0);
+        assert_eq!(f["etcd_requests_per_min"], 30.0);
+        assert_eq!(f["etcd_requests_per_min_per_agent"], 10.0);
+        let kinds = &f["etcd_requests_by_kind"];
+        assert_eq!(kinds["range"], 6.0);
+        assert_eq!(kinds["txn"], 2.0);
+        assert_eq!(kinds["keepalive"], 6.0);
+        assert_eq!(kinds["watch"], 0.0);
+        assert_eq!(kinds["other"], 1.0);
+        assert_eq!(kinds["put"], 0.0, "every kind is present");
+        assert_eq!(f["etcd_requests_by_kind_per_min"]["range"], 12.0);
+        assert_eq!(f["etcd_calls_completed_by_kind_per_min"]["range"], 12.0);
+        assert_eq!(f["etcd_watch_responses_per_min"], 24.0);
+        assert_eq!(f["etcd_members"][0]["requests"], 15.0);
+        assert_eq!(f["etcd_members"][1]["requests"], 0.0);
+        assert_eq!(f["etcd_members"][0]["received_by_method"]["Txn"], 2.0);
+    }
+
+    #[test]
+    fn every_method_has_a_kind() {
+        assert_eq!(kind_of("LeaseKeepAlive"), "keepalive");
+        assert_eq!(kind_of("DeleteRange"), "delete");
+        assert_eq!(kind_of("Status"), "other");
+        assert!(KINDS.contains(&kind_of("Anything")));
+    }
 }
