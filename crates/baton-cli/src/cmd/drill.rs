@@ -666,7 +666,7 @@ async fn drop_table(ctx: &Ctx, endpoint: &Endpoint, keep: bool) {
     if keep {
         return;
     }
-    let dropped = async {
+    let attempt = || async {
         let view = ctx.dcs.read_cluster().await.context("read the cluster")?;
         let config = match &endpoint.fixed {
             Some(_) => endpoint.current(&ctx.dcs).await?,
@@ -678,8 +678,20 @@ async fn drop_table(ctx: &Ctx, endpoint: &Endpoint, keep: bool) {
             .await
             .context("DROP TABLE")?;
         anyhow::Ok(())
-    }
-    .await;
+    };
+    // A fixed endpoint (HAProxy) may still lead to the demoted primary for a few health-check
+    // intervals after the drill: try again for up to 30 s before giving up.
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
+    let dropped = loop {
+        match attempt().await {
+            Ok(()) => break Ok(()),
+            Err(e) if tokio::time::Instant::now() < give_up => {
+                tracing::debug!("drop {TABLE}: {e:#}; trying again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => break Err(e),
+        }
+    };
     if let Err(e) = dropped {
         eprintln!("warning: could not drop table {TABLE} (drop it by hand): {e:#}");
     }
