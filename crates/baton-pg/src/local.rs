@@ -758,34 +758,28 @@ impl LocalPostgres {
     }
 
     async fn connect(target: &ConnTarget, what: &str) -> Result<Conn, PgError> {
-        let (client, task) = match target.tls.clone() {
-            Some(tls) => {
-                let (client, connection) = target
-                    .config
-                    .connect(tls)
-                    .await
-                    .map_err(|e| sql_error(what, e))?;
-                let task = tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        debug!("connection closed: {e}");
-                    }
-                });
-                (client, task)
+        match target.tls.clone() {
+            Some(tls) => Self::connect_with(&target.config, tls, what).await,
+            None => Self::connect_with(&target.config, NoTls, what).await,
+        }
+    }
+
+    /// Connect with `tls` (rustls or none) and drive the connection in a task of its own.
+    async fn connect_with<T>(
+        config: &tokio_postgres::Config,
+        tls: T,
+        what: &str,
+    ) -> Result<Conn, PgError>
+    where
+        T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+        T::Stream: Send + 'static,
+    {
+        let (client, connection) = config.connect(tls).await.map_err(|e| sql_error(what, e))?;
+        let task = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                debug!("connection closed: {e}");
             }
-            None => {
-                let (client, connection) = target
-                    .config
-                    .connect(NoTls)
-                    .await
-                    .map_err(|e| sql_error(what, e))?;
-                let task = tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        debug!("connection closed: {e}");
-                    }
-                });
-                (client, task)
-            }
-        };
+        });
         Ok(Conn { client, task })
     }
 
