@@ -1,0 +1,256 @@
+//! The HA cycle: observe (DCS, PostgreSQL, peers when leaderless) → `decide` → execute the
+//! actions in order → publish (member key, `status`, the REST snapshot).
+//!
+//! `Agent` is the one owner of agent state. It is generic over its IO so the simulator can run
+//! the same code over in-memory adapters.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use baton_api::{PendingRestart, Snapshot};
+use baton_config::{Config, ConfigErrors, DynamicConfig, Loaded};
+use baton_core::{ActionFailure, Clock, ClusterView, LeaseState, MemberName, Memory, Mono, decide};
+use baton_dcs::{Dcs, Holder};
+use baton_pg::Postgres;
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::fence::FenceSignal;
+use crate::peers::Peers;
+
+mod commands;
+mod execute;
+mod observe;
+mod publish;
+
+/// How a cycle ended, for the loop that schedules the next one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CycleOutcome {
+    /// Run the next cycle at the latest at this time.
+    pub wake_at: Mono,
+    /// An action failed: the loop backs off before retrying.
+    pub failed: bool,
+}
+
+/// Loads the local configuration file again (SIGHUP, `POST /reload`), with the loader and
+/// environment the agent started with.
+pub type ConfigSource = Arc<dyn Fn() -> Result<Loaded, ConfigErrors> + Send + Sync>;
+
+/// PostgreSQL's part of the configuration: the merged parameters and the `pg_hba` lines.
+type PgConfig = (BTreeMap<String, String>, Vec<String>);
+
+/// The IO an agent works through.
+pub struct AgentIo<D: Dcs, P: Postgres, R: Peers> {
+    pub dcs: Arc<D>,
+    pub pg: Arc<P>,
+    pub peers: R,
+    pub clock: Arc<dyn Clock>,
+}
+
+pub struct Agent<D: Dcs, P: Postgres, R: Peers> {
+    dcs: Arc<D>,
+    pg: Arc<P>,
+    peers: R,
+    clock: Arc<dyn Clock>,
+    config: Config,
+    name: MemberName,
+    api_url: String,
+    conn_url: String,
+    /// The effective dynamic configuration and the `config` revision it came from.
+    dynamic: DynamicConfig,
+    dynamic_revision: i64,
+    memory: Memory,
+    last_reason: Option<String>,
+    last_failure: Option<ActionFailure>,
+    /// DCS warnings already logged (garbage in keys), so each is logged once.
+    seen_warnings: BTreeSet<String>,
+    dcs_error: Option<String>,
+    dcs_last_seen: Option<u64>,
+    last_view: Option<ClusterView>,
+    lease: watch::Receiver<LeaseState>,
+    leading: watch::Sender<FenceSignal>,
+    snapshot: watch::Sender<Arc<Snapshot>>,
+    /// The lease we attached the leader key to in this cycle: the cycle's DCS view predates it.
+    took_key_with: Option<i64>,
+    /// We released the leader key in this cycle (same reason).
+    released_key: bool,
+    /// Where the configuration is re-read from; `None`: there is nothing to re-read.
+    config_source: Option<ConfigSource>,
+    /// PostgreSQL's part of the configuration as last applied (`Postgres::reconfigure`).
+    applied_pg: Option<PgConfig>,
+    /// The settings waiting for a PostgreSQL restart, as the last application reported them.
+    pending_restart_reason: Vec<PendingRestart>,
+    /// The last failure to apply PostgreSQL's configuration (logged once).
+    apply_error: Option<String>,
+    /// The watchdog device (`None`: none is set up; see [`Agent::set_watchdog`]).
+    watchdog: Option<Arc<crate::watchdog::Watchdog>>,
+}
+
+/// Seconds since the Unix epoch (for `dcs_last_seen` and history timestamps only).
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Milliseconds since the Unix epoch (compared with a switchover's `scheduled_at` only).
+fn unix_now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// `2024-08-28T19:39:26+00:00` for history lines (Patroni writes ISO 8601 with offset).
+fn iso_now() -> String {
+    baton_core::format_iso8601_utc(unix_now())
+}
+
+impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
+    pub fn new(
+        io: AgentIo<D, P, R>,
+        config: Config,
+        dynamic: DynamicConfig,
+        lease: watch::Receiver<LeaseState>,
+        leading: watch::Sender<FenceSignal>,
+        snapshot: watch::Sender<Arc<Snapshot>>,
+    ) -> anyhow::Result<Agent<D, P, R>> {
+        let name = MemberName::new(config.name.clone()).context("member name is empty")?;
+        Ok(Agent {
+            api_url: format!(
+                "{}://{}/patroni",
+                config.restapi.scheme(),
+                config.restapi.connect_address
+            ),
+            conn_url: format!("postgres://{}/postgres", config.postgresql.connect_address),
+            dcs: io.dcs,
+            pg: io.pg,
+            peers: io.peers,
+            clock: io.clock,
+            name,
+            config,
+            dynamic,
+            dynamic_revision: 0,
+            memory: Memory::default(),
+            last_reason: None,
+            last_failure: None,
+            seen_warnings: BTreeSet::new(),
+            dcs_error: None,
+            dcs_last_seen: None,
+            last_view: None,
+            lease,
+            leading,
+            snapshot,
+            took_key_with: None,
+            released_key: false,
+            config_source: None,
+            applied_pg: None,
+            pending_restart_reason: Vec::new(),
+            apply_error: None,
+            watchdog: None,
+        })
+    }
+
+    /// Arm `watchdog` before taking the leader role (`ArmWatchdog`); its kicks and disarming
+    /// are [`crate::watchdog::run_watchdog`]'s.
+    pub fn set_watchdog(&mut self, watchdog: Arc<crate::watchdog::Watchdog>) {
+        self.watchdog = Some(watchdog);
+    }
+
+    /// Let [`Agent::reload`] re-read the configuration through `source`.
+    pub fn set_config_source(&mut self, source: ConfigSource) {
+        self.config_source = Some(source);
+    }
+
+    /// The configuration the agent runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// WAL can also come from an archive (`restore_command` is set).
+    fn restore_command(&self) -> bool {
+        baton_config::merged_parameters(&self.config, &self.dynamic)
+            .get("restore_command")
+            .is_some_and(|c| !c.is_empty())
+    }
+
+    fn retry_timeout(&self) -> Duration {
+        Duration::from_secs(u64::from(self.dynamic.retry_timeout).max(1))
+    }
+
+    fn ttl(&self) -> Duration {
+        Duration::from_secs(u64::from(self.dynamic.ttl))
+    }
+
+    /// The leader key holds our name and our current lease.
+    fn holds_key(&self, view: Option<&ClusterView>) -> bool {
+        let lease = self.lease.borrow().id;
+        if self.released_key {
+            return false;
+        }
+        if lease.is_some() && self.took_key_with == lease {
+            return true;
+        }
+        view.and_then(|v| v.leader.as_ref())
+            .is_some_and(|l| l.name.as_ref() == Some(&self.name) && Some(l.lease) == lease)
+    }
+
+    /// Who our leader-only DCS writes are made for: our name on our current lease.
+    fn holder(&self) -> Option<Holder> {
+        self.lease.borrow().id.map(|lease| Holder {
+            name: self.name.clone(),
+            lease,
+        })
+    }
+
+    /// One observe → decide → execute → publish pass.
+    pub async fn cycle(&mut self) -> CycleOutcome {
+        let now = self.clock.now();
+        // What the DCS says from now on is the truth again.
+        self.took_key_with = None;
+        self.released_key = false;
+        let obs = self.observe().await;
+        let ha = baton_config::effective_ha(&self.config, &self.dynamic);
+        let decision = decide(&self.memory, &obs, &ha, now);
+        let reason = decision.reason.to_string();
+        if self.last_reason.as_deref() != Some(reason.as_str()) {
+            info!("{reason}");
+            self.last_reason = Some(reason);
+        }
+        self.memory = decision.next_memory.clone();
+
+        // Health checks see what was just observed (a crashed postmaster, say) before the
+        // actions run: a restart can take seconds, and `/primary` must not answer 200 meanwhile.
+        if !decision.actions.is_empty() {
+            let holds = self.holds_key(obs.dcs.as_ref());
+            self.publish_snapshot(obs.dcs.as_ref(), &obs.pg, holds, None);
+        }
+        let failed = self.execute(&decision.actions, &obs).await;
+        let reloaded = self.apply_pg_config().await;
+        let pg_after = if decision.actions.is_empty() && !reloaded {
+            obs.pg.clone()
+        } else {
+            self.pg.observe().await
+        };
+        self.publish(obs.dcs.as_ref(), &pg_after, None).await;
+        CycleOutcome {
+            wake_at: decision.wake_at,
+            failed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::iso_now;
+
+    #[test]
+    fn iso_timestamps_look_like_patronis() {
+        let ts = iso_now();
+        assert_eq!(ts.len(), "2026-11-22T04:09:19+00:00".len(), "{ts}");
+        assert!(ts.ends_with("+00:00") && ts.as_bytes()[10] == b'T', "{ts}");
+        let year: i32 = ts[..4].parse().expect("year");
+        assert!(year >= 2024, "{ts}");
+    }
+}
