@@ -68,6 +68,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             );
         }
         self.config = reloaded.config;
+        self.refresh_ha();
         // Look at PostgreSQL's settings again even when they did not change.
         self.applied_pg = None;
         CommandReply::Text(202, "reload scheduled".into())
@@ -106,7 +107,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
     }
 
     pub(super) async fn read_fresh(&self) -> Result<ClusterView, CommandReply> {
-        match tokio::time::timeout(self.retry_timeout(), self.dcs.read_cluster()).await {
+        match tokio::time::timeout(self.ha.retry_timeout, self.dcs.read_cluster()).await {
             Ok(Ok(view)) => Ok(view),
             Ok(Err(e)) => Err(CommandReply::Text(
                 503,
@@ -142,7 +143,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         // Priority synchronous mode: a switchover (not a failover) goes to a synchronous
         // standby only. (Quorum mode has no such rule in Patroni: the old primary's clean
         // shutdown leaves the candidate with every commit.)
-        let sync = baton_config::effective_ha(&self.config, &self.dynamic).sync;
+        let sync = self.ha.sync;
         let sync_on = sync.enabled() && sync.mode != baton_core::SyncMode::Quorum;
         if sync_on
             && !req.failover
@@ -335,11 +336,12 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
     /// On SIGTERM: stop PostgreSQL (fast) and then give up the leader key, as Patroni does.
     /// In pause mode PostgreSQL and the key are left alone.
     pub async fn shutdown(&mut self) {
-        if self.dynamic.pause {
+        if self.ha.pause {
             info!("paused: leaving PostgreSQL running and the leader key in place");
             return;
         }
-        let view = match tokio::time::timeout(self.retry_timeout(), self.dcs.read_cluster()).await {
+        let view = match tokio::time::timeout(self.ha.retry_timeout, self.dcs.read_cluster()).await
+        {
             Ok(Ok(v)) => Some(v),
             _ => self.last_view.clone(),
         };

@@ -8,7 +8,7 @@ use baton_dcs::{Dcs, LeaderWrite};
 use baton_pg::{Postgres, Reconfigured};
 use tracing::{error, info, warn};
 
-use super::{Agent, PgConfig, iso_now};
+use super::{Agent, PgConfig, iso_at};
 use crate::peers::Peers;
 
 impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
@@ -161,7 +161,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                 // Leading from here on: the watchdog task disarms at a later `leading: false`.
                 self.leading.send_modify(|s| s.leading = true);
                 let mode = self.config.watchdog.mode;
-                crate::watchdog::arm(self.watchdog.as_deref(), mode, self.ttl())?;
+                crate::watchdog::arm(self.watchdog.as_deref(), mode, self.ha.ttl)?;
                 Ok(true)
             }
             Action::RaceInitialize => Ok(self.dcs.race_initialize().await?),
@@ -221,7 +221,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             Action::UpdateHistory => {
                 let mut history = self.pg.timeline_history().await?;
                 if let Some(last) = history.last_mut() {
-                    last.timestamp = Some(iso_now());
+                    last.timestamp = Some(iso_at(self.clock.unix_ms()));
                     last.new_leader = Some(self.name.to_string());
                 }
                 // Keep what the DCS already has for older timelines (timestamps, leaders).

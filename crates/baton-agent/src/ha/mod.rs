@@ -6,16 +6,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use baton_api::{PendingRestart, Snapshot};
 use baton_config::{Config, ConfigErrors, DynamicConfig, Loaded};
-use baton_core::{ActionFailure, Clock, ClusterView, LeaseState, MemberName, Memory, Mono, decide};
+use baton_core::{
+    ActionFailure, Clock, ClusterView, HaConfig, LeaseState, MemberName, Memory, Mono, decide,
+};
 use baton_dcs::{Dcs, Holder};
 use baton_pg::Postgres;
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{Instrument, info};
 
 use crate::fence::FenceSignal;
 use crate::peers::Peers;
@@ -61,7 +62,12 @@ pub struct Agent<D: Dcs, P: Postgres, R: Peers> {
     /// The effective dynamic configuration and the `config` revision it came from.
     dynamic: DynamicConfig,
     dynamic_revision: i64,
+    /// The HA settings `decide` and the loop use, computed from `config` and `dynamic`
+    /// whenever either changes ([`Agent::refresh_ha`]).
+    ha: HaConfig,
     memory: Memory,
+    /// Cycles run so far (the `n` of the `ha_cycle` span).
+    cycles: u64,
     last_reason: Option<String>,
     last_failure: Option<ActionFailure>,
     /// DCS warnings already logged (garbage in keys), so each is logged once.
@@ -88,23 +94,9 @@ pub struct Agent<D: Dcs, P: Postgres, R: Peers> {
     watchdog: Option<Arc<crate::watchdog::Watchdog>>,
 }
 
-/// Seconds since the Unix epoch (for `dcs_last_seen` and history timestamps only).
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// Milliseconds since the Unix epoch (compared with a switchover's `scheduled_at` only).
-fn unix_now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 /// `2024-08-28T19:39:26+00:00` for history lines (Patroni writes ISO 8601 with offset).
-fn iso_now() -> String {
-    baton_core::format_iso8601_utc(unix_now())
+fn iso_at(unix_ms: i64) -> String {
+    baton_core::format_iso8601_utc(u64::try_from(unix_ms / 1000).unwrap_or(0))
 }
 
 impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
@@ -129,10 +121,12 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             peers: io.peers,
             clock: io.clock,
             name,
+            ha: baton_config::effective_ha(&config, &dynamic),
             config,
             dynamic,
             dynamic_revision: 0,
             memory: Memory::default(),
+            cycles: 0,
             last_reason: None,
             last_failure: None,
             seen_warnings: BTreeSet::new(),
@@ -175,12 +169,9 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             .is_some_and(|c| !c.is_empty())
     }
 
-    fn retry_timeout(&self) -> Duration {
-        Duration::from_secs(u64::from(self.dynamic.retry_timeout).max(1))
-    }
-
-    fn ttl(&self) -> Duration {
-        Duration::from_secs(u64::from(self.dynamic.ttl))
+    /// Compute the HA settings again after `config` or `dynamic` changed.
+    fn refresh_ha(&mut self) {
+        self.ha = baton_config::effective_ha(&self.config, &self.dynamic);
     }
 
     /// The leader key holds our name and our current lease.
@@ -204,15 +195,32 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         })
     }
 
-    /// One observe → decide → execute → publish pass.
+    /// One observe → decide → execute → publish pass, in a `ha_cycle` tracing span (the
+    /// cycle's number, then the leader it saw and how many actions it decided), so every line logged
+    /// while it runs says which cycle and which view it belongs to.
     pub async fn cycle(&mut self) -> CycleOutcome {
+        self.cycles += 1;
+        let span = tracing::info_span!(
+            "ha_cycle",
+            n = self.cycles,
+            leader = tracing::field::Empty,
+            actions = tracing::field::Empty,
+        );
+        self.run_cycle(&span).instrument(span.clone()).await
+    }
+
+    async fn run_cycle(&mut self, span: &tracing::Span) -> CycleOutcome {
         let now = self.clock.now();
         // What the DCS says from now on is the truth again.
         self.took_key_with = None;
         self.released_key = false;
         let obs = self.observe().await;
-        let ha = baton_config::effective_ha(&self.config, &self.dynamic);
-        let decision = decide(&self.memory, &obs, &ha, now);
+        if let Some(view) = &obs.dcs {
+            let leader = view.leader_name().map_or("none", MemberName::as_str);
+            span.record("leader", leader);
+        }
+        let decision = decide(&self.memory, &obs, &self.ha, now);
+        span.record("actions", decision.actions.len());
         let reason = decision.reason.to_string();
         if self.last_reason.as_deref() != Some(reason.as_str()) {
             info!("{reason}");
@@ -243,11 +251,12 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
 
 #[cfg(test)]
 mod tests {
-    use super::iso_now;
+    use super::iso_at;
 
     #[test]
     fn iso_timestamps_look_like_patronis() {
-        let ts = iso_now();
+        let ts = iso_at(1_795_323_599_999);
+        assert_eq!(ts, "2026-11-22T04:59:59+00:00");
         assert_eq!(ts.len(), "2026-11-22T04:09:19+00:00".len(), "{ts}");
         assert!(ts.ends_with("+00:00") && ts.as_bytes()[10] == b'T', "{ts}");
         let year: i32 = ts[..4].parse().expect("year");

@@ -9,7 +9,7 @@ use baton_dcs::Dcs;
 use baton_pg::Postgres;
 use tracing::{info, warn};
 
-use super::{Agent, unix_now, unix_now_ms};
+use super::Agent;
 use crate::peers::Peers;
 
 impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
@@ -19,7 +19,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
     /// previous cycle's failure and the wall clock.
     pub(super) async fn observe(&mut self) -> Observation {
         let (dcs_res, pg_state) = tokio::join!(
-            tokio::time::timeout(self.retry_timeout(), self.dcs.read_cluster()),
+            tokio::time::timeout(self.ha.retry_timeout, self.dcs.read_cluster()),
             self.pg.observe()
         );
         let view = match dcs_res {
@@ -27,7 +27,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                 if self.dcs_error.take().is_some() {
                     info!("DCS is reachable again");
                 }
-                self.dcs_last_seen = Some(unix_now());
+                self.dcs_last_seen = Some(u64::try_from(self.clock.unix_ms() / 1000).unwrap_or(0));
                 self.refresh_dynamic(&view);
                 for w in &view.warnings {
                     if self.seen_warnings.insert(w.clone()) {
@@ -43,7 +43,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             Err(_) => {
                 self.dcs_failed(format!(
                     "no answer within retry_timeout ({:?})",
-                    self.retry_timeout()
+                    self.ha.retry_timeout
                 ));
                 None
             }
@@ -54,7 +54,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             // its candidate, the others check whether the candidate can take over.
             Some(v) if (v.leader.is_none() && pg_state.is_running()) || v.failover.is_some() => {
                 let timeout =
-                    (self.ttl() / 4).clamp(Duration::from_millis(500), Duration::from_secs(2));
+                    (self.ha.ttl / 4).clamp(Duration::from_millis(500), Duration::from_secs(2));
                 self.peers.probe(v, &self.name, timeout).await
             }
             _ => vec![],
@@ -65,7 +65,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             pg: pg_state,
             peers,
             last_failure: self.last_failure.take(),
-            unix_ms: unix_now_ms(),
+            unix_ms: self.clock.unix_ms(),
             watchdog: crate::watchdog::state_of(self.watchdog.as_deref()),
         }
     }
@@ -100,6 +100,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                 // The lease was granted with the old ttl; keep deciding with it.
                 dynamic.ttl = self.dynamic.ttl;
                 self.dynamic = dynamic;
+                self.refresh_ha();
             }
             Err(e) => warn!("ignoring invalid dynamic configuration in DCS key config: {e}"),
         }

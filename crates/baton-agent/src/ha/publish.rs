@@ -1,7 +1,6 @@
 //! Publish: the member key, the leader's `status` key and the REST snapshot.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use baton_api::Snapshot;
 use baton_core::{ClusterView, DataDir, Member, Observation, PgState};
@@ -118,12 +117,12 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             cluster: view.cloned(),
             dcs_last_seen: self.dcs_last_seen,
             tags: self.config.tags.clone(),
-            pause: self.dynamic.pause,
+            pause: self.ha.pause,
             last_reason: self.last_reason.clone().unwrap_or_default(),
             last_cycle: self.clock.now(),
-            ttl: self.ttl(),
-            loop_wait: Duration::from_secs(u64::from(self.dynamic.loop_wait)),
-            maximum_lag_on_failover: self.dynamic.maximum_lag_on_failover,
+            ttl: self.ha.ttl,
+            loop_wait: self.ha.loop_wait,
+            maximum_lag_on_failover: self.ha.maximum_lag_on_failover,
             api_url: self.api_url.clone(),
             conn_url: self.conn_url.clone(),
             restore_command: self.restore_command(),
@@ -167,7 +166,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             }),
             timeline: sql.map(|s| s.effective_timeline()),
             pending_restart: sql.is_some_and(|s| s.pending_restart),
-            pause: self.dynamic.pause,
+            pause: self.ha.pause,
             reason: self.last_reason.clone(),
             lease: 0,
         }
