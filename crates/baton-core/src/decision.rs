@@ -121,8 +121,9 @@ pub struct Observation {
     /// Status of the other members, fetched over their REST API (`GET /patroni`) when the cluster
     /// has no leader. Members that did not answer are present with `reachable: false`.
     pub peers: Vec<PeerStatus>,
-    /// Outcome of the long-running or failing actions of the previous cycle.
-    pub last_failure: Option<ActionFailure>,
+    /// What the actions executed since the previous observation did (the key taken, missed
+    /// or released, a failure): `decide` applies them to its memory ([`Memory::after`]).
+    pub outcomes: Vec<crate::ActionOutcome>,
     /// Wall-clock time in milliseconds since the Unix epoch. Used only to compare with a
     /// switchover's `scheduled_at`; every deadline that matters for safety uses `now`.
     pub unix_ms: i64,

@@ -8,6 +8,7 @@
 mod decide;
 mod decision;
 mod diverge;
+mod outcome;
 mod pg;
 mod sync;
 mod time;
@@ -21,6 +22,7 @@ pub use decision::{
     Upstream, WatchdogMode, WatchdogState,
 };
 pub use diverge::{Divergence, divergence, leader_timeline};
+pub use outcome::{ActionOutcome, FenceSignal, fence_signal, holds_leader_key, last_failure};
 pub use pg::{ClusterState, ControlData, DataDir, PgProcess, PgSql, PgState, ReplicationRow};
 pub use sync::{
     STRICT_PLACEHOLDER, parse_ssn, quote_ident, render_ssn, render_ssn_quorum, ssn_num,

@@ -345,7 +345,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             Ok(Ok(v)) => Some(v),
             _ => self.last_view.clone(),
         };
-        let holds = self.holds_key(view.as_ref()) || self.memory.was_leader;
+        let holds = self.holds_key(view.as_ref()) || self.was_leader();
         info!("shutting down: stopping PostgreSQL");
         if let Err(e) = self.pg.stop(StopMode::Fast).await {
             error!("failed to stop PostgreSQL (fast), stopping it immediately: {e:#}");

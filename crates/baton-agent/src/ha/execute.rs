@@ -3,7 +3,7 @@
 
 use anyhow::{Context, bail};
 use baton_api::PendingRestart;
-use baton_core::{Action, ActionFailure, DataDir, Observation, StartRole, StopMode};
+use baton_core::{Action, ActionFailure, ActionOutcome, DataDir, Observation, StartRole, StopMode};
 use baton_dcs::{Dcs, LeaderWrite};
 use baton_pg::{Postgres, Reconfigured};
 use tracing::{error, info, warn};
@@ -105,35 +105,29 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
     pub(super) async fn execute(&mut self, actions: &[Action], obs: &Observation) -> bool {
         for action in actions {
             info!("{action}");
+            let leadership = matches!(
+                action,
+                Action::AcquireLeader | Action::ReattachLeader | Action::RepairLeader { .. }
+            );
             match self.perform(action, obs).await {
                 Ok(true) => {}
                 Ok(false) => {
                     info!("{action}: lost the race");
-                    if matches!(
-                        action,
-                        Action::AcquireLeader
-                            | Action::ReattachLeader
-                            | Action::RepairLeader { .. }
-                    ) {
-                        self.memory.was_leader = false;
+                    if leadership {
+                        self.outcomes.push(ActionOutcome::MissedKey);
                     }
                     return false;
                 }
                 Err(e) => {
                     error!("failed to {action}: {e:#}");
-                    if matches!(
-                        action,
-                        Action::AcquireLeader
-                            | Action::ReattachLeader
-                            | Action::RepairLeader { .. }
-                    ) {
-                        self.memory.was_leader = false;
+                    if leadership {
+                        self.outcomes.push(ActionOutcome::MissedKey);
                     }
-                    self.last_failure = Some(ActionFailure {
+                    self.outcomes.push(ActionOutcome::Failed(ActionFailure {
                         action: action.kind(),
                         at: self.clock.now(),
                         error: format!("{e:#}"),
-                    });
+                    }));
                     return true;
                 }
             }
@@ -186,19 +180,25 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             Action::AcquireLeader => {
                 let lease = self.require_lease()?;
                 let won = self.dcs.acquire_leader(&self.name, lease).await?;
-                self.took_key_with = won.then_some(lease);
+                if won {
+                    self.outcomes.push(ActionOutcome::TookKey { lease });
+                }
                 Ok(won)
             }
             Action::ReattachLeader => {
                 let lease = self.require_lease()?;
                 let won = self.dcs.reattach_leader(&self.name, lease).await?;
-                self.took_key_with = won.then_some(lease);
+                if won {
+                    self.outcomes.push(ActionOutcome::TookKey { lease });
+                }
                 Ok(won)
             }
             Action::RepairLeader { version } => {
                 let lease = self.require_lease()?;
                 let won = self.dcs.repair_leader(&self.name, lease, *version).await?;
-                self.took_key_with = won.then_some(lease);
+                if won {
+                    self.outcomes.push(ActionOutcome::TookKey { lease });
+                }
                 Ok(won)
             }
             Action::ReleaseLeader { last_lsn } => {
@@ -209,8 +209,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                         .await?;
                 }
                 self.dcs.release_leader(&self.name).await?;
-                self.memory.was_leader = false;
-                self.released_key = true;
+                self.outcomes.push(ActionOutcome::ReleasedKey);
                 Ok(true)
             }
             Action::WriteConfig => Ok(self
@@ -306,8 +305,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                     .release_leader(&self.name)
                     .await
                     .context("release the leader key")?;
-                self.memory.was_leader = false;
-                self.released_key = true;
+                self.outcomes.push(ActionOutcome::ReleasedKey);
                 self.leading.send_modify(|s| s.leading = false);
                 info!(checkpoint = ?checkpoint, "handed over: postgres stopped, leader key released");
                 Ok(true)

@@ -11,7 +11,7 @@ use anyhow::Context;
 use baton_api::{PendingRestart, Snapshot};
 use baton_config::{Config, ConfigErrors, DynamicConfig, Loaded};
 use baton_core::{
-    ActionFailure, Clock, ClusterView, HaConfig, LeaseState, MemberName, Memory, Mono, decide,
+    ActionOutcome, Clock, ClusterView, HaConfig, LeaseState, MemberName, Memory, Mono, decide,
 };
 use baton_dcs::{Dcs, Holder};
 use baton_pg::Postgres;
@@ -69,7 +69,9 @@ pub struct Agent<D: Dcs, P: Postgres, R: Peers> {
     /// Cycles run so far (the `n` of the `ha_cycle` span).
     cycles: u64,
     last_reason: Option<String>,
-    last_failure: Option<ActionFailure>,
+    /// What the actions executed since the last observation did; the next observation
+    /// carries them to `decide` (the agent never edits its memory).
+    outcomes: Vec<ActionOutcome>,
     /// DCS warnings already logged (garbage in keys), so each is logged once.
     seen_warnings: BTreeSet<String>,
     dcs_error: Option<String>,
@@ -78,10 +80,6 @@ pub struct Agent<D: Dcs, P: Postgres, R: Peers> {
     lease: watch::Receiver<LeaseState>,
     leading: watch::Sender<FenceSignal>,
     snapshot: watch::Sender<Arc<Snapshot>>,
-    /// The lease we attached the leader key to in this cycle: the cycle's DCS view predates it.
-    took_key_with: Option<i64>,
-    /// We released the leader key in this cycle (same reason).
-    released_key: bool,
     /// Where the configuration is re-read from; `None`: there is nothing to re-read.
     config_source: Option<ConfigSource>,
     /// PostgreSQL's part of the configuration as last applied (`Postgres::reconfigure`).
@@ -128,7 +126,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             memory: Memory::default(),
             cycles: 0,
             last_reason: None,
-            last_failure: None,
+            outcomes: Vec::new(),
             seen_warnings: BTreeSet::new(),
             dcs_error: None,
             dcs_last_seen: None,
@@ -136,8 +134,6 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             lease,
             leading,
             snapshot,
-            took_key_with: None,
-            released_key: false,
             config_source: None,
             applied_pg: None,
             pending_restart_reason: Vec::new(),
@@ -174,17 +170,16 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         self.ha = baton_config::effective_ha(&self.config, &self.dynamic);
     }
 
-    /// The leader key holds our name and our current lease.
+    /// The leader key holds our name and our current lease (what this cycle's actions did
+    /// with the key wins over `view`, which was read before they ran).
     fn holds_key(&self, view: Option<&ClusterView>) -> bool {
         let lease = self.lease.borrow().id;
-        if self.released_key {
-            return false;
-        }
-        if lease.is_some() && self.took_key_with == lease {
-            return true;
-        }
-        view.and_then(|v| v.leader.as_ref())
-            .is_some_and(|l| l.name.as_ref() == Some(&self.name) && Some(l.lease) == lease)
+        baton_core::holds_leader_key(view, &self.name, lease, &self.outcomes)
+    }
+
+    /// Whether we still count as the leader: decide's memory as this cycle's actions left it.
+    fn was_leader(&self) -> bool {
+        self.memory.after(&self.outcomes).was_leader
     }
 
     /// Who our leader-only DCS writes are made for: our name on our current lease.
@@ -211,9 +206,6 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
 
     async fn run_cycle(&mut self, span: &tracing::Span) -> CycleOutcome {
         let now = self.clock.now();
-        // What the DCS says from now on is the truth again.
-        self.took_key_with = None;
-        self.released_key = false;
         let obs = self.observe().await;
         if let Some(view) = &obs.dcs {
             let leader = view.leader_name().map_or("none", MemberName::as_str);

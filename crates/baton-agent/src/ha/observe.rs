@@ -64,7 +64,8 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             lease: *self.lease.borrow(),
             pg: pg_state,
             peers,
-            last_failure: self.last_failure.take(),
+            // What the DCS says from now on is the truth again.
+            outcomes: std::mem::take(&mut self.outcomes),
             unix_ms: self.clock.unix_ms(),
             watchdog: crate::watchdog::state_of(self.watchdog.as_deref()),
         }

@@ -9,7 +9,6 @@ use baton_pg::Postgres;
 use tracing::{info, warn};
 
 use super::Agent;
-use crate::fence::FenceSignal;
 use crate::peers::Peers;
 
 /// PostgreSQL state label as Patroni's `PostgresqlState` prints it.
@@ -91,16 +90,10 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         if let Some(view) = view {
             self.last_view = Some(view.clone());
         }
-        // The fencer guards any PostgreSQL that may accept writes, not only while the DCS
-        // confirms our key: it is needed most when the DCS does not answer.
-        let primary = baton_core::may_be_primary(pg);
+        // What the fencer guards: `baton_core::fence_signal` has the rule.
+        let was_leader = self.was_leader();
         self.leading.send_if_modified(|s| {
-            let next = FenceSignal {
-                leading: holds || self.memory.was_leader || primary,
-                // Once the DCS shows the key on our lease (or no primary runs), a primary that
-                // predates this process is ours to guard with our own lease. Sticky.
-                confirmed: s.confirmed || (view.is_some() && (holds || !primary)),
-            };
+            let next = baton_core::fence_signal(*s, view.is_some(), holds, was_leader, pg);
             std::mem::replace(s, next) != next
         });
         let lease = *self.lease.borrow();

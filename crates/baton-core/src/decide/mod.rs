@@ -58,9 +58,11 @@ const SYNC_RECHECK: Duration = Duration::from_secs(1);
 
 /// Decide what to do in this cycle. Pure and total.
 pub fn decide(memory: &Memory, obs: &Observation, config: &HaConfig, now: Mono) -> Decision {
+    // What the executor reported since the last cycle comes first.
+    let memory = &memory.after(&obs.outcomes);
     let mut next = memory.clone();
     if let (Some(failure), Some(leader)) = (
-        &obs.last_failure,
+        crate::last_failure(&obs.outcomes),
         obs.dcs.as_ref().and_then(|v| v.leader_name()),
     ) && failure.action == ActionKind::Rewind
     {

@@ -54,7 +54,8 @@
 //! peer: n3 reachable|unreachable wal=0/2000000 tl=1 primary nofailover priority=2 watchdog_failed
 //! memory: following=n1 down_since=90 rewind_failed=n1 nostream_since=70 epoch=1 handed_over
 //!     was_leader sync_changed=0/3000100     (or `memory: previous`, see above)
-//! failure: rewind at=99
+//! failure: rewind at=99              (the previous cycle's actions failed)
+//! outcome: took_key lease=7|missed_key|released_key   (what they did with the leader key)
 //! failover: leader=n1 candidate=n2 at=2026-11-22T05:00:00+00:00 rev=9
 //! config: watchdog=off|automatic|required     (default off)
 //! watchdog: armed failed       (the agent's watchdog state; each word present or not)
@@ -78,6 +79,7 @@ use std::time::Duration;
 
 use expect_test::expect;
 
+use crate::ActionOutcome;
 use crate::decision::{
     Action, ActionFailure, ActionKind, HaConfig, LeaseState, Memory, Observation, PeerStatus,
     SyncConfig, SyncMode, WatchdogMode, WatchdogState,
@@ -438,17 +440,23 @@ fn parse(fixture: &str, previous: Option<&Memory>) -> Fixture {
                     mod_revision: t.get("rev").map_or(9, |r| r.parse().expect("rev")),
                 });
             }
-            "failure" => {
-                obs.last_failure = Some(ActionFailure {
-                    action: match t.first() {
-                        "rewind" => ActionKind::Rewind,
-                        "start" => ActionKind::StartPostgres,
-                        other => panic!("unknown failure kind {other}"),
-                    },
-                    at: t.get("at").map_or(now, secs),
-                    error: "exit status 1".into(),
-                })
-            }
+            "outcome" => obs.outcomes.push(match t.first() {
+                "took_key" => ActionOutcome::TookKey {
+                    lease: t.get("lease").map_or(7, |l| l.parse().expect("lease")),
+                },
+                "missed_key" => ActionOutcome::MissedKey,
+                "released_key" => ActionOutcome::ReleasedKey,
+                other => panic!("unknown outcome {other}"),
+            }),
+            "failure" => obs.outcomes.push(ActionOutcome::Failed(ActionFailure {
+                action: match t.first() {
+                    "rewind" => ActionKind::Rewind,
+                    "start" => ActionKind::StartPostgres,
+                    other => panic!("unknown failure kind {other}"),
+                },
+                at: t.get("at").map_or(now, secs),
+                error: "exit status 1".into(),
+            })),
             other => panic!("unknown fixture key {other}"),
         }
     }
