@@ -5,6 +5,7 @@
 //! [`Reason`] whose `Display` is the line operators see, the memory for the next cycle and the
 //! time of the next wake-up.
 
+mod commands;
 mod decide;
 mod decision;
 mod diverge;
@@ -15,6 +16,10 @@ mod time;
 mod types;
 mod view;
 
+pub use commands::{
+    Refusal, ShutdownPlan, SwitchoverAsk, SwitchoverNext, check_candidates, check_reinitialize,
+    check_switchover, shutdown_plan,
+};
 pub use decide::{decide, may_be_primary};
 pub use decision::{
     Action, ActionFailure, ActionKind, Decision, DivergedRemedy, HaConfig, LeaseState, Memory,

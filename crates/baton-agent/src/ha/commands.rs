@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use baton_api::{Command, CommandReply, SwitchoverRequest};
 use baton_config::DynamicConfig;
-use baton_core::{Action, ClusterView, FailoverRequest, MemberName, Observation, StopMode};
+use baton_core::{
+    ClusterView, MemberName, Observation, Refusal, ShutdownPlan, StopMode, SwitchoverAsk,
+    SwitchoverNext,
+};
 use baton_dcs::{Dcs, LeaderWrite};
 use baton_pg::Postgres;
 use tracing::{error, info, warn};
@@ -120,83 +123,50 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         }
     }
 
-    /// Patroni's `is_failover_possible` pre-checks, then the `failover` key.
+    /// Patroni's `is_failover_possible` pre-checks (`baton_core::check_switchover`, then for
+    /// an immediate one `check_candidates` on the members' answers), then the `failover` key.
     pub(super) async fn request_switchover(&self, req: &SwitchoverRequest) -> CommandReply {
         let view = match self.read_fresh().await {
             Ok(v) => v,
             Err(r) => return r,
         };
-        let action = req.action();
-        let refuse = |m: String| CommandReply::Text(412, m);
-        let leader = view.leader_name().cloned();
-        if let Some(l) = &req.leader
-            && leader.as_ref().map(MemberName::as_str) != Some(l.as_str())
-        {
-            return refuse("leader name does not match".into());
-        }
-        let candidate = req.candidate.as_deref().and_then(MemberName::new);
-        if let Some(c) = &candidate
-            && view.member(c).is_none()
-        {
-            return refuse("candidate does not exists".into());
-        }
-        // Priority synchronous mode: a switchover (not a failover) goes to a synchronous
-        // standby only. (Quorum mode has no such rule in Patroni: the old primary's clean
-        // shutdown leaves the candidate with every commit.)
-        let sync = self.ha.sync;
-        let sync_on = sync.enabled() && sync.mode != baton_core::SyncMode::Quorum;
-        if sync_on
-            && !req.failover
-            && let (Some(c), Some(sync)) = (&candidate, view.sync.present())
-            && !sync.value.lists(c)
-        {
-            return refuse("candidate name does not match with sync_standby".into());
-        }
-        if !view
-            .members
-            .iter()
-            .any(|m| Some(&m.name) != leader.as_ref())
-        {
-            return refuse(format!(
-                "{action} is not possible: cluster does not have members except leader"
-            ));
-        }
-        if req.scheduled_at.is_none() {
-            // Ask the members themselves (the leader excluded) whether they can take over.
-            let exclude = leader.clone().unwrap_or_else(|| self.name.clone());
-            let timeout = Duration::from_secs(2);
-            let mut peers = self.peers.probe(&view, &exclude, timeout).await;
-            if exclude == self.name && leader.is_none() {
-                // No leader: this member is a candidate too; it is reachable by definition.
-                let me = self.pg.observe().await;
-                peers.push(baton_core::PeerStatus {
-                    name: self.name.clone(),
-                    reachable: me.is_running(),
-                    is_primary: me.is_primary(),
-                    wal_position: me.wal_position(),
-                    timeline: me.timeline(),
-                    tags: self.config.tags.clone(),
-                    watchdog_failed: false,
-                });
-            }
-            let good = peers.iter().any(|p| {
-                p.reachable
-                    && !p.is_primary
-                    && !p.tags.is_nofailover()
-                    && candidate.as_ref().is_none_or(|c| &p.name == c)
-            });
-            if !good {
-                return refuse(format!(
-                    "{action} is not possible: no good candidates have been found"
-                ));
-            }
-        }
-        let request = FailoverRequest {
-            leader: req.leader.as_deref().and_then(MemberName::new),
-            candidate,
+        let ask = SwitchoverAsk {
+            leader: req.leader.clone(),
+            candidate: req.candidate.as_deref().and_then(MemberName::new),
             scheduled_at: req.scheduled_at.clone(),
+            failover: req.failover,
         };
-        match self.dcs.write_failover(Some(&request), None).await {
+        let refuse = |r: Refusal| CommandReply::Text(r.status(), r.to_string());
+        match baton_core::check_switchover(&view, &ask, &self.ha.sync, &self.name) {
+            Err(r) => return refuse(r),
+            Ok(SwitchoverNext::Write) => {}
+            Ok(SwitchoverNext::ProbeCandidates {
+                exclude,
+                include_me,
+            }) => {
+                let mut peers = self
+                    .peers
+                    .probe(&view, &exclude, Duration::from_secs(2))
+                    .await;
+                if include_me {
+                    // No leader: this member is a candidate too; it is reachable by definition.
+                    let me = self.pg.observe().await;
+                    peers.push(baton_core::PeerStatus {
+                        name: self.name.clone(),
+                        reachable: me.is_running(),
+                        is_primary: me.is_primary(),
+                        wal_position: me.wal_position(),
+                        timeline: me.timeline(),
+                        tags: self.config.tags.clone(),
+                        watchdog_failed: false,
+                    });
+                }
+                if let Err(r) = baton_core::check_candidates(&peers, &ask) {
+                    return refuse(r);
+                }
+            }
+        }
+        match self.dcs.write_failover(Some(&ask.to_request()), None).await {
             Ok(_) => CommandReply::Accepted,
             Err(e) => {
                 warn!("failed to write failover key into DCS: {e:#}");
@@ -233,25 +203,12 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             Ok(v) => v,
             Err(r) => return r,
         };
-        let unavailable = |m: &str| CommandReply::Text(503, m.to_owned());
-        match view.leader_name() {
-            None => return unavailable("Cluster has no leader, can not reinitialize"),
-            Some(l) if *l == self.name => {
-                return unavailable("I am the leader, can not reinitialize");
-            }
-            Some(_) => {}
-        }
         let _ = force; // actions run inline in the agent loop: nothing is in progress to cancel
         let pg = self.pg.observe().await;
-        if pg.is_primary() {
-            return unavailable("I am running as a primary, can not reinitialize");
-        }
-        let steps = [
-            Action::StopPostgres {
-                mode: StopMode::Immediate,
-            },
-            Action::WipeDataDir,
-        ];
+        let steps = match baton_core::check_reinitialize(&view, &self.name, &pg) {
+            Ok(steps) => steps,
+            Err(r) => return CommandReply::Text(r.status(), r.to_string()),
+        };
         let obs = Observation {
             dcs: Some(view),
             pg,
@@ -336,16 +293,19 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
     /// On SIGTERM: stop PostgreSQL (fast) and then give up the leader key, as Patroni does.
     /// In pause mode PostgreSQL and the key are left alone.
     pub async fn shutdown(&mut self) {
-        if self.ha.pause {
+        let leading = !self.ha.pause && {
+            let view =
+                match tokio::time::timeout(self.ha.retry_timeout, self.dcs.read_cluster()).await {
+                    Ok(Ok(v)) => Some(v),
+                    _ => self.last_view.clone(),
+                };
+            self.holds_key(view.as_ref()) || self.was_leader()
+        };
+        let plan = baton_core::shutdown_plan(self.ha.pause, leading);
+        if plan == ShutdownPlan::LeaveRunning {
             info!("paused: leaving PostgreSQL running and the leader key in place");
             return;
         }
-        let view = match tokio::time::timeout(self.ha.retry_timeout, self.dcs.read_cluster()).await
-        {
-            Ok(Ok(v)) => Some(v),
-            _ => self.last_view.clone(),
-        };
-        let holds = self.holds_key(view.as_ref()) || self.was_leader();
         info!("shutting down: stopping PostgreSQL");
         if let Err(e) = self.pg.stop(StopMode::Fast).await {
             error!("failed to stop PostgreSQL (fast), stopping it immediately: {e:#}");
@@ -355,7 +315,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             }
         }
         self.leading.send_modify(|s| s.leading = false);
-        if holds {
+        if plan == ShutdownPlan::StopAndRelease {
             let state = self.pg.observe().await;
             if let (Some(lsn), Some(holder)) = (state.wal_position(), self.holder()) {
                 match self.dcs.write_status(&holder, lsn, &[]).await {
