@@ -279,6 +279,11 @@ impl Ctx<'_> {
             return fenced;
         }
 
+        // A long action runs beside the loop: nothing else until it ends (fencing above goes on).
+        if let Some(action) = self.obs.running {
+            return (vec![], Reason::InProgress { action });
+        }
+
         // 2. Without a DCS view, change nothing.
         let Some(view) = self.obs.dcs.as_ref() else {
             return (vec![], Reason::DcsUnreachable);

@@ -56,6 +56,7 @@
 //!     was_leader sync_changed=0/3000100     (or `memory: previous`, see above)
 //! failure: rewind at=99              (the previous cycle's actions failed)
 //! outcome: took_key lease=7|missed_key|released_key   (what they did with the leader key)
+//! running: clone|rewind|bootstrap|start   (a long action the agent runs beside the loop)
 //! failover: leader=n1 candidate=n2 at=2026-11-22T05:00:00+00:00 rev=9
 //! config: watchdog=off|automatic|required     (default off)
 //! watchdog: armed failed       (the agent's watchdog state; each word present or not)
@@ -439,6 +440,15 @@ fn parse(fixture: &str, previous: Option<&Memory>) -> Fixture {
                     },
                     mod_revision: t.get("rev").map_or(9, |r| r.parse().expect("rev")),
                 });
+            }
+            "running" => {
+                obs.running = Some(match t.first() {
+                    "clone" => ActionKind::Clone,
+                    "rewind" => ActionKind::Rewind,
+                    "bootstrap" => ActionKind::BootstrapCluster,
+                    "start" => ActionKind::StartPostgres,
+                    other => panic!("unknown running action {other}"),
+                })
             }
             "outcome" => obs.outcomes.push(match t.first() {
                 "took_key" => ActionOutcome::TookKey {
