@@ -203,12 +203,21 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             Ok(v) => v,
             Err(r) => return r,
         };
-        let _ = force; // actions run inline in the agent loop: nothing is in progress to cancel
         let pg = self.pg.observe().await;
         let steps = match baton_core::check_reinitialize(&view, &self.name, &pg) {
             Ok(steps) => steps,
             Err(r) => return CommandReply::Text(r.status(), r.to_string()),
         };
+        // Patroni: a running action is cancelled with `force`, else it is its answer.
+        if let Some(running) = self.running.as_ref().map(|r| r.kind) {
+            if !force {
+                return CommandReply::Text(
+                    503,
+                    format!("{} already in progress", running.long_label()),
+                );
+            }
+            self.end_long("reinitialize with force", true).await;
+        }
         let obs = Observation {
             dcs: Some(view),
             pg,
@@ -290,8 +299,9 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         }
     }
 
-    /// On SIGTERM: stop PostgreSQL (fast) and then give up the leader key, as Patroni does.
-    /// In pause mode PostgreSQL and the key are left alone.
+    /// On SIGTERM: end a long action (a clone is cancelled, the others waited for), stop
+    /// PostgreSQL (fast) and then give up the leader key, as Patroni does. In pause mode
+    /// PostgreSQL and the key are left alone.
     pub async fn shutdown(&mut self) {
         let leading = !self.ha.pause && {
             let view =
@@ -301,6 +311,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                 };
             self.holds_key(view.as_ref()) || self.was_leader()
         };
+        self.end_long("shutting down", false).await;
         let plan = baton_core::shutdown_plan(self.ha.pause, leading);
         if plan == ShutdownPlan::LeaveRunning {
             info!("paused: leaving PostgreSQL running and the leader key in place");

@@ -102,8 +102,16 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
     }
     /// Perform the actions in order; stop at the first failure or lost race. Returns whether
     /// one failed.
+    /// A long action (and the long ones after it) is handed to [`Agent::start_long`] and
+    /// the rest of the list is left for the cycle after it ends.
     pub(super) async fn execute(&mut self, actions: &[Action], obs: &Observation) -> bool {
-        for action in actions {
+        for (i, action) in actions.iter().enumerate() {
+            if action.is_long() {
+                self.start_long(&actions[i..]);
+                let busy = self.busy();
+                self.publish(obs.dcs.as_ref(), &obs.pg, busy).await;
+                return false;
+            }
             info!("{action}");
             let leadership = matches!(
                 action,
@@ -159,23 +167,17 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                 Ok(true)
             }
             Action::RaceInitialize => Ok(self.dcs.race_initialize().await?),
-            Action::BootstrapCluster => {
-                self.publish(obs.dcs.as_ref(), &obs.pg, Some("initializing new cluster"))
-                    .await;
-                if let Err(e) = self.bootstrap().await {
-                    warn!("bootstrap failed, cancelling the initialization: {e:#}");
-                    if let Err(e) = self.dcs.cancel_initialize().await {
-                        error!("failed to cancel the initialization: {e:#}");
+            Action::BootstrapCluster | Action::Clone { .. } | Action::Rewind { .. } => {
+                // Long actions run beside the loop (`execute` hands them to `start_long`);
+                // asked for here, one runs to its end.
+                self.start_long(std::slice::from_ref(action));
+                self.long_action_done().await;
+                match self.outcomes.last() {
+                    Some(ActionOutcome::Failed(f)) if f.action == action.kind() => {
+                        bail!("{}", f.error)
                     }
-                    if let Err(e) = self.pg.stop(StopMode::Immediate).await {
-                        error!("failed to stop postgres after a failed bootstrap: {e:#}");
-                    }
-                    if let Err(e) = self.pg.wipe_data_dir().await {
-                        error!("failed to remove the data directory of a failed bootstrap: {e:#}");
-                    }
-                    return Err(e);
+                    _ => Ok(true),
                 }
-                Ok(true)
             }
             Action::AcquireLeader => {
                 let lease = self.require_lease()?;
@@ -266,18 +268,6 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                 self.pg.follow(upstream).await?;
                 Ok(true)
             }
-            Action::Clone { upstream } => {
-                self.publish(obs.dcs.as_ref(), &obs.pg, Some("creating replica"))
-                    .await;
-                self.pg.clone_replica(upstream).await?;
-                Ok(true)
-            }
-            Action::Rewind { upstream } => {
-                self.publish(obs.dcs.as_ref(), &obs.pg, Some("running pg_rewind"))
-                    .await;
-                self.pg.rewind(upstream).await?;
-                Ok(true)
-            }
             Action::WipeDataDir => {
                 self.pg.wipe_data_dir().await?;
                 Ok(true)
@@ -333,44 +323,5 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                 Ok(true)
             }
         }
-    }
-
-    /// initdb, start, roles, then publish the cluster: `initialize` = sysid, `config`, leader.
-    pub(super) async fn bootstrap(&mut self) -> anyhow::Result<()> {
-        self.pg.initdb().await.context("initdb")?;
-        self.pg
-            .start(&StartRole::Primary)
-            .await
-            .context("start the new cluster")?;
-        self.pg.create_roles().await.context("create roles")?;
-        let state = self.pg.observe().await;
-        let sysid = state
-            .system_id()
-            .context("read the system identifier of the new cluster")?
-            .to_owned();
-        self.dcs
-            .set_initialize(&sysid)
-            .await
-            .context("write initialize")?;
-        let dynamic = self
-            .config
-            .bootstrap
-            .as_ref()
-            .map_or_else(|| self.dynamic.clone(), |b| b.dcs.clone());
-        self.dcs
-            .write_config(&dynamic.to_json(), Some(0))
-            .await
-            .context("write config")?;
-        let lease = self.require_lease()?;
-        if !self
-            .dcs
-            .acquire_leader(&self.name, lease)
-            .await
-            .context("take the leader key")?
-        {
-            bail!("the leader key was taken by someone else during bootstrap");
-        }
-        info!(sysid, "initialized a new cluster");
-        Ok(())
     }
 }

@@ -23,6 +23,7 @@ use crate::peers::Peers;
 
 mod commands;
 mod execute;
+mod long;
 mod observe;
 mod publish;
 
@@ -68,6 +69,8 @@ pub struct Agent<D: Dcs, P: Postgres, R: Peers> {
     memory: Memory,
     /// Cycles run so far (the `n` of the `ha_cycle` span).
     cycles: u64,
+    /// The long action running beside the loop, if any ([`long`]).
+    running: Option<long::Running>,
     last_reason: Option<String>,
     /// What the actions executed since the last observation did; the next observation
     /// carries them to `decide` (the agent never edits its memory).
@@ -125,6 +128,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             dynamic_revision: 0,
             memory: Memory::default(),
             cycles: 0,
+            running: None,
             last_reason: None,
             outcomes: Vec::new(),
             seen_warnings: BTreeSet::new(),
@@ -233,7 +237,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         } else {
             self.pg.observe().await
         };
-        self.publish(obs.dcs.as_ref(), &pg_after, None).await;
+        self.publish(obs.dcs.as_ref(), &pg_after, self.busy()).await;
         CycleOutcome {
             wake_at: decision.wake_at,
             failed,

@@ -66,6 +66,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             peers,
             // What the DCS says from now on is the truth again.
             outcomes: std::mem::take(&mut self.outcomes),
+            running: self.running.as_ref().map(|r| r.kind),
             unix_ms: self.clock.unix_ms(),
             watchdog: crate::watchdog::state_of(self.watchdog.as_deref()),
         }
