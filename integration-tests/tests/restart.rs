@@ -51,7 +51,11 @@ async fn started_at(cluster: &Cluster, name: &str) -> anyhow::Result<String> {
         &format!("{name} running"),
         scaled(Duration::from_secs(60)),
         || async {
-            let status = cluster.node(name).patroni().await?;
+            // The agent may answer slowly while PostgreSQL restarts on a loaded host.
+            let status = match cluster.node(name).patroni().await {
+                Ok(s) => s,
+                Err(e) => return Ok(Check::not_yet(format!("{e:#}"))),
+            };
             Ok(
                 match (
                     status.get("state").and_then(Value::as_str),
@@ -73,7 +77,11 @@ async fn wait_restarted(cluster: &Cluster, name: &str, before: &str) -> anyhow::
         scaled(Duration::from_secs(90)),
         || async {
             cluster.check_agents_alive()?;
-            let status = cluster.node(name).patroni().await?;
+            // The agent may answer slowly while PostgreSQL restarts on a loaded host.
+            let status = match cluster.node(name).patroni().await {
+                Ok(s) => s,
+                Err(e) => return Ok(Check::not_yet(format!("{e:#}"))),
+            };
             Ok(
                 match (
                     status.get("state").and_then(Value::as_str),
@@ -131,7 +139,7 @@ async fn restarts_keep_the_leader_and_scheduled_ones_fire_on_time() -> anyhow::R
     spec.extra_config = json!({
         "restapi": {"authentication": {"username": REST_USER, "password": REST_PASSWORD}},
     });
-    let cluster = Cluster::start(&tools, spec).await?;
+    let mut cluster = Cluster::start(&tools, spec).await?;
     let healthy = cluster
         .wait_healthy(scaled(Duration::from_secs(180)))
         .await?;
@@ -327,6 +335,51 @@ async fn restarts_keep_the_leader_and_scheduled_ones_fire_on_time() -> anyhow::R
     ensure!(
         code == 200 && answer == "scheduled restart deleted",
         "DELETE /restart: {code} {answer}"
+    );
+
+    // A schedule survives an agent restart.
+    let later = iso_in(7200)?;
+    let (code, _) = send(
+        &cluster,
+        &replica,
+        reqwest::Method::POST,
+        "/restart",
+        Some(&json!({"schedule": later, "role": "replica"})),
+    )
+    .await?;
+    ensure!(code == 202, "schedule for two hours later: {code}");
+    cluster.restart_agent(&replica).await?;
+    wait_for(
+        "the schedule after an agent restart",
+        scaled(Duration::from_secs(60)),
+        || async {
+            let status = match cluster.node(&replica).patroni().await {
+                Ok(s) => s,
+                Err(e) => return Ok(Check::not_yet(format!("{e:#}"))),
+            };
+            Ok(
+                match status
+                    .pointer("/scheduled_restart/schedule")
+                    .and_then(Value::as_str)
+                {
+                    Some(s) if s == later => Check::Done(()),
+                    other => Check::not_yet(format!("{other:?}")),
+                },
+            )
+        },
+    )
+    .await?;
+    let (code, answer) = send(
+        &cluster,
+        &replica,
+        reqwest::Method::DELETE,
+        "/restart",
+        None,
+    )
+    .await?;
+    ensure!(
+        code == 200,
+        "DELETE /restart after the agent restart: {code} {answer}"
     );
     ensure!(
         cluster

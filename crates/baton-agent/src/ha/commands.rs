@@ -104,9 +104,9 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                 self.restart(request, reply).await;
             }
             Command::CancelRestart { reply } => {
-                let answer = match self.scheduled_restart.take() {
+                let answer = match self.scheduled_restart.clone() {
                     Some(r) => {
-                        self.show_scheduled_restart();
+                        self.set_scheduled_restart(None);
                         info!(schedule = %r.schedule, "scheduled restart deleted");
                         CommandReply::Text(200, "scheduled restart deleted".into())
                     }
@@ -225,13 +225,12 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                 CommandReply::Text(409, "Another restart is already scheduled".into())
             } else {
                 info!(%schedule, "restart scheduled");
-                self.scheduled_restart = Some(ScheduledRestart {
+                self.set_scheduled_restart(Some(ScheduledRestart {
                     schedule,
                     at_unix_ms,
                     filters: request.filters,
                     postmaster_start_time: pg.sql.as_ref().map(|s| s.postmaster_start_time.clone()),
-                });
-                self.show_scheduled_restart();
+                }));
                 CommandReply::Text(202, "Restart scheduled".into())
             };
             let _ = reply.send(answer);
@@ -267,15 +266,6 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         self.start_long(std::slice::from_ref(&action));
         let busy = self.busy();
         self.publish(Some(&view), &pg, busy).await;
-    }
-
-    /// The REST snapshot shows the scheduled restart as it is now (the member key follows in
-    /// the next cycle).
-    fn show_scheduled_restart(&self) {
-        let schedule = self.scheduled_restart.as_ref().map(|r| r.schedule.clone());
-        self.snapshot.send_modify(|snap| {
-            std::sync::Arc::make_mut(snap).scheduled_restart = schedule;
-        });
     }
 
     /// `POST /reinitialize`: stop PostgreSQL and empty the data directory; the next cycle

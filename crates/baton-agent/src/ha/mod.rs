@@ -74,6 +74,8 @@ pub struct Agent<D: Dcs, P: Postgres, R: Peers> {
     running: Option<long::Running>,
     /// A restart waiting for its time (`POST /restart` with `schedule`).
     scheduled_restart: Option<baton_core::ScheduledRestart>,
+    /// Where the scheduled restart is kept across agent restarts (`None`: in memory only).
+    restart_file: Option<crate::restart_file::RestartFile>,
     /// The `timeout` of the restart about to start (`POST /restart`).
     restart_timeout: Option<std::time::Duration>,
     /// The answer to an immediate `POST /restart`, sent when the restart ends.
@@ -137,6 +139,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             cycles: 0,
             running: None,
             scheduled_restart: None,
+            restart_file: None,
             restart_timeout: None,
             restart_reply: None,
             last_reason: None,
@@ -160,6 +163,27 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
     /// are [`crate::watchdog::run_watchdog`]'s.
     pub fn set_watchdog(&mut self, watchdog: Arc<crate::watchdog::Watchdog>) {
         self.watchdog = Some(watchdog);
+    }
+
+    /// Keep scheduled restarts in `file`, and take up the one an earlier run left there.
+    pub fn set_restart_file(&mut self, file: crate::restart_file::RestartFile) {
+        if let Some(restart) = file.load() {
+            info!(schedule = %restart.schedule, "a scheduled restart kept from before the agent restarted");
+            self.scheduled_restart = Some(restart);
+        }
+        self.restart_file = Some(file);
+    }
+
+    /// Change the scheduled restart: kept on disk, shown by the REST API at once.
+    fn set_scheduled_restart(&mut self, restart: Option<baton_core::ScheduledRestart>) {
+        if let Some(file) = &self.restart_file {
+            file.save(restart.as_ref());
+        }
+        let schedule = restart.as_ref().map(|r| r.schedule.clone());
+        self.scheduled_restart = restart;
+        self.snapshot.send_modify(|snap| {
+            Arc::make_mut(snap).scheduled_restart = schedule;
+        });
     }
 
     /// Let [`Agent::reload`] re-read the configuration through `source`.
@@ -215,7 +239,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         };
         if let Some(why) = why {
             info!(schedule = %restart.schedule, "scheduled restart removed: {why}");
-            self.scheduled_restart = None;
+            self.set_scheduled_restart(None);
         }
     }
 
