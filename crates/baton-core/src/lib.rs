@@ -8,6 +8,10 @@
 mod decide;
 mod decision;
 mod diverge;
+/// Properties checked by the fuzz targets and the proptest smoke tests (feature `fuzzing`).
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod pg;
 mod sync;
 mod time;
