@@ -118,6 +118,7 @@ sim:
 # needs nightly and `cargo install cargo-fuzz`; `make test` never builds it and runs the same
 # properties as proptest smoke tests on stable). Each target runs FUZZ_SECONDS; a crash stops
 # with its input in fuzz/artifacts/<target>/ (replay: cargo +nightly fuzz run <target> <file>).
+# fuzz/seeds/<target>/ (committed: real configuration files, /config values) seed the corpus.
 # Safe Rust: panics are what is looked for, so no sanitizer by default (several times the
 # executions per second); FUZZ_SANITIZER=address for the unsafe code of dependencies.
 # See docs/testing.md, "Fuzzing".
@@ -129,6 +130,8 @@ FUZZ_TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/fuzz
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 		echo "== fuzz $$t ($(FUZZ_SECONDS) s)"; \
-		(cd fuzz && CARGO_TARGET_DIR=$(FUZZ_TARGET_DIR) $(CARGO) +nightly fuzz run -s $(FUZZ_SANITIZER) $$t -- \
+		mkdir -p fuzz/corpus/$$t; \
+		seeds=$$(test -d fuzz/seeds/$$t && echo seeds/$$t); \
+		(cd fuzz && CARGO_TARGET_DIR=$(FUZZ_TARGET_DIR) $(CARGO) +nightly fuzz run -s $(FUZZ_SANITIZER) $$t corpus/$$t $$seeds -- \
 			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -print_final_stats=1) || exit 1; \
 	done

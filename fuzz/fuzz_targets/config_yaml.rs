@@ -1,32 +1,29 @@
-//! The YAML configuration file with `PATRONI_*`/`PGBATON_*` variables.
+//! The YAML configuration file with `PATRONI_*`/`PGBATON_*` variables. The input is the file's
+//! text, then optionally a NUL byte and `NAME=value` lines of environment (so real files serve
+//! as seeds: `fuzz/seeds/config_yaml/`); a name is a variable's suffix (`SCOPE`, `ETCD3_HOSTS`,
+//! ...), `PGBATON_` when it starts with `+`, else `PATRONI_`.
 #![no_main]
 
-use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 
-#[derive(Arbitrary, Debug)]
-struct Input {
-    yaml: String,
-    env: Vec<(u8, String)>,
-}
-
-const SUFFIXES: &[&str] = &[
-    "NAME", "SCOPE", "NAMESPACE", "RESTAPI_LISTEN", "RESTAPI_CONNECT_ADDRESS", "RESTAPI_ALLOWLIST",
-    "RESTAPI_HTTP_EXTRA_HEADERS", "RESTAPI_VERIFY_CLIENT", "RESTAPI_PASSWORD", "CTL_INSECURE",
-    "POSTGRESQL_LISTEN", "POSTGRESQL_DATA_DIR", "ETCD3_HOSTS", "ETCD3_HOST", "ETCD3_PROTOCOL",
-    "ETCD_HOSTS", "ETCD3_USERNAME",
-];
-
-fuzz_target!(|input: Input| {
-    let env: Vec<(String, String)> = input
-        .env
-        .into_iter()
-        .take(6)
-        .map(|(i, v)| {
-            let prefix = if i & 0x80 == 0 { "PATRONI_" } else { "PGBATON_" };
-            let suffix = SUFFIXES[usize::from(i & 0x7f) % SUFFIXES.len()];
-            (format!("{prefix}{suffix}"), v)
+fuzz_target!(|data: &[u8]| {
+    let (yaml, env) = match data.iter().position(|b| *b == 0) {
+        Some(at) => (&data[..at], &data[at + 1..]),
+        None => (data, &b""[..]),
+    };
+    let (Ok(yaml), Ok(env)) = (std::str::from_utf8(yaml), std::str::from_utf8(env)) else {
+        return;
+    };
+    let env: Vec<(String, String)> = env
+        .lines()
+        .take(8)
+        .filter_map(|line| {
+            let (name, value) = line.split_once('=')?;
+            Some(match name.strip_prefix('+') {
+                Some(suffix) => (format!("PGBATON_{suffix}"), value.to_owned()),
+                None => (format!("PATRONI_{name}"), value.to_owned()),
+            })
         })
         .collect();
-    baton_config::fuzzing::file(&input.yaml, &env);
+    baton_config::fuzzing::file(yaml, &env);
 });

@@ -19,8 +19,20 @@ enum Key {
 }
 
 const KEYS: &[&str] = &[
-    "leader", "sync", "config", "failover", "history", "status", "optime/leader", "initialize",
-    "members/a", "members/b", "members/", "members/a/b", "failsafe", "drills",
+    "leader",
+    "sync",
+    "config",
+    "failover",
+    "history",
+    "status",
+    "optime/leader",
+    "initialize",
+    "members/a",
+    "members/b",
+    "members/",
+    "members/a/b",
+    "failsafe",
+    "drills",
 ];
 
 fuzz_target!(|input: Input| {

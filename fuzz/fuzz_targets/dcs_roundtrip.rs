@@ -3,7 +3,9 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use baton_core::{FailoverRequest, HistoryLine, Lsn, Member, MemberName, SyncState, Tags, Timeline};
+use baton_core::{
+    FailoverRequest, HistoryLine, Lsn, Member, MemberName, SyncState, Tags, Timeline,
+};
 use baton_dcs_mem::record;
 use libfuzzer_sys::fuzz_target;
 
@@ -33,7 +35,11 @@ struct Input {
 }
 
 fuzz_target!(|i: Input| {
-    let names: Vec<MemberName> = i.names.iter().filter_map(|n| MemberName::new(n.as_str())).collect();
+    let names: Vec<MemberName> = i
+        .names
+        .iter()
+        .filter_map(|n| MemberName::new(n.as_str()))
+        .collect();
     let member = Member {
         name: MemberName::new("m").unwrap_or_default(),
         conn_url: i.conn_url,

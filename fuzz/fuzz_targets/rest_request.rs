@@ -18,11 +18,18 @@ struct Input<'a> {
     now_ms: i64,
 }
 
-const HEADERS: &[&str] = &["authorization", "if-match", "content-type", "content-length", "x-forwarded-for"];
+const HEADERS: &[&str] = &[
+    "authorization",
+    "if-match",
+    "content-type",
+    "content-length",
+    "x-forwarded-for",
+];
 
 fuzz_target!(|i: Input<'_>| {
     use baton_api::fuzzing;
     fuzzing::query(i.target);
+    fuzzing::pg_timestamp(i.target);
     fuzzing::bytes(i.target, i.n, usize::from(i.unit));
     let if_match = i.headers.first().map_or(&b""[..], |(_, v)| v);
     fuzzing::body(i.body, if_match, i.now_ms);

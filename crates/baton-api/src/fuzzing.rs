@@ -108,6 +108,15 @@ fn check_applied(result: &Map<String, Value>, patch: &Map<String, Value>) {
     }
 }
 
+/// A PostgreSQL timestamp (`pg_postmaster_start_time()`, `pg_last_xact_replay_timestamp()`
+/// as text, for `/metrics`): never panics; a parsed one is within the years 0000–9999.
+pub fn pg_timestamp(text: &str) {
+    if let Some(us) = crate::metrics::parse_timestamp_micros(text) {
+        const LIMIT: i64 = 2 * 10_000 * 366 * 86_400 * 1_000_000;
+        assert!(us.abs() < LIMIT, "{text:?}: {us}");
+    }
+}
+
 /// Another member's `GET /patroni` answer, as the leader race reads it: never panics; a
 /// member read as unreachable has no WAL position.
 pub fn peer_status(text: &[u8]) {
@@ -404,6 +413,15 @@ mod tests {
         #[test]
         fn merge_patches(t in json(), p in json()) {
             patch(&t, &p);
+        }
+
+        #[test]
+        fn pg_timestamps(
+            s in any::<String>(),
+            t in "[0-9]{4}-[0-9]{2}-[0-9]{2}[ T][0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{0,8})?(Z|[+-][0-9:]{0,9}|.{0,2})?",
+        ) {
+            pg_timestamp(&s);
+            pg_timestamp(&t);
         }
 
         #[test]
