@@ -12,7 +12,7 @@ pub fn file(yaml: &str, env: &[(String, String)]) {
     let lookup = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     match load_str(yaml, &lookup) {
         Ok(loaded) => {
-            for (name, _) in &loaded.config.postgresql.parameters {
+            for name in loaded.config.postgresql.parameters.keys() {
                 assert!(
                     crate::params::name_problem(name).is_none(),
                     "parameter {name:?} accepted"
