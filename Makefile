@@ -15,6 +15,8 @@
 #                    report in target/chaos/ (PGBATON_CHAOS_ITERATIONS=N, PGBATON_CHAOS_SEED=S)
 #   make bench       benchmark figures (3-node loopback cluster) -> target/bench/ (BENCH_ARGS=...)
 #   make bench-patroni  the same, also with Patroni (venv in PATRONI_VENV) and ratios
+#   make fuzz        every cargo-fuzz target in fuzz/ for FUZZ_SECONDS (default 30) each (nightly
+#                    and cargo-fuzz; FUZZ_TARGETS=..., FUZZ_SANITIZER=address); see docs/testing.md
 #
 # An externally set CARGO_TARGET_DIR is respected (cargo reads it from the environment).
 
@@ -26,7 +28,7 @@ export CARGO_TARGET_DIR
 endif
 
 .PHONY: build test deps lint fmt fmt-check clippy demo demo-down test-clean bench bench-patroni bench-release sim \
-	docker-demo docker-demo-down docker-test chaos
+	docker-demo docker-demo-down docker-test chaos fuzz
 
 build:
 	$(CARGO) build --workspace --all-targets
@@ -111,3 +113,25 @@ bench-patroni: deps bench-release $(PATRONI_VENV)/bin/patroni
 SEEDS ?= 200
 sim:
 	$(CARGO) run -q -p baton-sim --release -- --seeds $(SEEDS) $(SIM_ARGS)
+
+# The cargo-fuzz targets over every parser of outside input (fuzz/, a workspace of its own:
+# needs nightly and `cargo install cargo-fuzz`; `make test` never builds it and runs the same
+# properties as proptest smoke tests on stable). Each target runs FUZZ_SECONDS; a crash stops
+# with its input in fuzz/artifacts/<target>/ (replay: cargo +nightly fuzz run <target> <file>).
+# fuzz/seeds/<target>/ (committed: real configuration files, /config values) seed the corpus.
+# Safe Rust: panics are what is looked for, so no sanitizer by default (several times the
+# executions per second); FUZZ_SANITIZER=address for the unsafe code of dependencies.
+# See docs/testing.md, "Fuzzing".
+FUZZ_SECONDS ?= 30
+FUZZ_SANITIZER ?= none
+FUZZ_TARGETS ?= config_yaml dynamic_config dcs_records dcs_roundtrip rest_request merge_patch sync_names pg_output
+# Its own build (nightly, instrumented) beside the workspace's, never mixed with it.
+FUZZ_TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/fuzz
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+		echo "== fuzz $$t ($(FUZZ_SECONDS) s)"; \
+		mkdir -p fuzz/corpus/$$t; \
+		seeds=$$(test -d fuzz/seeds/$$t && echo seeds/$$t); \
+		(cd fuzz && CARGO_TARGET_DIR=$(FUZZ_TARGET_DIR) $(CARGO) +nightly fuzz run -s $(FUZZ_SANITIZER) $$t corpus/$$t $$seeds -- \
+			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -print_final_stats=1) || exit 1; \
+	done

@@ -31,9 +31,10 @@ use baton_integration_tests::{Cluster, ClusterSpec, Tools, scaled};
 use serde_json::json;
 
 /// Distinctive secrets, with the characters quoting gets wrong (space, quotes, backslash,
-/// colon, `=`).
-const REPL_PASSWORD: &str = "R3pl s'ecr\"et\\x:=Q7";
-const REWIND_PASSWORD: &str = "Rw1nd s3cr3t 'Z9'";
+/// colon, `=`), and characters outside ASCII (sent as SCRAM verifiers of their SASLprep form,
+/// which the standbys' libpq and pg_rewind must log in with).
+const REPL_PASSWORD: &str = "R3pl s'ecr\"et\\x:=Q7 p\u{e4}\u{df}";
+const REWIND_PASSWORD: &str = "Rw1nd s3cr3t 'Z9' \u{e9}t\u{e9}";
 const REST_USER: &str = "rest-admin";
 const REST_PASSWORD: &str = "R3st-P4ss w0rd:K8";
 

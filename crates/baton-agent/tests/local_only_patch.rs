@@ -1,6 +1,6 @@
 //! Issue 11.5 at the agent: `PATCH /config` and `PUT /config` that would put a parameter that
-//! runs a command or loads code into the DCS are refused with 400 and the key path, and the
-//! `config` key stays as it was.
+//! runs a command or loads code, or names the authentication files (`hba_file`, `ident_file`),
+//! into the DCS are refused with 400 and the key path, and the `config` key stays as it was.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -177,6 +177,9 @@ async fn a_patch_or_put_that_sets_a_command_parameter_is_refused_and_changes_not
         ("restore_command", "sh -c evil"),
         ("Shared_Preload_Libraries", "/tmp/evil.so"),
         ("ssl_passphrase_command", "sh -c evil"),
+        // Authentication files: another pg_hba.conf could trust everyone.
+        ("hba_file", "/tmp/trust-everyone.conf"),
+        ("ident_file", "/tmp/evil-ident.conf"),
     ] {
         let patch = object(json!({"postgresql": {"parameters": {name: value}}}));
         let (tx, rx) = oneshot::channel();

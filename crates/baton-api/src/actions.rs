@@ -110,7 +110,7 @@ fn bad_request(message: &str) -> CommandReply {
 }
 
 /// Parse a request body as a JSON object.
-fn json_object(body: &[u8]) -> Result<Map<String, Value>, CommandReply> {
+pub(crate) fn json_object(body: &[u8]) -> Result<Map<String, Value>, CommandReply> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
         _ => Err(bad_request("the body must be a JSON object")),
@@ -163,7 +163,10 @@ fn string_field(map: &Map<String, Value>, key: &str) -> Result<Option<String>, C
 }
 
 /// The fields of a switchover body.
-fn switchover_request(body: &[u8], failover: bool) -> Result<SwitchoverRequest, CommandReply> {
+pub(crate) fn switchover_request(
+    body: &[u8],
+    failover: bool,
+) -> Result<SwitchoverRequest, CommandReply> {
     let map = json_object(body)?;
     Ok(SwitchoverRequest {
         leader: string_field(&map, "leader")?,
@@ -506,7 +509,9 @@ pub(crate) async fn put_config(
 }
 
 /// The `If-Match` header as a revision: an integer, bare or quoted as an entity tag.
-fn if_match_revision(headers: &axum::http::HeaderMap) -> Result<Option<i64>, CommandReply> {
+pub(crate) fn if_match_revision(
+    headers: &axum::http::HeaderMap,
+) -> Result<Option<i64>, CommandReply> {
     let Some(value) = headers.get(axum::http::header::IF_MATCH) else {
         return Ok(None);
     };

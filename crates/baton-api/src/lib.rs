@@ -14,6 +14,10 @@ use tokio::sync::watch;
 mod actions;
 mod audit;
 mod auth;
+/// Properties checked by the fuzz targets and the proptest smoke tests (feature `fuzzing`).
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod handlers;
 mod metrics;
 mod query;

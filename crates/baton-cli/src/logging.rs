@@ -26,10 +26,13 @@ fn level_name(level: &Level) -> (&'static str, u32) {
     }
 }
 
-/// The tracing filter for a `log.level` (tracing has nothing above ERROR).
+/// The tracing filter for a `log.level` (tracing has nothing above ERROR). At DEBUG,
+/// tokio-postgres stays at INFO: its debug lines are every statement's text, and the one that
+/// sets a role's password carries its SCRAM verifier (not the password, but material for
+/// guessing it offline); `PGBATON_LOG=debug` shows them when really needed.
 pub fn filter_directive(level: LogLevel) -> &'static str {
     match level {
-        LogLevel::Debug => "debug",
+        LogLevel::Debug => "debug,tokio_postgres=info",
         LogLevel::Info => "info",
         LogLevel::Warning => "warn",
         LogLevel::Error | LogLevel::Critical => "error",
@@ -434,6 +437,43 @@ mod tests {
             json_fields: fields,
             ..Log::default()
         }
+    }
+
+    #[test]
+    fn debug_level_keeps_tokio_postgres_statements_out() {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter_directive(
+                LogLevel::Debug,
+            )))
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::debug!(target: "tokio_postgres::query", "executing simple query: ALTER ROLE r PASSWORD 'SCRAM-SHA-256$4096:x'");
+            tracing::info!(target: "tokio_postgres::connection", "connection closed");
+            tracing::debug!(target: "baton_agent::ha", "a pgbaton debug line");
+        });
+        let out =
+            String::from_utf8_lossy(&buf.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+        assert!(!out.contains("ALTER ROLE"), "{out}");
+        assert!(out.contains("connection closed"), "{out}");
+        assert!(out.contains("a pgbaton debug line"), "{out}");
     }
 
     #[test]

@@ -13,6 +13,10 @@ mod ciphers;
 mod dynamic;
 mod env;
 mod error;
+/// Properties checked by the fuzz targets and the proptest smoke tests (feature `fuzzing`).
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod local;
 mod log;
 mod model;

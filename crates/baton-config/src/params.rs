@@ -47,11 +47,13 @@ const CMDLINE: &[(&str, Option<&str>, Check)] = &[
     ("wal_log_hints", Some("on"), Check::Forced),
 ];
 
-/// Parameters that run a shell command or load a shared library into PostgreSQL: whoever can
-/// set them can run code as the `postgres` OS user. pgbaton takes them only from the local
-/// YAML file (`postgresql.parameters`), never from the dynamic configuration, which anyone
-/// who can write `/config` (the REST API's `PATCH`/`PUT /config`, or the DCS itself) controls.
-/// Patroni accepts them from either place (the local file wins).
+/// Parameters that run a shell command or load a shared library into PostgreSQL (whoever can
+/// set them can run code as the `postgres` OS user), and those that point PostgreSQL at the
+/// files deciding who may connect and as whom (`hba_file`, `ident_file`: whoever can set them
+/// can open the server to anyone, or lock everyone out, with any file on the host). pgbaton
+/// takes them only from the local YAML file (`postgresql.parameters`), never from the dynamic
+/// configuration, which anyone who can write `/config` (the REST API's `PATCH`/`PUT /config`,
+/// or the DCS itself) controls. Patroni accepts them from either place (the local file wins).
 pub const LOCAL_ONLY_PARAMETERS: &[&str] = &[
     "archive_command",
     "archive_library",
@@ -64,12 +66,29 @@ pub const LOCAL_ONLY_PARAMETERS: &[&str] = &[
     "session_preload_libraries",
     "dynamic_library_path",
     "jit_provider",
+    "hba_file",
+    "ident_file",
 ];
 
+/// The local-only parameters that name authentication files rather than run code.
+const AUTH_FILE_PARAMETERS: &[&str] = &["hba_file", "ident_file"];
+
 /// Why a local-only parameter is refused or ignored in the dynamic configuration.
-const LOCAL_ONLY_WHY: &str = "this parameter runs a command or loads code, so pgbaton takes it \
-    only from the local configuration file (postgresql.parameters of each member), never from \
-    the DCS /config key that PATCH /config, PUT /config and edit-config change";
+fn local_only_why(name: &str) -> &'static str {
+    if AUTH_FILE_PARAMETERS
+        .iter()
+        .any(|p| p.eq_ignore_ascii_case(name))
+    {
+        "this parameter points PostgreSQL at the file that decides who may connect, so pgbaton \
+         takes it only from the local configuration file (postgresql.parameters of each \
+         member), never from the DCS /config key that PATCH /config, PUT /config and \
+         edit-config change"
+    } else {
+        "this parameter runs a command or loads code, so pgbaton takes it only from the local \
+         configuration file (postgresql.parameters of each member), never from the DCS /config \
+         key that PATCH /config, PUT /config and edit-config change"
+    }
+}
 
 /// Whether `name` (any case) is one of [`LOCAL_ONLY_PARAMETERS`].
 pub fn is_local_only(name: &str) -> bool {
@@ -140,7 +159,7 @@ pub(crate) fn parameters(
         if source == Source::Dynamic && is_local_only(&name) {
             // Never used from here; reported unless it asks for nothing (null, "").
             if !crate::support::is_empty(value) {
-                cx.local_only(&p, LOCAL_ONLY_WHY);
+                cx.local_only(&p, local_only_why(&name));
             }
             continue;
         }

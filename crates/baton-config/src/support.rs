@@ -876,8 +876,10 @@ pub(crate) static KEYS: &[Key] = &[
         "log.level",
         "`INFO`",
         "`DEBUG`, `INFO`, `WARNING` (`WARN`), `ERROR` or `CRITICAL` (`FATAL`; pgbaton logs \
-         nothing above `ERROR`), any case. The environment variable `PGBATON_LOG` (a tracing \
-         filter such as `debug` or `baton_agent=debug,info`) overrides it.",
+         nothing above `ERROR`), any case. At `DEBUG`, tokio-postgres's own lines stay at \
+         `INFO` (its debug lines are the text of every statement). The environment variable \
+         `PGBATON_LOG` (a tracing filter such as `debug` or `baton_agent=debug,info`) overrides \
+         it.",
     ),
     local(
         "log.traceback_level",

@@ -7,6 +7,7 @@ use crate::{
 };
 
 mod conn_tls;
+mod fuzz;
 mod local_only;
 mod support;
 mod tls;

@@ -9,6 +9,10 @@ mod commands;
 mod decide;
 mod decision;
 mod diverge;
+/// Properties checked by the fuzz targets and the proptest smoke tests (feature `fuzzing`).
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod outcome;
 mod pg;
 mod restart;

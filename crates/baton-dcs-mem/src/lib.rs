@@ -10,4 +10,9 @@
 mod mem;
 pub mod record;
 
+/// Properties checked by the fuzz targets and the proptest smoke tests (feature `fuzzing`).
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub use mem::MemDcs;

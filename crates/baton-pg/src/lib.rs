@@ -12,6 +12,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub mod controldata;
+/// Properties checked by the fuzz targets and the proptest smoke tests (feature `fuzzing`).
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod history;
 mod local;
 mod procs;

@@ -2180,8 +2180,9 @@ async fn upsert_role(
 
 /// The `PASSWORD` literal for a role: a SCRAM-SHA-256 verifier with a fresh random salt, so
 /// the statement (logged by tokio-postgres at debug level, and by the server when it logs
-/// statements) never holds the password; the password itself only when SASLprep could change
-/// it (see [`render::scram_verifier`]).
+/// statements) never holds the password, whatever its characters (see
+/// [`render::scram_verifier`]); `''` for an empty password (PostgreSQL: no password), and the
+/// password itself only if the system's random source fails.
 fn password_literal(password: &str) -> String {
     use ring::rand::SecureRandom;
     let mut salt = [0u8; 16];

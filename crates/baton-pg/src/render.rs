@@ -422,20 +422,28 @@ fn pgpass_field(value: &str) -> String {
 /// A SCRAM-SHA-256 verifier for `password` with `salt` (4096 iterations), in the form
 /// PostgreSQL stores (`SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`), so that
 /// `ALTER ROLE ... PASSWORD '<verifier>'` never carries the password itself (not into the
-/// client's debug log, not into the server's statement log). `None` for a password SASLprep
-/// could change (anything but printable ASCII): that one is sent as it is.
+/// client's debug log, not into the server's statement log). Any password: it is prepared as
+/// PostgreSQL prepares it (`pg_saslprep`) and as the clients do when they log in (libpq the
+/// same way; tokio-postgres with this same `stringprep` crate): its SASLprep form (RFC 4013:
+/// NFKC, non-ASCII spaces to spaces, soft hyphens and the like removed) when it has one, else
+/// (a prohibited or unassigned character, ASCII control characters) its bytes as they are.
+/// `None` only for the empty password, which PostgreSQL takes as "no password".
 pub fn scram_verifier(password: &str, salt: &[u8; 16]) -> Option<String> {
     use ring::{digest, hmac, pbkdf2};
-    if password.is_empty() || !password.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+    if password.is_empty() {
         return None;
     }
+    let prepared: Vec<u8> = match stringprep::saslprep(password) {
+        Ok(p) => p.into_owned().into_bytes(),
+        Err(_) => password.as_bytes().to_vec(),
+    };
     const ITERATIONS: u32 = 4096;
     let mut salted = [0u8; 32];
     pbkdf2::derive(
         pbkdf2::PBKDF2_HMAC_SHA256,
         std::num::NonZeroU32::new(ITERATIONS)?,
         salt,
-        password.as_bytes(),
+        &prepared,
         &mut salted,
     );
     let key = hmac::Key::new(hmac::HMAC_SHA256, &salted);
@@ -1124,8 +1132,26 @@ mod tests {
         // Computed independently (Python's hashlib/hmac, RFC 5802 / PostgreSQL's scram-common.c).
         expect!["SCRAM-SHA-256$4096:AAECAwQFBgcICQoLDA0ODw==$VW09kT/21cbfOaUrnHnbSuCZ1Lqczdbz+y7IydZNuPI=:y85uc/z/8h93+l+Y/biof/7GKDOqMgaC6pqhelFf/XU="]
             .assert_eq(&scram_verifier("R3pl s'ecr\"et\\x:=Q7", &salt).expect("ascii"));
-        assert_eq!(scram_verifier("pässword", &salt), None);
-        assert_eq!(scram_verifier("tab\there", &salt), None);
+        // Non-ASCII passwords get a verifier too (issue 11.6: none reaches a log in clear),
+        // of their SASLprep form, as PostgreSQL computes it for `PASSWORD 'pässword'` and as
+        // the clients prepare the password when they log in.
+        expect!["SCRAM-SHA-256$4096:AAECAwQFBgcICQoLDA0ODw==$ntNylROS8hDb1mqCr3WIuk2sH9C9qHAGcAKKvAz+d9k=:HL1mHNuZofBBxg9LPX2G4wvjmMvs65LZ9sF3jJ5y4n4="]
+            .assert_eq(&scram_verifier("pässword", &salt).expect("non-ASCII"));
+        // Decomposed "a" + combining diaeresis: NFKC composes it.
+        assert_eq!(
+            scram_verifier("pa\u{308}ssword", &salt),
+            scram_verifier("pässword", &salt)
+        );
+        // Fullwidth letters (NFKC), a no-break space (mapped to a space), a soft hyphen
+        // (mapped to nothing): the verifier of "pass word".
+        expect!["SCRAM-SHA-256$4096:AAECAwQFBgcICQoLDA0ODw==$j/VoiRO65AYD0ylfz3CvwkSu8iMA9H/5/EC2AVeQ1ZU=:YtkGKEUB7bKpC1VrVUaT8cFztKwgoDnGKfqw4XknsY0="]
+            .assert_eq(&scram_verifier("\u{ff50}\u{ff41}ss\u{a0}wo\u{ad}rd", &salt).expect("mapped"));
+        // SASLprep refuses ASCII control characters and U+FFFD: the bytes as they are.
+        expect!["SCRAM-SHA-256$4096:AAECAwQFBgcICQoLDA0ODw==$Ugus6Gdr9eh+SXg3bZesnhsbmCn9Vi8b4vu9ytppF0k=:nYz0puNq7WPx3R039E4g0djZN2bm9OAGm9U3nG4NkbI="]
+            .assert_eq(&scram_verifier("tab\there", &salt).expect("control"));
+        expect!["SCRAM-SHA-256$4096:AAECAwQFBgcICQoLDA0ODw==$ULTwvzP2CIdulCHdbc5x0UaxkkThJ0l4PrQ2fliN7l4=:eUrs+sB8TEkuew+moEkTbX4J740qYvAHPwHVsQkztfs="]
+            .assert_eq(&scram_verifier("a\u{fffd}b", &salt).expect("prohibited"));
+        assert_eq!(scram_verifier("", &salt), None);
         assert_eq!(base64(b"a"), "YQ==");
         assert_eq!(base64(b"ab"), "YWI=");
         assert_eq!(base64(b"abc"), "YWJj");

@@ -1094,3 +1094,124 @@ async fn own_connections_use_tls_as_the_role_asks() {
     );
     pg.stop(StopMode::Fast).await.expect("stop");
 }
+
+/// Standard base64 (with padding) to bytes, for the salts of stored verifiers.
+fn base64_decode(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bits = 0u32;
+    let mut n = 0;
+    let mut out = Vec::new();
+    for c in text.bytes().filter(|c| *c != b'=') {
+        let v = ALPHABET.iter().position(|a| *a == c).expect("base64") as u32;
+        bits = (bits << 6) | v;
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+        }
+    }
+    out
+}
+
+/// Issue 11.6: role passwords reach PostgreSQL as SCRAM verifiers whatever their characters.
+/// The verifier pgbaton computes equals the one PostgreSQL computes itself from the clear
+/// password (same salt; SASLprep as `pg_saslprep` does it: NFKC, mapped characters, and the
+/// raw bytes for what SASLprep refuses), and a role whose non-ASCII password pgbaton set logs
+/// in with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_ascii_passwords_get_the_verifier_postgresql_computes() {
+    let Some(env) = TestEnv::new("non_ascii_passwords_get_the_verifier_postgresql_computes") else {
+        return;
+    };
+    let mut settings = env.settings("saslprep");
+    let rewind_password = "r\u{e9}w\u{ef}nd \u{ff50}\u{ff41}ss\u{a0}w\u{f6}\u{ad}rd";
+    settings.rewind = Some(Credentials {
+        username: "rewinder".into(),
+        password: Some(rewind_password.into()),
+        options: Vec::new(),
+    });
+    let pg = LocalPostgres::new(settings);
+    let _cleanup = Cleanup::new(&[&pg]);
+    pg.initdb().await.expect("initdb");
+    pg.start(&StartRole::Primary).await.expect("start");
+    pg.create_roles().await.expect("create roles");
+    let client = sql(&pg).await;
+
+    let passwords = [
+        "p\u{e4}ssword",
+        "pa\u{308}ssword",
+        "\u{ff50}\u{ff41}ss\u{a0}wo\u{ad}rd",
+        "tab\there",
+        "a\u{fffd}b",
+        // Unassigned in Unicode 3.2 (SASLprep's table): refused, so the raw bytes.
+        "\u{1f511}key",
+        // Right-to-left: allowed alone, refused mixed with left-to-right letters.
+        "\u{643}\u{644}\u{645}\u{629}",
+        "a\u{643}",
+        "\u{3c0}\u{2126}\u{2163}",
+    ];
+    client
+        .batch_execute("SET password_encryption = 'scram-sha-256'")
+        .await
+        .expect("set password_encryption");
+    for (i, password) in passwords.iter().enumerate() {
+        let role = format!("probe{i}");
+        // The clear password, once, in the test only: PostgreSQL computes the verifier.
+        client
+            .batch_execute(&format!(
+                "CREATE ROLE {role} PASSWORD {}",
+                render::quote_literal(password)
+            ))
+            .await
+            .expect("create probe role");
+        let stored: String = client
+            .query_one(
+                "SELECT rolpassword FROM pg_catalog.pg_authid WHERE rolname = $1",
+                &[&role],
+            )
+            .await
+            .expect("read verifier")
+            .get(0);
+        let salt_b64 = stored
+            .split('$')
+            .nth(1)
+            .and_then(|s| s.split_once(':'))
+            .map(|(_, salt)| salt)
+            .expect("SCRAM-SHA-256$<iterations>:<salt>$...");
+        let salt: [u8; 16] = base64_decode(salt_b64).try_into().expect("a 16-byte salt");
+        assert_eq!(
+            render::scram_verifier(password, &salt).as_deref(),
+            Some(stored.as_str()),
+            "{password:?}"
+        );
+    }
+
+    // The role pgbaton created logs in with its non-ASCII password (tokio-postgres prepares it
+    // with SASLprep too) over TCP, where pgbaton's pg_hba.conf asks for scram-sha-256.
+    let s = pg.settings();
+    let (rewinder, connection) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(s.port)
+        .user("rewinder")
+        .password(rewind_password)
+        .dbname("postgres")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("rewinder logs in with its non-ASCII password");
+    tokio::spawn(connection);
+    let me: String = rewinder
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .expect("query")
+        .get(0);
+    assert_eq!(me, "rewinder");
+    let stored: String = client
+        .query_one(
+            "SELECT rolpassword FROM pg_catalog.pg_authid WHERE rolname = 'rewinder'",
+            &[],
+        )
+        .await
+        .expect("read verifier")
+        .get(0);
+    assert!(stored.starts_with("SCRAM-SHA-256$4096:"), "{stored}");
+}

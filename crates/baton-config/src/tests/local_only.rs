@@ -107,7 +107,50 @@ fn the_local_file_sets_them_and_bootstrap_dcs_may_not() {
 fn the_list_is_matched_by_whole_names_in_any_case() {
     assert!(is_local_only("ARCHIVE_COMMAND"));
     assert!(is_local_only("jit_provider"));
+    assert!(is_local_only("Hba_File"));
+    assert!(is_local_only("ident_file"));
     assert!(!is_local_only("archive_mode"));
     assert!(!is_local_only("archive_timeout"));
     assert!(!is_local_only("archive_command_x"));
+}
+
+#[test]
+fn hba_file_and_ident_file_come_only_from_the_local_file() {
+    // Someone who can write /config must not point PostgreSQL at another pg_hba.conf (one
+    // that trusts everyone, or /dev/null, which locks everyone out).
+    for name in ["hba_file", "ident_file", "HBA_File"] {
+        let json = format!(r#"{{"postgresql":{{"parameters":{{"{name}":"/tmp/evil.conf"}}}}}}"#);
+        let text = DynamicConfig::from_json_strict(&json)
+            .expect_err(name)
+            .to_string();
+        assert!(
+            text.starts_with(&format!(
+                "postgresql.parameters.{name}: refused in the dynamic configuration: this \
+                 parameter points PostgreSQL at the file that decides who may connect"
+            )),
+            "{text}"
+        );
+        let (dynamic, warnings) = DynamicConfig::from_json(&json).expect("lenient");
+        assert!(dynamic.parameters.is_empty(), "{:?}", dynamic.parameters);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("ignored in the dynamic configuration"),
+            "{warnings:?}"
+        );
+    }
+    // The local file may set them (the administrator of the host chose the file).
+    let yaml = BASE.replace(
+        "  data_dir: data/postgresql0\n",
+        "  data_dir: data/postgresql0\n  parameters:\n    hba_file: /etc/postgresql/pg_hba.conf\n",
+    );
+    let loaded = load(&yaml);
+    let merged = merged_parameters(&loaded.config, &DynamicConfig::defaults());
+    assert_eq!(
+        merged.get("hba_file").map(String::as_str),
+        Some("/etc/postgresql/pg_hba.conf")
+    );
+    let with_dcs = format!(
+        "{BASE}bootstrap:\n  dcs:\n    postgresql:\n      parameters:\n        ident_file: /tmp/x\n"
+    );
+    assert!(load_str(&with_dcs, &no_env).is_err());
 }
