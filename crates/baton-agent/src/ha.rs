@@ -824,9 +824,12 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         // The fencer guards any PostgreSQL that may accept writes, not only while the DCS
         // confirms our key: it is needed most when the DCS does not answer.
         let primary = baton_core::may_be_primary(pg);
+        // A progress publish inside an action (`busy`) never ends a leader role the action
+        // list began (`ArmWatchdog`): else the watchdog task takes a bootstrap for a demotion.
+        let mid_action = busy.is_some();
         self.leading.send_if_modified(|s| {
             let next = FenceSignal {
-                leading: holds || self.memory.was_leader || primary,
+                leading: holds || self.memory.was_leader || primary || (mid_action && s.leading),
                 // Once the DCS shows the key on our lease (or no primary runs), a primary that
                 // predates this process is ours to guard with our own lease. Sticky.
                 confirmed: s.confirmed || (view.is_some() && (holds || !primary)),
