@@ -2,7 +2,9 @@
 //! HAProxy and agents: refused (nothing changed) with `--kill` from a host that is not the
 //! leader's, on a paused cluster and with a replica's PostgreSQL down; a switchover drill through HAProxy and a `--kill` failover
 //! drill through the leader's address both lose no acknowledged row (RPO 0), measure an RTO and
-//! change the leader; `drill --history` lists both from the DCS key `drills`.
+//! change the leader; `drill --history` lists both from the DCS key `drills`; the drill's
+//! table is gone from every member afterwards, also when `--dsn` leads to the demoted primary
+//! (issue 13.3's finding: the drop went there, failed read-only, and the table stayed behind).
 //!
 //! Skips (printing a `SKIP` line) when a program it needs is missing, unless
 //! `PGBATON_REQUIRE_INTEGRATION=1`. See docs/testing.md.

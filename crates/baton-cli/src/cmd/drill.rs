@@ -445,9 +445,6 @@ pub(crate) async fn run(ctx: &Ctx, d: Drill) -> anyhow::Result<()> {
         }
         Err(Stage::After(e)) => rec.outcome = format!("{e:#}"),
     }
-    if let Err(c) = &cleanup {
-        eprintln!("error: {}", left_behind(c));
-    }
     append_history(ctx, rec.clone()).await?;
     match d.format {
         Format::Json => println!("{}", rec.to_json()),
