@@ -2,7 +2,9 @@
 //! HAProxy and agents: refused (nothing changed) with `--kill` from a host that is not the
 //! leader's, on a paused cluster and with a replica's PostgreSQL down; a switchover drill through HAProxy and a `--kill` failover
 //! drill through the leader's address both lose no acknowledged row (RPO 0), measure an RTO and
-//! change the leader; `drill --history` lists both from the DCS key `drills`.
+//! change the leader; `drill --history` lists both from the DCS key `drills`; the drill's
+//! table is gone from every member afterwards, also when `--dsn` leads to the demoted primary
+//! (issue 13.3's finding: the drop went there, failed read-only, and the table stayed behind).
 //!
 //! Skips (printing a `SKIP` line) when a program it needs is missing, unless
 //! `PGBATON_REQUIRE_INTEGRATION=1`. See docs/testing.md.
@@ -98,6 +100,28 @@ async fn wait_drillable(cluster: &Cluster) -> anyhow::Result<String> {
     Ok(leader)
 }
 
+/// Until no member has `pgbaton_drill` (replicas replay the drop).
+async fn wait_table_gone_everywhere(cluster: &Cluster) -> anyhow::Result<()> {
+    wait_for(
+        "pgbaton_drill gone from every member",
+        scaled(Duration::from_secs(60)),
+        || async {
+            let mut left = Vec::new();
+            for name in cluster.names() {
+                if table_exists(cluster, &name).await? {
+                    left.push(name);
+                }
+            }
+            Ok(if left.is_empty() {
+                Check::Done(())
+            } else {
+                Check::not_yet(format!("still on {left:?}"))
+            })
+        },
+    )
+    .await
+}
+
 /// What every successful drill reports.
 fn check_result(result: &Value, kind: &str, old: &str) -> anyhow::Result<String> {
     ensure!(result["kind"] == json!(kind), "{result}");
@@ -126,7 +150,6 @@ fn check_result(result: &Value, kind: &str, old: &str) -> anyhow::Result<String>
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open finding (issue 13.3): in some runs the drill table is still on the new leader after a switchover drill through HAProxy (\"table left behind\"); run with --ignored while it is fixed"]
 async fn drill_switchover_and_kill_lose_nothing_in_synchronous_mode() -> anyhow::Result<()> {
     let tools = tools_or_skip!("drill_switchover_and_kill_lose_nothing_in_synchronous_mode");
     let mut spec = ClusterSpec::new(3);
@@ -164,11 +187,17 @@ async fn drill_switchover_and_kill_lose_nothing_in_synchronous_mode() -> anyhow:
     let first: Value = serde_json::from_str(&out).with_context(|| format!("{out}\n{err}"))?;
     let new = check_result(&first, "switchover", &leader)?;
     ensure!(cluster.leader().await? == Some(new.clone()), "{first}");
-    ensure!(!table_exists(&cluster, &new).await?, "table left behind");
+    ensure!(
+        !table_exists(&cluster, &new).await?,
+        "table left behind on {new}; the drill said:\n{err}"
+    );
+
+    // Dropped on the leader, and so from every replica once they replay it.
+    let old = wait_drillable(&cluster).await?;
+    wait_table_gone_everywhere(&cluster).await?;
 
     // A real failover: the new leader's agent and PostgreSQL are killed, from its own host;
     // the writer follows the leader's address in the DCS. --keep keeps the rows.
-    let old = wait_drillable(&cluster).await?;
     let (ok, out, err) = cli(&cluster, &old, &["drill", "--kill", "--keep", "-f", "json"]).await?;
     ensure!(ok, "drill --kill failed: {out}\n{err}");
     let second: Value = serde_json::from_str(&out).with_context(|| format!("{out}\n{err}"))?;
@@ -270,6 +299,59 @@ async fn drill_switchover_and_kill_lose_nothing_in_synchronous_mode() -> anyhow:
         drills_key(&cluster).await?.map(|(_, r)| r) == Some(revision),
         "drills rewritten"
     );
+    cluster.finish();
+    Ok(())
+}
+
+/// Issue 13.3's finding, made certain: the writer's endpoint (`--dsn`) leads to the old leader's
+/// PostgreSQL itself, which is a replica after the switchover, as a proxy still does for a few
+/// health checks. The drill fails (its writer gets nothing through afterwards), but the table it
+/// created is dropped on the new leader all the same; before the fix the drop went to `--dsn`,
+/// failed there (read-only) for 30 s, was only a warning, and the table stayed behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_drops_its_table_on_the_leader_when_the_dsn_leads_to_the_demoted_primary()
+-> anyhow::Result<()> {
+    let tools = tools_or_skip!("drill_drops_its_table_on_the_leader");
+    let mut spec = ClusterSpec::new(3);
+    spec.haproxy = None;
+    spec.extra_config = json!({"bootstrap": {"dcs": {"synchronous_mode": true}}});
+    let cluster = Cluster::start(&tools, spec).await?;
+    let leader = wait_drillable(&cluster).await?;
+    let dsn = format!(
+        "host=127.0.0.1 port={}",
+        cluster.node(&leader).config.pg_port
+    );
+    let (ok, out, err) = cli(
+        &cluster,
+        &leader,
+        &[
+            "drill",
+            "--dsn",
+            &dsn,
+            "--timeout",
+            "10",
+            "--format",
+            "json",
+        ],
+    )
+    .await?;
+    ensure!(!ok, "the writer cannot follow a pinned --dsn: {out}\n{err}");
+    let result: Value = serde_json::from_str(&out).with_context(|| format!("{out}\n{err}"))?;
+    ensure!(
+        result["outcome"]
+            .as_str()
+            .is_some_and(|o| o.contains("the writer got no commit through")),
+        "{result}"
+    );
+    let new = cluster.leader().await?.context("a leader")?;
+    ensure!(new != leader, "{result}");
+    ensure!(
+        !table_exists(&cluster, &new).await?,
+        "table left behind on {new}; the drill said:\n{err}"
+    );
+    ensure!(!err.contains("left behind"), "{err}");
+    wait_drillable(&cluster).await?;
+    wait_table_gone_everywhere(&cluster).await?;
     cluster.finish();
     Ok(())
 }

@@ -111,9 +111,6 @@ async fn wait_events(
 const TIMEOUT_S: u64 = 9;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open finding (issue 12.1): on a fresh bootstrap the device is armed, magic-closed and \
-            armed again (events: open, set_timeout, magic_close, open, ...) before the first kick; \
-            run with --ignored while it is fixed"]
 async fn the_leader_arms_before_promoting_is_kicked_by_renewals_and_magic_closes_on_demotion()
 -> anyhow::Result<()> {
     let tools = tools_or_skip!("watchdog_lifecycle");

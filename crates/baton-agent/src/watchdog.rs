@@ -16,7 +16,11 @@
 //!   lease, so the device fires `timeout` after the last confirmation, `safety_margin` before
 //!   the lease can expire, when the renewals stop.
 //! - **Disarmed** with the magic close (`V`, then close) when the HA loop no longer leads (a
-//!   clean demotion, a hand-over, a lost race: the [`FenceSignal`] turns `leading: false`),
+//!   clean demotion, a hand-over, a lost race, a failed bootstrap: the [`FenceSignal`] turns
+//!   `leading: false` at the end of the action list; a progress publish inside an action, such
+//!   as a bootstrap's "initializing new cluster", keeps the `leading: true` that
+//!   `ArmWatchdog` raised, so a bootstrap is armed once, as Patroni arms once before it takes
+//!   the leader key),
 //!   when PostgreSQL is gone after the fencing deadline passed (the fencer stopped it), and
 //!   when the agent exits.
 //!

@@ -267,6 +267,101 @@ impl<'a> NewerIndex<'a> {
     }
 }
 
+/// One read of a W3 reader (safety-and-testing.md §7.4): the ids of `set` it returned, and
+/// the server that answered, read in the same transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Read {
+    /// The reader that issued it.
+    pub worker: usize,
+    /// When the query was sent and when its rows came, in ns.
+    pub invoke: u64,
+    pub complete: u64,
+    /// The ids the read returned: each was committed and visible to a client.
+    pub ids: Vec<i64>,
+    /// The server that answered, when the read returned it.
+    pub epoch: Option<Epoch>,
+}
+
+/// An id a client read that the final table no longer has, with the first read that saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedLoss {
+    pub id: i64,
+    /// The reader, when its read came back (ns) and the server that answered.
+    pub worker: usize,
+    pub seen_at: u64,
+    pub seen_on: Option<Epoch>,
+    /// How the write of that id ended for its writer (`None`: no writer attempted it).
+    pub write: Option<Outcome>,
+}
+
+/// C4: no read observed and later lost.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ObservedCheck {
+    pub reads: usize,
+    /// Distinct ids the reads returned.
+    pub observed: usize,
+    /// Ids a read returned that are missing from the final table (a client saw a commit the
+    /// cluster then forgot: a read from a primary that was later rewound away, or a restart
+    /// that made unreplicated commits visible), in id order.
+    pub lost: Vec<ObservedLoss>,
+    /// Ids a read returned that no client ever attempted.
+    pub unexpected: Vec<i64>,
+    /// Ids a read returned although their write was classified as definitely failed (the
+    /// writer's classification broke, as `SetCheck::failed_but_present`).
+    pub failed_but_observed: Vec<i64>,
+}
+
+impl ObservedCheck {
+    pub fn is_clean(&self) -> bool {
+        self.lost.is_empty() && self.unexpected.is_empty() && self.failed_but_observed.is_empty()
+    }
+}
+
+/// C4 over `reads` (every read completed before the final table was read) against
+/// `final_ids`, with the writers' `ops` for the outcome of each observed id; `attempted_below`
+/// as for [`check_set`].
+pub fn check_observed(
+    reads: &[Read],
+    ops: &[Op],
+    final_ids: &BTreeSet<i64>,
+    attempted_below: i64,
+) -> ObservedCheck {
+    let outcome: BTreeMap<i64, Outcome> = ops.iter().map(|o| (o.id, o.outcome)).collect();
+    // The first observation of every id (reads in completion order).
+    let mut first: BTreeMap<i64, &Read> = BTreeMap::new();
+    let mut ordered: Vec<&Read> = reads.iter().collect();
+    ordered.sort_by_key(|r| r.complete);
+    for r in ordered {
+        for &id in &r.ids {
+            first.entry(id).or_insert(r);
+        }
+    }
+    let mut out = ObservedCheck {
+        reads: reads.len(),
+        observed: first.len(),
+        ..ObservedCheck::default()
+    };
+    for (&id, r) in &first {
+        let write = outcome.get(&id).copied();
+        if id <= 0 || id >= attempted_below {
+            out.unexpected.push(id);
+        }
+        if write == Some(Outcome::Fail) {
+            out.failed_but_observed.push(id);
+        }
+        if !final_ids.contains(&id) {
+            out.lost.push(ObservedLoss {
+                id,
+                worker: r.worker,
+                seen_at: r.complete,
+                seen_on: r.epoch.clone(),
+                write,
+            });
+        }
+    }
+    out
+}
+
 /// C6/M1 for one fault: when W1 got its first acknowledgement from a new writer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Recovery {
@@ -463,6 +558,89 @@ mod tests {
         // n1@tl1 began after n1@tl2 was acknowledged: also a proven overlap across epochs.
         assert!(c.violations.iter().any(|v| v.old.id == 2));
         assert!(!c.is_clean());
+    }
+
+    fn read(worker: usize, at_ms: u64, ids: &[i64], writer: (&str, i32)) -> Read {
+        Read {
+            worker,
+            invoke: at_ms * MS,
+            complete: (at_ms + 1) * MS,
+            ids: ids.to_vec(),
+            epoch: Some(Epoch {
+                timeline: writer.1,
+                node: writer.0.to_owned(),
+            }),
+        }
+    }
+
+    /// The negative control: the old primary served a read of a commit that was never
+    /// replicated (its writer saw a timeout: indeterminate, so C1 allows its loss); after the
+    /// failover the id is gone. C4 must report it, with the read and the server that served it.
+    #[test]
+    fn a_read_of_a_commit_the_failover_lost_is_reported() {
+        let ops = vec![
+            ok(1, 0, 5, "n1", 1),
+            op(2, 10, 2010, Outcome::Info, None),
+            ok(3, 3000, 3005, "n2", 2),
+        ];
+        let reads = vec![
+            read(0, 6, &[1], ("n1", 1)),
+            // n1 committed 2 locally and answered a reader before it was fenced.
+            read(1, 20, &[1, 2], ("n1", 1)),
+            read(0, 30, &[1, 2], ("n1", 1)),
+            read(0, 3010, &[1, 3], ("n2", 2)),
+        ];
+        let final_ids: BTreeSet<i64> = [1, 3].into_iter().collect();
+        assert!(
+            check_set(&ops, &final_ids, 4).lost.is_empty(),
+            "C1 is clean"
+        );
+        let c = check_observed(&reads, &ops, &final_ids, 4);
+        assert!(!c.is_clean());
+        assert_eq!(
+            c.lost,
+            vec![ObservedLoss {
+                id: 2,
+                worker: 1,
+                seen_at: 21 * MS,
+                seen_on: Some(Epoch {
+                    timeline: 1,
+                    node: "n1".to_owned()
+                }),
+                write: Some(Outcome::Info),
+            }],
+            "the first read that saw it"
+        );
+        assert_eq!((c.reads, c.observed), (4, 3));
+    }
+
+    #[test]
+    fn reads_of_surviving_ids_are_clean_and_impossible_reads_are_reported() {
+        let ops = vec![
+            ok(1, 0, 5, "n1", 1),
+            op(2, 10, 2010, Outcome::Info, None),
+            op(3, 20, 25, Outcome::Fail, None),
+        ];
+        // 2 was indeterminate and survived: observing it is fine.
+        let clean = check_observed(
+            &[read(0, 2020, &[1, 2], ("n2", 2))],
+            &ops,
+            &[1, 2].into_iter().collect(),
+            4,
+        );
+        assert!(clean.is_clean(), "{clean:?}");
+        assert_eq!(clean.observed, 2);
+        // A read returning a definitely failed id and one never attempted.
+        let broken = check_observed(
+            &[read(0, 30, &[1, 3, 9], ("n1", 1))],
+            &ops,
+            &[1, 3, 9].into_iter().collect(),
+            4,
+        );
+        assert_eq!(broken.failed_but_observed, vec![3]);
+        assert_eq!(broken.unexpected, vec![9]);
+        assert!(broken.lost.is_empty());
+        assert!(!broken.is_clean());
     }
 
     #[test]

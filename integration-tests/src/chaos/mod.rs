@@ -5,7 +5,8 @@
 //! decide whether an acknowledged write was lost or two primaries were writable at once.
 //!
 //! - [`workload`]: W1 (the set workload through HAProxy) and W2 (per-node probe writers);
-//! - [`checker`]: C1 (lost / unexpected writes), C3 (the sound overlap check), recovery times;
+//! - [`checker`]: C1 (lost / unexpected writes), C3 (the sound overlap check), C4 (a read
+//!   observed and later lost; no W3 reader feeds it yet), recovery times;
 //! - [`faults`]: what each fault does to the cluster and how long it holds;
 //! - [`roles`] and [`primaries`]: C5, every node's role as the client namespace sees it, and
 //!   the windows in which two nodes answered as primaries (with their causes and the fence

@@ -93,7 +93,11 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         // What the fencer guards: `baton_core::fence_signal` has the rule.
         let was_leader = self.was_leader();
         self.leading.send_if_modified(|s| {
-            let next = baton_core::fence_signal(*s, view.is_some(), holds, was_leader, pg);
+            let mut next = baton_core::fence_signal(*s, view.is_some(), holds, was_leader, pg);
+            // A progress publish inside an action (`busy`: a bootstrap, a clone) never ends a
+            // leader role the action list began (`ArmWatchdog`): else the watchdog task takes
+            // a bootstrap for a demotion and magic-closes the device it just armed.
+            next.leading |= busy.is_some() && s.leading;
             std::mem::replace(s, next) != next
         });
         let lease = *self.lease.borrow();

@@ -357,3 +357,285 @@ async fn after_the_fencing_deadline_it_is_disarmed_once_postgres_is_gone() {
     assert!(dev.events().ends_with("magic_close\n"), "{}", dev.events());
     h.task.abort();
 }
+
+/// A PostgreSQL with an empty data directory whose `initdb` takes a while (in paused time) and
+/// whose `start` makes it a running primary of a new cluster.
+struct BootstrappingPg {
+    state: std::sync::Mutex<PgState>,
+    /// `initdb` fails (after its time).
+    fail_initdb: bool,
+}
+
+impl baton_pg::Postgres for BootstrappingPg {
+    async fn observe(&self) -> PgState {
+        self.state.lock().expect("lock").clone()
+    }
+    async fn initdb(&self) -> Result<(), baton_pg::PgError> {
+        // initdb takes seconds on a real host; the other tasks run meanwhile.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        if self.fail_initdb {
+            return Err(baton_pg::PgError::Other("initdb failed (test)".into()));
+        }
+        self.state.lock().expect("lock").data_dir =
+            baton_core::DataDir::Initialized(baton_core::ControlData {
+                system_id: "7000000000000000001".into(),
+                ..baton_core::ControlData::default()
+            });
+        Ok(())
+    }
+    async fn start(&self, _role: &baton_core::StartRole) -> Result<(), baton_pg::PgError> {
+        let mut state = self.state.lock().expect("lock");
+        state.process = baton_core::PgProcess::Running { pid: 1 };
+        state.sql = Some(baton_core::PgSql {
+            in_recovery: false,
+            ..baton_core::PgSql::default()
+        });
+        Ok(())
+    }
+    async fn stop(&self, _mode: baton_core::StopMode) -> Result<(), baton_pg::PgError> {
+        let mut state = self.state.lock().expect("lock");
+        state.process = baton_core::PgProcess::default();
+        state.sql = None;
+        Ok(())
+    }
+    async fn promote(&self) -> Result<(), baton_pg::PgError> {
+        Ok(())
+    }
+    async fn follow(&self, _upstream: &baton_core::Upstream) -> Result<bool, baton_pg::PgError> {
+        Ok(false)
+    }
+    async fn clone_replica(
+        &self,
+        _upstream: &baton_core::Upstream,
+    ) -> Result<(), baton_pg::PgError> {
+        Ok(())
+    }
+    async fn rewind(&self, _upstream: &baton_core::Upstream) -> Result<(), baton_pg::PgError> {
+        Ok(())
+    }
+    async fn reconfigure(
+        &self,
+        _parameters: &std::collections::BTreeMap<String, String>,
+        _pg_hba: &[String],
+    ) -> Result<baton_pg::Reconfigured, baton_pg::PgError> {
+        Ok(baton_pg::Reconfigured::default())
+    }
+    async fn wipe_data_dir(&self) -> Result<(), baton_pg::PgError> {
+        Ok(())
+    }
+    async fn create_roles(&self) -> Result<(), baton_pg::PgError> {
+        Ok(())
+    }
+    async fn ensure_slots(&self, _slots: &[String]) -> Result<(), baton_pg::PgError> {
+        Ok(())
+    }
+    async fn timeline_history(&self) -> Result<Vec<baton_core::HistoryLine>, baton_pg::PgError> {
+        Ok(vec![])
+    }
+}
+
+struct NoPeers;
+
+impl crate::peers::Peers for NoPeers {
+    async fn probe(
+        &self,
+        _view: &baton_core::ClusterView,
+        _me: &baton_core::MemberName,
+        _timeout: Duration,
+    ) -> Vec<baton_core::PeerStatus> {
+        Vec::new()
+    }
+}
+
+const BOOTSTRAP_CONFIG: &str = "\
+scope: batman
+name: node1
+restapi:
+  listen: 127.0.0.1:8008
+  connect_address: 127.0.0.1:8008
+etcd3:
+  host: 127.0.0.1:2379
+bootstrap:
+  dcs:
+    ttl: 30
+postgresql:
+  listen: 127.0.0.1:5432
+  connect_address: 127.0.0.1:5432
+  data_dir: data/node1
+  authentication:
+    superuser:
+      username: postgres
+      password: patroni
+    replication:
+      username: replicator
+      password: rep-pass
+watchdog:
+  mode: required
+";
+
+/// The real HA loop (`Agent`) of `node1` over an empty `MemDcs` and `pg`, with a required
+/// watchdog on `dev` and its task following the agent's leading signal.
+struct Bootstrap {
+    agent: crate::ha::Agent<baton_dcs::MemDcs, BootstrappingPg, NoPeers>,
+    dcs: Arc<baton_dcs::MemDcs>,
+    keeper: crate::lease::LeaseKeeper<baton_dcs::MemDcs>,
+    wd: Arc<Watchdog>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn bootstrap(dev: &FakeDevice, fail_initdb: bool) -> Bootstrap {
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock(Instant::now()));
+    let scope = baton_dcs::DcsScope {
+        namespace: "/service".into(),
+        scope: "batman".into(),
+    };
+    let dcs = Arc::new(baton_dcs::MemDcs::new(scope, clock.clone()));
+    let (mut keeper, mut lease_rx) =
+        crate::lease::LeaseKeeper::new(dcs.clone(), clock.clone(), TTL);
+    keeper.step().await;
+    assert!(
+        lease_rx.borrow_and_update().id.is_some(),
+        "a lease was granted"
+    );
+    let config = baton_config::load_str(BOOTSTRAP_CONFIG, &|_| None)
+        .expect("valid configuration")
+        .config;
+    let dynamic = config
+        .bootstrap
+        .as_ref()
+        .expect("bootstrap section")
+        .dcs
+        .clone();
+    let (leading_tx, _) = watch::channel(FenceSignal::default());
+    let watchdog_signal = leading_tx.subscribe();
+    let (snap_tx, _snap_rx) = watch::channel(Arc::new(baton_api::Snapshot::initial(
+        "batman",
+        baton_core::MemberName::new("node1".to_owned()).expect("name"),
+        String::new(),
+        String::new(),
+    )));
+    let pg = Arc::new(BootstrappingPg {
+        state: std::sync::Mutex::new(PgState::default()),
+        fail_initdb,
+    });
+    let io = crate::ha::AgentIo {
+        dcs: dcs.clone(),
+        pg: pg.clone(),
+        peers: NoPeers,
+        clock: clock.clone(),
+    };
+    let mut agent =
+        crate::ha::Agent::new(io, config, dynamic, lease_rx.clone(), leading_tx, snap_tx)
+            .expect("agent");
+    let wd = Arc::new(watchdog(WatchdogMode::Required, dev));
+    agent.set_watchdog(wd.clone());
+    let task = tokio::spawn(run_watchdog(
+        wd.clone(),
+        clock,
+        lease_rx,
+        watchdog_signal,
+        pg,
+    ));
+    Bootstrap {
+        agent,
+        dcs,
+        keeper,
+        wd,
+        task,
+    }
+}
+
+/// Issue 12.1: the real HA loop bootstraps a new cluster with `watchdog.mode: required`. The
+/// device is armed once, before the race for the initialize key, and stays armed through the
+/// bootstrap (initdb, start, the leader key) and the cycles after it; the clean shutdown
+/// closes it. Before the fix, the bootstrap's "initializing new cluster" publish lowered the
+/// leading signal and the watchdog task magic-closed the device in the middle of the
+/// bootstrap (`open, set_timeout, magic_close`), to be armed again a cycle later.
+#[tokio::test(start_paused = true)]
+async fn a_bootstrap_arms_once_and_stays_armed_until_the_shutdown() {
+    let dev = FakeDevice::default();
+    let Bootstrap {
+        mut agent,
+        dcs,
+        mut keeper,
+        wd,
+        task,
+    } = bootstrap(&dev, false).await;
+
+    // The bootstrap cycle: arm, race for initialize, then initdb, start and the leader key
+    // beside the loop (a long action), and the cycle after it.
+    agent.cycle().await;
+    settle().await;
+    while agent.long_action_running() {
+        agent.long_action_done().await;
+        agent.cycle().await;
+        settle().await;
+    }
+    let view = baton_dcs::Dcs::read_cluster(dcs.as_ref())
+        .await
+        .expect("read");
+    assert_eq!(
+        view.leader_name().map(ToString::to_string).as_deref(),
+        Some("node1"),
+        "the bootstrap took the leader key"
+    );
+    assert_eq!(
+        dev.events(),
+        "open\nset_timeout 25\n",
+        "armed before the bootstrap and not closed during it"
+    );
+    // A renewal kicks it; the next cycles lead with it armed and do not arm it again.
+    tokio::time::advance(Duration::from_secs(5)).await;
+    keeper.step().await;
+    settle().await;
+    for _ in 0..3 {
+        agent.cycle().await;
+        settle().await;
+    }
+    assert_eq!(dev.events(), "open\nset_timeout 25\nkeepalive\n");
+    assert!(wd.state().armed);
+
+    // A clean shutdown stops PostgreSQL, releases the key and closes the device.
+    agent.shutdown().await;
+    settle().await;
+    assert!(!wd.state().armed);
+    assert_eq!(
+        dev.events(),
+        "open\nset_timeout 25\nkeepalive\nmagic_close\n"
+    );
+    task.abort();
+}
+
+/// The other side of the same rule: a bootstrap that fails takes no leader role, so the
+/// watchdog armed for it is closed by the next cycle.
+#[tokio::test(start_paused = true)]
+async fn a_failed_bootstrap_closes_the_watchdog_it_armed() {
+    let dev = FakeDevice::default();
+    let mut b = bootstrap(&dev, true).await;
+    b.agent.cycle().await;
+    settle().await;
+    assert!(
+        b.agent.long_action_running(),
+        "the bootstrap runs beside the loop"
+    );
+    b.agent.long_action_done().await;
+    settle().await;
+    let view = baton_dcs::Dcs::read_cluster(b.dcs.as_ref())
+        .await
+        .expect("read");
+    assert!(
+        view.leader.is_none(),
+        "no leader key after a failed bootstrap"
+    );
+    // The next cycle publishes that nothing leads before it tries again: the device is closed
+    // (and armed anew for the new attempt).
+    b.agent.cycle().await;
+    settle().await;
+    assert!(
+        dev.events()
+            .starts_with("open\nset_timeout 25\nmagic_close\n"),
+        "{}",
+        dev.events()
+    );
+    b.task.abort();
+}

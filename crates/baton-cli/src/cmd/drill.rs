@@ -1,7 +1,9 @@
 //! `drill`: a switchover (through the leader's REST API, as `switchover` does it) or, with
 //! `--kill`, a real failover (SIGKILL of the local leader's agent and postmaster), while a
 //! built-in writer commits one numbered row at a time into `pgbaton_drill`; then RTO, RPO and
-//! who took over, printed and appended to the DCS key `drills`. `drill --history` lists that key.
+//! who took over, printed and appended to the DCS key `drills`; the table is dropped on the
+//! leader afterwards (unless `--keep`), and a drill that cannot drop it fails saying so.
+//! `drill --history` lists that key.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -431,21 +433,19 @@ pub(crate) async fn run(ctx: &Ctx, d: Drill) -> anyhow::Result<()> {
         ..DrillRecord::default()
     };
     let exercised = exercise(ctx, &d, victims.as_ref(), &endpoint, &drill_id, &mut rec).await;
-    let triggered = match exercised {
-        Ok(()) => true,
+    // The table is dropped whatever happened, and a table left behind fails the drill loudly.
+    let cleanup = drop_table(ctx, &endpoint, d.keep).await;
+    match exercised {
+        Ok(()) => {}
         Err(Stage::Before(e)) => {
-            drop_table(ctx, &endpoint, d.keep).await;
+            if let Err(c) = &cleanup {
+                eprintln!("error: {}", left_behind(c));
+            }
             return Err(e);
         }
-        Err(Stage::After(e)) => {
-            rec.outcome = format!("{e:#}");
-            true
-        }
-    };
-    drop_table(ctx, &endpoint, d.keep).await;
-    if triggered {
-        append_history(ctx, rec.clone()).await?;
+        Err(Stage::After(e)) => rec.outcome = format!("{e:#}"),
     }
+    append_history(ctx, rec.clone()).await?;
     match d.format {
         Format::Json => println!("{}", rec.to_json()),
         Format::Yaml => print!(
@@ -463,10 +463,12 @@ pub(crate) async fn run(ctx: &Ctx, d: Drill) -> anyhow::Result<()> {
              have it rejoin as a replica"
         );
     }
-    if rec.outcome != "ok" {
-        bail!("the drill failed: {}", rec.outcome);
+    match (rec.outcome == "ok", cleanup) {
+        (true, Ok(())) => Ok(()),
+        (false, Ok(())) => bail!("the drill failed: {}", rec.outcome),
+        (true, Err(c)) => bail!("{}", left_behind(&c)),
+        (false, Err(c)) => bail!("the drill failed: {}; and {}", rec.outcome, left_behind(&c)),
     }
-    Ok(())
 }
 
 /// Where the drill failed: before the switchover or kill (nothing happened to the cluster), or
@@ -661,40 +663,93 @@ async fn rpo_check(
     Ok(drill::missing_rows(attempts, &found))
 }
 
-/// `DROP TABLE pgbaton_drill` on the current leader, unless `--keep`; a failure is a warning.
-async fn drop_table(ctx: &Ctx, endpoint: &Endpoint, keep: bool) {
+/// How long the clean-up keeps trying to drop the table on the leader (right after a drill the
+/// leader may still be changing, or its PostgreSQL starting).
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on one `DROP TABLE` (in synchronous mode its commit waits for a standby).
+const DROP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `DROP TABLE pgbaton_drill` on the leader itself, unless `--keep`: at its `conn_url` from the
+/// DCS with the drill's credentials, as the RPO check connects, never through `--dsn`. A proxy
+/// can still lead to the demoted primary for a few health checks after a switchover; the drop
+/// failed there (a read-only transaction), and the table stayed on the new leader (issue 13.3).
+/// Checked: the server is not in recovery, the table is gone from it, and the DCS names the
+/// same leader afterwards. Tried again until [`CLEANUP_TIMEOUT`]; the error says why the table
+/// is left behind.
+async fn drop_table(ctx: &Ctx, endpoint: &Endpoint, keep: bool) -> anyhow::Result<()> {
     if keep {
-        return;
+        return Ok(());
     }
-    let attempt = || async {
-        let view = ctx.dcs.read_cluster().await.context("read the cluster")?;
-        let config = match &endpoint.fixed {
-            Some(_) => endpoint.current(&ctx.dcs).await?,
-            None => leader_config(endpoint, &view)?,
-        };
-        let client = pg_connect(&config).await?;
-        client
-            .batch_execute(&format!("DROP TABLE IF EXISTS {TABLE}"))
-            .await
-            .context("DROP TABLE")?;
-        anyhow::Ok(())
-    };
-    // A fixed endpoint (HAProxy) may still lead to the demoted primary for a few health-check
-    // intervals after the drill: try again for up to 30 s before giving up.
-    let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
-    let dropped = loop {
-        match attempt().await {
-            Ok(()) => break Ok(()),
+    let give_up = tokio::time::Instant::now() + CLEANUP_TIMEOUT;
+    loop {
+        match drop_on_leader(ctx, endpoint).await {
+            Ok(()) => return Ok(()),
             Err(e) if tokio::time::Instant::now() < give_up => {
                 tracing::debug!("drop {TABLE}: {e:#}; trying again");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            Err(e) => break Err(e),
+            Err(e) => return Err(e),
         }
-    };
-    if let Err(e) = dropped {
-        eprintln!("warning: could not drop table {TABLE} (drop it by hand): {e:#}");
     }
+}
+
+/// One attempt of [`drop_table`].
+async fn drop_on_leader(ctx: &Ctx, endpoint: &Endpoint) -> anyhow::Result<()> {
+    let view = ctx.dcs.read_cluster().await.context("read the cluster")?;
+    let leader = view
+        .leader_name()
+        .map(ToString::to_string)
+        .context("the cluster has no leader")?;
+    let config = leader_config(endpoint, &view)?;
+    let at = format!("leader {leader} ({})", describe(&config));
+    let client = pg_connect(&config)
+        .await
+        .with_context(|| format!("connect to {at}"))?;
+    let work = async {
+        let recovery: bool = client
+            .query_one("SELECT pg_catalog.pg_is_in_recovery()", &[])
+            .await?
+            .get(0);
+        if recovery {
+            bail!("{at} is in recovery, not a primary (yet)");
+        }
+        client
+            .batch_execute(&format!("DROP TABLE IF EXISTS {TABLE}"))
+            .await
+            .with_context(|| format!("DROP TABLE {TABLE} on {at}"))?;
+        let left: bool = client
+            .query_one(&format!("SELECT to_regclass('{TABLE}') IS NOT NULL"), &[])
+            .await?
+            .get(0);
+        if left {
+            bail!("{TABLE} is still on {at} after DROP TABLE");
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(DROP_TIMEOUT, work)
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "DROP TABLE {TABLE} on {at} did not finish within {} s (a synchronous commit \
+                 waiting for a standby?)",
+                DROP_TIMEOUT.as_secs()
+            )
+        })??;
+    // Dropped on the leader that was read before: it must still be the leader, or the drop
+    // may have gone to a primary on its way out.
+    let after = ctx.dcs.read_cluster().await.context("read the cluster")?;
+    if after.leader_name().map(ToString::to_string).as_deref() != Some(leader.as_str()) {
+        bail!("the leader changed from {leader} while {TABLE} was dropped there");
+    }
+    Ok(())
+}
+
+/// The error of a drill that could not drop its table: what to do about it.
+fn left_behind(e: &anyhow::Error) -> String {
+    format!(
+        "the drill's table {TABLE} is left behind: {e:#}; drop it by hand on the leader \
+         (DROP TABLE {TABLE};)"
+    )
 }
 
 /// Appends `rec` to `drills` with compare-and-swap on its revision (a few tries when another
