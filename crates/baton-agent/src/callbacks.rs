@@ -21,8 +21,8 @@ use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use baton_config::{Config, Script};
-use baton_core::{PgProcess, PgState};
+use baton_config::{Config, DynamicConfig, Script};
+use baton_core::{Action, ActionKind, PgProcess, PgState, StopMode};
 use tokio::io::AsyncReadExt;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -118,6 +118,28 @@ impl std::fmt::Display for ScriptError {
 }
 
 impl std::error::Error for ScriptError {}
+
+/// `pre_promote` failed: the promotion is cancelled (and `decide` gives the key up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrePromoteFailed(pub ScriptError);
+
+impl std::fmt::Display for PrePromoteFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl std::error::Error for PrePromoteFailed {}
+
+/// The kind a failed `action` is recorded under for the next decision: a promotion its
+/// `pre_promote` script cancelled is [`ActionKind::PrePromote`].
+pub fn failed_kind(action: &Action, error: &anyhow::Error) -> ActionKind {
+    if error.downcast_ref::<PrePromoteFailed>().is_some() {
+        ActionKind::PrePromote
+    } else {
+        action.kind()
+    }
+}
 
 /// The agent's scripts and the state of the ones running. Owned by `ha::Agent`.
 pub struct Callbacks {
@@ -282,16 +304,23 @@ impl Callbacks {
     }
 
     /// `postgresql.pre_promote`, waited for: `Ok` when none is set or it exited 0.
-    pub async fn pre_promote(&mut self) -> Result<(), ScriptError> {
+    pub async fn pre_promote(&mut self) -> Result<(), PrePromoteFailed> {
         let Some(script) = self.pre_promote.clone() else {
             return Ok(());
         };
         info!(command = %script.argv.join(" "), "running pre_promote");
-        run_waited(&script.argv, &[], self.timeout).await
+        run_waited(&script.argv, &[], self.timeout)
+            .await
+            .map_err(PrePromoteFailed)
     }
 
-    /// `postgresql.before_stop`, waited for; a failure is logged and nothing else.
-    pub async fn before_stop(&mut self) {
+    /// `postgresql.before_stop`, waited for, before a stop in `mode` of a PostgreSQL not
+    /// last seen stopped; a failure is logged and nothing else. Never before an immediate
+    /// stop: that is fencing (or a demotion that must not wait).
+    pub async fn before_stop(&mut self, mode: StopMode) {
+        if mode == StopMode::Immediate || self.seen == Some(Seen::Down) {
+            return;
+        }
         let Some(script) = self.before_stop.clone() else {
             return;
         };
@@ -301,9 +330,24 @@ impl Callbacks {
         }
     }
 
-    /// `bootstrap.post_bootstrap`, waited for, with the connection URL `url` as its last
-    /// argument and `PGPASSFILE` set to `pgpass`.
-    pub async fn post_bootstrap(&mut self, url: &str, pgpass: &PathBuf) -> Result<(), ScriptError> {
+    /// `bootstrap.post_bootstrap`, waited for, with the superuser's connection URL to the
+    /// local PostgreSQL (over its Unix socket) as its last argument and `PGPASSFILE` set to
+    /// the pgpass file. Its failure fails the bootstrap.
+    pub async fn post_bootstrap(
+        &mut self,
+        config: &Config,
+        dynamic: &DynamicConfig,
+    ) -> anyhow::Result<()> {
+        if self.post_bootstrap.is_none() {
+            return Ok(());
+        }
+        let url = local_url(config, dynamic);
+        self.run_post_bootstrap(&url, &config.postgresql.pgpass)
+            .await
+            .map_err(|e| anyhow::anyhow!("bootstrap.post_bootstrap failed: {e}"))
+    }
+
+    async fn run_post_bootstrap(&mut self, url: &str, pgpass: &PathBuf) -> Result<(), ScriptError> {
         let Some(script) = self.post_bootstrap.clone() else {
             return Ok(());
         };
@@ -317,6 +361,31 @@ impl Callbacks {
         )
         .await
     }
+}
+
+/// `postgresql://<superuser>@<socket directory>:<port>/postgres`, the host percent-encoded
+/// (libpq reads a host starting with `/` as a socket directory).
+pub fn local_url(config: &Config, dynamic: &DynamicConfig) -> String {
+    let settings = crate::pg_settings(config, dynamic);
+    let socket = baton_pg::render::socket_dir(&settings);
+    format!(
+        "postgresql://{}@{}:{}/postgres",
+        encode(&config.postgresql.superuser.username),
+        encode(&socket.display().to_string()),
+        config.postgresql.port
+    )
+}
+
+/// Percent-encoding of everything but RFC 3986's unreserved characters.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Wait for the previous callback to be gone, then for this one, or kill its process group

@@ -84,6 +84,8 @@ pub struct Agent<D: Dcs, P: Postgres, R: Peers> {
     apply_error: Option<String>,
     /// The watchdog device (`None`: none is set up; see [`Agent::set_watchdog`]).
     watchdog: Option<Arc<crate::watchdog::Watchdog>>,
+    /// The callback scripts and the one running ([`crate::callbacks`]).
+    callbacks: crate::callbacks::Callbacks,
 }
 
 /// Seconds since the Unix epoch (for `dcs_last_seen` and history timestamps only).
@@ -150,6 +152,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             peers: io.peers,
             clock: io.clock,
             name,
+            callbacks: crate::callbacks::Callbacks::new(&config),
             config,
             dynamic,
             dynamic_revision: 0,
@@ -243,6 +246,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             );
         }
         self.config = reloaded.config;
+        self.callbacks.configure(&self.config);
         // Look at PostgreSQL's settings again even when they did not change.
         self.applied_pg = None;
         CommandReply::Text(202, "reload scheduled".into())
@@ -452,6 +456,8 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         } else {
             self.pg.observe().await
         };
+        self.callbacks
+            .observed(&pg_after, self.holds_key(obs.dcs.as_ref()), reloaded);
         self.publish(obs.dcs.as_ref(), &pg_after, None).await;
         CycleOutcome {
             wake_at: decision.wake_at,
@@ -524,7 +530,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                         self.memory.was_leader = false;
                     }
                     self.last_failure = Some(ActionFailure {
-                        action: action.kind(),
+                        action: crate::callbacks::failed_kind(action, &e),
                         at: self.clock.now(),
                         error: format!("{e:#}"),
                     });
@@ -639,6 +645,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                 Ok(true)
             }
             Action::StopPostgres { mode } => {
+                self.callbacks.before_stop(*mode).await;
                 if obs.pg.is_primary() {
                     self.stop_attracting_clients(obs);
                 }
@@ -646,6 +653,8 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                 Ok(true)
             }
             Action::Promote => {
+                self.require_lease()?;
+                self.callbacks.pre_promote().await?;
                 self.require_lease()?;
                 self.pg.promote().await?;
                 // Health checks see the new role right away, not after the next cycle.
@@ -674,6 +683,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                 Ok(true)
             }
             Action::HandOver => {
+                self.callbacks.before_stop(StopMode::Fast).await;
                 self.stop_attracting_clients(obs);
                 // A fast shutdown writes the shutdown checkpoint and waits for the walsenders
                 // to send it to the standbys before the postmaster exits.
@@ -735,6 +745,9 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             .await
             .context("start the new cluster")?;
         self.pg.create_roles().await.context("create roles")?;
+        self.callbacks
+            .post_bootstrap(&self.config, &self.dynamic)
+            .await?;
         let state = self.pg.observe().await;
         let sysid = state
             .system_id()
@@ -1169,6 +1182,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         };
         let holds = self.holds_key(view.as_ref()) || self.memory.was_leader;
         info!("shutting down: stopping PostgreSQL");
+        self.callbacks.before_stop(StopMode::Fast).await;
         if let Err(e) = self.pg.stop(StopMode::Fast).await {
             error!("failed to stop PostgreSQL (fast), stopping it immediately: {e:#}");
             if let Err(e) = self.pg.stop(StopMode::Immediate).await {

@@ -4,7 +4,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use baton_core::{PgProcess, PgSql, PgState};
+use baton_core::{PgProcess, PgSql, PgState, StopMode};
 
 use super::{Callbacks, Event, Role, ScriptError};
 
@@ -287,7 +287,7 @@ async fn pre_promote_is_waited_for_and_a_failure_says_why() {
         ),
     );
     let mut cb = Callbacks::new(&config(&format!("  pre_promote: {script} --really\n")));
-    let err = cb.pre_promote().await.expect_err("exit 1");
+    let err = cb.pre_promote().await.expect_err("exit 1").0;
     assert_eq!(
         err,
         ScriptError::Failed {
@@ -315,7 +315,7 @@ async fn a_script_that_hangs_is_killed_at_the_timeout() {
     let mut cb = Callbacks::new(&config(&format!("  pre_promote: {hang}\n")));
     cb.timeout = Duration::from_millis(300);
     assert_eq!(
-        cb.pre_promote().await,
+        cb.pre_promote().await.map_err(|e| e.0),
         Err(ScriptError::Timeout(Duration::from_millis(300)))
     );
     let mut missing = Callbacks::new(&config(&format!(
@@ -324,7 +324,7 @@ async fn a_script_that_hangs_is_killed_at_the_timeout() {
     )));
     assert!(matches!(
         missing.pre_promote().await,
-        Err(ScriptError::Spawn(_))
+        Err(super::PrePromoteFailed(ScriptError::Spawn(_)))
     ));
 }
 
@@ -342,10 +342,14 @@ async fn before_stop_and_post_bootstrap_get_their_arguments() {
     let mut cb = Callbacks::new(&config(&format!(
         "  before_stop: {rec} stop\nbootstrap:\n  post_bootstrap: {rec} boot\n"
     )));
-    // A before_stop failure is only logged.
-    cb.before_stop().await;
+    // A before_stop failure is only logged; never before an immediate stop (fencing), nor
+    // for a PostgreSQL last seen stopped.
+    cb.before_stop(StopMode::Immediate).await;
+    cb.before_stop(StopMode::Fast).await;
+    cb.observed(&down(), false, false);
+    cb.before_stop(StopMode::Fast).await;
     let err = cb
-        .post_bootstrap(
+        .run_post_bootstrap(
             "postgres://postgres@127.0.0.1:5432/postgres",
             &"/p/pgpass".into(),
         )
@@ -358,5 +362,15 @@ async fn before_stop_and_post_bootstrap_get_their_arguments() {
             "stop PGPASSFILE=",
             "boot postgres://postgres@127.0.0.1:5432/postgres PGPASSFILE=/p/pgpass"
         ]
+    );
+}
+
+#[test]
+fn post_bootstrap_gets_the_superusers_url_over_the_socket() {
+    let config = config("  parameters:\n    unix_socket_directories: /run/pg sock\n");
+    let dynamic = baton_config::DynamicConfig::defaults();
+    assert_eq!(
+        super::local_url(&config, &dynamic),
+        "postgresql://postgres@%2Frun%2Fpg%20sock:5432/postgres"
     );
 }

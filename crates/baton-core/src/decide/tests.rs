@@ -54,7 +54,8 @@
 //! peer: n3 reachable|unreachable wal=0/2000000 tl=1 primary nofailover priority=2 watchdog_failed
 //! memory: following=n1 down_since=90 rewind_failed=n1 nostream_since=70 epoch=1 handed_over
 //!     was_leader sync_changed=0/3000100     (or `memory: previous`, see above)
-//! failure: rewind at=99
+//! failure: rewind at=99              (rewind, start, pre_promote: the pre_promote script of a
+//!                                      promotion failed)
 //! failover: leader=n1 candidate=n2 at=2026-11-22T05:00:00+00:00 rev=9
 //! config: watchdog=off|automatic|required     (default off)
 //! watchdog: armed failed       (the agent's watchdog state; each word present or not)
@@ -443,6 +444,7 @@ fn parse(fixture: &str, previous: Option<&Memory>) -> Fixture {
                     action: match t.first() {
                         "rewind" => ActionKind::Rewind,
                         "start" => ActionKind::StartPostgres,
+                        "pre_promote" => ActionKind::PrePromote,
                         other => panic!("unknown failure kind {other}"),
                     },
                     at: t.get("at").map_or(now, secs),
@@ -515,6 +517,9 @@ fn render(f: &Fixture, show: Show) -> (String, Memory) {
             or_dash(m.leader_epoch.map(|e| e.to_string())),
         )
         .unwrap();
+        if let Some((at, error)) = &m.pre_promote_failed {
+            writeln!(out, "memory+: pre_promote_failed={at} ({error})").unwrap();
+        }
     }
     writeln!(
         out,
