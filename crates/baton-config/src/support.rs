@@ -508,11 +508,12 @@ pub(crate) static KEYS: &[Key] = &[
     local(
         "bootstrap.post_bootstrap",
         "none",
-        "A command (split into words as Patroni does, no shell) run once after `initdb` and \
-         the first start of a new cluster, before the cluster is published, with a connection \
-         URL (`postgres://<superuser>@<host>:<port>/postgres`) as its last argument and \
-         `PGPASSFILE` set. A non-zero exit fails the bootstrap (the data directory is removed \
-         and the initialization cancelled). See [Callbacks](#callbacks).",
+        "A command (split into words as Patroni does, no shell) run once after `initdb`, the \
+         first start of a new cluster and the creation of its roles, before the cluster is \
+         published, with `postgresql://<superuser>@<socket directory>:<port>/postgres` as its \
+         last argument and `PGPASSFILE` set. A non-zero exit fails the bootstrap (the \
+         initialization is cancelled and the data directory removed). See \
+         [Callbacks](#callbacks).",
     ),
     local(
         "bootstrap.post_init",
@@ -712,7 +713,7 @@ pub(crate) static KEYS: &[Key] = &[
     local(
         "postgresql.callbacks.on_stop",
         "none",
-        "PostgreSQL is seen stopped.",
+        "PostgreSQL is seen stopped (by pgbaton, or a crash).",
     ),
     local(
         "postgresql.callbacks.on_restart",
@@ -775,9 +776,9 @@ pub(crate) static KEYS: &[Key] = &[
     local(
         "postgresql.before_stop",
         "none",
-        "A command run (and waited for, up to `pg_ctl_timeout`) before pgbaton stops a running \
-         PostgreSQL (not when it fences: that stop is immediate). A failure is logged and the \
-         stop goes on.",
+        "A command run (and waited for, up to `pg_ctl_timeout`) before a fast shutdown of a \
+         running PostgreSQL (a switchover's hand-over, the agent's shutdown); never before an \
+         immediate stop (fencing). A failure is logged and the stop goes on.",
     ),
     warned(
         "postgresql.krbsrvname",
