@@ -17,7 +17,7 @@
 //! A callback that cannot be started is logged once (until it starts again) and changes no role.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -347,7 +347,7 @@ impl Callbacks {
             .map_err(|e| anyhow::anyhow!("bootstrap.post_bootstrap failed: {e}"))
     }
 
-    async fn run_post_bootstrap(&mut self, url: &str, pgpass: &PathBuf) -> Result<(), ScriptError> {
+    async fn run_post_bootstrap(&mut self, url: &str, pgpass: &Path) -> Result<(), ScriptError> {
         let Some(script) = self.post_bootstrap.clone() else {
             return Ok(());
         };

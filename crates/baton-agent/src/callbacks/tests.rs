@@ -351,7 +351,7 @@ async fn before_stop_and_post_bootstrap_get_their_arguments() {
     let err = cb
         .run_post_bootstrap(
             "postgres://postgres@127.0.0.1:5432/postgres",
-            &"/p/pgpass".into(),
+            std::path::Path::new("/p/pgpass"),
         )
         .await
         .expect_err("exit 3");
