@@ -17,7 +17,6 @@
 //! A callback that cannot be started is logged once (until it starts again) and changes no role.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -330,33 +329,47 @@ impl Callbacks {
         }
     }
 
-    /// `bootstrap.post_bootstrap`, waited for, with the superuser's connection URL to the
-    /// local PostgreSQL (over its Unix socket) as its last argument and `PGPASSFILE` set to
-    /// the pgpass file. Its failure fails the bootstrap.
-    pub async fn post_bootstrap(
-        &mut self,
-        config: &Config,
-        dynamic: &DynamicConfig,
-    ) -> anyhow::Result<()> {
-        if self.post_bootstrap.is_none() {
-            return Ok(());
+    /// `bootstrap.post_bootstrap` as a job the bootstrap runs (beside the loop): waited for,
+    /// with the superuser's connection URL to the local PostgreSQL (over its Unix socket) as
+    /// its last argument and `PGPASSFILE` set to the pgpass file. Its failure fails the
+    /// bootstrap.
+    pub fn post_bootstrap(&self, config: &Config, dynamic: &DynamicConfig) -> PostBootstrap {
+        PostBootstrap {
+            script: self.post_bootstrap.clone(),
+            url: local_url(config, dynamic),
+            pgpass: config.postgresql.pgpass.clone(),
+            timeout: self.timeout,
         }
-        let url = local_url(config, dynamic);
-        self.run_post_bootstrap(&url, &config.postgresql.pgpass)
+    }
+}
+
+/// `bootstrap.post_bootstrap`, ready to run (see [`Callbacks::post_bootstrap`]).
+#[derive(Clone, Debug)]
+pub struct PostBootstrap {
+    script: Option<Script>,
+    url: String,
+    pgpass: std::path::PathBuf,
+    timeout: Duration,
+}
+
+impl PostBootstrap {
+    /// Run it (nothing when none is set); a failure names the key.
+    pub async fn run(&self) -> anyhow::Result<()> {
+        self.run_script()
             .await
             .map_err(|e| anyhow::anyhow!("bootstrap.post_bootstrap failed: {e}"))
     }
 
-    async fn run_post_bootstrap(&mut self, url: &str, pgpass: &Path) -> Result<(), ScriptError> {
-        let Some(script) = self.post_bootstrap.clone() else {
+    async fn run_script(&self) -> Result<(), ScriptError> {
+        let Some(script) = self.script.clone() else {
             return Ok(());
         };
         let mut argv = script.argv;
-        argv.push(url.to_owned());
+        argv.push(self.url.clone());
         info!(command = %argv.join(" "), "running post_bootstrap");
         run_waited(
             &argv,
-            &[("PGPASSFILE", pgpass.as_os_str().to_owned())],
+            &[("PGPASSFILE", self.pgpass.as_os_str().to_owned())],
             self.timeout,
         )
         .await

@@ -15,6 +15,12 @@ impl Clock for SystemClock {
         let ms = (ts.tv_sec() as u64) * 1000 + (ts.tv_nsec() as u64) / 1_000_000;
         Mono::from_millis(ms)
     }
+
+    fn unix_ms(&self) -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    }
 }
 
 /// How long until `deadline` on `clock` (zero when it has passed).

@@ -23,16 +23,8 @@ use tracing::{error, info, warn};
 
 use crate::clock::until;
 
-/// What the HA loop tells the fencer after every cycle.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FenceSignal {
-    /// PostgreSQL runs (or may run) as the leader: guard it with the lease's deadline.
-    pub leading: bool,
-    /// A cycle with a DCS view found the leader key on our current lease, or PostgreSQL not
-    /// running as a primary. From then on a primary that predates this process is ours under
-    /// our own lease (or gone), and the recorded deadline no longer applies.
-    pub confirmed: bool,
-}
+/// What the HA loop tells the fencer after every cycle (the rule: `baton_core::fence_signal`).
+pub use baton_core::FenceSignal;
 
 /// Where the fencer keeps the deadline until which a primary it guards may stay writable, so
 /// that the next incarnation of the agent fences by it.

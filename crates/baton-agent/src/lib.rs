@@ -291,6 +291,7 @@ pub async fn run(
             wait = wait.max(FAILURE_BACKOFF);
         }
         let last_lease = lease_changes.borrow_and_update().id;
+        let busy = agent.long_action_running();
         tokio::select! {
             biased;
             _ = stopping(&stop_rx) => break,
@@ -308,6 +309,8 @@ pub async fn run(
                 reload_certificate(server_tls.as_deref());
                 notify_systemd(&[sd_notify::NotifyState::Ready]);
             }
+            // A clone, rewind, bootstrap or standby start runs beside the cycles.
+            _ = agent.long_action_done(), if busy => {}
             _ = dcs_changes.changed() => {}
             _ = pg_changed.notified() => {}
             // A new or lost lease changes what we may do; a mere renewal does not.

@@ -22,6 +22,11 @@ impl Clock for TokioClock {
     fn now(&self) -> Mono {
         Mono::from_millis(self.0.elapsed().as_millis() as u64)
     }
+
+    /// 2026-11-22T05:00:00Z plus the test's monotonic time.
+    fn unix_ms(&self) -> i64 {
+        1_795_323_600_000 + self.now().as_millis() as i64
+    }
 }
 
 /// A PostgreSQL that runs as a primary until stopped, counting immediate stops.

@@ -407,6 +407,11 @@ mod tests {
         fn now(&self) -> Mono {
             Mono::from_millis(self.0.elapsed().as_millis() as u64)
         }
+
+        /// 2026-11-22T05:00:00Z plus the test's monotonic time.
+        fn unix_ms(&self) -> i64 {
+            1_795_323_600_000 + self.now().as_millis() as i64
+        }
     }
 
     /// Records every call with its time; `present` is the interface.

@@ -24,6 +24,11 @@ impl Clock for ZeroClock {
     fn now(&self) -> Mono {
         Mono::from_millis(0)
     }
+
+    /// 2026-11-22T05:00:00Z plus the test's monotonic time.
+    fn unix_ms(&self) -> i64 {
+        1_795_323_600_000 + self.now().as_millis() as i64
+    }
 }
 
 /// A PostgreSQL that is never asked for anything by these commands.

@@ -170,7 +170,7 @@ pub(crate) async fn switchover(state: &ApiState, body: &[u8], failover: bool) ->
         Err(refusal) => return reply_response(refusal),
     };
     let snapshot = state.snapshot.borrow().clone();
-    if let Err(message) = check_shape(&request, snapshot.pause, unix_now_ms()) {
+    if let Err(message) = check_shape(&request, snapshot.pause, state.clock.unix_ms()) {
         return text(400, &message);
     }
     let action = request.action();
@@ -282,13 +282,6 @@ async fn wait_for_new_leader(
             ),
         ),
     }
-}
-
-/// Wall-clock milliseconds, to refuse a `scheduled_at` in the past.
-fn unix_now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn capitalize(s: &str) -> String {

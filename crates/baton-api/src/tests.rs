@@ -34,6 +34,11 @@ impl Clock for FakeClock {
     fn now(&self) -> Mono {
         Mono(self.0.load(Ordering::SeqCst))
     }
+
+    /// 2026-11-22T05:00:00Z plus the test's monotonic time.
+    fn unix_ms(&self) -> i64 {
+        1_795_323_600_000 + self.now().as_millis() as i64
+    }
 }
 
 /// The clock of most tests: 10 s after the origin.

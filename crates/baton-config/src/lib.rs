@@ -152,7 +152,8 @@ pub fn effective_ha(config: &Config, dynamic: &DynamicConfig) -> HaConfig {
         me: MemberName::new(config.name.clone()).unwrap_or_default(),
         ttl: secs(dynamic.ttl),
         loop_wait: secs(dynamic.loop_wait),
-        retry_timeout: secs(dynamic.retry_timeout),
+        // At least 1 s: a zero timeout would fail every DCS read.
+        retry_timeout: secs(dynamic.retry_timeout.max(1)),
         maximum_lag_on_failover: dynamic.maximum_lag_on_failover,
         primary_start_timeout: secs(dynamic.primary_start_timeout),
         use_pg_rewind: config

@@ -121,8 +121,12 @@ pub struct Observation {
     /// Status of the other members, fetched over their REST API (`GET /patroni`) when the cluster
     /// has no leader. Members that did not answer are present with `reachable: false`.
     pub peers: Vec<PeerStatus>,
-    /// Outcome of the long-running or failing actions of the previous cycle.
-    pub last_failure: Option<ActionFailure>,
+    /// What the actions executed since the previous observation did (the key taken, missed
+    /// or released, a failure): `decide` applies them to its memory ([`Memory::after`]).
+    pub outcomes: Vec<crate::ActionOutcome>,
+    /// A long action the agent runs beside the loop (clone, rewind, bootstrap, a standby's
+    /// start) and has not finished: nothing else is decided until it ends (but fencing).
+    pub running: Option<ActionKind>,
     /// Wall-clock time in milliseconds since the Unix epoch. Used only to compare with a
     /// switchover's `scheduled_at`; every deadline that matters for safety uses `now`.
     pub unix_ms: i64,
@@ -358,7 +362,36 @@ pub enum ActionKind {
     PrePromote,
 }
 
+impl ActionKind {
+    /// Runs beside the HA loop rather than in it: it can take minutes (a clone, a rewind,
+    /// initdb, a standby replaying WAL until it is consistent), and the loop keeps
+    /// publishing and deciding meanwhile. (A primary's start stays in the loop: it is bounded
+    /// by `primary_start_timeout` rules that need every cycle.)
+    pub fn long_label(self) -> &'static str {
+        match self {
+            ActionKind::BootstrapCluster => "bootstrap",
+            ActionKind::Clone => "replica creation",
+            ActionKind::Rewind => "pg_rewind",
+            ActionKind::StartPostgres => "start",
+            _ => "action",
+        }
+    }
+}
+
 impl Action {
+    /// Runs beside the HA loop (see [`ActionKind::long_label`]).
+    pub fn is_long(&self) -> bool {
+        matches!(
+            self,
+            Action::BootstrapCluster
+                | Action::Clone { .. }
+                | Action::Rewind { .. }
+                | Action::StartPostgres {
+                    role: StartRole::Standby { .. }
+                }
+        )
+    }
+
     pub fn kind(&self) -> ActionKind {
         match self {
             Action::ArmWatchdog => ActionKind::ArmWatchdog,
@@ -591,6 +624,10 @@ pub enum Reason {
     WaitingForLease,
     RacingForInitialize,
     BootstrapInProgress,
+    /// A long action runs beside the loop ([`Observation::running`]).
+    InProgress {
+        action: ActionKind,
+    },
     WaitingForLeaderToBootstrap,
     NotAllowedToBootstrap,
     DataDirUnusable {
@@ -724,6 +761,7 @@ impl fmt::Display for Reason {
             Reason::WaitingForLease => write!(f, "waiting for a lease from the DCS"),
             Reason::RacingForInitialize => write!(f, "trying to bootstrap a new cluster"),
             Reason::BootstrapInProgress => write!(f, "bootstrap in progress"),
+            Reason::InProgress { action } => write!(f, "{} in progress", action.long_label()),
             Reason::WaitingForLeaderToBootstrap => write!(f, "waiting for leader to bootstrap"),
             Reason::NotAllowedToBootstrap => {
                 write!(

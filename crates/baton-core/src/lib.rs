@@ -5,15 +5,21 @@
 //! [`Reason`] whose `Display` is the line operators see, the memory for the next cycle and the
 //! time of the next wake-up.
 
+mod commands;
 mod decide;
 mod decision;
 mod diverge;
+mod outcome;
 mod pg;
 mod sync;
 mod time;
 mod types;
 mod view;
 
+pub use commands::{
+    Refusal, ShutdownPlan, SwitchoverAsk, SwitchoverNext, check_candidates, check_reinitialize,
+    check_switchover, shutdown_plan,
+};
 pub use decide::{decide, may_be_primary};
 pub use decision::{
     Action, ActionFailure, ActionKind, Decision, DivergedRemedy, HaConfig, LeaseState, Memory,
@@ -21,6 +27,7 @@ pub use decision::{
     Upstream, WatchdogMode, WatchdogState,
 };
 pub use diverge::{Divergence, divergence, leader_timeline};
+pub use outcome::{ActionOutcome, FenceSignal, fence_signal, holds_leader_key, last_failure};
 pub use pg::{ClusterState, ControlData, DataDir, PgProcess, PgSql, PgState, ReplicationRow};
 pub use sync::{
     STRICT_PLACEHOLDER, parse_ssn, quote_ident, render_ssn, render_ssn_quorum, ssn_num,

@@ -154,5 +154,9 @@ impl fmt::Display for Mono {
 /// The source of time for everything that reasons about deadlines. The real implementation
 /// lives in `baton-agent`; tests and the simulator drive a virtual one.
 pub trait Clock: Send + Sync + 'static {
+    /// Monotonic time: every deadline that matters for safety.
     fn now(&self) -> Mono;
+    /// Wall-clock milliseconds since the Unix epoch: timestamps people read (history lines,
+    /// `dcs_last_seen`) and scheduled switchovers only; never a safety deadline.
+    fn unix_ms(&self) -> i64;
 }

@@ -52,6 +52,11 @@ impl Clock for ManualClock {
     fn now(&self) -> Mono {
         Mono::from_millis(self.0.load(Ordering::SeqCst))
     }
+
+    /// 2026-11-22T05:00:00Z plus the test's monotonic time.
+    fn unix_ms(&self) -> i64 {
+        1_795_323_600_000 + self.now().as_millis() as i64
+    }
 }
 
 struct MemEnv {

@@ -247,8 +247,10 @@ async fn agent_main(w: Arc<World>, i: usize) {
             wait = wait.max(FAILURE_BACKOFF);
         }
         let last_lease = lease_changes.borrow_and_update().id;
+        let busy = agent.long_action_running();
         tokio::select! {
             biased;
+            _ = agent.long_action_done(), if busy => {}
             _ = dcs_changes.changed() => {}
             _ = pg_changed.notified() => {}
             _ = lease_changes.wait_for(|l| l.id != last_lease) => {}

@@ -39,7 +39,16 @@ impl Clock for SimClock {
     fn now(&self) -> Mono {
         Mono::from_millis(u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX))
     }
+
+    /// Virtual wall time: a fixed epoch plus the virtual time elapsed, so that a scheduled
+    /// switchover fires at the same virtual moment in every run of a seed.
+    fn unix_ms(&self) -> i64 {
+        SIM_EPOCH_MS + i64::try_from(self.origin.elapsed().as_millis()).unwrap_or(i64::MAX / 2)
+    }
 }
+
+/// The simulator's wall clock at virtual time zero: 2026-11-22T05:00:00Z.
+pub(crate) const SIM_EPOCH_MS: i64 = 1_795_323_600_000;
 
 /// How one member reaches the DCS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -348,13 +348,13 @@ async fn before_stop_and_post_bootstrap_get_their_arguments() {
     cb.before_stop(StopMode::Fast).await;
     cb.observed(&down(), false, false);
     cb.before_stop(StopMode::Fast).await;
-    let err = cb
-        .run_post_bootstrap(
-            "postgres://postgres@127.0.0.1:5432/postgres",
-            std::path::Path::new("/p/pgpass"),
-        )
-        .await
-        .expect_err("exit 3");
+    let job = super::PostBootstrap {
+        script: cb.post_bootstrap.clone(),
+        url: "postgres://postgres@127.0.0.1:5432/postgres".into(),
+        pgpass: "/p/pgpass".into(),
+        timeout: cb.timeout,
+    };
+    let err = job.run_script().await.expect_err("exit 3");
     assert_eq!(err.to_string(), "exit status 3");
     assert_eq!(
         dir.lines(),

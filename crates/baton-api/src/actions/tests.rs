@@ -19,6 +19,11 @@ impl Clock for Fixed {
     fn now(&self) -> Mono {
         Mono::from_millis(1_000)
     }
+
+    /// 2026-11-22T05:00:00Z plus the test's monotonic time.
+    fn unix_ms(&self) -> i64 {
+        1_795_323_600_000 + self.now().as_millis() as i64
+    }
 }
 
 fn name(s: &str) -> MemberName {

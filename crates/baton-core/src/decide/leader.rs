@@ -27,7 +27,7 @@ impl Ctx<'_> {
         if sql.in_recovery {
             // The pre_promote script refused the promotion we were making: give the key up
             // (Patroni releases it), staying a standby.
-            if let Some(failure) = &self.obs.last_failure
+            if let Some(failure) = crate::last_failure(&self.obs.outcomes)
                 && failure.action == crate::decision::ActionKind::PrePromote
             {
                 return (

@@ -58,15 +58,17 @@ const SYNC_RECHECK: Duration = Duration::from_secs(1);
 
 /// Decide what to do in this cycle. Pure and total.
 pub fn decide(memory: &Memory, obs: &Observation, config: &HaConfig, now: Mono) -> Decision {
+    // What the executor reported since the last cycle comes first.
+    let memory = &memory.after(&obs.outcomes);
     let mut next = memory.clone();
     if let (Some(failure), Some(leader)) = (
-        &obs.last_failure,
+        crate::last_failure(&obs.outcomes),
         obs.dcs.as_ref().and_then(|v| v.leader_name()),
     ) && failure.action == ActionKind::Rewind
     {
         next.rewind_failed_against = Some(leader.clone());
     }
-    if let Some(failure) = &obs.last_failure
+    if let Some(failure) = crate::last_failure(&obs.outcomes)
         && failure.action == ActionKind::PrePromote
     {
         next.pre_promote_failed = Some((failure.at, failure.error.clone()));
@@ -280,6 +282,11 @@ impl Ctx<'_> {
         // 1. Fence: no writable PostgreSQL without a provably alive lease.
         if let Some(fenced) = self.fence(next) {
             return fenced;
+        }
+
+        // A long action runs beside the loop: nothing else until it ends (fencing above goes on).
+        if let Some(action) = self.obs.running {
+            return (vec![], Reason::InProgress { action });
         }
 
         // 2. Without a DCS view, change nothing.

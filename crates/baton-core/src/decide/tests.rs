@@ -54,8 +54,10 @@
 //! peer: n3 reachable|unreachable wal=0/2000000 tl=1 primary nofailover priority=2 watchdog_failed
 //! memory: following=n1 down_since=90 rewind_failed=n1 nostream_since=70 epoch=1 handed_over
 //!     was_leader sync_changed=0/3000100     (or `memory: previous`, see above)
-//! failure: rewind at=99              (rewind, start, pre_promote: the pre_promote script of a
-//!                                      promotion failed)
+//! failure: rewind at=99              (the previous cycle's actions failed: rewind, start,
+//!                                      pre_promote: a promotion's pre_promote script)
+//! outcome: took_key lease=7|missed_key|released_key   (what they did with the leader key)
+//! running: clone|rewind|bootstrap|start   (a long action the agent runs beside the loop)
 //! failover: leader=n1 candidate=n2 at=2026-11-22T05:00:00+00:00 rev=9
 //! config: watchdog=off|automatic|required     (default off)
 //! watchdog: armed failed       (the agent's watchdog state; each word present or not)
@@ -79,6 +81,7 @@ use std::time::Duration;
 
 use expect_test::expect;
 
+use crate::ActionOutcome;
 use crate::decision::{
     Action, ActionFailure, ActionKind, HaConfig, LeaseState, Memory, Observation, PeerStatus,
     SyncConfig, SyncMode, WatchdogMode, WatchdogState,
@@ -439,18 +442,33 @@ fn parse(fixture: &str, previous: Option<&Memory>) -> Fixture {
                     mod_revision: t.get("rev").map_or(9, |r| r.parse().expect("rev")),
                 });
             }
-            "failure" => {
-                obs.last_failure = Some(ActionFailure {
-                    action: match t.first() {
-                        "rewind" => ActionKind::Rewind,
-                        "start" => ActionKind::StartPostgres,
-                        "pre_promote" => ActionKind::PrePromote,
-                        other => panic!("unknown failure kind {other}"),
-                    },
-                    at: t.get("at").map_or(now, secs),
-                    error: "exit status 1".into(),
+            "running" => {
+                obs.running = Some(match t.first() {
+                    "clone" => ActionKind::Clone,
+                    "rewind" => ActionKind::Rewind,
+                    "bootstrap" => ActionKind::BootstrapCluster,
+                    "start" => ActionKind::StartPostgres,
+                    other => panic!("unknown running action {other}"),
                 })
             }
+            "outcome" => obs.outcomes.push(match t.first() {
+                "took_key" => ActionOutcome::TookKey {
+                    lease: t.get("lease").map_or(7, |l| l.parse().expect("lease")),
+                },
+                "missed_key" => ActionOutcome::MissedKey,
+                "released_key" => ActionOutcome::ReleasedKey,
+                other => panic!("unknown outcome {other}"),
+            }),
+            "failure" => obs.outcomes.push(ActionOutcome::Failed(ActionFailure {
+                action: match t.first() {
+                    "rewind" => ActionKind::Rewind,
+                    "start" => ActionKind::StartPostgres,
+                    "pre_promote" => ActionKind::PrePromote,
+                    other => panic!("unknown failure kind {other}"),
+                },
+                at: t.get("at").map_or(now, secs),
+                error: "exit status 1".into(),
+            })),
             other => panic!("unknown fixture key {other}"),
         }
     }

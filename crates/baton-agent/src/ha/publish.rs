@@ -1,0 +1,167 @@
+//! Publish: the member key, the leader's `status` key and the REST snapshot.
+
+use std::sync::Arc;
+
+use baton_api::Snapshot;
+use baton_core::{ClusterView, DataDir, Member, Observation, PgState};
+use baton_dcs::{Dcs, Holder, LeaderWrite};
+use baton_pg::Postgres;
+use tracing::{info, warn};
+
+use super::Agent;
+use crate::peers::Peers;
+
+/// PostgreSQL state label as Patroni's `PostgresqlState` prints it.
+pub(super) fn state_label(pg: &PgState, busy: Option<&'static str>) -> String {
+    if let Some(busy) = busy {
+        return busy.to_owned();
+    }
+    match (&pg.sql, pg.is_running()) {
+        (Some(_), _) => "running",
+        (None, true) => "starting",
+        (None, false) => "stopped",
+    }
+    .to_owned()
+}
+
+pub(super) fn role_label(pg: &PgState, holds_key: bool) -> &'static str {
+    match &pg.sql {
+        Some(sql) if sql.in_recovery => "replica",
+        Some(_) => "primary",
+        None if matches!(pg.data_dir, DataDir::Empty) => "uninitialized",
+        None if holds_key => "primary",
+        None => "replica",
+    }
+}
+
+impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
+    /// Member key, `status` (leader only) and the REST snapshot.
+    pub(super) async fn publish(
+        &mut self,
+        view: Option<&ClusterView>,
+        pg: &PgState,
+        busy: Option<&'static str>,
+    ) {
+        let holds = self.holds_key(view);
+        self.publish_snapshot(view, pg, holds, busy);
+        // The DCS did not answer this cycle: more requests would only delay the next cycle.
+        if view.is_none() {
+            return;
+        }
+        let Some(lease) = self.lease.borrow().id else {
+            return;
+        };
+        let member = self.member_record(pg, holds, busy);
+        if let Err(e) = self.dcs.touch_member(&member, lease).await {
+            warn!("failed to update member key: {e:#}");
+        }
+        if holds && let Some(sql) = pg.sql.as_ref().filter(|s| !s.in_recovery) {
+            let holder = Holder {
+                name: self.name.clone(),
+                lease,
+            };
+            match self
+                .dcs
+                .write_status(&holder, sql.wal_position(), &[])
+                .await
+            {
+                Ok(LeaderWrite::Written | LeaderWrite::Conflict) => {}
+                Ok(LeaderWrite::NotLeader) => {
+                    info!("status key not updated: the leader key no longer holds our lease")
+                }
+                Err(e) => warn!("failed to update status key: {e:#}"),
+            }
+        }
+    }
+
+    /// Before a primary stops (demotion, hand-over): publish that we do not lead, so `/primary`
+    /// turns 503 and the floating IP task removes the address while PostgreSQL shuts down.
+    pub(super) fn stop_attracting_clients(&mut self, obs: &Observation) {
+        self.publish_snapshot(obs.dcs.as_ref(), &obs.pg, false, Some("stopping"));
+    }
+
+    pub(super) fn publish_snapshot(
+        &mut self,
+        view: Option<&ClusterView>,
+        pg: &PgState,
+        holds: bool,
+        busy: Option<&'static str>,
+    ) {
+        if let Some(view) = view {
+            self.last_view = Some(view.clone());
+        }
+        // What the fencer guards: `baton_core::fence_signal` has the rule.
+        let was_leader = self.was_leader();
+        self.leading.send_if_modified(|s| {
+            let next = baton_core::fence_signal(*s, view.is_some(), holds, was_leader, pg);
+            std::mem::replace(s, next) != next
+        });
+        let lease = *self.lease.borrow();
+        let snap = Snapshot {
+            scope: self.config.scope.clone(),
+            name: self.name.clone(),
+            state: state_label(pg, busy),
+            role: role_label(pg, holds).to_owned(),
+            pg: pg.sql.clone(),
+            pending_restart_reason: self.pending_restart_reason.clone(),
+            system_id: pg.system_id().map(str::to_owned),
+            holds_leader_key: holds,
+            fence_deadline: lease.fence_deadline,
+            cluster: view.cloned(),
+            dcs_last_seen: self.dcs_last_seen,
+            tags: self.config.tags.clone(),
+            pause: self.ha.pause,
+            last_reason: self.last_reason.clone().unwrap_or_default(),
+            last_cycle: self.clock.now(),
+            ttl: self.ha.ttl,
+            loop_wait: self.ha.loop_wait,
+            maximum_lag_on_failover: self.ha.maximum_lag_on_failover,
+            api_url: self.api_url.clone(),
+            conn_url: self.conn_url.clone(),
+            restore_command: self.restore_command(),
+            watchdog_failed: crate::watchdog::watchdog_failed(
+                self.watchdog.as_deref(),
+                self.config.watchdog.mode,
+            ),
+            watchdog_armed: self.watchdog.as_ref().is_some_and(|w| w.state().armed),
+        };
+        self.snapshot.send_replace(Arc::new(snap));
+    }
+
+    pub(super) fn member_record(
+        &self,
+        pg: &PgState,
+        holds: bool,
+        busy: Option<&'static str>,
+    ) -> Member {
+        let sql = pg.sql.as_ref();
+        let replica = sql.filter(|s| s.in_recovery);
+        Member {
+            name: self.name.clone(),
+            conn_url: Some(self.conn_url.clone()),
+            api_url: Some(self.api_url.clone()),
+            state: state_label(pg, busy),
+            role: role_label(pg, holds).to_owned(),
+            version: Some(baton_api::VERSION.to_owned()),
+            tags: self.config.tags.clone(),
+            xlog_location: sql.map(|s| s.wal_position()),
+            receive_lsn: replica.and_then(|s| s.received_lsn),
+            replay_lsn: replica.and_then(|s| s.replayed_lsn),
+            // Patroni: "streaming", or "in archive recovery" when WAL comes from restore_command.
+            replication_state: replica.and_then(|s| {
+                if s.streaming {
+                    Some("streaming".to_owned())
+                } else if self.restore_command() {
+                    Some("in archive recovery".to_owned())
+                } else {
+                    None
+                }
+            }),
+            timeline: sql.map(|s| s.effective_timeline()),
+            pending_restart: sql.is_some_and(|s| s.pending_restart),
+            pause: self.ha.pause,
+            reason: self.last_reason.clone(),
+            lease: 0,
+        }
+    }
+}
