@@ -39,6 +39,7 @@ pub mod ha;
 pub mod lease;
 pub mod peers;
 pub mod reload;
+pub mod restart_file;
 pub mod security;
 pub mod vip;
 pub mod watchdog;
@@ -275,6 +276,8 @@ pub async fn run(
     if let Some(source) = source {
         agent.set_config_source(source);
     }
+    let restart_file = restart_file::RestartFile::beside(&agent.config().postgresql.data_dir);
+    agent.set_restart_file(restart_file);
     let mut dcs_changes = dcs.changes();
     let mut lease_changes = lease_rx.clone();
     let mut ready = false;

@@ -1,5 +1,6 @@
 //! The unsafe endpoints: `POST /switchover`, `POST /failover`, `DELETE /switchover`,
-//! `PATCH /config`, `PUT /config`, `POST /reinitialize`, `POST /reload`. Handlers check the request's shape (Patroni's 400s), then hand a typed
+//! `PATCH /config`, `PUT /config`, `POST /reinitialize`, `POST /restart`, `DELETE /restart`,
+//! `POST /reload`. Handlers check the request's shape (Patroni's 400s), then hand a typed
 //! [`Command`] to the agent — the only writer of the DCS — and, for an immediate switchover,
 //! wait on the published snapshot until the leader changes.
 
@@ -23,6 +24,15 @@ pub enum Command {
     },
     /// Delete a scheduled switchover (`failover` key), with compare-and-swap.
     CancelSwitchover {
+        reply: oneshot::Sender<CommandReply>,
+    },
+    /// Restart PostgreSQL now or at `request.schedule` (`POST /restart`).
+    Restart {
+        request: RestartRequest,
+        reply: oneshot::Sender<CommandReply>,
+    },
+    /// Drop a scheduled restart (`DELETE /restart`).
+    CancelRestart {
         reply: oneshot::Sender<CommandReply>,
     },
     /// Re-clone this member from the leader (`POST /reinitialize`).
@@ -289,6 +299,144 @@ fn capitalize(s: &str) -> String {
     c.next()
         .map(|f| f.to_uppercase().chain(c).collect())
         .unwrap_or_default()
+}
+
+/// `POST /restart` after the shape checks (Patroni's `do_POST_restart`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RestartRequest {
+    /// The schedule as sent, and the same instant in wall-clock milliseconds.
+    pub schedule: Option<(String, i64)>,
+    pub filters: baton_core::RestartFilters,
+}
+
+/// Checks a `POST /restart` body in Patroni's order and with its codes and messages.
+pub(crate) fn restart_request(
+    body: &[u8],
+    paused: bool,
+    now_unix_ms: i64,
+) -> Result<RestartRequest, CommandReply> {
+    let map = if body.iter().all(u8::is_ascii_whitespace) {
+        Map::new()
+    } else {
+        json_object(body)?
+    };
+    let refuse = |code: u16, m: String| CommandReply::Text(code, m);
+    if paused && map.contains_key("schedule") {
+        return Err(refuse(
+            500,
+            "Can't schedule restart in the paused state".into(),
+        ));
+    }
+    let mut request = RestartRequest::default();
+    for (key, value) in &map {
+        match key.as_str() {
+            "schedule" => {
+                let Some(text) = value.as_str() else {
+                    return Err(refuse(422, UNPARSABLE_SCHEDULE.into()));
+                };
+                let ms = match baton_core::parse_iso8601(text) {
+                    Some(ms) => ms,
+                    None if baton_core::parse_iso8601(&format!("{text}+00:00")).is_some() => {
+                        return Err(refuse(
+                            400,
+                            "Timezone information is mandatory for the scheduled restart".into(),
+                        ));
+                    }
+                    None => return Err(refuse(422, UNPARSABLE_SCHEDULE.into())),
+                };
+                if ms < now_unix_ms {
+                    return Err(refuse(422, "Cannot schedule restart in the past".into()));
+                }
+                request.schedule = Some((text.to_owned(), ms));
+            }
+            "role" => {
+                let role = value.as_str().and_then(baton_core::RestartRole::parse);
+                let Some(role) = role else {
+                    return Err(refuse(
+                        400,
+                        "PostgreSQL role should be either primary, standby_leader, or replica"
+                            .into(),
+                    ));
+                };
+                request.filters.role = Some(role);
+            }
+            "postgres_version" => {
+                let text = match value {
+                    Value::String(s) => s.clone(),
+                    Value::Number(n) => n.to_string(),
+                    _ => String::new(),
+                };
+                match baton_core::parse_postgres_version(&text) {
+                    Ok(v) => request.filters.postgres_version = Some(v),
+                    Err(e) => return Err(refuse(400, e)),
+                }
+            }
+            "timeout" => match timeout_secs(value) {
+                Some(secs) if secs > 0 => {
+                    request.filters.timeout = Some(Duration::from_secs(secs));
+                }
+                _ => {
+                    return Err(refuse(
+                        400,
+                        "Timeout should be a positive number of seconds".into(),
+                    ));
+                }
+            },
+            // Patroni only looks at the key's presence.
+            "restart_pending" => request.filters.restart_pending = true,
+            other => {
+                return Err(refuse(
+                    400,
+                    format!("Unknown filter for the scheduled restart: {other}"),
+                ));
+            }
+        }
+    }
+    Ok(request)
+}
+
+const UNPARSABLE_SCHEDULE: &str =
+    "Unable to parse scheduled timestamp. It should be in an unambiguous format, e.g. ISO 8601";
+
+/// Patroni's `parse_int(value, 's')`: a number of seconds, or a string like `30`, `30s`,
+/// `2min`, `1h`.
+fn timeout_secs(value: &Value) -> Option<u64> {
+    match value {
+        Value::Number(n) => n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| *f >= 1.0).map(|f| f as u64)),
+        Value::String(s) => {
+            let s = s.trim();
+            let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+            let (digits, unit) = s.split_at(split);
+            let n: u64 = digits.parse().ok()?;
+            let unit_secs = match unit.trim() {
+                "" | "s" => 1,
+                "min" => 60,
+                "h" => 3600,
+                "d" => 86_400,
+                _ => return None,
+            };
+            n.checked_mul(unit_secs)
+        }
+        _ => None,
+    }
+}
+
+/// `POST /restart`.
+pub(crate) async fn restart(state: &ApiState, body: &[u8]) -> Response {
+    let paused = state.snapshot.borrow().pause;
+    match restart_request(body, paused, state.clock.unix_ms()) {
+        Ok(request) => {
+            reply_response(ask(state, |reply| Command::Restart { request, reply }).await)
+        }
+        Err(refusal) => reply_response(refusal),
+    }
+}
+
+/// `DELETE /restart`.
+pub(crate) async fn cancel_restart(state: &ApiState) -> Response {
+    reply_response(ask(state, |reply| Command::CancelRestart { reply }).await)
 }
 
 /// `DELETE /switchover`.

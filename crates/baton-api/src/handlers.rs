@@ -57,7 +57,14 @@ pub async fn serve(
 fn endpoint_summary(endpoint: Endpoint) -> crate::audit::Summary {
     match endpoint {
         Endpoint::PatchConfig | Endpoint::PutConfig => crate::audit::Summary::TopLevelKeys,
-        Endpoint::CancelSwitchover => crate::audit::Summary::Nothing,
+        Endpoint::CancelSwitchover | Endpoint::CancelRestart => crate::audit::Summary::Nothing,
+        Endpoint::Restart => crate::audit::Summary::Fields(&[
+            "schedule",
+            "role",
+            "postgres_version",
+            "timeout",
+            "restart_pending",
+        ]),
         _ => crate::audit::Summary::Fields(&["leader", "candidate", "scheduled_at", "force"]),
     }
 }
@@ -85,6 +92,10 @@ enum Endpoint {
     PutConfig,
     /// `POST /reinitialize`.
     Reinitialize,
+    /// `POST /restart`.
+    Restart,
+    /// `DELETE /restart`.
+    CancelRestart,
     /// `POST /reload`.
     Reload,
     /// No handler for this method and path: the stdlib's 501.
@@ -107,6 +118,8 @@ fn route(method: &Method, path: &str) -> Endpoint {
         (&Method::PATCH, "config") => return Endpoint::PatchConfig,
         (&Method::PUT, "config") => return Endpoint::PutConfig,
         (&Method::POST, "reinitialize") => return Endpoint::Reinitialize,
+        (&Method::POST, "restart") => return Endpoint::Restart,
+        (&Method::DELETE, "restart") => return Endpoint::CancelRestart,
         (&Method::POST, "reload") => return Endpoint::Reload,
         _ => {}
     }
@@ -273,6 +286,8 @@ async fn answer(
             | Endpoint::PatchConfig
             | Endpoint::PutConfig
             | Endpoint::Reinitialize
+            | Endpoint::Restart
+            | Endpoint::CancelRestart
             | Endpoint::Reload
     ) {
         let client = extensions
@@ -306,6 +321,8 @@ async fn answer(
             Endpoint::Switchover(failover) => actions::switchover(&state, &body, failover).await,
             Endpoint::CancelSwitchover => actions::cancel_switchover(&state).await,
             Endpoint::Reinitialize => actions::reinitialize(&state, &body).await,
+            Endpoint::Restart => actions::restart(&state, &body).await,
+            Endpoint::CancelRestart => actions::cancel_restart(&state).await,
             Endpoint::Reload => actions::reload(&state).await,
             Endpoint::PutConfig => actions::put_config(&state, &headers, &body).await,
             _ => actions::patch_config(&state, &body).await,
@@ -405,6 +422,8 @@ async fn answer(
         | Endpoint::PatchConfig
         | Endpoint::PutConfig
         | Endpoint::Reinitialize
+        | Endpoint::Restart
+        | Endpoint::CancelRestart
         | Endpoint::Reload => {
             unreachable!("unsafe endpoints are answered above")
         }
@@ -657,6 +676,8 @@ mod tests {
         assert_eq!(route(&Method::PATCH, "/config"), Endpoint::PatchConfig);
         assert_eq!(route(&Method::PUT, "/config"), Endpoint::PutConfig);
         assert_eq!(route(&Method::PUT, "/switchover"), Endpoint::Unsupported);
-        assert_eq!(route(&Method::POST, "/restart"), Endpoint::Unsupported);
+        assert_eq!(route(&Method::POST, "/restart"), Endpoint::Restart);
+        assert_eq!(route(&Method::DELETE, "/restart"), Endpoint::CancelRestart);
+        assert_eq!(route(&Method::PUT, "/restart"), Endpoint::Unsupported);
     }
 }

@@ -23,7 +23,7 @@ mod status;
 mod tests;
 pub mod tls;
 
-pub use actions::{Command, CommandReply, SwitchoverRequest, merge_patch};
+pub use actions::{Command, CommandReply, RestartRequest, SwitchoverRequest, merge_patch};
 pub use audit::AuditLog;
 pub use handlers::{router, serve};
 pub use server::{Access, Limits, ServeOptions, resolve_allowlist, serve_with};
@@ -49,6 +49,8 @@ pub struct Snapshot {
     /// The settings waiting for a PostgreSQL restart, as the last configuration change
     /// reported them; shown while `pg` says a restart is pending.
     pub pending_restart_reason: Vec<PendingRestart>,
+    /// A restart scheduled on this member (`POST /restart` with `schedule`): the schedule.
+    pub scheduled_restart: Option<String>,
     /// Database system identifier, from `pg_controldata`.
     pub system_id: Option<String>,
     /// We hold the leader key (as of the last cycle).
@@ -92,6 +94,7 @@ impl Snapshot {
             role: "uninitialized".to_owned(),
             pg: None,
             pending_restart_reason: Vec::new(),
+            scheduled_restart: None,
             system_id: None,
             holds_leader_key: false,
             fence_deadline: None,

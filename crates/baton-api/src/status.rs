@@ -128,6 +128,9 @@ pub(crate) struct Status {
     /// `{name: {old_value, new_value}}` for the settings waiting for a restart, when known.
     #[serde(skip_serializing_if = "Map::is_empty")]
     pub(crate) pending_restart_reason: Map<String, Value>,
+    /// `{"schedule": iso}` while a restart is scheduled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) scheduled_restart: Option<Value>,
     pub(crate) patroni: PatroniInfo,
     #[serde(skip_serializing_if = "is_false")]
     pub(crate) watchdog_failed: bool,
@@ -196,6 +199,10 @@ impl Status {
             database_system_identifier: snap.system_id.clone(),
             pending_restart: false,
             pending_restart_reason: Map::new(),
+            scheduled_restart: snap
+                .scheduled_restart
+                .as_ref()
+                .map(|s| serde_json::json!({ "schedule": s })),
             patroni: PatroniInfo {
                 version: VERSION,
                 scope: snap.scope.clone(),
@@ -527,6 +534,8 @@ struct ClusterMember {
     timeline: Option<u32>,
     #[serde(skip_serializing_if = "is_false")]
     pending_restart: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scheduled_restart: Option<Value>,
     #[serde(skip_serializing_if = "Map::is_empty")]
     tags: Map<String, Value>,
     #[serde(flatten)]
@@ -656,6 +665,10 @@ impl ClusterMember {
             port,
             timeline: m.timeline.map(|t| t.0),
             pending_restart: m.pending_restart,
+            scheduled_restart: m
+                .scheduled_restart
+                .as_ref()
+                .map(|s| serde_json::json!({ "schedule": s })),
             tags: tags_to_json(&m.tags),
             positions,
         }

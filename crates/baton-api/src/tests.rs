@@ -1453,10 +1453,10 @@ async fn metrics_of_replicas_and_stopped_nodes() {
 async fn methods_without_a_handler_are_not_implemented() {
     let h = harness(primary());
     for (method, uri) in [
-        (Method::POST, "/restart"),
+        (Method::PUT, "/restart"),
         (Method::POST, "/"),
         (Method::PUT, "/switchover"),
-        (Method::DELETE, "/restart"),
+        (Method::PATCH, "/restart"),
         (Method::TRACE, "/"),
     ] {
         let reply = h.call(method.clone(), uri).await;

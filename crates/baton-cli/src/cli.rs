@@ -217,6 +217,41 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Restart PostgreSQL on members (patronictl restart): now, or at --scheduled; only
+    /// where the filters (--pg-version, --pending, -r) match. The leader keeps its key.
+    Restart {
+        cluster_name: String,
+        members: Vec<String>,
+        #[arg(short = 'r', long, value_enum)]
+        role: Option<Role>,
+        /// Restart a single member only (accepted as patronictl's; pgbaton restarts the
+        /// members named or chosen).
+        #[arg(long)]
+        any: bool,
+        /// When: an ISO 8601 time with a timezone, or "now".
+        #[arg(long)]
+        scheduled: Option<String>,
+        /// Restart only members running a PostgreSQL older than this (e.g. 15.4).
+        #[arg(long = "pg-version")]
+        pg_version: Option<String>,
+        /// Restart only members with a setting waiting for a restart.
+        #[arg(long)]
+        pending: bool,
+        /// Fail the restart when PostgreSQL is not back within this (e.g. 60, 5min).
+        #[arg(long)]
+        timeout: Option<String>,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Re-read the configuration file on members (patronictl reload, POST /reload).
+    Reload {
+        cluster_name: String,
+        members: Vec<String>,
+        #[arg(short = 'r', long, value_enum)]
+        role: Option<Role>,
+        #[arg(long)]
+        force: bool,
+    },
     /// Planned switchover: the leader hands over to a standby (patronictl switchover).
     Switchover {
         /// The current leader (default: the one in the DCS).

@@ -127,6 +127,8 @@ pub struct Observation {
     /// A long action the agent runs beside the loop (clone, rewind, bootstrap, a standby's
     /// start) and has not finished: nothing else is decided until it ends (but fencing).
     pub running: Option<ActionKind>,
+    /// A restart scheduled on this member (`POST /restart` with `schedule`).
+    pub scheduled_restart: Option<crate::ScheduledRestart>,
     /// Wall-clock time in milliseconds since the Unix epoch. Used only to compare with a
     /// switchover's `scheduled_at`; every deadline that matters for safety uses `now`.
     pub unix_ms: i64,
@@ -297,6 +299,11 @@ pub enum Action {
     StopPostgres {
         mode: StopMode,
     },
+    /// Restart PostgreSQL in its role (`POST /restart`, a scheduled restart): stop (fast),
+    /// then start as `role`. The leader keeps its key meanwhile.
+    RestartPostgres {
+        role: StartRole,
+    },
     /// `pg_ctl promote`, waiting until the server accepts writes.
     Promote,
     /// Point a running standby at `upstream` (rewrite recovery settings, reload).
@@ -348,6 +355,7 @@ pub enum ActionKind {
     EnsureSlots,
     StartPostgres,
     StopPostgres,
+    RestartPostgres,
     Promote,
     Follow,
     Clone,
@@ -373,6 +381,7 @@ impl ActionKind {
             ActionKind::Clone => "replica creation",
             ActionKind::Rewind => "pg_rewind",
             ActionKind::StartPostgres => "start",
+            ActionKind::RestartPostgres => "restart",
             _ => "action",
         }
     }
@@ -384,6 +393,7 @@ impl Action {
         matches!(
             self,
             Action::BootstrapCluster
+                | Action::RestartPostgres { .. }
                 | Action::Clone { .. }
                 | Action::Rewind { .. }
                 | Action::StartPostgres {
@@ -404,6 +414,7 @@ impl Action {
             Action::WriteConfig => ActionKind::WriteConfig,
             Action::UpdateHistory => ActionKind::UpdateHistory,
             Action::EnsureSlots { .. } => ActionKind::EnsureSlots,
+            Action::RestartPostgres { .. } => ActionKind::RestartPostgres,
             Action::StartPostgres { .. } => ActionKind::StartPostgres,
             Action::StopPostgres { .. } => ActionKind::StopPostgres,
             Action::Promote => ActionKind::Promote,
@@ -462,6 +473,15 @@ impl fmt::Display for Action {
             } => {
                 write!(f, "stop postgres (immediate)")
             }
+            Action::RestartPostgres {
+                role: StartRole::Primary,
+            } => write!(f, "restart postgres as primary"),
+            Action::RestartPostgres {
+                role: StartRole::Standby { upstream: Some(u) },
+            } => write!(f, "restart postgres as replica of {u}"),
+            Action::RestartPostgres {
+                role: StartRole::Standby { upstream: None },
+            } => write!(f, "restart postgres as replica without upstream"),
             Action::Promote => write!(f, "promote postgres"),
             Action::Follow { upstream } => write!(f, "follow {upstream}"),
             Action::Clone { upstream } => write!(f, "clone from {upstream}"),
@@ -624,6 +644,8 @@ pub enum Reason {
     WaitingForLease,
     RacingForInitialize,
     BootstrapInProgress,
+    /// A scheduled restart is due and its conditions match.
+    ScheduledRestart,
     /// A long action runs beside the loop ([`Observation::running`]).
     InProgress {
         action: ActionKind,
@@ -761,6 +783,7 @@ impl fmt::Display for Reason {
             Reason::WaitingForLease => write!(f, "waiting for a lease from the DCS"),
             Reason::RacingForInitialize => write!(f, "trying to bootstrap a new cluster"),
             Reason::BootstrapInProgress => write!(f, "bootstrap in progress"),
+            Reason::ScheduledRestart => write!(f, "restart initiated (scheduled)"),
             Reason::InProgress { action } => write!(f, "{} in progress", action.long_label()),
             Reason::WaitingForLeaderToBootstrap => write!(f, "waiting for leader to bootstrap"),
             Reason::NotAllowedToBootstrap => {

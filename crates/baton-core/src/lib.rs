@@ -11,6 +11,7 @@ mod decision;
 mod diverge;
 mod outcome;
 mod pg;
+mod restart;
 mod sync;
 mod time;
 mod types;
@@ -29,6 +30,10 @@ pub use decision::{
 pub use diverge::{Divergence, divergence, leader_timeline};
 pub use outcome::{ActionOutcome, FenceSignal, fence_signal, holds_leader_key, last_failure};
 pub use pg::{ClusterState, ControlData, DataDir, PgProcess, PgSql, PgState, ReplicationRow};
+pub use restart::{
+    RestartFilters, RestartMismatch, RestartRole, ScheduleState, ScheduledRestart,
+    parse_postgres_version, restart_action, restart_matches, schedule_state,
+};
 pub use sync::{
     STRICT_PLACEHOLDER, parse_ssn, quote_ident, render_ssn, render_ssn_quorum, ssn_num,
 };

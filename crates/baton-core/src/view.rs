@@ -113,6 +113,8 @@ pub struct Member {
     pub replication_state: Option<String>,
     pub timeline: Option<Timeline>,
     pub pending_restart: bool,
+    /// A restart scheduled on the member: its `scheduled_restart.schedule` (ISO 8601).
+    pub scheduled_restart: Option<String>,
     pub pause: bool,
     /// pgbaton's last decision reason (`pgbaton_reason`; Patroni's tools ignore the key).
     pub reason: Option<String>,

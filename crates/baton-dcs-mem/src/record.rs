@@ -302,6 +302,12 @@ pub fn encode_member(m: &Member) -> String {
     if m.pending_restart {
         obj.bool("pending_restart", true);
     }
+    if let Some(schedule) = &m.scheduled_restart {
+        let out = obj.key("scheduled_restart");
+        let mut inner = ObjWriter::new(out);
+        inner.str("schedule", schedule);
+        inner.end();
+    }
     if let Some(v) = m.xlog_location {
         obj.uint("xlog_location", v.0);
     }
@@ -690,6 +696,12 @@ pub fn decode_member(name: MemberName, value: &str, lease: i64) -> Result<Member
         replication_state: opt_str(&map, "replication_state")?,
         timeline,
         pending_restart: opt_bool(&map, "pending_restart")?.unwrap_or(false),
+        scheduled_restart: match map.get("scheduled_restart") {
+            Some(Value::Object(s)) => opt_str(s, "schedule")
+                .map_err(|e| DecodeError::new(format!("scheduled_restart: {e}")))?,
+            None | Some(Value::Null) => None,
+            Some(other) => return Err(type_error("scheduled_restart", "an object", other)),
+        },
         pause: opt_bool(&map, "pause")?.unwrap_or(false),
         reason: opt_str(&map, "pgbaton_reason")?,
         lease,
@@ -1080,6 +1092,7 @@ mod tests {
             replication_state: Some("streaming".into()),
             timeline: Some(Timeline(2)),
             pending_restart: false,
+            scheduled_restart: None,
             pause: false,
             reason: None,
             lease: 7,
@@ -1266,6 +1279,10 @@ mod tests {
             Some("\"eu-1\"")
         );
         assert!(m.pending_restart && m.pause);
+        assert_eq!(
+            m.scheduled_restart.as_deref(),
+            Some("2030-01-01T00:00:00+00:00")
+        );
         assert_eq!(m.xlog_location, Some(Lsn(67_108_960)));
         assert_eq!(m.timeline, Some(Timeline(2)));
         assert_eq!(m.lease, 42);

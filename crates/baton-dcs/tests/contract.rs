@@ -1191,6 +1191,7 @@ async fn touch_member_round_trip_in_patroni_format<E: Env>(env: E) {
         replication_state: Some("streaming".into()),
         timeline: Some(Timeline(2)),
         pending_restart: true,
+        scheduled_restart: Some("2030-01-01T00:00:00+00:00".into()),
         pause: false,
         reason: Some("following leader node1".into()),
         lease: 0,
@@ -1202,7 +1203,7 @@ async fn touch_member_round_trip_in_patroni_format<E: Env>(env: E) {
         .expect("member key written");
     assert_eq!(
         raw,
-        r#"{"conn_url":"postgres://10.0.0.2:5432/postgres","api_url":"http://10.0.0.2:8008/patroni","state":"running","role":"replica","version":"4.1.0","tags":{"clonefrom":true,"failover_priority":2,"nofailover":false,"zone":"eu-1"},"pending_restart":true,"xlog_location":50331800,"replay_lsn":50331648,"receive_lsn":50331800,"replication_state":"streaming","timeline":2,"pgbaton_reason":"following leader node1"}"#
+        r#"{"conn_url":"postgres://10.0.0.2:5432/postgres","api_url":"http://10.0.0.2:8008/patroni","state":"running","role":"replica","version":"4.1.0","tags":{"clonefrom":true,"failover_priority":2,"nofailover":false,"zone":"eu-1"},"pending_restart":true,"scheduled_restart":{"schedule":"2030-01-01T00:00:00+00:00"},"xlog_location":50331800,"replay_lsn":50331648,"receive_lsn":50331800,"replication_state":"streaming","timeline":2,"pgbaton_reason":"following leader node1"}"#
     );
     let decoded = read(&b)
         .await

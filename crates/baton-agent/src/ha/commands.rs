@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use baton_api::{Command, CommandReply, SwitchoverRequest};
+use baton_api::{Command, CommandReply, RestartRequest, SwitchoverRequest};
 use baton_config::DynamicConfig;
 use baton_core::{
-    ClusterView, MemberName, Observation, Refusal, ShutdownPlan, StopMode, SwitchoverAsk,
-    SwitchoverNext,
+    ClusterView, MemberName, Observation, Refusal, ScheduledRestart, ShutdownPlan, StopMode,
+    SwitchoverAsk, SwitchoverNext,
 };
 use baton_dcs::{Dcs, LeaderWrite};
 use baton_pg::Postgres;
@@ -99,6 +99,21 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                 reply,
             } => {
                 let _ = reply.send(self.replace_config(config, expected_revision).await);
+            }
+            Command::Restart { request, reply } => {
+                info!(?request, "restart request");
+                self.restart(request, reply).await;
+            }
+            Command::CancelRestart { reply } => {
+                let answer = match self.scheduled_restart.clone() {
+                    Some(r) => {
+                        self.set_scheduled_restart(None);
+                        info!(schedule = %r.schedule, "scheduled restart deleted");
+                        CommandReply::Text(200, "scheduled restart deleted".into())
+                    }
+                    None => CommandReply::Text(404, "no restarts are scheduled".into()),
+                };
+                let _ = reply.send(answer);
             }
             Command::Reinitialize { force, reply } => {
                 let _ = reply.send(self.reinitialize(force).await);
@@ -195,6 +210,63 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             }
             _ => CommandReply::Text(404, "no switchover is scheduled".into()),
         }
+    }
+
+    /// `POST /restart` (Patroni's `restart` and `schedule_future_restart`): a schedule is
+    /// kept for the cycle that reaches it (`decide` runs it), an immediate restart starts
+    /// beside the loop when its conditions match, and is answered when it ends.
+    pub(super) async fn restart(
+        &mut self,
+        request: RestartRequest,
+        reply: tokio::sync::oneshot::Sender<CommandReply>,
+    ) {
+        let pg = self.pg.observe().await;
+        if let Some((schedule, at_unix_ms)) = request.schedule {
+            let answer = if self.scheduled_restart.is_some() {
+                CommandReply::Text(409, "Another restart is already scheduled".into())
+            } else {
+                info!(%schedule, "restart scheduled");
+                self.set_scheduled_restart(Some(ScheduledRestart {
+                    schedule,
+                    at_unix_ms,
+                    filters: request.filters,
+                    postmaster_start_time: pg.sql.as_ref().map(|s| s.postmaster_start_time.clone()),
+                }));
+                CommandReply::Text(202, "Restart scheduled".into())
+            };
+            let _ = reply.send(answer);
+            return;
+        }
+        let view = match self.read_fresh().await {
+            Ok(v) => v,
+            Err(r) => {
+                let _ = reply.send(r);
+                return;
+            }
+        };
+        let holds = self.holds_key(Some(&view));
+        if let Err(why) = baton_core::restart_matches(&request.filters, &pg, holds) {
+            info!("not proceeding with the restart: {why}");
+            let _ = reply.send(CommandReply::Text(
+                503,
+                "restart conditions are not satisfied".into(),
+            ));
+            return;
+        }
+        if let Some(running) = self.running.as_ref().map(|r| r.kind) {
+            let _ = reply.send(CommandReply::Text(
+                503,
+                format!("{} already in progress", running.long_label()),
+            ));
+            return;
+        }
+        let action = baton_core::restart_action(&view, &pg, holds);
+        info!("{action}");
+        self.restart_timeout = request.filters.timeout;
+        self.restart_reply = Some(reply);
+        self.start_long(std::slice::from_ref(&action));
+        let busy = self.busy();
+        self.publish(Some(&view), &pg, busy).await;
     }
 
     /// `POST /reinitialize`: stop PostgreSQL and empty the data directory; the next cycle

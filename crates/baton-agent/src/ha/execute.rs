@@ -167,7 +167,10 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                 Ok(true)
             }
             Action::RaceInitialize => Ok(self.dcs.race_initialize().await?),
-            Action::BootstrapCluster | Action::Clone { .. } | Action::Rewind { .. } => {
+            Action::BootstrapCluster
+            | Action::Clone { .. }
+            | Action::Rewind { .. }
+            | Action::RestartPostgres { .. } => {
                 // Long actions run beside the loop (`execute` hands them to `start_long`);
                 // asked for here, one runs to its end.
                 self.start_long(std::slice::from_ref(action));

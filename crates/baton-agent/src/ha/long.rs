@@ -128,6 +128,13 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         let result = running.future.get_mut().as_mut().await;
         let kind = running.kind;
         self.running = None;
+        if let Some(reply) = self.restart_reply.take() {
+            let answer = match &result {
+                Ok(()) => baton_api::CommandReply::Text(200, "restarted successfully".into()),
+                Err(_) => baton_api::CommandReply::Text(503, "restart failed".into()),
+            };
+            let _ = reply.send(answer);
+        }
         match result {
             Ok(()) => info!("{} finished", kind.long_label()),
             Err((action, e)) => {
@@ -155,6 +162,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             Action::BootstrapCluster => "initializing new cluster",
             Action::Clone { .. } => "creating replica",
             Action::Rewind { .. } => "running pg_rewind",
+            Action::RestartPostgres { .. } => "restarting",
             _ => "starting",
         };
         let mut steps: Vec<LongFuture> = Vec::new();
@@ -176,7 +184,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
     }
 
     /// One long action as an owned future.
-    fn long_step(&self, action: &Action) -> LongFuture {
+    fn long_step(&mut self, action: &Action) -> LongFuture {
         let pg = self.pg.clone();
         let kind = action.kind();
         let tag = move |e: anyhow::Error| (kind, e);
@@ -205,6 +213,39 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             }
             Action::Rewind { upstream } => {
                 Box::pin(async move { pg.rewind(&upstream).await.map_err(|e| tag(e.into())) })
+            }
+            Action::RestartPostgres { role } => {
+                let lease = self.lease.clone();
+                let clock = self.clock.clone();
+                let bound = self.restart_timeout.take();
+                Box::pin(async move {
+                    let restart = async {
+                        pg.stop(StopMode::Fast).await.context("stop postgres")?;
+                        if matches!(role, StartRole::Primary) {
+                            // Back as the primary only while our lease is provably alive.
+                            let lease = *lease.borrow();
+                            if !lease.valid_at(clock.now()) {
+                                bail!("our lease is not valid any more");
+                            }
+                        }
+                        pg.start(&role).await.context("start postgres")?;
+                        Ok(())
+                    };
+                    match bound {
+                        Some(limit) => {
+                            tokio::time::timeout(limit, restart)
+                                .await
+                                .unwrap_or_else(|_| {
+                                    Err(anyhow::anyhow!(
+                                        "postgres did not restart within the timeout of {}s",
+                                        limit.as_secs()
+                                    ))
+                                })
+                        }
+                        None => restart.await,
+                    }
+                    .map_err(tag)
+                })
             }
             Action::StartPostgres { role } => {
                 Box::pin(async move { pg.start(&role).await.map_err(|e| tag(e.into())) })

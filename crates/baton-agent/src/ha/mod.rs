@@ -11,7 +11,8 @@ use anyhow::Context;
 use baton_api::{PendingRestart, Snapshot};
 use baton_config::{Config, ConfigErrors, DynamicConfig, Loaded};
 use baton_core::{
-    ActionOutcome, Clock, ClusterView, HaConfig, LeaseState, MemberName, Memory, Mono, decide,
+    Action, ActionOutcome, Clock, ClusterView, HaConfig, LeaseState, MemberName, Memory, Mono,
+    Observation, ScheduleState, decide,
 };
 use baton_dcs::{Dcs, Holder};
 use baton_pg::Postgres;
@@ -71,6 +72,14 @@ pub struct Agent<D: Dcs, P: Postgres, R: Peers> {
     cycles: u64,
     /// The long action running beside the loop, if any ([`long`]).
     running: Option<long::Running>,
+    /// A restart waiting for its time (`POST /restart` with `schedule`).
+    scheduled_restart: Option<baton_core::ScheduledRestart>,
+    /// Where the scheduled restart is kept across agent restarts (`None`: in memory only).
+    restart_file: Option<crate::restart_file::RestartFile>,
+    /// The `timeout` of the restart about to start (`POST /restart`).
+    restart_timeout: Option<std::time::Duration>,
+    /// The answer to an immediate `POST /restart`, sent when the restart ends.
+    restart_reply: Option<tokio::sync::oneshot::Sender<baton_api::CommandReply>>,
     last_reason: Option<String>,
     /// What the actions executed since the last observation did; the next observation
     /// carries them to `decide` (the agent never edits its memory).
@@ -132,6 +141,10 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             memory: Memory::default(),
             cycles: 0,
             running: None,
+            scheduled_restart: None,
+            restart_file: None,
+            restart_timeout: None,
+            restart_reply: None,
             last_reason: None,
             outcomes: Vec::new(),
             seen_warnings: BTreeSet::new(),
@@ -155,6 +168,27 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         self.watchdog = Some(watchdog);
     }
 
+    /// Keep scheduled restarts in `file`, and take up the one an earlier run left there.
+    pub fn set_restart_file(&mut self, file: crate::restart_file::RestartFile) {
+        if let Some(restart) = file.load() {
+            info!(schedule = %restart.schedule, "a scheduled restart kept from before the agent restarted");
+            self.scheduled_restart = Some(restart);
+        }
+        self.restart_file = Some(file);
+    }
+
+    /// Change the scheduled restart: kept on disk, shown by the REST API at once.
+    fn set_scheduled_restart(&mut self, restart: Option<baton_core::ScheduledRestart>) {
+        if let Some(file) = &self.restart_file {
+            file.save(restart.as_ref());
+        }
+        let schedule = restart.as_ref().map(|r| r.schedule.clone());
+        self.scheduled_restart = restart;
+        self.snapshot.send_modify(|snap| {
+            Arc::make_mut(snap).scheduled_restart = schedule;
+        });
+    }
+
     /// Let [`Agent::reload`] re-read the configuration through `source`.
     pub fn set_config_source(&mut self, source: ConfigSource) {
         self.config_source = Some(source);
@@ -170,6 +204,46 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         baton_config::merged_parameters(&self.config, &self.dynamic)
             .get("restore_command")
             .is_some_and(|c| !c.is_empty())
+    }
+
+    /// Drop a scheduled restart once it ran, cannot run, or no longer applies (Patroni's
+    /// `evaluate_scheduled_restart`); each with a log line.
+    fn settle_scheduled_restart(&mut self, obs: &Observation, actions: &[Action]) {
+        let Some(restart) = &self.scheduled_restart else {
+            return;
+        };
+        let why = if self.ha.pause {
+            Some("maintenance mode".to_owned())
+        } else {
+            match baton_core::schedule_state(restart, obs.unix_ms, self.ha.loop_wait, &obs.pg) {
+                ScheduleState::Wait(_) => None,
+                ScheduleState::Stale => Some("found a stale scheduled restart".to_owned()),
+                ScheduleState::AlreadyRestarted => {
+                    Some("postgres has restarted since it was scheduled".to_owned())
+                }
+                ScheduleState::Due if obs.running.is_some() => None,
+                ScheduleState::Due => {
+                    if actions
+                        .iter()
+                        .any(|a| matches!(a, Action::RestartPostgres { .. }))
+                    {
+                        Some("its time has come".to_owned())
+                    } else {
+                        let holds = self.holds_key(obs.dcs.as_ref());
+                        let mismatch =
+                            baton_core::restart_matches(&restart.filters, &obs.pg, holds).err();
+                        Some(format!(
+                            "not proceeding with the restart: {}",
+                            mismatch.map_or("it cannot run now".to_owned(), |m| m.to_string())
+                        ))
+                    }
+                }
+            }
+        };
+        if let Some(why) = why {
+            info!(schedule = %restart.schedule, "scheduled restart removed: {why}");
+            self.set_scheduled_restart(None);
+        }
     }
 
     /// Compute the HA settings again after `config` or `dynamic` changed.
@@ -220,6 +294,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         }
         let decision = decide(&self.memory, &obs, &self.ha, now);
         span.record("actions", decision.actions.len());
+        self.settle_scheduled_restart(&obs, &decision.actions);
         let reason = decision.reason.to_string();
         if self.last_reason.as_deref() != Some(reason.as_str()) {
             info!("{reason}");

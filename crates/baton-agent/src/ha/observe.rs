@@ -67,6 +67,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             // What the DCS says from now on is the truth again.
             outcomes: std::mem::take(&mut self.outcomes),
             running: self.running.as_ref().map(|r| r.kind),
+            scheduled_restart: self.scheduled_restart.clone(),
             unix_ms: self.clock.unix_ms(),
             watchdog: crate::watchdog::state_of(self.watchdog.as_deref()),
         }

@@ -541,3 +541,63 @@ async fn put_config_refuses_bad_bodies_and_revisions_before_the_agent() {
         "nothing was sent to the agent"
     );
 }
+
+#[test]
+fn restart_requests_are_checked_in_patronis_order_with_its_codes() {
+    use super::restart_request;
+    let now = 1_795_323_600_000; // 2026-11-22T05:00:00Z
+    let refused = |body: &str, paused: bool| match restart_request(body.as_bytes(), paused, now) {
+        Err(CommandReply::Text(code, text)) => (code, text),
+        other => panic!("{body}: not refused: {other:?}"),
+    };
+    assert_eq!(
+        refused(r#"{"schedule":"2030-01-01T00:00:00+00:00"}"#, true),
+        (500, "Can't schedule restart in the paused state".into())
+    );
+    assert_eq!(
+        refused(r#"{"schedule":"2020-01-01T00:00:00+00:00"}"#, false),
+        (422, "Cannot schedule restart in the past".into())
+    );
+    assert_eq!(
+        refused(r#"{"schedule":"2030-01-01T00:00:00"}"#, false).0,
+        400
+    );
+    assert_eq!(refused(r#"{"schedule":"soon"}"#, false).0, 422);
+    assert_eq!(refused(r#"{"role":"leader"}"#, false).0, 400);
+    assert_eq!(refused(r#"{"timeout":-5}"#, false).0, 400);
+    assert_eq!(refused(r#"{"timeout":"5 parsecs"}"#, false).0, 400);
+    assert_eq!(refused(r#"{"postgres_version":"15"}"#, false).0, 400);
+    assert_eq!(
+        refused(r#"{"colour":1}"#, false),
+        (
+            400,
+            "Unknown filter for the scheduled restart: colour".into()
+        )
+    );
+    assert_eq!(refused("[1]", false).0, 400);
+
+    let ok = restart_request(
+        br#"{"schedule":"2030-01-01T00:00:00+00:00","role":"master","postgres_version":"15.9","timeout":"2min","restart_pending":false}"#,
+        false,
+        now,
+    )
+    .expect("a valid request");
+    assert_eq!(
+        ok.schedule.as_ref().map(|(s, _)| s.as_str()),
+        Some("2030-01-01T00:00:00+00:00")
+    );
+    assert_eq!(ok.filters.role, Some(baton_core::RestartRole::Primary));
+    assert_eq!(ok.filters.postgres_version, Some(150_009));
+    assert_eq!(ok.filters.timeout, Some(Duration::from_secs(120)));
+    // Patroni looks only at the key's presence.
+    assert!(ok.filters.restart_pending);
+    // No body, or whitespace: an immediate restart without filters.
+    assert_eq!(
+        restart_request(b"", false, now),
+        Ok(super::RestartRequest::default())
+    );
+    assert_eq!(
+        restart_request(b" \n", false, now),
+        Ok(super::RestartRequest::default())
+    );
+}

@@ -136,9 +136,11 @@ pub(crate) async fn flush(
                     "name the members on the command line",
                 )?];
             }
+            let mut chosen = Vec::new();
             for n in &names {
-                if !view.members.iter().any(|m| m.name.as_str() == n) {
-                    anyhow::bail!("{n} is not a member of cluster");
+                match view.members.iter().find(|m| m.name.as_str() == n) {
+                    Some(m) => chosen.push(m),
+                    None => anyhow::bail!("{n} is not a member of cluster"),
                 }
             }
             confirm(
@@ -148,10 +150,7 @@ pub(crate) async fn flush(
                     names.join(", ")
                 ),
             )?;
-            // pgbaton does not schedule restarts (yet): there is never one to discard.
-            for n in &names {
-                println!("No scheduled restart for member {n}");
-            }
+            super::restart::flush(ctx, &chosen).await?;
         }
         FlushTarget::Switchover => {
             let Some(failover) = view

@@ -6,6 +6,7 @@ mod drill;
 mod http;
 mod members;
 mod query;
+mod restart;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
@@ -205,6 +206,36 @@ pub(crate) async fn control(path: &Path, command: Command) -> anyhow::Result<()>
                 baton_cli::cli::flush_args(&rest).map_err(|e| anyhow::anyhow!(e))?;
             let ctx = connect(&config, &cluster_name).await?;
             members::flush(&ctx, &names, target, role, force).await?;
+        }
+        Command::Restart {
+            cluster_name,
+            members,
+            role,
+            any: _,
+            scheduled,
+            pg_version,
+            pending,
+            timeout,
+            force,
+        } => {
+            let ctx = connect(&config, &cluster_name).await?;
+            let args = restart::RestartArgs {
+                scheduled,
+                pg_version,
+                pending,
+                timeout,
+                force,
+            };
+            restart::restart(&ctx, &members, role, args).await?;
+        }
+        Command::Reload {
+            cluster_name,
+            members,
+            role,
+            force,
+        } => {
+            let ctx = connect(&config, &cluster_name).await?;
+            restart::reload(&ctx, &members, role, force).await?;
         }
         Command::Drill {
             cluster_name,

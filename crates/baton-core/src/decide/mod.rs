@@ -81,6 +81,13 @@ pub fn decide(memory: &Memory, obs: &Observation, config: &HaConfig, now: Mono) 
         epoch: memory.leader_epoch,
     };
     let (mut actions, mut reason) = ctx.choose(&mut next);
+    // A scheduled restart runs in a cycle that has nothing else to do.
+    if actions.is_empty()
+        && let Some(restart) = ctx.due_restart()
+    {
+        actions = vec![restart];
+        reason = Reason::ScheduledRestart;
+    }
     ctx.arm_watchdog_first(&mut actions);
     // The memory below is derived from the actions that will really run.
     if config.pause {
@@ -140,7 +147,9 @@ pub fn decide(memory: &Memory, obs: &Observation, config: &HaConfig, now: Mono) 
         || actions.iter().any(|a| {
             matches!(
                 a,
-                Action::StartPostgres { .. } | Action::StopPostgres { .. }
+                Action::StartPostgres { .. }
+                    | Action::StopPostgres { .. }
+                    | Action::RestartPostgres { .. }
             )
         })
     {
@@ -191,6 +200,13 @@ pub fn decide(memory: &Memory, obs: &Observation, config: &HaConfig, now: Mono) 
     {
         wake_at = wake_at.min(now + Duration::from_millis(wait.unsigned_abs()));
     }
+    if let Some(crate::ScheduleState::Wait(ms)) = obs
+        .scheduled_restart
+        .as_ref()
+        .map(|r| crate::schedule_state(r, obs.unix_ms, config.loop_wait, &obs.pg))
+    {
+        wake_at = wake_at.min(now + Duration::from_millis(ms));
+    }
     // Look again at the fencing deadline while it lies ahead. Once it has passed, this
     // decision already fenced (step 1), and waking at once would only spin.
     if (next.was_leader || may_be_primary(&obs.pg))
@@ -217,6 +233,25 @@ pub fn may_be_primary(pg: &PgState) -> bool {
         (Some(sql), _) => !sql.in_recovery,
         (None, DataDir::Initialized(cd)) => cd.state != ClusterState::InArchiveRecovery,
         (None, _) => true,
+    }
+}
+
+impl Ctx<'_> {
+    /// The restart of a schedule whose time has come, when its conditions match (the agent
+    /// drops the schedule once it is due, stale or moot).
+    fn due_restart(&self) -> Option<Action> {
+        let obs = self.obs;
+        let restart = obs.scheduled_restart.as_ref()?;
+        let view = obs.dcs.as_ref()?;
+        if obs.running.is_some()
+            || crate::schedule_state(restart, obs.unix_ms, self.cfg.loop_wait, &obs.pg)
+                != crate::ScheduleState::Due
+        {
+            return None;
+        }
+        let holds = self.holds_key();
+        crate::restart_matches(&restart.filters, &obs.pg, holds).ok()?;
+        Some(crate::restart_action(view, &obs.pg, holds))
     }
 }
 

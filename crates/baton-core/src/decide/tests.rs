@@ -58,6 +58,7 @@
 //!                                      pre_promote: a promotion's pre_promote script)
 //! outcome: took_key lease=7|missed_key|released_key   (what they did with the leader key)
 //! running: clone|rewind|bootstrap|start   (a long action the agent runs beside the loop)
+//! restart_at: 1795323600000 role=replica pending   (a scheduled restart, wall clock ms)
 //! failover: leader=n1 candidate=n2 at=2026-11-22T05:00:00+00:00 rev=9
 //! config: watchdog=off|automatic|required     (default off)
 //! watchdog: armed failed       (the agent's watchdog state; each word present or not)
@@ -441,6 +442,18 @@ fn parse(fixture: &str, previous: Option<&Memory>) -> Fixture {
                     },
                     mod_revision: t.get("rev").map_or(9, |r| r.parse().expect("rev")),
                 });
+            }
+            "restart_at" => {
+                obs.scheduled_restart = Some(crate::ScheduledRestart {
+                    schedule: "fixture".into(),
+                    at_unix_ms: t.first().parse().expect("restart_at unix ms"),
+                    filters: crate::RestartFilters {
+                        role: t.get("role").and_then(crate::RestartRole::parse),
+                        restart_pending: t.has("pending"),
+                        ..crate::RestartFilters::default()
+                    },
+                    postmaster_start_time: None,
+                })
             }
             "running" => {
                 obs.running = Some(match t.first() {
