@@ -31,6 +31,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
+pub mod callbacks;
 pub mod clock;
 pub mod fence;
 pub mod guard;

@@ -4,7 +4,8 @@
 //!
 //! Taken at run time: `postgresql.parameters` and `postgresql.pg_hba` (written into
 //! PostgreSQL's files and reloaded by the HA loop), `postgresql.use_pg_rewind`,
-//! `postgresql.remove_data_directory_on_rewind_failure`, `tags` and `bootstrap` (read when
+//! `postgresql.remove_data_directory_on_rewind_failure`, `postgresql.callbacks`,
+//! `postgresql.pre_promote`, `postgresql.before_stop`, `tags` and `bootstrap` (read when
 //! they are next needed). Every other key is bound to a connection, a socket, a task or a
 //! file the agent set up at start.
 
@@ -78,6 +79,9 @@ pub fn adopt(running: &Config, file: Config) -> Reloaded {
         remove_data_directory_on_rewind_failure,
         pg_ctl_timeout,
         use_unix_socket,
+        callbacks,
+        pre_promote,
+        before_stop,
     } = postgresql;
     let old = &running.postgresql;
     restart(
@@ -135,6 +139,16 @@ pub fn adopt(running: &Config, file: Config) -> Reloaded {
     ) {
         config.postgresql.remove_data_directory_on_rewind_failure =
             remove_data_directory_on_rewind_failure;
+    }
+    // The scripts apply from their next run on (`ha::Agent::reload` hands them to the runner).
+    if take(callbacks != old.callbacks, "postgresql.callbacks") {
+        config.postgresql.callbacks = callbacks;
+    }
+    if take(pre_promote != old.pre_promote, "postgresql.pre_promote") {
+        config.postgresql.pre_promote = pre_promote;
+    }
+    if take(before_stop != old.before_stop, "postgresql.before_stop") {
+        config.postgresql.before_stop = before_stop;
     }
     if take(tags != running.tags, "tags") {
         config.tags = tags;

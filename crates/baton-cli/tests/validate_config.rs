@@ -47,9 +47,8 @@ fn refused_keys_are_errors_and_the_verdict_counts_them() {
     assert!(!r.ok);
     expect![[r#"
         error: bootstrap.dcs.standby_cluster: not supported by pgbaton yet: a standby cluster follows another cluster's primary; pgbaton would instead run this cluster's leader as a writable primary
-        error: postgresql.pre_promote: not supported by pgbaton yet: pgbaton runs no script before promoting: a fencing script that must succeed before a promotion would be skipped
         error: citus: not supported by pgbaton yet: Patroni keeps a Citus group's keys under /<namespace>/<scope>/<group>/, so pgbaton, which would read and write /<namespace>/<scope>/ instead, would run a second, separate cluster beside this group's Patroni members (two primaries)
-        postgres0.yml: configuration is invalid (3 errors)
+        postgres0.yml: configuration is invalid (2 errors)
     "#]]
     .assert_eq(&r.to_string());
 }

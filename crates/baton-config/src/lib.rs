@@ -17,6 +17,7 @@ mod error;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
+mod hooks;
 mod local;
 mod log;
 mod model;
@@ -39,13 +40,14 @@ pub use ciphers::supported as supported_tls12_suites;
 pub use dynamic::{DynamicConfig, MIN_TTL};
 pub use env::std_env;
 pub use error::{ConfigError, ConfigErrors};
+pub use hooks::{CALLBACK_NAMES, program_problem};
 pub use log::{
     DEFAULT_FILE_NUM, DEFAULT_FILE_SIZE, DEFAULT_FORMAT, DatePiece, FormatPiece, LOG_FILE_NAME,
     Log, LogField, LogLevel, parse_dateformat, parse_format,
 };
 pub use model::{
-    AllowEntry, Bootstrap, Config, Credentials, Ctl, Etcd, Loaded, Postgresql, RestApi, RestClient,
-    RestTls, VerifyClient, Vip, Watchdog, WatchdogDriver,
+    AllowEntry, Bootstrap, Callbacks, Config, Credentials, Ctl, Etcd, Loaded, Postgresql, RestApi,
+    RestClient, RestTls, Script, VerifyClient, Vip, Watchdog, WatchdogDriver,
 };
 pub use params::{LOCAL_ONLY_PARAMETERS, is_local_only};
 

@@ -664,9 +664,17 @@ fn bootstrap(cx: &mut Cx, top: &mut Obj<'_>) -> Option<Bootstrap> {
             }
         }
     }
+    // Patroni's two names for one script; `post_bootstrap` wins.
+    let post_bootstrap = o.opt(cx, "post_bootstrap", crate::hooks::script);
+    let post_init = o.opt(cx, "post_init", crate::hooks::script);
+    let post_bootstrap = post_bootstrap.or(post_init);
     o.flagged(cx);
     o.finish(cx);
-    Some(Bootstrap { dcs, initdb })
+    Some(Bootstrap {
+        dcs,
+        initdb,
+        post_bootstrap,
+    })
 }
 
 /// initdb options pgbaton sets itself (Patroni's list).
@@ -779,6 +787,9 @@ fn postgresql(cx: &mut Cx, top: &mut Obj<'_>) -> Postgresql {
         remove_data_directory_on_rewind_failure: false,
         pg_ctl_timeout: Duration::from_secs(u64::from(DEFAULT_PG_CTL_TIMEOUT)),
         use_unix_socket: false,
+        callbacks: Default::default(),
+        pre_promote: None,
+        before_stop: None,
     };
     let Some(mut o) = required(cx, top, "postgresql") else {
         return pg;
@@ -883,6 +894,9 @@ fn postgresql(cx: &mut Cx, top: &mut Obj<'_>) -> Postgresql {
     if let Some(b) = o.opt(cx, "use_unix_socket", |cx, p, v| cx.boolean(p, v)) {
         pg.use_unix_socket = b;
     }
+    pg.callbacks = crate::hooks::callbacks(cx, &mut o);
+    pg.pre_promote = o.opt(cx, "pre_promote", crate::hooks::script);
+    pg.before_stop = o.opt(cx, "before_stop", crate::hooks::script);
     dynamic::replica_methods(cx, &mut o);
     o.flagged(cx);
     o.finish(cx);

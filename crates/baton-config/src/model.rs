@@ -296,6 +296,27 @@ pub struct Bootstrap {
     pub dcs: DynamicConfig,
     /// Rendered `initdb` options: `--encoding=UTF8`, `--data-checksums`.
     pub initdb: Vec<String>,
+    /// `bootstrap.post_bootstrap` (or its other name `post_init`): run once after a new
+    /// cluster is created, with a connection URL as its last argument; a failure fails the
+    /// bootstrap.
+    pub post_bootstrap: Option<Script>,
+}
+
+/// A command from the local file, split into words as Patroni splits it (`shlex.split`).
+/// Never empty.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Script {
+    pub argv: Vec<String>,
+}
+
+/// `postgresql.callbacks`: run with the arguments `action role scope` at PostgreSQL events.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Callbacks {
+    pub on_start: Option<Script>,
+    pub on_stop: Option<Script>,
+    pub on_restart: Option<Script>,
+    pub on_reload: Option<Script>,
+    pub on_role_change: Option<Script>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -332,6 +353,12 @@ pub struct Postgresql {
     pub pg_ctl_timeout: Duration,
     /// Connect to the local PostgreSQL over its Unix socket instead of TCP.
     pub use_unix_socket: bool,
+    /// `postgresql.callbacks`.
+    pub callbacks: Callbacks,
+    /// `postgresql.pre_promote`: must exit 0 before PostgreSQL is promoted.
+    pub pre_promote: Option<Script>,
+    /// `postgresql.before_stop`: run before PostgreSQL is stopped; its result is ignored.
+    pub before_stop: Option<Script>,
 }
 
 /// A PostgreSQL role pgbaton connects as.

@@ -27,6 +27,11 @@ pub(crate) enum Support {
     Refused(&'static str),
     /// One warning: ignoring it is harmless. The text is the warning.
     Warned(&'static str),
+    /// A command pgbaton takes from the local file only (it runs as the agent's user): an
+    /// error where someone asks to store it in the dynamic configuration (`bootstrap.dcs`,
+    /// `PATCH`/`PUT /config`), a warning in the DCS value, which is used without it (as the
+    /// local-only parameters).
+    LocalOnly(&'static str),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -103,6 +108,16 @@ const fn warned(path: &'static str, scope: Scope, why: &'static str) -> Key {
     }
 }
 
+const fn local_only(path: &'static str, why: &'static str) -> Key {
+    Key {
+        path,
+        scope: Scope::Dynamic,
+        rule: Rule::Always(Support::LocalOnly(why)),
+        default: "",
+        doc: "",
+    }
+}
+
 const fn by_value(
     path: &'static str,
     scope: Scope,
@@ -137,8 +152,6 @@ const ETCD_DISCOVERY: &str =
     "accepted but not used by pgbaton: it connects to the endpoints in host/hosts, as given";
 const BOOTSTRAP_METHOD: &str = "pgbaton creates a new cluster with initdb only: with another \
     method (restoring a backup, say) it would create an empty cluster instead";
-const NO_SCRIPTS_AT_BOOTSTRAP: &str =
-    "accepted but not used by pgbaton: it runs no script after creating a cluster";
 const CONFIG_DIR: &str = "pgbaton keeps postgresql.conf, postgresql.base.conf and pg_hba.conf in \
     data_dir; the settings kept in this directory (ssl, shared_buffers, ...) would not be \
     applied: move them to postgresql.parameters";
@@ -160,8 +173,9 @@ const PG_IDENT: &str = "pgbaton does not write pg_ident.conf: the user name maps
     refer to would be missing";
 const PER_ROLE: &str = "this member would run with the common settings in every role (primary, \
     replica, standby leader)";
-const PRE_PROMOTE: &str = "pgbaton runs no script before promoting: a fencing script that must \
-    succeed before a promotion would be skipped";
+const LOCAL_COMMAND: &str = "a command run as the agent's user, taken from the local \
+    configuration file only (whoever can write the dynamic configuration could otherwise run \
+    code on every member); set it in the local file";
 const AUTH_TLS: &str = "this TLS setting of pgbaton's PostgreSQL connections is not \
     configurable, so it would not be applied";
 const AUTH_TLS_WEAK: &str = "accepted but not used by pgbaton: its connections use libpq's \
@@ -491,8 +505,21 @@ pub(crate) static KEYS: &[Key] = &[
         "accepted but not used by pgbaton: it writes pg_hba.conf from postgresql.pg_hba (the \
          local one, else the dynamic configuration's); move these lines there",
     ),
-    warned("bootstrap.post_bootstrap", Local, NO_SCRIPTS_AT_BOOTSTRAP),
-    warned("bootstrap.post_init", Local, NO_SCRIPTS_AT_BOOTSTRAP),
+    local(
+        "bootstrap.post_bootstrap",
+        "none",
+        "A command (split into words as Patroni does, no shell) run once after `initdb`, the \
+         first start of a new cluster and the creation of its roles, before the cluster is \
+         published, with `postgresql://<superuser>@<socket directory>:<port>/postgres` as its \
+         last argument and `PGPASSFILE` set. A non-zero exit fails the bootstrap (the \
+         initialization is cancelled and the data directory removed). See \
+         [Callbacks](#callbacks).",
+    ),
+    local(
+        "bootstrap.post_init",
+        "none",
+        "The other name of `post_bootstrap` (which wins when both are given).",
+    ),
     warned(
         "bootstrap.users",
         Local,
@@ -671,11 +698,37 @@ pub(crate) static KEYS: &[Key] = &[
         Both,
         "accepted but not used by pgbaton: it runs the programs in bin_dir under their usual names",
     ),
-    warned(
+    local(
         "postgresql.callbacks",
-        Both,
-        "accepted but not used by pgbaton: it runs no callback scripts (on_start, on_stop, \
-         on_restart, on_reload, on_role_change)",
+        "none",
+        "Commands run at PostgreSQL events with the arguments `action role scope`, without \
+         blocking the HA loop, one at a time (a new one kills the running one). Local file \
+         only. See [Callbacks](#callbacks).",
+    ),
+    local(
+        "postgresql.callbacks.on_start",
+        "none",
+        "PostgreSQL is seen running (after a start, or at the agent's start).",
+    ),
+    local(
+        "postgresql.callbacks.on_stop",
+        "none",
+        "PostgreSQL is seen stopped (by pgbaton, or a crash).",
+    ),
+    local(
+        "postgresql.callbacks.on_restart",
+        "none",
+        "PostgreSQL is seen running under a new postmaster (a restart).",
+    ),
+    local(
+        "postgresql.callbacks.on_reload",
+        "none",
+        "PostgreSQL re-read its configuration files.",
+    ),
+    local(
+        "postgresql.callbacks.on_role_change",
+        "none",
+        "PostgreSQL is seen running in another role (promoted, demoted to a replica).",
     ),
     by_value(
         "postgresql.create_replica_methods",
@@ -712,11 +765,20 @@ pub(crate) static KEYS: &[Key] = &[
         Both,
         "accepted but not used by pgbaton: replicas stream over TCP",
     ),
-    refused("postgresql.pre_promote", Both, PRE_PROMOTE),
-    warned(
+    local(
+        "postgresql.pre_promote",
+        "none",
+        "A command run (and waited for, up to `pg_ctl_timeout`) after the leader key is taken \
+         and before PostgreSQL is promoted. A non-zero exit (or a timeout) cancels the \
+         promotion: the leader key is released, the member's reason says why and it does not \
+         race for the key again for `ttl` seconds. See [Callbacks](#callbacks).",
+    ),
+    local(
         "postgresql.before_stop",
-        Both,
-        "accepted but not used by pgbaton: it runs no script before stopping PostgreSQL",
+        "none",
+        "A command run (and waited for, up to `pg_ctl_timeout`) before a fast shutdown of a \
+         running PostgreSQL (a switchover's hand-over, the agent's shutdown); never before an \
+         immediate stop (fencing). A failure is logged and the stop goes on.",
     ),
     warned(
         "postgresql.krbsrvname",
@@ -1130,6 +1192,10 @@ pub(crate) static KEYS: &[Key] = &[
     warned("postgresql.bin_dir", Dynamic, SET_LOCALLY),
     warned("postgresql.pg_ctl_timeout", Dynamic, SET_LOCALLY),
     warned("postgresql.use_unix_socket", Dynamic, SET_LOCALLY),
+    // Commands run as the agent's user: never from the dynamic configuration.
+    local_only("postgresql.callbacks", LOCAL_COMMAND),
+    local_only("postgresql.pre_promote", LOCAL_COMMAND),
+    local_only("postgresql.before_stop", LOCAL_COMMAND),
 ];
 
 /// The prefix under which the dynamic configuration's keys appear in the file.
@@ -1191,7 +1257,10 @@ pub(crate) fn flagged_children(parent: &str) -> impl Iterator<Item = (&'static s
         if !in_scope(k, dynamic) {
             return None;
         }
-        let Rule::Always(support @ (Support::Refused(_) | Support::Warned(_))) = k.rule else {
+        let Rule::Always(
+            support @ (Support::Refused(_) | Support::Warned(_) | Support::LocalOnly(_)),
+        ) = k.rule
+        else {
             return None;
         };
         let (key_parent, last) = match k.path.rsplit_once('.') {
@@ -1224,6 +1293,7 @@ pub(crate) fn apply(cx: &mut Cx, path: &str, support: Support) {
         Support::Implemented => {}
         Support::Refused(why) => cx.refuse(path, why),
         Support::Warned(why) => cx.warn(path, why),
+        Support::LocalOnly(why) => cx.local_only(path, why),
     }
 }
 
@@ -1280,6 +1350,7 @@ pub(crate) mod doc {
             Support::Implemented => "supported".to_owned(),
             Support::Refused(why) => format!("**refused** (not supported yet): {why}"),
             Support::Warned(why) => format!("warning: {why}"),
+            Support::LocalOnly(why) => format!("**refused** in the dynamic configuration: {why}"),
         }
     }
 
@@ -1318,6 +1389,9 @@ pub(crate) mod doc {
                     format!("**Refused** (not supported yet): {why}.")
                 }
                 Rule::Always(Support::Warned(why)) => format!("Warning: {why}."),
+                Rule::Always(Support::LocalOnly(why)) => {
+                    format!("**Refused** in the dynamic configuration: {why}.")
+                }
                 Rule::ByValue(values) => {
                     let mut parts: Vec<String> = Vec::new();
                     if !key.doc.is_empty() {

@@ -8,6 +8,7 @@ use crate::{
 
 mod conn_tls;
 mod fuzz;
+mod hooks;
 mod local_only;
 mod support;
 mod tls;
@@ -246,6 +247,7 @@ tags:
                         "--auth=md5",
                         "--auth-host=md5",
                     ],
+                    post_bootstrap: None,
                 },
             ),
             postgresql: Postgresql {
@@ -293,6 +295,15 @@ tags:
                 remove_data_directory_on_rewind_failure: false,
                 pg_ctl_timeout: 60s,
                 use_unix_socket: false,
+                callbacks: Callbacks {
+                    on_start: None,
+                    on_stop: None,
+                    on_restart: None,
+                    on_reload: None,
+                    on_role_change: None,
+                },
+                pre_promote: None,
+                before_stop: None,
             },
             tags: Tags {
                 nofailover: None,

@@ -216,6 +216,9 @@ pub struct Memory {
     /// `create_revision` until it is deleted, so a leader key someone overwrote with an
     /// undecodable value (and no lease) is still the one we acquired while it has this one.
     pub leader_epoch: Option<i64>,
+    /// The `pre_promote` script failed (when, and why): the promotion was cancelled, and we do
+    /// not race for the leader key for `ttl` after it (Patroni's backoff).
+    pub pre_promote_failed: Option<(Mono, String)>,
 }
 
 /// Where a replica streams from / clones from / rewinds from.
@@ -362,6 +365,9 @@ pub enum ActionKind {
     ClearFailover,
     SetSyncStandbys,
     WriteSync,
+    /// Not an action of its own: the `pre_promote` script the executor runs as the first step
+    /// of [`Action::Promote`] failed, so the promotion was cancelled.
+    PrePromote,
 }
 
 impl ActionKind {
@@ -656,6 +662,11 @@ pub enum Reason {
     LeaderWithLock,
     PromotingWithLock,
     AcquiringLock,
+    /// The `pre_promote` script failed: the leader key is released (or not raced for) and
+    /// PostgreSQL stays a standby.
+    PromotionCancelled {
+        error: String,
+    },
     StartingPrimaryAfterCrash,
     PrimaryStartTimedOut,
     ReleasingLockPgDown,
@@ -795,6 +806,10 @@ impl fmt::Display for Reason {
             Reason::AcquiringLock => {
                 write!(f, "promoted self to leader by acquiring session lock")
             }
+            Reason::PromotionCancelled { error } => write!(
+                f,
+                "Promotion cancelled because the pre-promote script failed: {error}"
+            ),
             Reason::StartingPrimaryAfterCrash => write!(f, "starting primary after failure"),
             Reason::PrimaryStartTimedOut => write!(
                 f,

@@ -23,7 +23,7 @@ pub mod render;
 mod tls;
 
 pub use baton_ports::{PendingSetting, PgError, Postgres, RaisedSetting, Reconfigured};
-pub use local::LocalPostgres;
+pub use local::{LocalPostgres, clean_command};
 pub use procs::{data_dir_pids, kill_data_dir_processes};
 pub use tls::TlsSetupError;
 

@@ -298,31 +298,15 @@ impl LocalPostgres {
             .chain(args.iter().map(|a| a.to_string_lossy().into_owned()))
             .collect::<Vec<_>>()
             .join(" ");
-        let mut cmd = tokio::process::Command::new(&path);
+        let mut cmd = clean_command(&path, self.settings.run_as);
         cmd.args(&args)
-            .current_dir("/")
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .process_group(0);
-        for var in PG_ENV {
-            cmd.env_remove(var);
-        }
-        for (name, _) in std::env::vars_os() {
-            if is_agent_var(&name) {
-                cmd.env_remove(name);
-            }
-        }
-        clear_ambient_capabilities(&mut cmd);
+            .stderr(Stdio::piped());
         if opts.c_locale {
             cmd.env("LC_ALL", "C").env("LANG", "C");
         }
         for (name, value) in &opts.env {
             cmd.env(name, value);
-        }
-        if let Some((uid, gid)) = self.settings.run_as {
-            cmd.uid(uid).gid(gid);
         }
         debug!(%command, "running");
         let child = cmd.spawn().map_err(|source| PgError::Io {
@@ -2061,6 +2045,36 @@ fn history_file_timeline(name: &str) -> Option<Timeline> {
 fn walfile_timeline(name: &str) -> Option<Timeline> {
     let tli = u32::from_str_radix(name.get(..8)?, 16).ok()?;
     (tli > 0).then_some(Timeline(tli))
+}
+
+/// A command for `program` as every child pgbaton starts gets it: working directory `/`,
+/// standard input from `/dev/null`, a process group of its own (so the whole group can be
+/// killed), killed when its handle is dropped, no libpq variables (`PGHOST`, `PGPASSWORD`,
+/// ...) and none of the agent's own (`PATRONI_*`, `PGBATON_*`: they hold its secrets), no
+/// ambient capabilities, and the `run_as` (uid, gid) when given. PostgreSQL's binaries run
+/// through it, and so do the agent's callback scripts.
+pub fn clean_command(
+    program: impl AsRef<OsStr>,
+    run_as: Option<(u32, u32)>,
+) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.current_dir("/")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .process_group(0);
+    for var in PG_ENV {
+        cmd.env_remove(var);
+    }
+    for (name, _) in std::env::vars_os() {
+        if is_agent_var(&name) {
+            cmd.env_remove(name);
+        }
+    }
+    clear_ambient_capabilities(&mut cmd);
+    if let Some((uid, gid)) = run_as {
+        cmd.uid(uid).gid(gid);
+    }
+    cmd
 }
 
 /// `PATRONI_*` / `PGBATON_*` (any case): a variable of the agent's own configuration.

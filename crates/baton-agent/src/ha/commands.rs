@@ -71,6 +71,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             );
         }
         self.config = reloaded.config;
+        self.callbacks.configure(&self.config);
         self.refresh_ha();
         // Look at PostgreSQL's settings again even when they did not change.
         self.applied_pg = None;
@@ -390,6 +391,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             return;
         }
         info!("shutting down: stopping PostgreSQL");
+        self.callbacks.before_stop(StopMode::Fast).await;
         if let Err(e) = self.pg.stop(StopMode::Fast).await {
             error!("failed to stop PostgreSQL (fast), stopping it immediately: {e:#}");
             if let Err(e) = self.pg.stop(StopMode::Immediate).await {

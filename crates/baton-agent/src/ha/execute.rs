@@ -132,7 +132,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                         self.outcomes.push(ActionOutcome::MissedKey);
                     }
                     self.outcomes.push(ActionOutcome::Failed(ActionFailure {
-                        action: action.kind(),
+                        action: crate::callbacks::failed_kind(action, &e),
                         at: self.clock.now(),
                         error: format!("{e:#}"),
                     }));
@@ -253,6 +253,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                 Ok(true)
             }
             Action::StopPostgres { mode } => {
+                self.callbacks.before_stop(*mode).await;
                 if obs.pg.is_primary() {
                     self.stop_attracting_clients(obs);
                 }
@@ -260,6 +261,8 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                 Ok(true)
             }
             Action::Promote => {
+                self.require_lease()?;
+                self.callbacks.pre_promote().await?;
                 self.require_lease()?;
                 self.pg.promote().await?;
                 // Health checks see the new role right away, not after the next cycle.
@@ -276,6 +279,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                 Ok(true)
             }
             Action::HandOver => {
+                self.callbacks.before_stop(StopMode::Fast).await;
                 self.stop_attracting_clients(obs);
                 // A fast shutdown writes the shutdown checkpoint and waits for the walsenders
                 // to send it to the standbys before the postmaster exits.

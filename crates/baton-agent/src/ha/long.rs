@@ -47,6 +47,8 @@ struct BootstrapIo<D, P> {
     dynamic_json: String,
     lease: watch::Receiver<LeaseState>,
     clock: Arc<dyn Clock>,
+    /// `bootstrap.post_bootstrap`, run after the roles are created.
+    post_bootstrap: crate::callbacks::PostBootstrap,
 }
 
 impl<D: Dcs, P: Postgres> BootstrapIo<D, P> {
@@ -76,6 +78,7 @@ impl<D: Dcs, P: Postgres> BootstrapIo<D, P> {
             .await
             .context("start the new cluster")?;
         self.pg.create_roles().await.context("create roles")?;
+        self.post_bootstrap.run().await?;
         let state = self.pg.observe().await;
         let sysid = state
             .system_id()
@@ -199,6 +202,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                     dynamic_json: dynamic.to_json(),
                     lease: self.lease.clone(),
                     clock: self.clock.clone(),
+                    post_bootstrap: self.callbacks.post_bootstrap(&self.config, &dynamic),
                 };
                 Box::pin(async move { io.run().await.map_err(tag) })
             }

@@ -102,6 +102,8 @@ pub struct Agent<D: Dcs, P: Postgres, R: Peers> {
     apply_error: Option<String>,
     /// The watchdog device (`None`: none is set up; see [`Agent::set_watchdog`]).
     watchdog: Option<Arc<crate::watchdog::Watchdog>>,
+    /// The callback scripts and the one running ([`crate::callbacks`]).
+    callbacks: crate::callbacks::Callbacks,
 }
 
 /// `2024-08-28T19:39:26+00:00` for history lines (Patroni writes ISO 8601 with offset).
@@ -132,6 +134,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             clock: io.clock,
             name,
             ha: baton_config::effective_ha(&config, &dynamic),
+            callbacks: crate::callbacks::Callbacks::new(&config),
             config,
             dynamic,
             dynamic_revision: 0,
@@ -312,6 +315,8 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         } else {
             self.pg.observe().await
         };
+        self.callbacks
+            .observed(&pg_after, self.holds_key(obs.dcs.as_ref()), reloaded);
         self.publish(obs.dcs.as_ref(), &pg_after, self.busy()).await;
         CycleOutcome {
             wake_at: decision.wake_at,

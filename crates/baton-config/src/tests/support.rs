@@ -116,10 +116,6 @@ fn each_refused_key_is_an_error_naming_it() {
             "parameters_replica",
             with_pg("  parameters_replica:\n    hot_standby_feedback: on\n"),
         ),
-        (
-            "pre_promote",
-            with_pg("  pre_promote: /usr/local/bin/fence.sh\n"),
-        ),
         ("sslcert", with_role("      sslcert: /c.pem\n")),
         ("sslkey", with_role("      sslkey: /k.pem\n")),
         ("sslpassword", with_role("      sslpassword: x\n")),
@@ -219,8 +215,6 @@ fn each_refused_key_is_an_error_naming_it() {
           postgresql.pg_hba_primary: not supported by pgbaton yet: this member would run with the common settings in every role (primary, replica, standby leader)
         parameters_replica: errors:
           postgresql.parameters_replica: not supported by pgbaton yet: this member would run with the common settings in every role (primary, replica, standby leader)
-        pre_promote: errors:
-          postgresql.pre_promote: not supported by pgbaton yet: pgbaton runs no script before promoting: a fencing script that must succeed before a promotion would be skipped
         sslcert: errors:
           postgresql.authentication.replication.sslcert: needs sslkey too: pgbaton does not read ~/.postgresql/postgresql.crt or postgresql.key
         sslkey: errors:
@@ -331,8 +325,8 @@ watchdog:
   driver: default
 bootstrap:
   pg_hba: [host all all 0.0.0.0/0 md5]
-  post_bootstrap: /usr/local/bin/setup.sh
-  post_init: /usr/local/bin/setup.sh
+  post_bootstrap: /bin/true
+  post_init: /bin/true
   users: {admin: {password: x}}
   dcs:
     max_timelines_history: 10
@@ -358,10 +352,8 @@ bootstrap:
       pg_ctl_timeout: 5
       use_unix_socket: true
       bin_name: {pg_ctl: pg_ctl}
-      callbacks: {on_start: /bin/true}
       remove_data_directory_on_diverged_timelines: true
       use_unix_socket_repl: true
-      before_stop: /bin/true
       krbsrvname: postgres
       pg_rewind: {x: y}
 ";
@@ -381,10 +373,8 @@ bootstrap:
             bootstrap.dcs.check_timeline: pgbaton always checks timelines: a member behind the cluster's timeline never takes over
             bootstrap.dcs.ignore_slots: accepted but not needed by pgbaton: it drops only the replication slots it created for members (recorded in <data_dir>.pgbaton-slots) and leaves every other slot alone
             bootstrap.dcs.postgresql.bin_name: accepted but not used by pgbaton: it runs the programs in bin_dir under their usual names
-            bootstrap.dcs.postgresql.callbacks: accepted but not used by pgbaton: it runs no callback scripts (on_start, on_stop, on_restart, on_reload, on_role_change)
             bootstrap.dcs.postgresql.remove_data_directory_on_diverged_timelines: accepted but not used by pgbaton: a diverged member is rewound (use_pg_rewind) or re-cloned (remove_data_directory_on_rewind_failure)
             bootstrap.dcs.postgresql.use_unix_socket_repl: accepted but not used by pgbaton: replicas stream over TCP
-            bootstrap.dcs.postgresql.before_stop: accepted but not used by pgbaton: it runs no script before stopping PostgreSQL
             bootstrap.dcs.postgresql.krbsrvname: accepted but not used by pgbaton: replication connections do not set a Kerberos service name
             bootstrap.dcs.postgresql.pg_rewind: accepted but not used by pgbaton: pg_rewind runs with its own options, as authentication.rewind
             bootstrap.dcs.postgresql.listen: only used in the local configuration; ignored in the dynamic configuration, as in Patroni
@@ -403,17 +393,13 @@ bootstrap:
             bootstrap.dcs.primary_race_backoff: accepted but not used by pgbaton: members race for the leader key without this delay
             bootstrap.dcs.member_slots_ttl: accepted but not used by pgbaton: the leader drops a departed member's replication slot once its member key is gone
             bootstrap.pg_hba: accepted but not used by pgbaton: it writes pg_hba.conf from postgresql.pg_hba (the local one, else the dynamic configuration's); move these lines there
-            bootstrap.post_bootstrap: accepted but not used by pgbaton: it runs no script after creating a cluster
-            bootstrap.post_init: accepted but not used by pgbaton: it runs no script after creating a cluster
             bootstrap.users: accepted but not used by pgbaton: it creates no users when creating a cluster
             postgresql.authentication.replication.sslnegotiation: accepted but not used by pgbaton: its connections use libpq's default (sslnegotiation postgres)
             postgresql.use_slots: ignored in the local configuration, as in Patroni: set it in the dynamic configuration (bootstrap.dcs.postgresql.use_slots)
             postgresql.proxy_address: accepted but not used by pgbaton: it publishes no proxy address in the member key
             postgresql.bin_name: accepted but not used by pgbaton: it runs the programs in bin_dir under their usual names
-            postgresql.callbacks: accepted but not used by pgbaton: it runs no callback scripts (on_start, on_stop, on_restart, on_reload, on_role_change)
             postgresql.remove_data_directory_on_diverged_timelines: accepted but not used by pgbaton: a diverged member is rewound (use_pg_rewind) or re-cloned (remove_data_directory_on_rewind_failure)
             postgresql.use_unix_socket_repl: accepted but not used by pgbaton: replicas stream over TCP
-            postgresql.before_stop: accepted but not used by pgbaton: it runs no script before stopping PostgreSQL
             postgresql.krbsrvname: accepted but not used by pgbaton: replication connections do not set a Kerberos service name
             postgresql.pg_rewind: accepted but not used by pgbaton: pg_rewind runs with its own options, as authentication.rewind
             tags.clonefrom: published in the member key, but pgbaton replicas always clone from the leader
@@ -799,6 +785,7 @@ postgresql:
   connect_address: 127.0.0.1:5432
   data_dir: d
   create_replica_methods: [basebackup]
+  callbacks: {}
   authentication:
     superuser: {username: a}
     replication: {username: b}

@@ -21,7 +21,22 @@ impl Ctx<'_> {
         // A rewind that failed against some leader says nothing once we lead.
         next.rewind_failed_against = None;
         next.not_streaming_since = None;
+        if !sql.in_recovery {
+            next.pre_promote_failed = None;
+        }
         if sql.in_recovery {
+            // The pre_promote script refused the promotion we were making: give the key up
+            // (Patroni releases it), staying a standby.
+            if let Some(failure) = crate::last_failure(&self.obs.outcomes)
+                && failure.action == crate::decision::ActionKind::PrePromote
+            {
+                return (
+                    vec![Action::ReleaseLeader { last_lsn: None }],
+                    Reason::PromotionCancelled {
+                        error: failure.error.clone(),
+                    },
+                );
+            }
             let mut actions = self.before_promote(view);
             actions.push(Action::Promote);
             return (actions, Reason::PromotingWithLock);

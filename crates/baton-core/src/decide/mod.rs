@@ -68,6 +68,11 @@ pub fn decide(memory: &Memory, obs: &Observation, config: &HaConfig, now: Mono) 
     {
         next.rewind_failed_against = Some(leader.clone());
     }
+    if let Some(failure) = crate::last_failure(&obs.outcomes)
+        && failure.action == ActionKind::PrePromote
+    {
+        next.pre_promote_failed = Some((failure.at, failure.error.clone()));
+    }
 
     let ctx = Ctx {
         obs,

@@ -26,6 +26,18 @@ impl Ctx<'_> {
         if !self.lease_ok() {
             return (vec![], Reason::WaitingForLease);
         }
+        // Patroni's backoff: no race for `ttl` after our pre_promote script failed.
+        if let Some((at, error)) = &next.pre_promote_failed {
+            if self.now < *at + self.cfg.ttl {
+                return (
+                    vec![],
+                    Reason::PromotionCancelled {
+                        error: error.clone(),
+                    },
+                );
+            }
+            next.pre_promote_failed = None;
+        }
         if let Some(req) = view.failover.as_ref().map(|f| &f.value)
             && scheduled_wait_ms(view, self.obs.unix_ms).is_none_or(|w| w <= 0)
         {
