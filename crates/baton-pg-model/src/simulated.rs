@@ -17,14 +17,18 @@ use std::time::Duration;
 
 use baton_core::{HistoryLine, Mono, PgState, StartRole, StopMode, Upstream};
 use baton_ports::{PgError, Postgres, Reconfigured};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::model::{Model, Node, Role, StopKind};
 use crate::wire;
 
-/// How often a standby reads its upstream.
-const REPLICATION_INTERVAL: Duration = Duration::from_millis(200);
+/// How often a standby reads its upstream (over one kept connection: at 1,000 members a new
+/// connection per read, five times a second, filled the host's connection-tracking table).
+const REPLICATION_INTERVAL: Duration = Duration::from_secs(1);
+/// A kept connection nobody asks anything on is closed after this long.
+const IDLE_CONNECTION: Duration = Duration::from_secs(60);
 /// Connecting to and reading an upstream.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const START_READY: Duration = Duration::from_millis(200);
@@ -57,6 +61,8 @@ struct Inner {
     origin: Instant,
     /// The upstream node 1 mirrors (`host:port`).
     upstream: Mutex<Option<(String, u16)>>,
+    /// The connection to that upstream, kept between reads.
+    conn: tokio::sync::Mutex<Option<((String, u16), BufReader<TcpStream>)>>,
     conf: Mutex<(BTreeMap<String, String>, Vec<String>)>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -103,6 +109,7 @@ impl SimulatedPostgres {
                 model: Mutex::new(model),
                 origin: Instant::now(),
                 upstream: Mutex::new(None),
+                conn: tokio::sync::Mutex::new(None),
                 conf: Mutex::new(Default::default()),
                 tasks: Mutex::new(Vec::new()),
             }),
@@ -110,16 +117,34 @@ impl SimulatedPostgres {
         let weak = Arc::downgrade(&pg.inner);
         let serve = tokio::spawn(async move {
             loop {
-                let Ok((mut conn, _)) = listener.accept().await else {
+                let Ok((conn, _)) = listener.accept().await else {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 };
-                let Some(inner) = weak.upgrade() else { return };
-                let line = wire::encode(&lock(&inner.model).nodes[0]);
-                drop(inner);
+                let weak = weak.clone();
+                // One line of state per request line, until the client goes or stays idle.
                 tokio::spawn(async move {
-                    let _ = tokio::time::timeout(CONNECT_TIMEOUT, conn.write_all(line.as_bytes()))
-                        .await;
+                    let mut conn = BufReader::new(conn);
+                    let mut request = String::new();
+                    loop {
+                        request.clear();
+                        match tokio::time::timeout(IDLE_CONNECTION, conn.read_line(&mut request))
+                            .await
+                        {
+                            Ok(Ok(n)) if n > 0 => {}
+                            _ => return,
+                        }
+                        let Some(inner) = weak.upgrade() else { return };
+                        let line = wire::encode(&lock(&inner.model).nodes[0]);
+                        drop(inner);
+                        let write = conn.get_mut().write_all(line.as_bytes());
+                        if !matches!(
+                            tokio::time::timeout(CONNECT_TIMEOUT, write).await,
+                            Ok(Ok(()))
+                        ) {
+                            return;
+                        }
+                    }
                 });
             }
         });
@@ -154,14 +179,31 @@ impl SimulatedPostgres {
     /// no running postmaster: the model refuses it as a source).
     async fn refresh(&self, upstream: &(String, u16)) -> bool {
         let fetched = tokio::time::timeout(CONNECT_TIMEOUT, async {
-            let mut conn = tokio::net::TcpStream::connect((upstream.0.as_str(), upstream.1))
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut line = String::new();
-            conn.read_to_string(&mut line)
-                .await
-                .map_err(|e| e.to_string())?;
-            wire::decode(&line)
+            let mut kept = self.inner.conn.lock().await;
+            // The kept connection first; a fresh one when there is none or it failed.
+            for fresh in [false, true] {
+                if fresh || kept.as_ref().is_none_or(|(t, _)| t != upstream) {
+                    let conn = TcpStream::connect((upstream.0.as_str(), upstream.1))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    *kept = Some((upstream.clone(), BufReader::new(conn)));
+                }
+                let Some((_, conn)) = kept.as_mut() else {
+                    continue;
+                };
+                let mut line = String::new();
+                let asked = async {
+                    conn.get_mut().write_all(b"state\n").await?;
+                    conn.read_line(&mut line).await
+                };
+                match asked.await {
+                    Ok(n) if n > 0 => return wire::decode(&line),
+                    Ok(_) => *kept = None,
+                    Err(e) if fresh => return Err(e.to_string()),
+                    Err(_) => *kept = None,
+                }
+            }
+            Err("the upstream closed the connection".to_owned())
         })
         .await;
         let now = self.now();

@@ -1,6 +1,6 @@
 //! What one simulated server tells another: its data directory and postmaster state, as one
-//! text line (`pgbaton-sim 1 <state> <promoting> <sysid> <checkpoint> <records>`), answered to
-//! every connection on its PostgreSQL port and then closed. A standby's server reads its
+//! text line (`pgbaton-sim 1 <state> <sysid> <checkpoint> <records>`), answered to every
+//! request line on a connection to its PostgreSQL port (the connection is kept). A standby's server reads its
 //! upstream this way to stream, and `pg_basebackup` / `pg_rewind` read their source.
 
 use baton_core::{ClusterState, Mono};

@@ -254,7 +254,9 @@ async fn etcd_metrics(fleet: &SimFleet) -> anyhow::Result<EtcdMetrics> {
                 && method() == "Watch"
             {
                 out.watch_sent += value;
-            } else if name == "etcd_mvcc_db_total_size_in_bytes" {
+            } else if name == "etcd_mvcc_db_total_size_in_bytes"
+                || name == "etcd_debugging_mvcc_db_total_size_in_bytes"
+            {
                 out.db_size = Some(out.db_size.map_or(value, |v: f64| v.max(value)));
             }
         }
