@@ -62,7 +62,7 @@ struct Inner {
     /// The upstream node 1 mirrors (`host:port`).
     upstream: Mutex<Option<(String, u16)>>,
     /// The connection to that upstream, kept between reads.
-    conn: tokio::sync::Mutex<Option<((String, u16), BufReader<TcpStream>)>>,
+    conn: tokio::sync::Mutex<Option<KeptConnection>>,
     conf: Mutex<(BTreeMap<String, String>, Vec<String>)>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -79,6 +79,9 @@ impl Drop for Inner {
         }
     }
 }
+
+/// A connection to an upstream (`host`, `port`), kept between reads.
+type KeptConnection = ((String, u16), BufReader<TcpStream>);
 
 fn err(e: impl Into<String>) -> PgError {
     PgError::Other(e.into())
