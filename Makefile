@@ -17,6 +17,7 @@
 #   make bench-patroni  the same, also with Patroni (venv in PATRONI_VENV) and ratios
 #   make fuzz        every cargo-fuzz target in fuzz/ for FUZZ_SECONDS (default 30) each (nightly
 #                    and cargo-fuzz; FUZZ_TARGETS=..., FUZZ_SANITIZER=address); see docs/testing.md
+#   make bench-scale    many simulated members on one 3-member etcd -> target/bench/scale.* (SCALE_ARGS=...)
 #
 # An externally set CARGO_TARGET_DIR is respected (cargo reads it from the environment).
 
@@ -27,7 +28,7 @@ ifdef CARGO_TARGET_DIR
 export CARGO_TARGET_DIR
 endif
 
-.PHONY: build test deps lint fmt fmt-check clippy demo demo-down test-clean bench bench-patroni bench-release sim \
+.PHONY: build test deps lint fmt fmt-check clippy demo demo-down test-clean bench bench-patroni bench-release bench-scale sim \
 	docker-demo docker-demo-down docker-test chaos fuzz
 
 build:
@@ -107,6 +108,13 @@ $(PATRONI_VENV)/bin/patroni:
 bench-patroni: deps bench-release $(PATRONI_VENV)/bin/patroni
 	PGBATON_BIN=$(BENCH_BIN) BATON_REFERENCE_BIN_DIR=$(PATRONI_VENV)/bin \
 		$(CARGO) run -p baton-integration-tests --bin bench -- --peer patroni $(BENCH_ARGS)
+
+# 3, 100, 300 and 1,000 members (3-member clusters) and one cluster of 50, each member a release
+# `pgbaton agent --simulated-postgres`, on one real 3-member etcd: etcd load, watch fan-out and a
+# killed leader's failover. SCALE_ARGS="--fleets 3,100 --idle-secs 30". See README.md.
+SCALE_ARGS ?=
+bench-scale: deps bench-release
+	PGBATON_BIN=$(BENCH_BIN) $(CARGO) run -p baton-integration-tests --bin bench-scale -- $(SCALE_ARGS)
 
 # Random seeds of the deterministic cluster simulator; prints and replays any failing seed.
 # SIM_ARGS=--allow-known fails only on problems not yet listed as open findings.

@@ -41,6 +41,7 @@ mod ports;
 mod process;
 pub mod render;
 mod sampler;
+pub mod scale;
 pub mod tls;
 mod tools;
 mod wait;

@@ -381,6 +381,24 @@ pub const RULES: &[Rule] = &[
         why: "adapters do not depend on each other or on what uses them",
     },
     Rule {
+        who: Who::Only(&["baton-pg-model"]),
+        deny: Deny::Any(&[
+            "baton-dcs",
+            "baton-dcs-mem",
+            "baton-pg",
+            "baton-vip",
+            "etcd-client",
+            "tokio-postgres",
+            "baton-config",
+            "baton-api",
+            "baton-agent",
+            "baton-cli",
+            "baton-sim",
+        ]),
+        why: "the PostgreSQL model and its `Postgres` adapter (`SimulatedPostgres`) run no \
+              PostgreSQL and depend on no other adapter or on what uses them",
+    },
+    Rule {
         who: Who::Only(&["baton-sim"]),
         deny: Deny::Any(&[
             "baton-dcs",

@@ -103,6 +103,17 @@ pub async fn run(
     reloads: Option<Reloads>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    run_with(config, reloads, shutdown, LocalPostgres::new).await
+}
+
+/// [`run`] with another `Postgres` implementation, made from the settings `run` would give
+/// `LocalPostgres` (called twice: for the fencer, then for the HA loop).
+pub async fn run_with<P: Postgres>(
+    config: Config,
+    reloads: Option<Reloads>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    make_pg: impl Fn(PgSettings) -> P + Send,
+) -> anyhow::Result<()> {
     let (source, mut reload_requests) = match reloads {
         Some(r) => (Some(r.source), r.requests),
         // A closed channel: its branch below never fires.
@@ -135,10 +146,7 @@ pub async fn run(
     // primary by an earlier agent is fenced by that agent's deadline even when etcd cannot be
     // reached at all. It only stops and observes PostgreSQL, for which the bootstrap
     // settings are as good as the cluster's.
-    let fence_pg = Arc::new(LocalPostgres::new(pg_settings(
-        &config,
-        &bootstrap_dynamic(&config),
-    )));
+    let fence_pg = Arc::new(make_pg(pg_settings(&config, &bootstrap_dynamic(&config))));
     let record = Arc::new(fence::FenceFile::beside(&config.postgresql.data_dir));
     let (lease_tx, lease_rx) = watch::channel(LeaseState::default());
     let (leading_tx, leading_rx) = watch::channel(fence::FenceSignal::default());
@@ -185,7 +193,7 @@ pub async fn run(
         "timing"
     );
 
-    let pg = Arc::new(LocalPostgres::new(pg_settings(&config, &dynamic)));
+    let pg = Arc::new(make_pg(pg_settings(&config, &dynamic)));
 
     let keeper = lease::LeaseKeeper::publishing_to(dcs.clone(), clock.clone(), ttl, lease_tx);
     let keeper_stop = stop_rx.clone();

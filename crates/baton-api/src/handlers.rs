@@ -40,7 +40,56 @@ pub(crate) fn router_with(state: ApiState, policy: Arc<Policy>) -> Router {
     Router::new()
         .fallback(dispatch)
         .layer(axum::Extension(policy))
+        .layer(axum::Extension(Arc::new(Rendered::default())))
         .with_state(state)
+}
+
+/// The status document (`GET /patroni`, every health check's body) of the last snapshot and
+/// VIP state, built and serialised once per snapshot instead of once per request. Health
+/// checks still compute their status code per request (it depends on the clock).
+#[derive(Default)]
+pub(crate) struct Rendered {
+    last: std::sync::Mutex<Option<RenderedStatus>>,
+}
+
+#[derive(Clone)]
+struct RenderedStatus {
+    /// Held (not only compared by address) so a new snapshot can never reuse its address.
+    snapshot: Arc<Snapshot>,
+    vip: Option<crate::VipStatus>,
+    doc: Arc<(Status, Option<Bytes>)>,
+}
+
+impl Rendered {
+    /// The status of `snapshot` with `vip`, and its JSON (`None` if it failed to serialise).
+    fn status(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        vip: Option<crate::VipStatus>,
+    ) -> Arc<(Status, Option<Bytes>)> {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = last.as_ref()
+            && Arc::ptr_eq(&r.snapshot, snapshot)
+            && r.vip == vip
+        {
+            return r.doc.clone();
+        }
+        let status = Status::new(snapshot).with_vip(vip.clone());
+        let body = match serde_json::to_vec(&status) {
+            Ok(v) => Some(Bytes::from(v)),
+            Err(err) => {
+                tracing::error!("serialize response: {err}");
+                None
+            }
+        };
+        let doc = Arc::new((status, body));
+        *last = Some(RenderedStatus {
+            snapshot: snapshot.clone(),
+            vip,
+            doc: doc.clone(),
+        });
+        doc
+    }
 }
 
 /// Serves the REST API on `listener` (plain HTTP, default limits) until `shutdown` completes,
@@ -146,7 +195,12 @@ async fn dispatch(State(state): State<ApiState>, request: axum::extract::Request
         .get::<Arc<Policy>>()
         .cloned()
         .unwrap_or_default();
-    let mut response = answer(&state, &policy, parts, body).await;
+    let rendered = parts
+        .extensions
+        .get::<Arc<Rendered>>()
+        .cloned()
+        .unwrap_or_default();
+    let mut response = answer(&state, &policy, &rendered, parts, body).await;
     let headers = response.headers_mut();
     for (name, value) in &policy.access.extra_headers {
         headers.append(name.clone(), value.clone());
@@ -271,6 +325,7 @@ async fn read_body(policy: &Policy, body: Body) -> Result<Bytes, Response> {
 async fn answer(
     state: &ApiState,
     policy: &Policy,
+    rendered: &Rendered,
     parts: axum::http::request::Parts,
     body: Body,
 ) -> Response {
@@ -351,19 +406,19 @@ async fn answer(
             error_page(StatusCode::BAD_REQUEST, Some(&e.to_string()))
         }
         Endpoint::Health => {
-            let status = Status::new(&snapshot).with_vip(vip);
-            let code = health_code(&snapshot, &status, now, path, &QueryParams::from_uri(&uri));
+            let doc = rendered.status(&snapshot, vip);
+            let code = health_code(&snapshot, &doc.0, now, path, &QueryParams::from_uri(&uri));
             if status_only {
                 code_only(code)
             } else {
-                json_response(code, &status)
+                bytes_json_response(code, doc.1.clone())
             }
         }
         Endpoint::Patroni => {
             if status_only {
                 code_only(StatusCode::OK)
             } else {
-                json_response(StatusCode::OK, &Status::new(&snapshot).with_vip(vip))
+                bytes_json_response(StatusCode::OK, rendered.status(&snapshot, vip).1.clone())
             }
         }
         Endpoint::Cluster => {
@@ -601,6 +656,20 @@ fn json_response<T: Serialize + ?Sized>(code: StatusCode, doc: &T) -> Response {
             error_page(StatusCode::INTERNAL_SERVER_ERROR, None)
         }
     }
+}
+
+/// A JSON body rendered before (`None`: it failed to serialise, logged then: 500).
+fn bytes_json_response(code: StatusCode, body: Option<Bytes>) -> Response {
+    let Some(body) = body else {
+        return error_page(StatusCode::INTERNAL_SERVER_ERROR, None);
+    };
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = code;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 fn raw_json_response(code: StatusCode, text: String) -> Response {

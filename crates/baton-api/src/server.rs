@@ -1,8 +1,11 @@
-//! The listener: plain HTTP or TLS (rustls), one HTTP/1 exchange per connection (Patroni's
-//! server speaks HTTP/1.0 without keep-alive), and the limits that keep health checks answered
-//! while someone floods or stalls the API:
+//! The listener: plain HTTP or TLS (rustls), HTTP/1.1 with keep-alive (Patroni's server
+//! speaks HTTP/1.0 and closes after each answer; an HTTP/1.0 request, or one with
+//! `Connection: close`, still gets exactly that), and the limits that keep health checks
+//! answered while someone floods or stalls the API:
 //! - request headers must arrive within [`Limits::header_read_timeout`] of the connection (the
-//!   TLS handshake included), a body within [`Limits::body_read_timeout`];
+//!   TLS handshake included) or, on a kept-alive connection, of the previous answer (so an idle
+//!   kept-alive connection holds its slot no longer than a slow first request would), a body
+//!   within [`Limits::body_read_timeout`];
 //! - a body is at most [`Limits::max_body_bytes`] (413 beyond);
 //! - at most [`Limits::max_connections`] connections are served at once (the next ones wait in
 //!   the listen backlog); a connection costs a task and a socket, never a thread;
@@ -257,7 +260,7 @@ async fn exchange<I>(
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .keep_alive(false)
+        .keep_alive(true)
         .serve_connection(io, service);
     tokio::pin!(conn);
     tokio::select! {

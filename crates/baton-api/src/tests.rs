@@ -641,6 +641,49 @@ async fn a_published_snapshot_is_visible_to_the_next_request() {
     assert_eq!(h.code("/replica").await, 200);
 }
 
+/// The status document is rendered once per snapshot (and VIP state) and reused by one
+/// router for later requests: a new snapshot or VIP state must show at the next request.
+#[tokio::test]
+async fn the_rendered_status_follows_every_new_snapshot_and_vip_state() {
+    let mut h = harness(primary());
+    let (vip_tx, vip_rx) = watch::channel(crate::VipStatus::default());
+    h.state.vip = Some(vip_rx);
+    let app = router(h.state.clone());
+    let get = |uri: &'static str| {
+        let app = app.clone();
+        async move {
+            let request = Request::builder().uri(uri).body(Body::empty()).unwrap();
+            let response = app.oneshot(request).await.unwrap();
+            let code = response.status().as_u16();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            let doc: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+            (code, doc)
+        }
+    };
+    let (code, doc) = get("/primary").await;
+    assert_eq!((code, doc["role"].as_str()), (200, Some("primary")));
+    assert_eq!(get("/patroni").await.1, doc, "one document for both");
+    // Reused: the same answer again.
+    assert_eq!(get("/primary").await, (200, doc.clone()));
+
+    let mut demoted = replica();
+    demoted.name = name("node1");
+    h.publish.send_replace(Arc::new(demoted));
+    let (code, doc) = get("/primary").await;
+    assert_eq!((code, doc["role"].as_str()), (503, Some("replica")));
+    assert_eq!(get("/patroni").await.1["role"], "replica");
+
+    vip_tx.send_replace(crate::VipStatus {
+        address: "10.0.0.100/24".to_owned(),
+        interface: "eth0".to_owned(),
+        present: true,
+        desired: false,
+        error: None,
+    });
+    assert_eq!(get("/patroni").await.1["vip"]["present"], true);
+    assert_eq!(get("/replica").await.1["vip"]["address"], "10.0.0.100/24");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Liveness and readiness.
 

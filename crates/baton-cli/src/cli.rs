@@ -87,7 +87,15 @@ fn parse_interval(s: &str) -> Result<f64, String> {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the agent with this configuration file.
-    Agent { config: PathBuf },
+    Agent {
+        config: PathBuf,
+        /// Test-only: run against a simulated PostgreSQL (the simulator's model, in this
+        /// process, serving its state to the other members on `postgresql.connect_address`)
+        /// instead of a real one; no fence guard. For scale benchmarks and tests of many
+        /// members on one machine (docs/testing.md). Never for a real database.
+        #[arg(long)]
+        simulated_postgres: bool,
+    },
     /// Check a configuration file; print every error with its key path.
     ValidateConfig { config: PathBuf },
     /// Internal: the fence guard the agent starts beside itself (see ARCHITECTURE.md).

@@ -18,10 +18,27 @@ fn load(path: &Path) -> anyhow::Result<baton_config::Loaded> {
         .map_err(|e| anyhow::anyhow!("invalid configuration {}:\n{e}", path.display()))
 }
 
+/// glibc's malloc gives each thread that allocates an arena of its own (up to eight per
+/// core), each holding freed memory of its own. The agent runs a handful of threads (two
+/// runtime workers, a few blocking ones) that allocate little: two arenas keep its (and the
+/// fence guard's) resident memory down without making the REST workers queue for one lock.
+fn limit_malloc_arenas() {
+    // SAFETY: `mallopt` only sets a malloc tunable; called first thing in `main`, before any
+    // other thread exists. A failure (returns 0) leaves glibc's default.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     match cli.command {
-        Command::Agent { config } => run_agent(&config),
+        Command::Agent {
+            config,
+            simulated_postgres,
+        } => run_agent(&config, simulated_postgres),
         Command::ValidateConfig { config } => validate(&config),
         Command::FenceGuard {
             data_dir,
@@ -102,7 +119,7 @@ fn init_logging() {
         .init();
 }
 
-fn run_agent(path: &Path) -> ExitCode {
+fn run_agent(path: &Path, simulated_postgres: bool) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -170,6 +187,18 @@ fn run_agent(path: &Path) -> ExitCode {
     // killed), and takes the floating IP (if any) off this host with it; it outlives an
     // abnormal exit only.
     let data_dir = loaded.config.postgresql.data_dir.clone();
+    if simulated_postgres {
+        // No PostgreSQL processes, so no fence guard: the simulated server lives and dies
+        // with this process.
+        tracing::warn!("TEST-ONLY MODE: simulated PostgreSQL (--simulated-postgres)");
+        return match rt.block_on(run_simulated(loaded.config, reloads, shutdown)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let guard = baton_agent::guard::spawn_guard(&data_dir, loaded.config.vip.as_ref());
     let result = rt.block_on(baton_agent::run(loaded.config, Some(reloads), shutdown));
     if let Some(guard) = guard {
@@ -194,4 +223,28 @@ async fn forward_hangups(
             return;
         }
     }
+}
+
+/// `agent --simulated-postgres`: the agent over `baton_pg_model::SimulatedPostgres`, listening
+/// on `postgresql.connect_address`.
+async fn run_simulated(
+    config: baton_config::Config,
+    reloads: baton_agent::Reloads,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let address = &config.postgresql.connect_address;
+    let listen = tokio::net::lookup_host(address.as_str())
+        .await
+        .ok()
+        .and_then(|mut a| a.next())
+        .with_context(|| format!("postgresql.connect_address: cannot resolve {address:?}"))?;
+    let pg = baton_pg_model::SimulatedPostgres::start(baton_pg_model::SimulatedSettings {
+        name: config.name.clone(),
+        listen,
+        pg_ctl_timeout: config.postgresql.pg_ctl_timeout,
+    })
+    .await
+    .with_context(|| format!("simulated PostgreSQL: listen on {listen}"))?;
+    baton_agent::run_with(config, Some(reloads), shutdown, move |_| pg.clone()).await
 }

@@ -216,17 +216,20 @@ struct ReadCheck {
 }
 
 /// Whether `cache.last` is what a linearizable read would return now, up to the watch's
-/// delivery delay: the watch has been established since before that read and has delivered no
-/// event (nor reconnected), this client has written nothing since, the etcd cluster answered
-/// a request sent within the last ttl/2 (so the watch is not served by a member cut off from
-/// its leader), and the read is younger than [`CACHE_MAX_AGE_TTLS`] ttls.
+/// delivery delay: that read saw a leader key (a leaderless cluster — where members race for
+/// the key, design §4 rule 3 — is always read fresh), the watch has been established since
+/// before that read and has delivered no event (nor reconnected), this client has written
+/// nothing since, the etcd cluster answered a request sent within the last ttl/2 (so the watch
+/// is not served by a member cut off from its leader), and the read is younger than
+/// [`CACHE_MAX_AGE_TTLS`] ttls.
 fn cache_usable(cache: &ReadCache, check: &ReadCheck) -> bool {
     let (true, Some(ttl), Some(last), Some(quorum)) =
         (cache.enabled, cache.ttl, &cache.last, cache.quorum_seen)
     else {
         return false;
     };
-    check.watching
+    last.view.leader.is_some()
+        && check.watching
         && last.changes == check.changes
         && last.writes == check.writes
         && check.now.saturating_duration_since(last.sent) < ttl * CACHE_MAX_AGE_TTLS
@@ -263,10 +266,11 @@ impl Written {
 }
 
 impl EtcdDcs {
-    /// Lets `read_cluster` answer from the last read while the watch proves nothing changed
-    /// (see [`cache_usable`]), as Patroni's etcd3 does for every HA-loop read. Off by default:
-    /// then every `read_cluster` is a linearizable read, as the [`Dcs`] contract states.
-    /// Leadership stays compare-and-swap either way.
+    /// Lets `read_cluster` answer from the last linearizable read while the watch proves
+    /// nothing changed and that read saw a leader key (see [`cache_usable`]); Patroni's etcd3
+    /// serves every HA-loop read from its watch. Off by default: then every `read_cluster` is
+    /// a linearizable read. A leaderless view is never reused: the race and everything decided
+    /// while nobody leads read fresh. Leadership stays compare-and-swap either way.
     pub fn serve_reads_from_watch(&self, enabled: bool) {
         let mut cache = self.cache();
         cache.enabled = enabled;
@@ -1234,7 +1238,7 @@ async fn watch_once(
 #[cfg(test)]
 mod tests {
     use super::{CachedRead, ReadCache, ReadCheck, cache_usable, prefix_end};
-    use baton_core::ClusterView;
+    use baton_core::{ClusterView, LeaderKey, MemberName};
     use std::time::Duration;
     use tokio::time::Instant;
 
@@ -1249,7 +1253,15 @@ mod tests {
             ttl: Some(TTL),
             quorum_seen: Some(t0),
             last: Some(CachedRead {
-                view: ClusterView::default(),
+                view: ClusterView {
+                    leader: Some(LeaderKey {
+                        name: Some(MemberName::new("n1").expect("member name")),
+                        lease: 1,
+                        create_revision: 2,
+                        mod_revision: 2,
+                    }),
+                    ..ClusterView::default()
+                },
                 changes: 7,
                 writes: 4,
                 sent: t0,
@@ -1291,6 +1303,11 @@ mod tests {
         let (c, mut k) = fixture(second);
         k.writes += 1;
         assert!(!cache_usable(&c, &k), "this client wrote (or is writing)");
+        let (mut c, k) = fixture(second);
+        if let Some(last) = &mut c.last {
+            last.view.leader = None;
+        }
+        assert!(!cache_usable(&c, &k), "a leaderless view is read fresh");
     }
 
     #[test]

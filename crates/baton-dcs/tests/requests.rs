@@ -97,6 +97,10 @@ async fn client(etcd: &Etcd) -> EtcdDcs {
     }
 }
 
+fn name(n: &str) -> MemberName {
+    MemberName::new(n).expect("member name")
+}
+
 fn member(name: &str, xlog: u64) -> Member {
     Member {
         name: MemberName::new(name).expect("member name"),
@@ -193,6 +197,8 @@ async fn with_the_watch_cache_a_read_is_sent_only_after_a_change() {
     a.serve_reads_from_watch(true);
     let la = a.grant_lease(TTL).await.unwrap();
     let lb = b.grant_lease(TTL).await.unwrap();
+    // Only a view with a leader is reused: b leads.
+    assert!(b.acquire_leader(&name("n2"), lb).await.unwrap());
     a.keepalive(la).await.unwrap();
     read_until_cached(&a).await;
 
@@ -239,6 +245,7 @@ async fn with_the_watch_cache_a_read_is_sent_only_after_a_change() {
         .unwrap();
     let view = a.read_cluster().await.unwrap();
     assert!(view.member(&MemberName::new("n2").unwrap()).is_none());
+    assert!(view.leader.is_none(), "the leader key went with b's lease");
 
     // Turned off: every read is sent again.
     a.serve_reads_from_watch(false);
@@ -249,5 +256,59 @@ async fn with_the_watch_cache_a_read_is_sent_only_after_a_change() {
     assert_eq!(
         (c.range - before.range, c.cached_reads - before.cached_reads),
         (2, 0)
+    );
+}
+
+/// Design §4 rule 3: while nobody leads, members race for the key, and every read is
+/// linearizable even with the watch cache on; once a leader appears reads may be reused, and
+/// when it goes they are fresh again.
+#[tokio::test]
+async fn a_leaderless_cluster_is_read_fresh_every_time() {
+    let Some(etcd) = etcd("a_leaderless_cluster_is_read_fresh_every_time") else {
+        return;
+    };
+    let a = client(&etcd).await;
+    let b = client(&etcd).await;
+    a.serve_reads_from_watch(true);
+    let la = a.grant_lease(TTL).await.unwrap();
+    let lb = b.grant_lease(TTL).await.unwrap();
+    a.keepalive(la).await.unwrap();
+    a.touch_member(&member("n1", 1), la).await.unwrap();
+
+    // No leader: every read is sent, however long the watch stays quiet. The watch is
+    // established (or not) asynchronously; either way nothing may come from the cache.
+    let start = a.request_counts();
+    for _ in 0..20 {
+        let view = a.read_cluster().await.unwrap();
+        assert!(view.leader.is_none());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let c = a.request_counts();
+    assert_eq!(
+        (c.range - start.range, c.cached_reads - start.cached_reads),
+        (20, 0)
+    );
+
+    // A leader appears: reads are reused again (the cache works at all) ...
+    assert!(b.acquire_leader(&name("n2"), lb).await.unwrap());
+    read_until_cached(&a).await;
+
+    // ... until it releases the key: once the watch delivers that, every read is sent again.
+    let mut changes = a.changes();
+    changes.borrow_and_update();
+    b.release_leader(&name("n2")).await.unwrap();
+    tokio::time::timeout(DEADLINE, changes.changed())
+        .await
+        .expect("the watch delivers the release")
+        .unwrap();
+    let start = a.request_counts();
+    for _ in 0..10 {
+        let view = a.read_cluster().await.unwrap();
+        assert!(view.leader.is_none());
+    }
+    let c = a.request_counts();
+    assert_eq!(
+        (c.range - start.range, c.cached_reads - start.cached_reads),
+        (10, 0)
     );
 }

@@ -96,9 +96,19 @@ impl DcsScope {
 /// return [`DcsError::Unavailable`] when it passes.
 ///
 /// Contract (checked by `baton-dcs/tests/contract.rs` against both implementations):
-/// - `read_cluster` is linearizable and returns one consistent snapshot of the prefix, however
-///   large; values that do not decode are named in `ClusterView::warnings` and skipped, except
-///   `leader` (a `LeaderKey` without a name) and `sync` (`SyncKey::Unreadable`).
+/// - `read_cluster` returns one consistent snapshot of the prefix, however large; values that
+///   do not decode are named in `ClusterView::warnings` and skipped, except `leader` (a
+///   `LeaderKey` without a name) and `sync` (`SyncKey::Unreadable`). It is linearizable, with
+///   one exception an implementation may opt into (`EtcdDcs::serve_reads_from_watch`, which
+///   the agent turns on): it may return the last linearizable snapshot again when that
+///   snapshot had a leader key, this client has written nothing since, the store's watch has
+///   been up since before that read and delivered no event since, the store's quorum answered
+///   within ttl/2, and the snapshot is younger than two ttls. Such an answer is stale by at
+///   most the watch's delivery delay. A snapshot without a leader key is never reused: while
+///   nobody leads (the race, design §4 rule 3) every read is linearizable. Decisions that
+///   change roles never rely on it either way: acquiring the leader key is compare-and-swap,
+///   leader-only writes compare the key, and the executor re-checks the lease right before
+///   `AcquireLeader`, `Promote` and starting as a primary.
 /// - the leader key and this member's key are attached to the caller's lease; when the lease
 ///   expires or is revoked both disappear.
 /// - `acquire_leader` succeeds only when the leader key does not exist (create-revision 0).

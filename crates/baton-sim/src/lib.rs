@@ -83,7 +83,7 @@ mod agent;
 mod dcs;
 pub mod faults;
 mod log;
-pub mod model;
+pub use baton_pg_model::model;
 mod pause;
 mod peers;
 mod pg;

@@ -947,16 +947,26 @@ async fn wrk_primary(cluster: &Cluster, wrk: &PathBuf, secs: u64) -> anyhow::Res
     let leader = wait_healthy(cluster).await?;
     let url = format!("{}/primary", cluster.node(&leader).rest_base());
     let mut out = serde_json::Map::new();
-    for conns in [16, 64] {
-        let output = tokio::process::Command::new(wrk)
-            .args([
-                "-t",
-                "2",
-                "-c",
-                &conns.to_string(),
-                "-d",
-                &format!("{secs}s"),
-            ])
+    // `c16`, `c64`: wrk's default, kept-alive connections; `c16_close`: a new connection per
+    // request (`Connection: close`, what HAProxy's checks and Patroni's HTTP/1.0 server do).
+    for (label, conns, close) in [
+        ("c16", 16, false),
+        ("c64", 64, false),
+        ("c16_close", 16, true),
+    ] {
+        let mut cmd = tokio::process::Command::new(wrk);
+        cmd.args([
+            "-t",
+            "2",
+            "-c",
+            &conns.to_string(),
+            "-d",
+            &format!("{secs}s"),
+        ]);
+        if close {
+            cmd.args(["-H", "Connection: close"]);
+        }
+        let output = cmd
             .arg("--latency")
             .arg(&url)
             .output()
@@ -976,8 +986,8 @@ async fn wrk_primary(cluster: &Cluster, wrk: &PathBuf, secs: u64) -> anyhow::Res
             "p99_ms": field("99%").and_then(|v| wrk_ms(&v)),
             "non_2xx": non2xx.parse::<u64>().ok(),
         });
-        eprintln!("bench: GET /primary, {conns} connections: {row}");
-        out.insert(format!("c{conns}"), row);
+        eprintln!("bench: GET /primary, {label}: {row}");
+        out.insert(label.to_owned(), row);
     }
     Ok(Value::Object(out))
 }
@@ -1131,6 +1141,14 @@ fn single_figures(run: &Value) -> Vec<(String, Option<f64>)> {
             run["get_primary"]["c64"]["requests_per_s"].as_f64(),
         ),
         ("GET /primary, 64 conns: p50 / p99 (ms)".to_owned(), None),
+        (
+            "GET /primary, 16 conns, Connection: close: requests/s".to_owned(),
+            run["get_primary"]["c16_close"]["requests_per_s"].as_f64(),
+        ),
+        (
+            "GET /primary, 16 conns, Connection: close: p50 / p99 (ms)".to_owned(),
+            None,
+        ),
     ]);
     rows
 }
@@ -1194,7 +1212,13 @@ fn render_table(report: &Value) -> String {
         let mut vals = Vec::new();
         for (r, figs) in runs.iter().zip(&per_run) {
             if label.contains("p50 / p99") {
-                let c = if label.contains("16") { "c16" } else { "c64" };
+                let c = if label.contains("close") {
+                    "c16_close"
+                } else if label.contains("16") {
+                    "c16"
+                } else {
+                    "c64"
+                };
                 out.push_str(&format!(
                     " {} / {} |",
                     fmt(r["get_primary"][c]["p50_ms"].as_f64()),

@@ -528,6 +528,54 @@ async fn idle_connections_are_closed_and_primary_keeps_answering() {
     server.finish().await;
 }
 
+/// HTTP/1.1 keeps the connection for the next request (load balancers and benchmarks reuse
+/// it); an idle kept-alive connection is closed after `header_read_timeout` like a slow
+/// first request; HTTP/1.0 is closed after the answer (tested by `raw_request` everywhere).
+#[tokio::test]
+async fn a_kept_alive_connection_serves_several_requests_then_times_out_idle() {
+    let h = harness(primary());
+    let limits = Limits {
+        header_read_timeout: Duration::from_millis(500),
+        ..Limits::default()
+    };
+    let server = start(
+        h.state.clone(),
+        ServeOptions {
+            limits,
+            ..ServeOptions::default()
+        },
+    )
+    .await;
+    let mut conn = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let request = b"GET /primary HTTP/1.1\r\nHost: x\r\n\r\n";
+    for _ in 0..3 {
+        conn.write_all(request).await.unwrap();
+        // One whole answer: headers, then the body's Content-Length bytes.
+        let mut got = Vec::new();
+        let mut byte = [0u8; 1];
+        while !got.ends_with(b"\r\n\r\n") {
+            conn.read_exact(&mut byte).await.unwrap();
+            got.push(byte[0]);
+        }
+        let head = String::from_utf8(got).unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .expect("content-length")
+            .parse()
+            .unwrap();
+        let mut body = vec![0u8; length];
+        conn.read_exact(&mut body).await.unwrap();
+        assert!(String::from_utf8(body).unwrap().contains("\"role\""));
+    }
+    // Idle now: the server closes it (EOF), well within the test's bound.
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), conn.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "an idle kept-alive connection stayed open");
+    server.finish().await;
+}
+
 #[tokio::test]
 async fn an_encrypted_pkcs8_key_is_read_with_its_password() {
     crate::tls::install_crypto_provider();

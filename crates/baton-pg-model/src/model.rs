@@ -3,8 +3,9 @@
 //! stopping, primary or standby, what it streams from), and the rules PostgreSQL applies to
 //! streaming, promotion, `pg_rewind` and `pg_basebackup`.
 //!
-//! Synchronous and free of IO: [`crate::pg::SimPostgres`] calls into it under a lock and runs
-//! the timed parts (a postmaster getting ready, a promotion finishing) as tasks of its own.
+//! Synchronous and free of IO: the simulator's `SimPostgres` (and the agent's simulated mode,
+//! [`crate::SimulatedPostgres`]) call into it under a lock and run the timed parts (a
+//! postmaster getting ready, a promotion finishing) as tasks of their own.
 //!
 //! The model also keeps the books the invariants need: which nodes accept writes since when
 //! (at most one at any instant), the acknowledged writes, the *durable prefix* — the WAL
@@ -398,6 +399,13 @@ impl Model {
             sync_mode: SyncMode::Off,
             sync_key: None,
         }
+    }
+
+    /// Numbers new WAL records, writes and postmaster pids from `base` on: models in
+    /// different processes (the agent's simulated mode) must never create the same record id.
+    pub fn number_from(&mut self, base: u64) {
+        self.next_rec = base;
+        self.next_write = base;
     }
 
     fn event(&mut self, i: usize, text: String) {
