@@ -430,6 +430,8 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             last_failure: self.last_failure.take(),
             unix_ms: unix_now_ms(),
             watchdog: crate::watchdog::state_of(self.watchdog.as_deref()),
+            // Failsafe mode is not wired yet (issue 12.2): nothing observed.
+            failsafe: Default::default(),
         };
         let decision = decide(&self.memory, &obs, &ha, now);
         let reason = decision.reason.to_string();
@@ -723,6 +725,11 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                 // A request changed meanwhile is left for the next cycle to look at.
                 self.leader_write("clear the failover key", write).await?;
                 Ok(true)
+            }
+            // Only decided with `failsafe_mode` on, which the configuration does not turn on
+            // yet (issue 12.2: the agent's wiring is a later step).
+            Action::WriteFailsafe { .. } | Action::ExtendFencing { .. } => {
+                anyhow::bail!("failsafe mode is not wired into the agent yet")
             }
         }
     }

@@ -125,6 +125,7 @@ fn view() -> ClusterView {
         ],
         status: Some(LeaderStatus { optime: Lsn(OPTIME), ..LeaderStatus::default() }),
         warnings: Vec::new(),
+        failsafe: None,
     }
 }
 

@@ -174,6 +174,9 @@ pub fn effective_ha(config: &Config, dynamic: &DynamicConfig) -> HaConfig {
         can_bootstrap: config.bootstrap.is_some() && !config.tags.is_nofailover(),
         sync: dynamic.sync,
         watchdog: config.watchdog.mode,
+        // Failsafe mode is decided in `baton-core` but not wired into the agent yet:
+        // `failsafe_mode` stays warned about (support.rs) and off here.
+        failsafe_mode: false,
     }
 }
 

@@ -1290,6 +1290,7 @@ fn effective_ha_merges_local_and_dynamic() {
                 max_lag_on_syncnode: None,
             },
             watchdog: Automatic,
+            failsafe_mode: false,
         }
     "#]]
     .assert_debug_eq(&ha);
