@@ -868,6 +868,9 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                 self.config.watchdog.mode,
             ),
             watchdog_armed: self.watchdog.as_ref().is_some_and(|w| w.state().armed),
+            // Failsafe mode is not wired into the agent yet (issue 12.2).
+            failsafe_mode: false,
+            failsafe_active: false,
         };
         self.snapshot.send_replace(Arc::new(snap));
     }

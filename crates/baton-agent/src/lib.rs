@@ -228,6 +228,7 @@ pub async fn run(
         commands: Some(command_tx),
         vip: vip_status,
         audit: Default::default(),
+        failsafe: Default::default(),
     };
     let api_stop = stopping(&stop_rx);
     tasks.spawn(async move {
