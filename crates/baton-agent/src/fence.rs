@@ -32,6 +32,9 @@ pub struct FenceSignal {
     /// running as a primary. From then on a primary that predates this process is ours under
     /// our own lease (or gone), and the recorded deadline no longer applies.
     pub confirmed: bool,
+    /// Failsafe mode: the deadline a complete `POST /failsafe` round proved
+    /// (`Action::ExtendFencing`). The primary stays until the later of it and the lease's.
+    pub failsafe_until: Option<Mono>,
 }
 
 /// Where the fencer keeps the deadline until which a primary it guards may stay writable, so
@@ -191,7 +194,13 @@ pub async fn run_fencer<P: Postgres>(
         let now = clock.now();
         let (deadline, expired) = match inherited {
             Some(d) => (Some(d), now >= d),
-            None => (state.fence_deadline, !state.valid_at(now)),
+            None => {
+                // The lease's deadline (while it has an ID), or the one a failsafe round
+                // proved, whichever is later.
+                let lease_deadline = state.fence_deadline.filter(|_| state.id.is_some());
+                let d = lease_deadline.max(now_signal.failsafe_until);
+                (d, d.is_none_or(|d| now >= d))
+            }
         };
         let keep = if is_leading && !expired {
             deadline

@@ -84,6 +84,8 @@ pub struct Agent<D: Dcs, P: Postgres, R: Peers> {
     apply_error: Option<String>,
     /// The watchdog device (`None`: none is set up; see [`Agent::set_watchdog`]).
     watchdog: Option<Arc<crate::watchdog::Watchdog>>,
+    /// DCS failsafe mode (`crate::failsafe`).
+    failsafe: crate::failsafe::FailsafeState,
 }
 
 /// Seconds since the Unix epoch (for `dcs_last_seen` and history timestamps only).
@@ -170,7 +172,13 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             pending_restart_reason: Vec::new(),
             apply_error: None,
             watchdog: None,
+            failsafe: Default::default(),
         })
+    }
+
+    /// Failsafe mode: read the `POST /failsafe` requests the REST API accepted from `inbox`.
+    pub fn set_failsafe_inbox(&mut self, inbox: baton_api::FailsafeInbox) {
+        self.failsafe = crate::failsafe::FailsafeState::with_inbox(inbox);
     }
 
     /// Arm `watchdog` before taking the leader role (`ArmWatchdog`); its kicks and disarming
@@ -422,6 +430,27 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             _ => vec![],
         };
         let ha = baton_config::effective_ha(&self.config, &self.dynamic);
+        let lease_now = *self.lease.borrow();
+        let failsafe = self
+            .failsafe
+            .observe(
+                &self.peers,
+                self.clock.as_ref(),
+                crate::failsafe::Me {
+                    name: &self.name,
+                    api_url: &self.api_url,
+                    conn_url: &self.conn_url,
+                },
+                crate::failsafe::Seen {
+                    failsafe_mode: ha.failsafe_mode,
+                    was_leader: self.memory.was_leader,
+                    view: view.as_ref(),
+                    lease: lease_now,
+                    pg: &pg_state,
+                    ttl: ha.ttl,
+                },
+            )
+            .await;
         let obs = Observation {
             dcs: view,
             lease: *self.lease.borrow(),
@@ -430,8 +459,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             last_failure: self.last_failure.take(),
             unix_ms: unix_now_ms(),
             watchdog: crate::watchdog::state_of(self.watchdog.as_deref()),
-            // Failsafe mode is not wired yet (issue 12.2): nothing observed.
-            failsafe: Default::default(),
+            failsafe,
         };
         let decision = decide(&self.memory, &obs, &ha, now);
         let reason = decision.reason.to_string();
@@ -726,10 +754,24 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                 self.leader_write("clear the failover key", write).await?;
                 Ok(true)
             }
-            // Only decided with `failsafe_mode` on, which the configuration does not turn on
-            // yet (issue 12.2: the agent's wiring is a later step).
-            Action::WriteFailsafe { .. } | Action::ExtendFencing { .. } => {
-                anyhow::bail!("failsafe mode is not wired into the agent yet")
+            Action::WriteFailsafe { topology } => {
+                let holder = self.holder();
+                let write = holder
+                    .as_ref()
+                    .map(|h| self.dcs.write_failsafe(h, topology));
+                let written = self.leader_write("write /failsafe", write).await?;
+                if written {
+                    self.failsafe.written(topology);
+                }
+                Ok(written)
+            }
+            Action::ExtendFencing { until } => {
+                self.failsafe.extend(*until);
+                // The fencer and the fence guard's record follow at once.
+                let (pg, view) = (obs.pg.clone(), obs.dcs.clone());
+                let holds = self.holds_key(view.as_ref());
+                self.publish_snapshot(view.as_ref(), &pg, holds, None);
+                Ok(true)
             }
         }
     }
@@ -831,12 +873,15 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         // The fencer guards any PostgreSQL that may accept writes, not only while the DCS
         // confirms our key: it is needed most when the DCS does not answer.
         let primary = baton_core::may_be_primary(pg);
+        let now = self.clock.now();
+        let failsafe_until = self.failsafe.fence_until(now).filter(|_| primary);
         self.leading.send_if_modified(|s| {
             let next = FenceSignal {
                 leading: holds || self.memory.was_leader || primary,
                 // Once the DCS shows the key on our lease (or no primary runs), a primary that
                 // predates this process is ours to guard with our own lease. Sticky.
                 confirmed: s.confirmed || (view.is_some() && (holds || !primary)),
+                failsafe_until,
             };
             std::mem::replace(s, next) != next
         });
@@ -849,8 +894,10 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             pg: pg.sql.clone(),
             pending_restart_reason: self.pending_restart_reason.clone(),
             system_id: pg.system_id().map(str::to_owned),
-            holds_leader_key: holds,
-            fence_deadline: lease.fence_deadline,
+            // Failsafe mode keeps our primary the leader for health checks too (Patroni's
+            // `set_is_leader(True)`), until the deadline the last round proved.
+            holds_leader_key: holds || failsafe_until.is_some(),
+            fence_deadline: lease.fence_deadline.max(failsafe_until),
             cluster: view.cloned(),
             dcs_last_seen: self.dcs_last_seen,
             tags: self.config.tags.clone(),
@@ -868,9 +915,8 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                 self.config.watchdog.mode,
             ),
             watchdog_armed: self.watchdog.as_ref().is_some_and(|w| w.state().armed),
-            // Failsafe mode is not wired into the agent yet (issue 12.2).
-            failsafe_mode: false,
-            failsafe_active: false,
+            failsafe_mode: self.dynamic.failsafe_mode,
+            failsafe_active: self.failsafe.active(now),
         };
         self.snapshot.send_replace(Arc::new(snap));
     }

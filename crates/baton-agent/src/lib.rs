@@ -32,6 +32,7 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 pub mod clock;
+pub mod failsafe;
 pub mod fence;
 pub mod guard;
 pub mod ha;
@@ -221,6 +222,7 @@ pub async fn run(
         ));
         rx
     });
+    let failsafe_inbox = baton_api::FailsafeInbox::default();
     let api = ApiState {
         snapshot: snap_rx,
         clock: clock.clone(),
@@ -228,7 +230,7 @@ pub async fn run(
         commands: Some(command_tx),
         vip: vip_status,
         audit: Default::default(),
-        failsafe: Default::default(),
+        failsafe: failsafe_inbox.clone(),
     };
     let api_stop = stopping(&stop_rx);
     tasks.spawn(async move {
@@ -262,6 +264,7 @@ pub async fn run(
         .then(|| Arc::new(watchdog::Watchdog::from_config(&config.watchdog)));
     let watchdog_signal = leading_tx.subscribe();
     let mut agent = Agent::new(io, config, dynamic, lease_rx.clone(), leading_tx, snap_tx)?;
+    agent.set_failsafe_inbox(failsafe_inbox);
     if let Some(wd) = &watchdog {
         agent.set_watchdog(wd.clone());
         tasks.spawn(watchdog::run_watchdog(

@@ -85,28 +85,47 @@ pub(crate) fn refusal(snapshot: &Snapshot, sender: &MemberName) -> Option<String
     leader.map(|l| format!("The leader is {l}"))
 }
 
-/// Answer `POST /failsafe`.
-pub(crate) fn post(snapshot: &Snapshot, inbox: &FailsafeInbox, now: Mono, body: &[u8]) -> Response {
+/// How this member answers a `POST /failsafe` with `body` at `now` (recording it when
+/// accepted): the status code and the text (`None`: Patroni's error page for the code). The
+/// REST API's handler and the simulator's peers both answer through this.
+pub fn answer_post(
+    snapshot: &Snapshot,
+    inbox: &FailsafeInbox,
+    now: Mono,
+    body: &[u8],
+) -> (StatusCode, Option<String>) {
     if !snapshot.failsafe_mode {
-        return crate::handlers::error_page(StatusCode::BAD_GATEWAY, None);
+        return (StatusCode::BAD_GATEWAY, None);
     }
     let request = match parse_request(body) {
         Ok(r) => r,
         Err(why) => {
-            return crate::handlers::text_response(
+            return (
                 StatusCode::BAD_REQUEST,
-                &format!("POST /failsafe: {why}"),
+                Some(format!("POST /failsafe: {why}")),
             );
         }
     };
     if let Some(why) = refusal(snapshot, &request.name) {
-        return crate::handlers::text_response(StatusCode::INTERNAL_SERVER_ERROR, &why);
+        return (StatusCode::INTERNAL_SERVER_ERROR, Some(why));
     }
     inbox.record(FailsafePing {
         leader: request.name,
         until: now + snapshot.ttl,
     });
-    let mut response = crate::handlers::text_response(StatusCode::OK, "Accepted");
+    (StatusCode::OK, Some("Accepted".to_owned()))
+}
+
+/// Answer `POST /failsafe`.
+pub(crate) fn post(snapshot: &Snapshot, inbox: &FailsafeInbox, now: Mono, body: &[u8]) -> Response {
+    let (code, text) = answer_post(snapshot, inbox, now, body);
+    let Some(text) = text else {
+        return crate::handlers::error_page(code, None);
+    };
+    let mut response = crate::handlers::text_response(code, &text);
+    if code != StatusCode::OK {
+        return response;
+    }
     let lsn = snapshot
         .pg
         .as_ref()

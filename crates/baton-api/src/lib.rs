@@ -26,7 +26,7 @@ pub mod tls;
 
 pub use actions::{Command, CommandReply, SwitchoverRequest, merge_patch};
 pub use audit::AuditLog;
-pub use failsafe::FailsafeInbox;
+pub use failsafe::{FailsafeInbox, answer_post as answer_failsafe_post};
 pub use handlers::{router, serve};
 pub use server::{Access, Limits, ServeOptions, resolve_allowlist, serve_with};
 pub use status::{peer_status_from_json, status_json};

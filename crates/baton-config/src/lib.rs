@@ -159,7 +159,7 @@ pub fn effective_ha(config: &Config, dynamic: &DynamicConfig) -> HaConfig {
             .unwrap_or(dynamic.use_pg_rewind),
         use_slots: dynamic.use_slots,
         // Only a standby cluster is unsafe to ignore (a second writable region); the other
-        // unsupported keys only cost features (failsafe, permanent slots).
+        // unsupported keys only cost features (permanent slots).
         unsupported_blocker: dynamic
             .unsupported
             .iter()
@@ -174,9 +174,7 @@ pub fn effective_ha(config: &Config, dynamic: &DynamicConfig) -> HaConfig {
         can_bootstrap: config.bootstrap.is_some() && !config.tags.is_nofailover(),
         sync: dynamic.sync,
         watchdog: config.watchdog.mode,
-        // Failsafe mode is decided in `baton-core` but not wired into the agent yet:
-        // `failsafe_mode` stays warned about (support.rs) and off here.
-        failsafe_mode: false,
+        failsafe_mode: dynamic.failsafe_mode,
     }
 }
 

@@ -520,6 +520,7 @@ pub fn run(seed: u64, opts: &Options) -> Outcome {
                         owns_key: false,
                         fence_record: Arc::default(),
                         guard: None,
+                        failsafe_inbox: Default::default(),
                     })
                     .collect(),
             ),

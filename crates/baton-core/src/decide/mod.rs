@@ -303,6 +303,18 @@ impl Ctx<'_> {
 
         // 2. Without a DCS view, change nothing.
         let Some(view) = self.obs.dcs.as_ref() else {
+            // Failsafe mode: a complete `POST /failsafe` round extends the fencing deadline
+            // already while the lease is still valid, so that the fencer never stops the
+            // primary at the lease deadline between two rounds.
+            if may_be_primary(pg)
+                && !self.cfg.pause
+                && let Ok(until) = self.failsafe_until()
+            {
+                return (
+                    vec![Action::ExtendFencing { until }],
+                    Reason::FailsafeActive { until },
+                );
+            }
             return (vec![], Reason::DcsUnreachable);
         };
         // Our leader key with a value someone overwrote: put our name back first.
