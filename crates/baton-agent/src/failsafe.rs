@@ -30,6 +30,9 @@ pub struct FailsafeState {
     until: Option<Mono>,
     /// The members that did not accept the last round (logged on change).
     last_missing: Option<Vec<MemberName>>,
+    /// The last round: its proof holds until its deadline, also in the cycles that send none
+    /// (the DCS is back and the leader takes its key back under it).
+    last_round: Option<FailsafeRound>,
 }
 
 /// Who we are, for the request body (Patroni's `name`, `conn_url`, `api_url`).
@@ -57,33 +60,36 @@ impl FailsafeState {
         }
     }
 
-    /// The observation of this cycle; runs the leader's round when it is due.
-    pub async fn observe<R: Peers>(
+    /// The round is due already before the DCS read returns: failsafe mode is on, we were
+    /// the leader and the lease keeper missed a renewal (its last acknowledged keepalive is
+    /// more than 1.5 renewal intervals old). The HA loop then sends the round beside the DCS
+    /// read, so that a DCS read that hangs for `retry_timeout` cannot delay the round past
+    /// the lease's fencing deadline.
+    pub fn due_early(
+        &self,
+        failsafe_mode: bool,
+        was_leader: bool,
+        lease: LeaseState,
+        now: Mono,
+        ttl: Duration,
+    ) -> bool {
+        if !failsafe_mode || !was_leader || self.topology.is_none() {
+            return false;
+        }
+        let fresh = crate::lease::fence_deadline(now, ttl)
+            .saturating_sub(crate::lease::keepalive_interval(ttl).mul_f64(1.5));
+        lease.fence_deadline.is_none_or(|d| d < fresh)
+    }
+
+    /// One `POST /failsafe` round to every other member of the last topology we know.
+    pub async fn round<R: Peers>(
         &mut self,
         peers: &R,
         clock: &dyn baton_core::Clock,
-        me: Me<'_>,
-        seen: Seen<'_>,
-    ) -> FailsafeObservation {
-        if !seen.failsafe_mode {
-            self.topology = None;
-            self.until = None;
-            return FailsafeObservation::default();
-        }
-        if let Some(t) = seen.view.and_then(|v| v.failsafe.as_ref()) {
-            self.topology = Some(t.clone());
-        }
-        let now = clock.now();
-        let mut obs = FailsafeObservation {
-            round: None,
-            accepted: self.inbox.latest(),
-        };
-        let due = seen.was_leader
-            && may_be_primary(seen.pg)
-            && (seen.view.is_none() || !seen.lease.valid_at(now));
-        let Some(topology) = self.topology.clone().filter(|_| due) else {
-            return obs;
-        };
+        me: &Me<'_>,
+        ttl: Duration,
+    ) -> Option<FailsafeRound> {
+        let topology = self.topology.clone()?;
         let targets: Vec<(MemberName, String)> = topology
             .iter()
             .filter(|(name, _)| *name != me.name)
@@ -95,7 +101,7 @@ impl FailsafeState {
             "api_url": me.api_url,
         })
         .to_string();
-        let timeout = (seen.ttl / 4).clamp(Duration::from_millis(500), Duration::from_secs(2));
+        let timeout = (ttl / 4).clamp(Duration::from_millis(500), Duration::from_secs(2));
         // The deadline counts from before the first request left, as a keepalive's does.
         let sent = clock.now();
         let accepted = peers.post_failsafe(&targets, &body, timeout).await;
@@ -118,12 +124,51 @@ impl FailsafeState {
             }
             self.last_missing = Some(missing);
         }
-        obs.round = Some(FailsafeRound {
-            until: crate::lease::fence_deadline(sent, seen.ttl),
+        Some(FailsafeRound {
+            until: crate::lease::fence_deadline(sent, ttl),
             topology: topology.keys().cloned().collect(),
             accepted,
-        });
-        obs
+        })
+    }
+
+    /// The observation of this cycle: the round sent beside the DCS read (`early`), or one
+    /// sent now when it turned out to be due (no DCS view, or no valid lease).
+    pub async fn observe<R: Peers>(
+        &mut self,
+        peers: &R,
+        clock: &dyn baton_core::Clock,
+        me: Me<'_>,
+        seen: Seen<'_>,
+        early: Option<FailsafeRound>,
+    ) -> FailsafeObservation {
+        if !seen.failsafe_mode {
+            self.topology = None;
+            self.until = None;
+            self.last_round = None;
+            return FailsafeObservation::default();
+        }
+        if let Some(t) = seen.view.and_then(|v| v.failsafe.as_ref()) {
+            self.topology = Some(t.clone());
+        }
+        let now = clock.now();
+        let due = seen.was_leader
+            && may_be_primary(seen.pg)
+            && (seen.view.is_none() || !seen.lease.valid_at(now));
+        let round = match early {
+            Some(round) => Some(round),
+            None if due => self.round(peers, clock, &me, seen.ttl).await,
+            None => None,
+        };
+        if round.is_some() {
+            self.last_round = round;
+        }
+        if !seen.was_leader {
+            self.last_round = None;
+        }
+        FailsafeObservation {
+            round: self.last_round.clone().filter(|r| r.until > now),
+            accepted: self.inbox.latest(),
+        }
     }
 
     /// `WriteFailsafe` succeeded: rounds use the topology now in the DCS.

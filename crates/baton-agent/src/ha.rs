@@ -388,9 +388,37 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         // What the DCS says from now on is the truth again.
         self.took_key_with = None;
         self.released_key = false;
-        let (dcs_res, pg_state) = tokio::join!(
-            tokio::time::timeout(self.retry_timeout(), self.dcs.read_cluster()),
-            self.pg.observe()
+        // Failsafe mode: a leader whose lease renewals fail sends its `POST /failsafe` round
+        // beside the DCS read (`crate::failsafe`).
+        let ha_before = baton_config::effective_ha(&self.config, &self.dynamic);
+        let early = self.failsafe.due_early(
+            ha_before.failsafe_mode,
+            self.memory.was_leader,
+            *self.lease.borrow(),
+            now,
+            ha_before.ttl,
+        );
+        let me = crate::failsafe::Me {
+            name: &self.name,
+            api_url: &self.api_url,
+            conn_url: &self.conn_url,
+        };
+        let (failsafe, peers_io, clock) = (&mut self.failsafe, &self.peers, self.clock.clone());
+        let (dcs_res, pg_state, early_round) = tokio::join!(
+            tokio::time::timeout(
+                Duration::from_secs(u64::from(self.dynamic.retry_timeout).max(1)),
+                self.dcs.read_cluster()
+            ),
+            self.pg.observe(),
+            async {
+                if early {
+                    failsafe
+                        .round(peers_io, clock.as_ref(), &me, ha_before.ttl)
+                        .await
+                } else {
+                    None
+                }
+            }
         );
         let view = match dcs_res {
             Ok(Ok(view)) => {
@@ -449,6 +477,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                     pg: &pg_state,
                     ttl: ha.ttl,
                 },
+                early_round,
             )
             .await;
         let obs = Observation {
