@@ -254,7 +254,7 @@ pub async fn run(
     let io = AgentIo {
         dcs: dcs.clone(),
         pg: pg.clone(),
-        peers: peers::HttpPeers::with_client(http),
+        peers: peers::HttpPeers::with_client(http).with_auth(config.restapi.authentication.clone()),
         clock: clock.clone(),
     };
     // The watchdog: armed by the HA loop before it takes the leader role, kicked at every

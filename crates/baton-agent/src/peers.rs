@@ -43,6 +43,9 @@ pub fn endpoint_url(api_url: &str, endpoint: &str) -> Option<String> {
 /// `GET <api_url>` on each member, concurrently.
 pub struct HttpPeers {
     http: reqwest::Client,
+    /// `restapi.authentication`: `POST /failsafe` is an unsafe endpoint behind it on every
+    /// member (the members share the setting).
+    auth: Option<(String, String)>,
 }
 
 impl HttpPeers {
@@ -52,14 +55,20 @@ impl HttpPeers {
         let http = reqwest::Client::builder()
             .user_agent(concat!("pgbaton/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(HttpPeers { http })
+        Ok(HttpPeers { http, auth: None })
     }
 
     /// With a client built from the configuration ([`crate::security::http_client`]): the
     /// `ctl`/`restapi` CA and client certificate, so probes reach members whose API asks for
     /// client certificates.
     pub fn with_client(http: reqwest::Client) -> HttpPeers {
-        HttpPeers { http }
+        HttpPeers { http, auth: None }
+    }
+
+    /// Send `restapi.authentication` with `POST /failsafe`.
+    pub fn with_auth(mut self, auth: Option<(String, String)>) -> HttpPeers {
+        self.auth = auth;
+        self
     }
 }
 
@@ -99,14 +108,16 @@ impl Peers for HttpPeers {
         let asks = targets.iter().map(|(name, api_url)| async move {
             let url = endpoint_url(api_url, "failsafe")?;
             let answer = async {
-                let resp = self
+                let mut request = self
                     .http
                     .post(&url)
                     .header("content-type", "application/json")
                     .body(body.to_owned())
-                    .timeout(timeout)
-                    .send()
-                    .await?;
+                    .timeout(timeout);
+                if let Some((user, password)) = &self.auth {
+                    request = request.basic_auth(user, Some(password));
+                }
+                let resp = request.send().await?;
                 let ok = resp.status() == reqwest::StatusCode::OK;
                 Ok::<_, reqwest::Error>(ok && resp.text().await? == "Accepted")
             };
