@@ -183,7 +183,13 @@ pub async fn run_fencer<P: Postgres>(
         let now = clock.now();
         let (deadline, expired) = match inherited {
             Some(d) => (Some(d), now >= d),
-            None => (state.fence_deadline, !state.valid_at(now)),
+            None => {
+                // The lease's deadline (while it has an ID), or the one a failsafe round
+                // proved, whichever is later.
+                let lease_deadline = state.fence_deadline.filter(|_| state.id.is_some());
+                let d = lease_deadline.max(now_signal.failsafe_until);
+                (d, d.is_none_or(|d| now >= d))
+            }
         };
         let keep = if is_leading && !expired {
             deadline

@@ -33,6 +33,7 @@ use tracing::{info, warn};
 
 pub mod callbacks;
 pub mod clock;
+pub mod failsafe;
 pub mod fence;
 pub mod guard;
 pub mod ha;
@@ -231,6 +232,7 @@ pub async fn run_with<P: Postgres>(
         ));
         rx
     });
+    let failsafe_inbox = baton_api::FailsafeInbox::default();
     let api = ApiState {
         snapshot: snap_rx,
         clock: clock.clone(),
@@ -238,6 +240,7 @@ pub async fn run_with<P: Postgres>(
         commands: Some(command_tx),
         vip: vip_status,
         audit: Default::default(),
+        failsafe: failsafe_inbox.clone(),
     };
     let api_stop = stopping(&stop_rx);
     tasks.spawn(async move {
@@ -261,7 +264,7 @@ pub async fn run_with<P: Postgres>(
     let io = AgentIo {
         dcs: dcs.clone(),
         pg: pg.clone(),
-        peers: peers::HttpPeers::with_client(http),
+        peers: peers::HttpPeers::with_client(http).with_auth(config.restapi.authentication.clone()),
         clock: clock.clone(),
     };
     // The watchdog: armed by the HA loop before it takes the leader role, kicked at every
@@ -271,6 +274,7 @@ pub async fn run_with<P: Postgres>(
         .then(|| Arc::new(watchdog::Watchdog::from_config(&config.watchdog)));
     let watchdog_signal = leading_tx.subscribe();
     let mut agent = Agent::new(io, config, dynamic, lease_rx.clone(), leading_tx, snap_tx)?;
+    agent.set_failsafe_inbox(failsafe_inbox);
     if let Some(wd) = &watchdog {
         agent.set_watchdog(wd.clone());
         tasks.spawn(watchdog::run_watchdog(

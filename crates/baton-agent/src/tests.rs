@@ -213,6 +213,7 @@ impl FencerHarness {
 
 fn leading() -> FenceSignal {
     FenceSignal {
+        failsafe_until: None,
         leading: true,
         confirmed: true,
     }
@@ -265,6 +266,43 @@ async fn fencer_stops_a_leading_postgres_at_the_deadline_and_not_before() {
     h.stop().await;
 }
 
+/// Failsafe mode: a deadline proved by a complete `POST /failsafe` round keeps the primary
+/// past the lease's (and is what the fence guard's record says), until it passes too; the
+/// lease ID gone (etcd answered "lease not found") changes nothing about that.
+#[tokio::test(start_paused = true)]
+async fn fencer_keeps_a_primary_until_the_failsafe_deadline_then_fences() {
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock(Instant::now()));
+    let pg = Arc::new(FakePg::primary());
+    let record = Arc::new(MemRecord::default());
+    let lease = LeaseState {
+        id: Some(1),
+        fence_deadline: Some(Mono::from_millis(5_000)),
+    };
+    let h = FencerHarness::start(pg.clone(), clock, record.clone(), lease, leading());
+    h.signal.send_replace(FenceSignal {
+        failsafe_until: Some(Mono::from_millis(12_000)),
+        ..leading()
+    });
+    tokio::time::sleep(Duration::from_millis(6_000)).await;
+    assert_eq!(
+        pg.immediate_stops.load(Ordering::SeqCst),
+        0,
+        "fenced at the lease deadline despite the failsafe deadline"
+    );
+    assert_eq!(record.load(), Some(Mono::from_millis(12_000)));
+    h.lease.send_replace(LeaseState::default());
+    tokio::time::sleep(Duration::from_millis(5_900)).await;
+    assert_eq!(pg.immediate_stops.load(Ordering::SeqCst), 0);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        pg.immediate_stops.load(Ordering::SeqCst),
+        1,
+        "not fenced at the failsafe deadline"
+    );
+    assert_eq!(record.load(), None);
+    h.stop().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn fencer_leaves_a_member_that_does_not_lead_alone() {
     let clock: Arc<dyn Clock> = Arc::new(TokioClock(Instant::now()));
@@ -310,6 +348,7 @@ async fn a_restarted_agent_fences_an_inherited_primary_by_the_recorded_deadline(
     );
     // The HA loop sees the primary but cannot confirm the key (no DCS view).
     h.signal.send_replace(FenceSignal {
+        failsafe_until: None,
         leading: true,
         confirmed: false,
     });

@@ -180,6 +180,7 @@ pub fn request(req: &Request<'_>) {
             commands: Some(commands_tx),
             vip: None,
             audit: crate::AuditLog::default(),
+            failsafe: crate::FailsafeInbox::default(),
         };
         let agent = async {
             let mut handled = 0u32;
@@ -290,6 +291,7 @@ mod fixture {
                 member("node22", "replica", 0x400_0000),
             ],
             failover: None,
+            failsafe: None,
             sync: SyncKey::Present(Versioned {
                 value: SyncState {
                     leader: Some(name("node1")),

@@ -129,8 +129,10 @@ enum Endpoint {
     Metrics,
     Liveness,
     Readiness,
-    /// `GET /failsafe`: the failsafe topology; 502 while failsafe mode is not supported.
+    /// `GET /failsafe`: the failsafe topology; 502 while failsafe mode is off.
     Failsafe,
+    /// `POST /failsafe`: a leader without a renewable lease asks whether it may go on.
+    PostFailsafe,
     /// `POST /switchover` (false) and `POST /failover` (true).
     Switchover(bool),
     /// `DELETE /switchover`.
@@ -170,6 +172,7 @@ fn route(method: &Method, path: &str) -> Endpoint {
         (&Method::POST, "restart") => return Endpoint::Restart,
         (&Method::DELETE, "restart") => return Endpoint::CancelRestart,
         (&Method::POST, "reload") => return Endpoint::Reload,
+        (&Method::POST, "failsafe") => return Endpoint::PostFailsafe,
         _ => {}
     }
     if !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
@@ -216,9 +219,13 @@ async fn check_access(
     client: Option<SocketAddr>,
     client_cert: bool,
     headers: &HeaderMap,
+    check_members: bool,
 ) -> Option<(Response, &'static str)> {
     let access = &policy.access;
-    if !access.allowlist.is_empty() || access.include_members {
+    // `POST /failsafe` is checked against the allowlist only (Patroni's
+    // `allowlist_check_members=False`: the member list comes from the DCS that is down).
+    let include_members = access.include_members && check_members;
+    if !access.allowlist.is_empty() || include_members {
         let allowed = match client {
             None => false,
             Some(addr) => {
@@ -227,7 +234,7 @@ async fn check_access(
                     .allowlist
                     .iter()
                     .any(|net| crate::server::in_network(ip, *net))
-                    || (access.include_members && member_addresses(state).await.contains(&ip))
+                    || (include_members && member_addresses(state).await.contains(&ip))
             }
         };
         if !allowed {
@@ -344,6 +351,7 @@ async fn answer(
             | Endpoint::Restart
             | Endpoint::CancelRestart
             | Endpoint::Reload
+            | Endpoint::PostFailsafe
     ) {
         let client = extensions
             .get::<ConnectInfo<SocketAddr>>()
@@ -352,8 +360,15 @@ async fn answer(
             .get::<ClientCert>()
             .is_some_and(|ClientCert(c)| *c);
         let request = format!("{method} {}", uri.path());
-        if let Some((denied, reason)) =
-            check_access(state, policy, client, client_cert, &headers).await
+        if let Some((denied, reason)) = check_access(
+            state,
+            policy,
+            client,
+            client_cert,
+            &headers,
+            endpoint != Endpoint::PostFailsafe,
+        )
+        .await
         {
             state
                 .audit
@@ -380,6 +395,13 @@ async fn answer(
             Endpoint::CancelRestart => actions::cancel_restart(&state).await,
             Endpoint::Reload => actions::reload(&state).await,
             Endpoint::PutConfig => actions::put_config(&state, &headers, &body).await,
+            Endpoint::PostFailsafe => {
+                let snapshot: Arc<Snapshot> = Arc::clone(&state.snapshot.borrow());
+                let response =
+                    crate::failsafe::post(&snapshot, &state.failsafe, state.clock.now(), &body);
+                // Every few seconds from the leader during an outage: no audit line per call.
+                return response;
+            }
             _ => actions::patch_config(&state, &body).await,
         };
         if response.status().is_success() {
@@ -468,10 +490,10 @@ async fn answer(
         Endpoint::Readiness => {
             code_only(readiness_code(&snapshot, now, &QueryParams::from_uri(&uri)))
         }
-        Endpoint::Failsafe => reply(
-            StatusCode::BAD_GATEWAY,
-            error_page(StatusCode::BAD_GATEWAY, None),
-        ),
+        Endpoint::Failsafe => {
+            let response = crate::failsafe::get(&snapshot);
+            reply(response.status(), response)
+        }
         Endpoint::Switchover(_)
         | Endpoint::CancelSwitchover
         | Endpoint::PatchConfig
@@ -479,7 +501,8 @@ async fn answer(
         | Endpoint::Reinitialize
         | Endpoint::Restart
         | Endpoint::CancelRestart
-        | Endpoint::Reload => {
+        | Endpoint::Reload
+        | Endpoint::PostFailsafe => {
             unreachable!("unsafe endpoints are answered above")
         }
         Endpoint::Unsupported => {
@@ -648,7 +671,7 @@ fn code_only(code: StatusCode) -> Response {
     response
 }
 
-fn json_response<T: Serialize + ?Sized>(code: StatusCode, doc: &T) -> Response {
+pub(crate) fn json_response<T: Serialize + ?Sized>(code: StatusCode, doc: &T) -> Response {
     match serde_json::to_string(doc) {
         Ok(text) => raw_json_response(code, text),
         Err(err) => {
@@ -693,7 +716,7 @@ pub(crate) fn text_response(code: StatusCode, body: &str) -> Response {
 }
 
 /// The error page Python's `send_error` produces.
-fn error_page(code: StatusCode, message: Option<&str>) -> Response {
+pub(crate) fn error_page(code: StatusCode, message: Option<&str>) -> Response {
     let reason = code.canonical_reason().unwrap_or("Error");
     let message = message.unwrap_or(reason);
     let body = format!(

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 mod actions;
 mod audit;
 mod auth;
+mod failsafe;
 /// Properties checked by the fuzz targets and the proptest smoke tests (feature `fuzzing`).
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
@@ -29,6 +30,7 @@ pub mod tls;
 
 pub use actions::{Command, CommandReply, RestartRequest, SwitchoverRequest, merge_patch};
 pub use audit::AuditLog;
+pub use failsafe::{FailsafeInbox, answer_post as answer_failsafe_post};
 pub use handlers::{router, serve};
 pub use server::{Access, Limits, ServeOptions, resolve_allowlist, serve_with};
 pub use status::{peer_status_from_json, status_json};
@@ -84,6 +86,11 @@ pub struct Snapshot {
     pub maximum_lag_on_failover: u64,
     /// `http://<restapi.connect_address>/patroni`
     pub api_url: String,
+    /// Dynamic `failsafe_mode` as the agent runs with it.
+    pub failsafe_mode: bool,
+    /// Failsafe mode is active: our primary runs on a `POST /failsafe` round (leader), or a
+    /// leader's `POST /failsafe` we accepted is younger than ttl (replica).
+    pub failsafe_active: bool,
     /// `postgres://<postgresql.connect_address>/postgres`
     pub conn_url: String,
 }
@@ -116,6 +123,8 @@ impl Snapshot {
             maximum_lag_on_failover: 1_048_576,
             api_url,
             conn_url,
+            failsafe_mode: false,
+            failsafe_active: false,
         }
     }
 
@@ -148,6 +157,8 @@ pub struct ApiState {
     pub vip: Option<watch::Receiver<VipStatus>>,
     /// Refused logins (rate-limited) and accepted unsafe requests, with who asked.
     pub audit: AuditLog,
+    /// `POST /failsafe` requests accepted, for the agent's observation.
+    pub failsafe: FailsafeInbox,
 }
 
 /// The floating IP as the agent's VIP task last left it: `vip` in `GET /patroni` (a pgbaton

@@ -148,22 +148,27 @@ pub(crate) fn metrics_text(snap: &Snapshot, vip: Option<&VipStatus>, now: Mono) 
         "patroni_failsafe_mode_is_active",
         "Value is 1 if failsafe mode is active, 0 if inactive.",
         "gauge",
-        "0",
+        &flag(snap.failsafe_mode && snap.failsafe_active),
     );
     out.metric(
         "patroni_failsafe_mode_enabled",
         "Value is 1 if failsafe mode is enabled in the configuration, 0 otherwise.",
         "gauge",
-        // pgbaton has no failsafe mode yet: `failsafe_mode: true` is refused in files and
-        // PATCH /config and ignored when another tool writes it into the DCS, so it is never
-        // enabled, whatever the key says.
-        "0",
+        // The mode the agent runs with (the key in `/config` alone does not turn it on).
+        &flag(snap.failsafe_mode),
     );
     out.metric(
         "patroni_failsafe_member",
         "Value is 1 if this node is a member of the failsafe topology, 0 otherwise.",
         "gauge",
-        "0",
+        &flag(
+            snap.failsafe_mode
+                && snap
+                    .cluster
+                    .as_ref()
+                    .and_then(|c| c.failsafe.as_ref())
+                    .is_some_and(|t| t.contains_key(&snap.name)),
+        ),
     );
     out.metric(
         "patroni_postgres_timeline",

@@ -130,6 +130,7 @@ fn view() -> ClusterView {
         ],
         status: Some(LeaderStatus { optime: Lsn(OPTIME), ..LeaderStatus::default() }),
         warnings: Vec::new(),
+        failsafe: None,
     }
 }
 
@@ -274,6 +275,7 @@ fn harness(snapshot: Snapshot) -> Harness {
         commands: None,
         vip: None,
         audit: Default::default(),
+        failsafe: Default::default(),
     };
     Harness {
         state,
@@ -1302,7 +1304,7 @@ async fn config_json() {
     let mut s = replica();
     s.cluster = None;
     assert_eq!(harness(s).code("/config").await, 502);
-    // Failsafe mode is not supported: Patroni's answer while it is disabled.
+    // Failsafe mode off: Patroni's answer while it is disabled (more in `mod failsafe`).
     assert_eq!(harness(replica()).code("/failsafe").await, 502);
 }
 
@@ -1684,3 +1686,181 @@ async fn pending_restart_with_its_reason_in_patroni_and_metrics() {
 }
 
 mod security;
+
+mod failsafe {
+    use super::*;
+    use baton_core::{FailsafeTopology, MemberName};
+
+    const BODY: &str = r#"{"name":"node1","conn_url":"postgres://10.0.0.1:5432/postgres","api_url":"http://10.0.0.1:8008/patroni","slots":{"node1":83886080}}"#;
+
+    impl Harness {
+        async fn post(&self, uri: &str, body: &str) -> Reply {
+            let request = Request::builder()
+                .method(Method::POST)
+                .uri(uri)
+                .body(Body::from(body.to_owned()))
+                .unwrap();
+            let response = router(self.state.clone()).oneshot(request).await.unwrap();
+            let code = response.status();
+            let headers = response.headers().clone();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            Reply {
+                code,
+                headers,
+                body: String::from_utf8(bytes.to_vec()).unwrap(),
+            }
+        }
+    }
+
+    fn topology() -> FailsafeTopology {
+        ["node1", "node2", "node3"]
+            .into_iter()
+            .map(|n| {
+                (
+                    MemberName::new(n).unwrap(),
+                    format!("http://{n}:8008/patroni"),
+                )
+            })
+            .collect()
+    }
+
+    fn on(mut s: Snapshot) -> Snapshot {
+        s.failsafe_mode = true;
+        if let Some(c) = &mut s.cluster {
+            c.failsafe = Some(topology());
+        }
+        s
+    }
+
+    #[tokio::test]
+    async fn a_replica_accepts_and_remembers_the_leader_for_ttl() {
+        let h = harness(on(replica()));
+        let reply = h.post("/failsafe", BODY).await;
+        assert_eq!(
+            (reply.code, reply.body.as_str()),
+            (StatusCode::OK, "Accepted")
+        );
+        // Patroni's `lsn` header: the received/replayed position, whichever is further.
+        assert_eq!(
+            reply.headers.get("lsn").and_then(|v| v.to_str().ok()),
+            Some((OPTIME + 0x100).to_string().as_str())
+        );
+        let ping = h.state.failsafe.latest().expect("recorded");
+        assert_eq!(ping.leader.as_str(), "node1");
+        assert_eq!(ping.until, Mono::from_millis(NOW) + Duration::from_secs(30));
+    }
+
+    #[tokio::test]
+    async fn off_is_502_and_records_nothing() {
+        let h = harness(replica());
+        assert_eq!(
+            h.post("/failsafe", BODY).await.code,
+            StatusCode::BAD_GATEWAY
+        );
+        assert_eq!(h.code("/failsafe").await, 502);
+        assert!(h.state.failsafe.latest().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_primary_refuses_as_patroni_does() {
+        let h = harness(on(primary()));
+        let reply = h.post("/failsafe", BODY).await;
+        assert_eq!(
+            (reply.code, reply.body.as_str()),
+            (StatusCode::INTERNAL_SERVER_ERROR, "Running as a leader")
+        );
+        assert!(h.state.failsafe.latest().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_sender_that_is_not_the_leader_we_know_is_refused() {
+        // Our view names node1 as the leader; node3 asking is a deposed or rogue primary.
+        let h = harness(on(replica()));
+        let body = BODY.replace("\"node1\",\"conn", "\"node3\",\"conn");
+        let reply = h.post("/failsafe", &body).await;
+        assert_eq!(
+            (reply.code, reply.body.as_str()),
+            (StatusCode::INTERNAL_SERVER_ERROR, "The leader is node1")
+        );
+        assert!(h.state.failsafe.latest().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_malformed_body_is_400_naming_the_field_and_changes_nothing() {
+        let h = harness(on(replica()));
+        for (body, why) in [
+            ("garbage", "POST /failsafe: the body is not JSON"),
+            ("[1]", "POST /failsafe: the body is not a JSON object"),
+            (
+                r#"{"api_url":"http://x"}"#,
+                "POST /failsafe: field `name` is missing",
+            ),
+            (
+                r#"{"name":5,"api_url":"http://x"}"#,
+                "POST /failsafe: field `name`: expected a string, got 5",
+            ),
+            (
+                r#"{"name":"node1"}"#,
+                "POST /failsafe: field `api_url` is missing",
+            ),
+            (
+                r#"{"name":"node1","api_url":"http://x","conn_url":1}"#,
+                "POST /failsafe: field `conn_url`: expected a string, got 1",
+            ),
+        ] {
+            let reply = h.post("/failsafe", body).await;
+            assert_eq!(reply.code, StatusCode::BAD_REQUEST, "{body}");
+            assert!(reply.body.starts_with(why), "{body}: {}", reply.body);
+        }
+        assert!(h.state.failsafe.latest().is_none());
+    }
+
+    #[tokio::test]
+    async fn get_shows_the_topology_while_on() {
+        let reply = harness(on(replica())).get("/failsafe").await;
+        assert_eq!(reply.code, StatusCode::OK);
+        assert_eq!(
+            reply.body,
+            r#"{"node1":"http://node1:8008/patroni","node2":"http://node2:8008/patroni","node3":"http://node3:8008/patroni"}"#
+        );
+        let mut s = on(replica());
+        s.cluster.as_mut().unwrap().failsafe = None;
+        assert_eq!(harness(s).code("/failsafe").await, 502);
+    }
+
+    #[tokio::test]
+    async fn metrics_follow_the_mode_and_the_topology() {
+        let pick = |text: &str| -> String {
+            text.lines()
+                .filter(|l| l.starts_with("patroni_failsafe"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let mut s = on(replica());
+        s.failsafe_active = true;
+        expect![[r#"
+            patroni_failsafe_mode_is_active{scope="demo",name="node2"} 1
+            patroni_failsafe_mode_enabled{scope="demo",name="node2"} 1
+            patroni_failsafe_member{scope="demo",name="node2"} 1"#]]
+        .assert_eq(&pick(&harness(s).get("/metrics").await.body));
+        let mut s = on(replica());
+        s.cluster.as_mut().unwrap().failsafe = Some(
+            topology()
+                .into_iter()
+                .filter(|(n, _)| n.as_str() != "node2")
+                .collect(),
+        );
+        expect![[r#"
+            patroni_failsafe_mode_is_active{scope="demo",name="node2"} 0
+            patroni_failsafe_mode_enabled{scope="demo",name="node2"} 1
+            patroni_failsafe_member{scope="demo",name="node2"} 0"#]]
+        .assert_eq(&pick(&harness(s).get("/metrics").await.body));
+        let mut s = replica();
+        s.failsafe_active = true;
+        expect![[r#"
+            patroni_failsafe_mode_is_active{scope="demo",name="node2"} 0
+            patroni_failsafe_mode_enabled{scope="demo",name="node2"} 0
+            patroni_failsafe_member{scope="demo",name="node2"} 0"#]]
+        .assert_eq(&pick(&harness(s).get("/metrics").await.body));
+    }
+}

@@ -35,6 +35,8 @@ pub struct DynamicConfig {
     pub primary_start_timeout: u32,
     /// Maintenance mode: no automatic failover.
     pub pause: bool,
+    /// DCS failsafe mode (`baton_core::decide` rule `failsafe`).
+    pub failsafe_mode: bool,
     /// `postgresql.use_pg_rewind`.
     pub use_pg_rewind: bool,
     /// `postgresql.use_slots` (default true): members stream through replication slots. Patroni
@@ -69,6 +71,7 @@ impl DynamicConfig {
             maximum_lag_on_failover: 1_048_576,
             primary_start_timeout: 300,
             pause: false,
+            failsafe_mode: false,
             use_pg_rewind: false,
             use_slots: true,
             remove_data_directory_on_rewind_failure: false,
@@ -159,7 +162,10 @@ pub(crate) fn parse(cx: &mut Cx, path: &str, v: &Value) -> DynamicConfig {
     }) {
         d.sync.max_lag_on_syncnode = u64::try_from(n).ok();
     }
-    for key in ["check_timeline", "failsafe_mode"] {
+    if let Some(on) = o.opt(cx, "failsafe_mode", |cx, p, v| cx.boolean(p, v)) {
+        d.failsafe_mode = on;
+    }
+    for key in ["check_timeline"] {
         if let Some(on) = o.opt(cx, key, |cx, p, v| cx.boolean(p, v)) {
             o.value_class(cx, key, if on { "true" } else { "false" });
         }

@@ -166,7 +166,7 @@ pub fn effective_ha(config: &Config, dynamic: &DynamicConfig) -> HaConfig {
             .unwrap_or(dynamic.use_pg_rewind),
         use_slots: dynamic.use_slots,
         // Only a standby cluster is unsafe to ignore (a second writable region); the other
-        // unsupported keys only cost features (failsafe, permanent slots).
+        // unsupported keys only cost features (permanent slots).
         unsupported_blocker: dynamic
             .unsupported
             .iter()
@@ -181,6 +181,7 @@ pub fn effective_ha(config: &Config, dynamic: &DynamicConfig) -> HaConfig {
         can_bootstrap: config.bootstrap.is_some() && !config.tags.is_nofailover(),
         sync: dynamic.sync,
         watchdog: config.watchdog.mode,
+        failsafe_mode: dynamic.failsafe_mode,
     }
 }
 

@@ -185,8 +185,6 @@ const GSS_OWN: &str = "pgbaton's own connections as this role (tokio-postgres) h
 const PERMANENT_SLOTS: &str = "permanent replication slots are not created or kept on a new \
     primary: the consumers of these slots (logical decoding, backup tools) would lose their \
     position after a failover";
-const FAILSAFE: &str = "with failsafe mode Patroni keeps the primary running while the DCS is \
-    unreachable and every member confirms it; pgbaton stops it (fences) before its lease runs out";
 const STANDBY_CLUSTER: &str = "a standby cluster follows another cluster's primary; pgbaton \
     would instead run this cluster's leader as a writable primary";
 
@@ -1112,12 +1110,14 @@ pub(crate) static KEYS: &[Key] = &[
             ),
         ],
     ),
-    by_value(
+    dynamic(
         "failsafe_mode",
-        Dynamic,
         "`false`",
-        "",
-        &[("false", Implemented), ("true", Refused(FAILSAFE))],
+        "DCS failsafe mode: a leader that cannot renew its lease keeps its primary while every \
+         member of `/failsafe` (which the leader keeps current) accepts its `POST /failsafe`, \
+         each round extending the fencing deadline by what a keepalive would; one member not \
+         answering and it fences at the deadline. A member that accepted does not race for ttl; \
+         a member missing from `/failsafe` never takes the key.",
     ),
     warned(
         "member_slots_ttl",

@@ -203,6 +203,7 @@ tags:
                         maximum_lag_on_failover: 1048576,
                         primary_start_timeout: 300,
                         pause: false,
+                        failsafe_mode: false,
                         use_pg_rewind: true,
                         use_slots: true,
                         remove_data_directory_on_rewind_failure: false,
@@ -1302,6 +1303,7 @@ fn effective_ha_merges_local_and_dynamic() {
                 max_lag_on_syncnode: None,
             },
             watchdog: Automatic,
+            failsafe_mode: false,
         }
     "#]]
     .assert_debug_eq(&ha);
@@ -1531,10 +1533,16 @@ fn a_standby_cluster_in_the_dcs_blocks_a_writable_primary() {
     assert!(!warnings.is_empty());
     let ha = effective_ha(&loaded.config, &dynamic);
     assert_eq!(ha.unsupported_blocker.as_deref(), Some("standby_cluster"));
-    // failsafe_mode alone only costs a feature: no blocker.
-    let (dynamic, _) = DynamicConfig::from_json(r#"{"ttl":30,"failsafe_mode":true}"#).expect("ok");
-    assert_eq!(
-        effective_ha(&loaded.config, &dynamic).unsupported_blocker,
-        None
-    );
+    // failsafe_mode is implemented: read, no warning, no blocker, on in the HA settings.
+    let (dynamic, warnings) =
+        DynamicConfig::from_json(r#"{"ttl":30,"failsafe_mode":true}"#).expect("ok");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let ha = effective_ha(&loaded.config, &dynamic);
+    assert_eq!((ha.unsupported_blocker, ha.failsafe_mode), (None, true));
+    let (dynamic, _) = DynamicConfig::from_json(r#"{"failsafe_mode":false}"#).expect("ok");
+    assert!(!effective_ha(&loaded.config, &dynamic).failsafe_mode);
+    assert!(!effective_ha(&loaded.config, &DynamicConfig::defaults()).failsafe_mode);
+    // A non-boolean is an error naming the key.
+    let err = DynamicConfig::from_json(r#"{"failsafe_mode":"maybe"}"#).unwrap_err();
+    assert!(err.to_string().contains("failsafe_mode"), "{err}");
 }

@@ -107,6 +107,10 @@ pub struct HaConfig {
     pub sync: SyncConfig,
     /// `watchdog.mode` (local configuration).
     pub watchdog: WatchdogMode,
+    /// Dynamic `failsafe_mode`: a leader that cannot renew its lease keeps its primary while
+    /// every member of the `/failsafe` topology accepts its `POST /failsafe`
+    /// (`decide::failsafe`).
+    pub failsafe_mode: bool,
 }
 
 /// What the agent observed in one cycle.
@@ -134,6 +138,43 @@ pub struct Observation {
     pub unix_ms: i64,
     /// The watchdog device's state.
     pub watchdog: WatchdogState,
+    /// DCS failsafe mode: the leader's last `POST /failsafe` round, a replica's last accepted
+    /// request.
+    pub failsafe: FailsafeObservation,
+}
+
+/// What the agent knows about DCS failsafe mode (only filled in with `failsafe_mode` on).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FailsafeObservation {
+    /// The leader's last complete round of `POST /failsafe` to the members of the `/failsafe`
+    /// topology (sent while it could not renew its lease).
+    pub round: Option<FailsafeRound>,
+    /// A leader's `POST /failsafe` this member accepted: that primary is alive and no other
+    /// member may take the leader key before `until`.
+    pub accepted: Option<FailsafePing>,
+}
+
+/// One round of `POST /failsafe` from the leader to every other member of its topology.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailsafeRound {
+    /// The deadline the round proves if every member accepted: send time of its requests +
+    /// ttl·(1−ρ) − margin, the lease's formula (`lease::fence_deadline`), on our monotonic
+    /// clock. A member that accepted refuses to take the key for ttl after it received the
+    /// request, which is after we sent it.
+    pub until: Mono,
+    /// The topology the round used: the `/failsafe` key as last read or written by us.
+    pub topology: Vec<MemberName>,
+    /// The members that answered `200 Accepted`.
+    pub accepted: Vec<MemberName>,
+}
+
+/// A `POST /failsafe` this member accepted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailsafePing {
+    /// The primary that sent it.
+    pub leader: MemberName,
+    /// Receive time + ttl, on our monotonic clock.
+    pub until: Mono,
 }
 
 /// The agent's own lease, as the keeper task reports it.
@@ -338,6 +379,16 @@ pub enum Action {
         state: Option<crate::view::SyncState>,
         version: i64,
     },
+    /// Write the `/failsafe` topology (a leader-only write).
+    WriteFailsafe {
+        topology: crate::view::FailsafeTopology,
+    },
+    /// Failsafe mode: every member of the topology accepted our `POST /failsafe`, so the
+    /// fencer (and the fence guard's record) may keep the primary until `until` although
+    /// the lease could not be renewed. Never shortens a deadline.
+    ExtendFencing {
+        until: Mono,
+    },
 }
 
 /// The kind of an action, without its arguments (for failure reports).
@@ -368,6 +419,8 @@ pub enum ActionKind {
     /// Not an action of its own: the `pre_promote` script the executor runs as the first step
     /// of [`Action::Promote`] failed, so the promotion was cancelled.
     PrePromote,
+    WriteFailsafe,
+    ExtendFencing,
 }
 
 impl ActionKind {
@@ -426,6 +479,8 @@ impl Action {
             Action::ClearFailover { .. } => ActionKind::ClearFailover,
             Action::SetSyncStandbys { .. } => ActionKind::SetSyncStandbys,
             Action::WriteSync { .. } => ActionKind::WriteSync,
+            Action::WriteFailsafe { .. } => ActionKind::WriteFailsafe,
+            Action::ExtendFencing { .. } => ActionKind::ExtendFencing,
         }
     }
 }
@@ -496,6 +551,13 @@ impl fmt::Display for Action {
             }
             Action::SetSyncStandbys { value: None } => {
                 write!(f, "reset synchronous_standby_names to the configured value")
+            }
+            Action::WriteFailsafe { topology } => {
+                let names: Vec<&str> = topology.keys().map(MemberName::as_str).collect();
+                write!(f, "write /failsafe [{}]", names.join(", "))
+            }
+            Action::ExtendFencing { until } => {
+                write!(f, "extend the fencing deadline to {}ms", until.as_millis())
             }
             Action::WriteSync { state: None, .. } => write!(f, "delete /sync"),
             Action::WriteSync {
@@ -639,6 +701,25 @@ pub enum DivergedRemedy {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reason {
     DcsUnreachable,
+    /// Failsafe mode: the lease could not be renewed, every member of the `/failsafe`
+    /// topology accepted our `POST /failsafe`; the primary keeps running until `until`.
+    FailsafeActive {
+        until: Mono,
+    },
+    /// Failsafe mode kept the primary through a DCS outage and the leader key is free again:
+    /// take it back (the members that accepted our requests do not race for it).
+    FailsafeReacquiring,
+    /// Failsafe mode, lease not renewable, and not every member accepted: fence.
+    FailsafeNotConfirmed {
+        missing: Vec<MemberName>,
+    },
+    /// A replica: the primary `leader` sent us `POST /failsafe` within ttl; it is alive, we
+    /// do not race for the key.
+    FailsafeLeaderAlive {
+        leader: MemberName,
+    },
+    /// Failsafe mode: a member missing from the `/failsafe` key may not become the leader.
+    NotInFailsafeTopology,
     DcsUnreachableFencing,
     LeaseExpiredFencing,
     WaitingForLease,
@@ -768,6 +849,33 @@ impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Reason::DcsUnreachable => write!(f, "DCS is not accessible"),
+            Reason::FailsafeActive { until } => write!(
+                f,
+                "continue to run as a leader because failsafe mode is enabled and all members \
+                 are accessible (until {}ms)",
+                until.as_millis()
+            ),
+            Reason::FailsafeReacquiring => write!(
+                f,
+                "taking the leader key back after failsafe mode kept the primary running"
+            ),
+            Reason::FailsafeNotConfirmed { missing } => {
+                let names: Vec<&str> = missing.iter().map(MemberName::as_str).collect();
+                write!(
+                    f,
+                    "demoting self because DCS is not accessible and failsafe mode could not \
+                     reach [{}]",
+                    names.join(", ")
+                )
+            }
+            Reason::FailsafeLeaderAlive { leader } => write!(
+                f,
+                "not racing: the primary {leader} is alive (failsafe mode, POST /failsafe within ttl)"
+            ),
+            Reason::NotInFailsafeTopology => write!(
+                f,
+                "not racing: this member is not in the /failsafe topology"
+            ),
             Reason::DcsUnreachableFencing => {
                 write!(
                     f,

@@ -27,9 +27,9 @@ pub use commands::{
 };
 pub use decide::{decide, may_be_primary};
 pub use decision::{
-    Action, ActionFailure, ActionKind, Decision, DivergedRemedy, HaConfig, LeaseState, Memory,
-    NotHealthiest, Observation, PeerStatus, Reason, StartRole, StopMode, SyncConfig, SyncMode,
-    Upstream, WatchdogMode, WatchdogState,
+    Action, ActionFailure, ActionKind, Decision, DivergedRemedy, FailsafeObservation, FailsafePing,
+    FailsafeRound, HaConfig, LeaseState, Memory, NotHealthiest, Observation, PeerStatus, Reason,
+    StartRole, StopMode, SyncConfig, SyncMode, Upstream, WatchdogMode, WatchdogState,
 };
 pub use diverge::{Divergence, divergence, leader_timeline};
 pub use outcome::{ActionOutcome, FenceSignal, fence_signal, holds_leader_key, last_failure};
@@ -44,6 +44,6 @@ pub use sync::{
 pub use time::{civil_from_days, days_from_civil, format_iso8601_utc, parse_iso8601};
 pub use types::{Clock, Lsn, MemberName, Mono, ParseLsnError, Timeline};
 pub use view::{
-    ClusterView, FailoverRequest, HistoryLine, LeaderKey, LeaderStatus, Member, SyncKey, SyncState,
-    Tags, Versioned,
+    ClusterView, FailoverRequest, FailsafeTopology, HistoryLine, LeaderKey, LeaderStatus, Member,
+    SyncKey, SyncState, Tags, Versioned,
 };

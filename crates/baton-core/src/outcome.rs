@@ -79,6 +79,9 @@ pub struct FenceSignal {
     /// running as a primary. From then on a primary that predates this process is ours under
     /// our own lease (or gone), and the recorded deadline no longer applies.
     pub confirmed: bool,
+    /// Failsafe mode: the deadline a complete `POST /failsafe` round proved
+    /// (`Action::ExtendFencing`). The primary stays until the later of it and the lease's.
+    pub failsafe_until: Option<crate::types::Mono>,
 }
 
 /// The fencing rule: the fencer guards any PostgreSQL that may accept writes, not only while
@@ -96,6 +99,7 @@ pub fn fence_signal(
     FenceSignal {
         leading: holds_key || was_leader || primary,
         confirmed: previous.confirmed || (view_seen && (holds_key || !primary)),
+        failsafe_until: None,
     }
 }
 
@@ -191,14 +195,16 @@ mod tests {
             fence_signal(none, true, false, false, &primary),
             FenceSignal {
                 leading: true,
-                confirmed: false
+                confirmed: false,
+                ..FenceSignal::default()
             }
         );
         assert_eq!(
             fence_signal(none, true, true, false, &primary),
             FenceSignal {
                 leading: true,
-                confirmed: true
+                confirmed: true,
+                ..FenceSignal::default()
             }
         );
         // A leader without a DCS view stays guarded; nothing is confirmed without a view.
@@ -206,13 +212,15 @@ mod tests {
             fence_signal(none, false, false, true, &stopped),
             FenceSignal {
                 leading: true,
-                confirmed: false
+                confirmed: false,
+                ..FenceSignal::default()
             }
         );
         // Confirmation is sticky.
         let confirmed = FenceSignal {
             leading: false,
             confirmed: true,
+            ..FenceSignal::default()
         };
         assert_eq!(
             fence_signal(confirmed, false, false, false, &stopped),

@@ -31,9 +31,16 @@ pub struct ClusterView {
     pub history: Vec<HistoryLine>,
     /// `status`: the leader's last published WAL position (`optime`) and slot positions.
     pub status: Option<LeaderStatus>,
+    /// `failsafe`: the failsafe topology the leader maintains (member name → REST API URL);
+    /// `None` when the key is absent or does not decode (a warning names it).
+    pub failsafe: Option<FailsafeTopology>,
     /// Problems found while decoding (garbage values, unknown shapes), each naming its key.
     pub warnings: Vec<String>,
 }
+
+/// The `/failsafe` key: every member of the cluster at the time the leader wrote it, by name,
+/// with its REST API URL (Patroni's `{"name": "api_url", ...}`).
+pub type FailsafeTopology = std::collections::BTreeMap<MemberName, String>;
 
 impl ClusterView {
     pub fn member(&self, name: &MemberName) -> Option<&Member> {

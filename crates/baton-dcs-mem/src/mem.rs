@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use baton_core::{
-    Clock, ClusterView, FailoverRequest, HistoryLine, Lsn, Member, MemberName, Mono, SyncState,
+    Clock, ClusterView, FailoverRequest, FailsafeTopology, HistoryLine, Lsn, Member, MemberName,
+    Mono, SyncState,
 };
 use baton_ports::{Dcs, DcsError, DcsScope, Holder, LeaderWrite};
 use tokio::sync::watch;
@@ -517,6 +518,22 @@ impl Dcs for MemDcs {
             "write history",
             leader,
             record::HISTORY,
+            Some(&value),
+            None,
+            false,
+        )
+    }
+
+    async fn write_failsafe(
+        &self,
+        leader: &Holder,
+        topology: &FailsafeTopology,
+    ) -> Result<LeaderWrite, DcsError> {
+        let value = record::encode_failsafe(topology);
+        self.leader_write(
+            "write failsafe",
+            leader,
+            record::FAILSAFE,
             Some(&value),
             None,
             false,

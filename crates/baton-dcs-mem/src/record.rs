@@ -15,6 +15,9 @@
 //!   `mod_revision`: it blocks a promotion in synchronous mode as a `sync` naming someone else
 //!   does, and the leader overwrites it with compare-and-swap. (Patroni reads it as an empty
 //!   state, `SyncState.empty(version)`, which lets anyone be promoted.)
+//! - `failsafe` is written in member-name order (Patroni writes its members' order, then
+//!   itself); a value that is not an object of strings is skipped with a warning (Patroni
+//!   treats it as no topology: its leader then demotes in an outage, its members may race).
 //! - a `leader` value that is not understood still makes a [`LeaderKey`] (with no name) with the
 //!   key's lease and revisions: the key exists and belongs to its lease whatever it holds.
 
@@ -22,8 +25,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use baton_core::{
-    ClusterView, FailoverRequest, HistoryLine, LeaderKey, LeaderStatus, Lsn, Member, MemberName,
-    SyncKey, SyncState, Tags, Timeline, Versioned,
+    ClusterView, FailoverRequest, FailsafeTopology, HistoryLine, LeaderKey, LeaderStatus, Lsn,
+    Member, MemberName, SyncKey, SyncState, Tags, Timeline, Versioned,
 };
 use serde_json::{Map, Value};
 
@@ -43,7 +46,7 @@ pub const SYNC: &str = "sync";
 pub const HISTORY: &str = "history";
 /// `status`: the leader's last WAL position and slot positions.
 pub const STATUS: &str = "status";
-/// `failsafe`: the failsafe topology (read by Patroni only; not decoded here).
+/// `failsafe`: the failsafe topology the leader maintains (`{"name": "api_url", ...}`).
 pub const FAILSAFE: &str = "failsafe";
 /// `optime/leader`: the legacy (Patroni < 2.1) place of the leader's WAL position.
 pub const LEADER_OPTIME: &str = "optime/leader";
@@ -430,6 +433,37 @@ pub fn encode_sync(s: &SyncState) -> String {
     }
     obj.end();
     out
+}
+
+/// `failsafe` as Patroni's leader writes it (`json.dumps(failsafe, separators=(',', ':'))`):
+/// one object, member name → REST API URL, in name order.
+pub fn encode_failsafe(topology: &FailsafeTopology) -> String {
+    let mut out = String::new();
+    let mut obj = ObjWriter::new(&mut out);
+    for (name, url) in topology {
+        obj.str(name.as_str(), url);
+    }
+    obj.end();
+    out
+}
+
+/// Decodes `failsafe`: a JSON object whose values are the members' REST API URLs. Anything
+/// else is an error naming what is wrong (Patroni treats a non-object as no topology).
+pub fn decode_failsafe(value: &str) -> Result<FailsafeTopology, DecodeError> {
+    let map = parse_object(value)?;
+    let mut topology = FailsafeTopology::new();
+    for (name, url) in map {
+        let Some(member) = MemberName::new(name.clone()) else {
+            return Err(DecodeError::new("empty member name"));
+        };
+        match url {
+            Value::String(url) => {
+                topology.insert(member, url);
+            }
+            other => return Err(type_error(&name, "a string (the api_url)", &other)),
+        }
+    }
+    Ok(topology)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -967,7 +1001,15 @@ pub fn decode_cluster<'a>(revision: i64, kvs: impl IntoIterator<Item = RawKv<'a>
         };
         let relevant = matches!(
             key_str,
-            INITIALIZE | CONFIG | LEADER | FAILOVER | SYNC | HISTORY | STATUS | LEADER_OPTIME
+            INITIALIZE
+                | CONFIG
+                | LEADER
+                | FAILOVER
+                | SYNC
+                | HISTORY
+                | STATUS
+                | LEADER_OPTIME
+                | FAILSAFE
         ) || key_str
             .strip_prefix(MEMBERS)
             .is_some_and(|n| !n.contains('/'));
@@ -1034,6 +1076,10 @@ pub fn decode_cluster<'a>(revision: i64, kvs: impl IntoIterator<Item = RawKv<'a>
             },
             HISTORY => match decode_history(value) {
                 Ok(lines) => view.history = lines,
+                Err(e) => warn(e),
+            },
+            FAILSAFE => match decode_failsafe(value) {
+                Ok(topology) => view.failsafe = Some(topology),
                 Err(e) => warn(e),
             },
             STATUS => status = Some((kv, value)),
@@ -1489,6 +1535,70 @@ mod tests {
         assert!(decode_status("\"5\"").is_err());
     }
 
+    #[test]
+    fn failsafe_encodes_like_patroni_and_decodes_back() {
+        let topology: FailsafeTopology = [
+            (name("node2"), "http://10.0.0.2:8008/patroni".to_owned()),
+            (name("node1"), "http://10.0.0.1:8008/patroni".to_owned()),
+        ]
+        .into_iter()
+        .collect();
+        let text = encode_failsafe(&topology);
+        // json.dumps(..., separators=(',', ':')) of Patroni's dict, in name order.
+        assert_eq!(
+            text,
+            r#"{"node1":"http://10.0.0.1:8008/patroni","node2":"http://10.0.0.2:8008/patroni"}"#
+        );
+        assert_eq!(decode_failsafe(&text).unwrap(), topology);
+        assert_eq!(decode_failsafe("{}").unwrap(), FailsafeTopology::new());
+        // Names and URLs that need escaping survive the round trip.
+        let odd: FailsafeTopology = [(name("n\"1"), "http://h/\u{e9}".to_owned())]
+            .into_iter()
+            .collect();
+        assert_eq!(decode_failsafe(&encode_failsafe(&odd)).unwrap(), odd);
+    }
+
+    #[test]
+    fn failsafe_garbage_is_an_error_naming_what_is_wrong() {
+        let err = |v: &str| decode_failsafe(v).unwrap_err().to_string();
+        assert!(
+            err("garbage").contains("invalid JSON"),
+            "{}",
+            err("garbage")
+        );
+        assert!(err("[1]").contains("expected a JSON object"));
+        assert_eq!(
+            err(r#"{"node1":5}"#),
+            "field `node1`: expected a string (the api_url), got 5"
+        );
+        assert_eq!(err(r#"{"":"http://x"}"#), "empty member name");
+    }
+
+    #[test]
+    fn decode_cluster_reads_the_failsafe_key_and_warns_about_garbage() {
+        let view = decode_cluster(
+            9,
+            vec![kv(
+                FAILSAFE,
+                r#"{"node1":"http://10.0.0.1:8008/patroni"}"#,
+                0,
+                4,
+            )],
+        );
+        let topology = view.failsafe.expect("decoded");
+        assert_eq!(
+            topology.get(&name("node1")).map(String::as_str),
+            Some("http://10.0.0.1:8008/patroni")
+        );
+        assert!(view.warnings.is_empty(), "{:?}", view.warnings);
+        let view = decode_cluster(9, vec![kv(FAILSAFE, r#"{"node1":null}"#, 0, 4)]);
+        assert_eq!(view.failsafe, None);
+        assert_eq!(
+            view.warnings,
+            vec!["failsafe: field `node1`: expected a string (the api_url), got null".to_owned()]
+        );
+    }
+
     fn kv<'a>(key: &'a str, value: &'a str, lease: i64, rev: i64) -> RawKv<'a> {
         RawKv {
             key: key.as_bytes(),
@@ -1545,6 +1655,7 @@ mod tests {
             history: invalid JSON (expected ident at line 1 column 2): "not a list"
             members/n3: invalid JSON (key must be a string at line 1 column 2): "{garbage"
             sync: expected a JSON object, got []
+            failsafe: invalid JSON (EOF while parsing an object at line 1 column 1): "{"
             status: field `optime`: expected a non-negative integer, got "bad"
         "#]]
         .assert_eq(&(view.warnings.join("\n") + "\n"));

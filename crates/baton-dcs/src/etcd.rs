@@ -17,7 +17,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use baton_core::{ClusterView, FailoverRequest, HistoryLine, Lsn, Member, MemberName, SyncState};
+use baton_core::{
+    ClusterView, FailoverRequest, FailsafeTopology, HistoryLine, Lsn, Member, MemberName, SyncState,
+};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, KvClient,
     LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
@@ -1114,6 +1116,16 @@ impl Dcs for EtcdDcs {
     ) -> Result<LeaderWrite, DcsError> {
         let value = record::encode_history(history);
         self.leader_txn(leader, record::HISTORY, Some(&value), None)
+            .await
+    }
+
+    async fn write_failsafe(
+        &self,
+        leader: &Holder,
+        topology: &FailsafeTopology,
+    ) -> Result<LeaderWrite, DcsError> {
+        let value = record::encode_failsafe(topology);
+        self.leader_txn(leader, record::FAILSAFE, Some(&value), None)
             .await
     }
 

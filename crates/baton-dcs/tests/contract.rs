@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use baton_core::{
-    Clock, ClusterView, FailoverRequest, HistoryLine, LeaderKey, Lsn, Member, MemberName, Mono,
-    SyncKey, SyncState, Tags, Timeline,
+    Clock, ClusterView, FailoverRequest, FailsafeTopology, HistoryLine, LeaderKey, Lsn, Member,
+    MemberName, Mono, SyncKey, SyncState, Tags, Timeline,
 };
 use baton_dcs::{Dcs, DcsError, DcsScope, EtcdDcs, EtcdSettings, Holder, LeaderWrite, MemDcs};
 
@@ -393,6 +393,7 @@ contract_tests!(
     changes_tick_after_another_clients_write,
     touch_member_round_trip_in_patroni_format,
     status_and_history_in_patroni_format,
+    failsafe_topology_in_patroni_format_by_the_leader_only,
     failover_and_sync_compare_and_swap,
     leader_only_writes_of_a_deposed_leader_are_refused,
     undecodable_leader_key_belongs_to_its_lease_and_epoch,
@@ -1307,6 +1308,58 @@ async fn status_and_history_in_patroni_format<E: Env>(env: E) {
         r#"[[1,25165984,"no recovery target specified","2024-05-06T07:08:09.123456+00:00","node1"],[2,33554592,"no recovery target specified","2024-05-07T07:08:09.123456+00:00","node2"]]"#
     );
     assert_eq!(read(&b).await.history, history);
+}
+
+/// `/failsafe` (failsafe mode): Patroni's `{"name": "api_url", ...}`, written only by the
+/// holder of the leader key; a deposed leader's write changes nothing.
+async fn failsafe_topology_in_patroni_format_by_the_leader_only<E: Env>(env: E) {
+    let a = env.client().await;
+    let b = env.client().await;
+    let old = lead(&a, "n1").await;
+    let topology: FailsafeTopology = [
+        (name("n1"), "http://10.0.0.1:8008/patroni".to_owned()),
+        (name("n2"), "http://10.0.0.2:8008/patroni".to_owned()),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(
+        a.write_failsafe(&old, &topology).await.unwrap(),
+        LeaderWrite::Written
+    );
+    assert_eq!(
+        env.raw_get("failsafe").await.expect("written").0,
+        r#"{"n1":"http://10.0.0.1:8008/patroni","n2":"http://10.0.0.2:8008/patroni"}"#
+    );
+    assert_eq!(read(&b).await.failsafe, Some(topology.clone()));
+
+    // Patroni's own value (another member order) reads the same.
+    env.raw_put(
+        "failsafe",
+        r#"{"n2":"http://10.0.0.2:8008/patroni","n1":"http://10.0.0.1:8008/patroni"}"#,
+    )
+    .await;
+    assert_eq!(read(&b).await.failsafe, Some(topology.clone()));
+
+    env.end_lease(&a, old.lease, TTL).await;
+    eventually(&b, "leader key gone with its lease", |v| v.leader.is_none()).await;
+    let new = lead(&b, "n2").await;
+    let before = env.raw_get("failsafe").await;
+    let mut shrunk = topology.clone();
+    shrunk.remove(&name("n2"));
+    assert_eq!(
+        a.write_failsafe(&old, &shrunk).await.unwrap(),
+        LeaderWrite::NotLeader
+    );
+    assert_eq!(
+        env.raw_get("failsafe").await,
+        before,
+        "a refused write changes nothing"
+    );
+    assert_eq!(
+        b.write_failsafe(&new, &shrunk).await.unwrap(),
+        LeaderWrite::Written
+    );
+    assert_eq!(read(&a).await.failsafe, Some(shrunk));
 }
 
 // ---------------------------------------------------------------------------------------------

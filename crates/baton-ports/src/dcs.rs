@@ -3,7 +3,9 @@
 use std::future::Future;
 use std::time::Duration;
 
-use baton_core::{ClusterView, FailoverRequest, HistoryLine, Lsn, Member, MemberName, SyncState};
+use baton_core::{
+    ClusterView, FailoverRequest, FailsafeTopology, HistoryLine, Lsn, Member, MemberName, SyncState,
+};
 
 use crate::BoxError;
 
@@ -199,6 +201,14 @@ pub trait Dcs: Send + Sync + 'static {
         &self,
         leader: &Holder,
         history: &[HistoryLine],
+    ) -> impl Future<Output = Result<LeaderWrite, DcsError>> + Send;
+
+    /// Leader only: write `failsafe` (Patroni's `{"name": "api_url", ...}`), the members a
+    /// leader must reach in failsafe mode and the only members that may take the key then.
+    fn write_failsafe(
+        &self,
+        leader: &Holder,
+        topology: &FailsafeTopology,
     ) -> impl Future<Output = Result<LeaderWrite, DcsError>> + Send;
 
     /// Write `failover` (Patroni's `{"leader":..,"member":..,"scheduled_at":..}`): a request any

@@ -238,6 +238,10 @@ async fn agent_main(w: Arc<World>, i: usize) {
     };
     let mut agent = Agent::new(io, config, dynamic, lease_rx.clone(), leading_tx, snap_tx)
         .expect("simulated configurations are valid");
+    // The `POST /failsafe` requests this incarnation's REST API accepts (a restart forgets).
+    let inbox = baton_api::FailsafeInbox::default();
+    w.agents()[i].failsafe_inbox = inbox.clone();
+    agent.set_failsafe_inbox(inbox);
     let mut dcs_changes = dcs.changes();
     let mut lease_changes = lease_rx.clone();
     loop {

@@ -24,8 +24,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton_core::{
-    ClusterView, FailoverRequest, HistoryLine, Lsn, Member, MemberName, SyncKey, SyncMode,
-    SyncState,
+    ClusterView, FailoverRequest, FailsafeTopology, HistoryLine, Lsn, Member, MemberName, SyncKey,
+    SyncMode, SyncState,
 };
 use baton_dcs_mem::MemDcs;
 use baton_ports::{Dcs, DcsError, Holder, LeaderWrite};
@@ -349,6 +349,18 @@ impl Dcs for SimDcs {
         let (leader, history) = (leader.clone(), history.to_vec());
         self.call("write history", move |d| async move {
             d.write_history(&leader, &history).await
+        })
+        .await
+    }
+
+    async fn write_failsafe(
+        &self,
+        leader: &Holder,
+        topology: &FailsafeTopology,
+    ) -> Result<LeaderWrite, DcsError> {
+        let (leader, topology) = (leader.clone(), topology.clone());
+        self.call("write failsafe", move |d| async move {
+            d.write_failsafe(&leader, &topology).await
         })
         .await
     }

@@ -193,6 +193,8 @@ pub struct Options {
     pub sync: Option<SyncSetting>,
     /// Echo the trace to stderr as it is written.
     pub echo: bool,
+    /// `failsafe_mode: true` in the dynamic configuration.
+    pub failsafe: bool,
 }
 
 impl Default for Options {
@@ -207,6 +209,7 @@ impl Default for Options {
             timing: None,
             sync: None,
             echo: false,
+            failsafe: false,
         }
     }
 }
@@ -339,7 +342,7 @@ impl Outcome {
     }
 }
 
-fn node_yaml(i: usize, t: Timing, sync: SyncSetting) -> String {
+fn node_yaml(i: usize, t: Timing, sync: SyncSetting, failsafe: bool) -> String {
     let n = i + 1;
     // Nothing when off: the configuration (and so the run) is what it was before the
     // simulator knew synchronous mode.
@@ -355,6 +358,11 @@ fn node_yaml(i: usize, t: Timing, sync: SyncSetting) -> String {
             sync.strict,
             sync.node_count
         ),
+    };
+    let sync = if failsafe {
+        format!("{sync}    failsafe_mode: true\n")
+    } else {
+        sync
     };
     format!(
         "\
@@ -438,7 +446,7 @@ pub fn plan(seed: u64, opts: &Options) -> (Params, Schedule) {
     });
     let configs: Vec<Config> = (0..nodes)
         .map(|i| {
-            baton_config::load_str(&node_yaml(i, timing, sync), &|_| None)
+            baton_config::load_str(&node_yaml(i, timing, sync, opts.failsafe), &|_| None)
                 .expect("the simulator's configuration is valid")
                 .config
         })
@@ -520,6 +528,7 @@ pub fn run(seed: u64, opts: &Options) -> Outcome {
                         owns_key: false,
                         fence_record: Arc::default(),
                         guard: None,
+                        failsafe_inbox: Default::default(),
                     })
                     .collect(),
             ),

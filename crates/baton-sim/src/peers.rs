@@ -78,4 +78,59 @@ impl Peers for SimPeers {
         });
         join_all(asks).await
     }
+
+    /// `POST /failsafe`, answered by the target's REST API logic
+    /// (`baton_api::answer_failsafe_post`) from its snapshot at the moment it is served; a
+    /// member across a cut, frozen or down does not accept.
+    async fn post_failsafe(
+        &self,
+        targets: &[(MemberName, String)],
+        body: &str,
+        timeout: Duration,
+    ) -> Vec<MemberName> {
+        let asks = targets.iter().map(|(name, _)| async move {
+            let target = self.w.index_of(name.as_str())?;
+            let latency = self.w.rng().ms(1, 10);
+            let answer = if !self.w.reachable(self.i, target) {
+                Answer::Hangs
+            } else {
+                self.w.agent_answers(target)
+            };
+            match answer {
+                Answer::Refused => {
+                    tokio::time::sleep(latency).await;
+                    None
+                }
+                Answer::Hangs => {
+                    tokio::time::sleep(timeout).await;
+                    None
+                }
+                Answer::Up if latency >= timeout => {
+                    tokio::time::sleep(timeout).await;
+                    None
+                }
+                Answer::Up => {
+                    tokio::time::sleep(latency).await;
+                    let (snapshot, inbox) = {
+                        let agents = self.w.agents();
+                        let slot = &agents[target];
+                        (
+                            slot.snapshot.as_ref().map(|rx| rx.borrow().clone()),
+                            slot.failsafe_inbox.clone(),
+                        )
+                    };
+                    let snap = snapshot.filter(|_| self.w.agent_answers(target) == Answer::Up)?;
+                    let (code, text) = baton_api::answer_failsafe_post(
+                        &snap,
+                        &inbox,
+                        self.w.now(),
+                        body.as_bytes(),
+                    );
+                    (code.as_u16() == 200 && text.as_deref() == Some("Accepted"))
+                        .then(|| name.clone())
+                }
+            }
+        });
+        join_all(asks).await.into_iter().flatten().collect()
+    }
 }

@@ -462,3 +462,166 @@ fn the_checker_catches_a_promotion_outside_sync() {
         }
     }
 }
+
+/// Issue 12.2, DCS failsafe mode: etcd unreachable for every member for 3 × ttl.
+fn etcd_down_for_everyone(hang: bool, more: Vec<Fault>) -> Schedule {
+    let mut faults: Vec<Fault> = (0..3)
+        .map(|k| {
+            fault(
+                5_000,
+                30_000,
+                FaultKind::DcsPartition {
+                    target: Target::Node(k),
+                    hang,
+                },
+            )
+        })
+        .collect();
+    faults.extend(more);
+    scripted(faults, 60)
+}
+
+fn failsafe_opts(failsafe: bool, schedule: Schedule) -> Options {
+    Options {
+        timing: Some(ten_s()),
+        sync: Some(SyncSetting::OFF),
+        failsafe,
+        schedule: Some(schedule),
+        ..Options::default()
+    }
+}
+
+const KEPT: &str = "continue to run as a leader because failsafe mode is enabled";
+const FENCED: [&str; 3] = [
+    "fencing: the lease could not be renewed",
+    "demoted self because DCS is not accessible",
+    "demoting self because DCS is not accessible",
+];
+
+fn fenced(report: &str) -> bool {
+    FENCED.iter().any(|f| report.contains(f))
+}
+
+/// etcd down for 3 × ttl, every member reachable: the primary keeps accepting writes (no
+/// fencing, no failover), no second primary, nothing lost. Patroni#3403 (the leader demoted
+/// about ttl after its last leader-key update although every member accepted) fails here:
+/// the negative control below is exactly that behaviour (the lease deadline not extended).
+#[test]
+fn failsafe_etcd_down_for_three_ttl_with_every_member_reachable_keeps_the_primary() {
+    let on = run_all(
+        &[1, 2, 3, 4],
+        &failsafe_opts(true, etcd_down_for_everyone(true, vec![])),
+    );
+    let off = run_all(
+        &[1, 2, 3, 4],
+        &failsafe_opts(false, etcd_down_for_everyone(true, vec![])),
+    );
+    for (on, off) in on.iter().zip(&off) {
+        let report = on.report(80);
+        assert!(on.ok(), "seed {}: {:?}\n{report}", on.seed, findings(on));
+        assert!(
+            report.contains(KEPT),
+            "seed {}: failsafe never kept the primary\n{report}",
+            on.seed
+        );
+        let trace = on.trace.join("\n");
+        assert!(
+            !fenced(&trace),
+            "seed {}: the primary was fenced\n{report}",
+            on.seed
+        );
+        assert_eq!(on.stats.lost, 0, "seed {}\n{report}", on.seed);
+        assert!(on.stats.acked > 0);
+        // No failover at all, and writes never stopped after the bootstrap: the client saw
+        // "no writable node" only once, before the first primary.
+        assert_eq!(on.stats.promotions, 0, "seed {}\n{report}", on.seed);
+        let gaps = |trace: &str| trace.matches("found no writable node before").count();
+        assert_eq!(
+            gaps(&trace),
+            1,
+            "seed {}: writes were interrupted\n{report}",
+            on.seed
+        );
+        // Negative control: without failsafe mode the same outage fences the primary and
+        // nobody can take over while etcd is down: writes fail for most of the outage.
+        let off_trace = off.trace.join("\n");
+        assert!(off.ok(), "seed {}: {:?}", off.seed, findings(off));
+        assert!(
+            fenced(&off_trace),
+            "seed {}: the control was not fenced",
+            off.seed
+        );
+        assert!(
+            off.stats.unavailable > on.stats.unavailable,
+            "seed {}: unavailable with failsafe {} >= without {}",
+            on.seed,
+            on.stats.unavailable,
+            off.stats.unavailable
+        );
+        eprintln!(
+            "seed {}: failsafe on: acked {} unavailable {} promotions {}; off: acked {} unavailable {} promotions {}",
+            on.seed,
+            on.stats.acked,
+            on.stats.unavailable,
+            on.stats.promotions,
+            off.stats.acked,
+            off.stats.unavailable,
+            off.stats.promotions
+        );
+    }
+}
+
+/// The same outage with one replica also cut off from the leader: not every member answers
+/// POST /failsafe, so the primary demotes (ALL, not a quorum); still no second primary.
+#[test]
+fn failsafe_etcd_down_and_one_member_cut_off_demotes_the_primary() {
+    let cut = fault(
+        4_000,
+        31_000,
+        FaultKind::PeerPartition {
+            a: Target::Leader,
+            b: Target::Replica(0),
+        },
+    );
+    for o in run_all(
+        &[1, 2, 3, 4],
+        &failsafe_opts(true, etcd_down_for_everyone(true, vec![cut])),
+    ) {
+        let report = o.report(80);
+        assert!(o.ok(), "seed {}: {:?}\n{report}", o.seed, findings(&o));
+        let trace = o.trace.join("\n");
+        assert!(
+            trace.contains("failsafe mode could not reach")
+                || trace.contains("fencing: the lease could not be renewed"),
+            "seed {}: the primary did not demote\n{report}",
+            o.seed
+        );
+        assert!(
+            !trace.contains(KEPT),
+            "seed {}: kept without every member\n{report}",
+            o.seed
+        );
+    }
+}
+
+/// Patroni#3572: etcd answers every request with an error at once (here: connection refused)
+/// instead of timing out; Patroni took the error as "leader lock lost" and demoted without
+/// asking the members. Here an error is no evidence: the members decide, the primary stays.
+#[test]
+fn failsafe_etcd_answering_errors_is_no_reason_to_demote() {
+    for o in run_all(
+        &[1, 2, 3, 4],
+        &failsafe_opts(true, etcd_down_for_everyone(false, vec![])),
+    ) {
+        let report = o.report(80);
+        assert!(o.ok(), "seed {}: {:?}\n{report}", o.seed, findings(&o));
+        let trace = o.trace.join("\n");
+        assert!(trace.contains(KEPT), "seed {}\n{report}", o.seed);
+        assert!(
+            !fenced(&trace),
+            "seed {}: the primary was fenced\n{report}",
+            o.seed
+        );
+        assert_eq!(o.stats.lost, 0);
+    }
+}

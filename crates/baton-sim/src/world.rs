@@ -103,6 +103,8 @@ pub(crate) struct AgentSlot {
     /// The fence guard process the agent started (it survives the agent; ends on its own
     /// once nothing is left to guard).
     pub(crate) guard: Option<tokio::task::JoinHandle<()>>,
+    /// The `POST /failsafe` requests its REST API accepted (failsafe mode).
+    pub(crate) failsafe_inbox: baton_api::FailsafeInbox,
 }
 
 impl AgentSlot {

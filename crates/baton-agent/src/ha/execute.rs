@@ -329,6 +329,25 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                 self.leader_write("clear the failover key", write).await?;
                 Ok(true)
             }
+            Action::WriteFailsafe { topology } => {
+                let holder = self.holder();
+                let write = holder
+                    .as_ref()
+                    .map(|h| self.dcs.write_failsafe(h, topology));
+                let written = self.leader_write("write /failsafe", write).await?;
+                if written {
+                    self.failsafe.written(topology);
+                }
+                Ok(written)
+            }
+            Action::ExtendFencing { until } => {
+                self.failsafe.extend(*until);
+                // The fencer and the fence guard's record follow at once.
+                let (pg, view) = (obs.pg.clone(), obs.dcs.clone());
+                let holds = self.holds_key(view.as_ref());
+                self.publish_snapshot(view.as_ref(), &pg, holds, None);
+                Ok(true)
+            }
         }
     }
 }

@@ -68,6 +68,8 @@ pub struct Agent<D: Dcs, P: Postgres, R: Peers> {
     /// whenever either changes ([`Agent::refresh_ha`]).
     ha: HaConfig,
     memory: Memory,
+    /// DCS failsafe mode (`crate::failsafe`).
+    failsafe: crate::failsafe::FailsafeState,
     /// Cycles run so far (the `n` of the `ha_cycle` span).
     cycles: u64,
     /// The long action running beside the loop, if any ([`long`]).
@@ -140,6 +142,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             dynamic_revision: 0,
             memory: Memory::default(),
             cycles: 0,
+            failsafe: Default::default(),
             running: None,
             scheduled_restart: None,
             restart_file: None,
@@ -166,6 +169,11 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
     /// are [`crate::watchdog::run_watchdog`]'s.
     pub fn set_watchdog(&mut self, watchdog: Arc<crate::watchdog::Watchdog>) {
         self.watchdog = Some(watchdog);
+    }
+
+    /// Failsafe mode: read the `POST /failsafe` requests the REST API accepted from `inbox`.
+    pub fn set_failsafe_inbox(&mut self, inbox: baton_api::FailsafeInbox) {
+        self.failsafe = crate::failsafe::FailsafeState::with_inbox(inbox);
     }
 
     /// Keep scheduled restarts in `file`, and take up the one an earlier run left there.

@@ -18,12 +18,61 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
     /// the cluster has no leader or a switchover is pending; the lease, the watchdog, the
     /// previous cycle's failure and the wall clock.
     pub(super) async fn observe(&mut self) -> Observation {
-        let (dcs_res, pg_state) = tokio::join!(
-            tokio::time::timeout(self.ha.retry_timeout, self.dcs.read_cluster()),
-            self.pg.observe()
+        // Failsafe mode: a leader whose lease renewals fail sends its `POST /failsafe` round
+        // beside the DCS read (`crate::failsafe`).
+        let now = self.clock.now();
+        let was_leader = self.was_leader();
+        let early = self.failsafe.due_early(
+            self.ha.failsafe_mode,
+            was_leader,
+            *self.lease.borrow(),
+            now,
+            self.ha.ttl,
+        );
+        let me = crate::failsafe::Me {
+            name: &self.name,
+            api_url: &self.api_url,
+            conn_url: &self.conn_url,
+        };
+        let ttl = self.ha.ttl;
+        let (failsafe, peers_io, clock) = (&mut self.failsafe, &self.peers, self.clock.clone());
+        // A complete early round ends the wait for the DCS read: the decision that extends
+        // the fencing deadline must not wait `retry_timeout` for a read that hangs (the lease
+        // deadline may come first).
+        let round_done = tokio::sync::Notify::new();
+        let retry_timeout = self.ha.retry_timeout;
+        let dcs = &self.dcs;
+        let (dcs_res, pg_state, early_round) = tokio::join!(
+            async {
+                tokio::select! {
+                    read = tokio::time::timeout(retry_timeout, dcs.read_cluster()) => match read {
+                        Ok(Ok(view)) => Ok(view),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(_) => Err(format!("no answer within retry_timeout ({retry_timeout:?})")),
+                    },
+                    () = round_done.notified() => {
+                        Err("no answer yet; every member accepted POST /failsafe meanwhile".to_owned())
+                    }
+                }
+            },
+            self.pg.observe(),
+            async {
+                if !early {
+                    return None;
+                }
+                let round = failsafe.round(peers_io, clock.as_ref(), &me, ttl).await;
+                if round.as_ref().is_some_and(|r| {
+                    r.topology
+                        .iter()
+                        .all(|m| m == me.name || r.accepted.contains(m))
+                }) {
+                    round_done.notify_one();
+                }
+                round
+            }
         );
         let view = match dcs_res {
-            Ok(Ok(view)) => {
+            Ok(view) => {
                 if self.dcs_error.take().is_some() {
                     info!("DCS is reachable again");
                 }
@@ -36,15 +85,8 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                 }
                 Some(view)
             }
-            Ok(Err(e)) => {
-                self.dcs_failed(e.to_string());
-                None
-            }
-            Err(_) => {
-                self.dcs_failed(format!(
-                    "no answer within retry_timeout ({:?})",
-                    self.ha.retry_timeout
-                ));
+            Err(e) => {
+                self.dcs_failed(e);
                 None
             }
         };
@@ -59,7 +101,30 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             }
             _ => vec![],
         };
+        let lease_now = *self.lease.borrow();
+        let failsafe = self
+            .failsafe
+            .observe(
+                &self.peers,
+                self.clock.as_ref(),
+                crate::failsafe::Me {
+                    name: &self.name,
+                    api_url: &self.api_url,
+                    conn_url: &self.conn_url,
+                },
+                crate::failsafe::Seen {
+                    failsafe_mode: self.ha.failsafe_mode,
+                    was_leader,
+                    view: view.as_ref(),
+                    lease: lease_now,
+                    pg: &pg_state,
+                    ttl: self.ha.ttl,
+                },
+                early_round,
+            )
+            .await;
         Observation {
+            failsafe,
             dcs: view,
             lease: *self.lease.borrow(),
             pg: pg_state,

@@ -92,8 +92,14 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         }
         // What the fencer guards: `baton_core::fence_signal` has the rule.
         let was_leader = self.was_leader();
+        let now = self.clock.now();
+        let failsafe_until = self
+            .failsafe
+            .fence_until(now)
+            .filter(|_| baton_core::may_be_primary(pg));
         self.leading.send_if_modified(|s| {
             let mut next = baton_core::fence_signal(*s, view.is_some(), holds, was_leader, pg);
+            next.failsafe_until = failsafe_until;
             // A progress publish inside an action (`busy`: a bootstrap, a clone) never ends a
             // leader role the action list began (`ArmWatchdog`): else the watchdog task takes
             // a bootstrap for a demotion and magic-closes the device it just armed.
@@ -110,8 +116,10 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             pending_restart_reason: self.pending_restart_reason.clone(),
             scheduled_restart: self.scheduled_restart.as_ref().map(|r| r.schedule.clone()),
             system_id: pg.system_id().map(str::to_owned),
-            holds_leader_key: holds,
-            fence_deadline: lease.fence_deadline,
+            // Failsafe mode keeps our primary the leader for health checks too (Patroni's
+            // `set_is_leader(True)`), until the deadline the last round proved.
+            holds_leader_key: holds || failsafe_until.is_some(),
+            fence_deadline: lease.fence_deadline.max(failsafe_until),
             cluster: view.cloned(),
             dcs_last_seen: self.dcs_last_seen,
             tags: self.config.tags.clone(),
@@ -129,6 +137,8 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                 self.config.watchdog.mode,
             ),
             watchdog_armed: self.watchdog.as_ref().is_some_and(|w| w.state().armed),
+            failsafe_mode: self.dynamic.failsafe_mode,
+            failsafe_active: self.failsafe.active(now),
         };
         self.snapshot.send_replace(Arc::new(snap));
     }

@@ -232,6 +232,7 @@ struct Harness {
 
 fn leading(leading: bool) -> FenceSignal {
     FenceSignal {
+        failsafe_until: None,
         leading,
         confirmed: true,
     }

@@ -60,6 +60,7 @@ fn agent(auth: Option<(&str, &str)>) -> Agent {
         commands: Some(tx),
         vip: None,
         audit: Default::default(),
+        failsafe: Default::default(),
     };
     Agent {
         state,

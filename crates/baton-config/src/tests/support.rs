@@ -235,8 +235,7 @@ fn each_refused_key_is_an_error_naming_it() {
         nostream: errors:
           tags.nostream: not supported by pgbaton yet: pgbaton has no archive-only replicas (no restore_command): this member would try to stream from the leader, which keeps no slot for it
         watchdog required: ok
-        failsafe_mode: errors:
-          bootstrap.dcs.failsafe_mode: not supported by pgbaton yet: with failsafe mode Patroni keeps the primary running while the DCS is unreachable and every member confirms it; pgbaton stops it (fences) before its lease runs out
+        failsafe_mode: ok
         slots: errors:
           bootstrap.dcs.slots: not supported by pgbaton yet: permanent replication slots are not created or kept on a new primary: the consumers of these slots (logical decoding, backup tools) would lose their position after a failover
         permanent_slots: errors:
@@ -497,7 +496,6 @@ fn the_dcs_value_warns_about_refused_keys_and_lists_them() {
     expect![[r#"
         [
             "check_timeline: pgbaton always checks timelines: a member behind the cluster's timeline never takes over",
-            "failsafe_mode: not supported by pgbaton yet, ignored: with failsafe mode Patroni keeps the primary running while the DCS is unreachable and every member confirms it; pgbaton stops it (fences) before its lease runs out",
             "postgresql.recovery_conf: not supported by pgbaton yet, ignored: these recovery settings would not be applied: a delayed replica would not be delayed, an archive would not be read",
             "slots: not supported by pgbaton yet, ignored: permanent replication slots are not created or kept on a new primary: the consumers of these slots (logical decoding, backup tools) would lose their position after a failover",
             "standby_cluster: not supported by pgbaton yet, ignored: a standby cluster follows another cluster's primary; pgbaton would instead run this cluster's leader as a writable primary",
@@ -507,7 +505,6 @@ fn the_dcs_value_warns_about_refused_keys_and_lists_them() {
     .assert_debug_eq(&warnings);
     expect![[r#"
         [
-            "failsafe_mode",
             "postgresql.recovery_conf",
             "slots",
             "standby_cluster",
@@ -526,7 +523,6 @@ fn the_dcs_value_warns_about_refused_keys_and_lists_them() {
     // What `PATCH /config` would store is checked as a file's bootstrap.dcs is.
     let err = DynamicConfig::from_json_strict(stored).expect_err("refused");
     expect![[r#"
-        failsafe_mode: not supported by pgbaton yet: with failsafe mode Patroni keeps the primary running while the DCS is unreachable and every member confirms it; pgbaton stops it (fences) before its lease runs out
         postgresql.recovery_conf: not supported by pgbaton yet: these recovery settings would not be applied: a delayed replica would not be delayed, an archive would not be read
         slots: not supported by pgbaton yet: permanent replication slots are not created or kept on a new primary: the consumers of these slots (logical decoding, backup tools) would lose their position after a failover
         standby_cluster: not supported by pgbaton yet: a standby cluster follows another cluster's primary; pgbaton would instead run this cluster's leader as a writable primary

@@ -15,6 +15,9 @@ impl Ctx<'_> {
     pub(super) fn fence(&self, next: &mut Memory) -> Option<(Vec<Action>, Reason)> {
         let pg = &self.obs.pg;
         if may_be_primary(pg) && !self.lease_ok() && !self.cfg.pause {
+            if let Some(kept) = self.failsafe_primary(next) {
+                return Some(kept);
+            }
             next.following = None;
             let reason = if self.obs.dcs.is_none() {
                 Reason::DcsUnreachableFencing

@@ -5,7 +5,9 @@
 //! (design.md §4), so a rule may rely on every rule before it having passed:
 //! 1. `fence`: PostgreSQL that may accept writes while our lease is not provably alive is
 //!    stopped immediately, whatever else is going on. It runs before anything reads the DCS
-//!    view, so that no other rule can keep a primary running without a lease.
+//!    view, so that no other rule can keep a primary running without a lease. The one
+//!    exception is `failsafe` (failsafe mode: every member of `/failsafe` accepted our
+//!    `POST /failsafe`, which proves a deadline as a keepalive does), decided here too.
 //! 2. With no DCS view nothing else is decided (replicas keep streaming, a leader keeps
 //!    running until its fencing deadline, which rule 1 enforces). Our own leader key with an
 //!    unreadable value is repaired, and a dynamic configuration pgbaton must not ignore
@@ -22,7 +24,8 @@
 //!    (`fence::demote`: a primary never runs without the key) before anything else looks at
 //!    it; then `leader` keeps / promotes the holder of the key (switchover, `sync` steps,
 //!    slots), `standby` follows the leader (and stops a diverged standby for a rewind), and
-//!    `race` takes a free key when we are the healthiest eligible member.
+//!    `race` takes a free key when we are the healthiest eligible member (not while a
+//!    primary's `POST /failsafe` is younger than ttl, nor from outside `/failsafe`).
 //!
 //! [`decide`] then puts `ArmWatchdog` ahead of actions that take the leader role
 //! (`watchdog`), derives the memory for the next cycle from the actions that will really run
@@ -42,6 +45,7 @@ use crate::types::{MemberName, Mono};
 use crate::view::{ClusterView, LeaderKey};
 
 mod data_dir;
+mod failsafe;
 mod fence;
 mod leader;
 mod pg_down;
@@ -79,6 +83,7 @@ pub fn decide(memory: &Memory, obs: &Observation, config: &HaConfig, now: Mono) 
         cfg: config,
         now,
         epoch: memory.leader_epoch,
+        was_leader: memory.was_leader,
     };
     let (mut actions, mut reason) = ctx.choose(&mut next);
     // A scheduled restart runs in a cycle that has nothing else to do.
@@ -122,6 +127,7 @@ pub fn decide(memory: &Memory, obs: &Observation, config: &HaConfig, now: Mono) 
                         | Action::ReattachLeader
                         | Action::RepairLeader { .. }
                         | Action::ClearFailover { .. }
+                        | Action::WriteFailsafe { .. }
                 )
         });
         let detail = if actions.len() < before {
@@ -164,8 +170,14 @@ pub fn decide(memory: &Memory, obs: &Observation, config: &HaConfig, now: Mono) 
 
     // A leader that cannot read the DCS is still a leader until it fences: forgetting it would
     // disarm the fencer exactly when it is needed (simulator finding F1).
+    // Failsafe mode keeping our primary (the DCS down or back with our key gone) keeps us
+    // the leader too: the next round needs it, and so does the fencer.
+    let failsafe_kept = matches!(
+        reason,
+        Reason::FailsafeActive { .. } | Reason::FailsafeReacquiring
+    );
     next.was_leader = !actions.contains(&Action::HandOver)
-        && (ctx.holds_key() || (obs.dcs.is_none() && memory.was_leader))
+        && (ctx.holds_key() || (obs.dcs.is_none() && memory.was_leader) || failsafe_kept)
         || actions.iter().any(|a| {
             matches!(
                 a,
@@ -181,9 +193,19 @@ pub fn decide(memory: &Memory, obs: &Observation, config: &HaConfig, now: Mono) 
     }
 
     let mut wake_at = now + config.loop_wait;
-    if !actions.is_empty() {
-        // Observe the effect right away.
+    if actions
+        .iter()
+        .any(|a| !matches!(a, Action::ExtendFencing { .. }))
+    {
+        // Observe the effect right away (an extended fencing deadline has none to observe:
+        // the next `POST /failsafe` round is due after `loop_wait`, as in Patroni).
         wake_at = now;
+    }
+    if let Some(until) = actions.iter().find_map(|a| match a {
+        Action::ExtendFencing { until } => Some(*until),
+        _ => None,
+    }) {
+        wake_at = wake_at.min(until);
     }
     if obs.dcs.as_ref().is_some_and(|v| v.leader.is_none()) {
         wake_at = wake_at.min(now + LEADERLESS_RECHECK);
@@ -261,6 +283,8 @@ struct Ctx<'a> {
     now: Mono,
     /// `Memory::leader_epoch` from the previous cycle.
     epoch: Option<i64>,
+    /// `Memory::was_leader` from the previous cycle.
+    was_leader: bool,
 }
 
 impl Ctx<'_> {
@@ -326,6 +350,18 @@ impl Ctx<'_> {
 
         // 2. Without a DCS view, change nothing.
         let Some(view) = self.obs.dcs.as_ref() else {
+            // Failsafe mode: a complete `POST /failsafe` round extends the fencing deadline
+            // already while the lease is still valid, so that the fencer never stops the
+            // primary at the lease deadline between two rounds.
+            if may_be_primary(pg)
+                && !self.cfg.pause
+                && let Ok(until) = self.failsafe_until()
+            {
+                return (
+                    vec![Action::ExtendFencing { until }],
+                    Reason::FailsafeActive { until },
+                );
+            }
             return (vec![], Reason::DcsUnreachable);
         };
         // Our leader key with a value someone overwrote: put our name back first.
@@ -376,7 +412,17 @@ impl Ctx<'_> {
         };
 
         if self.holds_key() {
-            return self.leader_running(next, view, sql);
+            let (mut actions, reason) = self.leader_running(next, view, sql);
+            let leaving = actions.iter().any(|a| {
+                matches!(
+                    a,
+                    Action::HandOver | Action::ReleaseLeader { .. } | Action::StopPostgres { .. }
+                )
+            });
+            if !leaving && let Some(write) = self.failsafe_topology_write(view) {
+                actions.push(write);
+            }
+            return (actions, reason);
         }
         if self.holds_stale_key() {
             return self.stale_key(sql);
@@ -389,8 +435,11 @@ impl Ctx<'_> {
             Some(LeaderKey {
                 name: Some(leader), ..
             }) => self.follow(next, view, leader, sql),
-            // A primary nobody elected (rule 5): fence first; it may race as a standby.
-            None if !sql.in_recovery => self.demote(next, None),
+            // A primary nobody elected (rule 5): fence first; it may race as a standby. Unless
+            // failsafe mode kept it through an outage: it takes its key back.
+            None if !sql.in_recovery => self
+                .failsafe_reacquire()
+                .unwrap_or_else(|| self.demote(next, None)),
             None => self.race(next, view, sql),
         }
     }

@@ -23,6 +23,9 @@ impl Ctx<'_> {
         if self.cfg.tags.is_nofailover() {
             return (vec![], Reason::NotAllowedToPromote);
         }
+        if let Some(reason) = self.failsafe_blocks_race(view) {
+            return (vec![], reason);
+        }
         if !self.lease_ok() {
             return (vec![], Reason::WaitingForLease);
         }

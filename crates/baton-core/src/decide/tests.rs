@@ -63,6 +63,11 @@
 //! config: watchdog=off|automatic|required     (default off)
 //! watchdog: armed failed       (the agent's watchdog state; each word present or not)
 //! unix: 1795323590000          (wall clock, ms; default 1795323600000 = 2026-11-22T05:00:00Z)
+//! config: failsafe=on;  dcs: failsafe=n1,n2,n3     (the `/failsafe` topology; every member's
+//!     api_url is http://NAME:8008/patroni)
+//! failsafe: round=120 topology=n1,n2,n3 accepted=n2,n3 ping=n1@115
+//!     (round: the leader's last POST /failsafe round and the deadline it proves;
+//!      ping: a POST /failsafe this member accepted, from n1, valid until 115)
 //! config: sync=on|quorum strict=on count=2 maxlag=1000;  dcs: sync=n1:n2,n3@7 quorum=1
 //!     (leader:standbys@revision; quorum= the `/sync` quorum; sync=?@7 a `/sync` that does
 //!      not decode; sync=-:n2@7 one that names no leader)
@@ -84,8 +89,8 @@ use expect_test::expect;
 
 use crate::ActionOutcome;
 use crate::decision::{
-    Action, ActionFailure, ActionKind, HaConfig, LeaseState, Memory, Observation, PeerStatus,
-    SyncConfig, SyncMode, WatchdogMode, WatchdogState,
+    Action, ActionFailure, ActionKind, FailsafePing, FailsafeRound, HaConfig, LeaseState, Memory,
+    Observation, PeerStatus, SyncConfig, SyncMode, WatchdogMode, WatchdogState,
 };
 use crate::pg::{ClusterState, ControlData, DataDir, PgProcess, PgSql, ReplicationRow};
 use crate::types::{Lsn, MemberName, Mono, Timeline};
@@ -167,6 +172,7 @@ fn parse(fixture: &str, previous: Option<&Memory>) -> Fixture {
         can_bootstrap: true,
         sync: SyncConfig::default(),
         watchdog: WatchdogMode::Off,
+        failsafe_mode: false,
     };
     let mut obs = Observation {
         unix_ms: 1_795_323_600_000,
@@ -225,6 +231,7 @@ fn parse(fixture: &str, previous: Option<&Memory>) -> Fixture {
                     Some(other) => panic!("watchdog={other}"),
                     None => {}
                 }
+                config.failsafe_mode = t.on("failsafe", config.failsafe_mode);
                 let line_tags = tags(&t);
                 if line_tags != Tags::default() {
                     config.tags = line_tags;
@@ -307,6 +314,14 @@ fn parse(fixture: &str, previous: Option<&Memory>) -> Fixture {
                         })
                     };
                 }
+                if let Some(names) = t.get("failsafe") {
+                    v.failsafe = Some(
+                        names
+                            .split(',')
+                            .map(|n| (name(n), format!("http://{n}:8008/patroni")))
+                            .collect(),
+                    );
+                }
                 if t.get("config") != Some("no") {
                     v.config = Some(Versioned {
                         value: "{}".into(),
@@ -321,6 +336,7 @@ fn parse(fixture: &str, previous: Option<&Memory>) -> Fixture {
                     role: t.get("role").unwrap_or("replica").to_owned(),
                     state: "running".into(),
                     conn_url: t.get("conn").map(|c| format!("postgres://{c}/postgres")),
+                    api_url: Some(format!("http://{}:8008/patroni", t.first())),
                     xlog_location: t.get("xlog").map(lsn),
                     timeline: t.get("tl").map(|v| Timeline(v.parse().expect("tl"))),
                     tags: tags(&t),
@@ -432,6 +448,27 @@ fn parse(fixture: &str, previous: Option<&Memory>) -> Fixture {
                 }
             }
             "unix" => obs.unix_ms = t.first().parse().expect("unix ms"),
+            "failsafe" => {
+                let names = |k: &str| -> Vec<MemberName> {
+                    t.get(k)
+                        .map(|v| v.split(',').filter(|n| !n.is_empty()).map(name).collect())
+                        .unwrap_or_default()
+                };
+                if let Some(until) = t.get("round") {
+                    obs.failsafe.round = Some(FailsafeRound {
+                        until: secs(until),
+                        topology: names("topology"),
+                        accepted: names("accepted"),
+                    });
+                }
+                if let Some(ping) = t.get("ping") {
+                    let (leader, until) = ping.split_once('@').expect("ping=leader@until");
+                    obs.failsafe.accepted = Some(FailsafePing {
+                        leader: name(leader),
+                        until: secs(until),
+                    });
+                }
+            }
             "failover" => {
                 let v = view.get_or_insert_with(ClusterView::default);
                 v.failover = Some(Versioned {
