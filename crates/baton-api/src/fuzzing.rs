@@ -260,8 +260,12 @@ mod fixture {
             "http://10.0.0.1:8008/patroni".to_owned(),
             "postgres://10.0.0.1:5432/postgres".to_owned(),
         );
-        s.state = "running".to_owned();
-        s.role = if primary { "primary" } else { "replica" }.to_owned();
+        s.state = crate::PgRunState::Running;
+        s.role = if primary {
+            crate::MemberRole::Primary
+        } else {
+            crate::MemberRole::Replica
+        };
         s.holds_leader_key = primary;
         s.fence_deadline = primary.then_some(Mono(20_000));
         s.pg = Some(PgSql {

@@ -603,8 +603,8 @@ fn health_code(
 /// `/liveness`: 200 while paused or while the HA loop has finished a cycle within `ttl` (a
 /// running primary) or `2 * ttl` (anything else).
 fn liveness_code(snap: &Snapshot, now: Mono) -> StatusCode {
-    let running_primary =
-        snap.role == "primary" && snap.pg.as_ref().is_some_and(|pg| !pg.in_recovery);
+    let running_primary = snap.role == crate::MemberRole::Primary
+        && snap.pg.as_ref().is_some_and(|pg| !pg.in_recovery);
     let threshold = if running_primary {
         snap.ttl
     } else {
@@ -633,7 +633,7 @@ fn readiness_failure(snap: &Snapshot, now: Mono, query: &QueryParams) -> Option<
     if snap.is_leader_at(now) {
         return None;
     }
-    if snap.state != "running" {
+    if snap.state != crate::PgRunState::Running {
         return Some("PostgreSQL is not running".to_owned());
     }
     let status = Status::new(snap);

@@ -39,17 +39,62 @@ pub use tls::{ClientAuth, ClientTlsSettings, ServerTls, ServerTlsSettings, TlsEr
 /// pgbaton's version, reported where Patroni reports its own (`patroni.version`, `/metrics`).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// PostgreSQL's state as Patroni's `PostgresqlState` names it (the states pgbaton reports).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PgRunState {
+    Running,
+    Starting,
+    Stopped,
+    Stopping,
+    Restarting,
+    CreatingReplica,
+    InitializingNewCluster,
+    /// pgbaton's: `pg_rewind` runs (Patroni shows the state it had before).
+    RunningPgRewind,
+}
+
+impl PgRunState {
+    /// Patroni's text (`/patroni`'s `state`, the member key, `list`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PgRunState::Running => "running",
+            PgRunState::Starting => "starting",
+            PgRunState::Stopped => "stopped",
+            PgRunState::Stopping => "stopping",
+            PgRunState::Restarting => "restarting",
+            PgRunState::CreatingReplica => "creating replica",
+            PgRunState::InitializingNewCluster => "initializing new cluster",
+            PgRunState::RunningPgRewind => "running pg_rewind",
+        }
+    }
+}
+
+/// The member's role as Patroni prints it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberRole {
+    Primary,
+    Replica,
+    Uninitialized,
+}
+
+impl MemberRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberRole::Primary => "primary",
+            MemberRole::Replica => "replica",
+            MemberRole::Uninitialized => "uninitialized",
+        }
+    }
+}
+
 /// What the agent publishes after each cycle. Cheap to clone behind an `Arc`.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
     pub scope: String,
     pub name: MemberName,
-    /// PostgreSQL state label as Patroni's `PostgresqlState` prints it: `running`, `starting`,
-    /// `stopped`, `stopping`, `creating replica`, `initializing new cluster`, `crashed`,
-    /// `start failed`, ...
-    pub state: String,
-    /// `primary`, `replica`, `uninitialized`, `demoted`, `promoted`.
-    pub role: String,
+    /// PostgreSQL's state (Patroni's `PostgresqlState`).
+    pub state: PgRunState,
+    pub role: MemberRole,
     /// SQL-level state when PostgreSQL answered in the last cycle.
     pub pg: Option<PgSql>,
     /// The settings waiting for a PostgreSQL restart, as the last configuration change
@@ -101,8 +146,8 @@ impl Snapshot {
         Snapshot {
             scope: scope.to_owned(),
             name,
-            state: "stopped".to_owned(),
-            role: "uninitialized".to_owned(),
+            state: PgRunState::Stopped,
+            role: MemberRole::Uninitialized,
             pg: None,
             pending_restart_reason: Vec::new(),
             scheduled_restart: None,

@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde::ser::Serializer;
 use serde_json::{Map, Value};
 
+use crate::PgRunState;
 use crate::{Snapshot, VERSION, VipStatus};
 
 /// The node status as `GET /patroni` reports it (Patroni's `get_postgresql_status` plus the
@@ -182,9 +183,9 @@ impl Status {
     pub(crate) fn new(snap: &Snapshot) -> Status {
         let cluster = snap.cluster.as_ref();
         let mut status = Status {
-            state: snap.state.clone(),
+            state: snap.state.as_str().to_owned(),
             postmaster_start_time: None,
-            role: snap.role.clone(),
+            role: snap.role.as_str().to_owned(),
             server_version: None,
             xlog: None,
             sync_standby: false,
@@ -215,11 +216,14 @@ impl Status {
         };
         // Patroni queries PostgreSQL only in these states; a failed query while "running"
         // reports "unknown".
-        let queried = matches!(snap.state.as_str(), "running" | "restarting" | "starting");
+        let queried = matches!(
+            snap.state,
+            PgRunState::Running | PgRunState::Restarting | PgRunState::Starting
+        );
         let pg = match &snap.pg {
             Some(pg) if queried => pg,
             _ => {
-                if snap.state == "running" {
+                if snap.state == PgRunState::Running {
                     status.state = "unknown".to_owned();
                 }
                 return status;

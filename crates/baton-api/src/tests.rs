@@ -151,8 +151,8 @@ fn base(node: &str) -> Snapshot {
 
 fn primary() -> Snapshot {
     let mut s = base("node1");
-    s.state = "running".to_owned();
-    s.role = "primary".to_owned();
+    s.state = crate::PgRunState::Running;
+    s.role = crate::MemberRole::Primary;
     s.pg = Some(PgSql {
         server_version: 150_008,
         postmaster_start_time: "2024-08-28 19:39:26.352526+00:00".to_owned(),
@@ -194,8 +194,8 @@ fn primary() -> Snapshot {
 
 fn replica() -> Snapshot {
     let mut s = base("node2");
-    s.state = "running".to_owned();
-    s.role = "replica".to_owned();
+    s.state = crate::PgRunState::Running;
+    s.role = crate::MemberRole::Replica;
     s.pg = Some(PgSql {
         server_version: 150_008,
         postmaster_start_time: "2024-08-28 19:41:02.5+00".to_owned(),
@@ -228,8 +228,8 @@ fn lagging() -> Snapshot {
 
 fn stopped() -> Snapshot {
     let mut s = base("node3");
-    s.state = "stopped".to_owned();
-    s.role = "replica".to_owned();
+    s.state = crate::PgRunState::Stopped;
+    s.role = crate::MemberRole::Replica;
     s
 }
 
@@ -626,7 +626,7 @@ async fn primary_needs_postgres_running_as_primary() {
     // Holding the key while PostgreSQL is down (failed start).
     let mut s = primary();
     s.pg = None;
-    s.state = "start failed".to_owned();
+    s.state = crate::PgRunState::Stopping;
     let h = harness(s);
     assert_eq!(h.code("/primary").await, 503);
     assert_eq!(h.code("/leader").await, 200);
@@ -1467,7 +1467,7 @@ async fn metrics_of_replicas_and_stopped_nodes() {
     // Stopped: no server version, so no streaming metrics (as in Patroni).
     let mut s = stopped();
     s.tags.nofailover = Some(true);
-    s.state = "creating replica".to_owned();
+    s.state = crate::PgRunState::CreatingReplica;
     expect![[r#"
         patroni_primary{scope="demo",name="node3"} 0
         patroni_replica{scope="demo",name="node3"} 1
@@ -1482,7 +1482,8 @@ async fn metrics_of_replicas_and_stopped_nodes() {
     .assert_eq(&pick(&harness(s).get("/metrics").await.body, &names));
 
     let mut s = stopped();
-    s.state = "something new".to_owned();
+    // A state Patroni does not have (pgbaton's `running pg_rewind`): -1, as Patroni's unknown.
+    s.state = crate::PgRunState::RunningPgRewind;
     s.scope = "we\"ird".to_owned();
     let body = harness(s).get("/metrics").await.body;
     assert!(

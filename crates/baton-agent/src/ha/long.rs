@@ -15,6 +15,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use baton_api::PgRunState;
 use baton_core::{
     Action, ActionFailure, ActionKind, ActionOutcome, Clock, LeaseState, MemberName, StartRole,
     StopMode,
@@ -34,7 +35,7 @@ pub(super) struct Running {
     /// The action that made it long (the first of the list).
     pub(super) kind: ActionKind,
     /// What the member key and `/patroni` say meanwhile (Patroni's state names).
-    pub(super) busy: &'static str,
+    pub(super) busy: PgRunState,
     future: sync_wrapper::SyncWrapper<LongFuture>,
 }
 
@@ -149,7 +150,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
     }
 
     /// The state label for the member key and `/patroni` while a long action runs.
-    pub(super) fn busy(&self) -> Option<&'static str> {
+    pub(super) fn busy(&self) -> Option<PgRunState> {
         self.running.as_ref().map(|r| r.busy)
     }
 
@@ -159,11 +160,11 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         let Some(first) = actions.first() else { return };
         let kind = first.kind();
         let busy = match first {
-            Action::BootstrapCluster => "initializing new cluster",
-            Action::Clone { .. } => "creating replica",
-            Action::Rewind { .. } => "running pg_rewind",
-            Action::RestartPostgres { .. } => "restarting",
-            _ => "starting",
+            Action::BootstrapCluster => PgRunState::InitializingNewCluster,
+            Action::Clone { .. } => PgRunState::CreatingReplica,
+            Action::Rewind { .. } => PgRunState::RunningPgRewind,
+            Action::RestartPostgres { .. } => PgRunState::Restarting,
+            _ => PgRunState::Starting,
         };
         let mut steps: Vec<LongFuture> = Vec::new();
         for action in actions.iter().take_while(|a| a.is_long()) {

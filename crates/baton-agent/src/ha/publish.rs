@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use baton_api::Snapshot;
+use baton_api::{MemberRole, PgRunState, Snapshot};
 use baton_core::{ClusterView, DataDir, Member, Observation, PgState};
 use baton_dcs::{Dcs, Holder, LeaderWrite};
 use baton_pg::Postgres;
@@ -11,26 +11,26 @@ use tracing::{info, warn};
 use super::Agent;
 use crate::peers::Peers;
 
-/// PostgreSQL state label as Patroni's `PostgresqlState` prints it.
-pub(super) fn state_label(pg: &PgState, busy: Option<&'static str>) -> String {
+/// PostgreSQL's state as Patroni's `PostgresqlState` names it; `busy`: what an action in
+/// progress makes it.
+pub(super) fn state_label(pg: &PgState, busy: Option<PgRunState>) -> PgRunState {
     if let Some(busy) = busy {
-        return busy.to_owned();
+        return busy;
     }
     match (&pg.sql, pg.is_running()) {
-        (Some(_), _) => "running",
-        (None, true) => "starting",
-        (None, false) => "stopped",
+        (Some(_), _) => PgRunState::Running,
+        (None, true) => PgRunState::Starting,
+        (None, false) => PgRunState::Stopped,
     }
-    .to_owned()
 }
 
-pub(super) fn role_label(pg: &PgState, holds_key: bool) -> &'static str {
+pub(super) fn role_label(pg: &PgState, holds_key: bool) -> MemberRole {
     match &pg.sql {
-        Some(sql) if sql.in_recovery => "replica",
-        Some(_) => "primary",
-        None if matches!(pg.data_dir, DataDir::Empty) => "uninitialized",
-        None if holds_key => "primary",
-        None => "replica",
+        Some(sql) if sql.in_recovery => MemberRole::Replica,
+        Some(_) => MemberRole::Primary,
+        None if matches!(pg.data_dir, DataDir::Empty) => MemberRole::Uninitialized,
+        None if holds_key => MemberRole::Primary,
+        None => MemberRole::Replica,
     }
 }
 
@@ -40,7 +40,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         &mut self,
         view: Option<&ClusterView>,
         pg: &PgState,
-        busy: Option<&'static str>,
+        busy: Option<PgRunState>,
     ) {
         let holds = self.holds_key(view);
         self.publish_snapshot(view, pg, holds, busy);
@@ -77,7 +77,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
     /// Before a primary stops (demotion, hand-over): publish that we do not lead, so `/primary`
     /// turns 503 and the floating IP task removes the address while PostgreSQL shuts down.
     pub(super) fn stop_attracting_clients(&mut self, obs: &Observation) {
-        self.publish_snapshot(obs.dcs.as_ref(), &obs.pg, false, Some("stopping"));
+        self.publish_snapshot(obs.dcs.as_ref(), &obs.pg, false, Some(PgRunState::Stopping));
     }
 
     pub(super) fn publish_snapshot(
@@ -85,7 +85,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         view: Option<&ClusterView>,
         pg: &PgState,
         holds: bool,
-        busy: Option<&'static str>,
+        busy: Option<PgRunState>,
     ) {
         if let Some(view) = view {
             self.last_view = Some(view.clone());
@@ -111,7 +111,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             scope: self.config.scope.clone(),
             name: self.name.clone(),
             state: state_label(pg, busy),
-            role: role_label(pg, holds).to_owned(),
+            role: role_label(pg, holds),
             pg: pg.sql.clone(),
             pending_restart_reason: self.pending_restart_reason.clone(),
             scheduled_restart: self.scheduled_restart.as_ref().map(|r| r.schedule.clone()),
@@ -147,7 +147,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         &self,
         pg: &PgState,
         holds: bool,
-        busy: Option<&'static str>,
+        busy: Option<PgRunState>,
     ) -> Member {
         let sql = pg.sql.as_ref();
         let replica = sql.filter(|s| s.in_recovery);
@@ -155,8 +155,8 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             name: self.name.clone(),
             conn_url: Some(self.conn_url.clone()),
             api_url: Some(self.api_url.clone()),
-            state: state_label(pg, busy),
-            role: role_label(pg, holds).to_owned(),
+            state: state_label(pg, busy).as_str().to_owned(),
+            role: role_label(pg, holds).as_str().to_owned(),
             version: Some(baton_api::VERSION.to_owned()),
             tags: self.config.tags.clone(),
             xlog_location: sql.map(|s| s.wal_position()),
