@@ -47,33 +47,19 @@ async fn send(
 
 /// `postmaster_start_time` of node `name`, from `/patroni`, once it answers as running.
 async fn started_at(cluster: &Cluster, name: &str) -> anyhow::Result<String> {
-    wait_for(
-        &format!("{name} running"),
-        scaled(Duration::from_secs(60)),
-        || async {
-            // The agent may answer slowly while PostgreSQL restarts on a loaded host.
-            let status = match cluster.node(name).patroni().await {
-                Ok(s) => s,
-                Err(e) => return Ok(Check::not_yet(format!("{e:#}"))),
-            };
-            Ok(
-                match (
-                    status.get("state").and_then(Value::as_str),
-                    status.get("postmaster_start_time").and_then(Value::as_str),
-                ) {
-                    (Some("running"), Some(t)) => Check::Done(t.to_owned()),
-                    other => Check::not_yet(format!("{other:?}")),
-                },
-            )
-        },
-    )
-    .await
+    running_since(cluster, name, None).await
 }
 
 /// Wait until node `name` runs a postmaster started after `before`.
 async fn wait_restarted(cluster: &Cluster, name: &str, before: &str) -> anyhow::Result<String> {
+    running_since(cluster, name, Some(before)).await
+}
+
+/// Node `name`'s `postmaster_start_time` once it answers as running, with a start time other
+/// than `not` when one is given.
+async fn running_since(cluster: &Cluster, name: &str, not: Option<&str>) -> anyhow::Result<String> {
     wait_for(
-        &format!("{name} restarted"),
+        &format!("{name} running (not started at {not:?})"),
         scaled(Duration::from_secs(90)),
         || async {
             cluster.check_agents_alive()?;
@@ -87,7 +73,7 @@ async fn wait_restarted(cluster: &Cluster, name: &str, before: &str) -> anyhow::
                     status.get("state").and_then(Value::as_str),
                     status.get("postmaster_start_time").and_then(Value::as_str),
                 ) {
-                    (Some("running"), Some(t)) if t != before => Check::Done(t.to_owned()),
+                    (Some("running"), Some(t)) if Some(t) != not => Check::Done(t.to_owned()),
                     other => Check::not_yet(format!("{other:?}")),
                 },
             )
