@@ -102,7 +102,7 @@ async fn patronictl_drives_a_pgbaton_cluster() -> anyhow::Result<()> {
     reinit(&ctl, &cluster, &scope, &r2, &first)
         .await
         .context("reinit")?;
-    restart_is_refused_and_reload_accepted(&ctl, &cluster, &scope, &first)
+    restart_and_reload(&ctl, &cluster, &scope, &first)
         .await
         .context("restart/reload")?;
     failover_of_a_dead_leader_while_paused(&ctl, &mut cluster, &r2, &first)
@@ -734,23 +734,43 @@ async fn reinit(
     Ok(())
 }
 
-/// pgbaton has no `POST /restart` yet: patronictl reports the 501 per member (and exits 0,
-/// as it does for any refused member), and nothing restarts. `POST /reload` is answered as
-/// Patroni answers it (202): the agent re-reads its file; PostgreSQL is not restarted.
-async fn restart_is_refused_and_reload_accepted(
+/// `patronictl restart` restarts the member's PostgreSQL (answered when it is back: a new
+/// postmaster); `POST /reload` is answered as Patroni answers it (202): the agent re-reads
+/// its file and PostgreSQL is not restarted.
+async fn restart_and_reload(
     ctl: &Patronictl,
     cluster: &Cluster,
     scope: &str,
     member: &str,
 ) -> anyhow::Result<()> {
-    let pid = cluster.node(member).postmaster_pid();
+    let before = cluster.node(member).postmaster_pid();
     let out = ctl.ok(&["restart", scope, member, "--force"]).await?;
     ensure!(
-        out.stdout.contains(&format!(
-            "Failed: restart for member {member}, status code=501"
-        )),
+        out.stdout
+            .contains(&format!("Success: restart on member {member}")),
         "{out}"
     );
+    let pid = wait_for(
+        &format!("{member} restarted"),
+        scaled(Duration::from_secs(60)),
+        || async {
+            let pid = cluster.node(member).postmaster_pid();
+            let running = cluster
+                .node(member)
+                .patroni()
+                .await
+                .ok()
+                .is_some_and(|s| s["state"] == "running");
+            Ok(if running && pid.is_some() && pid != before {
+                Check::Done(pid)
+            } else {
+                Check::not_yet(format!(
+                    "pid {pid:?} (before {before:?}), running {running}"
+                ))
+            })
+        },
+    )
+    .await?;
     let out = ctl.ok(&["reload", scope, member, "--force"]).await?;
     ensure!(
         out.stdout
@@ -759,7 +779,7 @@ async fn restart_is_refused_and_reload_accepted(
     );
     ensure!(
         cluster.node(member).postmaster_pid() == pid,
-        "PostgreSQL of {member} was restarted"
+        "PostgreSQL of {member} was restarted by a reload"
     );
     Ok(())
 }
