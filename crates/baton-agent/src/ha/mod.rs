@@ -178,7 +178,11 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
 
     /// Keep scheduled restarts in `file`, and take up the one an earlier run left there.
     pub fn set_restart_file(&mut self, file: crate::restart_file::RestartFile) {
-        if let Some(restart) = file.load() {
+        if let Some(mut restart) = file.load() {
+            // Stopping the agent stopped PostgreSQL too: that restart is ours and does not
+            // make the schedule moot (Patroni's "restart has already happened" rule applies
+            // to restarts seen while this agent runs).
+            restart.postmaster_start_time = None;
             info!(schedule = %restart.schedule, "a scheduled restart kept from before the agent restarted");
             self.scheduled_restart = Some(restart);
         }
