@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
+use baton_integration_tests::chaos::iso8601_utc;
 use baton_integration_tests::{
     Check, Cluster, ClusterSpec, Patronictl, Tools, patronictl_venv, scaled, wait_for,
 };
@@ -94,25 +95,7 @@ fn iso_in(seconds: u64) -> anyhow::Result<String> {
         .duration_since(std::time::UNIX_EPOCH)
         .context("clock before 1970")?
         .as_secs();
-    let t = now + seconds;
-    let days = t / 86_400;
-    let secs = t % 86_400;
-    // Civil date from days since the epoch (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    Ok(format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}+00:00",
-        secs / 3600,
-        (secs / 60) % 60,
-        secs % 60
-    ))
+    Ok(iso8601_utc(now + seconds))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -74,11 +74,7 @@ pub struct SwitchoverRequest {
 impl SwitchoverRequest {
     /// "failover" or "switchover", as Patroni words its messages.
     pub fn action(&self) -> &'static str {
-        if self.failover && self.leader.is_none() {
-            "failover"
-        } else {
-            "switchover"
-        }
+        baton_core::switchover_action(self.failover, self.leader.is_some())
     }
 }
 

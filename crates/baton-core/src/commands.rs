@@ -22,14 +22,20 @@ pub struct SwitchoverAsk {
     pub failover: bool,
 }
 
+/// "failover" or "switchover", as Patroni words its messages: a `POST /failover` that names
+/// a leader is a switchover.
+pub fn switchover_action(failover: bool, names_leader: bool) -> &'static str {
+    if failover && !names_leader {
+        "failover"
+    } else {
+        "switchover"
+    }
+}
+
 impl SwitchoverAsk {
     /// "failover" or "switchover", as Patroni words its messages.
     pub fn action(&self) -> &'static str {
-        if self.failover && self.leader.is_none() {
-            "failover"
-        } else {
-            "switchover"
-        }
+        switchover_action(self.failover, self.leader.is_some())
     }
 
     /// The `failover` key to write once every check passed.

@@ -23,7 +23,7 @@ mod view;
 
 pub use commands::{
     Refusal, ShutdownPlan, SwitchoverAsk, SwitchoverNext, check_candidates, check_reinitialize,
-    check_switchover, shutdown_plan,
+    check_switchover, shutdown_plan, switchover_action,
 };
 pub use decide::{decide, may_be_primary};
 pub use decision::{

@@ -72,9 +72,9 @@ impl Clock {
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for `secs` since the Unix epoch (proleptic Gregorian calendar,
-/// Howard Hinnant's `civil_from_days`).
-fn utc_stamp(secs: u64, millis: u32) -> String {
+/// `YYYY-MM-DDTHH:MM:SS` (UTC) for `secs` since the Unix epoch (proleptic Gregorian
+/// calendar, Howard Hinnant's `civil_from_days`).
+fn utc_date_time(secs: u64) -> String {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     let z = days + 719_468;
@@ -87,11 +87,21 @@ fn utc_stamp(secs: u64, millis: u32) -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
         rem / 3600,
         rem % 3600 / 60,
         rem % 60
     )
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for `secs` since the Unix epoch.
+fn utc_stamp(secs: u64, millis: u32) -> String {
+    format!("{}.{millis:03}Z", utc_date_time(secs))
+}
+
+/// `YYYY-MM-DDTHH:MM:SS+00:00` (Patroni's schedule form) for `secs` since the Unix epoch.
+pub fn iso8601_utc(secs: u64) -> String {
+    format!("{}+00:00", utc_date_time(secs))
 }
 
 /// `CLOCK_BOOTTIME` now, in ns (0 if it cannot be read).
@@ -242,7 +252,7 @@ impl Rng {
 
 #[cfg(test)]
 mod tests {
-    use super::utc_stamp;
+    use super::{iso8601_utc, utc_stamp};
 
     #[test]
     fn log_stamps_spell_utc_like_the_agents_logs() {
@@ -250,5 +260,6 @@ mod tests {
         // 2024-02-29T23:59:59.5 UTC (a leap day).
         assert_eq!(utc_stamp(1_709_251_199, 500), "2024-02-29T23:59:59.500Z");
         assert_eq!(utc_stamp(1_767_323_045, 7), "2026-01-02T03:04:05.007Z");
+        assert_eq!(iso8601_utc(1_767_323_045), "2026-01-02T03:04:05+00:00");
     }
 }
