@@ -52,6 +52,10 @@ const SLOT_RECORD_SUFFIX: &str = ".pgbaton-slots";
 
 /// `connect_timeout` for pg_basebackup and pg_rewind connections.
 const CONNECT_TIMEOUT_SECS: u32 = 10;
+/// pg_basebackup and pg_rewind have no time bound (their duration depends on the data size),
+/// but one that reads and writes nothing for this long (a source that froze, a connection
+/// that hangs without an error) is killed and the action fails, to be retried.
+pub(crate) const STALL_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long `pg_ctl stop -m immediate` may take before the processes are SIGKILLed.
 const IMMEDIATE_STOP_SECS: u64 = 1;
 /// How long SIGKILLed processes may take to disappear.
@@ -129,6 +133,9 @@ struct RunOpts {
     /// Killed (with its process group) after this long; `None` for pg_basebackup / pg_rewind,
     /// whose duration depends on the data size (they are still killed when the future is dropped).
     timeout: Option<Duration>,
+    /// Killed (with its process group) when the group's processes have read and written
+    /// nothing for this long (see [`stalled`]).
+    stall: Option<Duration>,
 }
 
 /// Kills a child's process group when dropped armed (timeout, cancelled future).
@@ -314,17 +321,35 @@ impl LocalPostgres {
             source,
         })?;
         let mut guard = GroupGuard(child.id());
-        let output = match opts.timeout {
-            Some(limit) => match timeout(limit, child.wait_with_output()).await {
-                Ok(result) => result,
-                Err(_) => {
-                    return Err(PgError::Timeout {
+        let pgid = child.id().and_then(|pid| i32::try_from(pid).ok());
+        let bounded = async {
+            match opts.timeout {
+                Some(limit) => timeout(limit, child.wait_with_output())
+                    .await
+                    .map_err(|_| limit),
+                None => Ok(child.wait_with_output().await),
+            }
+        };
+        let waited = match (opts.stall, pgid) {
+            (Some(stall), Some(pgid)) => tokio::select! {
+                waited = bounded => waited,
+                () = stalled(pgid, stall) => {
+                    return Err(PgError::Stalled {
                         what: command,
-                        after: limit,
+                        after: stall,
                     });
                 }
             },
-            None => child.wait_with_output().await,
+            _ => bounded.await,
+        };
+        let output = match waited {
+            Ok(output) => output,
+            Err(limit) => {
+                return Err(PgError::Timeout {
+                    what: command,
+                    after: limit,
+                });
+            }
         };
         guard.0 = None;
         let output = output.map_err(|source| PgError::Io {
@@ -1368,6 +1393,7 @@ impl Postgres for LocalPostgres {
                 env: vec![self.pgpass_env()],
                 c_locale: true,
                 timeout: None,
+                stall: Some(STALL_TIMEOUT),
             };
             match self.run("pg_basebackup", args, opts).await {
                 Ok(_) => {
@@ -1439,6 +1465,7 @@ impl Postgres for LocalPostgres {
                 env,
                 c_locale: true,
                 timeout: None,
+                stall: Some(STALL_TIMEOUT),
             },
         )
         .await?;
@@ -2053,6 +2080,28 @@ fn walfile_timeline(name: &str) -> Option<Timeline> {
 /// ...) and none of the agent's own (`PATRONI_*`, `PGBATON_*`: they hold its secrets), no
 /// ambient capabilities, and the `run_as` (uid, gid) when given. PostgreSQL's binaries run
 /// through it, and so do the agent's callback scripts.
+/// Resolves once the processes of group `pgid` have read and written nothing (their
+/// `/proc/<pid>/io` counters, files, pipes and sockets alike) for `limit`; pending forever
+/// while they progress, or while their counters cannot be read (nobody can tell then).
+async fn stalled(pgid: i32, limit: Duration) {
+    let poll = (limit / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+    let mut last = None;
+    let mut since = tokio::time::Instant::now();
+    loop {
+        sleep(poll).await;
+        let now = tokio::task::spawn_blocking(move || procs::group_io(pgid))
+            .await
+            .ok()
+            .flatten();
+        if now.is_none() || now != last {
+            last = now;
+            since = tokio::time::Instant::now();
+        } else if since.elapsed() >= limit {
+            return;
+        }
+    }
+}
+
 pub fn clean_command(
     program: impl AsRef<OsStr>,
     run_as: Option<(u32, u32)>,
@@ -2422,6 +2471,57 @@ mod tests {
             sql_timeout: Duration::from_secs(5),
             run_as: None,
         }
+    }
+
+    #[tokio::test]
+    async fn a_command_that_reads_and_writes_nothing_is_killed_as_stalled() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pg = LocalPostgres::new(settings(dir.path()));
+        let marker = dir.path().join("child-pid");
+        // The shell and its background child are both in the command's process group, and
+        // neither reads or writes anything after the pid is written.
+        let script = format!("sleep 600 & echo $! > {}; wait", marker.display());
+        let opts = RunOpts {
+            stall: Some(Duration::from_millis(500)),
+            ..RunOpts::default()
+        };
+        let err = pg
+            .run("sh", vec!["-c".into(), script.into()], opts)
+            .await
+            .expect_err("a silent command is stalled");
+        assert!(matches!(err, PgError::Stalled { .. }), "{err}");
+        assert!(err.to_string().contains("made no progress"), "{err}");
+        // The whole group is killed, the background child too.
+        let pid: i32 = std::fs::read_to_string(&marker)
+            .expect("the child's pid")
+            .trim()
+            .parse()
+            .expect("a pid");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while procs::stat(pid).is_some_and(|p| !p.is_zombie()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the stalled command's child {pid} still runs"
+            );
+            sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_command_that_keeps_writing_is_not_stalled() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pg = LocalPostgres::new(settings(dir.path()));
+        // A line every 20 ms for longer than the stall limit.
+        let script = "i=0; while [ $i -lt 150 ]; do echo $i; i=$((i+1)); sleep 0.02; done";
+        let opts = RunOpts {
+            stall: Some(Duration::from_secs(2)),
+            ..RunOpts::default()
+        };
+        let out = pg
+            .run("sh", vec!["-c".into(), script.into()], opts)
+            .await
+            .expect("a command that writes is not stalled");
+        assert!(out.lines().any(|l| l == "149"), "{out}");
     }
 
     #[test]

@@ -28,12 +28,14 @@ pub(crate) struct ProcStat {
     pub(crate) comm: String,
     pub(crate) state: char,
     pub(crate) ppid: i32,
+    /// Process group.
+    pub(crate) pgrp: i32,
     /// Start time in clock ticks since boot: with the PID, identifies a process.
     pub(crate) starttime: u64,
 }
 
 impl ProcStat {
-    fn is_zombie(&self) -> bool {
+    pub(crate) fn is_zombie(&self) -> bool {
         matches!(self.state, 'Z' | 'X' | 'x')
     }
 
@@ -52,12 +54,14 @@ pub(crate) fn parse_stat(text: &str) -> Option<ProcStat> {
     let fields: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
     let state = fields.first()?.chars().next()?;
     let ppid = fields.get(1)?.parse().ok()?;
+    let pgrp = fields.get(2)?.parse().ok()?;
     let starttime = fields.get(19)?.parse().ok()?;
     Some(ProcStat {
         pid,
         comm,
         state,
         ppid,
+        pgrp,
         starttime,
     })
 }
@@ -66,7 +70,7 @@ fn proc_available() -> bool {
     Path::new("/proc/self/stat").exists()
 }
 
-fn stat(pid: i32) -> Option<ProcStat> {
+pub(crate) fn stat(pid: i32) -> Option<ProcStat> {
     parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
@@ -78,6 +82,37 @@ fn all_processes() -> Vec<ProcStat> {
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter_map(stat)
         .collect()
+}
+
+/// Bytes read plus bytes written so far (`rchar` + `wchar` of `/proc/<pid>/io`: files, pipes
+/// and sockets alike) by the live processes of process group `pgid`, or `None` when none of
+/// them can be read (no `/proc`, or not permitted): then nobody can tell whether they progress.
+pub(crate) fn group_io(pgid: i32) -> Option<u64> {
+    let mut total = None;
+    for p in all_processes() {
+        if p.pgrp != pgid || p.is_zombie() {
+            continue;
+        }
+        if let Some(bytes) = fs::read_to_string(format!("/proc/{}/io", p.pid))
+            .ok()
+            .and_then(|text| parse_io(&text))
+        {
+            total = Some(total.unwrap_or(0u64).saturating_add(bytes));
+        }
+    }
+    total
+}
+
+/// `rchar` + `wchar` of a `/proc/<pid>/io` text.
+pub(crate) fn parse_io(text: &str) -> Option<u64> {
+    let field = |name: &str| -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some(field("rchar")?.saturating_add(field("wchar")?))
 }
 
 fn cwd(pid: i32) -> Option<PathBuf> {
@@ -262,6 +297,7 @@ mod tests {
                     comm: "postgres: pg1: (walsender)",
                     state: 'S',
                     ppid: 4200,
+                    pgrp: 4242,
                     starttime: 987654,
                 },
             )
@@ -269,6 +305,27 @@ mod tests {
         .assert_debug_eq(&parse_stat(line));
         assert_eq!(parse_stat("12 (x) Z 1"), None);
         assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn parses_proc_io() {
+        let text = "rchar: 1200\nwchar: 34\nsyscr: 5\nsyscw: 2\nread_bytes: 0\nwrite_bytes: 4096\n";
+        assert_eq!(parse_io(text), Some(1234));
+        assert_eq!(parse_io("rchar: 1\n"), None);
+        assert_eq!(parse_io("garbage"), None);
+    }
+
+    #[test]
+    fn own_process_group_has_io_counters() {
+        if !proc_available() {
+            return;
+        }
+        let me = stat(std::process::id() as i32).expect("own /proc entry");
+        assert!(
+            group_io(me.pgrp).is_some(),
+            "our own group's /proc/<pid>/io is readable"
+        );
+        assert_eq!(group_io(i32::MAX), None, "no such process group");
     }
 
     #[test]

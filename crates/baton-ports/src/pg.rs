@@ -17,6 +17,10 @@ pub enum PgError {
     Command { command: String, detail: String },
     #[error("{what} timed out after {after:?}")]
     Timeout { what: String, after: Duration },
+    /// A long-running binary (pg_basebackup, pg_rewind) read and wrote nothing for `after`:
+    /// it was killed with its process group.
+    #[error("{what} made no progress (read or wrote nothing) for {after:?}: killed")]
+    Stalled { what: String, after: Duration },
     /// A query failed: `message` is what was asked and the server's answer (severity, message,
     /// SQLSTATE); `source` is the SQL client's error.
     #[error("sql: {message}")]

@@ -3,7 +3,9 @@
 
 use anyhow::{Context, bail};
 use baton_api::PendingRestart;
-use baton_core::{Action, ActionFailure, ActionOutcome, DataDir, Observation, StartRole, StopMode};
+use baton_core::{
+    Action, ActionFailure, ActionKind, ActionOutcome, DataDir, Observation, StartRole, StopMode,
+};
 use baton_dcs::{Dcs, LeaderWrite};
 use baton_pg::{Postgres, Reconfigured};
 use tracing::{error, info, warn};
@@ -253,6 +255,18 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                 Ok(true)
             }
             Action::StopPostgres { mode } => {
+                // Fencing while a restart (or start) runs beside the loop: that start must not
+                // go on once PostgreSQL is stopped. Dropping it kills its pg_ctl; the stop below
+                // then finds whatever postmaster it had started. A bootstrap, clone or rewind is
+                // not cut short: they never bring up a primary the fence would have to stop.
+                if *mode == StopMode::Immediate
+                    && matches!(
+                        self.running.as_ref().map(|r| r.kind),
+                        Some(ActionKind::RestartPostgres | ActionKind::StartPostgres)
+                    )
+                {
+                    self.end_long("fencing", true).await;
+                }
                 self.callbacks.before_stop(*mode).await;
                 if obs.pg.is_primary() {
                     self.stop_attracting_clients(obs);

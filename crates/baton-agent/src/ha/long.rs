@@ -7,8 +7,11 @@
 //!
 //! Cancelled by a shutdown (a clone; the others are waited for, because an interrupted
 //! rewind or initdb leaves a data directory nobody can use) and by `POST /reinitialize`
-//! with `force`. Each step keeps its own bounds (`pg_ctl_timeout` for starts, the SQL
-//! timeouts); cancelling drops the future, which kills the step's process group.
+//! with `force`, and a restart or start by fencing (`execute.rs`). Each step keeps its own
+//! bounds (`pg_ctl_timeout` for starts, the SQL timeouts, a restart's `timeout`); pg_basebackup
+//! and pg_rewind, whose duration depends on the data size, are killed when they stall (read and
+//! write nothing for `baton_pg`'s stall timeout). Cancelling drops the future, which kills the
+//! step's process group.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -57,7 +57,7 @@
 //! failure: rewind at=99              (the previous cycle's actions failed: rewind, start,
 //!                                      pre_promote: a promotion's pre_promote script)
 //! outcome: took_key lease=7|missed_key|released_key   (what they did with the leader key)
-//! running: clone|rewind|bootstrap|start   (a long action the agent runs beside the loop)
+//! running: clone|rewind|bootstrap|start|restart   (a long action the agent runs beside the loop)
 //! restart_at: 1795323600000 role=replica pending   (a scheduled restart, wall clock ms)
 //! failover: leader=n1 candidate=n2 at=2026-11-22T05:00:00+00:00 rev=9
 //! config: watchdog=off|automatic|required     (default off)
@@ -498,6 +498,7 @@ fn parse(fixture: &str, previous: Option<&Memory>) -> Fixture {
                     "rewind" => ActionKind::Rewind,
                     "bootstrap" => ActionKind::BootstrapCluster,
                     "start" => ActionKind::StartPostgres,
+                    "restart" => ActionKind::RestartPostgres,
                     other => panic!("unknown running action {other}"),
                 })
             }
