@@ -75,7 +75,8 @@ async fn member(cluster: &Cluster, name: &str) -> anyhow::Result<Value> {
 /// Issue 10.3: the callback sequence on each node across bootstrap, a switchover and a reload:
 /// the leader starts as `primary`, the replica as `replica`; on the switchover the old
 /// primary reports `on_stop demoted` then `on_role_change replica` (Patroni's demotion), the
-/// candidate `on_role_change primary`; a reload of PostgreSQL's files `on_reload` on both.
+/// candidate `on_role_change primary`; a reload of PostgreSQL's files `on_reload` on both; a
+/// restart of the leader one `on_restart`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn callbacks_see_bootstrap_switchover_and_reload() -> anyhow::Result<()> {
     let tools = tools_or_skip!("callbacks_see_bootstrap_switchover_and_reload");
@@ -184,6 +185,38 @@ async fn callbacks_see_bootstrap_switchover_and_reload() -> anyhow::Result<()> {
         ],
     )
     .await?;
+
+    // A restart through the REST API (the leader keeps its key): one on_restart, as Patroni
+    // calls it, not on_stop + on_start.
+    let url = format!("{}/restart", cluster.node(n2).rest_base());
+    let resp = reqwest::Client::new()
+        .post(&url)
+        .json(&json!({}))
+        .timeout(scaled(Duration::from_secs(120)))
+        .send()
+        .await
+        .with_context(|| format!("POST {url}"))?;
+    ensure!(
+        resp.status().is_success(),
+        "POST /restart: {}",
+        resp.status()
+    );
+    wait_calls(
+        &cluster,
+        n2,
+        log2,
+        &[
+            "on_start replica batman",
+            "on_role_change primary batman",
+            "on_reload primary batman",
+            "on_restart primary batman",
+        ],
+    )
+    .await?;
+    ensure!(
+        cluster.leader().await?.as_deref() == Some(n2.as_str()),
+        "the leader's restart kept its key"
+    );
     cluster.check_agents_alive()?;
     cluster.finish();
     Ok(())

@@ -154,6 +154,11 @@ pub struct Callbacks {
     seen: Option<Seen>,
     /// The role PostgreSQL had when last seen running.
     last_role: Option<Role>,
+    /// A restart of pgbaton's own (`POST /restart`, a scheduled one) runs.
+    restarting: bool,
+    /// PostgreSQL was seen down during that restart: when it is seen up again, that is the
+    /// restart's end (`on_restart`, as Patroni calls it, not `on_stop` + `on_start`).
+    restart_gap: bool,
     /// Commands whose start failed, logged once until one starts again.
     failed: BTreeSet<String>,
 }
@@ -171,6 +176,8 @@ impl Callbacks {
             reloading: None,
             seen: None,
             last_role: None,
+            restarting: false,
+            restart_gap: false,
             failed: BTreeSet::new(),
         };
         c.configure(config);
@@ -201,6 +208,12 @@ impl Callbacks {
         }
     }
 
+    /// Whether a restart of pgbaton's own runs (see [`Callbacks::observed`]): PostgreSQL seen
+    /// down and up again across it fires `on_restart` once, not `on_stop` and `on_start`.
+    pub fn set_restarting(&mut self, restarting: bool) {
+        self.restarting = restarting;
+    }
+
     /// Compare what this cycle observed (`pg`, after its actions) with the last observation
     /// and fire the callbacks for what changed; `reloaded`: PostgreSQL re-read its files in
     /// this cycle. `holds_key`: we hold the leader key (a primary stopped without it was
@@ -219,7 +232,20 @@ impl Callbacks {
             },
             (PgProcess::Running { .. }, None) => return,
         };
+        if matches!(now, Seen::Down) && !self.restarting {
+            // The restart ended with PostgreSQL down (it failed): Patroni calls nothing for
+            // it, and a later start is an `on_start`.
+            self.restart_gap = false;
+        }
         let event = match (self.seen, now) {
+            (Some(Seen::Up { .. }), Seen::Down) if self.restarting => {
+                self.restart_gap = true;
+                None
+            }
+            (Some(Seen::Down), Seen::Up { role, .. }) if self.restart_gap => {
+                self.restart_gap = false;
+                Some((Event::Restart, role))
+            }
             // The agent starts beside a running PostgreSQL: Patroni calls on_start once.
             (None, Seen::Up { role, .. }) => Some((Event::Start, role)),
             (None | Some(Seen::Down), Seen::Down) => None,
@@ -320,12 +346,14 @@ impl Callbacks {
         if mode == StopMode::Immediate || self.seen == Some(Seen::Down) {
             return;
         }
-        let Some(script) = self.before_stop.clone() else {
-            return;
-        };
-        info!(command = %script.argv.join(" "), "running before_stop");
-        if let Err(e) = run_waited(&script.argv, &[], self.timeout).await {
-            warn!("postgresql.before_stop failed, stopping PostgreSQL anyway: {e}");
+        self.before_stop_job().run().await;
+    }
+
+    /// `postgresql.before_stop` as a job a restart runs (beside the loop) before its stop.
+    pub fn before_stop_job(&self) -> BeforeStop {
+        BeforeStop {
+            script: self.before_stop.clone(),
+            timeout: self.timeout,
         }
     }
 
@@ -339,6 +367,26 @@ impl Callbacks {
             url: local_url(config, dynamic),
             pgpass: config.postgresql.pgpass.clone(),
             timeout: self.timeout,
+        }
+    }
+}
+
+/// `postgresql.before_stop`, ready to run (see [`Callbacks::before_stop_job`]).
+#[derive(Clone, Debug)]
+pub struct BeforeStop {
+    script: Option<Script>,
+    timeout: Duration,
+}
+
+impl BeforeStop {
+    /// Run it and wait (nothing when none is set); a failure is logged and the stop goes on.
+    pub async fn run(self) {
+        let Some(script) = self.script else {
+            return;
+        };
+        info!(command = %script.argv.join(" "), "running before_stop");
+        if let Err(e) = run_waited(&script.argv, &[], self.timeout).await {
+            warn!("postgresql.before_stop failed, stopping PostgreSQL anyway: {e}");
         }
     }
 }

@@ -716,7 +716,9 @@ pub(crate) static KEYS: &[Key] = &[
     local(
         "postgresql.callbacks.on_restart",
         "none",
-        "PostgreSQL is seen running under a new postmaster (a restart).",
+        "PostgreSQL restarted: a restart by pgbaton (`POST /restart`, a scheduled one) fires \
+         this once, not `on_stop` and `on_start`, as Patroni does; a new postmaster seen between \
+         two loops does too.",
     ),
     local(
         "postgresql.callbacks.on_reload",
@@ -775,8 +777,8 @@ pub(crate) static KEYS: &[Key] = &[
         "postgresql.before_stop",
         "none",
         "A command run (and waited for, up to `pg_ctl_timeout`) before a fast shutdown of a \
-         running PostgreSQL (a switchover's hand-over, the agent's shutdown); never before an \
-         immediate stop (fencing). A failure is logged and the stop goes on.",
+         running PostgreSQL (a switchover's hand-over, a restart, the agent's shutdown); never \
+         before an immediate stop (fencing). A failure is logged and the stop goes on.",
     ),
     warned(
         "postgresql.krbsrvname",

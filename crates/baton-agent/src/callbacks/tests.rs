@@ -374,3 +374,41 @@ fn post_bootstrap_gets_the_superusers_url_over_the_socket() {
         "postgresql://postgres@%2Frun%2Fpg%20sock:5432/postgres"
     );
 }
+
+#[tokio::test]
+async fn a_restart_of_pgbatons_own_fires_on_restart_once_not_on_stop_and_on_start() {
+    let dir = Dir::new();
+    let rec = dir.recorder();
+    let mut cb = Callbacks::new(&config(&format!(
+        "  callbacks:\n    on_start: {rec}\n    on_stop: {rec}\n    on_restart: {rec}\n"
+    )));
+    cb.observed(&up(5, false), true, false);
+    assert_eq!(wait_lines(&dir, 1).await, ["on_start primary batman"]);
+    // The restart runs beside the loop: a cycle sees PostgreSQL down, a later one up again.
+    cb.set_restarting(true);
+    cb.observed(&down(), true, false);
+    cb.observed(&down(), true, false);
+    cb.set_restarting(false);
+    cb.observed(&up(6, false), true, false);
+    assert_eq!(
+        wait_lines(&dir, 2).await,
+        ["on_start primary batman", "on_restart primary batman"]
+    );
+    // A restart that ends with PostgreSQL still down fires nothing; a later start is a start.
+    cb.set_restarting(true);
+    cb.observed(&down(), true, false);
+    cb.set_restarting(false);
+    cb.observed(&down(), true, false);
+    cb.observed(&up(7, false), true, false);
+    assert_eq!(
+        wait_lines(&dir, 3).await,
+        [
+            "on_start primary batman",
+            "on_restart primary batman",
+            "on_start primary batman"
+        ]
+    );
+    // Outside a restart a stop is an on_stop, as before.
+    cb.observed(&down(), true, false);
+    assert_eq!(wait_lines(&dir, 4).await[3], "on_stop primary batman");
+}

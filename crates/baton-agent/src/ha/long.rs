@@ -222,8 +222,10 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                 let lease = self.lease.clone();
                 let clock = self.clock.clone();
                 let bound = self.restart_timeout.take();
+                let before_stop = self.callbacks.before_stop_job();
                 Box::pin(async move {
                     let restart = async {
+                        before_stop.run().await;
                         pg.stop(StopMode::Fast).await.context("stop postgres")?;
                         if matches!(role, StartRole::Primary) {
                             // Back as the primary only while our lease is provably alive.

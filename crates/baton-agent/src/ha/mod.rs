@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use anyhow::Context;
-use baton_api::{PendingRestart, Snapshot};
+use baton_api::{PendingRestart, PgRunState, Snapshot};
 use baton_config::{Config, ConfigErrors, DynamicConfig, Loaded};
 use baton_core::{
     Action, ActionOutcome, Clock, ClusterView, HaConfig, LeaseState, MemberName, Memory, Mono,
@@ -327,6 +327,8 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         } else {
             self.pg.observe().await
         };
+        self.callbacks
+            .set_restarting(self.busy() == Some(PgRunState::Restarting));
         self.callbacks
             .observed(&pg_after, self.holds_key(obs.dcs.as_ref()), reloaded);
         self.publish(obs.dcs.as_ref(), &pg_after, self.busy()).await;
