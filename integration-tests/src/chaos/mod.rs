@@ -5,8 +5,9 @@
 //! decide whether an acknowledged write was lost or two primaries were writable at once.
 //!
 //! - [`workload`]: W1 (the set workload through HAProxy) and W2 (per-node probe writers);
+//! - [`readers`]: W3 (readers of the newest ids through HAProxy), for C4;
 //! - [`checker`]: C1 (lost / unexpected writes), C3 (the sound overlap check), C4 (a read
-//!   observed and later lost; no W3 reader feeds it yet), recovery times;
+//!   observed and later lost), recovery times;
 //! - [`faults`]: what each fault does to the cluster and how long it holds;
 //! - [`roles`] and [`primaries`]: C5, every node's role as the client namespace sees it, and
 //!   the windows in which two nodes answered as primaries (with their causes and the fence
@@ -17,6 +18,7 @@
 pub mod checker;
 pub mod faults;
 pub mod primaries;
+pub mod readers;
 pub mod report;
 pub mod roles;
 pub mod runner;

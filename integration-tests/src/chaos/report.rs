@@ -48,6 +48,10 @@ pub struct IterationReport {
     pub windows: Vec<WindowReport>,
     /// Issue 19, item 4: when the old primary stopped answering as one, against its lease.
     pub margin: Option<MarginReport>,
+    /// W3 reads in the iteration.
+    pub reads: usize,
+    /// C4: ids a W3 read returned that the table no longer has (first attributed here).
+    pub observed_lost: Vec<ObservedLossReport>,
     pub error: Option<String>,
     /// Log tails, for iterations with problems.
     pub logs: Option<String>,
@@ -78,6 +82,31 @@ pub struct MarginReport {
     /// The first new primary's first answer minus that expiry, ms.
     pub promoted_after_expiry_ms: Option<f64>,
     pub new_primary: Option<String>,
+}
+
+/// One C4 finding: an id a client read, then gone from the table.
+#[derive(Clone, Debug, Default)]
+pub struct ObservedLossReport {
+    pub id: i64,
+    /// The read that first returned it: reader, when (run clock, s), served by `node@tl`.
+    pub reader: usize,
+    pub seen_at_s: f64,
+    pub seen_on: String,
+    /// How its write ended for the writer (`ok`, `info: <note>`, `fail: <note>`, `none`).
+    pub write: String,
+    /// Its commit came back with "canceling wait for synchronous replication": PostgreSQL
+    /// made it visible on that primary before any standby had it, which no HA agent can
+    /// prevent; measured, not a failure (any other observed loss is).
+    pub cancelled_sync_wait: bool,
+}
+
+impl ObservedLossReport {
+    fn text(&self) -> String {
+        format!(
+            "id {} seen by reader {} at {:.1} s on {}, then lost (write: {})",
+            self.id, self.reader, self.seen_at_s, self.seen_on, self.write
+        )
+    }
 }
 
 /// How lost acknowledged writes count for a fault.
@@ -115,6 +144,11 @@ impl IterationReport {
                 self.lost.len(),
                 ids(&self.lost)
             ));
+        }
+        if expect.loss == LossRule::Forbidden {
+            for l in self.observed_lost.iter().filter(|l| !l.cancelled_sync_wait) {
+                out.push(format!("C4: {}", l.text()));
+            }
         }
         if !self.unexpected.is_empty() {
             out.push(format!("unexpected ids: {}", ids(&self.unexpected)));
@@ -258,6 +292,8 @@ impl FaultReport {
             "rto_ms": { "p50": quantile(&rto, 0.5), "p95": quantile(&rto, 0.95), "max": rto.iter().max() },
             "ok": self.sum(|i| i.ok),
             "lost": self.lost(),
+            "reads": self.sum(|i| i.reads),
+            "observed_lost": self.sum(|i| i.observed_lost.len()),
             "info": self.sum(|i| i.info),
             "warning_commits": self.sum(|i| i.warning_commits),
             "fail": self.sum(|i| i.fail),
@@ -296,6 +332,15 @@ fn iteration_json(i: &IterationReport) -> Value {
             "primaries": w.primaries,
             "causes": w.causes,
             "logs": w.logs,
+        })).collect::<Vec<_>>(),
+        "reads": i.reads,
+        "observed_lost": i.observed_lost.iter().map(|l| json!({
+            "id": l.id,
+            "reader": l.reader,
+            "seen_at_s": l.seen_at_s,
+            "seen_on": l.seen_on,
+            "write": l.write,
+            "cancelled_sync_wait": l.cancelled_sync_wait,
         })).collect::<Vec<_>>(),
         "fence_margin": i.margin.as_ref().map(|m| json!({
             "node": m.node,
@@ -357,8 +402,8 @@ impl Report {
             if problems.is_empty() { "PASS" } else { "FAIL" }
         );
         md.push_str(
-            "| fault | repl | iter | RTO p50 | p95 | max | failovers | ok | lost | info (warn) | fail | W1 viol | W1 possible | W2 overlaps | C5 windows (ms) | fence margin min / median |\n\
-             |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+            "| fault | repl | iter | RTO p50 | p95 | max | failovers | ok | lost | info (warn) | fail | W1 viol | W1 possible | W2 overlaps | C5 windows (ms) | fence margin min / median | C4 reads / seen→lost |\n\
+             |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         );
         for f in &self.faults {
             md.push_str(&summary_row(f));
@@ -366,7 +411,8 @@ impl Report {
         md.push_str("\nRTO: fault start to the first write acknowledged through HAProxy by a new writer (or, without failover, to the end of the write gap). ");
         md.push_str("W2 overlaps are local commits (probe writers) of an older primary begun after a newer one acknowledged; they fail the run only where the agent is alive to fence. ");
         md.push_str("C5 windows: runs of 100 ms ticks in which two nodes answered `pg_is_in_recovery() = false` to the client namespace (count and total length); any fails the run unless fencing is off (the negative control, which must show some). ");
-        md.push_str("Fence margin: the old primary's lease expiry as it measures it (fence record + margin) minus the time it stopped answering as a primary; must be positive.\n");
+        md.push_str("Fence margin: the old primary's lease expiry as it measures it (fence record + margin) minus the time it stopped answering as a primary; must be positive. ");
+        md.push_str("C4: W3 reads through HAProxy, and ids a read returned that the final table lacks; in RPO=0 any fails the run except a commit whose synchronous wait the client cancelled (PostgreSQL shows it before a standby has it: counted in brackets).\n");
         md.push_str("\n## Iterations\n\n");
         for f in &self.faults {
             for i in &f.iterations {
@@ -419,7 +465,7 @@ fn summary_row(f: &FaultReport) -> String {
     let ms = |v: Option<u64>| v.map_or("-".to_owned(), |v| format!("{:.1} s", v as f64 / 1000.0));
     let w2: usize = f.iterations.iter().map(|i| i.w2_violations.len()).sum();
     format!(
-        "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {}{} | {} ({:.0}) | {} |\n",
+        "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {}{} | {} ({:.0}) | {} | {} / {} ({}) |\n",
         f.fault,
         if f.expect.loss == LossRule::Expected || f.expect.windows {
             " (negative control)"
@@ -451,6 +497,13 @@ fn summary_row(f: &FaultReport) -> String {
             (Some(min), Some(med)) => format!("{min:.0} / {med:.0} ms"),
             _ => "-".to_owned(),
         },
+        f.sum(|i| i.reads),
+        f.sum(|i| i.observed_lost.len()),
+        f.sum(|i| i
+            .observed_lost
+            .iter()
+            .filter(|l| l.cancelled_sync_wait)
+            .count()),
     )
 }
 
@@ -523,6 +576,19 @@ fn iteration_line(f: &FaultReport, i: &IterationReport) -> String {
             w.causes.join("; ")
         );
     }
+    let _ = write!(line, "; {} reads", i.reads);
+    for l in &i.observed_lost {
+        let _ = write!(
+            line,
+            "\n  - C4 {}{}",
+            l.text(),
+            if l.cancelled_sync_wait {
+                " (a cancelled synchronous wait: measured)"
+            } else {
+                ""
+            }
+        );
+    }
     for p in i.problems(f.expect) {
         let _ = write!(line, "\n  - PROBLEM: {p}");
     }
@@ -581,6 +647,36 @@ mod tests {
         f.iterations[0].w2_violations = vec!["overlap".to_owned()];
         assert_eq!(f.problems().len(), 1);
         f.expect.w2_must = false;
+        assert!(f.problems().is_empty());
+    }
+
+    #[test]
+    fn a_read_then_lost_fails_rpo0_unless_its_synchronous_wait_was_cancelled() {
+        let seen = |id: i64, cancelled: bool| ObservedLossReport {
+            id,
+            reader: 1,
+            seen_at_s: 30.5,
+            seen_on: "node1@tl2".to_owned(),
+            write: "info: client timeout".to_owned(),
+            cancelled_sync_wait: cancelled,
+        };
+        let mut f = fault(LossRule::Forbidden, vec![]);
+        f.iterations[0].observed_lost = vec![seen(41, true)];
+        assert!(f.problems().is_empty(), "{:?}", f.problems());
+        assert!(
+            f.to_json()["runs"][0]["observed_lost"][0]["cancelled_sync_wait"]
+                .as_bool()
+                .unwrap_or(false)
+        );
+        f.iterations[0].observed_lost.push(seen(42, false));
+        let p = f.problems();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].contains("C4: id 42 seen by reader 1 at 30.5 s on node1@tl2"),
+            "{p:?}"
+        );
+        // Asynchronous replication: measured.
+        f.expect.loss = LossRule::Measured;
         assert!(f.problems().is_empty());
     }
 

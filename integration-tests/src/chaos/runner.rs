@@ -11,7 +11,10 @@ use serde_json::{Value, json};
 use super::checker::{self, Op, Outcome, OverlapCheck};
 use super::faults::{Fault, Target};
 use super::primaries;
-use super::report::{Expect, FaultReport, IterationReport, LossRule, MarginReport, WindowReport};
+use super::readers::Readers;
+use super::report::{
+    Expect, FaultReport, IterationReport, LossRule, MarginReport, ObservedLossReport, WindowReport,
+};
 use super::roles::{PERIOD, RoleSampler, RoleTarget};
 use super::workload::{ProbeWriters, SCHEMA_SQL, SetWorkload, SetWorkloadConfig};
 use super::{Clock, Profile, Rng, secs};
@@ -121,12 +124,16 @@ struct Suite {
     clock: Clock,
     w1: SetWorkload,
     w2: ProbeWriters,
+    /// W3, for C4.
+    w3: Readers,
     /// C5: every node's role as the client namespace sees it, and the fence records.
     roles: RoleSampler,
     /// The fencing margin the agents keep (ns): their lease expiry is deadline + this.
     lease_margin: u64,
     /// Findings already attributed to an earlier iteration (lost ids, violation keys).
     seen_lost: BTreeSet<i64>,
+    /// Ids C4 already attributed to an earlier iteration (observed, then gone).
+    seen_observed_lost: BTreeSet<i64>,
     seen_findings: BTreeSet<String>,
     /// Some iteration had a problem: keep the logs (the cluster is not `finish`ed).
     failed: bool,
@@ -157,7 +164,8 @@ impl Suite {
             .context("create the workload tables")?;
         let via = cluster.via_haproxy_primary();
         let client_ns = cluster.network().client().netns.clone();
-        let w1 = SetWorkload::start(&client_ns, via, SetWorkloadConfig::default(), clock);
+        let w1 = SetWorkload::start(&client_ns, via.clone(), SetWorkloadConfig::default(), clock);
+        let w3 = Readers::start(&client_ns, via, clock);
         let w2 = ProbeWriters::start(
             cluster
                 .nodes()
@@ -186,9 +194,11 @@ impl Suite {
             clock,
             w1,
             w2,
+            w3,
             roles,
             lease_margin: primaries::lease_margin(ttl).as_nanos() as u64,
             seen_lost: BTreeSet::new(),
+            seen_observed_lost: BTreeSet::new(),
             seen_findings: BTreeSet::new(),
             failed: false,
             checked_until: 0,
@@ -339,10 +349,22 @@ impl Suite {
             .map(|v| v.window())
             .max()
             .map_or(0.0, |w| w as f64 / 1e6);
+        // Reads taken before the table: each completed before the final read.
+        let reads = self.w3.snapshot();
         let final_ids = read_set(&self.cluster).await?;
         // Read after the table: every id in it was handed out before.
         let bound = self.w1.history().attempted_below();
         let set = checker::check_set(&w1_ops, &final_ids, bound);
+        it.reads = reads
+            .iter()
+            .filter(|r| r.invoke >= start && r.invoke < end)
+            .count();
+        let observed = checker::check_observed(&reads, &w1_ops, &final_ids, bound);
+        for loss in observed.lost {
+            if self.seen_observed_lost.insert(loss.id) {
+                it.observed_lost.push(observed_loss(&loss, &w1_ops));
+            }
+        }
         it.lost = set
             .lost
             .iter()
@@ -462,15 +484,18 @@ impl Suite {
             replication,
             w1,
             w2,
+            w3,
             roles,
             failed,
             seen_lost,
+            seen_observed_lost,
             checked_until,
             ..
         } = self;
         let history = w1.history().clone();
         let w1_ops = w1.stop()?;
         let w2_ops = w2.stop().await;
+        let reads = w3.stop()?;
         let healthy = cluster.wait_healthy(scaled(RECOVERY)).await?;
         let final_ids = read_set(&cluster).await?;
         let bound = history.attempted_below();
@@ -488,6 +513,19 @@ impl Suite {
             set.unexpected.len(),
             w2_ops.len(),
         )];
+        lines.push(format!(
+            "{}: W3 {} reads, {} distinct ids seen, {} of them missing from the final table",
+            replication.name(),
+            reads.len(),
+            reads
+                .iter()
+                .flat_map(|r| r.ids.iter())
+                .collect::<BTreeSet<_>>()
+                .len(),
+            checker::check_observed(&reads, &w1_ops, &final_ids, bound)
+                .lost
+                .len(),
+        ));
         let converged = convergence(&cluster, &healthy).await?;
         lines.push(format!("{}: {converged}", replication.name()));
         // C5 over the final phase too.
@@ -519,6 +557,17 @@ impl Suite {
         }
         if replication == Replication::Quorum && !late.is_empty() {
             bail!("acknowledged writes lost after the last iteration: {late:?}");
+        }
+        let late_seen: Vec<String> = checker::check_observed(&reads, &w1_ops, &final_ids, bound)
+            .lost
+            .iter()
+            .filter(|l| !seen_observed_lost.contains(&l.id))
+            .map(|l| observed_loss(l, &w1_ops))
+            .filter(|l| !l.cancelled_sync_wait)
+            .map(|l| format!("id {} (write: {})", l.id, l.write))
+            .collect();
+        if replication == Replication::Quorum && !late_seen.is_empty() {
+            bail!("C4: ids seen by a reader and lost after the last iteration: {late_seen:?}");
         }
         if let Some(w) = after.first() {
             bail!(
@@ -659,6 +708,31 @@ fn unix_socket_target(pg: &PgTarget, dir: &std::path::Path) -> PgTarget {
     PgTarget {
         host: dir.to_string_lossy().into_owned(),
         ..pg.clone()
+    }
+}
+
+/// The report line of one C4 finding, with how its write ended (from `ops`).
+fn observed_loss(loss: &checker::ObservedLoss, ops: &[Op]) -> ObservedLossReport {
+    let op = ops.iter().find(|o| o.id == loss.id);
+    let write = match op {
+        None => "none".to_owned(),
+        Some(o) if o.outcome == Outcome::Ok => "ok".to_owned(),
+        Some(o) => format!("{:?}: {}", o.outcome, o.note).to_lowercase(),
+    };
+    ObservedLossReport {
+        id: loss.id,
+        reader: loss.worker,
+        seen_at_s: secs(loss.seen_at),
+        seen_on: loss
+            .seen_on
+            .as_ref()
+            .map_or("?".to_owned(), ToString::to_string),
+        write,
+        cancelled_sync_wait: op.is_some_and(|o| {
+            o.outcome == Outcome::Info
+                && o.note
+                    .contains("canceling wait for synchronous replication")
+        }),
     }
 }
 

@@ -116,20 +116,9 @@ impl SetWorkload {
         let history = History::new();
         let stop = Arc::new(AtomicBool::new(false));
         let (h, s) = (history.clone(), stop.clone());
-        let thread = crate::netns::spawn_in(netns, move || -> anyhow::Result<()> {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("build the W1 runtime")?;
-            rt.block_on(async move {
-                let workers = (0..config.workers).map(|w| {
-                    let (target, config, h, s) =
-                        (target.clone(), config.clone(), h.clone(), s.clone());
-                    set_worker(w, target, config, clock, h, s)
-                });
-                futures::future::join_all(workers).await;
-            });
-            Ok(())
+        let thread = spawn_workers(netns, "W1", config.workers, move |w| {
+            let (target, config, h, s) = (target.clone(), config.clone(), h.clone(), s.clone());
+            set_worker(w, target, config, clock, h, s)
         });
         SetWorkload {
             history,
@@ -151,6 +140,28 @@ impl SetWorkload {
         }
         Ok(self.history.snapshot())
     }
+}
+
+/// A thread inside network namespace `netns` running `workers` futures (`worker(index)`) on a
+/// runtime of its own until they all return; `what` names it in errors.
+pub(super) fn spawn_workers<F, Fut>(
+    netns: &str,
+    what: &'static str,
+    workers: usize,
+    worker: F,
+) -> std::thread::JoinHandle<anyhow::Result<anyhow::Result<()>>>
+where
+    F: Fn(usize) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    crate::netns::spawn_in(netns, move || -> anyhow::Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .with_context(|| format!("build the {what} runtime"))?;
+        rt.block_on(futures::future::join_all((0..workers).map(worker)));
+        Ok(())
+    })
 }
 
 impl Drop for SetWorkload {
