@@ -63,6 +63,28 @@ async fn wait_calls(
     .await
 }
 
+/// `method url` with a JSON body; an error unless it answers 2xx.
+async fn send(
+    method: reqwest::Method,
+    url: &str,
+    body: &Value,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let resp = reqwest::Client::new()
+        .request(method.clone(), url)
+        .json(body)
+        .timeout(scaled(timeout))
+        .send()
+        .await
+        .with_context(|| format!("{method} {url}"))?;
+    ensure!(
+        resp.status().is_success(),
+        "{method} {url}: {}",
+        resp.status()
+    );
+    Ok(())
+}
+
 /// Node `name`'s member key, decoded (`null` when absent).
 async fn member(cluster: &Cluster, name: &str) -> anyhow::Result<Value> {
     let key = cluster.key(&format!("members/{name}"));
@@ -149,19 +171,15 @@ async fn callbacks_see_bootstrap_switchover_and_reload() -> anyhow::Result<()> {
     .await?;
 
     // A reloadable parameter through PATCH /config: both reload PostgreSQL's files.
+    let patch = json!({ "postgresql": { "parameters": { "work_mem": "9MB" } } });
     let url = format!("{}/config", cluster.node(n2).rest_base());
-    let resp = reqwest::Client::new()
-        .patch(&url)
-        .json(&json!({ "postgresql": { "parameters": { "work_mem": "9MB" } } }))
-        .timeout(scaled(Duration::from_secs(10)))
-        .send()
-        .await
-        .with_context(|| format!("PATCH {url}"))?;
-    ensure!(
-        resp.status().is_success(),
-        "PATCH /config: {}",
-        resp.status()
-    );
+    send(
+        reqwest::Method::PATCH,
+        &url,
+        &patch,
+        Duration::from_secs(10),
+    )
+    .await?;
     wait_calls(
         &cluster,
         n1,
@@ -189,18 +207,13 @@ async fn callbacks_see_bootstrap_switchover_and_reload() -> anyhow::Result<()> {
     // A restart through the REST API (the leader keeps its key): one on_restart, as Patroni
     // calls it, not on_stop + on_start.
     let url = format!("{}/restart", cluster.node(n2).rest_base());
-    let resp = reqwest::Client::new()
-        .post(&url)
-        .json(&json!({}))
-        .timeout(scaled(Duration::from_secs(120)))
-        .send()
-        .await
-        .with_context(|| format!("POST {url}"))?;
-    ensure!(
-        resp.status().is_success(),
-        "POST /restart: {}",
-        resp.status()
-    );
+    send(
+        reqwest::Method::POST,
+        &url,
+        &json!({}),
+        Duration::from_secs(120),
+    )
+    .await?;
     wait_calls(
         &cluster,
         n2,

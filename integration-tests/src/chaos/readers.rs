@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::{Client, SimpleQueryMessage};
 
 use super::Clock;
 use super::checker::{Epoch, Read};
@@ -82,22 +82,6 @@ impl Drop for Readers {
     }
 }
 
-async fn connect(target: &PgTarget) -> anyhow::Result<Client> {
-    let mut cfg = tokio_postgres::Config::new();
-    cfg.host(&target.host)
-        .port(target.port)
-        .user(&target.user)
-        .password(&target.password)
-        .dbname(&target.dbname)
-        .application_name("pgbaton-chaos-reader")
-        .connect_timeout(READ_TIMEOUT);
-    let (client, connection) = tokio::time::timeout(READ_TIMEOUT, cfg.connect(NoTls))
-        .await
-        .map_err(|_| anyhow::anyhow!("connect: timed out"))??;
-    tokio::spawn(connection);
-    Ok(client)
-}
-
 /// One reader: reconnect when needed, then one read per tick until stopped. Failed reads
 /// observe nothing and are not recorded.
 async fn reader(
@@ -114,7 +98,7 @@ async fn reader(
     while !stop.load(Ordering::SeqCst) {
         tick.tick().await;
         if client.as_ref().is_none_or(Client::is_closed) {
-            client = connect(&target).await.ok();
+            client = target.connect_with_timeout(READ_TIMEOUT).await.ok();
         }
         let Some(c) = client.as_ref() else { continue };
         let invoke = clock.now();
