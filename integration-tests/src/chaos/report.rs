@@ -266,6 +266,15 @@ impl FaultReport {
                 self.fault, self.replication
             ));
         }
+        if self.expect.loss == LossRule::Expected
+            && self.sum(|i| i.observed_lost.len()) == 0
+            && !self.iterations.is_empty()
+        {
+            out.push(format!(
+                "{} ({}): the negative control's readers saw no id that was then lost: W3 or C4 is broken",
+                self.fault, self.replication
+            ));
+        }
         if self.expect.windows && self.windows() == 0 && !self.iterations.is_empty() {
             out.push(format!(
                 "{} ({}): the negative control (fencing off) showed no two-primary window: the sampler is blind",
@@ -634,11 +643,19 @@ mod tests {
     fn losses_fail_the_rpo0_profile_and_their_absence_fails_the_negative_control() {
         assert!(fault(LossRule::Forbidden, vec![]).problems().is_empty());
         assert_eq!(fault(LossRule::Forbidden, vec![7]).problems().len(), 1);
-        assert!(fault(LossRule::Expected, vec![7]).problems().is_empty());
+        let mut control = fault(LossRule::Expected, vec![7]);
+        control.iterations[0].observed_lost = vec![ObservedLossReport {
+            id: 7,
+            ..ObservedLossReport::default()
+        }];
+        assert!(control.problems().is_empty(), "{:?}", control.problems());
         assert!(fault(LossRule::Measured, vec![7]).problems().is_empty());
         assert!(fault(LossRule::Measured, vec![]).problems().is_empty());
         let broken = fault(LossRule::Expected, vec![]).problems();
         assert!(broken[0].contains("checker is broken"), "{broken:?}");
+        // The control's lost writes were read before they were lost: C4 must say so too.
+        let blind = fault(LossRule::Expected, vec![7]).problems();
+        assert!(blind[0].contains("W3 or C4 is broken"), "{blind:?}");
     }
 
     #[test]
