@@ -10,6 +10,10 @@ use serde_json::{Value, json};
 
 use super::checker::quantile;
 
+/// Issue 12.3: the heal to a healthy cluster (the rejoined member streaming) must take at most
+/// this long; longer fails the run.
+pub const RECOVERY_LIMIT_S: f64 = 60.0;
+
 /// One fault instance.
 #[derive(Clone, Debug, Default)]
 pub struct IterationReport {
@@ -145,6 +149,11 @@ impl IterationReport {
                 ids(&self.lost)
             ));
         }
+        if let Some(s) = self.heal_to_healthy_s.filter(|s| *s > RECOVERY_LIMIT_S) {
+            out.push(format!(
+                "healthy only {s:.1} s after the heal (limit {RECOVERY_LIMIT_S:.0} s)"
+            ));
+        }
         if expect.loss == LossRule::Forbidden {
             for l in self.observed_lost.iter().filter(|l| !l.cancelled_sync_wait) {
                 out.push(format!("C4: {}", l.text()));
@@ -220,6 +229,15 @@ impl FaultReport {
             .collect()
     }
 
+    /// Heal to healthy of every iteration that got there, ms.
+    fn recoveries_ms(&self) -> Vec<u64> {
+        self.iterations
+            .iter()
+            .filter_map(|i| i.heal_to_healthy_s)
+            .map(|s| (s * 1000.0).round() as u64)
+            .collect()
+    }
+
     fn sum(&self, f: impl Fn(&IterationReport) -> usize) -> usize {
         self.iterations.iter().map(f).sum()
     }
@@ -286,6 +304,7 @@ impl FaultReport {
 
     fn to_json(&self) -> Value {
         let rto = self.rtos_ms();
+        let recovery = self.recoveries_ms();
         json!({
             "fault": self.fault,
             "description": self.description,
@@ -299,6 +318,7 @@ impl FaultReport {
             "fence_margin_ms": { "min": min_f(&self.margins_ms()), "median": median_f(&self.margins_ms()) },
             "iterations": self.iterations.len(),
             "rto_ms": { "p50": quantile(&rto, 0.5), "p95": quantile(&rto, 0.95), "max": rto.iter().max() },
+            "recovery_ms": { "p50": quantile(&recovery, 0.5), "p95": quantile(&recovery, 0.95), "max": recovery.iter().max(), "limit": RECOVERY_LIMIT_S * 1000.0 },
             "ok": self.sum(|i| i.ok),
             "lost": self.lost(),
             "reads": self.sum(|i| i.reads),
@@ -411,8 +431,8 @@ impl Report {
             if problems.is_empty() { "PASS" } else { "FAIL" }
         );
         md.push_str(
-            "| fault | repl | iter | RTO p50 | p95 | max | failovers | ok | lost | info (warn) | fail | W1 viol | W1 possible | W2 overlaps | C5 windows (ms) | fence margin min / median | C4 reads / seen→lost |\n\
-             |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+            "| fault | repl | iter | RTO p50 | p95 | max | failovers | ok | lost | info (warn) | fail | W1 viol | W1 possible | W2 overlaps | C5 windows (ms) | fence margin min / median | C4 reads / seen→lost | recovery p50 / max |\n\
+             |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         );
         for f in &self.faults {
             md.push_str(&summary_row(f));
@@ -421,7 +441,8 @@ impl Report {
         md.push_str("W2 overlaps are local commits (probe writers) of an older primary begun after a newer one acknowledged; they fail the run only where the agent is alive to fence. ");
         md.push_str("C5 windows: runs of 100 ms ticks in which two nodes answered `pg_is_in_recovery() = false` to the client namespace (count and total length); any fails the run unless fencing is off (the negative control, which must show some). ");
         md.push_str("Fence margin: the old primary's lease expiry as it measures it (fence record + margin) minus the time it stopped answering as a primary; must be positive. ");
-        md.push_str("C4: W3 reads through HAProxy, and ids a read returned that the final table lacks; in RPO=0 any fails the run except a commit whose synchronous wait the client cancelled (PostgreSQL shows it before a standby has it: counted in brackets).\n");
+        md.push_str("C4: W3 reads through HAProxy, and ids a read returned that the final table lacks; in RPO=0 any fails the run except a commit whose synchronous wait the client cancelled (PostgreSQL shows it before a standby has it: counted in brackets). ");
+        md.push_str("Recovery: the heal to a healthy cluster again (one leader, both replicas streaming, HAProxy on the leader, W1 acknowledged); over 60 s fails the run.\n");
         md.push_str("\n## Iterations\n\n");
         for f in &self.faults {
             for i in &f.iterations {
@@ -471,10 +492,11 @@ impl Report {
 
 fn summary_row(f: &FaultReport) -> String {
     let rto = f.rtos_ms();
+    let recovery = f.recoveries_ms();
     let ms = |v: Option<u64>| v.map_or("-".to_owned(), |v| format!("{:.1} s", v as f64 / 1000.0));
     let w2: usize = f.iterations.iter().map(|i| i.w2_violations.len()).sum();
     format!(
-        "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {}{} | {} ({:.0}) | {} | {} / {} ({}) |\n",
+        "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {}{} | {} ({:.0}) | {} | {} / {} ({}) | {} / {} |\n",
         f.fault,
         if f.expect.loss == LossRule::Expected || f.expect.windows {
             " (negative control)"
@@ -513,6 +535,8 @@ fn summary_row(f: &FaultReport) -> String {
             .iter()
             .filter(|l| l.cancelled_sync_wait)
             .count()),
+        ms(quantile(&recovery, 0.5)),
+        ms(recovery.iter().max().copied()),
     )
 }
 
@@ -695,6 +719,18 @@ mod tests {
         // Asynchronous replication: measured.
         f.expect.loss = LossRule::Measured;
         assert!(f.problems().is_empty());
+    }
+
+    #[test]
+    fn a_recovery_over_a_minute_fails_the_run() {
+        let mut f = fault(LossRule::Forbidden, vec![]);
+        f.iterations[0].heal_to_healthy_s = Some(59.0);
+        assert!(f.problems().is_empty());
+        assert_eq!(f.to_json()["recovery_ms"]["max"], 59_000);
+        f.iterations[0].heal_to_healthy_s = Some(63.5);
+        let p = f.problems();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("healthy only 63.5 s after the heal"), "{p:?}");
     }
 
     fn window() -> WindowReport {
