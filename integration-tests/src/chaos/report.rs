@@ -50,6 +50,8 @@ pub struct IterationReport {
     pub w2_zombie_ms: f64,
     /// C5: windows in which two nodes answered as primaries (as the client namespace saw it).
     pub windows: Vec<WindowReport>,
+    /// C5 as HAProxy sees it: windows in which two agents answered `GET /primary` with 200.
+    pub rest_windows: Vec<WindowReport>,
     /// Issue 19, item 4: when the old primary stopped answering as one, against its lease.
     pub margin: Option<MarginReport>,
     /// W3 reads in the iteration.
@@ -180,6 +182,12 @@ impl IterationReport {
                     w.length_ms,
                     w.start_s,
                     w.causes.join("; ")
+                ));
+            }
+            for w in &self.rest_windows {
+                out.push(format!(
+                    "C5: two agents ({}) answered GET /primary with 200 for {:.0} ms from {:.1} s",
+                    w.primaries, w.length_ms, w.start_s
                 ));
             }
             if let Some(m) = self.margin.as_ref().filter(|m| m.margin_ms <= 0.0) {
@@ -315,6 +323,7 @@ impl FaultReport {
             "w2_must_hold": self.expect.w2_must,
             "two_primary_windows": self.windows(),
             "two_primary_ms": self.windows_ms(),
+            "two_primary_rest_windows": self.sum(|i| i.rest_windows.len()),
             "fence_margin_ms": { "min": min_f(&self.margins_ms()), "median": median_f(&self.margins_ms()) },
             "iterations": self.iterations.len(),
             "rto_ms": { "p50": quantile(&rto, 0.5), "p95": quantile(&rto, 0.95), "max": rto.iter().max() },
@@ -370,6 +379,13 @@ fn iteration_json(i: &IterationReport) -> Value {
             "seen_on": l.seen_on,
             "write": l.write,
             "cancelled_sync_wait": l.cancelled_sync_wait,
+        })).collect::<Vec<_>>(),
+        "rest_windows": i.rest_windows.iter().map(|w| json!({
+            "start_s": w.start_s,
+            "ticks": w.ticks,
+            "length_ms": w.length_ms,
+            "agents": w.primaries,
+            "logs": w.logs,
         })).collect::<Vec<_>>(),
         "fence_margin": i.margin.as_ref().map(|m| json!({
             "node": m.node,
@@ -431,7 +447,7 @@ impl Report {
             if problems.is_empty() { "PASS" } else { "FAIL" }
         );
         md.push_str(
-            "| fault | repl | iter | RTO p50 | p95 | max | failovers | ok | lost | info (warn) | fail | W1 viol | W1 possible | W2 overlaps | C5 windows (ms) | fence margin min / median | C4 reads / seen→lost | recovery p50 / max |\n\
+            "| fault | repl | iter | RTO p50 | p95 | max | failovers | ok | lost | info (warn) | fail | W1 viol | W1 possible | W2 overlaps | C5 windows (ms) / `/primary` 200s | fence margin min / median | C4 reads / seen→lost | recovery p50 / max |\n\
              |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         );
         for f in &self.faults {
@@ -440,6 +456,7 @@ impl Report {
         md.push_str("\nRTO: fault start to the first write acknowledged through HAProxy by a new writer (or, without failover, to the end of the write gap). ");
         md.push_str("W2 overlaps are local commits (probe writers) of an older primary begun after a newer one acknowledged; they fail the run only where the agent is alive to fence. ");
         md.push_str("C5 windows: runs of 100 ms ticks in which two nodes answered `pg_is_in_recovery() = false` to the client namespace (count and total length); any fails the run unless fencing is off (the negative control, which must show some). ");
+        md.push_str("`/primary` 200s: windows of ticks in which two agents answered HAProxy's health check `GET /primary` with 200; any fails the run unless fencing is off. ");
         md.push_str("Fence margin: the old primary's lease expiry as it measures it (fence record + margin) minus the time it stopped answering as a primary; must be positive. ");
         md.push_str("C4: W3 reads through HAProxy, and ids a read returned that the final table lacks; in RPO=0 any fails the run except a commit whose synchronous wait the client cancelled (PostgreSQL shows it before a standby has it: counted in brackets). ");
         md.push_str("Recovery: the heal to a healthy cluster again (one leader, both replicas streaming, HAProxy on the leader, W1 acknowledged); over 60 s fails the run.\n");
@@ -496,7 +513,7 @@ fn summary_row(f: &FaultReport) -> String {
     let ms = |v: Option<u64>| v.map_or("-".to_owned(), |v| format!("{:.1} s", v as f64 / 1000.0));
     let w2: usize = f.iterations.iter().map(|i| i.w2_violations.len()).sum();
     format!(
-        "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {}{} | {} ({:.0}) | {} | {} / {} ({}) | {} / {} |\n",
+        "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {}{} | {} ({:.0}) / {} | {} | {} / {} ({}) | {} / {} |\n",
         f.fault,
         if f.expect.loss == LossRule::Expected || f.expect.windows {
             " (negative control)"
@@ -524,6 +541,7 @@ fn summary_row(f: &FaultReport) -> String {
         },
         f.windows(),
         f.windows_ms(),
+        f.sum(|i| i.rest_windows.len()),
         match (min_f(&f.margins_ms()), median_f(&f.margins_ms())) {
             (Some(min), Some(med)) => format!("{min:.0} / {med:.0} ms"),
             _ => "-".to_owned(),
@@ -607,6 +625,13 @@ fn iteration_line(f: &FaultReport, i: &IterationReport) -> String {
             w.ticks,
             w.length_ms,
             w.causes.join("; ")
+        );
+    }
+    for w in &i.rest_windows {
+        let _ = write!(
+            line,
+            "\n  - two agents answered GET /primary with 200 ({}) at {:.1} s for {} ticks ({:.0} ms)",
+            w.primaries, w.start_s, w.ticks, w.length_ms
         );
     }
     let _ = write!(line, "; {} reads", i.reads);
@@ -754,6 +779,15 @@ mod tests {
             p[0].contains("two primaries") && p[0].contains("fence deadline"),
             "{p:?}"
         );
+        // Two agents answering /primary with 200 fail the run as well.
+        f.iterations[0].rest_windows = vec![window()];
+        assert_eq!(f.problems().len(), 2, "{:?}", f.problems());
+        assert!(
+            f.problems()[1].contains("GET /primary"),
+            "{:?}",
+            f.problems()
+        );
+        f.iterations[0].rest_windows.clear();
         // Fencing off (the negative control): windows are the point ...
         f.expect.windows = true;
         f.expect.w2_must = false;
@@ -792,8 +826,8 @@ mod tests {
         };
         let md = report.to_markdown();
         assert!(md.contains("| isolate | quorum | 1 | 12.5 s |"), "{md}");
-        assert!(md.contains("| 1 (300) | - |"), "{md}");
-        assert!(md.contains("| 0 (0) | - |"), "no windows, no -0: {md}");
+        assert!(md.contains("| 1 (300) / 0 | - |"), "{md}");
+        assert!(md.contains("| 0 (0) / 0 | - |"), "no windows, no -0: {md}");
         assert!(md.contains("verdict **FAIL**"));
         assert_eq!(report.to_json()["faults"][0]["lost"], 1);
         assert_eq!(report.to_json()["faults"][0]["two_primary_windows"], 1);

@@ -5,6 +5,10 @@
 //!   ([`PERIOD`], 100 ms), each node on a connection of its own (reopened when it breaks), each
 //!   question bounded by [`ANSWER_TIMEOUT`]. A node still busy with an earlier question skips
 //!   the tick (no sample: not a primary).
+//! - In the same namespace, on the same schedule, every node's agent is asked `GET /primary`
+//!   (what HAProxy asks): a 200 is recorded as "primary" (timeline 0: the REST answer does not
+//!   say), anything else as not. Two 200s in one tick mean a load balancer could send writes to
+//!   two nodes.
 //! - Beside it, on the harness's runtime, every node's fence record
 //!   (`<data_dir>.pgbaton-fence`: boot id and deadline in ms of `CLOCK_BOOTTIME`) is read
 //!   every [`PERIOD`]; changes are kept, with the deadline converted to the run clock.
@@ -19,6 +23,7 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 
 use super::Clock;
 use super::primaries::{FenceObs, Role, RoleSample};
+use super::workload::spawn_workers;
 use crate::pg::PgTarget;
 
 /// The sampling period.
@@ -38,6 +43,8 @@ pub struct RoleTarget {
     pub name: String,
     /// Over TCP, as the client namespace reaches it.
     pub pg: PgTarget,
+    /// The agent's REST API (`http://host:port`), as the client namespace reaches it.
+    pub rest: String,
     pub data_dir: PathBuf,
 }
 
@@ -45,10 +52,19 @@ pub struct RoleTarget {
 #[derive(Clone, Debug, Default)]
 pub struct RoleHistory {
     samples: Arc<Mutex<Vec<RoleSample>>>,
+    /// The `GET /primary` answers.
+    health: Arc<Mutex<Vec<RoleSample>>>,
     fences: Arc<Mutex<Vec<FenceObs>>>,
 }
 
 impl RoleHistory {
+    pub fn health(&self) -> Vec<RoleSample> {
+        self.health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     pub fn samples(&self) -> Vec<RoleSample> {
         self.samples
             .lock()
@@ -79,19 +95,18 @@ impl RoleSampler {
         let history = RoleHistory::default();
         let stop = Arc::new(AtomicBool::new(false));
         let (h, s, t) = (history.clone(), stop.clone(), targets.clone());
-        let thread = crate::netns::spawn_in(netns, move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("build the role sampler's runtime")?;
-            rt.block_on(async move {
-                let tasks = t.into_iter().map(|target| {
-                    let (h, s) = (h.clone(), s.clone());
-                    ask_node(target, clock, h, s)
-                });
-                futures::future::join_all(tasks).await;
-            });
-            Ok(())
+        let nodes = targets.len();
+        // Tasks 0..n ask PostgreSQL, n..2n the agents' `/primary`.
+        let thread = spawn_workers(netns, "role sampler", 2 * nodes, move |i| {
+            let (h, s) = (h.clone(), s.clone());
+            let target = t[i % nodes].clone();
+            async move {
+                if i < nodes {
+                    ask_node(target, clock, h, s).await;
+                } else {
+                    ask_agent(target, clock, h, s).await;
+                }
+            }
         });
         let (h, s) = (history.clone(), stop.clone());
         let fence_task = tokio::spawn(watch_fence_records(targets, clock, h, s));
@@ -157,6 +172,43 @@ async fn ask_node(target: RoleTarget, clock: Clock, history: RoleHistory, stop: 
                 role,
             });
         // Ticks that passed while the question was pending are skipped.
+        tick = (tick + 1).max(tick_at_or_after(clock.now()));
+    }
+}
+
+/// Ask one agent `GET /primary` once per tick until stopped.
+async fn ask_agent(target: RoleTarget, clock: Clock, history: RoleHistory, stop: Arc<AtomicBool>) {
+    let period = PERIOD.as_nanos() as u64;
+    let url = format!("{}/primary", target.rest);
+    let http = reqwest::Client::builder()
+        .timeout(ANSWER_TIMEOUT)
+        .build()
+        .unwrap_or_default();
+    let mut tick = tick_at_or_after(clock.now());
+    while !stop.load(Ordering::SeqCst) {
+        tokio::time::sleep_until(clock.instant_at(tick * period).into()).await;
+        let invoke = clock.now();
+        let role = match http.get(&url).send().await {
+            Ok(r) if r.status() == reqwest::StatusCode::OK => Role::Primary { timeline: 0 },
+            Ok(r) => Role::Standby {
+                timeline: i64::from(r.status().as_u16()),
+            },
+            Err(e) => Role::Down {
+                why: format!("{e}"),
+            },
+        };
+        let complete = clock.now();
+        history
+            .health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(RoleSample {
+                node: target.name.clone(),
+                tick,
+                invoke,
+                complete,
+                role,
+            });
         tick = (tick + 1).max(tick_at_or_after(clock.now()));
     }
 }

@@ -182,6 +182,7 @@ impl Suite {
                 .map(|n| RoleTarget {
                     name: n.name.clone(),
                     pg: n.pg(),
+                    rest: n.rest_base(),
                     data_dir: n.config.data_dir.clone(),
                 })
                 .collect(),
@@ -405,6 +406,26 @@ impl Suite {
                 causes: causes.iter().map(ToString::to_string).collect(),
                 logs: self.log_excerpt(
                     &nodes,
+                    w.start.saturating_sub(4_000_000_000),
+                    w.end + 1_000_000_000,
+                ),
+            });
+        }
+        // What HAProxy sees: ticks in which two agents answered `/primary` with 200.
+        let health: Vec<_> = history
+            .health()
+            .into_iter()
+            .filter(|s| s.invoke >= start && s.invoke < end)
+            .collect();
+        for w in primaries::windows(&health) {
+            it.rest_windows.push(WindowReport {
+                start_s: secs(w.start),
+                ticks: w.ticks(),
+                length_ms: w.length(period) as f64 / 1e6,
+                primaries: w.nodes().join(", "),
+                causes: vec!["two agents answered GET /primary with 200".to_owned()],
+                logs: self.log_excerpt(
+                    &w.nodes().into_iter().map(str::to_owned).collect::<Vec<_>>(),
                     w.start.saturating_sub(4_000_000_000),
                     w.end + 1_000_000_000,
                 ),
