@@ -757,6 +757,11 @@ pub enum Reason {
     Following {
         leader: MemberName,
     },
+    /// A replica streaming from its `replicatefrom` member (cascading replication).
+    FollowingCascade {
+        leader: MemberName,
+        upstream: MemberName,
+    },
     StartingAsSecondary {
         leader: Option<MemberName>,
     },
@@ -769,6 +774,8 @@ pub enum Reason {
         lease: i64,
     },
     WaitingForPostgres,
+    /// Creating a replica: `leader` is the member cloned from (the leader, or a
+    /// `clonefrom` replica).
     Cloning {
         leader: MemberName,
     },
@@ -939,6 +946,13 @@ impl fmt::Display for Reason {
                 write!(
                     f,
                     "no action. I am a secondary, and following a leader ({leader})"
+                )
+            }
+            Reason::FollowingCascade { leader, upstream } => {
+                write!(
+                    f,
+                    "no action. I am a secondary, and following a leader ({leader}) through \
+                     {upstream} (replicatefrom)"
                 )
             }
             Reason::StartingAsSecondary {

@@ -63,22 +63,30 @@ impl<'a> Ctx<'a> {
             );
         }
         if let Some(leader) = view.leader_name() {
-            return match upstream_of(view, leader) {
-                Some(upstream) => (
-                    vec![
-                        Action::Clone {
-                            upstream: upstream.clone(),
-                        },
-                        Action::StartPostgres {
-                            role: StartRole::Standby {
-                                upstream: Some(upstream),
+            // A running `clonefrom` replica close enough to the leader, or the leader.
+            let source =
+                crate::topology::clone_source(view, self.me(), self.cfg.maximum_lag_on_failover)
+                    .and_then(|name| upstream_of(view, name))
+                    .or_else(|| upstream_of(view, leader));
+            return match source {
+                Some(source) => {
+                    let upstream = self.stream_upstream(view).unwrap_or_else(|| source.clone());
+                    (
+                        vec![
+                            Action::Clone {
+                                upstream: source.clone(),
                             },
+                            Action::StartPostgres {
+                                role: StartRole::Standby {
+                                    upstream: Some(upstream),
+                                },
+                            },
+                        ],
+                        Reason::Cloning {
+                            leader: source.name,
                         },
-                    ],
-                    Reason::Cloning {
-                        leader: leader.clone(),
-                    },
-                ),
+                    )
+                }
                 None => (
                     vec![],
                     Reason::WaitingForLeaderMember {

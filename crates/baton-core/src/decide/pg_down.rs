@@ -71,6 +71,14 @@ impl Ctx<'_> {
             },
         };
         if !cd.state.was_primary() && next.rewind_failed_against.as_ref() != Some(leader) {
+            // A standby starts streaming from its `replicatefrom` member when it can; a
+            // rejoining former primary is rewound from the leader and starts under it.
+            let start = match self.stream_upstream(view) {
+                Some(up) => Action::StartPostgres {
+                    role: StartRole::Standby { upstream: Some(up) },
+                },
+                None => start,
+            };
             return (
                 vec![start],
                 Reason::StartingAsSecondary {

@@ -48,6 +48,9 @@
 //!     (history=N: timelines 1..=N ended at N·0/1000000: TL1 at 0/1000000, TL2 at 0/2000000;
 //!      creator=n1: the member whose promotion ended the last one)
 //! member: n1 role=primary xlog=0/3000000 conn=10.0.0.1:5432 tl=2 nostream nofailover priority=2
+//!     state=stopped streaming clonefrom replicatefrom=n3
+//!     (state: the member key's `state`, default running; streaming: `replication_state:
+//!      streaming`; the tags words work on `config:` lines too, for this member's own tags)
 //! pg: data=initialized sysid=7001 state=in-archive-recovery tl=1 ckpt=0/2000000
 //! pg: running primary|replica|nosql tl=1 hist=2 flush=0/3000000 recv=.. replay=.. slots=n1,n3
 //!     (hist: the newest timeline history file in pg_wal)
@@ -142,6 +145,8 @@ fn tags(t: &Tokens<'_>) -> Tags {
         nofailover: t.has("nofailover").then_some(true),
         failover_priority: t.get("priority").map(|p| p.parse().expect("priority")),
         nostream: t.has("nostream"),
+        clonefrom: t.has("clonefrom"),
+        replicatefrom: t.get("replicatefrom").map(str::to_owned),
         ..Tags::default()
     }
 }
@@ -334,7 +339,8 @@ fn parse(fixture: &str, previous: Option<&Memory>) -> Fixture {
                 v.members.push(Member {
                     name: name(t.first()),
                     role: t.get("role").unwrap_or("replica").to_owned(),
-                    state: "running".into(),
+                    state: t.get("state").unwrap_or("running").to_owned(),
+                    replication_state: t.has("streaming").then(|| "streaming".to_owned()),
                     conn_url: t.get("conn").map(|c| format!("postgres://{c}/postgres")),
                     api_url: Some(format!("http://{}:8008/patroni", t.first())),
                     xlog_location: t.get("xlog").map(lsn),
