@@ -812,21 +812,12 @@ pub(crate) static KEYS: &[Key] = &[
         "`true`: never a synchronous standby.",
     ),
     local("tags.sync_priority", "1", "Integer ≥ 0; 0 means nosync."),
-    by_value(
+    local(
         "tags.clonefrom",
-        Local,
         "`false`",
-        "Published in the member key (Patroni members may clone from this one).",
-        &[
-            ("false", Implemented),
-            (
-                "true",
-                Warned(
-                    "published in the member key, but pgbaton replicas always clone from the \
-                     leader",
-                ),
-            ),
-        ],
+        "`true`: a new replica (empty data directory) clones from this member while it runs \
+         as a replica at most `maximum_lag_on_failover` bytes behind the leader (the most \
+         advanced such member, where Patroni picks one at random); otherwise from the leader.",
     ),
     by_value(
         "tags.nostream",
@@ -844,11 +835,14 @@ pub(crate) static KEYS: &[Key] = &[
             ),
         ],
     ),
-    warned(
+    local(
         "tags.replicatefrom",
-        Local,
-        "published in the member key, but this member streams from the leader (cascading \
-         replication is not supported yet)",
+        "unset",
+        "A member name: stream from that member (cascading replication) while its member key \
+         says it runs and streams (or it leads), otherwise from the leader, returning to it \
+         when it streams again (Patroni follows the named member whatever its state). That \
+         member keeps a physical slot for this one (`use_slots`), the leader none. A name \
+         that is this member's own, or a `replicatefrom` cycle, means the leader.",
     ),
     local(
         "tags.<name>",

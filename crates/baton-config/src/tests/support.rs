@@ -401,8 +401,6 @@ bootstrap:
             postgresql.use_unix_socket_repl: accepted but not used by pgbaton: replicas stream over TCP
             postgresql.krbsrvname: accepted but not used by pgbaton: replication connections do not set a Kerberos service name
             postgresql.pg_rewind: accepted but not used by pgbaton: pg_rewind runs with its own options, as authentication.rewind
-            tags.clonefrom: published in the member key, but pgbaton replicas always clone from the leader
-            tags.replicatefrom: published in the member key, but this member streams from the leader (cascading replication is not supported yet)
             thread_pool_size: accepted but not used by pgbaton (a setting of Patroni's Python threads)
             thread_stack_size: accepted but not used by pgbaton (a setting of Patroni's Python threads)
             consul: accepted but not used by pgbaton: it keeps cluster state in etcd only
