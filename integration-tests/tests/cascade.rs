@@ -222,6 +222,13 @@ async fn cascade_clones_from_and_streams_from_its_tagged_members_and_follows_the
     )
     .await?;
 
+    // node2's `/patroni` lists node3 among the members streaming from it, as Patroni's does.
+    let status = cluster.node(upstream).patroni().await?;
+    let listed = status["replication"]
+        .as_array()
+        .is_some_and(|rows| rows.iter().any(|r| r["application_name"] == cascade));
+    ensure!(listed, "node2's /patroni does not list node3: {status}");
+
     // `pgbaton topology`: node3 under node2 under node1.
     let config = cluster
         .node(leader)

@@ -1042,9 +1042,6 @@ fn tags(cx: &mut Cx, top: &mut Obj<'_>) -> Tags {
     t.nostream = o
         .opt(cx, "nostream", |cx, p, v| cx.boolean(p, v))
         .unwrap_or(false);
-    if t.nostream {
-        o.value_class(cx, "nostream", "true");
-    }
     t.replicatefrom = o
         .opt(cx, "replicatefrom", |cx, p, v| {
             cx.string(p, v, "a member name")

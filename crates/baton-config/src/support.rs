@@ -161,8 +161,8 @@ const SET_LOCALLY: &str = "accepted but not used by pgbaton from the dynamic con
     it in the local file";
 const LOCAL_USE_SLOTS: &str = "ignored in the local configuration, as in Patroni: set it in the \
     dynamic configuration (bootstrap.dcs.postgresql.use_slots)";
-const REPLICA_METHODS: &str = "replicas are created with pg_basebackup from the leader only: \
-    another method (restoring a backup, say) would be replaced by a full copy from the primary";
+const REPLICA_METHODS: &str = "replicas are created with pg_basebackup only (from the leader or \
+    a `clonefrom` member): another method (restoring a backup, say) would be replaced by a full copy from the primary";
 const BASEBACKUP: &str = "pg_basebackup runs with pgbaton's own options; these (max-rate, \
     waldir, checkpoint, ...) would not be applied";
 const RECOVERY_CONF: &str = "these recovery settings would not be applied: a delayed replica \
@@ -819,21 +819,15 @@ pub(crate) static KEYS: &[Key] = &[
          as a replica at most `maximum_lag_on_failover` bytes behind the leader (the most \
          advanced such member, where Patroni picks one at random); otherwise from the leader.",
     ),
-    by_value(
+    local(
         "tags.nostream",
-        Local,
         "`false`",
-        "",
-        &[
-            ("false", Implemented),
-            (
-                "true",
-                Refused(
-                    "pgbaton has no archive-only replicas (no restore_command): this member \
-                     would try to stream from the leader, which keeps no slot for it",
-                ),
-            ),
-        ],
+        "`true`: an archive-only replica: PostgreSQL runs as a standby without \
+         `primary_conninfo` and replays WAL from `restore_command` (set it in \
+         `postgresql.parameters`; without it the member receives no WAL), reporting \
+         `replication_state: in archive recovery`; no member keeps a slot for it. A running \
+         standby that streams when the tag is set is restarted without `primary_conninfo`. \
+         Members whose `replicatefrom` names it stream from it.",
     ),
     local(
         "tags.replicatefrom",

@@ -757,6 +757,10 @@ pub enum Reason {
     Following {
         leader: MemberName,
     },
+    /// A `nostream` replica: WAL comes from the archive (`restore_command`) only.
+    ArchiveRecovery {
+        leader: MemberName,
+    },
     /// A replica streaming from its `replicatefrom` member (cascading replication).
     FollowingCascade {
         leader: MemberName,
@@ -946,6 +950,13 @@ impl fmt::Display for Reason {
                 write!(
                     f,
                     "no action. I am a secondary, and following a leader ({leader})"
+                )
+            }
+            Reason::ArchiveRecovery { leader } => {
+                write!(
+                    f,
+                    "no action. I am a secondary, and following a leader ({leader}) from the WAL \
+                     archive (nostream)"
                 )
             }
             Reason::FollowingCascade { leader, upstream } => {

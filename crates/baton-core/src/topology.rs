@@ -36,8 +36,8 @@ pub fn stream_source<'v>(
 }
 
 /// The `replicatefrom` member named `wanted`, when `me` can stream from it: it is not `me`,
-/// its member key exists, and it is the leader or a replica that runs and streams (Patroni's
-/// `replication_state: streaming`), and its own `replicatefrom` chain does not lead back to
+/// its member key exists, and it is the leader or a replica that runs and replays WAL
+/// (`replication_state` `streaming` or `in archive recovery`), and its own `replicatefrom` chain does not lead back to
 /// `me`.
 pub fn usable_upstream<'v>(
     view: &'v ClusterView,
@@ -51,9 +51,14 @@ pub fn usable_upstream<'v>(
     if view.leader_name() == Some(&member.name) {
         return Some(&member.name);
     }
+    // A replica that replays WAL, streamed or from the archive (a `nostream` member), serves
+    // it to its cascade.
     if !(member.state == "running"
         && member.role == "replica"
-        && member.replication_state.as_deref() == Some("streaming"))
+        && matches!(
+            member.replication_state.as_deref(),
+            Some("streaming" | "in archive recovery")
+        ))
     {
         return None;
     }

@@ -3,7 +3,7 @@
 //! released); one of another cluster (system identifier) is never used. The later rules may
 //! assume initialized data of this cluster.
 
-use crate::decision::{Action, Memory, Reason, StartRole, StopMode};
+use crate::decision::{Action, Memory, Reason, StopMode};
 use crate::pg::{ControlData, DataDir};
 use crate::view::ClusterView;
 
@@ -70,17 +70,13 @@ impl<'a> Ctx<'a> {
                     .or_else(|| upstream_of(view, leader));
             return match source {
                 Some(source) => {
-                    let upstream = self.stream_upstream(view).unwrap_or_else(|| source.clone());
+                    let leader_up = upstream_of(view, leader).unwrap_or_else(|| source.clone());
                     (
                         vec![
                             Action::Clone {
                                 upstream: source.clone(),
                             },
-                            Action::StartPostgres {
-                                role: StartRole::Standby {
-                                    upstream: Some(upstream),
-                                },
-                            },
+                            self.standby_start(view, &leader_up, true),
                         ],
                         Reason::Cloning {
                             leader: source.name,

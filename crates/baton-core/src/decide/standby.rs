@@ -29,6 +29,9 @@ impl Ctx<'_> {
                 },
             );
         };
+        if self.cfg.tags.nostream {
+            return self.follow_archive(next, view, leader, sql, &leader_up);
+        }
         // The member we stream from: our `replicatefrom` member while it can serve us,
         // otherwise the leader (`topology::stream_source`).
         let upstream = self
@@ -59,6 +62,62 @@ impl Ctx<'_> {
             actions.push(slots);
         }
         (actions, reason)
+    }
+
+    /// A `nostream` member replays WAL from the archive only (`restore_command`): no
+    /// `primary_conninfo`. One that streams anyway (the tag was just set) is restarted
+    /// without it.
+    fn follow_archive(
+        &self,
+        next: &mut Memory,
+        view: &ClusterView,
+        leader: &MemberName,
+        sql: &PgSql,
+        leader_up: &Upstream,
+    ) -> (Vec<Action>, Reason) {
+        next.following = None;
+        if let Some(diverged) = self.diverged_standby(next, view, leader, leader, sql, leader_up) {
+            return diverged;
+        }
+        next.rewind_failed_against = None;
+        let mut actions = vec![];
+        if sql.streaming {
+            actions.push(Action::RestartPostgres {
+                role: StartRole::Standby { upstream: None },
+            });
+        } else if let Some(slots) = self.cascade_slots(view, sql) {
+            actions.push(slots);
+        }
+        (
+            actions,
+            Reason::ArchiveRecovery {
+                leader: leader.clone(),
+            },
+        )
+    }
+
+    /// The start of PostgreSQL as a standby: without an upstream for a `nostream` member
+    /// (archive recovery only); otherwise streaming from [`Self::stream_upstream`] when
+    /// `cascade`, else from the leader (`leader_up`).
+    pub(super) fn standby_start(
+        &self,
+        view: &ClusterView,
+        leader_up: &Upstream,
+        cascade: bool,
+    ) -> Action {
+        let upstream = if self.cfg.tags.nostream {
+            None
+        } else if cascade {
+            Some(
+                self.stream_upstream(view)
+                    .unwrap_or_else(|| leader_up.clone()),
+            )
+        } else {
+            Some(leader_up.clone())
+        };
+        Action::StartPostgres {
+            role: StartRole::Standby { upstream },
+        }
     }
 
     /// Where this member streams from (`topology::stream_source`), when that member's key has
@@ -228,11 +287,7 @@ impl Ctx<'_> {
             let stop = Action::StopPostgres {
                 mode: StopMode::Fast,
             };
-            let start = Action::StartPostgres {
-                role: StartRole::Standby {
-                    upstream: Some(upstream.clone()),
-                },
-            };
+            let start = self.standby_start(view, upstream, false);
             (
                 vec![
                     stop,

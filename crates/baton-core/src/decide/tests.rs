@@ -48,9 +48,9 @@
 //!     (history=N: timelines 1..=N ended at N·0/1000000: TL1 at 0/1000000, TL2 at 0/2000000;
 //!      creator=n1: the member whose promotion ended the last one)
 //! member: n1 role=primary xlog=0/3000000 conn=10.0.0.1:5432 tl=2 nostream nofailover priority=2
-//!     state=stopped streaming clonefrom replicatefrom=n3
-//!     (state: the member key's `state`, default running; streaming: `replication_state:
-//!      streaming`; the tags words work on `config:` lines too, for this member's own tags)
+//!     state=stopped streaming archive clonefrom replicatefrom=n3
+//!     (state: the member key's `state`, default running; streaming / archive:
+//!      `replication_state` `streaming` / `in archive recovery`; the tags words work on `config:` lines too, for this member's own tags)
 //! pg: data=initialized sysid=7001 state=in-archive-recovery tl=1 ckpt=0/2000000
 //! pg: running primary|replica|nosql tl=1 hist=2 flush=0/3000000 recv=.. replay=.. slots=n1,n3
 //!     (hist: the newest timeline history file in pg_wal)
@@ -340,7 +340,13 @@ fn parse(fixture: &str, previous: Option<&Memory>) -> Fixture {
                     name: name(t.first()),
                     role: t.get("role").unwrap_or("replica").to_owned(),
                     state: t.get("state").unwrap_or("running").to_owned(),
-                    replication_state: t.has("streaming").then(|| "streaming".to_owned()),
+                    replication_state: if t.has("streaming") {
+                        Some("streaming".to_owned())
+                    } else if t.has("archive") {
+                        Some("in archive recovery".to_owned())
+                    } else {
+                        None
+                    },
                     conn_url: t.get("conn").map(|c| format!("postgres://{c}/postgres")),
                     api_url: Some(format!("http://{}:8008/patroni", t.first())),
                     xlog_location: t.get("xlog").map(lsn),
