@@ -833,8 +833,9 @@ pub(crate) static KEYS: &[Key] = &[
         "tags.replicatefrom",
         "unset",
         "A member name: stream from that member (cascading replication) while its member key \
-         says it runs and streams (or it leads), otherwise from the leader, returning to it \
-         when it streams again (Patroni follows the named member whatever its state). That \
+         says it runs as a replica that replays WAL (`replication_state` `streaming`, or `in \
+         archive recovery` for a `nostream` member) or it leads; otherwise from the leader, \
+         returning to it when it replays again (Patroni follows the named member whatever its state). That \
          member keeps a physical slot for this one (`use_slots`), the leader none. A name \
          that is this member's own, or a `replicatefrom` cycle, means the leader.",
     ),
