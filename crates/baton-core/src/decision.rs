@@ -241,7 +241,8 @@ pub struct Memory {
     pub was_leader: bool,
     /// A rewind against the current leader failed; holds the leader's name.
     pub rewind_failed_against: Option<MemberName>,
-    /// The leader we last configured PostgreSQL to stream from.
+    /// The member we last configured PostgreSQL to stream from (the leader, or our
+    /// `replicatefrom` member).
     pub following: Option<MemberName>,
     /// Our flush position when we last changed `synchronous_standby_names`: a standby counts
     /// as synchronous only once it has flushed this far (it then holds every commit that was
