@@ -5,7 +5,8 @@
 //! (`replicatefrom: node2`) is cloned from node2 and streams from node2, which keeps a
 //! replication slot for it; `pgbaton topology` shows node3 under node2. With node2's agent
 //! and PostgreSQL stopped, node3 streams from the leader and keeps receiving rows; when node2
-//! comes back, node3 returns to it.
+//! comes back, node3 returns to it; after a switchover to node2, node3 streams from node2 as
+//! the leader.
 //!
 //! Skips (printing a `SKIP` line) when a program it needs is missing, unless
 //! `PGBATON_REQUIRE_INTEGRATION=1`. See docs/testing.md.
@@ -273,6 +274,23 @@ async fn cascade_clones_from_and_streams_from_its_tagged_members_and_follows_the
     )
     .await?;
     row_arrives(&cluster, leader, cascade, 3).await?;
+
+    // node2 takes over by switchover: node3 keeps streaming from it, now the leader, and the
+    // former leader follows it too.
+    let text = cluster.cli_switchover(leader, upstream, None).await?;
+    ensure!(
+        text.contains("Successfully switched over to \"node2\""),
+        "{text}"
+    );
+    cluster
+        .wait_healthy_members(
+            &[leader.to_owned(), upstream.to_owned(), cascade.to_owned()],
+            scaled(Duration::from_secs(120)),
+        )
+        .await
+        .context("after the switchover to node2")?;
+    wait_streams_from(&cluster, cascade, upstream, scaled(Duration::from_secs(60))).await?;
+    row_arrives(&cluster, upstream, cascade, 4).await?;
 
     cluster.finish();
     Ok(())
