@@ -57,7 +57,7 @@
 //! peer: n3 reachable|unreachable wal=0/2000000 tl=1 primary nofailover priority=2 watchdog_failed
 //! memory: following=n1 down_since=90 rewind_failed=n1 nostream_since=70 epoch=1 handed_over
 //!     was_leader sync_changed=0/3000100     (or `memory: previous`, see above)
-//! failure: rewind at=99              (the previous cycle's actions failed: rewind, start,
+//! failure: rewind at=99              (the previous cycle's actions failed: rewind, start, clone,
 //!                                      pre_promote: a promotion's pre_promote script)
 //! outcome: took_key lease=7|missed_key|released_key   (what they did with the leader key)
 //! running: clone|rewind|bootstrap|start   (a long action the agent runs beside the loop)
@@ -526,6 +526,7 @@ fn parse(fixture: &str, previous: Option<&Memory>) -> Fixture {
                     "rewind" => ActionKind::Rewind,
                     "start" => ActionKind::StartPostgres,
                     "pre_promote" => ActionKind::PrePromote,
+                    "clone" => ActionKind::Clone,
                     other => panic!("unknown failure kind {other}"),
                 },
                 at: t.get("at").map_or(now, secs),
