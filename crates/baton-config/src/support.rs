@@ -817,7 +817,8 @@ pub(crate) static KEYS: &[Key] = &[
         "`false`",
         "`true`: a new replica (empty data directory) clones from this member while it runs \
          as a replica at most `maximum_lag_on_failover` bytes behind the leader (the most \
-         advanced such member, where Patroni picks one at random); otherwise from the leader.",
+         advanced such member, where Patroni picks one at random); otherwise, and after a \
+         clone that failed, from the leader.",
     ),
     local(
         "tags.nostream",
