@@ -1037,17 +1037,11 @@ fn tags(cx: &mut Cx, top: &mut Obj<'_>) -> Tags {
     t.clonefrom = o
         .opt(cx, "clonefrom", |cx, p, v| cx.boolean(p, v))
         .unwrap_or(false);
-    if t.clonefrom {
-        o.value_class(cx, "clonefrom", "true");
-    }
     t.nosync = o.opt(cx, "nosync", |cx, p, v| cx.boolean(p, v));
     t.sync_priority = o.opt(cx, "sync_priority", |cx, p, v| cx.int(p, v, 0, i64::MAX));
     t.nostream = o
         .opt(cx, "nostream", |cx, p, v| cx.boolean(p, v))
         .unwrap_or(false);
-    if t.nostream {
-        o.value_class(cx, "nostream", "true");
-    }
     t.replicatefrom = o
         .opt(cx, "replicatefrom", |cx, p, v| {
             cx.string(p, v, "a member name")

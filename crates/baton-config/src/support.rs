@@ -161,8 +161,8 @@ const SET_LOCALLY: &str = "accepted but not used by pgbaton from the dynamic con
     it in the local file";
 const LOCAL_USE_SLOTS: &str = "ignored in the local configuration, as in Patroni: set it in the \
     dynamic configuration (bootstrap.dcs.postgresql.use_slots)";
-const REPLICA_METHODS: &str = "replicas are created with pg_basebackup from the leader only: \
-    another method (restoring a backup, say) would be replaced by a full copy from the primary";
+const REPLICA_METHODS: &str = "replicas are created with pg_basebackup only (from the leader or \
+    a `clonefrom` member): another method (restoring a backup, say) would be replaced by a full copy from the primary";
 const BASEBACKUP: &str = "pg_basebackup runs with pgbaton's own options; these (max-rate, \
     waldir, checkpoint, ...) would not be applied";
 const RECOVERY_CONF: &str = "these recovery settings would not be applied: a delayed replica \
@@ -814,43 +814,33 @@ pub(crate) static KEYS: &[Key] = &[
         "`true`: never a synchronous standby.",
     ),
     local("tags.sync_priority", "1", "Integer ≥ 0; 0 means nosync."),
-    by_value(
+    local(
         "tags.clonefrom",
-        Local,
         "`false`",
-        "Published in the member key (Patroni members may clone from this one).",
-        &[
-            ("false", Implemented),
-            (
-                "true",
-                Warned(
-                    "published in the member key, but pgbaton replicas always clone from the \
-                     leader",
-                ),
-            ),
-        ],
+        "`true`: a new replica (empty data directory) clones from this member while it runs \
+         as a replica at most `maximum_lag_on_failover` bytes behind the leader (the most \
+         advanced such member, where Patroni picks one at random); otherwise, and after a \
+         clone that failed, from the leader.",
     ),
-    by_value(
+    local(
         "tags.nostream",
-        Local,
         "`false`",
-        "",
-        &[
-            ("false", Implemented),
-            (
-                "true",
-                Refused(
-                    "pgbaton has no archive-only replicas (no restore_command): this member \
-                     would try to stream from the leader, which keeps no slot for it",
-                ),
-            ),
-        ],
+        "`true`: an archive-only replica: PostgreSQL runs as a standby without \
+         `primary_conninfo` and replays WAL from `restore_command` (set it in \
+         `postgresql.parameters`; without it the member receives no WAL), reporting \
+         `replication_state: in archive recovery`; no member keeps a slot for it. A running \
+         standby that streams when the tag is set is restarted without `primary_conninfo`. \
+         Members whose `replicatefrom` names it stream from it.",
     ),
-    warned(
+    local(
         "tags.replicatefrom",
-        Local,
-        "published in the member key, but this member streams from the leader (cascading \
-         replication is not supported yet)",
+        "unset",
+        "A member name: stream from that member (cascading replication) while its member key \
+         says it runs as a replica that replays WAL (`replication_state` `streaming`, or `in \
+         archive recovery` for a `nostream` member) or it leads; otherwise from the leader, \
+         returning to it when it replays again (Patroni follows the named member whatever its state). That \
+         member keeps a physical slot for this one (`use_slots`), the leader none. A name \
+         that is this member's own, or a `replicatefrom` cycle, means the leader.",
     ),
     local(
         "tags.<name>",

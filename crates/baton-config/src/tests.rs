@@ -965,7 +965,6 @@ fn tags_custom_values_and_conflicts() {
     .assert_debug_eq(&loaded.config.tags);
     expect![[r#"
         [
-            "tags.replicatefrom: published in the member key, but this member streams from the leader (cascading replication is not supported yet)",
             "tags: conflicting nofailover: true and failover_priority: 3; nofailover: true wins, as in Patroni",
             "tags: conflicting nosync: false and sync_priority: 0; nosync: false wins, as in Patroni",
         ]

@@ -241,7 +241,8 @@ pub struct Memory {
     pub was_leader: bool,
     /// A rewind against the current leader failed; holds the leader's name.
     pub rewind_failed_against: Option<MemberName>,
-    /// The leader we last configured PostgreSQL to stream from.
+    /// The member we last configured PostgreSQL to stream from (the leader, or our
+    /// `replicatefrom` member).
     pub following: Option<MemberName>,
     /// Our flush position when we last changed `synchronous_standby_names`: a standby counts
     /// as synchronous only once it has flushed this far (it then holds every commit that was
@@ -757,6 +758,15 @@ pub enum Reason {
     Following {
         leader: MemberName,
     },
+    /// A `nostream` replica: WAL comes from the archive (`restore_command`) only.
+    ArchiveRecovery {
+        leader: MemberName,
+    },
+    /// A replica streaming from its `replicatefrom` member (cascading replication).
+    FollowingCascade {
+        leader: MemberName,
+        upstream: MemberName,
+    },
     StartingAsSecondary {
         leader: Option<MemberName>,
     },
@@ -769,6 +779,8 @@ pub enum Reason {
         lease: i64,
     },
     WaitingForPostgres,
+    /// Creating a replica: `leader` is the member cloned from (the leader, or a
+    /// `clonefrom` replica).
     Cloning {
         leader: MemberName,
     },
@@ -939,6 +951,20 @@ impl fmt::Display for Reason {
                 write!(
                     f,
                     "no action. I am a secondary, and following a leader ({leader})"
+                )
+            }
+            Reason::ArchiveRecovery { leader } => {
+                write!(
+                    f,
+                    "no action. I am a secondary, and following a leader ({leader}) from the WAL \
+                     archive (nostream)"
+                )
+            }
+            Reason::FollowingCascade { leader, upstream } => {
+                write!(
+                    f,
+                    "no action. I am a secondary, and following a leader ({leader}) through \
+                     {upstream} (replicatefrom)"
                 )
             }
             Reason::StartingAsSecondary {

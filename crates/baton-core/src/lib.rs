@@ -18,6 +18,7 @@ mod pg;
 mod restart;
 mod sync;
 mod time;
+mod topology;
 mod types;
 mod view;
 
@@ -42,6 +43,7 @@ pub use sync::{
     STRICT_PLACEHOLDER, parse_ssn, quote_ident, render_ssn, render_ssn_quorum, ssn_num,
 };
 pub use time::{civil_from_days, days_from_civil, format_iso8601_utc, parse_iso8601};
+pub use topology::{clone_source, slots_kept_by, stream_source, usable_upstream};
 pub use types::{Clock, Lsn, MemberName, Mono, ParseLsnError, Timeline};
 pub use view::{
     ClusterView, FailoverRequest, FailsafeTopology, HistoryLine, LeaderKey, LeaderStatus, Member,

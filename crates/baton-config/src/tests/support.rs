@@ -200,7 +200,7 @@ fn each_refused_key_is_an_error_naming_it() {
         config_dir: errors:
           postgresql.config_dir: not supported by pgbaton yet: pgbaton keeps postgresql.conf, postgresql.base.conf and pg_hba.conf in data_dir; the settings kept in this directory (ssl, shared_buffers, ...) would not be applied: move them to postgresql.parameters
         create_replica_methods: errors:
-          postgresql.create_replica_methods: not supported by pgbaton yet: replicas are created with pg_basebackup from the leader only: another method (restoring a backup, say) would be replaced by a full copy from the primary
+          postgresql.create_replica_methods: not supported by pgbaton yet: replicas are created with pg_basebackup only (from the leader or a `clonefrom` member): another method (restoring a backup, say) would be replaced by a full copy from the primary
         basebackup: errors:
           postgresql.basebackup: not supported by pgbaton yet: pg_basebackup runs with pgbaton's own options; these (max-rate, waldir, checkpoint, ...) would not be applied
         recovery_conf: errors:
@@ -232,8 +232,7 @@ fn each_refused_key_is_an_error_naming_it() {
         channel_binding: ok
         sslnegotiation: errors:
           postgresql.authentication.replication.sslnegotiation: not supported by pgbaton yet: this TLS setting of pgbaton's PostgreSQL connections is not configurable, so it would not be applied
-        nostream: errors:
-          tags.nostream: not supported by pgbaton yet: pgbaton has no archive-only replicas (no restore_command): this member would try to stream from the leader, which keeps no slot for it
+        nostream: ok
         watchdog required: ok
         failsafe_mode: ok
         slots: errors:
@@ -247,7 +246,7 @@ fn each_refused_key_is_an_error_naming_it() {
         dynamic recovery_conf: errors:
           bootstrap.dcs.postgresql.recovery_conf: not supported by pgbaton yet: these recovery settings would not be applied: a delayed replica would not be delayed, an archive would not be read
         dynamic create_replica_methods: errors:
-          bootstrap.dcs.postgresql.create_replica_methods: not supported by pgbaton yet: replicas are created with pg_basebackup from the leader only: another method (restoring a backup, say) would be replaced by a full copy from the primary
+          bootstrap.dcs.postgresql.create_replica_methods: not supported by pgbaton yet: replicas are created with pg_basebackup only (from the leader or a `clonefrom` member): another method (restoring a backup, say) would be replaced by a full copy from the primary
     "#]]
     .assert_eq(&outcomes(&cases));
     // From the environment, the error names the variable.
@@ -401,8 +400,6 @@ bootstrap:
             postgresql.use_unix_socket_repl: accepted but not used by pgbaton: replicas stream over TCP
             postgresql.krbsrvname: accepted but not used by pgbaton: replication connections do not set a Kerberos service name
             postgresql.pg_rewind: accepted but not used by pgbaton: pg_rewind runs with its own options, as authentication.rewind
-            tags.clonefrom: published in the member key, but pgbaton replicas always clone from the leader
-            tags.replicatefrom: published in the member key, but this member streams from the leader (cascading replication is not supported yet)
             thread_pool_size: accepted but not used by pgbaton (a setting of Patroni's Python threads)
             thread_stack_size: accepted but not used by pgbaton (a setting of Patroni's Python threads)
             consul: accepted but not used by pgbaton: it keeps cluster state in etcd only

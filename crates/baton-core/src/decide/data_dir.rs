@@ -3,7 +3,7 @@
 //! released); one of another cluster (system identifier) is never used. The later rules may
 //! assume initialized data of this cluster.
 
-use crate::decision::{Action, Memory, Reason, StartRole, StopMode};
+use crate::decision::{Action, ActionKind, Memory, Reason, StopMode};
 use crate::pg::{ControlData, DataDir};
 use crate::view::ClusterView;
 
@@ -63,22 +63,31 @@ impl<'a> Ctx<'a> {
             );
         }
         if let Some(leader) = view.leader_name() {
-            return match upstream_of(view, leader) {
-                Some(upstream) => (
-                    vec![
-                        Action::Clone {
-                            upstream: upstream.clone(),
-                        },
-                        Action::StartPostgres {
-                            role: StartRole::Standby {
-                                upstream: Some(upstream),
+            // A running `clonefrom` replica close enough to the leader, or the leader; after a
+            // clone that failed, the leader (a `clonefrom` member that cannot serve a base
+            // backup must not keep this member empty).
+            let clone_failed = crate::last_failure(&self.obs.outcomes)
+                .is_some_and(|f| f.action == ActionKind::Clone);
+            let source =
+                crate::topology::clone_source(view, self.me(), self.cfg.maximum_lag_on_failover)
+                    .filter(|_| !clone_failed)
+                    .and_then(|name| upstream_of(view, name))
+                    .or_else(|| upstream_of(view, leader));
+            return match source {
+                Some(source) => {
+                    let leader_up = upstream_of(view, leader).unwrap_or_else(|| source.clone());
+                    (
+                        vec![
+                            Action::Clone {
+                                upstream: source.clone(),
                             },
+                            self.standby_start(view, &leader_up, true),
+                        ],
+                        Reason::Cloning {
+                            leader: source.name,
                         },
-                    ],
-                    Reason::Cloning {
-                        leader: leader.clone(),
-                    },
-                ),
+                    )
+                }
                 None => (
                     vec![],
                     Reason::WaitingForLeaderMember {

@@ -61,18 +61,13 @@ impl Ctx<'_> {
     }
 
     /// The replication slots the members need (`use_slots`), when they differ from the ones
-    /// we have: one per other member that may stream (not `nostream`).
+    /// we have: one per other member that streams from us (not `nostream`, not cascading
+    /// from another member: `topology::slots_kept_by`).
     fn ensure_slots(&self, view: &ClusterView, sql: &PgSql) -> Option<Action> {
         if !self.cfg.use_slots {
             return None;
         }
-        let mut slots: Vec<String> = view
-            .members
-            .iter()
-            .filter(|m| &m.name != self.me() && !m.tags.nostream)
-            .map(|m| m.name.slot_name())
-            .collect();
-        slots.sort();
+        let slots = crate::topology::slots_kept_by(view, self.me());
         // `sql.slots` lists only the slots pgbaton manages: another tool's slot is no
         // reason to act.
         let mut have = sql.slots.clone();

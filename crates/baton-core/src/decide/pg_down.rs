@@ -65,12 +65,12 @@ impl Ctx<'_> {
                 },
             );
         };
-        let start = Action::StartPostgres {
-            role: StartRole::Standby {
-                upstream: Some(upstream.clone()),
-            },
-        };
+        // A rejoining former primary is rewound from the leader and starts under it (or
+        // without an upstream, `nostream`); a standby starts streaming from its
+        // `replicatefrom` member when it can.
+        let start = self.standby_start(view, &upstream, false);
         if !cd.state.was_primary() && next.rewind_failed_against.as_ref() != Some(leader) {
+            let start = self.standby_start(view, &upstream, true);
             return (
                 vec![start],
                 Reason::StartingAsSecondary {

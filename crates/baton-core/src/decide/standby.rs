@@ -21,7 +21,7 @@ impl Ctx<'_> {
         leader: &MemberName,
         sql: &PgSql,
     ) -> (Vec<Action>, Reason) {
-        let Some(upstream) = upstream_of(view, leader) else {
+        let Some(leader_up) = upstream_of(view, leader) else {
             return (
                 vec![],
                 Reason::WaitingForLeaderMember {
@@ -29,18 +29,117 @@ impl Ctx<'_> {
                 },
             );
         };
-        if let Some(diverged) = self.diverged_standby(next, view, leader, sql, &upstream) {
+        if self.cfg.tags.nostream {
+            return self.follow_archive(next, view, leader, sql, &leader_up);
+        }
+        // The member we stream from: our `replicatefrom` member while it can serve us,
+        // otherwise the leader (`topology::stream_source`).
+        let upstream = self
+            .stream_upstream(view)
+            .unwrap_or_else(|| leader_up.clone());
+        if let Some(diverged) =
+            self.diverged_standby(next, view, leader, &upstream.name, sql, &leader_up)
+        {
             return diverged;
         }
         next.rewind_failed_against = None;
-        let reason = Reason::Following {
-            leader: leader.clone(),
+        let reason = if &upstream.name == leader {
+            Reason::Following {
+                leader: leader.clone(),
+            }
+        } else {
+            Reason::FollowingCascade {
+                leader: leader.clone(),
+                upstream: upstream.name.clone(),
+            }
         };
-        if next.following.as_ref() == Some(leader) {
-            return (vec![], reason);
+        let mut actions = vec![];
+        if next.following.as_ref() != Some(&upstream.name) {
+            next.following = Some(upstream.name.clone());
+            actions.push(Action::Follow { upstream });
         }
-        next.following = Some(leader.clone());
-        (vec![Action::Follow { upstream }], reason)
+        if let Some(slots) = self.cascade_slots(view, sql) {
+            actions.push(slots);
+        }
+        (actions, reason)
+    }
+
+    /// A `nostream` member replays WAL from the archive only (`restore_command`): no
+    /// `primary_conninfo`. One that streams anyway (the tag was just set) is restarted
+    /// without it.
+    fn follow_archive(
+        &self,
+        next: &mut Memory,
+        view: &ClusterView,
+        leader: &MemberName,
+        sql: &PgSql,
+        leader_up: &Upstream,
+    ) -> (Vec<Action>, Reason) {
+        next.following = None;
+        if let Some(diverged) = self.diverged_standby(next, view, leader, leader, sql, leader_up) {
+            return diverged;
+        }
+        next.rewind_failed_against = None;
+        let mut actions = vec![];
+        if sql.streaming {
+            actions.push(Action::RestartPostgres {
+                role: StartRole::Standby { upstream: None },
+            });
+        } else if let Some(slots) = self.cascade_slots(view, sql) {
+            actions.push(slots);
+        }
+        (
+            actions,
+            Reason::ArchiveRecovery {
+                leader: leader.clone(),
+            },
+        )
+    }
+
+    /// The start of PostgreSQL as a standby: without an upstream for a `nostream` member
+    /// (archive recovery only); otherwise streaming from [`Self::stream_upstream`] when
+    /// `cascade`, else from the leader (`leader_up`).
+    pub(super) fn standby_start(
+        &self,
+        view: &ClusterView,
+        leader_up: &Upstream,
+        cascade: bool,
+    ) -> Action {
+        let upstream = if self.cfg.tags.nostream {
+            None
+        } else if cascade {
+            Some(
+                self.stream_upstream(view)
+                    .unwrap_or_else(|| leader_up.clone()),
+            )
+        } else {
+            Some(leader_up.clone())
+        };
+        Action::StartPostgres {
+            role: StartRole::Standby { upstream },
+        }
+    }
+
+    /// Where this member streams from (`topology::stream_source`), when that member's key has
+    /// a `conn_url`; `None` without a leader to follow.
+    pub(super) fn stream_upstream(&self, view: &ClusterView) -> Option<Upstream> {
+        let leader = view.leader_name()?;
+        crate::topology::stream_source(view, self.me(), &self.cfg.tags)
+            .and_then(|name| upstream_of(view, name))
+            .or_else(|| upstream_of(view, leader))
+    }
+
+    /// A replica keeps a physical slot for each member whose `replicatefrom` names it and
+    /// that streams from it (`topology::slots_kept_by`), and drops the inactive slots pgbaton
+    /// manages that are no longer wanted (a former primary's member slots among them).
+    fn cascade_slots(&self, view: &ClusterView, sql: &PgSql) -> Option<Action> {
+        if !self.cfg.use_slots {
+            return None;
+        }
+        let slots = crate::topology::slots_kept_by(view, self.me());
+        let mut have = sql.slots.clone();
+        have.sort();
+        (slots != have).then_some(Action::EnsureSlots { slots })
     }
 
     /// A stopped former primary (or a standby whose rewind against this leader failed)
@@ -156,6 +255,7 @@ impl Ctx<'_> {
         next: &mut Memory,
         view: &ClusterView,
         leader: &MemberName,
+        streams_from: &MemberName,
         sql: &PgSql,
         upstream: &Upstream,
     ) -> Option<(Vec<Action>, Reason)> {
@@ -166,8 +266,9 @@ impl Ctx<'_> {
         // Only a standby that has not streamed for a while: right after a switchover, a
         // failover or a rewind, PostgreSQL reports the last checkpoint's timeline until its WAL
         // receiver runs again, which looks like divergence and is not.
-        // The clock starts when we point at this leader (a new leader, a re-pointed standby).
-        if next.following.as_ref() != Some(leader) {
+        // The clock starts when we point at this upstream (a new leader, a re-pointed
+        // standby, a cascade moved to or from its `replicatefrom` member).
+        if next.following.as_ref() != Some(streams_from) {
             next.not_streaming_since = Some(self.now);
             return None;
         }
@@ -186,11 +287,7 @@ impl Ctx<'_> {
             let stop = Action::StopPostgres {
                 mode: StopMode::Fast,
             };
-            let start = Action::StartPostgres {
-                role: StartRole::Standby {
-                    upstream: Some(upstream.clone()),
-                },
-            };
+            let start = self.standby_start(view, upstream, false);
             (
                 vec![
                     stop,

@@ -48,13 +48,16 @@
 //!     (history=N: timelines 1..=N ended at N·0/1000000: TL1 at 0/1000000, TL2 at 0/2000000;
 //!      creator=n1: the member whose promotion ended the last one)
 //! member: n1 role=primary xlog=0/3000000 conn=10.0.0.1:5432 tl=2 nostream nofailover priority=2
+//!     state=stopped streaming archive clonefrom replicatefrom=n3
+//!     (state: the member key's `state`, default running; streaming / archive:
+//!      `replication_state` `streaming` / `in archive recovery`; the tags words work on `config:` lines too, for this member's own tags)
 //! pg: data=initialized sysid=7001 state=in-archive-recovery tl=1 ckpt=0/2000000
 //! pg: running primary|replica|nosql tl=1 hist=2 flush=0/3000000 recv=.. replay=.. slots=n1,n3
 //!     (hist: the newest timeline history file in pg_wal)
 //! peer: n3 reachable|unreachable wal=0/2000000 tl=1 primary nofailover priority=2 watchdog_failed
 //! memory: following=n1 down_since=90 rewind_failed=n1 nostream_since=70 epoch=1 handed_over
 //!     was_leader sync_changed=0/3000100     (or `memory: previous`, see above)
-//! failure: rewind at=99              (the previous cycle's actions failed: rewind, start,
+//! failure: rewind at=99              (the previous cycle's actions failed: rewind, start, clone,
 //!                                      pre_promote: a promotion's pre_promote script)
 //! outcome: took_key lease=7|missed_key|released_key   (what they did with the leader key)
 //! running: clone|rewind|bootstrap|start|restart   (a long action the agent runs beside the loop)
@@ -142,6 +145,8 @@ fn tags(t: &Tokens<'_>) -> Tags {
         nofailover: t.has("nofailover").then_some(true),
         failover_priority: t.get("priority").map(|p| p.parse().expect("priority")),
         nostream: t.has("nostream"),
+        clonefrom: t.has("clonefrom"),
+        replicatefrom: t.get("replicatefrom").map(str::to_owned),
         ..Tags::default()
     }
 }
@@ -334,7 +339,14 @@ fn parse(fixture: &str, previous: Option<&Memory>) -> Fixture {
                 v.members.push(Member {
                     name: name(t.first()),
                     role: t.get("role").unwrap_or("replica").to_owned(),
-                    state: "running".into(),
+                    state: t.get("state").unwrap_or("running").to_owned(),
+                    replication_state: if t.has("streaming") {
+                        Some("streaming".to_owned())
+                    } else if t.has("archive") {
+                        Some("in archive recovery".to_owned())
+                    } else {
+                        None
+                    },
                     conn_url: t.get("conn").map(|c| format!("postgres://{c}/postgres")),
                     api_url: Some(format!("http://{}:8008/patroni", t.first())),
                     xlog_location: t.get("xlog").map(lsn),
@@ -515,6 +527,7 @@ fn parse(fixture: &str, previous: Option<&Memory>) -> Fixture {
                     "rewind" => ActionKind::Rewind,
                     "start" => ActionKind::StartPostgres,
                     "pre_promote" => ActionKind::PrePromote,
+                    "clone" => ActionKind::Clone,
                     other => panic!("unknown failure kind {other}"),
                 },
                 at: t.get("at").map_or(now, secs),
