@@ -22,6 +22,7 @@ mod local;
 mod log;
 mod model;
 mod params;
+mod replica;
 mod support;
 mod walk;
 mod yaml;
