@@ -1299,6 +1299,7 @@ fn effective_ha_merges_local_and_dynamic() {
                 custom: {},
             },
             can_bootstrap: false,
+            clone_without_leader: false,
             sync: SyncConfig {
                 mode: Off,
                 strict: false,

@@ -1340,6 +1340,11 @@ impl Postgres for LocalPostgres {
             .await
     }
 
+    async fn clone_without_leader(&self) -> Result<(), PgError> {
+        self.create_replica(None, &self.settings.replica_methods)
+            .await
+    }
+
     async fn rewind(&self, upstream: &Upstream) -> Result<(), PgError> {
         StopGate::of(self.data_dir()).wait_idle().await;
         self.refuse_if_running("rewind")?;

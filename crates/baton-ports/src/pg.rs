@@ -133,6 +133,17 @@ pub trait Postgres: Send + Sync + 'static {
         upstream: &Upstream,
     ) -> impl Future<Output = Result<(), PgError>> + Send;
 
+    /// Create the data directory with no member to copy from, by the configured replica
+    /// methods that work without one (`no_leader`: a restore from a backup). The default
+    /// refuses: an implementation without replica methods has none.
+    fn clone_without_leader(&self) -> impl Future<Output = Result<(), PgError>> + Send {
+        async {
+            Err(PgError::Other(
+                "no replica creation method works without a leader here".into(),
+            ))
+        }
+    }
+
     /// Crash recovery in single-user mode if the last shutdown was unclean, then
     /// `pg_rewind --source-server` against `upstream` (rewind user).
     fn rewind(&self, upstream: &Upstream) -> impl Future<Output = Result<(), PgError>> + Send;
