@@ -162,3 +162,126 @@ async fn replicas_are_created_by_the_configured_methods() -> anyhow::Result<()> 
     cluster.finish();
     Ok(())
 }
+
+/// Patroni's "bootstrap (without leader)": the cluster is initialized but has no leader (its
+/// only member stopped); a new member with an empty data directory and a `no_leader` method
+/// restores a backup by the script (which gets an empty `--connstring`), starts on it and,
+/// nobody else being there, takes the lead with the backup's data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_no_leader_method_restores_a_member_while_there_is_no_leader() -> anyhow::Result<()> {
+    let tools = tools_or_skip!("a_no_leader_method_restores_a_member_while_there_is_no_leader");
+    let mut spec = ClusterSpec::new(2);
+    spec.haproxy = None;
+    spec.start_agents = false;
+    let mut cluster = Cluster::start(&tools, spec).await?;
+    cluster.start_agent("node1")?;
+    wait_for("node1 leads", soon(), || async {
+        Ok(match cluster.leader().await? {
+            Some(l) if l == "node1" => Check::Done(()),
+            other => Check::not_yet(format!("leader: {other:?}")),
+        })
+    })
+    .await?;
+    wait_for("node1 accepts writes", soon(), || async {
+        Ok(
+            match cluster
+                .sql(
+                    "node1",
+                    "create table if not exists restored (v text); \
+                     insert into restored values ('before the backup')",
+                )
+                .await
+            {
+                Ok(_) => Check::Done(()),
+                Err(e) => Check::not_yet(format!("{e:#}")),
+            },
+        )
+    })
+    .await?;
+    // A base backup of node1, made by the agents' user (in a directory it owns): what the
+    // restore script copies.
+    let backup = cluster.node("node2").config.dir.join("backup");
+    let node1 = cluster.node("node1").config.clone();
+    let status = tools
+        .command_as_agent_user(&tools.pg_bin_dir.join("pg_basebackup"))
+        .arg(format!("--pgdata={}", backup.display()))
+        .args([
+            "--wal-method=stream",
+            "--checkpoint=fast",
+            "--label=pgbaton-restore",
+        ])
+        .arg(format!(
+            "--dbname=host=127.0.0.1 port={} user={} password={}",
+            node1.pg_port, node1.auth.replication.0, node1.auth.replication.1
+        ))
+        .status()?;
+    ensure!(status.success(), "pg_basebackup of node1: {status}");
+    cluster.stop_agent("node1").await;
+    wait_for("no leader", soon(), || async {
+        Ok(match cluster.leader().await? {
+            None => Check::Done(()),
+            Some(l) => Check::not_yet(format!("leader: {l}")),
+        })
+    })
+    .await?;
+
+    let args_file = cluster.node("node2").config.dir.join("restore.args");
+    let restore = script(
+        &cluster,
+        "restore.sh",
+        &format!(
+            "printf '%s\\n' \"$@\" > {args}\n\
+             for a in \"$@\"; do case $a in --datadir=*) datadir=${{a#--datadir=}} ;; esac; done\n\
+             cp -a {backup}/. \"$datadir\"/",
+            args = args_file.display(),
+            backup = backup.display()
+        ),
+    )?;
+    cluster.update_config(
+        "node2",
+        &json!({ "postgresql": {
+            "create_replica_methods": ["restore", "basebackup"],
+            "restore": { "command": restore.display().to_string(), "no_leader": true },
+        }}),
+    )?;
+    cluster.start_agent("node2")?;
+    wait_for("node2 leads", scaled(Duration::from_secs(180)), || async {
+        cluster.check_agents_alive()?;
+        Ok(match cluster.leader().await? {
+            Some(l) if l == "node2" => Check::Done(()),
+            other => Check::not_yet(format!("leader: {other:?}")),
+        })
+    })
+    .await?;
+    let recorded = std::fs::read_to_string(&args_file)?;
+    let node2 = &cluster.node("node2").config;
+    ensure!(
+        recorded.lines().collect::<Vec<_>>()
+            == [
+                "--no_leader=True".to_owned(),
+                format!("--scope={}", node2.scope),
+                "--role=replica".to_owned(),
+                format!("--datadir={}", node2.data_dir.display()),
+                "--connstring=".to_owned(),
+            ],
+        "recorded arguments: {recorded:?}"
+    );
+    ensure!(
+        backup_label(&node2.data_dir).as_deref() == Some("pgbaton-restore"),
+        "node2 does not run on the restored backup"
+    );
+    let rows = wait_for("node2 answers", soon(), || async {
+        Ok(match cluster.sql("node2", "select v from restored").await {
+            Ok(rows) => Check::Done(rows),
+            Err(e) => Check::not_yet(format!("{e:#}")),
+        })
+    })
+    .await?;
+    ensure!(
+        rows == vec![vec![Some("before the backup".to_owned())]],
+        "{rows:?}"
+    );
+    cluster.check_agents_alive()?;
+    cluster.finish();
+    Ok(())
+}
