@@ -735,9 +735,10 @@ pub(crate) static KEYS: &[Key] = &[
         Local,
         "`[basebackup]`",
         "How a replica is created: methods tried in order until one succeeds (`basebackup`, \
-         or a custom method with its section `postgresql.<method>`). Without a member to copy \
-         from only methods with `no_leader` are tried; pgbaton clones only while the cluster \
-         has a leader, so such a method runs only when a clone from the leader is due.",
+         or a custom method with its section `postgresql.<method>`); see \
+         [Replica creation methods](#replica-creation-methods). With a method that has \
+         `no_leader`, an empty member of an initialized cluster without a leader is created \
+         by the `no_leader` methods alone (Patroni's bootstrap without leader).",
         &[
             ("[basebackup]", Implemented),
             ("custom methods", Implemented),
