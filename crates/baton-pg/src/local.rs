@@ -1340,6 +1340,14 @@ impl Postgres for LocalPostgres {
             .await
     }
 
+    async fn create_replica(
+        &self,
+        source: Option<&Upstream>,
+        methods: &[baton_core::ReplicaMethod],
+    ) -> Result<(), PgError> {
+        LocalPostgres::create_replica(self, source, methods).await
+    }
+
     async fn clone_without_leader(&self) -> Result<(), PgError> {
         self.create_replica(None, &self.settings.replica_methods)
             .await

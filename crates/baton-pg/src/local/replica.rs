@@ -344,6 +344,24 @@ mod tests {
         assert!(dir.path().join("data/kept").exists(), "keep_data");
     }
 
+    /// The port's entry point is this implementation (not the basebackup-only default).
+    #[tokio::test]
+    async fn the_port_runs_the_custom_methods() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pg = LocalPostgres::new(super::super::tests::settings(dir.path()));
+        let marker = dir.path().join("ran");
+        let restore = script(
+            dir.path(),
+            "restore.sh",
+            &format!("touch {}", marker.display()),
+        );
+        let methods = [method("restore", &[&restore], true, false)];
+        crate::Postgres::create_replica(&pg, None, &methods)
+            .await
+            .expect("restored");
+        assert!(marker.exists());
+    }
+
     #[tokio::test]
     async fn when_every_method_fails_the_error_names_each() {
         let dir = tempfile::tempdir().expect("tempdir");
