@@ -82,6 +82,8 @@ pub fn adopt(running: &Config, file: Config) -> Reloaded {
         callbacks,
         pre_promote,
         before_stop,
+        create_replica_methods,
+        basebackup,
     } = postgresql;
     let old = &running.postgresql;
     restart(
@@ -114,6 +116,11 @@ pub fn adopt(running: &Config, file: Config) -> Reloaded {
         use_unix_socket != old.use_unix_socket,
         "postgresql.use_unix_socket",
     );
+    restart(
+        create_replica_methods != old.create_replica_methods,
+        "postgresql.create_replica_methods",
+    );
+    restart(basebackup != old.basebackup, "postgresql.basebackup");
 
     let mut take = |changed: bool, path: &'static str| {
         if changed {

@@ -281,9 +281,9 @@ fn ignore_slots(cx: &mut Cx, path: &str, v: &Value) -> Option<&'static str> {
     })
 }
 
-/// `create_replica_methods` (local or dynamic `postgresql`): only `[basebackup]` is
-/// implemented; the sections other methods name (`pgbackrest:`, `wal_e:`) are accepted
-/// unchecked with it.
+/// `create_replica_methods` in the dynamic configuration: only `[basebackup]`. A custom
+/// method runs a command, which pgbaton takes from the local file only (`crate::replica`);
+/// the sections other methods name (`pgbackrest:`, `wal_e:`) are accepted unchecked with it.
 pub(crate) fn replica_methods(cx: &mut Cx, o: &mut Obj<'_>) {
     let Some(methods) = o.opt(cx, "create_replica_methods", |cx, p, v| {
         cx.string_list(p, v)

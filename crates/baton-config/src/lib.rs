@@ -22,6 +22,7 @@ mod local;
 mod log;
 mod model;
 mod params;
+mod replica;
 mod support;
 mod walk;
 mod yaml;
@@ -179,6 +180,11 @@ pub fn effective_ha(config: &Config, dynamic: &DynamicConfig) -> HaConfig {
         pause: dynamic.pause,
         tags: config.tags.clone(),
         can_bootstrap: config.bootstrap.is_some() && !config.tags.is_nofailover(),
+        clone_without_leader: config
+            .postgresql
+            .create_replica_methods
+            .iter()
+            .any(baton_core::ReplicaMethod::works_without_source),
         sync: dynamic.sync,
         watchdog: config.watchdog.mode,
         failsafe_mode: dynamic.failsafe_mode,

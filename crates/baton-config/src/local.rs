@@ -790,6 +790,8 @@ fn postgresql(cx: &mut Cx, top: &mut Obj<'_>) -> Postgresql {
         callbacks: Default::default(),
         pre_promote: None,
         before_stop: None,
+        create_replica_methods: Vec::new(),
+        basebackup: Vec::new(),
     };
     let Some(mut o) = required(cx, top, "postgresql") else {
         return pg;
@@ -897,7 +899,10 @@ fn postgresql(cx: &mut Cx, top: &mut Obj<'_>) -> Postgresql {
     pg.callbacks = crate::hooks::callbacks(cx, &mut o);
     pg.pre_promote = o.opt(cx, "pre_promote", crate::hooks::script);
     pg.before_stop = o.opt(cx, "before_stop", crate::hooks::script);
-    dynamic::replica_methods(cx, &mut o);
+    pg.create_replica_methods = crate::replica::methods(cx, &mut o);
+    pg.basebackup = o
+        .opt(cx, "basebackup", crate::replica::basebackup)
+        .unwrap_or_default();
     o.flagged(cx);
     o.finish(cx);
     pg

@@ -359,6 +359,10 @@ pub struct Postgresql {
     pub pre_promote: Option<Script>,
     /// `postgresql.before_stop`: run before PostgreSQL is stopped; its result is ignored.
     pub before_stop: Option<Script>,
+    /// `create_replica_methods` with their sections, in order; empty: `pg_basebackup` only.
+    pub create_replica_methods: Vec<baton_core::ReplicaMethod>,
+    /// `postgresql.basebackup`, rendered as `pg_basebackup` options (`--max-rate=100M`).
+    pub basebackup: Vec<String>,
 }
 
 /// A PostgreSQL role pgbaton connects as.

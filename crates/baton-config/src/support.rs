@@ -135,7 +135,7 @@ const fn by_value(
 }
 
 use Scope::{Both, Dynamic, Local};
-use Support::{Implemented, Refused, Warned};
+use Support::{Implemented, LocalOnly, Refused, Warned};
 
 const UNUSED_PATRONI_THREADS: &str =
     "accepted but not used by pgbaton (a setting of Patroni's Python threads)";
@@ -161,10 +161,12 @@ const SET_LOCALLY: &str = "accepted but not used by pgbaton from the dynamic con
     it in the local file";
 const LOCAL_USE_SLOTS: &str = "ignored in the local configuration, as in Patroni: set it in the \
     dynamic configuration (bootstrap.dcs.postgresql.use_slots)";
-const REPLICA_METHODS: &str = "replicas are created with pg_basebackup only (from the leader or \
-    a `clonefrom` member): another method (restoring a backup, say) would be replaced by a full copy from the primary";
-const BASEBACKUP: &str = "pg_basebackup runs with pgbaton's own options; these (max-rate, \
-    waldir, checkpoint, ...) would not be applied";
+const REPLICA_METHODS_LOCAL: &str = "a custom replica method runs a command as the agent's user, \
+    taken from the local configuration file only (whoever can write the dynamic configuration \
+    could otherwise run code on every member); set create_replica_methods and the methods' \
+    sections in the local file";
+const BASEBACKUP_LOCAL: &str = "taken from the local configuration file only, with \
+    create_replica_methods; set it in the local file";
 const RECOVERY_CONF: &str = "these recovery settings would not be applied: a delayed replica \
     would not be delayed, an archive would not be read";
 const CUSTOM_CONF: &str = "pgbaton includes postgresql.base.conf from data_dir; the settings in \
@@ -732,16 +734,68 @@ pub(crate) static KEYS: &[Key] = &[
     ),
     by_value(
         "postgresql.create_replica_methods",
-        Both,
+        Local,
         "`[basebackup]`",
-        "How a replica is created. With another method, its section `postgresql.<method>` is \
-         not checked.",
+        "How a replica is created: methods tried in order until one succeeds (`basebackup`, \
+         or a custom method with its section `postgresql.<method>`); see \
+         [Replica creation methods](#replica-creation-methods). With a method that has \
+         `no_leader`, an empty member of an initialized cluster without a leader is created \
+         by the `no_leader` methods alone (Patroni's bootstrap without leader).",
         &[
             ("[basebackup]", Implemented),
-            ("any other", Refused(REPLICA_METHODS)),
+            ("custom methods", Implemented),
         ],
     ),
-    refused("postgresql.basebackup", Both, BASEBACKUP),
+    by_value(
+        "postgresql.create_replica_methods",
+        Dynamic,
+        "`[basebackup]`",
+        "How a replica is created; only `[basebackup]` here: custom methods are set in the \
+         local file.",
+        &[
+            ("[basebackup]", Implemented),
+            ("any other", LocalOnly(REPLICA_METHODS_LOCAL)),
+        ],
+    ),
+    local(
+        "postgresql.<method>.command",
+        "the method's name",
+        "The command of a custom replica method (split into words as Patroni splits it). It \
+         receives the section's other keys as `--key=value` (booleans as `True`/`False`, in \
+         key order), then `--scope`, `--role=replica`, `--datadir` and `--connstring` (the \
+         source's libpq connection string as the replication user, whose password is in the \
+         file `PGPASSFILE` names). Exit code 0: the replica is created and starts streaming \
+         from the leader; otherwise the next method is tried. Its output is logged. Killed \
+         (its process group) when the agent shuts down.",
+    ),
+    local(
+        "postgresql.<method>.no_leader",
+        "`false`",
+        "The method works without a member to copy from (a restore from a backup). \
+         Patroni's older name `no_master` is accepted.",
+    ),
+    local(
+        "postgresql.<method>.keep_data",
+        "`false`",
+        "The data directory is not emptied before the method runs.",
+    ),
+    local(
+        "postgresql.<method>.no_params",
+        "`false`",
+        "Pass only the section's own keys (without `no_params`, `no_leader`, `no_master`, \
+         `keep_data`), not `--scope`, `--role`, `--datadir`, `--connstring`.",
+    ),
+    local(
+        "postgresql.basebackup",
+        "none",
+        "Options for `pg_basebackup` (the `basebackup` method): a list of option names and \
+         single-pair mappings (`- checkpoint: fast` → `--checkpoint=fast`), or a mapping \
+         (rendered in key order). pgbaton passes `--pgdata`, `--wal-method=stream`, \
+         `--dbname` and, unless given here, `--checkpoint=fast`; `pgdata`, `format`, \
+         `wal-method`, `xlog-method`, `gzip`, `version`, `compress`, `dbname`, `host`, \
+         `port`, `username`, `password`, `target` and one-letter options are rejected.",
+    ),
+    local_only("postgresql.basebackup", BASEBACKUP_LOCAL),
     refused("postgresql.recovery_conf", Both, RECOVERY_CONF),
     refused("postgresql.custom_conf", Both, CUSTOM_CONF),
     refused("postgresql.pg_ident", Both, PG_IDENT),

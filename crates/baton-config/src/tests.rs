@@ -10,6 +10,7 @@ mod conn_tls;
 mod fuzz;
 mod hooks;
 mod local_only;
+mod replica;
 mod support;
 mod tls;
 
@@ -305,6 +306,8 @@ tags:
                 },
                 pre_promote: None,
                 before_stop: None,
+                create_replica_methods: [],
+                basebackup: [],
             },
             tags: Tags {
                 nofailover: None,
@@ -1295,6 +1298,7 @@ fn effective_ha_merges_local_and_dynamic() {
                 custom: {},
             },
             can_bootstrap: false,
+            clone_without_leader: false,
             sync: SyncConfig {
                 mode: Off,
                 strict: false,

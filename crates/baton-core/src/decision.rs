@@ -104,6 +104,9 @@ pub struct HaConfig {
     pub tags: Tags,
     /// This node may bootstrap a new cluster (it has a `bootstrap` section and is not nofailover).
     pub can_bootstrap: bool,
+    /// A configured replica method works without a leader (`no_leader`): an empty data
+    /// directory in an initialized cluster with no leader is created by it.
+    pub clone_without_leader: bool,
     pub sync: SyncConfig,
     /// `watchdog.mode` (local configuration).
     pub watchdog: WatchdogMode,
@@ -356,6 +359,9 @@ pub enum Action {
     Clone {
         upstream: Upstream,
     },
+    /// Create the data directory with no member to copy from: the configured replica methods
+    /// that work without one (`no_leader`, a restore from a backup). Long, like a clone.
+    CloneWithoutLeader,
     /// Crash recovery if unclean, then `pg_rewind` from `upstream`.
     Rewind {
         upstream: Upstream,
@@ -449,6 +455,7 @@ impl Action {
             Action::BootstrapCluster
                 | Action::RestartPostgres { .. }
                 | Action::Clone { .. }
+                | Action::CloneWithoutLeader
                 | Action::Rewind { .. }
                 | Action::StartPostgres {
                     role: StartRole::Standby { .. }
@@ -473,7 +480,7 @@ impl Action {
             Action::StopPostgres { .. } => ActionKind::StopPostgres,
             Action::Promote => ActionKind::Promote,
             Action::Follow { .. } => ActionKind::Follow,
-            Action::Clone { .. } => ActionKind::Clone,
+            Action::Clone { .. } | Action::CloneWithoutLeader => ActionKind::Clone,
             Action::Rewind { .. } => ActionKind::Rewind,
             Action::WipeDataDir => ActionKind::WipeDataDir,
             Action::HandOver => ActionKind::HandOver,
@@ -541,6 +548,9 @@ impl fmt::Display for Action {
             Action::Promote => write!(f, "promote postgres"),
             Action::Follow { upstream } => write!(f, "follow {upstream}"),
             Action::Clone { upstream } => write!(f, "clone from {upstream}"),
+            Action::CloneWithoutLeader => {
+                write!(f, "create a replica without a leader (no_leader methods)")
+            }
             Action::Rewind { upstream } => write!(f, "rewind from {upstream}"),
             Action::WipeDataDir => write!(f, "wipe data directory"),
             Action::HandOver => {
@@ -822,6 +832,9 @@ pub enum Reason {
     NotHealthiest(NotHealthiest),
     NotAllowedToPromote,
     NoLeaderWaiting,
+    /// No leader, an initialized cluster, an empty data directory and a replica method that
+    /// works without a leader (Patroni's "bootstrap (without leader)").
+    CloningWithoutLeader,
     WaitingForLeaderMember {
         leader: MemberName,
     },
@@ -1062,6 +1075,12 @@ impl fmt::Display for Reason {
                 "following a different leader because I am not allowed to promote"
             ),
             Reason::NoLeaderWaiting => write!(f, "no leader; waiting for one to appear"),
+            Reason::CloningWithoutLeader => {
+                write!(
+                    f,
+                    "bootstrap (without leader): creating replica by no_leader methods"
+                )
+            }
             Reason::WaitingForLeaderMember { leader } => {
                 write!(
                     f,

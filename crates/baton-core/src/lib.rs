@@ -15,6 +15,7 @@ mod diverge;
 pub mod fuzzing;
 mod outcome;
 mod pg;
+mod replica;
 mod restart;
 mod sync;
 mod time;
@@ -35,6 +36,7 @@ pub use decision::{
 pub use diverge::{Divergence, divergence, leader_timeline};
 pub use outcome::{ActionOutcome, FenceSignal, fence_signal, holds_leader_key, last_failure};
 pub use pg::{ClusterState, ControlData, DataDir, PgProcess, PgSql, PgState, ReplicationRow};
+pub use replica::{CustomMethod, ReplicaMethod, custom_method_args, methods_to_try};
 pub use restart::{
     RestartFilters, RestartMismatch, RestartRole, ScheduleState, ScheduledRestart,
     parse_postgres_version, restart_action, restart_matches, schedule_state,

@@ -102,6 +102,11 @@ pub struct PgSettings {
     pub use_slots: bool,
     /// initdb options (`bootstrap.initdb` in list form: `--encoding=UTF8`, `--data-checksums`).
     pub initdb_options: Vec<String>,
+    /// `postgresql.create_replica_methods` with their sections, in order; empty:
+    /// `pg_basebackup` only.
+    pub replica_methods: Vec<baton_core::ReplicaMethod>,
+    /// `postgresql.basebackup`, rendered (`--max-rate=100M`), after pgbaton's own options.
+    pub basebackup_options: Vec<String>,
     /// `pg_ctl` timeout for start/stop/promote (Patroni `pg_ctl_timeout`, default 60 s).
     pub pg_ctl_timeout: Duration,
     /// Timeout of each SQL observation round.

@@ -19,6 +19,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls, Row, Statement};
 use tracing::{debug, info, warn};
 
+mod replica;
+
 use crate::{
     PendingSetting, PgError, PgSettings, Postgres, RaisedSetting, Reconfigured, controldata,
     history, procs, render,
@@ -1359,60 +1361,21 @@ impl Postgres for LocalPostgres {
     }
 
     async fn clone_replica(&self, upstream: &Upstream) -> Result<(), PgError> {
-        self.refuse_if_running("clone")?;
-        let s = &self.settings;
-        let port = upstream.port.to_string();
-        let connect_timeout = CONNECT_TIMEOUT_SECS.to_string();
-        let mut pairs = vec![
-            ("host", upstream.host.as_str()),
-            ("port", &port),
-            ("user", &s.replication.username),
-            // Not the member's name: the clone's WAL stream must not be taken for the member's
-            // walreceiver (the leader would pick it as a synchronous standby mid-clone).
-            ("application_name", "pgbaton_basebackup"),
-            ("connect_timeout", &connect_timeout),
-        ];
-        pairs.extend(render::role_options(&s.replication));
-        let dsn = render::conninfo(&pairs);
-        let mut last_error = None;
-        for attempt in 1..=2 {
-            if attempt > 1 {
-                sleep(Duration::from_secs(2)).await;
-            }
-            self.wipe()?;
-            self.ensure_data_dir()?;
-            self.write_pgpass()?;
-            info!("cloning from {upstream} (attempt {attempt})");
-            let args: Vec<OsString> = vec![
-                self.data_dir_arg(),
-                "--wal-method=stream".into(),
-                "--checkpoint=fast".into(),
-                format!("--dbname={dsn}").into(),
-            ];
-            let opts = RunOpts {
-                env: vec![self.pgpass_env()],
-                c_locale: true,
-                timeout: None,
-                stall: Some(STALL_TIMEOUT),
-            };
-            match self.run("pg_basebackup", args, opts).await {
-                Ok(_) => {
-                    last_error = None;
-                    break;
-                }
-                Err(e) => {
-                    warn!("pg_basebackup from {upstream} failed: {e}");
-                    last_error = Some(e);
-                }
-            }
-        }
-        if let Some(e) = last_error {
-            return Err(e);
-        }
-        self.ensure_data_dir()?;
-        // Copied from the source: its startup log and its own postmaster state are not ours.
-        self.remove_file(&self.data_file("postmaster.log"))?;
-        Ok(())
+        self.create_replica(Some(upstream), &self.settings.replica_methods)
+            .await
+    }
+
+    async fn create_replica(
+        &self,
+        source: Option<&Upstream>,
+        methods: &[baton_core::ReplicaMethod],
+    ) -> Result<(), PgError> {
+        LocalPostgres::create_replica(self, source, methods).await
+    }
+
+    async fn clone_without_leader(&self) -> Result<(), PgError> {
+        self.create_replica(None, &self.settings.replica_methods)
+            .await
     }
 
     async fn rewind(&self, upstream: &Upstream) -> Result<(), PgError> {
@@ -2445,7 +2408,7 @@ mod tests {
         assert_eq!(newest_history_file(dir.path()), Some(Timeline(3)));
     }
 
-    fn settings(dir: &Path) -> PgSettings {
+    pub(super) fn settings(dir: &Path) -> PgSettings {
         PgSettings {
             name: "n1".into(),
             scope: "test".into(),
@@ -2467,6 +2430,8 @@ mod tests {
             pg_hba: Vec::new(),
             use_slots: true,
             initdb_options: Vec::new(),
+            replica_methods: Vec::new(),
+            basebackup_options: Vec::new(),
             pg_ctl_timeout: Duration::from_secs(10),
             sql_timeout: Duration::from_secs(5),
             run_as: None,

@@ -581,6 +581,8 @@ mod tests {
             pg_hba: Vec::new(),
             use_slots: true,
             initdb_options: Vec::new(),
+            replica_methods: Vec::new(),
+            basebackup_options: Vec::new(),
             pg_ctl_timeout: Duration::from_secs(60),
             sql_timeout: Duration::from_secs(5),
             run_as: None,

@@ -104,6 +104,8 @@ impl TestEnv {
             pg_hba: Vec::new(),
             use_slots: true,
             initdb_options: vec!["--encoding=UTF8".into(), "--locale=C".into()],
+            replica_methods: Vec::new(),
+            basebackup_options: Vec::new(),
             pg_ctl_timeout: Duration::from_secs(30),
             sql_timeout: Duration::from_secs(5),
             run_as: self.run_as,

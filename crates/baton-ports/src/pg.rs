@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
-use baton_core::{HistoryLine, PgState, StartRole, StopMode, Upstream};
+use baton_core::{HistoryLine, PgState, ReplicaMethod, StartRole, StopMode, Upstream};
 
 use crate::BoxError;
 
@@ -136,6 +136,41 @@ pub trait Postgres: Send + Sync + 'static {
         &self,
         upstream: &Upstream,
     ) -> impl Future<Output = Result<(), PgError>> + Send;
+
+    /// Create the data directory from `source` (none: no member to copy from) by `methods`
+    /// in order, falling back to the next on failure (`baton_core::methods_to_try`): the one
+    /// entry point for any caller with its own source and methods (a standby cluster's
+    /// leader copying from the remote primary, say). The default, for implementations
+    /// without custom methods, runs `basebackup` only, as [`Postgres::clone_replica`].
+    fn create_replica(
+        &self,
+        source: Option<&Upstream>,
+        methods: &[ReplicaMethod],
+    ) -> impl Future<Output = Result<(), PgError>> + Send {
+        let basebackup = baton_core::methods_to_try(methods, source.is_some())
+            .into_iter()
+            .any(|m| *m == ReplicaMethod::Basebackup);
+        let source = source.cloned();
+        async move {
+            match source {
+                Some(source) if basebackup => self.clone_replica(&source).await,
+                _ => Err(PgError::Other(
+                    "no replica creation method this implementation can run".into(),
+                )),
+            }
+        }
+    }
+
+    /// Create the data directory with no member to copy from, by the configured replica
+    /// methods that work without one (`no_leader`: a restore from a backup). The default
+    /// refuses: an implementation without replica methods has none.
+    fn clone_without_leader(&self) -> impl Future<Output = Result<(), PgError>> + Send {
+        async {
+            Err(PgError::Other(
+                "no replica creation method works without a leader here".into(),
+            ))
+        }
+    }
 
     /// Crash recovery in single-user mode if the last shutdown was unclean, then
     /// `pg_rewind --source-server` against `upstream` (rewind user).

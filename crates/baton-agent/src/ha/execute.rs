@@ -171,6 +171,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             Action::RaceInitialize => Ok(self.dcs.race_initialize().await?),
             Action::BootstrapCluster
             | Action::Clone { .. }
+            | Action::CloneWithoutLeader
             | Action::Rewind { .. }
             | Action::RestartPostgres { .. } => {
                 // Long actions run beside the loop (`execute` hands them to `start_long`);

@@ -164,7 +164,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         let kind = first.kind();
         let busy = match first {
             Action::BootstrapCluster => PgRunState::InitializingNewCluster,
-            Action::Clone { .. } => PgRunState::CreatingReplica,
+            Action::Clone { .. } | Action::CloneWithoutLeader => PgRunState::CreatingReplica,
             Action::Rewind { .. } => PgRunState::RunningPgRewind,
             Action::RestartPostgres { .. } => PgRunState::Restarting,
             _ => PgRunState::Starting,
@@ -214,6 +214,9 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                 Box::pin(
                     async move { pg.clone_replica(&upstream).await.map_err(|e| tag(e.into())) },
                 )
+            }
+            Action::CloneWithoutLeader => {
+                Box::pin(async move { pg.clone_without_leader().await.map_err(|e| tag(e.into())) })
             }
             Action::Rewind { upstream } => {
                 Box::pin(async move { pg.rewind(&upstream).await.map_err(|e| tag(e.into())) })

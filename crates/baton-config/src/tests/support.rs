@@ -88,14 +88,6 @@ fn each_refused_key_is_an_error_naming_it() {
             with_pg("  config_dir: /etc/postgresql/15/main\n"),
         ),
         (
-            "create_replica_methods",
-            with_pg(
-                "  create_replica_methods: [pgbackrest, basebackup]\n  pgbackrest:\n    \
-                 command: /bin/true\n",
-            ),
-        ),
-        ("basebackup", with_pg("  basebackup:\n    max-rate: 100M\n")),
-        (
             "recovery_conf",
             with_pg("  recovery_conf:\n    recovery_min_apply_delay: 1h\n"),
         ),
@@ -199,10 +191,6 @@ fn each_refused_key_is_an_error_naming_it() {
           bootstrap.method: not supported by pgbaton yet: pgbaton creates a new cluster with initdb only: with another method (restoring a backup, say) it would create an empty cluster instead
         config_dir: errors:
           postgresql.config_dir: not supported by pgbaton yet: pgbaton keeps postgresql.conf, postgresql.base.conf and pg_hba.conf in data_dir; the settings kept in this directory (ssl, shared_buffers, ...) would not be applied: move them to postgresql.parameters
-        create_replica_methods: errors:
-          postgresql.create_replica_methods: not supported by pgbaton yet: replicas are created with pg_basebackup only (from the leader or a `clonefrom` member): another method (restoring a backup, say) would be replaced by a full copy from the primary
-        basebackup: errors:
-          postgresql.basebackup: not supported by pgbaton yet: pg_basebackup runs with pgbaton's own options; these (max-rate, waldir, checkpoint, ...) would not be applied
         recovery_conf: errors:
           postgresql.recovery_conf: not supported by pgbaton yet: these recovery settings would not be applied: a delayed replica would not be delayed, an archive would not be read
         custom_conf: errors:
@@ -246,7 +234,7 @@ fn each_refused_key_is_an_error_naming_it() {
         dynamic recovery_conf: errors:
           bootstrap.dcs.postgresql.recovery_conf: not supported by pgbaton yet: these recovery settings would not be applied: a delayed replica would not be delayed, an archive would not be read
         dynamic create_replica_methods: errors:
-          bootstrap.dcs.postgresql.create_replica_methods: not supported by pgbaton yet: replicas are created with pg_basebackup only (from the leader or a `clonefrom` member): another method (restoring a backup, say) would be replaced by a full copy from the primary
+          bootstrap.dcs.postgresql.create_replica_methods: refused in the dynamic configuration: a custom replica method runs a command as the agent's user, taken from the local configuration file only (whoever can write the dynamic configuration could otherwise run code on every member); set create_replica_methods and the methods' sections in the local file
     "#]]
     .assert_eq(&outcomes(&cases));
     // From the environment, the error names the variable.
@@ -777,7 +765,9 @@ postgresql:
   listen: 127.0.0.1:5432
   connect_address: 127.0.0.1:5432
   data_dir: d
-  create_replica_methods: [basebackup]
+  create_replica_methods: [restore, basebackup]
+  restore: {command: /bin/true, no_leader: true, keep_data: false, no_params: false}
+  basebackup: [{max-rate: 100M}]
   callbacks: {}
   authentication:
     superuser: {username: a}

@@ -1,9 +1,10 @@
 //! Rule 3: the data directory. An empty one is bootstrapped (the first member to win the
-//! `initialize` key) or cloned from the leader; an unusable one is left alone (and the key
+//! `initialize` key) or cloned from the leader (without one, by a `no_leader` replica
+//! method when one is configured); an unusable one is left alone (and the key
 //! released); one of another cluster (system identifier) is never used. The later rules may
 //! assume initialized data of this cluster.
 
-use crate::decision::{Action, ActionKind, Memory, Reason, StopMode};
+use crate::decision::{Action, ActionKind, Memory, Reason, StartRole, StopMode};
 use crate::pg::{ControlData, DataDir};
 use crate::view::ClusterView;
 
@@ -108,6 +109,15 @@ impl<'a> Ctx<'a> {
                 Reason::RacingForInitialize,
             ),
             Some("") => (vec![], Reason::WaitingForLeaderToBootstrap),
+            Some(_) if self.cfg.clone_without_leader => (
+                vec![
+                    Action::CloneWithoutLeader,
+                    Action::StartPostgres {
+                        role: StartRole::Standby { upstream: None },
+                    },
+                ],
+                Reason::CloningWithoutLeader,
+            ),
             Some(_) => (vec![], Reason::NoLeaderWaiting),
         }
     }

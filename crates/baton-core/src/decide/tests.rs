@@ -37,8 +37,9 @@
 //!
 //! Fixture lines (`key: tokens`, tokens are `k=v` or bare words):
 //! ```text
-//! config: me=n2 ttl=10 loop_wait=2 lag=1048576 start_timeout=300 rewind=on slots=on wipe=off pause=off bootstrap=on nofailover=off priority=1
-//!     (each `config:` line changes only what it names; blocker=standby_cluster: a dynamic
+//! config: me=n2 ttl=10 loop_wait=2 lag=1048576 start_timeout=300 rewind=on slots=on wipe=off pause=off bootstrap=on nofailover=off priority=1 no_leader=off
+//!     (each `config:` line changes only what it names; no_leader=on: a replica method works
+//!      without a leader; blocker=standby_cluster: a dynamic
 //!      configuration key pgbaton must not ignore)
 //! now: 100
 //! lease: id=7 deadline=105            (or `lease: none`)
@@ -175,6 +176,7 @@ fn parse(fixture: &str, previous: Option<&Memory>) -> Fixture {
         pause: false,
         tags: Tags::default(),
         can_bootstrap: true,
+        clone_without_leader: false,
         sync: SyncConfig::default(),
         watchdog: WatchdogMode::Off,
         failsafe_mode: false,
@@ -215,6 +217,7 @@ fn parse(fixture: &str, previous: Option<&Memory>) -> Fixture {
                     t.on("wipe", config.remove_data_directory_on_rewind_failure);
                 config.pause = t.on("pause", config.pause);
                 config.can_bootstrap = t.on("bootstrap", config.can_bootstrap);
+                config.clone_without_leader = t.on("no_leader", config.clone_without_leader);
                 match t.get("sync") {
                     Some("on") => config.sync.mode = SyncMode::Priority,
                     Some("quorum") => config.sync.mode = SyncMode::Quorum,
