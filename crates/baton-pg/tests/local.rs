@@ -148,6 +148,7 @@ fn upstream(member: &LocalPostgres) -> Upstream {
         name: MemberName::new(s.name.clone()).expect("non-empty name"),
         host: "127.0.0.1".into(),
         port: s.port,
+        remote: None,
     }
 }
 
@@ -619,6 +620,7 @@ async fn standby_without_use_slots_streams_without_a_slot_name() {
         name: MemberName::new("gone").expect("name"),
         host: "127.0.0.1".into(),
         port: free_port(),
+        remote: None,
     };
     let standby = StartRole::Standby {
         upstream: Some(nowhere.clone()),
@@ -899,6 +901,7 @@ async fn a_standby_keeps_the_primarys_minimums() {
             name: MemberName::new("gone").expect("name"),
             host: "127.0.0.1".into(),
             port: free_port(),
+            remote: None,
         }),
     };
     pg.start(&standby).await.expect("start standby");

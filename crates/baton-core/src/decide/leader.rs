@@ -62,7 +62,7 @@ impl Ctx<'_> {
 
     /// The replication slots the members need (`use_slots`), when they differ from the ones
     /// we have: one per other member that may stream (not `nostream`).
-    fn ensure_slots(&self, view: &ClusterView, sql: &PgSql) -> Option<Action> {
+    pub(super) fn ensure_slots(&self, view: &ClusterView, sql: &PgSql) -> Option<Action> {
         if !self.cfg.use_slots {
             return None;
         }
