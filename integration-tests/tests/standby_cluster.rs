@@ -1,0 +1,209 @@
+//! Standby clusters (issue 13.1) on real etcd, PostgreSQL and agents: two clusters, each with
+//! its own etcd. The standby cluster is bootstrapped from the primary cluster's leader; its
+//! leader key holder runs as `standby_leader` (`/standby-leader` 200, `/primary` 503), its
+//! replicas cascade from it, rows written on the primary cluster arrive on every member; the
+//! standby leader's host is killed, another member becomes the standby leader, and a new row
+//! still arrives.
+//!
+//! Skips (printing a `SKIP` line) when a program it needs is missing, unless
+//! `PGBATON_REQUIRE_INTEGRATION=1`. See docs/testing.md.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use baton_integration_tests::{Check, Cluster, ClusterSpec, Tools, scaled, wait_for};
+use serde_json::{Value, json};
+
+macro_rules! tools_or_skip {
+    ($test:expr) => {
+        match Tools::for_test($test)? {
+            Some(tools) => tools,
+            None => return Ok(()),
+        }
+    };
+}
+
+/// The standby cluster's view: its leader is a standby leader, streaming, and the others
+/// stream from it.
+async fn standby_cluster_healthy(
+    standby: &Cluster,
+    members: &[String],
+) -> anyhow::Result<Check<String>> {
+    standby.check_agents_alive()?;
+    let leader = match standby.leader().await {
+        Ok(Some(l)) if members.contains(&l) => l,
+        Ok(other) => return Ok(Check::not_yet(format!("leader key = {other:?}"))),
+        Err(e) => return Ok(Check::not_yet(format!("etcd: {e:#}"))),
+    };
+    for name in members {
+        let status = match standby.node(name).patroni().await {
+            Ok(s) => s,
+            Err(e) => return Ok(Check::not_yet(format!("{name}: {e:#}"))),
+        };
+        let role = status.get("role").and_then(Value::as_str).unwrap_or("?");
+        let state = status.get("state").and_then(Value::as_str).unwrap_or("?");
+        let want = if *name == leader {
+            "standby_leader"
+        } else {
+            "replica"
+        };
+        if role != want || state != "running" {
+            return Ok(Check::not_yet(format!(
+                "{name}: /patroni role {role:?} state {state:?}, want {want:?} running"
+            )));
+        }
+        match standby.node(name).pg().in_recovery().await {
+            Ok(true) => {}
+            Ok(false) => anyhow::bail!("{name} of the standby cluster runs as a primary"),
+            Err(e) => return Ok(Check::not_yet(format!("{name}: {e:#}"))),
+        }
+    }
+    let streaming: Vec<String> = match standby
+        .sql(
+            &leader,
+            "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'",
+        )
+        .await
+    {
+        Ok(rows) => rows
+            .into_iter()
+            .filter_map(|r| r.into_iter().next().flatten())
+            .collect(),
+        Err(e) => return Ok(Check::not_yet(format!("{leader}: {e:#}"))),
+    };
+    if let Some(missing) = members
+        .iter()
+        .find(|m| **m != leader && !streaming.contains(m))
+    {
+        return Ok(Check::not_yet(format!(
+            "{missing} does not stream from the standby leader {leader} ({streaming:?})"
+        )));
+    }
+    Ok(Check::Done(leader))
+}
+
+/// Wait until row `n` of `probe` is on every member in `members`.
+async fn wait_row(standby: &Cluster, members: &[String], n: i32) -> anyhow::Result<()> {
+    wait_for(
+        &format!("row {n} on {members:?}"),
+        scaled(Duration::from_secs(60)),
+        || async {
+            for name in members {
+                let rows = match standby
+                    .sql(
+                        name,
+                        &format!("SELECT count(*)::text FROM probe WHERE n = {n}"),
+                    )
+                    .await
+                {
+                    Ok(rows) => rows,
+                    Err(e) => return Ok(Check::not_yet(format!("{name}: {e:#}"))),
+                };
+                if rows.first().and_then(|r| r.first()).cloned().flatten() != Some("1".into()) {
+                    return Ok(Check::not_yet(format!("{name}: row {n} not replayed yet")));
+                }
+            }
+            Ok(Check::Done(()))
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_cluster_streams_from_the_primary_cluster_and_survives_its_leaders_death()
+-> anyhow::Result<()> {
+    let test = "a_standby_cluster_streams_from_the_primary_cluster_and_survives_its_leaders_death";
+    let tools = tools_or_skip!(test);
+
+    // The primary cluster: two members, its own etcd.
+    let mut spec = ClusterSpec::new(2);
+    spec.haproxy = None;
+    let primary = Cluster::start(&tools, spec).await?;
+    let healthy = primary
+        .wait_healthy(scaled(Duration::from_secs(180)))
+        .await?;
+    let source = primary.node(&healthy.leader);
+    let (host, port) = (source.address(), source.config.pg_port);
+    primary
+        .sql(
+            &healthy.leader,
+            "CREATE TABLE probe (n int primary key); INSERT INTO probe VALUES (1)",
+        )
+        .await?;
+
+    // The standby cluster: three members, another etcd, bootstrapped from the leader above.
+    let mut spec = ClusterSpec::new(3);
+    spec.scope = "robin".to_owned();
+    spec.haproxy = None;
+    spec.extra_config = json!({
+        "bootstrap": { "dcs": { "standby_cluster": { "host": host, "port": port } } }
+    });
+    let mut standby = Cluster::start(&tools, spec).await?;
+    let all = standby.names();
+    let leader = wait_for(
+        "a healthy standby cluster",
+        scaled(Duration::from_secs(240)),
+        || standby_cluster_healthy(&standby, &all),
+    )
+    .await?;
+    wait_row(&standby, &all, 1).await?;
+
+    // The standby leader's health endpoints; `list` names it.
+    let node = standby.node(&leader);
+    for (path, want) in [
+        ("/standby-leader", 200),
+        ("/standby_leader", 200),
+        ("/leader", 200),
+        ("/primary", 503),
+        ("/replica", 503),
+        ("/read-only", 200),
+    ] {
+        let code = node.http_status(path).await?;
+        anyhow::ensure!(
+            code == want,
+            "{leader}: GET {path} answered {code}, want {want}"
+        );
+    }
+    let list = standby.list_json(&leader).await?;
+    let role = list
+        .iter()
+        .find(|m| m.get("Member").and_then(Value::as_str) == Some(leader.as_str()))
+        .and_then(|m| m.get("Role"))
+        .cloned();
+    anyhow::ensure!(
+        role == Some(json!("Standby Leader")),
+        "pgbaton list: {list:?}"
+    );
+
+    // Rows written on the primary cluster arrive on every member of the standby cluster.
+    primary
+        .sql(&healthy.leader, "INSERT INTO probe VALUES (2)")
+        .await?;
+    wait_row(&standby, &all, 2).await?;
+
+    // The standby leader's host dies: another member takes the key, stays a standby, and
+    // keeps replicating from the primary cluster.
+    standby.kill_host(&leader)?;
+    let survivors: Vec<String> = all.iter().filter(|n| **n != leader).cloned().collect();
+    let new_leader = wait_for(
+        "a new standby leader",
+        scaled(Duration::from_secs(120)),
+        || standby_cluster_healthy(&standby, &survivors),
+    )
+    .await
+    .context("after the standby leader's host was killed")?;
+    anyhow::ensure!(new_leader != leader, "the dead member still leads");
+    primary
+        .sql(&healthy.leader, "INSERT INTO probe VALUES (3)")
+        .await?;
+    wait_row(&standby, &survivors, 3).await?;
+    // Nobody in the primary cluster changed role.
+    anyhow::ensure!(
+        primary.leader().await? == Some(healthy.leader.clone()),
+        "the primary cluster's leader changed"
+    );
+
+    standby.finish();
+    primary.finish();
+    Ok(())
+}
