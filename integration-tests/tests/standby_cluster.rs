@@ -3,7 +3,9 @@
 //! leader key holder runs as `standby_leader` (`/standby-leader` 200, `/primary` 503), its
 //! replicas cascade from it, rows written on the primary cluster arrive on every member; the
 //! standby leader's host is killed, another member becomes the standby leader, and a new row
-//! still arrives.
+//! still arrives. `promote-cluster` on the primary cluster and `demote-cluster` without a host
+//! are refused with patronictl's messages and change nothing; `promote-cluster` on the
+//! standby cluster makes it writable.
 //!
 //! Skips (printing a `SKIP` line) when a program it needs is missing, unless
 //! `PGBATON_REQUIRE_INTEGRATION=1`. See docs/testing.md.
@@ -202,6 +204,79 @@ async fn a_standby_cluster_streams_from_the_primary_cluster_and_survives_its_lea
         primary.leader().await? == Some(healthy.leader.clone()),
         "the primary cluster's leader changed"
     );
+
+    // Bad input is refused with patronictl's messages and changes nothing: promote-cluster
+    // on a primary cluster, demote-cluster without a remote host.
+    let config_a = primary
+        .node(&healthy.leader)
+        .config_path
+        .to_string_lossy()
+        .into_owned();
+    for (args, message) in [
+        (
+            vec!["promote-cluster", "--force"],
+            "Cluster is already in the required state",
+        ),
+        (
+            vec!["demote-cluster", "--force"],
+            "At least --host, --port or --restore-command should be specified",
+        ),
+    ] {
+        let mut cli = vec!["-c", config_a.as_str()];
+        cli.extend(&args);
+        let out = primary.pgbaton_cli(&cli).await?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        anyhow::ensure!(
+            !out.status.success() && stderr.contains(message),
+            "pgbaton {args:?}: {} {stderr}",
+            out.status
+        );
+    }
+    let stored = primary.etcd().get(&primary.key("config")).await?;
+    anyhow::ensure!(
+        stored
+            .as_ref()
+            .is_some_and(|kv| !kv.value.contains("standby_cluster")),
+        "/config changed: {stored:?}"
+    );
+    anyhow::ensure!(
+        !primary.node(&healthy.leader).pg().in_recovery().await?,
+        "the primary cluster's leader is no longer a primary"
+    );
+
+    // promote-cluster on the standby cluster: its standby leader promotes and takes writes.
+    let config_b = standby
+        .node(&new_leader)
+        .config_path
+        .to_string_lossy()
+        .into_owned();
+    let out = standby
+        .pgbaton_cli(&["-c", &config_b, "promote-cluster", "--force"])
+        .await?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        out.status.success() && stdout.contains("Cluster robin successfully promoted"),
+        "promote-cluster: {} {stdout} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        "the promoted standby cluster to take writes",
+        scaled(Duration::from_secs(60)),
+        || async {
+            Ok(
+                match standby
+                    .sql(&new_leader, "INSERT INTO probe VALUES (4)")
+                    .await
+                {
+                    Ok(_) => Check::Done(()),
+                    Err(e) => Check::not_yet(format!("{new_leader}: {e:#}")),
+                },
+            )
+        },
+    )
+    .await?;
+    wait_row(&standby, &survivors, 4).await?;
 
     standby.finish();
     primary.finish();

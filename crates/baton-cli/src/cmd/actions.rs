@@ -124,6 +124,112 @@ pub(crate) async fn run(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `demote-cluster`'s `standby_cluster` section (patronictl's checks and message; pgbaton
+/// also needs the host, and takes `restore_command` only from the local files).
+pub(crate) fn standby_config(
+    host: Option<String>,
+    port: Option<u16>,
+    restore_command: Option<String>,
+    primary_slot_name: Option<String>,
+) -> anyhow::Result<serde_json::Value> {
+    if host.is_none() && port.is_none() && restore_command.is_none() {
+        anyhow::bail!("At least --host, --port or --restore-command should be specified");
+    }
+    if restore_command.is_some() {
+        anyhow::bail!(
+            "--restore-command: pgbaton takes restore_command only from each member's local \
+             postgresql.parameters (it runs a command as the postgres OS user), never from the \
+             dynamic configuration"
+        );
+    }
+    let Some(host) = host else {
+        anyhow::bail!(
+            "--host is required: pgbaton streams the standby leader from the remote host \
+             (archive-only standby clusters are not supported)"
+        );
+    };
+    let mut config = serde_json::json!({ "host": host });
+    if let Some(port) = port {
+        config["port"] = port.into();
+    }
+    if let Some(slot) = primary_slot_name {
+        config["primary_slot_name"] = slot.into();
+    }
+    Ok(config)
+}
+
+/// `demote-cluster` (`standby`: the `standby_cluster` section) and `promote-cluster`
+/// (`None`), as patronictl's `change_cluster_role`: refused without a leader or when the
+/// leader already has the wanted role; otherwise `PATCH /config` on the leader, then wait
+/// until the leader's member key shows the new role.
+pub(crate) async fn change_cluster_role(
+    ctx: &Ctx,
+    standby: Option<serde_json::Value>,
+    force: bool,
+) -> anyhow::Result<()> {
+    let demote = standby.is_some();
+    let (noun, verb, done, target_role) = if demote {
+        ("demotion", "demote", "demoted", "standby_leader")
+    } else {
+        ("promotion", "promote", "promoted", "primary")
+    };
+    let view = ctx.read().await?;
+    let Some(leader) = view.leader_member() else {
+        anyhow::bail!("Cluster has no leader, {noun} is not possible");
+    };
+    if leader.role == target_role {
+        anyhow::bail!("Cluster is already in the required state");
+    }
+    let leader_name = leader.name.to_string();
+    println!("Current cluster topology");
+    println!(
+        "{}",
+        baton_cli::table::render_list(&ctx.cluster, &view).trim_end()
+    );
+    confirm(
+        force,
+        &format!("Are you sure you want to {verb} {} cluster?", ctx.cluster),
+    )?;
+    let target = api_base(&view, Some(&leader_name))?;
+    let body = serde_json::json!({ "standby_cluster": standby });
+    let reply = http::request(
+        &ctx.config,
+        reqwest::Method::PATCH,
+        &format!("{target}/config"),
+        Some(&body),
+        &[],
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("Failed to {verb} cluster: {e:#}"))?;
+    if !reply.ok() {
+        anyhow::bail!(
+            "Failed to {verb} {} cluster: /config PATCH status code={}, ({})",
+            ctx.cluster,
+            reply.status,
+            reply.body
+        );
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let view = ctx.read().await?;
+        if view.leader_member().is_some_and(|l| l.role == target_role) {
+            println!(
+                "{} - Cluster {} successfully {done}",
+                super::timestamp(),
+                ctx.cluster
+            );
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "the /config change was stored, but the leader did not report the role \
+                 {target_role} within 120 s"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// `PATCH /config {"pause": true|null}` on the leader (or any member with an API).
 async fn set_pause(
     ctx: &Ctx,
