@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use baton_integration_tests::{Check, Cluster, ClusterSpec, Tools, scaled, wait_for};
+use baton_integration_tests::{Check, Cluster, ClusterSpec, Healthy, Tools, scaled, wait_for};
 use serde_json::{Value, json};
 
 macro_rules! tools_or_skip {
@@ -111,16 +111,14 @@ async fn wait_row(standby: &Cluster, members: &[String], n: i32) -> anyhow::Resu
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_standby_cluster_streams_from_the_primary_cluster_and_survives_its_leaders_death()
--> anyhow::Result<()> {
-    let test = "a_standby_cluster_streams_from_the_primary_cluster_and_survives_its_leaders_death";
-    let tools = tools_or_skip!(test);
-
+/// A primary cluster of two (row 1 in `probe`) and a standby cluster of three replicating
+/// from its leader, each with its own etcd; healthy, row 1 everywhere. Returns the primary
+/// cluster, its healthy topology, the standby cluster and its standby leader.
+async fn start_pair(tools: &Tools) -> anyhow::Result<(Cluster, Healthy, Cluster, String)> {
     // The primary cluster: two members, its own etcd.
     let mut spec = ClusterSpec::new(2);
     spec.haproxy = None;
-    let primary = Cluster::start(&tools, spec).await?;
+    let primary = Cluster::start(tools, spec).await?;
     let healthy = primary
         .wait_healthy(scaled(Duration::from_secs(180)))
         .await?;
@@ -140,7 +138,7 @@ async fn a_standby_cluster_streams_from_the_primary_cluster_and_survives_its_lea
     spec.extra_config = json!({
         "bootstrap": { "dcs": { "standby_cluster": { "host": host, "port": port } } }
     });
-    let mut standby = Cluster::start(&tools, spec).await?;
+    let standby = Cluster::start(tools, spec).await?;
     let all = standby.names();
     let leader = wait_for(
         "a healthy standby cluster",
@@ -150,6 +148,17 @@ async fn a_standby_cluster_streams_from_the_primary_cluster_and_survives_its_lea
     .await?;
     wait_row(&standby, &all, 1).await?;
 
+    Ok((primary, healthy, standby, leader))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_cluster_streams_from_the_primary_cluster_and_survives_its_leaders_death()
+-> anyhow::Result<()> {
+    let test = "a_standby_cluster_streams_from_the_primary_cluster_and_survives_its_leaders_death";
+    let tools = tools_or_skip!(test);
+
+    let (primary, healthy, mut standby, leader) = start_pair(&tools).await?;
+    let all = standby.names();
     // The standby leader's health endpoints; `list` names it.
     let node = standby.node(&leader);
     for (path, want) in [
@@ -277,6 +286,77 @@ async fn a_standby_cluster_streams_from_the_primary_cluster_and_survives_its_lea
     )
     .await?;
     wait_row(&standby, &survivors, 4).await?;
+
+    standby.finish();
+    primary.finish();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn region_switchover_moves_the_primary_to_the_standby_cluster_without_losing_a_commit()
+-> anyhow::Result<()> {
+    let test = "region_switchover_moves_the_primary_to_the_standby_cluster_without_losing_a_commit";
+    let tools = tools_or_skip!(test);
+    let (primary, healthy, standby, standby_leader) = start_pair(&tools).await?;
+    let all_b = standby.names();
+    // Commits acknowledged on the primary cluster right before the switch.
+    for n in 2..=50 {
+        primary
+            .sql(&healthy.leader, &format!("INSERT INTO probe VALUES ({n})"))
+            .await?;
+    }
+    let config_a = primary
+        .node(&healthy.leader)
+        .config_path
+        .to_string_lossy()
+        .into_owned();
+    let config_b = standby
+        .node(&standby_leader)
+        .config_path
+        .to_string_lossy()
+        .into_owned();
+    let out = primary
+        .pgbaton_cli(&[
+            "-c",
+            &config_a,
+            "region-switchover",
+            "--standby-config",
+            &config_b,
+            "--force",
+        ])
+        .await?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        out.status.success() && stdout.contains("Cluster robin successfully promoted"),
+        "region-switchover: {} {stdout} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The former standby leader is now a writable primary with every acknowledged commit.
+    anyhow::ensure!(
+        !standby.node(&standby_leader).pg().in_recovery().await?,
+        "{standby_leader} is still in recovery"
+    );
+    let rows = standby
+        .sql(&standby_leader, "SELECT count(*)::text FROM probe")
+        .await?;
+    anyhow::ensure!(
+        rows.first().and_then(|r| r.first()).cloned().flatten() == Some("50".into()),
+        "rows on the new primary: {rows:?}"
+    );
+    standby
+        .sql(&standby_leader, "INSERT INTO probe VALUES (51)")
+        .await?;
+    wait_row(&standby, &all_b, 51).await?;
+    // The old primary cluster is a standby cluster of the new one and replicates from it.
+    let all_a = primary.names();
+    wait_for(
+        "the old primary cluster to stream as a standby cluster",
+        scaled(Duration::from_secs(120)),
+        || standby_cluster_healthy(&primary, &all_a),
+    )
+    .await?;
+    wait_row(&primary, &all_a, 51).await?;
 
     standby.finish();
     primary.finish();

@@ -323,6 +323,16 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// A planned region switch: demote this (primary) cluster to a standby cluster of the
+    /// standby cluster of --standby-config, wait until that cluster's standby leader replayed
+    /// this cluster's last WAL, then promote it. No acknowledged commit is lost.
+    RegionSwitchover {
+        /// The configuration file of a member of the standby cluster (its etcd and scope).
+        #[arg(long)]
+        standby_config: PathBuf,
+        #[arg(long)]
+        force: bool,
+    },
     /// Make a standby cluster run standalone (PATCH /config {"standby_cluster": null}): its
     /// standby leader is promoted.
     PromoteCluster {

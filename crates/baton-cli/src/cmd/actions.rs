@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use anyhow::Context;
+
 use baton_cli::cli::Command;
 
 use super::{Ctx, api_base, confirm, http};
@@ -190,7 +192,25 @@ pub(crate) async fn change_cluster_role(
         force,
         &format!("Are you sure you want to {verb} {} cluster?", ctx.cluster),
     )?;
-    let target = api_base(&view, Some(&leader_name))?;
+    patch_standby_cluster(ctx, &view, &leader_name, standby, verb).await?;
+    wait_leader_role(ctx, target_role, Duration::from_secs(120)).await?;
+    println!(
+        "{} - Cluster {} successfully {done}",
+        super::timestamp(),
+        ctx.cluster
+    );
+    Ok(())
+}
+
+/// `PATCH /config {"standby_cluster": ...}` through `leader`.
+async fn patch_standby_cluster(
+    ctx: &Ctx,
+    view: &baton_core::ClusterView,
+    leader: &str,
+    standby: Option<serde_json::Value>,
+    verb: &str,
+) -> anyhow::Result<()> {
+    let target = api_base(view, Some(leader))?;
     let body = serde_json::json!({ "standby_cluster": standby });
     let reply = http::request(
         &ctx.config,
@@ -209,25 +229,132 @@ pub(crate) async fn change_cluster_role(
             reply.body
         );
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    Ok(())
+}
+
+/// Wait until the leader's member key shows `role`; returns the leader's member record.
+async fn wait_leader_role(
+    ctx: &Ctx,
+    role: &str,
+    timeout: Duration,
+) -> anyhow::Result<baton_core::Member> {
+    let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let view = ctx.read().await?;
-        if view.leader_member().is_some_and(|l| l.role == target_role) {
-            println!(
-                "{} - Cluster {} successfully {done}",
-                super::timestamp(),
-                ctx.cluster
-            );
-            return Ok(());
+        if let Some(leader) = view.leader_member().filter(|l| l.role == role) {
+            return Ok(leader.clone());
         }
         if tokio::time::Instant::now() > deadline {
             anyhow::bail!(
-                "the /config change was stored, but the leader did not report the role \
-                 {target_role} within 120 s"
+                "the /config change of cluster {} was stored, but its leader did not report the \
+                 role {role} within {} s",
+                ctx.cluster,
+                timeout.as_secs()
             );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// `region-switchover`: a planned switch of the primary role from the primary cluster `a`
+/// to its standby cluster `b`, losing no acknowledged commit. Demote `a` to a standby
+/// cluster of `b`'s standby leader (its primary stops cleanly: the shutdown checkpoint reaches
+/// the streaming standbys before it exits), wait until `b`'s standby leader has replayed
+/// everything `a`'s leader has (its end of WAL after the restart as a standby), then promote
+/// `b`. If `b` does not catch up, nothing is promoted and both clusters stay read-only.
+pub(crate) async fn region_switchover(a: &Ctx, b: &Ctx, force: bool) -> anyhow::Result<()> {
+    let view_a = a.read().await?;
+    let view_b = b.read().await?;
+    let Some(leader_a) = view_a.leader_member() else {
+        anyhow::bail!(
+            "Cluster {} has no leader, demotion is not possible",
+            a.cluster
+        );
+    };
+    let Some(leader_b) = view_b.leader_member() else {
+        anyhow::bail!(
+            "Cluster {} has no leader, promotion is not possible",
+            b.cluster
+        );
+    };
+    if leader_a.role != "primary" {
+        anyhow::bail!(
+            "Cluster {} is not a primary cluster (its leader {} is {})",
+            a.cluster,
+            leader_a.name,
+            leader_a.role
+        );
+    }
+    if leader_b.role != "standby_leader" {
+        anyhow::bail!(
+            "Cluster {} is not a standby cluster (its leader {} is {})",
+            b.cluster,
+            leader_b.name,
+            leader_b.role
+        );
+    }
+    let Some((host, port)) = leader_b.pg_host_port() else {
+        anyhow::bail!("the standby leader {} publishes no conn_url", leader_b.name);
+    };
+    let (name_a, name_b) = (leader_a.name.to_string(), leader_b.name.to_string());
+    confirm(
+        force,
+        &format!(
+            "Are you sure you want to demote cluster {} and promote cluster {} (standby leader \
+             {name_b})?",
+            a.cluster, b.cluster
+        ),
+    )?;
+    let standby = serde_json::json!({ "host": host, "port": port });
+    patch_standby_cluster(a, &view_a, &name_a, Some(standby), "demote").await?;
+    let demoted = wait_leader_role(a, "standby_leader", Duration::from_secs(120)).await?;
+    println!(
+        "{} - Cluster {} successfully demoted",
+        super::timestamp(),
+        a.cluster
+    );
+    // The demoted leader's end of WAL (its shutdown checkpoint): every acknowledged commit
+    // lies before it.
+    let last = demoted
+        .replay_lsn
+        .or(demoted.xlog_location)
+        .context("the demoted leader publishes no WAL position")?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let view = b.read().await?;
+        let replayed = view
+            .leader_member()
+            .filter(|l| l.name.as_str() == name_b)
+            .and_then(|l| l.replay_lsn);
+        if replayed.is_some_and(|r| r >= last) {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "the standby leader {name_b} of cluster {} did not replay up to {last} (the last \
+                 WAL of cluster {}) within 120 s (it is at {}): nothing was promoted, both \
+                 clusters are standby clusters now; promote one with promote-cluster",
+                b.cluster,
+                a.cluster,
+                replayed.map_or_else(|| "an unknown position".to_owned(), |r| r.to_string())
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!(
+        "{} - Standby leader {name_b} of cluster {} replayed the last WAL of cluster {} ({last})",
+        super::timestamp(),
+        b.cluster,
+        a.cluster
+    );
+    patch_standby_cluster(b, &view_b, &name_b, None, "promote").await?;
+    wait_leader_role(b, "primary", Duration::from_secs(120)).await?;
+    println!(
+        "{} - Cluster {} successfully promoted",
+        super::timestamp(),
+        b.cluster
+    );
+    Ok(())
 }
 
 /// `PATCH /config {"pause": true|null}` on the leader (or any member with an API).

@@ -277,6 +277,15 @@ pub(crate) async fn control(path: &Path, command: Command) -> anyhow::Result<()>
             let ctx = connect(&config, &one(&cluster_name)).await?;
             actions::change_cluster_role(&ctx, Some(standby), force).await?;
         }
+        Command::RegionSwitchover {
+            standby_config,
+            force,
+        } => {
+            let other = crate::load(&standby_config)?.config;
+            let a = connect(&config, &config.scope).await?;
+            let b = connect(&other, &other.scope).await?;
+            actions::region_switchover(&a, &b, force).await?;
+        }
         Command::PromoteCluster {
             cluster_name,
             force,

@@ -26,6 +26,9 @@
 //!    slots), `standby` follows the leader (and stops a diverged standby for a rewind), and
 //!    `race` takes a free key when we are the healthiest eligible member (not while a
 //!    primary's `POST /failsafe` is younger than ttl, nor from outside `/failsafe`).
+//!    In a standby cluster (`standby_cluster`) the holder of the key is the standby leader:
+//!    rules 3-5 bootstrap, start and keep it as a standby of the remote primary
+//!    (`standby_cluster`), the race winner stays a standby, and nothing is promoted.
 //!
 //! [`decide`] then puts `ArmWatchdog` ahead of actions that take the leader role
 //! (`watchdog`), derives the memory for the next cycle from the actions that will really run
