@@ -192,6 +192,46 @@ async fn a_standby_cluster_streams_from_the_primary_cluster_and_survives_its_lea
         .await?;
     wait_row(&standby, &all, 2).await?;
 
+    // The standby leader publishes its position in /status, as Patroni's does.
+    let status = standby.etcd().get(&standby.key("status")).await?;
+    anyhow::ensure!(
+        status
+            .as_ref()
+            .is_some_and(|kv| kv.value.contains("optime")),
+        "standby cluster /status: {status:?}"
+    );
+
+    // Changing standby_cluster in /config retargets the standby leader: now it streams from
+    // the primary cluster's replica (cascading across the clusters).
+    let replica_a = primary.node(&healthy.replicas[0]);
+    let (replica_host, replica_port) = (replica_a.address(), replica_a.config.pg_port);
+    let patch = reqwest::Client::new()
+        .patch(format!("{}/config", standby.node(&leader).rest_base()))
+        .json(&json!({ "standby_cluster": { "host": replica_host, "port": replica_port } }))
+        .send()
+        .await
+        .context("PATCH /config")?;
+    anyhow::ensure!(patch.status() == 200, "PATCH /config: {}", patch.status());
+    wait_for(
+        "the standby leader to stream from the primary cluster's replica",
+        scaled(Duration::from_secs(60)),
+        || async {
+            let rows = standby
+                .sql(
+                    &leader,
+                    "SELECT sender_port::text FROM pg_stat_wal_receiver WHERE status = 'streaming'",
+                )
+                .await?;
+            let port = rows.first().and_then(|r| r.first()).cloned().flatten();
+            Ok(if port == Some(replica_port.to_string()) {
+                Check::Done(())
+            } else {
+                Check::not_yet(format!("sender_port {port:?}, want {replica_port}"))
+            })
+        },
+    )
+    .await?;
+
     // The standby leader's host dies: another member takes the key, stays a standby, and
     // keeps replicating from the primary cluster.
     standby.kill_host(&leader)?;

@@ -316,6 +316,33 @@ mod tests {
                 }
             }
         );
+        // The standby leader of a standby cluster (it holds the key, in recovery) comes back
+        // as a standby of the remote primary, not of itself.
+        let remote = Upstream::remote(
+            &name("n1"),
+            &crate::StandbyCluster {
+                host: "10.9.0.1".into(),
+                port: 5432,
+                ..crate::StandbyCluster::default()
+            },
+        );
+        assert_eq!(
+            restart_action(&view, &pg(true, 150_008, false), true, Some(remote.clone())),
+            Action::RestartPostgres {
+                role: StartRole::Standby {
+                    upstream: Some(remote.clone())
+                }
+            }
+        );
+        // A replica of it restarts as a replica of the leader, whatever `remote` says.
+        assert!(matches!(
+            restart_action(&view, &pg(true, 150_008, false), false, Some(remote)),
+            Action::RestartPostgres {
+                role: StartRole::Standby {
+                    upstream: Some(Upstream { remote: None, .. })
+                }
+            }
+        ));
     }
 
     #[test]

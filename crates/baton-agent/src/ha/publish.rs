@@ -58,7 +58,11 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         if let Err(e) = self.dcs.touch_member(&member, lease).await {
             warn!("failed to update member key: {e:#}");
         }
-        if holds && let Some(sql) = pg.sql.as_ref().filter(|s| !s.in_recovery) {
+        // The primary's flush position; a standby cluster's standby leader publishes its
+        // received/replayed position (Patroni's `last_operation`), which its replicas compare
+        // themselves with in the race (`maximum_lag_on_failover`).
+        let standby_leader = self.ha.standby_cluster.is_some();
+        if holds && let Some(sql) = pg.sql.as_ref().filter(|s| !s.in_recovery || standby_leader) {
             let holder = Holder {
                 name: self.name.clone(),
                 lease,
