@@ -5,7 +5,8 @@
 //! standby leader's host is killed, another member becomes the standby leader, and a new row
 //! still arrives. `promote-cluster` on the primary cluster and `demote-cluster` without a host
 //! are refused with patronictl's messages and change nothing; `promote-cluster` on the
-//! standby cluster makes it writable.
+//! standby cluster makes it writable. Patroni's `patronictl list` shows the standby leader as
+//! "Standby Leader".
 //!
 //! Skips (printing a `SKIP` line) when a program it needs is missing, unless
 //! `PGBATON_REQUIRE_INTEGRATION=1`. See docs/testing.md.
@@ -13,7 +14,9 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use baton_integration_tests::{Check, Cluster, ClusterSpec, Healthy, Tools, scaled, wait_for};
+use baton_integration_tests::{
+    Check, Cluster, ClusterSpec, Healthy, Patronictl, Tools, patronictl_venv, scaled, wait_for,
+};
 use serde_json::{Value, json};
 
 macro_rules! tools_or_skip {
@@ -185,6 +188,21 @@ async fn a_standby_cluster_streams_from_the_primary_cluster_and_survives_its_lea
         role == Some(json!("Standby Leader")),
         "pgbaton list: {list:?}"
     );
+
+    // Patroni's own patronictl says the same.
+    if let Some(bin) = patronictl_venv(test).await? {
+        let ctl = Patronictl::for_cluster(bin, &standby, None)?;
+        let members = ctl.list().await?;
+        let role = members
+            .iter()
+            .find(|m| m.get("Member").and_then(Value::as_str) == Some(leader.as_str()))
+            .and_then(|m| m.get("Role"))
+            .cloned();
+        anyhow::ensure!(
+            role == Some(json!("Standby Leader")),
+            "patronictl list: {members:?}"
+        );
+    }
 
     // Rows written on the primary cluster arrive on every member of the standby cluster.
     primary
