@@ -554,8 +554,9 @@ fn health_code(
     let leader_ok = snap.is_leader_at(now);
     let primary_ok =
         leader_ok && status.is_running() && matches!(status.xlog, Some(Xlog::Primary { .. }));
-    // No standby-cluster support yet: nobody is a standby leader.
-    let standby_leader_ok = false;
+    // A standby cluster's leader: the key, a fencing deadline ahead, PostgreSQL running in
+    // recovery (the agent publishes the role only then). `/primary` stays 503 on it.
+    let standby_leader_ok = leader_ok && status.is_running() && status.role == "standby_leader";
 
     let (ok, ignore_tags) = if path.contains("standby_leader") || path.contains("standby-leader") {
         (standby_leader_ok, true)

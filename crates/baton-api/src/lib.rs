@@ -74,6 +74,9 @@ impl PgRunState {
 pub enum MemberRole {
     Primary,
     Replica,
+    /// The leader of a standby cluster: it holds the key and replicates from the remote
+    /// primary.
+    StandbyLeader,
     Uninitialized,
 }
 
@@ -82,6 +85,7 @@ impl MemberRole {
         match self {
             MemberRole::Primary => "primary",
             MemberRole::Replica => "replica",
+            MemberRole::StandbyLeader => "standby_leader",
             MemberRole::Uninitialized => "uninitialized",
         }
     }

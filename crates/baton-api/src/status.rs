@@ -257,7 +257,12 @@ impl Status {
             })
             .collect();
         if pg.in_recovery {
-            status.role = "replica".to_owned();
+            status.role = if snap.role == crate::MemberRole::StandbyLeader {
+                "standby_leader"
+            } else {
+                "replica"
+            }
+            .to_owned();
             let replayed = pg.replayed_lsn.map(|l| l.0);
             status.xlog = Some(Xlog::Replica {
                 received_location: pg.received_lsn.map(|l| l.0).or(replayed),
@@ -606,6 +611,9 @@ impl ClusterJson {
                     .present()
                     .is_some_and(|s| s.value.lists(&m.name));
                 let role = match (is_leader, sync_role) {
+                    // The standby leader says so in its member key (Patroni's `/cluster`
+                    // and `list` call it "standby_leader" / "Standby Leader").
+                    (true, _) if m.role == "standby_leader" => "standby_leader",
                     (true, _) => "leader",
                     (false, Some(role)) if listed => role,
                     _ => "replica",

@@ -215,6 +215,16 @@ fn replica() -> Snapshot {
     s
 }
 
+/// The leader of a standby cluster: the key, PostgreSQL in recovery from the remote primary.
+fn standby_leader() -> Snapshot {
+    let mut s = replica();
+    s.name = MemberName::new("node1").expect("name");
+    s.role = crate::MemberRole::StandbyLeader;
+    s.holds_leader_key = true;
+    s.fence_deadline = Some(Mono(FENCE));
+    s
+}
+
 /// A replica 32 MiB behind the leader's optime.
 fn lagging() -> Snapshot {
     let mut s = replica();
@@ -416,8 +426,9 @@ const HEALTH_PATHS: &[&str] = &[
 
 #[tokio::test]
 async fn health_codes_by_node_state() {
-    let columns: [(&str, Snapshot); 7] = [
+    let columns: [(&str, Snapshot); 8] = [
         ("primary", primary()),
+        ("sleader", standby_leader()),
         ("replica", replica()),
         ("stopped", stopped()),
         ("lagging", lagging()),
@@ -442,32 +453,32 @@ async fn health_codes_by_node_state() {
         table.push('\n');
     }
     expect![[r#"
-                                                         primary replica stopped lagging    noLB    sync  quorum
-        /                                                    200     503     503     503     503     503     503
-        /primary                                             200     503     503     503     503     503     503
-        /master                                              200     503     503     503     503     503     503
-        /read-write                                          200     503     503     503     503     503     503
-        /leader                                              200     503     503     503     503     503     503
-        /standby-leader                                      503     503     503     503     503     503     503
-        /standby_leader                                      503     503     503     503     503     503     503
-        /replica                                             503     200     503     200     503     200     200
-        /replica?lag=16MB                                    503     200     503     503     503     200     200
-        /replica?lag=64MB                                    503     200     503     200     503     200     200
-        /replica?lag=not-a-size                              503     200     503     200     503     200     200
-        /replica?replication_state=streaming                 503     200     503     200     503     200     200
-        /replica?replication_state=in+archive+recovery       503     503     503     503     503     503     503
-        /read-only                                           200     200     503     200     503     200     200
-        /health                                              200     200     503     200     200     200     200
-        /sync                                                503     503     503     503     503     200     503
-        /synchronous                                         503     503     503     503     503     200     503
-        /async                                               503     200     503     200     503     503     503
-        /asynchronous                                        503     200     503     200     503     503     503
-        /async?lag=1kB                                       503     200     503     503     503     503     503
-        /quorum                                              503     503     503     503     503     503     200
-        /read-only-sync                                      200     503     503     503     503     200     503
-        /read-only-quorum                                    200     503     503     503     503     503     200
-        /foo                                                 503     503     503     503     503     503     503
-        /patroni_primary                                     200     503     503     503     503     503     503
+                                                         primary sleader replica stopped lagging    noLB    sync  quorum
+        /                                                    200     503     503     503     503     503     503     503
+        /primary                                             200     503     503     503     503     503     503     503
+        /master                                              200     503     503     503     503     503     503     503
+        /read-write                                          200     503     503     503     503     503     503     503
+        /leader                                              200     200     503     503     503     503     503     503
+        /standby-leader                                      503     200     503     503     503     503     503     503
+        /standby_leader                                      503     200     503     503     503     503     503     503
+        /replica                                             503     503     200     503     200     503     200     200
+        /replica?lag=16MB                                    503     503     200     503     503     503     200     200
+        /replica?lag=64MB                                    503     503     200     503     200     503     200     200
+        /replica?lag=not-a-size                              503     503     200     503     200     503     200     200
+        /replica?replication_state=streaming                 503     503     200     503     200     503     200     200
+        /replica?replication_state=in+archive+recovery       503     503     503     503     503     503     503     503
+        /read-only                                           200     200     200     503     200     503     200     200
+        /health                                              200     200     200     503     200     200     200     200
+        /sync                                                503     503     503     503     503     503     200     503
+        /synchronous                                         503     503     503     503     503     503     200     503
+        /async                                               503     503     200     503     200     503     503     503
+        /asynchronous                                        503     503     200     503     200     503     503     503
+        /async?lag=1kB                                       503     503     200     503     503     503     503     503
+        /quorum                                              503     503     503     503     503     503     503     200
+        /read-only-sync                                      200     200     503     503     503     503     200     503
+        /read-only-quorum                                    200     200     503     503     503     503     503     200
+        /foo                                                 503     503     503     503     503     503     503     503
+        /patroni_primary                                     200     503     503     503     503     503     503     503
     "#]]
     .assert_eq(&table);
 }

@@ -302,6 +302,44 @@ pub enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// Make this cluster a standby cluster of another one (PATCH /config
+    /// {"standby_cluster": {...}}): its leader is stopped cleanly and comes back as the
+    /// standby leader, streaming from --host.
+    DemoteCluster {
+        cluster_name: Option<String>,
+        /// Address of the remote node.
+        #[arg(long)]
+        host: Option<String>,
+        /// Port of the remote node.
+        #[arg(long)]
+        port: Option<u16>,
+        /// Command to restore WAL records from the remote primary (refused: pgbaton takes
+        /// restore_command from each member's local postgresql.parameters only).
+        #[arg(long)]
+        restore_command: Option<String>,
+        /// Name of the slot on the remote node to use for replication.
+        #[arg(long)]
+        primary_slot_name: Option<String>,
+        #[arg(long)]
+        force: bool,
+    },
+    /// A planned region switch: demote this (primary) cluster to a standby cluster of the
+    /// standby cluster of --standby-config, wait until that cluster's standby leader replayed
+    /// this cluster's last WAL, then promote it. No acknowledged commit is lost.
+    RegionSwitchover {
+        /// The configuration file of a member of the standby cluster (its etcd and scope).
+        #[arg(long)]
+        standby_config: PathBuf,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Make a standby cluster run standalone (PATCH /config {"standby_cluster": null}): its
+    /// standby leader is promoted.
+    PromoteCluster {
+        cluster_name: Option<String>,
+        #[arg(long)]
+        force: bool,
+    },
     /// Rehearse a switchover (or with --kill a real failover) under a built-in writer; report
     /// RTO, RPO and who took over, and keep the result in the DCS (`drill --history` lists it).
     Drill {

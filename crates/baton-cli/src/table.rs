@@ -74,7 +74,10 @@ fn row(m: &Member, leader: bool, host: String, optime: Option<Lsn>) -> Row {
     Row {
         member: m.name.to_string(),
         host,
-        role: if leader {
+        role: if leader && m.role == "standby_leader" {
+            // The leader of a standby cluster says so in its member key (Patroni's list).
+            "Standby Leader".to_owned()
+        } else if leader {
             "Leader".to_owned()
         } else {
             "Replica".to_owned()

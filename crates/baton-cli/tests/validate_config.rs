@@ -33,9 +33,10 @@ fn refused_keys_are_errors_and_the_verdict_counts_them() {
             "#citus:\n#  database: citus\n#  group: 0",
             "citus:\n  database: citus\n  group: 0",
         )
+        // A standby cluster is supported; without a host (archive only) it is refused.
         .replace(
             "    #standby_cluster:\n      #host: 127.0.0.1\n      #port: 1111",
-            "    standby_cluster:\n      host: 127.0.0.1\n      port: 1111",
+            "    standby_cluster:\n      port: 1111",
         )
         .replace(
             "#watchdog:\n#  mode: automatic",
@@ -46,7 +47,7 @@ fn refused_keys_are_errors_and_the_verdict_counts_them() {
     let r = report("postgres0.yml", &result);
     assert!(!r.ok);
     expect![[r#"
-        error: bootstrap.dcs.standby_cluster: not supported by pgbaton yet: a standby cluster follows another cluster's primary; pgbaton would instead run this cluster's leader as a writable primary
+        error: bootstrap.dcs.standby_cluster.host: not supported by pgbaton yet: a standby cluster without host (replicating from the WAL archive alone) is not supported: pgbaton clones and streams the standby leader from the remote host; set host (and port)
         error: citus: not supported by pgbaton yet: Patroni keeps a Citus group's keys under /<namespace>/<scope>/<group>/, so pgbaton, which would read and write /<namespace>/<scope>/ instead, would run a second, separate cluster beside this group's Patroni members (two primaries)
         postgres0.yml: configuration is invalid (2 errors)
     "#]]

@@ -51,6 +51,10 @@ pub struct DynamicConfig {
     /// `synchronous_mode`, `synchronous_mode_strict`, `synchronous_node_count`,
     /// `maximum_lag_on_syncnode`.
     pub sync: baton_core::SyncConfig,
+    /// `standby_cluster`: this cluster replicates from another cluster's primary. `None`
+    /// also for a section without `host`, `port` or `restore_command` (Patroni's
+    /// `is_standby_cluster`).
+    pub standby_cluster: Option<baton_core::StandbyCluster>,
     /// The whole dynamic configuration as JSON (with timing adjustments applied).
     pub raw: Value,
     /// Key paths of settings pgbaton does not support yet that the DCS value has
@@ -78,6 +82,7 @@ impl DynamicConfig {
             parameters: BTreeMap::new(),
             pg_hba: Vec::new(),
             sync: baton_core::SyncConfig::default(),
+            standby_cluster: None,
             raw: Value::Object(Map::new()),
             unsupported: Vec::new(),
         }
@@ -208,6 +213,9 @@ pub(crate) fn parse(cx: &mut Cx, path: &str, v: &Value) -> DynamicConfig {
     if let Some(pg) = o.section(cx, "postgresql") {
         postgresql(cx, pg, &mut d);
     }
+    if let Some(sc) = o.section(cx, "standby_cluster") {
+        d.standby_cluster = standby_cluster(cx, sc);
+    }
     o.flagged(cx);
     o.finish(cx);
 
@@ -300,6 +308,90 @@ pub(crate) fn replica_methods(cx: &mut Cx, o: &mut Obj<'_>) {
             o.get_free(&method);
         }
     }
+}
+
+/// Why a standby cluster needs `standby_cluster.host`.
+const ARCHIVE_ONLY: &str = "a standby cluster without host (replicating from the WAL archive \
+    alone) is not supported: pgbaton clones and streams the standby leader from the remote host; \
+    set host (and port)";
+
+/// `standby_cluster`: the remote primary the standby leader streams from. A section that
+/// names none of `host`, `port`, `restore_command` is no standby cluster (Patroni's
+/// `is_standby_cluster`); one without `host` is refused ([`ARCHIVE_ONLY`]).
+fn standby_cluster(cx: &mut Cx, mut o: Obj<'_>) -> Option<baton_core::StandbyCluster> {
+    let host_path = o.child("host");
+    let wanted = ["host", "port", "restore_command"]
+        .iter()
+        .any(|k| o.get(k).is_some_and(|v| !crate::support::is_empty(v)));
+    let host = o.opt(cx, "host", |cx, p, v| {
+        let host = cx.nonempty(p, v, "a host name or address")?;
+        if host.contains(char::is_whitespace) {
+            cx.error(
+                p,
+                format!("expected a host name or address, found {host:?}"),
+            );
+            return None;
+        }
+        Some(host)
+    });
+    let port = o.opt(cx, "port", |cx, p, v| {
+        let n = match v {
+            // Patroni reads the port as written: a number or a string of digits.
+            Value::String(s) => match s.trim().parse::<u64>() {
+                Ok(n) => n,
+                Err(_) => {
+                    cx.mismatch(p, "a port number (1-65535)", v);
+                    return None;
+                }
+            },
+            other => cx.uint(p, other, 1, 65_535)?,
+        };
+        match u16::try_from(n) {
+            Ok(port) if port > 0 => Some(port),
+            _ => {
+                cx.error(p, format!("expected a port number (1-65535), found {n}"));
+                None
+            }
+        }
+    });
+    let primary_slot_name = o.opt(cx, "primary_slot_name", |cx, p, v| {
+        let slot = cx.nonempty(p, v, "a replication slot name")?;
+        let valid = slot.len() <= 63
+            && slot
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !valid {
+            cx.error(
+                p,
+                format!(
+                    "{slot:?} is not a replication slot name (lower case letters, digits and \
+                     underscores, at most 63)"
+                ),
+            );
+            return None;
+        }
+        Some(slot)
+    });
+    let recovery_min_apply_delay = o.opt(cx, "recovery_min_apply_delay", |cx, p, v| {
+        let value = params::render(cx, p, v)?;
+        cx.single_line(p, &value).then_some(value)
+    });
+    replica_methods(cx, &mut o);
+    o.flagged(cx);
+    o.finish(cx);
+    if !wanted {
+        return None;
+    }
+    let Some(host) = host else {
+        cx.refuse(&host_path, ARCHIVE_ONLY);
+        return None;
+    };
+    Some(baton_core::StandbyCluster {
+        host,
+        port: port.unwrap_or(5432),
+        primary_slot_name,
+        recovery_min_apply_delay,
+    })
 }
 
 fn postgresql(cx: &mut Cx, mut o: Obj<'_>, d: &mut DynamicConfig) {

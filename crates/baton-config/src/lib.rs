@@ -188,6 +188,7 @@ pub fn effective_ha(config: &Config, dynamic: &DynamicConfig) -> HaConfig {
         sync: dynamic.sync,
         watchdog: config.watchdog.mode,
         failsafe_mode: dynamic.failsafe_mode,
+        standby_cluster: dynamic.standby_cluster.clone(),
     }
 }
 

@@ -161,6 +161,9 @@ const SET_LOCALLY: &str = "accepted but not used by pgbaton from the dynamic con
     it in the local file";
 const LOCAL_USE_SLOTS: &str = "ignored in the local configuration, as in Patroni: set it in the \
     dynamic configuration (bootstrap.dcs.postgresql.use_slots)";
+const STANDBY_REPLICA_METHODS: &str = "a standby cluster's leader is created with \
+    pg_basebackup from the remote host only: another method (restoring a backup, say) would be \
+    replaced by a full copy from the remote primary";
 const REPLICA_METHODS_LOCAL: &str = "a custom replica method runs a command as the agent's user, \
     taken from the local configuration file only (whoever can write the dynamic configuration \
     could otherwise run code on every member); set create_replica_methods and the methods' \
@@ -187,8 +190,9 @@ const GSS_OWN: &str = "pgbaton's own connections as this role (tokio-postgres) h
 const PERMANENT_SLOTS: &str = "permanent replication slots are not created or kept on a new \
     primary: the consumers of these slots (logical decoding, backup tools) would lose their \
     position after a failover";
-const STANDBY_CLUSTER: &str = "a standby cluster follows another cluster's primary; pgbaton \
-    would instead run this cluster's leader as a writable primary";
+const STANDBY_COMMAND: &str = "this command runs as the postgres OS user, so pgbaton takes it \
+    only from the local configuration file: set postgresql.parameters.restore_command (or \
+    archive_cleanup_command) on each member; the standby leader uses it";
 
 /// Every key pgbaton reads, refuses or warns about. Keys under `bootstrap.dcs` (and in the DCS
 /// `/config` key) are [`Scope::Dynamic`], written from the top of the dynamic configuration.
@@ -1196,7 +1200,49 @@ pub(crate) static KEYS: &[Key] = &[
             ),
         ],
     ),
-    refused("standby_cluster", Dynamic, STANDBY_CLUSTER),
+    dynamic(
+        "standby_cluster",
+        "none",
+        "Makes this a standby cluster of another cluster: the holder of the leader key (the \
+         standby leader) runs PostgreSQL as a standby of the remote `host`, never promotes, and \
+         holds the key like a primary would; the other members stream from it. Failover and \
+         switchover inside the cluster work as in a primary cluster. Set with \
+         `pgbaton demote-cluster`, removed with `pgbaton promote-cluster` (or `edit-config`); \
+         changing it re-points the standby leader. A section without `host`, `port` and \
+         `restore_command` is no standby cluster. `synchronous_mode` is ignored while it is \
+         set, as in Patroni.",
+    ),
+    dynamic(
+        "standby_cluster.host",
+        "required",
+        "The remote primary (or a member or proxy of the other cluster) the standby leader \
+         clones (`pg_basebackup`, on bootstrap) and streams from. Refused without it: \
+         archive-only standby clusters are not supported.",
+    ),
+    dynamic("standby_cluster.port", "`5432`", "Port of `host`."),
+    dynamic(
+        "standby_cluster.primary_slot_name",
+        "none",
+        "The physical replication slot on the remote host the standby leader streams \
+         through (`primary_slot_name`); without it, none is used. pgbaton does not create it.",
+    ),
+    dynamic(
+        "standby_cluster.recovery_min_apply_delay",
+        "none",
+        "`recovery_min_apply_delay` of the standby leader (its replicas apply at once).",
+    ),
+    local_only("standby_cluster.restore_command", STANDBY_COMMAND),
+    local_only("standby_cluster.archive_cleanup_command", STANDBY_COMMAND),
+    by_value(
+        "standby_cluster.create_replica_methods",
+        Dynamic,
+        "`[basebackup]`",
+        "How the standby leader is created from the remote host.",
+        &[
+            ("[basebackup]", Implemented),
+            ("any other", Refused(STANDBY_REPLICA_METHODS)),
+        ],
+    ),
     dynamic(
         "postgresql",
         "none",

@@ -223,6 +223,7 @@ tags:
                             node_count: 1,
                             max_lag_on_syncnode: None,
                         },
+                        standby_cluster: None,
                         raw: Object {
                             "loop_wait": Number(2),
                             "maximum_lag_on_failover": Number(1048576),
@@ -1307,6 +1308,7 @@ fn effective_ha_merges_local_and_dynamic() {
             },
             watchdog: Automatic,
             failsafe_mode: false,
+            standby_cluster: None,
         }
     "#]]
     .assert_debug_eq(&ha);
@@ -1527,15 +1529,97 @@ fn maximum_lag_on_syncnode_is_a_byte_limit_or_off() {
 }
 
 #[test]
-fn a_standby_cluster_in_the_dcs_blocks_a_writable_primary() {
+fn standby_cluster_is_read_with_its_defaults_and_refused_without_a_host() {
     let loaded = load_str(BASE, &no_env).expect("valid");
     let (dynamic, warnings) = DynamicConfig::from_json(
-        r#"{"ttl":30,"standby_cluster":{"host":"10.0.0.1","port":5432},"failsafe_mode":true}"#,
+        r#"{"ttl":30,"standby_cluster":{"host":"10.0.0.1","port":"5433","primary_slot_name":"standby_a","recovery_min_apply_delay":"5min"}}"#,
     )
-    .expect("the DCS value is read with warnings");
-    assert!(!warnings.is_empty());
+    .expect("valid");
+    assert!(warnings.is_empty(), "{warnings:?}");
     let ha = effective_ha(&loaded.config, &dynamic);
-    assert_eq!(ha.unsupported_blocker.as_deref(), Some("standby_cluster"));
+    assert_eq!(ha.unsupported_blocker, None);
+    assert_eq!(
+        ha.standby_cluster,
+        Some(baton_core::StandbyCluster {
+            host: "10.0.0.1".into(),
+            port: 5433,
+            primary_slot_name: Some("standby_a".into()),
+            recovery_min_apply_delay: Some("5min".into()),
+        })
+    );
+    // The port defaults to 5432; a section naming none of host/port/restore_command is no
+    // standby cluster (Patroni's is_standby_cluster).
+    let (d, _) = DynamicConfig::from_json(r#"{"standby_cluster":{"host":"db.b"}}"#).expect("ok");
+    assert_eq!(d.standby_cluster.map(|s| s.port), Some(5432));
+    for empty in [
+        r#"{"standby_cluster":null}"#,
+        r#"{"standby_cluster":{}}"#,
+        r#"{"standby_cluster":{"host":null,"port":null,"primary_slot_name":"x"}}"#,
+    ] {
+        let (d, _) = DynamicConfig::from_json(empty).expect("ok");
+        assert_eq!(d.standby_cluster, None, "{empty}");
+    }
+    // Archive-only (no host): refused in a file or PATCH, and in the DCS value it keeps the
+    // cluster without a writable primary.
+    let archive_only = r#"{"standby_cluster":{"restore_command":"cp /arch/%f %p"}}"#;
+    let err = DynamicConfig::from_json_strict(archive_only).unwrap_err();
+    assert!(err.to_string().contains("standby_cluster.host"), "{err}");
+    let (dynamic, warnings) = DynamicConfig::from_json(archive_only).expect("warned");
+    assert!(
+        warnings.iter().any(|w| w.contains("standby_cluster.host")),
+        "{warnings:?}"
+    );
+    let ha = effective_ha(&loaded.config, &dynamic);
+    assert_eq!(
+        ha.unsupported_blocker.as_deref(),
+        Some("standby_cluster.host")
+    );
+    assert_eq!(ha.standby_cluster, None);
+    // restore_command runs a command: local file only.
+    let err = DynamicConfig::from_json_strict(
+        r#"{"standby_cluster":{"host":"a","restore_command":"cp /arch/%f %p"}}"#,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("standby_cluster.restore_command"),
+        "{err}"
+    );
+    // Another replica method than basebackup is refused, and blocks in the DCS value.
+    let other = r#"{"standby_cluster":{"host":"a","create_replica_methods":["wal_g"]}}"#;
+    assert!(DynamicConfig::from_json_strict(other).is_err());
+    let (dynamic, _) = DynamicConfig::from_json(other).expect("warned");
+    assert_eq!(
+        effective_ha(&loaded.config, &dynamic)
+            .unsupported_blocker
+            .as_deref(),
+        Some("standby_cluster.create_replica_methods")
+    );
+    // Bad values name their key.
+    for (bad, key) in [
+        (
+            r#"{"standby_cluster":{"host":"a","port":70000}}"#,
+            "standby_cluster.port",
+        ),
+        (
+            r#"{"standby_cluster":{"host":"a","port":"x"}}"#,
+            "standby_cluster.port",
+        ),
+        (
+            r#"{"standby_cluster":{"host":"a b"}}"#,
+            "standby_cluster.host",
+        ),
+        (
+            r#"{"standby_cluster":{"host":"a","primary_slot_name":"Bad-Slot"}}"#,
+            "standby_cluster.primary_slot_name",
+        ),
+        (
+            r#"{"standby_cluster":{"host":"a","hots":"b"}}"#,
+            "standby_cluster.hots",
+        ),
+    ] {
+        let err = DynamicConfig::from_json_strict(bad).unwrap_err();
+        assert!(err.to_string().contains(key), "{bad}: {err}");
+    }
     // failsafe_mode is implemented: read, no warning, no blocker, on in the HA settings.
     let (dynamic, warnings) =
         DynamicConfig::from_json(r#"{"ttl":30,"failsafe_mode":true}"#).expect("ok");

@@ -114,6 +114,25 @@ pub struct HaConfig {
     /// every member of the `/failsafe` topology accepts its `POST /failsafe`
     /// (`decide::failsafe`).
     pub failsafe_mode: bool,
+    /// Dynamic `standby_cluster`: this cluster replicates from another cluster's primary. Its
+    /// leader (the standby leader) runs PostgreSQL as a standby of that remote host and never
+    /// promotes; the other members follow the standby leader (`decide::standby_cluster`).
+    pub standby_cluster: Option<StandbyCluster>,
+}
+
+/// Patroni's `standby_cluster` section: where the standby leader replicates from, and the
+/// recovery settings written for it alone (its replicas stream from it as in any cluster).
+/// `restore_command` and `archive_cleanup_command` run commands, so pgbaton takes them only
+/// from the local file (`postgresql.parameters`), as every such parameter.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StandbyCluster {
+    /// The remote primary (or a member of the other cluster, or a proxy in front of it).
+    pub host: String,
+    pub port: u16,
+    /// The physical slot to use on the remote host; without it, no slot is used.
+    pub primary_slot_name: Option<String>,
+    /// `recovery_min_apply_delay` of the standby leader (a PostgreSQL duration, e.g. `5min`).
+    pub recovery_min_apply_delay: Option<String>,
 }
 
 /// What the agent observed in one cycle.
@@ -247,6 +266,9 @@ pub struct Memory {
     /// The member we last configured PostgreSQL to stream from (the leader, or our
     /// `replicatefrom` member).
     pub following: Option<MemberName>,
+    /// As the standby leader of a standby cluster: the remote primary we last configured
+    /// PostgreSQL to stream from (a `standby_cluster` change re-points it).
+    pub following_remote: Option<StandbyCluster>,
     /// Our flush position when we last changed `synchronous_standby_names`: a standby counts
     /// as synchronous only once it has flushed this far (it then holds every commit that was
     /// acknowledged before it became synchronous).
@@ -272,11 +294,39 @@ pub struct Upstream {
     pub name: MemberName,
     pub host: String,
     pub port: u16,
+    /// The remote primary of a standby cluster (`name` is then our own name): the recovery
+    /// settings come from `standby_cluster` (its slot, `restore_command`, ...).
+    pub remote: Option<StandbyCluster>,
+}
+
+impl Upstream {
+    /// A member of this cluster, at `host:port`.
+    pub fn member(name: MemberName, host: String, port: u16) -> Upstream {
+        Upstream {
+            name,
+            host,
+            port,
+            remote: None,
+        }
+    }
+
+    /// The remote primary a standby leader (`me`) replicates from.
+    pub fn remote(me: &MemberName, source: &StandbyCluster) -> Upstream {
+        Upstream {
+            name: me.clone(),
+            host: source.host.clone(),
+            port: source.port,
+            remote: Some(source.clone()),
+        }
+    }
 }
 
 impl fmt::Display for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({}:{})", self.name, self.host, self.port)
+        match &self.remote {
+            Some(_) => write!(f, "the remote primary ({}:{})", self.host, self.port),
+            None => write!(f, "{} ({}:{})", self.name, self.host, self.port),
+        }
     }
 }
 
@@ -351,6 +401,12 @@ pub enum Action {
     },
     /// `pg_ctl promote`, waiting until the server accepts writes.
     Promote,
+    /// A standby cluster's bootstrap (Patroni's `bootstrap_standby_leader`): `pg_basebackup`
+    /// from the remote primary, start as its standby, write `initialize` = sysid and
+    /// `config`, take the leader key. On failure: cancel the initialisation.
+    BootstrapStandbyCluster {
+        upstream: Upstream,
+    },
     /// Point a running standby at `upstream` (rewrite recovery settings, reload).
     Follow {
         upstream: Upstream,
@@ -453,6 +509,7 @@ impl Action {
         matches!(
             self,
             Action::BootstrapCluster
+                | Action::BootstrapStandbyCluster { .. }
                 | Action::RestartPostgres { .. }
                 | Action::Clone { .. }
                 | Action::CloneWithoutLeader
@@ -467,7 +524,9 @@ impl Action {
         match self {
             Action::ArmWatchdog => ActionKind::ArmWatchdog,
             Action::RaceInitialize => ActionKind::RaceInitialize,
-            Action::BootstrapCluster => ActionKind::BootstrapCluster,
+            Action::BootstrapCluster | Action::BootstrapStandbyCluster { .. } => {
+                ActionKind::BootstrapCluster
+            }
             Action::AcquireLeader => ActionKind::AcquireLeader,
             Action::ReattachLeader => ActionKind::ReattachLeader,
             Action::RepairLeader { .. } => ActionKind::RepairLeader,
@@ -499,6 +558,9 @@ impl fmt::Display for Action {
             Action::ArmWatchdog => write!(f, "arm the watchdog"),
             Action::RaceInitialize => write!(f, "race for initialize key"),
             Action::BootstrapCluster => write!(f, "bootstrap new cluster"),
+            Action::BootstrapStandbyCluster { upstream } => {
+                write!(f, "bootstrap standby cluster from {upstream}")
+            }
             Action::AcquireLeader => write!(f, "acquire leader key"),
             Action::ReattachLeader => write!(f, "re-attach leader key to our lease"),
             Action::RepairLeader { .. } => {
@@ -731,6 +793,18 @@ pub enum Reason {
     },
     /// Failsafe mode: a member missing from the `/failsafe` key may not become the leader.
     NotInFailsafeTopology,
+    /// Standby cluster: we hold the key and replicate from the remote primary.
+    StandbyLeaderWithLock,
+    /// Standby cluster: we won the race and stay a standby, now of the remote primary.
+    AcquiredStandbyLeader,
+    /// Standby cluster: PostgreSQL was down while we hold the key; it starts as a standby of
+    /// the remote primary.
+    StartingAsStandbyLeader,
+    /// Standby cluster: no `initialize` key yet; we clone the remote primary.
+    BootstrappingStandbyLeader,
+    /// Standby cluster (`demote-cluster`): our primary is stopped to come back as the
+    /// standby leader, keeping the key.
+    DemotingToStandbyLeader,
     DcsUnreachableFencing,
     LeaseExpiredFencing,
     WaitingForLease,
@@ -939,6 +1013,28 @@ impl fmt::Display for Reason {
             Reason::AcquiringLock => {
                 write!(f, "promoted self to leader by acquiring session lock")
             }
+            Reason::StandbyLeaderWithLock => {
+                write!(f, "no action. I am the standby leader with the lock")
+            }
+            Reason::AcquiredStandbyLeader => {
+                write!(
+                    f,
+                    "promoted self to a standby leader by acquiring session lock"
+                )
+            }
+            Reason::StartingAsStandbyLeader => {
+                write!(
+                    f,
+                    "starting as a standby leader because i had the session lock"
+                )
+            }
+            Reason::BootstrappingStandbyLeader => {
+                write!(f, "trying to bootstrap a new standby leader")
+            }
+            Reason::DemotingToStandbyLeader => write!(
+                f,
+                "demoting self to a standby leader: the dynamic configuration sets standby_cluster"
+            ),
             Reason::PromotionCancelled { error } => write!(
                 f,
                 "Promotion cancelled because the pre-promote script failed: {error}"

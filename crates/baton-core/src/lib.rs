@@ -31,7 +31,8 @@ pub use decide::{decide, may_be_primary};
 pub use decision::{
     Action, ActionFailure, ActionKind, Decision, DivergedRemedy, FailsafeObservation, FailsafePing,
     FailsafeRound, HaConfig, LeaseState, Memory, NotHealthiest, Observation, PeerStatus, Reason,
-    StartRole, StopMode, SyncConfig, SyncMode, Upstream, WatchdogMode, WatchdogState,
+    StandbyCluster, StartRole, StopMode, SyncConfig, SyncMode, Upstream, WatchdogMode,
+    WatchdogState,
 };
 pub use diverge::{Divergence, divergence, leader_timeline};
 pub use outcome::{ActionOutcome, FenceSignal, fence_signal, holds_leader_key, last_failure};

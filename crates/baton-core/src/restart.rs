@@ -117,10 +117,21 @@ pub fn restart_matches(
 }
 
 /// The action that restarts PostgreSQL in its current role: the primary that holds the key
-/// comes back as the primary (the key stays), a standby as a standby of the leader.
-pub fn restart_action(view: &ClusterView, pg: &PgState, holds_key: bool) -> Action {
+/// comes back as the primary (the key stays), a standby as a standby of the leader. The
+/// standby leader of a standby cluster (`remote`: the remote primary, when we hold the key)
+/// comes back as a standby of the remote primary.
+pub fn restart_action(
+    view: &ClusterView,
+    pg: &PgState,
+    holds_key: bool,
+    remote: Option<Upstream>,
+) -> Action {
     let role = if pg.is_primary() && holds_key {
         StartRole::Primary
+    } else if let Some(remote) = remote.filter(|_| holds_key) {
+        StartRole::Standby {
+            upstream: Some(remote),
+        }
     } else {
         StartRole::Standby {
             upstream: view.leader_name().and_then(|l| upstream(view, l)),
@@ -135,6 +146,7 @@ fn upstream(view: &ClusterView, name: &MemberName) -> Option<Upstream> {
         name: name.clone(),
         host,
         port,
+        remote: None,
     })
 }
 
@@ -286,23 +298,51 @@ mod tests {
             ..ClusterView::default()
         };
         assert_eq!(
-            restart_action(&view, &pg(false, 150_008, false), true),
+            restart_action(&view, &pg(false, 150_008, false), true, None),
             Action::RestartPostgres {
                 role: StartRole::Primary
             }
         );
         assert_eq!(
-            restart_action(&view, &pg(true, 150_008, false), false),
+            restart_action(&view, &pg(true, 150_008, false), false, None),
             Action::RestartPostgres {
                 role: StartRole::Standby {
                     upstream: Some(Upstream {
                         name: name("n1"),
                         host: "10.0.0.1".into(),
-                        port: 5432
+                        port: 5432,
+                        remote: None,
                     })
                 }
             }
         );
+        // The standby leader of a standby cluster (it holds the key, in recovery) comes back
+        // as a standby of the remote primary, not of itself.
+        let remote = Upstream::remote(
+            &name("n1"),
+            &crate::StandbyCluster {
+                host: "10.9.0.1".into(),
+                port: 5432,
+                ..crate::StandbyCluster::default()
+            },
+        );
+        assert_eq!(
+            restart_action(&view, &pg(true, 150_008, false), true, Some(remote.clone())),
+            Action::RestartPostgres {
+                role: StartRole::Standby {
+                    upstream: Some(remote.clone())
+                }
+            }
+        );
+        // A replica of it restarts as a replica of the leader, whatever `remote` says.
+        assert!(matches!(
+            restart_action(&view, &pg(true, 150_008, false), false, Some(remote)),
+            Action::RestartPostgres {
+                role: StartRole::Standby {
+                    upstream: Some(Upstream { remote: None, .. })
+                }
+            }
+        ));
     }
 
     #[test]

@@ -450,6 +450,7 @@ mod tests {
             name: MemberName::new(name).unwrap(),
             host: "127.0.0.1".to_owned(),
             port: listen.port(),
+            remote: None,
         };
         (pg, upstream)
     }
@@ -509,6 +510,7 @@ mod tests {
             name: MemberName::new("z").unwrap(),
             host: "127.0.0.1".to_owned(),
             port: 1,
+            remote: None,
         };
         let e = a.clone_replica(&gone).await.unwrap_err().to_string();
         assert!(e.contains("pg_basebackup") && e.contains('z'), "{e}");

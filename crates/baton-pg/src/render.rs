@@ -164,7 +164,9 @@ pub fn parameters(settings: &PgSettings) -> BTreeMap<String, String> {
 }
 
 /// Recovery settings for a standby, streaming from `upstream` when it has one (Patroni
-/// `build_recovery_params`).
+/// `build_recovery_params`). The standby leader of a standby cluster (`upstream.remote`)
+/// streams through `standby_cluster.primary_slot_name` (none without it: pgbaton does not
+/// manage the other cluster's slots) and gets its `recovery_min_apply_delay`.
 pub fn recovery_parameters(
     settings: &PgSettings,
     upstream: Option<&Upstream>,
@@ -175,7 +177,14 @@ pub fn recovery_parameters(
             "primary_conninfo".to_owned(),
             primary_conninfo(settings, upstream),
         );
-        if settings.use_slots {
+        if let Some(remote) = &upstream.remote {
+            if let Some(slot) = &remote.primary_slot_name {
+                out.insert("primary_slot_name".to_owned(), slot.clone());
+            }
+            if let Some(delay) = &remote.recovery_min_apply_delay {
+                out.insert("recovery_min_apply_delay".to_owned(), delay.clone());
+            }
+        } else if settings.use_slots {
             out.insert(
                 "primary_slot_name".to_owned(),
                 member_slot_name(&settings.name),
@@ -594,6 +603,7 @@ mod tests {
             name: MemberName::new("pg-1").expect("non-empty"),
             host: "10.0.0.1".into(),
             port: 5433,
+            remote: None,
         }
     }
 
@@ -649,6 +659,40 @@ mod tests {
         .assert_eq(
             &postgresql_conf(&settings, &StartRole::Standby { upstream: Some(upstream()) })
                 .expect("renders"),
+        );
+    }
+
+    #[test]
+    fn the_standby_leader_streams_from_the_remote_with_its_slot_and_delay() {
+        let me = MemberName::new("pg-2.dc1").expect("non-empty");
+        let mut source = baton_core::StandbyCluster {
+            host: "db.region-a".into(),
+            port: 5433,
+            primary_slot_name: Some("region_b".into()),
+            recovery_min_apply_delay: Some("5min".into()),
+        };
+        let conf = postgresql_conf(
+            &settings(),
+            &StartRole::Standby {
+                upstream: Some(Upstream::remote(&me, &source)),
+            },
+        )
+        .expect("renders");
+        let recovery = conf.split_once("\n\n#").map(|(_, tail)| tail);
+        expect![[r#"
+            Some(
+                " standby of the remote primary (db.region-a:5433)\nprimary_conninfo = 'user=replicator passfile=/var/lib/postgresql/pgpass host=db.region-a port=5433 sslmode=prefer application_name=pg-2.dc1 gssencmode=prefer channel_binding=prefer dbname=postgres'\nprimary_slot_name = 'region_b'\nrecovery_min_apply_delay = '5min'\nrecovery_target_timeline = 'latest'\n",
+            )
+        "#]]
+        .assert_debug_eq(&recovery);
+        // Without primary_slot_name no slot is used (not the member's own slot name).
+        source.primary_slot_name = None;
+        source.recovery_min_apply_delay = None;
+        let params = recovery_parameters(&settings(), Some(&Upstream::remote(&me, &source)));
+        assert!(!params.contains_key("primary_slot_name"), "{params:?}");
+        assert!(
+            !params.contains_key("recovery_min_apply_delay"),
+            "{params:?}"
         );
     }
 

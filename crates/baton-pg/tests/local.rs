@@ -150,6 +150,7 @@ fn upstream(member: &LocalPostgres) -> Upstream {
         name: MemberName::new(s.name.clone()).expect("non-empty name"),
         host: "127.0.0.1".into(),
         port: s.port,
+        remote: None,
     }
 }
 
@@ -621,6 +622,7 @@ async fn standby_without_use_slots_streams_without_a_slot_name() {
         name: MemberName::new("gone").expect("name"),
         host: "127.0.0.1".into(),
         port: free_port(),
+        remote: None,
     };
     let standby = StartRole::Standby {
         upstream: Some(nowhere.clone()),
@@ -901,6 +903,7 @@ async fn a_standby_keeps_the_primarys_minimums() {
             name: MemberName::new("gone").expect("name"),
             host: "127.0.0.1".into(),
             port: free_port(),
+            remote: None,
         }),
     };
     pg.start(&standby).await.expect("start standby");

@@ -260,7 +260,12 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             ));
             return;
         }
-        let action = baton_core::restart_action(&view, &pg, holds);
+        let remote = self
+            .ha
+            .standby_cluster
+            .as_ref()
+            .map(|source| baton_core::Upstream::remote(&self.name, source));
+        let action = baton_core::restart_action(&view, &pg, holds, remote);
         info!("{action}");
         self.restart_timeout = request.filters.timeout;
         self.restart_reply = Some(reply);

@@ -170,6 +170,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             }
             Action::RaceInitialize => Ok(self.dcs.race_initialize().await?),
             Action::BootstrapCluster
+            | Action::BootstrapStandbyCluster { .. }
             | Action::Clone { .. }
             | Action::CloneWithoutLeader
             | Action::Rewind { .. }

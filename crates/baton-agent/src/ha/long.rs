@@ -53,6 +53,9 @@ struct BootstrapIo<D, P> {
     clock: Arc<dyn Clock>,
     /// `bootstrap.post_bootstrap`, run after the roles are created.
     post_bootstrap: crate::callbacks::PostBootstrap,
+    /// A standby cluster's bootstrap: clone this remote primary instead of initdb (its roles
+    /// and data come from there; no `post_bootstrap`, as in Patroni).
+    standby_of: Option<baton_core::Upstream>,
 }
 
 impl<D: Dcs, P: Postgres> BootstrapIo<D, P> {
@@ -76,13 +79,26 @@ impl<D: Dcs, P: Postgres> BootstrapIo<D, P> {
     }
 
     async fn steps(&self) -> anyhow::Result<()> {
-        self.pg.initdb().await.context("initdb")?;
-        self.pg
-            .start(&StartRole::Primary)
-            .await
-            .context("start the new cluster")?;
-        self.pg.create_roles().await.context("create roles")?;
-        self.post_bootstrap.run().await?;
+        if let Some(remote) = &self.standby_of {
+            self.pg
+                .clone_replica(remote)
+                .await
+                .with_context(|| format!("clone {remote}"))?;
+            self.pg
+                .start(&StartRole::Standby {
+                    upstream: Some(remote.clone()),
+                })
+                .await
+                .context("start the standby leader")?;
+        } else {
+            self.pg.initdb().await.context("initdb")?;
+            self.pg
+                .start(&StartRole::Primary)
+                .await
+                .context("start the new cluster")?;
+            self.pg.create_roles().await.context("create roles")?;
+            self.post_bootstrap.run().await?;
+        }
         let state = self.pg.observe().await;
         let sysid = state
             .system_id()
@@ -164,7 +180,9 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         let kind = first.kind();
         let busy = match first {
             Action::BootstrapCluster => PgRunState::InitializingNewCluster,
-            Action::Clone { .. } | Action::CloneWithoutLeader => PgRunState::CreatingReplica,
+            Action::Clone { .. }
+            | Action::CloneWithoutLeader
+            | Action::BootstrapStandbyCluster { .. } => PgRunState::CreatingReplica,
             Action::Rewind { .. } => PgRunState::RunningPgRewind,
             Action::RestartPostgres { .. } => PgRunState::Restarting,
             _ => PgRunState::Starting,
@@ -193,7 +211,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         let kind = action.kind();
         let tag = move |e: anyhow::Error| (kind, e);
         match action.clone() {
-            Action::BootstrapCluster => {
+            action @ (Action::BootstrapCluster | Action::BootstrapStandbyCluster { .. }) => {
                 let dynamic = self
                     .config
                     .bootstrap
@@ -207,6 +225,10 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                     lease: self.lease.clone(),
                     clock: self.clock.clone(),
                     post_bootstrap: self.callbacks.post_bootstrap(&self.config, &dynamic),
+                    standby_of: match action {
+                        Action::BootstrapStandbyCluster { upstream } => Some(upstream),
+                        _ => None,
+                    },
                 };
                 Box::pin(async move { io.run().await.map_err(tag) })
             }

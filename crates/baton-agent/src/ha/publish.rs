@@ -24,8 +24,11 @@ pub(super) fn state_label(pg: &PgState, busy: Option<PgRunState>) -> PgRunState 
     }
 }
 
-pub(super) fn role_label(pg: &PgState, holds_key: bool) -> MemberRole {
+/// The member's role; `standby_cluster`: this is a standby cluster, whose key holder in
+/// recovery is its standby leader.
+pub(super) fn role_label(pg: &PgState, holds_key: bool, standby_cluster: bool) -> MemberRole {
     match &pg.sql {
+        Some(sql) if sql.in_recovery && holds_key && standby_cluster => MemberRole::StandbyLeader,
         Some(sql) if sql.in_recovery => MemberRole::Replica,
         Some(_) => MemberRole::Primary,
         None if matches!(pg.data_dir, DataDir::Empty) => MemberRole::Uninitialized,
@@ -55,7 +58,11 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         if let Err(e) = self.dcs.touch_member(&member, lease).await {
             warn!("failed to update member key: {e:#}");
         }
-        if holds && let Some(sql) = pg.sql.as_ref().filter(|s| !s.in_recovery) {
+        // The primary's flush position; a standby cluster's standby leader publishes its
+        // received/replayed position (Patroni's `last_operation`), which its replicas compare
+        // themselves with in the race (`maximum_lag_on_failover`).
+        let standby_leader = self.ha.standby_cluster.is_some();
+        if holds && let Some(sql) = pg.sql.as_ref().filter(|s| !s.in_recovery || standby_leader) {
             let holder = Holder {
                 name: self.name.clone(),
                 lease,
@@ -111,7 +118,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             scope: self.config.scope.clone(),
             name: self.name.clone(),
             state: state_label(pg, busy),
-            role: role_label(pg, holds),
+            role: role_label(pg, holds, self.ha.standby_cluster.is_some()),
             pg: pg.sql.clone(),
             pending_restart_reason: self.pending_restart_reason.clone(),
             scheduled_restart: self.scheduled_restart.as_ref().map(|r| r.schedule.clone()),
@@ -156,7 +163,9 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             conn_url: Some(self.conn_url.clone()),
             api_url: Some(self.api_url.clone()),
             state: state_label(pg, busy).as_str().to_owned(),
-            role: role_label(pg, holds).as_str().to_owned(),
+            role: role_label(pg, holds, self.ha.standby_cluster.is_some())
+                .as_str()
+                .to_owned(),
             version: Some(baton_api::VERSION.to_owned()),
             tags: self.config.tags.clone(),
             xlog_location: sql.map(|s| s.wal_position()),

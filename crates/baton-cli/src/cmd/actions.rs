@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use anyhow::Context;
+
 use baton_cli::cli::Command;
 
 use super::{Ctx, api_base, confirm, http};
@@ -121,6 +123,237 @@ pub(crate) async fn run(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
         Command::Resume { wait } => set_pause(ctx, &view, false, wait).await?,
         other => anyhow::bail!("internal error: {other:?} is not a control command"),
     }
+    Ok(())
+}
+
+/// `demote-cluster`'s `standby_cluster` section (patronictl's checks and message; pgbaton
+/// also needs the host, and takes `restore_command` only from the local files).
+pub(crate) fn standby_config(
+    host: Option<String>,
+    port: Option<u16>,
+    restore_command: Option<String>,
+    primary_slot_name: Option<String>,
+) -> anyhow::Result<serde_json::Value> {
+    if host.is_none() && port.is_none() && restore_command.is_none() {
+        anyhow::bail!("At least --host, --port or --restore-command should be specified");
+    }
+    if restore_command.is_some() {
+        anyhow::bail!(
+            "--restore-command: pgbaton takes restore_command only from each member's local \
+             postgresql.parameters (it runs a command as the postgres OS user), never from the \
+             dynamic configuration"
+        );
+    }
+    let Some(host) = host else {
+        anyhow::bail!(
+            "--host is required: pgbaton streams the standby leader from the remote host \
+             (archive-only standby clusters are not supported)"
+        );
+    };
+    let mut config = serde_json::json!({ "host": host });
+    if let Some(port) = port {
+        config["port"] = port.into();
+    }
+    if let Some(slot) = primary_slot_name {
+        config["primary_slot_name"] = slot.into();
+    }
+    Ok(config)
+}
+
+/// `demote-cluster` (`standby`: the `standby_cluster` section) and `promote-cluster`
+/// (`None`), as patronictl's `change_cluster_role`: refused without a leader or when the
+/// leader already has the wanted role; otherwise `PATCH /config` on the leader, then wait
+/// until the leader's member key shows the new role.
+pub(crate) async fn change_cluster_role(
+    ctx: &Ctx,
+    standby: Option<serde_json::Value>,
+    force: bool,
+) -> anyhow::Result<()> {
+    let demote = standby.is_some();
+    let (noun, verb, done, target_role) = if demote {
+        ("demotion", "demote", "demoted", "standby_leader")
+    } else {
+        ("promotion", "promote", "promoted", "primary")
+    };
+    let view = ctx.read().await?;
+    let Some(leader) = view.leader_member() else {
+        anyhow::bail!("Cluster has no leader, {noun} is not possible");
+    };
+    if leader.role == target_role {
+        anyhow::bail!("Cluster is already in the required state");
+    }
+    let leader_name = leader.name.to_string();
+    println!("Current cluster topology");
+    println!(
+        "{}",
+        baton_cli::table::render_list(&ctx.cluster, &view).trim_end()
+    );
+    confirm(
+        force,
+        &format!("Are you sure you want to {verb} {} cluster?", ctx.cluster),
+    )?;
+    patch_standby_cluster(ctx, &view, &leader_name, standby, verb).await?;
+    wait_leader_role(ctx, target_role, Duration::from_secs(120)).await?;
+    println!(
+        "{} - Cluster {} successfully {done}",
+        super::timestamp(),
+        ctx.cluster
+    );
+    Ok(())
+}
+
+/// `PATCH /config {"standby_cluster": ...}` through `leader`.
+async fn patch_standby_cluster(
+    ctx: &Ctx,
+    view: &baton_core::ClusterView,
+    leader: &str,
+    standby: Option<serde_json::Value>,
+    verb: &str,
+) -> anyhow::Result<()> {
+    let target = api_base(view, Some(leader))?;
+    let body = serde_json::json!({ "standby_cluster": standby });
+    let reply = http::request(
+        &ctx.config,
+        reqwest::Method::PATCH,
+        &format!("{target}/config"),
+        Some(&body),
+        &[],
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("Failed to {verb} cluster: {e:#}"))?;
+    if !reply.ok() {
+        anyhow::bail!(
+            "Failed to {verb} {} cluster: /config PATCH status code={}, ({})",
+            ctx.cluster,
+            reply.status,
+            reply.body
+        );
+    }
+    Ok(())
+}
+
+/// Wait until the leader's member key shows `role`; returns the leader's member record.
+async fn wait_leader_role(
+    ctx: &Ctx,
+    role: &str,
+    timeout: Duration,
+) -> anyhow::Result<baton_core::Member> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let view = ctx.read().await?;
+        if let Some(leader) = view.leader_member().filter(|l| l.role == role) {
+            return Ok(leader.clone());
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "the /config change of cluster {} was stored, but its leader did not report the \
+                 role {role} within {} s",
+                ctx.cluster,
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// `region-switchover`: a planned switch of the primary role from the primary cluster `a`
+/// to its standby cluster `b`, losing no acknowledged commit. Demote `a` to a standby
+/// cluster of `b`'s standby leader (its primary stops cleanly: the shutdown checkpoint reaches
+/// the streaming standbys before it exits), wait until `b`'s standby leader has replayed
+/// everything `a`'s leader has (its end of WAL after the restart as a standby), then promote
+/// `b`. If `b` does not catch up, nothing is promoted and both clusters stay read-only.
+pub(crate) async fn region_switchover(a: &Ctx, b: &Ctx, force: bool) -> anyhow::Result<()> {
+    let view_a = a.read().await?;
+    let view_b = b.read().await?;
+    let Some(leader_a) = view_a.leader_member() else {
+        anyhow::bail!(
+            "Cluster {} has no leader, demotion is not possible",
+            a.cluster
+        );
+    };
+    let Some(leader_b) = view_b.leader_member() else {
+        anyhow::bail!(
+            "Cluster {} has no leader, promotion is not possible",
+            b.cluster
+        );
+    };
+    if leader_a.role != "primary" {
+        anyhow::bail!(
+            "Cluster {} is not a primary cluster (its leader {} is {})",
+            a.cluster,
+            leader_a.name,
+            leader_a.role
+        );
+    }
+    if leader_b.role != "standby_leader" {
+        anyhow::bail!(
+            "Cluster {} is not a standby cluster (its leader {} is {})",
+            b.cluster,
+            leader_b.name,
+            leader_b.role
+        );
+    }
+    let Some((host, port)) = leader_b.pg_host_port() else {
+        anyhow::bail!("the standby leader {} publishes no conn_url", leader_b.name);
+    };
+    let (name_a, name_b) = (leader_a.name.to_string(), leader_b.name.to_string());
+    confirm(
+        force,
+        &format!(
+            "Are you sure you want to demote cluster {} and promote cluster {} (standby leader \
+             {name_b})?",
+            a.cluster, b.cluster
+        ),
+    )?;
+    let standby = serde_json::json!({ "host": host, "port": port });
+    patch_standby_cluster(a, &view_a, &name_a, Some(standby), "demote").await?;
+    let demoted = wait_leader_role(a, "standby_leader", Duration::from_secs(120)).await?;
+    println!(
+        "{} - Cluster {} successfully demoted",
+        super::timestamp(),
+        a.cluster
+    );
+    // The demoted leader's end of WAL (its shutdown checkpoint): every acknowledged commit
+    // lies before it.
+    let last = demoted
+        .replay_lsn
+        .or(demoted.xlog_location)
+        .context("the demoted leader publishes no WAL position")?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let view = b.read().await?;
+        let replayed = view
+            .leader_member()
+            .filter(|l| l.name.as_str() == name_b)
+            .and_then(|l| l.replay_lsn);
+        if replayed.is_some_and(|r| r >= last) {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "the standby leader {name_b} of cluster {} did not replay up to {last} (the last \
+                 WAL of cluster {}) within 120 s (it is at {}): nothing was promoted, both \
+                 clusters are standby clusters now; promote one with promote-cluster",
+                b.cluster,
+                a.cluster,
+                replayed.map_or_else(|| "an unknown position".to_owned(), |r| r.to_string())
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!(
+        "{} - Standby leader {name_b} of cluster {} replayed the last WAL of cluster {} ({last})",
+        super::timestamp(),
+        b.cluster,
+        a.cluster
+    );
+    patch_standby_cluster(b, &view_b, &name_b, None, "promote").await?;
+    wait_leader_role(b, "primary", Duration::from_secs(120)).await?;
+    println!(
+        "{} - Cluster {} successfully promoted",
+        super::timestamp(),
+        b.cluster
+    );
     Ok(())
 }
 

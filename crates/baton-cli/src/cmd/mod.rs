@@ -264,6 +264,35 @@ pub(crate) async fn control(path: &Path, command: Command) -> anyhow::Result<()>
                 drill::run(&ctx, d).await?;
             }
         }
+        Command::DemoteCluster {
+            cluster_name,
+            host,
+            port,
+            restore_command,
+            primary_slot_name,
+            force,
+        } => {
+            // Checked before connecting: bad input changes nothing.
+            let standby = actions::standby_config(host, port, restore_command, primary_slot_name)?;
+            let ctx = connect(&config, &one(&cluster_name)).await?;
+            actions::change_cluster_role(&ctx, Some(standby), force).await?;
+        }
+        Command::RegionSwitchover {
+            standby_config,
+            force,
+        } => {
+            let other = crate::load(&standby_config)?.config;
+            let a = connect(&config, &config.scope).await?;
+            let b = connect(&other, &other.scope).await?;
+            actions::region_switchover(&a, &b, force).await?;
+        }
+        Command::PromoteCluster {
+            cluster_name,
+            force,
+        } => {
+            let ctx = connect(&config, &one(&cluster_name)).await?;
+            actions::change_cluster_role(&ctx, None, force).await?;
+        }
         other => {
             let ctx = connect(&config, &config.scope).await?;
             actions::run(&ctx, other).await?;

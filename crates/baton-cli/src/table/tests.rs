@@ -65,6 +65,19 @@ fn list_table_matches_patronictl() {
 }
 
 #[test]
+fn a_standby_cluster_lists_its_standby_leader() {
+    let mut v = view();
+    v.members[0].role = "standby_leader".into();
+    v.members[0].replication_state = Some("streaming".into());
+    let out = render_list("batman", &v);
+    assert!(
+        out.contains("| postgresql0 | 127.0.0.1:5432 | Standby Leader | running "),
+        "{out}"
+    );
+    assert!(out.contains("| Replica        | streaming |"), "{out}");
+}
+
+#[test]
 fn hosts_without_ports_when_all_are_5432_and_distinct() {
     let mut v = view();
     for (i, m) in v.members.iter_mut().enumerate() {

@@ -229,8 +229,7 @@ fn each_refused_key_is_an_error_naming_it() {
           bootstrap.dcs.permanent_slots: not supported by pgbaton yet: permanent replication slots are not created or kept on a new primary: the consumers of these slots (logical decoding, backup tools) would lose their position after a failover
         permanent_replication_slots: errors:
           bootstrap.dcs.permanent_replication_slots: not supported by pgbaton yet: permanent replication slots are not created or kept on a new primary: the consumers of these slots (logical decoding, backup tools) would lose their position after a failover
-        standby_cluster: errors:
-          bootstrap.dcs.standby_cluster: not supported by pgbaton yet: a standby cluster follows another cluster's primary; pgbaton would instead run this cluster's leader as a writable primary
+        standby_cluster: ok
         dynamic recovery_conf: errors:
           bootstrap.dcs.postgresql.recovery_conf: not supported by pgbaton yet: these recovery settings would not be applied: a delayed replica would not be delayed, an archive would not be read
         dynamic create_replica_methods: errors:
@@ -483,7 +482,6 @@ fn the_dcs_value_warns_about_refused_keys_and_lists_them() {
             "check_timeline: pgbaton always checks timelines: a member behind the cluster's timeline never takes over",
             "postgresql.recovery_conf: not supported by pgbaton yet, ignored: these recovery settings would not be applied: a delayed replica would not be delayed, an archive would not be read",
             "slots: not supported by pgbaton yet, ignored: permanent replication slots are not created or kept on a new primary: the consumers of these slots (logical decoding, backup tools) would lose their position after a failover",
-            "standby_cluster: not supported by pgbaton yet, ignored: a standby cluster follows another cluster's primary; pgbaton would instead run this cluster's leader as a writable primary",
             "written_by_another_tool: unknown key, ignored",
         ]
     "#]]
@@ -492,7 +490,6 @@ fn the_dcs_value_warns_about_refused_keys_and_lists_them() {
         [
             "postgresql.recovery_conf",
             "slots",
-            "standby_cluster",
         ]
     "#]]
     .assert_debug_eq(&dynamic.unsupported);
@@ -510,7 +507,6 @@ fn the_dcs_value_warns_about_refused_keys_and_lists_them() {
     expect![[r#"
         postgresql.recovery_conf: not supported by pgbaton yet: these recovery settings would not be applied: a delayed replica would not be delayed, an archive would not be read
         slots: not supported by pgbaton yet: permanent replication slots are not created or kept on a new primary: the consumers of these slots (logical decoding, backup tools) would lose their position after a failover
-        standby_cluster: not supported by pgbaton yet: a standby cluster follows another cluster's primary; pgbaton would instead run this cluster's leader as a writable primary
         written_by_another_tool: unknown key"#]]
     .assert_eq(&err.to_string());
     let (ok, warnings) =
@@ -761,6 +757,7 @@ bootstrap:
   dcs:
     ignore_slots: [{type: logical}]
     postgresql: {}
+    standby_cluster: {}
 postgresql:
   listen: 127.0.0.1:5432
   connect_address: 127.0.0.1:5432

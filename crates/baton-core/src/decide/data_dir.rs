@@ -101,6 +101,21 @@ impl<'a> Ctx<'a> {
             // A leader key that does not say who holds it: nothing to clone from, no bootstrap.
             return (vec![], Reason::LeaderKeyUnreadable { lease: l.lease });
         }
+        // A standby cluster is bootstrapped from the remote primary (Patroni's
+        // `bootstrap_standby_leader`), never with initdb.
+        if view.initialize.is_none()
+            && self.cfg.can_bootstrap
+            && self.lease_ok()
+            && let Some(upstream) = self.remote()
+        {
+            return (
+                vec![
+                    Action::RaceInitialize,
+                    Action::BootstrapStandbyCluster { upstream },
+                ],
+                Reason::BootstrappingStandbyLeader,
+            );
+        }
         match view.initialize.as_deref() {
             None if !self.cfg.can_bootstrap => (vec![], Reason::NotAllowedToBootstrap),
             None if !self.lease_ok() => (vec![], Reason::WaitingForLease),

@@ -63,7 +63,7 @@ impl Ctx<'_> {
     /// The replication slots the members need (`use_slots`), when they differ from the ones
     /// we have: one per other member that streams from us (not `nostream`, not cascading
     /// from another member: `topology::slots_kept_by`).
-    fn ensure_slots(&self, view: &ClusterView, sql: &PgSql) -> Option<Action> {
+    pub(super) fn ensure_slots(&self, view: &ClusterView, sql: &PgSql) -> Option<Action> {
         if !self.cfg.use_slots {
             return None;
         }

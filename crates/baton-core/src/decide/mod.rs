@@ -26,6 +26,9 @@
 //!    slots), `standby` follows the leader (and stops a diverged standby for a rewind), and
 //!    `race` takes a free key when we are the healthiest eligible member (not while a
 //!    primary's `POST /failsafe` is younger than ttl, nor from outside `/failsafe`).
+//!    In a standby cluster (`standby_cluster`) the holder of the key is the standby leader:
+//!    rules 3-5 bootstrap, start and keep it as a standby of the remote primary
+//!    (`standby_cluster`), the race winner stays a standby, and nothing is promoted.
 //!
 //! [`decide`] then puts `ArmWatchdog` ahead of actions that take the leader role
 //! (`watchdog`), derives the memory for the next cycle from the actions that will really run
@@ -51,6 +54,7 @@ mod leader;
 mod pg_down;
 mod race;
 mod standby;
+mod standby_cluster;
 mod sync;
 mod watchdog;
 
@@ -62,6 +66,19 @@ const SYNC_RECHECK: Duration = Duration::from_secs(1);
 
 /// Decide what to do in this cycle. Pure and total.
 pub fn decide(memory: &Memory, obs: &Observation, config: &HaConfig, now: Mono) -> Decision {
+    // A standby cluster has no synchronous replication (Patroni's `is_synchronous_mode` is
+    // false there): its leader acknowledges no commit, so neither `/sync` nor the gate on
+    // promotion applies.
+    let standby_config;
+    let config = if config.standby_cluster.is_some() && config.sync.enabled() {
+        standby_config = HaConfig {
+            sync: crate::decision::SyncConfig::default(),
+            ..config.clone()
+        };
+        &standby_config
+    } else {
+        config
+    };
     // What the executor reported since the last cycle comes first.
     let memory = &memory.after(&obs.outcomes);
     let mut next = memory.clone();
@@ -92,6 +109,9 @@ pub fn decide(memory: &Memory, obs: &Observation, config: &HaConfig, now: Mono) 
     {
         actions = vec![restart];
         reason = Reason::ScheduledRestart;
+    }
+    if config.standby_cluster.is_some() {
+        standby_cluster::never_primary(&mut actions);
     }
     ctx.arm_watchdog_first(&mut actions);
     // The memory below is derived from the actions that will really run.
@@ -138,14 +158,25 @@ pub fn decide(memory: &Memory, obs: &Observation, config: &HaConfig, now: Mono) 
         reason = Reason::Paused { detail };
     }
 
-    // PostgreSQL started as a standby of this leader needs no re-pointing afterwards.
+    // PostgreSQL started as a standby of this leader (or of the remote primary) needs no
+    // re-pointing afterwards.
+    if !ctx.holds_key() {
+        next.following_remote = None;
+    }
     if let Some(up) = actions.iter().find_map(|a| match a {
         Action::StartPostgres {
             role: StartRole::Standby { upstream: Some(up) },
-        } => Some(up),
+        }
+        | Action::BootstrapStandbyCluster { upstream: up } => Some(up),
         _ => None,
     }) {
-        next.following = Some(up.name.clone());
+        match &up.remote {
+            Some(source) => {
+                next.following = None;
+                next.following_remote = Some(source.clone());
+            }
+            None => next.following = Some(up.name.clone()),
+        }
     }
     // "Not streaming since" counts for one running postmaster: a stop or a (re)start begins
     // a new one, which must get its 2 * ttl before it is judged diverged.
@@ -273,7 +304,7 @@ impl Ctx<'_> {
         }
         let holds = self.holds_key();
         crate::restart_matches(&restart.filters, &obs.pg, holds).ok()?;
-        Some(crate::restart_action(view, &obs.pg, holds))
+        Some(crate::restart_action(view, &obs.pg, holds, self.remote()))
     }
 }
 
@@ -411,6 +442,11 @@ impl Ctx<'_> {
             return (vec![], Reason::WaitingForPostgres);
         };
 
+        if self.holds_key()
+            && let Some(source) = &self.cfg.standby_cluster
+        {
+            return self.standby_leader_running(next, view, sql, source);
+        }
         if self.holds_key() {
             let (mut actions, reason) = self.leader_running(next, view, sql);
             let leaving = actions.iter().any(|a| {
@@ -471,6 +507,7 @@ fn upstream_of(view: &ClusterView, name: &MemberName) -> Option<Upstream> {
         name: name.clone(),
         host,
         port,
+        remote: None,
     })
 }
 

@@ -18,6 +18,12 @@ impl Ctx<'_> {
         cd: &ControlData,
     ) -> (Vec<Action>, Reason) {
         next.following = None;
+        next.following_remote = None;
+        if self.holds_key()
+            && let Some(remote) = self.remote()
+        {
+            return self.start_standby_leader(next, remote);
+        }
         if self.holds_key() {
             let since = *next.primary_down_since.get_or_insert(self.now);
             if self.now.saturating_since(since) < self.cfg.primary_start_timeout {

@@ -57,8 +57,7 @@ impl Ctx<'_> {
                     }
                     next.following = None;
                     let mut actions = vec![Action::AcquireLeader];
-                    actions.extend(self.before_promote(view));
-                    actions.push(Action::Promote);
+                    actions.extend(self.after_taking_key(view));
                     return (actions, Reason::ManualCandidate);
                 }
                 // Everyone else leaves the key to a healthy candidate; an unhealthy one is
@@ -94,9 +93,13 @@ impl Ctx<'_> {
         }
         next.following = None;
         let mut actions = vec![Action::AcquireLeader];
-        actions.extend(self.before_promote(view));
-        actions.push(Action::Promote);
-        (actions, Reason::AcquiringLock)
+        actions.extend(self.after_taking_key(view));
+        let reason = if self.cfg.standby_cluster.is_some() {
+            Reason::AcquiredStandbyLeader
+        } else {
+            Reason::AcquiringLock
+        };
+        (actions, reason)
     }
 
     /// Patroni's `_is_healthiest_node`: within `maximum_lag_on_failover` of the last known

@@ -94,7 +94,7 @@ use expect_test::expect;
 use crate::ActionOutcome;
 use crate::decision::{
     Action, ActionFailure, ActionKind, FailsafePing, FailsafeRound, HaConfig, LeaseState, Memory,
-    Observation, PeerStatus, SyncConfig, SyncMode, WatchdogMode, WatchdogState,
+    Observation, PeerStatus, StandbyCluster, SyncConfig, SyncMode, WatchdogMode, WatchdogState,
 };
 use crate::pg::{ClusterState, ControlData, DataDir, PgProcess, PgSql, ReplicationRow};
 use crate::types::{Lsn, MemberName, Mono, Timeline};
@@ -180,6 +180,7 @@ fn parse(fixture: &str, previous: Option<&Memory>) -> Fixture {
         sync: SyncConfig::default(),
         watchdog: WatchdogMode::Off,
         failsafe_mode: false,
+        standby_cluster: None,
     };
     let mut obs = Observation {
         unix_ms: 1_795_323_600_000,
@@ -210,6 +211,24 @@ fn parse(fixture: &str, previous: Option<&Memory>) -> Fixture {
                 // Each `config:` line changes only what it names.
                 config.use_pg_rewind = t.on("rewind", config.use_pg_rewind);
                 config.use_slots = t.on("slots", config.use_slots);
+                // `standby=HOST:PORT` (`standby=off` removes it), `standby_slot=NAME`.
+                match t.get("standby") {
+                    Some("off") => config.standby_cluster = None,
+                    Some(addr) => {
+                        let (host, port) = addr.rsplit_once(':').expect("standby=HOST:PORT");
+                        config.standby_cluster = Some(StandbyCluster {
+                            host: host.to_owned(),
+                            port: port.parse().expect("standby port"),
+                            ..StandbyCluster::default()
+                        });
+                    }
+                    None => {}
+                }
+                if let (Some(slot), Some(sc)) =
+                    (t.get("standby_slot"), config.standby_cluster.as_mut())
+                {
+                    sc.primary_slot_name = Some(slot.to_owned());
+                }
                 if let Some(key) = t.get("blocker") {
                     config.unsupported_blocker = Some(key.to_owned());
                 }

@@ -58,6 +58,7 @@ impl Ctx<'_> {
                     | Action::ReattachLeader
                     | Action::Promote
                     | Action::BootstrapCluster
+                    | Action::BootstrapStandbyCluster { .. }
                     | Action::StartPostgres {
                         role: StartRole::Primary
                     }

@@ -265,11 +265,11 @@ mod tests {
     }
 
     fn source() -> Upstream {
-        Upstream {
-            name: baton_core::MemberName::new("leader").expect("name"),
-            host: "10.0.0.7".into(),
-            port: 5433,
-        }
+        Upstream::member(
+            baton_core::MemberName::new("leader").expect("name"),
+            "10.0.0.7".into(),
+            5433,
+        )
     }
 
     /// A failing method, then one that cannot be run, then one that works: the third creates
