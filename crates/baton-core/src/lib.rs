@@ -16,6 +16,7 @@ pub mod fuzzing;
 mod outcome;
 mod pg;
 mod restart;
+pub mod slots;
 mod sync;
 mod time;
 mod types;

@@ -36,11 +36,13 @@ impl Ctx<'_> {
         let reason = Reason::Following {
             leader: leader.clone(),
         };
-        if next.following.as_ref() == Some(leader) {
-            return (vec![], reason);
+        // Permanent slots kept on replicas so that a failover keeps them (`crate::slots`).
+        let mut actions = self.replica_slots(next, view, sql, &upstream);
+        if next.following.as_ref() != Some(leader) {
+            next.following = Some(leader.clone());
+            actions.insert(0, Action::Follow { upstream });
         }
-        next.following = Some(leader.clone());
-        (vec![Action::Follow { upstream }], reason)
+        (actions, reason)
     }
 
     /// A stopped former primary (or a standby whose rewind against this leader failed)

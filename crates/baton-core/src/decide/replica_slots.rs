@@ -1,0 +1,56 @@
+//! Rule 5 for a replica that follows the leader: the permanent slots it keeps so that a
+//! failover keeps them (`crate::slots`): permanent physical slots created here and advanced
+//! to the leader's published positions, permanent logical slots copied from the leader once
+//! (PostgreSQL 15 cannot create them on a standby) and advanced from then on.
+
+use std::time::Duration;
+
+use crate::decision::{Action, Memory, Upstream};
+use crate::pg::PgSql;
+use crate::view::ClusterView;
+
+use super::Ctx;
+
+/// The least time between two copies of logical slots (each one restarts PostgreSQL).
+const MIN_COPY_INTERVAL: Duration = Duration::from_secs(60);
+
+impl Ctx<'_> {
+    pub(super) fn replica_slots(
+        &self,
+        next: &mut Memory,
+        view: &ClusterView,
+        sql: &PgSql,
+        upstream: &Upstream,
+    ) -> Vec<Action> {
+        let mut actions = Vec::new();
+        // The leader's record of departed members is the leader's: a replica keeps none.
+        next.slots_seen.clear();
+        if !self.cfg.use_slots {
+            return actions;
+        }
+        let physical = crate::slots::replica_physical(self.cfg, view);
+        let mut have = sql.slots.clone();
+        have.sort();
+        if physical != have {
+            actions.push(Action::EnsureSlots { slots: physical });
+        }
+        let (work, copy) = crate::slots::replica_work(self.cfg, view, sql);
+        if !work.is_empty() {
+            actions.push(Action::SyncSlots { work });
+        }
+        // Copy only from a leader we stream from (its slot for us holds the catalog rows the
+        // copied slots need, with hot_standby_feedback), at most once a minute: each copy
+        // restarts PostgreSQL.
+        let recent = next
+            .slots_copied_at
+            .is_some_and(|at| self.now.saturating_since(at) < MIN_COPY_INTERVAL);
+        if !copy.is_empty() && sql.streaming && !recent {
+            next.slots_copied_at = Some(self.now);
+            actions.push(Action::CopyLogicalSlots {
+                upstream: upstream.clone(),
+                slots: copy,
+            });
+        }
+        actions
+    }
+}
