@@ -3,6 +3,7 @@
 //! to the leader's published positions, permanent logical slots copied from the leader once
 //! (PostgreSQL 15 cannot create them on a standby) and advanced from then on.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::decision::{Action, Memory, Upstream};
@@ -23,8 +24,10 @@ impl Ctx<'_> {
         upstream: &Upstream,
     ) -> Vec<Action> {
         let mut actions = Vec::new();
-        // The leader's record of departed members is the leader's: a replica keeps none.
-        next.slots_seen.clear();
+        // The leader's record of departed members, mirrored (the members seen now and what the
+        // leader retains): a replica that takes over publishes it at once and keeps a slot
+        // for the former leader, which was a member when last seen.
+        next.slots_seen = crate::slots::retained(self.cfg, view, &BTreeMap::new(), self.now);
         if !self.cfg.use_slots {
             return actions;
         }
