@@ -488,7 +488,7 @@ impl LocalPostgres {
         let read = fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(&path)
+            .open(path)
             .and_then(|mut file| {
                 let mut text = String::new();
                 file.read_to_string(&mut text).map(|_| text)
