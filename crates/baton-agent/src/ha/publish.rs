@@ -60,6 +60,15 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                 name: self.name.clone(),
                 lease,
             };
+            if let Some(view) = view {
+                let (_, conflicts) = baton_core::slots::leader_work(&self.ha, view, sql);
+                if conflicts != self.slot_conflicts {
+                    for c in &conflicts {
+                        warn!("permanent replication slot left alone: {c}");
+                    }
+                    self.slot_conflicts = conflicts;
+                }
+            }
             // Patroni publishes the position of every slot it keeps (replicas advance their
             // copies of the permanent ones to it) and the member slots it retains.
             let slots = baton_core::slots::published_positions(sql);
