@@ -1133,7 +1133,7 @@ pub(crate) static KEYS: &[Key] = &[
          no standby cluster). The leader creates them; replicas keep copies so that a \
          failover keeps them: physical slots created and advanced to the positions the \
          leader publishes in `/status`, logical slots copied from the leader once (their \
-         state file, read with `pg_read_binary_file` as the superuser; PostgreSQL is \
+         state file, read with `pg_read_binary_file` as the rewind user, else the superuser; PostgreSQL is \
          restarted for it) and advanced with `pg_replication_slot_advance`, never past the \
          replica's replay position. Logical slots need `wal_level: logical`; with one declared, \
          `hot_standby_feedback` is turned on (as Patroni does); as \
