@@ -90,7 +90,7 @@ fuzz_target!(|i: Input| {
     let text = record::encode_history(&lines);
     assert_eq!(record::decode_history(&text), Ok(lines), "{text}");
     let slots: Vec<(String, Lsn)> = i.slots.into_iter().map(|(n, l)| (n, Lsn(l))).collect();
-    let text = record::encode_status(Lsn(i.optime), &slots);
+    let text = record::encode_status(Lsn(i.optime), &slots, &[]);
     let (status, problems) = record::decode_status(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
     assert!(problems.is_empty(), "{text}: {problems:?}");
     assert_eq!(status.optime, Lsn(i.optime));

@@ -85,6 +85,9 @@ async fn foreign_slots_survive_normal_operation_and_a_switchover() -> anyhow::Re
     let tools = tools_or_skip!("foreign_slots_survive_normal_operation_and_a_switchover");
     let mut spec = ClusterSpec::new(3);
     spec.haproxy = None;
+    // A departed member's slot goes with its member key (the default keeps it for 30min:
+    // tests/permanent_slots.rs covers that).
+    spec.extra_config = serde_json::json!({"bootstrap": {"dcs": {"member_slots_ttl": 0}}});
     let ttl = spec.timing.ttl();
     let mut cluster = Cluster::start(&tools, spec).await?;
     let healthy = cluster

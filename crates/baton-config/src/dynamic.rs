@@ -44,6 +44,12 @@ pub struct DynamicConfig {
     pub use_slots: bool,
     /// `postgresql.remove_data_directory_on_rewind_failure`.
     pub remove_data_directory_on_rewind_failure: bool,
+    /// `slots` (or `permanent_slots`, `permanent_replication_slots`): permanent replication
+    /// slots.
+    pub permanent_slots: Vec<baton_core::slots::PermanentSlot>,
+    /// `member_slots_ttl`, seconds (Patroni's default 30min; 0: member slots are not kept
+    /// for departed members).
+    pub member_slots_ttl: u32,
     /// `postgresql.parameters`, rendered and validated (see [`crate::merged_parameters`]).
     pub parameters: BTreeMap<String, String>,
     /// `postgresql.pg_hba`: used when the local configuration has none.
@@ -79,6 +85,8 @@ impl DynamicConfig {
             use_pg_rewind: false,
             use_slots: true,
             remove_data_directory_on_rewind_failure: false,
+            permanent_slots: Vec::new(),
+            member_slots_ttl: 1800,
             parameters: BTreeMap::new(),
             pg_hba: Vec::new(),
             sync: baton_core::SyncConfig::default(),
@@ -206,6 +214,18 @@ pub(crate) fn parse(cx: &mut Cx, path: &str, v: &Value) -> DynamicConfig {
         cx.uint(p, v, 1, i64::MAX as u64)
     }) {
         d.sync.node_count = u32::try_from(n).unwrap_or(u32::MAX);
+    }
+    // Patroni reads the first of these that is set.
+    for key in ["permanent_replication_slots", "permanent_slots", "slots"] {
+        if let Some(slots) = o.opt(cx, key, crate::slots::permanent_slots)
+            && !slots.is_empty()
+            && d.permanent_slots.is_empty()
+        {
+            d.permanent_slots = slots;
+        }
+    }
+    if let Some(ttl) = o.opt(cx, "member_slots_ttl", crate::slots::member_slots_ttl) {
+        d.member_slots_ttl = u32::try_from(ttl).unwrap_or(u32::MAX);
     }
     if let Some(class) = o.opt(cx, "ignore_slots", ignore_slots) {
         o.value_class(cx, "ignore_slots", class);

@@ -23,6 +23,7 @@ mod log;
 mod model;
 mod params;
 mod replica;
+mod slots;
 mod support;
 mod walk;
 mod yaml;
@@ -189,6 +190,8 @@ pub fn effective_ha(config: &Config, dynamic: &DynamicConfig) -> HaConfig {
         watchdog: config.watchdog.mode,
         failsafe_mode: dynamic.failsafe_mode,
         standby_cluster: dynamic.standby_cluster.clone(),
+        permanent_slots: dynamic.permanent_slots.clone(),
+        member_slots_ttl: secs(dynamic.member_slots_ttl),
     }
 }
 
@@ -226,6 +229,17 @@ pub fn merged_parameters(config: &Config, dynamic: &DynamicConfig) -> BTreeMap<S
     out.insert("cluster_name".to_owned(), config.scope.clone());
     out.insert("hot_standby".to_owned(), "on".to_owned());
     out.insert("wal_log_hints".to_owned(), "on".to_owned());
+    // A logical slot copied to a replica is only safe to use after a failover while the
+    // leader keeps the catalog rows it needs: the replica's feedback does that (Patroni
+    // enforces it too).
+    if dynamic.use_slots
+        && dynamic
+            .permanent_slots
+            .iter()
+            .any(|s| matches!(s.kind, baton_core::slots::SlotKind::Logical { .. }))
+    {
+        out.insert("hot_standby_feedback".to_owned(), "on".to_owned());
+    }
     out
 }
 

@@ -187,9 +187,6 @@ const AUTH_TLS_WEAK: &str = "accepted but not used by pgbaton: its connections u
     default (sslnegotiation postgres)";
 const GSS_OWN: &str = "pgbaton's own connections as this role (tokio-postgres) have no GSSAPI \
     encryption, so they would not be encrypted as asked";
-const PERMANENT_SLOTS: &str = "permanent replication slots are not created or kept on a new \
-    primary: the consumers of these slots (logical decoding, backup tools) would lose their \
-    position after a failover";
 const STANDBY_COMMAND: &str = "this command runs as the postgres OS user, so pgbaton takes it \
     only from the local configuration file: set postgresql.parameters.restore_command (or \
     archive_cleanup_command) on each member; the standby leader uses it";
@@ -1169,15 +1166,45 @@ pub(crate) static KEYS: &[Key] = &[
          answering and it fences at the deadline. A member that accepted does not race for ttl; \
          a member missing from `/failsafe` never takes the key.",
     ),
-    warned(
+    dynamic(
         "member_slots_ttl",
-        Dynamic,
-        "accepted but not used by pgbaton: the leader drops a departed member's replication \
-         slot once its member key is gone",
+        "`1800` (30min)",
+        "How long the leader keeps the replication slot of a member whose member key is gone \
+         (seconds, or a duration such as `30min`), so that it streams at once when it comes \
+         back (a rejoining former primary finds its slot on the new leader: the leader \
+         publishes the names as `retain_slots` in `/status`). `0`: the slot goes with the \
+         member key.",
     ),
-    refused("slots", Dynamic, PERMANENT_SLOTS),
-    refused("permanent_slots", Dynamic, PERMANENT_SLOTS),
-    refused("permanent_replication_slots", Dynamic, PERMANENT_SLOTS),
+    dynamic(
+        "slots",
+        "none",
+        "Permanent replication slots, `name: {type: physical}` or `name: {type: logical, \
+         database: .., plugin: ..}` (`cluster_type: standby` entries are skipped: pgbaton runs \
+         no standby cluster). The leader creates them; replicas keep copies so that a \
+         failover keeps them: physical slots created and advanced to the positions the \
+         leader publishes in `/status`, logical slots copied from the leader once (their \
+         state file, read with `pg_read_binary_file` as the rewind user, else the superuser; PostgreSQL is \
+         restarted for it) and advanced with `pg_replication_slot_advance`, never past the \
+         replica's replay position. Logical slots need `wal_level: logical`; with one declared, \
+         `hot_standby_feedback` is turned on (as Patroni does); as \
+         in Patroni, a consumer may see changes again after a failover (from the last \
+         position the leader published), never miss any. Members with `nofailover` keep no \
+         permanent slot, `nostream` members no logical one. A slot pgbaton did not create \
+         and was not told to keep is never dropped (Patroni drops unknown slots), nor is a \
+         slot of a declared name but another type, database or plugin (reported instead); a \
+         slot removed from this section is dropped if pgbaton made it.",
+    ),
+    dynamic(
+        "permanent_slots",
+        "none",
+        "Patroni's older name of `slots` (read when set; `permanent_replication_slots` wins, \
+         then `permanent_slots`, then `slots`).",
+    ),
+    dynamic(
+        "permanent_replication_slots",
+        "none",
+        "Patroni's older name of `slots`.",
+    ),
     by_value(
         "ignore_slots",
         Dynamic,
@@ -1187,15 +1214,17 @@ pub(crate) static KEYS: &[Key] = &[
             (
                 "entries of type logical only",
                 Warned(
-                    "accepted but not used by pgbaton: it never drops logical replication slots",
+                    "accepted but not needed by pgbaton: it drops only the logical replication \
+                     slots it created for the `slots` section (recorded beside the data \
+                     directory) and leaves every other slot alone",
                 ),
             ),
             (
                 "any entry that may match a physical slot",
                 Warned(
                     "accepted but not needed by pgbaton: it drops only the replication slots it \
-                     created for members (recorded in <data_dir>.pgbaton-slots) and leaves every \
-                     other slot alone",
+                     created for members and the `slots` section (recorded in \
+                     <data_dir>.pgbaton-slots) and leaves every other slot alone",
                 ),
             ),
         ],

@@ -208,6 +208,8 @@ tags:
                         use_pg_rewind: true,
                         use_slots: true,
                         remove_data_directory_on_rewind_failure: false,
+                        permanent_slots: [],
+                        member_slots_ttl: 1800,
                         parameters: {
                             "archive_mode": "on",
                             "max_connections": "200",
@@ -1309,6 +1311,8 @@ fn effective_ha_merges_local_and_dynamic() {
             watchdog: Automatic,
             failsafe_mode: false,
             standby_cluster: None,
+            permanent_slots: [],
+            member_slots_ttl: 1800s,
         }
     "#]]
     .assert_debug_eq(&ha);

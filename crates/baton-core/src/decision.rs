@@ -118,6 +118,11 @@ pub struct HaConfig {
     /// leader (the standby leader) runs PostgreSQL as a standby of that remote host and never
     /// promotes; the other members follow the standby leader (`decide::standby_cluster`).
     pub standby_cluster: Option<StandbyCluster>,
+    /// Dynamic `slots`: permanent replication slots (`crate::slots`).
+    pub permanent_slots: Vec<crate::slots::PermanentSlot>,
+    /// Dynamic `member_slots_ttl`: how long the leader keeps the slot of a member whose key
+    /// is gone (0: not at all).
+    pub member_slots_ttl: Duration,
 }
 
 /// Patroni's `standby_cluster` section: where the standby leader replicates from, and the
@@ -286,6 +291,13 @@ pub struct Memory {
     /// The `pre_promote` script failed (when, and why): the promotion was cancelled, and we do
     /// not race for the leader key for `ttl` after it (Patroni's backoff).
     pub pre_promote_failed: Option<(Mono, String)>,
+    /// Leader: the slot names of members, by when we last saw their member key (or inherited
+    /// them from `/status` `retain_slots`), kept for `member_slots_ttl` (`crate::slots::retained`);
+    /// published as `retain_slots`.
+    pub slots_seen: std::collections::BTreeMap<String, Mono>,
+    /// Replica: when we last copied logical slots from the leader (each copy restarts
+    /// PostgreSQL, so copies are spaced out).
+    pub slots_copied_at: Option<Mono>,
 }
 
 /// Where a replica streams from / clones from / rewinds from.
@@ -387,6 +399,18 @@ pub enum Action {
     EnsureSlots {
         slots: Vec<String>,
     },
+    /// Permanent slot upkeep besides the physical set (`crate::slots`): create or adopt
+    /// logical slots, advance slots, drop logical slots pgbaton made that are not declared.
+    SyncSlots {
+        work: crate::slots::SlotWork,
+    },
+    /// Replica: copy these permanent logical slots from the leader (their state files, read
+    /// with `pg_read_binary_file`), which needs PostgreSQL stopped: the executor stops it
+    /// (fast) after reading, writes the files, and the next cycle starts it again.
+    CopyLogicalSlots {
+        upstream: Upstream,
+        slots: Vec<String>,
+    },
     /// Start PostgreSQL in the given role.
     StartPostgres {
         role: StartRole,
@@ -467,6 +491,8 @@ pub enum ActionKind {
     WriteConfig,
     UpdateHistory,
     EnsureSlots,
+    SyncSlots,
+    CopyLogicalSlots,
     StartPostgres,
     StopPostgres,
     RestartPostgres,
@@ -534,6 +560,8 @@ impl Action {
             Action::WriteConfig => ActionKind::WriteConfig,
             Action::UpdateHistory => ActionKind::UpdateHistory,
             Action::EnsureSlots { .. } => ActionKind::EnsureSlots,
+            Action::SyncSlots { .. } => ActionKind::SyncSlots,
+            Action::CopyLogicalSlots { .. } => ActionKind::CopyLogicalSlots,
             Action::RestartPostgres { .. } => ActionKind::RestartPostgres,
             Action::StartPostgres { .. } => ActionKind::StartPostgres,
             Action::StopPostgres { .. } => ActionKind::StopPostgres,
@@ -575,6 +603,14 @@ impl fmt::Display for Action {
             Action::WriteConfig => write!(f, "write dynamic config"),
             Action::UpdateHistory => write!(f, "update timeline history"),
             Action::EnsureSlots { slots } => write!(f, "ensure slots [{}]", slots.join(", ")),
+            Action::SyncSlots { work } => write!(f, "sync slots: {work}"),
+            Action::CopyLogicalSlots { upstream, slots } => {
+                write!(
+                    f,
+                    "copy logical slots [{}] from {upstream}",
+                    slots.join(", ")
+                )
+            }
             Action::StartPostgres {
                 role: StartRole::Primary,
             } => {

@@ -185,6 +185,9 @@ pub struct PgSql {
     /// Physical replication slots present on this instance that pgbaton manages (it created
     /// them, or adopted them as a member's slot); slots other tools made are not listed.
     pub slots: Vec<String>,
+    /// Every non-temporary replication slot on this instance (whoever made it), with its
+    /// kind, position and whether pgbaton owns it (`crate::slots`).
+    pub replication_slots: Vec<crate::slots::SlotInfo>,
     /// `pending_restart` is true for some setting in `pg_settings`.
     pub pending_restart: bool,
     /// The current value of `synchronous_standby_names`.

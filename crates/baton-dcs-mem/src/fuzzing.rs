@@ -61,11 +61,14 @@ pub fn values(text: &str) {
     if let Ok((status, _problems)) = decode_status(text) {
         let slots: Vec<(String, baton_core::Lsn)> =
             status.slots.iter().map(|(k, v)| (k.clone(), *v)).collect();
-        let first = encode_status(status.optime, &slots);
+        let first = encode_status(status.optime, &slots, &status.retain_slots);
         let (again, problems) = decode_status(&first)
             .unwrap_or_else(|e| panic!("status {first:?} (from {text:?}) does not decode: {e}"));
         assert!(problems.is_empty(), "status {first:?}: {problems:?}");
-        assert_eq!((again.optime, again.slots), (status.optime, status.slots));
+        assert_eq!(
+            (again.optime, again.slots, again.retain_slots),
+            (status.optime, status.slots, status.retain_slots)
+        );
     }
     if let Ok(drills) = decode_drills(text)
         && drills.len() <= record::DRILLS_KEPT

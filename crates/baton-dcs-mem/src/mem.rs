@@ -496,8 +496,9 @@ impl Dcs for MemDcs {
         leader: &Holder,
         optime: Lsn,
         slots: &[(String, Lsn)],
+        retain_slots: &[String],
     ) -> Result<LeaderWrite, DcsError> {
-        let value = record::encode_status(optime, slots);
+        let value = record::encode_status(optime, slots, retain_slots);
         self.leader_write(
             "write status",
             leader,
@@ -679,7 +680,7 @@ mod tests {
             dcs.release_leader(&name("a")).await.err(),
             dcs.touch_member(&m, lease).await.err(),
             dcs.write_config("{}", None).await.err(),
-            dcs.write_status(&holder, Lsn(1), &[]).await.err(),
+            dcs.write_status(&holder, Lsn(1), &[], &[]).await.err(),
             dcs.write_history(&holder, &[]).await.err(),
             dcs.write_sync(&holder, None, 0).await.err(),
             dcs.clear_failover(&holder, 0).await.err(),

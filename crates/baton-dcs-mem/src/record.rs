@@ -337,9 +337,9 @@ pub fn encode_member(m: &Member) -> String {
 }
 
 /// `status` as Patroni's `write_status` writes it: `{"optime":N}` plus `"slots":{..}` when there
-/// are slots (Patroni drops `None` values, and an empty slot map is `None`). `retain_slots` is
-/// not written: pgbaton does not retain slots of absent members.
-pub fn encode_status(optime: Lsn, slots: &[(String, Lsn)]) -> String {
+/// are slots and `"retain_slots":[..]` when there are retained member slots (Patroni drops
+/// `None` values, and an empty map or list is `None`).
+pub fn encode_status(optime: Lsn, slots: &[(String, Lsn)], retain_slots: &[String]) -> String {
     let mut out = String::with_capacity(64);
     let mut obj = ObjWriter::new(&mut out);
     obj.uint("optime", optime.0);
@@ -359,6 +359,17 @@ pub fn encode_status(optime: Lsn, slots: &[(String, Lsn)]) -> String {
             inner.uint(name, last.0);
         }
         inner.end();
+    }
+    if !retain_slots.is_empty() {
+        let out = obj.key("retain_slots");
+        out.push('[');
+        for (i, name) in retain_slots.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            py_str(out, name);
+        }
+        out.push(']');
     }
     obj.end();
     out
@@ -1237,14 +1248,21 @@ mod tests {
 
     #[test]
     fn status_golden() {
-        expect![[r#"{"optime":67108960}"#]].assert_eq(&encode_status(Lsn(67_108_960), &[]));
+        expect![[r#"{"optime":67108960}"#]].assert_eq(&encode_status(Lsn(67_108_960), &[], &[]));
         let slots = vec![
             ("node2".to_owned(), Lsn(100)),
             ("perm_logical".to_owned(), Lsn(90)),
             ("node2".to_owned(), Lsn(110)),
         ];
         expect![[r#"{"optime":67108960,"slots":{"node2":110,"perm_logical":90}}"#]]
-            .assert_eq(&encode_status(Lsn(67_108_960), &slots));
+            .assert_eq(&encode_status(Lsn(67_108_960), &slots, &[]));
+        expect![[r#"{"optime":5,"slots":{"n1":4},"retain_slots":["n1","n2"]}"#]].assert_eq(
+            &encode_status(
+                Lsn(5),
+                &[("n1".to_owned(), Lsn(4))],
+                &["n1".to_owned(), "n2".to_owned()],
+            ),
+        );
     }
 
     #[test]

@@ -1092,8 +1092,9 @@ impl Dcs for EtcdDcs {
         leader: &Holder,
         optime: Lsn,
         slots: &[(String, Lsn)],
+        retain_slots: &[String],
     ) -> Result<LeaderWrite, DcsError> {
-        let value = record::encode_status(optime, slots);
+        let value = record::encode_status(optime, slots, retain_slots);
         let cached = self.written().status.clone();
         if cached == Some((value.clone(), leader.lease)) {
             count(&self.inner.counts.skipped_writes, 1);

@@ -773,7 +773,7 @@ async fn leader_only_writes_of_a_deposed_leader_are_refused<E: Env>(env: E) {
         ..SyncState::default()
     };
     assert_eq!(
-        a.write_status(&old, Lsn(1), &[]).await.unwrap(),
+        a.write_status(&old, Lsn(1), &[], &[]).await.unwrap(),
         LeaderWrite::Written
     );
     assert_eq!(
@@ -795,7 +795,7 @@ async fn leader_only_writes_of_a_deposed_leader_are_refused<E: Env>(env: E) {
     eventually(&b, "leader key gone with its lease", |v| v.leader.is_none()).await;
     let new = lead(&b, "n2").await;
     assert_eq!(
-        b.write_status(&new, Lsn(2), &[]).await.unwrap(),
+        b.write_status(&new, Lsn(2), &[], &[]).await.unwrap(),
         LeaderWrite::Written
     );
     let before: Vec<_> = {
@@ -811,7 +811,7 @@ async fn leader_only_writes_of_a_deposed_leader_are_refused<E: Env>(env: E) {
 
     // Every write of the deposed leader is refused as such, even with the current versions.
     assert_eq!(
-        a.write_status(&old, Lsn(3), &[]).await.unwrap(),
+        a.write_status(&old, Lsn(3), &[], &[]).await.unwrap(),
         LeaderWrite::NotLeader
     );
     assert_eq!(
@@ -845,7 +845,7 @@ async fn leader_only_writes_of_a_deposed_leader_are_refused<E: Env>(env: E) {
         },
     ] {
         assert_eq!(
-            a.write_status(&impostor, Lsn(4), &[]).await.unwrap(),
+            a.write_status(&impostor, Lsn(4), &[], &[]).await.unwrap(),
             LeaderWrite::NotLeader,
             "{impostor:?}"
         );
@@ -863,7 +863,7 @@ async fn leader_only_writes_of_a_deposed_leader_are_refused<E: Env>(env: E) {
     );
     assert!(b.release_leader(&name("n2")).await.unwrap());
     assert_eq!(
-        b.write_status(&new, Lsn(5), &[]).await.unwrap(),
+        b.write_status(&new, Lsn(5), &[], &[]).await.unwrap(),
         LeaderWrite::NotLeader
     );
     assert_eq!(read(&b).await.optime(), Some(Lsn(2)));
@@ -905,7 +905,7 @@ async fn undecodable_leader_key_belongs_to_its_lease_and_epoch<E: Env>(env: E) {
         "only at the revision read"
     );
     assert_eq!(
-        a.write_status(&holder, Lsn(1), &[]).await.unwrap(),
+        a.write_status(&holder, Lsn(1), &[], &[]).await.unwrap(),
         LeaderWrite::NotLeader,
         "the garbage value does not name the holder"
     );
@@ -921,7 +921,7 @@ async fn undecodable_leader_key_belongs_to_its_lease_and_epoch<E: Env>(env: E) {
         "same key, same epoch"
     );
     assert_eq!(
-        a.write_status(&holder, Lsn(1), &[]).await.unwrap(),
+        a.write_status(&holder, Lsn(1), &[], &[]).await.unwrap(),
         LeaderWrite::Written
     );
 
@@ -1251,7 +1251,7 @@ async fn status_and_history_in_patroni_format<E: Env>(env: E) {
         ("node2".to_owned(), Lsn(67_108_000)),
         ("perm".to_owned(), Lsn(67_000_000)),
     ];
-    a.write_status(&leader, Lsn(67_108_960), &slots)
+    a.write_status(&leader, Lsn(67_108_960), &slots, &[])
         .await
         .unwrap();
     let (raw, rev1) = env.raw_get("status").await.expect("status written");
@@ -1263,7 +1263,7 @@ async fn status_and_history_in_patroni_format<E: Env>(env: E) {
     assert_eq!(status.optime, Lsn(67_108_960));
     assert_eq!(status.slots.get("perm"), Some(&Lsn(67_000_000)));
 
-    a.write_status(&leader, Lsn(67_108_960), &slots)
+    a.write_status(&leader, Lsn(67_108_960), &slots, &[])
         .await
         .unwrap();
     assert_eq!(
@@ -1271,7 +1271,9 @@ async fn status_and_history_in_patroni_format<E: Env>(env: E) {
         rev1,
         "unchanged status: no write"
     );
-    a.write_status(&leader, Lsn(67_109_000), &[]).await.unwrap();
+    a.write_status(&leader, Lsn(67_109_000), &[], &[])
+        .await
+        .unwrap();
     assert_eq!(
         env.raw_get("status").await.unwrap().0,
         r#"{"optime":67109000}"#
@@ -1280,7 +1282,9 @@ async fn status_and_history_in_patroni_format<E: Env>(env: E) {
     // Overwritten by someone else: once read, the same value is written again.
     env.raw_put("status", r#"{"optime":1}"#).await;
     assert_eq!(read(&a).await.optime(), Some(Lsn(1)));
-    a.write_status(&leader, Lsn(67_109_000), &[]).await.unwrap();
+    a.write_status(&leader, Lsn(67_109_000), &[], &[])
+        .await
+        .unwrap();
     assert_eq!(
         env.raw_get("status").await.unwrap().0,
         r#"{"optime":67109000}"#

@@ -515,6 +515,8 @@ impl Model {
             receiver_latest_end_lsn: (standby && streaming).then_some(flush),
             replication,
             slots: node_slots(&self.nodes[i]),
+            // The model has member slots only (no positions, no permanent slots).
+            replication_slots: Vec::new(),
             pending_restart: false,
             synchronous_standby_names: self.nodes[i].ssn.clone(),
             synchronous_commit: "on".to_owned(),

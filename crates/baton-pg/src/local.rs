@@ -240,8 +240,9 @@ SELECT pid, usename::text, application_name, client_addr::text, state, sync_stat
   FROM pg_catalog.pg_stat_replication
  ORDER BY application_name, pid";
 
-const SLOTS_SQL: &str = "\
-SELECT slot_name::text FROM pg_catalog.pg_replication_slots WHERE slot_type = 'physical' AND NOT temporary ORDER BY 1";
+mod slots;
+
+const SLOTS_SQL: &str = slots::ALL_SLOTS_SQL;
 
 impl LocalPostgres {
     /// Relative `data_dir` / `pgpass` paths are made absolute against the current directory,
@@ -506,11 +507,15 @@ impl LocalPostgres {
     /// The slot names in the record; none when there is no record. Lines that are not slot
     /// names (the comment) are skipped. A symlink there is an error, never followed.
     fn read_slot_record(&self) -> Result<BTreeSet<String>, PgError> {
-        let path = self.slot_record_path();
+        self.read_record_at(&self.slot_record_path())
+    }
+
+    /// The slot names in the record at `path` (see [`Self::read_slot_record`]).
+    fn read_record_at(&self, path: &Path) -> Result<BTreeSet<String>, PgError> {
         let read = fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(&path)
+            .open(path)
             .and_then(|mut file| {
                 let mut text = String::new();
                 file.read_to_string(&mut text).map(|_| text)
@@ -833,6 +838,7 @@ impl LocalPostgres {
                         BTreeSet::new()
                     });
                     sql.slots.retain(|name| ours.contains(name));
+                    self.mark_own_slots(&mut sql, &ours);
                     Some(sql)
                 }
                 Err(e) => {
@@ -1083,7 +1089,8 @@ impl LocalPostgres {
             .map_err(io(format!("remove {}", path.display())))?;
         }
         // The slots went with the data: nothing in the directory is ours any more.
-        self.remove_file(&self.slot_record_path())
+        self.remove_file(&self.slot_record_path())?;
+        self.remove_file(&self.logical_record_path())
     }
 
     async fn current_timeline(&self) -> Result<Timeline, PgError> {
@@ -1147,6 +1154,7 @@ impl Postgres for LocalPostgres {
         self.ensure_data_dir()?;
         // A new cluster has no slots: a record left from an earlier one names nothing of ours.
         self.remove_file(&self.slot_record_path())?;
+        self.remove_file(&self.logical_record_path())?;
         let s = &self.settings;
         let mut args: Vec<OsString> = vec![self.data_dir_arg()];
         args.extend(s.initdb_options.iter().map(OsString::from));
@@ -1749,6 +1757,18 @@ impl Postgres for LocalPostgres {
         })
     }
 
+    async fn sync_slots(&self, work: &baton_core::slots::SlotWork) -> Result<(), PgError> {
+        self.sync_permanent_slots(work).await
+    }
+
+    async fn copy_logical_slots(
+        &self,
+        upstream: &Upstream,
+        slots: &[String],
+    ) -> Result<(), PgError> {
+        self.copy_logical_slots_from(upstream, slots).await
+    }
+
     async fn timeline_history(&self) -> Result<Vec<HistoryLine>, PgError> {
         let timeline = self.current_timeline().await?;
         if timeline.0 <= 1 {
@@ -1791,13 +1811,13 @@ async fn query_state(conn: &ObserveConn) -> Result<PgSql, PgError> {
         .iter()
         .map(parse_replication_row)
         .collect::<Result<_, _>>()?;
-    sql.slots = slots
+    sql.replication_slots = slots::parse_slot_rows(&slots)?;
+    sql.slots = sql
+        .replication_slots
         .iter()
-        .map(|row| {
-            row.try_get::<_, String>(0)
-                .map_err(|e| sql_error("slot row", e))
-        })
-        .collect::<Result<_, _>>()?;
+        .filter(|s| s.kind == baton_core::slots::SlotKind::Physical)
+        .map(|s| s.name.clone())
+        .collect();
     Ok(sql)
 }
 
@@ -1853,6 +1873,7 @@ fn parse_status(row: &Row) -> Result<PgSql, PgError> {
         receiver_latest_end_lsn,
         replication: Vec::new(),
         slots: Vec::new(),
+        replication_slots: Vec::new(),
         pending_restart,
         synchronous_standby_names,
         synchronous_commit,

@@ -188,12 +188,14 @@ pub trait Dcs: Send + Sync + 'static {
         version: Option<i64>,
     ) -> impl Future<Output = Result<bool, DcsError>> + Send;
 
-    /// Leader only: write `status` = `{"optime": .., "slots": {..}}` when it changed.
+    /// Leader only: write `status` = `{"optime": .., "slots": {..}, "retain_slots": [..]}`
+    /// when it changed (`retain_slots`: the member slots kept for `member_slots_ttl`).
     fn write_status(
         &self,
         leader: &Holder,
         optime: Lsn,
         slots: &[(String, Lsn)],
+        retain_slots: &[String],
     ) -> impl Future<Output = Result<LeaderWrite, DcsError>> + Send;
 
     /// Leader only: write `history`.

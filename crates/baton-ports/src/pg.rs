@@ -214,6 +214,39 @@ pub trait Postgres: Send + Sync + 'static {
     /// create or adopt as a member's slot (Barman's, pg_receivewal's, ...) is never dropped.
     fn ensure_slots(&self, slots: &[String]) -> impl Future<Output = Result<(), PgError>> + Send;
 
+    /// Permanent slot upkeep (`baton_core::slots::SlotWork`): create or adopt the declared
+    /// logical slots, advance slots with `pg_replication_slot_advance`, drop the logical
+    /// slots pgbaton made that are no longer declared. An implementation without permanent
+    /// slots refuses.
+    fn sync_slots(
+        &self,
+        work: &baton_core::slots::SlotWork,
+    ) -> impl Future<Output = Result<(), PgError>> + Send {
+        let what = work.to_string();
+        async move {
+            Err(PgError::Other(format!(
+                "cannot {what}: permanent replication slots are not supported here"
+            )))
+        }
+    }
+
+    /// Replica: copy the logical slots `slots` from `upstream` (the leader): read their state
+    /// files there, stop PostgreSQL (fast), write them into `pg_replslot`. PostgreSQL stays
+    /// stopped; the next cycle starts it, and it loads the copies. An implementation without
+    /// permanent slots refuses.
+    fn copy_logical_slots(
+        &self,
+        upstream: &Upstream,
+        slots: &[String],
+    ) -> impl Future<Output = Result<(), PgError>> + Send {
+        let what = format!("copy logical slots [{}] from {upstream}", slots.join(", "));
+        async move {
+            Err(PgError::Other(format!(
+                "cannot {what}: permanent replication slots are not supported here"
+            )))
+        }
+    }
+
     /// Parse `pg_wal/<TL>.history` of the current timeline into history lines (without
     /// timestamps/new-leader names; the caller adds those for the last line).
     fn timeline_history(&self) -> impl Future<Output = Result<Vec<HistoryLine>, PgError>> + Send;

@@ -333,10 +333,11 @@ impl Dcs for SimDcs {
         leader: &Holder,
         optime: Lsn,
         slots: &[(String, Lsn)],
+        retain_slots: &[String],
     ) -> Result<LeaderWrite, DcsError> {
-        let (leader, slots) = (leader.clone(), slots.to_vec());
+        let (leader, slots, retain) = (leader.clone(), slots.to_vec(), retain_slots.to_vec());
         self.call("write status", move |d| async move {
-            d.write_status(&leader, optime, &slots).await
+            d.write_status(&leader, optime, &slots, &retain).await
         })
         .await
     }

@@ -408,7 +408,8 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         if plan == ShutdownPlan::StopAndRelease {
             let state = self.pg.observe().await;
             if let (Some(lsn), Some(holder)) = (state.wal_position(), self.holder()) {
-                match self.dcs.write_status(&holder, lsn, &[]).await {
+                let retain = self.retained_slot_names();
+                match self.dcs.write_status(&holder, lsn, &[], &retain).await {
                     Ok(LeaderWrite::Written | LeaderWrite::Conflict) => {}
                     Ok(LeaderWrite::NotLeader) => {
                         info!("last position not published: we no longer hold the leader key")

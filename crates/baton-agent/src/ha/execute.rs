@@ -213,7 +213,10 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             Action::ReleaseLeader { last_lsn } => {
                 if let Some(lsn) = last_lsn {
                     let holder = self.holder();
-                    let write = holder.as_ref().map(|h| self.dcs.write_status(h, *lsn, &[]));
+                    let retain = self.retained_slot_names();
+                    let write = holder
+                        .as_ref()
+                        .map(|h| self.dcs.write_status(h, *lsn, &[], &retain));
                     self.leader_write("publish the last position", write)
                         .await?;
                 }
@@ -247,6 +250,18 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             }
             Action::EnsureSlots { slots } => {
                 self.pg.ensure_slots(slots).await?;
+                Ok(true)
+            }
+            Action::SyncSlots { work } => {
+                self.pg.sync_slots(work).await?;
+                Ok(true)
+            }
+            Action::CopyLogicalSlots { upstream, slots } => {
+                info!(
+                    "copying logical replication slots [{}] from {upstream}: PostgreSQL restarts",
+                    slots.join(", ")
+                );
+                self.pg.copy_logical_slots(upstream, slots).await?;
                 Ok(true)
             }
             Action::StartPostgres { role } => {
@@ -310,7 +325,10 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                 };
                 if let Some(lsn) = checkpoint {
                     let holder = self.holder();
-                    let write = holder.as_ref().map(|h| self.dcs.write_status(h, lsn, &[]));
+                    let retain = self.retained_slot_names();
+                    let write = holder
+                        .as_ref()
+                        .map(|h| self.dcs.write_status(h, lsn, &[], &retain));
                     self.leader_write("publish the shutdown checkpoint", write)
                         .await?;
                 }

@@ -102,6 +102,9 @@ pub struct Agent<D: Dcs, P: Postgres, R: Peers> {
     pending_restart_reason: Vec<PendingRestart>,
     /// The last failure to apply PostgreSQL's configuration (logged once).
     apply_error: Option<String>,
+    /// Declared permanent slots left alone because a slot of that name has another kind
+    /// (logged once per change, `publish`).
+    slot_conflicts: Vec<String>,
     /// The watchdog device (`None`: none is set up; see [`Agent::set_watchdog`]).
     watchdog: Option<Arc<crate::watchdog::Watchdog>>,
     /// The callback scripts and the one running ([`crate::callbacks`]).
@@ -161,6 +164,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             applied_pg: None,
             pending_restart_reason: Vec::new(),
             apply_error: None,
+            slot_conflicts: Vec::new(),
             watchdog: None,
         })
     }

@@ -67,9 +67,22 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                 name: self.name.clone(),
                 lease,
             };
+            if let Some(view) = view {
+                let (_, conflicts) = baton_core::slots::leader_work(&self.ha, view, sql);
+                if conflicts != self.slot_conflicts {
+                    for c in &conflicts {
+                        warn!("permanent replication slot left alone: {c}");
+                    }
+                    self.slot_conflicts = conflicts;
+                }
+            }
+            // Patroni publishes the position of every slot it keeps (replicas advance their
+            // copies of the permanent ones to it) and the member slots it retains.
+            let slots = baton_core::slots::published_positions(sql);
+            let retain = self.retained_slot_names();
             match self
                 .dcs
-                .write_status(&holder, sql.wal_position(), &[])
+                .write_status(&holder, sql.wal_position(), &slots, &retain)
                 .await
             {
                 Ok(LeaderWrite::Written | LeaderWrite::Conflict) => {}
@@ -79,6 +92,12 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                 Err(e) => warn!("failed to update status key: {e:#}"),
             }
         }
+    }
+
+    /// The member slots the leader keeps for `member_slots_ttl` (`retain_slots` in `/status`),
+    /// from decide's memory.
+    pub(super) fn retained_slot_names(&self) -> Vec<String> {
+        self.memory.slots_seen.keys().cloned().collect()
     }
 
     /// Before a primary stops (demotion, hand-over): publish that we do not lead, so `/primary`

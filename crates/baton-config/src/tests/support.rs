@@ -223,12 +223,9 @@ fn each_refused_key_is_an_error_naming_it() {
         nostream: ok
         watchdog required: ok
         failsafe_mode: ok
-        slots: errors:
-          bootstrap.dcs.slots: not supported by pgbaton yet: permanent replication slots are not created or kept on a new primary: the consumers of these slots (logical decoding, backup tools) would lose their position after a failover
-        permanent_slots: errors:
-          bootstrap.dcs.permanent_slots: not supported by pgbaton yet: permanent replication slots are not created or kept on a new primary: the consumers of these slots (logical decoding, backup tools) would lose their position after a failover
-        permanent_replication_slots: errors:
-          bootstrap.dcs.permanent_replication_slots: not supported by pgbaton yet: permanent replication slots are not created or kept on a new primary: the consumers of these slots (logical decoding, backup tools) would lose their position after a failover
+        slots: ok
+        permanent_slots: ok
+        permanent_replication_slots: ok
         standby_cluster: ok
         dynamic recovery_conf: errors:
           bootstrap.dcs.postgresql.recovery_conf: not supported by pgbaton yet: these recovery settings would not be applied: a delayed replica would not be delayed, an archive would not be read
@@ -356,7 +353,7 @@ bootstrap:
             etcd3.srv: accepted but not used by pgbaton: it connects to the endpoints in host/hosts, as given
             etcd3.srv_suffix: accepted but not used by pgbaton: it connects to the endpoints in host/hosts, as given
             bootstrap.dcs.check_timeline: pgbaton always checks timelines: a member behind the cluster's timeline never takes over
-            bootstrap.dcs.ignore_slots: accepted but not needed by pgbaton: it drops only the replication slots it created for members (recorded in <data_dir>.pgbaton-slots) and leaves every other slot alone
+            bootstrap.dcs.ignore_slots: accepted but not needed by pgbaton: it drops only the replication slots it created for members and the `slots` section (recorded in <data_dir>.pgbaton-slots) and leaves every other slot alone
             bootstrap.dcs.postgresql.bin_name: accepted but not used by pgbaton: it runs the programs in bin_dir under their usual names
             bootstrap.dcs.postgresql.remove_data_directory_on_diverged_timelines: accepted but not used by pgbaton: a diverged member is rewound (use_pg_rewind) or re-cloned (remove_data_directory_on_rewind_failure)
             bootstrap.dcs.postgresql.use_unix_socket_repl: accepted but not used by pgbaton: replicas stream over TCP
@@ -376,7 +373,6 @@ bootstrap:
             bootstrap.dcs.primary_stop_timeout: accepted but not used by pgbaton: stopping PostgreSQL is bounded by postgresql.pg_ctl_timeout
             bootstrap.dcs.master_stop_timeout: accepted but not used by pgbaton: stopping PostgreSQL is bounded by postgresql.pg_ctl_timeout
             bootstrap.dcs.primary_race_backoff: accepted but not used by pgbaton: members race for the leader key without this delay
-            bootstrap.dcs.member_slots_ttl: accepted but not used by pgbaton: the leader drops a departed member's replication slot once its member key is gone
             bootstrap.pg_hba: accepted but not used by pgbaton: it writes pg_hba.conf from postgresql.pg_hba (the local one, else the dynamic configuration's); move these lines there
             bootstrap.users: accepted but not used by pgbaton: it creates no users when creating a cluster
             postgresql.authentication.replication.sslnegotiation: accepted but not used by pgbaton: its connections use libpq's default (sslnegotiation postgres)
@@ -481,7 +477,6 @@ fn the_dcs_value_warns_about_refused_keys_and_lists_them() {
         [
             "check_timeline: pgbaton always checks timelines: a member behind the cluster's timeline never takes over",
             "postgresql.recovery_conf: not supported by pgbaton yet, ignored: these recovery settings would not be applied: a delayed replica would not be delayed, an archive would not be read",
-            "slots: not supported by pgbaton yet, ignored: permanent replication slots are not created or kept on a new primary: the consumers of these slots (logical decoding, backup tools) would lose their position after a failover",
             "written_by_another_tool: unknown key, ignored",
         ]
     "#]]
@@ -489,7 +484,6 @@ fn the_dcs_value_warns_about_refused_keys_and_lists_them() {
     expect![[r#"
         [
             "postgresql.recovery_conf",
-            "slots",
         ]
     "#]]
     .assert_debug_eq(&dynamic.unsupported);
@@ -506,7 +500,6 @@ fn the_dcs_value_warns_about_refused_keys_and_lists_them() {
     let err = DynamicConfig::from_json_strict(stored).expect_err("refused");
     expect![[r#"
         postgresql.recovery_conf: not supported by pgbaton yet: these recovery settings would not be applied: a delayed replica would not be delayed, an archive would not be read
-        slots: not supported by pgbaton yet: permanent replication slots are not created or kept on a new primary: the consumers of these slots (logical decoding, backup tools) would lose their position after a failover
         written_by_another_tool: unknown key"#]]
     .assert_eq(&err.to_string());
     let (ok, warnings) =

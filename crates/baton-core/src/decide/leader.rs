@@ -54,20 +54,30 @@ impl Ctx<'_> {
         if view.timeline().is_some_and(|tl| sql.timeline > tl) {
             actions.push(Action::UpdateHistory);
         }
-        if let Some(slots) = self.ensure_slots(view, sql) {
+        if let Some(slots) = self.ensure_slots(next, view, sql) {
             actions.push(slots);
+        }
+        let (work, _conflicts) = crate::slots::leader_work(self.cfg, view, sql);
+        if !work.is_empty() {
+            actions.push(Action::SyncSlots { work });
         }
         (actions, Reason::LeaderWithLock)
     }
 
-    /// The replication slots the members need (`use_slots`), when they differ from the ones
-    /// we have: one per other member that streams from us (not `nostream`, not cascading
-    /// from another member: `topology::slots_kept_by`).
-    pub(super) fn ensure_slots(&self, view: &ClusterView, sql: &PgSql) -> Option<Action> {
+    /// The physical replication slots the members need (`use_slots`; `crate::slots`: member
+    /// slots of the members that stream from us, those of members gone for less than `member_slots_ttl`, permanent physical
+    /// slots), when they differ from the ones we have.
+    pub(super) fn ensure_slots(
+        &self,
+        next: &mut Memory,
+        view: &ClusterView,
+        sql: &PgSql,
+    ) -> Option<Action> {
+        next.slots_seen = crate::slots::retained(self.cfg, view, &next.slots_seen, self.now);
         if !self.cfg.use_slots {
             return None;
         }
-        let slots = crate::topology::slots_kept_by(view, self.me());
+        let slots = crate::slots::leader_physical(self.cfg, view, &next.slots_seen);
         // `sql.slots` lists only the slots pgbaton manages: another tool's slot is no
         // reason to act.
         let mut have = sql.slots.clone();

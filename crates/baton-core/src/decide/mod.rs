@@ -53,6 +53,7 @@ mod fence;
 mod leader;
 mod pg_down;
 mod race;
+mod replica_slots;
 mod standby;
 mod standby_cluster;
 mod sync;
@@ -142,6 +143,7 @@ pub fn decide(memory: &Memory, obs: &Observation, config: &HaConfig, now: Mono) 
                     a,
                     Action::Follow { .. }
                         | Action::EnsureSlots { .. }
+                        | Action::SyncSlots { .. }
                         | Action::WriteConfig
                         | Action::UpdateHistory
                         | Action::ReattachLeader

@@ -53,14 +53,14 @@ impl Ctx<'_> {
                 upstream: upstream.name.clone(),
             }
         };
+        // Permanent slots, and the slots of members cascading from us (`crate::slots`).
+        let slots = self.replica_slots(next, view, sql, &leader_up);
         let mut actions = vec![];
         if next.following.as_ref() != Some(&upstream.name) {
             next.following = Some(upstream.name.clone());
             actions.push(Action::Follow { upstream });
         }
-        if let Some(slots) = self.cascade_slots(view, sql) {
-            actions.push(slots);
-        }
+        actions.extend(slots);
         (actions, reason)
     }
 
@@ -85,8 +85,8 @@ impl Ctx<'_> {
             actions.push(Action::RestartPostgres {
                 role: StartRole::Standby { upstream: None },
             });
-        } else if let Some(slots) = self.cascade_slots(view, sql) {
-            actions.push(slots);
+        } else {
+            actions.extend(self.replica_slots(next, view, sql, leader_up));
         }
         (
             actions,
@@ -127,19 +127,6 @@ impl Ctx<'_> {
         crate::topology::stream_source(view, self.me(), &self.cfg.tags)
             .and_then(|name| upstream_of(view, name))
             .or_else(|| upstream_of(view, leader))
-    }
-
-    /// A replica keeps a physical slot for each member whose `replicatefrom` names it and
-    /// that streams from it (`topology::slots_kept_by`), and drops the inactive slots pgbaton
-    /// manages that are no longer wanted (a former primary's member slots among them).
-    fn cascade_slots(&self, view: &ClusterView, sql: &PgSql) -> Option<Action> {
-        if !self.cfg.use_slots {
-            return None;
-        }
-        let slots = crate::topology::slots_kept_by(view, self.me());
-        let mut have = sql.slots.clone();
-        have.sort();
-        (slots != have).then_some(Action::EnsureSlots { slots })
     }
 
     /// A stopped former primary (or a standby whose rewind against this leader failed)

@@ -78,7 +78,7 @@ impl Ctx<'_> {
         if view.config.is_none() {
             actions.push(Action::WriteConfig);
         }
-        if let Some(slots) = self.ensure_slots(view, sql) {
+        if let Some(slots) = self.ensure_slots(next, view, sql) {
             actions.push(slots);
         }
         (actions, Reason::StandbyLeaderWithLock)

@@ -80,6 +80,14 @@
 //!     (`~` stands for a space, `_` for `/` inside repl; repl rows are name:sync_state:flush
 //!      with an optional :replay, which defaults to flush; commit= is synchronous_commit)
 //! ```
+//! permanent: perm1 physical | lslot logical db=postgres plugin=test_decoding
+//!     (an entry of the dynamic `slots` section; `config: member_slots_ttl=30` seconds)
+//! pgslot: lslot logical db=postgres plugin=test_decoding pos=0/3000000 ours
+//!     (a slot on the instance, after `pg: running`; `ours`: in pgbaton's record; an own
+//!      physical slot is also one of the `slots=` names)
+//! status: slots=perm1@0/3000000,lslot@0/2800000 retain=n1,n3   (the leader's `/status`)
+//! memory: seen=n1@90,n3@80 copied=95   (the leader's member slot record; the last copy of
+//!     logical slots; `show=slots` renders both)
 //! Times are seconds on the monotonic clock.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -141,6 +149,17 @@ impl<'a> Tokens<'a> {
     }
 }
 
+fn slot_kind(t: &Tokens<'_>) -> crate::slots::SlotKind {
+    if t.has("logical") {
+        crate::slots::SlotKind::Logical {
+            database: t.get("db").unwrap_or("postgres").to_owned(),
+            plugin: t.get("plugin").unwrap_or("test_decoding").to_owned(),
+        }
+    } else {
+        crate::slots::SlotKind::Physical
+    }
+}
+
 fn tags(t: &Tokens<'_>) -> Tags {
     Tags {
         nofailover: t.has("nofailover").then_some(true),
@@ -181,6 +200,8 @@ fn parse(fixture: &str, previous: Option<&Memory>) -> Fixture {
         watchdog: WatchdogMode::Off,
         failsafe_mode: false,
         standby_cluster: None,
+        permanent_slots: Vec::new(),
+        member_slots_ttl: crate::slots::DEFAULT_MEMBER_SLOTS_TTL,
     };
     let mut obs = Observation {
         unix_ms: 1_795_323_600_000,
@@ -259,6 +280,7 @@ fn parse(fixture: &str, previous: Option<&Memory>) -> Fixture {
                     None => {}
                 }
                 config.failsafe_mode = t.on("failsafe", config.failsafe_mode);
+                config.member_slots_ttl = dur("member_slots_ttl", config.member_slots_ttl);
                 let line_tags = tags(&t);
                 if line_tags != Tags::default() {
                     config.tags = line_tags;
@@ -449,6 +471,44 @@ fn parse(fixture: &str, previous: Option<&Memory>) -> Fixture {
                     }
                 }
             }
+            "permanent" => {
+                // permanent: NAME physical | NAME logical db=postgres plugin=test_decoding
+                config.permanent_slots.push(crate::slots::PermanentSlot {
+                    name: t.first().to_owned(),
+                    kind: slot_kind(&t),
+                });
+            }
+            "pgslot" => {
+                // pgslot: NAME physical|logical db=.. plugin=.. pos=0/3000000 ours
+                let sql = obs.pg.sql.as_mut().expect("`pgslot:` after `pg: running`");
+                let info = crate::slots::SlotInfo {
+                    name: t.first().to_owned(),
+                    kind: slot_kind(&t),
+                    position: t.get("pos").map(lsn),
+                    ours: t.has("ours"),
+                };
+                if info.ours
+                    && info.kind == crate::slots::SlotKind::Physical
+                    && !sql.slots.contains(&info.name)
+                {
+                    sql.slots.push(info.name.clone());
+                }
+                sql.replication_slots.push(info);
+            }
+            "status" => {
+                // status: slots=a@0/3000000,b@0/2000000 retain=n1,n3 (after `dcs:`)
+                let v = view.get_or_insert_with(ClusterView::default);
+                let st = v.status.get_or_insert_with(LeaderStatus::default);
+                if let Some(list) = t.get("slots") {
+                    for item in list.split(',').filter(|i| !i.is_empty()) {
+                        let (n, l) = item.split_once('@').expect("slots=name@lsn");
+                        st.slots.insert(n.to_owned(), lsn(l));
+                    }
+                }
+                if let Some(list) = t.get("retain") {
+                    st.retain_slots = list.split(',').map(str::to_owned).collect();
+                }
+            }
             "peer" => obs.peers.push(PeerStatus {
                 name: name(t.first()),
                 reachable: !t.has("unreachable"),
@@ -474,6 +534,17 @@ fn parse(fixture: &str, previous: Option<&Memory>) -> Fixture {
                 memory.leader_epoch = t.get("epoch").map(|e| e.parse().expect("epoch"));
                 memory.was_leader = t.has("was_leader");
                 memory.sync_changed_at = t.get("sync_changed").map(lsn);
+                if let Some(list) = t.get("seen") {
+                    // seen=n1@90,n3@80: member slot names and when the leader last saw them
+                    memory.slots_seen = list
+                        .split(',')
+                        .map(|item| {
+                            let (n, at) = item.split_once('@').expect("seen=name@secs");
+                            (n.to_owned(), secs(at))
+                        })
+                        .collect();
+                }
+                memory.slots_copied_at = t.get("copied").map(secs);
             }
             "watchdog" => {
                 obs.watchdog = WatchdogState {
@@ -577,6 +648,9 @@ struct Show {
     memory: bool,
     /// The compare-and-swap revision of each action that carries one.
     revisions: bool,
+    /// A `slots:` line: the leader's record of member slots (`retain_slots`) and the last
+    /// copy of logical slots.
+    slots: bool,
 }
 
 /// The decision for a fixture, rendered, and the memory it hands to the next cycle.
@@ -624,6 +698,20 @@ fn render(f: &Fixture, show: Show) -> (String, Memory) {
         if let Some((at, error)) = &m.pre_promote_failed {
             writeln!(out, "memory+: pre_promote_failed={at} ({error})").unwrap();
         }
+    }
+    if show.slots {
+        let seen: Vec<String> = m
+            .slots_seen
+            .iter()
+            .map(|(n, at)| format!("{n}@{at}"))
+            .collect();
+        writeln!(
+            out,
+            "slots: seen=[{}] copied={}",
+            seen.join(","),
+            or_dash(m.slots_copied_at.map(|t| t.to_string())),
+        )
+        .unwrap();
     }
     writeln!(
         out,
@@ -723,6 +811,7 @@ impl DataFile {
                             match item {
                                 "memory" => show.memory = true,
                                 "revisions" => show.revisions = true,
+                                "slots" => show.slots = true,
                                 _ => return Err(format!("{}: unknown show={item}", at(header))),
                             }
                         }

@@ -1,0 +1,226 @@
+//! The dynamic `slots` section (also read as `permanent_slots` and
+//! `permanent_replication_slots`, Patroni's older names) and `member_slots_ttl`.
+
+use baton_core::slots::{PermanentSlot, SlotKind};
+use serde_json::Value;
+
+use crate::walk::{Cx, join};
+
+/// Patroni's `slot_name_re`: lower-case letters, digits and `_`, 1 to 63 of them.
+fn valid_slot_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// `slots: {name: {type: physical} | {type: logical, database: .., plugin: ..} | null}`. A
+/// value without `type` is logical when it names a database and a plugin, physical
+/// otherwise (as in Patroni). Every problem is an error at its key path (Patroni logs and
+/// skips the entry; a slot silently not kept would lose its consumer's position after a
+/// failover).
+pub(crate) fn permanent_slots(cx: &mut Cx, path: &str, v: &Value) -> Option<Vec<PermanentSlot>> {
+    let Value::Object(map) = v else {
+        cx.mismatch(path, "a mapping of slot names", v);
+        return None;
+    };
+    let mut out = Vec::new();
+    let before = cx.error_count();
+    for (name, value) in map {
+        let p = join(path, name);
+        if !valid_slot_name(name) {
+            cx.error(
+                &p,
+                "invalid replication slot name: 1 to 63 lower-case letters, digits and `_`",
+            );
+            continue;
+        }
+        let entry = match value {
+            Value::Null => serde_json::Map::new(),
+            Value::Object(m) => m.clone(),
+            other => {
+                cx.mismatch(&p, "a mapping (type, database, plugin) or nothing", other);
+                continue;
+            }
+        };
+        let text = |cx: &mut Cx, key: &str| -> Option<String> {
+            match entry.get(key) {
+                None | Some(Value::Null) => None,
+                Some(v) => cx.string(&join(&p, key), v, "a string"),
+            }
+        };
+        let database = text(cx, "database");
+        let plugin = text(cx, "plugin");
+        let kind = match text(cx, "type").as_deref() {
+            Some("physical") => "physical",
+            Some("logical") => "logical",
+            Some(other) => {
+                cx.error(
+                    &join(&p, "type"),
+                    format!("expected physical or logical, found {other:?}"),
+                );
+                continue;
+            }
+            None if database.is_some() && plugin.is_some() => "logical",
+            None => "physical",
+        };
+        let cluster_type = text(cx, "cluster_type");
+        match cluster_type.as_deref() {
+            None | Some("primary") => {}
+            // Kept only in a standby cluster, which pgbaton refuses: nothing to keep here.
+            Some("standby") => continue,
+            Some(other) => {
+                cx.error(
+                    &join(&p, "cluster_type"),
+                    format!("expected primary or standby, found {other:?}"),
+                );
+                continue;
+            }
+        }
+        for key in entry.keys() {
+            if !["type", "database", "plugin", "cluster_type"].contains(&key.as_str()) {
+                cx.error(
+                    &join(&p, key),
+                    "unknown key (a slot takes type, database, plugin, cluster_type)",
+                );
+            }
+        }
+        let kind = if kind == "physical" {
+            SlotKind::Physical
+        } else {
+            let (Some(database), Some(plugin)) = (database, plugin) else {
+                cx.error(&p, "a logical slot needs both `database` and `plugin`");
+                continue;
+            };
+            SlotKind::Logical { database, plugin }
+        };
+        out.push(PermanentSlot {
+            name: name.clone(),
+            kind,
+        });
+    }
+    (cx.error_count() == before).then_some(out)
+}
+
+/// `member_slots_ttl`: seconds as a number, or a number with a unit (`ms`, `s`, `min`, `h`,
+/// `d`) as Patroni reads it (`30min`); 0 turns retention off.
+pub(crate) fn member_slots_ttl(cx: &mut Cx, path: &str, v: &Value) -> Option<u64> {
+    match v {
+        Value::Number(n) => match n.as_u64() {
+            Some(s) => Some(s),
+            None => {
+                cx.mismatch(path, "a non-negative number of seconds", v);
+                None
+            }
+        },
+        Value::String(s) => {
+            let s = s.trim();
+            let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+            let (digits, unit) = s.split_at(split);
+            let n: Option<u64> = digits.parse().ok();
+            let scale_ms = match unit.trim() {
+                "" | "s" => Some(1000),
+                "ms" => Some(1),
+                "min" => Some(60_000),
+                "h" => Some(3_600_000),
+                "d" => Some(86_400_000),
+                _ => None,
+            };
+            match (n, scale_ms) {
+                (Some(n), Some(ms)) => Some(n.saturating_mul(ms) / 1000),
+                _ => {
+                    cx.error(
+                        path,
+                        format!(
+                            "expected seconds or a duration such as 30min (units ms, s, min, h, d), found {s:?}"
+                        ),
+                    );
+                    None
+                }
+            }
+        }
+        other => {
+            cx.mismatch(path, "seconds or a duration such as 30min", other);
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::DynamicConfig;
+    use baton_core::slots::{PermanentSlot, SlotKind};
+
+    fn parse(json: &str) -> Result<DynamicConfig, String> {
+        DynamicConfig::from_json_strict(json)
+            .map(|(d, _)| d)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn permanent_slots_parse_with_patronis_defaults() {
+        let d = parse(
+            r#"{"slots":{"perm1":null,"perm2":{"type":"physical"},
+                "lslot":{"type":"logical","database":"postgres","plugin":"test_decoding"},
+                "implied":{"database":"app","plugin":"pgoutput"},
+                "standby_only":{"type":"physical","cluster_type":"standby"}},
+                "member_slots_ttl":"10min"}"#,
+        )
+        .expect("valid");
+        let logical = |db: &str, plugin: &str| SlotKind::Logical {
+            database: db.into(),
+            plugin: plugin.into(),
+        };
+        assert_eq!(
+            d.permanent_slots,
+            vec![
+                PermanentSlot {
+                    name: "implied".into(),
+                    kind: logical("app", "pgoutput")
+                },
+                PermanentSlot {
+                    name: "lslot".into(),
+                    kind: logical("postgres", "test_decoding")
+                },
+                PermanentSlot {
+                    name: "perm1".into(),
+                    kind: SlotKind::Physical
+                },
+                PermanentSlot {
+                    name: "perm2".into(),
+                    kind: SlotKind::Physical
+                },
+            ]
+        );
+        assert_eq!(d.member_slots_ttl, 600);
+        assert_eq!(parse("{}").expect("empty").member_slots_ttl, 1800);
+        assert_eq!(
+            parse(r#"{"member_slots_ttl":0}"#)
+                .expect("zero")
+                .member_slots_ttl,
+            0
+        );
+        // Patroni's older names, the first one set wins.
+        let d = parse(r#"{"permanent_slots":{"a":null},"slots":{"b":null}}"#).expect("alias");
+        assert_eq!(d.permanent_slots.len(), 1);
+        assert_eq!(d.permanent_slots[0].name, "a");
+    }
+
+    #[test]
+    fn bad_permanent_slots_are_errors_at_their_key() {
+        let e = parse(
+            r#"{"slots":{"Bad-Name":null,"l":{"type":"logical","database":"postgres"},
+                "t":{"type":"magic"},"x":{"typo":1},"n":5},"member_slots_ttl":"soon"}"#,
+        )
+        .expect_err("invalid");
+        expect_test::expect![[r#"
+            slots.Bad-Name: invalid replication slot name: 1 to 63 lower-case letters, digits and `_`
+            slots.l: a logical slot needs both `database` and `plugin`
+            slots.n: expected a mapping (type, database, plugin) or nothing, found the integer 5
+            slots.t.type: expected physical or logical, found "magic"
+            slots.x.typo: unknown key (a slot takes type, database, plugin, cluster_type)
+            member_slots_ttl: expected seconds or a duration such as 30min (units ms, s, min, h, d), found "soon""#]]
+        .assert_eq(&e);
+    }
+}

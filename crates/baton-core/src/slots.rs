@@ -1,0 +1,316 @@
+//! Replication slots beyond the member slots: permanent physical and logical slots (the
+//! dynamic `slots` section), the slots of members that are briefly gone (`member_slots_ttl`,
+//! published as `retain_slots` in `/status`), and their upkeep on replicas so that a
+//! failover keeps them (Patroni's `SlotsHandler`, `Cluster.get_replication_slots`).
+//!
+//! Pure: the set of slots a member should have and the work that gets it there, as data
+//! ([`SlotWork`], executed by `Postgres::sync_slots` / `copy_logical_slots`). The rule that
+//! pgbaton never touches a slot it did not create stays: a slot declared in `slots` is
+//! pgbaton's to create, keep, advance and (once it is no longer declared) drop; any other slot
+//! it did not create is left alone — Patroni drops unknown slots, pgbaton does not.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::time::Duration;
+
+use crate::decision::HaConfig;
+use crate::pg::PgSql;
+use crate::types::{Lsn, Mono};
+use crate::view::ClusterView;
+
+/// What a permanent slot is (from the dynamic `slots` section).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SlotKind {
+    Physical,
+    /// A logical slot in `database` with the output plugin `plugin`.
+    Logical {
+        database: String,
+        plugin: String,
+    },
+}
+
+impl fmt::Display for SlotKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SlotKind::Physical => f.write_str("physical"),
+            SlotKind::Logical { database, plugin } => {
+                write!(f, "logical (database {database}, plugin {plugin})")
+            }
+        }
+    }
+}
+
+/// One entry of the dynamic `slots` section.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PermanentSlot {
+    pub name: String,
+    pub kind: SlotKind,
+}
+
+/// A (non-temporary) replication slot present on this instance, whoever made it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotInfo {
+    pub name: String,
+    /// Physical, or logical with its database name and plugin.
+    pub kind: SlotKind,
+    /// Physical: `restart_lsn`; logical: `confirmed_flush_lsn`. `None` when unset.
+    pub position: Option<Lsn>,
+    /// pgbaton created (or copied, or adopted as a member's or a permanent slot) this slot:
+    /// it is listed in the record beside the data directory.
+    pub ours: bool,
+}
+
+/// Slot work other than the physical set `Action::EnsureSlots` keeps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SlotWork {
+    /// Permanent logical slots to create (on the primary).
+    pub create_logical: Vec<PermanentSlot>,
+    /// Slots to move forward with `pg_replication_slot_advance` (a replica's permanent slots,
+    /// to the leader's published position, never past our replay position).
+    pub advance: Vec<(String, Lsn)>,
+    /// Logical slots pgbaton made that are no longer declared.
+    pub drop_logical: Vec<String>,
+    /// Declared logical slots someone else created with the declared database and plugin:
+    /// recorded as ours from now on (Patroni manages them too).
+    pub adopt_logical: Vec<String>,
+}
+
+impl SlotWork {
+    pub fn is_empty(&self) -> bool {
+        self.create_logical.is_empty()
+            && self.advance.is_empty()
+            && self.drop_logical.is_empty()
+            && self.adopt_logical.is_empty()
+    }
+}
+
+impl fmt::Display for SlotWork {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        if !self.create_logical.is_empty() {
+            let names: Vec<_> = self
+                .create_logical
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect();
+            parts.push(format!("create logical [{}]", names.join(", ")));
+        }
+        if !self.advance.is_empty() {
+            let items: Vec<_> = self
+                .advance
+                .iter()
+                .map(|(n, l)| format!("{n} to {l}"))
+                .collect();
+            parts.push(format!("advance [{}]", items.join(", ")));
+        }
+        if !self.drop_logical.is_empty() {
+            parts.push(format!("drop logical [{}]", self.drop_logical.join(", ")));
+        }
+        if !self.adopt_logical.is_empty() {
+            parts.push(format!("adopt logical [{}]", self.adopt_logical.join(", ")));
+        }
+        f.write_str(&parts.join("; "))
+    }
+}
+
+/// Patroni's default `member_slots_ttl`.
+pub const DEFAULT_MEMBER_SLOTS_TTL: Duration = Duration::from_secs(1800);
+
+/// The permanent slots this member keeps: none without `use_slots` or with `nofailover` (as
+/// in Patroni); no logical slots on a `nostream` member (nothing tells the primary how far
+/// it has read, so its copy would be unsafe). A permanent slot named like a member's slot, or
+/// like our own, is not kept as a permanent slot.
+fn permanent<'c>(cfg: &'c HaConfig, view: &ClusterView) -> impl Iterator<Item = &'c PermanentSlot> {
+    let own = cfg.me.slot_name();
+    let members: BTreeSet<String> = view.members.iter().map(|m| m.name.slot_name()).collect();
+    let keep = cfg.use_slots && cfg.tags.nofailover != Some(true);
+    let nostream = cfg.tags.nostream;
+    cfg.permanent_slots.iter().filter(move |s| {
+        keep && s.name != own
+            && match s.kind {
+                SlotKind::Physical => true,
+                SlotKind::Logical { .. } => !nostream && !members.contains(&s.name),
+            }
+    })
+}
+
+/// The member slots the leader keeps: one per other member that streams from it (not
+/// `nostream`, not cascading: `topology::slots_kept_by`), and one per name in `retained` that
+/// is not a member now (members gone for less than `member_slots_ttl`).
+pub fn member_slots(
+    cfg: &HaConfig,
+    view: &ClusterView,
+    retained: &BTreeMap<String, Mono>,
+) -> Vec<String> {
+    if !cfg.use_slots {
+        return Vec::new();
+    }
+    let own = cfg.me.slot_name();
+    // The members that stream from us (not `nostream`, not cascading from another member),
+    // and those gone for less than `member_slots_ttl` (a member still here that streams
+    // from someone else needs no slot of ours).
+    let mut slots: BTreeSet<String> = crate::topology::slots_kept_by(view, &cfg.me)
+        .into_iter()
+        .collect();
+    let present: BTreeSet<String> = view.members.iter().map(|m| m.name.slot_name()).collect();
+    slots.extend(
+        retained
+            .keys()
+            .filter(|n| **n != own && !present.contains(*n))
+            .cloned(),
+    );
+    slots.into_iter().collect()
+}
+
+/// The physical slots the leader keeps: the member slots, the retained ones and the permanent
+/// physical slots, sorted.
+pub fn leader_physical(
+    cfg: &HaConfig,
+    view: &ClusterView,
+    retained: &BTreeMap<String, Mono>,
+) -> Vec<String> {
+    let mut all: BTreeSet<String> = member_slots(cfg, view, retained).into_iter().collect();
+    all.extend(
+        permanent(cfg, view)
+            .filter(|s| s.kind == SlotKind::Physical)
+            .map(|s| s.name.clone()),
+    );
+    all.into_iter().collect()
+}
+
+/// The physical slots a replica keeps: the permanent physical slots, sorted.
+pub fn replica_physical(cfg: &HaConfig, view: &ClusterView) -> Vec<String> {
+    let mut all: Vec<String> = permanent(cfg, view)
+        .filter(|s| s.kind == SlotKind::Physical)
+        .map(|s| s.name.clone())
+        .collect();
+    all.sort();
+    all.dedup();
+    all
+}
+
+/// The leader's record of member slots to keep after their member key is gone
+/// (`retain_slots`): every member seen now is stamped `now`; a name seen before (or found in
+/// the `/status` we inherit from the previous leader) is kept until `member_slots_ttl` after
+/// it was last seen. `member_slots_ttl` 0 (or no `use_slots`): nothing is retained.
+pub fn retained(
+    cfg: &HaConfig,
+    view: &ClusterView,
+    seen: &BTreeMap<String, Mono>,
+    now: Mono,
+) -> BTreeMap<String, Mono> {
+    if !cfg.use_slots || cfg.member_slots_ttl.is_zero() {
+        return BTreeMap::new();
+    }
+    let mut next = seen.clone();
+    if let Some(status) = &view.status {
+        for name in &status.retain_slots {
+            next.entry(name.clone()).or_insert(now);
+        }
+    }
+    for m in &view.members {
+        // A member that does not stream needs no slot, now or when it comes back.
+        if m.tags.nostream {
+            next.remove(&m.name.slot_name());
+        } else {
+            next.insert(m.name.slot_name(), now);
+        }
+    }
+    next.retain(|_, at| now.saturating_since(*at) < cfg.member_slots_ttl);
+    next
+}
+
+/// A slot whose name we want is there with another kind (another tool's, or a permanent slot
+/// whose type, database or plugin changed): it is left alone and reported.
+fn mismatched<'a>(want: &PermanentSlot, sql: &'a PgSql) -> Option<&'a SlotInfo> {
+    sql.replication_slots
+        .iter()
+        .find(|s| s.name == want.name && s.kind != want.kind)
+}
+
+/// The leader's permanent logical slots: create the missing ones, drop the ones pgbaton made
+/// that are no longer declared. A slot of the same name but another kind is never dropped.
+pub fn leader_work(cfg: &HaConfig, view: &ClusterView, sql: &PgSql) -> (SlotWork, Vec<String>) {
+    let mut work = SlotWork::default();
+    let mut conflicts = Vec::new();
+    let wanted: Vec<&PermanentSlot> = permanent(cfg, view)
+        .filter(|s| matches!(s.kind, SlotKind::Logical { .. }))
+        .collect();
+    for want in &wanted {
+        if let Some(other) = mismatched(want, sql) {
+            conflicts.push(format!(
+                "{} is {} but is declared {}",
+                want.name, other.kind, want.kind
+            ));
+            continue;
+        }
+        match sql.replication_slots.iter().find(|s| s.name == want.name) {
+            None => work.create_logical.push((*want).clone()),
+            Some(have) if !have.ours => work.adopt_logical.push(want.name.clone()),
+            Some(_) => {}
+        }
+    }
+    work.drop_logical = own_logical_not_wanted(sql, &wanted);
+    (work, conflicts)
+}
+
+fn own_logical_not_wanted(sql: &PgSql, wanted: &[&PermanentSlot]) -> Vec<String> {
+    sql.replication_slots
+        .iter()
+        .filter(|s| s.ours && matches!(s.kind, SlotKind::Logical { .. }))
+        .filter(|s| !wanted.iter().any(|w| w.name == s.name && w.kind == s.kind))
+        .map(|s| s.name.clone())
+        .collect()
+}
+
+/// A replica's permanent slots: advance the ones present to the leader's published position
+/// (`/status` `slots`, never past our replay position), list the logical ones to copy from
+/// the leader (declared, published by the leader, absent here), drop the logical ones we made
+/// that are no longer declared.
+pub fn replica_work(cfg: &HaConfig, view: &ClusterView, sql: &PgSql) -> (SlotWork, Vec<String>) {
+    let mut work = SlotWork::default();
+    let mut copy = Vec::new();
+    let published = view.status.as_ref().map(|s| &s.slots);
+    let replay = sql.replayed_lsn;
+    let wanted: Vec<&PermanentSlot> = permanent(cfg, view).collect();
+    for want in &wanted {
+        let Some(target) = published.and_then(|p| p.get(&want.name)).copied() else {
+            continue;
+        };
+        let target = replay.map_or(target, |r| target.min(r));
+        match sql.replication_slots.iter().find(|s| s.name == want.name) {
+            Some(have) if have.kind == want.kind => {
+                if !have.ours && have.kind != SlotKind::Physical {
+                    work.adopt_logical.push(want.name.clone());
+                }
+                if have.position.is_some_and(|p| p < target) {
+                    work.advance.push((want.name.clone(), target));
+                }
+            }
+            Some(_) => {}
+            None => {
+                if matches!(want.kind, SlotKind::Logical { .. }) {
+                    copy.push(want.name.clone());
+                }
+            }
+        }
+    }
+    let logical: Vec<&PermanentSlot> = wanted
+        .iter()
+        .copied()
+        .filter(|s| matches!(s.kind, SlotKind::Logical { .. }))
+        .collect();
+    work.drop_logical = own_logical_not_wanted(sql, &logical);
+    (work, copy)
+}
+
+/// What the leader publishes in `/status` `slots`: the position of every slot pgbaton keeps
+/// (member slots: `restart_lsn`; permanent logical slots: `confirmed_flush_lsn`), as Patroni
+/// does on PostgreSQL 11 and later.
+pub fn published_positions(sql: &PgSql) -> Vec<(String, Lsn)> {
+    sql.replication_slots
+        .iter()
+        .filter(|s| s.ours)
+        .filter_map(|s| s.position.map(|p| (s.name.clone(), p)))
+        .collect()
+}
