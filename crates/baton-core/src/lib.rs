@@ -31,9 +31,11 @@ pub use decision::{
     FailsafeRound, HaConfig, LeaseState, Memory, NotHealthiest, Observation, PeerStatus, Reason,
     StartRole, StopMode, SyncConfig, SyncMode, Upstream, WatchdogMode, WatchdogState,
 };
-pub use diverge::{Divergence, divergence, leader_timeline};
+pub use diverge::{Divergence, divergence, foreign_timeline, leader_timeline};
 pub use outcome::{ActionOutcome, FenceSignal, fence_signal, holds_leader_key, last_failure};
-pub use pg::{ClusterState, ControlData, DataDir, PgProcess, PgSql, PgState, ReplicationRow};
+pub use pg::{
+    ClusterState, ControlData, DataDir, PgProcess, PgSql, PgState, ReplicationRow, TimelineStart,
+};
 pub use restart::{
     RestartFilters, RestartMismatch, RestartRole, ScheduleState, ScheduledRestart,
     parse_postgres_version, restart_action, restart_matches, schedule_state,
