@@ -1079,6 +1079,11 @@ impl Postgres for LocalPostgres {
         procs::postmaster(self.data_dir()).is_some()
     }
 
+    async fn live_sql(&self) -> Option<PgSql> {
+        procs::postmaster(self.data_dir())?;
+        self.observe_sql().await
+    }
+
     async fn observe(&self) -> PgState {
         let pid = procs::postmaster(self.data_dir());
         let data_dir = async {
