@@ -25,8 +25,11 @@ pub struct IterationReport {
     pub failover: bool,
     /// `old -> new` writer.
     pub writers: String,
-    /// Heal to a healthy cluster again, s.
+    /// Heal to a healthy cluster again (every member streaming, W1 acknowledged), s.
     pub heal_to_healthy_s: Option<f64>,
+    /// Heal to one leader and every member, the rejoined one included, streaming from it, s:
+    /// the recovery time, which fails the run above `checker::RECOVERY_LIMIT_S`.
+    pub heal_to_streaming_s: Option<f64>,
     pub ok: usize,
     pub info: usize,
     /// Indeterminate because the commit came back with the sync-replication cancel warning.
@@ -109,6 +112,7 @@ impl IterationReport {
         if let Some(e) = &self.error {
             out.push(format!("error: {e}"));
         }
+        out.extend(super::checker::recovery_problem(self.heal_to_streaming_s));
         if expect.loss == LossRule::Forbidden && !self.lost.is_empty() {
             out.push(format!(
                 "{} acknowledged writes lost: {}",
@@ -194,6 +198,14 @@ impl FaultReport {
         self.sum(|i| i.lost.len())
     }
 
+    /// The slowest recovery (heal to every member streaming) of the iterations, s.
+    pub fn recovery_max_s(&self) -> Option<f64> {
+        self.iterations
+            .iter()
+            .filter_map(|i| i.heal_to_streaming_s)
+            .reduce(f64::max)
+    }
+
     pub fn windows(&self) -> usize {
         self.sum(|i| i.windows.len())
     }
@@ -277,6 +289,7 @@ fn iteration_json(i: &IterationReport) -> Value {
         "failover": i.failover,
         "writers": i.writers,
         "heal_to_healthy_s": i.heal_to_healthy_s,
+        "heal_to_streaming_s": i.heal_to_streaming_s,
         "ok": i.ok,
         "info": i.info,
         "warning_commits": i.warning_commits,
@@ -357,13 +370,14 @@ impl Report {
             if problems.is_empty() { "PASS" } else { "FAIL" }
         );
         md.push_str(
-            "| fault | repl | iter | RTO p50 | p95 | max | failovers | ok | lost | info (warn) | fail | W1 viol | W1 possible | W2 overlaps | C5 windows (ms) | fence margin min / median |\n\
-             |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+            "| fault | repl | iter | RTO p50 | p95 | max | recovery max | failovers | ok | lost | info (warn) | fail | W1 viol | W1 possible | W2 overlaps | C5 windows (ms) | fence margin min / median |\n\
+             |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         );
         for f in &self.faults {
             md.push_str(&summary_row(f));
         }
         md.push_str("\nRTO: fault start to the first write acknowledged through HAProxy by a new writer (or, without failover, to the end of the write gap). ");
+        md.push_str("Recovery: the fault's heal to one leader with every member, the rejoined one included, streaming from it; above 60 s fails the run. ");
         md.push_str("W2 overlaps are local commits (probe writers) of an older primary begun after a newer one acknowledged; they fail the run only where the agent is alive to fence. ");
         md.push_str("C5 windows: runs of 100 ms ticks in which two nodes answered `pg_is_in_recovery() = false` to the client namespace (count and total length); any fails the run unless fencing is off (the negative control, which must show some). ");
         md.push_str("Fence margin: the old primary's lease expiry as it measures it (fence record + margin) minus the time it stopped answering as a primary; must be positive.\n");
@@ -419,7 +433,7 @@ fn summary_row(f: &FaultReport) -> String {
     let ms = |v: Option<u64>| v.map_or("-".to_owned(), |v| format!("{:.1} s", v as f64 / 1000.0));
     let w2: usize = f.iterations.iter().map(|i| i.w2_violations.len()).sum();
     format!(
-        "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {}{} | {} ({:.0}) | {} |\n",
+        "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {}{} | {} ({:.0}) | {} |\n",
         f.fault,
         if f.expect.loss == LossRule::Expected || f.expect.windows {
             " (negative control)"
@@ -431,6 +445,8 @@ fn summary_row(f: &FaultReport) -> String {
         ms(quantile(&rto, 0.5)),
         ms(quantile(&rto, 0.95)),
         ms(rto.iter().max().copied()),
+        f.recovery_max_s()
+            .map_or("-".to_owned(), |s| format!("{s:.1} s")),
         f.iterations.iter().filter(|i| i.failover).count(),
         f.sum(|i| i.ok),
         f.lost(),
@@ -468,7 +484,7 @@ pub fn median_f(v: &[f64]) -> Option<f64> {
 
 fn iteration_line(f: &FaultReport, i: &IterationReport) -> String {
     let mut line = format!(
-        "- {} #{} ({}): primary {}, offset {} ms, fault at {:.1} s; RTO {}; {}writers {}; healthy {} after heal; ok {} info {} (warning commits {}) fail {} lost {}",
+        "- {} #{} ({}): primary {}, offset {} ms, fault at {:.1} s; RTO {}; {}writers {}; streaming {} and healthy {} after heal; ok {} info {} (warning commits {}) fail {} lost {}",
         f.fault,
         i.index,
         f.replication,
@@ -478,6 +494,8 @@ fn iteration_line(f: &FaultReport, i: &IterationReport) -> String {
         i.rto_s.map_or("-".to_owned(), |s| format!("{s:.2} s")),
         if i.failover { "failover, " } else { "" },
         i.writers,
+        i.heal_to_streaming_s
+            .map_or("never".to_owned(), |s| format!("{s:.1} s")),
         i.heal_to_healthy_s
             .map_or("never".to_owned(), |s| format!("{s:.1} s")),
         i.ok,
@@ -573,6 +591,27 @@ mod tests {
         assert!(fault(LossRule::Measured, vec![]).problems().is_empty());
         let broken = fault(LossRule::Expected, vec![]).problems();
         assert!(broken[0].contains("checker is broken"), "{broken:?}");
+    }
+
+    #[test]
+    fn a_recovery_slower_than_the_limit_fails_the_run_and_the_slowest_is_reported() {
+        let mut f = fault(LossRule::Forbidden, vec![]);
+        f.iterations[0].heal_to_streaming_s = Some(8.5);
+        let mut slow = f.iterations[0].clone();
+        slow.index = 1;
+        slow.heal_to_streaming_s = Some(75.0);
+        assert!(f.problems().is_empty());
+        assert_eq!(f.recovery_max_s(), Some(8.5));
+        f.iterations.push(slow);
+        assert_eq!(f.recovery_max_s(), Some(75.0));
+        let problems = f.problems();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("#1") && problems[0].contains("recovery took 75.0 s"));
+        assert!(
+            summary_row(&f).contains("| 75.0 s |"),
+            "{}",
+            summary_row(&f)
+        );
     }
 
     #[test]
