@@ -243,6 +243,13 @@ pub async fn run_with<P: Postgres>(
         vip: vip_status,
         audit: Default::default(),
         failsafe: failsafe_inbox.clone(),
+        live_sql: Some({
+            let pg = pg.clone();
+            Arc::new(move || {
+                let pg = pg.clone();
+                Box::pin(async move { pg.live_sql().await })
+            })
+        }),
     };
     let api_stop = stopping(&stop_rx);
     tasks.spawn(async move {

@@ -87,7 +87,14 @@ impl Peers for HttpPeers {
                 let unreachable = PeerStatus::unreachable(name.clone(), tags);
                 let Some(url) = url else { return unreachable };
                 let answer = async {
-                    let resp = self.http.get(&url).timeout(timeout).send().await?;
+                    // Positions read from PostgreSQL now, not the member's last cycle's.
+                    let resp = self
+                        .http
+                        .get(&url)
+                        .header(baton_api::LIVE_HEADER, "1")
+                        .timeout(timeout)
+                        .send()
+                        .await?;
                     resp.json::<serde_json::Value>().await
                 };
                 match tokio::time::timeout(timeout, answer).await {

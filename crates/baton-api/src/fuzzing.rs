@@ -181,6 +181,7 @@ pub fn request(req: &Request<'_>) {
             vip: None,
             audit: crate::AuditLog::default(),
             failsafe: crate::FailsafeInbox::default(),
+            live_sql: None,
         };
         let agent = async {
             let mut handled = 0u32;

@@ -439,6 +439,25 @@ async fn answer(
         Endpoint::Patroni => {
             if status_only {
                 code_only(StatusCode::OK)
+            } else if headers.contains_key(crate::LIVE_HEADER) {
+                // A racing peer: positions and timeline from PostgreSQL now, not the cycle's.
+                let live = match &state.live_sql {
+                    Some(query) => tokio::time::timeout(crate::LIVE_TIMEOUT, query())
+                        .await
+                        .ok()
+                        .flatten(),
+                    None => None,
+                };
+                let (snap, fresh) = crate::status::live_snapshot(&snapshot, live);
+                if !fresh && snapshot.state == crate::PgRunState::Running {
+                    tracing::debug!(
+                        "GET /patroni: no live answer from PostgreSQL within {:?}; the last cycle's positions",
+                        crate::LIVE_TIMEOUT
+                    );
+                }
+                let mut status = Status::new(&snap).with_vip(vip);
+                status.live_positions = Some(fresh);
+                json_response(StatusCode::OK, &status)
             } else {
                 bytes_json_response(StatusCode::OK, rendered.status(&snapshot, vip).1.clone())
             }

@@ -33,7 +33,7 @@ pub use audit::AuditLog;
 pub use failsafe::{FailsafeInbox, answer_post as answer_failsafe_post};
 pub use handlers::{router, serve};
 pub use server::{Access, Limits, ServeOptions, resolve_allowlist, serve_with};
-pub use status::{peer_status_from_json, status_json};
+pub use status::{live_snapshot, peer_status_from_json, status_json};
 pub use tls::{ClientAuth, ClientTlsSettings, ServerTls, ServerTlsSettings, TlsError};
 
 /// pgbaton's version, reported where Patroni reports its own (`patroni.version`, `/metrics`).
@@ -208,7 +208,27 @@ pub struct ApiState {
     pub audit: AuditLog,
     /// `POST /failsafe` requests accepted, for the agent's observation.
     pub failsafe: FailsafeInbox,
+    /// PostgreSQL's SQL state queried now, for a peer's `GET /patroni` during the leader race
+    /// ([`LIVE_HEADER`]); `None`: answered from the snapshot. The agent supplies it; the API
+    /// never talks to PostgreSQL itself.
+    pub live_sql: Option<LiveSql>,
 }
+
+/// Queries PostgreSQL's positions and timeline now (the agent's `Postgres::live_sql`).
+pub type LiveSql = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<PgSql>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// The request header with which a racing peer asks `GET /patroni` for positions read from
+/// PostgreSQL at that moment (Patroni queries PostgreSQL on every `/patroni`; pgbaton answers
+/// from the last cycle's snapshot otherwise, which can be a loop old).
+pub const LIVE_HEADER: &str = "x-pgbaton-live";
+
+/// How long a live query may take before `GET /patroni` falls back to the snapshot (the
+/// racing peer's probe waits at least 500 ms).
+pub const LIVE_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// The floating IP as the agent's VIP task last left it: `vip` in `GET /patroni` (a pgbaton
 /// extension; Patroni's tools ignore it) and `pgbaton_vip_*` in `GET /metrics`.

@@ -5,7 +5,7 @@
 //! `serde_json::Value` would sort them).
 
 use baton_core::{
-    ClusterView, HistoryLine, Lsn, Member, MemberName, Mono, PeerStatus, Tags, Timeline,
+    ClusterView, HistoryLine, Lsn, Member, MemberName, Mono, PeerStatus, PgSql, Tags, Timeline,
 };
 use serde::Serialize;
 use serde::ser::Serializer;
@@ -25,6 +25,30 @@ pub fn status_json(snapshot: &Snapshot, _now: Mono) -> Value {
         tracing::error!("serialize status: {err}");
         Value::Object(Map::new())
     })
+}
+
+/// `snapshot` with PostgreSQL's SQL state replaced by `live` (queried now), when PostgreSQL
+/// was queryable in the snapshot's state; `None` (no live answer) keeps the snapshot's. The
+/// second value says whether the live state was used.
+pub fn live_snapshot(snapshot: &Snapshot, live: Option<PgSql>) -> (Snapshot, bool) {
+    let mut snap = snapshot.clone();
+    let queried = matches!(
+        snap.state,
+        PgRunState::Running | PgRunState::Restarting | PgRunState::Starting
+    );
+    match live {
+        Some(sql) if queried => {
+            // The slot list is what the agent manages; keep the snapshot's.
+            let slots = snap
+                .pg
+                .as_ref()
+                .map(|p| p.slots.clone())
+                .unwrap_or_default();
+            snap.pg = Some(PgSql { slots, ..sql });
+            (snap, true)
+        }
+        _ => (snap, false),
+    }
 }
 
 /// Reads another member's `GET /patroni` answer the way Patroni's leader race does
@@ -146,6 +170,11 @@ pub(crate) struct Status {
     /// printed (Patroni pops it too).
     #[serde(skip)]
     pub(crate) latest_end_lsn: Option<Lsn>,
+    /// pgbaton: present only when a peer asked for live positions ([`crate::LIVE_HEADER`]):
+    /// `true` when `xlog` and `timeline` were read from PostgreSQL for this request, `false`
+    /// when they are the last cycle's (the live query failed or timed out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) live_positions: Option<bool>,
 }
 
 #[derive(Debug, Serialize)]
@@ -213,6 +242,7 @@ impl Status {
             vip: None,
             reason: snap.last_reason.clone(),
             latest_end_lsn: None,
+            live_positions: None,
         };
         // Patroni queries PostgreSQL only in these states; a failed query while "running"
         // reports "unknown".

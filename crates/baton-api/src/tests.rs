@@ -286,6 +286,7 @@ fn harness(snapshot: Snapshot) -> Harness {
         vip: None,
         audit: Default::default(),
         failsafe: Default::default(),
+        live_sql: None,
     };
     Harness {
         state,
@@ -1875,4 +1876,81 @@ mod failsafe {
             patroni_failsafe_member{scope="demo",name="node2"} 0"#]]
         .assert_eq(&pick(&harness(s).get("/metrics").await.body));
     }
+}
+
+/// A racing peer asks `GET /patroni` with [`crate::LIVE_HEADER`]: positions and timeline come
+/// from PostgreSQL now (the cycle's snapshot can be a loop old); without an answer in time,
+/// from the snapshot, and the document says which. Other requests never query.
+#[tokio::test]
+async fn patroni_answers_a_racing_peer_with_live_positions() {
+    let asked = Arc::new(AtomicU64::new(0));
+    let live = |answer: Option<PgSql>, delay: Duration, asked: Arc<AtomicU64>| -> crate::LiveSql {
+        Arc::new(move || {
+            let answer = answer.clone();
+            asked.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                tokio::time::sleep(delay).await;
+                answer
+            })
+        })
+    };
+    let fresh = PgSql {
+        timeline: Timeline(3),
+        received_lsn: Some(Lsn(OPTIME + 0x9000)),
+        replayed_lsn: Some(Lsn(OPTIME + 0x8000)),
+        ..replica().pg.expect("replica pg")
+    };
+    let ask = |h: &Harness, live_header: bool| {
+        let mut request = Request::builder().method(Method::GET).uri("/patroni");
+        if live_header {
+            request = request.header(crate::LIVE_HEADER, "1");
+        }
+        let router = router(h.state.clone());
+        let request = request.body(Body::empty()).unwrap();
+        async move {
+            let response = router.oneshot(request).await.unwrap();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()
+        }
+    };
+
+    let mut h = harness(replica());
+    h.state.live_sql = Some(live(Some(fresh.clone()), Duration::ZERO, asked.clone()));
+    let doc = ask(&h, true).await;
+    assert_eq!(doc["live_positions"], serde_json::json!(true));
+    assert_eq!(doc["timeline"], serde_json::json!(3));
+    assert_eq!(
+        peer_status_from_json(name("node2"), &doc).wal_position,
+        Some(Lsn(OPTIME + 0x9000)),
+        "the race reads the live position"
+    );
+    // A health check or a plain GET /patroni answers from the snapshot and queries nothing.
+    let before = asked.load(Ordering::SeqCst);
+    let plain = ask(&h, false).await;
+    assert!(plain.get("live_positions").is_none());
+    assert_eq!(plain["timeline"], serde_json::json!(2));
+    assert_eq!(h.code("/replica").await, 200);
+    assert_eq!(asked.load(Ordering::SeqCst), before);
+
+    // PostgreSQL slower than the bound: the snapshot's positions, said so.
+    h.state.live_sql = Some(live(Some(fresh), Duration::from_secs(5), asked.clone()));
+    let started = tokio::time::Instant::now();
+    let doc = ask(&h, true).await;
+    assert_eq!(doc["live_positions"], serde_json::json!(false));
+    assert_eq!(doc["timeline"], serde_json::json!(2));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "bounded by LIVE_TIMEOUT"
+    );
+    // No query at all (PostgreSQL down, or an agent without one): the same.
+    h.state.live_sql = Some(live(None, Duration::ZERO, asked.clone()));
+    assert_eq!(
+        ask(&h, true).await["live_positions"],
+        serde_json::json!(false)
+    );
+    h.state.live_sql = None;
+    assert_eq!(
+        ask(&h, true).await["live_positions"],
+        serde_json::json!(false)
+    );
 }

@@ -919,6 +919,19 @@ pub enum Reason {
     RewindFailedStaying {
         leader: MemberName,
     },
+    /// A running standby on the leader's timeline number whose own history has it begin
+    /// elsewhere than the cluster's history says (another promotion made the same number:
+    /// simulator finding F7). pg_rewind sees one timeline on both sides and would do
+    /// nothing: it is re-cloned when allowed.
+    ForeignTimeline {
+        leader: MemberName,
+        timeline: Timeline,
+        /// Where our history has `timeline` begin.
+        ours: Lsn,
+        /// Where the cluster's history has the timeline before it end.
+        theirs: Lsn,
+        reinitializing: bool,
+    },
     /// We were a primary on the timeline the leader created by its own promotion.
     TimelineCollision {
         leader: MemberName,
@@ -1167,6 +1180,22 @@ impl fmt::Display for Reason {
                     }
                 )
             }
+            Reason::ForeignTimeline {
+                leader,
+                timeline,
+                ours,
+                theirs,
+                reinitializing,
+            } => write!(
+                f,
+                "our timeline {} began at {ours}, {leader}'s at {theirs}: another promotion made the same timeline number, pg_rewind cannot tell them apart; {}",
+                timeline.0,
+                if *reinitializing {
+                    "re-creating the replica"
+                } else {
+                    "remove_data_directory_on_rewind_failure is off; it cannot stream"
+                }
+            ),
             Reason::TimelineCollision {
                 leader,
                 timeline,

@@ -1,6 +1,7 @@
 //! Has a member forked off the leader's timeline? Patroni's `_check_timeline_and_lsn`, as a
 //! pure function of the positions both sides publish.
 
+use crate::pg::TimelineStart;
 use crate::types::{Lsn, Timeline};
 use crate::view::HistoryLine;
 
@@ -45,6 +46,28 @@ pub fn divergence(
         Some(_) => Divergence::OnHistory,
         None => Divergence::Unknown,
     }
+}
+
+/// Is the member's timeline `start.timeline` another timeline than the cluster's of that
+/// number? Its own history says it began where `start.parent` ended, at `start.at`; the
+/// cluster's history (the leader's, on `leader_timeline`) says where `start.parent` ended and
+/// which timeline followed. A different switch point, or another successor, means two
+/// promotions made the same timeline number (Patroni's `_check_timeline_and_lsn` compares
+/// the same lines of the two history files). Returns the cluster's switch point of
+/// `start.parent` when they disagree; `None` when they agree or the cluster's history has no
+/// line for `start.parent` (no conclusion).
+pub fn foreign_timeline(
+    start: TimelineStart,
+    leader_timeline: Timeline,
+    history: &[HistoryLine],
+) -> Option<Lsn> {
+    if start.timeline > leader_timeline {
+        return None;
+    }
+    let i = history.iter().position(|h| h.timeline == start.parent)?;
+    let successor = history.get(i + 1).map_or(leader_timeline, |h| h.timeline);
+    let theirs = history[i].lsn;
+    (theirs != start.at || successor != start.timeline).then_some(theirs)
 }
 
 /// The leader's timeline: the larger of what its member key says and what the history implies
@@ -102,6 +125,48 @@ mod tests {
             divergence(Timeline(1), Lsn(9000), tl3, &[line(2, 5000)]),
             Divergence::Unknown,
             "history without the member's timeline"
+        );
+    }
+
+    #[test]
+    fn a_timeline_number_made_by_another_promotion_is_foreign() {
+        let start = |tl: u32, parent: u32, at: u64| TimelineStart {
+            timeline: Timeline(tl),
+            parent: Timeline(parent),
+            at: Lsn(at),
+        };
+        let history = [line(1, 1000), line(2, 5000)];
+        let tl3 = Timeline(3);
+        assert_eq!(
+            foreign_timeline(start(3, 2, 5000), tl3, &history),
+            None,
+            "the cluster's timeline 3"
+        );
+        assert_eq!(
+            foreign_timeline(start(3, 2, 4000), tl3, &history),
+            Some(Lsn(5000)),
+            "F7: another promotion into 3, from an earlier point of 2"
+        );
+        assert_eq!(
+            foreign_timeline(start(3, 1, 1000), tl3, &history),
+            Some(Lsn(1000)),
+            "a 3 promoted straight from 1: the cluster's 1 was followed by 2"
+        );
+        assert_eq!(
+            foreign_timeline(start(2, 1, 900), tl3, &history),
+            Some(Lsn(1000)),
+            "an older timeline of the same number"
+        );
+        assert_eq!(foreign_timeline(start(2, 1, 1000), tl3, &history), None);
+        assert_eq!(
+            foreign_timeline(start(3, 2, 4000), tl3, &[line(1, 1000)]),
+            None,
+            "the history has no line for the parent yet: no conclusion"
+        );
+        assert_eq!(
+            foreign_timeline(start(4, 3, 4000), tl3, &history),
+            None,
+            "ahead of what the leader published"
         );
     }
 

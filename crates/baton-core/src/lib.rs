@@ -35,9 +35,11 @@ pub use decision::{
     StandbyCluster, StartRole, StopMode, SyncConfig, SyncMode, Upstream, WatchdogMode,
     WatchdogState,
 };
-pub use diverge::{Divergence, divergence, leader_timeline};
+pub use diverge::{Divergence, divergence, foreign_timeline, leader_timeline};
 pub use outcome::{ActionOutcome, FenceSignal, fence_signal, holds_leader_key, last_failure};
-pub use pg::{ClusterState, ControlData, DataDir, PgProcess, PgSql, PgState, ReplicationRow};
+pub use pg::{
+    ClusterState, ControlData, DataDir, PgProcess, PgSql, PgState, ReplicationRow, TimelineStart,
+};
 pub use replica::{CustomMethod, ReplicaMethod, custom_method_args, methods_to_try};
 pub use restart::{
     RestartFilters, RestartMismatch, RestartRole, ScheduleState, ScheduledRestart,

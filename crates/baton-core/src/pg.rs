@@ -199,6 +199,20 @@ pub struct PgSql {
     /// reports the last checkpoint's timeline, which lags a timeline switch it has already
     /// followed; the history file does not (and a promotion picks a timeline above it).
     pub newest_history: Option<Timeline>,
+    /// Where this member's newest timeline began, by its own newest history file in
+    /// `pg_wal`. Read only for a standby that is not streaming (the one case `decide` needs
+    /// it: a timeline number whose switch point the cluster's history gives differently is
+    /// not the cluster's timeline of that number).
+    pub timeline_start: Option<TimelineStart>,
+}
+
+/// The last line of a member's own timeline history file `<timeline>.history`: `timeline`
+/// began where `parent` ended, at `at`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimelineStart {
+    pub timeline: Timeline,
+    pub parent: Timeline,
+    pub at: Lsn,
 }
 
 impl PgSql {

@@ -23,7 +23,7 @@ use std::fmt::Write as _;
 
 use baton_core::{
     ClusterState, ControlData, DataDir, HistoryLine, Lsn, Mono, PgProcess, PgSql, PgState,
-    ReplicationRow, SyncMode, SyncState, Timeline,
+    ReplicationRow, SyncMode, SyncState, Timeline, TimelineStart,
 };
 
 /// LSN of the first record.
@@ -273,11 +273,12 @@ pub enum Finding {
     StandbyAheadOfNewTimeline,
     /// F7: a standby followed a leader onto timeline N; that leader died and another member
     /// (which had not seen N: stale peer positions) promoted into the same number N. The
-    /// standby's WAL on N is not the new leader's N, it cannot stream, and pgbaton judges a
+    /// standby's WAL on N is not the new leader's N, it cannot stream, and pgbaton judged a
     /// running standby's divergence by timeline numbers only (pg_rewind could not fix it
     /// either: a re-clone is needed). Seeds 201590993582595 and 94581139171588 with
-    /// `--unsafe-faults` (the loser promoted at a position older than a peer's, whose last
-    /// published snapshot it trusted: peers' positions and timelines can be seconds old).
+    /// `--unsafe-faults`. Fixed: a standby that does not stream compares where its own history
+    /// has its timeline begin with the cluster's history (`baton_core::foreign_timeline`) and
+    /// is re-cloned (`Reason::ForeignTimeline`).
     StandbyOnCollidingTimeline,
     /// The old primary's agent was frozen or not running while its PostgreSQL went on
     /// accepting writes past the lease: the fence guard should have stopped it (was the known
@@ -522,6 +523,20 @@ impl Model {
             synchronous_commit: "on".to_owned(),
             // The model reports the timeline a standby replays, never a stale one.
             newest_history: None,
+            // Like the adapter: read for a standby that is not streaming.
+            timeline_start: (standby && !streaming)
+                .then(|| {
+                    let chain = d.chain();
+                    let [.., (parent, end), (tl, _)] = chain.as_slice() else {
+                        return None;
+                    };
+                    Some(TimelineStart {
+                        timeline: Timeline(*tl),
+                        parent: Timeline(*parent),
+                        at: lsn_of(*end),
+                    })
+                })
+                .flatten(),
         }
     }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use baton_core::{
     DataDir, HistoryLine, Lsn, PgProcess, PgSql, PgState, ReplicationRow, StartRole, StopMode,
-    Timeline, Upstream,
+    Timeline, TimelineStart, Upstream,
 };
 use tokio::time::{Instant, sleep, timeout};
 use tokio_postgres::error::SqlState;
@@ -831,6 +831,11 @@ impl LocalPostgres {
             match query_state(conn).await {
                 Ok(mut sql) => {
                     sql.newest_history = newest_history_file(&self.settings.data_dir);
+                    if sql.in_recovery && !sql.streaming {
+                        sql.timeline_start = sql
+                            .newest_history
+                            .and_then(|tl| timeline_start(&self.settings.data_dir, tl));
+                    }
                     // Only the slots we manage: another tool's slot is none of our business
                     // (an unreadable record lists none; ensure_slots reports why).
                     let ours = self.read_slot_record().unwrap_or_else(|e| {
@@ -1106,6 +1111,11 @@ impl LocalPostgres {
 impl Postgres for LocalPostgres {
     async fn is_alive(&self) -> bool {
         procs::postmaster(self.data_dir()).is_some()
+    }
+
+    async fn live_sql(&self) -> Option<PgSql> {
+        procs::postmaster(self.data_dir())?;
+        self.observe_sql().await
     }
 
     async fn observe(&self) -> PgState {
@@ -1878,6 +1888,7 @@ fn parse_status(row: &Row) -> Result<PgSql, PgError> {
         synchronous_standby_names,
         synchronous_commit,
         newest_history: None,
+        timeline_start: None,
     })
 }
 
@@ -2038,6 +2049,24 @@ fn newest_history_file(data_dir: &Path) -> Option<Timeline> {
         .filter_map(|e| e.ok())
         .filter_map(|e| history_file_timeline(&e.file_name().to_string_lossy()))
         .max()
+}
+
+/// The last line of `pg_wal/<timeline>.history`: where `timeline` began (`None` when the file
+/// is unreadable or has no line; `decide` then draws no conclusion from it).
+fn timeline_start(data_dir: &Path, timeline: Timeline) -> Option<TimelineStart> {
+    let path = data_dir.join("pg_wal").join(history::file_name(timeline));
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| debug!("observe: read {}: {e}", path.display()))
+        .ok()?;
+    let lines = history::parse(&text)
+        .map_err(|e| debug!("observe: {}: {e}", path.display()))
+        .ok()?;
+    let last = lines.last()?;
+    Some(TimelineStart {
+        timeline,
+        parent: last.timeline,
+        at: last.lsn,
+    })
 }
 
 /// `00000002.history` → timeline 2.
@@ -2427,6 +2456,22 @@ mod tests {
             std::fs::write(wal.join(f), "").expect("file");
         }
         assert_eq!(newest_history_file(dir.path()), Some(Timeline(3)));
+        assert_eq!(timeline_start(dir.path(), Timeline(3)), None, "empty file");
+        std::fs::write(
+            wal.join("00000003.history"),
+            "1\t0/3000060\tno recovery target specified\n\n2\t0/5000028\tno recovery target specified\n",
+        )
+        .expect("history");
+        assert_eq!(
+            timeline_start(dir.path(), Timeline(3)),
+            Some(TimelineStart {
+                timeline: Timeline(3),
+                parent: Timeline(2),
+                at: Lsn(0x5000028)
+            }),
+            "the last line: where timeline 3 began"
+        );
+        assert_eq!(timeline_start(dir.path(), Timeline(4)), None, "no file");
     }
 
     pub(super) fn settings(dir: &Path) -> PgSettings {

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
-use baton_core::{HistoryLine, PgState, ReplicaMethod, StartRole, StopMode, Upstream};
+use baton_core::{HistoryLine, PgSql, PgState, ReplicaMethod, StartRole, StopMode, Upstream};
 
 use crate::BoxError;
 
@@ -103,6 +103,15 @@ pub trait Postgres: Send + Sync + 'static {
     /// Data directory, process and (if running) SQL state. Never fails: what could not be
     /// read is absent in the result.
     fn observe(&self) -> impl Future<Output = PgState> + Send;
+
+    /// PostgreSQL's SQL state (positions, timeline) queried now, for a racing peer's
+    /// `GET /patroni` (the REST API calls it beside the loop, under a short timeout). `None`
+    /// when PostgreSQL does not run or answer. The default asks `observe`; implementations
+    /// override it with the SQL round alone.
+    fn live_sql(&self) -> impl Future<Output = Option<PgSql>> + Send {
+        let state = self.observe();
+        async move { state.await.sql }
+    }
 
     /// Cheap check that a postmaster is alive (for noticing a crash within a second, polled
     /// several times per second). The default asks `observe`; implementations override it

@@ -102,7 +102,7 @@ use crate::world::{AgentSlot, DcsLink, Net, SimClock, Trace, World};
 /// pgbaton bugs and gaps the simulator found that are not fixed yet: a violation diagnosed as
 /// one of these is "known" (`baton-sim --allow-known`, and the seed sweep in the tests). Drop
 /// a finding from this list when its fix lands, so that its return is caught.
-pub const OPEN_FINDINGS: &[Finding] = &[Finding::StandbyOnCollidingTimeline];
+pub const OPEN_FINDINGS: &[Finding] = &[];
 
 /// A deliberately broken cluster, for checking that the checker catches it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

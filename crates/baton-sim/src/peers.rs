@@ -1,5 +1,7 @@
 //! `SimPeers`: the leader race's `GET /patroni` on the other members, answered from their
-//! agents' published snapshots through the same code the REST API and the HTTP prober use
+//! agents' published snapshots with the positions and timeline of their PostgreSQL at that
+//! moment (the live query a racing peer asks for, `baton_api::live_snapshot`; the model
+//! always answers it), through the same code the REST API and the HTTP prober use
 //! (`baton_api::status_json` → `baton_api::peer_status_from_json`). A member across a network
 //! cut, or whose agent is frozen, does not answer before the timeout; a member whose agent is
 //! down refuses the connection at once.
@@ -67,6 +69,11 @@ impl Peers for SimPeers {
                             .map(|rx| rx.borrow().clone());
                         match snapshot {
                             Some(snap) if self.w.agent_answers(target) == Answer::Up => {
+                                // The racing peer's `x-pgbaton-live`: positions and timeline
+                                // of the target's PostgreSQL now (`Postgres::live_sql`), not
+                                // its last cycle's.
+                                let live = self.w.model().observe(target).sql;
+                                let (snap, _) = baton_api::live_snapshot(&snap, live);
                                 let json = baton_api::status_json(&snap, self.w.now());
                                 baton_api::peer_status_from_json(name, &json)
                             }

@@ -625,3 +625,36 @@ fn failsafe_etcd_answering_errors_is_no_reason_to_demote() {
         assert_eq!(o.stats.lost, 0);
     }
 }
+
+/// F7 (fixed): a standby followed a leader onto timeline 3; that leader was fenced before it
+/// wrote the history line, and another member (which never saw 3: the standby's member key
+/// had expired while it was cut from the DCS) promoted into the same number 3. The standby
+/// cannot stream; its own history has its timeline 3 begin elsewhere than the cluster's, so
+/// it is re-cloned. Both seeds of the finding, with `--unsafe-faults`.
+#[test]
+fn f7_seeds_reclone_a_standby_on_a_colliding_timeline() {
+    let opts = Options {
+        unsafe_faults: true,
+        ..Options::default()
+    };
+    let outcomes = run_all(&[94_581_139_171_588, 201_590_993_582_595], &opts);
+    for o in &outcomes {
+        assert!(
+            o.ok(),
+            "seed {}: {:?}\n{}",
+            o.seed,
+            findings(o),
+            o.report(80)
+        );
+    }
+    let collided = &outcomes[0];
+    assert_eq!(collided.seed, 94_581_139_171_588);
+    assert!(
+        collided.trace.iter().any(|l| l
+            .contains("another promotion made the same timeline number")
+            && l.contains("re-creating the replica")),
+        "seed {}: the colliding standby was not re-cloned\n{}",
+        collided.seed,
+        collided.report(80)
+    );
+}

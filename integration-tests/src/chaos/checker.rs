@@ -362,6 +362,21 @@ pub fn check_observed(
     out
 }
 
+/// The longest a cluster may take, from a fault's heal, until it has one leader and every
+/// member (the rejoined one included) streaming from it; slower fails the run.
+pub const RECOVERY_LIMIT_S: f64 = 60.0;
+
+/// The failure line for a heal-to-streaming time (`None`: the cluster never got there, which
+/// the iteration's error already reports), or nothing within [`RECOVERY_LIMIT_S`].
+pub fn recovery_problem(heal_to_streaming_s: Option<f64>) -> Option<String> {
+    let s = heal_to_streaming_s?;
+    (s > RECOVERY_LIMIT_S).then(|| {
+        format!(
+            "recovery took {s:.1} s from the heal to every member streaming (limit {RECOVERY_LIMIT_S:.0} s)"
+        )
+    })
+}
+
 /// C6/M1 for one fault: when W1 got its first acknowledgement from a new writer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Recovery {
@@ -641,6 +656,22 @@ mod tests {
         assert_eq!(broken.unexpected, vec![9]);
         assert!(broken.lost.is_empty());
         assert!(!broken.is_clean());
+    }
+
+    #[test]
+    fn recovery_above_the_limit_is_a_problem() {
+        assert_eq!(recovery_problem(None), None, "the error says it");
+        assert_eq!(recovery_problem(Some(0.0)), None);
+        assert_eq!(
+            recovery_problem(Some(RECOVERY_LIMIT_S)),
+            None,
+            "at the limit"
+        );
+        let slow = recovery_problem(Some(61.25)).expect("above the limit");
+        assert_eq!(
+            slow,
+            "recovery took 61.2 s from the heal to every member streaming (limit 60 s)"
+        );
     }
 
     #[test]

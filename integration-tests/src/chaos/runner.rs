@@ -271,7 +271,15 @@ impl Suite {
             .await
             .with_context(|| format!("inject {}", fault.name()))?;
         let healed = self.clock.now();
-        self.wait_ready().await.context("recovery after the heal")?;
+        let streaming = self
+            .cluster
+            .wait_healthy(scaled(RECOVERY))
+            .await
+            .context("recovery after the heal")?;
+        it.heal_to_streaming_s = Some(secs(self.clock.now() - healed));
+        self.ready_from(streaming)
+            .await
+            .context("recovery after the heal")?;
         it.heal_to_healthy_s = Some(secs(self.clock.now() - healed));
         let recovery = checker::recovery(&self.w1.history().snapshot(), t_f, self.clock.now());
         it.rto_s = recovery.rto.map(secs);
@@ -286,6 +294,11 @@ impl Suite {
     /// quorum mode both replicas in `/sync`), and W1 acknowledging writes again.
     async fn wait_ready(&self) -> anyhow::Result<Healthy> {
         let healthy = self.cluster.wait_healthy(scaled(RECOVERY)).await?;
+        self.ready_from(healthy).await
+    }
+
+    /// [`Self::wait_ready`] from a cluster already seen healthy.
+    async fn ready_from(&self, healthy: Healthy) -> anyhow::Result<Healthy> {
         if self.replication == Replication::Quorum {
             wait_sync(&self.cluster, &healthy).await?;
         }

@@ -61,6 +61,7 @@ fn agent(auth: Option<(&str, &str)>) -> Agent {
         vip: None,
         audit: Default::default(),
         failsafe: Default::default(),
+        live_sql: None,
     };
     Agent {
         state,

@@ -4,7 +4,7 @@
 //! source, or re-clone). Reached only when someone else holds a readable leader key.
 
 use crate::decision::{Action, DivergedRemedy, Memory, Reason, StartRole, StopMode, Upstream};
-use crate::diverge::{Divergence, divergence, leader_timeline};
+use crate::diverge::{Divergence, divergence, foreign_timeline, leader_timeline};
 use crate::pg::{ControlData, PgSql};
 use crate::types::{MemberName, Timeline};
 use crate::view::{ClusterView, Member};
@@ -265,10 +265,43 @@ impl Ctx<'_> {
         }
         let leader_tl = leader_timeline(view.member(leader)?.timeline, &view.history)?;
         let end = sql.wal_position();
-        let Divergence::Diverged { timeline, switch } =
-            divergence(sql.timeline, end, leader_tl, &view.history)
-        else {
-            return None;
+        // Our own history against the cluster's: a timeline number two promotions made (F7).
+        let foreign = sql
+            .timeline_start
+            .and_then(|start| Some((start, foreign_timeline(start, leader_tl, &view.history)?)));
+        let (timeline, switch) = match foreign {
+            // The leader's number: pg_rewind would find nothing to do.
+            Some((start, theirs)) if start.timeline == leader_tl => {
+                let wipe = self.cfg.remove_data_directory_on_rewind_failure;
+                let actions = if wipe {
+                    next.following = None;
+                    vec![
+                        Action::StopPostgres {
+                            mode: StopMode::Fast,
+                        },
+                        Action::WipeDataDir,
+                    ]
+                } else {
+                    vec![]
+                };
+                return Some((
+                    actions,
+                    Reason::ForeignTimeline {
+                        leader: leader.clone(),
+                        timeline: start.timeline,
+                        ours: start.at,
+                        theirs,
+                        reinitializing: wipe,
+                    },
+                ));
+            }
+            // An older number the leader's history gives another origin: a timeline the
+            // leader never had; pg_rewind compares the two histories.
+            Some((start, _)) => (start.timeline, None),
+            None => match divergence(sql.timeline, end, leader_tl, &view.history) {
+                Divergence::Diverged { timeline, switch } => (timeline, switch),
+                _ => return None,
+            },
         };
         let (actions, remedy) = if self.cfg.use_pg_rewind {
             let stop = Action::StopPostgres {

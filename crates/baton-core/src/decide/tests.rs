@@ -104,7 +104,9 @@ use crate::decision::{
     Action, ActionFailure, ActionKind, FailsafePing, FailsafeRound, HaConfig, LeaseState, Memory,
     Observation, PeerStatus, StandbyCluster, SyncConfig, SyncMode, WatchdogMode, WatchdogState,
 };
-use crate::pg::{ClusterState, ControlData, DataDir, PgProcess, PgSql, ReplicationRow};
+use crate::pg::{
+    ClusterState, ControlData, DataDir, PgProcess, PgSql, ReplicationRow, TimelineStart,
+};
 use crate::types::{Lsn, MemberName, Mono, Timeline};
 use crate::view::{
     ClusterView, FailoverRequest, HistoryLine, LeaderKey, LeaderStatus, Member, SyncKey, SyncState,
@@ -432,6 +434,18 @@ fn parse(fixture: &str, previous: Option<&Memory>) -> Fixture {
                             newest_history: t
                                 .get("hist")
                                 .map(|v| Timeline(v.parse().expect("hist"))),
+                            // began=<parent>@<lsn>: our timeline began where parent ended.
+                            timeline_start: t.get("began").map(|v| {
+                                let (parent, at) = v.split_once('@').expect("began=P@LSN");
+                                let parent = Timeline(parent.parse().expect("began parent"));
+                                TimelineStart {
+                                    timeline: Timeline(
+                                        t.get("tl").map_or(1, |v| v.parse().expect("tl")),
+                                    ),
+                                    parent,
+                                    at: lsn(at),
+                                }
+                            }),
                             synchronous_standby_names: t.get("ssn").unwrap_or("").replace('~', " "),
                             synchronous_commit: t.get("commit").unwrap_or("on").to_owned(),
                             replication: t
