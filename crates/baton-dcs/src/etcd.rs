@@ -98,8 +98,11 @@ struct Inner {
     watch_task: tokio::task::AbortHandle,
     /// True while the watch stream on the prefix is established (set by the watch task).
     watching: Arc<AtomicBool>,
-    /// Writes started or ended by this client (see [`WriteMark`]).
+    /// Writes of this client whose outcome is unknown (failed, timed out, abandoned; see
+    /// [`WriteMark`]).
     writes: AtomicU64,
+    /// Writes of this client on their way.
+    writes_in_flight: AtomicU64,
     /// The watch cache: `read_cluster` answers from the last read, kept current by the watch
     /// task, while that is provably what etcd holds (opt-in, [`EtcdDcs::serve_reads_from_watch`]).
     cache: Arc<Mutex<ReadCache>>,
@@ -166,20 +169,41 @@ impl Counters {
     }
 }
 
-/// Bumps the write counter when a write starts and again when it ends (answered, failed, timed
-/// out or abandoned): a read that overlaps a write of ours in any way sees the counter move.
-struct WriteMark<'a>(&'a AtomicU64);
+/// One write of this client on its way: counted in flight until dropped. Answered
+/// ([`WriteMark::answered`]), its revision is one the watch cache must have reached before it
+/// is reused (read-your-writes); dropped unanswered (failed, timed out, abandoned: its outcome
+/// is unknown) it bumps [`Inner::writes`], so no read sent before is reused.
+struct WriteMark<'a> {
+    inner: &'a Inner,
+    answered: bool,
+}
 
 impl<'a> WriteMark<'a> {
-    fn new(writes: &'a AtomicU64) -> WriteMark<'a> {
-        writes.fetch_add(1, Ordering::SeqCst);
-        WriteMark(writes)
+    fn new(inner: &'a Inner) -> WriteMark<'a> {
+        inner.writes_in_flight.fetch_add(1, Ordering::SeqCst);
+        WriteMark {
+            inner,
+            answered: false,
+        }
+    }
+
+    /// etcd answered, at `header`'s revision (the store's revision after the write, or at a
+    /// transaction's comparison when it did not apply).
+    fn answered(mut self, header: Option<&etcd_client::ResponseHeader>) {
+        if let Some(revision) = header.map(|h| h.revision()) {
+            let mut cache = lock_cache(&self.inner.cache);
+            cache.written = cache.written.max(revision);
+            self.answered = true;
+        }
     }
 }
 
 impl Drop for WriteMark<'_> {
     fn drop(&mut self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
+        if !self.answered {
+            self.inner.writes.fetch_add(1, Ordering::SeqCst);
+        }
+        self.inner.writes_in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -200,6 +224,9 @@ struct ReadCache {
     /// The highest revision of an event the watch delivered (applied to `last` or not): a
     /// read at a lower revision misses it and is not kept.
     watched: i64,
+    /// The highest revision etcd answered a write of this client at: `last` is reused only
+    /// once it reflects that revision (our own writes are read back).
+    written: i64,
     last: Option<CachedRead>,
 }
 
@@ -310,6 +337,7 @@ impl ReadCache {
 struct ReadCheck {
     now: Instant,
     writes: u64,
+    writes_in_flight: u64,
     watching: bool,
 }
 
@@ -317,7 +345,8 @@ struct ReadCheck {
 /// delivery delay: the view (the read with every event the watch delivered since applied)
 /// has a leader key (a leaderless cluster — where members race for the key, design §4 rule
 /// 3 — is always read fresh), the watch is established (a reconnection drops the cache: events
-/// may have been missed), this client has written nothing since the read, the etcd cluster
+/// may have been missed), no write of this client is on its way or ended without an answer
+/// since the read, every answered one is in the view (the watch delivered it), the etcd cluster
 /// answered a request sent within the last ttl/2 (so the watch is not served by a member cut
 /// off from its leader), and the read is younger than [`CACHE_MAX_AGE_TTLS`] ttls.
 fn cache_usable(cache: &ReadCache, check: &ReadCheck) -> bool {
@@ -328,7 +357,9 @@ fn cache_usable(cache: &ReadCache, check: &ReadCheck) -> bool {
     };
     last.view.leader.is_some()
         && check.watching
+        && check.writes_in_flight == 0
         && last.writes == check.writes
+        && last.revision >= cache.written
         && check.now.saturating_duration_since(last.sent) < ttl * CACHE_MAX_AGE_TTLS
         && check.now.saturating_duration_since(quorum) < ttl / 2
 }
@@ -388,10 +419,12 @@ impl EtcdDcs {
     fn read_check(&self) -> ReadCheck {
         // Counters first, time last: anything that happens after them invalidates the read.
         let writes = self.inner.writes.load(Ordering::SeqCst);
+        let writes_in_flight = self.inner.writes_in_flight.load(Ordering::SeqCst);
         let watching = self.inner.watching.load(Ordering::SeqCst);
         ReadCheck {
             now: Instant::now(),
             writes,
+            writes_in_flight,
             watching,
         }
     }
@@ -424,7 +457,7 @@ impl EtcdDcs {
     }
 
     fn write_mark(&self) -> WriteMark<'_> {
-        WriteMark::new(&self.inner.writes)
+        WriteMark::new(&self.inner)
     }
 }
 
@@ -607,7 +640,7 @@ impl EtcdDcs {
     pub async fn delete_cluster(&self) -> Result<i64, DcsError> {
         let prefix = self.inner.prefix.clone();
         let mut kv = self.inner.kv.clone();
-        let _mark = self.write_mark();
+        let mark = self.write_mark();
         count(&self.inner.counts.delete, 1);
         let resp = bounded(
             self.inner.timeout,
@@ -619,6 +652,7 @@ impl EtcdDcs {
             ),
         )
         .await?;
+        mark.answered(resp.header());
         Ok(resp.deleted())
     }
 
@@ -721,6 +755,7 @@ impl EtcdDcs {
                 watch_task: task.abort_handle(),
                 watching,
                 writes: AtomicU64::new(0),
+                writes_in_flight: AtomicU64::new(0),
                 cache,
                 counts,
             }),
@@ -742,15 +777,16 @@ impl EtcdDcs {
         let what = format!("put {key}");
         let options = (lease != 0).then(|| PutOptions::new().with_lease(lease));
         let mut kv = self.inner.kv.clone();
-        let _mark = self.write_mark();
+        let mark = self.write_mark();
         count(&self.inner.counts.put, 1);
-        bounded(
+        let resp = bounded(
             self.inner.timeout,
             &what,
             Some(lease),
             kv.put(key, value, options),
         )
         .await?;
+        mark.answered(resp.header());
         Ok(())
     }
 
@@ -774,15 +810,16 @@ impl EtcdDcs {
                 None => {
                     let mut kv = self.inner.kv.clone();
                     let what = format!("delete {key}");
-                    let _mark = self.write_mark();
+                    let mark = self.write_mark();
                     count(&self.inner.counts.delete, 1);
-                    bounded(
+                    let resp = bounded(
                         self.inner.timeout,
                         &what,
                         None,
                         kv.delete(key.as_str(), None),
                     )
                     .await?;
+                    mark.answered(resp.header());
                 }
             }
             return Ok(true);
@@ -806,9 +843,10 @@ impl EtcdDcs {
     ) -> Result<bool, DcsError> {
         let txn = Txn::new().when([compare]).and_then([op]);
         let mut kv = self.inner.kv.clone();
-        let _mark = self.write_mark();
+        let mark = self.write_mark();
         count(&self.inner.counts.txn, 1);
         let resp = bounded(self.inner.timeout, &what, lease, kv.txn(txn)).await?;
+        mark.answered(resp.header());
         Ok(resp.succeeded())
     }
 
@@ -849,9 +887,10 @@ impl EtcdDcs {
             .and_then([op])
             .or_else([TxnOp::get(leader_key.as_str(), None)]);
         let mut kv = self.inner.kv.clone();
-        let _mark = self.write_mark();
+        let mark = self.write_mark();
         count(&self.inner.counts.txn, 1);
         let resp = bounded(self.inner.timeout, &what, None, kv.txn(txn)).await?;
+        mark.answered(resp.header());
         if resp.succeeded() {
             return Ok(LeaderWrite::Written);
         }
@@ -1031,9 +1070,12 @@ impl Dcs for EtcdDcs {
     async fn revoke_lease(&self, lease: i64) -> Result<(), DcsError> {
         let mut lc = self.inner.client.lease_client();
         let what = format!("revoke lease {lease}");
-        let _mark = self.write_mark();
+        let mark = self.write_mark();
         count(&self.inner.counts.lease_revoke, 1);
         let result = bounded(self.inner.timeout, &what, Some(lease), lc.revoke(lease)).await;
+        if let Ok(resp) = &result {
+            mark.answered(resp.header());
+        }
         if matches!(result, Ok(_) | Err(DcsError::LeaseNotFound(_))) {
             self.written().forget_lease(lease);
             if let Ok(mut slot) = self.inner.keeper.try_lock()
@@ -1060,15 +1102,16 @@ impl Dcs for EtcdDcs {
     async fn cancel_initialize(&self) -> Result<(), DcsError> {
         let key = self.key(record::INITIALIZE);
         let mut kv = self.inner.kv.clone();
-        let _mark = self.write_mark();
+        let mark = self.write_mark();
         count(&self.inner.counts.delete, 1);
-        bounded(
+        let resp = bounded(
             self.inner.timeout,
             &format!("delete {key}"),
             None,
             kv.delete(key.as_str(), None),
         )
         .await?;
+        mark.answered(resp.header());
         Ok(())
     }
 
@@ -1378,6 +1421,7 @@ mod tests {
             ttl: Some(TTL),
             quorum_seen: Some(t0),
             watched: 0,
+            written: 2,
             last: Some(CachedRead {
                 kvs: Default::default(),
                 revision: 2,
@@ -1397,6 +1441,7 @@ mod tests {
         let check = ReadCheck {
             now: t0 + after,
             writes: 4,
+            writes_in_flight: 0,
             watching: true,
         };
         (cache, check)
@@ -1422,7 +1467,22 @@ mod tests {
         assert!(!cache_usable(&c, &k), "watch not established");
         let (c, mut k) = fixture(second);
         k.writes += 1;
-        assert!(!cache_usable(&c, &k), "this client wrote (or is writing)");
+        assert!(
+            !cache_usable(&c, &k),
+            "a write of this client ended without an answer"
+        );
+        let (c, mut k) = fixture(second);
+        k.writes_in_flight = 1;
+        assert!(
+            !cache_usable(&c, &k),
+            "a write of this client is on its way"
+        );
+        let (mut c, k) = fixture(second);
+        c.written = 3;
+        assert!(
+            !cache_usable(&c, &k),
+            "an answered write of this client is not in the view yet"
+        );
         let (mut c, k) = fixture(second);
         if let Some(last) = &mut c.last {
             last.view.leader = None;
@@ -1528,6 +1588,37 @@ mod tests {
         let last = cache.last.as_ref().expect("kept");
         assert!(last.view.leader.is_none());
         assert!(last.view.member(&n("n2")).is_some());
+    }
+
+    /// Read-your-writes: after etcd answered our write at revision 11, the kept read (at 10) is
+    /// reused only once the watch delivered revision 11.
+    #[test]
+    fn our_own_write_is_read_back_from_the_watch() {
+        let t0 = Instant::now();
+        let mut cache = ReadCache {
+            enabled: true,
+            ttl: Some(TTL),
+            quorum_seen: Some(t0),
+            ..ReadCache::default()
+        };
+        cache.install(read_at_10());
+        let check = ReadCheck {
+            now: t0,
+            writes: 0,
+            writes_in_flight: 0,
+            watching: true,
+        };
+        assert!(cache_usable(&cache, &check));
+        cache.written = 11;
+        assert!(!cache_usable(&cache, &check));
+        let ours = put(
+            "members/n1",
+            r#"{"role":"primary","state":"stopping"}"#,
+            7,
+            11,
+        );
+        cache.apply(PREFIX, &[ours]);
+        assert!(cache_usable(&cache, &check));
     }
 
     #[test]
