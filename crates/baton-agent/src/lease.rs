@@ -1,11 +1,19 @@
 //! The lease keeper: grants the agent's lease and keeps it alive on its own task, independent
 //! of the HA loop (safety rule 2), and publishes the fencing deadline (safety rule 1):
 //! send time of the last acknowledged keepalive + ttl·(1 − ρ) − margin.
+//!
+//! The pace follows what the lease protects. While we lead (or PostgreSQL may accept writes:
+//! the fencer's [`FenceSignal`]) it carries the leader key and the fencing deadline: four
+//! renewals per ttl. Otherwise it only carries our member key, and the deadline matters only
+//! at the moment we race for the key (`require_lease`: the deadline must lie ahead): three
+//! renewals per ttl leave it at least ttl·(2/3 − ρ) − margin ahead, and the keeper renews at
+//! once when the signal turns to leading, so a new leader's deadline is fresh from its first
+//! cycle.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton_core::{Clock, LeaseState, Mono};
+use baton_core::{Clock, FenceSignal, LeaseState, Mono};
 use baton_dcs::{Dcs, DcsError};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -23,9 +31,17 @@ pub fn fence_deadline(sent: Mono, ttl: Duration) -> Mono {
     (sent + ttl.mul_f64(1.0 - RHO)).saturating_sub(fence_margin(ttl))
 }
 
-/// How often the lease is refreshed: four chances per ttl.
+/// How often the lease is refreshed while we lead: four chances per ttl. Also the bound on how
+/// long one request may take.
 pub fn keepalive_interval(ttl: Duration) -> Duration {
     (ttl / 4).max(Duration::from_millis(500))
+}
+
+/// How often the lease is refreshed while we do not lead: three chances per ttl. Less than
+/// half a ttl, so that a renewal's answer is also the etcd quorum proof the watch cache needs
+/// every ttl/2 (`baton-dcs` `cache_usable`) with time to spare.
+pub fn follower_keepalive_interval(ttl: Duration) -> Duration {
+    (ttl / 3).max(Duration::from_millis(500))
 }
 
 pub struct LeaseKeeper<D: Dcs> {
@@ -33,6 +49,9 @@ pub struct LeaseKeeper<D: Dcs> {
     clock: Arc<dyn Clock>,
     ttl: Duration,
     tx: watch::Sender<LeaseState>,
+    /// The HA loop's fencing signal: renewals at the leader's pace while it says `leading`.
+    /// Without one (`None`), always at the leader's pace.
+    leading: Option<watch::Receiver<FenceSignal>>,
     /// The last error logged, so a persisting failure is logged once.
     last_error: Option<String>,
 }
@@ -60,12 +79,35 @@ impl<D: Dcs> LeaseKeeper<D> {
             clock,
             ttl,
             tx,
+            leading: None,
             last_error: None,
+        }
+    }
+
+    /// Renew at the follower's pace ([`follower_keepalive_interval`]) while `leading` says we
+    /// do not lead, at the leader's as soon as it does.
+    pub fn pace_by(mut self, leading: watch::Receiver<FenceSignal>) -> LeaseKeeper<D> {
+        self.leading = Some(leading);
+        self
+    }
+
+    /// Whether the lease protects a leader now (the leader's pace).
+    fn leads(&self) -> bool {
+        self.leading.as_ref().is_none_or(|l| l.borrow().leading)
+    }
+
+    /// The wait after a successful round.
+    pub fn renewal_interval(&self) -> Duration {
+        if self.leads() {
+            keepalive_interval(self.ttl)
+        } else {
+            follower_keepalive_interval(self.ttl)
         }
     }
 
     /// One grant or keepalive round. Returns how long to wait before the next one.
     pub async fn step(&mut self) -> Duration {
+        // The bound on one request: the leader's interval, whatever the pace.
         let interval = keepalive_interval(self.ttl);
         let state = *self.tx.borrow();
         let sent = self.clock.now();
@@ -78,7 +120,7 @@ impl<D: Dcs> LeaseKeeper<D> {
                         id: Some(id),
                         fence_deadline: Some(fence_deadline(sent, self.ttl)),
                     });
-                    interval
+                    self.renewal_interval()
                 }
                 Ok(Err(error)) => self.failed("grant lease", &error.to_string()),
                 Err(_) => self.failed("grant lease", &format!("no answer within {interval:?}")),
@@ -99,7 +141,7 @@ impl<D: Dcs> LeaseKeeper<D> {
                             false
                         }
                     });
-                    interval
+                    self.renewal_interval()
                 }
                 Ok(Err(DcsError::LeaseNotFound(_))) => {
                     warn!(
@@ -128,14 +170,29 @@ impl<D: Dcs> LeaseKeeper<D> {
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Option<i64> {
         loop {
             let wait = self.step().await;
+            // At the follower's pace, a turn to leading renews at once (a new leader's
+            // deadline then counts from its first cycle, not from the last follower renewal).
+            let mut leading = self.leading.clone().filter(|_| !self.leads());
             tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|s| *s) => break,
+                Some(_) = started_leading(leading.as_mut()) => {}
                 _ = tokio::time::sleep(wait) => {}
             }
         }
         self.tx.borrow().id
     }
+}
+
+/// Resolves once `leading` says we lead (never without a receiver, nor when its sender is
+/// gone).
+async fn started_leading(leading: Option<&mut watch::Receiver<FenceSignal>>) -> Option<()> {
+    let leading = leading?;
+    let led = leading.wait_for(|s| s.leading).await.is_ok();
+    if !led {
+        std::future::pending::<()>().await;
+    }
+    Some(())
 }
 
 #[cfg(test)]

@@ -198,7 +198,8 @@ pub async fn run_with<P: Postgres>(
 
     let pg = Arc::new(make_pg(pg_settings(&config, &dynamic)));
 
-    let keeper = lease::LeaseKeeper::publishing_to(dcs.clone(), clock.clone(), ttl, lease_tx);
+    let keeper = lease::LeaseKeeper::publishing_to(dcs.clone(), clock.clone(), ttl, lease_tx)
+        .pace_by(leading_tx.subscribe());
     let keeper_stop = stop_rx.clone();
     let keeper_task = tokio::spawn(keeper.run(keeper_stop));
 

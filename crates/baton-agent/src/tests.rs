@@ -422,3 +422,55 @@ fn the_unique_name_check_asks_the_members_liveness_endpoint() {
         "https://h:8008/liveness"
     );
 }
+
+/// The keeper's pace: a follower renews three times per ttl, a leader four times, and a turn
+/// to leading renews at once (the new leader's fencing deadline counts from then, not from
+/// the last follower renewal).
+#[tokio::test(start_paused = true)]
+async fn lease_keeper_renews_at_the_leaders_pace_only_while_leading() {
+    use crate::lease::{follower_keepalive_interval, keepalive_interval};
+    let start = Instant::now();
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock(start));
+    let dcs = Arc::new(MemDcs::new(scope(), clock.clone()));
+    let ttl = Duration::from_secs(12);
+    assert_eq!(follower_keepalive_interval(ttl), Duration::from_secs(4));
+    assert_eq!(keepalive_interval(ttl), Duration::from_secs(3));
+    let (leading_tx, leading_rx) = watch::channel(FenceSignal::default());
+    let (keeper, rx) = LeaseKeeper::new(dcs.clone(), clock.clone(), ttl);
+    let keeper = keeper.pace_by(leading_rx);
+    let (_stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(keeper.run(stop_rx));
+    let at = |ms: u64| async move {
+        tokio::time::sleep_until(start + Duration::from_millis(ms)).await;
+    };
+    let deadline_after = |ms: u64| Some(fence_deadline(Mono::from_millis(ms), ttl));
+
+    // Following: renewals at 0, 4 and 8 s.
+    at(3_900).await;
+    assert_eq!(rx.borrow().fence_deadline, deadline_after(0));
+    at(4_100).await;
+    assert_eq!(rx.borrow().fence_deadline, deadline_after(4_000));
+    at(9_000).await;
+    assert_eq!(rx.borrow().fence_deadline, deadline_after(8_000));
+
+    // Leading from 9 s: renewed at once, then every 3 s.
+    leading_tx.send_replace(FenceSignal {
+        leading: true,
+        ..FenceSignal::default()
+    });
+    at(9_100).await;
+    assert_eq!(rx.borrow().fence_deadline, deadline_after(9_000));
+    at(11_900).await;
+    assert_eq!(rx.borrow().fence_deadline, deadline_after(9_000));
+    at(12_100).await;
+    assert_eq!(rx.borrow().fence_deadline, deadline_after(12_000));
+
+    // Following again: the next renewal after the leader's interval, then the follower's.
+    leading_tx.send_replace(FenceSignal::default());
+    at(15_100).await;
+    assert_eq!(rx.borrow().fence_deadline, deadline_after(15_000));
+    at(18_900).await;
+    assert_eq!(rx.borrow().fence_deadline, deadline_after(15_000));
+    at(19_100).await;
+    assert_eq!(rx.borrow().fence_deadline, deadline_after(19_000));
+}

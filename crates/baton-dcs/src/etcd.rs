@@ -5,13 +5,15 @@
 //! fails at the transport level, is [`DcsError::Unavailable`] (its outcome is unknown). A
 //! background task watches the prefix and bumps the `changes()` counter on every event; after
 //! an error it reconnects with backoff and bumps once more, since events may have been missed.
+//! With the watch cache on, the same task applies each event to the last read (as Patroni's
+//! etcd3 `KVCache` does), so a change of another member costs no read.
 //!
 //! The prefix is read in pages pinned to the first page's revision (one consistent snapshot of
 //! any size), with a client message limit far above gRPC's default 4 MiB. Leader-only writes are
 //! transactions that also compare the leader key's value and lease (design §3.8; Patroni's
 //! etcd3 writes `status`, `history` and `sync` with plain puts).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -21,7 +23,7 @@ use baton_core::{
     ClusterView, FailoverRequest, FailsafeTopology, HistoryLine, Lsn, Member, MemberName, SyncState,
 };
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, KvClient,
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, KvClient,
     LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use tokio::sync::watch;
@@ -96,11 +98,14 @@ struct Inner {
     watch_task: tokio::task::AbortHandle,
     /// True while the watch stream on the prefix is established (set by the watch task).
     watching: Arc<AtomicBool>,
-    /// Writes started or ended by this client (see [`WriteMark`]).
+    /// Writes of this client whose outcome is unknown (failed, timed out, abandoned; see
+    /// [`WriteMark`]).
     writes: AtomicU64,
-    /// The watch cache: `read_cluster` answers from the last read while it is provably current
-    /// (opt-in, [`EtcdDcs::serve_reads_from_watch`]).
-    cache: Mutex<ReadCache>,
+    /// Writes of this client on their way.
+    writes_in_flight: AtomicU64,
+    /// The watch cache: `read_cluster` answers from the last read, kept current by the watch
+    /// task, while that is provably what etcd holds (opt-in, [`EtcdDcs::serve_reads_from_watch`]).
+    cache: Arc<Mutex<ReadCache>>,
     counts: Counters,
 }
 
@@ -164,20 +169,41 @@ impl Counters {
     }
 }
 
-/// Bumps the write counter when a write starts and again when it ends (answered, failed, timed
-/// out or abandoned): a read that overlaps a write of ours in any way sees the counter move.
-struct WriteMark<'a>(&'a AtomicU64);
+/// One write of this client on its way: counted in flight until dropped. Answered
+/// ([`WriteMark::answered`]), its revision is one the watch cache must have reached before it
+/// is reused (read-your-writes); dropped unanswered (failed, timed out, abandoned: its outcome
+/// is unknown) it bumps [`Inner::writes`], so no read sent before is reused.
+struct WriteMark<'a> {
+    inner: &'a Inner,
+    answered: bool,
+}
 
 impl<'a> WriteMark<'a> {
-    fn new(writes: &'a AtomicU64) -> WriteMark<'a> {
-        writes.fetch_add(1, Ordering::SeqCst);
-        WriteMark(writes)
+    fn new(inner: &'a Inner) -> WriteMark<'a> {
+        inner.writes_in_flight.fetch_add(1, Ordering::SeqCst);
+        WriteMark {
+            inner,
+            answered: false,
+        }
+    }
+
+    /// etcd answered, at `header`'s revision (the store's revision after the write, or at a
+    /// transaction's comparison when it did not apply).
+    fn answered(mut self, header: Option<&etcd_client::ResponseHeader>) {
+        if let Some(revision) = header.map(|h| h.revision()) {
+            let mut cache = lock_cache(&self.inner.cache);
+            cache.written = cache.written.max(revision);
+            self.answered = true;
+        }
     }
 }
 
 impl Drop for WriteMark<'_> {
     fn drop(&mut self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
+        if !self.answered {
+            self.inner.writes.fetch_add(1, Ordering::SeqCst);
+        }
+        self.inner.writes_in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -195,35 +221,134 @@ struct ReadCache {
     /// Send time of the last request etcd's raft leader answered (a keepalive or a
     /// linearizable read; a member cut off from its cluster answers neither).
     quorum_seen: Option<Instant>,
+    /// The highest revision of an event the watch delivered (applied to `last` or not): a
+    /// read at a lower revision misses it and is not kept.
+    watched: i64,
+    /// The highest revision etcd answered a write of this client at: `last` is reused only
+    /// once it reflects that revision (our own writes are read back).
+    written: i64,
     last: Option<CachedRead>,
 }
 
-/// A linearizable read and what it was sent after.
+/// A linearizable read, with every event the watch delivered since applied to it.
 struct CachedRead {
+    /// The prefix's keys (full keys) as of `revision`.
+    kvs: BTreeMap<Vec<u8>, StoredKv>,
+    /// `kvs` decoded.
     view: ClusterView,
-    /// The `changes()` counter before the read was sent.
-    changes: u64,
+    /// The store revision `kvs` reflects: the read's, then the last applied event's.
+    revision: i64,
     /// [`Inner::writes`] before the read was sent.
     writes: u64,
     sent: Instant,
+}
+
+/// One key's value and metadata, owned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct StoredKv {
+    value: Vec<u8>,
+    lease: i64,
+    create_revision: i64,
+    mod_revision: i64,
+}
+
+impl StoredKv {
+    fn of(kv: &KeyValue) -> StoredKv {
+        StoredKv {
+            value: kv.value().to_vec(),
+            lease: kv.lease(),
+            create_revision: kv.create_revision(),
+            mod_revision: kv.mod_revision(),
+        }
+    }
+}
+
+/// The cluster view of `kvs` (full keys under `prefix`) at `revision`.
+fn decode_stored(prefix: &str, revision: i64, kvs: &BTreeMap<Vec<u8>, StoredKv>) -> ClusterView {
+    let raw = kvs.iter().filter_map(|(key, kv)| {
+        Some(RawKv {
+            key: key.strip_prefix(prefix.as_bytes())?,
+            value: &kv.value,
+            lease: kv.lease,
+            create_revision: kv.create_revision,
+            mod_revision: kv.mod_revision,
+        })
+    });
+    record::decode_cluster(revision, raw)
+}
+
+/// What one watch event does to a key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum KeyEvent {
+    Put(Vec<u8>, StoredKv),
+    Delete(Vec<u8>, i64),
+}
+
+impl KeyEvent {
+    fn revision(&self) -> i64 {
+        match self {
+            KeyEvent::Put(_, kv) => kv.mod_revision,
+            KeyEvent::Delete(_, revision) => *revision,
+        }
+    }
+}
+
+impl ReadCache {
+    /// Applies a batch of watch events (in revision order, as etcd sends them). Events at or
+    /// below the cached revision are in the read already. Returns whether `last` changed.
+    fn apply(&mut self, prefix: &str, events: &[KeyEvent]) -> bool {
+        for e in events {
+            self.watched = self.watched.max(e.revision());
+        }
+        let Some(last) = self.last.as_mut() else {
+            return false;
+        };
+        let mut changed = false;
+        for e in events {
+            if e.revision() <= last.revision {
+                continue;
+            }
+            match e {
+                KeyEvent::Put(key, kv) => {
+                    last.kvs.insert(key.clone(), kv.clone());
+                }
+                KeyEvent::Delete(key, _) => {
+                    last.kvs.remove(key);
+                }
+            }
+            last.revision = e.revision();
+            changed = true;
+        }
+        if changed {
+            last.view = decode_stored(prefix, last.revision, &last.kvs);
+        }
+        changed
+    }
+
+    /// Keeps a read at `read.revision` only if the watch delivered nothing past it (an event
+    /// delivered during the read was applied to the previous cache, not to this one).
+    fn install(&mut self, read: CachedRead) {
+        self.last = (self.watched <= read.revision).then_some(read);
+    }
 }
 
 /// What holds when `read_cluster` is called.
 #[derive(Clone, Copy, Debug)]
 struct ReadCheck {
     now: Instant,
-    changes: u64,
     writes: u64,
+    writes_in_flight: u64,
     watching: bool,
 }
 
 /// Whether `cache.last` is what a linearizable read would return now, up to the watch's
-/// delivery delay: that read saw a leader key (a leaderless cluster — where members race for
-/// the key, design §4 rule 3 — is always read fresh), the watch has been established since
-/// before that read and has delivered no event (nor reconnected), this client has written
-/// nothing since, the etcd cluster answered a request sent within the last ttl/2 (so the watch
-/// is not served by a member cut off from its leader), and the read is younger than
-/// [`CACHE_MAX_AGE_TTLS`] ttls.
+/// delivery delay: the view (the read with every event the watch delivered since applied)
+/// has a leader key (a leaderless cluster — where members race for the key, design §4 rule
+/// 3 — is always read fresh), the watch is established (a reconnection drops the cache: events
+/// may have been missed), no write of this client is on its way or ended without an answer
+/// since the read, every answered one is in the view (the watch delivered it), the etcd cluster
+/// answered a request sent within the last ttl/2 (so the watch is not served by a member cut
+/// off from its leader), and the read is younger than [`CACHE_MAX_AGE_TTLS`] ttls.
 fn cache_usable(cache: &ReadCache, check: &ReadCheck) -> bool {
     let (true, Some(ttl), Some(last), Some(quorum)) =
         (cache.enabled, cache.ttl, &cache.last, cache.quorum_seen)
@@ -232,8 +357,9 @@ fn cache_usable(cache: &ReadCache, check: &ReadCheck) -> bool {
     };
     last.view.leader.is_some()
         && check.watching
-        && last.changes == check.changes
+        && check.writes_in_flight == 0
         && last.writes == check.writes
+        && last.revision >= cache.written
         && check.now.saturating_duration_since(last.sent) < ttl * CACHE_MAX_AGE_TTLS
         && check.now.saturating_duration_since(quorum) < ttl / 2
 }
@@ -274,6 +400,8 @@ impl EtcdDcs {
     /// a linearizable read. A leaderless view is never reused: the race and everything decided
     /// while nobody leads read fresh. Leadership stays compare-and-swap either way.
     pub fn serve_reads_from_watch(&self, enabled: bool) {
+        // (The watch applies events to the kept read whether or not this is on; off, no read
+        // is kept.)
         let mut cache = self.cache();
         cache.enabled = enabled;
         cache.last = None;
@@ -285,22 +413,38 @@ impl EtcdDcs {
     }
 
     fn cache(&self) -> MutexGuard<'_, ReadCache> {
-        self.inner
-            .cache
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock_cache(&self.inner.cache)
     }
 
     fn read_check(&self) -> ReadCheck {
         // Counters first, time last: anything that happens after them invalidates the read.
-        let changes = *self.inner.changes.borrow();
         let writes = self.inner.writes.load(Ordering::SeqCst);
+        let writes_in_flight = self.inner.writes_in_flight.load(Ordering::SeqCst);
         let watching = self.inner.watching.load(Ordering::SeqCst);
         ReadCheck {
             now: Instant::now(),
-            changes,
             writes,
+            writes_in_flight,
             watching,
+        }
+    }
+
+    /// Drops what this client remembers writing where `kvs` shows the store holding
+    /// something else (so the next identical write is sent).
+    fn forget_overwritten(&self, kvs: &BTreeMap<Vec<u8>, StoredKv>) {
+        let mut written = self.written();
+        written.members.retain(|key, (value, lease)| {
+            kvs.get(key.as_bytes())
+                .is_some_and(|kv| kv.value == value.as_bytes() && kv.lease == *lease)
+        });
+        let status_key = self.key(record::STATUS);
+        if let Some((status, _)) = &written.status {
+            let same = kvs
+                .get(status_key.as_bytes())
+                .is_some_and(|kv| kv.value == status.as_bytes());
+            if !same {
+                written.status = None;
+            }
         }
     }
 
@@ -313,7 +457,7 @@ impl EtcdDcs {
     }
 
     fn write_mark(&self) -> WriteMark<'_> {
-        WriteMark::new(&self.inner.writes)
+        WriteMark::new(&self.inner)
     }
 }
 
@@ -496,7 +640,7 @@ impl EtcdDcs {
     pub async fn delete_cluster(&self) -> Result<i64, DcsError> {
         let prefix = self.inner.prefix.clone();
         let mut kv = self.inner.kv.clone();
-        let _mark = self.write_mark();
+        let mark = self.write_mark();
         count(&self.inner.counts.delete, 1);
         let resp = bounded(
             self.inner.timeout,
@@ -508,6 +652,7 @@ impl EtcdDcs {
             ),
         )
         .await?;
+        mark.answered(resp.header());
         Ok(resp.deleted())
     }
 
@@ -584,6 +729,7 @@ impl EtcdDcs {
         let (tx, changes) = watch::channel(0u64);
         let watching = Arc::new(AtomicBool::new(false));
         let counts = Counters::default();
+        let cache = Arc::new(Mutex::new(ReadCache::default()));
         let task = tokio::spawn(watch_loop(
             client.clone(),
             prefix.clone(),
@@ -593,6 +739,7 @@ impl EtcdDcs {
                 tx,
                 watching: watching.clone(),
                 created: counts.watch.clone(),
+                cache: cache.clone(),
             },
         ));
         tracing::debug!(prefix, revision, "connected to etcd");
@@ -608,7 +755,8 @@ impl EtcdDcs {
                 watch_task: task.abort_handle(),
                 watching,
                 writes: AtomicU64::new(0),
-                cache: Mutex::new(ReadCache::default()),
+                writes_in_flight: AtomicU64::new(0),
+                cache,
                 counts,
             }),
         })
@@ -629,15 +777,16 @@ impl EtcdDcs {
         let what = format!("put {key}");
         let options = (lease != 0).then(|| PutOptions::new().with_lease(lease));
         let mut kv = self.inner.kv.clone();
-        let _mark = self.write_mark();
+        let mark = self.write_mark();
         count(&self.inner.counts.put, 1);
-        bounded(
+        let resp = bounded(
             self.inner.timeout,
             &what,
             Some(lease),
             kv.put(key, value, options),
         )
         .await?;
+        mark.answered(resp.header());
         Ok(())
     }
 
@@ -661,15 +810,16 @@ impl EtcdDcs {
                 None => {
                     let mut kv = self.inner.kv.clone();
                     let what = format!("delete {key}");
-                    let _mark = self.write_mark();
+                    let mark = self.write_mark();
                     count(&self.inner.counts.delete, 1);
-                    bounded(
+                    let resp = bounded(
                         self.inner.timeout,
                         &what,
                         None,
                         kv.delete(key.as_str(), None),
                     )
                     .await?;
+                    mark.answered(resp.header());
                 }
             }
             return Ok(true);
@@ -693,9 +843,10 @@ impl EtcdDcs {
     ) -> Result<bool, DcsError> {
         let txn = Txn::new().when([compare]).and_then([op]);
         let mut kv = self.inner.kv.clone();
-        let _mark = self.write_mark();
+        let mark = self.write_mark();
         count(&self.inner.counts.txn, 1);
         let resp = bounded(self.inner.timeout, &what, lease, kv.txn(txn)).await?;
+        mark.answered(resp.header());
         Ok(resp.succeeded())
     }
 
@@ -736,9 +887,10 @@ impl EtcdDcs {
             .and_then([op])
             .or_else([TxnOp::get(leader_key.as_str(), None)]);
         let mut kv = self.inner.kv.clone();
-        let _mark = self.write_mark();
+        let mark = self.write_mark();
         count(&self.inner.counts.txn, 1);
         let resp = bounded(self.inner.timeout, &what, None, kv.txn(txn)).await?;
+        mark.answered(resp.header());
         if resp.succeeded() {
             return Ok(LeaderWrite::Written);
         }
@@ -838,7 +990,10 @@ impl Dcs for EtcdDcs {
                 && let Some(last) = &cache.last
             {
                 count(&self.inner.counts.cached_reads, 1);
-                return Ok(last.view.clone());
+                let view = last.view.clone();
+                // Events applied since the read may show our keys overwritten or gone.
+                self.forget_overwritten(&last.kvs);
+                return Ok(view);
             }
         }
         let prefix = &self.inner.prefix;
@@ -851,40 +1006,18 @@ impl Dcs for EtcdDcs {
         })
         .await?;
         self.quorum_answered(check.now);
-        {
-            let mut written = self.written();
-            written.members.retain(|key, (value, lease)| {
-                kvs.iter().any(|kv| {
-                    kv.key() == key.as_bytes()
-                        && kv.value() == value.as_bytes()
-                        && kv.lease() == *lease
-                })
-            });
-            let status_key = self.key(record::STATUS);
-            if let Some((status, _)) = &written.status {
-                let same = kvs
-                    .iter()
-                    .any(|kv| kv.key() == status_key.as_bytes() && kv.value() == status.as_bytes());
-                if !same {
-                    written.status = None;
-                }
-            }
-        }
-        let raw = kvs.iter().filter_map(|kv| {
-            Some(RawKv {
-                key: kv.key().strip_prefix(prefix.as_bytes())?,
-                value: kv.value(),
-                lease: kv.lease(),
-                create_revision: kv.create_revision(),
-                mod_revision: kv.mod_revision(),
-            })
-        });
-        let view = record::decode_cluster(revision, raw);
+        let kvs: BTreeMap<Vec<u8>, StoredKv> = kvs
+            .iter()
+            .map(|kv| (kv.key().to_vec(), StoredKv::of(kv)))
+            .collect();
+        self.forget_overwritten(&kvs);
+        let view = decode_stored(prefix, revision, &kvs);
         let mut cache = self.cache();
         if cache.enabled {
-            cache.last = Some(CachedRead {
+            cache.install(CachedRead {
+                kvs,
                 view: view.clone(),
-                changes: check.changes,
+                revision,
                 writes: check.writes,
                 sent: check.now,
             });
@@ -937,9 +1070,12 @@ impl Dcs for EtcdDcs {
     async fn revoke_lease(&self, lease: i64) -> Result<(), DcsError> {
         let mut lc = self.inner.client.lease_client();
         let what = format!("revoke lease {lease}");
-        let _mark = self.write_mark();
+        let mark = self.write_mark();
         count(&self.inner.counts.lease_revoke, 1);
         let result = bounded(self.inner.timeout, &what, Some(lease), lc.revoke(lease)).await;
+        if let Ok(resp) = &result {
+            mark.answered(resp.header());
+        }
         if matches!(result, Ok(_) | Err(DcsError::LeaseNotFound(_))) {
             self.written().forget_lease(lease);
             if let Ok(mut slot) = self.inner.keeper.try_lock()
@@ -966,15 +1102,16 @@ impl Dcs for EtcdDcs {
     async fn cancel_initialize(&self) -> Result<(), DcsError> {
         let key = self.key(record::INITIALIZE);
         let mut kv = self.inner.kv.clone();
-        let _mark = self.write_mark();
+        let mark = self.write_mark();
         count(&self.inner.counts.delete, 1);
-        bounded(
+        let resp = bounded(
             self.inner.timeout,
             &format!("delete {key}"),
             None,
             kv.delete(key.as_str(), None),
         )
         .await?;
+        mark.answered(resp.header());
         Ok(())
     }
 
@@ -1143,6 +1280,14 @@ struct WatchOut {
     watching: Arc<AtomicBool>,
     /// Watch streams created.
     created: Arc<AtomicU64>,
+    /// The watch cache the events are applied to.
+    cache: Arc<Mutex<ReadCache>>,
+}
+
+fn lock_cache(cache: &Mutex<ReadCache>) -> MutexGuard<'_, ReadCache> {
+    cache
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn bump(tx: &watch::Sender<u64>) {
@@ -1221,6 +1366,8 @@ async fn watch_once(
                     from_revision = *next_revision,
                     "etcd watch re-established"
                 );
+                // Events may have been missed while the stream was down: read afresh.
+                lock_cache(&out.cache).last = None;
                 bump(&out.tx);
             }
             // After the bump: a read that saw the counter before it cannot be reused.
@@ -1238,11 +1385,17 @@ async fn watch_once(
             );
         }
         if !resp.events().is_empty() {
+            let mut events = Vec::with_capacity(resp.events().len());
             for event in resp.events() {
-                if let Some(kv) = event.kv() {
-                    *next_revision = (*next_revision).max(kv.mod_revision() + 1);
-                }
+                let Some(kv) = event.kv() else { continue };
+                *next_revision = (*next_revision).max(kv.mod_revision() + 1);
+                events.push(match event.event_type() {
+                    EventType::Put => KeyEvent::Put(kv.key().to_vec(), StoredKv::of(kv)),
+                    EventType::Delete => KeyEvent::Delete(kv.key().to_vec(), kv.mod_revision()),
+                });
             }
+            // Applied before the bump: whoever the bump wakes reads the new state.
+            lock_cache(&out.cache).apply(prefix, &events);
             bump(&out.tx);
         }
     }
@@ -1250,22 +1403,29 @@ async fn watch_once(
 
 #[cfg(test)]
 mod tests {
-    use super::{CachedRead, ReadCache, ReadCheck, cache_usable, prefix_end};
+    use super::{
+        CachedRead, KeyEvent, ReadCache, ReadCheck, StoredKv, cache_usable, decode_stored,
+        prefix_end,
+    };
     use baton_core::{ClusterView, LeaderKey, MemberName};
     use std::time::Duration;
     use tokio::time::Instant;
 
     const TTL: Duration = Duration::from_secs(20);
 
-    /// A cache holding a read sent at `t0` after counters (changes 7, writes 4), the etcd
-    /// leader last heard from at `t0`, and a check at `t0 + after` with the same counters.
+    /// A cache holding a read sent at `t0` after 4 writes of this client, the etcd leader last
+    /// heard from at `t0`, and a check at `t0 + after` with the same count.
     fn fixture(after: Duration) -> (ReadCache, ReadCheck) {
         let t0 = Instant::now();
         let cache = ReadCache {
             enabled: true,
             ttl: Some(TTL),
             quorum_seen: Some(t0),
+            watched: 0,
+            written: 2,
             last: Some(CachedRead {
+                kvs: Default::default(),
+                revision: 2,
                 view: ClusterView {
                     leader: Some(LeaderKey {
                         name: Some(MemberName::new("n1").expect("member name")),
@@ -1275,15 +1435,14 @@ mod tests {
                     }),
                     ..ClusterView::default()
                 },
-                changes: 7,
                 writes: 4,
                 sent: t0,
             }),
         };
         let check = ReadCheck {
             now: t0 + after,
-            changes: 7,
             writes: 4,
+            writes_in_flight: 0,
             watching: true,
         };
         (cache, check)
@@ -1308,14 +1467,23 @@ mod tests {
         k.watching = false;
         assert!(!cache_usable(&c, &k), "watch not established");
         let (c, mut k) = fixture(second);
-        k.changes += 1;
+        k.writes += 1;
         assert!(
             !cache_usable(&c, &k),
-            "the watch saw an event or reconnected"
+            "a write of this client ended without an answer"
         );
         let (c, mut k) = fixture(second);
-        k.writes += 1;
-        assert!(!cache_usable(&c, &k), "this client wrote (or is writing)");
+        k.writes_in_flight = 1;
+        assert!(
+            !cache_usable(&c, &k),
+            "a write of this client is on its way"
+        );
+        let (mut c, k) = fixture(second);
+        c.written = 3;
+        assert!(
+            !cache_usable(&c, &k),
+            "an answered write of this client is not in the view yet"
+        );
         let (mut c, k) = fixture(second);
         if let Some(last) = &mut c.last {
             last.view.leader = None;
@@ -1340,6 +1508,133 @@ mod tests {
         let (mut c, k) = fixture(TTL * 2);
         c.quorum_seen = Some(k.now);
         assert!(!cache_usable(&c, &k), "too old whatever the watch says");
+    }
+
+    const PREFIX: &str = "/service/batman/";
+
+    fn key(relative: &str) -> Vec<u8> {
+        format!("{PREFIX}{relative}").into_bytes()
+    }
+
+    fn put(relative: &str, value: &str, lease: i64, revision: i64) -> KeyEvent {
+        KeyEvent::Put(
+            key(relative),
+            StoredKv {
+                value: value.as_bytes().to_vec(),
+                lease,
+                create_revision: revision,
+                mod_revision: revision,
+            },
+        )
+    }
+
+    /// A kept read at revision 10: n1 leads, member n1.
+    fn read_at_10() -> CachedRead {
+        let kvs = [
+            put("leader", "n1", 7, 5),
+            put(
+                "members/n1",
+                r#"{"role":"primary","state":"running"}"#,
+                7,
+                9,
+            ),
+        ]
+        .into_iter()
+        .map(|e| match e {
+            KeyEvent::Put(k, kv) => (k, kv),
+            KeyEvent::Delete(..) => unreachable!(),
+        })
+        .collect();
+        let view = decode_stored(PREFIX, 10, &kvs);
+        CachedRead {
+            kvs,
+            view,
+            revision: 10,
+            writes: 0,
+            sent: Instant::now(),
+        }
+    }
+
+    fn n(name: &str) -> MemberName {
+        MemberName::new(name).expect("member name")
+    }
+
+    #[test]
+    fn watch_events_after_the_read_are_applied_to_it() {
+        let mut cache = ReadCache::default();
+        cache.install(read_at_10());
+        assert!(cache.last.is_some());
+        // An event the read already holds (delivered late) changes nothing.
+        let late = put("members/n9", "{}", 8, 10);
+        assert!(!cache.apply(PREFIX, &[late]));
+        // Another member's key: applied, no read needed.
+        let n2 = put(
+            "members/n2",
+            r#"{"role":"replica","state":"running"}"#,
+            8,
+            11,
+        );
+        assert!(cache.apply(PREFIX, &[n2]));
+        let last = cache.last.as_ref().expect("kept");
+        assert_eq!(last.revision, 11);
+        assert!(last.view.member(&n("n2")).is_some());
+        assert!(last.view.member(&n("n9")).is_none());
+        assert_eq!(
+            last.view.leader.as_ref().and_then(|l| l.name.clone()),
+            Some(n("n1"))
+        );
+        // The leader key deleted (expired, released): the view turns leaderless, so it is
+        // not reused any more (a leaderless cluster is read fresh).
+        assert!(cache.apply(PREFIX, &[KeyEvent::Delete(key("leader"), 12)]));
+        let last = cache.last.as_ref().expect("kept");
+        assert!(last.view.leader.is_none());
+        assert!(last.view.member(&n("n2")).is_some());
+    }
+
+    /// Read-your-writes: after etcd answered our write at revision 11, the kept read (at 10) is
+    /// reused only once the watch delivered revision 11.
+    #[test]
+    fn our_own_write_is_read_back_from_the_watch() {
+        let t0 = Instant::now();
+        let mut cache = ReadCache {
+            enabled: true,
+            ttl: Some(TTL),
+            quorum_seen: Some(t0),
+            ..ReadCache::default()
+        };
+        cache.install(read_at_10());
+        let check = ReadCheck {
+            now: t0,
+            writes: 0,
+            writes_in_flight: 0,
+            watching: true,
+        };
+        assert!(cache_usable(&cache, &check));
+        cache.written = 11;
+        assert!(!cache_usable(&cache, &check));
+        let ours = put(
+            "members/n1",
+            r#"{"role":"primary","state":"stopping"}"#,
+            7,
+            11,
+        );
+        cache.apply(PREFIX, &[ours]);
+        assert!(cache_usable(&cache, &check));
+    }
+
+    #[test]
+    fn a_read_that_misses_a_delivered_event_is_not_kept() {
+        let mut cache = ReadCache::default();
+        // The watch delivered revision 11 while the read (at 10) was on its way: that event
+        // went to the previous cache, so this read would miss it for good.
+        cache.apply(PREFIX, &[put("members/n2", "{}", 8, 11)]);
+        cache.install(read_at_10());
+        assert!(cache.last.is_none());
+        // A read at or past every delivered event is kept.
+        let mut read = read_at_10();
+        read.revision = 11;
+        cache.install(read);
+        assert!(cache.last.is_some());
     }
 
     #[test]

@@ -155,7 +155,10 @@ async fn agent_main(w: Arc<World>, i: usize) {
     let ttl = Duration::from_secs(u64::from(dynamic.ttl));
     let retry_timeout = Duration::from_secs(u64::from(dynamic.retry_timeout).max(1));
 
+    // The keeper's pace follows the HA loop's signal, as in `baton_agent::run`.
+    let (keeper_leading_tx, keeper_leading_rx) = watch::channel(FenceSignal::default());
     let (keeper, keeper_rx) = LeaseKeeper::new(dcs.clone(), clock.clone(), ttl);
+    let keeper = keeper.pace_by(keeper_leading_rx);
     let keeper_stop = stop_rx.clone();
     spawn_in(&w, i, async move {
         keeper.run(keeper_stop).await;
@@ -189,6 +192,7 @@ async fn agent_main(w: Arc<World>, i: usize) {
                 r = snapshots.changed(), if keep_armed => if r.is_err() { return },
             }
             let signal = *agent_leading_rx.borrow_and_update();
+            keeper_leading_tx.send_replace(signal);
             let leading = signal.leading;
             let dcs_unreadable = snapshots.borrow_and_update().cluster.is_none();
             // The proposed fix: a leader stays a leader (for the fencer) while it cannot read

@@ -630,9 +630,13 @@ fn failsafe_etcd_answering_errors_is_no_reason_to_demote() {
 /// wrote the history line, and another member (which never saw 3: the standby's member key
 /// had expired while it was cut from the DCS) promoted into the same number 3. The standby
 /// cannot stream; its own history has its timeline 3 begin elsewhere than the cluster's, so
-/// it is re-cloned. Both seeds of the finding, with `--unsafe-faults`.
+/// it is re-cloned (`decide/standby.rs`, fixtures in `testdata/decide/diverged.txt`). Both
+/// seeds of the finding, with `--unsafe-faults`, must pass. (Since non-leaders renew their
+/// lease three times per ttl instead of four, seed 94581139171588 no longer takes the path to
+/// the collision — 1,500 further seeds did not either — so the re-clone itself is shown by
+/// the fixtures, not by this schedule.)
 #[test]
-fn f7_seeds_reclone_a_standby_on_a_colliding_timeline() {
+fn f7_seeds_break_no_invariant() {
     let opts = Options {
         unsafe_faults: true,
         ..Options::default()
@@ -647,14 +651,4 @@ fn f7_seeds_reclone_a_standby_on_a_colliding_timeline() {
             o.report(80)
         );
     }
-    let collided = &outcomes[0];
-    assert_eq!(collided.seed, 94_581_139_171_588);
-    assert!(
-        collided.trace.iter().any(|l| l
-            .contains("another promotion made the same timeline number")
-            && l.contains("re-creating the replica")),
-        "seed {}: the colliding standby was not re-cloned\n{}",
-        collided.seed,
-        collided.report(80)
-    );
 }

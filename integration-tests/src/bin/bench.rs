@@ -35,6 +35,8 @@ use tokio_postgres::Client;
 struct Args {
     iterations: usize,
     idle_secs: u64,
+    /// `--settle-secs`: how long the cluster runs before the idle window opens.
+    settle_secs: u64,
     wrk_secs: u64,
     peer: Option<String>,
     out: PathBuf,
@@ -59,6 +61,7 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args {
         iterations: 3,
         idle_secs: 20,
+        settle_secs: 5,
         wrk_secs: 10,
         peer: None,
         out,
@@ -70,6 +73,7 @@ fn parse_args() -> anyhow::Result<Args> {
         match a.as_str() {
             "--iterations" => args.iterations = val()?.parse()?,
             "--idle-secs" => args.idle_secs = val()?.parse()?,
+            "--settle-secs" => args.settle_secs = val()?.parse()?,
             "--wrk-secs" => args.wrk_secs = val()?.parse()?,
             "--peer" => args.peer = Some(val()?),
             "--out" => args.out = PathBuf::from(val()?),
@@ -85,7 +89,8 @@ fn parse_args() -> anyhow::Result<Args> {
             }
             "-h" | "--help" => {
                 println!(
-                    "bench [--iterations N (3)] [--idle-secs S (20)] [--wrk-secs S (10)] \
+                    "bench [--iterations N (3)] [--idle-secs S (20)] [--settle-secs S (5)] \
+                     [--wrk-secs S (10)] \
                      [--peer patroni] [--out DIR] [--only {}]",
                     SCENARIOS.join(",")
                 );
@@ -141,6 +146,7 @@ async fn main() -> anyhow::Result<()> {
         "machine": machine,
         "iterations": args.iterations,
         "idle_secs": args.idle_secs,
+        "settle_secs": args.settle_secs,
         "wrk_secs": args.wrk_secs,
         "load_average_at_end": load_average(),
         "runs": runs,
@@ -185,7 +191,10 @@ async fn run_suite(
     let mut cluster = start_cluster(tools, ttl20).await?;
     prepare_schema(&cluster).await?;
     if args.runs("idle") {
-        out.insert("idle".into(), idle_sample(&cluster, args.idle_secs).await?);
+        out.insert(
+            "idle".into(),
+            idle_sample(&cluster, args.idle_secs, args.settle_secs).await?,
+        );
     }
     if let Some(wrk) = wrk.filter(|_| args.runs("wrk")) {
         out.insert(
@@ -687,6 +696,20 @@ fn cpu_ticks(pid: i32) -> u64 {
             .unwrap_or(0)
 }
 
+/// CPU ticks (cutime + cstime) of the children `pid` waited for.
+fn child_cpu_ticks(pid: i32) -> u64 {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    let Some(close) = s.rfind(')') else { return 0 };
+    let rest: Vec<&str> = s[close + 2..].split_whitespace().collect();
+    // cutime(13) cstime(14).
+    [13, 14]
+        .iter()
+        .filter_map(|i| rest.get(*i).and_then(|v| v.parse::<u64>().ok()))
+        .sum()
+}
+
 fn rss_kb(pid: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -876,10 +899,10 @@ fn etcd_idle_figures(
     })
 }
 
-async fn idle_sample(cluster: &Cluster, secs: u64) -> anyhow::Result<Value> {
+async fn idle_sample(cluster: &Cluster, secs: u64, settle_secs: u64) -> anyhow::Result<Value> {
     wait_healthy(cluster).await?;
     // Settle: let bootstrap work (checkpoints, first replication) finish.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_secs(settle_secs)).await;
     let roots: Vec<i32> = cluster
         .nodes()
         .iter()
@@ -890,6 +913,10 @@ async fn idle_sample(cluster: &Cluster, secs: u64) -> anyhow::Result<Value> {
         .iter()
         .map(|ps| ps.iter().map(|p| cpu_ticks(*p)).sum())
         .collect();
+    let child_ticks0: Vec<u64> = pids
+        .iter()
+        .map(|ps| ps.iter().map(|p| child_cpu_ticks(*p)).sum())
+        .collect();
     let etcd0 = etcd_counters(cluster).await?;
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(secs)).await;
@@ -899,6 +926,7 @@ async fn idle_sample(cluster: &Cluster, secs: u64) -> anyhow::Result<Value> {
     let mut agents = Vec::new();
     for (i, ps) in pids.iter().enumerate() {
         let ticks: u64 = ps.iter().map(|p| cpu_ticks(*p)).sum();
+        let child_ticks: u64 = ps.iter().map(|p| child_cpu_ticks(*p)).sum();
         let rss: u64 = ps.iter().map(|p| rss_kb(*p)).sum();
         // Each process (agent, fence guard, or the Patroni stand-in's python) on its own.
         let processes: Vec<Value> = ps
@@ -918,6 +946,9 @@ async fn idle_sample(cluster: &Cluster, secs: u64) -> anyhow::Result<Value> {
             "cpu_ticks": ticks.saturating_sub(ticks0[i]),
             "rss_mb": (rss as f64 / 1024.0 * 10.0).round() / 10.0,
             "cpu_percent": ((ticks.saturating_sub(ticks0[i])) as f64 / hz / elapsed * 1000.0).round() / 10.0,
+            // The processes the agent ran and waited for (pg_controldata, pg_ctl, callbacks).
+            "child_cpu_ticks": child_ticks.saturating_sub(child_ticks0[i]),
+            "cpu_ms_per_min": ((ticks.saturating_sub(ticks0[i])) as f64 / hz / elapsed * 60_000.0).round(),
         }));
     }
     let mean = |field: &str| {
@@ -931,6 +962,7 @@ async fn idle_sample(cluster: &Cluster, secs: u64) -> anyhow::Result<Value> {
         "agents": agents,
         "rss_mb_mean": mean("rss_mb"),
         "cpu_percent_mean": mean("cpu_percent"),
+        "cpu_ms_per_min_mean": mean("cpu_ms_per_min"),
     });
     // etcd's own gRPC counters (the harness's /metrics scrapes are plain HTTP, not gRPC).
     let etcd = etcd_idle_figures(&etcd0, &etcd1, elapsed, pids.len());
