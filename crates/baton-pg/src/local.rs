@@ -953,25 +953,7 @@ impl LocalPostgres {
     /// Before pg_rewind: the source must have checkpointed on its new timeline, otherwise its
     /// pg_control still shows the old one and pg_rewind concludes nothing needs doing.
     async fn ensure_upstream_checkpoint(&self, upstream: &Upstream) -> Result<(), PgError> {
-        let s = &self.settings;
-        let creds = s.rewind.as_ref().unwrap_or(&s.superuser);
-        let mut config = tokio_postgres::Config::new();
-        config
-            .user(&creds.username)
-            .dbname("postgres")
-            .application_name(&s.name)
-            .host(&upstream.host)
-            .port(upstream.port)
-            .connect_timeout(Duration::from_secs(CONNECT_TIMEOUT_SECS.into()));
-        if let Some(password) = &creds.password {
-            config.password(password);
-        }
-        let role = if s.rewind.is_some() {
-            "rewind"
-        } else {
-            "superuser"
-        };
-        let target = ConnTarget::new(config, creds, role, true)?;
+        let target = self.upstream_target(upstream)?;
         let work = async {
             let conn = Self::connect(&target, &format!("connect to {upstream}")).await?;
             let what = format!("check the checkpoint timeline of {upstream}");

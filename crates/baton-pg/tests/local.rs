@@ -975,12 +975,22 @@ async fn a_promoted_standby_gets_no_standby_signal_back() {
         !signal.exists(),
         "a rewritten configuration must not make the running primary look like a standby"
     );
-    let state = pg.observe().await;
-    assert!(state.is_primary());
-    assert_eq!(
-        state.sql.map(|s| s.synchronous_standby_names),
-        Some("ANY 1 (other)".to_owned())
-    );
+    // `pg_ctl reload` only signals the postmaster: the backends take the new value when they
+    // have processed the SIGHUP, so the value is polled for.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let state = pg.observe().await;
+        assert!(state.is_primary());
+        let ssn = state.sql.map(|s| s.synchronous_standby_names);
+        if ssn.as_deref() == Some("ANY 1 (other)") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "synchronous_standby_names still {ssn:?} 30 s after the reload"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     pg.stop(StopMode::Fast).await.expect("stop");
 }
 

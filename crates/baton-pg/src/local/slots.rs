@@ -278,7 +278,7 @@ impl LocalPostgres {
 
     /// A connection to `upstream` as the rewind user (it may run `pg_read_binary_file`), or
     /// the superuser.
-    fn upstream_target(&self, upstream: &Upstream) -> Result<ConnTarget, PgError> {
+    pub(super) fn upstream_target(&self, upstream: &Upstream) -> Result<ConnTarget, PgError> {
         let s = &self.settings;
         let creds = s.rewind.as_ref().unwrap_or(&s.superuser);
         let mut config = tokio_postgres::Config::new();
