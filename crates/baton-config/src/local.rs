@@ -683,18 +683,41 @@ const INITDB_RESERVED: [&str; 5] = ["pgdata", "nosync", "pwfile", "sync-only", "
 /// `bootstrap.initdb`: a list of option names and single-pair mappings (`- encoding: UTF8`),
 /// or a mapping of options; rendered as `--name[=value]`.
 fn initdb(cx: &mut Cx, path: &str, v: &Value) -> Option<Vec<String>> {
+    tool_options(
+        cx,
+        path,
+        v,
+        "an initdb option or a single \"option: value\" pair",
+        "a list of initdb options",
+        initdb_option,
+    )
+}
+
+/// A program's options as Patroni's configuration spells them (`bootstrap.initdb`,
+/// `postgresql.basebackup`): a list of option names and single-pair mappings, or a mapping of
+/// options, each rendered by `option` (its key path, name, and value: `None` for a bare name).
+/// `item` and `whole` say what a list entry and the whole value must be in type errors.
+/// `None` when any error was reported.
+pub(crate) fn tool_options(
+    cx: &mut Cx,
+    path: &str,
+    v: &Value,
+    item: &str,
+    whole: &str,
+    option: fn(&mut Cx, &str, &str, Option<&Value>) -> Option<String>,
+) -> Option<Vec<String>> {
     let mut out = Vec::new();
     let before = cx.error_count();
     match v {
         Value::Array(items) => {
-            for (i, item) in items.iter().enumerate() {
+            for (i, entry) in items.iter().enumerate() {
                 let p = index(path, i);
-                let rendered = match item {
-                    Value::String(s) => initdb_option(cx, &p, s, None),
+                let rendered = match entry {
+                    Value::String(s) => option(cx, &p, s, None),
                     Value::Object(m) if m.len() == 1 => m
                         .iter()
                         .next()
-                        .and_then(|(k, val)| initdb_option(cx, &p, k, Some(val))),
+                        .and_then(|(k, val)| option(cx, &p, k, Some(val))),
                     Value::Object(m) => {
                         cx.error(
                             &p,
@@ -706,11 +729,7 @@ fn initdb(cx: &mut Cx, path: &str, v: &Value) -> Option<Vec<String>> {
                         None
                     }
                     other => {
-                        cx.mismatch(
-                            &p,
-                            "an initdb option or a single \"option: value\" pair",
-                            other,
-                        );
+                        cx.mismatch(&p, item, other);
                         None
                     }
                 };
@@ -720,11 +739,11 @@ fn initdb(cx: &mut Cx, path: &str, v: &Value) -> Option<Vec<String>> {
         Value::Object(m) => {
             for (k, val) in m {
                 let p = crate::walk::join(path, k);
-                out.extend(initdb_option(cx, &p, k, Some(val)));
+                out.extend(option(cx, &p, k, Some(val)));
             }
         }
         other => {
-            cx.mismatch(path, "a list of initdb options", other);
+            cx.mismatch(path, whole, other);
             return None;
         }
     }

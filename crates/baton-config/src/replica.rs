@@ -7,7 +7,7 @@
 use baton_core::{CustomMethod, ReplicaMethod};
 use serde_json::Value;
 
-use crate::walk::{Cx, Obj, index, join};
+use crate::walk::{Cx, Obj, index};
 
 /// Options of `pg_basebackup` pgbaton sets itself or that would break the copy (Patroni's
 /// list, plus `target`: a copy written elsewhere than the data directory).
@@ -158,45 +158,14 @@ fn custom(cx: &mut Cx, path: &str, name: &str, section: Option<&Value>) -> Optio
 /// `postgresql.basebackup`: a list of option names and single-pair mappings
 /// (`- max-rate: 100M`), or a mapping of options; rendered as `--name[=value]`.
 pub(crate) fn basebackup(cx: &mut Cx, path: &str, v: &Value) -> Option<Vec<String>> {
-    let mut out = Vec::new();
-    let before = cx.error_count();
-    match v {
-        Value::Array(items) => {
-            for (i, item) in items.iter().enumerate() {
-                let p = index(path, i);
-                match item {
-                    Value::String(s) => out.extend(option(cx, &p, s, None)),
-                    Value::Object(m) if m.len() == 1 => {
-                        if let Some((k, val)) = m.iter().next() {
-                            out.extend(option(cx, &p, k, Some(val)));
-                        }
-                    }
-                    Value::Object(m) => cx.error(
-                        &p,
-                        format!(
-                            "expected a single \"option: value\" pair, found {} keys",
-                            m.len()
-                        ),
-                    ),
-                    other => cx.mismatch(
-                        &p,
-                        "a pg_basebackup option or a single \"option: value\" pair",
-                        other,
-                    ),
-                }
-            }
-        }
-        Value::Object(m) => {
-            for (k, val) in m {
-                out.extend(option(cx, &join(path, k), k, Some(val)));
-            }
-        }
-        other => {
-            cx.mismatch(path, "a list or mapping of pg_basebackup options", other);
-            return None;
-        }
-    }
-    (cx.error_count() == before).then_some(out)
+    crate::local::tool_options(
+        cx,
+        path,
+        v,
+        "a pg_basebackup option or a single \"option: value\" pair",
+        "a list or mapping of pg_basebackup options",
+        option,
+    )
 }
 
 fn option(cx: &mut Cx, path: &str, name: &str, value: Option<&Value>) -> Option<String> {
