@@ -152,58 +152,51 @@ fn tick_at_or_after(ns: u64) -> u64 {
 
 /// Ask one node once per tick until stopped.
 async fn ask_node(target: RoleTarget, clock: Clock, history: RoleHistory, stop: Arc<AtomicBool>) {
-    let period = PERIOD.as_nanos() as u64;
     let mut conn: Option<Client> = None;
-    let mut tick = tick_at_or_after(clock.now());
-    while !stop.load(Ordering::SeqCst) {
-        tokio::time::sleep_until(clock.instant_at(tick * period).into()).await;
-        let invoke = clock.now();
-        let role = ask(&target.pg, &mut conn).await;
-        let complete = clock.now();
-        history
-            .samples
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(RoleSample {
-                node: target.name.clone(),
-                tick,
-                invoke,
-                complete,
-                role,
-            });
-        // Ticks that passed while the question was pending are skipped.
-        tick = (tick + 1).max(tick_at_or_after(clock.now()));
-    }
+    let questions = async || ask(&target.pg, &mut conn).await;
+    on_schedule(&target.name, clock, &history.samples, &stop, questions).await;
 }
 
 /// Ask one agent `GET /primary` once per tick until stopped.
 async fn ask_agent(target: RoleTarget, clock: Clock, history: RoleHistory, stop: Arc<AtomicBool>) {
-    let period = PERIOD.as_nanos() as u64;
     let url = format!("{}/primary", target.rest);
     let http = reqwest::Client::builder()
         .timeout(ANSWER_TIMEOUT)
         .build()
         .unwrap_or_default();
+    let questions = async || match http.get(&url).send().await {
+        Ok(r) if r.status() == reqwest::StatusCode::OK => Role::Primary { timeline: 0 },
+        Ok(r) => Role::Standby {
+            timeline: i64::from(r.status().as_u16()),
+        },
+        Err(e) => Role::Down {
+            why: format!("{e}"),
+        },
+    };
+    on_schedule(&target.name, clock, &history.health, &stop, questions).await;
+}
+
+/// One `question` per tick of the shared schedule until `stop`, each answer recorded into
+/// `samples` as `node`'s; ticks that passed while a question was pending are skipped.
+async fn on_schedule(
+    node: &str,
+    clock: Clock,
+    samples: &Mutex<Vec<RoleSample>>,
+    stop: &AtomicBool,
+    mut question: impl AsyncFnMut() -> Role,
+) {
+    let period = PERIOD.as_nanos() as u64;
     let mut tick = tick_at_or_after(clock.now());
     while !stop.load(Ordering::SeqCst) {
         tokio::time::sleep_until(clock.instant_at(tick * period).into()).await;
         let invoke = clock.now();
-        let role = match http.get(&url).send().await {
-            Ok(r) if r.status() == reqwest::StatusCode::OK => Role::Primary { timeline: 0 },
-            Ok(r) => Role::Standby {
-                timeline: i64::from(r.status().as_u16()),
-            },
-            Err(e) => Role::Down {
-                why: format!("{e}"),
-            },
-        };
+        let role = question().await;
         let complete = clock.now();
-        history
-            .health
+        samples
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(RoleSample {
-                node: target.name.clone(),
+                node: node.to_owned(),
                 tick,
                 invoke,
                 complete,
