@@ -303,6 +303,15 @@ impl Cluster {
         self.dir.path()
     }
 
+    /// An executable shell script `name` in the test directory (readable by the agents' user).
+    pub fn script(&self, name: &str, body: &str) -> anyhow::Result<std::path::PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.dir().join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n"))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+        Ok(path)
+    }
+
     /// The copy of `pgbaton` the agents run.
     pub fn pgbaton(&self) -> &Path {
         &self.pgbaton

@@ -68,6 +68,18 @@ pub use sampler::{PrimarySampler, SampleReport, SampleTarget, Violation};
 pub use tools::{RunAs, Tools, scaled};
 pub use wait::{Check, wait_for, wait_until};
 
+/// In a test returning `anyhow::Result<()>`: the tools it needs ([`Tools::for_test`]), or
+/// `return Ok(())` when they are missing and the test may be skipped (it printed why).
+#[macro_export]
+macro_rules! tools_or_skip {
+    ($test:expr) => {
+        match $crate::Tools::for_test($test)? {
+            Some(tools) => tools,
+            None => return Ok(()),
+        }
+    };
+}
+
 /// Read the last `lines` lines of a (log) file; empty when the file is missing.
 pub fn tail_file(path: &std::path::Path, lines: usize) -> String {
     let Ok(bytes) = std::fs::read(path) else {

@@ -7,32 +7,16 @@
 //! `PGBATON_REQUIRE_INTEGRATION=1`. See docs/testing.md.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use baton_integration_tests::{Check, Cluster, ClusterSpec, Tools, scaled, wait_for};
+use baton_integration_tests::tools_or_skip;
+use baton_integration_tests::{Check, Cluster, ClusterSpec, scaled, wait_for};
 use serde_json::{Value, json};
-
-macro_rules! tools_or_skip {
-    ($test:expr) => {
-        match Tools::for_test($test)? {
-            Some(tools) => tools,
-            None => return Ok(()),
-        }
-    };
-}
 
 fn soon() -> Duration {
     scaled(Duration::from_secs(90))
-}
-
-/// An executable shell script `name` in the cluster's directory (readable by the agents' user).
-fn script(cluster: &Cluster, name: &str, body: &str) -> anyhow::Result<PathBuf> {
-    let path = cluster.dir().join(name);
-    std::fs::write(&path, format!("#!/bin/sh\n{body}\n"))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
-    Ok(path)
 }
 
 /// The lines a node's callback log holds.
@@ -107,11 +91,7 @@ async fn callbacks_see_bootstrap_switchover_and_reload() -> anyhow::Result<()> {
     spec.start_agents = false;
     let mut cluster = Cluster::start(&tools, spec).await?;
     // The script's first argument is the file it appends the callback's arguments to.
-    let record = script(
-        &cluster,
-        "record.sh",
-        "log=$1\nshift\necho \"$*\" >> \"$log\"",
-    )?;
+    let record = cluster.script("record.sh", "log=$1\nshift\necho \"$*\" >> \"$log\"")?;
     let mut logs = Vec::new();
     for n in cluster.names() {
         let log = cluster.node(&n).config.dir.join("callbacks.log");
@@ -250,9 +230,7 @@ async fn a_failing_pre_promote_blocks_the_promotion() -> anyhow::Result<()> {
     let calls = dir.join("pre_promote.calls");
     std::fs::write(&rc, "1\n")?;
     std::fs::set_permissions(&rc, std::fs::Permissions::from_mode(0o666))?;
-    let pre = script(
-        &cluster,
-        "pre_promote.sh",
+    let pre = cluster.script("pre_promote.sh",
         "echo called >> \"$2\"\necho \"fencing refused (rc $(cat \"$1\"))\" >&2\nexit $(cat \"$1\")",
     )?;
     cluster.update_config(

@@ -14,17 +14,9 @@
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use baton_integration_tests::{Check, Cluster, ClusterSpec, Tools, scaled, wait_for};
+use baton_integration_tests::tools_or_skip;
+use baton_integration_tests::{Check, Cluster, ClusterSpec, scaled, wait_for};
 use serde_json::json;
-
-macro_rules! tools_or_skip {
-    ($test:expr) => {
-        match Tools::for_test($test)? {
-            Some(tools) => tools,
-            None => return Ok(()),
-        }
-    };
-}
 
 /// The port node `name`'s WAL receiver streams from and its status, when it runs one.
 async fn wal_receiver(cluster: &Cluster, name: &str) -> anyhow::Result<Option<(u16, String)>> {

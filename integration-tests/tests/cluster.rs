@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
+use baton_integration_tests::tools_or_skip;
 use baton_integration_tests::{
     Check, Cluster, ClusterSpec, PgTarget, SampleReport, Tools, lsn_reached, pid_alive, scaled,
     simple_query, wait_for, wait_until,
@@ -14,15 +15,6 @@ use baton_integration_tests::{
 use serde_json::{Value, json};
 
 /// The tools, or return `Ok(())` from the test after printing why it is skipped.
-macro_rules! tools_or_skip {
-    ($test:expr) => {
-        match Tools::for_test($test)? {
-            Some(tools) => tools,
-            None => return Ok(()),
-        }
-    };
-}
-
 /// Rows committed before the failure, one transaction each.
 const ROWS_BEFORE: i32 = 200;
 /// Rows committed through HAProxy after the failover.

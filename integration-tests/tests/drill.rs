@@ -12,17 +12,9 @@
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use baton_integration_tests::{Check, Cluster, ClusterSpec, Tools, scaled, wait_for};
+use baton_integration_tests::tools_or_skip;
+use baton_integration_tests::{Check, Cluster, ClusterSpec, scaled, wait_for};
 use serde_json::{Value, json};
-
-macro_rules! tools_or_skip {
-    ($test:expr) => {
-        match Tools::for_test($test)? {
-            Some(tools) => tools,
-            None => return Ok(()),
-        }
-    };
-}
 
 /// `pgbaton -c <via's config> <args>`: (success, stdout, stderr).
 async fn cli(

@@ -8,17 +8,9 @@
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use baton_integration_tests::{Check, Cluster, ClusterSpec, Tools, scaled, wait_for};
+use baton_integration_tests::tools_or_skip;
+use baton_integration_tests::{Check, Cluster, ClusterSpec, scaled, wait_for};
 use serde_json::{Value, json};
-
-macro_rules! tools_or_skip {
-    ($test:expr) => {
-        match Tools::for_test($test)? {
-            Some(tools) => tools,
-            None => return Ok(()),
-        }
-    };
-}
 
 /// The first column of every row of `query` on node `name`.
 async fn column(cluster: &Cluster, name: &str, query: &str) -> anyhow::Result<Vec<String>> {

@@ -8,17 +8,9 @@
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use baton_integration_tests::{Check, Cluster, ClusterSpec, Tools, scaled, simple_query, wait_for};
+use baton_integration_tests::tools_or_skip;
+use baton_integration_tests::{Check, Cluster, ClusterSpec, scaled, simple_query, wait_for};
 use serde_json::{Value, json};
-
-macro_rules! tools_or_skip {
-    ($test:expr) => {
-        match Tools::for_test($test)? {
-            Some(tools) => tools,
-            None => return Ok(()),
-        }
-    };
-}
 
 /// `pgbaton <args>`: (success, stdout + stderr).
 async fn cli(cluster: &Cluster, via: &str, args: &[&str]) -> anyhow::Result<(bool, String)> {

@@ -10,19 +10,11 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use baton_integration_tests::{Check, Cluster, ClusterSpec, Tools, scaled, wait_for};
+use baton_integration_tests::tools_or_skip;
+use baton_integration_tests::{Check, Cluster, ClusterSpec, scaled, wait_for};
 use serde_json::{Value, json};
 
 /// The tools, or return `Ok(())` from the test after printing why it is skipped.
-macro_rules! tools_or_skip {
-    ($test:expr) => {
-        match Tools::for_test($test)? {
-            Some(tools) => tools,
-            None => return Ok(()),
-        }
-    };
-}
-
 const PHYSICAL: &str = "perm_phys";
 const LOGICAL: &str = "perm_logical";
 

@@ -8,33 +8,16 @@
 //! Every test skips (printing a `SKIP` line) when a program it needs is missing, unless
 //! `PGBATON_REQUIRE_INTEGRATION=1`. See docs/testing.md.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::ensure;
-use baton_integration_tests::{Check, Cluster, ClusterSpec, Tools, scaled, wait_for};
+use baton_integration_tests::tools_or_skip;
+use baton_integration_tests::{Check, Cluster, ClusterSpec, scaled, wait_for};
 use serde_json::json;
-
-macro_rules! tools_or_skip {
-    ($test:expr) => {
-        match Tools::for_test($test)? {
-            Some(tools) => tools,
-            None => return Ok(()),
-        }
-    };
-}
 
 fn soon() -> Duration {
     scaled(Duration::from_secs(90))
-}
-
-/// An executable shell script `name` in the cluster's directory (readable by the agents' user).
-fn script(cluster: &Cluster, name: &str, body: &str) -> anyhow::Result<PathBuf> {
-    let path = cluster.dir().join(name);
-    std::fs::write(&path, format!("#!/bin/sh\n{body}\n"))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
-    Ok(path)
 }
 
 /// The label of the backup a data directory was copied from (`backup_label`, renamed to
@@ -60,8 +43,7 @@ async fn replicas_are_created_by_the_configured_methods() -> anyhow::Result<()> 
     // node2: a method that fails, then a script that copies with pg_basebackup from
     // --connstring (the replication user's password comes from PGPASSFILE), then basebackup.
     let failed = cluster.node("node2").config.dir.join("failing.ran");
-    let failing = script(
-        &cluster,
+    let failing = cluster.script(
         "failing.sh",
         &format!(
             "touch {}\necho 'no backup in the bucket' >&2\nexit 3",
@@ -69,8 +51,7 @@ async fn replicas_are_created_by_the_configured_methods() -> anyhow::Result<()> 
         ),
     )?;
     let args_file = cluster.node("node2").config.dir.join("copy.args");
-    let copy = script(
-        &cluster,
+    let copy = cluster.script(
         "copy.sh",
         &format!(
             "printf '%s\\n' \"$@\" > {args}\necho \"PGPASSFILE=$PGPASSFILE\" >> {args}\n\
@@ -226,8 +207,7 @@ async fn a_no_leader_method_restores_a_member_while_there_is_no_leader() -> anyh
     .await?;
 
     let args_file = cluster.node("node2").config.dir.join("restore.args");
-    let restore = script(
-        &cluster,
+    let restore = cluster.script(
         "restore.sh",
         &format!(
             "printf '%s\\n' \"$@\" > {args}\n\

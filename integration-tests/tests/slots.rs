@@ -6,18 +6,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use baton_integration_tests::{Check, Cluster, ClusterSpec, Tools, scaled, wait_for};
+use baton_integration_tests::tools_or_skip;
+use baton_integration_tests::{Check, Cluster, ClusterSpec, scaled, wait_for};
 
 /// The tools, or return `Ok(())` from the test after printing why it is skipped.
-macro_rules! tools_or_skip {
-    ($test:expr) => {
-        match Tools::for_test($test)? {
-            Some(tools) => tools,
-            None => return Ok(()),
-        }
-    };
-}
-
 /// Slots other tools keep on the primary (Barman, pg_receivewal).
 const FOREIGN: [&str; 2] = ["barman", "pg_receivewal_slot"];
 /// A slot another tool keeps on a standby (for a cascading pg_receivewal, say).

@@ -14,19 +14,11 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use baton_integration_tests::tools_or_skip;
 use baton_integration_tests::{
     Check, Cluster, ClusterSpec, Healthy, Patronictl, Tools, patronictl_venv, scaled, wait_for,
 };
 use serde_json::{Value, json};
-
-macro_rules! tools_or_skip {
-    ($test:expr) => {
-        match Tools::for_test($test)? {
-            Some(tools) => tools,
-            None => return Ok(()),
-        }
-    };
-}
 
 /// The standby cluster's view: its leader is a standby leader, streaming, and the others
 /// stream from it.
