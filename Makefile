@@ -10,6 +10,11 @@
 #   make docker-demo       the same cluster in docker-compose (3 etcd, 3 nodes, HAProxy); see docker/
 #   make docker-demo-down  stop it and remove its containers, network and volumes
 #   make docker-test       failover test on the docker-compose cluster (skipped without Docker)
+#   make docker-region     the compose `region` profile: that cluster plus a standby cluster of
+#                          it on another network (etcd, 3 nodes, HAProxy); see docker/README.md
+#   make docker-region-down  stop it and remove its containers, networks and volumes
+#   make docker-region-test  region-switchover under a writer on it (skipped without Docker;
+#                          not part of `make test`: about 3-4 minutes warm)
 #   make test-clean  kill processes left behind by interrupted test runs
 #   make chaos       the long fault suite (real processes in network namespaces, as root):
 #                    report in target/chaos/ (PGBATON_CHAOS_ITERATIONS=N, PGBATON_CHAOS_SEED=S)
@@ -29,7 +34,8 @@ export CARGO_TARGET_DIR
 endif
 
 .PHONY: build test deps lint fmt fmt-check clippy demo demo-down test-clean bench bench-patroni bench-release bench-scale sim \
-	docker-demo docker-demo-down docker-test chaos fuzz
+	docker-demo docker-demo-down docker-test docker-region docker-region-down docker-region-test \
+	chaos fuzz
 
 build:
 	$(CARGO) build --workspace --all-targets
@@ -72,6 +78,16 @@ docker-demo-down:
 # Skipped (exit 0) when no Docker engine answers, unless PGBATON_REQUIRE_DOCKER=1.
 docker-test: build
 	scripts/docker-test.sh
+
+docker-region:
+	scripts/docker-region.sh up
+
+docker-region-down:
+	scripts/docker-region.sh down
+
+# Skipped (exit 0) when no Docker engine answers, unless PGBATON_REQUIRE_DOCKER=1.
+docker-region-test: build
+	scripts/docker-region-test.sh
 
 test-clean:
 	scripts/kill-test-leftovers.sh

@@ -15,6 +15,8 @@
 #   PGBATON_BIN              use this pgbaton binary instead of building one with cargo
 #   PGBATON_BASE_IMAGE       base image to build FROM (default: what docker/build-base.sh picks)
 #   PGBATON_DOCKER_TIMEOUT   seconds `up` waits for a healthy cluster (default 240)
+#   PGBATON_DOCKER_PROFILES  compose profiles to enable, space-separated (scripts/docker-region.sh
+#                            sets `region`; default none)
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -44,7 +46,11 @@ compose() {
             die "neither 'docker compose' nor 'docker-compose' is installed (Debian: apt-get install docker-compose)"
         fi
     fi
-    "${COMPOSE[@]}" -f "$COMPOSE_FILE" -p "$PROJECT" "$@"
+    local profiles=() p
+    for p in ${PGBATON_DOCKER_PROFILES:-}; do
+        profiles+=(--profile "$p")
+    done
+    "${COMPOSE[@]}" -f "$COMPOSE_FILE" -p "$PROJECT" "${profiles[@]}" "$@"
 }
 
 # Container id of a service of the project (empty when it has none), found by the labels

@@ -24,6 +24,9 @@ pub enum HaproxyProfile {
     Demo,
     /// `docker/haproxy/haproxy.cfg`: all addresses, node names resolved by Docker's DNS.
     Docker,
+    /// `docker/haproxy/haproxy-region-b.cfg`: the same in front of the `region` profile's
+    /// standby cluster (`node-b1`..`node-b3`).
+    DockerRegionB,
     /// `deploy/haproxy.cfg`: a system service in front of three hosts, 3 s checks.
     Deploy,
 }
@@ -36,6 +39,9 @@ pub enum NodeProfile {
     /// `docker/node/pgbaton.yml`: shared by the compose nodes, which set their name and
     /// addresses in the environment.
     Docker,
+    /// `docker/node/pgbaton-region-b.yml`: the `region` profile's standby cluster
+    /// (`node-b1`..`node-b3`, its own etcd, replicating from the demo cluster).
+    DockerRegionB,
 }
 
 /// `NAME=HOST:PG_PORT:REST_PORT`, one HAProxy server.
@@ -60,6 +66,7 @@ pub fn haproxy_config(profile: HaproxyProfile, demo: &Layout) -> HaproxyConfig {
     match profile {
         HaproxyProfile::Demo => demo.haproxy_config(),
         HaproxyProfile::Docker => docker_haproxy(),
+        HaproxyProfile::DockerRegionB => docker_haproxy_region_b(),
         HaproxyProfile::Deploy => deploy_haproxy(),
     }
 }
@@ -119,7 +126,38 @@ fn docker_nodes() -> Vec<String> {
 }
 
 fn docker_haproxy() -> HaproxyConfig {
-    let backends: Vec<Backend> = docker_nodes()
+    docker_haproxy_for(docker_nodes())
+}
+
+/// The `region` profile's standby cluster: `node-b1`..`node-b3` (docker/docker-compose.yml).
+fn region_b_nodes() -> Vec<String> {
+    (1..=3).map(|i| format!("node-b{i}")).collect()
+}
+
+/// `docker/haproxy/haproxy-region-b.cfg`: the demo's HAProxy, in front of region B's nodes.
+/// While region B is a standby cluster no agent answers 200 on `/primary`, so :5000 refuses
+/// connections until a region switchover promotes it.
+fn docker_haproxy_region_b() -> HaproxyConfig {
+    let mut config = docker_haproxy_for(region_b_nodes());
+    config.comment = format!(
+        "\
+HAProxy of region B of the docker-compose `region` profile (docker/README.md): the demo's
+configuration (docker/haproxy/haproxy.cfg) with region B's nodes node-b1..node-b3.
+Rendered by `pgbaton-dev render haproxy --profile docker-region-b`.
+While region B is a standby cluster its standby leader answers 503 on /primary: :5000 has
+no server until `pgbaton region-switchover` promotes region B.
+
+{}",
+        config
+            .comment
+            .split_once("\n\n")
+            .map_or("", |(_, rest)| rest)
+    );
+    config
+}
+
+fn docker_haproxy_for(nodes: Vec<String>) -> HaproxyConfig {
+    let backends: Vec<Backend> = nodes
         .into_iter()
         .map(|name| Backend {
             host: name.clone(),
@@ -176,6 +214,9 @@ pub fn node_config(
             ))
         }
         NodeProfile::Docker => Ok((DOCKER_NODE_COMMENT.to_owned(), docker_node())),
+        NodeProfile::DockerRegionB => {
+            Ok((REGION_B_NODE_COMMENT.to_owned(), docker_node_region_b()))
+        }
     }
 }
 
@@ -241,6 +282,30 @@ fn docker_node() -> NodeConfig {
     }
 }
 
+const REGION_B_NODE_COMMENT: &str = "\
+Patroni-format configuration shared by node-b1..node-b3, region B of the docker-compose
+`region` profile (docker/README.md): the demo's node configuration (docker/node/pgbaton.yml)
+with its own scope and etcd, bootstrapped as a standby cluster of region A (the demo cluster)
+through region A's HAProxy read-write port, which region B reaches over the network `wan`
+(docker-compose.yml). Rendered by `pgbaton-dev render node --profile docker-region-b`.
+The per-node values come from the environment (see docker-compose.yml):
+  PATRONI_NAME, PATRONI_RESTAPI_CONNECT_ADDRESS, PATRONI_POSTGRESQL_CONNECT_ADDRESS
+`samenet` admits the other region's nodes too: both regions' nodes share the network `wan`.";
+
+/// Region B: the demo's node configuration as a standby cluster of region A.
+fn docker_node_region_b() -> NodeConfig {
+    let mut config = docker_node();
+    config.scope = "docker-region-b".to_owned();
+    config.etcd_hosts = vec!["etcd-b:2379".to_owned()];
+    crate::node::deep_merge(
+        &mut config.extra,
+        &json!({
+            "bootstrap": { "dcs": { "standby_cluster": { "host": "haproxy", "port": 5000 } } }
+        }),
+    );
+    config
+}
+
 /// `comment` as YAML/HAProxy comment lines: `# ` and the line, `#` for an empty line.
 pub fn comment_lines(comment: &str) -> String {
     comment
@@ -287,6 +352,16 @@ pub fn checked_in() -> Vec<CheckedIn> {
             path: "docker/node/pgbaton.yml",
             command: "pgbaton-dev render node --profile docker",
             render: || node_file(DOCKER_NODE_COMMENT, &docker_node()),
+        },
+        CheckedIn {
+            path: "docker/haproxy/haproxy-region-b.cfg",
+            command: "pgbaton-dev render haproxy --profile docker-region-b",
+            render: || Ok(docker_haproxy_region_b().render()),
+        },
+        CheckedIn {
+            path: "docker/node/pgbaton-region-b.yml",
+            command: "pgbaton-dev render node --profile docker-region-b",
+            render: || node_file(REGION_B_NODE_COMMENT, &docker_node_region_b()),
         },
     ]
 }

@@ -131,6 +131,7 @@ fn every_haproxy_profile_passes_haproxy_check() {
     for profile in [
         HaproxyProfile::Demo,
         HaproxyProfile::Docker,
+        HaproxyProfile::DockerRegionB,
         HaproxyProfile::Deploy,
     ] {
         if profile == HaproxyProfile::Deploy && !has_haproxy_user {
