@@ -13,7 +13,13 @@
 //! - PostgreSQL crash on the primary with the agent alive: time until `/primary` stops answering
 //!   200 (noticed) and until a write commits again;
 //! - idle agent RSS and CPU, etcd requests per minute at idle;
-//! - `GET /primary` with `wrk` at 16 and 64 connections.
+//! - `GET /primary` with `wrk` at 16 and 64 connections;
+//! - region switchover (`region`, pgbaton only): two 3-member clusters with their own etcd, the
+//!   second a standby cluster of the first; `pgbaton region-switchover` under a writer that
+//!   commits on whichever member of either cluster takes it, alternating direction per
+//!   iteration: write gap, command duration, acknowledged commits lost, how long until the old
+//!   region is a healthy standby cluster of the new one;
+//! - `pgbaton drill` (`drill`, pgbaton only): the switchover drill's own RTO and RPO.
 //!
 //! "Writable" means an INSERT committed: a writer commits one row every 10 ms, trying each
 //! node's port directly, and records every acknowledged commit.
@@ -45,7 +51,19 @@ struct Args {
 }
 
 /// Scenario names for `--only`.
-const SCENARIOS: &[&str] = &["idle", "wrk", "switchover", "crash", "kill20", "kill5"];
+const SCENARIOS: &[&str] = &[
+    "idle",
+    "wrk",
+    "switchover",
+    "crash",
+    "kill20",
+    "kill5",
+    "region",
+    "drill",
+];
+
+/// The scenarios that run on cluster A (ttl 20); `region` brings clusters of its own.
+const CLUSTER_A_SCENARIOS: &[&str] = &["idle", "wrk", "switchover", "crash", "kill20", "drill"];
 
 impl Args {
     fn runs(&self, scenario: &str) -> bool {
@@ -188,6 +206,17 @@ async fn run_suite(
 
     // Cluster A: ttl 20 / loop_wait 5 / retry_timeout 7.
     out.insert("binary".into(), binary_description(&tools.pgbaton));
+    if args.runs("region") {
+        let v = if label == "pgbaton" {
+            region_switchovers(tools, ttl20, args.iterations).await?
+        } else {
+            json!({ "skipped": PGBATON_ONLY })
+        };
+        out.insert("region_switchover".into(), v);
+    }
+    if !CLUSTER_A_SCENARIOS.iter().any(|s| args.runs(s)) && !args.runs("kill5") {
+        return Ok(Value::Object(out));
+    }
     let mut cluster = start_cluster(tools, ttl20).await?;
     prepare_schema(&cluster).await?;
     if args.runs("idle") {
@@ -222,6 +251,18 @@ async fn run_suite(
             kills.push(kill_primary(&mut cluster, i).await?);
         }
         out.insert("kill_primary_ttl20".into(), summarise(kills));
+    }
+    if args.runs("drill") {
+        let v = if label == "pgbaton" {
+            let mut drills = Vec::new();
+            for i in 0..args.iterations {
+                drills.push(drill(&cluster, i).await?);
+            }
+            summarise(drills)
+        } else {
+            json!({ "skipped": PGBATON_ONLY })
+        };
+        out.insert("drill".into(), v);
     }
     cluster.finish();
     if !args.runs("kill5") {
@@ -286,7 +327,11 @@ static RUN: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(1);
 impl Writer {
     /// Commit one row every 10 ms on whichever node accepts it (each node's port directly).
     fn start(cluster: &Cluster) -> Writer {
-        let targets: Vec<PgTarget> = cluster.nodes().iter().map(|n| n.pg()).collect();
+        Writer::start_on(cluster.nodes().iter().map(|n| n.pg()).collect())
+    }
+
+    /// The same on `targets` (the region switchover: the members of both clusters).
+    fn start_on(targets: Vec<PgTarget>) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let run = RUN.fetch_add(1, Ordering::SeqCst);
         let flag = stop.clone();
@@ -1040,6 +1085,280 @@ fn wrk_ms(v: &str) -> Option<f64> {
         .map(|x| (x * mult * 1000.0).round() / 1000.0)
 }
 
+// ----- region switchover and drill (pgbaton only) -----
+
+/// What the table and JSON say for Patroni in the pgbaton-only scenarios.
+const PGBATON_ONLY: &str = "pgbaton only: Patroni has no drill, and switches regions in \
+    several manual steps (patronictl demote-cluster, wait until the other cluster's standby \
+    leader has replayed the demoted leader's last WAL, patronictl promote-cluster)";
+
+/// Every member of `cluster` runs (`/patroni` state running), the leader key holder as
+/// `leader_role` and the others as replicas; the leader's name.
+async fn cluster_in_roles(
+    cluster: &Cluster,
+    leader_role: &str,
+) -> anyhow::Result<baton_integration_tests::Check<String>> {
+    use baton_integration_tests::Check;
+    let leader = match cluster.leader().await {
+        Ok(Some(l)) => l,
+        Ok(None) => return Ok(Check::not_yet("no leader key")),
+        Err(e) => return Ok(Check::not_yet(format!("etcd: {e:#}"))),
+    };
+    for node in cluster.nodes() {
+        let status = match node.patroni().await {
+            Ok(s) => s,
+            Err(e) => return Ok(Check::not_yet(format!("{}: {e:#}", node.name))),
+        };
+        let role = status["role"].as_str().unwrap_or("?");
+        let state = status["state"].as_str().unwrap_or("?");
+        let want = if node.name == leader {
+            leader_role
+        } else {
+            "replica"
+        };
+        if role != want || state != "running" {
+            return Ok(Check::not_yet(format!(
+                "{}: role {role} state {state}, want {want} running",
+                node.name
+            )));
+        }
+    }
+    if leader_role == "standby_leader" {
+        let rows = cluster
+            .sql(
+                &leader,
+                "SELECT count(*)::text FROM pg_stat_replication WHERE state = 'streaming'",
+            )
+            .await
+            .unwrap_or_default();
+        let streaming = rows.first().and_then(|r| r.first()).cloned().flatten();
+        if streaming != Some((cluster.nodes().len() - 1).to_string()) {
+            return Ok(Check::not_yet(format!(
+                "{streaming:?} replicas stream from the standby leader {leader}"
+            )));
+        }
+    }
+    Ok(Check::Done(leader))
+}
+
+async fn wait_roles(cluster: &Cluster, leader_role: &str) -> anyhow::Result<String> {
+    baton_integration_tests::wait_for(
+        &format!("every member running, the leader as {leader_role}"),
+        Duration::from_secs(240),
+        || cluster_in_roles(cluster, leader_role),
+    )
+    .await
+}
+
+/// Two 3-member clusters, each with its own etcd, the second bootstrapped as a standby cluster
+/// of the first; then `iterations` region switchovers under a writer, alternating direction.
+async fn region_switchovers(
+    tools: &Tools,
+    timing: Timing,
+    iterations: usize,
+) -> anyhow::Result<Value> {
+    let mut spec = ClusterSpec::new(3);
+    spec.timing = timing;
+    spec.haproxy = None;
+    let a = Cluster::start(tools, spec).await?;
+    let leader_a = wait_healthy(&a).await?;
+    prepare_schema(&a).await?;
+    let source = a.node(&leader_a);
+    let mut spec = ClusterSpec::new(3);
+    spec.timing = timing;
+    spec.haproxy = None;
+    spec.scope = "bench-region-b".to_owned();
+    spec.extra_config = json!({ "bootstrap": { "dcs": { "standby_cluster": {
+        "host": source.address(), "port": source.config.pg_port } } } });
+    let b = Cluster::start(tools, spec).await?;
+    wait_roles(&b, "standby_leader").await?;
+    eprintln!("bench: region clusters healthy, {leader_a} leads the primary cluster");
+    let mut rows = Vec::new();
+    for i in 0..iterations {
+        let (from, to) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        rows.push(region_switchover(from, to, &a, &b, i).await?);
+    }
+    b.finish();
+    a.finish();
+    Ok(summarise(rows))
+}
+
+/// One region switchover from `from` (primary cluster) to `to` (its standby cluster) while a
+/// writer commits every 10 ms on whichever member of `a` or `b` takes it.
+async fn region_switchover(
+    from: &Cluster,
+    to: &Cluster,
+    a: &Cluster,
+    b: &Cluster,
+    iteration: usize,
+) -> anyhow::Result<Value> {
+    let old = wait_roles(from, "primary").await?;
+    let standby_leader = wait_roles(to, "standby_leader").await?;
+    let targets: Vec<PgTarget> = a.nodes().iter().chain(b.nodes()).map(|n| n.pg()).collect();
+    // Writer indexes: a's members, then b's.
+    let to_range = if std::ptr::eq(to, a) {
+        0..a.nodes().len()
+    } else {
+        a.nodes().len()..a.nodes().len() + b.nodes().len()
+    };
+    let writer = Writer::start_on(targets);
+    // Under load a connection can take longer than the writer's 500 ms connect timeout: start
+    // only once it commits (at least 20 rows on the primary cluster's leader).
+    let warm = baton_integration_tests::wait_for(
+        "the writer committing on the primary cluster",
+        Duration::from_secs(60),
+        || async {
+            let rows = from
+                .sql(
+                    &old,
+                    &format!(
+                        "SELECT count(*)::text FROM bench_w WHERE run = {}",
+                        writer.run
+                    ),
+                )
+                .await?;
+            let n: u64 = rows
+                .first()
+                .and_then(|r| r.first())
+                .cloned()
+                .flatten()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            Ok(if n >= 20 {
+                baton_integration_tests::Check::Done(())
+            } else {
+                baton_integration_tests::Check::not_yet(format!("{n} rows"))
+            })
+        },
+    )
+    .await;
+    if let Err(e) = warm {
+        let _ = writer.stop().await;
+        return Err(e);
+    }
+    let config_from = from.node(&old).config_path.to_string_lossy().into_owned();
+    let config_to = to
+        .node(&standby_leader)
+        .config_path
+        .to_string_lossy()
+        .into_owned();
+    let t_req = Instant::now();
+    let out = from
+        .pgbaton_cli(&[
+            "-c",
+            &config_from,
+            "region-switchover",
+            "--standby-config",
+            &config_to,
+            "--force",
+        ])
+        .await;
+    let t_done = Instant::now();
+    let out = match out {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => {
+            let _ = writer.stop().await;
+            bail!(
+                "region-switchover: {} {} {}",
+                o.status,
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        Err(e) => {
+            let _ = writer.stop().await;
+            return Err(e);
+        }
+    };
+    eprint!("{}", String::from_utf8_lossy(&out.stdout));
+    // Until the writer commits in the new region, then one more second of commits.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let committed = to.sql(&standby_leader, "SELECT pg_is_in_recovery()").await;
+        let writable = committed
+            .ok()
+            .and_then(|r| r.first().and_then(|r| r.first()).cloned().flatten())
+            == Some("f".into());
+        if writable || Instant::now() > deadline {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (run, acks) = writer.stop().await?;
+    let first_new = acks
+        .iter()
+        .find(|a| to_range.contains(&a.node) && a.at >= t_req);
+    let gap = acks
+        .windows(2)
+        .filter(|w| w[1].at >= t_req)
+        .map(|w| w[1].at - w[0].at)
+        .max()
+        .unwrap_or_default();
+    let new = wait_roles(to, "primary").await?;
+    let lost = lost_acks(to, &new, run, &acks).await?;
+    let following = wait_roles(from, "standby_leader").await?;
+    let t_following = Instant::now();
+    let row = json!({
+        "iteration": iteration,
+        "from": from.spec().scope,
+        "old": old,
+        "new": new,
+        "old_region_standby_leader": following,
+        "command_ms": ms(t_done - t_req),
+        "writable_after_request_ms": first_new.map(|a| signed_ms(a.at, t_req)),
+        "write_gap_ms": ms(gap),
+        "acked_commits": acks.len(),
+        "acked_commits_lost": lost,
+        "old_region_following_ms": signed_ms(t_following, t_done),
+    });
+    eprintln!("bench: region switchover: {row}");
+    Ok(row)
+}
+
+/// `pgbaton drill` (a switchover drill under its built-in writer) on the leader's
+/// configuration; its own RTO and RPO, and how long the command took.
+async fn drill(cluster: &Cluster, iteration: usize) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let leader = wait_healthy(cluster).await?;
+        let config = cluster
+            .node(&leader)
+            .config_path
+            .to_string_lossy()
+            .into_owned();
+        let t0 = Instant::now();
+        let out = cluster
+            .pgbaton_cli(&["-c", &config, "drill", "--format", "json"])
+            .await?;
+        let t1 = Instant::now();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            // Refused while a replica catches up after the previous scenario: try again.
+            if stderr.contains("refusing to drill") && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(1000)).await;
+                continue;
+            }
+            bail!("drill: {} {stdout} {stderr}", out.status);
+        }
+        let result: Value =
+            serde_json::from_str(stdout.trim()).with_context(|| format!("drill: {stdout}"))?;
+        let row = json!({
+            "iteration": iteration,
+            "old": result["old_leader"],
+            "new": result["new_leader"],
+            "rto_ms": result["rto_ms"],
+            "rpo_rows": result["rpo_rows"],
+            "writes_acknowledged": result["writes_acknowledged"],
+            "outcome": result["outcome"],
+            "command_ms": ms(t1 - t0),
+        });
+        eprintln!("bench: drill: {row}");
+        return Ok(row);
+    }
+}
+
 // ----- summaries and output -----
 
 /// Iterations plus median and max of every numeric field.
@@ -1126,6 +1445,42 @@ const FIGURES: &[(&str, &str, &str)] = &[
         "pg_crash",
         "writable_again_ms",
         "PostgreSQL crash: writable again (ms)",
+    ),
+    (
+        "region_switchover",
+        "write_gap_ms",
+        "region switchover¹: write gap (ms)",
+    ),
+    (
+        "region_switchover",
+        "writable_after_request_ms",
+        "region switchover¹: request to first commit in the new region (ms)",
+    ),
+    (
+        "region_switchover",
+        "command_ms",
+        "region switchover¹: `pgbaton region-switchover` took (ms)",
+    ),
+    (
+        "region_switchover",
+        "acked_commits_lost",
+        "region switchover¹: acknowledged commits lost",
+    ),
+    (
+        "region_switchover",
+        "old_region_following_ms",
+        "region switchover¹: old region a streaming standby cluster after (ms)",
+    ),
+    ("drill", "rto_ms", "`pgbaton drill`¹ (switchover): RTO (ms)"),
+    (
+        "drill",
+        "rpo_rows",
+        "`pgbaton drill`¹ (switchover): RPO (rows)",
+    ),
+    (
+        "drill",
+        "command_ms",
+        "`pgbaton drill`¹ (switchover): command took (ms)",
     ),
 ];
 
@@ -1290,6 +1645,7 @@ fn render_table(report: &Value) -> String {
         "\nload average at the end: {}\n",
         report["load_average_at_end"].as_str().unwrap_or("?")
     ));
+    out.push_str(&format!("\n¹ {PGBATON_ONLY}.\n"));
     out
 }
 
@@ -1425,6 +1781,38 @@ grpc_server_msg_sent_total{grpc_method="Watch",grpc_service="etcdserverpb.Watch"
         assert_eq!(f["etcd_members"][0]["requests"], 15.0);
         assert_eq!(f["etcd_members"][1]["requests"], 0.0);
         assert_eq!(f["etcd_members"][0]["received_by_method"]["Txn"], 2.0);
+    }
+
+    #[test]
+    fn region_and_drill_are_selectable_and_reported_as_pgbaton_only() {
+        assert!(SCENARIOS.contains(&"region") && SCENARIOS.contains(&"drill"));
+        assert!(CLUSTER_A_SCENARIOS.iter().all(|s| SCENARIOS.contains(s)));
+        assert!(
+            !CLUSTER_A_SCENARIOS.contains(&"region"),
+            "region brings its own clusters"
+        );
+        let stats = |field: &str, v: f64| json!({ field: { "median": v, "max": v } });
+        let report = json!({
+            "date": "d", "machine": "m", "iterations": 1, "load_average_at_end": "1 1 1",
+            "runs": [
+                { "agent": "pgbaton",
+                  "region_switchover": { "stats": stats("write_gap_ms", 2928.0) },
+                  "drill": { "stats": stats("rto_ms", 2165.0) } },
+                { "agent": "patroni",
+                  "region_switchover": { "skipped": PGBATON_ONLY },
+                  "drill": { "skipped": PGBATON_ONLY } },
+            ],
+        });
+        let table = render_table(&report);
+        assert!(
+            table.contains("| region switchover¹: write gap (ms) | 2928 / 2928 | — / — | — |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| `pgbaton drill`¹ (switchover): RTO (ms) | 2165 / 2165 | — / — |"),
+            "{table}"
+        );
+        assert!(table.contains("promote-cluster"), "{table}");
     }
 
     #[test]
