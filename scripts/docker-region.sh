@@ -179,7 +179,9 @@ rstatus() {
 rswitchover() {
     local from
     from=$(primary_region) || rdie "no region has a healthy primary"
-    rsay "region-switchover: region $from -> the other"
+    local to=b
+    [[ $from == a ]] || to=a
+    rsay "pgbaton region-switchover: region ${from^^} -> region ${to^^}"
     region_switchover "$from"
 }
 
