@@ -14,7 +14,7 @@
 #                          it on another network (etcd, 3 nodes, HAProxy); see docker/README.md
 #   make docker-region-down  stop it and remove its containers, networks and volumes
 #   make docker-region-test  region-switchover under a writer on it (skipped without Docker;
-#                          not part of `make test`: about 3-4 minutes warm)
+#                          not part of `make test`: 1.5-3 minutes on a 2-core VM)
 #   make test-clean  kill processes left behind by interrupted test runs
 #   make chaos       the long fault suite (real processes in network namespaces, as root):
 #                    report in target/chaos/ (PGBATON_CHAOS_ITERATIONS=N, PGBATON_CHAOS_SEED=S)
