@@ -327,7 +327,7 @@ async fn an_archive_only_standby_cluster_replays_the_archive_fails_over_and_is_p
         .and_then(Value::as_u64)
         .context("history line")?;
     let (ok, stdout, stderr) = cli(&standby, &new_leader, &["history", "--format", "json"]).await?;
-    let lines: Value = serde_json::from_str(&stdout).with_context(|| format!("{stderr}"))?;
+    let lines: Value = serde_json::from_str(&stdout).with_context(|| stderr.clone())?;
     ensure!(
         ok && lines
             .as_array()

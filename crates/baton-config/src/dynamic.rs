@@ -15,11 +15,6 @@ use crate::walk::{Cx, Mode, Obj, index, join};
 /// leader fences itself on its own monotonic clock before the lease can expire.
 pub const MIN_TTL: u32 = 5;
 
-/// The cluster-wide settings every member follows.
-///
-/// The typed fields are the ones pgbaton acts on; every key (typed or not) stays in `raw`, which
-/// is what goes to the DCS `/config` key, so tools like `patronictl show-config` see the
-/// configuration as it was written.
 /// `standby_cluster`'s commands as written in the dynamic configuration (never run from
 /// there: [`crate::standby_commands`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -28,6 +23,11 @@ pub struct StandbyCommands {
     pub archive_cleanup_command: Option<String>,
 }
 
+/// The cluster-wide settings every member follows.
+///
+/// The typed fields are the ones pgbaton acts on; every key (typed or not) stays in `raw`, which
+/// is what goes to the DCS `/config` key, so tools like `patronictl show-config` see the
+/// configuration as it was written.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DynamicConfig {
     /// Leader lease time to live, seconds (at least [`MIN_TTL`]).

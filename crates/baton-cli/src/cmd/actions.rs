@@ -442,3 +442,33 @@ async fn set_pause(
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::standby_config;
+
+    #[test]
+    fn demote_cluster_builds_patronictls_standby_cluster_section() {
+        let none = standby_config(None, None, None, Some("slot".into())).expect_err("nothing");
+        assert_eq!(
+            none.to_string(),
+            "At least --host, --port or --restore-command should be specified"
+        );
+        let archive = standby_config(None, None, Some("cp /a/%f %p".into()), None).expect("ok");
+        assert_eq!(
+            archive,
+            serde_json::json!({ "restore_command": "cp /a/%f %p" })
+        );
+        let stream = standby_config(
+            Some("db.a".into()),
+            Some(5433),
+            None,
+            Some("region_b".into()),
+        )
+        .expect("ok");
+        assert_eq!(
+            stream,
+            serde_json::json!({ "host": "db.a", "port": 5433, "primary_slot_name": "region_b" })
+        );
+    }
+}
