@@ -314,7 +314,7 @@ async fn a_standby_cluster_streams_from_the_primary_cluster_and_survives_its_lea
         .await?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     anyhow::ensure!(
-        out.status.success() && stdout.contains("Cluster robin successfully promoted"),
+        out.status.success() && stdout.contains("cluster is successfully promoted"),
         "promote-cluster: {} {stdout} {}",
         out.status,
         String::from_utf8_lossy(&out.stderr)

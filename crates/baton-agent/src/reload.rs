@@ -6,7 +6,8 @@
 //! PostgreSQL's files and reloaded by the HA loop), `postgresql.use_pg_rewind`,
 //! `postgresql.remove_data_directory_on_rewind_failure`, `postgresql.callbacks`,
 //! `postgresql.pre_promote`, `postgresql.before_stop`, `tags` and `bootstrap` (read when
-//! they are next needed). Every other key is bound to a connection, a socket, a task or a
+//! they are next needed; a standby cluster's commands in `bootstrap.dcs.standby_cluster` go
+//! into PostgreSQL's files like `postgresql.parameters`). Every other key is bound to a connection, a socket, a task or a
 //! file the agent set up at start.
 
 use baton_config::{Config, Postgresql};

@@ -304,7 +304,7 @@ pub enum Command {
     },
     /// Make this cluster a standby cluster of another one (PATCH /config
     /// {"standby_cluster": {...}}): its leader is stopped cleanly and comes back as the
-    /// standby leader, streaming from --host.
+    /// standby leader, streaming from --host (or replaying the archive).
     DemoteCluster {
         cluster_name: Option<String>,
         /// Address of the remote node.
@@ -313,8 +313,8 @@ pub enum Command {
         /// Port of the remote node.
         #[arg(long)]
         port: Option<u16>,
-        /// Command to restore WAL records from the remote primary (refused: pgbaton takes
-        /// restore_command from each member's local postgresql.parameters only).
+        /// Command to restore WAL records from the remote primary: marks the archive (alone
+        /// without --host); each member runs its local restore_command, never this text.
         #[arg(long)]
         restore_command: Option<String>,
         /// Name of the slot on the remote node to use for replication.

@@ -33,7 +33,8 @@ fn refused_keys_are_errors_and_the_verdict_counts_them() {
             "#citus:\n#  database: citus\n#  group: 0",
             "citus:\n  database: citus\n  group: 0",
         )
-        // A standby cluster is supported; without a host (archive only) it is refused.
+        // A standby cluster is supported, archive-only too; with neither a host nor a
+        // restore_command it is refused.
         .replace(
             "    #standby_cluster:\n      #host: 127.0.0.1\n      #port: 1111",
             "    standby_cluster:\n      port: 1111",
@@ -47,7 +48,7 @@ fn refused_keys_are_errors_and_the_verdict_counts_them() {
     let r = report("postgres0.yml", &result);
     assert!(!r.ok);
     expect![[r#"
-        error: bootstrap.dcs.standby_cluster.host: not supported by pgbaton yet: a standby cluster without host (replicating from the WAL archive alone) is not supported: pgbaton clones and streams the standby leader from the remote host; set host (and port)
+        error: bootstrap.dcs.standby_cluster.host: not supported by pgbaton yet: a standby cluster with neither host nor restore_command has nothing to replicate from: set host (and port) to stream from the remote primary, or restore_command to replay its WAL archive
         error: citus: not supported by pgbaton yet: Patroni keeps a Citus group's keys under /<namespace>/<scope>/<group>/, so pgbaton, which would read and write /<namespace>/<scope>/ instead, would run a second, separate cluster beside this group's Patroni members (two primaries)
         postgres0.yml: configuration is invalid (2 errors)
     "#]]

@@ -15,6 +15,14 @@ use crate::walk::{Cx, Mode, Obj, index, join};
 /// leader fences itself on its own monotonic clock before the lease can expire.
 pub const MIN_TTL: u32 = 5;
 
+/// `standby_cluster`'s commands as written in the dynamic configuration (never run from
+/// there: [`crate::standby_commands`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StandbyCommands {
+    pub restore_command: Option<String>,
+    pub archive_cleanup_command: Option<String>,
+}
+
 /// The cluster-wide settings every member follows.
 ///
 /// The typed fields are the ones pgbaton acts on; every key (typed or not) stays in `raw`, which
@@ -61,6 +69,11 @@ pub struct DynamicConfig {
     /// also for a section without `host`, `port` or `restore_command` (Patroni's
     /// `is_standby_cluster`).
     pub standby_cluster: Option<baton_core::StandbyCluster>,
+    /// `standby_cluster.restore_command` and `archive_cleanup_command` as written. pgbaton
+    /// never runs them from the DCS: PostgreSQL runs the member's local ones
+    /// (`postgresql.parameters`, else the local file's own `bootstrap.dcs.standby_cluster`:
+    /// [`crate::standby_commands`]).
+    pub standby_commands: StandbyCommands,
     /// The whole dynamic configuration as JSON (with timing adjustments applied).
     pub raw: Value,
     /// Key paths of settings pgbaton does not support yet that the DCS value has
@@ -91,6 +104,7 @@ impl DynamicConfig {
             pg_hba: Vec::new(),
             sync: baton_core::SyncConfig::default(),
             standby_cluster: None,
+            standby_commands: StandbyCommands::default(),
             raw: Value::Object(Map::new()),
             unsupported: Vec::new(),
         }
@@ -234,7 +248,7 @@ pub(crate) fn parse(cx: &mut Cx, path: &str, v: &Value) -> DynamicConfig {
         postgresql(cx, pg, &mut d);
     }
     if let Some(sc) = o.section(cx, "standby_cluster") {
-        d.standby_cluster = standby_cluster(cx, sc);
+        d.standby_cluster = standby_cluster(cx, sc, &mut d.standby_commands);
     }
     o.flagged(cx);
     o.finish(cx);
@@ -330,15 +344,20 @@ pub(crate) fn replica_methods(cx: &mut Cx, o: &mut Obj<'_>) {
     }
 }
 
-/// Why a standby cluster needs `standby_cluster.host`.
-const ARCHIVE_ONLY: &str = "a standby cluster without host (replicating from the WAL archive \
-    alone) is not supported: pgbaton clones and streams the standby leader from the remote host; \
-    set host (and port)";
+/// Why a standby cluster needs `host` or `restore_command`.
+const NO_SOURCE: &str = "a standby cluster with neither host nor restore_command has nothing \
+    to replicate from: set host (and port) to stream from the remote primary, or \
+    restore_command to replay its WAL archive";
 
-/// `standby_cluster`: the remote primary the standby leader streams from. A section that
-/// names none of `host`, `port`, `restore_command` is no standby cluster (Patroni's
-/// `is_standby_cluster`); one without `host` is refused ([`ARCHIVE_ONLY`]).
-fn standby_cluster(cx: &mut Cx, mut o: Obj<'_>) -> Option<baton_core::StandbyCluster> {
+/// `standby_cluster`: the remote primary the standby leader streams from, or (without
+/// `host`, with `restore_command`) the WAL archive alone. A section that names none of `host`,
+/// `port`, `restore_command` is no standby cluster (Patroni's `is_standby_cluster`). The
+/// commands' text is kept in [`DynamicConfig::standby_commands`], never run from here.
+fn standby_cluster(
+    cx: &mut Cx,
+    mut o: Obj<'_>,
+    commands: &mut StandbyCommands,
+) -> Option<baton_core::StandbyCluster> {
     let host_path = o.child("host");
     let wanted = ["host", "port", "restore_command"]
         .iter()
@@ -396,21 +415,42 @@ fn standby_cluster(cx: &mut Cx, mut o: Obj<'_>) -> Option<baton_core::StandbyClu
         let value = params::render(cx, p, v)?;
         cx.single_line(p, &value).then_some(value)
     });
-    replica_methods(cx, &mut o);
+    let command = |cx: &mut Cx, p: &str, v: &Value| {
+        let text = cx.string(p, v, "a command")?;
+        cx.single_line(p, &text).then_some(text)
+    };
+    commands.restore_command = o
+        .opt(cx, "restore_command", command)
+        .filter(|c| !c.trim().is_empty());
+    commands.archive_cleanup_command = o
+        .opt(cx, "archive_cleanup_command", command)
+        .filter(|c| !c.trim().is_empty());
+    let create_replica_methods = o
+        .opt(cx, "create_replica_methods", |cx, p, v| {
+            let names = cx.string_list(p, v)?;
+            if let Some(bad) = names.iter().find(|n| !crate::replica::is_method_name(n)) {
+                cx.error(p, format!("{bad:?} is not a replica method name"));
+                return None;
+            }
+            Some(names)
+        })
+        .unwrap_or_default();
     o.flagged(cx);
     o.finish(cx);
     if !wanted {
         return None;
     }
-    let Some(host) = host else {
-        cx.refuse(&host_path, ARCHIVE_ONLY);
+    if host.is_none() && commands.restore_command.is_none() {
+        cx.refuse(&host_path, NO_SOURCE);
         return None;
-    };
+    }
     Some(baton_core::StandbyCluster {
         host,
         port: port.unwrap_or(5432),
         primary_slot_name,
         recovery_min_apply_delay,
+        archive: commands.restore_command.is_some(),
+        create_replica_methods,
     })
 }
 

@@ -39,7 +39,7 @@ use baton_core::{HaConfig, MemberName};
 use serde_json::{Map, Value};
 
 pub use ciphers::supported as supported_tls12_suites;
-pub use dynamic::{DynamicConfig, MIN_TTL};
+pub use dynamic::{DynamicConfig, MIN_TTL, StandbyCommands};
 pub use env::std_env;
 pub use error::{ConfigError, ConfigErrors};
 pub use hooks::{CALLBACK_NAMES, program_problem};
@@ -195,6 +195,53 @@ pub fn effective_ha(config: &Config, dynamic: &DynamicConfig) -> HaConfig {
     }
 }
 
+/// A standby cluster's `restore_command` and `archive_cleanup_command` (Patroni writes
+/// `standby_cluster`'s into the recovery settings). They run commands as the postgres OS
+/// user, so pgbaton never takes their text from the DCS: a member runs its local
+/// `postgresql.parameters` ones, else — while `standby_cluster` is set — the ones of its
+/// own file's `bootstrap.dcs.standby_cluster` (the same YAML as Patroni's). Returns the
+/// parameters to add (the latter; the former are in `postgresql.parameters` already) and a
+/// warning for each command the dynamic configuration names that this member would not run
+/// as written.
+pub fn standby_commands(
+    config: &Config,
+    dynamic: &DynamicConfig,
+) -> (Vec<(String, String)>, Vec<String>) {
+    let (mut add, mut warnings) = (vec![], vec![]);
+    if dynamic.standby_cluster.is_none() {
+        return (add, warnings);
+    }
+    let booted = config.bootstrap.as_ref().map(|b| &b.dcs.standby_commands);
+    let pick = |c: &StandbyCommands, name: &str| match name {
+        "restore_command" => c.restore_command.clone(),
+        _ => c.archive_cleanup_command.clone(),
+    };
+    for name in ["restore_command", "archive_cleanup_command"] {
+        let local = config.postgresql.parameters.get(name).cloned();
+        let from_file = booted.and_then(|c| pick(c, name));
+        if local.is_none()
+            && let Some(command) = &from_file
+        {
+            add.push((name.to_owned(), command.clone()));
+        }
+        let runs = local.or(from_file);
+        match (pick(&dynamic.standby_commands, name), runs) {
+            (Some(_), None) => warnings.push(format!(
+                "standby_cluster.{name} is set in the dynamic configuration, but pgbaton runs no \
+                 command from the DCS and this member has none in its local file: it replays no \
+                 WAL from the archive; set postgresql.parameters.{name} (or \
+                 bootstrap.dcs.standby_cluster.{name}) in its configuration file"
+            )),
+            (Some(stored), Some(runs)) if stored != runs => warnings.push(format!(
+                "standby_cluster.{name} in the dynamic configuration differs from this member's \
+                 local one; pgbaton runs the local one ({runs:?}), never a command from the DCS"
+            )),
+            _ => {}
+        }
+    }
+    (add, warnings)
+}
+
 /// The PostgreSQL parameters to run with, as Patroni computes them: its defaults for the
 /// parameters it passes on the command line (`max_connections` 100, `max_wal_senders` 10,
 /// `wal_level` replica, `wal_keep_size` 128MB, ...), overlaid by the dynamic
@@ -221,6 +268,8 @@ pub fn merged_parameters(config: &Config, dynamic: &DynamicConfig) -> BTreeMap<S
             .iter()
             .map(|(k, v)| (k.clone(), v.clone())),
     );
+    // A standby cluster's restore_command / archive_cleanup_command: the local file's own.
+    out.extend(standby_commands(config, dynamic).0);
     out.insert(
         "listen_addresses".to_owned(),
         config.postgresql.listen_addresses.clone(),

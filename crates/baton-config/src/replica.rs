@@ -50,7 +50,7 @@ pub(crate) fn methods(cx: &mut Cx, o: &mut Obj<'_>) -> Vec<ReplicaMethod> {
             continue;
         }
         let item = index(&o.child(key), i);
-        if name.trim().is_empty() || name.contains(['.', '\0']) {
+        if !is_method_name(name) {
             cx.error(&item, format!("{name:?} is not a method name"));
             continue;
         }
@@ -69,6 +69,11 @@ pub(crate) fn methods(cx: &mut Cx, o: &mut Obj<'_>) -> Vec<ReplicaMethod> {
         out.extend(custom(cx, &path, name, section).map(ReplicaMethod::Custom));
     }
     out
+}
+
+/// A replica method's name as a key of `postgresql` (and of `create_replica_methods`).
+pub(crate) fn is_method_name(name: &str) -> bool {
+    !name.trim().is_empty() && !name.contains(['.', '\0'])
 }
 
 /// One custom method's section (absent: the method's name is the command, as in Patroni).

@@ -161,9 +161,6 @@ const SET_LOCALLY: &str = "accepted but not used by pgbaton from the dynamic con
     it in the local file";
 const LOCAL_USE_SLOTS: &str = "ignored in the local configuration, as in Patroni: set it in the \
     dynamic configuration (bootstrap.dcs.postgresql.use_slots)";
-const STANDBY_REPLICA_METHODS: &str = "a standby cluster's leader is created with \
-    pg_basebackup from the remote host only: another method (restoring a backup, say) would be \
-    replaced by a full copy from the remote primary";
 const REPLICA_METHODS_LOCAL: &str = "a custom replica method runs a command as the agent's user, \
     taken from the local configuration file only (whoever can write the dynamic configuration \
     could otherwise run code on every member); set create_replica_methods and the methods' \
@@ -187,9 +184,6 @@ const AUTH_TLS_WEAK: &str = "accepted but not used by pgbaton: its connections u
     default (sslnegotiation postgres)";
 const GSS_OWN: &str = "pgbaton's own connections as this role (tokio-postgres) have no GSSAPI \
     encryption, so they would not be encrypted as asked";
-const STANDBY_COMMAND: &str = "this command runs as the postgres OS user, so pgbaton takes it \
-    only from the local configuration file: set postgresql.parameters.restore_command (or \
-    archive_cleanup_command) on each member; the standby leader uses it";
 
 /// Every key pgbaton reads, refuses or warns about. Keys under `bootstrap.dcs` (and in the DCS
 /// `/config` key) are [`Scope::Dynamic`], written from the top of the dynamic configuration.
@@ -1233,20 +1227,23 @@ pub(crate) static KEYS: &[Key] = &[
         "standby_cluster",
         "none",
         "Makes this a standby cluster of another cluster: the holder of the leader key (the \
-         standby leader) runs PostgreSQL as a standby of the remote `host`, never promotes, and \
-         holds the key like a primary would; the other members stream from it. Failover and \
-         switchover inside the cluster work as in a primary cluster. Set with \
-         `pgbaton demote-cluster`, removed with `pgbaton promote-cluster` (or `edit-config`); \
-         changing it re-points the standby leader. A section without `host`, `port` and \
-         `restore_command` is no standby cluster. `synchronous_mode` is ignored while it is \
-         set, as in Patroni.",
+         standby leader) runs PostgreSQL as a standby of the remote `host` (or, without it, \
+         replays the WAL archive through `restore_command`), never promotes, and holds the key \
+         like a primary would; the other members stream from it. Failover and switchover \
+         inside the cluster work as in a primary cluster. Set with `pgbaton demote-cluster`, \
+         removed with `pgbaton promote-cluster` (or `edit-config`); changing it re-points the \
+         standby leader. A section without `host`, `port` and `restore_command` is no standby \
+         cluster. `synchronous_mode` is ignored while it is set, as in Patroni. The standby \
+         leader writes no `history` (Patroni's neither): the key keeps what it had, and after \
+         `promote-cluster` the new primary writes its timeline history file's lines.",
     ),
     dynamic(
         "standby_cluster.host",
-        "required",
+        "none",
         "The remote primary (or a member or proxy of the other cluster) the standby leader \
-         clones (`pg_basebackup`, on bootstrap) and streams from. Refused without it: \
-         archive-only standby clusters are not supported.",
+         clones (`pg_basebackup`, on bootstrap) and streams from. Without it (and with \
+         `restore_command`): an archive-only standby cluster, whose leader has no \
+         `primary_conninfo` and is created by `create_replica_methods`.",
     ),
     dynamic("standby_cluster.port", "`5432`", "Port of `host`."),
     dynamic(
@@ -1260,17 +1257,30 @@ pub(crate) static KEYS: &[Key] = &[
         "none",
         "`recovery_min_apply_delay` of the standby leader (its replicas apply at once).",
     ),
-    local_only("standby_cluster.restore_command", STANDBY_COMMAND),
-    local_only("standby_cluster.archive_cleanup_command", STANDBY_COMMAND),
-    by_value(
+    dynamic(
+        "standby_cluster.restore_command",
+        "none",
+        "Marks the WAL archive as a source of the standby cluster (alone without `host`, a \
+         fallback of streaming with it). pgbaton never runs a command from the DCS: each \
+         member runs its local `postgresql.parameters.restore_command`, else the one of its \
+         own file's `bootstrap.dcs.standby_cluster` (so Patroni's YAML works unchanged); a \
+         member with none, or another one, logs a warning.",
+    ),
+    dynamic(
+        "standby_cluster.archive_cleanup_command",
+        "none",
+        "As `restore_command`: the member's local `postgresql.parameters` one, else its own \
+         file's `bootstrap.dcs.standby_cluster` one, runs.",
+    ),
+    dynamic(
         "standby_cluster.create_replica_methods",
-        Dynamic,
         "`[basebackup]`",
-        "How the standby leader is created from the remote host.",
-        &[
-            ("[basebackup]", Implemented),
-            ("any other", Refused(STANDBY_REPLICA_METHODS)),
-        ],
+        "Names of the methods that create the standby leader, in order, each `basebackup` or a \
+         custom method defined in the member's local configuration (listed in its \
+         `postgresql.create_replica_methods`; a name not defined there is skipped with a \
+         warning: a name from the DCS never becomes a command, where Patroni runs the name \
+         itself). Without a `host` only methods with `no_leader` (or `no_master`) run, as in \
+         Patroni.",
     ),
     dynamic(
         "postgresql",

@@ -11,6 +11,7 @@ mod fuzz;
 mod hooks;
 mod local_only;
 mod replica;
+mod standby_archive;
 mod support;
 mod tls;
 
@@ -226,6 +227,10 @@ tags:
                             max_lag_on_syncnode: None,
                         },
                         standby_cluster: None,
+                        standby_commands: StandbyCommands {
+                            restore_command: None,
+                            archive_cleanup_command: None,
+                        },
                         raw: Object {
                             "loop_wait": Number(2),
                             "maximum_lag_on_failover": Number(1048576),
@@ -1533,7 +1538,7 @@ fn maximum_lag_on_syncnode_is_a_byte_limit_or_off() {
 }
 
 #[test]
-fn standby_cluster_is_read_with_its_defaults_and_refused_without_a_host() {
+fn standby_cluster_is_read_with_its_defaults() {
     let loaded = load_str(BASE, &no_env).expect("valid");
     let (dynamic, warnings) = DynamicConfig::from_json(
         r#"{"ttl":30,"standby_cluster":{"host":"10.0.0.1","port":"5433","primary_slot_name":"standby_a","recovery_min_apply_delay":"5min"}}"#,
@@ -1545,10 +1550,11 @@ fn standby_cluster_is_read_with_its_defaults_and_refused_without_a_host() {
     assert_eq!(
         ha.standby_cluster,
         Some(baton_core::StandbyCluster {
-            host: "10.0.0.1".into(),
+            host: Some("10.0.0.1".into()),
             port: 5433,
             primary_slot_name: Some("standby_a".into()),
             recovery_min_apply_delay: Some("5min".into()),
+            ..baton_core::StandbyCluster::default()
         })
     );
     // The port defaults to 5432; a section naming none of host/port/restore_command is no
@@ -1563,41 +1569,7 @@ fn standby_cluster_is_read_with_its_defaults_and_refused_without_a_host() {
         let (d, _) = DynamicConfig::from_json(empty).expect("ok");
         assert_eq!(d.standby_cluster, None, "{empty}");
     }
-    // Archive-only (no host): refused in a file or PATCH, and in the DCS value it keeps the
-    // cluster without a writable primary.
-    let archive_only = r#"{"standby_cluster":{"restore_command":"cp /arch/%f %p"}}"#;
-    let err = DynamicConfig::from_json_strict(archive_only).unwrap_err();
-    assert!(err.to_string().contains("standby_cluster.host"), "{err}");
-    let (dynamic, warnings) = DynamicConfig::from_json(archive_only).expect("warned");
-    assert!(
-        warnings.iter().any(|w| w.contains("standby_cluster.host")),
-        "{warnings:?}"
-    );
-    let ha = effective_ha(&loaded.config, &dynamic);
-    assert_eq!(
-        ha.unsupported_blocker.as_deref(),
-        Some("standby_cluster.host")
-    );
-    assert_eq!(ha.standby_cluster, None);
-    // restore_command runs a command: local file only.
-    let err = DynamicConfig::from_json_strict(
-        r#"{"standby_cluster":{"host":"a","restore_command":"cp /arch/%f %p"}}"#,
-    )
-    .unwrap_err();
-    assert!(
-        err.to_string().contains("standby_cluster.restore_command"),
-        "{err}"
-    );
-    // Another replica method than basebackup is refused, and blocks in the DCS value.
-    let other = r#"{"standby_cluster":{"host":"a","create_replica_methods":["wal_g"]}}"#;
-    assert!(DynamicConfig::from_json_strict(other).is_err());
-    let (dynamic, _) = DynamicConfig::from_json(other).expect("warned");
-    assert_eq!(
-        effective_ha(&loaded.config, &dynamic)
-            .unsupported_blocker
-            .as_deref(),
-        Some("standby_cluster.create_replica_methods")
-    );
+    // Archive-only standby clusters and the commands: tests/standby_archive.rs.
     // Bad values name their key.
     for (bad, key) in [
         (

@@ -127,15 +127,26 @@ pub struct HaConfig {
 
 /// Patroni's `standby_cluster` section: where the standby leader replicates from, and the
 /// recovery settings written for it alone (its replicas stream from it as in any cluster).
-/// `restore_command` and `archive_cleanup_command` run commands, so pgbaton takes them only
-/// from the local file (`postgresql.parameters`), as every such parameter.
+/// `restore_command` and `archive_cleanup_command` run commands, so pgbaton never takes
+/// their text from the dynamic configuration: PostgreSQL runs each member's local ones
+/// (`postgresql.parameters`); the section only says that WAL also comes from the archive
+/// ([`StandbyCluster::archive`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StandbyCluster {
     /// The remote primary (or a member of the other cluster, or a proxy in front of it).
-    pub host: String,
+    /// `None`: an archive-only standby cluster: the standby leader replays WAL from the
+    /// archive alone (`restore_command`), with no `primary_conninfo`.
+    pub host: Option<String>,
     pub port: u16,
     /// The physical slot to use on the remote host; without it, no slot is used.
     pub primary_slot_name: Option<String>,
+    /// The section names a `restore_command`: WAL comes from the archive (alone without
+    /// `host`, as a fallback of streaming with it).
+    pub archive: bool,
+    /// `create_replica_methods`: the names of the local replica methods
+    /// (`postgresql.create_replica_methods`) that create the standby leader, in order; empty:
+    /// `basebackup` from `host` (without a host: the local methods that need no source).
+    pub create_replica_methods: Vec<String>,
     /// `recovery_min_apply_delay` of the standby leader (a PostgreSQL duration, e.g. `5min`).
     pub recovery_min_apply_delay: Option<String>,
 }
@@ -326,16 +337,23 @@ impl Upstream {
     pub fn remote(me: &MemberName, source: &StandbyCluster) -> Upstream {
         Upstream {
             name: me.clone(),
-            host: source.host.clone(),
+            host: source.host.clone().unwrap_or_default(),
             port: source.port,
             remote: Some(source.clone()),
         }
+    }
+
+    /// There is a server to stream and copy from: not so for the WAL archive of an
+    /// archive-only standby cluster (`standby_cluster` without `host`).
+    pub fn has_server(&self) -> bool {
+        self.remote.as_ref().is_none_or(|r| r.host.is_some())
     }
 }
 
 impl fmt::Display for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.remote {
+            Some(remote) if remote.host.is_none() => write!(f, "the WAL archive"),
             Some(_) => write!(f, "the remote primary ({}:{})", self.host, self.port),
             None => write!(f, "{} ({}:{})", self.name, self.host, self.port),
         }

@@ -40,7 +40,9 @@ pub use outcome::{ActionOutcome, FenceSignal, fence_signal, holds_leader_key, la
 pub use pg::{
     ClusterState, ControlData, DataDir, PgProcess, PgSql, PgState, ReplicationRow, TimelineStart,
 };
-pub use replica::{CustomMethod, ReplicaMethod, custom_method_args, methods_to_try};
+pub use replica::{
+    CustomMethod, ReplicaMethod, custom_method_args, methods_to_try, standby_leader_methods,
+};
 pub use restart::{
     RestartFilters, RestartMismatch, RestartRole, ScheduleState, ScheduledRestart,
     parse_postgres_version, restart_action, restart_matches, schedule_state,

@@ -62,6 +62,31 @@ pub fn methods_to_try(configured: &[ReplicaMethod], has_source: bool) -> Vec<&Re
         .collect()
 }
 
+/// The methods that create a standby cluster's leader (Patroni's
+/// `standby_cluster.create_replica_methods`): the names in `wanted` resolved against the
+/// member's local methods (`basebackup`, or a method of `postgresql.create_replica_methods`:
+/// a name from the DCS never becomes a command), in that order; without names, `basebackup`.
+/// Returns the methods and the names no local method has.
+pub fn standby_leader_methods(
+    wanted: &[String],
+    local: &[ReplicaMethod],
+) -> (Vec<ReplicaMethod>, Vec<String>) {
+    if wanted.is_empty() {
+        return (vec![ReplicaMethod::Basebackup], vec![]);
+    }
+    let (mut methods, mut missing) = (vec![], vec![]);
+    for name in wanted {
+        if name == "basebackup" {
+            methods.push(ReplicaMethod::Basebackup);
+        } else if let Some(m) = local.iter().find(|m| m.name() == name) {
+            methods.push(m.clone());
+        } else {
+            missing.push(name.clone());
+        }
+    }
+    (methods, missing)
+}
+
 /// The arguments after the command's own words, as Patroni passes them: the method's keys
 /// (`--key=value`), then `--scope`, `--role=replica`, `--datadir` and `--connstring` (a key
 /// of the method's with one of these names is replaced in place). With `no_params` only the

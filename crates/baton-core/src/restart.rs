@@ -321,7 +321,7 @@ mod tests {
         let remote = Upstream::remote(
             &name("n1"),
             &crate::StandbyCluster {
-                host: "10.9.0.1".into(),
+                host: Some("10.9.0.1".into()),
                 port: 5432,
                 ..crate::StandbyCluster::default()
             },

@@ -173,12 +173,20 @@ pub fn recovery_parameters(
 ) -> BTreeMap<String, String> {
     let mut out = BTreeMap::from([("recovery_target_timeline".to_owned(), "latest".to_owned())]);
     if let Some(upstream) = upstream {
-        out.insert(
-            "primary_conninfo".to_owned(),
-            primary_conninfo(settings, upstream),
-        );
+        // An archive-only standby cluster's leader replays from the archive alone
+        // (`restore_command`, from `postgresql.parameters`).
+        if upstream.has_server() {
+            out.insert(
+                "primary_conninfo".to_owned(),
+                primary_conninfo(settings, upstream),
+            );
+        }
         if let Some(remote) = &upstream.remote {
-            if let Some(slot) = &remote.primary_slot_name {
+            if let Some(slot) = remote
+                .primary_slot_name
+                .as_ref()
+                .filter(|_| upstream.has_server())
+            {
                 out.insert("primary_slot_name".to_owned(), slot.clone());
             }
             if let Some(delay) = &remote.recovery_min_apply_delay {
@@ -666,10 +674,11 @@ mod tests {
     fn the_standby_leader_streams_from_the_remote_with_its_slot_and_delay() {
         let me = MemberName::new("pg-2.dc1").expect("non-empty");
         let mut source = baton_core::StandbyCluster {
-            host: "db.region-a".into(),
+            host: Some("db.region-a".into()),
             port: 5433,
             primary_slot_name: Some("region_b".into()),
             recovery_min_apply_delay: Some("5min".into()),
+            ..baton_core::StandbyCluster::default()
         };
         let conf = postgresql_conf(
             &settings(),
@@ -694,6 +703,34 @@ mod tests {
             !params.contains_key("recovery_min_apply_delay"),
             "{params:?}"
         );
+    }
+
+    #[test]
+    fn an_archive_only_standby_leader_has_no_primary_conninfo() {
+        let me = MemberName::new("pg-2.dc1").expect("non-empty");
+        let source = baton_core::StandbyCluster {
+            host: None,
+            port: 5432,
+            primary_slot_name: Some("region_b".into()),
+            recovery_min_apply_delay: Some("1min".into()),
+            archive: true,
+            ..baton_core::StandbyCluster::default()
+        };
+        let conf = postgresql_conf(
+            &settings(),
+            &StartRole::Standby {
+                upstream: Some(Upstream::remote(&me, &source)),
+            },
+        )
+        .expect("renders");
+        let recovery = conf.split_once("\n\n#").map(|(_, tail)| tail);
+        // No server to stream from, so no slot either; restore_command is a local parameter.
+        expect![[r#"
+            Some(
+                " standby of the WAL archive\nrecovery_min_apply_delay = '1min'\nrecovery_target_timeline = 'latest'\n",
+            )
+        "#]]
+        .assert_debug_eq(&recovery);
     }
 
     #[test]

@@ -56,6 +56,9 @@ struct BootstrapIo<D, P> {
     /// A standby cluster's bootstrap: clone this remote primary instead of initdb (its roles
     /// and data come from there; no `post_bootstrap`, as in Patroni).
     standby_of: Option<baton_core::Upstream>,
+    /// The local replica methods (`postgresql.create_replica_methods`) a standby cluster's
+    /// `create_replica_methods` may name.
+    local_methods: Vec<baton_core::ReplicaMethod>,
 }
 
 impl<D: Dcs, P: Postgres> BootstrapIo<D, P> {
@@ -80,10 +83,24 @@ impl<D: Dcs, P: Postgres> BootstrapIo<D, P> {
 
     async fn steps(&self) -> anyhow::Result<()> {
         if let Some(remote) = &self.standby_of {
+            let wanted = remote
+                .remote
+                .as_ref()
+                .map(|r| r.create_replica_methods.clone())
+                .unwrap_or_default();
+            let (methods, missing) =
+                baton_core::standby_leader_methods(&wanted, &self.local_methods);
+            for name in missing {
+                warn!(
+                    "standby_cluster.create_replica_methods names {name:?}, which is not one of \
+                     this member's postgresql.create_replica_methods: skipped"
+                );
+            }
+            let source = remote.has_server().then_some(remote);
             self.pg
-                .clone_replica(remote)
+                .create_replica(source, &methods)
                 .await
-                .with_context(|| format!("clone {remote}"))?;
+                .with_context(|| format!("create the standby leader from {remote}"))?;
             self.pg
                 .start(&StartRole::Standby {
                     upstream: Some(remote.clone()),
@@ -229,6 +246,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                         Action::BootstrapStandbyCluster { upstream } => Some(upstream),
                         _ => None,
                     },
+                    local_methods: self.config.postgresql.create_replica_methods.clone(),
                 };
                 Box::pin(async move { io.run().await.map_err(tag) })
             }

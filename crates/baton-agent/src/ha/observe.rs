@@ -165,6 +165,9 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                     );
                 }
                 let mut dynamic = dynamic;
+                for w in baton_config::standby_commands(&self.config, &dynamic).1 {
+                    warn!("config: {w}");
+                }
                 // The lease was granted with the old ttl; keep deciding with it.
                 dynamic.ttl = self.dynamic.ttl;
                 self.dynamic = dynamic;

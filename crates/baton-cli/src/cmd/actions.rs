@@ -126,58 +126,56 @@ pub(crate) async fn run(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `demote-cluster`'s `standby_cluster` section (patronictl's checks and message; pgbaton
-/// also needs the host, and takes `restore_command` only from the local files).
+/// `demote-cluster`'s `standby_cluster` section, as patronictl's `demote_cluster` builds it:
+/// the options given (a `--restore-command` marks the archive; each member runs its local
+/// `restore_command`, never this text).
 pub(crate) fn standby_config(
     host: Option<String>,
     port: Option<u16>,
     restore_command: Option<String>,
     primary_slot_name: Option<String>,
 ) -> anyhow::Result<serde_json::Value> {
+    let restore_command = restore_command.filter(|c| !c.is_empty());
+    let host = host.filter(|h| !h.is_empty());
+    let port = port.filter(|p| *p != 0);
     if host.is_none() && port.is_none() && restore_command.is_none() {
         anyhow::bail!("At least --host, --port or --restore-command should be specified");
     }
-    if restore_command.is_some() {
-        anyhow::bail!(
-            "--restore-command: pgbaton takes restore_command only from each member's local \
-             postgresql.parameters (it runs a command as the postgres OS user), never from the \
-             dynamic configuration"
-        );
+    let mut config = serde_json::json!({});
+    if let Some(host) = host {
+        config["host"] = host.into();
     }
-    let Some(host) = host else {
-        anyhow::bail!(
-            "--host is required: pgbaton streams the standby leader from the remote host \
-             (archive-only standby clusters are not supported)"
-        );
-    };
-    let mut config = serde_json::json!({ "host": host });
     if let Some(port) = port {
         config["port"] = port.into();
     }
-    if let Some(slot) = primary_slot_name {
+    if let Some(slot) = primary_slot_name.filter(|s| !s.is_empty()) {
         config["primary_slot_name"] = slot.into();
+    }
+    if let Some(command) = restore_command {
+        config["restore_command"] = command.into();
     }
     Ok(config)
 }
 
 /// `demote-cluster` (`standby`: the `standby_cluster` section) and `promote-cluster`
-/// (`None`), as patronictl's `change_cluster_role`: refused without a leader or when the
-/// leader already has the wanted role; otherwise `PATCH /config` on the leader, then wait
-/// until the leader's member key shows the new role.
+/// (`None`), as patronictl's `change_cluster_role`, with its messages: refused without a
+/// leader or when the leader already has the wanted role; otherwise `PATCH /config` on the
+/// leader, then a progress line a second until the cluster has a leader in the new role,
+/// running (after a demotion, the old leader running too), and the topology.
 pub(crate) async fn change_cluster_role(
     ctx: &Ctx,
     standby: Option<serde_json::Value>,
     force: bool,
 ) -> anyhow::Result<()> {
     let demote = standby.is_some();
-    let (noun, verb, done, target_role) = if demote {
-        ("demotion", "demote", "demoted", "standby_leader")
+    let (action, target_role) = if demote {
+        ("demot", "standby_leader")
     } else {
-        ("promotion", "promote", "promoted", "primary")
+        ("promot", "primary")
     };
     let view = ctx.read().await?;
     let Some(leader) = view.leader_member() else {
-        anyhow::bail!("Cluster has no leader, {noun} is not possible");
+        anyhow::bail!("Cluster has no leader, {action}ion is not possible");
     };
     if leader.role == target_role {
         anyhow::bail!("Cluster is already in the required state");
@@ -188,18 +186,67 @@ pub(crate) async fn change_cluster_role(
         "{}",
         baton_cli::table::render_list(&ctx.cluster, &view).trim_end()
     );
-    confirm(
-        force,
-        &format!("Are you sure you want to {verb} {} cluster?", ctx.cluster),
-    )?;
-    patch_standby_cluster(ctx, &view, &leader_name, standby, verb).await?;
-    wait_leader_role(ctx, target_role, Duration::from_secs(120)).await?;
-    println!(
-        "{} - Cluster {} successfully {done}",
-        super::timestamp(),
-        ctx.cluster
-    );
-    Ok(())
+    if !force {
+        let answer = super::prompt(
+            &format!(
+                "Are you sure you want to {action}e {} cluster? [y/N]",
+                ctx.cluster
+            ),
+            "use --force",
+        )?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            anyhow::bail!("Aborted cluster {action}ion");
+        }
+    }
+    patch_standby_cluster(ctx, &view, &leader_name, standby, &format!("{action}e")).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let view = ctx.read().await?;
+        let leader = view.leader_member();
+        let old_state = view
+            .members
+            .iter()
+            .find(|m| m.name.as_str() == leader_name)
+            .map(|m| m.state.clone());
+        let (role, state) = (
+            leader.map(|l| l.role.as_str()),
+            leader.map(|l| l.state.as_str()),
+        );
+        if role == Some(target_role)
+            && state == Some("running")
+            && (!demote || old_state.as_deref() == Some("running"))
+        {
+            println!("{} cluster is successfully {action}ed", super::timestamp());
+            println!(
+                "{}",
+                baton_cli::table::render_list(&ctx.cluster, &view).trim_end()
+            );
+            return Ok(());
+        }
+        let none = || "None".to_owned();
+        let mut line = format!(
+            "{} cluster is unlocked: {}, leader role: {}, leader state: {}",
+            super::timestamp(),
+            if leader.is_none() { "True" } else { "False" },
+            role.map_or_else(none, str::to_owned),
+            state.map_or_else(none, str::to_owned),
+        );
+        if demote
+            && let (Some(leader), Some(old)) = (leader, &old_state)
+            && leader.name.as_str() != leader_name
+        {
+            line.push_str(&format!(", previous leader state: '{old}'"));
+        }
+        println!("{line}");
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "the /config change of cluster {} was stored, but its leader did not report the \
+                 role {target_role} within 300 s",
+                ctx.cluster
+            );
+        }
+    }
 }
 
 /// `PATCH /config {"standby_cluster": ...}` through `leader`.
@@ -220,7 +267,7 @@ async fn patch_standby_cluster(
         &[],
     )
     .await
-    .map_err(|e| anyhow::anyhow!("Failed to {verb} cluster: {e:#}"))?;
+    .map_err(|e| anyhow::anyhow!("Failed to {verb} {} cluster: {e:#}", ctx.cluster))?;
     if !reply.ok() {
         anyhow::bail!(
             "Failed to {verb} {} cluster: /config PATCH status code={}, ({})",
@@ -394,4 +441,34 @@ async fn set_pause(
         if pause { "paused" } else { "resumed" }
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::standby_config;
+
+    #[test]
+    fn demote_cluster_builds_patronictls_standby_cluster_section() {
+        let none = standby_config(None, None, None, Some("slot".into())).expect_err("nothing");
+        assert_eq!(
+            none.to_string(),
+            "At least --host, --port or --restore-command should be specified"
+        );
+        let archive = standby_config(None, None, Some("cp /a/%f %p".into()), None).expect("ok");
+        assert_eq!(
+            archive,
+            serde_json::json!({ "restore_command": "cp /a/%f %p" })
+        );
+        let stream = standby_config(
+            Some("db.a".into()),
+            Some(5433),
+            None,
+            Some("region_b".into()),
+        )
+        .expect("ok");
+        assert_eq!(
+            stream,
+            serde_json::json!({ "host": "db.a", "port": 5433, "primary_slot_name": "region_b" })
+        );
+    }
 }

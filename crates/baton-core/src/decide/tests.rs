@@ -240,7 +240,7 @@ fn parse(fixture: &str, previous: Option<&Memory>) -> Fixture {
                     Some(addr) => {
                         let (host, port) = addr.rsplit_once(':').expect("standby=HOST:PORT");
                         config.standby_cluster = Some(StandbyCluster {
-                            host: host.to_owned(),
+                            host: (!host.is_empty()).then(|| host.to_owned()),
                             port: port.parse().expect("standby port"),
                             ..StandbyCluster::default()
                         });
