@@ -491,4 +491,6 @@ pub async fn pg_monitor<P: Postgres>(
 }
 
 #[cfg(test)]
+mod monitor_tests;
+#[cfg(test)]
 mod tests;
