@@ -340,7 +340,8 @@ pub async fn run_with<P: Postgres>(
             _ = dcs_changes.changed() => {}
             _ = pg_changed.notified() => {}
             // A new or lost lease changes what we may do; a mere renewal does not.
-            _ = lease_changes.wait_for(|l| l.id != last_lease) => {}
+            // (The borrow it returns is dropped at once: the loop's future stays `Send`.)
+            _ = async { drop(lease_changes.wait_for(|l| l.id != last_lease).await) } => {}
             _ = tokio::time::sleep(wait) => {}
         }
     }
