@@ -1165,7 +1165,13 @@ impl Postgres for LocalPostgres {
             // again only if SQL does not answer.
             true => {
                 let sql = self.observe_sql().await;
-                let reused = self.control_cache().reusable(running, sql.is_some()).cloned();
+                // The directory itself is still looked at (a cheap listing, no process): a
+                // data directory emptied under a running postmaster is reported as before.
+                let listed = matches!(data_dir_is_empty(self.data_dir()), Ok(false));
+                let reused = self
+                    .control_cache()
+                    .reusable(running, sql.is_some() && listed)
+                    .cloned();
                 let data_dir = match reused {
                     Some(control) => {
                         self.control_cache().reused += 1;

@@ -10,7 +10,8 @@
 //! initdb or a clone, with the postmaster stopped) and `rewindable` (`wal_log_hints` takes
 //! effect at postmaster start, data checksums at initdb). So a reading is reused only while
 //! the *same* postmaster (PID and start time: a restarted or replaced one is another) still
-//! runs and this round's SQL answered; anything else — stopped, a new postmaster, SQL silent
+//! runs, this round's SQL answered and the data directory is not empty (its listing is cheap
+//! and still taken every round); anything else — stopped, a new postmaster, SQL silent
 //! (hung, crashed backend, starting up), no `/proc` to tell postmasters apart — reads the
 //! control file again.
 
@@ -45,16 +46,16 @@ pub(crate) struct ControlCache {
 }
 
 impl ControlCache {
-    /// The reading to reuse for this round: only for the same running postmaster whose SQL
-    /// answered in this round.
+    /// The reading to reuse for this round: only for the same running postmaster, when
+    /// `answered`: its SQL answered in this round (and the data directory is not empty).
     pub(crate) fn reusable(
         &self,
         running: Option<Incarnation>,
-        sql_answered: bool,
+        answered: bool,
     ) -> Option<&ControlData> {
         let running = running?;
         match &self.last {
-            Some((seen, control)) if *seen == running && sql_answered => Some(control),
+            Some((seen, control)) if *seen == running && answered => Some(control),
             _ => None,
         }
     }
