@@ -139,7 +139,11 @@ async fn a_waitable_postmaster_is_not_polled_while_it_runs_and_its_death_wakes_t
     let woken = m.changed.notified();
     m.pg.crash(false);
     woken.await;
-    assert_eq!(m.pg.polls.load(Ordering::SeqCst), 2, "one look after the exit");
+    assert_eq!(
+        m.pg.polls.load(Ordering::SeqCst),
+        2,
+        "one look after the exit"
+    );
     m.end().await;
 }
 

@@ -1243,7 +1243,10 @@ async fn controldata_is_reused_only_for_the_same_running_postmaster() {
     let pg = std::sync::Arc::new(LocalPostgres::new(env.settings("reuse")));
     let _cleanup = Cleanup::new(&[pg.as_ref()]);
     pg.initdb().await.expect("initdb");
-    assert!(pg.postmaster_exit().await, "no postmaster: nothing to wait for");
+    assert!(
+        pg.postmaster_exit().await,
+        "no postmaster: nothing to wait for"
+    );
     let stopped = pg.observe().await;
     assert_eq!(control(&stopped).state, ClusterState::ShutDown);
     assert_eq!(pg.controldata_reused(), 0);
@@ -1254,7 +1257,11 @@ async fn controldata_is_reused_only_for_the_same_running_postmaster() {
     assert_eq!(pg.controldata_reused(), 0, "a new postmaster: read afresh");
     let second = pg.observe().await;
     assert!(second.is_primary(), "{second:#?}");
-    assert_eq!(pg.controldata_reused(), 1, "the same postmaster answering SQL");
+    assert_eq!(
+        pg.controldata_reused(),
+        1,
+        "the same postmaster answering SQL"
+    );
     assert_eq!(control(&second), control(&first));
     assert_eq!(control(&second).state, ClusterState::InProduction);
 
@@ -1277,9 +1284,11 @@ async fn controldata_is_reused_only_for_the_same_running_postmaster() {
         .expect("the wait ends when the postmaster dies")
         .expect("waiter task");
     assert!(exited, "waited on a pidfd, not told to poll");
-    eventually("the postmaster is gone", Duration::from_secs(30), || async {
-        !pg.is_alive().await
-    })
+    eventually(
+        "the postmaster is gone",
+        Duration::from_secs(30),
+        || async { !pg.is_alive().await },
+    )
     .await;
     kill_data_dir_processes(&pg.settings().data_dir, Duration::from_secs(10))
         .expect("kill the orphaned backends");
@@ -1294,7 +1303,11 @@ async fn controldata_is_reused_only_for_the_same_running_postmaster() {
     // A restarted postmaster is another one: read afresh, then reused.
     pg.start(&StartRole::Primary).await.expect("restart");
     assert!(pg.observe().await.is_primary());
-    assert_eq!(pg.controldata_reused(), 1, "a restarted postmaster: read afresh");
+    assert_eq!(
+        pg.controldata_reused(),
+        1,
+        "a restarted postmaster: read afresh"
+    );
     assert!(pg.observe().await.is_primary());
     assert_eq!(pg.controldata_reused(), 2);
     pg.stop(StopMode::Fast).await.expect("fast stop");

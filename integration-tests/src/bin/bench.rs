@@ -1478,7 +1478,10 @@ grpc_server_msg_sent_total{grpc_method="Watch",grpc_service="etcdserverpb.Watch"
 
     #[test]
     fn wakeups_are_counted_per_thread_per_minute() {
-        let before = BTreeMap::from([(10, ("agent".to_owned(), 100)), (11, ("gone".to_owned(), 5))]);
+        let before = BTreeMap::from([
+            (10, ("agent".to_owned(), 100)),
+            (11, ("gone".to_owned(), 5)),
+        ]);
         let after = BTreeMap::from([
             (10, ("agent".to_owned(), 130)),
             (12, ("tokio-runtime-w".to_owned(), 6)),
