@@ -6,7 +6,8 @@
 //! - the lease keeper (`lease::LeaseKeeper`), independent of the HA loop;
 //! - the fencer (`fence::run_fencer`), which stops PostgreSQL at the fencing deadline even when
 //!   the HA loop is busy;
-//! - the PostgreSQL liveness monitor (a crash is noticed within a quarter of a second);
+//! - the PostgreSQL liveness monitor (a crash is noticed at once through a pidfd, else within
+//!   a quarter of a second);
 //! - the watchdog task (`watchdog::run_watchdog`): kicks the armed watchdog at every lease
 //!   renewal and disarms it when the agent stops leading or exits;
 //! - the REST API server.
@@ -339,7 +340,8 @@ pub async fn run_with<P: Postgres>(
             _ = dcs_changes.changed() => {}
             _ = pg_changed.notified() => {}
             // A new or lost lease changes what we may do; a mere renewal does not.
-            _ = lease_changes.wait_for(|l| l.id != last_lease) => {}
+            // (The borrow it returns is dropped at once: the loop's future stays `Send`.)
+            _ = async { drop(lease_changes.wait_for(|l| l.id != last_lease).await) } => {}
             _ = tokio::time::sleep(wait) => {}
         }
     }
@@ -452,7 +454,10 @@ fn bootstrap_dynamic(config: &Config) -> DynamicConfig {
         .map_or_else(DynamicConfig::defaults, |b| b.dcs.clone())
 }
 
-/// Wake the HA loop when the postmaster appears or disappears.
+/// Wake the HA loop when the postmaster appears or disappears. While it runs, the monitor
+/// waits on it (`Postgres::postmaster_exit`: a pidfd, no wake-up until it exits) where the
+/// implementation can, and polls every [`PG_MONITOR_INTERVAL`] otherwise; while it is down,
+/// it polls for it to appear.
 pub async fn pg_monitor<P: Postgres>(
     pg: Arc<P>,
     changed: Arc<Notify>,
@@ -460,13 +465,23 @@ pub async fn pg_monitor<P: Postgres>(
 ) {
     let mut alive = pg.is_alive().await;
     loop {
-        tokio::select! {
-            biased;
-            _ = stop.wait_for(|s| *s) => return,
-            _ = tokio::time::sleep(PG_MONITOR_INTERVAL) => {}
+        let exited = alive && {
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|s| *s) => return,
+                exited = pg.postmaster_exit() => exited,
+            }
+        };
+        if !exited {
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|s| *s) => return,
+                _ = tokio::time::sleep(PG_MONITOR_INTERVAL) => {}
+            }
         }
         let now = pg.is_alive().await;
-        if now != alive {
+        // A postmaster that exited is news even when another one already runs in its place.
+        if now != alive || exited {
             if !now {
                 warn!("postmaster is gone");
             }
@@ -476,5 +491,7 @@ pub async fn pg_monitor<P: Postgres>(
     }
 }
 
+#[cfg(test)]
+mod monitor_tests;
 #[cfg(test)]
 mod tests;

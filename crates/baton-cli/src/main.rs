@@ -200,7 +200,17 @@ fn run_agent(path: &Path, simulated_postgres: bool) -> ExitCode {
         };
     }
     let guard = baton_agent::guard::spawn_guard(&data_dir, loaded.config.vip.as_ref());
-    let result = rt.block_on(baton_agent::run(loaded.config, Some(reloads), shutdown));
+    // The agent runs as a task on the runtime's workers, beside the IO it waits for, not on
+    // this thread: every wake-up of a future polled by `block_on` is one more hand-off
+    // between threads (idle cost). A panic of the agent is re-raised here as it would have
+    // been from `block_on`: the fence guard outlives it.
+    let result = rt.block_on(async {
+        match tokio::spawn(baton_agent::run(loaded.config, Some(reloads), shutdown)).await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(anyhow::anyhow!("agent task: {e}")),
+        }
+    });
     if let Some(guard) = guard {
         baton_agent::guard::stop_guard(guard, &data_dir);
     }

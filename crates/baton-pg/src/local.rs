@@ -19,6 +19,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls, Row, Statement};
 use tracing::{debug, info, warn};
 
+mod control_cache;
 mod replica;
 
 use crate::{
@@ -75,6 +76,9 @@ pub struct LocalPostgres {
     managed: std::sync::Mutex<Managed>,
     /// The cached connection of `observe` (reconnected when broken or after a timeout).
     observer: tokio::sync::Mutex<Option<ObserveConn>>,
+    /// The last `pg_controldata` reading of a running postmaster, reused while it runs and
+    /// answers SQL (`control_cache`).
+    control: std::sync::Mutex<control_cache::ControlCache>,
 }
 
 /// A connection whose driver task is aborted when the connection is dropped, so a hung server
@@ -264,6 +268,7 @@ impl LocalPostgres {
         LocalPostgres {
             settings,
             observer: tokio::sync::Mutex::new(None),
+            control: Default::default(),
             managed: std::sync::Mutex::new(managed),
         }
     }
@@ -1080,6 +1085,42 @@ impl LocalPostgres {
         self.remove_file(&self.logical_record_path())
     }
 
+    fn control_cache(&self) -> std::sync::MutexGuard<'_, control_cache::ControlCache> {
+        self.control.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The data directory as `pg_controldata` reads it now; the reading is kept for
+    /// `running`, the postmaster found before it was taken (`control_cache`).
+    async fn read_data_dir(&self, running: Option<control_cache::Incarnation>) -> DataDir {
+        match data_dir_is_empty(self.data_dir()) {
+            Ok(true) => {
+                self.control_cache().clear();
+                return DataDir::Empty;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                self.control_cache().clear();
+                return DataDir::Unusable(format!("read {}: {e}", self.data_dir().display()));
+            }
+        }
+        match self.controldata().await {
+            Ok(control) => {
+                self.control_cache().store(running, &control);
+                DataDir::Initialized(control)
+            }
+            Err(e) => {
+                self.control_cache().clear();
+                DataDir::Unusable(e.to_string())
+            }
+        }
+    }
+
+    /// How many observations reused a `pg_controldata` reading (tests).
+    #[doc(hidden)]
+    pub fn controldata_reused(&self) -> u64 {
+        self.control_cache().reused
+    }
+
     async fn current_timeline(&self) -> Result<Timeline, PgError> {
         if procs::postmaster(self.data_dir()).is_some()
             && let Some(sql) = self.observe_sql().await
@@ -1095,6 +1136,21 @@ impl Postgres for LocalPostgres {
         procs::postmaster(self.data_dir()).is_some()
     }
 
+    async fn postmaster_exit(&self) -> bool {
+        let Some(pid) = procs::postmaster(self.data_dir()) else {
+            return true;
+        };
+        let Some(exit) = procs::PostmasterExit::open(pid) else {
+            return false;
+        };
+        // The PID may have ended and been reused between reading `postmaster.pid` and opening
+        // the pidfd: only a pidfd of the postmaster still found there is waited on.
+        if procs::postmaster(self.data_dir()) != Some(pid) {
+            return true;
+        }
+        exit.wait().await
+    }
+
     async fn live_sql(&self) -> Option<PgSql> {
         procs::postmaster(self.data_dir())?;
         self.observe_sql().await
@@ -1102,28 +1158,41 @@ impl Postgres for LocalPostgres {
 
     async fn observe(&self) -> PgState {
         let pid = procs::postmaster(self.data_dir());
-        let data_dir = async {
-            match data_dir_is_empty(self.data_dir()) {
-                Ok(true) => return DataDir::Empty,
-                Ok(false) => {}
-                Err(e) => {
-                    return DataDir::Unusable(format!("read {}: {e}", self.data_dir().display()));
-                }
+        let running = pid.and_then(control_cache::Incarnation::of);
+        let same_postmaster = self.control_cache().reusable(running, true).is_some();
+        let (data_dir, sql) = match same_postmaster {
+            // The same postmaster as at the last reading: SQL first; the control file is read
+            // again only if SQL does not answer.
+            true => {
+                let sql = self.observe_sql().await;
+                // The directory itself is still looked at (a cheap listing, no process): a
+                // data directory emptied under a running postmaster is reported as before.
+                let listed = matches!(data_dir_is_empty(self.data_dir()), Ok(false));
+                let reused = self
+                    .control_cache()
+                    .reusable(running, sql.is_some() && listed)
+                    .cloned();
+                let data_dir = match reused {
+                    Some(control) => {
+                        self.control_cache().reused += 1;
+                        DataDir::Initialized(control)
+                    }
+                    None => self.read_data_dir(running).await,
+                };
+                (data_dir, sql)
             }
-            match self.controldata().await {
-                Ok(control) => DataDir::Initialized(control),
-                Err(e) => DataDir::Unusable(e.to_string()),
+            false => {
+                let sql = async {
+                    if pid.is_some() {
+                        self.observe_sql().await
+                    } else {
+                        self.drop_observer().await;
+                        None
+                    }
+                };
+                tokio::join!(self.read_data_dir(running), sql)
             }
         };
-        let sql = async {
-            if pid.is_some() {
-                self.observe_sql().await
-            } else {
-                self.drop_observer().await;
-                None
-            }
-        };
-        let (data_dir, sql) = tokio::join!(data_dir, sql);
         let process = match pid {
             Some(pid) => PgProcess::Running { pid },
             None => PgProcess::Stopped,

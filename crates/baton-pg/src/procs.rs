@@ -142,6 +142,38 @@ pub(crate) fn postmaster(data_dir: &Path) -> Option<i32> {
         .then_some(pid)
 }
 
+/// A pidfd of a postmaster (Linux ≥ 5.3, `pidfd_open(2)`): it becomes readable when the
+/// process exits, so its end is noticed at once without polling. It works for any process the
+/// caller can see, not only children (the postmaster is pg_ctl's, re-parented).
+pub(crate) struct PostmasterExit(tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>);
+
+impl PostmasterExit {
+    /// `None` when the kernel has no pidfds (or forbids them) or `pid` is already gone.
+    #[allow(unsafe_code)]
+    pub(crate) fn open(pid: i32) -> Option<PostmasterExit> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: pidfd_open takes a PID and flags and returns a new descriptor or -1; no
+        // memory is passed.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, libc::PIDFD_NONBLOCK) };
+        let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+        // SAFETY: `fd` was just returned to us by the kernel and is owned by nobody else.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        // SAFETY: the `OwnedFd` is moved into the `AsyncFd`, which owns it (and closes it)
+        // until it is dropped: the descriptor stays open and the same for its whole life.
+        unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+        }
+        .ok()
+        .map(PostmasterExit)
+    }
+
+    /// Resolves `true` when the process has exited; `false` if the descriptor cannot be
+    /// waited on after all (the caller polls instead).
+    pub(crate) async fn wait(&self) -> bool {
+        self.0.readable().await.is_ok()
+    }
+}
+
 /// Live processes belonging to `data_dir`: the postmaster `pm` and its descendants, and every
 /// `postgres` process working in the data directory.
 fn data_dir_processes(data_dir: &Path, pm: Option<i32>) -> Vec<ProcStat> {

@@ -1230,3 +1230,89 @@ async fn non_ascii_passwords_get_the_verifier_postgresql_computes() {
         .get(0);
     assert!(stored.starts_with("SCRAM-SHA-256$4096:"), "{stored}");
 }
+
+/// Idle cost: a running postmaster's control data is read once and reused while the same
+/// postmaster answers SQL; a stopped, killed or restarted one is read afresh. The liveness
+/// monitor's wait on the postmaster ends when it is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controldata_is_reused_only_for_the_same_running_postmaster() {
+    let Some(env) = TestEnv::new("controldata_is_reused_only_for_the_same_running_postmaster")
+    else {
+        return;
+    };
+    let pg = std::sync::Arc::new(LocalPostgres::new(env.settings("reuse")));
+    let _cleanup = Cleanup::new(&[pg.as_ref()]);
+    pg.initdb().await.expect("initdb");
+    assert!(
+        pg.postmaster_exit().await,
+        "no postmaster: nothing to wait for"
+    );
+    let stopped = pg.observe().await;
+    assert_eq!(control(&stopped).state, ClusterState::ShutDown);
+    assert_eq!(pg.controldata_reused(), 0);
+
+    pg.start(&StartRole::Primary).await.expect("start");
+    let first = pg.observe().await;
+    assert!(first.is_primary(), "{first:#?}");
+    assert_eq!(pg.controldata_reused(), 0, "a new postmaster: read afresh");
+    let second = pg.observe().await;
+    assert!(second.is_primary(), "{second:#?}");
+    assert_eq!(
+        pg.controldata_reused(),
+        1,
+        "the same postmaster answering SQL"
+    );
+    assert_eq!(control(&second), control(&first));
+    assert_eq!(control(&second).state, ClusterState::InProduction);
+
+    // The monitor's wait ends when the postmaster is killed.
+    let waiter = {
+        let pg = pg.clone();
+        tokio::spawn(async move { pg.postmaster_exit().await })
+    };
+    let pid = match second.process {
+        PgProcess::Running { pid } => pid,
+        PgProcess::Stopped => panic!("postmaster not running"),
+    };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("SIGKILL the postmaster");
+    let exited = tokio::time::timeout(Duration::from_secs(60), waiter)
+        .await
+        .expect("the wait ends when the postmaster dies")
+        .expect("waiter task");
+    assert!(exited, "waited on a pidfd, not told to poll");
+    eventually(
+        "the postmaster is gone",
+        Duration::from_secs(30),
+        || async { !pg.is_alive().await },
+    )
+    .await;
+    kill_data_dir_processes(&pg.settings().data_dir, Duration::from_secs(10))
+        .expect("kill the orphaned backends");
+    let crashed = pg.observe().await;
+    assert_eq!(crashed.process, PgProcess::Stopped);
+    assert!(
+        control(&crashed).state.is_unclean(),
+        "read afresh after the crash: {crashed:#?}"
+    );
+    assert_eq!(pg.controldata_reused(), 1);
+
+    // A restarted postmaster is another one: read afresh, then reused.
+    pg.start(&StartRole::Primary).await.expect("restart");
+    assert!(pg.observe().await.is_primary());
+    assert_eq!(
+        pg.controldata_reused(),
+        1,
+        "a restarted postmaster: read afresh"
+    );
+    assert!(pg.observe().await.is_primary());
+    assert_eq!(pg.controldata_reused(), 2);
+    pg.stop(StopMode::Fast).await.expect("fast stop");
+    let state = pg.observe().await;
+    assert_eq!(state.process, PgProcess::Stopped);
+    assert_eq!(control(&state).state, ClusterState::ShutDown);
+    assert_eq!(pg.controldata_reused(), 2);
+}

@@ -121,6 +121,14 @@ pub trait Postgres: Send + Sync + 'static {
         async move { state.await.is_running() }
     }
 
+    /// Wait until the running postmaster exits, where the implementation can wait on it
+    /// (`LocalPostgres`: a pidfd, woken by the kernel at the exit): `true` once the postmaster
+    /// that ran when this was called is gone (or none ran). `false` at once when it cannot
+    /// wait; the caller then polls [`Postgres::is_alive`]. The default cannot wait.
+    fn postmaster_exit(&self) -> impl Future<Output = bool> + Send {
+        std::future::ready(false)
+    }
+
     /// `initdb` with the configured options; writes `postgresql.conf` / `pg_hba.conf`.
     fn initdb(&self) -> impl Future<Output = Result<(), PgError>> + Send;
 

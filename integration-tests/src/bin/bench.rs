@@ -755,6 +755,62 @@ fn child_cpu_ticks(pid: i32) -> u64 {
         .sum()
 }
 
+/// Context switches (voluntary + involuntary) of each thread of `pid`, by thread id, with the
+/// thread's name: a voluntary switch is a wake-up after a sleep, the idle cost that matters.
+fn thread_switches(pid: i32) -> BTreeMap<i32, (String, u64)> {
+    let mut out = BTreeMap::new();
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Ok(tid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
+            continue;
+        };
+        let field = |name: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let comm = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Name:"))
+            .map_or_else(String::new, |n| n.trim().to_owned());
+        out.insert(
+            tid,
+            (
+                comm,
+                field("voluntary_ctxt_switches:") + field("nonvoluntary_ctxt_switches:"),
+            ),
+        );
+    }
+    out
+}
+
+/// Wake-ups per minute of each thread between two [`thread_switches`] samples (threads that
+/// ended in between are left out; a thread that started counts from zero).
+fn wakeups_per_min(
+    before: &BTreeMap<i32, (String, u64)>,
+    after: &BTreeMap<i32, (String, u64)>,
+    elapsed_s: f64,
+) -> Vec<Value> {
+    after
+        .iter()
+        .map(|(tid, (comm, n))| {
+            let n0 = before.get(tid).map_or(0, |(_, n0)| *n0);
+            json!({
+                "tid": tid,
+                "comm": comm,
+                "wakeups_per_min": ((n.saturating_sub(n0)) as f64 / elapsed_s * 600.0).round() / 10.0,
+            })
+        })
+        .collect()
+}
+
 fn rss_kb(pid: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -962,6 +1018,10 @@ async fn idle_sample(cluster: &Cluster, secs: u64, settle_secs: u64) -> anyhow::
         .iter()
         .map(|ps| ps.iter().map(|p| child_cpu_ticks(*p)).sum())
         .collect();
+    let switches0: Vec<Vec<BTreeMap<i32, (String, u64)>>> = pids
+        .iter()
+        .map(|ps| ps.iter().map(|p| thread_switches(*p)).collect())
+        .collect();
     let etcd0 = etcd_counters(cluster).await?;
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(secs)).await;
@@ -976,15 +1036,29 @@ async fn idle_sample(cluster: &Cluster, secs: u64, settle_secs: u64) -> anyhow::
         // Each process (agent, fence guard, or the Patroni stand-in's python) on its own.
         let processes: Vec<Value> = ps
             .iter()
-            .map(|p| {
+            .enumerate()
+            .map(|(j, p)| {
+                let threads = wakeups_per_min(&switches0[i][j], &thread_switches(*p), elapsed);
+                let total: f64 = threads
+                    .iter()
+                    .filter_map(|t| t["wakeups_per_min"].as_f64())
+                    .sum();
                 json!({
                     "pid": p,
                     "comm": stat_ppid_comm(*p).map(|(_, c)| c),
                     "rss_kb": rss_kb(*p),
+                    "wakeups_per_min": (total * 10.0).round() / 10.0,
+                    "threads": threads,
                 })
             })
             .collect();
+        let wakeups: f64 = processes
+            .iter()
+            .filter_map(|p| p["wakeups_per_min"].as_f64())
+            .sum();
         agents.push(json!({
+            // Every thread of the agent and its fence guard.
+            "wakeups_per_min": (wakeups * 10.0).round() / 10.0,
             "node": cluster.nodes()[i].name,
             "pids": ps,
             "processes": processes,
@@ -1008,6 +1082,7 @@ async fn idle_sample(cluster: &Cluster, secs: u64, settle_secs: u64) -> anyhow::
         "rss_mb_mean": mean("rss_mb"),
         "cpu_percent_mean": mean("cpu_percent"),
         "cpu_ms_per_min_mean": mean("cpu_ms_per_min"),
+        "wakeups_per_min_mean": mean("wakeups_per_min"),
     });
     // etcd's own gRPC counters (the harness's /metrics scrapes are plain HTTP, not gRPC).
     let etcd = etcd_idle_figures(&etcd0, &etcd1, elapsed, pids.len());
@@ -1499,6 +1574,10 @@ fn single_figures(run: &Value) -> Vec<(String, Option<f64>)> {
             run["idle"]["cpu_percent_mean"].as_f64(),
         ),
         (
+            "idle wake-ups/min per node (agent + fence guard threads, mean of 3)".to_owned(),
+            run["idle"]["wakeups_per_min_mean"].as_f64(),
+        ),
+        (
             "etcd requests/min at idle (3 agents)".to_owned(),
             run["idle"]["etcd_requests_per_min"].as_f64(),
         ),
@@ -1751,6 +1830,29 @@ grpc_server_msg_sent_total{grpc_method="Watch",grpc_service="etcdserverpb.Watch"
         assert_eq!(c.sent["Watch"], 7.0);
         assert!(!c.received.contains_key("started"), "other metrics ignored");
         assert_eq!(c.received.len(), 3);
+    }
+
+    #[test]
+    fn wakeups_are_counted_per_thread_per_minute() {
+        let before = BTreeMap::from([
+            (10, ("agent".to_owned(), 100)),
+            (11, ("gone".to_owned(), 5)),
+        ]);
+        let after = BTreeMap::from([
+            (10, ("agent".to_owned(), 130)),
+            (12, ("tokio-runtime-w".to_owned(), 6)),
+        ]);
+        let w = wakeups_per_min(&before, &after, 30.0);
+        assert_eq!(
+            w,
+            vec![
+                json!({"tid": 10, "comm": "agent", "wakeups_per_min": 60.0}),
+                json!({"tid": 12, "comm": "tokio-runtime-w", "wakeups_per_min": 12.0}),
+            ]
+        );
+        // This process's own threads are read from /proc.
+        let own = thread_switches(std::process::id() as i32);
+        assert!(own.contains_key(&(std::process::id() as i32)));
     }
 
     #[test]
