@@ -72,7 +72,9 @@ pub(crate) fn custom(cx: &mut Cx, bootstrap: &mut Obj<'_>, name: &str) -> Option
         .opt(cx, "no_params", |cx, p, v| cx.boolean(p, v))
         .unwrap_or(false);
     let keep_existing_recovery_conf = o
-        .opt(cx, "keep_existing_recovery_conf", |cx, p, v| cx.boolean(p, v))
+        .opt(cx, "keep_existing_recovery_conf", |cx, p, v| {
+            cx.boolean(p, v)
+        })
         .unwrap_or(false);
     let recovery_conf = o.opt(cx, "recovery_conf", |cx, p, v| {
         recovery_conf(cx, p, v, Use::Bootstrap)
@@ -180,7 +182,10 @@ pub(crate) fn recovery_conf(
             _ => {}
         }
         if out.iter().any(|(n, _)| *n == name) {
-            cx.error(&p, format!("{name} is given twice (names are case-insensitive)"));
+            cx.error(
+                &p,
+                format!("{name} is given twice (names are case-insensitive)"),
+            );
             continue;
         }
         if let Some(text) = crate::params::render(cx, &p, value) {

@@ -50,11 +50,19 @@ mod tests {
             no_params: false,
             keep_existing_recovery_conf: false,
             recovery_conf: None,
-            options: vec![("stanza".into(), "main".into()), ("delta".into(), "True".into())],
+            options: vec![
+                ("stanza".into(), "main".into()),
+                ("delta".into(), "True".into()),
+            ],
         };
         assert_eq!(
             custom_bootstrap_args(&m, "demo", "/data/pg"),
-            ["--scope=demo", "--datadir=/data/pg", "--stanza=main", "--delta=True"]
+            [
+                "--scope=demo",
+                "--datadir=/data/pg",
+                "--stanza=main",
+                "--delta=True"
+            ]
         );
         m.no_params = true;
         assert_eq!(

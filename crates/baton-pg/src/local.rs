@@ -1529,6 +1529,17 @@ impl Postgres for LocalPostgres {
             outcome.deferred = Some("PostgreSQL is not running; it starts with them");
             return Ok(outcome);
         }
+        if self
+            .managed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .bootstrap
+            .is_some()
+        {
+            // Its recovery settings must stay until it ends; it writes the files then.
+            outcome.deferred = Some("a custom bootstrap is under way; it ends with them");
+            return Ok(outcome);
+        }
         let conn = self.admin("reconfigure").await?;
         let limit = self.settings.sql_timeout.max(Duration::from_secs(1));
         let query = |sql: &'static str, params: Vec<String>| {

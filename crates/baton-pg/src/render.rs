@@ -721,7 +721,10 @@ mod tests {
             },
         )
         .expect("renders");
-        assert!(standby.contains("\nrecovery_min_apply_delay = '5min'\n"), "{standby}");
+        assert!(
+            standby.contains("\nrecovery_min_apply_delay = '5min'\n"),
+            "{standby}"
+        );
         let primary = postgresql_conf(&s, &StartRole::Primary).expect("renders");
         assert!(!primary.contains("recovery_min_apply_delay"), "{primary}");
         assert!(!primary.contains("restore_command"), "{primary}");

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
-use baton_core::{CustomBootstrap, HistoryLine, PgSql, PgState, ReplicaMethod, StartRole, StopMode, Upstream};
+use baton_core::{
+    CustomBootstrap, HistoryLine, PgSql, PgState, ReplicaMethod, StartRole, StopMode, Upstream,
+};
 
 use crate::BoxError;
 

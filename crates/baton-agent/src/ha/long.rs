@@ -244,9 +244,11 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                     clock: self.clock.clone(),
                     post_bootstrap: self.callbacks.post_bootstrap(&self.config, &dynamic),
                     method: match action {
-                        Action::BootstrapCluster => {
-                            self.config.bootstrap.as_ref().and_then(|b| b.method.clone())
-                        }
+                        Action::BootstrapCluster => self
+                            .config
+                            .bootstrap
+                            .as_ref()
+                            .and_then(|b| b.method.clone()),
                         _ => None,
                     },
                     standby_of: match action {

@@ -32,11 +32,7 @@ fn a_custom_bootstrap_is_read_with_its_keys_and_recovery_settings() {
         method,
         Some(CustomBootstrap {
             name: "restore".into(),
-            argv: vec![
-                "/bin/echo".into(),
-                "--from".into(),
-                "a b".into()
-            ],
+            argv: vec!["/bin/echo".into(), "--from".into(), "a b".into()],
             no_params: false,
             keep_existing_recovery_conf: true,
             recovery_conf: Some(vec![

@@ -14,8 +14,8 @@ use tokio::time::{Instant, sleep, timeout};
 use tracing::info;
 
 use super::{
-    BootstrapFiles, LocalPostgres, RunOpts, STALL_TIMEOUT, data_dir_is_empty, read_end,
-    sql_error, tail,
+    BootstrapFiles, LocalPostgres, RunOpts, STALL_TIMEOUT, data_dir_is_empty, read_end, sql_error,
+    tail,
 };
 use crate::{PgError, Postgres, procs};
 
@@ -48,7 +48,12 @@ impl LocalPostgres {
         let name = format!("bootstrap.{}", m.name);
         info!(
             "running custom bootstrap script: {}",
-            m.argv.iter().chain(&args).cloned().collect::<Vec<_>>().join(" ")
+            m.argv
+                .iter()
+                .chain(&args)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(" ")
         );
         self.run_operator_command(&name, &m.argv, &args).await?;
         if !self.data_file("PG_VERSION").exists() {

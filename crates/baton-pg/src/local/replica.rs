@@ -159,7 +159,13 @@ impl LocalPostgres {
         let args = custom_method_args(method, &self.settings.scope, &data_dir, &connstring);
         info!(
             "creating the replica using {name}: {}",
-            method.argv.iter().chain(&args).cloned().collect::<Vec<_>>().join(" ")
+            method
+                .argv
+                .iter()
+                .chain(&args)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(" ")
         );
         self.run_operator_command(name, &method.argv, &args).await
     }
