@@ -197,3 +197,93 @@ impl LocalPostgres {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn restored(dir: &std::path::Path) -> LocalPostgres {
+        let pg = LocalPostgres::new(super::super::tests::settings(dir));
+        let data = dir.join("data");
+        fs::create_dir_all(&data).expect("data dir");
+        fs::write(data.join("PG_VERSION"), "15\n").expect("PG_VERSION");
+        // What a backup tool leaves: its signal file and recovery settings.
+        fs::write(data.join("standby.signal"), "").expect("signal");
+        fs::write(
+            data.join("postgresql.auto.conf"),
+            "restore_command = 'tool get %f %p'\nrecovery_target_time = '2026-12-01 10:00'\n",
+        )
+        .expect("auto.conf");
+        pg
+    }
+
+    fn files(pg: &LocalPostgres) -> (bool, bool, String, String) {
+        let data = pg.data_dir();
+        (
+            data.join("standby.signal").exists(),
+            data.join("recovery.signal").exists(),
+            fs::read_to_string(data.join("postgresql.auto.conf")).unwrap_or_default(),
+            fs::read_to_string(data.join("pg_hba.conf")).unwrap_or_default(),
+        )
+    }
+
+    /// `keep_existing_recovery_conf`: the command's signal file and recovery settings stay for
+    /// the first start; without it they go. Either way the superuser gets in without a
+    /// password until the bootstrap ends, and the files of a plain primary follow it.
+    #[test]
+    fn the_commands_recovery_setup_is_kept_only_when_asked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pg = restored(dir.path());
+        pg.set_bootstrap(Some(BootstrapFiles {
+            recovery: None,
+            keep_existing: true,
+        }));
+        pg.write_config(&StartRole::Primary).expect("written");
+        let (standby, recovery, auto, hba) = files(&pg);
+        assert!(standby && !recovery, "the command's standby.signal is kept");
+        assert!(auto.contains("recovery_target_time"), "{auto}");
+        assert!(hba.contains("local all postgres trust"), "{hba}");
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pg = restored(dir.path());
+        pg.set_bootstrap(Some(BootstrapFiles {
+            recovery: Some(vec![("restore_command".into(), "cp /a/%f %p".into())]),
+            keep_existing: false,
+        }));
+        pg.write_config(&StartRole::Primary).expect("written");
+        let (standby, recovery, auto, _) = files(&pg);
+        assert!(
+            !standby && recovery,
+            "recovery_conf recovers with recovery.signal"
+        );
+        assert!(!auto.contains("recovery_target_time"), "{auto}");
+        let conf = fs::read_to_string(pg.data_file("postgresql.conf")).expect("conf");
+        assert!(
+            conf.contains("\nrestore_command = 'cp /a/%f %p'\n"),
+            "{conf}"
+        );
+
+        // The bootstrap ended: a plain primary's files.
+        pg.set_bootstrap(None);
+        pg.write_config(&StartRole::Primary).expect("written");
+        let (standby, recovery, _, hba) = files(&pg);
+        assert!(!standby && !recovery);
+        assert!(!hba.contains("trust"), "{hba}");
+        let conf = fs::read_to_string(pg.data_file("postgresql.conf")).expect("conf");
+        assert!(!conf.contains("restore_command"), "{conf}");
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pg = restored(dir.path());
+        pg.set_bootstrap(Some(BootstrapFiles {
+            recovery: None,
+            keep_existing: false,
+        }));
+        pg.write_config(&StartRole::Primary).expect("written");
+        let (standby, recovery, auto, _) = files(&pg);
+        assert!(
+            !standby && !recovery,
+            "without keep_existing the signal files go"
+        );
+        assert!(!auto.contains("recovery_target_time"), "{auto}");
+    }
+}
