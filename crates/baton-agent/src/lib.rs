@@ -93,6 +93,8 @@ pub fn pg_settings(config: &Config, dynamic: &DynamicConfig) -> PgSettings {
             .unwrap_or_default(),
         replica_methods: pg.create_replica_methods.clone(),
         basebackup_options: pg.basebackup.clone(),
+        recovery_conf: pg.recovery_conf.clone(),
+        bootstrap_recovery: None,
         pg_ctl_timeout: pg.pg_ctl_timeout,
         sql_timeout: Duration::from_secs(u64::from(dynamic.retry_timeout).clamp(1, 5)),
         run_as: None,

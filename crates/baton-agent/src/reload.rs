@@ -2,12 +2,13 @@
 //! a running agent takes from the file, and which keep their running value until the agent
 //! restarts.
 //!
-//! Taken at run time: `postgresql.parameters` and `postgresql.pg_hba` (written into
-//! PostgreSQL's files and reloaded by the HA loop), `postgresql.use_pg_rewind`,
-//! `postgresql.remove_data_directory_on_rewind_failure`, `postgresql.callbacks`,
-//! `postgresql.pre_promote`, `postgresql.before_stop`, `tags` and `bootstrap` (read when
-//! they are next needed; a standby cluster's commands in `bootstrap.dcs.standby_cluster` go
-//! into PostgreSQL's files like `postgresql.parameters`). Every other key is bound to a connection, a socket, a task or a
+//! Taken at run time: `postgresql.parameters`, `postgresql.pg_hba` and
+//! `postgresql.recovery_conf` (written into PostgreSQL's files and reloaded by the HA loop),
+//! `postgresql.use_pg_rewind`, `postgresql.remove_data_directory_on_rewind_failure`,
+//! `postgresql.callbacks`, `postgresql.pre_promote`, `postgresql.before_stop`, `tags` and
+//! `bootstrap` (with a custom `method`; read when they are next needed; a standby cluster's
+//! commands in `bootstrap.dcs.standby_cluster` go into PostgreSQL's files like
+//! `postgresql.parameters`). Every other key is bound to a connection, a socket, a task or a
 //! file the agent set up at start.
 
 use baton_config::{Config, Postgresql};
@@ -85,6 +86,7 @@ pub fn adopt(running: &Config, file: Config) -> Reloaded {
         before_stop,
         create_replica_methods,
         basebackup,
+        recovery_conf,
     } = postgresql;
     let old = &running.postgresql;
     restart(
@@ -134,6 +136,15 @@ pub fn adopt(running: &Config, file: Config) -> Reloaded {
     }
     if take(pg_hba != old.pg_hba, "postgresql.pg_hba") {
         config.postgresql.pg_hba = pg_hba;
+    }
+    // Written into a replica's postgresql.conf and reloaded by the HA loop, as parameters are
+    // (`Postgres::set_recovery_conf`); one PostgreSQL reads only at start is reported as
+    // pending restart.
+    if take(
+        recovery_conf != old.recovery_conf,
+        "postgresql.recovery_conf",
+    ) {
+        config.postgresql.recovery_conf = recovery_conf;
     }
     if take(
         use_pg_rewind != old.use_pg_rewind,

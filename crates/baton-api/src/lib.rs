@@ -49,6 +49,8 @@ pub enum PgRunState {
     Restarting,
     CreatingReplica,
     InitializingNewCluster,
+    /// A custom bootstrap (`bootstrap.method`): its command, then the recovery after it.
+    RunningCustomBootstrap,
     /// pgbaton's: `pg_rewind` runs (Patroni shows the state it had before).
     RunningPgRewind,
 }
@@ -64,6 +66,7 @@ impl PgRunState {
             PgRunState::Restarting => "restarting",
             PgRunState::CreatingReplica => "creating replica",
             PgRunState::InitializingNewCluster => "initializing new cluster",
+            PgRunState::RunningCustomBootstrap => "running custom bootstrap script",
             PgRunState::RunningPgRewind => "running pg_rewind",
         }
     }

@@ -22,6 +22,7 @@ mod local;
 mod log;
 mod model;
 mod params;
+mod recovery;
 mod replica;
 mod slots;
 mod support;

@@ -654,16 +654,17 @@ fn bootstrap(cx: &mut Cx, top: &mut Obj<'_>) -> Option<Bootstrap> {
         None => DynamicConfig::defaults(),
     };
     let initdb = o.opt(cx, "initdb", initdb).unwrap_or_default();
-    if let Some(method) = o.opt(cx, "method", |cx, p, v| cx.nonempty(p, v, "a string")) {
-        if method == "initdb" {
+    let method = match o.opt(cx, "method", |cx, p, v| cx.nonempty(p, v, "a string")) {
+        Some(method) if method == "initdb" => {
             o.value_class(cx, "method", "initdb");
-        } else {
-            o.value_class(cx, "method", "any other");
-            if !o.is_known(&method) {
-                o.get_free(&method);
-            }
+            None
         }
-    }
+        Some(method) => {
+            o.value_class(cx, "method", "a custom method");
+            crate::recovery::custom(cx, &mut o, &method)
+        }
+        None => None,
+    };
     // Patroni's two names for one script; `post_bootstrap` wins.
     let post_bootstrap = o.opt(cx, "post_bootstrap", crate::hooks::script);
     let post_init = o.opt(cx, "post_init", crate::hooks::script);
@@ -673,6 +674,7 @@ fn bootstrap(cx: &mut Cx, top: &mut Obj<'_>) -> Option<Bootstrap> {
     Some(Bootstrap {
         dcs,
         initdb,
+        method,
         post_bootstrap,
     })
 }
@@ -811,6 +813,7 @@ fn postgresql(cx: &mut Cx, top: &mut Obj<'_>) -> Postgresql {
         before_stop: None,
         create_replica_methods: Vec::new(),
         basebackup: Vec::new(),
+        recovery_conf: Vec::new(),
     };
     let Some(mut o) = required(cx, top, "postgresql") else {
         return pg;
@@ -921,6 +924,11 @@ fn postgresql(cx: &mut Cx, top: &mut Obj<'_>) -> Postgresql {
     pg.create_replica_methods = crate::replica::methods(cx, &mut o);
     pg.basebackup = o
         .opt(cx, "basebackup", crate::replica::basebackup)
+        .unwrap_or_default();
+    pg.recovery_conf = o
+        .opt(cx, "recovery_conf", |cx, p, v| {
+            crate::recovery::recovery_conf(cx, p, v, crate::recovery::Use::Replica)
+        })
         .unwrap_or_default();
     o.flagged(cx);
     o.finish(cx);

@@ -296,6 +296,9 @@ pub struct Bootstrap {
     pub dcs: DynamicConfig,
     /// Rendered `initdb` options: `--encoding=UTF8`, `--data-checksums`.
     pub initdb: Vec<String>,
+    /// `bootstrap.method` other than `initdb`, with its section `bootstrap.<method>`: the
+    /// command that creates the new cluster's data directory instead of `initdb`.
+    pub method: Option<baton_core::CustomBootstrap>,
     /// `bootstrap.post_bootstrap` (or its other name `post_init`): run once after a new
     /// cluster is created, with a connection URL as its last argument; a failure fails the
     /// bootstrap.
@@ -363,6 +366,9 @@ pub struct Postgresql {
     pub create_replica_methods: Vec<baton_core::ReplicaMethod>,
     /// `postgresql.basebackup`, rendered as `pg_basebackup` options (`--max-rate=100M`).
     pub basebackup: Vec<String>,
+    /// `postgresql.recovery_conf`: recovery parameters written on every replica next to the
+    /// ones pgbaton owns (names lower-cased, in file order).
+    pub recovery_conf: Vec<(String, String)>,
 }
 
 /// A PostgreSQL role pgbaton connects as.

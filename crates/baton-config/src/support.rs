@@ -150,8 +150,6 @@ const ETCD_V2: &str = "read as etcd3: pgbaton talks to etcd with the v3 API only
 const REST_UNUSED: &str = "accepted but not used by pgbaton (a setting of Patroni's HTTP server)";
 const ETCD_DISCOVERY: &str =
     "accepted but not used by pgbaton: it connects to the endpoints in host/hosts, as given";
-const BOOTSTRAP_METHOD: &str = "pgbaton creates a new cluster with initdb only: with another \
-    method (restoring a backup, say) it would create an empty cluster instead";
 const CONFIG_DIR: &str = "pgbaton keeps postgresql.conf, postgresql.base.conf and pg_hba.conf in \
     data_dir; the settings kept in this directory (ssl, shared_buffers, ...) would not be \
     applied: move them to postgresql.parameters";
@@ -167,8 +165,9 @@ const REPLICA_METHODS_LOCAL: &str = "a custom replica method runs a command as t
     sections in the local file";
 const BASEBACKUP_LOCAL: &str = "taken from the local configuration file only, with \
     create_replica_methods; set it in the local file";
-const RECOVERY_CONF: &str = "these recovery settings would not be applied: a delayed replica \
-    would not be delayed, an archive would not be read";
+const RECOVERY_CONF_LOCAL: &str = "recovery settings run commands as the postgres OS user \
+    (restore_command, archive_cleanup_command), so pgbaton takes them from the local \
+    configuration file only; set postgresql.recovery_conf in the local file";
 const CUSTOM_CONF: &str = "pgbaton includes postgresql.base.conf from data_dir; the settings in \
     this file would not be applied";
 const PG_IDENT: &str = "pgbaton does not write pg_ident.conf: the user name maps pg_hba lines \
@@ -487,12 +486,10 @@ pub(crate) static KEYS: &[Key] = &[
         "bootstrap.method",
         Local,
         "`initdb`",
-        "How a new cluster is created. With another method, its section `bootstrap.<method>` \
-         is not checked.",
-        &[
-            ("initdb", Implemented),
-            ("any other", Refused(BOOTSTRAP_METHOD)),
-        ],
+        "How a new cluster is created: `initdb`, or the name of a custom method whose section \
+         `bootstrap.<method>` gives its command (restoring a backup, say). See \
+         [Custom bootstrap](#custom-bootstrap).",
+        &[("initdb", Implemented), ("a custom method", Implemented)],
     ),
     warned(
         "bootstrap.pg_hba",
@@ -519,6 +516,33 @@ pub(crate) static KEYS: &[Key] = &[
         "bootstrap.users",
         Local,
         "accepted but not used by pgbaton: it creates no users when creating a cluster",
+    ),
+    local(
+        "bootstrap.<method>.command",
+        "required",
+        "The command that creates the data directory (split into words as Patroni does, no \
+         shell), run as PostgreSQL's OS user with `--scope=<scope> --datadir=<data_dir>` and the \
+         section's other keys as `--key=value` (booleans as `True`/`False`, in key order; `scope` \
+         and `datadir` are ignored). A non-zero exit fails the bootstrap. Its output is logged.",
+    ),
+    local(
+        "bootstrap.<method>.no_params",
+        "`false`",
+        "Pass only the section's other keys, not `--scope` and `--datadir`.",
+    ),
+    local(
+        "bootstrap.<method>.keep_existing_recovery_conf",
+        "`false`",
+        "Keep the `recovery.signal` / `standby.signal` the command left (a backup tool's own \
+         recovery setup); otherwise they are removed. Ignored with `recovery_conf`.",
+    ),
+    local(
+        "bootstrap.<method>.recovery_conf",
+        "none",
+        "Recovery parameters for the first start (`restore_command`, `recovery_target_time`, \
+         `recovery_target_action: promote`, ...), written into `postgresql.conf` with \
+         `recovery.signal`. pgbaton waits for the recovery to end with a primary, then removes \
+         them. `standby_mode` is rejected.",
     ),
     // postgresql
     local(
@@ -791,7 +815,18 @@ pub(crate) static KEYS: &[Key] = &[
          `port`, `username`, `password`, `target` and one-letter options are rejected.",
     ),
     local_only("postgresql.basebackup", BASEBACKUP_LOCAL),
-    refused("postgresql.recovery_conf", Both, RECOVERY_CONF),
+    local(
+        "postgresql.recovery_conf",
+        "none",
+        "Recovery parameters for every replica (`restore_command`, `recovery_min_apply_delay`, \
+         `archive_cleanup_command`, ...), written into `postgresql.conf` next to the \
+         `primary_conninfo` pgbaton writes (with `standby.signal`); a change is reloaded into a \
+         running replica (a parameter PostgreSQL reads only at start waits for a restart, \
+         reported as pending). `primary_conninfo`, `primary_slot_name` and `standby_mode` are \
+         pgbaton's and rejected; `recovery_target*` are ignored with a warning (Patroni drops \
+         them too: a replica follows the latest timeline). Not used on a primary.",
+    ),
+    local_only("postgresql.recovery_conf", RECOVERY_CONF_LOCAL),
     refused("postgresql.custom_conf", Both, CUSTOM_CONF),
     refused("postgresql.pg_ident", Both, PG_IDENT),
     refused("postgresql.pg_ident_primary", Both, PER_ROLE),

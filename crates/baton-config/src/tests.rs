@@ -10,6 +10,7 @@ mod conn_tls;
 mod fuzz;
 mod hooks;
 mod local_only;
+mod recovery;
 mod replica;
 mod standby_archive;
 mod support;
@@ -257,6 +258,7 @@ tags:
                         "--auth=md5",
                         "--auth-host=md5",
                     ],
+                    method: None,
                     post_bootstrap: None,
                 },
             ),
@@ -316,6 +318,7 @@ tags:
                 before_stop: None,
                 create_replica_methods: [],
                 basebackup: [],
+                recovery_conf: [],
             },
             tags: Tags {
                 nofailover: None,

@@ -302,6 +302,10 @@ pub struct Memory {
     /// The `pre_promote` script failed (when, and why): the promotion was cancelled, and we do
     /// not race for the leader key for `ttl` after it (Patroni's backoff).
     pub pre_promote_failed: Option<(Mono, String)>,
+    /// Our bootstrap of a new cluster failed (when, and why): the initialization was
+    /// cancelled and the data directory emptied; we do not race for the `initialize` key
+    /// again for `ttl` (Patroni stops its agent instead).
+    pub bootstrap_failed: Option<(Mono, String)>,
     /// Leader: the slot names of members, by when we last saw their member key (or inherited
     /// them from `/status` `retain_slots`), kept for `member_slots_ttl` (`crate::slots::retained`);
     /// published as `retain_slots`.
@@ -872,6 +876,11 @@ pub enum Reason {
     },
     WaitingForLeaderToBootstrap,
     NotAllowedToBootstrap,
+    /// Our bootstrap failed (the initialization was cancelled, the data directory emptied):
+    /// no new attempt for `ttl`.
+    BootstrapFailed {
+        error: String,
+    },
     DataDirUnusable {
         error: String,
     },
@@ -1060,6 +1069,11 @@ impl fmt::Display for Reason {
             Reason::ScheduledRestart => write!(f, "restart initiated (scheduled)"),
             Reason::InProgress { action } => write!(f, "{} in progress", action.long_label()),
             Reason::WaitingForLeaderToBootstrap => write!(f, "waiting for leader to bootstrap"),
+            Reason::BootstrapFailed { error } => write!(
+                f,
+                "bootstrap failed (initialization cancelled, data directory removed), \
+                 retrying after ttl: {error}"
+            ),
             Reason::NotAllowedToBootstrap => {
                 write!(
                     f,

@@ -5,6 +5,7 @@
 //! [`Reason`] whose `Display` is the line operators see, the memory for the next cycle and the
 //! time of the next wake-up.
 
+mod bootstrap;
 mod commands;
 mod decide;
 mod decision;
@@ -24,6 +25,7 @@ mod topology;
 mod types;
 mod view;
 
+pub use bootstrap::{CustomBootstrap, custom_bootstrap_args};
 pub use commands::{
     Refusal, ShutdownPlan, SwitchoverAsk, SwitchoverNext, check_candidates, check_reinitialize,
     check_switchover, shutdown_plan, switchover_action,

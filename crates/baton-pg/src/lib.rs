@@ -107,6 +107,13 @@ pub struct PgSettings {
     pub replica_methods: Vec<baton_core::ReplicaMethod>,
     /// `postgresql.basebackup`, rendered (`--max-rate=100M`), after pgbaton's own options.
     pub basebackup_options: Vec<String>,
+    /// `postgresql.recovery_conf`: recovery parameters written on a standby after pgbaton's
+    /// own (which win), until [`Postgres::set_recovery_conf`] changes them.
+    pub recovery_conf: Vec<(String, String)>,
+    /// During a custom bootstrap's first recovery only (`bootstrap.<method>.recovery_conf`):
+    /// written into a primary's `postgresql.conf` as its recovery section. Set by
+    /// `LocalPostgres` itself; `None` from the agent.
+    pub bootstrap_recovery: Option<Vec<(String, String)>>,
     /// `pg_ctl` timeout for start/stop/promote (Patroni `pg_ctl_timeout`, default 60 s).
     pub pg_ctl_timeout: Duration,
     /// Timeout of each SQL observation round.

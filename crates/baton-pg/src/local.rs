@@ -19,6 +19,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls, Row, Statement};
 use tracing::{debug, info, warn};
 
+mod bootstrap;
 mod control_cache;
 mod replica;
 
@@ -169,6 +170,21 @@ struct Managed {
     floor: BTreeMap<&'static str, u64>,
     /// The settings last written raised to `floor` (logged when this changes).
     raised: Vec<RaisedSetting>,
+    /// `postgresql.recovery_conf`: the settings' until `set_recovery_conf`.
+    recovery_conf: Vec<(String, String)>,
+    /// A custom bootstrap's first start is under way (`local/bootstrap.rs`).
+    bootstrap: Option<BootstrapFiles>,
+}
+
+/// How a primary's files are written during a custom bootstrap's first recovery.
+#[derive(Clone, Debug)]
+struct BootstrapFiles {
+    /// `recovery_conf`: written as the recovery section of `postgresql.conf`, with
+    /// `recovery.signal` (any `standby.signal` removed).
+    recovery: Option<Vec<(String, String)>>,
+    /// `keep_existing_recovery_conf` without `recovery_conf`: the signal files and the
+    /// recovery settings in `postgresql.auto.conf` the command left are not touched.
+    keep_existing: bool,
 }
 
 /// Which files one write of the configuration changed.
@@ -264,6 +280,8 @@ impl LocalPostgres {
             pg_hba: settings.pg_hba.clone(),
             floor: BTreeMap::new(),
             raised: Vec::new(),
+            recovery_conf: settings.recovery_conf.clone(),
+            bootstrap: None,
         };
         LocalPostgres {
             settings,
@@ -605,9 +623,20 @@ impl LocalPostgres {
     /// rendered before anything is written.
     fn write_config_files(&self, role: &StartRole) -> Result<Written, PgError> {
         self.ensure_base_conf()?;
+        let bootstrap = match role {
+            StartRole::Primary => self
+                .managed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .bootstrap
+                .clone(),
+            StartRole::Standby { .. } => None,
+        };
+        let keep_existing = bootstrap.as_ref().is_some_and(|b| b.keep_existing);
         // ALTER SYSTEM settings would override our recovery settings.
         let auto_conf = self.data_file("postgresql.auto.conf");
-        if let Ok(text) = fs::read_to_string(&auto_conf)
+        if !keep_existing
+            && let Ok(text) = fs::read_to_string(&auto_conf)
             && let Some(clean) = render::sanitize_auto_conf(&text)
         {
             warn!("removing recovery settings from {}", auto_conf.display());
@@ -615,10 +644,16 @@ impl LocalPostgres {
         }
         let (conf, hba) = {
             let mut managed = self.managed.lock().unwrap_or_else(|p| p.into_inner());
-            let (settings, raised) = self.settings_to_write(&managed, role);
+            let (mut settings, raised) = self.settings_to_write(&managed, role);
+            settings.bootstrap_recovery = bootstrap.as_ref().and_then(|b| b.recovery.clone());
             let files = (
                 render::postgresql_conf(&settings, role)?,
-                render::pg_hba_conf(&settings)?,
+                match bootstrap {
+                    // The restored cluster's roles may not have our passwords yet (they are
+                    // set before this ends), as in Patroni.
+                    Some(_) => render::bootstrap_pg_hba_conf(&settings)?,
+                    None => render::pg_hba_conf(&settings)?,
+                },
             );
             managed.role = Some(role.clone());
             if managed.raised != raised {
@@ -640,7 +675,16 @@ impl LocalPostgres {
         };
         self.write_pgpass()?;
         let standby_signal = self.data_file("standby.signal");
-        self.remove_file(&self.data_file("recovery.signal"))?;
+        let recovery_signal = self.data_file("recovery.signal");
+        if keep_existing {
+            return Ok(written);
+        }
+        if bootstrap.as_ref().is_some_and(|b| b.recovery.is_some()) {
+            self.remove_file(&standby_signal)?;
+            written.signal = self.write_file(&recovery_signal, "", 0o600)?;
+            return Ok(written);
+        }
+        self.remove_file(&recovery_signal)?;
         if matches!(role, StartRole::Standby { .. }) {
             written.signal = self.write_file(&standby_signal, "", 0o600)?;
         } else if standby_signal.exists() {
@@ -661,6 +705,7 @@ impl LocalPostgres {
         let mut settings = self.settings.clone();
         settings.parameters = managed.parameters.clone();
         settings.pg_hba = managed.pg_hba.clone();
+        settings.recovery_conf = managed.recovery_conf.clone();
         if let Some(value) = &managed.synchronous_standby_names {
             settings
                 .parameters
@@ -1261,6 +1306,21 @@ impl Postgres for LocalPostgres {
         self.write_config(&StartRole::Primary).map(drop)
     }
 
+    async fn custom_bootstrap(&self, method: &baton_core::CustomBootstrap) -> Result<(), PgError> {
+        self.run_custom_bootstrap(method).await
+    }
+
+    fn set_recovery_conf(&self, settings: &[(String, String)]) -> Result<(), PgError> {
+        for (name, value) in settings {
+            render::conf_line(name, value)?;
+        }
+        self.managed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .recovery_conf = settings.to_vec();
+        Ok(())
+    }
+
     async fn start(&self, role: &StartRole) -> Result<(), PgError> {
         StopGate::of(self.data_dir()).wait_idle().await;
         self.refuse_if_running("start")?;
@@ -1536,6 +1596,17 @@ impl Postgres for LocalPostgres {
 
         if procs::postmaster(self.data_dir()).is_none() {
             outcome.deferred = Some("PostgreSQL is not running; it starts with them");
+            return Ok(outcome);
+        }
+        if self
+            .managed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .bootstrap
+            .is_some()
+        {
+            // Its recovery settings must stay until it ends; it writes the files then.
+            outcome.deferred = Some("a custom bootstrap is under way; it ends with them");
             return Ok(outcome);
         }
         let conn = self.admin("reconfigure").await?;
@@ -2549,6 +2620,8 @@ mod tests {
             initdb_options: Vec::new(),
             replica_methods: Vec::new(),
             basebackup_options: Vec::new(),
+            recovery_conf: Vec::new(),
+            bootstrap_recovery: None,
             pg_ctl_timeout: Duration::from_secs(10),
             sql_timeout: Duration::from_secs(5),
             run_as: None,

@@ -199,6 +199,13 @@ pub fn recovery_parameters(
             );
         }
     }
+    // `postgresql.recovery_conf`, under pgbaton's own settings (Patroni's order: the
+    // configured ones first, then its own over them). The configuration refuses the names
+    // pgbaton owns; the standby leader's remote settings win too.
+    for (name, value) in &settings.recovery_conf {
+        out.entry(name.to_ascii_lowercase())
+            .or_insert_with(|| value.clone());
+    }
     out
 }
 
@@ -225,6 +232,11 @@ pub fn postgresql_conf(settings: &PgSettings, role: &StartRole) -> Result<String
         }
         for (name, value) in recovery_parameters(settings, upstream.as_ref()) {
             out.push_str(&conf_line(&name, &value)?);
+        }
+    } else if let Some(recovery) = &settings.bootstrap_recovery {
+        out.push_str("\n# custom bootstrap: recovery until the server runs as a primary\n");
+        for (name, value) in recovery {
+            out.push_str(&conf_line(name, value)?);
         }
     }
     Ok(out)
@@ -372,6 +384,21 @@ pub fn pg_hba_conf(settings: &PgSettings) -> Result<String, RenderError> {
 
 /// A user name in `pg_hba.conf`: double-quoted when it is not a plain lower-case word; a line
 /// break or NUL cannot be written.
+/// `pg_hba.conf` during a custom bootstrap's first recovery (Patroni's): the superuser
+/// without a password over the Unix socket (and over TCP from the address pgbaton's own
+/// connections use, when that is one), since the restored cluster's roles may not have the
+/// configured passwords yet; pgbaton sets them, then writes [`pg_hba_conf`].
+pub fn bootstrap_pg_hba_conf(settings: &PgSettings) -> Result<String, RenderError> {
+    let user = hba_user(&settings.superuser.username)?;
+    let mut out = String::from(HEADER);
+    out.push_str(&format!("local all {user} trust\n"));
+    if let Ok(ip) = settings.local_host.parse::<std::net::IpAddr>() {
+        let bits = if ip.is_ipv4() { 32 } else { 128 };
+        out.push_str(&format!("host all {user} {ip}/{bits} trust\n"));
+    }
+    Ok(out)
+}
+
 fn hba_user(name: &str) -> Result<String, RenderError> {
     if let Some(what) = unwritable(name) {
         return Err(RenderError::HbaUser {
@@ -600,6 +627,8 @@ mod tests {
             initdb_options: Vec::new(),
             replica_methods: Vec::new(),
             basebackup_options: Vec::new(),
+            recovery_conf: Vec::new(),
+            bootstrap_recovery: None,
             pg_ctl_timeout: Duration::from_secs(60),
             sql_timeout: Duration::from_secs(5),
             run_as: None,
@@ -667,6 +696,73 @@ mod tests {
         .assert_eq(
             &postgresql_conf(&settings, &StartRole::Standby { upstream: Some(upstream()) })
                 .expect("renders"),
+        );
+    }
+
+    /// `postgresql.recovery_conf` is written on a standby under pgbaton's own settings (which
+    /// win), never on a primary.
+    #[test]
+    fn replica_recovery_settings_are_written_on_standbys_only() {
+        let mut s = settings();
+        s.recovery_conf = vec![
+            ("restore_command".into(), "cp /archive/%f %p".into()),
+            ("recovery_min_apply_delay".into(), "5min".into()),
+            ("primary_conninfo".into(), "host=elsewhere".into()),
+        ];
+        let params = recovery_parameters(&s, Some(&upstream()));
+        assert_eq!(
+            params.get("restore_command").map(String::as_str),
+            Some("cp /archive/%f %p")
+        );
+        assert_eq!(
+            params.get("recovery_min_apply_delay").map(String::as_str),
+            Some("5min")
+        );
+        assert!(
+            params["primary_conninfo"].contains("host=10.0.0.1"),
+            "pgbaton's primary_conninfo wins: {params:?}"
+        );
+        let standby = postgresql_conf(
+            &s,
+            &StartRole::Standby {
+                upstream: Some(upstream()),
+            },
+        )
+        .expect("renders");
+        assert!(
+            standby.contains("\nrecovery_min_apply_delay = '5min'\n"),
+            "{standby}"
+        );
+        let primary = postgresql_conf(&s, &StartRole::Primary).expect("renders");
+        assert!(!primary.contains("recovery_min_apply_delay"), "{primary}");
+        assert!(!primary.contains("restore_command"), "{primary}");
+    }
+
+    /// A custom bootstrap's first start: its recovery settings in a primary's file, and the
+    /// superuser let in without a password until its password is set.
+    #[test]
+    fn a_custom_bootstrap_recovers_with_its_settings_and_passwordless_superuser() {
+        let mut s = settings();
+        s.bootstrap_recovery = Some(vec![
+            ("restore_command".into(), "cp /archive/%f %p".into()),
+            ("recovery_target_action".into(), "promote".into()),
+        ]);
+        let conf = postgresql_conf(&s, &StartRole::Primary).expect("renders");
+        let section = conf.split_once("\n\n# custom bootstrap").map(|(_, t)| t);
+        assert_eq!(
+            section,
+            Some(
+                ": recovery until the server runs as a primary\nrestore_command = 'cp /archive/%f %p'\nrecovery_target_action = 'promote'\n"
+            ),
+            "{conf}"
+        );
+        let hba = bootstrap_pg_hba_conf(&s).expect("renders");
+        assert!(hba.ends_with("\nlocal all postgres trust\n"), "{hba}");
+        s.local_host = "127.0.0.1".into();
+        let hba = bootstrap_pg_hba_conf(&s).expect("renders");
+        assert!(
+            hba.ends_with("\nlocal all postgres trust\nhost all postgres 127.0.0.1/32 trust\n"),
+            "{hba}"
         );
     }
 

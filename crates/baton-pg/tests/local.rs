@@ -106,6 +106,8 @@ impl TestEnv {
             initdb_options: vec!["--encoding=UTF8".into(), "--locale=C".into()],
             replica_methods: Vec::new(),
             basebackup_options: Vec::new(),
+            recovery_conf: Vec::new(),
+            bootstrap_recovery: None,
             pg_ctl_timeout: Duration::from_secs(30),
             sql_timeout: Duration::from_secs(5),
             run_as: self.run_as,

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
-use baton_core::{HistoryLine, PgSql, PgState, ReplicaMethod, StartRole, StopMode, Upstream};
+use baton_core::{
+    CustomBootstrap, HistoryLine, PgSql, PgState, ReplicaMethod, StartRole, StopMode, Upstream,
+};
 
 use crate::BoxError;
 
@@ -131,6 +133,38 @@ pub trait Postgres: Send + Sync + 'static {
 
     /// `initdb` with the configured options; writes `postgresql.conf` / `pg_hba.conf`.
     fn initdb(&self) -> impl Future<Output = Result<(), PgError>> + Send;
+
+    /// A custom bootstrap instead of `initdb` + start: run `method`'s command into the empty
+    /// data directory, start the server with the method's recovery settings, wait (no
+    /// deadline: a restore takes what it takes; killed when it stalls or stops) until it
+    /// runs as a primary, create the roles, then remove the recovery settings. Returns with
+    /// the server running as a primary. The default refuses: an implementation without
+    /// commands cannot run one.
+    fn custom_bootstrap(
+        &self,
+        method: &CustomBootstrap,
+    ) -> impl Future<Output = Result<(), PgError>> + Send {
+        let name = method.name.clone();
+        async move {
+            Err(PgError::Other(format!(
+                "custom bootstrap {name:?} is not supported here"
+            )))
+        }
+    }
+
+    /// Adopt new `postgresql.recovery_conf` settings for the files written from now on (a
+    /// standby's recovery section); the next [`Postgres::reconfigure`] writes them into a
+    /// running server and reloads it. Values that cannot be written are an error and change
+    /// nothing. The default accepts none.
+    fn set_recovery_conf(&self, settings: &[(String, String)]) -> Result<(), PgError> {
+        if settings.is_empty() {
+            Ok(())
+        } else {
+            Err(PgError::Other(
+                "recovery settings (postgresql.recovery_conf) are not supported here".into(),
+            ))
+        }
+    }
 
     /// Write the configuration files for `role` (a primary; or a standby with `standby.signal`,
     /// streaming from its upstream when it has one) and start the server, waiting until it

@@ -21,11 +21,17 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         let wanted: PgConfig = (
             baton_config::merged_parameters(&self.config, &self.dynamic),
             baton_config::effective_pg_hba(&self.config, &self.dynamic),
+            self.config.postgresql.recovery_conf.clone(),
         );
         if self.applied_pg.as_ref() == Some(&wanted) {
             return false;
         }
-        match self.pg.reconfigure(&wanted.0, &wanted.1).await {
+        // A replica's recovery settings first: the rewrite below carries them.
+        let applied = match self.pg.set_recovery_conf(&wanted.2) {
+            Ok(()) => self.pg.reconfigure(&wanted.0, &wanted.1).await,
+            Err(e) => Err(e),
+        };
+        match applied {
             Ok(outcome) => {
                 self.apply_error = None;
                 self.report_reconfigured(&outcome);

@@ -59,6 +59,8 @@ struct BootstrapIo<D, P> {
     /// The local replica methods (`postgresql.create_replica_methods`) a standby cluster's
     /// `create_replica_methods` may name.
     local_methods: Vec<baton_core::ReplicaMethod>,
+    /// `bootstrap.method` other than initdb: its command creates the data directory.
+    method: Option<baton_core::CustomBootstrap>,
 }
 
 impl<D: Dcs, P: Postgres> BootstrapIo<D, P> {
@@ -107,6 +109,13 @@ impl<D: Dcs, P: Postgres> BootstrapIo<D, P> {
                 })
                 .await
                 .context("start the standby leader")?;
+        } else if let Some(method) = &self.method {
+            // Started, recovered to a primary, roles created (`Postgres::custom_bootstrap`).
+            self.pg
+                .custom_bootstrap(method)
+                .await
+                .with_context(|| format!("custom bootstrap {:?}", method.name))?;
+            self.post_bootstrap.run().await?;
         } else {
             self.pg.initdb().await.context("initdb")?;
             self.pg
@@ -196,6 +205,15 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         let Some(first) = actions.first() else { return };
         let kind = first.kind();
         let busy = match first {
+            Action::BootstrapCluster
+                if self
+                    .config
+                    .bootstrap
+                    .as_ref()
+                    .is_some_and(|b| b.method.is_some()) =>
+            {
+                PgRunState::RunningCustomBootstrap
+            }
             Action::BootstrapCluster => PgRunState::InitializingNewCluster,
             Action::Clone { .. }
             | Action::CloneWithoutLeader
@@ -242,6 +260,14 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                     lease: self.lease.clone(),
                     clock: self.clock.clone(),
                     post_bootstrap: self.callbacks.post_bootstrap(&self.config, &dynamic),
+                    method: match action {
+                        Action::BootstrapCluster => self
+                            .config
+                            .bootstrap
+                            .as_ref()
+                            .and_then(|b| b.method.clone()),
+                        _ => None,
+                    },
                     standby_of: match action {
                         Action::BootstrapStandbyCluster { upstream } => Some(upstream),
                         _ => None,

@@ -42,7 +42,7 @@ pub struct CycleOutcome {
 pub type ConfigSource = Arc<dyn Fn() -> Result<Loaded, ConfigErrors> + Send + Sync>;
 
 /// PostgreSQL's part of the configuration: the merged parameters and the `pg_hba` lines.
-type PgConfig = (BTreeMap<String, String>, Vec<String>);
+type PgConfig = (BTreeMap<String, String>, Vec<String>, Vec<(String, String)>);
 
 /// The IO an agent works through.
 pub struct AgentIo<D: Dcs, P: Postgres, R: Peers> {

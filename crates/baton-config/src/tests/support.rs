@@ -80,16 +80,8 @@ fn each_refused_key_is_an_error_naming_it() {
         ("etcd key", with_etcd("  key: /etc/etcd/key.pem\n")),
         ("etcd key_password", with_etcd("  key_password: x\n")),
         (
-            "bootstrap method",
-            format!("{BASE}bootstrap:\n  method: restore\n  restore:\n    command: /bin/restore\n"),
-        ),
-        (
             "config_dir",
             with_pg("  config_dir: /etc/postgresql/15/main\n"),
-        ),
-        (
-            "recovery_conf",
-            with_pg("  recovery_conf:\n    recovery_min_apply_delay: 1h\n"),
         ),
         (
             "custom_conf",
@@ -187,12 +179,8 @@ fn each_refused_key_is_an_error_naming_it() {
         etcd key_password: errors:
           etcd3.key_password: needs protocol: https (the file is only used over TLS)
           etcd3.key_password: needs key (the encrypted key it decrypts)
-        bootstrap method: errors:
-          bootstrap.method: not supported by pgbaton yet: pgbaton creates a new cluster with initdb only: with another method (restoring a backup, say) it would create an empty cluster instead
         config_dir: errors:
           postgresql.config_dir: not supported by pgbaton yet: pgbaton keeps postgresql.conf, postgresql.base.conf and pg_hba.conf in data_dir; the settings kept in this directory (ssl, shared_buffers, ...) would not be applied: move them to postgresql.parameters
-        recovery_conf: errors:
-          postgresql.recovery_conf: not supported by pgbaton yet: these recovery settings would not be applied: a delayed replica would not be delayed, an archive would not be read
         custom_conf: errors:
           postgresql.custom_conf: not supported by pgbaton yet: pgbaton includes postgresql.base.conf from data_dir; the settings in this file would not be applied
         pg_ident: errors:
@@ -228,7 +216,7 @@ fn each_refused_key_is_an_error_naming_it() {
         permanent_replication_slots: ok
         standby_cluster: ok
         dynamic recovery_conf: errors:
-          bootstrap.dcs.postgresql.recovery_conf: not supported by pgbaton yet: these recovery settings would not be applied: a delayed replica would not be delayed, an archive would not be read
+          bootstrap.dcs.postgresql.recovery_conf: refused in the dynamic configuration: recovery settings run commands as the postgres OS user (restore_command, archive_cleanup_command), so pgbaton takes them from the local configuration file only; set postgresql.recovery_conf in the local file
         dynamic create_replica_methods: errors:
           bootstrap.dcs.postgresql.create_replica_methods: refused in the dynamic configuration: a custom replica method runs a command as the agent's user, taken from the local configuration file only (whoever can write the dynamic configuration could otherwise run code on every member); set create_replica_methods and the methods' sections in the local file
     "#]]
@@ -476,15 +464,13 @@ fn the_dcs_value_warns_about_refused_keys_and_lists_them() {
     expect![[r#"
         [
             "check_timeline: pgbaton always checks timelines: a member behind the cluster's timeline never takes over",
-            "postgresql.recovery_conf: not supported by pgbaton yet, ignored: these recovery settings would not be applied: a delayed replica would not be delayed, an archive would not be read",
+            "postgresql.recovery_conf: ignored in the dynamic configuration: recovery settings run commands as the postgres OS user (restore_command, archive_cleanup_command), so pgbaton takes them from the local configuration file only; set postgresql.recovery_conf in the local file",
             "written_by_another_tool: unknown key, ignored",
         ]
     "#]]
     .assert_debug_eq(&warnings);
     expect![[r#"
-        [
-            "postgresql.recovery_conf",
-        ]
+        []
     "#]]
     .assert_debug_eq(&dynamic.unsupported);
     // Everything else is read as usual, and `raw` keeps what was stored.
@@ -499,7 +485,7 @@ fn the_dcs_value_warns_about_refused_keys_and_lists_them() {
     // What `PATCH /config` would store is checked as a file's bootstrap.dcs is.
     let err = DynamicConfig::from_json_strict(stored).expect_err("refused");
     expect![[r#"
-        postgresql.recovery_conf: not supported by pgbaton yet: these recovery settings would not be applied: a delayed replica would not be delayed, an archive would not be read
+        postgresql.recovery_conf: refused in the dynamic configuration: recovery settings run commands as the postgres OS user (restore_command, archive_cleanup_command), so pgbaton takes them from the local configuration file only; set postgresql.recovery_conf in the local file
         written_by_another_tool: unknown key"#]]
     .assert_eq(&err.to_string());
     let (ok, warnings) =
@@ -746,7 +732,8 @@ etcd3:
 etcd:
   host: 127.0.0.1:2379
 bootstrap:
-  method: initdb
+  method: restore
+  restore: {command: /bin/true, no_params: false, keep_existing_recovery_conf: false, recovery_conf: {restore_command: 'cp a b'}}
   dcs:
     ignore_slots: [{type: logical}]
     postgresql: {}

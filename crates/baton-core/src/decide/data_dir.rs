@@ -116,6 +116,18 @@ impl<'a> Ctx<'a> {
                 Reason::BootstrappingStandbyLeader,
             );
         }
+        // A failed bootstrap is not retried at once: its script may be costly (a restore).
+        if let Some((at, error)) = &next.bootstrap_failed {
+            if view.initialize.is_none() && self.now < *at + self.cfg.ttl {
+                return (
+                    vec![],
+                    Reason::BootstrapFailed {
+                        error: error.clone(),
+                    },
+                );
+            }
+            next.bootstrap_failed = None;
+        }
         match view.initialize.as_deref() {
             None if !self.cfg.can_bootstrap => (vec![], Reason::NotAllowedToBootstrap),
             None if !self.lease_ok() => (vec![], Reason::WaitingForLease),

@@ -95,6 +95,11 @@ pub fn decide(memory: &Memory, obs: &Observation, config: &HaConfig, now: Mono) 
     {
         next.pre_promote_failed = Some((failure.at, failure.error.clone()));
     }
+    if let Some(failure) = crate::last_failure(&obs.outcomes)
+        && failure.action == ActionKind::BootstrapCluster
+    {
+        next.bootstrap_failed = Some((failure.at, failure.error.clone()));
+    }
 
     let ctx = Ctx {
         obs,

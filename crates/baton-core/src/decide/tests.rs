@@ -635,6 +635,7 @@ fn parse(fixture: &str, previous: Option<&Memory>) -> Fixture {
                     "start" => ActionKind::StartPostgres,
                     "pre_promote" => ActionKind::PrePromote,
                     "clone" => ActionKind::Clone,
+                    "bootstrap" => ActionKind::BootstrapCluster,
                     other => panic!("unknown failure kind {other}"),
                 },
                 at: t.get("at").map_or(now, secs),
@@ -711,6 +712,9 @@ fn render(f: &Fixture, show: Show) -> (String, Memory) {
         .unwrap();
         if let Some((at, error)) = &m.pre_promote_failed {
             writeln!(out, "memory+: pre_promote_failed={at} ({error})").unwrap();
+        }
+        if let Some((at, error)) = &m.bootstrap_failed {
+            writeln!(out, "memory+: bootstrap_failed={at} ({error})").unwrap();
         }
     }
     if show.slots {

@@ -71,7 +71,7 @@ impl LocalPostgres {
 
     /// Copied or restored from elsewhere: that server's startup log and a promote trigger
     /// are not ours; the directory gets our owner and mode.
-    fn after_replica_created(&self) -> Result<(), PgError> {
+    pub(super) fn after_replica_created(&self) -> Result<(), PgError> {
         self.ensure_data_dir()?;
         self.remove_file(&self.data_file("postmaster.log"))?;
         self.remove_file(&self.data_file("promote"))?;
@@ -157,20 +157,42 @@ impl LocalPostgres {
             .unwrap_or_default();
         let data_dir = self.data_dir().to_string_lossy().into_owned();
         let args = custom_method_args(method, &self.settings.scope, &data_dir, &connstring);
-        let Some((program, own_args)) = method.argv.split_first() else {
+        info!(
+            "creating the replica using {name}: {}",
+            method
+                .argv
+                .iter()
+                .chain(&args)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        self.run_operator_command(name, &method.argv, &args).await
+    }
+
+    /// An operator's command (a custom replica method's, a custom bootstrap's): `argv` then
+    /// `args`, as PostgreSQL's OS user, `PGPASSFILE` set, its output logged line by line
+    /// under `name`; killed with its process group when it reads and writes nothing for the
+    /// stall timeout. Exit code 0 is success; otherwise the error has the command line, the
+    /// exit status and the last lines of its output.
+    pub(super) async fn run_operator_command(
+        &self,
+        name: &str,
+        argv: &[String],
+        args: &[String],
+    ) -> Result<(), PgError> {
+        let Some((program, own_args)) = argv.split_first() else {
             return Err(PgError::Other(format!("{name}: no command")));
         };
-        let command = method
-            .argv
+        let command = argv
             .iter()
-            .chain(&args)
+            .chain(args)
             .cloned()
             .collect::<Vec<_>>()
             .join(" ");
-        info!("creating the replica using {name}: {command}");
         let mut cmd = clean_command(program, self.settings.run_as);
         cmd.args(own_args)
-            .args(&args)
+            .args(args)
             .env(self.pgpass_env().0, self.pgpass_env().1)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
