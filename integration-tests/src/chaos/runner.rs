@@ -727,22 +727,27 @@ async fn read_set(cluster: &Cluster) -> anyhow::Result<BTreeSet<i64>> {
     Ok(ids)
 }
 
-/// Every replica has replayed the leader's current WAL position.
+/// Every replica has replayed the leader's current WAL position (the replicas are waited for
+/// at once: the wait is the slowest one's, not their sum).
 async fn wait_replayed(cluster: &Cluster, healthy: &Healthy) -> anyhow::Result<()> {
     let lsn = cluster
         .node(&healthy.leader)
         .pg()
         .query_one("SELECT pg_current_wal_lsn()::text")
         .await?;
-    for r in &healthy.replicas {
+    let waits = healthy.replicas.iter().map(|r| {
         let pg = cluster.node(r).pg();
-        wait_until(
-            &format!("{r} to replay {lsn}"),
-            scaled(Duration::from_secs(60)),
-            || lsn_reached(&pg, &lsn),
-        )
-        .await?;
-    }
+        let lsn = lsn.clone();
+        async move {
+            wait_until(
+                &format!("{r} to replay {lsn}"),
+                scaled(Duration::from_secs(60)),
+                || lsn_reached(&pg, &lsn),
+            )
+            .await
+        }
+    });
+    futures::future::try_join_all(waits).await?;
     Ok(())
 }
 
