@@ -92,8 +92,11 @@ docker-region-test: build
 test-clean:
 	scripts/kill-test-leftovers.sh
 
-# The fault suite's long profile (`make test` runs the short one with the other tests).
-# Report: target/chaos/report-<unix>.{md,json}. See docs/testing.md, "Fault suite".
+# The fault suite's long profile: 30 iterations of every fault (`make test` runs the short
+# one, one iteration per fault on one cluster, with the other tests). PGBATON_CHAOS_PARALLEL=N
+# clusters run at once (default: one per core, at most 4), the iterations dealt over them;
+# PGBATON_CHAOS_ITERATIONS=N overrides the 30. Report (merged over the clusters):
+# target/chaos/report-<unix>.{md,json}. See docs/testing.md, "Fault suite".
 chaos: deps build
 	PGBATON_REQUIRE_INTEGRATION=1 PGBATON_CHAOS=long \
 		$(CARGO) test -p baton-integration-tests --test chaos -- --nocapture

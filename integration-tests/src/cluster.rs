@@ -623,6 +623,47 @@ impl Cluster {
         Ok(())
     }
 
+    /// One member of [`Cluster::probe_healthy`]: `/patroni` says primary (`leader`) or a
+    /// streaming replica, running; `GET /primary` answers 200 on the leader only; PostgreSQL
+    /// agrees. `Ok(timeline)` (the leader's, from `/patroni`) or `Err(why not yet)`.
+    async fn probe_member(&self, name: &str, leader: &str) -> Result<Option<i64>, String> {
+        let node = self.node(name);
+        let status = node.patroni().await.map_err(|e| format!("{name}: {e:#}"))?;
+        let role = status.get("role").and_then(Value::as_str).unwrap_or("?");
+        let state = status.get("state").and_then(Value::as_str).unwrap_or("?");
+        let want_role = if name == leader { "primary" } else { "replica" };
+        if role != want_role || state != "running" {
+            return Err(format!(
+                "{name}: /patroni role {role:?} state {state:?}, want {want_role:?} running"
+            ));
+        }
+        if name != leader
+            && let Some(rs) = status.get("replication_state").and_then(Value::as_str)
+            && rs != "streaming"
+        {
+            return Err(format!("{name}: replication_state {rs:?}"));
+        }
+        let timeline = if name == leader {
+            status.get("timeline").and_then(Value::as_i64)
+        } else {
+            None
+        };
+        let primary_code = node
+            .http_status("/primary")
+            .await
+            .map_err(|e| format!("{name}: {e:#}"))?;
+        if (primary_code == 200) != (name == leader) {
+            return Err(format!("{name}: GET /primary answered {primary_code}"));
+        }
+        match node.pg().in_recovery().await {
+            Ok(in_recovery) if in_recovery == (name == leader) => {
+                Err(format!("{name}: pg_is_in_recovery() = {in_recovery}"))
+            }
+            Ok(_) => Ok(timeline),
+            Err(e) => Err(format!("{name}: {e:#}")),
+        }
+    }
+
     /// One look at the cluster: `Ok(Done)` when `members` (all nodes if empty) form a healthy
     /// cluster: etcd's leader key names one of them, whose PostgreSQL is a primary (SQL and
     /// `/patroni`) answering 200 on `/primary`; every other is a running replica (`/patroni`)
@@ -645,82 +686,52 @@ impl Cluster {
                 "leader key names {leader:?}, not one of {members:?}"
             )));
         }
-        let mut timeline = None;
-        for name in &members {
-            let node = self.node(name);
-            let status = match node.patroni().await {
-                Ok(s) => s,
-                Err(e) => return Ok(Check::not_yet(format!("{name}: {e:#}"))),
-            };
-            let role = status.get("role").and_then(Value::as_str).unwrap_or("?");
-            let state = status.get("state").and_then(Value::as_str).unwrap_or("?");
-            let want_role = if *name == leader {
-                "primary"
-            } else {
-                "replica"
-            };
-            if role != want_role || state != "running" {
-                return Ok(Check::not_yet(format!(
-                    "{name}: /patroni role {role:?} state {state:?}, want {want_role:?} running"
-                )));
-            }
-            if *name != leader
-                && let Some(rs) = status.get("replication_state").and_then(Value::as_str)
-                && rs != "streaming"
-            {
-                return Ok(Check::not_yet(format!("{name}: replication_state {rs:?}")));
-            }
-            if *name == leader {
-                timeline = status.get("timeline").and_then(Value::as_i64);
-            }
-            let primary_code = match node.http_status("/primary").await {
-                Ok(c) => c,
-                Err(e) => return Ok(Check::not_yet(format!("{name}: {e:#}"))),
-            };
-            if (primary_code == 200) != (*name == leader) {
-                return Ok(Check::not_yet(format!(
-                    "{name}: GET /primary answered {primary_code}"
-                )));
-            }
-            match node.pg().in_recovery().await {
-                Ok(in_recovery) if in_recovery == (*name == leader) => {
-                    return Ok(Check::not_yet(format!(
-                        "{name}: pg_is_in_recovery() = {in_recovery}"
-                    )));
-                }
-                Ok(_) => {}
-                Err(e) => return Ok(Check::not_yet(format!("{name}: {e:#}"))),
-            }
-        }
-        let streaming = match self
-            .sql(
+        // Every member, the leader's replication and HAProxy are asked at once (each question
+        // is a snapshot either way; asked one after the other they took a second per poll
+        // under load); the first member in order that is not there yet is the reason.
+        let replicas: Vec<String> = members.iter().filter(|n| **n != leader).cloned().collect();
+        let (probes, streaming, haproxy) = tokio::join!(
+            futures::future::join_all(members.iter().map(|name| self.probe_member(name, &leader))),
+            self.sql(
                 &leader,
                 "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'",
-            )
-            .await
-        {
+            ),
+            async {
+                match &self.haproxy {
+                    Some(h) => Some(h.up_servers("primary").await),
+                    None => None,
+                }
+            }
+        );
+        let mut timeline = None;
+        for (name, probe) in members.iter().zip(probes) {
+            match probe {
+                Err(why) => return Ok(Check::NotYet(why)),
+                Ok(tl) if *name == leader => timeline = tl,
+                Ok(_) => {}
+            }
+        }
+        let streaming = match streaming {
             Ok(rows) => rows
                 .into_iter()
                 .filter_map(|r| r.into_iter().next().flatten())
                 .collect::<Vec<_>>(),
             Err(e) => return Ok(Check::not_yet(format!("{leader}: {e:#}"))),
         };
-        let replicas: Vec<String> = members.iter().filter(|n| **n != leader).cloned().collect();
         if let Some(missing) = replicas.iter().find(|r| !streaming.contains(r)) {
             return Ok(Check::not_yet(format!(
                 "{missing} is not streaming from {leader} (pg_stat_replication: {streaming:?})"
             )));
         }
-        if let Some(h) = &self.haproxy {
-            match h.up_servers("primary").await {
-                Ok(up) if up == [leader.clone()] => {}
-                Ok(up) => {
-                    return Ok(Check::not_yet(format!(
-                        "HAProxy primary servers UP: {up:?}"
-                    )));
-                }
-                Err(e) => return Ok(Check::not_yet(format!("HAProxy stats: {e:#}"))),
+        match haproxy {
+            None => {}
+            Some(Ok(up)) if up == [leader.clone()] => {}
+            Some(Ok(up)) => {
+                return Ok(Check::not_yet(format!(
+                    "HAProxy primary servers UP: {up:?}"
+                )));
             }
+            Some(Err(e)) => return Ok(Check::not_yet(format!("HAProxy stats: {e:#}"))),
         }
         Ok(Check::Done(Healthy {
             leader,

@@ -17,7 +17,11 @@
 //!   partition, produces warning-commits that must be counted indeterminate, not acknowledged).
 //!
 //! `PGBATON_CHAOS=short` (default) runs each fault once; `PGBATON_CHAOS=long` (`make chaos`)
-//! or `PGBATON_CHAOS_ITERATIONS=N` runs more. The report goes to `target/chaos/report-<unix>.md`
+//! or `PGBATON_CHAOS_ITERATIONS=N` runs more. `PGBATON_CHAOS_PARALLEL=N` (default 1 in the
+//! short profile, one per core up to 4 in the long one) runs N workers at once, each with its
+//! own pair of clusters (own namespaces, subnet, etcd, ports, data directories) on its own
+//! thread and runtime; iteration `i` of every fault runs on worker `(i - 1) % N`, and the
+//! workers' reports are merged into one. The report goes to `target/chaos/report-<unix>.md`
 //! and `.json` and to stderr.
 //!
 //! Skips (printing a `SKIP` line) when not root or when a program is missing, unless
@@ -25,25 +29,30 @@
 
 use std::time::Instant;
 
+use baton_integration_tests::Timing;
+use baton_integration_tests::Tools;
 use baton_integration_tests::chaos::faults::Fault;
-use baton_integration_tests::chaos::report::{LossRule, Report, report_dir};
-use baton_integration_tests::chaos::runner::{ProfileRun, Replication, run_profile};
-use baton_integration_tests::chaos::{Clock, Profile, Rng};
-use baton_integration_tests::{Timing, Tools};
+use baton_integration_tests::chaos::report::{LossRule, Report, WorkerReport, merge, report_dir};
+use baton_integration_tests::chaos::runner::{ProfileRun, Replication, Worker, run_profile};
+use baton_integration_tests::chaos::{Clock, Profile, Rng, worker_iterations, worker_seed};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chaos_fault_suite() -> anyhow::Result<()> {
+/// The configurations and their faults, with how lost writes count.
+type Plan = Vec<(Replication, Vec<(Fault, LossRule)>)>;
+
+#[test]
+fn chaos_fault_suite() -> anyhow::Result<()> {
     let Some(tools) = Tools::for_netns_test("chaos_fault_suite")? else {
         return Ok(());
     };
     let profile = Profile::from_env(Timing::fast().ttl())?;
+    let workers = profile.parallel.min(profile.iterations).max(1);
     eprintln!(
-        "chaos: profile {} ({} iteration(s) per fault, hold {:?}), seed {}",
+        "chaos: profile {} ({} iteration(s) per fault, hold {:?}), seed {}, {workers} worker(s)",
         profile.name, profile.iterations, profile.hold, profile.seed
     );
     let started = Instant::now();
     let clock = Clock::new();
-    let mut rng = Rng::new(profile.seed);
+    let plan = runs(&profile);
     let mut report = Report {
         profile: profile.name.clone(),
         seed: profile.seed,
@@ -52,13 +61,68 @@ async fn chaos_fault_suite() -> anyhow::Result<()> {
             .as_secs(),
         ..Report::default()
     };
-    for (replication, faults) in runs(&profile) {
-        if faults.is_empty() {
-            continue;
+    let handles: Vec<_> = (0..workers)
+        .map(|w| {
+            let worker = Worker {
+                index: w,
+                seed: worker_seed(profile.seed, w),
+                iterations: worker_iterations(profile.iterations, workers, w),
+            };
+            let (tools, profile, plan) = (tools.clone(), profile.clone(), plan.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("chaos worker {w}"))
+                .spawn({
+                    let worker = worker.clone();
+                    move || run_worker(&tools, &profile, &plan, clock, &worker)
+                });
+            (worker, thread)
+        })
+        .collect();
+    let mut parts = Vec::new();
+    for (worker, thread) in handles {
+        let outcome = thread
+            .map_err(anyhow::Error::from)
+            .and_then(|t| {
+                t.join().map_err(|p| {
+                    anyhow::anyhow!(
+                        "panicked: {}",
+                        p.downcast_ref::<String>()
+                            .map(String::as_str)
+                            .or_else(|| p.downcast_ref::<&str>().copied())
+                            .unwrap_or("?")
+                    )
+                })
+            })
+            .and_then(|r| r);
+        match outcome {
+            Ok((runs, summary)) => {
+                for (replication, run) in runs {
+                    absorb(&mut report, &mut parts, replication, &worker, run);
+                }
+                report.workers.push(summary);
+            }
+            Err(e) => {
+                report.other_problems.push(format!(
+                    "worker {} (seed {}, iterations {:?}): {e:#}",
+                    worker.index, worker.seed, worker.iterations
+                ));
+                report.workers.push(WorkerReport {
+                    index: worker.index,
+                    seed: worker.seed,
+                    ..WorkerReport::default()
+                });
+            }
         }
-        let run = run_profile(&tools, &profile, replication, &faults, clock, &mut rng).await;
-        absorb(&mut report, replication, run);
     }
+    let order: Vec<(String, String)> = plan
+        .iter()
+        .flat_map(|(r, faults)| {
+            faults
+                .iter()
+                .map(|(f, _)| (r.name().to_owned(), f.name().to_owned()))
+        })
+        .collect();
+    report.faults = merge(&order, parts);
     report.duration_s = started.elapsed().as_secs_f64();
     let (md, json) = report.write(&report_dir())?;
     eprintln!("{}", report.to_markdown());
@@ -74,9 +138,56 @@ async fn chaos_fault_suite() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One worker on its own thread and runtime: both configurations, one after the other, on
+/// its share of the iterations.
+#[allow(clippy::type_complexity)]
+fn run_worker(
+    tools: &Tools,
+    profile: &Profile,
+    plan: &Plan,
+    clock: Clock,
+    worker: &Worker,
+) -> anyhow::Result<(Vec<(Replication, anyhow::Result<ProfileRun>)>, WorkerReport)> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name(format!("chaos-w{}", worker.index))
+        .build()?;
+    let started = Instant::now();
+    let mut rng = Rng::new(worker.seed);
+    let mut runs = Vec::new();
+    let mut summary = WorkerReport {
+        index: worker.index,
+        seed: worker.seed,
+        ..WorkerReport::default()
+    };
+    for (replication, faults) in plan {
+        if faults.is_empty() || worker.iterations.is_empty() {
+            continue;
+        }
+        let run = rt.block_on(run_profile(
+            tools,
+            profile,
+            *replication,
+            faults,
+            clock,
+            worker,
+            &mut rng,
+        ));
+        if let Ok(r) = &run {
+            summary.iterations += r.faults.iter().map(|f| f.iterations.len()).sum::<usize>();
+            summary.setup_s += r.setup_s;
+            summary.finish_s += r.finish_s;
+        }
+        runs.push((*replication, run));
+    }
+    summary.duration_s = started.elapsed().as_secs_f64();
+    Ok((runs, summary))
+}
+
 /// The configurations and their faults, with how lost writes count. The negative controls
 /// first: if a checker cannot see what it checks, nothing else counts.
-fn runs(profile: &Profile) -> Vec<(Replication, Vec<(Fault, LossRule)>)> {
+fn runs(profile: &Profile) -> Plan {
     let mut asynchronous = vec![
         (Fault::PartitionFromCluster, LossRule::Expected),
         (Fault::KillAgentUnguarded, LossRule::Measured),
@@ -116,18 +227,27 @@ fn runs(profile: &Profile) -> Vec<(Replication, Vec<(Fault, LossRule)>)> {
     .collect()
 }
 
-/// Fold one configuration's outcome into the report (a cluster that never came up is a
-/// problem of the run, not a panic, so the other configuration still runs and reports).
-fn absorb(report: &mut Report, replication: Replication, run: anyhow::Result<ProfileRun>) {
+/// Fold one configuration's outcome on one worker into the report (a cluster that never came
+/// up is a problem of the run, not a panic, so the other configuration and the other workers
+/// still run and report); its fault reports go to `parts`, merged once every worker is done.
+fn absorb(
+    report: &mut Report,
+    parts: &mut Vec<baton_integration_tests::chaos::report::FaultReport>,
+    replication: Replication,
+    worker: &Worker,
+    run: anyhow::Result<ProfileRun>,
+) {
     match run {
         Ok(run) => {
-            report.faults.extend(run.faults);
+            parts.extend(run.faults);
             report.finals.extend(run.finals);
             report.other_problems.extend(run.problems);
         }
         Err(e) => report.other_problems.push(format!(
-            "{}: the cluster did not start: {e:#}",
-            replication.name()
+            "{} (worker {}, seed {}): the cluster did not start: {e:#}",
+            replication.name(),
+            worker.index,
+            worker.seed
         )),
     }
 }

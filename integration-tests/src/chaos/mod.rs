@@ -128,7 +128,9 @@ pub fn secs(ns: u64) -> f64 {
 
 /// How much to run: `PGBATON_CHAOS=short` (the default, what `cargo test` runs) or `long`
 /// (`make chaos`); `PGBATON_CHAOS_ITERATIONS=N` overrides the iterations per fault and
-/// `PGBATON_CHAOS_SEED` fixes the seed of the fault offsets and victims.
+/// `PGBATON_CHAOS_SEED` fixes the seed of the fault offsets and victims;
+/// `PGBATON_CHAOS_PARALLEL=N` runs N independent clusters at once (see [`default_parallel`]),
+/// the iterations of every fault distributed over them.
 /// `PGBATON_CHAOS_FAULTS=kill-agent,cut-from-etcd` runs only those faults (negative controls
 /// included only when named) and `PGBATON_CHAOS_REPLICATION=async|quorum` only that
 /// configuration: for chasing one fault, never for a verdict on the whole suite.
@@ -146,6 +148,10 @@ pub struct Profile {
     pub only_faults: Option<Vec<faults::Fault>>,
     pub only_replication: Option<String>,
     pub seed: u64,
+    /// Independent clusters (workers) running at once, each in its own set of network
+    /// namespaces with its own etcd; iteration `i` of every fault runs on worker
+    /// `(i - 1) % parallel` ([`worker_iterations`]).
+    pub parallel: usize,
 }
 
 impl Profile {
@@ -162,16 +168,20 @@ impl Profile {
                 only_faults: None,
                 only_replication: None,
                 seed: 0,
+                parallel: 1,
             },
             "long" => Profile {
                 name,
-                iterations: 10,
+                iterations: 30,
                 hold: ttl + Duration::from_secs(10),
                 flap_for: Duration::from_secs(60),
                 async_all_faults: true,
                 only_faults: None,
                 only_replication: None,
                 seed: 0,
+                parallel: default_parallel(
+                    std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+                ),
             },
             other => anyhow::bail!("PGBATON_CHAOS={other:?}: use short or long"),
         };
@@ -179,6 +189,12 @@ impl Profile {
             profile.iterations = n
                 .parse()
                 .map_err(|e| anyhow::anyhow!("PGBATON_CHAOS_ITERATIONS={n:?}: {e}"))?;
+        }
+        if let Ok(n) = std::env::var("PGBATON_CHAOS_PARALLEL") {
+            profile.parallel =
+                n.parse().ok().filter(|&n: &usize| n >= 1).ok_or_else(|| {
+                    anyhow::anyhow!("PGBATON_CHAOS_PARALLEL={n:?}: a number >= 1")
+                })?;
         }
         if let Ok(list) = std::env::var("PGBATON_CHAOS_FAULTS") {
             let faults = list
@@ -218,6 +234,34 @@ impl Profile {
     }
 }
 
+/// The long profile's number of parallel clusters for a machine with `cores` cores: one per
+/// core, at most 4. A cluster (3 etcd members, 3 PostgreSQL nodes and agents, HAProxy, the
+/// workloads) spends most of an iteration waiting for the fault's hold and the recovery, so
+/// one per core keeps the machine busy without starving the agents' 1 s loop; the short
+/// profile (`make test`) runs one.
+pub fn default_parallel(cores: usize) -> usize {
+    cores.clamp(1, 4)
+}
+
+/// The iterations (1-based, of `iterations` per fault) that worker `worker` of `workers` runs:
+/// `worker + 1`, `worker + 1 + workers`, ... (round robin, so the workers' shares differ by at
+/// most one and every iteration runs exactly once).
+pub fn worker_iterations(iterations: usize, workers: usize, worker: usize) -> Vec<usize> {
+    (1..=iterations)
+        .filter(|i| (i - 1) % workers.max(1) == worker)
+        .collect()
+}
+
+/// The seed of worker `worker`'s faults: the run's seed for worker 0 (so one worker replays
+/// what the serial suite did), a splitmix64 step away from it for the others.
+pub fn worker_seed(seed: u64, worker: usize) -> u64 {
+    if worker == 0 {
+        seed
+    } else {
+        Rng::new(seed ^ (worker as u64).wrapping_mul(0xa076_1d64_78bd_642f)).next_u64()
+    }
+}
+
 /// A small seeded generator (splitmix64) for fault offsets, victims and flap lengths: the
 /// seed is in the report, so a schedule can be replayed (real processes make the outcome
 /// reproducible in distribution only).
@@ -254,7 +298,36 @@ impl Rng {
 
 #[cfg(test)]
 mod tests {
-    use super::{iso8601_utc, utc_stamp};
+    use super::{default_parallel, iso8601_utc, utc_stamp, worker_iterations, worker_seed};
+
+    #[test]
+    fn iterations_are_dealt_round_robin_each_exactly_once() {
+        assert_eq!(worker_iterations(5, 2, 0), [1, 3, 5]);
+        assert_eq!(worker_iterations(5, 2, 1), [2, 4]);
+        assert_eq!(worker_iterations(1, 1, 0), [1]);
+        // More workers than iterations: the extra ones get nothing.
+        assert!(worker_iterations(2, 3, 2).is_empty());
+        for (n, w) in [(30, 1), (30, 2), (30, 4), (7, 3)] {
+            let mut all: Vec<usize> = (0..w).flat_map(|k| worker_iterations(n, w, k)).collect();
+            all.sort_unstable();
+            assert_eq!(all, (1..=n).collect::<Vec<_>>(), "{n} over {w}");
+        }
+    }
+
+    #[test]
+    fn workers_get_distinct_seeds_and_worker_0_keeps_the_runs() {
+        assert_eq!(worker_seed(42, 0), 42);
+        let seeds: std::collections::BTreeSet<u64> = (0..8).map(|w| worker_seed(42, w)).collect();
+        assert_eq!(seeds.len(), 8);
+        assert_eq!(worker_seed(42, 3), worker_seed(42, 3));
+    }
+
+    #[test]
+    fn the_default_parallelism_follows_the_cores() {
+        assert_eq!(default_parallel(1), 1);
+        assert_eq!(default_parallel(2), 2);
+        assert_eq!(default_parallel(64), 4);
+    }
 
     #[test]
     fn log_stamps_spell_utc_like_the_agents_logs() {

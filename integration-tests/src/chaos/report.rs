@@ -1,6 +1,9 @@
 //! The suite's report (safety-and-testing.md §7.8): per fault, iterations, time to a writable
-//! new primary (p50/p95/max), acknowledged / lost / indeterminate / failed counts, violations
-//! and the log tails of failing iterations; as Markdown and JSON.
+//! new primary (p50/p90/max), acknowledged / lost / indeterminate / failed counts, violations,
+//! recovery (p50/p90/max), where an iteration's time went, and the log tails of failing
+//! iterations; as Markdown and JSON. With parallel clusters ([`merge`]) every worker's
+//! iterations of a fault are folded into one [`FaultReport`], each iteration naming its worker
+//! and that worker's seed.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -13,7 +16,13 @@ use super::checker::quantile;
 /// One fault instance.
 #[derive(Clone, Debug, Default)]
 pub struct IterationReport {
+    /// 1-based, over all workers.
     pub index: usize,
+    /// The worker (cluster) that ran it, and that worker's seed.
+    pub worker: usize,
+    pub worker_seed: u64,
+    /// Where the iteration's time went.
+    pub phases: Phases,
     pub primary: String,
     /// Random delay before the fault (its phase relative to the lease renewals), ms.
     pub offset_ms: u64,
@@ -60,6 +69,36 @@ pub struct IterationReport {
     pub error: Option<String>,
     /// Log tails, for iterations with problems.
     pub logs: Option<String>,
+}
+
+/// Where one iteration's time went, s.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Phases {
+    /// Waiting for the steady state before the fault (healthy, `/sync`, W1 acknowledging).
+    pub steady_s: f64,
+    /// The random phase offset before the fault.
+    pub offset_s: f64,
+    /// Inject, hold and heal (the fault's own definition).
+    pub fault_s: f64,
+    /// Heal to healthy again (every member streaming, `/sync`, W1 acknowledging).
+    pub recovery_s: f64,
+    /// C1/C3/C4 (replay wait, final-table read, history checks) and C5.
+    pub check_s: f64,
+    /// The whole iteration.
+    pub total_s: f64,
+}
+
+impl Phases {
+    fn to_json(self) -> Value {
+        json!({
+            "steady_s": self.steady_s,
+            "offset_s": self.offset_s,
+            "fault_s": self.fault_s,
+            "recovery_s": self.recovery_s,
+            "check_s": self.check_s,
+            "total_s": self.total_s,
+        })
+    }
 }
 
 /// One C5 window.
@@ -278,10 +317,7 @@ impl FaultReport {
         let mut out = Vec::new();
         for it in &self.iterations {
             for p in it.problems(self.expect) {
-                out.push(format!(
-                    "{} #{} ({}): {p}",
-                    self.fault, it.index, self.replication
-                ));
+                out.push(format!("{}: {p}", self.iteration_name(it)));
             }
         }
         if self.expect.loss == LossRule::Expected && self.lost() == 0 && !self.iterations.is_empty()
@@ -309,6 +345,30 @@ impl FaultReport {
         out
     }
 
+    /// `fault #index (replication, worker w, seed s)`: enough to find the iteration's logs
+    /// and to replay its worker's schedule.
+    pub fn iteration_name(&self, it: &IterationReport) -> String {
+        format!(
+            "{} #{} ({}, worker {}, seed {})",
+            self.fault, it.index, self.replication, it.worker, it.worker_seed
+        )
+    }
+
+    /// The mean of each phase over the iterations (zeros without any).
+    pub fn mean_phases(&self) -> Phases {
+        let n = self.iterations.len().max(1) as f64;
+        let sum =
+            |f: fn(&Phases) -> f64| self.iterations.iter().map(|i| f(&i.phases)).sum::<f64>() / n;
+        Phases {
+            steady_s: sum(|p| p.steady_s),
+            offset_s: sum(|p| p.offset_s),
+            fault_s: sum(|p| p.fault_s),
+            recovery_s: sum(|p| p.recovery_s),
+            check_s: sum(|p| p.check_s),
+            total_s: sum(|p| p.total_s),
+        }
+    }
+
     fn to_json(&self) -> Value {
         let rto = self.rtos_ms();
         let recovery = self.recoveries_ms();
@@ -325,8 +385,10 @@ impl FaultReport {
             "two_primary_rest_windows": self.sum(|i| i.rest_windows.len()),
             "fence_margin_ms": { "min": min_f(&self.margins_ms()), "median": median_f(&self.margins_ms()) },
             "iterations": self.iterations.len(),
-            "rto_ms": { "p50": quantile(&rto, 0.5), "p95": quantile(&rto, 0.95), "max": rto.iter().max() },
-            "recovery_ms": { "p50": quantile(&recovery, 0.5), "p95": quantile(&recovery, 0.95), "max": recovery.iter().max(), "limit": super::checker::RECOVERY_LIMIT_S * 1000.0 },
+            "workers": self.iterations.iter().map(|i| i.worker).collect::<std::collections::BTreeSet<_>>().len(),
+            "rto_ms": { "p50": quantile(&rto, 0.5), "p90": quantile(&rto, 0.9), "p95": quantile(&rto, 0.95), "max": rto.iter().max() },
+            "recovery_ms": { "p50": quantile(&recovery, 0.5), "p90": quantile(&recovery, 0.9), "p95": quantile(&recovery, 0.95), "max": recovery.iter().max(), "limit": super::checker::RECOVERY_LIMIT_S * 1000.0 },
+            "mean_phases_s": self.mean_phases().to_json(),
             "ok": self.sum(|i| i.ok),
             "lost": self.lost(),
             "reads": self.sum(|i| i.reads),
@@ -343,6 +405,9 @@ impl FaultReport {
 fn iteration_json(i: &IterationReport) -> Value {
     json!({
         "index": i.index,
+        "worker": i.worker,
+        "worker_seed": i.worker_seed,
+        "phases_s": i.phases.to_json(),
         "primary": i.primary,
         "offset_ms": i.offset_ms,
         "fault_start_s": i.fault_start_s,
@@ -410,6 +475,60 @@ pub struct Report {
     pub finals: Vec<String>,
     /// Problems found outside any iteration (final checks, a cluster that never started).
     pub other_problems: Vec<String>,
+    /// The clusters that ran the iterations.
+    pub workers: Vec<WorkerReport>,
+}
+
+/// One worker: a cluster per configuration, run one after the other, on its share of the
+/// iterations.
+#[derive(Clone, Debug, Default)]
+pub struct WorkerReport {
+    pub index: usize,
+    pub seed: u64,
+    /// Iterations it ran (all faults, both configurations).
+    pub iterations: usize,
+    /// Starting its clusters (network, etcd, bootstrap, workloads) until the first fault.
+    pub setup_s: f64,
+    /// Its final checks (workloads stopped, final read, C2) and teardown.
+    pub finish_s: f64,
+    /// From its start to its end.
+    pub duration_s: f64,
+}
+
+impl WorkerReport {
+    /// Seconds per iteration, setup and final checks included (what the run's length scales
+    /// with).
+    pub fn seconds_per_iteration(&self) -> Option<f64> {
+        (self.iterations > 0).then(|| self.duration_s / self.iterations as f64)
+    }
+}
+
+/// Fold the fault reports of every worker into one per (configuration, fault): iterations in
+/// index order, faults in the order of `order` (`(replication, fault)` names; any others
+/// after them, in the order first seen).
+pub fn merge(order: &[(String, String)], parts: Vec<FaultReport>) -> Vec<FaultReport> {
+    let mut merged: Vec<FaultReport> = Vec::new();
+    for part in parts {
+        match merged
+            .iter_mut()
+            .find(|f| f.fault == part.fault && f.replication == part.replication)
+        {
+            Some(f) => f.iterations.extend(part.iterations),
+            None => merged.push(part),
+        }
+    }
+    for f in &mut merged {
+        f.iterations.sort_by_key(|i| i.index);
+    }
+    let rank = |f: &FaultReport| {
+        order
+            .iter()
+            .position(|(r, n)| *r == f.replication && *n == f.fault)
+            .unwrap_or(order.len())
+    };
+    // A stable sort keeps the first-seen order among the unlisted.
+    merged.sort_by_key(rank);
+    merged
 }
 
 impl Report {
@@ -430,6 +549,15 @@ impl Report {
             "problems": self.problems(),
             "finals": self.finals,
             "faults": self.faults.iter().map(FaultReport::to_json).collect::<Vec<_>>(),
+            "workers": self.workers.iter().map(|w| json!({
+                "worker": w.index,
+                "seed": w.seed,
+                "iterations": w.iterations,
+                "setup_s": w.setup_s,
+                "finish_s": w.finish_s,
+                "duration_s": w.duration_s,
+                "seconds_per_iteration": w.seconds_per_iteration(),
+            })).collect::<Vec<_>>(),
         })
     }
 
@@ -439,15 +567,16 @@ impl Report {
         let _ = writeln!(md, "# pgbaton fault suite report\n");
         let _ = writeln!(
             md,
-            "profile `{}`, seed `{}`, started {} (unix), {:.0} s, verdict **{}**\n",
+            "profile `{}`, seed `{}`, {} worker(s), started {} (unix), {:.0} s, verdict **{}**\n",
             self.profile,
             self.seed,
+            self.workers.len().max(1),
             self.started_unix,
             self.duration_s,
             if problems.is_empty() { "PASS" } else { "FAIL" }
         );
         md.push_str(
-            "| fault | repl | iter | RTO p50 | p95 | max | failovers | ok | lost | info (warn) | fail | W1 viol | W1 possible | W2 overlaps | C5 windows (ms) / `/primary` 200s | fence margin min / median | C4 reads / seen→lost | recovery p50 / max |\n\
+            "| fault | repl | iter | RTO p50 | p90 | max | failovers | ok | lost | info (warn) | fail | W1 viol | W1 possible | W2 overlaps | C5 windows (ms) / `/primary` 200s | fence margin min / median | C4 reads / seen→lost | recovery p50 / p90 / max |\n\
              |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         );
         for f in &self.faults {
@@ -460,6 +589,8 @@ impl Report {
         md.push_str("Fence margin: the old primary's lease expiry as it measures it (fence record + margin) minus the time it stopped answering as a primary; must be positive. ");
         md.push_str("C4: W3 reads through HAProxy, and ids a read returned that the final table lacks; in RPO=0 any fails the run except a commit whose synchronous wait the client cancelled (PostgreSQL shows it before a standby has it: counted in brackets). ");
         md.push_str("Recovery: the fault's heal to one leader with every member, the rejoined one included, streaming from it; above 60 s fails the run (not in the fencing-off control).\n");
+        md.push_str("\n## Time\n\n");
+        md.push_str(&self.time_markdown());
         md.push_str("\n## Iterations\n\n");
         for f in &self.faults {
             for i in &f.iterations {
@@ -483,13 +614,51 @@ impl Report {
             for i in f.iterations.iter().filter(|i| i.logs.is_some()) {
                 let _ = writeln!(
                     md,
-                    "\n## Logs: {} #{} ({})\n\n```text\n{}\n```",
-                    f.fault,
-                    i.index,
-                    f.replication,
+                    "\n## Logs: {}\n\n```text\n{}\n```",
+                    f.iteration_name(i),
                     i.logs.as_deref().unwrap_or_default()
                 );
             }
+        }
+        md
+    }
+
+    /// Per worker its seconds per iteration; per fault the mean of each phase.
+    fn time_markdown(&self) -> String {
+        let mut md = String::new();
+        if !self.workers.is_empty() {
+            md.push_str("| worker | seed | iterations | setup | final checks | total | s / iteration |\n|---|---|---|---|---|---|---|\n");
+            for w in &self.workers {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {:.0} s | {:.0} s | {:.0} s | {} |",
+                    w.index,
+                    w.seed,
+                    w.iterations,
+                    w.setup_s,
+                    w.finish_s,
+                    w.duration_s,
+                    w.seconds_per_iteration()
+                        .map_or("-".to_owned(), |s| format!("{s:.1}")),
+                );
+            }
+            md.push('\n');
+        }
+        md.push_str("Mean per iteration, s: steady state before the fault, phase offset, the fault (inject, hold, heal), heal to healthy, checks.\n\n| fault | repl | steady | offset | fault | recovery | checks | total |\n|---|---|---|---|---|---|---|---|\n");
+        for f in &self.faults {
+            let p = f.mean_phases();
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                f.fault,
+                f.replication,
+                p.steady_s,
+                p.offset_s,
+                p.fault_s,
+                p.recovery_s,
+                p.check_s,
+                p.total_s
+            );
         }
         md
     }
@@ -513,7 +682,7 @@ fn summary_row(f: &FaultReport) -> String {
     let ms = |v: Option<u64>| v.map_or("-".to_owned(), |v| format!("{:.1} s", v as f64 / 1000.0));
     let w2: usize = f.iterations.iter().map(|i| i.w2_violations.len()).sum();
     format!(
-        "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {}{} | {} ({:.0}) / {} | {} | {} / {} ({}) | {} / {} |\n",
+        "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {}{} | {} ({:.0}) / {} | {} | {} / {} ({}) | {} / {} / {} |\n",
         f.fault,
         if f.expect.loss == LossRule::Expected || f.expect.windows {
             " (negative control)"
@@ -523,7 +692,7 @@ fn summary_row(f: &FaultReport) -> String {
         f.replication,
         f.iterations.len(),
         ms(quantile(&rto, 0.5)),
-        ms(quantile(&rto, 0.95)),
+        ms(quantile(&rto, 0.9)),
         ms(rto.iter().max().copied()),
         f.iterations.iter().filter(|i| i.failover).count(),
         f.sum(|i| i.ok),
@@ -554,6 +723,7 @@ fn summary_row(f: &FaultReport) -> String {
             .filter(|l| l.cancelled_sync_wait)
             .count()),
         ms(quantile(&recovery, 0.5)),
+        ms(quantile(&recovery, 0.9)),
         ms(recovery.iter().max().copied()),
     )
 }
@@ -572,10 +742,8 @@ pub fn median_f(v: &[f64]) -> Option<f64> {
 
 fn iteration_line(f: &FaultReport, i: &IterationReport) -> String {
     let mut line = format!(
-        "- {} #{} ({}): primary {}, offset {} ms, fault at {:.1} s; RTO {}; {}writers {}; streaming {} and healthy {} after heal; ok {} info {} (warning commits {}) fail {} lost {}",
-        f.fault,
-        i.index,
-        f.replication,
+        "- {}: primary {}, offset {} ms, fault at {:.1} s; RTO {}; {}writers {}; streaming {} and healthy {} after heal; ok {} info {} (warning commits {}) fail {} lost {}",
+        f.iteration_name(i),
         i.primary,
         i.offset_ms,
         i.fault_start_s,
@@ -637,6 +805,12 @@ fn iteration_line(f: &FaultReport, i: &IterationReport) -> String {
         );
     }
     let _ = write!(line, "; {} reads", i.reads);
+    let t = &i.phases;
+    let _ = write!(
+        line,
+        "; time {:.1} s (steady {:.1}, offset {:.1}, fault {:.1}, recovery {:.1}, checks {:.1})",
+        t.total_s, t.steady_s, t.offset_s, t.fault_s, t.recovery_s, t.check_s
+    );
     for l in &i.observed_lost {
         let _ = write!(
             line,
@@ -841,6 +1015,221 @@ mod tests {
         assert_eq!(median_f(&[3.0, 1.0, 2.0]), Some(2.0));
         assert_eq!(min_f(&[3.0, 1.0, 2.0]), Some(1.0));
         assert_eq!(median_f(&[]), None);
+    }
+
+    fn iteration(index: usize, worker: usize, rto_s: f64, recovery_s: f64) -> IterationReport {
+        IterationReport {
+            index,
+            worker,
+            worker_seed: 100 + worker as u64,
+            rto_s: Some(rto_s),
+            heal_to_streaming_s: Some(recovery_s),
+            ok: 10,
+            ..IterationReport::default()
+        }
+    }
+
+    fn part(fault: &str, replication: &str, iterations: Vec<IterationReport>) -> FaultReport {
+        FaultReport {
+            fault: fault.to_owned(),
+            replication: replication.to_owned(),
+            expect: Expect {
+                loss: LossRule::Forbidden,
+                w2_must: true,
+                windows: false,
+            },
+            iterations,
+            ..FaultReport::default()
+        }
+    }
+
+    #[test]
+    fn workers_reports_merge_into_one_per_fault_in_plan_order() {
+        let order = vec![
+            ("async".to_owned(), "kill-agent".to_owned()),
+            ("quorum".to_owned(), "kill-agent".to_owned()),
+            ("quorum".to_owned(), "isolate".to_owned()),
+        ];
+        // Worker 1 reports first and has a fault worker 0 never reached.
+        let parts = vec![
+            part("isolate", "quorum", vec![iteration(2, 1, 2.0, 5.0)]),
+            part("kill-agent", "quorum", vec![iteration(2, 1, 3.0, 6.0)]),
+            part("kill-agent", "async", vec![iteration(2, 1, 4.0, 7.0)]),
+            part(
+                "kill-agent",
+                "async",
+                vec![iteration(1, 0, 1.0, 4.0), iteration(3, 0, 9.0, 8.0)],
+            ),
+            part("kill-agent", "quorum", vec![iteration(1, 0, 5.0, 9.0)]),
+            part("switchover", "quorum", vec![iteration(1, 0, 1.0, 1.0)]),
+        ];
+        let merged = merge(&order, parts);
+        let names: Vec<(&str, &str)> = merged
+            .iter()
+            .map(|f| (f.replication.as_str(), f.fault.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("async", "kill-agent"),
+                ("quorum", "kill-agent"),
+                ("quorum", "isolate"),
+                ("quorum", "switchover"),
+            ]
+        );
+        let a = &merged[0];
+        assert_eq!(
+            a.iterations.iter().map(|i| i.index).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+        assert_eq!(
+            a.iterations.iter().map(|i| i.worker).collect::<Vec<_>>(),
+            [0, 1, 0]
+        );
+        assert_eq!(a.sum(|i| i.ok), 30);
+        assert_eq!(a.rtos_ms(), [1000, 4000, 9000]);
+        let json = a.to_json();
+        assert_eq!(json["iterations"], 3);
+        assert_eq!(json["workers"], 2);
+        assert_eq!(json["rto_ms"]["p50"], 4000);
+        assert_eq!(json["rto_ms"]["p90"], 9000);
+        assert_eq!(json["recovery_ms"]["max"], 8000);
+        assert_eq!(merged[1].iterations.len(), 2);
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank_over_every_workers_iterations() {
+        // 30 iterations over 4 workers, recoveries 1..=30 s dealt round robin.
+        let parts: Vec<FaultReport> = (0..4)
+            .map(|w| {
+                let its = crate::chaos::worker_iterations(30, 4, w)
+                    .into_iter()
+                    .map(|i| iteration(i, w, i as f64 / 10.0, i as f64))
+                    .collect();
+                part("isolate", "quorum", its)
+            })
+            .collect();
+        let merged = merge(&[], parts);
+        assert_eq!(merged.len(), 1);
+        let f = &merged[0];
+        assert_eq!(f.iterations.len(), 30);
+        let json = f.to_json();
+        assert_eq!(json["recovery_ms"]["p50"], 15_000);
+        assert_eq!(json["recovery_ms"]["p90"], 27_000);
+        assert_eq!(json["recovery_ms"]["max"], 30_000);
+        assert_eq!(json["rto_ms"]["p50"], 1500);
+        assert_eq!(json["rto_ms"]["p90"], 2700);
+        let row = summary_row(f);
+        assert!(row.contains("| 15.0 s / 27.0 s / 30.0 s |"), "{row}");
+        assert!(
+            row.starts_with("| isolate | quorum | 30 | 1.5 s | 2.7 s | 3.0 s |"),
+            "{row}"
+        );
+    }
+
+    #[test]
+    fn a_failing_iteration_names_its_worker_and_seed_and_the_margins_merge() {
+        let mut bad = iteration(4, 3, 1.0, 2.0);
+        bad.lost = vec![17];
+        bad.margin = Some(MarginReport {
+            node: "node2".to_owned(),
+            margin_ms: 900.0,
+            ..MarginReport::default()
+        });
+        let mut good = iteration(1, 0, 1.0, 2.0);
+        good.margin = Some(MarginReport {
+            node: "node1".to_owned(),
+            margin_ms: 1500.0,
+            ..MarginReport::default()
+        });
+        let mut third = iteration(2, 1, 1.0, 2.0);
+        third.margin = Some(MarginReport {
+            margin_ms: 1200.0,
+            ..MarginReport::default()
+        });
+        let merged = merge(
+            &[],
+            vec![
+                part("isolate", "quorum", vec![bad]),
+                part("isolate", "quorum", vec![good, third]),
+            ],
+        );
+        let p = merged[0].problems();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with(
+                "isolate #4 (quorum, worker 3, seed 103): 1 acknowledged writes lost: 17"
+            ),
+            "{p:?}"
+        );
+        let json = merged[0].to_json();
+        assert_eq!(json["fence_margin_ms"]["min"], 900.0);
+        assert_eq!(json["fence_margin_ms"]["median"], 1200.0);
+        assert_eq!(json["lost"], 1);
+        let report = Report {
+            faults: merged,
+            workers: vec![
+                WorkerReport {
+                    index: 0,
+                    seed: 100,
+                    iterations: 2,
+                    duration_s: 70.0,
+                    ..WorkerReport::default()
+                },
+                WorkerReport {
+                    index: 1,
+                    seed: 101,
+                    ..WorkerReport::default()
+                },
+            ],
+            ..Report::default()
+        };
+        let md = report.to_markdown();
+        assert!(
+            md.contains("| 0 | 100 | 2 | 0 s | 0 s | 70 s | 35.0 |"),
+            "{md}"
+        );
+        assert!(md.contains("| 1 | 101 | 0 | 0 s | 0 s | 0 s | - |"), "{md}");
+        assert!(md.contains("2 worker(s)"), "{md}");
+        assert!(
+            md.contains("- isolate #4 (quorum, worker 3, seed 103): primary"),
+            "{md}"
+        );
+        assert_eq!(
+            report.to_json()["workers"][0]["seconds_per_iteration"],
+            35.0
+        );
+    }
+
+    #[test]
+    fn mean_phases_average_over_the_iterations() {
+        let mut f = part(
+            "isolate",
+            "quorum",
+            vec![iteration(1, 0, 1.0, 1.0), iteration(2, 0, 1.0, 1.0)],
+        );
+        f.iterations[0].phases = Phases {
+            steady_s: 1.0,
+            offset_s: 2.0,
+            fault_s: 14.0,
+            recovery_s: 6.0,
+            check_s: 1.0,
+            total_s: 24.0,
+        };
+        f.iterations[1].phases = Phases {
+            steady_s: 3.0,
+            offset_s: 0.0,
+            fault_s: 14.0,
+            recovery_s: 10.0,
+            check_s: 3.0,
+            total_s: 30.0,
+        };
+        let m = f.mean_phases();
+        assert_eq!(
+            (m.steady_s, m.fault_s, m.recovery_s, m.total_s),
+            (2.0, 14.0, 8.0, 27.0)
+        );
+        assert_eq!(part("x", "quorum", vec![]).mean_phases(), Phases::default());
     }
 
     #[test]

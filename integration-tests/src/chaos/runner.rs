@@ -1,6 +1,7 @@
-//! One configuration profile of the suite: start a cluster (3 etcd members, 3 nodes, HAProxy in
-//! the client namespace, all in network namespaces), run the workloads, inject every fault of
-//! the list `iterations` times, check after each, and finish with the final read.
+//! One configuration profile of the suite on one worker: start a cluster (3 etcd members, 3
+//! nodes, HAProxy in the client namespace, all in network namespaces of the worker's own, on a
+//! subnet and ports of its own), run the workloads, inject every fault of the list once per
+//! iteration the worker was dealt, check after each, and finish with the final read.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -55,6 +56,31 @@ pub struct ProfileRun {
     /// Final-read lines for the report.
     pub finals: Vec<String>,
     pub problems: Vec<String>,
+    /// Cluster start to the first fault, s.
+    pub setup_s: f64,
+    /// The final checks and the teardown, s.
+    pub finish_s: f64,
+}
+
+/// Which worker runs a profile: its number, its seed (in every problem it reports, so that a
+/// failure can be replayed) and the iterations (1-based, of every fault) it was dealt.
+#[derive(Clone, Debug)]
+pub struct Worker {
+    pub index: usize,
+    pub seed: u64,
+    pub iterations: Vec<usize>,
+}
+
+impl Worker {
+    /// `replication, worker w, seed s`, for problems outside an iteration.
+    fn name(&self, replication: Replication) -> String {
+        format!(
+            "{}, worker {}, seed {}",
+            replication.name(),
+            self.index,
+            self.seed
+        )
+    }
 }
 
 /// How long the cluster may take to become healthy again after a fault is healed.
@@ -64,8 +90,8 @@ const PHASE: Duration = Duration::from_millis(3300);
 /// Lines of each log kept for a failing iteration.
 const LOG_LINES: usize = 80;
 
-/// Run `faults` (each `profile.iterations` times, with how its lost writes count) on a fresh
-/// cluster configured for `replication`. Errors only when the cluster cannot be set up;
+/// Run `faults` (each once per iteration of `worker`, with how its lost writes count) on a
+/// fresh cluster configured for `replication`. Errors only when the cluster cannot be set up;
 /// failures during the faults are in the returned reports.
 pub async fn run_profile(
     tools: &Tools,
@@ -73,15 +99,20 @@ pub async fn run_profile(
     replication: Replication,
     faults: &[(Fault, LossRule)],
     clock: Clock,
+    worker: &Worker,
     rng: &mut Rng,
 ) -> anyhow::Result<ProfileRun> {
+    let started = std::time::Instant::now();
     let mut spec = ClusterSpec::new(3);
     spec.netns = true;
     spec.etcd_members = 3;
     spec.extra_config = json!({"bootstrap": {"dcs": replication.dcs()}});
     let cluster = Cluster::start(tools, spec).await?;
     let mut suite = Suite::new(cluster, replication, clock).await?;
-    let mut run = ProfileRun::default();
+    let mut run = ProfileRun {
+        setup_s: started.elapsed().as_secs_f64(),
+        ..ProfileRun::default()
+    };
     'faults: for &(fault, loss) in faults {
         let mut report = FaultReport {
             fault: fault.name().to_owned(),
@@ -94,26 +125,41 @@ pub async fn run_profile(
             },
             iterations: Vec::new(),
         };
-        for index in 1..=profile.iterations {
-            eprintln!("chaos: {} #{index} ({})", fault.name(), replication.name());
-            let it = suite.iteration(fault, index, profile, rng, &report).await;
+        for &index in &worker.iterations {
+            eprintln!(
+                "chaos: {} #{index} ({})",
+                fault.name(),
+                worker.name(replication)
+            );
+            let mut it = suite.iteration(fault, index, profile, rng, &report).await;
+            it.worker = worker.index;
+            it.worker_seed = worker.seed;
             let fatal = it.error.is_some();
+            let name = report.iteration_name(&it);
             report.iterations.push(it);
             if fatal {
                 run.faults.push(report);
-                run.problems
-                    .push("the suite stopped after an iteration that did not recover".to_owned());
+                run.problems.push(format!(
+                    "worker {} stopped after {name}, which did not recover",
+                    worker.index
+                ));
                 break 'faults;
             }
         }
         run.faults.push(report);
     }
+    let finishing = std::time::Instant::now();
     match suite.finish().await {
-        Ok(lines) => run.finals.extend(lines),
+        Ok(lines) => run.finals.extend(
+            lines
+                .into_iter()
+                .map(|l| format!("worker {}: {l}", worker.index)),
+        ),
         Err(e) => run
             .problems
-            .push(format!("final check ({}): {e:#}", replication.name())),
+            .push(format!("final check ({}): {e:#}", worker.name(replication))),
     }
+    run.finish_s = finishing.elapsed().as_secs_f64();
     Ok(run)
 }
 
@@ -235,6 +281,8 @@ impl Suite {
         }
         self.check_primaries(start, fault_at, end, &mut it);
         self.checked_until = end;
+        it.phases.check_s = secs(self.clock.now() - end);
+        it.phases.total_s = secs(self.clock.now() - start);
         if !it.problems(report.expect).is_empty() {
             self.failed = true;
             it.logs = Some(self.cluster.log_tails(LOG_LINES));
@@ -250,10 +298,12 @@ impl Suite {
         it: &mut IterationReport,
         fault_at: &mut u64,
     ) -> anyhow::Result<()> {
+        let steady_from = self.clock.now();
         let healthy = self
             .wait_ready()
             .await
             .context("steady state before the fault")?;
+        it.phases.steady_s = secs(self.clock.now() - steady_from);
         let target = Target {
             primary: healthy.leader.clone(),
             replicas: healthy.replicas.clone(),
@@ -263,6 +313,7 @@ impl Suite {
         it.offset_ms = offset.as_millis() as u64;
         // The fault's phase relative to the last lease renewal.
         tokio::time::sleep(offset).await;
+        it.phases.offset_s = offset.as_secs_f64();
         let t_f = self.clock.now();
         *fault_at = t_f;
         it.fault_start_s = secs(t_f);
@@ -271,6 +322,7 @@ impl Suite {
             .await
             .with_context(|| format!("inject {}", fault.name()))?;
         let healed = self.clock.now();
+        it.phases.fault_s = secs(healed - t_f);
         let streaming = self
             .cluster
             .wait_healthy(scaled(RECOVERY))
@@ -281,6 +333,7 @@ impl Suite {
             .await
             .context("recovery after the heal")?;
         it.heal_to_healthy_s = Some(secs(self.clock.now() - healed));
+        it.phases.recovery_s = secs(self.clock.now() - healed);
         let recovery = checker::recovery(&self.w1.history().snapshot(), t_f, self.clock.now());
         it.rto_s = recovery.rto.map(secs);
         it.failover = recovery.failover;
@@ -312,12 +365,7 @@ impl Suite {
         wait_until(
             "W1 to get a write acknowledged through HAProxy",
             scaled(Duration::from_secs(60)),
-            || async {
-                Ok(history
-                    .snapshot()
-                    .iter()
-                    .any(|o| o.outcome == Outcome::Ok && o.invoke >= since))
-            },
+            || async { Ok(history.acked_since(since)) },
         )
         .await
     }
@@ -679,22 +727,27 @@ async fn read_set(cluster: &Cluster) -> anyhow::Result<BTreeSet<i64>> {
     Ok(ids)
 }
 
-/// Every replica has replayed the leader's current WAL position.
+/// Every replica has replayed the leader's current WAL position (the replicas are waited for
+/// at once: the wait is the slowest one's, not their sum).
 async fn wait_replayed(cluster: &Cluster, healthy: &Healthy) -> anyhow::Result<()> {
     let lsn = cluster
         .node(&healthy.leader)
         .pg()
         .query_one("SELECT pg_current_wal_lsn()::text")
         .await?;
-    for r in &healthy.replicas {
+    let waits = healthy.replicas.iter().map(|r| {
         let pg = cluster.node(r).pg();
-        wait_until(
-            &format!("{r} to replay {lsn}"),
-            scaled(Duration::from_secs(60)),
-            || lsn_reached(&pg, &lsn),
-        )
-        .await?;
-    }
+        let lsn = lsn.clone();
+        async move {
+            wait_until(
+                &format!("{r} to replay {lsn}"),
+                scaled(Duration::from_secs(60)),
+                || lsn_reached(&pg, &lsn),
+            )
+            .await
+        }
+    });
+    futures::future::try_join_all(waits).await?;
     Ok(())
 }
 

@@ -90,6 +90,18 @@ impl History {
         self.ops.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Whether some op invoked at or after `since` was acknowledged (`ok`), without copying
+    /// the history (the steady-state waits poll this every 200 ms, and the history grows
+    /// with every iteration).
+    pub fn acked_since(&self, since: u64) -> bool {
+        self.ops
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .rev()
+            .any(|o| o.outcome == Outcome::Ok && o.invoke >= since)
+    }
+
     /// One past the largest id handed out so far.
     pub fn attempted_below(&self) -> i64 {
         self.next_id.load(Ordering::SeqCst)
