@@ -1205,29 +1205,18 @@ pub(crate) static KEYS: &[Key] = &[
         "none",
         "Patroni's older name of `slots`.",
     ),
-    by_value(
+    dynamic(
         "ignore_slots",
-        Dynamic,
-        "",
-        "",
-        &[
-            (
-                "entries of type logical only",
-                Warned(
-                    "accepted but not needed by pgbaton: it drops only the logical replication \
-                     slots it created for the `slots` section (recorded beside the data \
-                     directory) and leaves every other slot alone",
-                ),
-            ),
-            (
-                "any entry that may match a physical slot",
-                Warned(
-                    "accepted but not needed by pgbaton: it drops only the replication slots it \
-                     created for members and the `slots` section (recorded in \
-                     <data_dir>.pgbaton-slots) and leaves every other slot alone",
-                ),
-            ),
-        ],
+        "none",
+        "Replication slots pgbaton never drops, a list of `{name, type, database, plugin}` \
+         entries (every field given must match; `type` is `physical` or `logical`; a physical \
+         slot has no database or plugin), as in Patroni. pgbaton drops only slots it made \
+         anyway; a matching one is kept even then: a member slot past `member_slots_ttl`, a \
+         slot removed from `slots`, a slot whose declared type, database or plugin changed \
+         (Patroni drops and re-creates that one), on the leader and on replicas. A slot \
+         declared in `slots` or kept for a member is still created and advanced when it \
+         matches (as in Patroni). An unknown field or a wrong type is an error at its key, \
+         also in the DCS value (which is then not adopted).",
     ),
     dynamic(
         "standby_cluster",

@@ -123,6 +123,8 @@ pub struct HaConfig {
     /// Dynamic `member_slots_ttl`: how long the leader keeps the slot of a member whose key
     /// is gone (0: not at all).
     pub member_slots_ttl: Duration,
+    /// Dynamic `ignore_slots`: slots matching an entry are never dropped (`crate::slots`).
+    pub ignore_slots: Vec<crate::slots::SlotMatcher>,
 }
 
 /// Patroni's `standby_cluster` section: where the standby leader replicates from, and the
@@ -395,9 +397,11 @@ pub enum Action {
     /// Append the new timeline to the `history` key from the timeline history file.
     UpdateHistory,
     /// Physical replication slots for these members (and drop the inactive slots pgbaton
-    /// manages that are not among them; other tools' slots are left alone).
+    /// manages that are not among them; other tools' slots are left alone). `keep`: slots
+    /// pgbaton manages that match `ignore_slots`, neither dropped nor created.
     EnsureSlots {
         slots: Vec<String>,
+        keep: Vec<String>,
     },
     /// Permanent slot upkeep besides the physical set (`crate::slots`): create or adopt
     /// logical slots, advance slots, drop logical slots pgbaton made that are not declared.
@@ -602,7 +606,13 @@ impl fmt::Display for Action {
             Action::ReleaseLeader { last_lsn: None } => write!(f, "release leader key"),
             Action::WriteConfig => write!(f, "write dynamic config"),
             Action::UpdateHistory => write!(f, "update timeline history"),
-            Action::EnsureSlots { slots } => write!(f, "ensure slots [{}]", slots.join(", ")),
+            Action::EnsureSlots { slots, keep } => {
+                write!(f, "ensure slots [{}]", slots.join(", "))?;
+                if !keep.is_empty() {
+                    write!(f, ", keep ignored [{}]", keep.join(", "))?;
+                }
+                Ok(())
+            }
             Action::SyncSlots { work } => write!(f, "sync slots: {work}"),
             Action::CopyLogicalSlots { upstream, slots } => {
                 write!(

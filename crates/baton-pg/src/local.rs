@@ -1659,6 +1659,10 @@ impl Postgres for LocalPostgres {
     }
 
     async fn ensure_slots(&self, slots: &[String]) -> Result<(), PgError> {
+        self.ensure_slots_keeping(slots, &[]).await
+    }
+
+    async fn ensure_slots_keeping(&self, slots: &[String], keep: &[String]) -> Result<(), PgError> {
         if let Some(bad) = slots.iter().find(|s| !is_valid_slot_name(s)) {
             return Err(PgError::Other(format!(
                 "invalid replication slot name {bad:?}"
@@ -1699,6 +1703,10 @@ impl Postgres for LocalPostgres {
             for (name, active) in &existing {
                 if wanted.contains(name.as_str()) || !record.contains(name) {
                     // Wanted, or not ours (Barman's, pg_receivewal's, ...): left alone.
+                    continue;
+                }
+                if keep.contains(name) {
+                    // Ours, but it matches `ignore_slots`: never dropped.
                     continue;
                 }
                 if *active {

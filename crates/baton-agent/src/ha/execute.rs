@@ -248,8 +248,8 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                 let write = holder.as_ref().map(|h| self.dcs.write_history(h, &history));
                 self.leader_write("write history", write).await
             }
-            Action::EnsureSlots { slots } => {
-                self.pg.ensure_slots(slots).await?;
+            Action::EnsureSlots { slots, keep } => {
+                self.pg.ensure_slots_keeping(slots, keep).await?;
                 Ok(true)
             }
             Action::SyncSlots { work } => {

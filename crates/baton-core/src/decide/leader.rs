@@ -79,10 +79,8 @@ impl Ctx<'_> {
         }
         let slots = crate::slots::leader_physical(self.cfg, view, &next.slots_seen);
         // `sql.slots` lists only the slots pgbaton manages: another tool's slot is no
-        // reason to act.
-        let mut have = sql.slots.clone();
-        have.sort();
-        (slots != have).then_some(Action::EnsureSlots { slots })
+        // reason to act, nor is one of ours that `ignore_slots` keeps.
+        crate::slots::ensure_physical(self.cfg, sql, slots)
     }
 
     /// The key holds our name on another lease (from before an agent restart): a primary

@@ -34,16 +34,14 @@ impl Ctx<'_> {
         }
         // The permanent physical slots, and one for each member whose `replicatefrom` names us
         // and that streams from us (`topology::slots_kept_by`). Inactive slots pgbaton manages
-        // and no longer wants (a former primary's member slots among them) are dropped.
+        // and no longer wants (a former primary's member slots among them) are dropped, unless they
+        // match `ignore_slots`.
         let mut physical = crate::slots::replica_physical(self.cfg, view);
         physical.extend(crate::topology::slots_kept_by(view, self.me()));
         physical.sort();
         physical.dedup();
-        let mut have = sql.slots.clone();
-        have.sort();
-        if physical != have {
-            actions.push(Action::EnsureSlots { slots: physical });
-        }
+        // Those that match `ignore_slots` are kept.
+        actions.extend(crate::slots::ensure_physical(self.cfg, sql, physical));
         let (work, copy) = crate::slots::replica_work(self.cfg, view, sql);
         if !work.is_empty() {
             actions.push(Action::SyncSlots { work });

@@ -204,6 +204,7 @@ fn parse(fixture: &str, previous: Option<&Memory>) -> Fixture {
         standby_cluster: None,
         permanent_slots: Vec::new(),
         member_slots_ttl: crate::slots::DEFAULT_MEMBER_SLOTS_TTL,
+        ignore_slots: Vec::new(),
     };
     let mut obs = Observation {
         unix_ms: 1_795_323_600_000,
@@ -490,6 +491,19 @@ fn parse(fixture: &str, previous: Option<&Memory>) -> Fixture {
                 config.permanent_slots.push(crate::slots::PermanentSlot {
                     name: t.first().to_owned(),
                     kind: slot_kind(&t),
+                });
+            }
+            "ignore" => {
+                // ignore: [name=NAME] [type=physical|logical] [db=..] [plugin=..] (`ignore_slots`)
+                config.ignore_slots.push(crate::slots::SlotMatcher {
+                    name: t.get("name").map(str::to_owned),
+                    slot_type: t.get("type").map(|v| match v {
+                        "physical" => crate::slots::SlotType::Physical,
+                        "logical" => crate::slots::SlotType::Logical,
+                        other => panic!("ignore: type={other}"),
+                    }),
+                    database: t.get("db").map(str::to_owned),
+                    plugin: t.get("plugin").map(str::to_owned),
                 });
             }
             "pgslot" => {

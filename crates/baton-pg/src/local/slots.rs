@@ -145,10 +145,11 @@ impl LocalPostgres {
                     .map_err(|e| sql_error(&what, e))?;
             }
             for (name, lsn) in &work.advance {
-                self.advance_slot(name, *lsn, &mut record).await?;
+                let may_drop = record.contains(name) && !work.keep.contains(name);
+                self.advance_slot(name, *lsn, may_drop).await?;
             }
             for name in &work.drop_logical {
-                if !record.contains(name) {
+                if !record.contains(name) || work.keep.contains(name) {
                     continue;
                 }
                 let conn = self.admin("drop logical slot").await?;
@@ -209,14 +210,10 @@ impl LocalPostgres {
     }
 
     /// `pg_replication_slot_advance` in the slot's database. A logical copy whose WAL is gone
-    /// or that PostgreSQL invalidated (SQLSTATE 58P01, 55000) is dropped, so that the next
-    /// cycle copies it again from the leader (Patroni does the same).
-    async fn advance_slot(
-        &self,
-        name: &str,
-        lsn: Lsn,
-        record: &mut BTreeSet<String>,
-    ) -> Result<(), PgError> {
+    /// or that PostgreSQL invalidated (SQLSTATE 58P01, 55000) is dropped when `may_drop` (ours,
+    /// and not matching `ignore_slots`), so that the next cycle copies it again from the
+    /// leader (Patroni does the same).
+    async fn advance_slot(&self, name: &str, lsn: Lsn, may_drop: bool) -> Result<(), PgError> {
         let conn = self.admin("advance slot").await?;
         let row = conn
             .client
@@ -249,7 +246,7 @@ impl LocalPostgres {
             Ok(_) => Ok(()),
             Err(e)
                 if logical
-                    && record.contains(name)
+                    && may_drop
                     && e.code().is_some_and(|c| {
                         c == &SqlState::UNDEFINED_FILE
                             || c == &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE
