@@ -2,6 +2,8 @@
 //! removed from `slots`, on the leader and on the replica — except those an `ignore_slots`
 //! entry matches. Each kept slot has a twin that no entry matches (or whose entry asks for
 //! another type), dropped in the same change: with the rule not applied both would go.
+//! Before that, the replica reports a copied logical slot safe to use after a failover once
+//! its slot on the leader holds a catalog_xmin that reached it (`baton_core::slot_readiness`).
 //!
 //! Skips (printing a `SKIP` line) when a program it needs is missing, unless
 //! `PGBATON_REQUIRE_INTEGRATION=1`. See docs/testing.md.
@@ -126,6 +128,32 @@ async fn ignored_slots_survive_what_would_drop_them() -> anyhow::Result<()> {
         let s = wait_slots(&cluster, node, "the four permanent slots", all).await?;
         eprintln!("{node}: {s:?}");
     }
+
+    // The replica's copies become safe to use after a failover once its feedback (the
+    // catalog_xmin of its slot on the leader) reaches them, and its log says so. The feedback
+    // is the oldest catalog_xmin of the replica's slots, so (as in Patroni) the slot created
+    // first is the one that is sure to get there while no consumer moves the others on.
+    let log_path = cluster.node(&replica).log_path.clone();
+    let said = wait_for(
+        &format!("{replica} logs a copied logical slot safe after a failover"),
+        scaled(Duration::from_secs(120)),
+        || async {
+            cluster.check_agents_alive()?;
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            Ok(
+                match [KEEP_LOGICAL, DROP_LOGICAL].into_iter().find(|slot| {
+                    log.contains(&format!(
+                        "logical replication slot {slot} is safe to be used after a failover"
+                    ))
+                }) {
+                    Some(slot) => Check::Done(slot),
+                    None => Check::not_yet("no readiness line yet"),
+                },
+            )
+        },
+    )
+    .await?;
+    eprintln!("{replica}: {said} is safe to be used after a failover");
 
     // No slot declared any more: pgbaton drops the ones it made, but not the ignored ones.
     let (status, body) = patch_config(&cluster, &leader, &json!({"slots": null})).await?;

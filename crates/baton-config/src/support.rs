@@ -1188,7 +1188,9 @@ pub(crate) static KEYS: &[Key] = &[
          replica's replay position. Logical slots need `wal_level: logical`; with one declared, \
          `hot_standby_feedback` is turned on (as Patroni does); as \
          in Patroni, a consumer may see changes again after a failover (from the last \
-         position the leader published), never miss any. Members with `nofailover` keep no \
+         position the leader published), never miss any, and a replica logs when a copy \
+         is safe to use after a failover (its slot on the leader holds a `catalog_xmin` that \
+         reached the copied slot's). Members with `nofailover` keep no \
          permanent slot, `nostream` members no logical one. A slot pgbaton did not create \
          and was not told to keep is never dropped (Patroni drops unknown slots), nor is a \
          slot of a declared name but another type, database or plugin (reported instead); a \

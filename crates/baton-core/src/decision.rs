@@ -300,6 +300,9 @@ pub struct Memory {
     /// Replica: when we last copied logical slots from the leader (each copy restarts
     /// PostgreSQL, so copies are spaced out).
     pub slots_copied_at: Option<Mono>,
+    /// Replica: the copied logical slots not yet known safe after a failover
+    /// (`crate::slot_readiness`).
+    pub logical_readiness: crate::slot_readiness::Readiness,
 }
 
 /// Where a replica streams from / clones from / rewinds from.
@@ -415,6 +418,14 @@ pub enum Action {
         upstream: Upstream,
         slots: Vec<String>,
     },
+    /// Replica: read the `catalog_xmin` of our physical slot (`physical_slot`) and of the
+    /// logical slots `slots` on the leader (`crate::slot_readiness`); the executor reports
+    /// what it found (`ActionOutcome::PrimarySlots`).
+    CheckLogicalSlots {
+        upstream: Upstream,
+        physical_slot: String,
+        slots: Vec<String>,
+    },
     /// Start PostgreSQL in the given role.
     StartPostgres {
         role: StartRole,
@@ -497,6 +508,7 @@ pub enum ActionKind {
     EnsureSlots,
     SyncSlots,
     CopyLogicalSlots,
+    CheckLogicalSlots,
     StartPostgres,
     StopPostgres,
     RestartPostgres,
@@ -566,6 +578,7 @@ impl Action {
             Action::EnsureSlots { .. } => ActionKind::EnsureSlots,
             Action::SyncSlots { .. } => ActionKind::SyncSlots,
             Action::CopyLogicalSlots { .. } => ActionKind::CopyLogicalSlots,
+            Action::CheckLogicalSlots { .. } => ActionKind::CheckLogicalSlots,
             Action::RestartPostgres { .. } => ActionKind::RestartPostgres,
             Action::StartPostgres { .. } => ActionKind::StartPostgres,
             Action::StopPostgres { .. } => ActionKind::StopPostgres,
@@ -618,6 +631,17 @@ impl fmt::Display for Action {
                 write!(
                     f,
                     "copy logical slots [{}] from {upstream}",
+                    slots.join(", ")
+                )
+            }
+            Action::CheckLogicalSlots {
+                upstream,
+                physical_slot,
+                slots,
+            } => {
+                write!(
+                    f,
+                    "check catalog_xmin on {upstream}: physical slot {physical_slot}, logical [{}]",
                     slots.join(", ")
                 )
             }

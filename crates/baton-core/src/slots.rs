@@ -143,6 +143,8 @@ pub struct SlotInfo {
     /// pgbaton created (or copied, or adopted as a member's or a permanent slot) this slot:
     /// it is listed in the record beside the data directory.
     pub ours: bool,
+    /// A logical slot's `catalog_xmin` (`crate::slot_readiness`); `None` for a physical one.
+    pub catalog_xmin: Option<u64>,
 }
 
 /// Slot work other than the physical set `Action::EnsureSlots` keeps.
@@ -223,6 +225,14 @@ fn permanent<'c>(cfg: &'c HaConfig, view: &ClusterView) -> impl Iterator<Item = 
                 SlotKind::Logical { .. } => !nostream && !members.contains(&s.name),
             }
     })
+}
+
+/// The names of the permanent logical slots this member keeps.
+pub(crate) fn kept_logical(cfg: &HaConfig, view: &ClusterView) -> Vec<String> {
+    permanent(cfg, view)
+        .filter(|s| matches!(s.kind, SlotKind::Logical { .. }))
+        .map(|s| s.name.clone())
+        .collect()
 }
 
 /// The member slots the leader keeps: one per other member that streams from it (not

@@ -1761,6 +1761,15 @@ impl Postgres for LocalPostgres {
         self.sync_permanent_slots(work).await
     }
 
+    async fn primary_slots(
+        &self,
+        upstream: &Upstream,
+        physical: &str,
+        logical: &[String],
+    ) -> Result<baton_core::slot_readiness::PrimarySlots, PgError> {
+        self.primary_slots_of(upstream, physical, logical).await
+    }
+
     async fn copy_logical_slots(
         &self,
         upstream: &Upstream,

@@ -246,6 +246,27 @@ pub trait Postgres: Send + Sync + 'static {
         }
     }
 
+    /// On the leader `upstream`: the `catalog_xmin` of the physical slot `physical` and of the
+    /// logical slots `logical` (`baton_core::slot_readiness`), as the rewind user (or the
+    /// superuser). An implementation without permanent slots refuses.
+    fn primary_slots(
+        &self,
+        upstream: &baton_core::Upstream,
+        physical: &str,
+        logical: &[String],
+    ) -> impl Future<Output = Result<baton_core::slot_readiness::PrimarySlots, PgError>> + Send
+    {
+        let what = format!(
+            "check the slots {physical}, [{}] on {upstream}",
+            logical.join(", ")
+        );
+        async move {
+            Err(PgError::Other(format!(
+                "cannot {what}: permanent replication slots are not supported here"
+            )))
+        }
+    }
+
     /// Permanent slot upkeep (`baton_core::slots::SlotWork`): create or adopt the declared
     /// logical slots, advance slots with `pg_replication_slot_advance`, drop the logical
     /// slots pgbaton made that are no longer declared. An implementation without permanent

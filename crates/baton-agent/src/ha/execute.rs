@@ -256,6 +256,18 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                 self.pg.sync_slots(work).await?;
                 Ok(true)
             }
+            Action::CheckLogicalSlots {
+                upstream,
+                physical_slot,
+                slots,
+            } => {
+                let found = self
+                    .pg
+                    .primary_slots(upstream, physical_slot, slots)
+                    .await?;
+                self.outcomes.push(ActionOutcome::PrimarySlots(found));
+                Ok(true)
+            }
             Action::CopyLogicalSlots { upstream, slots } => {
                 info!(
                     "copying logical replication slots [{}] from {upstream}: PostgreSQL restarts",

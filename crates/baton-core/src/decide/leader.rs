@@ -74,6 +74,8 @@ impl Ctx<'_> {
         sql: &PgSql,
     ) -> Option<Action> {
         next.slots_seen = crate::slots::retained(self.cfg, view, &next.slots_seen, self.now);
+        // A primary's slots are its own: nothing copied to wait for (Patroni clears its queue).
+        next.logical_readiness = crate::slot_readiness::Readiness::default();
         if !self.cfg.use_slots {
             return None;
         }
