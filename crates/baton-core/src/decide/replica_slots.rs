@@ -69,8 +69,9 @@ impl Ctx<'_> {
     /// Patroni's `check_logical_slots_readiness`: a copied logical slot is pending until our
     /// physical slot on the leader holds a `catalog_xmin` that reached the leader's slot's
     /// (`crate::slot_readiness`). After a start every permanent logical slot present is
-    /// checked once. The check runs while we stream from the leader itself, not while a copy
-    /// restarts PostgreSQL.
+    /// checked once. The check goes to the leader (`upstream` is the leader's address; a
+    /// cascade asks about the slot the leader keeps for its chain) while we stream, not while
+    /// a copy restarts PostgreSQL.
     fn check_logical_readiness(
         &self,
         next: &mut Memory,
