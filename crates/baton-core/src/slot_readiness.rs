@@ -136,6 +136,11 @@ impl Readiness {
             !safe
         });
         self.ready = ready;
+        if self.pending.is_empty() {
+            // Nothing to wait for: a later copy starts afresh (its problem is logged again).
+            self.problem = None;
+            self.physical_xmin = None;
+        }
     }
 }
 
