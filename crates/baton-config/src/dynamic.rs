@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use crate::error::{ConfigError, ConfigErrors};
 use crate::params::{self, Source};
 use crate::support::DYNAMIC_ROOT;
-use crate::walk::{Cx, Mode, Obj, index, join};
+use crate::walk::{Cx, Mode, Obj, join};
 
 /// The smallest `ttl` pgbaton accepts, in seconds. Patroni raises anything below 20 to 20;
 /// pgbaton can go lower because its lease keepalive runs independently of the HA loop and the
@@ -58,6 +58,8 @@ pub struct DynamicConfig {
     /// `member_slots_ttl`, seconds (Patroni's default 30min; 0: member slots are not kept
     /// for departed members).
     pub member_slots_ttl: u32,
+    /// `ignore_slots`: slots pgbaton never drops, even those it made.
+    pub ignore_slots: Vec<baton_core::slots::SlotMatcher>,
     /// `postgresql.parameters`, rendered and validated (see [`crate::merged_parameters`]).
     pub parameters: BTreeMap<String, String>,
     /// `postgresql.pg_hba`: used when the local configuration has none.
@@ -100,6 +102,7 @@ impl DynamicConfig {
             remove_data_directory_on_rewind_failure: false,
             permanent_slots: Vec::new(),
             member_slots_ttl: 1800,
+            ignore_slots: Vec::new(),
             parameters: BTreeMap::new(),
             pg_hba: Vec::new(),
             sync: baton_core::SyncConfig::default(),
@@ -241,8 +244,8 @@ pub(crate) fn parse(cx: &mut Cx, path: &str, v: &Value) -> DynamicConfig {
     if let Some(ttl) = o.opt(cx, "member_slots_ttl", crate::slots::member_slots_ttl) {
         d.member_slots_ttl = u32::try_from(ttl).unwrap_or(u32::MAX);
     }
-    if let Some(class) = o.opt(cx, "ignore_slots", ignore_slots) {
-        o.value_class(cx, "ignore_slots", class);
+    if let Some(matchers) = o.opt(cx, "ignore_slots", crate::slots::ignore_slots) {
+        d.ignore_slots = matchers;
     }
     if let Some(pg) = o.section(cx, "postgresql") {
         postgresql(cx, pg, &mut d);
@@ -290,37 +293,6 @@ fn adjust_timeouts(cx: &mut Cx, path: &str, d: &mut DynamicConfig, raw: &mut Map
         d.loop_wait = new_loop_wait;
         raw.insert("loop_wait".to_owned(), Value::from(new_loop_wait));
     }
-}
-
-/// `ignore_slots`: a list of mappings (`name`, `type`, `database`, `plugin`); the class of
-/// the value for the support table: whether every entry is limited to logical slots.
-fn ignore_slots(cx: &mut Cx, path: &str, v: &Value) -> Option<&'static str> {
-    let Value::Array(items) = v else {
-        cx.mismatch(path, "a list of mappings", v);
-        return None;
-    };
-    let mut logical_only = true;
-    let mut ok = true;
-    for (i, item) in items.iter().enumerate() {
-        let p = index(path, i);
-        match item {
-            Value::Object(entry) => {
-                logical_only &= entry.get("type").and_then(Value::as_str) == Some("logical");
-            }
-            other => {
-                cx.mismatch(&p, "a mapping (name, type, database, plugin)", other);
-                ok = false;
-            }
-        }
-    }
-    if !ok || items.is_empty() {
-        return None;
-    }
-    Some(if logical_only {
-        "entries of type logical only"
-    } else {
-        "any entry that may match a physical slot"
-    })
 }
 
 /// `create_replica_methods` in the dynamic configuration: only `[basebackup]`. A custom

@@ -193,6 +193,7 @@ pub fn effective_ha(config: &Config, dynamic: &DynamicConfig) -> HaConfig {
         standby_cluster: dynamic.standby_cluster.clone(),
         permanent_slots: dynamic.permanent_slots.clone(),
         member_slots_ttl: secs(dynamic.member_slots_ttl),
+        ignore_slots: dynamic.ignore_slots.clone(),
     }
 }
 

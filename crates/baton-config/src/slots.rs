@@ -1,10 +1,11 @@
 //! The dynamic `slots` section (also read as `permanent_slots` and
-//! `permanent_replication_slots`, Patroni's older names) and `member_slots_ttl`.
+//! `permanent_replication_slots`, Patroni's older names), `member_slots_ttl` and
+//! `ignore_slots`.
 
-use baton_core::slots::{PermanentSlot, SlotKind};
+use baton_core::slots::{PermanentSlot, SlotKind, SlotMatcher, SlotType};
 use serde_json::Value;
 
-use crate::walk::{Cx, join};
+use crate::walk::{Cx, index, join};
 
 /// Patroni's `slot_name_re`: lower-case letters, digits and `_`, 1 to 63 of them.
 fn valid_slot_name(name: &str) -> bool {
@@ -147,10 +148,85 @@ pub(crate) fn member_slots_ttl(cx: &mut Cx, path: &str, v: &Value) -> Option<u64
     }
 }
 
+/// `ignore_slots: [{name: .., type: physical|logical, database: .., plugin: ..}, ...]`: every
+/// field an entry gives must match (Patroni's `ignore_replication_slot`); `null` is as if the
+/// field were absent. Every problem is an error at its key path, even in the DCS value (the
+/// whole value is then not adopted): an entry silently not applied would let pgbaton drop a
+/// slot someone else relies on.
+pub(crate) fn ignore_slots(cx: &mut Cx, path: &str, v: &Value) -> Option<Vec<SlotMatcher>> {
+    let items = match v {
+        Value::Null => return Some(Vec::new()),
+        Value::Array(items) => items,
+        other => {
+            cx.mismatch(
+                path,
+                "a list of mappings (name, type, database, plugin)",
+                other,
+            );
+            return None;
+        }
+    };
+    let before = cx.error_count();
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let p = index(path, i);
+        let Value::Object(entry) = item else {
+            cx.mismatch(&p, "a mapping (name, type, database, plugin)", item);
+            continue;
+        };
+        let mut matcher = SlotMatcher::default();
+        for (key, value) in entry {
+            let kp = join(&p, key);
+            if value.is_null() {
+                if !["name", "type", "database", "plugin"].contains(&key.as_str()) {
+                    cx.error(
+                        &kp,
+                        "unknown key (an entry takes name, type, database, plugin)",
+                    );
+                }
+                continue;
+            }
+            let text = |cx: &mut Cx| -> Option<String> {
+                let s = cx.string(&kp, value, "a string")?;
+                if s.is_empty() {
+                    cx.error(&kp, "empty: leave the key out to match any");
+                    return None;
+                }
+                Some(s)
+            };
+            match key.as_str() {
+                "name" => matcher.name = text(cx),
+                "database" => matcher.database = text(cx),
+                "plugin" => matcher.plugin = text(cx),
+                "type" => {
+                    matcher.slot_type = match text(cx).as_deref() {
+                        Some("physical") => Some(SlotType::Physical),
+                        Some("logical") => Some(SlotType::Logical),
+                        Some(other) => {
+                            cx.error(
+                                &kp,
+                                format!("expected physical or logical, found {other:?}"),
+                            );
+                            None
+                        }
+                        None => None,
+                    }
+                }
+                _ => cx.error(
+                    &kp,
+                    "unknown key (an entry takes name, type, database, plugin)",
+                ),
+            }
+        }
+        out.push(matcher);
+    }
+    (cx.error_count() == before).then_some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use crate::DynamicConfig;
-    use baton_core::slots::{PermanentSlot, SlotKind};
+    use baton_core::slots::{PermanentSlot, SlotKind, SlotMatcher, SlotType};
 
     fn parse(json: &str) -> Result<DynamicConfig, String> {
         DynamicConfig::from_json_strict(json)
@@ -222,5 +298,59 @@ mod tests {
             slots.x.typo: unknown key (a slot takes type, database, plugin, cluster_type)
             member_slots_ttl: expected seconds or a duration such as 30min (units ms, s, min, h, d), found "soon""#]]
         .assert_eq(&e);
+    }
+
+    #[test]
+    fn ignore_slots_parse_every_field_optional() {
+        let d = parse(
+            r#"{"ignore_slots":[{"name":"debezium","type":"logical","database":"app","plugin":"pgoutput"},
+                {"type":"physical"},{"name":"barman","database":null},{}]}"#,
+        )
+        .expect("valid");
+        assert_eq!(
+            d.ignore_slots,
+            vec![
+                SlotMatcher {
+                    name: Some("debezium".into()),
+                    slot_type: Some(SlotType::Logical),
+                    database: Some("app".into()),
+                    plugin: Some("pgoutput".into()),
+                },
+                SlotMatcher {
+                    slot_type: Some(SlotType::Physical),
+                    ..SlotMatcher::default()
+                },
+                SlotMatcher {
+                    name: Some("barman".into()),
+                    ..SlotMatcher::default()
+                },
+                SlotMatcher::default(),
+            ]
+        );
+        assert!(parse("{}").expect("empty").ignore_slots.is_empty());
+        assert!(
+            parse(r#"{"ignore_slots":null}"#)
+                .expect("null")
+                .ignore_slots
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn bad_ignore_slots_are_errors_at_their_key_even_in_the_dcs() {
+        let bad = r#"{"ignore_slots":[{"name":"a","typo":"x"},{"type":"magic"},{"name":5},"barman",
+            {"database":""}]}"#;
+        let e = parse(bad).expect_err("invalid");
+        expect_test::expect![[r#"
+            ignore_slots[0].typo: unknown key (an entry takes name, type, database, plugin)
+            ignore_slots[1].type: expected physical or logical, found "magic"
+            ignore_slots[2].name: expected a string, found the integer 5
+            ignore_slots[3]: expected a mapping (name, type, database, plugin), found the string "barman"
+            ignore_slots[4].database: empty: leave the key out to match any"#]].assert_eq(&e);
+        // Read back from the DCS it is an error too: the value is not adopted.
+        let e = crate::DynamicConfig::from_json(bad).expect_err("invalid in the DCS");
+        assert!(e.to_string().contains("ignore_slots[0].typo"), "{e}");
+        let e = parse(r#"{"ignore_slots":{"name":"a"}}"#).expect_err("not a list");
+        expect_test::expect!["ignore_slots: expected a list of mappings (name, type, database, plugin), found a mapping"].assert_eq(&e);
     }
 }

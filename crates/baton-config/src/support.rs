@@ -1217,7 +1217,9 @@ pub(crate) static KEYS: &[Key] = &[
          replica's replay position. Logical slots need `wal_level: logical`; with one declared, \
          `hot_standby_feedback` is turned on (as Patroni does); as \
          in Patroni, a consumer may see changes again after a failover (from the last \
-         position the leader published), never miss any. Members with `nofailover` keep no \
+         position the leader published), never miss any, and a replica logs when a copy \
+         is safe to use after a failover (its slot on the leader holds a `catalog_xmin` that \
+         reached the copied slot's). Members with `nofailover` keep no \
          permanent slot, `nostream` members no logical one. A slot pgbaton did not create \
          and was not told to keep is never dropped (Patroni drops unknown slots), nor is a \
          slot of a declared name but another type, database or plugin (reported instead); a \
@@ -1234,29 +1236,18 @@ pub(crate) static KEYS: &[Key] = &[
         "none",
         "Patroni's older name of `slots`.",
     ),
-    by_value(
+    dynamic(
         "ignore_slots",
-        Dynamic,
-        "",
-        "",
-        &[
-            (
-                "entries of type logical only",
-                Warned(
-                    "accepted but not needed by pgbaton: it drops only the logical replication \
-                     slots it created for the `slots` section (recorded beside the data \
-                     directory) and leaves every other slot alone",
-                ),
-            ),
-            (
-                "any entry that may match a physical slot",
-                Warned(
-                    "accepted but not needed by pgbaton: it drops only the replication slots it \
-                     created for members and the `slots` section (recorded in \
-                     <data_dir>.pgbaton-slots) and leaves every other slot alone",
-                ),
-            ),
-        ],
+        "none",
+        "Replication slots pgbaton never drops, a list of `{name, type, database, plugin}` \
+         entries (every field given must match; `type` is `physical` or `logical`; a physical \
+         slot has no database or plugin), as in Patroni. pgbaton drops only slots it made \
+         anyway; a matching one is kept even then: a member slot past `member_slots_ttl`, a \
+         slot removed from `slots`, a slot whose declared type, database or plugin changed \
+         (Patroni drops and re-creates that one), on the leader and on replicas. A slot \
+         declared in `slots` or kept for a member is still created and advanced when it \
+         matches (as in Patroni). An unknown field or a wrong type is an error at its key, \
+         also in the DCS value (which is then not adopted).",
     ),
     dynamic(
         "standby_cluster",

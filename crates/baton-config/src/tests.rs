@@ -212,6 +212,7 @@ tags:
                         remove_data_directory_on_rewind_failure: false,
                         permanent_slots: [],
                         member_slots_ttl: 1800,
+                        ignore_slots: [],
                         parameters: {
                             "archive_mode": "on",
                             "max_connections": "200",
@@ -1321,6 +1322,7 @@ fn effective_ha_merges_local_and_dynamic() {
             standby_cluster: None,
             permanent_slots: [],
             member_slots_ttl: 1800s,
+            ignore_slots: [],
         }
     "#]]
     .assert_debug_eq(&ha);

@@ -123,6 +123,8 @@ pub struct HaConfig {
     /// Dynamic `member_slots_ttl`: how long the leader keeps the slot of a member whose key
     /// is gone (0: not at all).
     pub member_slots_ttl: Duration,
+    /// Dynamic `ignore_slots`: slots matching an entry are never dropped (`crate::slots`).
+    pub ignore_slots: Vec<crate::slots::SlotMatcher>,
 }
 
 /// Patroni's `standby_cluster` section: where the standby leader replicates from, and the
@@ -313,6 +315,9 @@ pub struct Memory {
     /// Replica: when we last copied logical slots from the leader (each copy restarts
     /// PostgreSQL, so copies are spaced out).
     pub slots_copied_at: Option<Mono>,
+    /// Replica: the copied logical slots not yet known safe after a failover
+    /// (`crate::slot_readiness`).
+    pub logical_readiness: crate::slot_readiness::Readiness,
 }
 
 /// Where a replica streams from / clones from / rewinds from.
@@ -417,9 +422,11 @@ pub enum Action {
     /// Append the new timeline to the `history` key from the timeline history file.
     UpdateHistory,
     /// Physical replication slots for these members (and drop the inactive slots pgbaton
-    /// manages that are not among them; other tools' slots are left alone).
+    /// manages that are not among them; other tools' slots are left alone). `keep`: slots
+    /// pgbaton manages that match `ignore_slots`, neither dropped nor created.
     EnsureSlots {
         slots: Vec<String>,
+        keep: Vec<String>,
     },
     /// Permanent slot upkeep besides the physical set (`crate::slots`): create or adopt
     /// logical slots, advance slots, drop logical slots pgbaton made that are not declared.
@@ -431,6 +438,14 @@ pub enum Action {
     /// (fast) after reading, writes the files, and the next cycle starts it again.
     CopyLogicalSlots {
         upstream: Upstream,
+        slots: Vec<String>,
+    },
+    /// Replica: read the `catalog_xmin` of our physical slot (`physical_slot`) and of the
+    /// logical slots `slots` on the leader (`crate::slot_readiness`); the executor reports
+    /// what it found (`ActionOutcome::PrimarySlots`).
+    CheckLogicalSlots {
+        upstream: Upstream,
+        physical_slot: String,
         slots: Vec<String>,
     },
     /// Start PostgreSQL in the given role.
@@ -515,6 +530,7 @@ pub enum ActionKind {
     EnsureSlots,
     SyncSlots,
     CopyLogicalSlots,
+    CheckLogicalSlots,
     StartPostgres,
     StopPostgres,
     RestartPostgres,
@@ -584,6 +600,7 @@ impl Action {
             Action::EnsureSlots { .. } => ActionKind::EnsureSlots,
             Action::SyncSlots { .. } => ActionKind::SyncSlots,
             Action::CopyLogicalSlots { .. } => ActionKind::CopyLogicalSlots,
+            Action::CheckLogicalSlots { .. } => ActionKind::CheckLogicalSlots,
             Action::RestartPostgres { .. } => ActionKind::RestartPostgres,
             Action::StartPostgres { .. } => ActionKind::StartPostgres,
             Action::StopPostgres { .. } => ActionKind::StopPostgres,
@@ -624,12 +641,29 @@ impl fmt::Display for Action {
             Action::ReleaseLeader { last_lsn: None } => write!(f, "release leader key"),
             Action::WriteConfig => write!(f, "write dynamic config"),
             Action::UpdateHistory => write!(f, "update timeline history"),
-            Action::EnsureSlots { slots } => write!(f, "ensure slots [{}]", slots.join(", ")),
+            Action::EnsureSlots { slots, keep } => {
+                write!(f, "ensure slots [{}]", slots.join(", "))?;
+                if !keep.is_empty() {
+                    write!(f, ", keep ignored [{}]", keep.join(", "))?;
+                }
+                Ok(())
+            }
             Action::SyncSlots { work } => write!(f, "sync slots: {work}"),
             Action::CopyLogicalSlots { upstream, slots } => {
                 write!(
                     f,
                     "copy logical slots [{}] from {upstream}",
+                    slots.join(", ")
+                )
+            }
+            Action::CheckLogicalSlots {
+                upstream,
+                physical_slot,
+                slots,
+            } => {
+                write!(
+                    f,
+                    "check catalog_xmin on {upstream}: physical slot {physical_slot}, logical [{}]",
                     slots.join(", ")
                 )
             }

@@ -18,6 +18,7 @@ mod outcome;
 mod pg;
 mod replica;
 mod restart;
+pub mod slot_readiness;
 pub mod slots;
 mod sync;
 mod time;

@@ -26,6 +26,8 @@ pub enum ActionOutcome {
     ReleasedKey,
     /// An action failed; the next decision reacts to it (give up the key, wipe and re-clone).
     Failed(ActionFailure),
+    /// `CheckLogicalSlots` read the leader's slots (`crate::slot_readiness`).
+    PrimarySlots(crate::slot_readiness::PrimarySlots),
 }
 
 impl Memory {
@@ -38,6 +40,11 @@ impl Memory {
             .any(|o| matches!(o, ActionOutcome::MissedKey | ActionOutcome::ReleasedKey))
         {
             next.was_leader = false;
+        }
+        for outcome in outcomes {
+            if let ActionOutcome::PrimarySlots(found) = outcome {
+                next.logical_readiness.apply(found);
+            }
         }
         next
     }

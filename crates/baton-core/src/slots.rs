@@ -8,6 +8,12 @@
 //! pgbaton never touches a slot it did not create stays: a slot declared in `slots` is
 //! pgbaton's to create, keep, advance and (once it is no longer declared) drop; any other slot
 //! it did not create is left alone — Patroni drops unknown slots, pgbaton does not.
+//!
+//! `ignore_slots` ([`SlotMatcher`]) narrows that further, as in Patroni: a slot that matches
+//! an entry is never dropped, even one pgbaton made (a member slot past `member_slots_ttl`, a
+//! permanent slot no longer declared, a slot whose type, database or plugin no longer is the
+//! declared one). A declared permanent slot or a member slot is still created and advanced
+//! when it matches (Patroni manages every slot it wants; the list only spares the others).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -40,6 +46,85 @@ impl fmt::Display for SlotKind {
     }
 }
 
+/// A slot's type, as an `ignore_slots` entry names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SlotType {
+    Physical,
+    Logical,
+}
+
+/// One entry of the dynamic `ignore_slots` list: every field given must match (Patroni's
+/// `ignore_replication_slot`); an entry with none matches every slot. A physical slot has no
+/// database and no plugin, so an entry naming one never matches it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SlotMatcher {
+    pub name: Option<String>,
+    pub slot_type: Option<SlotType>,
+    pub database: Option<String>,
+    pub plugin: Option<String>,
+}
+
+impl SlotMatcher {
+    /// Whether `slot` (as it is on this instance) matches this entry.
+    pub fn matches(&self, slot: &SlotInfo) -> bool {
+        let (slot_type, database, plugin) = match &slot.kind {
+            SlotKind::Physical => (SlotType::Physical, None, None),
+            SlotKind::Logical { database, plugin } => (
+                SlotType::Logical,
+                Some(database.as_str()),
+                Some(plugin.as_str()),
+            ),
+        };
+        self.name.as_ref().is_none_or(|n| *n == slot.name)
+            && self.slot_type.is_none_or(|t| t == slot_type)
+            && self.database.as_deref().is_none_or(|d| Some(d) == database)
+            && self.plugin.as_deref().is_none_or(|p| Some(p) == plugin)
+    }
+}
+
+/// The slots present on this instance that match `ignore_slots`: pgbaton never drops them.
+pub fn ignored<'a>(cfg: &HaConfig, sql: &'a PgSql) -> Vec<&'a SlotInfo> {
+    sql.replication_slots
+        .iter()
+        .filter(|s| cfg.ignore_slots.iter().any(|m| m.matches(s)))
+        .collect()
+}
+
+fn is_ignored(cfg: &HaConfig, sql: &PgSql, name: &str) -> bool {
+    ignored(cfg, sql).iter().any(|s| s.name == name)
+}
+
+/// The physical slots pgbaton manages (`sql.slots`) that match `ignore_slots` and are not in
+/// `wanted`: `Action::EnsureSlots` keeps them instead of dropping them.
+pub fn physical_kept(cfg: &HaConfig, sql: &PgSql, wanted: &[String]) -> Vec<String> {
+    let mut keep: Vec<String> = ignored(cfg, sql)
+        .into_iter()
+        .filter(|s| s.kind == SlotKind::Physical)
+        .map(|s| s.name.clone())
+        .filter(|n| sql.slots.contains(n) && !wanted.contains(n))
+        .collect();
+    keep.sort();
+    keep.dedup();
+    keep
+}
+
+/// `Action::EnsureSlots` when the physical slots pgbaton manages (less the ones `ignore_slots`
+/// keeps) differ from `wanted`.
+pub fn ensure_physical(cfg: &HaConfig, sql: &PgSql, wanted: Vec<String>) -> Option<crate::Action> {
+    let keep = physical_kept(cfg, sql, &wanted);
+    let mut have: Vec<String> = sql
+        .slots
+        .iter()
+        .filter(|s| !keep.contains(s))
+        .cloned()
+        .collect();
+    have.sort();
+    (wanted != have).then_some(crate::Action::EnsureSlots {
+        slots: wanted,
+        keep,
+    })
+}
+
 /// One entry of the dynamic `slots` section.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct PermanentSlot {
@@ -58,6 +143,8 @@ pub struct SlotInfo {
     /// pgbaton created (or copied, or adopted as a member's or a permanent slot) this slot:
     /// it is listed in the record beside the data directory.
     pub ours: bool,
+    /// A logical slot's `catalog_xmin` (`crate::slot_readiness`); `None` for a physical one.
+    pub catalog_xmin: Option<u64>,
 }
 
 /// Slot work other than the physical set `Action::EnsureSlots` keeps.
@@ -73,6 +160,9 @@ pub struct SlotWork {
     /// Declared logical slots someone else created with the declared database and plugin:
     /// recorded as ours from now on (Patroni manages them too).
     pub adopt_logical: Vec<String>,
+    /// Slots matching `ignore_slots`: never dropped by this work, not even a copy whose
+    /// advance failed (which is otherwise dropped to be copied again). Not work by itself.
+    pub keep: Vec<String>,
 }
 
 impl SlotWork {
@@ -109,6 +199,9 @@ impl fmt::Display for SlotWork {
         if !self.adopt_logical.is_empty() {
             parts.push(format!("adopt logical [{}]", self.adopt_logical.join(", ")));
         }
+        if !self.keep.is_empty() {
+            parts.push(format!("keep ignored [{}]", self.keep.join(", ")));
+        }
         f.write_str(&parts.join("; "))
     }
 }
@@ -132,6 +225,14 @@ fn permanent<'c>(cfg: &'c HaConfig, view: &ClusterView) -> impl Iterator<Item = 
                 SlotKind::Logical { .. } => !nostream && !members.contains(&s.name),
             }
     })
+}
+
+/// The names of the permanent logical slots this member keeps.
+pub(crate) fn kept_logical(cfg: &HaConfig, view: &ClusterView) -> Vec<String> {
+    permanent(cfg, view)
+        .filter(|s| matches!(s.kind, SlotKind::Logical { .. }))
+        .map(|s| s.name.clone())
+        .collect()
 }
 
 /// The member slots the leader keeps: one per other member that streams from it (not
@@ -250,15 +351,18 @@ pub fn leader_work(cfg: &HaConfig, view: &ClusterView, sql: &PgSql) -> (SlotWork
             Some(_) => {}
         }
     }
-    work.drop_logical = own_logical_not_wanted(sql, &wanted);
+    work.drop_logical = own_logical_not_wanted(cfg, sql, &wanted);
     (work, conflicts)
 }
 
-fn own_logical_not_wanted(sql: &PgSql, wanted: &[&PermanentSlot]) -> Vec<String> {
+/// The logical slots pgbaton made that are no longer declared as they are (removed from
+/// `slots`, or declared with another database or plugin), unless they match `ignore_slots`.
+fn own_logical_not_wanted(cfg: &HaConfig, sql: &PgSql, wanted: &[&PermanentSlot]) -> Vec<String> {
     sql.replication_slots
         .iter()
         .filter(|s| s.ours && matches!(s.kind, SlotKind::Logical { .. }))
         .filter(|s| !wanted.iter().any(|w| w.name == s.name && w.kind == s.kind))
+        .filter(|s| !is_ignored(cfg, sql, &s.name))
         .map(|s| s.name.clone())
         .collect()
 }
@@ -300,7 +404,13 @@ pub fn replica_work(cfg: &HaConfig, view: &ClusterView, sql: &PgSql) -> (SlotWor
         .copied()
         .filter(|s| matches!(s.kind, SlotKind::Logical { .. }))
         .collect();
-    work.drop_logical = own_logical_not_wanted(sql, &logical);
+    work.drop_logical = own_logical_not_wanted(cfg, sql, &logical);
+    if !work.advance.is_empty() {
+        work.keep = ignored(cfg, sql)
+            .into_iter()
+            .map(|s| s.name.clone())
+            .collect();
+    }
     (work, copy)
 }
 

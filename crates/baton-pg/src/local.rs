@@ -1799,6 +1799,10 @@ impl Postgres for LocalPostgres {
     }
 
     async fn ensure_slots(&self, slots: &[String]) -> Result<(), PgError> {
+        self.ensure_slots_keeping(slots, &[]).await
+    }
+
+    async fn ensure_slots_keeping(&self, slots: &[String], keep: &[String]) -> Result<(), PgError> {
         if let Some(bad) = slots.iter().find(|s| !is_valid_slot_name(s)) {
             return Err(PgError::Other(format!(
                 "invalid replication slot name {bad:?}"
@@ -1839,6 +1843,10 @@ impl Postgres for LocalPostgres {
             for (name, active) in &existing {
                 if wanted.contains(name.as_str()) || !record.contains(name) {
                     // Wanted, or not ours (Barman's, pg_receivewal's, ...): left alone.
+                    continue;
+                }
+                if keep.contains(name) {
+                    // Ours, but it matches `ignore_slots`: never dropped.
                     continue;
                 }
                 if *active {
@@ -1891,6 +1899,15 @@ impl Postgres for LocalPostgres {
 
     async fn sync_slots(&self, work: &baton_core::slots::SlotWork) -> Result<(), PgError> {
         self.sync_permanent_slots(work).await
+    }
+
+    async fn primary_slots(
+        &self,
+        upstream: &Upstream,
+        physical: &str,
+        logical: &[String],
+    ) -> Result<baton_core::slot_readiness::PrimarySlots, PgError> {
+        self.primary_slots_of(upstream, physical, logical).await
     }
 
     async fn copy_logical_slots(

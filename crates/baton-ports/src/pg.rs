@@ -265,6 +265,50 @@ pub trait Postgres: Send + Sync + 'static {
     /// create or adopt as a member's slot (Barman's, pg_receivewal's, ...) is never dropped.
     fn ensure_slots(&self, slots: &[String]) -> impl Future<Output = Result<(), PgError>> + Send;
 
+    /// As [`Postgres::ensure_slots`], but the slots in `keep` (slots pgbaton manages that match
+    /// `ignore_slots`) are neither dropped nor created. An implementation without
+    /// `ignore_slots` refuses a non-empty `keep` (it would drop them).
+    fn ensure_slots_keeping(
+        &self,
+        slots: &[String],
+        keep: &[String],
+    ) -> impl Future<Output = Result<(), PgError>> + Send {
+        let refused = (!keep.is_empty()).then(|| {
+            PgError::Other(format!(
+                "cannot keep the ignored replication slots [{}]: ignore_slots is not supported here",
+                keep.join(", ")
+            ))
+        });
+        let ensure = self.ensure_slots(slots);
+        async move {
+            match refused {
+                Some(e) => Err(e),
+                None => ensure.await,
+            }
+        }
+    }
+
+    /// On the leader `upstream`: the `catalog_xmin` of the physical slot `physical` and of the
+    /// logical slots `logical` (`baton_core::slot_readiness`), as the rewind user (or the
+    /// superuser). An implementation without permanent slots refuses.
+    fn primary_slots(
+        &self,
+        upstream: &baton_core::Upstream,
+        physical: &str,
+        logical: &[String],
+    ) -> impl Future<Output = Result<baton_core::slot_readiness::PrimarySlots, PgError>> + Send
+    {
+        let what = format!(
+            "check the slots {physical}, [{}] on {upstream}",
+            logical.join(", ")
+        );
+        async move {
+            Err(PgError::Other(format!(
+                "cannot {what}: permanent replication slots are not supported here"
+            )))
+        }
+    }
+
     /// Permanent slot upkeep (`baton_core::slots::SlotWork`): create or adopt the declared
     /// logical slots, advance slots with `pg_replication_slot_advance`, drop the logical
     /// slots pgbaton made that are no longer declared. An implementation without permanent

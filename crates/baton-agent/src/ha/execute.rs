@@ -254,12 +254,24 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
                 let write = holder.as_ref().map(|h| self.dcs.write_history(h, &history));
                 self.leader_write("write history", write).await
             }
-            Action::EnsureSlots { slots } => {
-                self.pg.ensure_slots(slots).await?;
+            Action::EnsureSlots { slots, keep } => {
+                self.pg.ensure_slots_keeping(slots, keep).await?;
                 Ok(true)
             }
             Action::SyncSlots { work } => {
                 self.pg.sync_slots(work).await?;
+                Ok(true)
+            }
+            Action::CheckLogicalSlots {
+                upstream,
+                physical_slot,
+                slots,
+            } => {
+                let found = self
+                    .pg
+                    .primary_slots(upstream, physical_slot, slots)
+                    .await?;
+                self.outcomes.push(ActionOutcome::PrimarySlots(found));
                 Ok(true)
             }
             Action::CopyLogicalSlots { upstream, slots } => {

@@ -316,6 +316,21 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
             info!("{reason}");
             self.last_reason = Some(reason);
         }
+        let promoting = decision
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::Promote));
+        for (warning, line) in baton_core::slot_readiness::log_lines(
+            &self.memory.logical_readiness,
+            &decision.next_memory.logical_readiness,
+            promoting,
+        ) {
+            if warning {
+                tracing::warn!("{line}");
+            } else {
+                info!("{line}");
+            }
+        }
         self.memory = decision.next_memory.clone();
 
         // Health checks see what was just observed (a crashed postmaster, say) before the

@@ -341,7 +341,6 @@ bootstrap:
             etcd3.srv: accepted but not used by pgbaton: it connects to the endpoints in host/hosts, as given
             etcd3.srv_suffix: accepted but not used by pgbaton: it connects to the endpoints in host/hosts, as given
             bootstrap.dcs.check_timeline: pgbaton always checks timelines: a member behind the cluster's timeline never takes over
-            bootstrap.dcs.ignore_slots: accepted but not needed by pgbaton: it drops only the replication slots it created for members and the `slots` section (recorded in <data_dir>.pgbaton-slots) and leaves every other slot alone
             bootstrap.dcs.postgresql.bin_name: accepted but not used by pgbaton: it runs the programs in bin_dir under their usual names
             bootstrap.dcs.postgresql.remove_data_directory_on_diverged_timelines: accepted but not used by pgbaton: a diverged member is rewound (use_pg_rewind) or re-cloned (remove_data_directory_on_rewind_failure)
             bootstrap.dcs.postgresql.use_unix_socket_repl: accepted but not used by pgbaton: replicas stream over TCP

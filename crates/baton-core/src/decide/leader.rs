@@ -74,15 +74,15 @@ impl Ctx<'_> {
         sql: &PgSql,
     ) -> Option<Action> {
         next.slots_seen = crate::slots::retained(self.cfg, view, &next.slots_seen, self.now);
+        // A primary's slots are its own: nothing copied to wait for (Patroni clears its queue).
+        next.logical_readiness = crate::slot_readiness::Readiness::default();
         if !self.cfg.use_slots {
             return None;
         }
         let slots = crate::slots::leader_physical(self.cfg, view, &next.slots_seen);
         // `sql.slots` lists only the slots pgbaton manages: another tool's slot is no
-        // reason to act.
-        let mut have = sql.slots.clone();
-        have.sort();
-        (slots != have).then_some(Action::EnsureSlots { slots })
+        // reason to act, nor is one of ours that `ignore_slots` keeps.
+        crate::slots::ensure_physical(self.cfg, sql, slots)
     }
 
     /// The key holds our name on another lease (from before an agent restart): a primary

@@ -149,6 +149,7 @@ pub fn decide(memory: &Memory, obs: &Observation, config: &HaConfig, now: Mono) 
                     Action::Follow { .. }
                         | Action::EnsureSlots { .. }
                         | Action::SyncSlots { .. }
+                        | Action::CheckLogicalSlots { .. }
                         | Action::WriteConfig
                         | Action::UpdateHistory
                         | Action::ReattachLeader
@@ -231,12 +232,15 @@ pub fn decide(memory: &Memory, obs: &Observation, config: &HaConfig, now: Mono) 
     }
 
     let mut wake_at = now + config.loop_wait;
-    if actions
-        .iter()
-        .any(|a| !matches!(a, Action::ExtendFencing { .. }))
-    {
+    if actions.iter().any(|a| {
+        !matches!(
+            a,
+            Action::ExtendFencing { .. } | Action::CheckLogicalSlots { .. }
+        )
+    }) {
         // Observe the effect right away (an extended fencing deadline has none to observe:
-        // the next `POST /failsafe` round is due after `loop_wait`, as in Patroni).
+        // the next `POST /failsafe` round is due after `loop_wait`, as in Patroni; a check of
+        // the leader's slots is read-only and repeats every `loop_wait` while slots wait).
         wake_at = now;
     }
     if let Some(until) = actions.iter().find_map(|a| match a {

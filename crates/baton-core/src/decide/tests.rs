@@ -88,6 +88,12 @@
 //! status: slots=perm1@0/3000000,lslot@0/2800000 retain=n1,n3   (the leader's `/status`)
 //! memory: seen=n1@90,n3@80 copied=95   (the leader's member slot record; the last copy of
 //!     logical slots; `show=slots` renders both)
+//! memory: primed pending=cdc@700,new@- phys_xmin=720   (copied logical slots not yet known
+//!     safe after a failover, `crate::slot_readiness`; `show=slots` renders them)
+//! outcome: primary_slots physical=n2 xmin=720|none|missing logical=cdc@700
+//!     (what `CheckLogicalSlots` read on the leader)
+//! pgslot: ... xmin=700   (a logical slot's catalog_xmin)
+//! ignore: name=n3 type=physical db=.. plugin=..   (an `ignore_slots` entry)
 //! Times are seconds on the monotonic clock.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -204,6 +210,7 @@ fn parse(fixture: &str, previous: Option<&Memory>) -> Fixture {
         standby_cluster: None,
         permanent_slots: Vec::new(),
         member_slots_ttl: crate::slots::DEFAULT_MEMBER_SLOTS_TTL,
+        ignore_slots: Vec::new(),
     };
     let mut obs = Observation {
         unix_ms: 1_795_323_600_000,
@@ -492,6 +499,19 @@ fn parse(fixture: &str, previous: Option<&Memory>) -> Fixture {
                     kind: slot_kind(&t),
                 });
             }
+            "ignore" => {
+                // ignore: [name=NAME] [type=physical|logical] [db=..] [plugin=..] (`ignore_slots`)
+                config.ignore_slots.push(crate::slots::SlotMatcher {
+                    name: t.get("name").map(str::to_owned),
+                    slot_type: t.get("type").map(|v| match v {
+                        "physical" => crate::slots::SlotType::Physical,
+                        "logical" => crate::slots::SlotType::Logical,
+                        other => panic!("ignore: type={other}"),
+                    }),
+                    database: t.get("db").map(str::to_owned),
+                    plugin: t.get("plugin").map(str::to_owned),
+                });
+            }
             "pgslot" => {
                 // pgslot: NAME physical|logical db=.. plugin=.. pos=0/3000000 ours
                 let sql = obs.pg.sql.as_mut().expect("`pgslot:` after `pg: running`");
@@ -500,6 +520,7 @@ fn parse(fixture: &str, previous: Option<&Memory>) -> Fixture {
                     kind: slot_kind(&t),
                     position: t.get("pos").map(lsn),
                     ours: t.has("ours"),
+                    catalog_xmin: t.get("xmin").map(|x| x.parse().expect("xmin")),
                 };
                 if info.ours
                     && info.kind == crate::slots::SlotKind::Physical
@@ -559,6 +580,20 @@ fn parse(fixture: &str, previous: Option<&Memory>) -> Fixture {
                         .collect();
                 }
                 memory.slots_copied_at = t.get("copied").map(secs);
+                // pending=cdc@700,other@- primed phys_xmin=720: the copied logical slots not
+                // yet known safe (`crate::slot_readiness`)
+                let readiness = &mut memory.logical_readiness;
+                readiness.primed = t.has("primed");
+                readiness.physical_xmin = t.get("phys_xmin").map(|x| x.parse().expect("xmin"));
+                if let Some(list) = t.get("pending") {
+                    readiness.pending = list
+                        .split(',')
+                        .map(|item| {
+                            let (n, x) = item.split_once('@').expect("pending=name@xmin|-");
+                            (n.to_owned(), (x != "-").then(|| x.parse().expect("xmin")))
+                        })
+                        .collect();
+                }
             }
             "watchdog" => {
                 obs.watchdog = WatchdogState {
@@ -627,6 +662,28 @@ fn parse(fixture: &str, previous: Option<&Memory>) -> Fixture {
                 },
                 "missed_key" => ActionOutcome::MissedKey,
                 "released_key" => ActionOutcome::ReleasedKey,
+                "primary_slots" => {
+                    // outcome: primary_slots physical=n2 xmin=720|none|missing logical=cdc@700
+                    let xmin = t.get("xmin").expect("xmin=");
+                    ActionOutcome::PrimarySlots(crate::slot_readiness::PrimarySlots {
+                        physical: t.get("physical").expect("physical=").to_owned(),
+                        physical_xmin: match xmin {
+                            "missing" => None,
+                            "none" => Some(None),
+                            x => Some(Some(x.parse().expect("xmin"))),
+                        },
+                        logical: t
+                            .get("logical")
+                            .unwrap_or("")
+                            .split(',')
+                            .filter(|i| !i.is_empty())
+                            .map(|item| {
+                                let (n, x) = item.split_once('@').expect("logical=name@xmin");
+                                (n.to_owned(), Some(x.parse().expect("xmin")))
+                            })
+                            .collect(),
+                    })
+                }
                 other => panic!("unknown outcome {other}"),
             }),
             "failure" => obs.outcomes.push(ActionOutcome::Failed(ActionFailure {
@@ -730,6 +787,22 @@ fn render(f: &Fixture, show: Show) -> (String, Memory) {
             or_dash(m.slots_copied_at.map(|t| t.to_string())),
         )
         .unwrap();
+        let r = &m.logical_readiness;
+        if r.primed || !r.pending.is_empty() {
+            let pending: Vec<String> = r
+                .pending
+                .iter()
+                .map(|(n, x)| format!("{n}@{}", or_dash(x.map(|x| x.to_string()))))
+                .collect();
+            writeln!(
+                out,
+                "readiness: pending=[{}] ready=[{}] problem={}",
+                pending.join(","),
+                r.ready.join(","),
+                or_dash(r.problem.clone()),
+            )
+            .unwrap();
+        }
     }
     writeln!(
         out,

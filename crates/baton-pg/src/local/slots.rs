@@ -12,6 +12,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use baton_core::slot_readiness::PrimarySlots;
 use baton_core::slots::{SlotInfo, SlotKind, SlotWork};
 use baton_core::{Lsn, PgSql, StopMode, Upstream};
 use tokio::time::timeout;
@@ -26,10 +27,11 @@ use crate::{PgError, Postgres};
 const LOGICAL_RECORD_SUFFIX: &str = ".pgbaton-logical-slots";
 
 /// Every non-temporary slot: name, type, database, plugin, position (logical:
-/// `confirmed_flush_lsn`, physical: `restart_lsn`).
+/// `confirmed_flush_lsn`, physical: `restart_lsn`), `catalog_xmin`.
 pub(super) const ALL_SLOTS_SQL: &str = "\
 SELECT slot_name::text, slot_type::text, database::text, plugin::text,
-       (CASE WHEN slot_type = 'logical' THEN confirmed_flush_lsn ELSE restart_lsn END)::text
+       (CASE WHEN slot_type = 'logical' THEN confirmed_flush_lsn ELSE restart_lsn END)::text,
+       catalog_xmin::text
   FROM pg_catalog.pg_replication_slots WHERE NOT temporary ORDER BY 1";
 
 pub(super) fn parse_slot_rows(rows: &[Row]) -> Result<Vec<SlotInfo>, PgError> {
@@ -41,6 +43,7 @@ pub(super) fn parse_slot_rows(rows: &[Row]) -> Result<Vec<SlotInfo>, PgError> {
             let database: Option<String> = row.try_get(2).map_err(get)?;
             let plugin: Option<String> = row.try_get(3).map_err(get)?;
             let position: Option<String> = row.try_get(4).map_err(get)?;
+            let catalog_xmin: Option<String> = row.try_get(5).map_err(get)?;
             let kind = if kind == "logical" {
                 SlotKind::Logical {
                     database: database.unwrap_or_default(),
@@ -54,6 +57,7 @@ pub(super) fn parse_slot_rows(rows: &[Row]) -> Result<Vec<SlotInfo>, PgError> {
                 kind,
                 position: position.and_then(|p| p.parse::<Lsn>().ok()),
                 ours: false,
+                catalog_xmin: catalog_xmin.and_then(|x| x.parse().ok()),
             })
         })
         .collect()
@@ -145,10 +149,11 @@ impl LocalPostgres {
                     .map_err(|e| sql_error(&what, e))?;
             }
             for (name, lsn) in &work.advance {
-                self.advance_slot(name, *lsn, &mut record).await?;
+                let may_drop = record.contains(name) && !work.keep.contains(name);
+                self.advance_slot(name, *lsn, may_drop).await?;
             }
             for name in &work.drop_logical {
-                if !record.contains(name) {
+                if !record.contains(name) || work.keep.contains(name) {
                     continue;
                 }
                 let conn = self.admin("drop logical slot").await?;
@@ -209,14 +214,10 @@ impl LocalPostgres {
     }
 
     /// `pg_replication_slot_advance` in the slot's database. A logical copy whose WAL is gone
-    /// or that PostgreSQL invalidated (SQLSTATE 58P01, 55000) is dropped, so that the next
-    /// cycle copies it again from the leader (Patroni does the same).
-    async fn advance_slot(
-        &self,
-        name: &str,
-        lsn: Lsn,
-        record: &mut BTreeSet<String>,
-    ) -> Result<(), PgError> {
+    /// or that PostgreSQL invalidated (SQLSTATE 58P01, 55000) is dropped when `may_drop` (ours,
+    /// and not matching `ignore_slots`), so that the next cycle copies it again from the
+    /// leader (Patroni does the same).
+    async fn advance_slot(&self, name: &str, lsn: Lsn, may_drop: bool) -> Result<(), PgError> {
         let conn = self.admin("advance slot").await?;
         let row = conn
             .client
@@ -249,7 +250,7 @@ impl LocalPostgres {
             Ok(_) => Ok(()),
             Err(e)
                 if logical
-                    && record.contains(name)
+                    && may_drop
                     && e.code().is_some_and(|c| {
                         c == &SqlState::UNDEFINED_FILE
                             || c == &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE
@@ -298,6 +299,55 @@ impl LocalPostgres {
             "superuser"
         };
         ConnTarget::new(config, creds, role, true)
+    }
+
+    /// The `catalog_xmin` of slot `physical` and of the logical slots `logical` on the leader
+    /// (Patroni's readiness query: nothing while it is in recovery).
+    pub(super) async fn primary_slots_of(
+        &self,
+        upstream: &Upstream,
+        physical: &str,
+        logical: &[String],
+    ) -> Result<PrimarySlots, PgError> {
+        let target = self.upstream_target(upstream)?;
+        let what = format!("check replication slots on {upstream}");
+        let mut names: Vec<String> = logical.to_vec();
+        names.push(physical.to_owned());
+        let read = async {
+            let conn = Self::connect(&target, &format!("connect to {upstream}")).await?;
+            conn.client
+                .query(
+                    "SELECT slot_name::text, catalog_xmin::text
+                       FROM pg_catalog.pg_get_replication_slots()
+                      WHERE NOT pg_catalog.pg_is_in_recovery()
+                        AND slot_name::text = ANY($1::text[])",
+                    &[&names],
+                )
+                .await
+                .map_err(|e| sql_error(&what, e))
+        };
+        let limit = Duration::from_secs(CONNECT_TIMEOUT_SECS.into()) + self.settings.sql_timeout;
+        let rows = timeout(limit, read).await.unwrap_or_else(|_| {
+            Err(PgError::Timeout {
+                what: what.clone(),
+                after: limit,
+            })
+        })?;
+        let mut found = PrimarySlots {
+            physical: physical.to_owned(),
+            ..PrimarySlots::default()
+        };
+        for row in &rows {
+            let name: String = row.try_get(0).map_err(|e| sql_error(&what, e))?;
+            let xmin: Option<String> = row.try_get(1).map_err(|e| sql_error(&what, e))?;
+            let xmin = xmin.and_then(|x| x.parse().ok());
+            if name == physical {
+                found.physical_xmin = Some(xmin);
+            } else {
+                found.logical.insert(name, xmin);
+            }
+        }
+        Ok(found)
     }
 
     pub(super) async fn copy_logical_slots_from(
