@@ -13,15 +13,16 @@
 //!   a suspend in between does not make it late (a relative sleep would not count the suspend);
 //! - the agent's exit: the agent starts the guard with a pipe as its standard input and keeps
 //!   the other end; the kernel closes it when the agent dies, however it dies (a frozen agent
-//!   keeps it open: alive, as `kill(pid, 0)` says).
+//!   keeps it open: alive, as `kill(pid, 0)` says). Without a deadline the guard still looks
+//!   once a second ([`CHANGE_BACKSTOP_MS`]), in case that end outlived the agent.
 //!
 //! Once the deadline has passed (the guard fences, or keeps the floating IP off while the
 //! agent stays frozen), after the agent's end of the pipe closed while `kill(pid, 0)` still
 //! finds it (a zombie), and whenever inotify, the timer or the pipe is not available (no
 //! inotify instance left for the user, an older agent that gave no pipe, the watched directory
 //! removed), the guard looks every [`GUARD_INTERVAL`] as before. A leader's guard at idle
-//! wakes at each lease renewal (the agent rewrites the record: every ttl/4), a replica's
-//! hardly ever.
+//! wakes at each lease renewal (the agent rewrites the record: every ttl/4), a replica's once
+//! a second.
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd, OwnedFd};
@@ -36,6 +37,10 @@ use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFl
 use tracing::{info, warn};
 
 use crate::guard::{GUARD_INTERVAL, GuardView};
+
+/// The longest the guard waits for a change while no deadline is recorded (`NextLook::Change`):
+/// nothing is due then, and the agent's exit normally wakes it at once through the pipe.
+pub const CHANGE_BACKSTOP_MS: u16 = 1000;
 
 /// What the guard waits for before its next look.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -180,7 +185,10 @@ impl Waiter {
             PollFd::new(inotify.as_fd(), PollFlags::POLLIN),
             PollFd::new(agent.as_fd(), PollFlags::POLLIN),
         ];
-        if poll(&mut fds, PollTimeout::NONE).is_err() {
+        // A backstop for a pipe end that outlived the agent (it would have to leak into a
+        // process of its own: the agent's end is close-on-exec): look at least every
+        // [`CHANGE_BACKSTOP_MS`] anyway.
+        if poll(&mut fds, CHANGE_BACKSTOP_MS).is_err() {
             return false;
         }
         let agent_event = fds[1].revents().is_some_and(|r| !r.is_empty());
