@@ -47,8 +47,8 @@ dev=$target/debug/pgbaton-dev
 # `down` and `status` use what `up` built (a tree that does not compile must not keep a
 # running demo from being stopped).
 if [[ $1 == up || ! -x $dev ]]; then
-    printf 'demo: building pgbaton and pgbaton-dev (dev profile)\n'
-    (cd "$REPO" && cargo build -q -p baton-cli --bin pgbaton -p baton-integration-tests --bin pgbaton-dev)
+    printf 'demo: building pgbaton, pgbaton-fence-guard and pgbaton-dev (dev profile)\n'
+    (cd "$REPO" && cargo build -q -p baton-cli --bin pgbaton --bin pgbaton-fence-guard -p baton-integration-tests --bin pgbaton-dev)
 fi
 # pgbaton-dev runs the pgbaton beside it ($PGBATON_BIN overrides).
 exec "$dev" demo "$1"

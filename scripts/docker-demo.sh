@@ -81,8 +81,8 @@ find_pgbaton() {
         return
     fi
     command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs) or set PGBATON_BIN"
-    say "building pgbaton (dev profile)"
-    (cd "$REPO" && cargo build -q -p baton-cli --bin pgbaton) >&2
+    say "building pgbaton and pgbaton-fence-guard (dev profile)"
+    (cd "$REPO" && cargo build -q -p baton-cli --bin pgbaton --bin pgbaton-fence-guard) >&2
     local target=${CARGO_TARGET_DIR:-}
     if [[ -z $target ]]; then
         target=$(cd "$REPO" && cargo metadata --no-deps --format-version 1 |
@@ -91,25 +91,41 @@ find_pgbaton() {
     echo "$target/debug/pgbaton"
 }
 
-# Copy the binary, stripped, to docker/.build/pgbaton unless that copy is already of it.
+# Copy the binaries, stripped, to docker/.build/bin/: pgbaton, and the fence guard binary
+# beside it (pgbaton-fence-guard: without it the agent runs its built-in guard, with a warning),
+# unless those copies are already of them.
 stage_binary() {
-    local src stamp
+    local src guard stamp
     src=$(find_pgbaton)
     [[ -x $src ]] || die "pgbaton binary not found at $src"
+    guard=$(dirname "$src")/pgbaton-fence-guard
     stamp="$(readlink -f "$src") $(stat -c '%s %Y' "$src")"
-    mkdir -p "$STAGE"
-    if [[ -x $STAGE/pgbaton && $(cat "$STAGE/pgbaton.source" 2>/dev/null) == "$stamp" ]]; then
+    if [[ -x $guard ]]; then
+        stamp+=" $(stat -c '%s %Y' "$guard")"
+    fi
+    mkdir -p "$STAGE/bin"
+    if [[ -x $STAGE/bin/pgbaton && $(cat "$STAGE/pgbaton.source" 2>/dev/null) == "$stamp" ]]; then
         return
     fi
-    say "staging $src (stripped) in ${STAGE#"$REPO"/}/pgbaton"
-    if command -v strip >/dev/null; then
-        strip -o "$STAGE/pgbaton.tmp" "$src"
+    rm -f "$STAGE/pgbaton" "$STAGE/bin/pgbaton-fence-guard"
+    stage_one "$src" pgbaton
+    if [[ -x $guard ]]; then
+        stage_one "$guard" pgbaton-fence-guard
     else
-        cp "$src" "$STAGE/pgbaton.tmp"
+        say "warning: no $guard: the image's agents run the built-in fence guard"
     fi
-    chmod 755 "$STAGE/pgbaton.tmp"
-    mv "$STAGE/pgbaton.tmp" "$STAGE/pgbaton"
     echo "$stamp" >"$STAGE/pgbaton.source"
+}
+
+stage_one() { # source, name in $STAGE/bin
+    say "staging $1 (stripped) in ${STAGE#"$REPO"/}/bin/$2"
+    if command -v strip >/dev/null; then
+        strip -o "$STAGE/bin/$2.tmp" "$1"
+    else
+        cp "$1" "$STAGE/bin/$2.tmp"
+    fi
+    chmod 755 "$STAGE/bin/$2.tmp"
+    mv "$STAGE/bin/$2.tmp" "$STAGE/bin/$2"
 }
 
 build_image() { # name, base image

@@ -141,7 +141,7 @@ impl std::fmt::Debug for Cluster {
 }
 
 impl Cluster {
-    /// Create the directory, copy `pgbaton` into it, allocate ports and write every
+    /// Create the directory, copy `pgbaton` (and the fence guard binary) into it, allocate ports and write every
     /// configuration file, without starting anything.
     pub fn create(tools: &Tools, spec: ClusterSpec) -> anyhow::Result<Cluster> {
         spec.timing.check()?;
@@ -161,11 +161,8 @@ impl Cluster {
         // The cargo target dir may be unreadable for postgres (e.g. under /root): use a copy.
         let bin_dir = root.join("bin");
         std::fs::create_dir_all(&bin_dir)?;
-        let pgbaton = bin_dir.join("pgbaton");
-        std::fs::copy(&tools.pgbaton, &pgbaton).with_context(|| {
-            format!("copy {} to {}", tools.pgbaton.display(), pgbaton.display())
-        })?;
-        std::fs::set_permissions(&pgbaton, std::fs::Permissions::from_mode(0o755))?;
+        // The fence guard binary goes beside it (the agent starts it from there).
+        let pgbaton = tools.install_pgbaton(&bin_dir)?;
         let etcd = Etcd::prepare(&tools.etcd, &root, spec.etcd_members)?;
         let names: Vec<String> = (1..=spec.nodes).map(|i| format!("node{i}")).collect();
         let (net, etcd_hosts, shared_ports) = if spec.netns {

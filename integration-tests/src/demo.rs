@@ -290,10 +290,10 @@ pub async fn up(layout: &Layout, timeout: Duration) -> anyhow::Result<()> {
     // The agents' user must traverse it; they run a copy of the binary, because the cargo
     // target directory may be unreadable for them (e.g. under /root).
     std::fs::set_permissions(&layout.dir, std::fs::Permissions::from_mode(0o755))?;
+    // With the fence guard binary beside it.
     let pgbaton = layout.pgbaton();
-    std::fs::copy(&tools.pgbaton, &pgbaton)
-        .with_context(|| format!("copy {} to {}", tools.pgbaton.display(), pgbaton.display()))?;
-    std::fs::set_permissions(&pgbaton, std::fs::Permissions::from_mode(0o755))?;
+    let bin_dir = pgbaton.parent().context("the demo's bin directory")?;
+    tools.install_pgbaton(bin_dir)?;
     let mut nodes = Vec::with_capacity(layout.nodes);
     for i in 0..layout.nodes {
         nodes.push(Node::create(

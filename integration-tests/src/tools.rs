@@ -219,6 +219,35 @@ pub fn scaled(d: Duration) -> Duration {
     d.mul_f64(scale)
 }
 
+/// The fence guard binary's file name (`baton_agent::guard::GUARD_BINARY`).
+pub(crate) const FENCE_GUARD_BINARY: &str = "pgbaton-fence-guard";
+
+impl Tools {
+    /// The fence guard binary built beside `pgbaton` (`cargo build -p baton-cli` builds both),
+    /// if there is one.
+    pub fn fence_guard(&self) -> Option<PathBuf> {
+        Some(self.pgbaton.with_file_name(FENCE_GUARD_BINARY)).filter(|p| is_executable(p))
+    }
+
+    /// Copy `pgbaton` into `dir` (mode 0755), and the fence guard binary beside it when it was
+    /// built (the agent starts the guard from its own directory; without it, the agent runs
+    /// its built-in guard). Returns the copy of `pgbaton`.
+    pub fn install_pgbaton(&self, dir: &Path) -> anyhow::Result<PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        let mut copies = vec![(self.pgbaton.clone(), dir.join("pgbaton"))];
+        if let Some(guard) = self.fence_guard() {
+            copies.push((guard, dir.join(FENCE_GUARD_BINARY)));
+        }
+        for (from, to) in &copies {
+            std::fs::copy(from, to)
+                .with_context(|| format!("copy {} to {}", from.display(), to.display()))?;
+            std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o755))
+                .with_context(|| format!("chmod {}", to.display()))?;
+        }
+        Ok(dir.join("pgbaton"))
+    }
+}
+
 /// `$target/debug/deps/<test>-<hash>` → `$target/debug/pgbaton`.
 fn default_pgbaton_path() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;

@@ -9,7 +9,8 @@
 //! - primary host killed (agent + every PostgreSQL process SIGKILLed) at ttl 20 and ttl 5:
 //!   time to a writable new primary, the lease time left at the kill, the difference;
 //! - planned switchover under a writer: write gap, request-to-writable, acknowledged commits lost,
-//!   how long after the new primary is writable its `/primary` answers 200;
+//!   how long after the new primary is writable its `/primary` answers 200, and how long after
+//!   the promotion itself (`pg_is_in_recovery()` false, polled every 5 ms);
 //! - PostgreSQL crash on the primary with the agent alive: time until `/primary` stops answering
 //!   200 (noticed) and until a write commits again;
 //! - idle agent RSS and CPU, etcd requests per minute at idle;
@@ -430,6 +431,45 @@ async fn wait_writable(
     }
 }
 
+/// Poll `SELECT pg_is_in_recovery()` on `target` every `every` (one connection, made again
+/// when it breaks) until it answers false: when the standby was promoted (within `every` plus
+/// one query), `None` after 120 s.
+fn watch_promoted(target: PgTarget, every: Duration) -> tokio::task::JoinHandle<Option<Instant>> {
+    tokio::spawn(async move {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut conn: Option<Client> = None;
+        while Instant::now() < deadline {
+            if conn.is_none() {
+                conn = target
+                    .connect_with_timeout(Duration::from_millis(300))
+                    .await
+                    .ok();
+            }
+            if let Some(c) = &conn {
+                match tokio::time::timeout(
+                    Duration::from_millis(500),
+                    c.simple_query("SELECT pg_is_in_recovery()"),
+                )
+                .await
+                {
+                    Ok(Ok(rows)) => {
+                        let in_recovery = rows.iter().find_map(|m| match m {
+                            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0),
+                            _ => None,
+                        });
+                        if in_recovery == Some("f") {
+                            return Some(Instant::now());
+                        }
+                    }
+                    _ => conn = None,
+                }
+            }
+            tokio::time::sleep(every).await;
+        }
+        None
+    })
+}
+
 /// Poll `GET <path>` on `base` every `every` until its status satisfies `want`.
 fn watch_status(
     base: String,
@@ -548,6 +588,9 @@ async fn switchover(cluster: &Cluster, iteration: usize) -> anyhow::Result<Value
         |c, _| c == 200,
         Duration::from_millis(10),
     );
+    // The promotion itself: the candidate's `pg_is_in_recovery()` turns false (polled every
+    // 5 ms on one kept connection), for "role change visible on /primary after promotion".
+    let promoted_watch = watch_promoted(cluster.node(&cand).pg(), Duration::from_millis(5));
     let old_idx = index_of(cluster, &old);
     let t_req = Instant::now();
     // The request and the 20 ms write probe run together: the probe must not wait for the answer.
@@ -581,6 +624,7 @@ async fn switchover(cluster: &Cluster, iteration: usize) -> anyhow::Result<Value
     let t_primary = primary_watch
         .await?
         .context("/primary never answered 200")?;
+    let t_promoted = promoted_watch.await.ok().flatten();
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let (run, acks) = writer.stop().await?;
     // The writer's first commit on the candidate, for comparison with the 20 ms probe.
@@ -604,6 +648,8 @@ async fn switchover(cluster: &Cluster, iteration: usize) -> anyhow::Result<Value
         "acked_commits": acks.len(),
         "acked_commits_lost": lost,
         "primary_endpoint_after_writable_ms": signed_ms(t_primary, t_writable),
+        "promoted_after_request_ms": t_promoted.map(|t| signed_ms(t, t_req)),
+        "primary_endpoint_after_promotion_ms": t_promoted.map(|t| signed_ms(t_primary, t)),
     });
     eprintln!("bench: switchover: {row}");
     Ok(row)
@@ -820,6 +866,31 @@ fn rss_kb(pid: i32) -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// A `kB` field of `/proc/<pid>/status`.
+fn status_kb(pid: i32, field: &str) -> Option<u64> {
+    kb_field(
+        &std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?,
+        field,
+    )
+}
+
+/// A `kB` field of `/proc/<pid>/smaps_rollup`.
+fn smaps_rollup_kb(pid: i32, field: &str) -> Option<u64> {
+    kb_field(
+        &std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?,
+        field,
+    )
+}
+
+fn kb_field(text: &str, field: &str) -> Option<u64> {
+    text.lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 fn clock_ticks() -> f64 {
@@ -1049,6 +1120,11 @@ async fn idle_sample(cluster: &Cluster, secs: u64, settle_secs: u64) -> anyhow::
                     "rss_kb": rss_kb(*p),
                     "wakeups_per_min": (total * 10.0).round() / 10.0,
                     "threads": threads,
+                    // Where it goes: anonymous (the process's own) and file pages (the binary's
+                    // text, libc: shared, clean), and the proportional share (`Pss`).
+                    "rss_anon_kb": status_kb(*p, "RssAnon:"),
+                    "rss_file_kb": status_kb(*p, "RssFile:"),
+                    "pss_kb": smaps_rollup_kb(*p, "Pss:"),
                 })
             })
             .collect();
@@ -1510,6 +1586,11 @@ const FIGURES: &[(&str, &str, &str)] = &[
         "switchover",
         "primary_endpoint_after_writable_ms",
         "switchover: /primary 200 after writable (ms)",
+    ),
+    (
+        "switchover",
+        "primary_endpoint_after_promotion_ms",
+        "switchover: /primary 200 after promotion (ms)",
     ),
     (
         "pg_crash",
