@@ -94,25 +94,9 @@ pub(crate) fn custom(cx: &mut Cx, bootstrap: &mut Obj<'_>, name: &str) -> Option
             );
             continue;
         }
-        let rendered = match value {
-            Value::String(s) => s.clone(),
-            Value::Number(n) => n.to_string(),
-            // As Patroni's Python renders them.
-            Value::Bool(true) => "True".to_owned(),
-            Value::Bool(false) => "False".to_owned(),
-            other => {
-                cx.mismatch(
-                    &p,
-                    "a string, number or boolean (passed as --key=value)",
-                    other,
-                );
-                continue;
-            }
-        };
-        if rendered.contains(['\0', '\n']) {
-            cx.error(&p, "must not contain a NUL character or a line break");
+        let Some(rendered) = crate::replica::command_option(cx, &p, value) else {
             continue;
-        }
+        };
         options.push((key.to_owned(), rendered));
     }
     o.finish(cx);

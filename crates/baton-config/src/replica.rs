@@ -127,25 +127,9 @@ fn custom(cx: &mut Cx, path: &str, name: &str, section: Option<&Value>) -> Optio
             } else {
                 o.get_free(key).unwrap_or(&Value::Null)
             };
-            let rendered = match value {
-                Value::String(s) => s.clone(),
-                Value::Number(n) => n.to_string(),
-                // As Patroni's Python renders them.
-                Value::Bool(true) => "True".to_owned(),
-                Value::Bool(false) => "False".to_owned(),
-                other => {
-                    cx.mismatch(
-                        &p,
-                        "a string, number or boolean (passed as --key=value)",
-                        other,
-                    );
-                    continue;
-                }
-            };
-            if rendered.contains(['\0', '\n']) {
-                cx.error(&p, "must not contain a NUL character or a line break");
+            let Some(rendered) = command_option(cx, &p, value) else {
                 continue;
-            }
+            };
             method.options.push((key.to_owned(), rendered));
         }
         o.finish(cx);
@@ -158,6 +142,32 @@ fn custom(cx: &mut Cx, path: &str, name: &str, section: Option<&Value>) -> Optio
         method.argv = vec![name.to_owned()];
     }
     (cx.error_count() == before).then_some(method)
+}
+
+/// A custom command's `key: value` option as Patroni passes it (`--key=value`): a string,
+/// number or boolean (rendered as Python does), without NUL or line break; `None` after
+/// reporting the error at `path`.
+pub(crate) fn command_option(cx: &mut Cx, path: &str, value: &Value) -> Option<String> {
+    let rendered = match value {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        // As Patroni's Python renders them.
+        Value::Bool(true) => "True".to_owned(),
+        Value::Bool(false) => "False".to_owned(),
+        other => {
+            cx.mismatch(
+                path,
+                "a string, number or boolean (passed as --key=value)",
+                other,
+            );
+            return None;
+        }
+    };
+    if rendered.contains(['\0', '\n']) {
+        cx.error(path, "must not contain a NUL character or a line break");
+        return None;
+    }
+    Some(rendered)
 }
 
 /// `postgresql.basebackup`: a list of option names and single-pair mappings
