@@ -94,11 +94,13 @@ test-clean:
 
 # The fault suite's long profile: 30 iterations of every fault (`make test` runs the short
 # one, one iteration per fault on one cluster, with the other tests). PGBATON_CHAOS_PARALLEL=N
-# clusters run at once (default: one per core, at most 4), the iterations dealt over them;
+# clusters run at once (default: two per core, at most 4), the iterations dealt over them;
 # PGBATON_CHAOS_ITERATIONS=N overrides the 30. Report (merged over the clusters):
-# target/chaos/report-<unix>.{md,json}. See docs/testing.md, "Fault suite".
-chaos: deps build
-	PGBATON_REQUIRE_INTEGRATION=1 PGBATON_CHAOS=long \
+# target/chaos/report-<unix>.{md,json}. The agents and fence guards are the release binary (what
+# ships, as `make bench`; a dev-build agent costs several times the CPU, and four clusters share
+# two cores); the harness is the dev build. See docs/testing.md, "Fault suite".
+chaos: deps build bench-release
+	PGBATON_REQUIRE_INTEGRATION=1 PGBATON_CHAOS=long PGBATON_BIN=$(BENCH_BIN) \
 		$(CARGO) test -p baton-integration-tests --test chaos -- --nocapture
 
 # Figures are reported (table on stdout, target/bench/bench.{json,md}), never asserted.

@@ -18,7 +18,7 @@
 //!
 //! `PGBATON_CHAOS=short` (default) runs each fault once; `PGBATON_CHAOS=long` (`make chaos`)
 //! or `PGBATON_CHAOS_ITERATIONS=N` runs more. `PGBATON_CHAOS_PARALLEL=N` (default 1 in the
-//! short profile, one per core up to 4 in the long one) runs N workers at once, each with its
+//! short profile, two per core up to 4 in the long one) runs N workers at once, each with its
 //! own pair of clusters (own namespaces, subnet, etcd, ports, data directories) on its own
 //! thread and runtime; iteration `i` of every fault runs on worker `(i - 1) % N`, and the
 //! workers' reports are merged into one. The report goes to `target/chaos/report-<unix>.md`

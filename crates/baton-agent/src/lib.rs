@@ -43,6 +43,7 @@ pub mod peers;
 pub mod reload;
 pub mod restart_file;
 pub mod security;
+pub mod startup_pages;
 pub mod vip;
 pub mod watchdog;
 
@@ -313,6 +314,7 @@ pub async fn run_with<P: Postgres>(
             // API answers from it. Without NOTIFY_SOCKET this does nothing.
             ready = true;
             notify_systemd(&[sd_notify::NotifyState::Ready]);
+            release_startup_pages();
         }
         let mut wait = clock::until(clock.as_ref(), outcome.wake_at);
         if outcome.failed {
@@ -363,6 +365,25 @@ pub async fn run_with<P: Postgres>(
     while tasks.join_next().await.is_some() {}
     info!("stopped");
     Ok(())
+}
+
+/// Once, after the first cycle: drop the pages of code and read-only data only startup ran
+/// ([`startup_pages`]); the loops map what they run again as they run it.
+fn release_startup_pages() {
+    match startup_pages::release_startup_pages() {
+        Ok(r) if r.failed == 0 => info!(
+            mappings = r.mappings,
+            kb = r.kb,
+            "released the pages of startup-only code (resident memory)"
+        ),
+        Ok(r) => warn!(
+            mappings = r.mappings,
+            kb = r.kb,
+            refused = r.failed,
+            "released the pages of startup-only code; the kernel refused some mappings"
+        ),
+        Err(e) => warn!("cannot read /proc/self/smaps to release startup-only pages: {e}"),
+    }
 }
 
 /// Refuse to start while another agent with our name runs in the cluster (Patroni's
