@@ -69,8 +69,16 @@ pub(crate) fn permanent_slots(cx: &mut Cx, path: &str, v: &Value) -> Option<Vec<
         let cluster_type = text(cx, "cluster_type");
         match cluster_type.as_deref() {
             None | Some("primary") => {}
-            // Kept only in a standby cluster, which pgbaton refuses: nothing to keep here.
-            Some("standby") => continue,
+            // Patroni keeps such a slot in a standby cluster only; pgbaton does not apply
+            // `cluster_type` yet, so it keeps none (said, never silently).
+            Some("standby") => {
+                cx.warn(
+                    &join(&p, "cluster_type"),
+                    "`standby` is not implemented: this slot is not kept, in a standby cluster \
+                     either (Patroni keeps it there)",
+                );
+                continue;
+            }
             Some(other) => {
                 cx.error(
                     &join(&p, "cluster_type"),
@@ -281,6 +289,27 @@ mod tests {
         let d = parse(r#"{"permanent_slots":{"a":null},"slots":{"b":null}}"#).expect("alias");
         assert_eq!(d.permanent_slots.len(), 1);
         assert_eq!(d.permanent_slots[0].name, "a");
+    }
+
+    #[test]
+    fn a_standby_only_slot_is_skipped_with_a_warning_at_its_key() {
+        let (d, warnings) = DynamicConfig::from_json_strict(
+            r#"{"slots":{"standby_only":{"type":"physical","cluster_type":"standby"},
+                "both":{"type":"physical","cluster_type":"primary"}}}"#,
+        )
+        .expect("valid");
+        assert_eq!(
+            d.permanent_slots,
+            vec![PermanentSlot {
+                name: "both".into(),
+                kind: SlotKind::Physical
+            }]
+        );
+        let text = warnings.join("\n");
+        assert!(
+            text.contains("slots.standby_only.cluster_type") && text.contains("not implemented"),
+            "{text}"
+        );
     }
 
     #[test]
