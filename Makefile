@@ -97,8 +97,8 @@ test-clean:
 # clusters run at once (default: two per core, at most 4), the iterations dealt over them;
 # PGBATON_CHAOS_ITERATIONS=N overrides the 30. Report (merged over the clusters):
 # target/chaos/report-<unix>.{md,json}. The agents and fence guards are the release binary (what
-# ships, as `make bench`; a dev-build agent costs several times the CPU, and four clusters share
-# two cores); the harness is the dev build. See docs/testing.md, "Fault suite".
+# ships is what the long suite tests, as `make bench` measures it); the harness is the dev build.
+# See docs/testing.md, "Fault suite".
 chaos: deps build bench-release
 	PGBATON_REQUIRE_INTEGRATION=1 PGBATON_CHAOS=long PGBATON_BIN=$(BENCH_BIN) \
 		$(CARGO) test -p baton-integration-tests --test chaos -- --nocapture
