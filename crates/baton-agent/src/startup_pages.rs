@@ -14,7 +14,10 @@
 //! writable, backed by a file, with no anonymous (copied-on-write) page and no locked page.
 //! Dropping such a page loses nothing; a relocated segment (`.data.rel.ro`, which holds
 //! anonymous pages after relocation), the heap, stacks and anything writable are never
-//! touched. The fence guard does not do this: its code stays mapped as it was.
+//! touched. Nothing is done that the kernel's own reclaim does not do to such pages under
+//! memory pressure (it unmaps clean file pages and reads them again at the next fault); this
+//! only does it early, for this process. The fence guard does not do it: its code stays mapped
+//! as it was.
 
 use std::ffi::c_void;
 use std::ptr::NonNull;
