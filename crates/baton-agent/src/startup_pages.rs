@@ -55,7 +55,7 @@ pub fn releasable(smaps: &str) -> Vec<Releasable> {
     for line in smaps.lines() {
         if let Some(header) = mapping_header(line) {
             finish(current.take(), &mut out);
-            current = header;
+            current = Some(header);
             continue;
         }
         let Some((candidate, keep)) = current.as_mut() else {
@@ -83,10 +83,9 @@ pub fn releasable(smaps: &str) -> Vec<Releasable> {
 }
 
 /// A mapping's header line (`start-end perms offset dev inode [path]`): `None` when `line`
-/// is not one, `Some(None)` for a mapping that is never releasable, `Some(Some((m, true)))`
-/// for a candidate whose fields are still to be checked.
-#[allow(clippy::option_option)]
-fn mapping_header(line: &str) -> Option<Option<(Releasable, bool)>> {
+/// is not one; else the mapping and whether its kind may be released (private, not writable,
+/// backed by a file that still exists), before its fields are checked.
+fn mapping_header(line: &str) -> Option<(Releasable, bool)> {
     let mut fields = line.split_ascii_whitespace();
     let range = fields.next()?;
     let (start, end) = range.split_once('-')?;
@@ -104,17 +103,16 @@ fn mapping_header(line: &str) -> Option<Option<(Releasable, bool)>> {
     let private = perms[3] == b'p';
     let writable = perms[1] == b'w';
     let file_backed = inode != "0" && path.starts_with('/') && !path.ends_with("(deleted)");
-    Some(
-        (private && !writable && file_backed && end > start).then_some((
-            Releasable {
-                start,
-                len: end - start,
-                rss_kb: 0,
-                path,
-            },
-            true,
-        )),
-    )
+    let eligible = private && !writable && file_backed && end > start;
+    Some((
+        Releasable {
+            start,
+            len: end.saturating_sub(start),
+            rss_kb: 0,
+            path,
+        },
+        eligible,
+    ))
 }
 
 /// Drop the pages of `mappings` from this process (`MADV_DONTNEED`). Each must come from
