@@ -307,6 +307,7 @@ pub async fn run_with<P: Postgres>(
     let mut dcs_changes = dcs.changes();
     let mut lease_changes = lease_rx.clone();
     let mut ready = false;
+    let mut settled = startup_pages::Settled::default();
     loop {
         let outcome = agent.cycle().await;
         if !ready {
@@ -314,7 +315,10 @@ pub async fn run_with<P: Postgres>(
             // API answers from it. Without NOTIFY_SOCKET this does nothing.
             ready = true;
             notify_systemd(&[sd_notify::NotifyState::Ready]);
-            release_startup_pages();
+        }
+        let quiet = outcome.same_reason && !outcome.failed && !agent.long_action_running();
+        if settled.after_cycle(quiet) {
+            release_transient_pages();
         }
         let mut wait = clock::until(clock.as_ref(), outcome.wake_at);
         if outcome.failed {
@@ -367,20 +371,22 @@ pub async fn run_with<P: Postgres>(
     Ok(())
 }
 
-/// Once, after the first cycle: drop the pages of code and read-only data only startup ran
-/// ([`startup_pages`]); the loops map what they run again as they run it.
-fn release_startup_pages() {
+/// Each time the agent has settled (start-up, a bootstrap, a clone or a failover behind it):
+/// drop the pages of code and read-only data ([`startup_pages`]); the loops map what they run
+/// again as they run it.
+fn release_transient_pages() {
     match startup_pages::release_startup_pages() {
         Ok(r) if r.failed == 0 => info!(
             mappings = r.mappings,
             kb = r.kb,
-            "released the pages of startup-only code (resident memory)"
+            "settled: released the pages of code run only until now (resident memory)"
         ),
         Ok(r) => warn!(
             mappings = r.mappings,
             kb = r.kb,
             refused = r.failed,
-            "released the pages of startup-only code; the kernel refused some mappings"
+            "settled: released the pages of code run only until now; the kernel refused some \
+             mappings"
         ),
         Err(e) => warn!("cannot read /proc/self/smaps to release startup-only pages: {e}"),
     }

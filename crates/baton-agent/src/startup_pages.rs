@@ -4,11 +4,15 @@
 //! resolving and connecting to etcd, relocating the binary) runs code the HA loop never runs
 //! again, and the kernel maps file pages around every fault (64 kB at a time), so after the
 //! first cycle most of the binary's text and read-only data, and of libc's, is mapped into
-//! the process: `VmRSS` counts all of it (README.md, "Benchmarks"). Once the first cycle is
-//! done, [`release_startup_pages`] tells the kernel that none of those pages is needed
+//! the process: `VmRSS` counts all of it (README.md, "Benchmarks"). So does the code of what
+//! happens before a member settles: bootstrapping, cloning, starting PostgreSQL, a failover.
+//! Each time the agent has settled ([`Settled`]: its decision's reason unchanged for
+//! [`Settled::QUIET_CYCLES`] cycles in a row, nothing failed, no long action running),
+//! [`release_startup_pages`] tells the kernel that none of those pages is needed
 //! (`MADV_DONTNEED`): the mappings stay, the pages stay in the page cache, and the code the
 //! loops run next is mapped again at its next use (a minor fault), so the mapped set becomes
-//! what the agent runs, not what it ran once.
+//! what the agent runs, not what it ran once. Release builds link the idle code together
+//! (crates/baton-cli/build.rs), so what is mapped again is a few hundred pages.
 //!
 //! Only mappings whose pages are all identical to their file are released: private, not
 //! writable, backed by a file, with no anonymous (copied-on-write) page and no locked page.
@@ -21,6 +25,28 @@
 
 use std::ffi::c_void;
 use std::ptr::NonNull;
+
+/// When to release: after [`Self::QUIET_CYCLES`] quiet cycles in a row (same reason as the
+/// cycle before, nothing failed, no long action), once per settled stretch; a cycle that is
+/// not quiet starts the count again (so a failover or a clone is followed by one release).
+#[derive(Debug, Default)]
+pub struct Settled {
+    quiet: u32,
+}
+
+impl Settled {
+    pub const QUIET_CYCLES: u32 = 2;
+
+    /// Record one cycle; true when the pages should be released now.
+    pub fn after_cycle(&mut self, quiet: bool) -> bool {
+        if !quiet {
+            self.quiet = 0;
+            return false;
+        }
+        self.quiet = self.quiet.saturating_add(1);
+        self.quiet == Self::QUIET_CYCLES
+    }
+}
 
 /// A mapping of this process whose pages can be dropped without losing anything.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -153,6 +179,22 @@ pub fn release_startup_pages() -> std::io::Result<Released> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pages_are_released_once_per_settled_stretch() {
+        let mut s = Settled::default();
+        // Start-up: the first cycle has no reason before it; then a clone changes it.
+        let cycles = [
+            false, false, true, true, true, true, false, true, true, true,
+        ];
+        let fired: Vec<bool> = cycles.iter().map(|q| s.after_cycle(*q)).collect();
+        assert_eq!(
+            fired,
+            [
+                false, false, false, true, false, false, false, false, true, false
+            ]
+        );
+    }
 
     const SMAPS: &str = "\
 559a8eccd000-559a8ef4e000 r--p 00000000 fe:00 5341187                    /usr/bin/pgbaton

@@ -1791,6 +1791,15 @@ fn render_table(report: &Value) -> String {
                 r["binary"]["path"].as_str().unwrap_or("?"),
                 r["binary"]["bytes"]
             ));
+            let order = &r["binary"]["symbol_order"];
+            if let (Some(listed), Some(present)) =
+                (order["listed"].as_u64(), order["present"].as_u64())
+            {
+                out.push_str(&format!(
+                    "; symbol order: {present} of the {listed} listed idle functions present \
+                     (fewer: renew it with scripts/symbol-order.sh)"
+                ));
+            }
         }
     }
     for r in &runs {
@@ -1868,7 +1877,48 @@ fn binary_description(path: &std::path::Path) -> Value {
         "path": path.display().to_string(),
         "bytes": std::fs::metadata(path).map(|m| m.len()).ok(),
         "profile": profile,
+        "symbol_order": symbol_order_figures(path),
     })
+}
+
+/// How much of `crates/baton-cli/symbol-order.txt` (the idle code that release builds link
+/// together) the measured binaries still have: a list gone stale after a change shows here
+/// (and in a higher idle RSS) before anything else; `scripts/symbol-order.sh` renews it.
+/// `None` when `nm` cannot read the binary (the Patroni stand-in is a script).
+fn symbol_order_figures(path: &std::path::Path) -> Option<Value> {
+    let list = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../crates/baton-cli/symbol-order.txt"),
+    )
+    .ok()?;
+    // The fence guard binary beside it (baton_agent::guard::GUARD_BINARY).
+    let guard = path.with_file_name("pgbaton-fence-guard");
+    let mut symbols = String::new();
+    for bin in [path, guard.as_path()].into_iter().filter(|b| b.is_file()) {
+        let out = std::process::Command::new("nm").arg(bin).output().ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        symbols.push_str(&String::from_utf8_lossy(&out.stdout));
+    }
+    let (listed, present) = symbol_order_coverage(&list, &symbols);
+    Some(json!({ "listed": listed, "present": present }))
+}
+
+/// Of the names in an ordering list (`#` starts a comment), how many are symbols in `nm`'s
+/// output: (listed, present).
+fn symbol_order_coverage(list: &str, nm_output: &str) -> (usize, usize) {
+    let symbols: std::collections::HashSet<&str> = nm_output
+        .lines()
+        .filter_map(|l| l.split_whitespace().last())
+        .collect();
+    let listed: Vec<&str> = list
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .collect();
+    let present = listed.iter().filter(|n| symbols.contains(*n)).count();
+    (listed.len(), present)
 }
 
 fn load_average() -> String {
@@ -1880,6 +1930,16 @@ fn load_average() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn symbol_order_coverage_counts_listed_names_the_binary_has() {
+        let list = "# generated\n_RNvCs1_3foo3bar\n_RNvCs1_3foo3baz\n\n_ZN4gone17h0E\n";
+        let nm = "0000000000001000 t _RNvCs1_3foo3bar\n\
+                  0000000000001010 T _RNvCs1_3foo3baz\n\
+                  \x20                U memcpy\n";
+        assert_eq!(symbol_order_coverage(list, nm), (3, 2));
+        assert_eq!(symbol_order_coverage(list, ""), (3, 0));
+    }
 
     const BEFORE: &str = r#"# HELP grpc_server_msg_received_total Total number of RPC stream messages received on the server.
 # TYPE grpc_server_msg_received_total counter

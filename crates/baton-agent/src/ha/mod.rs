@@ -35,6 +35,8 @@ pub struct CycleOutcome {
     pub wake_at: Mono,
     /// An action failed: the loop backs off before retrying.
     pub failed: bool,
+    /// The decision's reason is the previous cycle's (the agent is where it was).
+    pub same_reason: bool,
 }
 
 /// Loads the local configuration file again (SIGHUP, `POST /reload`), with the loader and
@@ -312,7 +314,8 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         span.record("actions", decision.actions.len());
         self.settle_scheduled_restart(&obs, &decision.actions);
         let reason = decision.reason.to_string();
-        if self.last_reason.as_deref() != Some(reason.as_str()) {
+        let same_reason = self.last_reason.as_deref() == Some(reason.as_str());
+        if !same_reason {
             info!("{reason}");
             self.last_reason = Some(reason);
         }
@@ -354,6 +357,7 @@ impl<D: Dcs, P: Postgres, R: Peers> Agent<D, P, R> {
         CycleOutcome {
             wake_at: decision.wake_at,
             failed,
+            same_reason,
         }
     }
 }
