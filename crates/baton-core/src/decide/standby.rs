@@ -246,13 +246,25 @@ impl Ctx<'_> {
         sql: &PgSql,
         upstream: &Upstream,
     ) -> Option<(Vec<Action>, Reason)> {
-        if !sql.in_recovery || sql.streaming {
+        let leader_tl = view
+            .member(leader)
+            .and_then(|m| leader_timeline(m.timeline, &view.history));
+        // Streaming counts only on the leader's timeline (a standby's `timeline` is its WAL
+        // receiver's). A standby past the point where the leader's timeline forked off its
+        // own streams its old timeline again and again, for a moment each time, up to the
+        // fork point and no further: each time PostgreSQL refuses the leader's timeline
+        // (it forked off before the standby's position) and retries a few seconds later.
+        // Counting those moments as streaming restarted the clock below, so such a standby
+        // waited minutes for a rewind (the fault suite's kill-agent-unguarded, async).
+        let on_leaders_timeline = leader_tl.is_none_or(|tl| sql.timeline == tl);
+        if !sql.in_recovery || (sql.streaming && on_leaders_timeline) {
             next.not_streaming_since = None;
             return None;
         }
-        // Only a standby that has not streamed for a while: right after a switchover, a
-        // failover or a rewind, PostgreSQL reports the last checkpoint's timeline until its WAL
-        // receiver runs again, which looks like divergence and is not.
+        // Only a standby that has not streamed the leader's timeline for a while: right after
+        // a switchover, a failover or a rewind, PostgreSQL reports the last checkpoint's
+        // timeline until its WAL receiver runs again, and a receiver reaches the leader's
+        // timeline only at the end of the old one, which looks like divergence and is not.
         // The clock starts when we point at this upstream (a new leader, a re-pointed
         // standby, a cascade moved to or from its `replicatefrom` member).
         if next.following.as_ref() != Some(streams_from) {
@@ -263,7 +275,7 @@ impl Ctx<'_> {
         if self.now.saturating_since(since) < self.cfg.ttl * 2 {
             return None;
         }
-        let leader_tl = leader_timeline(view.member(leader)?.timeline, &view.history)?;
+        let leader_tl = leader_tl?;
         let end = sql.wal_position();
         // Our own history against the cluster's: a timeline number two promotions made (F7).
         let foreign = sql
