@@ -10,7 +10,8 @@
 //! default place. `scripts/symbol-order.sh` regenerates the list from a profiled idle cluster.
 //!
 //! Only where the linker is known to be lld: x86_64 Linux (rustc's default linker there since
-//! Rust 1.90), and no linker chosen in RUSTFLAGS. Dev builds (tests) never get it.
+//! Rust 1.90), and no linker chosen in RUSTFLAGS; `PGBATON_NO_SYMBOL_ORDER=1` at build time
+//! turns it off. Dev builds (tests) never get it.
 
 use std::path::PathBuf;
 

@@ -388,7 +388,7 @@ fn release_transient_pages() {
             "settled: released the pages of code run only until now; the kernel refused some \
              mappings"
         ),
-        Err(e) => warn!("cannot read /proc/self/smaps to release startup-only pages: {e}"),
+        Err(e) => warn!("cannot read /proc/self/smaps to release transient code pages: {e}"),
     }
 }
 
