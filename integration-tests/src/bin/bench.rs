@@ -206,7 +206,7 @@ async fn run_suite(
     out.insert("agent".into(), json!(label));
 
     // Cluster A: ttl 20 / loop_wait 5 / retry_timeout 7.
-    out.insert("binary".into(), binary_description(&tools.pgbaton));
+    out.insert("binary".into(), binary_description(tools));
     if args.runs("region") {
         let v = if label == "pgbaton" {
             region_switchovers(tools, ttl20, args.iterations).await?
@@ -1868,7 +1868,8 @@ fn machine_description() -> String {
 
 /// Which binary ran (path, size, and the cargo profile its path names), so a report says
 /// whether release figures are release figures.
-fn binary_description(path: &std::path::Path) -> Value {
+fn binary_description(tools: &Tools) -> Value {
+    let path = tools.pgbaton.as_path();
     let profile = path
         .components()
         .map(|c| c.as_os_str().to_string_lossy().into_owned())
@@ -1877,7 +1878,7 @@ fn binary_description(path: &std::path::Path) -> Value {
         "path": path.display().to_string(),
         "bytes": std::fs::metadata(path).map(|m| m.len()).ok(),
         "profile": profile,
-        "symbol_order": symbol_order_figures(path),
+        "symbol_order": symbol_order_figures(tools),
     })
 }
 
@@ -1885,17 +1886,15 @@ fn binary_description(path: &std::path::Path) -> Value {
 /// together) the measured binaries still have: a list gone stale after a change shows here
 /// (and in a higher idle RSS) before anything else; `scripts/symbol-order.sh` renews it.
 /// `None` when `nm` cannot read the binary (the Patroni stand-in is a script).
-fn symbol_order_figures(path: &std::path::Path) -> Option<Value> {
+fn symbol_order_figures(tools: &Tools) -> Option<Value> {
     let list = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../crates/baton-cli/symbol-order.txt"),
     )
     .ok()?;
-    // The fence guard binary beside it (baton_agent::guard::GUARD_BINARY).
-    let guard = path.with_file_name("pgbaton-fence-guard");
     let mut symbols = String::new();
-    for bin in [path, guard.as_path()].into_iter().filter(|b| b.is_file()) {
-        let out = std::process::Command::new("nm").arg(bin).output().ok()?;
+    for bin in std::iter::once(tools.pgbaton.clone()).chain(tools.fence_guard()) {
+        let out = std::process::Command::new("nm").arg(&bin).output().ok()?;
         if !out.status.success() {
             return None;
         }
