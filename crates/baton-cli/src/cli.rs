@@ -37,7 +37,7 @@ pub enum Role {
     /// The leader of a regular cluster.
     #[value(alias = "master")]
     Primary,
-    /// The leader of a standby cluster (pgbaton runs none: never matches).
+    /// The leader of a standby cluster.
     StandbyLeader,
     /// A member other than the leader.
     #[value(alias = "standby")]

@@ -2,7 +2,7 @@
 //! `permanent_replication_slots`, Patroni's older names), `member_slots_ttl` and
 //! `ignore_slots`.
 
-use baton_core::slots::{PermanentSlot, SlotKind, SlotMatcher, SlotType};
+use baton_core::slots::{ClusterType, PermanentSlot, SlotKind, SlotMatcher, SlotType};
 use serde_json::Value;
 
 use crate::walk::{Cx, index, join};
@@ -16,11 +16,11 @@ fn valid_slot_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
-/// `slots: {name: {type: physical} | {type: logical, database: .., plugin: ..} | null}`. A
-/// value without `type` is logical when it names a database and a plugin, physical
-/// otherwise (as in Patroni). Every problem is an error at its key path (Patroni logs and
-/// skips the entry; a slot silently not kept would lose its consumer's position after a
-/// failover).
+/// `slots: {name: {type: physical, cluster_type: ..} | {type: logical, database: ..,
+/// plugin: ..} | null}`. A value without `type` is logical when it names a database and a
+/// plugin, physical otherwise (as in Patroni). Every problem is an error at its key path
+/// (Patroni logs and skips the entry; a slot silently not kept would lose its consumer's
+/// position after a failover).
 pub(crate) fn permanent_slots(cx: &mut Cx, path: &str, v: &Value) -> Option<Vec<PermanentSlot>> {
     let Value::Object(map) = v else {
         cx.mismatch(path, "a mapping of slot names", v);
@@ -45,6 +45,20 @@ pub(crate) fn permanent_slots(cx: &mut Cx, path: &str, v: &Value) -> Option<Vec<
                 continue;
             }
         };
+        let known = ["type", "database", "plugin", "cluster_type"];
+        let unknown: Vec<&String> = entry
+            .keys()
+            .filter(|k| !known.contains(&k.as_str()))
+            .collect();
+        if !unknown.is_empty() {
+            for key in unknown {
+                cx.error(
+                    &join(&p, key),
+                    "unknown key (a slot takes type, database, plugin, cluster_type)",
+                );
+            }
+            continue;
+        }
         let text = |cx: &mut Cx, key: &str| -> Option<String> {
             match entry.get(key) {
                 None | Some(Value::Null) => None,
@@ -66,19 +80,10 @@ pub(crate) fn permanent_slots(cx: &mut Cx, path: &str, v: &Value) -> Option<Vec<
             None if database.is_some() && plugin.is_some() => "logical",
             None => "physical",
         };
-        let cluster_type = text(cx, "cluster_type");
-        match cluster_type.as_deref() {
-            None | Some("primary") => {}
-            // Patroni keeps such a slot in a standby cluster only; pgbaton does not apply
-            // `cluster_type` yet, so it keeps none (said, never silently).
-            Some("standby") => {
-                cx.warn(
-                    &join(&p, "cluster_type"),
-                    "`standby` is not implemented: this slot is not kept, in a standby cluster \
-                     either (Patroni keeps it there)",
-                );
-                continue;
-            }
+        let cluster_type = match text(cx, "cluster_type").as_deref() {
+            None => None,
+            Some("primary") => Some(ClusterType::Primary),
+            Some("standby") => Some(ClusterType::Standby),
             Some(other) => {
                 cx.error(
                     &join(&p, "cluster_type"),
@@ -86,15 +91,7 @@ pub(crate) fn permanent_slots(cx: &mut Cx, path: &str, v: &Value) -> Option<Vec<
                 );
                 continue;
             }
-        }
-        for key in entry.keys() {
-            if !["type", "database", "plugin", "cluster_type"].contains(&key.as_str()) {
-                cx.error(
-                    &join(&p, key),
-                    "unknown key (a slot takes type, database, plugin, cluster_type)",
-                );
-            }
-        }
+        };
         let kind = if kind == "physical" {
             SlotKind::Physical
         } else {
@@ -104,9 +101,23 @@ pub(crate) fn permanent_slots(cx: &mut Cx, path: &str, v: &Value) -> Option<Vec<
             };
             SlotKind::Logical { database, plugin }
         };
+        // As in Patroni, `cluster_type` selects physical slots only: a logical slot is kept
+        // in a regular cluster whatever it says (a standby cluster keeps no logical slots).
+        let cluster_type = match (&kind, cluster_type) {
+            (SlotKind::Logical { .. }, Some(_)) => {
+                cx.warn(
+                    &join(&p, "cluster_type"),
+                    "applies to physical slots only (as in Patroni): this logical slot is kept \
+                     in a regular cluster, and a standby cluster keeps no logical slots",
+                );
+                None
+            }
+            (_, t) => t,
+        };
         out.push(PermanentSlot {
             name: name.clone(),
             kind,
+            cluster_type,
         });
     }
     (cx.error_count() == before).then_some(out)
@@ -234,7 +245,7 @@ pub(crate) fn ignore_slots(cx: &mut Cx, path: &str, v: &Value) -> Option<Vec<Slo
 #[cfg(test)]
 mod tests {
     use crate::DynamicConfig;
-    use baton_core::slots::{PermanentSlot, SlotKind, SlotMatcher, SlotType};
+    use baton_core::slots::{ClusterType, PermanentSlot, SlotKind, SlotMatcher, SlotType};
 
     fn parse(json: &str) -> Result<DynamicConfig, String> {
         DynamicConfig::from_json_strict(json)
@@ -261,19 +272,28 @@ mod tests {
             vec![
                 PermanentSlot {
                     name: "implied".into(),
-                    kind: logical("app", "pgoutput")
+                    kind: logical("app", "pgoutput"),
+                    cluster_type: None
                 },
                 PermanentSlot {
                     name: "lslot".into(),
-                    kind: logical("postgres", "test_decoding")
+                    kind: logical("postgres", "test_decoding"),
+                    cluster_type: None
                 },
                 PermanentSlot {
                     name: "perm1".into(),
-                    kind: SlotKind::Physical
+                    kind: SlotKind::Physical,
+                    cluster_type: None
                 },
                 PermanentSlot {
                     name: "perm2".into(),
-                    kind: SlotKind::Physical
+                    kind: SlotKind::Physical,
+                    cluster_type: None
+                },
+                PermanentSlot {
+                    name: "standby_only".into(),
+                    kind: SlotKind::Physical,
+                    cluster_type: Some(ClusterType::Standby)
                 },
             ]
         );
@@ -292,24 +312,34 @@ mod tests {
     }
 
     #[test]
-    fn a_standby_only_slot_is_skipped_with_a_warning_at_its_key() {
+    fn cluster_type_says_which_kind_of_cluster_keeps_a_physical_slot() {
         let (d, warnings) = DynamicConfig::from_json_strict(
             r#"{"slots":{"standby_only":{"type":"physical","cluster_type":"standby"},
-                "both":{"type":"physical","cluster_type":"primary"}}}"#,
+                "primary_only":{"cluster_type":"primary"},
+                "lslot":{"type":"logical","database":"postgres","plugin":"test_decoding",
+                         "cluster_type":"standby"}}}"#,
         )
         .expect("valid");
+        let found: Vec<(&str, Option<ClusterType>)> = d
+            .permanent_slots
+            .iter()
+            .map(|s| (s.name.as_str(), s.cluster_type))
+            .collect();
         assert_eq!(
-            d.permanent_slots,
-            vec![PermanentSlot {
-                name: "both".into(),
-                kind: SlotKind::Physical
-            }]
+            found,
+            [
+                ("lslot", None),
+                ("primary_only", Some(ClusterType::Primary)),
+                ("standby_only", Some(ClusterType::Standby)),
+            ]
         );
-        let text = warnings.join("\n");
-        assert!(
-            text.contains("slots.standby_only.cluster_type") && text.contains("not implemented"),
-            "{text}"
-        );
+        expect_test::expect!["slots.lslot.cluster_type: applies to physical slots only (as in Patroni): this logical slot is kept in a regular cluster, and a standby cluster keeps no logical slots"].assert_eq(&warnings.join("\n"));
+        let e = parse(r#"{"slots":{"s":{"cluster_type":"replica"},"t":{"cluster_type":1}}}"#)
+            .expect_err("invalid");
+        expect_test::expect![[r#"
+            slots.s.cluster_type: expected primary or standby, found "replica"
+            slots.t.cluster_type: expected a string, found the integer 1"#]]
+        .assert_eq(&e);
     }
 
     #[test]

@@ -1208,9 +1208,11 @@ pub(crate) static KEYS: &[Key] = &[
         "slots",
         "none",
         "Permanent replication slots, `name: {type: physical}` or `name: {type: logical, \
-         database: .., plugin: ..}` (`cluster_type` is not applied: a \
-         `standby` entry is skipped with a warning, in a standby cluster too, and a `primary` \
-         entry is kept as one without `cluster_type`). The leader creates them; replicas keep copies so that a \
+         database: .., plugin: ..}`. A physical slot may say `cluster_type: primary` (kept \
+         in a regular cluster only) or `standby` (kept in a standby cluster only); without \
+         it, in both. As in Patroni, a standby cluster keeps no logical slots, and \
+         `cluster_type` on a logical slot is warned about and has no effect. The leader \
+         creates them; replicas keep copies so that a \
          failover keeps them: physical slots created and advanced to the positions the \
          leader publishes in `/status`, logical slots copied from the leader once (their \
          state file, read with `pg_read_binary_file` as the rewind user, else the superuser; PostgreSQL is \

@@ -130,6 +130,18 @@ pub fn ensure_physical(cfg: &HaConfig, sql: &PgSql, wanted: Vec<String>) -> Opti
 pub struct PermanentSlot {
     pub name: String,
     pub kind: SlotKind,
+    /// `cluster_type` of a physical slot: kept only in that kind of cluster; `None` (the
+    /// default): in both. A logical slot has none (it is never kept in a standby cluster).
+    pub cluster_type: Option<ClusterType>,
+}
+
+/// The kind of cluster a permanent physical slot is kept in (`slots.<name>.cluster_type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ClusterType {
+    /// A regular cluster, whose leader is a primary.
+    Primary,
+    /// A standby cluster (dynamic `standby_cluster`), whose leader is a standby leader.
+    Standby,
 }
 
 /// A (non-temporary) replication slot present on this instance, whoever made it.
@@ -212,17 +224,26 @@ pub const DEFAULT_MEMBER_SLOTS_TTL: Duration = Duration::from_secs(1800);
 /// The permanent slots this member keeps: none without `use_slots` or with `nofailover` (as
 /// in Patroni); no logical slots on a `nostream` member (nothing tells the primary how far
 /// it has read, so its copy would be unsafe). A permanent slot named like a member's slot, or
-/// like our own, is not kept as a permanent slot.
+/// like our own, is not kept as a permanent slot. As in Patroni, a standby cluster keeps
+/// only physical slots, and a physical slot with a `cluster_type` only in that kind of
+/// cluster.
 fn permanent<'c>(cfg: &'c HaConfig, view: &ClusterView) -> impl Iterator<Item = &'c PermanentSlot> {
     let own = cfg.me.slot_name();
     let members: BTreeSet<String> = view.members.iter().map(|m| m.name.slot_name()).collect();
     let keep = cfg.use_slots && cfg.tags.nofailover != Some(true);
     let nostream = cfg.tags.nostream;
+    let here = if cfg.standby_cluster.is_some() {
+        ClusterType::Standby
+    } else {
+        ClusterType::Primary
+    };
     cfg.permanent_slots.iter().filter(move |s| {
         keep && s.name != own
             && match s.kind {
-                SlotKind::Physical => true,
-                SlotKind::Logical { .. } => !nostream && !members.contains(&s.name),
+                SlotKind::Physical => s.cluster_type.is_none_or(|t| t == here),
+                SlotKind::Logical { .. } => {
+                    here == ClusterType::Primary && !nostream && !members.contains(&s.name)
+                }
             }
     })
 }

@@ -336,9 +336,19 @@ pub(crate) fn prompt(question: &str, instead: &str) -> anyhow::Result<String> {
 pub(crate) fn members_with_role(view: &ClusterView, role: Role) -> Vec<&Member> {
     let leader = view.leader_name();
     match role {
-        Role::Leader | Role::Primary => view.leader_member().into_iter().collect(),
-        // pgbaton runs no standby clusters.
-        Role::StandbyLeader => Vec::new(),
+        Role::Leader => view.leader_member().into_iter().collect(),
+        // patronictl tells the two leaders apart by the role the leader's member key
+        // publishes: `-r primary` skips a standby leader, `-r standby-leader` a primary.
+        Role::Primary => view
+            .leader_member()
+            .filter(|m| m.role != "standby_leader")
+            .into_iter()
+            .collect(),
+        Role::StandbyLeader => view
+            .leader_member()
+            .filter(|m| m.role != "primary" && m.role != "master")
+            .into_iter()
+            .collect(),
         Role::Replica => view
             .members
             .iter()
@@ -404,4 +414,56 @@ pub(crate) fn timestamp() -> String {
         .map_or(0, |d| d.as_secs());
     let iso = baton_core::format_iso8601_utc(secs);
     iso.get(..19).unwrap_or(&iso).replace('T', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use baton_core::{LeaderKey, MemberName};
+
+    use super::*;
+
+    fn member(name: &str, role: &str) -> Member {
+        Member {
+            name: MemberName::new(name).expect("non-empty"),
+            role: role.to_owned(),
+            state: "running".to_owned(),
+            ..Member::default()
+        }
+    }
+
+    fn cluster(leader_role: &str) -> ClusterView {
+        ClusterView {
+            leader: Some(LeaderKey {
+                name: MemberName::new("n1"),
+                lease: 7,
+                create_revision: 1,
+                mod_revision: 1,
+            }),
+            members: vec![member("n1", leader_role), member("n2", "replica")],
+            ..ClusterView::default()
+        }
+    }
+
+    fn names(view: &ClusterView, role: Role) -> Vec<&str> {
+        members_with_role(view, role)
+            .into_iter()
+            .map(|m| m.name.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn role_filters_tell_a_standby_leader_from_a_primary() {
+        let regular = cluster("primary");
+        assert_eq!(names(&regular, Role::Leader), ["n1"]);
+        assert_eq!(names(&regular, Role::Primary), ["n1"]);
+        assert!(names(&regular, Role::StandbyLeader).is_empty());
+        assert_eq!(names(&regular, Role::Replica), ["n2"]);
+
+        let standby = cluster("standby_leader");
+        assert_eq!(names(&standby, Role::Leader), ["n1"]);
+        assert!(names(&standby, Role::Primary).is_empty());
+        assert_eq!(names(&standby, Role::StandbyLeader), ["n1"]);
+        assert_eq!(names(&standby, Role::Replica), ["n2"]);
+        assert_eq!(names(&standby, Role::Any), ["n1", "n2"]);
+    }
 }

@@ -154,9 +154,11 @@ async fn connect(
     });
     // patronictl checks the role it was asked for on the server itself.
     let wanted = match (q.member.as_ref(), q.role.unwrap_or(Role::Leader)) {
-        (Some(_), _) | (None, Role::Any) => None,
-        (None, Role::Replica) => Some(true),
-        (None, _) => Some(false),
+        // patronictl's get_cursor: the leader of a standby cluster is in recovery too, so
+        // `leader` (like `any`) takes the member as it is.
+        (Some(_), _) | (None, Role::Any | Role::Leader) => None,
+        (None, Role::Replica | Role::StandbyLeader) => Some(true),
+        (None, Role::Primary) => Some(false),
     };
     if let Some(in_recovery) = wanted {
         let rows = client

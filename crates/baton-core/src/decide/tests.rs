@@ -81,7 +81,8 @@
 //!      with an optional :replay, which defaults to flush; commit= is synchronous_commit)
 //! ```
 //! permanent: perm1 physical | lslot logical db=postgres plugin=test_decoding
-//!     (an entry of the dynamic `slots` section; `config: member_slots_ttl=30` seconds)
+//!     (an entry of the dynamic `slots` section, a physical one with an optional
+//!      cluster_type=primary|standby; `config: member_slots_ttl=30` seconds)
 //! pgslot: lslot logical db=postgres plugin=test_decoding pos=0/3000000 ours
 //!     (a slot on the instance, after `pg: running`; `ours`: in pgbaton's record; an own
 //!      physical slot is also one of the `slots=` names)
@@ -493,10 +494,16 @@ fn parse(fixture: &str, previous: Option<&Memory>) -> Fixture {
                 }
             }
             "permanent" => {
-                // permanent: NAME physical | NAME logical db=postgres plugin=test_decoding
+                // permanent: NAME physical [cluster_type=primary|standby]
+                //          | NAME logical db=postgres plugin=test_decoding
                 config.permanent_slots.push(crate::slots::PermanentSlot {
                     name: t.first().to_owned(),
                     kind: slot_kind(&t),
+                    cluster_type: t.get("cluster_type").map(|v| match v {
+                        "primary" => crate::slots::ClusterType::Primary,
+                        "standby" => crate::slots::ClusterType::Standby,
+                        other => panic!("permanent: cluster_type={other}"),
+                    }),
                 });
             }
             "ignore" => {
